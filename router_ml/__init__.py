@@ -1,0 +1,22 @@
+"""router-ml: learned LLM routing.
+
+The runtime package: it needs numpy, onnxruntime, tokenizers and httpx only, and importing it
+never imports torch, transformers, datasets or mlflow. Training lives in the ``training`` package
+(``pip install "router-ml[train]"``).
+"""
+
+from router_ml.errors import CatalogError, DataError, RouterMLError
+from router_ml.messages import routed_text
+from router_ml.pricing import ModelPrice, PriceCatalog
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CatalogError",
+    "DataError",
+    "ModelPrice",
+    "PriceCatalog",
+    "RouterMLError",
+    "__version__",
+    "routed_text",
+]

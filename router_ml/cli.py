@@ -1,0 +1,147 @@
+"""The ``router-ml`` command line.
+
+Subcommands import what they need when they run, so ``router-ml route`` stays as light as the
+runtime and commands that need the training stack say which extra to install when it is missing.
+Exit codes: 0 success, 1 a router-ml error (message on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from router_ml import __version__
+from router_ml.errors import RouterMLError
+
+__all__ = ["main"]
+
+
+def _need_training() -> None:
+    try:
+        import training.data  # noqa: F401
+    except ImportError as exc:
+        raise RouterMLError(
+            f'this command needs the training extra ({exc.name} is missing): '
+            f'pip install "router-ml[train]"') from exc
+
+
+def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise RouterMLError(f"--column expects FIELD=COLUMN, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
+    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle)")
+    p.add_argument("--exclude", metavar="FILE", help="prompts to drop before anything else "
+                   "(JSONL with eval_prompt/prompt/text, or one prompt per line)")
+    p.add_argument("--prices", metavar="FILE", help="price catalog (JSON/TOML) for records with tokens but no cost")
+    p.add_argument("--on-error", choices=("raise", "quarantine"), default="raise",
+                   help="raise: stop at the first bad record (default); quarantine: set bad records aside")
+    p.add_argument("--quarantine", metavar="FILE", help="where rejected records go "
+                   "(default ./<input name>.quarantine.jsonl)")
+    p.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="column mapping for --format hf (repeatable), e.g. prompt=question")
+    p.add_argument("--split", default="train", help="dataset split for --format hf (default train)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow unpickling a RouterBench .pkl (only for files you trust)")
+
+
+def _load(args: argparse.Namespace):
+    _need_training()
+    from training.data import load_traffic
+
+    return load_traffic(
+        args.path, format=args.format, exclude=args.exclude, on_error=args.on_error,
+        quarantine=args.quarantine, prices=args.prices, columns=_parse_columns(args.column),
+        split=args.split, allow_pickle=args.allow_pickle)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    table, report = _load(args)
+    summary = table.summary()
+    info: dict[str, Any] = {**summary, "rejected": report.rejected, "excluded": report.excluded,
+                            "merged_duplicates": report.merged_duplicates, "format": report.format,
+                            "source": report.source, "quarantine": report.quarantine,
+                            "ignored_columns": report.ignored_columns}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{report.source}  ({report.format})")
+    print(f"  records: {summary['records']}   rejected: {report.rejected}   excluded: {report.excluded}"
+          f"   merged duplicates: {report.merged_duplicates}")
+    print(f"  outcomes: {summary['outcomes']}   preferences: {summary['preferences']}   "
+          f"chat records: {summary['chat_records']}   tasks: {summary['tasks']}")
+    if report.quarantine:
+        print(f"  quarantine: {report.quarantine}")
+    width = max(len(m) for m in table.models)
+    print(f"\n  {'model':<{width}}  coverage  mean quality  mean cost (USD)")
+    for m in table.models:
+        print(f"  {m:<{width}}  {summary['coverage'][m]:>8.3f}  {_fmt(summary['mean_quality'][m], '>12.4f')}"
+              f"  {_fmt(summary['mean_cost'][m], '>15.3e')}")
+    print(f"\n  fingerprint: {summary['fingerprint']}")
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    table, report = _load(args)
+    from training.data import write_jsonl, write_parquet
+
+    out = args.out
+    writer = write_parquet if out.endswith(".parquet") else write_jsonl
+    writer(table, out)
+    print(json.dumps({"out": out, "records": len(table), "rejected": report.rejected,
+                      "excluded": report.excluded, "models": list(table.models)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="router-ml", description="Train, export and run learned LLM routers.")
+    parser.add_argument("--version", action="version", version=f"router-ml {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect and convert logged traffic")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    inspect = data_sub.add_parser("inspect", help="validate a data set and summarise it")
+    _add_input_options(inspect)
+    inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    inspect.set_defaults(func=cmd_data_inspect)
+    convert = data_sub.add_parser("convert", help="write any supported input as canonical JSONL/Parquet")
+    _add_input_options(convert)
+    convert.add_argument("--out", required=True, help="output path (.jsonl or .parquet)")
+    convert.set_defaults(func=cmd_data_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RouterMLError as exc:
+        print(f"router-ml: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

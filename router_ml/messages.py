@@ -1,0 +1,56 @@
+"""Deriving the text a router sees from an OpenAI-style chat ``messages`` list.
+
+The rule is fixed and shared by training and the runtime, so a router is trained on exactly the
+text it will see in production:
+
+1. the routed text is the content of the **last message whose role is ``user``**;
+2. content given as a list of parts (the OpenAI multimodal form) contributes the ``text`` of each
+   part whose ``type`` is ``"text"``, joined with ``"\\n"``; other parts (images, audio) are skipped;
+3. if there is no user message, the text of all messages is joined with ``"\\n"``.
+
+The last user turn is what decides which model can answer (RouteLLM routes on it too); earlier
+turns mostly add length, which the runtime would have to truncate anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["content_text", "routed_text"]
+
+
+def content_text(content: Any) -> str:
+    """Return the plain text of one message's ``content`` (a string or a list of parts).
+
+    >>> content_text([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}])
+    'hi'
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping) and part.get("type", "text") == "text":
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+        return "\n".join(texts)
+    raise TypeError(f"message content must be a string or a list of parts, not {type(content).__name__}")
+
+
+def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """Return the text a router routes on for a chat ``messages`` list (rule in the module doc).
+
+    >>> routed_text([{"role": "system", "content": "Be brief."},
+    ...              {"role": "user", "content": "What is 2+2?"}])
+    'What is 2+2?'
+    """
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return "\n".join(content_text(m.get("content")) for m in messages)

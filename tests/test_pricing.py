@@ -1,0 +1,49 @@
+import pytest
+
+from router_ml import CatalogError, PriceCatalog, routed_text
+
+
+def test_catalog_loads_toml_and_json(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text('["org/model-a"]\ninput_per_mtok = 1.5\noutput_per_mtok = 6\n')
+    json_ = tmp_path / "p.json"
+    json_.write_text('{"org/model-a": {"input_per_mtok": 1.5, "output_per_mtok": 6}}')
+    for path in (toml, json_):
+        catalog = PriceCatalog.load(path)
+        assert list(catalog) == ["org/model-a"]
+        assert catalog.cost("org/model-a", input_tokens=1_000_000, output_tokens=500_000) == 4.5
+
+
+@pytest.mark.parametrize("body, needle", [
+    ('{"m": {"input_per_mtok": -1, "output_per_mtok": 1}}', "'input_per_mtok' must be finite and >= 0"),
+    ('{"m": {"input_per_mtok": "x", "output_per_mtok": 1}}', "'input_per_mtok' must be a number"),
+    ('{"m": 3}', "model 'm': expected a table"),
+    ('[1, 2]', "must map model names"),
+    ('{"m": ', "not a valid JSON/TOML"),
+])
+def test_catalog_errors_name_file_and_field(tmp_path, body, needle):
+    path = tmp_path / "prices.json"
+    path.write_text(body)
+    with pytest.raises(CatalogError, match="prices.json") as info:
+        PriceCatalog.load(path)
+    assert needle in str(info.value)
+
+
+def test_missing_model_says_what_to_do():
+    catalog = PriceCatalog({"a": {"input_per_mtok": 1, "output_per_mtok": 1}})
+    with pytest.raises(CatalogError, match="no price for model 'b'; add it"):
+        catalog["b"]
+
+
+def test_shared_catalog_loads(shared_data):
+    catalog = PriceCatalog.load(shared_data / "mmlu-pro-29" / "prices.json")
+    assert len(catalog) == 29
+
+
+def test_routed_text_rule():
+    assert routed_text([{"role": "system", "content": "sys"}, {"role": "user", "content": "one"},
+                        {"role": "assistant", "content": "reply"}, {"role": "user", "content": "two"}]) == "two"
+    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}},
+             {"type": "text", "text": "here"}]
+    assert routed_text([{"role": "user", "content": parts}]) == "look\nhere"
+    assert routed_text([{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\nb"

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router_ml import PriceCatalog
+from training.data import RecordError, build_record
+from training.data.schema import coerce_quality
+
+
+def test_valid_record_with_tokens_gets_cost_from_catalog():
+    prices = PriceCatalog({"m": {"input_per_mtok": 2.0, "output_per_mtok": 10.0}})
+    record = build_record(prompt="hi", outcomes={"m": {"quality": "True", "input_tokens": 100,
+                                                         "output_tokens": 10.0}}, prices=prices)
+    outcome = record.outcomes["m"]
+    assert outcome.quality == 1.0 and outcome.output_tokens == 10
+    assert outcome.cost == pytest.approx((100 * 2 + 10 * 10) / 1e6)
+
+
+def test_logged_cost_wins_over_catalog():
+    prices = PriceCatalog({"m": {"input_per_mtok": 2.0, "output_per_mtok": 10.0}})
+    record = build_record(prompt="hi", outcomes={"m": {"quality": 0.5, "cost": 0.25, "input_tokens": 9}},
+                          prices=prices)
+    assert record.outcomes["m"].cost == 0.25
+
+
+@pytest.mark.parametrize("kwargs, field, needle", [
+    ({"outcomes": {"m": {"quality": 1}}}, "prompt", "prompt is missing"),
+    ({"prompt": "  \n", "outcomes": {"m": {"quality": 1}}}, "prompt", "prompt is empty"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1.5}}}, "outcomes.m.quality", "in [0, 1]"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": "good"}}}, "outcomes.m.quality", "must be a number"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": float("inf")}}}, "outcomes.m.quality", "finite"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1, "cost": -0.1}}}, "outcomes.m.cost", ">= 0"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1, "cost": "cheap"}}}, "outcomes.m.cost", "number"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1, "input_tokens": 1.5}}}, "outcomes.m.input_tokens",
+     "integer"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1, "colour": 3}}}, "outcomes.m", "unknown outcome keys"),
+    ({"prompt": "x", "outcomes": {}}, "outcomes", "no outcome for any model"),
+    ({"prompt": "x"}, "outcomes", "no outcome"),
+    ({"prompt": "x", "messages": [{"role": "user", "content": "y"}], "outcomes": {"m": {"quality": 1}}},
+     "prompt", "not both"),
+    ({"messages": [{"content": "y"}], "outcomes": {"m": {"quality": 1}}}, "messages[0]", "role"),
+    ({"prompt": "x", "preferences": [{"model_a": "a", "model_b": "a", "winner": "a"}]}, "preferences[0]",
+     "two different models"),
+    ({"prompt": "x", "preferences": [{"model_a": "a", "model_b": "b", "winner": "c"}]},
+     "preferences[0].winner", "a, b or tie"),
+    ({"prompt": "x", "timestamp": "yesterday", "outcomes": {"m": {"quality": 1}}}, "timestamp", "ISO 8601"),
+])
+def test_invalid_fields_are_named(kwargs, field, needle):
+    with pytest.raises(RecordError) as info:
+        build_record(**kwargs)
+    assert info.value.field == field
+    assert needle in info.value.reason
+
+
+def test_preference_only_record_and_chat_text():
+    record = build_record(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+                          preferences=[{"model_a": "a", "model_b": "b", "winner": "model_b"}],
+                          timestamp=0)
+    assert record.text == "q"
+    assert record.preferences[0].winner == "b"
+    assert record.timestamp == "1970-01-01T00:00:00+00:00"
+
+
+@given(st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=8), st.booleans()))
+def test_quality_is_in_unit_interval_or_rejected(value):
+    try:
+        quality = coerce_quality(value, "q")
+    except RecordError as exc:
+        assert exc.field == "q"
+    else:
+        assert 0.0 <= quality <= 1.0 and not math.isnan(quality)

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from router_ml import DataError
+from training.data import Outcome, Record, TrafficTable, normalize_prompt, split_table
+
+
+def _table(prompts):
+    return TrafficTable([Record(prompt=p, outcomes={"m": Outcome(quality=1.0)}) for p in prompts])
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    table = _table([f"prompt {i}" for i in range(1000)])
+    a = split_table(table, train_size=300, val_size=0.1, seed=3)
+    b = split_table(table, train_size=300, val_size=0.1, seed=3)
+    c = split_table(table, train_size=300, val_size=0.1, seed=4)
+    for x, y in zip((a.train, a.val, a.test), (b.train, b.val, b.test), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.test, c.test)
+    assert a.sizes() == {"train": 270, "val": 30, "test": 700}
+    everything = np.concatenate([a.train, a.val, a.test])
+    assert sorted(everything.tolist()) == list(range(1000))
+
+
+def test_split_does_not_depend_on_record_order():
+    prompts = [f"prompt {i}" for i in range(200)]
+    a = split_table(_table(prompts), train_size=0.5, val_size=0, seed=0)
+    rev = split_table(_table(prompts[::-1]), train_size=0.5, val_size=0, seed=0)
+    assert {prompts[i] for i in a.test} == {prompts[::-1][i] for i in rev.test}
+
+
+def test_identical_prompts_never_straddle_splits():
+    prompts = [f"q{i % 50}" if i % 2 else f"Q{i % 50}  " for i in range(400)]  # normalise to 50 groups
+    table = _table(prompts)
+    split = split_table(table, train_size=0.3, val_size=0.2, seed=0)
+    keys = [{normalize_prompt(prompts[i]) for i in part} for part in (split.train, split.val, split.test)]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+
+
+@pytest.mark.parametrize("size", [-1, 2000, 1.5, True])
+def test_bad_train_size(size):
+    with pytest.raises(DataError, match="train_size"):
+        split_table(_table(["a", "b"]), train_size=size)

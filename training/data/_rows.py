@@ -1,0 +1,130 @@
+"""Row-level plumbing shared by the readers: the Row type, streaming CSV and Parquet rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router_ml.errors import DataError
+from training.data.schema import Record, RecordError
+
+__all__ = ["Row"]
+
+# Undecodable bytes survive reading as lone surrogates (errors="surrogateescape").
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+@dataclass(slots=True)
+class Row:
+    """One input row: its location, its raw form, and the record or the error it gave."""
+
+    location: str
+    raw: Any
+    record: Record | None = None
+    error: RecordError | None = None
+
+
+def _convert(location: str, raw: Any, make: Callable[[], Record]) -> Row:
+    """Build a record; ``raw`` may be a zero-argument callable, only called for a rejected row."""
+    try:
+        return Row(location, None, record=make())
+    except RecordError as exc:
+        return Row(location, raw() if callable(raw) else raw, error=exc)
+
+
+def _clean(value: Any) -> Any:
+    """Make a table cell JSON-safe for metadata and quarantine files (NaN -> None)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _is_index_column(name: str) -> bool:
+    return name == "" or name.startswith("Unnamed:") or name == "__index_level_0__"
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return next(csv.reader(f), [])
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
+
+
+def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
+    index = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            yield index, row
+            index += 1
+    if index == 0:
+        raise DataError("the file is empty (no rows)", location=str(path))
+
+
+def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] | RecordError]]:
+    """Yield (location, header, row-or-error) for each CSV record, checking UTF-8 per row."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError("the file is empty", location=str(path)) from None
+        except csv.Error as exc:
+            raise DataError(f"unreadable CSV header: {exc}", location=f"{path}:1") from exc
+        start = reader.line_num + 1
+        n = 0
+        while True:
+            loc = f"{path}:{start}"
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield loc, header, RecordError(None, f"malformed CSV ({exc}); a quote may be unclosed "
+                                                     "or the file truncated")
+                break  # the csv parser cannot resynchronise after a broken quote
+            start = reader.line_num + 1
+            if not values:
+                continue
+            n += 1
+            bad = next((i for i, v in enumerate(values) if _UNDECODED.search(v)), None)
+            if bad is not None:
+                name = header[bad] if bad < len(header) else f"column {bad + 1}"
+                yield loc, header, RecordError(name, "invalid UTF-8; re-encode the file as UTF-8")
+            elif len(values) != len(header):
+                yield loc, header, RecordError(
+                    None, f"expected {len(header)} columns, got {len(values)}")
+            else:
+                yield loc, header, dict(zip(header, values, strict=True))
+        if n == 0:
+            raise DataError("the file has a header but no rows", location=str(path))
+
+
+def _raw_csv(item: dict[str, str] | RecordError) -> Any:
+    if isinstance(item, RecordError):
+        return None
+    return {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            for k, v in item.items()}
+

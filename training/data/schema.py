@@ -1,0 +1,318 @@
+"""The canonical logged-traffic record and the validation that builds it.
+
+Every reader turns its input into :class:`Record` objects through :func:`build_record`, which
+checks each field and raises :class:`RecordError` naming the field and what is wrong. A record is:
+
+- a prompt: plain ``prompt`` text, or OpenAI-style chat ``messages`` (the routed text is derived
+  from them by :func:`router_ml.messages.routed_text`);
+- ``outcomes``: ``{model: Outcome}`` for any subset of models (quality in [0, 1], cost in USD,
+  optional token counts and latency);
+- optional pairwise ``preferences`` (``model_a``, ``model_b``, ``winner`` in ``a``/``b``/``tie``);
+- optional ``sample_id``, ``task``, ``timestamp`` (ISO 8601) and free-form ``metadata``.
+
+A record needs at least one outcome or one preference.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from router_ml.messages import routed_text
+from router_ml.pricing import PriceCatalog
+
+__all__ = [
+    "Outcome",
+    "Preference",
+    "Record",
+    "RecordError",
+    "build_record",
+    "coerce_cost",
+    "coerce_quality",
+    "is_missing",
+]
+
+_TRUE = {"true", "t", "yes"}
+_FALSE = {"false", "f", "no"}
+# Undecodable bytes survive reading as lone surrogates (errors="surrogateescape").
+_UNDECODED = re.compile("[\udc80-\udcff]")
+_WINNERS = {
+    "a": "a", "model_a": "a", "b": "b", "model_b": "b",
+    "tie": "tie", "tie (bothbad)": "tie", "draw": "tie",
+}
+
+
+class RecordError(ValueError):
+    """One record is invalid; ``field`` names the offending field (dotted path)."""
+
+    def __init__(self, field: str | None, message: str):
+        self.field = field
+        self.reason = message
+        super().__init__(f"field '{field}': {message}" if field else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one model did on one prompt.
+
+    ``quality`` is in [0, 1] (1 = correct / best); ``cost`` is USD for this call, ``None`` when
+    neither logged nor computable from tokens and a price catalog; ``latency_s`` is seconds.
+    """
+
+    quality: float
+    cost: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data without the fields that are unset."""
+        out: dict[str, Any] = {"quality": self.quality}
+        for key in ("cost", "input_tokens", "output_tokens", "latency_s"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """An arena-style pairwise judgement: ``winner`` is ``"a"``, ``"b"`` or ``"tie"``."""
+
+    model_a: str
+    model_b: str
+    winner: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"model_a": self.model_a, "model_b": self.model_b, "winner": self.winner}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One prompt with its outcomes; see the module doc for the fields."""
+
+    prompt: str | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+    preferences: tuple[Preference, ...] = ()
+    sample_id: str | None = None
+    task: str | None = None
+    timestamp: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The routed text: ``prompt``, or the text derived from ``messages``."""
+        if self.prompt is not None:
+            return self.prompt
+        return routed_text(self.messages or ())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON object of this record (unset fields left out)."""
+        out: dict[str, Any] = {}
+        if self.sample_id is not None:
+            out["sample_id"] = self.sample_id
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        if self.messages is not None:
+            out["messages"] = [dict(m) for m in self.messages]
+        if self.task is not None:
+            out["task"] = self.task
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        out["outcomes"] = {m: o.to_dict() for m, o in self.outcomes.items()}
+        if self.preferences:
+            out["preferences"] = [p.to_dict() for p in self.preferences]
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        return out
+
+
+def is_missing(value: Any) -> bool:
+    """True for the spellings of "no value" in tables: None, NaN, empty or ``nan``/``null`` text."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, str):
+        return value.strip().lower() in {"", "nan", "null", "none", "na", "n/a"}
+    return False
+
+
+def _number(value: Any, field: str, what: str) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise RecordError(field, f"{what} must be a number, got {value!r}") from None
+    else:
+        raise RecordError(field, f"{what} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(number):
+        raise RecordError(field, f"{what} must be finite, got {value!r}")
+    return number
+
+
+def coerce_quality(value: Any, field: str) -> float:
+    """Return a quality in [0, 1]; ``True``/``False`` (bools or strings) are 1 and 0."""
+    if isinstance(value, str) and value.strip().lower() in _TRUE:
+        return 1.0
+    if isinstance(value, str) and value.strip().lower() in _FALSE:
+        return 0.0
+    quality = _number(value, field, "quality")
+    if not 0.0 <= quality <= 1.0:
+        raise RecordError(field, f"quality must be in [0, 1], got {value!r}")
+    return quality
+
+
+def coerce_cost(value: Any, field: str) -> float:
+    """Return a cost in USD (a finite number >= 0)."""
+    if isinstance(value, bool):
+        raise RecordError(field, f"cost must be a number of USD, got {value!r}")
+    cost = _number(value, field, "cost")
+    if cost < 0:
+        raise RecordError(field, f"cost must be >= 0 USD, got {value!r}")
+    return cost
+
+
+def _count(value: Any, field: str) -> int | None:
+    if is_missing(value):
+        return None
+    if isinstance(value, bool):
+        raise RecordError(field, f"token count must be an integer, got {value!r}")
+    number = _number(value, field, "token count")
+    if number < 0 or number != int(number):
+        raise RecordError(field, f"token count must be an integer >= 0, got {value!r}")
+    return int(number)
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise RecordError(field, f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _timestamp(value: Any, field: str) -> str | None:
+    if is_missing(value):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _dt.datetime.fromtimestamp(float(value), tz=_dt.UTC).isoformat()
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if not isinstance(value, str):
+        raise RecordError(field, f"timestamp must be ISO 8601 text or epoch seconds, got {value!r}")
+    try:
+        _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordError(field, f"timestamp must be ISO 8601, got {value!r}") from None
+    return value
+
+
+def build_outcome(
+    model: str, raw: Mapping[str, Any], *, prices: PriceCatalog | None = None
+) -> Outcome:
+    """Validate one outcome table; derive ``cost`` from tokens and ``prices`` when it is missing."""
+    where = f"outcomes.{model}"
+    if not isinstance(raw, Mapping):
+        raise RecordError(where, f"an outcome must be an object with 'quality', got {raw!r}")
+    unknown = set(raw) - {"quality", "cost", "input_tokens", "output_tokens", "latency_s"}
+    if unknown:
+        raise RecordError(where, f"unknown outcome keys {sorted(unknown)}")
+    if is_missing(raw.get("quality")):
+        raise RecordError(f"{where}.quality", "quality is missing")
+    quality = coerce_quality(raw["quality"], f"{where}.quality")
+    input_tokens = _count(raw.get("input_tokens"), f"{where}.input_tokens")
+    output_tokens = _count(raw.get("output_tokens"), f"{where}.output_tokens")
+    cost = None if is_missing(raw.get("cost")) else coerce_cost(raw["cost"], f"{where}.cost")
+    if cost is None and prices is not None and model in prices:
+        if input_tokens is not None or output_tokens is not None:
+            cost = prices.cost(model, input_tokens=input_tokens or 0, output_tokens=output_tokens or 0)
+    latency = raw.get("latency_s")
+    latency_s = None if is_missing(latency) else _number(latency, f"{where}.latency_s", "latency")
+    if latency_s is not None and latency_s < 0:
+        raise RecordError(f"{where}.latency_s", f"latency must be >= 0 seconds, got {latency!r}")
+    return Outcome(quality, cost, input_tokens, output_tokens, latency_s)
+
+
+def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise RecordError("messages", "messages must be a list of {role, content} objects")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise RecordError(f"messages[{i}]", "each message needs a string 'role'")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise RecordError(f"messages[{i}].content", "content must be text or a list of parts")
+        out.append(dict(message))
+    if not out:
+        raise RecordError("messages", "messages is empty")
+    return tuple(out)
+
+
+def build_record(
+    *,
+    prompt: Any = None,
+    messages: Any = None,
+    outcomes: Mapping[str, Mapping[str, Any]] | None = None,
+    preferences: Sequence[Mapping[str, Any]] | None = None,
+    sample_id: Any = None,
+    task: Any = None,
+    timestamp: Any = None,
+    metadata: Mapping[str, Any] | None = None,
+    prices: PriceCatalog | None = None,
+) -> Record:
+    """Validate raw fields and return a :class:`Record`, or raise :class:`RecordError`."""
+    text = _text(prompt, "prompt")
+    chat = None if messages is None else _messages(messages)
+    if text is not None and chat is not None:
+        raise RecordError("prompt", "give either 'prompt' or 'messages', not both")
+    record_text = text if chat is None else routed_text(chat)
+    if record_text is None:
+        raise RecordError("prompt", "prompt is missing (give 'prompt' text or chat 'messages')")
+    if not record_text.strip():
+        raise RecordError("prompt" if chat is None else "messages", "prompt is empty")
+    if _UNDECODED.search(record_text):
+        raise RecordError("prompt", "text is not valid UTF-8")
+    if outcomes is not None and not isinstance(outcomes, Mapping):
+        raise RecordError("outcomes", "outcomes must be an object {model: {quality, cost, ...}}")
+    built = {str(m): build_outcome(str(m), o, prices=prices) for m, o in (outcomes or {}).items()}
+    prefs = []
+    for i, raw in enumerate(preferences or ()):
+        where = f"preferences[{i}]"
+        if not isinstance(raw, Mapping):
+            raise RecordError(where, "a preference must be {model_a, model_b, winner}")
+        a, b = _text(raw.get("model_a"), f"{where}.model_a"), _text(raw.get("model_b"), f"{where}.model_b")
+        if not a or not b or a == b:
+            raise RecordError(where, "a preference needs two different models model_a and model_b")
+        winner = _WINNERS.get(str(raw.get("winner", "")).strip().lower())
+        if winner is None:
+            raise RecordError(f"{where}.winner", f"winner must be a, b or tie, got {raw.get('winner')!r}")
+        prefs.append(Preference(a, b, winner))
+    if not built and not prefs:
+        raise RecordError("outcomes", "the record has no outcome for any model (and no preference)")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise RecordError("metadata", "metadata must be an object")
+    return Record(
+        prompt=text,
+        messages=chat,
+        outcomes=built,
+        preferences=tuple(prefs),
+        sample_id=_text(sample_id, "sample_id"),
+        task=_text(task, "task"),
+        timestamp=_timestamp(timestamp, "timestamp"),
+        metadata=dict(metadata or {}),
+    )

@@ -1,0 +1,181 @@
+"""Readers for tables with one column per model: RouterBench wide tables, RouteLLM CSVs, pickles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from router_ml.errors import DataError
+from router_ml.pricing import PriceCatalog
+from training.data._rows import (
+    Row,
+    _clean,
+    _convert,
+    _csv_header,
+    _is_index_column,
+    _iter_csv_rows,
+    _iter_parquet_rows,
+    _parquet_columns,
+    _raw_csv,
+)
+from training.data.schema import Record, RecordError, build_record, is_missing
+
+__all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide"]
+
+_OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
+                     "output_tokens": "output_tokens", "latency": "latency_s",
+                     "latency_s": "latency_s"}
+_TASK_COLUMNS = ("eval_name", "task", "category")
+
+
+class WideLayout:
+    """How the columns of a RouterBench-style wide table map onto a record.
+
+    A column ``M`` is a model's quality column when some ``M|...`` column exists beside it;
+    ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens`` and ``M|latency`` fill its outcome;
+    other ``M|...`` columns (responses, say) are ignored and listed in :attr:`ignored`; every
+    remaining column except ``prompt``/``sample_id``/the task column is kept in ``metadata``.
+    """
+
+    def __init__(self, columns: Iterable[str], *, source: str, prompt: str = "prompt",
+                 messages: str | None = None, sample_id: str = "sample_id",
+                 task: str | None = None, timestamp: str | None = None):
+        columns = list(columns)
+        self.prompt = prompt if prompt in columns else None
+        self.messages = messages if messages in columns else None
+        if self.prompt is None and self.messages is None:
+            raise DataError(f"no '{prompt}' column (columns: {columns[:12]})", location=source)
+        self.sample_id = sample_id if sample_id in columns else None
+        self.task = task if task else next((c for c in _TASK_COLUMNS if c in columns), None)
+        self.timestamp = timestamp if timestamp in columns else None
+        prefixed = [c for c in columns if "|" in c]
+        self.models = [c for c in columns if "|" not in c and any(p.startswith(c + "|") for p in prefixed)]
+        self.companions: dict[str, dict[str, str]] = {m: {} for m in self.models}
+        self.ignored: list[str] = []
+        for col in prefixed:
+            model, _, suffix = col.rpartition("|")
+            if model not in self.companions:
+                raise DataError(f"column '{col}' has no quality column '{model}' beside it", location=source)
+            key = _OUTCOME_SUFFIXES.get(suffix)
+            if key is None:
+                self.ignored.append(col)
+            else:
+                self.companions[model][key] = col
+        used = {self.prompt, self.messages, self.sample_id, self.task, self.timestamp,
+                *self.models, *prefixed}
+        self.meta = [c for c in columns if c not in used and not _is_index_column(c)]
+        if not self.models:
+            raise DataError("no model columns found (a model column M needs an 'M|total_cost' "
+                            "column beside it)", location=source)
+
+    def record(self, row: Mapping[str, Any], prices: PriceCatalog | None) -> Record:
+        outcomes = {}
+        for model in self.models:
+            quality = row.get(model)
+            if is_missing(quality):
+                continue  # NaN / empty = this model has no outcome for the prompt
+            outcome = {"quality": quality}
+            for key, col in self.companions[model].items():
+                outcome[key] = row.get(col)
+            outcomes[model] = outcome
+        return build_record(
+            prompt=row.get(self.prompt) if self.prompt else None,
+            messages=row.get(self.messages) if self.messages else None,
+            outcomes=outcomes,
+            sample_id=row.get(self.sample_id) if self.sample_id else None,
+            task=row.get(self.task) if self.task else None,
+            timestamp=row.get(self.timestamp) if self.timestamp else None,
+            metadata={c: _clean(row.get(c)) for c in self.meta},
+            prices=prices,
+        )
+
+
+def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | None = None,
+              **_: Any) -> Iterator[Row]:
+    """Read a RouterBench-style wide table from a Parquet or CSV file (or a directory of them)."""
+    files = sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
+    for file in files:
+        if file.suffix == ".csv":
+            layout = WideLayout(_csv_header(file), source=str(file))
+            rows: Iterator[tuple[str, Any]] = (
+                (loc, item) for loc, _, item in _iter_csv_rows(file))
+        else:
+            layout = WideLayout(_parquet_columns(file), source=str(file))
+            rows = ((f"{file} row {i}", row) for i, row in _iter_parquet_rows(file))
+        if report is not None:
+            report.setdefault("ignored_columns", []).extend(c for c in layout.ignored
+                                                            if c not in report["ignored_columns"])
+        for loc, item in rows:
+            if isinstance(item, RecordError):
+                yield Row(loc, None, error=item)
+                continue
+            clean = _raw_csv if file.suffix == ".csv" else _clean
+            yield _convert(loc, lambda item=item, clean=clean: clean(item),
+                           lambda item=item, layout=layout: layout.record(item, prices))
+
+
+# --- RouteLLM evaluation CSVs -----------------------------------------------------------------
+
+def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
+    """Read RouteLLM evaluation CSVs: ``prompt`` plus one True/False column per model.
+
+    ``<model>_response`` columns go to ``metadata["responses"]``; the file stem is the ``task``
+    and ``<stem>:<row>`` the ``sample_id``.
+    """
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise DataError("directory holds no *.csv files", location=str(path))
+    for file in files:
+        header = _csv_header(file)
+        if "prompt" not in header:
+            raise DataError(f"no 'prompt' column (columns: {header[:12]})", location=str(file))
+        responses = {c[: -len("_response")]: c for c in header
+                     if c.endswith("_response") and c[: -len("_response")] in header}
+        models = [c for c in header
+                  if c != "prompt" and c not in responses.values() and not _is_index_column(c)]
+        if not models:
+            raise DataError("no model columns beside 'prompt'", location=str(file))
+        for n, (loc, _, item) in enumerate(_iter_csv_rows(file)):
+            if isinstance(item, RecordError):
+                yield Row(loc, None, error=item)
+                continue
+
+            def make(item: dict[str, str] = item, n: int = n, file: Path = file, models: list[str] = models,
+                     responses: dict[str, str] = responses) -> Record:
+                texts = {m: item[c] for m, c in responses.items() if item[c]}
+                return build_record(
+                    prompt=item["prompt"],
+                    outcomes={m: {"quality": item[m]} for m in models if not is_missing(item[m])},
+                    sample_id=f"{file.stem}:{n}",
+                    task=file.stem,
+                    metadata={"responses": texts} if texts else None,
+                    prices=prices,
+                )
+
+            yield _convert(loc, lambda item=item: _raw_csv(item), make)
+
+
+def read_pickle(path: Path, *, allow_pickle: bool = False, prices: PriceCatalog | None = None,
+                report: dict | None = None, **_: Any) -> Iterator[Row]:
+    """Read a RouterBench pickle (a pandas DataFrame in the wide layout) - only when allowed."""
+    if not allow_pickle:
+        raise DataError(
+            f"refusing to unpickle {path}: loading a pickle can run arbitrary code. If you trust "
+            f"the file, pass --allow-pickle (allow_pickle=True), or convert it once in a trusted "
+            f"environment and load the Parquet file: python -c \"import pandas as pd; "
+            f"pd.read_pickle('{path}').to_parquet('{path.with_suffix('.parquet')}')\""
+        )
+    import pandas as pd
+
+    frame = pd.read_pickle(path)  # noqa: S301 - the caller opted in explicitly
+    if frame.empty:
+        raise DataError("the pickled table is empty", location=str(path))
+    frame = frame.reset_index(drop=frame.index.name is None)
+    layout = WideLayout([str(c) for c in frame.columns], source=str(path))
+    if report is not None:
+        report["ignored_columns"] = list(layout.ignored)
+    for index, row in enumerate(frame.to_dict(orient="records")):
+        yield _convert(f"{path} row {index}", lambda row=row: _clean(row),
+                       lambda row=row: layout.record(row, prices))
+
