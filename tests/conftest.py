@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,10 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real routing data not found at {SHARED}")
     return SHARED
+
+
+def pytest_configure(config):
+    # The suite is offline by design: nothing may reach a model or dataset hub.
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router_ml._optional import require
 from router_ml.errors import DataError
 from training.data.schema import Record, RecordError
 
@@ -59,7 +60,7 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _parquet_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
         return list(pq.read_schema(path).names)
@@ -68,7 +69,7 @@ def _parquet_columns(path: Path) -> list[str]:
 
 
 def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
         pf = pq.ParquetFile(path)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from router_ml._optional import require
 from training.data.schema import Record
 
 __all__ = ["FORMAT_VERSION", "write_jsonl", "write_parquet"]
@@ -37,7 +38,7 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
 
 
 def _schema():
-    import pyarrow as pa
+    pa = require("pyarrow", purpose="writing Parquet")
 
     outcome = pa.struct([
         ("model", pa.string()), ("quality", pa.float64()), ("cost", pa.float64()),
@@ -69,8 +70,8 @@ def _row(record: Record) -> dict:
 
 def write_parquet(records: Iterable[Record], path: str | Path, *, batch_size: int = 8192) -> Path:
     """Write records as canonical Parquet in row groups of ``batch_size``, atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", purpose="writing Parquet")
+    pq = require("pyarrow.parquet", purpose="writing Parquet")
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from router_ml._optional import require
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
@@ -19,10 +20,7 @@ _MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model"
 
 
 def _load_hf(source: str, split: str) -> Any:
-    try:
-        import datasets
-    except ImportError as exc:  # pragma: no cover - the train extra brings it
-        raise DataError('reading Hugging Face datasets needs: pip install "router-ml[train]"') from exc
+    datasets = require("datasets", purpose="reading Hugging Face datasets")
     path = Path(source)
     try:
         if path.is_dir():

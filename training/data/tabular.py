@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from router_ml._optional import require
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
 from training.data._rows import (
@@ -166,7 +167,7 @@ def read_pickle(path: Path, *, allow_pickle: bool = False, prices: PriceCatalog 
             f"environment and load the Parquet file: python -c \"import pandas as pd; "
             f"pd.read_pickle('{path}').to_parquet('{path.with_suffix('.parquet')}')\""
         )
-    import pandas as pd
+    pd = require("pandas", purpose="reading a pickle")
 
     frame = pd.read_pickle(path)  # noqa: S301 - the caller opted in explicitly
     if frame.empty:
