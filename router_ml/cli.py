@@ -40,8 +40,9 @@ def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
     return out
 
 
-def _add_input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
+def _add_input_options(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
     p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle)")
     p.add_argument("--exclude", metavar="FILE", help="prompts to drop before anything else "
                    "(JSONL with eval_prompt/prompt/text, or one prompt per line)")
@@ -61,10 +62,7 @@ def _load(args: argparse.Namespace):
     _need_training()
     from training.data import load_traffic
 
-    return load_traffic(
-        args.path, format=args.format, exclude=args.exclude, on_error=args.on_error,
-        quarantine=args.quarantine, prices=args.prices, columns=_parse_columns(args.column),
-        split=args.split, allow_pickle=args.allow_pickle)
+    return load_traffic(args.path, prices=args.prices, **_load_options(args))
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -109,6 +107,65 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"format": args.format, "exclude": args.exclude, "on_error": args.on_error,
+            "quarantine": args.quarantine, "columns": _parse_columns(args.column), "split": args.split,
+            "allow_pickle": args.allow_pickle}
+
+
+def _setup_logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="router-ml: %(message)s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _need_training()
+    _setup_logging(args.quiet)
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    overrides = list(args.set or [])
+    if args.train_size is not None:
+        overrides.append(f"data.train_size={args.train_size}")
+    if args.seed is not None:
+        overrides.append(f"data.seed={args.seed}")
+    config = load_config(args.config, overrides)
+    summary = train_router(config, args.path, out_dir=args.out, prices=args.prices, cache_dir=args.cache_dir,
+                           progress=not args.quiet, **_load_options(args))
+    if summary:  # non-zero ranks under torchrun return nothing
+        test = summary["test"]
+        print(f"router-ml: {summary['router']} trained on {summary['train_records']} records in "
+              f"{summary['fit_seconds']} s; test AIQ {_fmt(test.get('aiq'), '.4f')}, best quality "
+              f"{_fmt(test.get('best_quality'), '.4f')}; saved to {summary['out']}"
+              + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
+              file=sys.stderr)
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _need_training()
+    _setup_logging(args.quiet or args.json)
+    from training.pipeline import evaluate_router
+
+    result = evaluate_router(args.router, args.path, prices=args.prices, include_seen=args.include_seen,
+                             cache_dir=args.cache_dir, progress=not args.quiet, **_load_options(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    test = result["test"]
+    print(f"{result['router']} on {result['data']}: {result['scored']} prompts scored "
+          f"({result['dropped_seen']} seen in training dropped)")
+    rows = [("router", test)] + list(test["baselines"].items())
+    print(f"  {'':<12} {'AIQ':>8} {'savings@iso':>12} {'best quality':>13}")
+    for name, values in rows:
+        print(f"  {name:<12} {_fmt(values.get('aiq'), '>8.4f')} {_fmt(values.get('savings_at_iso_quality'), '>12.3f')}"
+              f" {_fmt(values.get('best_quality'), '>13.4f')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router-ml", description="Train, export and run learned LLM routers.")
     parser.add_argument("--version", action="version", version=f"router-ml {__version__}")
@@ -124,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(convert)
     convert.add_argument("--out", required=True, help="output path (.jsonl or .parquet)")
     convert.set_defaults(func=cmd_data_convert)
+
+    train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")
+    train.add_argument("--config", help="TOML config (training/configs/*.toml); defaults when omitted")
+    train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
+    train.add_argument("--out", required=True, help="directory to write the trained router to")
+    train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
+    train.add_argument("--seed", type=int, help="split and training seed")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
+    train.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_input_options(train, positional=False)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a trained router on (held-out) data")
+    evaluate.add_argument("--router", required=True, help="a directory written by 'router-ml train'")
+    evaluate.add_argument("--data", required=True, dest="path")
+    evaluate.add_argument("--include-seen", action="store_true",
+                          help="keep prompts the router was trained on (dropped by default)")
+    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    _add_input_options(evaluate, positional=False)
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

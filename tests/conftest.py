@@ -25,3 +25,17 @@ def pytest_configure(config):
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(key, "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_root(tmp_path_factory) -> Path:
+    """One router-ml cache for the whole session (subprocesses inherit it), so the static model is
+    distilled once per run and nothing lands in the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("router-ml-cache")
+    previous = os.environ.get("ROUTER_ML_CACHE")
+    os.environ["ROUTER_ML_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("ROUTER_ML_CACHE", None)
+    else:
+        os.environ["ROUTER_ML_CACHE"] = previous

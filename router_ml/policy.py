@@ -1,0 +1,93 @@
+"""Turning predicted per-model quality and estimated cost into a choice.
+
+A router predicts ``quality[i, m]``: how well model ``m`` would answer prompt ``i``. The policy
+picks, per prompt, the model with the highest utility
+
+    utility[i, m] = quality[i, m] - cost[i, m] / willingness_to_pay
+
+where ``cost`` is the estimated USD cost of the call and ``willingness_to_pay`` (USD per unit of
+quality, per request) is the knob: 0 always picks the cheapest model, ``inf`` the best predicted
+one, and values between trace the router's cost-quality curve. Ties go to the cheaper model.
+Because prices enter only here, one trained router serves every budget and every price change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CostModel", "choose", "estimate_input_tokens", "knob_grid"]
+
+
+def estimate_input_tokens(texts: Sequence[str]) -> np.ndarray:
+    """Estimated provider input tokens per text: ``ceil(len(text) / 4)``, the usual rule of thumb."""
+    return np.fromiter(((len(t) + 3) // 4 for t in texts), dtype=np.float64, count=len(texts))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Expected USD cost of calling each model on a prompt, known before the call.
+
+    ``cost[i, m] = fixed_usd[m] + input_tokens[i] * per_input_token_usd[m]``. Built from a price
+    catalog and the expected output tokens per model (:meth:`from_prices`), or from the mean
+    logged cost per model when no catalog is given.
+    """
+
+    models: tuple[str, ...]
+    fixed_usd: tuple[float, ...]
+    per_input_token_usd: tuple[float, ...]
+
+    @classmethod
+    def from_prices(cls, prices, models: Sequence[str], expected_output_tokens: dict[str, float]) -> CostModel:
+        """Price each call with the catalog: input tokens at the input price, expected output tokens
+        at the output price (``prices`` is a :class:`router_ml.PriceCatalog`)."""
+        fixed = tuple(prices[m].output_per_mtok * expected_output_tokens[m] / 1e6 for m in models)
+        per_in = tuple(prices[m].input_per_mtok / 1e6 for m in models)
+        return cls(tuple(models), fixed, per_in)
+
+    def estimate(self, input_tokens: np.ndarray) -> np.ndarray:
+        """``(n, m)`` expected cost in USD for prompts with the given input token counts."""
+        tokens = np.asarray(input_tokens, dtype=np.float64).reshape(-1, 1)
+        return np.asarray(self.fixed_usd)[None, :] + tokens * np.asarray(self.per_input_token_usd)[None, :]
+
+    def to_dict(self) -> dict:
+        return {"models": list(self.models), "fixed_usd": list(self.fixed_usd),
+                "per_input_token_usd": list(self.per_input_token_usd)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CostModel:
+        return cls(tuple(data["models"]), tuple(map(float, data["fixed_usd"])),
+                   tuple(map(float, data["per_input_token_usd"])))
+
+
+def choose(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float) -> np.ndarray:
+    """Index of the chosen model per row: argmax of ``quality - cost / willingness_to_pay``.
+
+    >>> choose(np.array([[0.5, 0.9]]), np.array([[1.0, 10.0]]), willingness_to_pay=5.0).tolist()
+    [0]
+    """
+    quality = np.asarray(quality, dtype=np.float64)
+    cost = np.asarray(cost, dtype=np.float64)
+    if willingness_to_pay < 0 or np.isnan(willingness_to_pay):
+        raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
+    scale = float(np.nanmax(cost)) if cost.size and np.nanmax(cost) > 0 else 1.0
+    tie = cost / scale * 1e-9  # break exact ties toward the cheaper model
+    if willingness_to_pay == 0:
+        utility = -cost
+    elif np.isinf(willingness_to_pay):
+        utility = quality - tie
+    else:
+        utility = quality - cost / willingness_to_pay - tie
+    return np.argmax(utility, axis=1)
+
+
+def knob_grid(mean_costs: Sequence[float], points: int = 81) -> np.ndarray:
+    """Willingness-to-pay values that sweep a router from cheapest to best: 0, a geometric range
+    from a tenth of the cheapest model's cost to 10^4 x the dearest one's, and ``inf``."""
+    costs = np.asarray([c for c in mean_costs if c > 0], dtype=np.float64)
+    if costs.size == 0 or points < 3:
+        return np.array([0.0, np.inf])
+    inner = np.geomspace(costs.min() * 0.1, costs.max() * 1e4, points - 2)
+    return np.concatenate([[0.0], inner, [np.inf]])

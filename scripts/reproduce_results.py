@@ -1,0 +1,129 @@
+"""Reproduce the README's results tables: each protocol x router variant x seed, then mean and spread.
+
+Protocols (data read by path from ../shared/data, never copied):
+- routellm: RouteLLM's MMLU responses minus its contaminated prompts, 1,500 training labels
+  (train + validation), the other 12,537 prompts as test - RouteLLM's augmented-MMLU setting;
+- mmlu-pro: MMLU-Pro outcomes for 29 models, 70% train + validation / 30% test.
+
+Every run is a real ``train_router`` call (logged to the local MLflow store under the experiment
+``reproduce``). Prints one JSON object: per protocol, per variant, the mean, standard deviation and
+per-seed values of the headline metrics, the mean bootstrap interval, and the baselines.
+
+    python scripts/reproduce_results.py                      # seeds 0-4, mlp_static + ablation + mf
+    python scripts/reproduce_results.py --seeds 0 --variants mlp_static
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+PROTOCOLS = {
+    "routellm": {"data": SHARED / "routellm-mmlu" / "responses", "train_size": 1500,
+                 "exclude": SHARED / "routellm-mmlu" / "contaminated_prompts.jsonl"},
+    "mmlu-pro": {"data": SHARED / "mmlu-pro-29" / "mmlu_pro_29.parquet", "train_size": 0.7, "exclude": None},
+}
+VARIANTS = {
+    "mlp_static": ("mlp_static.toml", {}),
+    "mlp_static_no_tradeoff": ("mlp_static.toml", {"loss.tradeoff_weight": 0.0}),
+    "mf": ("mf.toml", {}),
+    "mlp_minilm": ("mlp_minilm.toml", {}),
+    "encoder": ("encoder.toml", {}),
+}
+KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def _stats(values: list[float | None]) -> dict[str, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(present), "std": statistics.pstdev(present) if len(present) > 1 else 0.0}
+
+
+def _mean_interval(runs: list[dict], key: str) -> list[float | None]:
+    """The bootstrap interval of ``key`` averaged over seeds, bound by bound."""
+    out: list[float | None] = []
+    for bound in (0, 1):
+        values = [r["test"]["ci95"][key][bound] for r in runs if (r["test"]["ci95"].get(key) or [None, None])[bound]
+                  is not None]
+        out.append(statistics.fmean(values) if values else None)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocols", default="routellm,mmlu-pro")
+    parser.add_argument("--variants", default="mlp_static,mlp_static_no_tradeoff,mf")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="router directories and results.json")
+    parser.add_argument("--n-boot", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    missing = [p for p in PROTOCOLS.values() if not Path(p["data"]).exists()]
+    if missing:
+        print(json.dumps({"error": f"routing data not found under {SHARED}"}))
+        return 1
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    out = Path(args.out)
+    results: dict = {}
+    for protocol in args.protocols.split(","):
+        spec = PROTOCOLS[protocol]
+        results[protocol] = {}
+        for v_index, variant in enumerate(args.variants.split(",")):
+            config_file, overrides = VARIANTS[variant]
+            runs = []
+            for seed in _seeds(args.seeds):
+                config = load_config(ROOT / "training" / "configs" / config_file, {
+                    **overrides, "data.seed": seed, "data.train_size": spec["train_size"],
+                    "eval.n_boot": args.n_boot, "tracking.experiment": "reproduce",
+                    # the baselines depend only on the split: compute them with the first variant
+                    **({} if v_index == 0 else {"eval.baselines": "best-single"}),
+                })
+                started = time.perf_counter()
+                summary = train_router(config, spec["data"], out_dir=out / protocol / variant / f"seed{seed}",
+                                       exclude=spec["exclude"], progress=False)
+                summary["wall_seconds"] = time.perf_counter() - started
+                runs.append(summary)
+                print(f"{protocol} {variant} seed {seed}: aiq {summary['test']['aiq']:.4f} "
+                      f"({summary['wall_seconds']:.0f} s)", file=sys.stderr)
+            entry = {k: {**_stats([r["test"].get(k) for r in runs]),
+                         "per_seed": [r["test"].get(k) for r in runs]} for k in KEYS}
+            entry["ci95_mean"] = {k: _mean_interval(runs, k) for k in KEYS if k in runs[0]["test"].get("ci95", {})}
+            entry["seconds_per_run"] = statistics.fmean(r["wall_seconds"] for r in runs)
+            entry["fit_seconds"] = statistics.fmean(r["fit_seconds"] for r in runs)
+            entry["train_records"], entry["test_records"] = runs[0]["train_records"] + runs[0]["val_records"], \
+                runs[0]["test_records"]
+            results[protocol][variant] = entry
+            if v_index == 0:
+                baselines = {}
+                for name in runs[0]["test"]["baselines"]:
+                    baselines[name] = {k: _stats([r["test"]["baselines"][name].get(k) for r in runs])
+                                       for k in KEYS if k in runs[0]["test"]["baselines"][name]}
+                    if name == "best-single":
+                        baselines[name]["best_model"] = runs[0]["test"]["baselines"][name]["best_model"]
+                results[protocol]["baselines"] = baselines
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""End to end: `router-ml train` / `evaluate` on real files, real featurizers and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training.data import Preference, Record, load_traffic, write_jsonl
+
+from .conftest import DEMO, ROOT
+
+pytestmark = pytest.mark.slow
+FAST = ["--set", "train.epochs=25", "--set", "eval.n_boot=20", "--set", "eval.knob_points=41"]
+
+
+def cli(*args, cwd, env=None, timeout=900):
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, args)], capture_output=True, text=True,
+                         cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def demo_subset(tmp_path_factory):
+    table, _ = load_traffic(DEMO)
+    path = tmp_path_factory.mktemp("demo") / "demo.jsonl"
+    write_jsonl(table.records[:1600], path)
+    return path
+
+
+def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = cli("train", "--config", ROOT / "training/configs/mlp_static.toml", "--data", demo_subset,
+                  "--out", tmp_path / "router", *FAST, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert {"run_id", "router", "train_records", "test_records", "test"} <= set(summary)
+    assert summary["router"] == "mlp" and summary["tracking_error"] is None
+    assert summary["train_records"] + summary["val_records"] == 1120 and summary["test_records"] == 480
+    test = summary["test"]
+    base = test["baselines"]
+    assert set(base) == {"random", "best-single", "knn", "logreg", "oracle"}
+    assert test["aiq"] > base["random"]["aiq"] and test["aiq"] > base["best-single"]["aiq"]
+    assert test["aiq"] < base["oracle"]["aiq"]
+    low, high = test["ci95"]["aiq"]
+    assert low <= test["aiq"] <= high
+    for name in ("weights.safetensors", "router.json", "manifest.json", "metrics.json", "curve.png", "split.json"):
+        assert (tmp_path / "router" / name).exists(), name
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["router.kind"] == "mlp" and run.data.params["data.fingerprint"]
+    assert run.data.metrics["aiq"] == pytest.approx(test["aiq"])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "router")}
+    assert "router/curve.png" in artifacts and "router/weights.safetensors" in artifacts
+
+    again = cli("evaluate", "--router", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)
+    assert again["dropped_seen"] == 1120 and again["scored"] == 480
+    assert again["test"]["aiq"] == pytest.approx(test["aiq"], abs=1e-9)
+
+
+def test_masked_logged_traffic_still_trains_and_beats_random(tmp_path, demo_subset):
+    """Each record keeps the outcome of one random model, as production logs do."""
+    table, _ = load_traffic(demo_subset)
+    rng = np.random.default_rng(0)
+    masked = []
+    for record in table.records:
+        keep = table.models[int(rng.integers(len(table.models)))]
+        masked.append(Record(prompt=record.prompt, messages=record.messages, sample_id=record.sample_id,
+                             outcomes={keep: record.outcomes[keep]}, task=record.task))
+    path = write_jsonl(masked, tmp_path / "masked.jsonl")
+    summary = cli("train", "--data", path, "--out", tmp_path / "r", "--set", "tracking.enabled=false",
+                  "--set", "eval.baselines=random,best-single,oracle", *FAST, cwd=tmp_path)
+    test = summary["test"]
+    assert test["estimator"] == "ips" and test["baselines"]["oracle"]["aiq"] is None
+    assert test["aiq"] > test["baselines"]["random"]["aiq"]
+    # scored on the fully labelled copy, the held-out prompts confirm it
+    full = cli("evaluate", "--router", tmp_path / "r", "--data", demo_subset, "--json", cwd=tmp_path)
+    assert full["scored"] == 480 and full["test"]["estimator"] == "exact"
+    assert full["test"]["aiq"] > full["test"]["baselines"]["random"]["aiq"]
+
+
+def test_unreachable_mlflow_does_not_stop_training(tmp_path, demo_subset):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    summary = cli("train", "--data", demo_subset, "--out", tmp_path / "r", *FAST, "--set", "eval.baselines=random",
+                  cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert summary["run_id"] is None and "start" in summary["tracking_error"]
+    assert summary["test"]["aiq"] > summary["test"]["baselines"]["random"]["aiq"]
+
+
+def test_torchrun_ddp_two_cpu_processes(tmp_path, demo_subset):
+    """The mlp trainer under torchrun: 2 CPU processes (gloo), rank 0 evaluates and writes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port),
+         "-m", "router_ml.cli", "train", "--data", str(demo_subset), "--out", str(tmp_path / "r"), "--quiet",
+         "--set", "tracking.enabled=false", "--set", "eval.baselines=random", *FAST],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    summary = json.loads(lines[0])
+    assert summary["test"]["aiq"] > summary["test"]["baselines"]["random"]["aiq"]
+    assert (tmp_path / "r" / "weights.safetensors").exists()
+
+
+def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
+    """The encoder variant on any local DistilBERT checkpoint (a tiny random one here: no weights
+    are downloadable offline), CPU only, saved and re-evaluated."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    from training.featurizers import minilm_path
+
+    checkpoint = tmp_path / "tiny-distilbert"
+    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2,
+                                     max_position_embeddings=64)).save_pretrained(checkpoint)
+    BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt")).save_pretrained(checkpoint)
+    table, _ = load_traffic(demo_subset)
+    small = write_jsonl(table.records[:300], tmp_path / "small.jsonl")
+    summary = cli("train", "--config", ROOT / "training/configs/encoder.toml", "--data", small, "--out",
+                  tmp_path / "r", "--set", f"router.encoder={checkpoint}", "--set", "router.max_length=48",
+                  "--set", "train.epochs=2", "--set", "eval.n_boot=5", "--set", "tracking.enabled=false",
+                  "--set", "eval.baselines=random", cwd=tmp_path)
+    assert summary["router"] == "encoder" and summary["test_records"] == 90
+    assert 0 < summary["test"]["aiq"] <= 1
+    again = cli("evaluate", "--router", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
+    assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
+
+
+def test_mf_learns_from_pairwise_preferences_alone(tmp_path):
+    """Arena-style records (no outcomes, only who won) still train the mf router."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(600):
+        math = i % 2 == 0
+        prompt = (f"Compute {rng.integers(100, 999)} times {rng.integers(100, 999)} exactly." if math
+                  else f"Say hello to my friend number {i} in a cheerful way.")
+        winner = "a" if math else "b"   # 'big' wins maths, 'small' wins chit-chat
+        records.append(Record(prompt=prompt, preferences=(Preference("big", "small", winner),)))
+    path = write_jsonl(records, tmp_path / "arena.jsonl")
+    table, _ = load_traffic(path)
+    from training.config import load_config
+    from training.pipeline import _batchable, featurize_texts
+    from training.routers import MFRouter
+
+    config = load_config(ROOT / "training/configs/mf.toml", ["train.epochs=30", "loss.tradeoff_weight=0"])
+    X, _ = featurize_texts(config, table.texts, fingerprint=None, cache_dir=None, progress=False)
+    rows = np.arange(len(table))
+    cost = np.zeros((len(table), 2))
+    data = _batchable((X,), rows[:500], table, cost, cost)
+    assert data.prefs is not None and len(data.prefs) == 500
+    router = MFRouter(config=config, n_models=2, input_dim=X.shape[1]).fit(data, wtp_range=(0.1, 1.0))
+    scores = router.predict_logits((X[500:],))
+    big, small = table.models.index("big"), table.models.index("small")
+    prefers_big = scores[:, big] > scores[:, small]
+    is_math = np.array([t.startswith("Compute") for t in table.texts[500:]])
+    assert np.mean(prefers_big == is_math) > 0.9

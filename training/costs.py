@@ -1,0 +1,83 @@
+"""Cost matrices for training and evaluation, and the runtime's cost estimate.
+
+*Observed* cost (what a call cost) scores the router; the *estimate* (what the runtime can know
+before the call) drives its decisions. Rules, in order:
+
+1. a cell with a logged cost (or tokens priced by the catalog at load time) keeps it;
+2. a missing cost is imputed with that model's mean observed cost in the training split;
+3. a model with no cost anywhere is priced by the catalog when given (estimated input tokens,
+   mean output tokens); otherwise, for exactly two models and no costs at all (RouteLLM's data),
+   the weaker model costs 0 and the stronger 1 USD per call, so the cost axis is the share of
+   calls to the strong model - RouteLLM's own axis. Anything else is an error asking for prices.
+
+The estimate is a :class:`router_ml.policy.CostModel`: with a catalog, input tokens
+(``ceil(chars/4)``) at the input price plus the model's mean output tokens at the output price;
+without one, a per-model least-squares line ``a + b * input_tokens`` (``a, b >= 0``) fitted to the
+observed training costs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from router_ml.errors import DataError
+from router_ml.policy import CostModel, estimate_input_tokens
+from router_ml.pricing import PriceCatalog
+from training.data.table import TrafficTable
+
+__all__ = ["fit_cost_model", "observed_costs"]
+
+
+def _mean_output_tokens(table: TrafficTable, rows: np.ndarray) -> dict[str, float]:
+    out = {}
+    for m in table.models:
+        values = [table[int(i)].outcomes[m].output_tokens for i in rows
+                  if m in table[int(i)].outcomes and table[int(i)].outcomes[m].output_tokens is not None]
+        out[m] = float(np.mean(values)) if values else 0.0
+    return out
+
+
+def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCatalog | None = None) -> np.ndarray:
+    """``(n, m)`` observed cost for every cell, imputed by the rules of the module doc."""
+    cost = table.cost.copy()
+    quality = table.quality
+    known = ~np.isnan(cost)
+    if not known.any():
+        if prices is not None and all(m in prices for m in table.models):
+            tokens = estimate_input_tokens(table.texts)
+            model = CostModel.from_prices(prices, table.models, _mean_output_tokens(table, train_rows))
+            return model.estimate(tokens)
+        if len(table.models) == 2:
+            means = np.nanmean(quality[train_rows], axis=0)
+            strong = int(np.argmax(means))
+            cost = np.zeros_like(quality)
+            cost[:, strong] = 1.0
+            return cost
+        raise DataError("no costs in the data: give a price catalog (--prices) or cost columns "
+                        f"for the {len(table.models)} models")
+    for j, model in enumerate(table.models):
+        train_known = cost[train_rows, j][~np.isnan(cost[train_rows, j])]
+        if train_known.size == 0:
+            train_known = cost[:, j][known[:, j]]
+        if train_known.size == 0:
+            raise DataError(f"model '{model}' has outcomes but no cost anywhere; give a price catalog (--prices)")
+        cost[~known[:, j], j] = train_known.mean()
+    return cost
+
+
+def fit_cost_model(table: TrafficTable, cost: np.ndarray, train_rows: np.ndarray,
+                   prices: PriceCatalog | None = None) -> CostModel:
+    """The runtime's cost estimate, fitted on the training split (rules in the module doc)."""
+    if prices is not None and all(m in prices for m in table.models):
+        return CostModel.from_prices(prices, table.models, _mean_output_tokens(table, train_rows))
+    tokens = estimate_input_tokens([table.texts[int(i)] for i in train_rows])
+    fixed, per_token = [], []
+    design = np.stack([np.ones_like(tokens), tokens], axis=1)
+    for j in range(len(table.models)):
+        y = cost[train_rows, j]
+        (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if b < 0 or a < 0:
+            a, b = float(y.mean()), 0.0
+        fixed.append(float(a))
+        per_token.append(float(b))
+    return CostModel(tuple(table.models), tuple(fixed), tuple(per_token))

@@ -1,0 +1,317 @@
+"""``train_router`` and ``evaluate_router``: load -> split -> featurize -> train -> evaluate -> save.
+
+Everything a run decides is derived from the config and the data: the seed is set here (never at
+import), the split is the data layer's deterministic grouped split, and the router directory
+holds the weights (safetensors), the resolved config, the featurizer identity, the cost model,
+the split's identity and the test metrics - enough to evaluate the router again on any data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_ml.errors import DataError, RouterMLError
+from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
+from router_ml.pricing import PriceCatalog
+from training.config import TrainConfig
+from training.costs import fit_cost_model, observed_costs
+from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
+from training.evaluation import evaluate_scores, oracle_baseline, random_baseline, single_model_baseline
+from training.routers import ROUTERS, EncoderRouter, KNNRouter, LogRegRouter, TorchRouter
+from training.trainer import Batchable, distributed_context
+
+__all__ = ["CHECKPOINT_FORMAT", "evaluate_router", "train_router"]
+
+log = logging.getLogger("router_ml.train")
+CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
+
+
+@dataclass
+class Prepared:
+    table: TrafficTable
+    report: LoadReport
+    split: Split
+    prices: PriceCatalog | None
+    cost: np.ndarray
+    cost_model: CostModel
+    two_model: tuple[int, int] | None
+
+
+def _portable(identity: dict[str, Any]) -> dict[str, Any]:
+    """A featurizer identity without where its files happen to lie (their digests stay)."""
+    return {k: v for k, v in identity.items() if k not in ("model_dir", "source_dir")}
+
+
+def _prompt_hash(text: str) -> str:
+    return hashlib.sha256(normalize_prompt(text).encode()).hexdigest()[:20]
+
+
+def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
+    if len(table.models) != 2:
+        return None
+    means = np.nanmean(table.quality[rows], axis=0)
+    strong = int(np.argmax(means))
+    return 1 - strong, strong
+
+
+def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | PriceCatalog | None = None,
+            **load_options: Any) -> Prepared:
+    catalog = PriceCatalog.load(prices) if isinstance(prices, str | Path) else prices
+    table, report = load_traffic(data, prices=catalog, **load_options)
+    split = split_table(table, train_size=config.data.train_size, val_size=config.data.val_size,
+                        seed=config.data.seed)
+    if len(split.train) == 0 or len(split.test) == 0:
+        raise DataError(f"the split left an empty part ({split.sizes()}); change --train-size")
+    cost = observed_costs(table, split.train, catalog)
+    cost_model = fit_cost_model(table, cost, split.train, catalog)
+    return Prepared(table, report, split, catalog, cost, cost_model, _two_model(table, split.train))
+
+
+def featurize_texts(config: TrainConfig, texts: list[str], *, fingerprint: str | None,
+                    cache_dir: str | Path | None, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    from training.featurizers import featurize, get_featurizer
+
+    f = config.featurizer
+    featurizer = get_featurizer(f.name, max_tokens=f.max_tokens)
+    X = featurize(featurizer, texts, cache_dir=cache_dir, data_fingerprint=fingerprint, batch_size=f.batch_size,
+                  num_proc=f.num_proc, progress=progress)
+    return np.asarray(X, dtype=np.float32), featurizer.identity()
+
+
+def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficTable, cost: np.ndarray,
+               cost_est: np.ndarray) -> Batchable:
+    prefs = []
+    col = {m: j for j, m in enumerate(table.models)}
+    for local, i in enumerate(rows):
+        for p in table[int(i)].preferences:
+            prefs.append((local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner]))
+    return Batchable(inputs=tuple(x[rows] for x in inputs), quality=table.quality[rows], cost=cost[rows],
+                     cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None)
+
+
+def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
+    means = np.nanmean(cost, axis=0)
+    positive = means[means > 0]
+    low = float(positive.min()) if positive.size else 1.0
+    return low * 0.1, float(means.max()) * 100.0 if means.max() > 0 else 100.0
+
+
+def _score(pred: np.ndarray, cost_est: np.ndarray, quality: np.ndarray, cost: np.ndarray, config: TrainConfig,
+           two_model, wtps) -> dict[str, Any]:
+    return evaluate_scores(pred, cost_est, quality, cost, wtps=wtps, n_boot=config.eval.n_boot,
+                           seed=config.data.seed, two_model=two_model)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in ("curve", "models")}
+
+
+def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
+                 prices: str | Path | PriceCatalog | None = None, cache_dir: str | Path | None = None,
+                 progress: bool = True, tracking_uri: str | None = None, **load_options: Any) -> dict[str, Any]:
+    """Train the configured router on ``data`` and return the run summary (the CLI's JSON line)."""
+    from training.tracking import Tracker
+
+    if config.router.kind not in ("mlp", "mf", "encoder"):
+        raise RouterMLError(f"unknown router kind '{config.router.kind}'; choose mlp, mf or encoder")
+    started = time.perf_counter()
+    rank, _ = distributed_context()
+    prep = prepare(config, data, prices=prices, **load_options)
+    table, split = prep.table, prep.split
+    fingerprint = table.fingerprint()
+    log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
+    X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
+                                             progress=progress and rank == 0)
+    cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts))
+    router_cls = ROUTERS[config.router.kind]
+    if router_cls is EncoderRouter:
+        router: TorchRouter = router_cls(config=config, n_models=len(table.models))
+        inputs = router.tokenize(table.texts)
+    else:
+        router = router_cls(config=config, n_models=len(table.models), input_dim=X.shape[1])
+        inputs = (X,)
+    out_dir = Path(out_dir)
+    tracker = Tracker(experiment=config.tracking.experiment, enabled=config.tracking.enabled and rank == 0,
+                      tracking_uri=tracking_uri, run_name=f"{config.router.kind}-{config.featurizer.name}")
+    with tracker:
+        tracker.log_params({**config.to_flat(), "data.fingerprint": fingerprint, "data.source": str(data),
+                            "data.records": len(table), **{f"split.{k}": v for k, v in split.sizes().items()},
+                            "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
+        tracker.set_tags({"router": config.router.kind, "featurizer": config.featurizer.name,
+                          "data_fingerprint": fingerprint})
+        train = _batchable(inputs, split.train, table, prep.cost, cost_est)
+        val = _batchable(inputs, split.val, table, prep.cost, cost_est) if len(split.val) else None
+        fit_started = time.perf_counter()
+        router.fit(train, val, wtp_range=_wtp_range(prep.cost),
+                   on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
+        fit_seconds = time.perf_counter() - fit_started
+        if rank != 0:
+            return {}
+        test = split.test
+        scored = test[~np.isnan(table.quality[test]).all(axis=1)]
+        result = _evaluate(config, router, inputs, X, prep, scored)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
+        from training.plots import plot_cost_quality
+
+        curves = {config.router.kind: result["router_curve"], **result["baseline_curves"]}
+        plot_cost_quality(out_dir / "curve.png", curves=curves, singles=result["singles"],
+                          title=f"{config.router.kind} / {config.featurizer.name} on {Path(str(data)).name}",
+                          log_x=bool(np.all(np.nanmean(prep.cost, axis=0) > 0)))
+        test_metrics = result["test"]
+        flat = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
+        for name, base in test_metrics["baselines"].items():
+            flat.update({f"{name}.{k}": v for k, v in base.items() if isinstance(v, int | float)})
+        tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
+        tracker.log_artifacts(out_dir, "router")
+        summary = {
+            "run_id": tracker.run_id,
+            "router": config.router.kind,
+            "featurizer": config.featurizer.name,
+            "data_fingerprint": fingerprint,
+            "train_records": int(len(split.train)),
+            "val_records": int(len(split.val)),
+            "test_records": int(len(split.test)),
+            "test_scored": int(len(scored)),
+            "rejected": prep.report.rejected,
+            "excluded": prep.report.excluded,
+            "fit_seconds": round(fit_seconds, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+            "out": str(out_dir),
+            "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
+            "tracking_error": tracker.error,
+            "test": test_metrics,
+        }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray) -> dict[str, Any]:
+    table = prep.table
+    if len(scored) == 0:
+        raise DataError("the test split has no record with an outcome; nothing to score")
+    quality, cost = table.quality[scored], prep.cost[scored]
+    observed = ~np.isnan(quality)
+    if not observed.all() and (observed.sum(axis=0) == 0).any():
+        raise DataError("some model has no outcome in the test split, so choices of it cannot be scored; "
+                        "use more test data (--train-size) or fully labelled data with 'router-ml evaluate'")
+    cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
+    wtps = knob_grid(np.nanmean(prep.cost[prep.split.train], axis=0), config.eval.knob_points)
+    pred = router.predict(tuple(x[scored] for x in inputs))
+    report = _score(pred, cost_est, quality, cost, config, prep.two_model, wtps)
+    baselines: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    singles = single_model_baseline(quality, cost, table.models)
+    train_rows = np.concatenate([prep.split.train, prep.split.val])
+    for name in config.eval.baselines:
+        if name == "best-single":
+            baselines[name] = _summary(singles)
+        elif name == "random":
+            base = random_baseline(quality, cost, seed=config.data.seed, n_boot=config.eval.n_boot,
+                                   two_model=prep.two_model)
+            baselines[name], curves[name] = _summary(base), base["curve"]
+        elif name == "oracle":
+            base = oracle_baseline(quality, cost, wtps=wtps, two_model=prep.two_model)
+            baselines[name] = _summary(base)
+            if "curve" in base:
+                curves[name] = base["curve"]
+        elif name in ("knn", "logreg"):
+            model = (KNNRouter() if name == "knn" else LogRegRouter()).fit(X[train_rows], table.quality[train_rows])
+            base = _score(model.predict(X[scored]), cost_est, quality, cost, config, prep.two_model, wtps)
+            baselines[name], curves[name] = _summary(base), base["curve"]
+        else:
+            raise RouterMLError(f"unknown baseline '{name}'; choose from random, best-single, knn, logreg, oracle")
+    test = {**_summary(report), "baselines": baselines}
+    return {"test": test, "router_curve": report["curve"], "baseline_curves": curves, "singles": singles["models"],
+            "test_rows": scored}
+
+
+def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer_identity, fingerprint,
+          result, run_id) -> None:
+    router.save(out_dir)
+    table, split = prep.table, prep.split
+    seen = sorted({_prompt_hash(table.texts[int(i)]) for i in np.concatenate([split.train, split.val])})
+    files = {
+        "manifest.json": {"format": CHECKPOINT_FORMAT, "router": config.router.kind, "models": list(table.models),
+                          "featurizer": config.featurizer.name, "mlflow_run_id": run_id,
+                          "data_fingerprint": fingerprint, "two_model": prep.two_model},
+        "config.json": config.to_flat(),
+        "featurizer.json": featurizer_identity,
+        "cost_model.json": prep.cost_model.to_dict(),
+        "prices.json": prep.prices.to_dict() if prep.prices is not None else None,
+        "split.json": {"seed": config.data.seed, "sizes": split.sizes(), "data_fingerprint": fingerprint,
+                       "test_sample_ids": [table[int(i)].sample_id for i in split.test],
+                       "seen_prompt_hashes": seen},
+        "metrics.json": {"test": result["test"], "curve": result["router_curve"]},
+    }
+    for name, payload in files.items():
+        if payload is not None:
+            (out_dir / name).write_text(json.dumps(payload, indent=1))
+
+
+def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
+                    include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
+                    n_boot: int | None = None, **load_options: Any) -> dict[str, Any]:
+    """Score a saved router on ``data`` in the same JSON shape as training's ``test``.
+
+    Prompts the router was trained or validated on are dropped (and counted) unless
+    ``include_seen`` - so evaluation on any data set stays held out.
+    """
+    router_dir = Path(router_dir)
+    try:
+        manifest = json.loads((router_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RouterMLError(f"{router_dir}: not a router directory (manifest.json unreadable: {exc})") from exc
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}")
+    config = TrainConfig.from_flat(json.loads((router_dir / "config.json").read_text()))
+    if n_boot is not None:
+        config = config.replace(**{"eval.n_boot": n_boot})
+    catalog = PriceCatalog.load(prices) if prices else None
+    table, report = load_traffic(data, prices=catalog, **load_options)
+    models = tuple(manifest["models"])
+    missing = [m for m in models if m not in table.models]
+    if missing:
+        raise DataError(f"{data}: no outcomes for the router's models {missing}")
+    cols = [table.models.index(m) for m in models]
+    seen = set(json.loads((router_dir / "split.json").read_text())["seen_prompt_hashes"])
+    keep = np.array([include_seen or _prompt_hash(t) not in seen for t in table.texts])
+    rows = np.flatnonzero(keep)
+    quality = table.quality[:, cols]
+    all_rows = np.arange(len(table))
+    cost = observed_costs(TrafficTable(table.records, models=models), all_rows, catalog)
+    scored = rows[~np.isnan(quality[rows]).all(axis=1)]
+    if len(scored) == 0:
+        raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
+    router = TorchRouter.load(router_dir)
+    texts = [table.texts[int(i)] for i in scored]
+    if isinstance(router, EncoderRouter):
+        inputs = router.tokenize(texts)
+    else:
+        X, identity = featurize_texts(config, texts, fingerprint=None, cache_dir=cache_dir, progress=progress)
+        saved = json.loads((router_dir / "featurizer.json").read_text())
+        if _portable(identity) != _portable(saved):
+            raise RouterMLError(f"{router_dir}: the featurizer here differs from the one the router was trained "
+                                f"with ({identity} vs {saved})")
+        inputs = (X,)
+    cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
+    cost_est = cost_model.estimate(estimate_input_tokens(texts))
+    q, c = quality[scored], cost[scored]
+    saved_grid = json.loads((router_dir / "metrics.json").read_text())["curve"]["willingness_to_pay"]
+    wtps = np.array([np.inf if w is None else w for w in saved_grid])  # the grid the router was scored on
+    two_model = tuple(manifest["two_model"]) if manifest.get("two_model") else None
+    result = _score(router.predict(inputs), cost_est, q, c, config, two_model, wtps)
+    baselines = {"best-single": _summary(single_model_baseline(q, c, models)),
+                 "random": _summary(random_baseline(q, c, seed=config.data.seed, two_model=two_model)),
+                 "oracle": _summary(oracle_baseline(q, c, wtps=wtps, two_model=two_model))}
+    return {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
+            "dropped_seen": int((~keep).sum()), "rejected": report.rejected,
+            "test": {**_summary(result), "baselines": baselines}}

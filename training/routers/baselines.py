@@ -1,0 +1,64 @@
+"""Trainable baselines over prompt embeddings (scikit-learn): k-nearest neighbours and per-model
+logistic regression. Both predict per-model quality like the learned routers, so the same policy
+and the same knob sweep apply to them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["KNNRouter", "LogRegRouter"]
+
+
+class KNNRouter:
+    """Predicted quality = mean observed quality of the ``k`` most similar training prompts (cosine)."""
+
+    def __init__(self, *, k: int = 25):
+        self.k = k
+
+    def fit(self, X: np.ndarray, quality: np.ndarray) -> KNNRouter:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.index_ = NearestNeighbors(n_neighbors=min(self.k, len(X)), metric="cosine").fit(X)
+        self.quality_ = quality
+        self.prior_ = np.nan_to_num(np.nanmean(quality, axis=0), nan=0.0)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        _, neighbours = self.index_.kneighbors(X)
+        values = self.quality_[neighbours]                      # (n, k, m)
+        observed = ~np.isnan(values)
+        sums = np.where(observed, values, 0.0).sum(axis=1)
+        counts = observed.sum(axis=1)
+        # shrink toward the model's overall mean when few neighbours observed it
+        return (sums + self.prior_ * 1.0) / (counts + 1.0)
+
+
+class LogRegRouter:
+    """One logistic regression per model on the prompt embedding; graded quality q in [0, 1] is
+    fitted exactly as soft labels (each row twice, as 1 with weight q and as 0 with weight 1-q)."""
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000):
+        self.C = C
+        self.max_iter = max_iter
+
+    def fit(self, X: np.ndarray, quality: np.ndarray) -> LogRegRouter:
+        from sklearn.linear_model import LogisticRegression
+
+        self.models_ = []
+        for j in range(quality.shape[1]):
+            seen = ~np.isnan(quality[:, j])
+            q = quality[seen, j]
+            if seen.sum() < 2 or np.all(q == q[0]):
+                self.models_.append(float(q.mean()) if seen.any() else 0.0)
+                continue
+            Xj = np.concatenate([X[seen], X[seen]])
+            y = np.concatenate([np.ones(len(q)), np.zeros(len(q))])
+            w = np.concatenate([q, 1.0 - q])
+            keep = w > 0
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            self.models_.append(clf.fit(Xj[keep], y[keep], sample_weight=w[keep]))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        cols = [np.full(len(X), m) if isinstance(m, float) else m.predict_proba(X)[:, 1] for m in self.models_]
+        return np.stack(cols, axis=1)

