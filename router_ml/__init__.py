@@ -8,14 +8,18 @@ never imports torch, transformers, datasets or mlflow. Training lives in the ``t
 from router_ml.errors import CatalogError, DataError, RouterMLError
 from router_ml.messages import routed_text
 from router_ml.pricing import ModelPrice, PriceCatalog
+from router_ml.router import ArtifactError, Decision, Router
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactError",
     "CatalogError",
     "DataError",
+    "Decision",
     "ModelPrice",
     "PriceCatalog",
+    "Router",
     "RouterMLError",
     "__version__",
     "routed_text",

@@ -166,6 +166,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _need_training()
+    from training.export import export_router
+
+    checkpoint = args.checkpoint
+    if args.run_id:
+        import mlflow
+
+        checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{args.run_id}/router")
+    report = export_router(checkpoint, args.out, quantize=args.quantize, default_willingness=args.willingness_to_pay)
+    print(json.dumps({"out": args.out, **report}))
+    return 0
+
+
+def _prompts_from_file(path: str) -> list[str]:
+    from router_ml.messages import routed_text
+
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RouterMLError(f"{path}:{n}: not valid JSON ({exc.msg}); expected {{\"prompt\": ...}} or "
+                                    f"{{\"messages\": [...]}} per line") from exc
+            if isinstance(obj, str):
+                prompts.append(obj)
+            elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                prompts.append(obj["prompt"])
+            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                prompts.append(routed_text(obj["messages"]))
+            else:
+                raise RouterMLError(f"{path}:{n}: expected a JSON string, {{\"prompt\": ...}} or {{\"messages\": ...}}")
+    return prompts
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from router_ml.router import Router
+
+    if (args.prompt is None) == (args.input is None):
+        raise RouterMLError("give one prompt or --input FILE (not both)")
+    router = Router.load(args.router, intra_op_threads=args.threads)
+    if args.prompt is not None:
+        print(json.dumps(router.route(args.prompt, willingness_to_pay=args.willingness_to_pay).to_dict()))
+        return 0
+    prompts = _prompts_from_file(args.input)
+    for start in range(0, len(prompts), 256):
+        for decision in router.route_batch(prompts[start:start + 256], willingness_to_pay=args.willingness_to_pay):
+            print(json.dumps(decision.to_dict()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router-ml", description="Train, export and run learned LLM routers.")
     parser.add_argument("--version", action="version", version=f"router-ml {__version__}")
@@ -204,6 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_input_options(evaluate, positional=False)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="export a trained router to an ONNX artifact directory")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a directory written by 'router-ml train'")
+    source.add_argument("--run-id", help="an MLflow run whose 'router' artifact to export")
+    export.add_argument("--out", required=True, help="artifact directory to write")
+    export.add_argument("--quantize", choices=("int8",), help="dynamic per-channel int8 weights")
+    export.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
+                        "default: best predicted quality)")
+    export.set_defaults(func=cmd_export)
+
+    route = sub.add_parser("route", help="route prompts with an exported router (prints JSON decisions)")
+    route.add_argument("prompt", nargs="?", help="one prompt")
+    route.add_argument("--router", required=True, help="artifact directory, or runs:/... / models:/... URI")
+    route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line)")
+    route.add_argument("--willingness-to-pay", type=float, help="USD per unit of quality (default: the artifact's)")
+    route.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    route.set_defaults(func=cmd_route)
     return parser
 
 

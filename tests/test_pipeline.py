@@ -50,6 +50,15 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     assert low <= test["aiq"] <= high
     for name in ("weights.safetensors", "router.json", "manifest.json", "metrics.json", "curve.png", "split.json"):
         assert (tmp_path / "router" / name).exists(), name
+    # the saved predictions re-score to the reported curve: the top of the knob picks argmax quality_hat
+    table, _ = load_traffic(demo_subset)
+    rows = [json.loads(line) for line in (tmp_path / "router" / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 480
+    chosen = [int(np.argmax(np.array(r["quality_hat"]) - 1e-9 * np.array(r["cost_hat"]) / max(r["cost_hat"])))
+              for r in rows]
+    top = np.mean([table.quality[r["row"], j] for r, j in zip(rows, chosen, strict=True)])
+    curve = json.loads((tmp_path / "router" / "metrics.json").read_text())["curve"]
+    assert top == pytest.approx(curve["quality"][-1])
 
     import mlflow
 

@@ -172,6 +172,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             flat.update({f"{name}.{k}": v for k, v in base.items() if isinstance(v, int | float)})
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         tracker.log_artifacts(out_dir, "router")
+        artifact, export_report, export_error = _export(out_dir, tracker.run_id)
+        if artifact is not None:
+            tracker.log_artifacts(artifact, "artifact")
         summary = {
             "run_id": tracker.run_id,
             "router": config.router.kind,
@@ -188,10 +191,25 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "out": str(out_dir),
             "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
             "tracking_error": tracker.error,
+            "artifact": None if artifact is None else str(artifact),
+            "export": export_report if artifact is not None else {"error": export_error},
             "test": test_metrics,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _export(out_dir: Path, run_id: str | None) -> tuple[Path | None, dict[str, Any] | None, str | None]:
+    """Export the trained router to ``out_dir / "artifact"``; a router that cannot be exported (its
+    featurizer has no one-graph form) is reported, not fatal."""
+    from training.export import ExportError, export_router
+
+    try:
+        report = export_router(out_dir, out_dir / "artifact")
+    except ExportError as exc:
+        log.warning("not exported: %s", exc)
+        return None, None, str(exc)
+    return out_dir / "artifact", report, None
 
 
 def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray) -> dict[str, Any]:
@@ -207,6 +225,8 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     wtps = knob_grid(np.nanmean(prep.cost[prep.split.train], axis=0), config.eval.knob_points)
     pred = router.predict(tuple(x[scored] for x in inputs))
     report = _score(pred, cost_est, quality, cost, config, prep.two_model, wtps)
+    predictions = [{"sample_id": table[int(i)].sample_id, "row": int(i), "quality_hat": pred[k].round(6).tolist(),
+                    "cost_hat": cost_est[k].tolist()} for k, i in enumerate(scored)]
     baselines: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     singles = single_model_baseline(quality, cost, table.models)
@@ -231,7 +251,7 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
             raise RouterMLError(f"unknown baseline '{name}'; choose from random, best-single, knn, logreg, oracle")
     test = {**_summary(report), "baselines": baselines}
     return {"test": test, "router_curve": report["curve"], "baseline_curves": curves, "singles": singles["models"],
-            "test_rows": scored}
+            "test_rows": scored, "predictions": predictions}
 
 
 def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer_identity, fingerprint,
@@ -255,6 +275,12 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
     for name, payload in files.items():
         if payload is not None:
             (out_dir / name).write_text(json.dumps(payload, indent=1))
+    parity = [table.texts[int(i)] for i in split.test[:256]]
+    (out_dir / "parity_prompts.json").write_text(json.dumps(parity))
+    # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
+    with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
+        for row in result["predictions"]:
+            f.write(json.dumps(row) + "\n")
 
 
 def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,

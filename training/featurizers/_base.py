@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from router_ml.errors import RouterMLError
+from router_ml.truncation import default_head, head_tail  # noqa: F401 - re-exported
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -63,27 +64,6 @@ class Featurizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-def default_head(max_tokens: int) -> int:
-    """Tokens kept from the start of an over-long prompt: three quarters of the budget, rounded down."""
-    return (3 * max_tokens) // 4
-
-
-def head_tail(ids: Sequence[int], *, max_tokens: int, head: int) -> list[int]:
-    """Keep the first ``head`` and the last ``max_tokens - head`` ids when ``ids`` is longer than ``max_tokens``.
-
-    Prompts often put the part that decides routing at the end ("Answer:", the question after a long
-    context), so plain right truncation would lose it.
-
-    >>> head_tail(list(range(10)), max_tokens=4, head=3)
-    [0, 1, 2, 9]
-    """
-    ids = list(ids)
-    if len(ids) <= max_tokens:
-        return ids
-    tail = max_tokens - head
-    return ids[:head] + (ids[len(ids) - tail:] if tail else [])
 
 
 def check_budget(max_tokens: int, head: int | None) -> int:

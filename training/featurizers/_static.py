@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from router_ml._optional import require
+from router_ml.truncation import clip_chars, default_max_chars, sanitize
 from training.featurizers._base import (
     DEFAULT_MAX_TOKENS,
     Featurizer,
@@ -129,6 +130,7 @@ class StaticFeaturizer(Featurizer):
                  head: int | None = None, normalize: bool | None = None, batch_size: int = 512):
         self.head = check_budget(max_tokens, head)
         self.max_tokens = max_tokens
+        self.max_chars = default_max_chars(max_tokens)
         self.tail = max_tokens - self.head
         self.source = source
         self.cache_dir = cache_dir
@@ -219,13 +221,15 @@ class StaticFeaturizer(Featurizer):
             "max_tokens": self.max_tokens,
             "head": self.head,
             "tail": self.tail,
+            "max_chars": self.max_chars,
             "dim": self.dim,
             "format": _FORMAT,
         }
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """The ids each text is pooled over: tokenized without special tokens, ``[UNK]`` dropped, head + tail kept."""
-        texts = text_list(texts)
+        """The ids each text is pooled over: lone surrogates replaced and over-long text clipped
+        (:mod:`router_ml.truncation`), tokenized without special tokens, ``[UNK]`` dropped, head + tail kept."""
+        texts = [clip_chars(sanitize(t), self.max_chars) for t in text_list(texts)]
         self._load()
         encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         unk = self.unk_id

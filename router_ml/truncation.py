@@ -1,0 +1,57 @@
+"""The fixed rules that bound what a router reads of a prompt, shared by training and the runtime.
+
+1. **Characters**: a text longer than ``max_chars`` keeps its first 3/4 and last 1/4 of ``max_chars``
+   characters (joined by a newline) - this bounds tokenization time for megabyte inputs.
+2. **Tokens**: a token sequence longer than ``max_tokens`` keeps its first ``head`` (default 3/4 of
+   the budget) and last ``max_tokens - head`` tokens - prompts often put what decides the route
+   ("Answer:", the actual question after a long context) at the end.
+3. **Text hygiene**: lone surrogates (which no tokenizer accepts) are replaced by U+FFFD.
+
+The default ``max_chars`` is ``32 * max_tokens``: far more characters than ``max_tokens`` tokens
+of any natural text, so rule 1 only changes what rule 2 keeps for degenerate inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["clip_chars", "default_head", "default_max_chars", "head_tail", "sanitize"]
+
+
+def default_head(max_tokens: int) -> int:
+    """Tokens kept from the start of an over-long prompt: three quarters of the budget, rounded down."""
+    return (3 * max_tokens) // 4
+
+
+def default_max_chars(max_tokens: int) -> int:
+    return 32 * max_tokens
+
+
+def head_tail(ids: Sequence[int], *, max_tokens: int, head: int) -> list[int]:
+    """Keep the first ``head`` and the last ``max_tokens - head`` ids when ``ids`` is longer than ``max_tokens``.
+
+    >>> head_tail(list(range(10)), max_tokens=4, head=3)
+    [0, 1, 2, 9]
+    """
+    ids = list(ids)
+    if len(ids) <= max_tokens:
+        return ids
+    tail = max_tokens - head
+    return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+
+def clip_chars(text: str, max_chars: int) -> str:
+    """Rule 1: keep the first 3/4 and the last 1/4 of ``max_chars`` characters of an over-long text."""
+    if len(text) <= max_chars:
+        return text
+    head = (3 * max_chars) // 4
+    return text[:head] + "\n" + text[len(text) - (max_chars - head):]
+
+
+def sanitize(text: str) -> str:
+    """Rule 3: replace lone surrogates so that the text is valid UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

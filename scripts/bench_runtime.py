@@ -1,0 +1,298 @@
+"""Benchmark the torch-free runtime on one router artifact, beside a RouteLLM-BERT-size PyTorch reference.
+
+Measures ``Router.load``; single-prompt p50/p99 layer by layer (raw tokenizer, ``Router.encode``, the
+ONNX session alone, ``predict``, ``route``) at about 16, 64 and 256 tokens; ``route_batch`` throughput
+with 2 intra-op threads; the peak RSS of a fresh process that must not import torch; and an
+``xlm-roberta-base`` classifier with random weights on the same 64-token prompts.
+
+    HF_HUB_OFFLINE=1 python scripts/bench_runtime.py --router models/demo-artifact     # ~1-2 min
+    python scripts/bench_runtime.py --router DIR --quick --skip-reference              # ~10 s smoke test
+
+Prints one JSON object on stdout, progress on stderr. Latencies are microseconds; each p50/p99 is the
+median over ``--repeats`` repetitions and ``p50_spread_pct`` is (max - min) / median of their p50s.
+Torch is imported only for the reference, after every router timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+LENGTHS = (16, 64, 256)
+SUBJECTS = ("the function", "my landlord", "this proof", "the SQL query", "our marketing plan", "a Python class",
+            "the French verb", "the contract", "the neural network", "my essay", "the recipe", "the API")
+VERBS = ("explain why", "rewrite", "summarize how", "check whether", "translate", "optimize", "prove that",
+         "find the bug in", "compare", "give three examples of how", "estimate the cost of", "critique")
+OBJECTS = ("handles edge cases", "converges after a few steps", "sounds too formal", "runs in linear time",
+           "complies with the new regulation", "scales to a million users", "is still correct for negative numbers",
+           "keeps the original meaning", "avoids the common mistakes", "would fail under load", "uses less memory")
+EXTRAS = ("Please be concise.", "Use bullet points.", "Assume I am a beginner.", "Show your reasoning step by step.",
+          "Answer in one paragraph.", "Cite the relevant rule if there is one.", "Keep the tone friendly.")
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so that stdout stays one JSON object."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def make_text(rng: random.Random, words: int) -> str:
+    """English-like prompt of ``words`` words from seeded sentence templates."""
+    out: list[str] = []
+    while len(out) < words:
+        sentence = f"{rng.choice(VERBS).capitalize()} {rng.choice(SUBJECTS)} {rng.choice(OBJECTS)}."
+        out += (sentence + (" " + rng.choice(EXTRAS) if rng.random() < 0.3 else "")).split()
+    return " ".join(out[:words]).rstrip(".") + "?"
+
+
+def prompts_of_length(router, rng: random.Random, tokens: int, count: int) -> list[str]:
+    """``count`` distinct prompts of ``tokens`` tokens (rarely one more) by the artifact's own tokenizer."""
+    prompts = []
+    for _ in range(count):
+        words = make_text(rng, 2 * tokens).split()
+        low, high = 1, len(words)  # bisect the shortest word prefix with at least ``tokens`` tokens
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (mid + 1, high) if len(router.encode(" ".join(words[:mid]) + "?")[0]) < tokens else (low, mid)
+        prompts.append(" ".join(words[:low]) + "?")
+    return prompts
+
+
+def time_calls(fn, args: list, calls: int, budget_s: float = math.inf) -> list[int]:
+    """Nanoseconds of each of ``calls`` calls of ``fn`` cycling through ``args``; stops early after ``budget_s``."""
+    clock, n, out, deadline = time.perf_counter_ns, len(args), [], time.perf_counter_ns() + budget_s * 1e9
+    for i in range(calls):
+        arg = args[i % n]
+        start = clock()
+        fn(arg)
+        end = clock()
+        out.append(end - start)
+        if end > deadline:
+            break
+    return out
+
+
+def percentile(sorted_ns: list[int], q: float) -> float:
+    """The nearest-rank ``q``-quantile (0..1) of sorted nanoseconds, in microseconds."""
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e3
+
+
+def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int, warmup: int) -> dict:
+    """p50/p99 per layer and length. Within a repetition the (layer, length) pairs take turns every 100
+    calls, so that load from other processes hits all alike and the per-layer differences stay meaningful."""
+    names, session, tok, add = router._input_names, router._session, router._tokenizer, router._add_special
+    layers = {"tokenize": lambda t: tok.encode(t, add_special_tokens=add), "encode": router.encode,
+              "session": lambda feed: session.run(None, feed), "predict": lambda t: router.predict([t]),
+              "route": router.route}
+    feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, ps)] for n, ps in prompts.items()}
+    inputs = {(layer, n): feeds[n] if layer == "session" else ps for layer in layers for n, ps in prompts.items()}
+    samples: dict = {key: [] for key in inputs}
+    for key, args in inputs.items():
+        time_calls(layers[key[0]], args, warmup)
+    for rep in range(repeats):
+        log(f"single-prompt repetition {rep + 1}/{repeats}")
+        gc.collect()
+        times: dict = {key: [] for key in inputs}
+        for _ in range(max(1, calls // 100)):
+            for key, args in inputs.items():
+                times[key] += time_calls(layers[key[0]], args, 100)
+        for key, ns in times.items():
+            ns.sort()
+            samples[key].append((percentile(ns, 0.5), percentile(ns, 0.99)))
+    result: dict = {layer: {} for layer in layers}
+    for (layer, n), reps in samples.items():
+        p50s = [r[0] for r in reps]
+        med = statistics.median(p50s)
+        result[layer][str(n)] = {"p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
+                                 "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
+    result["breakdown_p50_us"] = {}
+    for n in map(str, prompts):
+        p = {layer: result[layer][n]["p50_us"] for layer in layers}
+        result["breakdown_p50_us"][n] = {
+            "tokenizer": p["tokenize"], "encode_python": round(p["encode"] - p["tokenize"], 1),
+            "onnx_session": p["session"], "predict_python": round(p["predict"] - p["encode"] - p["session"], 1),
+            "route_policy_decision": round(p["route"] - p["predict"], 1), "route_total": p["route"]}
+    return result
+
+
+def bench_load(directory: str, threads: int, repeats: int) -> tuple[dict, object]:
+    """First and median of further fresh ``Router.load`` times, and what a load spends on each part."""
+    from router_ml import Router
+    from router_ml.router import _sha256
+
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        router = Router.load(directory, intra_op_threads=threads)
+        times.append(time.perf_counter() - start)
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    parts = {"sha256_seconds": lambda: [_sha256(router.directory / name) for name in router.manifest["files"]],
+             "tokenizer_seconds": lambda: Tokenizer.from_file(str(router.directory / "tokenizer.json")),
+             "session_seconds": lambda: ort.InferenceSession(str(router.directory / "router.onnx"), options,
+                                                             providers=["CPUExecutionProvider"])}
+    breakdown = {name: round(time_calls(lambda _: part(), [None], 1)[0] / 1e9, 4) for name, part in parts.items()}
+    return {"load_seconds": round(statistics.median(times[1:]), 4), "first_load_seconds": round(times[0], 4),
+            "load_breakdown": breakdown}, router
+
+
+def bench_batch(directory: str, prompts: list[str], batch: int) -> dict:
+    """Prompts per second of ``route_batch``, ``predict`` and encoding alone, on a 2-intra-op-thread router."""
+    from router_ml import Router
+
+    router = Router.load(directory, intra_op_threads=2)
+    router.route_batch(prompts[:batch])
+    steps = {"route_batch": router.route_batch, "predict": router.predict,
+             "encode_loop": lambda chunk: [router.encode(t) for t in chunk],
+             "tokenizer_encode_batch": lambda chunk: router._tokenizer.encode_batch(chunk, add_special_tokens=False)}
+    out = {}
+    for name, fn in steps.items():
+        gc.collect()
+        start = time.perf_counter()
+        for i in range(0, len(prompts), batch):
+            fn(prompts[i:i + batch])
+        out[name] = round(len(prompts) / (time.perf_counter() - start))
+    return {"prompts": len(prompts), "batch_size": batch, "intra_op_threads": 2,
+            "mean_tokens": round(statistics.mean(len(router.encode(t)[0]) for t in prompts[:500]), 1),
+            "prompts_per_second": out["route_batch"], "prompts_per_second_by_step": out}
+
+
+def rss_mb() -> float:
+    """This process's peak RSS in MB. ``ru_maxrss`` survives fork + exec (a child would report its
+    parent's peak), so read the kernel's per-image ``VmHWM`` where there is one."""
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024, 1)
+    except (OSError, StopIteration):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def child_rss(directory: str, threads: int) -> None:
+    """In a fresh interpreter: import, load, route the JSON list of prompts on stdin; print a JSON report."""
+    out, start = {"rss_mb_interpreter": rss_mb()}, time.perf_counter()
+    from router_ml import Router
+    out["import_seconds"], start = round(time.perf_counter() - start, 4), time.perf_counter()
+    router = Router.load(directory, intra_op_threads=threads)
+    out["load_seconds"], out["rss_mb_loaded"] = round(time.perf_counter() - start, 4), rss_mb()
+    for text in json.load(sys.stdin):
+        router.route(text)
+    assert "torch" not in sys.modules, "the runtime imported torch"
+    heavy = sorted(m for m in ("torch", "transformers", "datasets", "mlflow", "onnx") if m in sys.modules)
+    out.update(peak_rss_mb=rss_mb(), torch_imported="torch" in sys.modules, heavy_modules_imported=heavy)
+    print(json.dumps(out))
+
+
+def bench_rss(directory: str, threads: int, prompts: list[str]) -> dict:
+    """Run :func:`child_rss` in a subprocess and return its report."""
+    proc = subprocess.run([sys.executable, __file__, "--router", directory, "--threads", str(threads), "--child-rss"],
+                          input=json.dumps(prompts), capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"RSS child failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return {"routed_prompts": len(prompts), **json.loads(proc.stdout)}
+
+
+def bench_reference(id_lists: list, calls: int, budget_s: float) -> dict:
+    """p50 of an ``xlm-roberta-base`` sequence classifier (random weights, PyTorch, eval, inference mode).
+
+    Timed at 2 threads (as specified) and at 1: on a loaded 2-core machine OpenMP's spinning barrier
+    can make 2 threads many times slower, so ``p50_us`` is the faster of the two (the conservative one).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    start = time.perf_counter()
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, num_labels=1)
+    model = XLMRobertaForSequenceClassification(config).eval()
+    setup = time.perf_counter() - start
+    inputs = [torch.tensor(ids.clip(2, config.vocab_size - 1)[None]) for ids in id_lists]  # 1 is the pad id
+    forward = lambda x: model(input_ids=x, attention_mask=torch.ones_like(x))  # noqa: E731
+    by_threads = {}
+    with torch.inference_mode():
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            time_calls(forward, inputs, 2, budget_s)
+            ns = sorted(time_calls(forward, inputs, calls, budget_s))
+            by_threads[str(threads)] = {"p50_us": round(percentile(ns, 0.5), 1), "calls": len(ns)}
+    return {"model": "xlm-roberta-base sequence classifier, random weights", "framework": f"torch {torch.__version__}",
+            "attn_implementation": model.config._attn_implementation, "tokens": int(inputs[0].shape[1]),
+            "input_ids": "the artifact tokenizer's ids of the same 64-token prompts (all < 250002); "
+                         "tokenization not timed, which favours the reference",
+            "setup_seconds": round(setup, 1), "by_threads": by_threads,
+            "p50_us": min(v["p50_us"] for v in by_threads.values())}
+
+
+def main() -> None:
+    """Run every benchmark in an order that keeps them from disturbing each other; print the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--router", required=True, help="exported router artifact directory")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for single-prompt latency")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions per measurement (default 5, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer calls: a smoke test of about 30 s")
+    parser.add_argument("--skip-reference", action="store_true", help="skip the PyTorch xlm-roberta-base reference")
+    parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_rss:
+        return child_rss(args.router, args.threads)
+    repeats = args.repeats or (2 if args.quick else 5)
+    quick = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
+    calls, warmup, n_batch, ref_calls, ref_budget = quick
+    loadavg = os.getloadavg()[0]
+
+    log("loading")
+    load, router = bench_load(args.router, args.threads, repeats)
+    rng = random.Random(0)
+    prompts = {n: prompts_of_length(router, rng, n, 16) for n in LENGTHS}
+    tokens = {str(n): round(statistics.mean(len(router.encode(p)[0]) for p in ps), 1) for n, ps in prompts.items()}
+    single = bench_single(router, prompts, repeats, calls, warmup)
+    log("batch throughput")
+    mixed = [make_text(rng, int(math.exp(rng.uniform(math.log(8), math.log(220))))) for _ in range(n_batch)]
+    batch = bench_batch(args.router, mixed, 256)
+    log("peak RSS in a child process")
+    rss = bench_rss(args.router, args.threads, [rng.choice(mixed) for _ in range(1000)])
+    reference = None
+    if not args.skip_reference:
+        log("PyTorch reference (imports torch)")
+        reference = bench_reference([router.encode(p)[0] for p in prompts[64]], ref_calls, ref_budget)
+
+    r64, r256 = single["route"]["64"], single["route"]["256"]
+    speedup = reference and round(reference["p50_us"] / r64["p50_us"])
+    checks = {"p50_us_64_tokens": (r64["p50_us"], "<=", 80), "p99_us_64_tokens": (r64["p99_us"], "<=", 200),
+              "p50_us_256_tokens": (r256["p50_us"], "<=", 150),
+              "batch_prompts_per_second_2_threads": (batch["prompts_per_second"], ">=", 20_000),
+              "first_load_seconds": (load["first_load_seconds"], "<", 0.3),
+              "peak_rss_mb": (rss["peak_rss_mb"], "<", 150), "speedup_vs_reference": (speedup, ">=", 500)}
+    compare = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
+    targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else compare[op](float(v), limit)}
+               for name, (v, op, limit) in checks.items()}
+    import onnxruntime
+
+    print(json.dumps({
+        "router": {"directory": args.router, "router": router.manifest.get("router"),
+                   "featurizer": router.manifest.get("featurizer"), "models": len(router.models)},
+        "machine": {"cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+                    "python": platform.python_version(), "loadavg_1m_before": round(loadavg, 2),
+                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "settings": {"threads": args.threads, "repeats": repeats, "calls_per_repeat": calls, "quick": args.quick},
+        **load, "prompt_tokens": tokens, "single_prompt": single, "batch": batch, "peak_rss_mb": rss["peak_rss_mb"],
+        "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference,
+        "speedup_vs_reference": speedup, "targets": targets}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
