@@ -138,6 +138,8 @@ class Router:
             raise ArtifactError(f"{manifest_path}: artifact format version {version!r}; this router-ml reads "
                                 f"version {ARTIFACT_VERSION} - upgrade router-ml or re-export the router")
         files = manifest.get("files") or {}
+        if not isinstance(files, dict):
+            raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 checksums")
         for name in _REQUIRED:
             if name not in files:
                 raise ArtifactError(f"{manifest_path}: no checksum for {name}; the manifest was edited")
@@ -252,6 +254,8 @@ class Router:
         wtp = self.willingness_to_pay if willingness_to_pay is None else float(willingness_to_pay)
         if not wtp >= 0:
             raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
+        if isinstance(texts, str):
+            raise TypeError("route_batch takes a list of prompts; use route() for one")
         texts = list(texts)
         scores, empties = self._predict(texts)
         costs = self.costs(texts)
@@ -298,7 +302,14 @@ class Router:
         ``target_share[0]`` is at most ``target_share[1]``. Bisection on a log scale."""
         if (target_cost_per_request is None) == (target_share is None):
             raise ValueError("give exactly one of target_cost_per_request or target_share")
-        scores, costs = self.predict(list(prompts)), self.costs(list(prompts))
+        if isinstance(prompts, str):
+            raise TypeError("calibrate takes a list of sample prompts")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("calibrate needs at least one sample prompt")
+        if target_share is not None and target_share[0] not in self.models:
+            raise ValueError(f"unknown model {target_share[0]!r}; the router's models are {list(self.models)}")
+        scores, costs = self.predict(prompts), self.costs(prompts)
 
         def measure(w: float) -> float:
             chosen = choose(scores, costs, w)
@@ -310,8 +321,16 @@ class Router:
         if measure(math.inf) <= target:
             self.willingness_to_pay = math.inf
             return self.willingness_to_pay
+        if measure(0.0) > target:
+            name = "target_cost_per_request" if target_share is None else "target_share"
+            raise ValueError(f"{name} {target} cannot be reached: even the cheapest choices give "
+                             f"{measure(0.0)} on these prompts")
         scale = float(np.max(costs)) or 1.0
         low, high = scale * 1e-6, scale * 1e6
+        if measure(low) > target:
+            low = 0.0  # only the cheapest-model end meets the target
+            self.willingness_to_pay = low
+            return low
         for _ in range(80):
             mid = math.sqrt(low * high)
             low, high = (mid, high) if measure(mid) <= target else (low, mid)

@@ -93,7 +93,7 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
     layers = {"tokenize": lambda t: tok.encode(t, add_special_tokens=add), "encode": router.encode,
               "session": lambda feed: session.run(None, feed), "predict": lambda t: router.predict([t]),
               "route": router.route}
-    feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, ps)] for n, ps in prompts.items()}
+    feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
     inputs = {(layer, n): feeds[n] if layer == "session" else ps for layer in layers for n, ps in prompts.items()}
     samples: dict = {key: [] for key in inputs}
     for key, args in inputs.items():
@@ -108,13 +108,11 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
         for key, ns in times.items():
             ns.sort()
             samples[key].append((percentile(ns, 0.5), percentile(ns, 0.99)))
-    result: dict = {layer: {} for layer in layers}
+    result: dict = {layer: {} for layer in [*layers, "breakdown_p50_us"]}
     for (layer, n), reps in samples.items():
-        p50s = [r[0] for r in reps]
-        med = statistics.median(p50s)
+        p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
         result[layer][str(n)] = {"p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
                                  "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
-    result["breakdown_p50_us"] = {}
     for n in map(str, prompts):
         p = {layer: result[layer][n]["p50_us"] for layer in layers}
         result["breakdown_p50_us"][n] = {
@@ -143,7 +141,7 @@ def bench_load(directory: str, threads: int, repeats: int) -> tuple[dict, object
              "tokenizer_seconds": lambda: Tokenizer.from_file(str(router.directory / "tokenizer.json")),
              "session_seconds": lambda: ort.InferenceSession(str(router.directory / "router.onnx"), options,
                                                              providers=["CPUExecutionProvider"])}
-    breakdown = {name: round(time_calls(lambda _: part(), [None], 1)[0] / 1e9, 4) for name, part in parts.items()}
+    breakdown = {name: round(time_calls(lambda fn: fn(), [part], 1)[0] / 1e9, 4) for name, part in parts.items()}
     return {"load_seconds": round(statistics.median(times[1:]), 4), "first_load_seconds": round(times[0], 4),
             "load_breakdown": breakdown}, router
 

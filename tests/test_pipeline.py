@@ -70,6 +70,16 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "router")}
     assert "router/curve.png" in artifacts and "router/weights.safetensors" in artifacts
 
+    # the exported artifact travels with the run and loads from its runs:/ URI
+    from router_ml import Router
+
+    mlflow.set_tracking_uri(uri)
+    remote = Router.load(f"runs:/{summary['run_id']}/artifact")
+    local = Router.load(summary["artifact"] if os.path.isabs(summary["artifact"]) else tmp_path / summary["artifact"])
+    prompts = ["Add 17 and 25.", "Write a haiku about routers."]
+    np.testing.assert_array_equal(remote.predict(prompts), local.predict(prompts))
+    assert remote.manifest["training"]["mlflow_run_id"] == summary["run_id"]
+
     again = cli("evaluate", "--router", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)
     assert again["dropped_seen"] == 1120 and again["scored"] == 480
     assert again["test"]["aiq"] == pytest.approx(test["aiq"], abs=1e-9)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,10 @@ def _export_onnx(graph: nn.Module, path: Path) -> None:
     graph.eval()
     ids = torch.ones((2, 8), dtype=torch.int64)
     mask = torch.ones((2, 8), dtype=torch.int64)
-    with torch.no_grad():
+    # the TorchScript exporter: the dynamo one needs onnxscript and gains nothing for these graphs;
+    # torch 2.13 marks the former deprecated with two warnings that say nothing actionable here
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(graph, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=["quality"], dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                                                    "attention_mask": {0: "batch", 1: "tokens"},
