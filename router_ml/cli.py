@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.seed={args.seed}")
     config = load_config(args.config, overrides)
     summary = train_router(config, args.path, out_dir=args.out, prices=args.prices, cache_dir=args.cache_dir,
-                           progress=not args.quiet, **_load_options(args))
+                           progress=not args.quiet, register=args.register, **_load_options(args))
     if summary:  # non-zero ranks under torchrun return nothing
         test = summary["test"]
         print(f"router-ml: {summary['router']} trained on {summary['train_records']} records in "
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
     train.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    train.add_argument("--register", metavar="NAME", help="register the exported router in the MLflow model "
+                       "registry under NAME (load it with models:/NAME/VERSION)")
     _add_input_options(train, positional=False)
     train.set_defaults(func=cmd_train)
 

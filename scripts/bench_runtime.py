@@ -1,22 +1,20 @@
 """Benchmark the torch-free runtime on one router artifact, beside a RouteLLM-BERT-size PyTorch reference.
 
-Measures ``Router.load``; single-prompt p50/p99 layer by layer (raw tokenizer, ``Router.encode``, the
-ONNX session alone, ``predict``, ``route``) at about 16, 64 and 256 tokens; ``route_batch`` throughput
-with 2 intra-op threads; the peak RSS of a fresh process that must not import torch; and an
-``xlm-roberta-base`` classifier with random weights on the same 64-token prompts.
+Measures ``Router.load``; single-prompt p50/p99 per layer (tokenizer, ``encode``, ONNX session, ``predict``,
+``route``) at about 16, 64 and 256 tokens; ``route_batch`` throughput on 2 intra-op threads; the peak RSS of
+a fresh torch-free process; and an ``xlm-roberta-base`` classifier (random weights) on the 64-token prompts.
+Prints one JSON object on stdout (microseconds; each p50/p99 is the median over ``--repeats`` repetitions,
+``p50_spread_pct`` the (max - min) / median of their p50s). Torch is imported last, for the reference only.
 
-    HF_HUB_OFFLINE=1 python scripts/bench_runtime.py --router models/demo-artifact     # ~1-2 min
+    HF_HUB_OFFLINE=1 python scripts/bench_runtime.py --router models/demo-artifact     # ~2 min
     python scripts/bench_runtime.py --router DIR --quick --skip-reference              # ~10 s smoke test
-
-Prints one JSON object on stdout, progress on stderr. Latencies are microseconds; each p50/p99 is the
-median over ``--repeats`` repetitions and ``p50_spread_pct`` is (max - min) / median of their p50s.
-Torch is imported only for the reference, after every router timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -27,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 LENGTHS = (16, 64, 256)
 SUBJECTS = ("the function", "my landlord", "this proof", "the SQL query", "our marketing plan", "a Python class",
@@ -90,7 +89,9 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
     """p50/p99 per layer and length. Within a repetition the (layer, length) pairs take turns every 100
     calls, so that load from other processes hits all alike and the per-layer differences stay meaningful."""
     names, session, tok, add = router._input_names, router._session, router._tokenizer, router._add_special
-    layers = {"tokenize": lambda t: tok.encode(t, add_special_tokens=add), "encode": router.encode,
+    fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.21: no offset tracking
+    layers = {"tokenize": (lambda t: fast([t], add_special_tokens=add)) if fast else
+              (lambda t: tok.encode(t, add_special_tokens=add)), "encode": router.encode,
               "session": lambda feed: session.run(None, feed), "predict": lambda t: router.predict([t]),
               "route": router.route}
     feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
@@ -113,17 +114,19 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
         p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
         result[layer][str(n)] = {"p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
                                  "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
-    for n in map(str, prompts):
+    for n in map(str, prompts):  # differences of p50s: near-zero parts can come out slightly negative
         p = {layer: result[layer][n]["p50_us"] for layer in layers}
         result["breakdown_p50_us"][n] = {
             "tokenizer": p["tokenize"], "encode_python": round(p["encode"] - p["tokenize"], 1),
-            "onnx_session": p["session"], "predict_python": round(p["predict"] - p["encode"] - p["session"], 1),
-            "route_policy_decision": round(p["route"] - p["predict"], 1), "route_total": p["route"]}
+            "onnx_session": p["session"], "route_rest": round(p["route"] - p["encode"] - p["session"], 1),
+            "route_total": p["route"], "predict_rest": round(p["predict"] - p["encode"] - p["session"], 1)}
+    result["tokenize_call"] = "encode_batch_fast([text])" if fast else "encode(text)"
     return result
 
 
 def bench_load(directory: str, threads: int, repeats: int) -> tuple[dict, object]:
-    """First and median of further fresh ``Router.load`` times, and what a load spends on each part."""
+    """First ``Router.load`` (it imports onnxruntime and tokenizers), the median of further fresh loads, and
+    what one load spends on checksums, tokenizer and session."""
     from router_ml import Router
     from router_ml.router import _sha256
 
@@ -235,6 +238,15 @@ def bench_reference(id_lists: list, calls: int, budget_s: float) -> dict:
             "p50_us": min(v["p50_us"] for v in by_threads.values())}
 
 
+def runtime_fingerprint() -> dict:
+    """Version and source hash of the ``router_ml`` runtime, so that numbers can be tied to the code that ran."""
+    import router_ml
+    import router_ml.router
+
+    source = hashlib.sha256(Path(router_ml.router.__file__).read_bytes()).hexdigest()[:12]
+    return {"router_ml": router_ml.__version__, "router_py_sha256": source}
+
+
 def main() -> None:
     """Run every benchmark in an order that keeps them from disturbing each other; print the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -248,9 +260,9 @@ def main() -> None:
     if args.child_rss:
         return child_rss(args.router, args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
-    quick = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
-    calls, warmup, n_batch, ref_calls, ref_budget = quick
-    loadavg = os.getloadavg()[0]
+    sizes = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
+    calls, warmup, n_batch, ref_calls, ref_budget = sizes
+    loadavg, runtime_at_start = os.getloadavg()[0], runtime_fingerprint()
 
     log("loading")
     load, router = bench_load(args.router, args.threads, repeats)
@@ -280,9 +292,11 @@ def main() -> None:
                for name, (v, op, limit) in checks.items()}
     import onnxruntime
 
+    runtime = runtime_fingerprint()
     print(json.dumps({
         "router": {"directory": args.router, "router": router.manifest.get("router"),
                    "featurizer": router.manifest.get("featurizer"), "models": len(router.models)},
+        "runtime": {**runtime, "changed_during_run": runtime != runtime_at_start},
         "machine": {"cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
                     "python": platform.python_version(), "loadavg_1m_before": round(loadavg, 2),
                     "loadavg_1m_after": round(os.getloadavg()[0], 2)},

@@ -37,7 +37,9 @@ def demo_subset(tmp_path_factory):
 def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = cli("train", "--config", ROOT / "training/configs/mlp_static.toml", "--data", demo_subset,
-                  "--out", tmp_path / "router", *FAST, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+                  "--out", tmp_path / "router", "--register", "demo-router", *FAST, cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": uri})
+    assert summary["registered"] == "models:/demo-router/1"
     assert {"run_id", "router", "train_records", "test_records", "test"} <= set(summary)
     assert summary["router"] == "mlp" and summary["tracking_error"] is None
     assert summary["train_records"] + summary["val_records"] == 1120 and summary["test_records"] == 480
@@ -78,6 +80,8 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     local = Router.load(summary["artifact"] if os.path.isabs(summary["artifact"]) else tmp_path / summary["artifact"])
     prompts = ["Add 17 and 25.", "Write a haiku about routers."]
     np.testing.assert_array_equal(remote.predict(prompts), local.predict(prompts))
+    registered = Router.load(summary["registered"])
+    np.testing.assert_array_equal(registered.predict(prompts), local.predict(prompts))
     assert remote.manifest["training"]["mlflow_run_id"] == summary["run_id"]
 
     again = cli("evaluate", "--router", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)

@@ -116,8 +116,11 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                  prices: str | Path | PriceCatalog | None = None, cache_dir: str | Path | None = None,
-                 progress: bool = True, tracking_uri: str | None = None, **load_options: Any) -> dict[str, Any]:
-    """Train the configured router on ``data`` and return the run summary (the CLI's JSON line)."""
+                 progress: bool = True, tracking_uri: str | None = None, register: str | None = None,
+                 **load_options: Any) -> dict[str, Any]:
+    """Train the configured router on ``data`` and return the run summary (the CLI's JSON line).
+
+    ``register`` names an MLflow registered model to add the exported router to as a new version."""
     from training.tracking import Tracker
 
     if config.router.kind not in ("mlp", "mf", "encoder"):
@@ -155,8 +158,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         fit_seconds = time.perf_counter() - fit_started
         if rank != 0:
             return {}
-        test = split.test
-        scored = test[~np.isnan(table.quality[test]).all(axis=1)]
+        scored = _scoreable(table.quality, split.test)
         result = _evaluate(config, router, inputs, X, prep, scored)
         out_dir.mkdir(parents=True, exist_ok=True)
         _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
@@ -173,8 +175,12 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         tracker.log_artifacts(out_dir, "router")
         artifact, export_report, export_error = _export(out_dir, tracker.run_id)
+        registered = None
         if artifact is not None:
             tracker.log_artifacts(artifact, "artifact")
+            if register:
+                version = tracker.register(register)
+                registered = None if version is None else f"models:/{register}/{version}"
         summary = {
             "run_id": tracker.run_id,
             "router": config.router.kind,
@@ -192,11 +198,22 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
             "tracking_error": tracker.error,
             "artifact": None if artifact is None else str(artifact),
+            "registered": registered,
             "export": export_report if artifact is not None else {"error": export_error},
             "test": test_metrics,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _scoreable(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The test rows to score: those with every outcome when they are at least half of the rows with
+    any outcome (exact evaluation, the usual offline-evaluation case); otherwise - logged traffic -
+    every row with an outcome, scored by inverse propensity weighting (training.evaluation)."""
+    observed = ~np.isnan(quality[rows])
+    complete = rows[observed.all(axis=1)]
+    anything = rows[observed.any(axis=1)]
+    return complete if len(complete) >= 0.5 * len(anything) and len(complete) else anything
 
 
 def _export(out_dir: Path, run_id: str | None) -> tuple[Path | None, dict[str, Any] | None, str | None]:
@@ -314,7 +331,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     quality = table.quality[:, cols]
     all_rows = np.arange(len(table))
     cost = observed_costs(TrafficTable(table.records, models=models), all_rows, catalog)
-    scored = rows[~np.isnan(quality[rows]).all(axis=1)]
+    scored = _scoreable(quality, rows)
     if len(scored) == 0:
         raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
     router = TorchRouter.load(router_dir)

@@ -90,3 +90,18 @@ class Tracker:
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self._guard("log_artifacts", lambda: self._mlflow.log_artifacts(str(directory), artifact_path))
+
+    def register(self, name: str, artifact_path: str = "artifact") -> str | None:
+        """Register this run's exported router as a new version of the registered model ``name``
+        (loadable with ``Router.load("models:/<name>/<version>")``); returns the version."""
+
+        def register() -> str:
+            client = self._mlflow.MlflowClient()
+            try:
+                client.get_registered_model(name)
+            except self._mlflow.exceptions.MlflowException:
+                client.create_registered_model(name)
+            source = f"{client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+            return str(client.create_model_version(name, source=source, run_id=self.run_id).version)
+
+        return self._guard("register", register)
