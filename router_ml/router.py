@@ -11,6 +11,12 @@ Python ``str`` is valid input: lone surrogates are replaced, megabyte texts are 
 fixed rules of :mod:`router_ml.truncation`, and a text with no known token (empty, whitespace)
 routes on an all-zero feature vector - the router's decision for "nothing known about the prompt",
 flagged ``Decision.empty``. One ``Router`` may be shared by many threads.
+
+Speed: a static router's graph takes tens of microseconds, so the Python around it decides the
+latency. An artifact whose ``tokenizer.json`` is exactly BERT's WordPiece (static routers) tokenizes
+ASCII prompts with the exact, cached pure-Python :mod:`router_ml._wordpiece` - about 10x cheaper
+than a ``tokenizers`` call - and any other text with the library; :meth:`Router.route` applies
+the policy to a handful of Python floats; batches go to onnxruntime in chunks of similar length.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
 from router_ml.policy import CostModel, choose, estimate_input_tokens
 from router_ml.pricing import PriceCatalog
-from router_ml.truncation import clip_chars, head_tail, sanitize
+from router_ml.truncation import clip_chars, sanitize
 
 __all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "ArtifactError", "Decision", "Router"]
 
@@ -41,7 +49,7 @@ class ArtifactError(RouterMLError):
     """A router artifact is missing, corrupted, or of an unsupported version."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """One routing decision.
 
@@ -87,7 +95,12 @@ def _resolve(path: str | Path) -> Path:
 class Router:
     """A loaded router artifact. Build it with :meth:`load`."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], session: Any, tokenizer: Any):
+    #: padded tokens (rows x width) per onnxruntime call in batch scoring (see :meth:`_predict_prepared`):
+    #: 1-2k kept the static graph's gathered rows in cache; 8k and 16k were 10-25% slower on 2 cores
+    TOKEN_BUDGET = 2048
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], session: Any, tokenizer: Any,
+                 fast_tokenizer: FastWordPiece | None = None):
         self.directory = directory
         self.manifest = manifest
         self._session = session
@@ -105,13 +118,23 @@ class Router:
         wtp = manifest["policy"].get("willingness_to_pay")
         self.willingness_to_pay: float = math.inf if wtp is None else float(wtp)
         self._input_names = [i.name for i in session.get_inputs()]
+        self._output_names = [session.get_outputs()[0].name]
+        self._nothing = np.zeros((1, 1), dtype=np.int64)  # the graph input of a prompt with no known token
+        self._ones = np.ones((1, self._max_tokens + 2), dtype=np.int64)  # attention masks, sliced per prompt
+        self._nothing.flags.writeable = self._ones.flags.writeable = False
+        # each drop id as the fast tokenizer packs it: a memmem over its bytes skips the numpy check
+        self._drop_packed = tuple(array(IDS_TYPECODE, [i]).tobytes() for i in self._drop if 0 <= i < 2**31)
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        # the exact pure-Python WordPiece (for ASCII text) only where it is exact: no special tokens
+        self._fast = fast_tokenizer if not self._add_special else None
         self._set_costs(self.cost_model)
 
     def _set_costs(self, cost_model: CostModel) -> None:
         self.cost_model = cost_model
-        self._fixed = np.asarray(cost_model.fixed_usd, dtype=np.float64)
-        self._per_token = np.asarray(cost_model.per_input_token_usd, dtype=np.float64)
+        # (fixed, per input token) USD per model as Python floats: for a handful of models, plain
+        # Python arithmetic is several times faster than numpy's per-call overhead, and bit-identical
+        self._prices = tuple(zip(map(float, cost_model.fixed_usd), map(float, cost_model.per_input_token_usd),
+                                 strict=True))
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -163,7 +186,10 @@ class Router:
             tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
             tokenizer.no_padding()
             tokenizer.no_truncation()
-            router = cls(directory, manifest, session, tokenizer)
+            fast = None
+            if not manifest["tokenizer"]["add_special_tokens"]:
+                fast = FastWordPiece.from_file(directory / "tokenizer.json")  # None unless exactly BERT WordPiece
+            router = cls(directory, manifest, session, tokenizer, fast)
         except KeyError as exc:
             raise ArtifactError(f"{manifest_path}: missing field {exc}") from exc
         except RouterMLError:
@@ -180,60 +206,111 @@ class Router:
 
     def prepare_text(self, text: str) -> str:
         """The text the router reads of ``text``: surrogates replaced, clipped to ``max_chars``."""
-        return clip_chars(sanitize(text), self._max_chars)
+        if not text.isascii():  # ASCII has no lone surrogate: skip sanitize's UTF-8 encoding test
+            text = sanitize(text)
+        return text if len(text) <= self._max_chars else clip_chars(text, self._max_chars)
+
+    def _prepare_all(self, texts: Sequence[str], what: str) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError(f"{what} takes a list of prompts; use route() for one")
+        prepared = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"prompt {i} must be str, not {type(text).__name__}")
+            prepared.append(self.prepare_text(text))
+        return prepared
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 arrays for one prompt (the graph's inputs)."""
         if not isinstance(text, str):
             raise TypeError(f"a prompt must be str, not {type(text).__name__}")
-        return self._ids(self._encode_fast([self.prepare_text(text)])[0].ids)
-
-    def _ids(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the token rules (drop ids, head + tail) and build the graph inputs."""
-        if self._drop:
-            ids = [i for i in ids if i not in self._drop]
-        if self._add_special:
-            if len(ids) > self._max_tokens + 2:
-                ids = ids[:1] + head_tail(ids[1:-1], max_tokens=self._max_tokens, head=self._head) + ids[-1:]
-        elif len(ids) > self._max_tokens:
-            ids = head_tail(ids, max_tokens=self._max_tokens, head=self._head)
-        if not ids:  # nothing known: one masked-out token, i.e. an all-zero feature vector
+        ids = self._clip(self._token_array(self.prepare_text(text)))
+        if not len(ids):  # nothing known: one masked-out token, i.e. an all-zero feature vector
             return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
-        return np.asarray(ids, dtype=np.int64), np.ones(len(ids), dtype=np.int64)
+        return ids, np.ones(len(ids), dtype=np.int64)
 
-    def _encode_fast(self, texts: list[str]) -> list[Any]:
+    def _drop_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Token rule 1: drop the manifest's ``drop_ids`` (``[UNK]`` for static routers)."""
+        for dropped in self._drop:
+            hit = ids == dropped
+            if hit.any():
+                ids = ids[~hit]
+        return ids
+
+    def _clip(self, ids: np.ndarray) -> np.ndarray:
+        """Token rule 2: head + tail (:func:`router_ml.truncation.head_tail`, sliced on the array)."""
+        inner = ids[1:-1] if self._add_special else ids  # special tokens around the text stay
+        if len(inner) <= self._max_tokens:
+            return ids
+        tail = self._max_tokens - self._head
+        kept = [inner[:self._head], inner[len(inner) - tail:] if tail else inner[:0]]
+        return np.concatenate([ids[:1], *kept, ids[-1:]] if self._add_special else kept)
+
+    def _token_array(self, text: str) -> np.ndarray:
+        """The tokenizer's int64 ids of one prepared text, drop ids dropped: the exact fast path where it
+        applies, else the library."""
+        data = self._fast.encode_bytes(text) if self._fast is not None else None
+        if data is not None:
+            return self._from_packed(data)
         # encode_batch_fast skips offset tracking: about a third faster than encode() for one prompt
-        return self._encode_batch(texts, add_special_tokens=self._add_special)
+        ids = self._encode_batch([text], add_special_tokens=self._add_special)[0].ids
+        return self._drop_ids(np.array(ids, dtype=np.int64))
+
+    def _from_packed(self, data: bytes) -> np.ndarray:
+        ids = np.frombuffer(data, dtype=np.intc)
+        for packed in self._drop_packed:
+            if packed in data:  # maybe at an unaligned offset: then the exact check finds nothing
+                ids = self._drop_ids(ids)
+                break
+        return ids.astype(np.int64)
+
+    def _token_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """:meth:`_token_array` of many prepared texts; those the fast path declines go to the library in one call."""
+        packed = [self._fast.encode_bytes(t) for t in texts] if self._fast is not None else [None] * len(texts)
+        out: list[Any] = [None if data is None else self._from_packed(data) for data in packed]
+        slow = [i for i, data in enumerate(packed) if data is None]
+        if slow:
+            encoded = self._encode_batch([texts[i] for i in slow], add_special_tokens=self._add_special)
+            for i, e in zip(slow, encoded, strict=True):
+                out[i] = self._drop_ids(np.array(e.ids, dtype=np.int64))
+        return out
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_names[0]: ids, self._input_names[1]: mask})[0]
+        return self._session.run(self._output_names, {self._input_names[0]: ids, self._input_names[1]: mask})[0]
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), len(models))`` predicted quality in [0, 1]."""
-        return self._predict(texts)[0]
+        return self._predict_prepared(self._prepare_all(texts, "predict"))[0]
 
-    def _predict(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(texts, str):
-            raise TypeError("predict takes a list of prompts; use route() for one")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"prompt {i} must be str, not {type(text).__name__}")
-        encoded = [self._ids(e.ids) for e in self._encode_fast([self.prepare_text(t) for t in texts])]
-        empty = np.array([not mask.any() for _, mask in encoded], dtype=bool)
-        if not encoded:
-            return np.zeros((0, len(self.models)), dtype=np.float32), empty
-        out = np.empty((len(encoded), len(self.models)), dtype=np.float32)
-        # group by padded width so that batches stay small and padding stays cheap
-        order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
-        for start in range(0, len(order), 256):
-            chunk = order[start:start + 256]
-            width = max(len(encoded[i][0]) for i in chunk)
-            ids = np.zeros((len(chunk), width), dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                n = len(encoded[i][0])
-                ids[row, :n], mask[row, :n] = encoded[i]
-            out[chunk] = self._run(ids, mask)
+    def _predict_prepared(self, prepared: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and empty flags of prepared texts, in chunks of about :attr:`TOKEN_BUDGET` padded tokens.
+
+        Rows are sorted by length and a chunk is cut where ``rows x width`` would pass the budget: a
+        fixed row count pads a whole chunk to its longest prompt, and a large chunk's gathered
+        ``(rows, width, dim)`` embeddings fall out of the CPU cache.
+        """
+        arrays = [self._clip(ids) for ids in self._token_arrays(prepared)]
+        n = len(arrays)
+        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=n)
+        empty = lengths == 0
+        out = np.empty((n, len(self.models)), dtype=np.float32)
+        if not n:
+            return out, empty
+        order = np.argsort(lengths, kind="stable")
+        widths = np.maximum(lengths[order], 1)  # an empty prompt is one masked-out token
+        flat = np.concatenate([arrays[i] for i in order.tolist()])
+        offsets = np.concatenate([[0], np.cumsum(lengths[order])])
+        start = 0
+        while start < n:
+            # widths are sorted, so rows x width grows with the chunk's end: the first end past the budget
+            cost = np.arange(1, n - start + 1) * widths[start:]
+            stop = start + max(1, int(np.searchsorted(cost, self.TOKEN_BUDGET, side="right")))
+            width = int(widths[stop - 1])
+            mask = np.arange(width) < lengths[order[start:stop], None]
+            ids = np.zeros(mask.shape, dtype=np.int64)
+            ids[mask] = flat[offsets[start]:offsets[stop]]  # row-major fill: each row's ids, then padding
+            out[order[start:stop]] = self._run(ids, mask.astype(np.int64))
+            start = stop
         return out, empty
 
     # --- deciding ---------------------------------------------------------------------------
@@ -249,51 +326,44 @@ class Router:
         """``(n, models)`` expected USD cost of calling each model on each prompt."""
         return self.cost_model.estimate(estimate_input_tokens([self.prepare_text(t) for t in texts]))
 
-    def route_batch(self, texts: Sequence[str], *, willingness_to_pay: float | None = None) -> list[Decision]:
-        """Decide for many prompts; ``willingness_to_pay`` (USD per unit quality) overrides the default."""
-        wtp = self.willingness_to_pay if willingness_to_pay is None else float(willingness_to_pay)
+    @staticmethod
+    def _check_wtp(willingness_to_pay: float | None, default: float) -> float:
+        wtp = default if willingness_to_pay is None else float(willingness_to_pay)
         if not wtp >= 0:
             raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
-        if isinstance(texts, str):
-            raise TypeError("route_batch takes a list of prompts; use route() for one")
-        texts = list(texts)
-        scores, empties = self._predict(texts)
-        costs = self.costs(texts)
-        chosen = choose(scores, costs, wtp)
-        decisions = []
-        for i, j in enumerate(chosen):
-            empty = bool(empties[i])
-            decisions.append(Decision(
-                model=self.models[int(j)],
-                scores=dict(zip(self.models, scores[i].astype(float).tolist(), strict=True)),
-                costs=dict(zip(self.models, costs[i].tolist(), strict=True)),
-                expected_cost=float(costs[i, j]), willingness_to_pay=wtp, empty=empty))
-        return decisions
+        return wtp
+
+    def route_batch(self, texts: Sequence[str], *, willingness_to_pay: float | None = None) -> list[Decision]:
+        """Decide for many prompts; ``willingness_to_pay`` (USD per unit quality) overrides the default."""
+        wtp = self._check_wtp(willingness_to_pay, self.willingness_to_pay)
+        prepared = self._prepare_all(texts, "route_batch")
+        scores, empties = self._predict_prepared(prepared)
+        costs = self.cost_model.estimate(estimate_input_tokens(prepared))
+        chosen = choose(scores, costs, wtp).tolist()
+        models = self.models
+        # one .tolist() per matrix: Python floats for the dicts without a numpy call per prompt
+        return [Decision(models[j], dict(zip(models, q, strict=True)), dict(zip(models, c, strict=True)), c[j], wtp, e)
+                for j, q, c, e in zip(chosen, scores.tolist(), costs.tolist(), empties.tolist(), strict=True)]
 
     def route(self, text: str, *, willingness_to_pay: float | None = None) -> Decision:
         """Decide for one prompt (the same decision as ``route_batch([text])``, on a shorter path)."""
-        wtp = self.willingness_to_pay if willingness_to_pay is None else float(willingness_to_pay)
-        if not wtp >= 0:
-            raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
+        wtp = self._check_wtp(willingness_to_pay, self.willingness_to_pay)
         if not isinstance(text, str):
             raise TypeError(f"a prompt must be str, not {type(text).__name__}")
         prepared = self.prepare_text(text)
-        ids, mask = self._ids(self._encode_fast([prepared])[0].ids)
-        scores = self._run(ids[None, :], mask[None, :])[0].astype(np.float64)
-        costs = self._fixed + ((len(prepared) + 3) // 4) * self._per_token
-        # the policy of router_ml.policy.choose, inlined for one row (same utility, same tie-break)
-        top = costs.max()
-        tie = costs * (1e-9 / top) if top > 0 else 0.0
-        if wtp == 0:
-            utility = -costs
-        elif math.isinf(wtp):
-            utility = scores - tie
-        else:
-            utility = scores - costs / wtp - tie
-        j = int(np.argmax(utility))
-        return Decision(model=self.models[j], scores=dict(zip(self.models, scores.tolist(), strict=True)),
-                        costs=dict(zip(self.models, costs.tolist(), strict=True)),
-                        expected_cost=float(costs[j]), willingness_to_pay=wtp, empty=not mask[0])
+        ids = self._clip(self._token_array(prepared))
+        n = len(ids)
+        if n:
+            scores = self._run(ids.reshape(1, n), self._ones[:, :n])
+        else:  # nothing known: one masked-out token, i.e. an all-zero feature vector
+            scores = self._run(self._nothing, self._nothing)
+        scores = scores[0].tolist()
+        tokens = (len(prepared) + 3) // 4  # router_ml.policy.estimate_input_tokens
+        costs = [fixed + tokens * per_token for fixed, per_token in self._prices]
+        j = _choose_one(scores, costs, wtp)
+        models = self.models
+        return Decision(models[j], dict(zip(models, scores, strict=True)), dict(zip(models, costs, strict=True)),
+                        costs[j], wtp, not n)
 
     def calibrate(self, prompts: Sequence[str], *, target_cost_per_request: float | None = None,
                   target_share: tuple[str, float] | None = None) -> float:
@@ -336,3 +406,17 @@ class Router:
             low, high = (mid, high) if measure(mid) <= target else (low, mid)
         self.willingness_to_pay = low
         return low
+
+
+def _choose_one(scores: list[float], costs: list[float], wtp: float) -> int:
+    """:func:`router_ml.policy.choose` for one prompt in plain Python: the same float64 utility, the same
+    tie-break toward the cheaper model, the first index among equals (as ``np.argmax``)."""
+    top = max(costs)
+    scale = top if top > 0 else 1.0
+    if wtp == 0:
+        utility = [-c for c in costs]
+    elif math.isinf(wtp):
+        utility = [q - c / scale * 1e-9 for q, c in zip(scores, costs, strict=True)]
+    else:
+        utility = [q - c / wtp - c / scale * 1e-9 for q, c in zip(scores, costs, strict=True)]
+    return utility.index(max(utility))

@@ -422,3 +422,96 @@ def test_export_refuses_without_parity_prompts(trained, tmp_path):
     with pytest.raises(ExportError, match="parity"):
         export_router(checkpoint, parent / "artifact", parity_texts=[])
     assert list(parent.iterdir()) == []
+
+
+# --- 9. the exact fast WordPiece path (router_ml/_wordpiece.py) ----------------------------------
+
+def _without_fast_path(router: Router) -> Router:
+    clone = object.__new__(Router)
+    clone.__dict__.update(router.__dict__)
+    clone._fast = None
+    return clone
+
+
+MIXED = ["What is 2 + 2?", "naïve café", "Explain [UNK] tokens", "[PAD] padding", "a\x0bb\x00c\x7f", "", "   ",
+         "\t\n", "Übersetze das bitte.", "x" * 300, "Prove that sqrt(2) is irrational!!", "你好 hello", "\ud800 x",
+         "don't   stop\r\nbelieving", "#$%&*" * 20, "Explain quicksort. " * 2_000]
+
+
+def test_the_static_router_uses_the_fast_path_and_decides_exactly_as_without_it(router, trained):
+    assert router._fast is not None  # the distilled static tokenizer is the supported BERT pipeline
+    slow = _without_fast_path(router)
+    texts = MIXED + trained.held_out[:200]
+    for text in texts:
+        prepared = router.prepare_text(text)
+        assert router._token_array(prepared).tolist() == slow._token_array(prepared).tolist()
+        np.testing.assert_array_equal(router.encode(text)[0], slow.encode(text)[0])
+    np.testing.assert_array_equal(router.predict(texts), slow.predict(texts))
+    assert router.route_batch(texts) == slow.route_batch(texts)
+    assert [router.route(t) for t in MIXED] == [slow.route(t) for t in MIXED]
+
+
+def test_a_non_bert_tokenizer_falls_back_to_the_library(trained, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from router_ml.router import _sha256
+
+    art = _copy(trained, tmp_path)
+    vocab = json.loads((art / "tokenizer.json").read_text())["model"]["vocab"]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))  # same ids, another pipeline
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.save(str(art / "tokenizer.json"))
+    _edit_manifest(art, lambda m: m["files"].update({"tokenizer.json": _sha256(art / "tokenizer.json")}))
+    other = Router.load(art)
+    assert other._fast is None
+    prepared = [other.prepare_text(t) for t in MIXED]
+    encoded = bpe.encode_batch(prepared, add_special_tokens=False)
+    expected = [[i for i in e.ids if i not in other._drop] for e in encoded]
+    assert [other._token_array(t).tolist() for t in prepared] == expected
+    assert all(other.route(t).model in other.models for t in MIXED)
+
+
+def test_route_is_route_batch_of_one_at_every_knob(router, trained):
+    knobs = [0.0, 1e-6, 1e-4, 1e-3, 1e-2, 1.0, math.inf]
+    for text in MIXED[:-1] + trained.held_out[:40]:
+        for w in knobs:
+            assert router.route(text, willingness_to_pay=w) == router.route_batch([text], willingness_to_pay=w)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(scores=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.5000001, 1.0]), min_size=5, max_size=5),
+       costs=st.lists(st.sampled_from([0.0, 1e-6, 2e-6, 1e-3, 1.0]), min_size=5, max_size=5),
+       wtp=st.sampled_from([0.0, 1e-9, 1e-6, 1e-3, 1.0, 1e9, math.inf]))
+def test_the_plain_python_policy_is_choose(scores, costs, wtp):
+    from router_ml.policy import choose
+    from router_ml.router import _choose_one
+
+    expected = int(choose(np.array([scores], dtype=np.float32), np.array([costs]), wtp)[0])
+    assert _choose_one([float(s) for s in np.array(scores, dtype=np.float32)], costs, wtp) == expected
+
+
+def test_runtime_ids_are_the_training_featurizers_ids(router, trained):
+    """Tokenizer, [UNK] dropping and head + tail truncation: the runtime feeds the graph exactly the ids
+    the static featurizer pooled in training, for short, long (> max_tokens) and odd prompts."""
+    from training.featurizers import get_featurizer
+
+    featurizer = get_featurizer("static", max_tokens=256)
+    long = " ".join(trained.held_out[:40])
+    texts = MIXED + trained.held_out[:100] + [long, long + " \u2603 naïve", "zzzz" * 30 + " ok " * 300]
+    expected = featurizer.token_ids(texts)
+    assert max(map(len, expected)) == 256  # head + tail truncation is exercised
+    for text, ids in zip(texts, expected, strict=True):
+        got, mask = router.encode(text)
+        assert (got.tolist() if mask.any() else []) == ids, text[:80]
+
+
+def test_the_exported_pooling_matches_training_features_within_1e_5(router, trained):
+    """StaticGraph pools with one MatMul (and no count division under L2 normalisation); the routed
+    scores stay those of the training featurizer's float32 mean + the torch head."""
+    from training.featurizers import get_featurizer
+    from training.routers import TorchRouter
+
+    texts = MIXED + trained.held_out[:200]
+    X = get_featurizer("static", max_tokens=256).transform(texts)
+    expected = TorchRouter.load(trained.checkpoint).predict((X,))
+    np.testing.assert_allclose(router.predict(texts), expected, atol=1e-5, rtol=0)

@@ -41,7 +41,15 @@ class ExportError(RouterMLError):
 
 
 class StaticGraph(nn.Module):
-    """Token ids -> mean of static embeddings (masked, L2-normalised) -> head -> sigmoid."""
+    """Token ids -> mean of static embeddings (masked, L2-normalised) -> head -> sigmoid.
+
+    The masked sum is one batched MatMul, ``(B, 1, T) @ (B, T, D)``: the Mul + ReduceSum it replaces
+    made two more passes over the gathered ``(B, T, D)`` rows and ran 3x slower at 256 tokens in
+    onnxruntime. When the features are L2-normalised the mean's division by the token count cancels,
+    so it is left out (two nodes fewer; outputs equal to the mean's within float rounding, ~1e-7).
+    The gather itself stays: no standard ONNX op pools embedding rows without materialising them
+    (EmbeddingBag exports as a Loop; a one-hot or segment MatMul costs vocab- or batch-times more).
+    """
 
     def __init__(self, table: np.ndarray, head: nn.Module, normalize: bool):
         super().__init__()
@@ -50,12 +58,13 @@ class StaticGraph(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32).unsqueeze(-1)
-        summed = (self.table[input_ids] * mask).sum(dim=1)
-        mean = summed / mask.sum(dim=1).clamp_min(1.0)
-        if self.normalize:
-            mean = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return torch.sigmoid(self.head(mean))
+        mask = attention_mask.to(torch.float32).unsqueeze(1)  # (B, 1, T)
+        pooled = torch.bmm(mask, self.table[input_ids]).squeeze(1)  # (B, D) masked sum
+        if self.normalize:  # an all-masked row stays zero: 0 / 1e-12
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        else:
+            pooled = pooled / mask.sum(dim=-1).clamp_min(1.0)
+        return torch.sigmoid(self.head(pooled))
 
 
 class EncoderGraph(nn.Module):
