@@ -73,7 +73,8 @@ class Decision:
                 "empty": self.empty}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (the artifact manifest's checksums)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -170,7 +171,7 @@ class Router:
             file = directory / name
             if not file.is_file():
                 raise ArtifactError(f"{directory}: missing {name}")
-            if _sha256(file) != expected:
+            if file_sha256(file) != expected:
                 raise ArtifactError(f"{file}: checksum mismatch - the file was changed or truncated after export")
         try:
             for key in ("models", "tokenizer", "policy"):

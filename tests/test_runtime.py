@@ -291,7 +291,7 @@ def test_truncated_graph_fails_the_checksum(trained, tmp_path):
 
 def test_corrupt_graph_with_a_matching_checksum_is_still_an_artifact_error(trained, tmp_path):
     """Even a re-signed broken graph (checksums recomputed) fails as ArtifactError, not as onnxruntime's own."""
-    from router_ml.router import _sha256
+    from router_ml.router import file_sha256 as _sha256
 
     art = _copy(trained, tmp_path)
     (art / "router.onnx").write_bytes((art / "router.onnx").read_bytes()[:200])
@@ -454,7 +454,7 @@ def test_the_static_router_uses_the_fast_path_and_decides_exactly_as_without_it(
 def test_a_non_bert_tokenizer_falls_back_to_the_library(trained, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from router_ml.router import _sha256
+    from router_ml.router import file_sha256 as _sha256
 
     art = _copy(trained, tmp_path)
     vocab = json.loads((art / "tokenizer.json").read_text())["model"]["vocab"]

@@ -14,7 +14,6 @@ prompts at the default knob. A failing artifact is not written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from torch import nn
 
 from router_ml.errors import RouterMLError
 from router_ml.policy import CostModel, choose, estimate_input_tokens
-from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router
+from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
 
 __all__ = ["ExportError", "export_router"]
 
@@ -79,14 +78,6 @@ class EncoderGraph(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return torch.sigmoid(self.module.head(pooled))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _static_parts(checkpoint: Path, router) -> tuple[nn.Module, Path, dict[str, Any]]:
@@ -245,5 +236,5 @@ def _default_willingness(curve: dict[str, list]) -> float:
 
 
 def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
-    manifest["files"] = {name: _sha256(stage / name) for name in ("router.onnx", "tokenizer.json")}
+    manifest["files"] = {name: file_sha256(stage / name) for name in ("router.onnx", "tokenizer.json")}
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1))
