@@ -145,24 +145,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_scores(title: str, test: dict[str, Any]) -> None:
+    print(title)
+    rows = [("router", test)] + list(test["baselines"].items())
+    two_model = test.get("apgr") is not None
+    print(f"  {'':<12} {'AIQ':>8} {'savings@iso':>12} {'best quality':>13}" + (f" {'APGR':>7} {'CPT50':>7}"
+                                                                                 if two_model else ""))
+    for name, values in rows:
+        savings = _fmt(values.get("savings_at_iso_quality"), ">12.3f")
+        line = f"  {name:<12} {_fmt(values.get('aiq'), '>8.4f')} {savings} {_fmt(values.get('best_quality'), '>13.4f')}"
+        if two_model:
+            cpt = values.get("cpt_50")
+            line += f" {_fmt(values.get('apgr'), '>7.3f')} {_fmt(None if cpt is None else 100 * cpt, '>6.1f')}%"
+        print(line)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _need_training()
     _setup_logging(args.quiet or args.json)
-    from training.pipeline import evaluate_router
+    from training.pipeline import evaluate_many
 
-    result = evaluate_router(args.router, args.path, prices=args.prices, include_seen=args.include_seen,
-                             cache_dir=args.cache_dir, progress=not args.quiet, **_load_options(args))
+    datasets = args.path
+    if len(datasets) > 1 and args.quarantine:
+        raise RouterMLError("--quarantine names one file but several --data sets were given; leave it out to get "
+                            "one ./<input name>.quarantine.jsonl per set")
+    result = evaluate_many(args.router, datasets, prices=args.prices, include_seen=args.include_seen,
+                           cache_dir=args.cache_dir, progress=not args.quiet, **_load_options(args))
+    if len(datasets) == 1:  # one set: the same JSON shape as training's test report
+        single = result["sets"][0]
+        if args.json:
+            print(json.dumps(single))
+            return 0
+        _print_scores(f"{single['router']} on {single['data']}: {single['scored']} prompts scored "
+                      f"({single['dropped_seen']} seen in training dropped)", single["test"])
+        return 0
     if args.json:
         print(json.dumps(result))
         return 0
-    test = result["test"]
-    print(f"{result['router']} on {result['data']}: {result['scored']} prompts scored "
-          f"({result['dropped_seen']} seen in training dropped)")
-    rows = [("router", test)] + list(test["baselines"].items())
-    print(f"  {'':<12} {'AIQ':>8} {'savings@iso':>12} {'best quality':>13}")
-    for name, values in rows:
-        print(f"  {name:<12} {_fmt(values.get('aiq'), '>8.4f')} {_fmt(values.get('savings_at_iso_quality'), '>12.3f')}"
-              f" {_fmt(values.get('best_quality'), '>13.4f')}")
+    for one in result["sets"]:
+        note = f"; not in this data: {len(one['models_missing'])} models" if one["models_missing"] else ""
+        _print_scores(f"{one['data']}: {one['scored']} prompts scored ({one['dropped_seen']} seen in training "
+                      f"dropped{note})", one["test"])
+    _print_scores(f"macro average over {result['macro']['sets']} sets", result["macro"]["test"])
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _need_training()
+    from training.compare import compare_runs, format_table
+
+    result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
+                          sort=args.sort, allow_mixed=args.allow_mixed, plot=None if args.no_plot else args.plot,
+                          log_to_mlflow=not args.no_log)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    _need_training()
+    _setup_logging(args.quiet)
+    from training.sweep import format_summary, parse_seeds, run_sweep
+
+    result = run_sweep(args.config, args.path, sets=args.set or [], seeds=parse_seeds(args.seeds), out_dir=args.out,
+                       train_size=args.train_size, prices=args.prices, cache_dir=args.cache_dir,
+                       progress=False, **_load_options(args))
+    print(format_summary(result), file=sys.stderr)
+    print(json.dumps(result))
     return 0
 
 
@@ -252,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="score a trained router on (held-out) data")
     evaluate.add_argument("--router", required=True, help="a directory written by 'router-ml train'")
-    evaluate.add_argument("--data", required=True, dest="path")
+    evaluate.add_argument("--data", required=True, dest="path", action="append",
+                          help="data set to score on; repeat for several (per-set and macro-averaged results)")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep prompts the router was trained on (dropped by default)")
     evaluate.add_argument("--cache-dir")
@@ -260,6 +309,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_input_options(evaluate, positional=False)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = sub.add_parser("compare", help="rank MLflow training runs on the same data and plot their curves")
+    compare.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
+    compare.add_argument("--run-id", action="append", help="an MLflow run id (repeatable)")
+    compare.add_argument("--filter", help="MLflow filter, e.g. \"params.data_fingerprint = '...'\"")
+    compare.add_argument("--sort", default="aiq", help="aiq (default), apgr, cpt_50, savings_at_iso_quality, "
+                         "best_quality, latency_p50_us or fit_seconds")
+    compare.add_argument("--allow-mixed", action="store_true",
+                         help="rank runs trained or tested on different data or splits anyway")
+    compare.add_argument("--plot", default="comparison.png", help="PNG to write (default ./comparison.png)")
+    compare.add_argument("--no-plot", action="store_true", help="table only")
+    compare.add_argument("--no-log", action="store_true", help="do not log the figure to MLflow")
+    compare.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser("sweep", help="train a grid of settings x seeds as MLflow child runs and summarise")
+    sweep.add_argument("--config", help="TOML config the grid starts from")
+    sweep.add_argument("--data", required=True, dest="path")
+    sweep.add_argument("--set", action="append", metavar="SECTION.KEY=V1,V2,...",
+                       help="values to sweep (repeatable: the grid is every combination)")
+    sweep.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,3,7 (default 0)")
+    sweep.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
+    sweep.add_argument("--out", required=True, help="directory for the runs' routers and sweep_summary.json")
+    sweep.add_argument("--cache-dir")
+    sweep.add_argument("--quiet", action="store_true")
+    _add_input_options(sweep, positional=False)
+    sweep.set_defaults(func=cmd_sweep)
 
     export = sub.add_parser("export", help="export a trained router to an ONNX artifact directory")
     source = export.add_mutually_exclusive_group(required=True)

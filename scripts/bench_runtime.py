@@ -255,6 +255,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per measurement (default 5, quick 2)")
     parser.add_argument("--quick", action="store_true", help="fewer calls: a smoke test of about 30 s")
     parser.add_argument("--skip-reference", action="store_true", help="skip the PyTorch xlm-roberta-base reference")
+    parser.add_argument("--log-mlflow", action="store_true",
+                        help="log the latencies to the router's MLflow run (runtime.p50_us_64 ... - "
+                             "'router-ml compare' shows them)")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
@@ -293,6 +296,7 @@ def main() -> None:
     import onnxruntime
 
     runtime = runtime_fingerprint()
+    logged_to = log_to_mlflow(router, single, batch) if args.log_mlflow else None
     print(json.dumps({
         "router": {"directory": args.router, "router": router.manifest.get("router"),
                    "featurizer": router.manifest.get("featurizer"), "models": len(router.models)},
@@ -303,7 +307,26 @@ def main() -> None:
         "settings": {"threads": args.threads, "repeats": repeats, "calls_per_repeat": calls, "quick": args.quick},
         **load, "prompt_tokens": tokens, "single_prompt": single, "batch": batch, "peak_rss_mb": rss["peak_rss_mb"],
         "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference,
-        "speedup_vs_reference": speedup, "targets": targets}, indent=1))
+        "speedup_vs_reference": speedup, "targets": targets, "logged_to_mlflow_run": logged_to}, indent=1))
+
+
+def log_to_mlflow(router, single: dict, batch: dict) -> str | None:
+    """Log single-prompt p50/p99 and batch throughput to the MLflow run recorded in the artifact."""
+    run_id = (router.manifest.get("training") or {}).get("mlflow_run_id")
+    if not run_id:
+        log("the artifact records no MLflow run; nothing logged")
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    from training.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=default_tracking_uri())
+    for n, values in single["route"].items():
+        client.log_metric(run_id, f"runtime.p50_us_{n}", values["p50_us"])
+        client.log_metric(run_id, f"runtime.p99_us_{n}", values["p99_us"])
+    client.log_metric(run_id, "runtime.batch_prompts_per_second", batch["prompts_per_second"])
+    return run_id
 
 
 if __name__ == "__main__":

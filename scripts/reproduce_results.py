@@ -9,8 +9,11 @@ Every run is a real ``train_router`` call (logged to the local MLflow store unde
 ``reproduce``). Prints one JSON object: per protocol, per variant, the mean, standard deviation and
 per-seed values of the headline metrics, the mean bootstrap interval, and the baselines.
 
-    python scripts/reproduce_results.py                      # seeds 0-4, mlp_static + ablation + mf
+    python scripts/reproduce_results.py                      # seeds 0-4, every default variant
     python scripts/reproduce_results.py --seeds 0 --variants mlp_static
+
+It also writes ``<out>/results.json`` and ``<out>/tables.md``: the README's two results tables,
+rendered from these numbers (with RouteLLM's published rows next to them).
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ VARIANTS = {
     "encoder": ("encoder.toml", {}),
 }
 KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+LABELS = {
+    "mlp_static": "**mlp_static**", "mlp_static_no_tradeoff": "mlp_static, no tradeoff term", "mf": "mf (static)",
+    "mlp_minilm": "mlp_minilm", "encoder": "encoder (MiniLM fine-tuned)",
+}
+# RouteLLM paper, Table 2 ("augmented" routers: Chatbot Arena + ~1,500 golden MMLU labels): APGR, CPT(50%)
+ROUTELLM_PUBLISHED = (("random", 0.500, 50.07), ("SW ranking", 0.603, 35.40), ("MF", 0.597, 35.46),
+                      ("BERT", 0.572, 41.30), ("causal LLM", 0.600, 35.49))
 
 
 def _seeds(text: str) -> list[int]:
@@ -65,10 +75,65 @@ def _mean_interval(runs: list[dict], key: str) -> list[float | None]:
     return out
 
 
+def _cell(entry: dict, key: str, *, pct: bool = False, interval: bool = True) -> str:
+    stats = entry.get(key) or {}
+    if stats.get("mean") is None:
+        return "-"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    digits = 1 if pct else 3
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    if "per_seed" in stats:
+        text += f" ± {stats['std'] * scale:.{digits}f}{unit}"
+        reached = [v for v in stats["per_seed"] if v is not None]
+        if len(reached) < len(stats["per_seed"]):
+            text += f" ({len(reached)}/{len(stats['per_seed'])} seeds)"
+        lo, hi = (entry.get("ci95_mean") or {}).get(key, [None, None])
+        if interval and lo is not None and hi is not None:
+            text += f" [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+    else:
+        text += unit
+    return text
+
+
+def _rows(block: dict) -> list[tuple[str, dict]]:
+    rows = [(LABELS.get(name, name), entry) for name, entry in block.items() if name != "baselines"]
+    for name, entry in block.get("baselines", {}).items():
+        label = f"{name} (baseline)"
+        if name == "best-single":
+            label = f"single-model hull (best: {entry.get('best_model')})"
+        rows.append((label, entry))
+    return rows
+
+
+def markdown_tables(results: dict) -> str:
+    """The README's results tables, rendered from :func:`main`'s results."""
+    out = []
+    if "routellm" in results:
+        out += ["### RouteLLM MMLU (GPT-4 vs Mixtral-8x7B)", "",
+                "| router | APGR | CPT(50%) | CPT(80%) | AIQ (strong-share axis) | seconds/run |",
+                "|---|---|---|---|---|---|"]
+        for label, e in _rows(results["routellm"]):
+            secs = f"{e['seconds_per_run']:.0f}" if "seconds_per_run" in e else ""
+            out.append(f"| {label} | {_cell(e, 'apgr')} | {_cell(e, 'cpt_50', pct=True)} | "
+                       f"{_cell(e, 'cpt_80', pct=True, interval=False)} | {_cell(e, 'aiq', interval=False)} | {secs} |")
+        for name, apgr, cpt in ROUTELLM_PUBLISHED:
+            out.append(f"| RouteLLM {name} (published) | {apgr:.3f} | {cpt:.2f}% | | | |")
+        out.append("")
+    if "mmlu-pro" in results:
+        out += ["### MMLU-Pro, 29 models", "",
+                "| router | AIQ | savings at iso-quality | best quality | seconds/run |", "|---|---|---|---|---|"]
+        for label, e in _rows(results["mmlu-pro"]):
+            secs = f"{e['seconds_per_run']:.0f}" if "seconds_per_run" in e else ""
+            out.append(f"| {label} | {_cell(e, 'aiq')} | {_cell(e, 'savings_at_iso_quality', interval=False)} | "
+                       f"{_cell(e, 'best_quality')} | {secs} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default="routellm,mmlu-pro")
-    parser.add_argument("--variants", default="mlp_static,mlp_static_no_tradeoff,mf")
+    parser.add_argument("--variants", default="mlp_static,mlp_static_no_tradeoff,mf,mlp_minilm")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--out", default=str(ROOT / "results"), help="router directories and results.json")
     parser.add_argument("--n-boot", type=int, default=200)
@@ -82,6 +147,7 @@ def main() -> int:
     from training.pipeline import train_router
 
     out = Path(args.out)
+    run_started = time.perf_counter()
     results: dict = {}
     for protocol in args.protocols.split(","):
         spec = PROTOCOLS[protocol]
@@ -121,6 +187,8 @@ def main() -> int:
                 results[protocol]["baselines"] = baselines
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "tables.md").write_text(markdown_tables(results))
+    results["wall_seconds"] = round(time.perf_counter() - run_started, 1)
     print(json.dumps(results))
     return 0
 

@@ -28,7 +28,7 @@ from training.evaluation import evaluate_scores, oracle_baseline, random_baselin
 from training.routers import ROUTERS, EncoderRouter, KNNRouter, LogRegRouter, TorchRouter
 from training.trainer import Batchable, distributed_context
 
-__all__ = ["CHECKPOINT_FORMAT", "evaluate_router", "train_router"]
+__all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
 
 log = logging.getLogger("router_ml.train")
 CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
@@ -117,10 +117,11 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                  prices: str | Path | PriceCatalog | None = None, cache_dir: str | Path | None = None,
                  progress: bool = True, tracking_uri: str | None = None, register: str | None = None,
-                 **load_options: Any) -> dict[str, Any]:
+                 parent_run_id: str | None = None, **load_options: Any) -> dict[str, Any]:
     """Train the configured router on ``data`` and return the run summary (the CLI's JSON line).
 
-    ``register`` names an MLflow registered model to add the exported router to as a new version."""
+    ``register`` names an MLflow registered model to add the exported router to as a new version;
+    ``parent_run_id`` makes the MLflow run a child of that (active) run, as ``router-ml sweep`` does."""
     from training.tracking import Tracker
 
     if config.router.kind not in ("mlp", "mf", "encoder"):
@@ -143,9 +144,11 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         inputs = (X,)
     out_dir = Path(out_dir)
     tracker = Tracker(experiment=config.tracking.experiment, enabled=config.tracking.enabled and rank == 0,
-                      tracking_uri=tracking_uri, run_name=f"{config.router.kind}-{config.featurizer.name}")
+                      tracking_uri=tracking_uri, run_name=f"{config.router.kind}-{config.featurizer.name}",
+                      parent_run_id=parent_run_id)
     with tracker:
-        tracker.log_params({**config.to_flat(), "data.fingerprint": fingerprint, "data.source": str(data),
+        tracker.log_params({**config.to_flat(), "data.fingerprint": fingerprint, "data_fingerprint": fingerprint,
+                            "data.source": str(data),
                             "data.records": len(table), **{f"split.{k}": v for k, v in split.sizes().items()},
                             "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
         tracker.set_tags({"router": config.router.kind, "featurizer": config.featurizer.name,
@@ -287,7 +290,8 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
         "split.json": {"seed": config.data.seed, "sizes": split.sizes(), "data_fingerprint": fingerprint,
                        "test_sample_ids": [table[int(i)].sample_id for i in split.test],
                        "seen_prompt_hashes": seen},
-        "metrics.json": {"test": result["test"], "curve": result["router_curve"]},
+        "metrics.json": {"test": result["test"], "curve": result["router_curve"],
+                         "baseline_curves": result["baseline_curves"], "singles": result["singles"]},
     }
     for name, payload in files.items():
         if payload is not None:
@@ -320,10 +324,16 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
         config = config.replace(**{"eval.n_boot": n_boot})
     catalog = PriceCatalog.load(prices) if prices else None
     table, report = load_traffic(data, prices=catalog, **load_options)
-    models = tuple(manifest["models"])
-    missing = [m for m in models if m not in table.models]
+    router_models = tuple(manifest["models"])
+    models = tuple(m for m in router_models if m in table.models)
+    missing = [m for m in router_models if m not in table.models]
+    if len(models) < 2:
+        raise DataError(f"{data}: outcomes for at least two of the router's models are needed to score its choices; "
+                        f"found {list(models)} of {list(router_models)} (the data's models: {list(table.models)})")
     if missing:
-        raise DataError(f"{data}: no outcomes for the router's models {missing}")
+        log.warning("%s has no outcomes for %d of the router's models; choosing among the other %d",
+                    data, len(missing), len(models))
+    keep_cols = [router_models.index(m) for m in models]
     cols = [table.models.index(m) for m in models]
     seen = set(json.loads((router_dir / "split.json").read_text())["seen_prompt_hashes"])
     keep = np.array([include_seen or _prompt_hash(t) not in seen for t in table.texts])
@@ -346,15 +356,43 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
                                 f"with ({identity} vs {saved})")
         inputs = (X,)
     cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
-    cost_est = cost_model.estimate(estimate_input_tokens(texts))
+    cost_est = cost_model.estimate(estimate_input_tokens(texts))[:, keep_cols]
     q, c = quality[scored], cost[scored]
     saved_grid = json.loads((router_dir / "metrics.json").read_text())["curve"]["willingness_to_pay"]
     wtps = np.array([np.inf if w is None else w for w in saved_grid])  # the grid the router was scored on
-    two_model = tuple(manifest["two_model"]) if manifest.get("two_model") else None
-    result = _score(router.predict(inputs), cost_est, q, c, config, two_model, wtps)
+    if not missing:
+        two_model = tuple(manifest["two_model"]) if manifest.get("two_model") else None
+    else:  # a two-model subset of a larger router: weak/strong by mean quality on this data
+        two_model = _two_model(TrafficTable(table.records, models=models), scored)
+    result = _score(router.predict(inputs)[:, keep_cols], cost_est, q, c, config, two_model, wtps)
     baselines = {"best-single": _summary(single_model_baseline(q, c, models)),
                  "random": _summary(random_baseline(q, c, seed=config.data.seed, two_model=two_model)),
                  "oracle": _summary(oracle_baseline(q, c, wtps=wtps, two_model=two_model))}
     return {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
-            "dropped_seen": int((~keep).sum()), "rejected": report.rejected,
-            "test": {**_summary(result), "baselines": baselines}}
+            "dropped_seen": int((~keep).sum()), "rejected": report.rejected, "models_used": list(models),
+            "models_missing": missing, "test": {**_summary(result), "baselines": baselines}}
+
+
+MACRO_KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+
+
+def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Unweighted mean over data sets of each metric present in every set (``None`` otherwise)."""
+    def mean(values):
+        return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+    macro: dict[str, Any] = {k: mean([r["test"].get(k) for r in results]) for k in MACRO_KEYS}
+    macro["baselines"] = {name: {k: mean([r["test"]["baselines"][name].get(k) for r in results]) for k in MACRO_KEYS}
+                          for name in results[0]["test"]["baselines"]}
+    return macro
+
+
+def evaluate_many(router_dir: str | Path, datasets: list[str | Path], **options: Any) -> dict[str, Any]:
+    """Score a saved router on several data sets: each set's result (as :func:`evaluate_router`)
+    under ``sets`` and the unweighted mean over the sets under ``macro`` - the same router tested
+    in and out of the distribution it was trained on."""
+    if not datasets:
+        raise RouterMLError("give at least one --data set")
+    results = [evaluate_router(router_dir, data, **options) for data in datasets]
+    return {"router": results[0]["router"], "sets": results,
+            "macro": {"sets": len(results), "scored": sum(r["scored"] for r in results), "test": _macro(results)}}

@@ -28,12 +28,13 @@ class Tracker:
     """A guarded MLflow run: ``with Tracker(experiment="x") as t: t.log_metrics({...})``."""
 
     def __init__(self, *, experiment: str, enabled: bool = True, tracking_uri: str | None = None,
-                 run_name: str | None = None, nested: bool = False):
+                 run_name: str | None = None, nested: bool = False, parent_run_id: str | None = None):
         self.experiment = experiment
         self.enabled = enabled
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.run_name = run_name
-        self.nested = nested
+        self.nested = nested or parent_run_id is not None
+        self.parent_run_id = parent_run_id
         self.run_id: str | None = None
         self.error: str | None = None
         self._mlflow: Any = None
@@ -63,7 +64,7 @@ class Tracker:
                     location = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
                 mlflow.create_experiment(self.experiment, artifact_location=location)
             mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=self.run_name, nested=self.nested)
+            run = mlflow.start_run(run_name=self.run_name, nested=self.nested, parent_run_id=self.parent_run_id)
             self._mlflow = mlflow
             self.run_id = run.info.run_id
 
@@ -84,6 +85,9 @@ class Tracker:
     def log_metrics(self, values: dict[str, float | None], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in values.items() if v is not None}
         self._guard("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+
+    def log_dict(self, payload: Any, artifact_file: str) -> None:
+        self._guard("log_dict", lambda: self._mlflow.log_dict(payload, artifact_file))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._guard("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))

@@ -1,0 +1,150 @@
+"""`router-ml sweep`, `compare` and multi-set `evaluate` against a real local MLflow store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from training.data import load_traffic, write_jsonl
+from training.sweep import parse_grid, parse_seeds
+
+from .conftest import DEMO, ROOT
+
+FAST = ["--set", "train.epochs=20", "--set", "eval.n_boot=20", "--set", "eval.knob_points=31",
+        "--set", "eval.baselines=random,best-single,oracle"]
+
+
+def run_cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=900)
+
+
+def cli_json(*args, cwd, env=None):
+    out = run_cli(*args, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_parse_seeds_and_grid():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0,3,7") == [0, 3, 7]
+    for bad in ("4-0", "a", "1,1"):
+        with pytest.raises(Exception, match="--seeds"):
+            parse_seeds(bad)
+    grid = parse_grid(None, ["router.hidden=64,128", "loss.tradeoff_weight=0,0.05", "eval.n_boot=10"])
+    assert len(grid) == 4 and grid[0] == {"router.hidden": "64", "loss.tradeoff_weight": "0", "eval.n_boot": "10"}
+    # a list-valued key is set, never swept
+    assert parse_grid(None, ["eval.baselines=random,oracle"]) == [{"eval.baselines": "random,oracle"}]
+    with pytest.raises(Exception, match="unknown key"):
+        parse_grid(None, ["router.hiden=1,2"])
+    with pytest.raises(Exception, match="--seeds"):
+        parse_grid(None, ["data.seed=1,2"])
+    with pytest.raises(Exception, match="router.hidden"):  # every setting is validated before any run
+        parse_grid(None, ["router.hidden=64,big"])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A 2 x 2 sweep (hidden size x seed) on 1,600 demo prompts in its own MLflow store."""
+    work = tmp_path_factory.mktemp("sweep")
+    table, _ = load_traffic(DEMO)
+    data = work / "demo.jsonl"
+    write_jsonl(table.records[:1600], data)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    result = cli_json("sweep", "--config", ROOT / "training/configs/mlp_static.toml", "--data", data,
+                      "--set", "router.hidden=32,64", "--seeds", "0-1", "--out", work / "sweep", *FAST, "--quiet",
+                      cwd=work, env=env)
+    return work, data, env, result
+
+
+@pytest.mark.slow
+def test_sweep_runs_children_under_one_parent_and_summarises(swept):
+    import mlflow
+
+    work, _, env, result = swept
+    assert result["runs"] == 4 and result["tracking_error"] is None
+    assert [s["slug"] for s in result["settings"]] == ["hidden=32", "hidden=64"]
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    for setting in result["settings"]:
+        aiq = setting["summary"]["aiq"]
+        assert aiq["n"] == 2 and aiq["ci95"][0] <= aiq["mean"] <= aiq["ci95"][1]
+        values = [client.get_run(r).data.metrics["aiq"] for r in setting["run_ids"]]
+        assert aiq["mean"] == pytest.approx(sum(values) / 2)
+        for run_id, seed in zip(setting["run_ids"], (0, 1), strict=True):
+            run = client.get_run(run_id)
+            assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+            assert run.data.params["router.hidden"] == setting["slug"].split("=")[1]
+            assert run.data.params["data.seed"] == str(seed)
+        assert (work / "sweep" / setting["slug"] / "seed1" / "artifact" / "manifest.json").exists()
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.params["setting0"] == "hidden=32"
+    assert parent.data.metrics["setting1.aiq_mean"] == pytest.approx(result["settings"][1]["summary"]["aiq"]["mean"])
+    assert json.loads((work / "sweep" / "sweep_summary.json").read_text())["parent_run_id"] == result["parent_run_id"]
+
+
+@pytest.mark.slow
+def test_compare_ranks_comparable_runs_and_refuses_mixed_splits(swept):
+    import mlflow
+
+    work, _, env, result = swept
+    mixed = run_cli("compare", "--experiment", "router-ml", "--json", cwd=work, env=env)
+    assert mixed.returncode == 1
+    assert "different splits" in mixed.stderr and "--allow-mixed" in mixed.stderr
+
+    seed0 = "params.`data.seed` = '0'"
+    out = cli_json("compare", "--experiment", "router-ml", "--filter", seed0, "--json", "--plot", work / "c.png",
+                   cwd=work, env=env)
+    expected = {s["run_ids"][0] for s in result["settings"]}
+    assert {r["run_id"] for r in out["runs"]} == expected  # sweep parent and child runs of seed 1 left out
+    aiqs = [r["aiq"] for r in out["runs"]]
+    assert aiqs == sorted(aiqs, reverse=True) and all(a is not None for a in aiqs)
+    assert all(r["router"] == "mlp" and r["featurizer"] == "static" and r["fit_seconds"] > 0 for r in out["runs"])
+    assert out["mixed"] is False and (work / "c.png").stat().st_size > 10_000
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    logged = {a.path for a in client.list_artifacts(out["comparison_run_id"], "comparison")}
+    assert logged == {"comparison/c.png", "comparison/table.json"}
+
+    # the comparison run just logged is not itself listed; --allow-mixed ranks all four, lower-is-better ascending
+    both = cli_json("compare", "--experiment", "router-ml", "--allow-mixed", "--sort", "fit_seconds", "--json",
+                    "--no-plot", cwd=work, env=env)
+    assert len(both["runs"]) == 4 and both["mixed"] is True
+    fits = [r["fit_seconds"] for r in both["runs"]]
+    assert fits == sorted(fits)
+    bad = run_cli("compare", "--experiment", "nope", cwd=work, env=env)
+    assert bad.returncode == 1 and "experiment 'nope' not found" in bad.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_on_several_sets_reports_each_and_the_macro_average(swept):
+    work, data, env, result = swept
+    router = work / "sweep" / "hidden=32" / "seed0"
+    table, _ = load_traffic(DEMO)
+    unseen = work / "unseen.jsonl"
+    write_jsonl(table.records[1600:2400], unseen)
+    two = ("tiny-1b", "frontier-xl")  # out of distribution: only two of the router's five models answered
+    pair = work / "pair.jsonl"
+    write_jsonl([dataclasses.replace(r, outcomes={m: o for m, o in r.outcomes.items() if m in two})
+                 for r in table.records[2400:3200]], pair)
+    out = cli_json("evaluate", "--router", router, "--data", unseen, "--data", pair, "--json", cwd=work, env=env)
+    first, second = out["sets"]
+    assert first["scored"] == 800 and first["models_missing"] == []
+    assert second["models_used"] == list(two) and len(second["models_missing"]) == 3
+    assert second["test"]["apgr"] is not None and first["test"].get("apgr") is None
+    macro = out["macro"]["test"]
+    assert macro["aiq"] == pytest.approx((first["test"]["aiq"] + second["test"]["aiq"]) / 2)
+    assert macro["apgr"] is None  # not defined on every set
+    assert macro["baselines"]["random"]["aiq"] == pytest.approx(
+        (first["test"]["baselines"]["random"]["aiq"] + second["test"]["baselines"]["random"]["aiq"]) / 2)
+    # one set: the single-set JSON shape of training's test report
+    single = cli_json("evaluate", "--router", router, "--data", unseen, "--json", cwd=work, env=env)
+    assert single["test"]["aiq"] == pytest.approx(first["test"]["aiq"])
+    alone = [dataclasses.replace(r, outcomes={m: o for m, o in r.outcomes.items() if m == "tiny-1b"})
+             for r in table.records[2400:2500]]
+    write_jsonl(alone, work / "one.jsonl")
+    bad = run_cli("evaluate", "--router", router, "--data", work / "one.jsonl", cwd=work, env=env)
+    assert bad.returncode == 1 and "at least two of the router's models" in bad.stderr

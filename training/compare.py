@@ -1,0 +1,199 @@
+"""Compare trained router variants through MLflow: one ranked table and one cost-quality figure.
+
+A run is comparable with another when both were trained on the same data (``data_fingerprint``)
+and split the same way (seed, train/validation sizes): then they were tested on the same prompts.
+:func:`compare_runs` refuses to rank runs that differ there unless ``allow_mixed`` - a mixed table
+would rank data sets, not routers.
+
+Runs are found by experiment name(s), run ids, or an MLflow filter string (for example
+``params.data_fingerprint = '...'``); only training runs (those tagged with a ``router``) are
+listed, so sweep parents and earlier comparisons are skipped. The figure draws each run's
+cost-quality curve from its logged ``router/metrics.json`` next to the single models, their hull,
+random and oracle of the first run, and is logged to MLflow as the artifact of a comparison run
+(tagged ``router_ml.comparison``) in the first run's experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router_ml.errors import RouterMLError
+
+__all__ = ["COLUMNS", "LOWER_IS_BETTER", "compare_runs", "format_table"]
+
+# (column, MLflow metric) - the table's metric columns
+COLUMNS = (
+    ("aiq", "aiq"), ("apgr", "apgr"), ("cpt_50", "cpt_50"), ("savings_at_iso_quality", "savings_at_iso_quality"),
+    ("best_quality", "best_quality"), ("latency_p50_us", "runtime.p50_us_64"), ("fit_seconds", "fit_seconds"),
+)
+LOWER_IS_BETTER = {"cpt_50", "savings_at_iso_quality", "latency_p50_us", "fit_seconds"}
+# what must agree for two runs to have been tested on the same prompts
+_SAME_DATA = ("data.fingerprint",)
+_SAME_SPLIT = ("data.seed", "data.train_size", "data.val_size", "split.train", "split.val", "split.test")
+
+
+def _client(tracking_uri: str | None):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    from training.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    return mlflow, mlflow.MlflowClient(tracking_uri=uri), uri
+
+
+def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None):
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except mlflow.exceptions.MlflowException as exc:
+            raise RouterMLError(f"run {run_id}: not found in the tracking store ({exc.message})") from None
+    if experiments or (filter_string and not run_ids):
+        names = list(experiments)
+        if names:
+            ids = []
+            for name in names:
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    known = sorted(e.name for e in client.search_experiments())
+                    raise RouterMLError(f"experiment '{name}' not found; experiments in this store: {known}")
+                ids.append(exp.experiment_id)
+        else:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        try:
+            found = client.search_runs(ids, filter_string=filter_string or "", max_results=5000,
+                                       order_by=["attributes.start_time ASC"])
+        except mlflow.exceptions.MlflowException as exc:
+            raise RouterMLError(f"invalid --filter {filter_string!r}: {exc.message}") from None
+        runs.extend(found)
+    elif filter_string:
+        runs = [r for r in runs if r.info.run_id in {x.info.run_id for x in client.search_runs(
+            [r.info.experiment_id for r in runs], filter_string=filter_string)}]
+    seen, out = set(), []
+    for run in runs:
+        if run.info.run_id in seen or "router" not in run.data.tags or run.info.status != "FINISHED":
+            continue
+        seen.add(run.info.run_id)
+        out.append(run)
+    return out
+
+
+def _download_metrics(client, run_id: str) -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "router/metrics.json", tmp)
+        except Exception:  # a run logged without its router directory has no curve to draw
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def _key(run, names: Sequence[str]) -> tuple:
+    return tuple(run.data.params.get(n) for n in names)
+
+
+def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = (), filter_string: str | None = None,
+                 sort: str = "aiq", allow_mixed: bool = False, plot: str | Path | None = "comparison.png",
+                 log_to_mlflow: bool = True, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Rank the selected training runs by ``sort`` and draw their curves; returns the JSON shape
+    ``{"runs": [...], "sort": ..., "plot": ..., "comparison_run_id": ..., "mixed": bool}``."""
+    columns = dict(COLUMNS)
+    if sort not in columns:
+        raise RouterMLError(f"--sort {sort!r}: choose one of {', '.join(columns)}")
+    if not experiments and not run_ids and not filter_string:
+        raise RouterMLError("select runs with --experiment NAME, --run-id ID or --filter EXPR")
+    mlflow, client, uri = _client(tracking_uri)
+    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string)
+    if not runs:
+        raise RouterMLError("no finished training runs match the selection")
+    data_keys = {_key(r, _SAME_DATA) for r in runs}
+    split_keys = {_key(r, _SAME_DATA + _SAME_SPLIT) for r in runs}
+    mixed = len(split_keys) > 1
+    if mixed and not allow_mixed:
+        what = "data" if len(data_keys) > 1 else "splits"
+        groups = {}
+        for r in runs:
+            groups.setdefault(_key(r, _SAME_DATA + _SAME_SPLIT), []).append(r.info.run_id[:8])
+        detail = "; ".join(f"fingerprint {k[0]}, seed {k[1]}, train_size {k[2]}: runs {', '.join(v)}"
+                           for k, v in groups.items())
+        raise RouterMLError(f"these runs were trained or tested on different {what}, so their metrics are not "
+                            f"comparable ({detail}); narrow the selection (e.g. --filter \"params.data_fingerprint "
+                            f"= '...'\") or pass --allow-mixed")
+    rows, curves = [], {}
+    singles = baseline_curves = None
+    for run in runs:
+        m, p, t = run.data.metrics, run.data.params, run.data.tags
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "experiment_id": run.info.experiment_id,
+               "router": t.get("router"), "featurizer": t.get("featurizer"),
+               "data_fingerprint": p.get("data.fingerprint"), "seed": p.get("data.seed"),
+               "test_records": p.get("split.test")}
+        row.update({col: m.get(metric) for col, metric in COLUMNS})
+        rows.append(row)
+        logged = _download_metrics(client, run.info.run_id) if plot else None
+        if logged:
+            curves[f"{row['router']}/{row['featurizer']} {run.info.run_id[:8]}"] = logged["curve"]
+            if singles is None and logged.get("singles"):
+                singles, baseline_curves = logged["singles"], logged.get("baseline_curves", {})
+    worst = float("inf") if sort in LOWER_IS_BETTER else float("-inf")
+    rows.sort(key=lambda r: worst if r[sort] is None else r[sort], reverse=sort not in LOWER_IS_BETTER)
+    result: dict[str, Any] = {"sort": sort, "mixed": mixed, "tracking_uri": uri, "runs": rows, "plot": None,
+                              "comparison_run_id": None}
+    if plot and curves:
+        from training.plots import plot_cost_quality
+
+        drawn = dict(curves)
+        for name in ("random", "oracle"):
+            if baseline_curves and name in baseline_curves:
+                drawn[name] = baseline_curves[name]
+        costs = [v["cost"] for v in (singles or {}).values()]
+        path = plot_cost_quality(plot, curves=drawn, singles=singles or {},
+                                 title=f"{len(curves)} routers compared", log_x=bool(costs) and min(costs) > 0)
+        result["plot"] = str(path)
+        if log_to_mlflow:
+            result["comparison_run_id"] = _log_comparison(client, runs[0].info.experiment_id, path, result)
+    return result
+
+
+def _log_comparison(client, experiment_id: str, png: Path, result: dict[str, Any]) -> str:
+    run = client.create_run(experiment_id, run_name="comparison",
+                            tags={"router_ml.comparison": "true",
+                                  "router_ml.compared_runs": ",".join(r["run_id"] for r in result["runs"])})
+    client.log_artifact(run.info.run_id, str(png), "comparison")
+    client.log_text(run.info.run_id, json.dumps({k: v for k, v in result.items() if k != "comparison_run_id"},
+                                                indent=1), "comparison/table.json")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The comparison as an aligned text table (the CLI's default output)."""
+    head = ("run", "router", "featurizer", "AIQ", "APGR", "CPT50", "savings@iso", "best q", "p50 us", "fit s")
+    lines = [head]
+    for r in result["runs"]:
+        lines.append((r["run_id"][:8], r["router"] or "-", r["featurizer"] or "-", _fmt(r["aiq"], ".4f"),
+                      _fmt(r["apgr"], ".3f"), _fmt(None if r["cpt_50"] is None else 100 * r["cpt_50"], ".1f"),
+                      _fmt(r["savings_at_iso_quality"], ".3f"), _fmt(r["best_quality"], ".4f"),
+                      _fmt(r["latency_p50_us"], ".0f"), _fmt(r["fit_seconds"], ".1f")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
+                                                                                                   strict=True)))
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    footer = f"sorted by {result['sort']}"
+    if result["mixed"]:
+        footer += "; WARNING: runs trained/tested on different data or splits (--allow-mixed)"
+    if result["plot"]:
+        footer += f"; figure: {result['plot']}"
+    if result["comparison_run_id"]:
+        footer += f" (logged to MLflow run {result['comparison_run_id']})"
+    return "\n".join([*text, footer])

@@ -1,0 +1,178 @@
+"""Grid sweeps: every combination of ``--set key=v1,v2,...`` values x every seed, as MLflow child
+runs under one parent run, summarised per setting (mean, standard deviation, 95% t-interval over
+seeds of the headline metrics).
+
+A comma separates the values to sweep for a scalar key (``router.hidden=256,512``); a key whose
+value is a list (``eval.baselines``) is never swept - its comma-separated value is the list. Each
+run is a full ``train_router`` call (own split per seed, own export) writing to
+``<out>/<setting>/seed<k>``; the feature cache makes repeated featurization free.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router_ml.errors import RouterMLError
+from training.config import load_config, parse_override
+
+__all__ = ["SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep"]
+
+log = logging.getLogger("router_ml.sweep")
+SUMMARY_KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if re.fullmatch(r"\d+-\d+", part):
+                a, b = map(int, part.split("-"))
+                if b < a:
+                    raise ValueError
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise RouterMLError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,3,7") from None
+    if len(set(seeds)) != len(seeds):
+        raise RouterMLError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
+def parse_grid(config_path: str | Path | None, sets: Sequence[str]) -> list[dict[str, str]]:
+    """The settings to run: the cartesian product of the swept values, in the order given."""
+    defaults = load_config(config_path).to_flat()
+    axes: list[tuple[str, list[str]]] = []
+    for text in sets:
+        key, value = parse_override(text)
+        if key not in defaults:
+            raise RouterMLError(f"--set: unknown key '{key}'; valid keys: {', '.join(sorted(defaults))}")
+        if key in ("data.seed",):
+            raise RouterMLError("sweep seeds with --seeds, not --set data.seed")
+        values = [value] if isinstance(defaults[key], list) else [v.strip() for v in value.split(",")]
+        if any(v == "" for v in values) or len(set(values)) != len(values):
+            raise RouterMLError(f"--set {text!r}: empty or repeated value")
+        axes.append((key, values))
+    if len({k for k, _ in axes}) != len(axes):
+        raise RouterMLError("--set: a key is given twice")
+    grid = [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
+    for setting in grid:  # fail before the first run, not in the middle of the sweep
+        load_config(config_path, setting)
+    return grid
+
+
+def _slug(setting: dict[str, str], swept: set[str]) -> str:
+    """A directory-safe name from the swept keys' values (fixed ``--set`` values are left out)."""
+    text = ",".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items() if k in swept) or "default"
+    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120]
+
+
+def _interval(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    out: dict[str, Any] = {"mean": mean, "std": std, "n": n, "ci95": None}
+    if n > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        out["ci95"] = [mean - half, mean + half]
+    return out
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and 95% t-interval over seeds for each headline metric (and the
+    baselines' AIQ/best quality), from ``train_router`` summaries of one setting."""
+    out: dict[str, Any] = {}
+    for key in SUMMARY_KEYS:
+        values = [r["test"][key] for r in runs if r["test"].get(key) is not None]
+        if values:
+            out[key] = _interval(values)
+            if len(values) < len(runs):
+                out[key]["reached_in"] = f"{len(values)}/{len(runs)} seeds"
+    baselines = {}
+    for name in runs[0]["test"].get("baselines", {}):
+        for key in ("aiq", "best_quality", "apgr"):
+            values = [r["test"]["baselines"][name].get(key) for r in runs]
+            if all(v is not None for v in values):
+                baselines.setdefault(name, {})[key] = _interval(values)
+    out["baselines"] = baselines
+    out["fit_seconds"] = statistics.fmean(r["fit_seconds"] for r in runs)
+    return out
+
+
+def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequence[str], seeds: Sequence[int],
+              out_dir: str | Path, train_size: str | None = None, prices: str | Path | None = None,
+              cache_dir: str | Path | None = None, progress: bool = False, tracking_uri: str | None = None,
+              **load_options: Any) -> dict[str, Any]:
+    """Run the grid x seeds; returns ``{"parent_run_id", "settings": [{"setting", "runs", "summary"}]}``."""
+    from training.pipeline import train_router
+    from training.tracking import Tracker
+
+    grid = parse_grid(config_path, sets)
+    swept = {k for k in (grid[0] if grid else {}) if len({g[k] for g in grid}) > 1}
+    if not seeds:
+        raise RouterMLError("--seeds: give at least one seed")
+    base = load_config(config_path)
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    parent = Tracker(experiment=base.tracking.experiment, enabled=base.tracking.enabled, tracking_uri=tracking_uri,
+                     run_name=f"sweep-{base.router.kind}-{base.featurizer.name}")
+    settings_out = []
+    with parent:
+        parent.set_tags({"router_ml.sweep": "true"})
+        parent.log_params({"sweep.config": str(config_path), "sweep.data": str(data),
+                           "sweep.grid": json.dumps(sets), "sweep.seeds": ",".join(map(str, seeds)),
+                           "sweep.runs": len(grid) * len(seeds)})
+        for index, setting in enumerate(grid):
+            slug = _slug(setting, swept)
+            runs = []
+            for seed in seeds:
+                overrides = {**setting, "data.seed": seed}
+                if train_size is not None:
+                    overrides["data.train_size"] = train_size
+                config = load_config(config_path, overrides)
+                log.info("sweep: %s seed %d", slug, seed)
+                summary = train_router(config, data, out_dir=out_dir / slug / f"seed{seed}", prices=prices,
+                                       cache_dir=cache_dir, progress=progress, tracking_uri=tracking_uri,
+                                       parent_run_id=parent.run_id, **load_options)
+                runs.append(summary)
+            summary = summarise(runs)
+            settings_out.append({"setting": setting, "slug": slug,
+                                 "run_ids": [r["run_id"] for r in runs], "seeds": list(seeds), "summary": summary})
+            # MLflow metric names cannot hold '=' or ','; the setting itself is a parameter
+            parent.log_params({f"setting{index}": slug})
+            parent.log_metrics({f"setting{index}.{k}_mean": v["mean"] for k, v in summary.items()
+                                if isinstance(v, dict) and "mean" in v})
+        result = {"parent_run_id": parent.run_id, "tracking_uri": parent.tracking_uri if parent.enabled else None,
+                  "tracking_error": parent.error, "runs": len(grid) * len(seeds), "out": str(out_dir),
+                  "seconds": round(time.perf_counter() - started, 1), "settings": settings_out}
+        parent.log_dict(result, "sweep_summary.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep_summary.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """One line per setting: mean [95% interval] of AIQ and best quality (plus APGR for two models)."""
+    lines = [f"sweep: {result['runs']} runs in {result['seconds']} s; parent MLflow run {result['parent_run_id']}"]
+    for s in result["settings"]:
+        parts = []
+        for key in ("aiq", "apgr", "savings_at_iso_quality", "best_quality"):
+            v = s["summary"].get(key)
+            if v:
+                ci = "" if v["ci95"] is None else f" [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"
+                parts.append(f"{key} {v['mean']:.4f}{ci}")
+        lines.append(f"  {s['slug']}: " + "; ".join(parts))
+    return "\n".join(lines)
