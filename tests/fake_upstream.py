@@ -53,6 +53,7 @@ class FakeUpstream:
         self.record = record
         self.gate: threading.Event | None = None  # streams pause after the first content event until it is set
         self.served = 0
+        self.events_sent = 0  # stream events written, all streams together
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -211,6 +212,7 @@ class FakeUpstream:
                 writer.transport.abort()
                 return False
             await event(json.dumps(obj).encode())
+            self.events_sent += 1
             if i == 1 and self.gate is not None:
                 deadline = time.monotonic() + 10
                 while not self.gate.is_set() and time.monotonic() < deadline:
