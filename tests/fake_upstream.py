@@ -11,7 +11,8 @@ Behaviours (``upstream.script`` is consumed one per request, then ``upstream.mod
 ``stream_garbage`` (a stream whose first event is not JSON); ``echo_key_401`` (a 401 whose message
 quotes the Authorization header it got - as some providers do).
 
-Run it alone: ``python -m tests.fake_upstream --port 0 --delay-ms 20`` prints ``{"port": N}``.
+Run it alone: ``python -m tests.fake_upstream --port 0 --delay-ms 20`` prints ``{"port": N}``; SIGUSR1
+switches it to answering 500 to everything, SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(upstream.serve(lambda port: print(json.dumps({"port": port}), flush=True)))
         loop.add_signal_handler(signal.SIGTERM, lambda: upstream._stop.set() if upstream._stop else None)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: setattr(upstream, "mode", "500"))  # fail from now on
         await task
 
     try:
