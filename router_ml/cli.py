@@ -43,7 +43,8 @@ def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
 def _add_input_options(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     if positional:
         p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
-    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle)")
+    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle, "
+                   "decisions)")
     p.add_argument("--exclude", metavar="FILE", help="prompts to drop before anything else "
                    "(JSONL with eval_prompt/prompt/text, or one prompt per line)")
     p.add_argument("--prices", metavar="FILE", help="price catalog (JSON/TOML) for records with tokens but no cost")
