@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -344,7 +345,33 @@ def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
             list(stream)
 
 
+def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path):
+    log = tmp_path / "d.jsonl"
+    up.gate = threading.Event()  # the upstream holds the stream after "Hello"
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=log)) as proxy:
+        with httpx.Client() as http, http.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
+                                                 json={"model": "tiny-1b", "messages": MSG, "stream": True}) as r:
+            for line in r.iter_lines():
+                if "Hello" in line:
+                    break  # hang up here
+        deadline = time.monotonic() + 5
+        while not log.exists() or not log.read_text():
+            assert time.monotonic() < deadline, "the proxy never finished the abandoned stream"
+            time.sleep(0.02)
+        up.gate.set()
+    record = json.loads(log.read_text())
+    assert record["status"] == "cancelled" and record["model"] == "tiny-1b"
+
+
 # --- 5. the proxy ------------------------------------------------------------------------------------
+
+def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
+    sock = bind("127.0.0.1", 0)  # proto 0 would skip TCP_NODELAY: ~40 ms of delayed ACK per response
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
 
 def test_proxy_endpoints_errors_and_metrics(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
