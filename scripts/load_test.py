@@ -84,6 +84,15 @@ def stop(proc: subprocess.Popen) -> None:
             f.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -209,6 +218,7 @@ def main() -> None:
             asyncio.run(phase(proxy_url, "router-ml", texts, 100, 1.0, args.concurrency))
             with httpx.Client(trust_env=False) as http:
                 before = http.get(base[:-3] + "/metrics").text
+            cpu_before, load_before = cpu_seconds(proxy.pid), os.getloadavg()[0]
             t_start = time.monotonic()
             results: dict[str, list[dict]] = {"direct": [], "proxy": []}
             if args.fault:
@@ -223,6 +233,7 @@ def main() -> None:
                                                                args.duration, args.concurrency)))
                     results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate,
                                                               args.duration, args.concurrency)))
+            cpu_proxy = cpu_seconds(proxy.pid) - cpu_before
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
         finally:
@@ -255,6 +266,10 @@ def main() -> None:
         "fallback_attempts": int(metric_sum(after, "router_ml_fallbacks_total")
                                  - metric_sum(before, "router_ml_fallbacks_total")),
         "max_latency_ms": round(max(lat_p), 1) if lat_p else None,
+        # CPU the proxy process used per request it served (routing, both HTTP hops, JSON, decision log)
+        "proxy_cpu_ms_per_request": round(cpu_proxy * 1000 / max(1, sent), 3),
+        # load average when the measurement started: other work on the machine moves every latency number
+        "loadavg_1min": round(load_before, 2),
         "wall_s": round(time.monotonic() - t_start, 1),
     })
     print(json.dumps(out))

@@ -510,6 +510,16 @@ def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     assert (info["records"], info["rejected"], info["format"]) == (3, 1, "decisions"), out.stderr
 
 
+def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
+    log, ratings = tmp_path / "d.jsonl", tmp_path / "r.jsonl"
+    ratings.write_text('{"request_id": "rml-1", "thumbs": "up"}\n{"request_id": "rml-2", "quality": 1.5}\n')
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "feedback", "--log", str(log), "--file",
+                          str(ratings)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and f"{ratings}:2: field 'quality'" in out.stderr
+    assert "nothing was recorded" in out.stderr
+    assert not log.exists() or log.read_text() == ""
+
+
 def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     with RoutedClient(router, catalog({"*": up.base_url}), decision_log=log) as client:
