@@ -27,7 +27,6 @@ import math
 import socket
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -151,6 +150,7 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -218,9 +218,11 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
                          request_id=exc.info.request_id, attempts=[a.to_dict() for a in exc.attempts])
         if isinstance(result, _Stream):
             info = result.info
+            # the background task closes (and logs) a stream that was never iterated, e.g. the client left first
             return StreamingResponse(result.events(), media_type="text/event-stream",
                                      headers={"x-router-ml-request-id": info.request_id,
-                                              "x-router-ml-model": info.model or "", "cache-control": "no-cache"})
+                                              "x-router-ml-model": info.model or "", "cache-control": "no-cache"},
+                                     background=BackgroundTask(result.aclose))
         info = result.router_ml
         out = dict(result)
         out["router_ml"] = info.to_dict()
@@ -349,14 +351,12 @@ def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: in
         if log is not None and log.repaired_bytes:
             print(f"router-ml: moved a truncated last line ({log.repaired_bytes} bytes) of {log.path} to "
                   f"{log.path}.partial", file=sys.stderr, flush=True)
-        started = time.monotonic()
         server = make_server(app)
         # everything alive now (the router, onnxruntime, the libraries) lives as long as the server: keep it
         # out of the cyclic GC's scans, which otherwise pause request handling for milliseconds under load
         gc.collect()
         gc.freeze()
         server.run(sockets=[sock])
-        print(f"router-ml: stopped after {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     finally:
         sock.close()
         if log is not None:
