@@ -520,6 +520,36 @@ def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
     assert not log.exists() or log.read_text() == ""
 
 
+def _decision(rid: str, prompt: str, model: str = "small-8b", status: str = "ok") -> dict:
+    return {"type": "decision", "time": "2026-01-02T03:04:05.000Z", "request_id": rid, "prompt_sha256": "0" * 64,
+            "prompt": prompt, "chosen": model, "rule": None, "model": model, "status": status, "fallbacks": [],
+            "input_tokens": 100, "output_tokens": 50, "cost_usd": 4e-05, "latency_s": 0.5, "scores": None}
+
+
+def test_the_decisions_reader_joins_across_rotated_files_and_counts_what_it_rejects(tmp_path):
+    log = tmp_path / "d.jsonl"
+    lines = {
+        "d.2.jsonl": [_decision("r1", "one"), _decision("r2", "two", "tiny-1b")],
+        "d.1.jsonl": [feedback_record("r1", thumbs="down"), _decision("r3", "three", status="error")],
+        "d.jsonl": [feedback_record("r1", quality=0.75), feedback_record("r2", thumbs="up"),
+                    feedback_record("r3", thumbs="up"), feedback_record("ghost", thumbs="up")],
+    }
+    for name, records in lines.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(log, "a") as f:
+        f.write('{"type": "feedback", "request_id": "r2", "qua')  # a crash mid-write
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.format == "decisions" and len(table) == 2 and report.rejected == 3
+    by_id = {r.sample_id: r for r in table.records}
+    assert by_id["r1"].outcomes["small-8b"].quality == 0.75  # the last feedback wins
+    assert by_id["r1"].outcomes["small-8b"].cost == 4e-05 and by_id["r1"].timestamp.startswith("2026-01-02")
+    assert by_id["r2"].outcomes["tiny-1b"].quality == 1.0
+    rejected = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert [(r["location"].rsplit("/", 1)[1], r["field"]) for r in rejected] == [
+        ("d.1.jsonl:2", "status"), ("d.jsonl:4", "request_id"), ("d.jsonl:5", None)]
+    assert "truncated last line" in rejected[2]["reason"]
+
+
 def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     with RoutedClient(router, catalog({"*": up.base_url}), decision_log=log) as client:
