@@ -122,6 +122,7 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
     errors: dict[str, int] = {}
     lost: dict[str, int] = {}
     answered_by: dict[str, int] = {}
+    slow: list[tuple[int, int, float]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S + 2, pool=REQUEST_TIMEOUT_S + 2)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
@@ -151,6 +152,8 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
                 lost["broken_answer"] = lost.get("broken_answer", 0) + 1
                 return
             latencies.append(elapsed)
+            if elapsed > 1000:
+                slow.append((i, round(elapsed), round(due - t0, 3)))
             who = (data.get("router_ml") or {}).get("model") or data.get("model")
             answered_by[who] = answered_by.get(who, 0) + 1
 
@@ -167,7 +170,7 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
         started = loop.time()
         await asyncio.gather(*tasks)
         wall = loop.time() - t0
-    return {"sent": n, "latencies": latencies, "errors": errors, "lost": lost, "answered_by": answered_by,
+    return {"sent": n, "latencies": latencies, "slow": slow, "errors": errors, "lost": lost, "answered_by": answered_by,
             "wall_s": wall, "drain_s": loop.time() - started}
 
 
@@ -260,8 +263,12 @@ def main() -> None:
         out["direct_ms"] = summary(lat_d)
         out["overhead_ms"] = {q: round(out["proxy_ms"][q] - out["direct_ms"][q], 3) for q in ("p50", "p99")}
         out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in results["direct"])
+    slow = [x for r in proxy_runs for x in r["slow"]]
+    if slow:  # answered, but after more than a second: where in the run (request index, ms, due at s)
+        print(f"load_test: {len(slow)} proxied requests took over 1 s, e.g. {slow[:8]}", file=sys.stderr)
     out.update({
-        "answered": len(lat_p), "errors": sum(errors.values()), "lost": sum(lost.values()),
+        "answered": len(lat_p), "answered_over_1s": len(slow), "errors": sum(errors.values()),
+        "lost": sum(lost.values()),
         "errors_by_kind": errors, "lost_by_kind": lost, "answered_by": dict(sorted(answered.items())),
         "fallback_attempts": int(metric_sum(after, "router_ml_fallbacks_total")
                                  - metric_sum(before, "router_ml_fallbacks_total")),
