@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -457,6 +456,8 @@ class AsyncRoutedClient:
                           for m in catalog.values() for r in m.replicas}
         self._wrr = {name: [0.0] * len(m.replicas) for name, m in catalog.items()}
         self._headers = {r.label: self._upstream_headers(r) for m in catalog.values() for r in m.replicas}
+        self._urls = {r.label: httpx.URL(r.url) for m in catalog.values() for r in m.replicas}  # parsed once
+        self._origins = {label: f"{u.scheme}://{u.netloc.decode('ascii')}" for label, u in self._urls.items()}
         self.chat = _Chat(_AsyncCompletions(self))
 
     @classmethod
@@ -478,8 +479,7 @@ class AsyncRoutedClient:
 
         Requests go straight to the transport: the client layer (cookies, auth flows, redirects, event hooks)
         has nothing to do here and cost about 0.3 ms of CPU per call on a 2-core machine."""
-        parts = urlsplit(replica.base_url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = self._origins[replica.label]
         pool = self._http.get(origin)
         if pool is None:
             pool = self._transport or httpx.AsyncHTTPTransport(
@@ -488,7 +488,8 @@ class AsyncRoutedClient:
         return pool
 
     async def _send(self, replica: Replica, payload: bytes, timeout: float) -> httpx.Response:
-        request = httpx.Request("POST", replica.url, content=payload, headers=self._headers[replica.label],
+        label = replica.label
+        request = httpx.Request("POST", self._urls[label], content=payload, headers=self._headers[label],
                                 extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
                                                         "pool": timeout}})
         try:

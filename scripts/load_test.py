@@ -18,6 +18,10 @@ tiny-1b, small-8b and code-34b, which fall back to large-70b on upstream B) is k
 HTTP answer, a broken answer, or no answer within the proxy's request timeout + 2 s; ``errors``
 counts explicit HTTP error answers. While B is healthy both should be 0.
 
+``--stream`` sends streaming requests instead (latency to the last event). A stream that upstream A
+breaks after its first event cannot move to another model: it ends with an error event, counted
+in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
+
     python scripts/load_test.py --router models/demo/artifact               # ~40 s
     python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
 """
@@ -114,8 +118,29 @@ def prompts() -> list[str]:
     return out
 
 
+async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, dict | None, str]:
+    """POST a streaming request; (status, the last chunk, how it ended: done / error_event / broken)."""
+    last, ending = None, "broken"
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, None, "http_error"
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                ending = "done"
+                continue
+            obj = json.loads(data)
+            if "error" in obj:
+                return 200, obj, "error_event"
+            last = obj
+    return 200, last, ending
+
+
 async def phase(url: str, model: str, texts: list[str], rate: float, duration: float, concurrency: int,
-                on_half: callable | None = None) -> dict:
+                on_half: callable | None = None, stream: bool = False) -> dict:
     """Open-loop load: returns latencies (ms) of good answers and counts of errors and lost requests."""
     n = int(rate * duration)
     latencies: list[float] = []
@@ -134,7 +159,11 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
             body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}],
                     "max_tokens": 64}
             try:
-                r = await client.post(url, json=body)
+                if stream:
+                    body["stream"] = True
+                    status, last, ending = await _streamed(client, url, body)
+                else:
+                    r = await client.post(url, json=body)
             except httpx.TimeoutException:
                 lost["timeout"] = lost.get("timeout", 0) + 1
                 return
@@ -142,6 +171,15 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
                 lost[type(exc).__name__] = lost.get(type(exc).__name__, 0) + 1
                 return
             elapsed = (loop.time() - due) * 1000
+            if stream:
+                if ending == "done" and last is not None:
+                    latencies.append(elapsed)
+                    answered_by[last.get("model")] = answered_by.get(last.get("model"), 0) + 1
+                elif ending in ("error_event", "http_error"):  # explicit: an error event or an HTTP error
+                    errors[ending] = errors.get(ending, 0) + 1
+                else:
+                    lost["broken_stream"] = lost.get("broken_stream", 0) + 1
+                return
             if r.status_code != 200:
                 errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
                 return
@@ -192,6 +230,8 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0, help="the fake upstreams' answer time")
     parser.add_argument("--fault", choices=("kill", "error"), help="fault mode: kill upstream A half-way, or make "
                         "it answer 500 from half-way")
+    parser.add_argument("--stream", action="store_true", help="streaming requests (latency: to the last event; a "
+                        "stream that ends in an error event counts as an error, one cut off without it as lost)")
     args = parser.parse_args()
     if not (Path(args.router) / "manifest.json").is_file():
         raise SystemExit(f"no router artifact at {args.router}; train one first (README quickstart) or pass --router")
@@ -229,13 +269,13 @@ def main() -> None:
                     os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1)
 
                 results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate, args.duration,
-                                                          args.concurrency, on_half=fault)))
+                                                          args.concurrency, on_half=fault, stream=args.stream)))
             else:
                 for _ in range(args.rounds):
                     results["direct"].append(asyncio.run(phase(direct_url, "tiny-1b", texts, args.rate,
-                                                               args.duration, args.concurrency)))
+                                                               args.duration, args.concurrency, stream=args.stream)))
                     results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate,
-                                                              args.duration, args.concurrency)))
+                                                              args.duration, args.concurrency, stream=args.stream)))
             cpu_proxy = cpu_seconds(proxy.pid) - cpu_before
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
@@ -252,7 +292,7 @@ def main() -> None:
                 dst[k] = dst.get(k, 0) + v
     sent = sum(r["sent"] for r in proxy_runs)
     out = {
-        "mode": f"fault:{args.fault}" if args.fault else "normal",
+        "mode": (f"fault:{args.fault}" if args.fault else "normal") + (" stream" if args.stream else ""),
         "offered_rps": args.rate, "concurrency": args.concurrency, "duration_s": args.duration,
         "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms,
         "requests": sent,
