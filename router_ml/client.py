@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import random
 import secrets
@@ -54,6 +55,7 @@ from router_ml.router import Router
 __all__ = ["AsyncRoutedClient", "Attempt", "ChatCompletion", "CircuitBreaker", "RequestError", "RouteInfo",
            "RoutedClient", "StreamInterrupted", "UpstreamError"]
 
+_logger = logging.getLogger("router_ml")
 #: body fields that steer router-ml and are removed before the request goes upstream
 ROUTER_FIELDS = ("willingness_to_pay",)
 #: request header that sets the knob (USD per unit of quality; "inf" = best predicted quality)
@@ -450,6 +452,7 @@ class AsyncRoutedClient:
         self.decision_log = DecisionLog(decision_log) if self._own_log else decision_log  # type: ignore[arg-type]
         self.log_prompts = log_prompts
         self.on_complete = on_complete
+        self.log_errors = 0  # decision-log records that could not be written
         self._transport = transport
         self._http: dict[str, httpx.AsyncBaseTransport] = {}
         self._breakers = {r.label: CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s)
@@ -740,7 +743,12 @@ class AsyncRoutedClient:
     def _finish(self, info: RouteInfo, prompt: str | None, started: float) -> None:
         info.latency_s = round(time.perf_counter() - started, 6)
         if self.decision_log is not None:
-            self.decision_log.write(info.record(prompt if self.log_prompts else None))
+            try:
+                self.decision_log.write(info.record(prompt if self.log_prompts else None))
+            except OSError as exc:  # a full disk must not fail the answer; it is counted and logged, not hidden
+                self.log_errors += 1
+                _logger.error("router-ml: cannot write the decision log %s (%s); %d records lost so far",
+                              self.decision_log.path, exc.strerror or exc, self.log_errors)
         if self.on_complete is not None:
             self.on_complete(info)
 
@@ -755,8 +763,11 @@ class AsyncRoutedClient:
         except UpstreamError:
             self._finish(info, text, started)
             raise
-        except BaseException:
-            info.status, info.error = "cancelled", "the caller cancelled the request"
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+                info.status, info.error = "cancelled", "the caller cancelled the request"
+            else:
+                info.status, info.error = "error", f"internal error: {type(exc).__name__}"
             self._finish(info, text, started)
             raise
         if info.stream:

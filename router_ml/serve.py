@@ -136,6 +136,9 @@ class Metrics:
                 "# TYPE router_ml_request_latency_seconds histogram",
                 *self.latency.lines("router_ml_request_latency_seconds"),
             ]
+        lines += ["# HELP router_ml_decision_log_errors_total Decision-log records that could not be written.",
+                  "# TYPE router_ml_decision_log_errors_total counter",
+                  f"router_ml_decision_log_errors_total {client.log_errors}"]
         lines += ["# HELP router_ml_circuit_open Whether an upstream's circuit breaker is open (1) or not (0).",
                   "# TYPE router_ml_circuit_open gauge"]
         for label, breaker in sorted(client.breakers().items()):

@@ -520,6 +520,16 @@ def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
     assert not log.exists() or log.read_text() == ""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
+def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
+    with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
+                                                                   decision_log=log)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 200
+        assert "router_ml_decision_log_errors_total 1" in http.get("/metrics").text.splitlines()
+    assert "cannot write the decision log /dev/full" in caplog.text
+
+
 def _decision(rid: str, prompt: str, model: str = "small-8b", status: str = "ok") -> dict:
     return {"type": "decision", "time": "2026-01-02T03:04:05.000Z", "request_id": rid, "prompt_sha256": "0" * 64,
             "prompt": prompt, "chosen": model, "rule": None, "model": model, "status": status, "fallbacks": [],
