@@ -213,6 +213,24 @@ def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     assert sent["model"] == "small-8b" and sent["temperature"] == 0.2 and "willingness_to_pay" not in sent
 
 
+def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2):
+    import asyncio
+
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
+
+    async def main():
+        async with AsyncRoutedClient(router, cat) as client:
+            up.script.extend(["500", "500"])
+            r = await client.chat.completions.create(model="tiny-1b", messages=MSG)
+            stream = await client.chat.completions.create(model="router-ml", messages=MSG, stream=True)
+            text = "".join([c.choices[0].delta.get("content", "") async for c in stream])
+            return r, text, stream.router_ml
+
+    r, text, info = asyncio.run(main())
+    assert r.router_ml.model == "small-8b" and len(r.router_ml.fallbacks) == 2
+    assert text == f"Hello from {info.model}" and info.status == "ok" and info.cost_usd > 0
+
+
 def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     with RoutedClient(router, cat) as client:
@@ -396,6 +414,8 @@ def test_proxy_endpoints_errors_and_metrics(router, up, up2):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
         big = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
         assert big.status_code == 413 and "4096" in big.json()["error"]["message"]
+        chunked = http.post("/v1/chat/completions", content=iter([b'{"messages": [', b" " * 5000, b"]}"]))
+        assert chunked.status_code == 413  # no content-length: counted while reading
         up.mode = up2.mode = "503"
         failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG})
         assert failed.status_code == 502
@@ -403,16 +423,18 @@ def test_proxy_endpoints_errors_and_metrics(router, up, up2):
         assert error["code"] == "all_providers_failed" and [a["upstream"] for a in error["attempts"]] == [
             "tiny-1b#0", "small-8b#0"]
         assert "tiny-1b#0: HTTP 503" in error["message"] and "small-8b#0: HTTP 503" in error["message"]
+        failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG, "stream": True})
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "all_providers_failed"
         metrics = http.get("/metrics").text
     lines = set(metrics.splitlines())
     assert 'router_ml_requests_total{status="ok"} 2' in lines
-    assert 'router_ml_requests_total{status="error"} 1' in lines
+    assert 'router_ml_requests_total{status="error"} 2' in lines
     assert 'router_ml_requests_total{status="bad_request"} 2' in lines
-    assert 'router_ml_requests_total{status="too_large"} 1' in lines
-    assert 'router_ml_fallbacks_total{upstream="tiny-1b#0",kind="http_5xx"} 2' in lines
+    assert 'router_ml_requests_total{status="too_large"} 2' in lines
+    assert 'router_ml_fallbacks_total{upstream="tiny-1b#0",kind="http_5xx"} 3' in lines
     assert 'router_ml_answers_total{model="small-8b"} 1' in lines
-    assert 'router_ml_decisions_total{model="tiny-1b",by="rule"} 2' in lines
-    assert 'router_ml_routing_latency_seconds_count 3' in lines
+    assert 'router_ml_decisions_total{model="tiny-1b",by="rule"} 3' in lines
+    assert 'router_ml_routing_latency_seconds_count 4' in lines
     assert any(line.startswith('router_ml_cost_usd_total{model="small-8b"} 8e-06') for line in lines)
 
 
