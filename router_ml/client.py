@@ -599,7 +599,7 @@ class AsyncRoutedClient:
             return _Failure("timeout", f"timed out ({type(exc).__name__}) after at most {replica.timeout_s:g} s")
         if isinstance(exc, httpx.ConnectError):
             return _Failure("connect", f"cannot connect to {replica.base_url}")
-        return _Failure("dropped", f"connection failed ({type(exc).__name__}: {str(exc)[:160]})")
+        return _Failure("dropped", self.catalog.redact(f"connection failed ({type(exc).__name__}: {str(exc)[:160]})"))
 
     def _http_failure(self, response: httpx.Response, body: bytes) -> _Failure:
         status = response.status_code
