@@ -43,7 +43,8 @@ def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
 def _add_input_options(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     if positional:
         p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
-    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle)")
+    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle, "
+                   "decisions)")
     p.add_argument("--exclude", metavar="FILE", help="prompts to drop before anything else "
                    "(JSONL with eval_prompt/prompt/text, or one prompt per line)")
     p.add_argument("--prices", metavar="FILE", help="price catalog (JSON/TOML) for records with tokens but no cost")
@@ -268,6 +269,61 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from router_ml.serve import run_server
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise RouterMLError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    run_server(router=args.router, providers=args.providers, host=args.host, port=args.port, api_key=api_key,
+               decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
+               log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
+               max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay)
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_record
+
+    records = []
+    if args.file:
+        if args.request_id or args.quality is not None or args.thumbs:
+            raise RouterMLError("give --file or --request-id with --quality/--thumbs, not both")
+        with open(args.file, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict):
+                        raise FeedbackError("request_id", "each line must be an object "
+                                            "{\"request_id\", \"quality\" | \"thumbs\"}")
+                    unknown = set(obj) - {"request_id", "quality", "thumbs", "comment"}
+                    if unknown:
+                        raise FeedbackError(sorted(unknown)[0], "unknown field (allowed: request_id, quality, "
+                                            "thumbs, comment)")
+                    records.append(feedback_record(obj.get("request_id"), quality=obj.get("quality"),
+                                                   thumbs=obj.get("thumbs"), comment=obj.get("comment")))
+                except json.JSONDecodeError as exc:
+                    raise RouterMLError(f"{args.file}:{n}: not valid JSON ({exc.msg})") from exc
+                except FeedbackError as exc:
+                    raise RouterMLError(f"{args.file}:{n}: {exc}; nothing was recorded") from exc
+    else:
+        if not args.request_id:
+            raise RouterMLError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
+        quality = args.quality
+        records.append(feedback_record(args.request_id, quality=quality, thumbs=args.thumbs))
+    with DecisionLog(args.log) as log:
+        for record in records:
+            log.write(record)
+    print(json.dumps({"log": args.log, "recorded": len(records)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router-ml", description="Train, export and run learned LLM routers.")
     parser.add_argument("--version", action="version", version=f"router-ml {__version__}")
@@ -354,6 +410,36 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--willingness-to-pay", type=float, help="USD per unit of quality (default: the artifact's)")
     route.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     route.set_defaults(func=cmd_route)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible proxy: route, call the provider, fall back, log")
+    serve.add_argument("--router", required=True, help="artifact directory, or runs:/... / models:/... URI")
+    serve.add_argument("--providers", required=True, help="provider catalog (TOML): base URLs, key env names, "
+                       "prices, fallbacks, rules")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
+                       "--api-key-env)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
+                       "send as 'Authorization: Bearer KEY'")
+    serve.add_argument("--decision-log", default="decisions.jsonl", metavar="FILE",
+                       help="JSONL decision log (default ./decisions.jsonl)")
+    serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
+    serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text into the decision "
+                       "log (needed to train on it)")
+    serve.add_argument("--log-max-mb", type=float, default=64.0, help="rotate the decision log at this size")
+    serve.add_argument("--log-fsync", action="store_true", help="fsync the decision log after every record")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
+                       "default: the artifact's)")
+    serve.set_defaults(func=cmd_serve)
+
+    feedback = sub.add_parser("feedback", help="append quality feedback for logged requests to a decision log")
+    feedback.add_argument("--log", required=True, help="the decision log (JSONL) written by 'router-ml serve'")
+    feedback.add_argument("--request-id", help="the request id (x-router-ml-request-id / router_ml.request_id)")
+    rating = feedback.add_mutually_exclusive_group()
+    rating.add_argument("--quality", type=float, help="quality in [0, 1]")
+    rating.add_argument("--thumbs", choices=("up", "down"), help="up = 1, down = 0")
+    feedback.add_argument("--file", help="JSONL of {\"request_id\", \"quality\" | \"thumbs\"} to join into the log")
+    feedback.set_defaults(func=cmd_feedback)
     return parser
 
 

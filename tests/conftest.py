@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEMO = ROOT / "data" / "demo" / "traffic.jsonl"
+TRAIN_RECORDS = 800
 
 
 @pytest.fixture
@@ -39,3 +41,29 @@ def cache_root(tmp_path_factory) -> Path:
         os.environ.pop("ROUTER_ML_CACHE", None)
     else:
         os.environ["ROUTER_ML_CACHE"] = previous
+
+
+@dataclass(frozen=True)
+class Trained:
+    checkpoint: Path
+    artifact: Path
+    held_out: list[str]  # demo prompts after the training subset: never seen in training or validation
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, cache_root) -> Trained:
+    """One small static-MLP router, trained in-process on the first 800 demo records and exported once per
+    session (the runtime and serving tests share it)."""
+    from training.config import load_config
+    from training.data import load_traffic, write_jsonl
+    from training.export import export_router
+    from training.pipeline import train_router
+
+    root = tmp_path_factory.mktemp("runtime")
+    table, _ = load_traffic(DEMO)
+    data = write_jsonl(table.records[:TRAIN_RECORDS], root / "train.jsonl")
+    config = load_config(ROOT / "training/configs/mlp_static.toml",
+                         ["train.epochs=10", "eval.n_boot=0", "eval.baselines=random", "tracking.enabled=false"])
+    train_router(config, data, out_dir=root / "checkpoint", progress=False)
+    export_router(root / "checkpoint", root / "artifact")
+    return Trained(root / "checkpoint", root / "artifact", list(table.texts[TRAIN_RECORDS:TRAIN_RECORDS + 400]))

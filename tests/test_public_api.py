@@ -16,8 +16,8 @@ def test_all_is_sorted_and_complete():
 
 
 def test_import_router_ml_stays_light():
-    code = ("import sys, router_ml, router_ml.cli; "
+    code = ("import sys, router_ml, router_ml.cli, router_ml.client, router_ml.serve, router_ml.providers; "
             "heavy = [m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'sklearn', "
-            "'pyarrow', 'pandas', 'training') if m in sys.modules]; print(heavy)")
+            "'pyarrow', 'pandas', 'training', 'starlette', 'uvicorn') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

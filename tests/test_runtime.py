@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,38 +22,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from router_ml import ArtifactError, Decision, Router
-from training.config import load_config
-from training.data import load_traffic, write_jsonl
 from training.export import ExportError, export_router
-
-from .conftest import DEMO, ROOT
 
 pytestmark = [
     pytest.mark.slow,
 ]
 HEAVY = ("torch", "transformers", "datasets", "mlflow")
-TRAIN_RECORDS = 800
-
-
-@dataclass(frozen=True)
-class Trained:
-    checkpoint: Path
-    artifact: Path
-    held_out: list[str]  # demo prompts after the training subset: never seen in training or validation
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Trained:
-    from training.pipeline import train_router
-
-    root = tmp_path_factory.mktemp("runtime")
-    table, _ = load_traffic(DEMO)
-    data = write_jsonl(table.records[:TRAIN_RECORDS], root / "train.jsonl")
-    config = load_config(ROOT / "training/configs/mlp_static.toml",
-                         ["train.epochs=10", "eval.n_boot=0", "eval.baselines=random", "tracking.enabled=false"])
-    train_router(config, data, out_dir=root / "checkpoint", progress=False)
-    export_router(root / "checkpoint", root / "artifact")
-    return Trained(root / "checkpoint", root / "artifact", list(table.texts[TRAIN_RECORDS:TRAIN_RECORDS + 400]))
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from training.data._rows import (
     _iter_parquet_rows,
     _parquet_columns,
 )
+from training.data.decisions import is_decision_log, read_decisions
 from training.data.hub import read_hf
 from training.data.schema import Record, RecordError, build_record
 from training.data.tabular import read_pickle, read_routellm, read_wide
@@ -41,6 +42,7 @@ FORMATS = {
     "routellm": "RouteLLM evaluation CSV(s): prompt plus one True/False column per model",
     "hf": "Hugging Face dataset (hub id or local directory) with a column mapping",
     "pickle": "RouterBench pickle (pandas); refused unless allow_pickle is set",
+    "decisions": "router-ml decision log (router-ml serve) joined with its feedback",
 }
 
 _CANONICAL_KEYS = {"sample_id", "prompt", "messages", "outcomes", "preferences", "task",
@@ -78,7 +80,7 @@ def detect_format(path: str | Path) -> str:
         )
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
-        return "jsonl"
+        return "decisions" if name.endswith(".jsonl") and is_decision_log(path) else "jsonl"
     if name.endswith((".pkl", ".pickle")):
         return "pickle"
     if name.endswith(".parquet"):
@@ -188,6 +190,7 @@ _READERS: dict[str, Callable[..., Iterator[Row]]] = {
     "routellm": read_routellm,
     "hf": read_hf,
     "pickle": read_pickle,
+    "decisions": read_decisions,
 }
 
 

@@ -1,0 +1,210 @@
+"""The decision log: one JSON line per routed request, and feedback lines that rate them.
+
+Two record types share one append-only JSONL file::
+
+    {"type": "decision", "time": "2025-01-01T12:00:00.123Z", "request_id": "rml-...", "prompt_sha256": "...",
+     "prompt": "...",                      # only when prompt logging is enabled
+     "rule": null, "willingness_to_pay": 0.08, "scores": {"tiny-1b": 0.41, ...}, "chosen": "tiny-1b",
+     "model": "small-8b", "provider_model": "small-8b", "fallbacks": [{"model": "tiny-1b", "upstream":
+     "tiny-1b#0", "reason": "HTTP 500"}], "status": "ok", "stream": false, "input_tokens": 12,
+     "output_tokens": 40, "cost_usd": 1.8e-05, "latency_s": 0.21, "routing_ms": 0.09}
+    {"type": "feedback", "time": "...", "request_id": "rml-...", "quality": 1.0}
+
+Crash safety: each record is written with one ``os.write`` of a complete line to a file opened
+with ``O_APPEND`` (``fsync=True`` adds an fsync per record). A process killed inside a write can
+leave a truncated last line; opening the log moves such a fragment to ``<log>.partial`` and cuts it
+off, so it is never merged into the next record. Rotation: when a write would pass ``max_bytes``
+the file is renamed ``<stem>.1<suffix>`` (older ones shift to ``.2`` ... ``.<backups>``, the oldest
+is deleted) and a new file starts. :func:`log_files` lists a log's files oldest first; the
+``decisions`` reader of ``training.data`` reads them all and joins feedback to decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from router_ml.errors import RouterMLError
+
+__all__ = ["DecisionLog", "FeedbackError", "feedback_record", "log_files", "repair", "utc_now"]
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+class FeedbackError(RouterMLError, ValueError):
+    """A feedback record is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"field '{field}': {message}")
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with milliseconds and a ``Z``."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def feedback_record(request_id: Any, *, quality: Any = None, thumbs: Any = None,
+                    comment: Any = None) -> dict[str, Any]:
+    """A validated feedback record: a ``quality`` in [0, 1] or ``thumbs`` ``"up"`` (1) / ``"down"`` (0)."""
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise FeedbackError("request_id", f"must be the request id a response carried (letters, digits, ._:-), "
+                            f"got {request_id!r}")
+    if (quality is None) == (thumbs is None):
+        raise FeedbackError("quality", "give exactly one of 'quality' (a number in [0, 1]) or 'thumbs' (up/down)")
+    if thumbs is not None:
+        if thumbs not in ("up", "down"):
+            raise FeedbackError("thumbs", f"must be \"up\" or \"down\", got {thumbs!r}")
+        quality = 1.0 if thumbs == "up" else 0.0
+    if isinstance(quality, bool) or not isinstance(quality, int | float) or not 0 <= quality <= 1:
+        raise FeedbackError("quality", f"must be a number in [0, 1], got {quality!r}")
+    record: dict[str, Any] = {"type": "feedback", "time": utc_now(), "request_id": request_id,
+                              "quality": float(quality)}
+    if thumbs is not None:
+        record["thumbs"] = thumbs
+    if comment is not None:
+        if not isinstance(comment, str) or len(comment) > 10_000:
+            raise FeedbackError("comment", "must be a string of at most 10,000 characters")
+        record["comment"] = comment
+    return record
+
+
+def _rotated(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}.{n}{path.suffix}")
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """The files of a (rotated) log, oldest first: ``<stem>.N<suffix>`` ... ``.1``, then ``path`` itself."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.(\d+)" + re.escape(path.suffix) + "$")
+    rotated = sorted(((int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+                      if (m := pattern.match(p.name))), reverse=True)
+    return [p for _, p in rotated] + ([path] if path.exists() else [])
+
+
+def repair(path: str | Path) -> int:
+    """Cut a truncated last line (no newline: a crash inside a write) off ``path`` and append it, as one
+    line, to ``<path>.partial``. Returns the number of bytes moved aside (0 when the file was whole)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # find the last newline, reading backwards in blocks
+        end, cut = size, 0
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            end = start
+        f.seek(cut)
+        fragment = f.read()
+        with open(path.with_name(path.name + ".partial"), "ab") as aside:
+            aside.write(fragment.replace(b"\n", b" ") + b"\n")
+        f.truncate(cut)
+    return size - cut
+
+
+def _default(value: Any) -> Any:
+    return str(value)
+
+
+def _clean_floats(record: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON has no inf/NaN: such floats become null."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        elif isinstance(v, Mapping):
+            v = _clean_floats(v)
+        out[k] = v
+    return out
+
+
+class DecisionLog:
+    """An append-only, size-rotated JSONL log (see the module doc). Thread-safe; close it when done."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int = 64 << 20, backups: int = 5, fsync: bool = False):
+        if max_bytes < 1024:
+            raise ValueError(f"max_bytes must be at least 1024, got {max_bytes}")
+        if backups < 1:
+            raise ValueError(f"backups must be at least 1, got {backups}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync = fsync
+        self.repaired_bytes = 0
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.repaired_bytes = repair(self.path)
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        oldest = _rotated(self.path, self.backups)
+        if oldest.exists():
+            oldest.unlink()
+        for n in range(self.backups - 1, 0, -1):
+            src = _rotated(self.path, n)
+            if src.exists():
+                src.rename(_rotated(self.path, n + 1))
+        self.path.rename(_rotated(self.path, 1))
+        self._open()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record as one complete line."""
+        try:
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                              default=_default)
+        except ValueError:
+            line = json.dumps(_clean_floats(record), ensure_ascii=False, separators=(",", ":"), default=_default)
+        data = (line + "\n").encode("utf-8", errors="backslashreplace")  # a lone surrogate stays a JSON escape
+        with self._lock:
+            if self._fd is None:
+                raise RouterMLError(f"decision log {self.path} is closed")
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._size += len(data)
+            if self.fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,326 @@
+"""Load test of ``router-ml serve``: what the proxy adds over calling the upstream directly, and what
+is lost when an upstream fails. Prints one JSON object.
+
+Everything runs on 127.0.0.1 as separate processes: two fake OpenAI-compatible upstreams
+(``tests/fake_upstream.py``, answering after ``--delay-ms``), ``router-ml serve`` in front of them
+with a real router artifact (routing every request, writing its decision log), and this script's
+open-loop load generator: request i is due at ``start + i / rate`` and is sent by one of
+``--concurrency`` client connections; its latency counts from the moment it was due, so a stalled
+server cannot hide queueing (no coordinated omission).
+
+Normal mode, ``--rounds`` times: ``--duration`` seconds straight at upstream A (direct), then the
+same through the proxy. ``overhead_ms`` is the difference of the pooled latency percentiles
+(proxy p50 - direct p50, proxy p99 - direct p99) at the same offered rate and prompts.
+
+Fault mode (``--fault kill|error``): only the proxy phase; half-way through, upstream A (serving
+tiny-1b, small-8b and code-34b, which fall back to large-70b on upstream B) is killed with SIGKILL
+(``kill``) or starts answering 500 to everything (``error``). ``lost`` counts requests that got no
+HTTP answer, a broken answer, or no answer within the proxy's request timeout + 2 s; ``errors``
+counts explicit HTTP error answers. While B is healthy both should be 0.
+
+``--stream`` sends streaming requests instead (latency to the last event). A stream that upstream A
+breaks after its first event cannot move to another model: it ends with an error event, counted
+in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
+
+    python scripts/load_test.py --router models/demo/artifact               # ~40 s
+    python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+A_MODELS = ("tiny-1b", "small-8b", "code-34b")
+B_MODELS = ("large-70b", "frontier-xl")
+REQUEST_TIMEOUT_S = 10.0
+
+
+def catalog(port_a: int, port_b: int) -> str:
+    prices = {"tiny-1b": (0.05, 0.1), "small-8b": (0.2, 0.4), "code-34b": (0.6, 1.2), "large-70b": (1.5, 3.0),
+              "frontier-xl": (5.0, 10.0)}
+    out = [f"[settings]\nrequest_timeout_s = {REQUEST_TIMEOUT_S}\nmax_retries = 1\nbackoff_s = 0.02\n"
+           "breaker_failures = 5\nbreaker_reset_s = 2.0\n"]
+    for model, (pin, pout) in prices.items():
+        port, fallback = (port_a, "large-70b") if model in A_MODELS else (port_b, "small-8b")
+        out.append(f'[models."{model}"]\nbase_url = "http://127.0.0.1:{port}/v1"\ninput_per_mtok = {pin}\n'
+                   f'output_per_mtok = {pout}\ntimeout_s = 5.0\nfallbacks = ["{fallback}"]\n')
+    return "\n".join(out)
+
+
+def start(cmd: list[str], marker: str) -> tuple[subprocess.Popen, str]:
+    """Start a process and return it with the first line of its output that contains ``marker``."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    stream = proc.stdout if marker == "port" else proc.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if marker in line:
+            return proc, line
+        if not line and proc.poll() is not None:
+            raise SystemExit(f"{' '.join(cmd)} exited: {proc.stderr.read()}")
+    proc.kill()
+    raise SystemExit(f"{' '.join(cmd)} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for f in (proc.stdout, proc.stderr):
+        if f:
+            f.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def prompts() -> list[str]:
+    out = []
+    with open(ROOT / "data/demo/traffic.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if isinstance(record.get("prompt"), str):
+                out.append(record["prompt"])
+            if len(out) == 2000:
+                break
+    return out
+
+
+async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, dict | None, str]:
+    """POST a streaming request; (status, the last chunk, how it ended: done / error_event / broken)."""
+    last, ending = None, "broken"
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, None, "http_error"
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                ending = "done"
+                continue
+            obj = json.loads(data)
+            if "error" in obj:
+                return 200, obj, "error_event"
+            last = obj
+    return 200, last, ending
+
+
+async def phase(url: str, model: str, texts: list[str], rate: float, duration: float, concurrency: int,
+                on_half: callable | None = None, stream: bool = False) -> dict:
+    """Open-loop load: returns latencies (ms) of good answers and counts of errors and lost requests."""
+    n = int(rate * duration)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    answered_by: dict[str, int] = {}
+    slow: list[tuple[int, int, float]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT_S + 2, pool=REQUEST_TIMEOUT_S + 2)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+
+        async def one(i: int) -> None:
+            due = t0 + i / rate
+            body = {"model": model, "messages": [{"role": "user", "content": texts[i % len(texts)]}],
+                    "max_tokens": 64}
+            try:
+                if stream:
+                    body["stream"] = True
+                    status, last, ending = await _streamed(client, url, body)
+                else:
+                    r = await client.post(url, json=body)
+            except httpx.TimeoutException:
+                lost["timeout"] = lost.get("timeout", 0) + 1
+                return
+            except httpx.HTTPError as exc:
+                lost[type(exc).__name__] = lost.get(type(exc).__name__, 0) + 1
+                return
+            elapsed = (loop.time() - due) * 1000
+            if stream:
+                if ending == "done" and last is not None:
+                    latencies.append(elapsed)
+                    answered_by[last.get("model")] = answered_by.get(last.get("model"), 0) + 1
+                elif ending in ("error_event", "http_error"):  # explicit: an error event or an HTTP error
+                    errors[ending] = errors.get(ending, 0) + 1
+                else:
+                    lost["broken_stream"] = lost.get("broken_stream", 0) + 1
+                return
+            if r.status_code != 200:
+                errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                return
+            try:
+                data = r.json()
+                data["choices"][0]["message"]["content"]  # noqa: B018 - a complete answer
+            except (ValueError, KeyError, IndexError, TypeError):
+                lost["broken_answer"] = lost.get("broken_answer", 0) + 1
+                return
+            latencies.append(elapsed)
+            if elapsed > 1000:
+                slow.append((i, round(elapsed), round(due - t0, 3)))
+            who = (data.get("router_ml") or {}).get("model") or data.get("model")
+            answered_by[who] = answered_by.get(who, 0) + 1
+
+        tasks = []
+        half_done = False
+        for i in range(n):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if on_half is not None and not half_done and i >= n // 2:
+                half_done = True
+                on_half()
+            tasks.append(asyncio.ensure_future(one(i)))
+        started = loop.time()
+        await asyncio.gather(*tasks)
+        wall = loop.time() - t0
+    return {"sent": n, "latencies": latencies, "slow": slow, "errors": errors, "lost": lost, "answered_by": answered_by,
+            "wall_s": wall, "drain_s": loop.time() - started}
+
+
+def summary(lat: list[float]) -> dict:
+    return {"p50": round(percentile(lat, 0.5), 3), "p99": round(percentile(lat, 0.99), 3)}
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--router", default=str(ROOT / "models/demo/artifact"), help="router artifact directory")
+    parser.add_argument("--rate", type=float, default=200.0, help="offered requests per second (open loop)")
+    parser.add_argument("--concurrency", type=int, default=50, help="client connections")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase (at most 60)")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/proxy rounds in normal mode (at most 5)")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="the fake upstreams' answer time")
+    parser.add_argument("--fault", choices=("kill", "error"), help="fault mode: kill upstream A half-way, or make "
+                        "it answer 500 from half-way")
+    parser.add_argument("--stream", action="store_true", help="streaming requests (latency: to the last event; a "
+                        "stream that ends in an error event counts as an error, one cut off without it as lost)")
+    args = parser.parse_args()
+    if not (Path(args.router) / "manifest.json").is_file():
+        raise SystemExit(f"no router artifact at {args.router}; train one first (README quickstart) or pass --router")
+    if not (0 < args.duration <= 60 and 1 <= args.rounds <= 5 and 0 < args.rate <= 2000 and args.concurrency >= 1):
+        raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1")
+    texts = prompts()
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="router-ml-load-") as tmp:
+        try:
+            up = [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--delay-ms", str(args.delay_ms)]
+            a, line_a = start(up, "port")
+            procs.append(a)
+            b, line_b = start(up, "port")
+            procs.append(b)
+            port_a, port_b = json.loads(line_a)["port"], json.loads(line_b)["port"]
+            providers = Path(tmp) / "providers.toml"
+            providers.write_text(catalog(port_a, port_b))
+            proxy, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--router", args.router,
+                                 "--providers", str(providers), "--port", "0", "--decision-log",
+                                 str(Path(tmp) / "decisions.jsonl")], "serving")
+            procs.append(proxy)
+            base = "http://" + line.split("http://", 1)[1].split()[0]
+            direct_url = f"http://127.0.0.1:{port_a}/v1/chat/completions"
+            proxy_url = base + "/chat/completions"
+            # warm both paths: connections, the router's caches
+            asyncio.run(phase(direct_url, "tiny-1b", texts, 100, 1.0, args.concurrency))
+            asyncio.run(phase(proxy_url, "router-ml", texts, 100, 1.0, args.concurrency))
+            with httpx.Client(trust_env=False) as http:
+                before = http.get(base[:-3] + "/metrics").text
+            cpu_before, load_before = cpu_seconds(proxy.pid), os.getloadavg()[0]
+            t_start = time.monotonic()
+            results: dict[str, list[dict]] = {"direct": [], "proxy": []}
+            if args.fault:
+                def fault() -> None:
+                    os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1)
+
+                results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate, args.duration,
+                                                          args.concurrency, on_half=fault, stream=args.stream)))
+            else:
+                for _ in range(args.rounds):
+                    results["direct"].append(asyncio.run(phase(direct_url, "tiny-1b", texts, args.rate,
+                                                               args.duration, args.concurrency, stream=args.stream)))
+                    results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate,
+                                                              args.duration, args.concurrency, stream=args.stream)))
+            cpu_proxy = cpu_seconds(proxy.pid) - cpu_before
+            with httpx.Client(trust_env=False) as http:
+                after = http.get(base[:-3] + "/metrics").text
+        finally:
+            for p in reversed(procs):
+                stop(p)
+    proxy_runs = results["proxy"]
+    lat_p = [x for r in proxy_runs for x in r["latencies"]]
+    lat_d = [x for r in results["direct"] for x in r["latencies"]]
+    errors, lost, answered = {}, {}, {}
+    for r in proxy_runs:
+        for src, dst in ((r["errors"], errors), (r["lost"], lost), (r["answered_by"], answered)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+    sent = sum(r["sent"] for r in proxy_runs)
+    out = {
+        "mode": (f"fault:{args.fault}" if args.fault else "normal") + (" stream" if args.stream else ""),
+        "offered_rps": args.rate, "concurrency": args.concurrency, "duration_s": args.duration,
+        "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms,
+        "requests": sent,
+        "throughput_rps": round(len(lat_p) / sum(r["wall_s"] for r in proxy_runs), 1),
+        "proxy_ms": summary(lat_p),
+    }
+    if not args.fault:
+        out["direct_ms"] = summary(lat_d)
+        out["overhead_ms"] = {q: round(out["proxy_ms"][q] - out["direct_ms"][q], 3) for q in ("p50", "p99")}
+        out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in results["direct"])
+    slow = [x for r in proxy_runs for x in r["slow"]]
+    if slow:  # answered, but after more than a second: where in the run (request index, ms, due at s)
+        print(f"load_test: {len(slow)} proxied requests took over 1 s, e.g. {slow[:8]}", file=sys.stderr)
+    out.update({
+        "answered": len(lat_p), "answered_over_1s": len(slow), "errors": sum(errors.values()),
+        "lost": sum(lost.values()),
+        "errors_by_kind": errors, "lost_by_kind": lost, "answered_by": dict(sorted(answered.items())),
+        "fallback_attempts": int(metric_sum(after, "router_ml_fallbacks_total")
+                                 - metric_sum(before, "router_ml_fallbacks_total")),
+        "max_latency_ms": round(max(lat_p), 1) if lat_p else None,
+        # CPU the proxy process used per request it served (routing, both HTTP hops, JSON, decision log)
+        "proxy_cpu_ms_per_request": round(cpu_proxy * 1000 / max(1, sent), 3),
+        # load average when the measurement started: other work on the machine moves every latency number
+        "loadavg_1min": round(load_before, 2),
+        "wall_s": round(time.monotonic() - t_start, 1),
+    })
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

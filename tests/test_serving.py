@@ -1,0 +1,637 @@
+"""Calling providers for real: the catalog, the routed client, the proxy, the decision log and the
+feedback loop, against fake OpenAI-compatible upstreams that are real HTTP servers on 127.0.0.1
+(tests/fake_upstream.py) and a real exported router (the session's ``trained`` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from router_ml import CatalogError, Router
+from router_ml.client import AsyncRoutedClient, RequestError, RoutedClient, StreamInterrupted, UpstreamError
+from router_ml.decision_log import DecisionLog, feedback_record, log_files
+from router_ml.providers import ProviderCatalog
+from router_ml.serve import bind, create_app, make_server
+from training.data import load_traffic
+
+from .conftest import ROOT
+from .fake_upstream import FakeUpstream
+
+MODELS = ("tiny-1b", "small-8b", "code-34b", "large-70b", "frontier-xl")
+PRICES = {"tiny-1b": (0.05, 0.1), "small-8b": (0.2, 0.4), "code-34b": (0.6, 1.2), "large-70b": (1.5, 3.0),
+          "frontier-xl": (5.0, 10.0)}
+FAST = {"max_retries": 1, "backoff_s": 0.01, "max_backoff_s": 0.05, "request_timeout_s": 10.0}
+SECRET = "sk-test-7f3a9c0e5b1d4e2fa8c6"
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def catalog_data(urls: dict[str, str], *, fallbacks: dict[str, list[str]] | None = None, settings=None,
+                 **per_model) -> dict:
+    models = {}
+    for m in MODELS:
+        entry = {"base_url": urls.get(m, urls.get("*")), "input_per_mtok": PRICES[m][0],
+                 "output_per_mtok": PRICES[m][1], "timeout_s": 5.0,
+                 "fallbacks": (fallbacks or {}).get(m, [])}
+        entry.update(per_model.get(m, {}))
+        models[m] = entry
+    return {"settings": {**FAST, **(settings or {})}, "models": models}
+
+
+def catalog(urls, **kwargs) -> ProviderCatalog:
+    environ = kwargs.pop("environ", {})
+    return ProviderCatalog(catalog_data(urls, **kwargs), source="test.toml", environ=environ)
+
+
+@pytest.fixture(scope="module")
+def router(trained) -> Router:
+    return Router.load(trained.artifact, intra_op_threads=1)
+
+
+@pytest.fixture
+def up():
+    with FakeUpstream() as a:
+        yield a
+
+
+@pytest.fixture
+def up2():
+    with FakeUpstream() as b:
+        yield b
+
+
+class Proxy:
+    """The proxy app on a real uvicorn server in a thread, bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, client: AsyncRoutedClient, **kwargs):
+        self.client = client
+        self.app = create_app(client, **kwargs)
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = make_server(self.app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+# --- 1. the catalog --------------------------------------------------------------------------------
+
+def test_the_demo_catalog_loads_and_covers_the_demo_router():
+    cat = ProviderCatalog.load(ROOT / "data/demo/providers.toml")
+    assert set(cat) == set(MODELS)
+    assert cat.chain("tiny-1b") == ["tiny-1b", "small-8b", "large-70b"]
+    assert [r.weight for r in cat["large-70b"].replicas] == [3.0, 1.0]
+    assert [r.name for r in cat.rules] == ["premium tier", "fenced code"]
+    assert cat.prices().cost("small-8b", input_tokens=1e6, output_tokens=0) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    (lambda d: d["models"]["tiny-1b"].pop("base_url"), "models.'tiny-1b'.base_url: missing"),
+    (lambda d: d["models"]["tiny-1b"].update(fallbacks=["nope"]), "models.'tiny-1b'.fallbacks[0]: unknown model"),
+    (lambda d: d["models"]["small-8b"].update(input_per_mtok=-1), "models.'small-8b'.input_per_mtok: must be"),
+    (lambda d: d["models"]["small-8b"].pop("output_per_mtok"), "models.'small-8b'.output_per_mtok: missing"),
+    (lambda d: d["models"]["tiny-1b"].update(api_key_env="MISSING_KEY_VAR"), "environment variable MISSING_KEY_VAR"),
+    (lambda d: d["models"]["tiny-1b"].update(api_key_env=SECRET), "must be the NAME of an environment variable"),
+    (lambda d: d["models"]["tiny-1b"].update(base_url=f"https://u:{SECRET}@h/v1"), "must not hold credentials"),
+    (lambda d: d["models"]["tiny-1b"].update(colour="red"), "models.'tiny-1b': unknown key(s) ['colour']"),
+    (lambda d: d["settings"].update(max_retries=1.5), "settings.max_retries: must be an integer"),
+    (lambda d: d.update(rules=[{"regex": "(", "model": "tiny-1b"}]), "rules[0].regex: not a valid regular"),
+    (lambda d: d.update(rules=[{"header": "x", "model": "gpt-9"}]), "rules[0].model: unknown model 'gpt-9'"),
+    (lambda d: d["models"]["large-70b"].update(replicas=[{"base_url": "http://a/v1", "weight": 0}]),
+     "models.'large-70b'.replicas[0].weight: must be a number > 0"),
+])
+def test_catalog_errors_name_the_file_and_key_and_never_the_key(change, where):
+    data = catalog_data({"*": "http://127.0.0.1:9/v1"})
+    change(data)
+    with pytest.raises(CatalogError) as err:
+        ProviderCatalog(data, source="providers.toml", environ={"OK_KEY": SECRET})
+    assert str(err.value).startswith("providers.toml: ") and where in str(err.value)
+    assert SECRET not in str(err.value).replace(f"api_key_env={SECRET}", "")
+    if "credentials" in where:
+        assert SECRET not in str(err.value)
+
+
+def test_a_catalog_file_that_is_not_toml_says_so(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[models\n")
+    with pytest.raises(CatalogError, match=r"p\.toml: not valid TOML"):
+        ProviderCatalog.load(bad)
+
+
+def test_the_client_refuses_a_catalog_without_the_routers_models(router):
+    data = catalog_data({"*": "http://127.0.0.1:9/v1"})
+    del data["models"]["code-34b"]
+    data["models"]["large-70b"]["fallbacks"] = []
+    with pytest.raises(CatalogError, match=r"no entry for \['code-34b'\]"):
+        AsyncRoutedClient(router, ProviderCatalog(data, source="p.toml"))
+
+
+# --- 2. deciding: rules, pins, the knob, prices ----------------------------------------------------
+
+def test_rules_pins_and_the_knob_decide_before_the_router(router):
+    data = catalog_data({"*": "http://127.0.0.1:9/v1"})
+    data["rules"] = [{"name": "tier", "header": "X-Tier", "equals": "premium", "model": "frontier-xl"},
+                     {"name": "code", "regex": "```", "model": "code-34b"}]
+    client = AsyncRoutedClient(router, ProviderCatalog(data, source="p.toml"))
+    info, _ = client.decide({"messages": MSG}, {"x-tier": "premium"})
+    assert (info.chosen, info.rule, info.scores) == ("frontier-xl", "tier", None)
+    info, _ = client.decide({"messages": [{"role": "user", "content": "fix\n```py\nx=1\n```"}]}, {"x-tier": "free"})
+    assert (info.chosen, info.rule) == ("code-34b", "code")
+    info, _ = client.decide({"model": "small-8b", "messages": MSG})
+    assert (info.chosen, info.rule) == ("small-8b", "pinned")
+    info, _ = client.decide({"model": "router-ml", "messages": MSG})
+    assert info.rule is None and set(info.scores) == set(MODELS)
+    assert info.chosen == router.route(MSG[0]["content"]).model
+    cheapest = min(MODELS, key=lambda m: PRICES[m][0])
+    assert client.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == cheapest
+    assert client.decide({"messages": MSG}, {"x-router-ml-willingness-to-pay": "0"})[0].chosen == cheapest
+    for body, field in [({"messages": MSG, "model": "gpt-9"}, "model"), ({"messages": []}, "messages"),
+                        ({"messages": [{"content": "x"}]}, "messages[0]"),
+                        ({"messages": MSG, "willingness_to_pay": -1}, "willingness_to_pay"),
+                        ({"messages": MSG, "stream": "yes"}, "stream")]:
+        with pytest.raises(RequestError) as err:
+            client.decide(body)
+        assert err.value.field == field
+
+
+def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router):
+    plain = AsyncRoutedClient(router, catalog({"*": "http://127.0.0.1:9/v1"}))
+    assert plain.routing_prices == "artifact" and plain.router is router
+    # make the cheapest model the dearest: routing at a low knob must move away from it
+    tokens = {m: {"expected_output_tokens": 100} for m in MODELS}
+    tokens["tiny-1b"].update(input_per_mtok=500.0, output_per_mtok=1000.0)
+    priced = AsyncRoutedClient(router, catalog({"*": "http://127.0.0.1:9/v1"}, **tokens))
+    assert priced.routing_prices == "catalog"
+    assert plain.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == "tiny-1b"
+    assert priced.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == "small-8b"
+
+
+def test_weighted_replicas_share_requests_by_weight(router, up, up2):
+    cat = catalog({"*": up.base_url}, **{m: {"replicas": [{"base_url": up.base_url, "weight": 3},
+                                                          {"base_url": up2.base_url, "weight": 1}]} for m in MODELS})
+    with RoutedClient(router, cat) as client:
+        for _ in range(20):
+            r = client.chat.completions.create(model="small-8b", messages=MSG)
+            assert r.router_ml.status == "ok"
+    assert (len(up.requests), len(up2.requests)) == (15, 5)
+
+
+# --- 3. calling: retries, fallbacks, circuit breaker -----------------------------------------------
+
+def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
+    up.script.extend(["500", "503"])
+    with RoutedClient(router, cat) as client:
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG, temperature=0.2)
+    info = r.router_ml
+    assert r.choices[0].message.content.startswith("small-8b says")
+    assert (info.chosen, info.model, info.status) == ("tiny-1b", "small-8b", "ok")
+    assert [(a.upstream, a.kind, a.status) for a in info.fallbacks] == [("tiny-1b#0", "http_5xx", 500),
+                                                                          ("tiny-1b#0", "http_5xx", 503)]
+    assert (info.input_tokens, info.output_tokens) == (20, 10)
+    assert info.cost_usd == pytest.approx((20 * 0.2 + 10 * 0.4) / 1e6)
+    sent = up2.requests[0]["body"]
+    assert sent["model"] == "small-8b" and sent["temperature"] == 0.2 and "willingness_to_pay" not in sent
+
+
+def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2):
+    import asyncio
+
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
+
+    async def main():
+        async with AsyncRoutedClient(router, cat) as client:
+            up.script.extend(["500", "500"])
+            r = await client.chat.completions.create(model="tiny-1b", messages=MSG)
+            stream = await client.chat.completions.create(model="router-ml", messages=MSG, stream=True)
+            text = "".join([c.choices[0].delta.get("content", "") async for c in stream])
+            return r, text, stream.router_ml
+
+    r, text, info = asyncio.run(main())
+    assert r.router_ml.model == "small-8b" and len(r.router_ml.fallbacks) == 2
+    assert text == f"Hello from {info.model}" and info.status == "ok" and info.cost_usd > 0
+
+
+def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
+    with RoutedClient(router, cat) as client:
+        up.script.append("429:0.4")
+        t0 = time.perf_counter()
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)
+        waited = time.perf_counter() - t0
+        assert r.router_ml.model == "tiny-1b" and [a.kind for a in r.router_ml.fallbacks] == ["http_429"]
+        assert waited >= 0.4
+        assert up.requests[1]["time"] - up.requests[0]["time"] >= 0.4
+        up.script.append("429:30")  # longer than max_retry_after_s: the next model, now
+        t0 = time.perf_counter()
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)
+        assert r.router_ml.model == "small-8b" and time.perf_counter() - t0 < 2
+
+
+@pytest.mark.parametrize(("behaviour", "kind"), [("timeout:3", "timeout"), ("garbage", "malformed"),
+                                                 ("no_choices", "malformed"), ("drop", "dropped")])
+def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, behaviour, kind):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"max_retries": 0}, **{"tiny-1b": {"timeout_s": 0.3}})
+    up.mode = behaviour
+    with RoutedClient(router, cat) as client:
+        t0 = time.perf_counter()
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)
+        assert time.perf_counter() - t0 < 2
+    assert r.router_ml.model == "small-8b"
+    assert [a.kind for a in r.router_ml.fallbacks] == [kind]
+
+
+def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_timeout(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"request_timeout_s": 1.0, "max_retries": 3}, **{"small-8b": {"timeout_s": 10}})
+    up.mode, up2.mode = "500", "timeout:5"
+    with RoutedClient(router, cat) as client:
+        t0 = time.perf_counter()
+        with pytest.raises(UpstreamError) as err:
+            client.chat.completions.create(model="tiny-1b", messages=MSG)
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 1.5, elapsed
+    message = str(err.value)
+    assert "tiny-1b#0: HTTP 500" in message and "small-8b#0: timed out" in message
+    assert err.value.info.status == "error" and err.value.attempts[-1].kind == "timeout"
+
+
+def test_the_circuit_breaker_opens_skips_and_probes_again(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"max_retries": 0, "breaker_failures": 2, "breaker_reset_s": 0.5})
+    up.mode = "500"
+    with RoutedClient(router, cat) as client:
+        for _ in range(2):
+            assert client.chat.completions.create(model="tiny-1b", messages=MSG).router_ml.model == "small-8b"
+        assert client.breaker("tiny-1b#0").state == "open" and len(up.requests) == 2
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)
+        assert len(up.requests) == 2  # not even tried
+        assert [a.kind for a in r.router_ml.fallbacks] == ["circuit_open"] and r.router_ml.model == "small-8b"
+        time.sleep(0.55)
+        assert client.breaker("tiny-1b#0").state == "half_open"
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)  # the probe fails: open again
+        assert len(up.requests) == 3 and client.breaker("tiny-1b#0").state == "open"
+        time.sleep(0.55)
+        up.mode = "ok"
+        r = client.chat.completions.create(model="tiny-1b", messages=MSG)  # the probe succeeds: closed
+        assert r.router_ml.model == "tiny-1b" and client.breaker("tiny-1b#0").state == "closed"
+
+
+# --- 4. streaming ------------------------------------------------------------------------------------
+
+def _data_lines(lines):
+    return [line[len("data: "):] for line in lines if line.startswith("data: ")]
+
+
+def test_streams_pass_through_event_by_event(router, up):
+    up.gate = threading.Event()
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}))) as proxy, httpx.Client() as http:
+        body = {"model": "tiny-1b", "messages": MSG, "stream": True}
+        with http.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=10) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            got = []
+            for line in lines:
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:]))
+                if len(got) == 2:
+                    break
+            # the client holds "Hello" while the upstream is still waiting to send the rest
+            assert got[1]["choices"][0]["delta"]["content"] == "Hello" and up.events_sent == 2
+            up.gate.set()
+            rest = _data_lines(lines)
+        assert rest[-1] == "[DONE]"
+        text = "".join(json.loads(d)["choices"][0]["delta"].get("content", "") for d in rest[:-1])
+        assert text == " from tiny-1b"
+        # router-ml asked for usage; the client did not, so the usage-only chunk is not passed on
+        assert up.requests[0]["body"]["stream_options"] == {"include_usage": True}
+        assert all(json.loads(d)["choices"] for d in rest[:-1])
+
+
+def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"max_retries": 0})
+    with RoutedClient(router, cat) as client:
+        for behaviour, kind in [("drop", "dropped"), ("stream_garbage", "malformed"), ("drop_stream:0", "dropped")]:
+            up.mode = behaviour
+            stream = client.chat.completions.create(model="tiny-1b", messages=MSG, stream=True,
+                                                    stream_options={"include_usage": True})
+            chunks = list(stream)
+            assert "".join(c.choices[0].delta.get("content", "") for c in chunks if c.choices) == "Hello from small-8b"
+            info = stream.router_ml
+            assert (info.model, info.status, [a.kind for a in info.fallbacks]) == ("small-8b", "ok", [kind])
+            assert (info.input_tokens, info.output_tokens, info.usage_estimated) == (20, 10, False)
+            assert chunks[-1].usage.total_tokens == 30  # asked for: passed on
+
+
+def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
+    log = tmp_path / "d.jsonl"
+    up.mode = "drop_stream:3"
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=log)) as proxy, \
+            httpx.Client() as http:
+        with http.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
+                         json={"model": "tiny-1b", "messages": MSG, "stream": True}) as r:
+            events = [json.loads(d) for d in _data_lines(r.iter_lines())]
+    assert [e["choices"][0]["delta"].get("content") for e in events[:3]] == ["", "Hello", " from"]
+    assert events[-1]["error"]["code"] == "stream_interrupted" and "tiny-1b#0 broke off" in events[-1]["error"][
+        "message"]
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["status"] == "interrupted" and record["model"] == "tiny-1b" and record["usage_estimated"]
+    with RoutedClient(router, catalog({"*": up.base_url})) as client:
+        stream = client.chat.completions.create(model="tiny-1b", messages=MSG, stream=True)
+        with pytest.raises(StreamInterrupted, match="broke off"):
+            list(stream)
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path):
+    log = tmp_path / "d.jsonl"
+    up.gate = threading.Event()  # the upstream holds the stream after "Hello"
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=log)) as proxy:
+        with httpx.Client() as http, http.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
+                                                 json={"model": "tiny-1b", "messages": MSG, "stream": True}) as r:
+            for line in r.iter_lines():
+                if "Hello" in line:
+                    break  # hang up here
+        deadline = time.monotonic() + 5
+        while not log.exists() or not log.read_text():
+            assert time.monotonic() < deadline, "the proxy never finished the abandoned stream"
+            time.sleep(0.02)
+        up.gate.set()
+    record = json.loads(log.read_text())
+    assert record["status"] == "cancelled" and record["model"] == "tiny-1b"
+
+
+# --- 5. the proxy ------------------------------------------------------------------------------------
+
+def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
+    sock = bind("127.0.0.1", 0)  # proto 0 would skip TCP_NODELAY: ~40 ms of delayed ACK per response
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def test_proxy_endpoints_errors_and_metrics(router, up, up2):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"max_retries": 0})
+    with Proxy(AsyncRoutedClient(router, cat), max_body_bytes=4096) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        models = http.get("/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["router-ml", *MODELS]
+        health = http.get("/health").json()
+        assert health["status"] == "ok" and health["upstreams"]["tiny-1b#0"] == "closed"
+        r = http.post("/v1/chat/completions", json={"model": "router-ml", "messages": MSG})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["router_ml"]["request_id"] == r.headers["x-router-ml-request-id"]
+        assert body["router_ml"]["model"] == r.headers["x-router-ml-model"] == body["router_ml"]["chosen"]
+        up.script.append("500")
+        r = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG})
+        assert r.json()["router_ml"]["fallbacks"][0]["kind"] == "http_5xx"
+        bad = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+        bad = http.post("/v1/chat/completions", json={"model": "router-ml"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+        big = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
+        assert big.status_code == 413 and "4096" in big.json()["error"]["message"]
+        chunked = http.post("/v1/chat/completions", content=iter([b'{"messages": [', b" " * 5000, b"]}"]))
+        assert chunked.status_code == 413  # no content-length: counted while reading
+        up.mode = up2.mode = "503"
+        failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG})
+        assert failed.status_code == 502
+        error = failed.json()["error"]
+        assert error["code"] == "all_providers_failed" and [a["upstream"] for a in error["attempts"]] == [
+            "tiny-1b#0", "small-8b#0"]
+        assert "tiny-1b#0: HTTP 503" in error["message"] and "small-8b#0: HTTP 503" in error["message"]
+        failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG, "stream": True})
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "all_providers_failed"
+        metrics = http.get("/metrics").text
+    lines = set(metrics.splitlines())
+    assert 'router_ml_requests_total{status="ok"} 2' in lines
+    assert 'router_ml_requests_total{status="error"} 2' in lines
+    assert 'router_ml_requests_total{status="bad_request"} 2' in lines
+    assert 'router_ml_requests_total{status="too_large"} 2' in lines
+    assert 'router_ml_fallbacks_total{upstream="tiny-1b#0",kind="http_5xx"} 3' in lines
+    assert 'router_ml_answers_total{model="small-8b"} 1' in lines
+    assert 'router_ml_decisions_total{model="tiny-1b",by="rule"} 3' in lines
+    assert 'router_ml_routing_latency_seconds_count 4' in lines
+    assert any(line.startswith('router_ml_cost_usd_total{model="small-8b"} 8e-06') for line in lines)
+
+
+def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_one(router, up):
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url})), api_key="client-key") as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 401
+        assert http.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/metrics").status_code == 401
+        assert http.get("/health").status_code == 200
+        ok = http.post("/v1/chat/completions", json={"messages": MSG}, headers={"authorization": "Bearer client-key"})
+        assert ok.status_code == 200
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--router", "x", "--providers", "y",
+                          "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and "--api-key-env" in out.stderr and "not a loopback address" in out.stderr
+
+
+def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, up2, tmp_path, caplog):
+    cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
+                  settings={"max_retries": 0}, environ={"FAKE_KEY": SECRET},
+                  **{m: {"api_key_env": "FAKE_KEY"} for m in MODELS})
+    assert SECRET not in repr(cat) + repr(cat["tiny-1b"]) + repr(cat["tiny-1b"].replicas[0])
+    log = tmp_path / "d.jsonl"
+    up.mode = up2.mode = "echo_key_401"  # the upstream quotes the key back in its error
+    with Proxy(AsyncRoutedClient(router, cat, decision_log=log, log_prompts=True)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG})
+        metrics = http.get("/metrics").text
+        health = http.get("/health").text
+    assert up.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"  # the provider did get it
+    assert failed.status_code == 502 and "Incorrect API key provided: Bearer ***" in failed.text
+    for text in (failed.text, metrics, health, log.read_text(), caplog.text):
+        assert SECRET not in text
+    with RoutedClient(router, cat) as client, pytest.raises(UpstreamError) as err:
+        client.chat.completions.create(model="tiny-1b", messages=MSG)
+    assert SECRET not in str(err.value) + repr(err.value) + repr(err.value.info)
+
+
+# --- 6. the decision log and the feedback loop -------------------------------------------------------
+
+def test_the_decision_log_repairs_a_crash_cut_line_and_rotates_by_size(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"type": "feedback", "request_id": "a", "quality": 1}\n{"type": "decision", "requ')
+    with DecisionLog(path, max_bytes=2048, backups=2) as log:
+        assert log.repaired_bytes == len(b'{"type": "decision", "requ')
+        log.write(feedback_record("b", thumbs="up"))
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == ["a", "b"]
+    assert (tmp_path / "d.jsonl.partial").read_text() == '{"type": "decision", "requ\n'
+    with DecisionLog(path, max_bytes=2048, backups=2) as log:
+        for i in range(40):
+            log.write(feedback_record(f"r{i}", quality=0.5, comment="x" * 100))
+    files = log_files(path)
+    assert [f.name for f in files] == ["d.2.jsonl", "d.1.jsonl", "d.jsonl"]
+    assert all(f.stat().st_size <= 2048 for f in files)
+    ids = [json.loads(x)["request_id"] for f in files for x in f.read_text().splitlines()]
+    assert ids == [f"r{i}" for i in range(40 - len(ids), 40)]  # newest kept in order, oldest rotated away
+
+
+def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    cat = catalog({"*": up.base_url}, settings={"max_retries": 0})
+    prompts = ["Translate 'good morning' into French.", "Sum 17 and 25.", "Write a haiku about rain."]
+    with Proxy(AsyncRoutedClient(router, cat, decision_log=log, log_prompts=True)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        ids = [http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": p}]}).json()[
+            "router_ml"]["request_id"] for p in prompts]
+        up.mode = "500"
+        assert http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG}).status_code == 502
+        assert http.post("/v1/feedback", json={"request_id": ids[0], "thumbs": "up"}).status_code == 200
+        assert http.post("/v1/feedback", json={"request_id": ids[1], "quality": 0.3}).status_code == 200
+        bad = http.post("/v1/feedback", json={"request_id": ids[2], "quality": 7})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.format == "decisions" and (len(table), report.rejected) == (2, 2)
+    by_id = {r.sample_id: r for r in table.records}
+    (model, outcome), = by_id[ids[0]].outcomes.items()
+    assert by_id[ids[0]].prompt == prompts[0] and outcome.quality == 1.0 and outcome.input_tokens == 20
+    assert outcome.cost == pytest.approx(cat[model].price.cost(20, 10))
+    assert next(iter(by_id[ids[1]].outcomes.values())).quality == 0.3
+    reasons = {json.loads(x)["field"] for x in (tmp_path / "q.jsonl").read_text().splitlines()}
+    assert reasons == {"feedback", "status"}
+    with pytest.raises(Exception, match="no feedback for request"):
+        load_traffic(log)  # strict: unrated requests are not dropped silently
+    # joining a feedback file with the CLI, then inspecting the log with the CLI
+    (tmp_path / "fb.jsonl").write_text(json.dumps({"request_id": ids[2], "thumbs": "down"}) + "\n")
+    cli = [sys.executable, "-m", "router_ml.cli"]
+    out = subprocess.run([*cli, "feedback", "--log", str(log), "--file", str(tmp_path / "fb.jsonl")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout)["recorded"] == 1, out.stderr
+    out = subprocess.run([*cli, "data", "inspect", str(log), "--json", "--on-error", "quarantine",
+                          "--quarantine", str(tmp_path / "q2.jsonl")], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    info = json.loads(out.stdout)
+    assert (info["records"], info["rejected"], info["format"]) == (3, 1, "decisions"), out.stderr
+
+
+def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
+    log, ratings = tmp_path / "d.jsonl", tmp_path / "r.jsonl"
+    ratings.write_text('{"request_id": "rml-1", "thumbs": "up"}\n{"request_id": "rml-2", "quality": 1.5}\n')
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "feedback", "--log", str(log), "--file",
+                          str(ratings)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and f"{ratings}:2: field 'quality'" in out.stderr
+    assert "nothing was recorded" in out.stderr
+    assert not log.exists() or log.read_text() == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
+def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
+    with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
+                                                                   decision_log=log)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 200
+        assert "router_ml_decision_log_errors_total 1" in http.get("/metrics").text.splitlines()
+    assert "cannot write the decision log /dev/full" in caplog.text
+
+
+def _decision(rid: str, prompt: str, model: str = "small-8b", status: str = "ok") -> dict:
+    return {"type": "decision", "time": "2026-01-02T03:04:05.000Z", "request_id": rid, "prompt_sha256": "0" * 64,
+            "prompt": prompt, "chosen": model, "rule": None, "model": model, "status": status, "fallbacks": [],
+            "input_tokens": 100, "output_tokens": 50, "cost_usd": 4e-05, "latency_s": 0.5, "scores": None}
+
+
+def test_the_decisions_reader_joins_across_rotated_files_and_counts_what_it_rejects(tmp_path):
+    log = tmp_path / "d.jsonl"
+    lines = {
+        "d.2.jsonl": [_decision("r1", "one"), _decision("r2", "two", "tiny-1b")],
+        "d.1.jsonl": [feedback_record("r1", thumbs="down"), _decision("r3", "three", status="error")],
+        "d.jsonl": [feedback_record("r1", quality=0.75), feedback_record("r2", thumbs="up"),
+                    feedback_record("r3", thumbs="up"), feedback_record("ghost", thumbs="up")],
+    }
+    for name, records in lines.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(log, "a") as f:
+        f.write('{"type": "feedback", "request_id": "r2", "qua')  # a crash mid-write
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.format == "decisions" and len(table) == 2 and report.rejected == 3
+    by_id = {r.sample_id: r for r in table.records}
+    assert by_id["r1"].outcomes["small-8b"].quality == 0.75  # the last feedback wins
+    assert by_id["r1"].outcomes["small-8b"].cost == 4e-05 and by_id["r1"].timestamp.startswith("2026-01-02")
+    assert by_id["r2"].outcomes["tiny-1b"].quality == 1.0
+    rejected = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert [(r["location"].rsplit("/", 1)[1], r["field"]) for r in rejected] == [
+        ("d.1.jsonl:2", "status"), ("d.jsonl:4", "request_id"), ("d.jsonl:5", None)]
+    assert "truncated last line" in rejected[2]["reason"]
+
+
+def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
+    log = tmp_path / "d.jsonl"
+    with RoutedClient(router, catalog({"*": up.base_url}), decision_log=log) as client:
+        rid = client.chat.completions.create(messages=MSG).router_ml.request_id
+    with DecisionLog(log) as d:
+        d.write(feedback_record(rid, quality=1))
+    record = json.loads(log.read_text().splitlines()[0])
+    assert "prompt" not in record and len(record["prompt_sha256"]) == 64 and record["scores"]
+    with pytest.raises(Exception, match="--log-prompts"):
+        load_traffic(log)
+
+
+# --- 7. the OpenAI SDK against `router-ml serve` -----------------------------------------------------
+
+def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
+    openai = pytest.importorskip("openai")
+    providers = tmp_path / "providers.toml"
+    text = (ROOT / "data/demo/providers.toml").read_text().replace("http://127.0.0.1:9100", up.base_url[:-3])
+    text = text.replace("http://localhost:9100", up.base_url[:-3])
+    providers.write_text(text.replace('timeout_s = 20', 'timeout_s = 20\napi_key_env = "FAKE_KEY"'))
+    log = tmp_path / "decisions.jsonl"
+    env = {**os.environ, "FAKE_KEY": SECRET, "CLIENT_KEY": "client-secret"}
+    proc = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--router", str(trained.artifact),
+                             "--providers", str(providers), "--port", "0", "--decision-log", str(log),
+                             "--log-prompts", "--api-key-env", "CLIENT_KEY"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "serving" in line, line + proc.stderr.read()
+        base = line.split("http://", 1)[1].split()[0]
+        sdk = openai.OpenAI(base_url=f"http://{base}", api_key="client-secret", max_retries=0)
+        try:
+            r = sdk.chat.completions.create(model="router-ml", messages=MSG)
+            assert r.choices[0].message.content.endswith("What is the capital of France?")
+            assert r.router_ml["model"] == r.model and r.usage.total_tokens == 30
+            chunks = list(sdk.chat.completions.create(model="router-ml", messages=MSG, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks).startswith("Hello from ")
+            up.script.extend(["echo_key_401"] * 3)
+            with pytest.raises(openai.APIStatusError) as err:
+                sdk.chat.completions.create(model="tiny-1b", messages=MSG)
+            assert err.value.status_code == 502 and SECRET not in str(err.value.body)
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"http://{base}", api_key="wrong", max_retries=0).models.list()
+            assert [m.id for m in sdk.models.list()][0] == "router-ml"
+        finally:
+            sdk.close()
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert SECRET not in stderr and "Traceback" not in stderr, stderr
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(r["stream"], r["status"]) for r in records] == [(False, "ok"), (True, "ok"), (False, "error")]
+    assert records[1]["output_tokens"] == 10 and records[1]["cost_usd"] > 0
