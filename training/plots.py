@@ -28,13 +28,14 @@ def plot_cost_quality(path: str | Path, *, curves: dict[str, dict[str, Any]], si
             order = np.argsort(c, kind="stable")
             style = {"oracle": dict(color="black", ls=":"), "random": dict(color="grey", ls="--")}.get(name, {})
             ax.plot(c[order], q[order], marker=".", ms=3, lw=1.5, label=name, **style)
-        sc = np.array([v["cost"] for v in singles.values()])
-        sq = np.array([v["quality"] for v in singles.values()])
-        ax.scatter(sc, sq, s=18, color="tab:red", zorder=3, label="single models")
-        for name, c, q in zip(singles, sc, sq, strict=True):
-            ax.annotate(name, (c, q), fontsize=6, xytext=(3, -3), textcoords="offset points")
-        hc, hq = quality_hull(sc, sq)
-        ax.plot(hc, hq, color="tab:red", ls="--", lw=1, label="single-model hull")
+        sc = np.array([v["cost"] for v in singles.values()], dtype=float)
+        sq = np.array([v["quality"] for v in singles.values()], dtype=float)
+        if len(singles):  # runs logged before the single models were saved with the curve have none
+            ax.scatter(sc, sq, s=18, color="tab:red", zorder=3, label="single models")
+            for name, c, q in zip(singles, sc, sq, strict=True):
+                ax.annotate(name, (c, q), fontsize=6, xytext=(3, -3), textcoords="offset points")
+            hc, hq = quality_hull(sc, sq)
+            ax.plot(hc, hq, color="tab:red", ls="--", lw=1, label="single-model hull")
         if log_x and np.all(sc > 0):
             ax.set_xscale("log")
         ax.set_xlabel("mean cost per request (USD)")
