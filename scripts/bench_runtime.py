@@ -128,7 +128,7 @@ def bench_load(directory: str, threads: int, repeats: int) -> tuple[dict, object
     """First ``Router.load`` (it imports onnxruntime and tokenizers), the median of further fresh loads, and
     what one load spends on checksums, tokenizer and session."""
     from router_ml import Router
-    from router_ml.router import _sha256
+    from router_ml.router import file_sha256
 
     times = []
     for _ in range(repeats + 1):
@@ -140,7 +140,7 @@ def bench_load(directory: str, threads: int, repeats: int) -> tuple[dict, object
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    parts = {"sha256_seconds": lambda: [_sha256(router.directory / name) for name in router.manifest["files"]],
+    parts = {"sha256_seconds": lambda: [file_sha256(router.directory / name) for name in router.manifest["files"]],
              "tokenizer_seconds": lambda: Tokenizer.from_file(str(router.directory / "tokenizer.json")),
              "session_seconds": lambda: ort.InferenceSession(str(router.directory / "router.onnx"), options,
                                                              providers=["CPUExecutionProvider"])}

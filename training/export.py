@@ -99,6 +99,10 @@ def _static_parts(checkpoint: Path, router) -> tuple[nn.Module, Path, dict[str, 
 def _encoder_parts(router, workdir: Path) -> tuple[nn.Module, Path, dict[str, Any]]:
     from transformers import AutoTokenizer
 
+    encoder = router.module_.encoder
+    if hasattr(encoder, "set_attn_implementation"):  # eager attention exports to the pattern onnxruntime fuses
+        encoder.set_attn_implementation("eager")
+
     tok = AutoTokenizer.from_pretrained(router.checkpoint())
     if not getattr(tok, "is_fast", False):
         raise ExportError("the encoder's tokenizer has no fast (tokenizers) version to ship")
@@ -123,6 +127,24 @@ def _export_onnx(graph: nn.Module, path: Path) -> None:
                                                                    "attention_mask": {0: "batch", 1: "tokens"},
                                                                    "quality": {0: "batch"}},
                           opset_version=17, dynamo=False)
+
+
+def _fuse_transformer(path: Path, config: Any) -> dict[str, int]:
+    """Fuse a BERT-family graph in place with onnxruntime's transformer optimizer (attention,
+    embedding + LayerNorm, skip-LayerNorm and bias-GELU kernels; measured 1.3x faster fp32 and
+    1.3-1.5x faster int8 for MiniLM-L6 at 64 tokens on 2 threads). Returns the fused operator
+    counts; the graph is left unchanged when nothing fuses."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1)
+    fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    if fused:
+        model.save_model_to_file(str(path))
+    return fused
 
 
 def _torch_predict(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray:
@@ -165,6 +187,8 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
         shutil.copyfile(tokenizer_file, stage / "tokenizer.json")
         _export_onnx(graph, stage / "router.onnx")
         report: dict[str, Any] = {"prompts": len(texts)}
+        if isinstance(router, EncoderRouter):  # the fused graph goes through the same parity checks
+            report["fused_operators"] = _fuse_transformer(stage / "router.onnx", router.module_.encoder.config)
         cost_model = CostModel.from_dict(json.loads((checkpoint / "cost_model.json").read_text()))
         metrics = json.loads((checkpoint / "metrics.json").read_text())["test"]
         prices_file = checkpoint / "prices.json"
@@ -200,12 +224,19 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
             raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
                               f"(> {FP32_TOLERANCE}); nothing written")
         if quantize == "int8":
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             # weights of matrix products only: an int8 embedding table for the static gather moves
-            # features more than it saves (it failed the 1% route-change check on the demo data)
+            # features more than it saves (it failed the 1% route-change check on the demo data);
+            # a fused encoder also quantizes its Attention nodes (contrib-op outputs have no inferred
+            # type, hence the default tensor type)
+
             quantize_dynamic(str(stage / "router.onnx"), str(work / "int8.onnx"), per_channel=True,
-                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+                             weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Attention"] if report.get("fused_operators")
+                             else ["MatMul"],
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             shutil.move(work / "int8.onnx", stage / "router.onnx")
             _write_manifest(stage, manifest)
             int8 = Router.load(stage)
