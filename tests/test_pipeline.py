@@ -155,11 +155,24 @@ def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
     summary = cli("train", "--config", ROOT / "training/configs/encoder.toml", "--data", small, "--out",
                   tmp_path / "r", "--set", f"router.encoder={checkpoint}", "--set", "router.max_length=48",
                   "--set", "train.epochs=2", "--set", "eval.n_boot=5", "--set", "tracking.enabled=false",
-                  "--set", "eval.baselines=random", cwd=tmp_path)
+                  "--set", "eval.baselines=random", "--set", "router.encoder_layers=1", cwd=tmp_path)
     assert summary["router"] == "encoder" and summary["test_records"] == 90
     assert 0 < summary["test"]["aiq"] <= 1
+    assert summary["export"]["fp32_max_abs_diff"] <= 1e-4  # the exported (fused) graph matches torch
     again = cli("evaluate", "--router", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
     assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
+
+    # router.encoder_layers kept the first of the two layers, in training and when loaded back
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+    from training.routers import EncoderRouter, TorchRouter
+
+    loaded = TorchRouter.load(tmp_path / "r")
+    assert len(loaded.module_.encoder.transformer.layer) == 1
+    deep = EncoderRouter(config=load_config(ROOT / "training/configs/encoder.toml",
+                                            [f"router.encoder={checkpoint}", "router.encoder_layers=3"]), n_models=2)
+    with pytest.raises(RouterMLError, match="has 2 layers"):
+        deep.build_module()
 
 
 def test_mf_learns_from_pairwise_preferences_alone(tmp_path):

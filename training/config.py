@@ -49,6 +49,7 @@ class RouterConfig:
     model_dim: int = 64            #: mf: size of the learned model embeddings
     encoder: str = "minilm"        #: encoder: checkpoint directory (or "minilm")
     max_length: int = 256          #: encoder: tokens per prompt
+    encoder_layers: int = 0        #: encoder: keep only the first N transformer layers (0 = all); faster
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from router_ml.errors import RouterMLError
 from training.config import TrainConfig
 from training.trainer import Batchable, fit_module
 
@@ -220,8 +221,23 @@ class EncoderRouter(TorchRouter):
         from transformers import AutoConfig, AutoModel
 
         checkpoint = self.checkpoint()
+        config = AutoConfig.from_pretrained(checkpoint)
+        keep = self.config.router.encoder_layers
+        if keep:  # DistilBERT-style depth cut: the first N layers keep their pretrained weights
+            key = "n_layers" if hasattr(config, "n_layers") else "num_hidden_layers"
+            total = getattr(config, key)
+            if not 0 < keep <= total:
+                raise RouterMLError(f"router.encoder_layers = {keep}: the encoder {checkpoint} has {total} layers")
+            setattr(config, key, keep)
         if pretrained:
-            encoder = AutoModel.from_pretrained(checkpoint)
+            import transformers
+
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()  # the dropped layers' weights are unused on purpose
+            try:
+                encoder = AutoModel.from_pretrained(checkpoint, config=config)
+            finally:
+                transformers.logging.set_verbosity(verbosity)
         else:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(checkpoint))
+            encoder = AutoModel.from_config(config)
         return EncoderModule(encoder, self.n_models, self.config.router.dropout)
