@@ -48,7 +48,7 @@ import httpx
 
 from router_ml.decision_log import DecisionLog, utc_now
 from router_ml.errors import CatalogError, RouterMLError
-from router_ml.messages import routed_text
+from router_ml.messages import message_problem, routed_text
 from router_ml.providers import ProviderCatalog, Replica
 from router_ml.router import Router
 
@@ -273,15 +273,9 @@ def validate_body(body: Any) -> None:
     """Check the parts of a chat-completion body that router-ml reads; :class:`RequestError` names the field."""
     if not isinstance(body, dict):
         raise RequestError(None, f"the body must be a JSON object, got {type(body).__name__}")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("messages", "required: a non-empty list of {\"role\", \"content\"} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise RequestError(f"messages[{i}]", "each message must be an object with a string 'role'")
-        content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise RequestError(f"messages[{i}].content", "must be a string or a list of content parts")
+    problem = message_problem(body.get("messages"))  # a parsed JSON body: a list of dicts when valid
+    if problem is not None:
+        raise RequestError(*problem)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("model", f"must be a string, got {model!r}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["content_text", "routed_text"]
+__all__ = ["content_text", "message_problem", "routed_text"]
 
 
 def content_text(content: Any) -> str:
@@ -54,3 +54,18 @@ def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
         if message.get("role") == "user":
             return content_text(message.get("content"))
     return "\n".join(content_text(m.get("content")) for m in messages)
+
+
+def message_problem(messages: Any) -> tuple[str, str] | None:
+    """The first problem of a chat ``messages`` list as ``(field, reason)``, or ``None`` when it is a
+    non-empty list of objects with a string ``role`` and text or list-of-parts ``content``. Shared by
+    the training data layer and the routed client, which raise their own error types with it."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes) or not messages:
+        return "messages", "required: a non-empty list of {\"role\", \"content\"} objects"
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            return f"messages[{i}]", "each message must be an object with a string 'role'"
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return f"messages[{i}].content", "must be a string or a list of content parts"
+    return None

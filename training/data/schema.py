@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router_ml.messages import routed_text
+from router_ml.messages import message_problem, routed_text
 from router_ml.pricing import PriceCatalog
 
 __all__ = [
@@ -248,19 +248,10 @@ def build_outcome(
 
 
 def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-        raise RecordError("messages", "messages must be a list of {role, content} objects")
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise RecordError(f"messages[{i}]", "each message needs a string 'role'")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise RecordError(f"messages[{i}].content", "content must be text or a list of parts")
-        out.append(dict(message))
-    if not out:
-        raise RecordError("messages", "messages is empty")
-    return tuple(out)
+    problem = message_problem(value)
+    if problem is not None:
+        raise RecordError(*problem)
+    return tuple(dict(message) for message in value)
 
 
 def build_record(
