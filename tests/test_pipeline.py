@@ -159,6 +159,22 @@ def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
     assert summary["router"] == "encoder" and summary["test_records"] == 90
     assert 0 < summary["test"]["aiq"] <= 1
     assert summary["export"]["fp32_max_abs_diff"] <= 1e-4  # the exported (fused) graph matches torch
+    # int8: the kept layer's FFN output projection is the one down-projection the ladder can leave
+    # in fp32; the export either passes on one rung of the ladder or names every rung it tried
+    from training.export import ExportError, _down_projections, export_router
+
+    down = _down_projections(tmp_path / "r" / "artifact" / "router.onnx")
+    assert len(down) == 1 and "lin2" in down[0]
+    try:
+        report = export_router(tmp_path / "r", tmp_path / "q8", quantize="int8")
+    except ExportError as exc:
+        assert "MatMul+Attention: " in str(exc) and "MatMul (down-projections fp32: 1): " in str(exc)
+    else:
+        assert report["int8_changed_routes"] <= 0.01 and report["int8_tried"]
+        assert report["int8_tried"][-1].startswith("+".join(report["int8_operators"]))
+        from router_ml import Router
+
+        assert Router.load(tmp_path / "q8").predict(["a prompt"]).shape == (1, 2)
     again = cli("evaluate", "--router", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
     assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
 
@@ -203,3 +219,20 @@ def test_mf_learns_from_pairwise_preferences_alone(tmp_path):
     prefers_big = scores[:, big] > scores[:, small]
     is_math = np.array([t.startswith("Compute") for t in table.texts[500:]])
     assert np.mean(prefers_big == is_math) > 0.9
+
+
+def test_parity_prompts_are_a_seeded_sample_of_the_test_rows(demo_subset, monkeypatch):
+    """The exporter's parity prompts: every test prompt when there are few, else a seeded sample
+    spread over the whole test split (not its first rows, which share a file or subject)."""
+    from training import pipeline
+
+    table, _ = load_traffic(demo_subset)
+    test_rows = np.arange(10, len(table), 2)
+    assert pipeline.parity_prompts(table, test_rows, 0) == [table.texts[i] for i in test_rows]
+    monkeypatch.setattr(pipeline, "PARITY_PROMPTS", 40)
+    sample = pipeline.parity_prompts(table, test_rows, 0)
+    assert len(sample) == 40 and sample == pipeline.parity_prompts(table, test_rows, 0)
+    assert sample != pipeline.parity_prompts(table, test_rows, 1)
+    position = {table.texts[i]: k for k, i in enumerate(test_rows)}
+    assert all(text in position for text in sample)
+    assert max(position[text] for text in sample) > len(test_rows) // 2  # not just the head of the split

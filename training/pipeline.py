@@ -219,6 +219,19 @@ def _scoreable(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return complete if len(complete) >= 0.5 * len(anything) and len(complete) else anything
 
 
+PARITY_PROMPTS = 1000
+
+
+def parity_prompts(table: TrafficTable, test_rows: np.ndarray, seed: int) -> list[str]:
+    """The held-out prompts the exporter checks ONNX against torch on: a seeded random sample of up
+    to :data:`PARITY_PROMPTS` test prompts (a sample, not the first rows, which share a source or
+    subject in files grouped that way); 1,000 prompts put a 1% route-change limit at 10 prompts."""
+    rows = np.asarray(test_rows)
+    if len(rows) > PARITY_PROMPTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, PARITY_PROMPTS, replace=False))
+    return [table.texts[int(i)] for i in rows]
+
+
 def _export(out_dir: Path, run_id: str | None) -> tuple[Path | None, dict[str, Any] | None, str | None]:
     """Export the trained router to ``out_dir / "artifact"``; a router that cannot be exported (its
     featurizer has no one-graph form) is reported, not fatal."""
@@ -296,8 +309,7 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
     for name, payload in files.items():
         if payload is not None:
             (out_dir / name).write_text(json.dumps(payload, indent=1))
-    parity = [table.texts[int(i)] for i in split.test[:256]]
-    (out_dir / "parity_prompts.json").write_text(json.dumps(parity))
+    (out_dir / "parity_prompts.json").write_text(json.dumps(parity_prompts(table, split.test, config.data.seed)))
     # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
     with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
         for row in result["predictions"]:

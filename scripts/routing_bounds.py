@@ -1,0 +1,115 @@
+"""How far can knowing a prompt's subject take a router? Group-level routing bounds, per protocol.
+
+A router that is told each test prompt's group (the data's ``task`` - RouteLLM's MMLU subject,
+MMLU-Pro's category - or a metadata key such as MMLU-Pro's ``src``) and routes on that group's mean
+quality per model is not deployable (the group is not in a live request), but it bounds what
+subject-level information is worth:
+
+- ``group_means_train``: per-group means estimated on the training + validation rows (smoothed
+  toward the overall mean with weight ``--smoothing``), applied to the test prompts by their true group;
+- ``group_means_test``: the same means estimated on the test rows themselves - in-sample, optimistic.
+
+Same splits and metrics as ``router-ml train`` (seeded grouped split, knob sweep, AIQ / savings /
+best quality, APGR / CPT on two-model data), seeds averaged. Prints one JSON object.
+
+    python scripts/routing_bounds.py                                  # both protocols, seeds 0-4
+    python scripts/routing_bounds.py --protocol mmlu-pro --group metadata.src --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from router_ml.policy import estimate_input_tokens, knob_grid  # noqa: E402
+from scripts.reproduce_results import PROTOCOLS, _seeds  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.evaluation import evaluate_scores  # noqa: E402
+from training.pipeline import _scoreable, prepare  # noqa: E402
+
+KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50")
+
+
+def group_labels(table, field: str) -> np.ndarray:
+    """``task`` or ``metadata.<key>`` of every record ('' where missing)."""
+    if field == "task":
+        values = [record.task or "" for record in table]
+    elif field.startswith("metadata."):
+        key = field.removeprefix("metadata.")
+        values = [str((record.metadata or {}).get(key, "")) for record in table]
+    else:
+        raise SystemExit(f"--group takes 'task' or 'metadata.<key>', got {field!r}")
+    return np.asarray(values)
+
+
+def group_means(quality: np.ndarray, groups: np.ndarray, rows: np.ndarray, smoothing: float) -> dict[str, np.ndarray]:
+    overall = np.nanmean(quality[rows], axis=0)
+    means = {}
+    for g in np.unique(groups[rows]):
+        q = quality[rows][groups[rows] == g]
+        means[g] = (np.nansum(q, axis=0) + smoothing * overall) / ((~np.isnan(q)).sum(axis=0) + smoothing)
+    return means | {"__overall__": overall}
+
+
+def bounds_for_seed(protocol: str, field: str, seed: int, smoothing: float) -> dict[str, dict[str, float]]:
+    spec = PROTOCOLS[protocol]
+    config = load_config(ROOT / "training" / "configs" / "mlp_static.toml",
+                         [f"data.train_size={spec['train_size']}", f"data.seed={seed}"])
+    options = {"exclude": spec["exclude"]} if spec["exclude"] else {}
+    prep = prepare(config, spec["data"], **options)
+    table, split = prep.table, prep.split
+    groups = group_labels(table, field)
+    scored = _scoreable(table.quality, split.test)
+    cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
+    wtps = knob_grid(np.nanmean(prep.cost[split.train], axis=0), config.eval.knob_points)
+    out = {}
+    train_rows = np.concatenate([split.train, split.val])
+    for name, rows in (("group_means_train", train_rows), ("group_means_test", scored)):
+        means = group_means(table.quality, groups, rows, smoothing)
+        pred = np.stack([means.get(g, means["__overall__"]) for g in groups[scored]])
+        report = evaluate_scores(pred, cost_est, table.quality[scored], prep.cost[scored], wtps=wtps, n_boot=0,
+                                 seed=seed, two_model=prep.two_model)
+        out[name] = {k: report[k] for k in KEYS if isinstance(report.get(k), int | float)}
+    out["groups"] = {"count": int(len(np.unique(groups[train_rows])))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), action="append",
+                        help="default: every protocol")
+    parser.add_argument("--group", action="append", help="task or metadata.<key> (repeatable; default: task, "
+                                                         "plus metadata.src on mmlu-pro)")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--smoothing", type=float, default=2.0, help="pseudo-count toward the overall mean")
+    args = parser.parse_args(argv)
+    result: dict[str, dict] = {}
+    for protocol in args.protocol or sorted(PROTOCOLS):
+        if not Path(PROTOCOLS[protocol]["data"]).exists():
+            result[protocol] = {"skipped": f"{PROTOCOLS[protocol]['data']} not found"}
+            continue
+        fields = args.group or (["task", "metadata.src"] if protocol == "mmlu-pro" else ["task"])
+        for field in fields:
+            runs = [bounds_for_seed(protocol, field, seed, args.smoothing) for seed in _seeds(args.seeds)]
+            summary: dict[str, dict] = {"groups": runs[0]["groups"]["count"], "seeds": _seeds(args.seeds)}
+            for name in ("group_means_train", "group_means_test"):
+                keys = [k for k in KEYS if all(k in run[name] for run in runs)]
+                summary[name] = {k: round(statistics.mean(run[name][k] for run in runs), 4) for k in keys}
+                missing = sum(1 for run in runs if "savings_at_iso_quality" not in run[name])
+                if missing:
+                    summary[name]["savings_not_reached_seeds"] = missing
+            result.setdefault(protocol, {})[field] = summary
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
