@@ -212,8 +212,8 @@ class FakeUpstream:
             if cut is not None and i == cut:
                 writer.transport.abort()
                 return False
+            self.events_sent += 1  # counted before the write: a client may read it before the write returns
             await event(json.dumps(obj).encode())
-            self.events_sent += 1
             if i == 1 and self.gate is not None:
                 deadline = time.monotonic() + 10
                 while not self.gate.is_set() and time.monotonic() < deadline:
