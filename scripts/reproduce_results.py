@@ -37,13 +37,15 @@ PROTOCOLS = {
 VARIANTS = {
     "mlp_static": ("mlp_static.toml", {}),
     "mlp_static_no_tradeoff": ("mlp_static.toml", {"loss.tradeoff_weight": 0.0}),
+    "mlp_static_groups": ("mlp_static.toml", {"router.groups": "task"}),
     "mf": ("mf.toml", {}),
     "mlp_minilm": ("mlp_minilm.toml", {}),
     "encoder": ("encoder.toml", {}),
 }
 KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
 LABELS = {
-    "mlp_static": "**mlp_static**", "mlp_static_no_tradeoff": "mlp_static, no tradeoff term", "mf": "mf (static)",
+    "mlp_static": "**mlp_static**", "mlp_static_no_tradeoff": "mlp_static, no tradeoff term",
+    "mlp_static_groups": "mlp_static + task groups", "mf": "mf (static)",
     "mlp_minilm": "mlp_minilm", "encoder": "encoder (MiniLM fine-tuned)",
 }
 # RouteLLM paper, Table 2 ("augmented" routers: Chatbot Arena + ~1,500 golden MMLU labels): APGR, CPT(50%)

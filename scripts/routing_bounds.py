@@ -33,21 +33,9 @@ from router_ml.policy import estimate_input_tokens, knob_grid  # noqa: E402
 from scripts.reproduce_results import PROTOCOLS, _seeds  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.evaluation import evaluate_scores  # noqa: E402
-from training.pipeline import _scoreable, prepare  # noqa: E402
+from training.pipeline import _scoreable, group_labels, prepare  # noqa: E402
 
 KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50")
-
-
-def group_labels(table, field: str) -> np.ndarray:
-    """``task`` or ``metadata.<key>`` of every record ('' where missing)."""
-    if field == "task":
-        values = [record.task or "" for record in table]
-    elif field.startswith("metadata."):
-        key = field.removeprefix("metadata.")
-        values = [str((record.metadata or {}).get(key, "")) for record in table]
-    else:
-        raise SystemExit(f"--group takes 'task' or 'metadata.<key>', got {field!r}")
-    return np.asarray(values)
 
 
 def group_means(quality: np.ndarray, groups: np.ndarray, rows: np.ndarray, smoothing: float) -> dict[str, np.ndarray]:

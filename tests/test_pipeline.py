@@ -236,3 +236,64 @@ def test_parity_prompts_are_a_seeded_sample_of_the_test_rows(demo_subset, monkey
     position = {table.texts[i]: k for k, i in enumerate(test_rows)}
     assert all(text in position for text in sample)
     assert max(position[text] for text in sample) > len(test_rows) // 2  # not just the head of the split
+
+
+def test_group_informed_router_blends_the_group_estimate_and_exports(tmp_path, demo_subset):
+    """router.groups = task: the saved head is (1 - w) * MLP + w * p(task | prompt) @ per-task means, the
+    per-task means are the (smoothed) training means, and the exported graph computes the same."""
+    import torch
+
+    from router_ml import Router
+    from training.config import load_config
+    from training.pipeline import group_labels, train_router
+    from training.routers import TorchRouter
+    from training.routers.neural import GROUP_SMOOTHING, GroupBlend
+
+    config = load_config(ROOT / "training/configs/mlp_static.toml",
+                         ["router.groups=task", "router.group_weight=0.4", "train.epochs=10", "eval.n_boot=0",
+                          "eval.baselines=random", "tracking.enabled=false"])
+    summary = train_router(config, demo_subset, out_dir=tmp_path / "r", progress=False)
+    assert summary["export"]["fp32_max_abs_diff"] <= 1e-4
+    router = TorchRouter.load(tmp_path / "r")
+    table, _ = load_traffic(demo_subset)
+    tasks = sorted(set(group_labels(table, "task").tolist()))
+    assert router.groups_ == tasks and len(tasks) >= 2
+    blend = router.module_
+    assert isinstance(blend, GroupBlend) and blend.weight == 0.4
+
+    # the group table: smoothed means over the training + validation records of each task
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    test_ids = set(split["test_sample_ids"])
+    seen = np.array([r.sample_id not in test_ids for r in table])
+    quality, labels = table.quality[seen], group_labels(table, "task")[seen]
+    overall = np.nanmean(quality, axis=0)
+    first = quality[labels == tasks[0]]
+    counts = (~np.isnan(first)).sum(axis=0)
+    expected = (np.nansum(first, axis=0) + GROUP_SMOOTHING * overall) / (counts + GROUP_SMOOTHING)
+    np.testing.assert_allclose(blend.group_quality[0].numpy(), expected, atol=1e-6)
+
+    # the blend, computed by hand from its parts, and the runtime's predictions of the exported graph
+    from training.featurizers import get_featurizer
+
+    texts = list(table.texts[:20])
+    X = torch.as_tensor(get_featurizer("static", max_tokens=config.featurizer.max_tokens).transform(texts))
+    with torch.no_grad():
+        by_hand = 0.6 * torch.sigmoid(blend.base(X)) + 0.4 * torch.softmax(blend.classify(X), -1) @ blend.group_quality
+    np.testing.assert_allclose(router.predict((X.numpy(),)), by_hand.numpy(), atol=1e-5)
+    np.testing.assert_allclose(Router.load(tmp_path / "r" / "artifact").predict(texts), by_hand.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["router.groups=topic"], "'task' or 'metadata.<key>'"),
+    (["router.groups=metadata.nothing_here"], "at least 2"),
+    (["router.kind=encoder", "router.groups=task"], "not the encoder"),
+])
+def test_group_settings_that_cannot_work_are_refused(tmp_path, demo_subset, overrides, message):
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    config = load_config(ROOT / "training/configs/mlp_static.toml",
+                         [*overrides, "train.epochs=1", "eval.n_boot=0", "tracking.enabled=false"])
+    with pytest.raises(RouterMLError, match=message):
+        train_router(config, demo_subset, out_dir=tmp_path / "r", progress=False)

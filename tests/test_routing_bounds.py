@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from router_ml.errors import RouterMLError
+
 from .conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("routing_bounds", ROOT / "scripts" / "routing_bounds.py")
@@ -19,7 +21,7 @@ def test_group_labels_read_task_or_a_metadata_key():
     records = [SimpleNamespace(task="law", metadata={"src": "s1"}), SimpleNamespace(task=None, metadata=None)]
     assert bounds.group_labels(records, "task").tolist() == ["law", ""]
     assert bounds.group_labels(records, "metadata.src").tolist() == ["s1", ""]
-    with pytest.raises(SystemExit, match="metadata.<key>"):
+    with pytest.raises(RouterMLError, match="metadata.<key>"):
         bounds.group_labels(records, "src")
 
 

@@ -50,6 +50,8 @@ class RouterConfig:
     encoder: str = "minilm"        #: encoder: checkpoint directory (or "minilm")
     max_length: int = 256          #: encoder: tokens per prompt
     encoder_layers: int = 0        #: encoder: keep only the first N transformer layers (0 = all); faster
+    groups: str = ""               #: mlp/mf: "task" or "metadata.<key>": blend in p(group | prompt) x group means
+    group_weight: float = 0.5      #: mlp/mf with groups: weight of the group estimate in the blend
 
 
 @dataclass(frozen=True)

@@ -86,15 +86,28 @@ def featurize_texts(config: TrainConfig, texts: list[str], *, fingerprint: str |
     return np.asarray(X, dtype=np.float32), featurizer.identity()
 
 
+def group_labels(records: Any, field: str) -> np.ndarray:
+    """Each record's group for ``router.groups``: its ``task`` or ``metadata.<key>`` ('' where missing)."""
+    if field == "task":
+        values = [record.task or "" for record in records]
+    elif field.startswith("metadata.") and len(field) > len("metadata."):
+        key = field.removeprefix("metadata.")
+        values = [str((record.metadata or {}).get(key) or "") for record in records]
+    else:
+        raise RouterMLError(f"router.groups takes 'task' or 'metadata.<key>', got {field!r}")
+    return np.asarray(values, dtype=str)
+
+
 def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficTable, cost: np.ndarray,
-               cost_est: np.ndarray) -> Batchable:
+               cost_est: np.ndarray, groups: np.ndarray | None = None) -> Batchable:
     prefs = []
     col = {m: j for j, m in enumerate(table.models)}
     for local, i in enumerate(rows):
         for p in table[int(i)].preferences:
             prefs.append((local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner]))
     return Batchable(inputs=tuple(x[rows] for x in inputs), quality=table.quality[rows], cost=cost[rows],
-                     cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None)
+                     cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None,
+                     groups=None if groups is None else groups[rows])
 
 
 def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
@@ -126,11 +139,18 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
 
     if config.router.kind not in ("mlp", "mf", "encoder"):
         raise RouterMLError(f"unknown router kind '{config.router.kind}'; choose mlp, mf or encoder")
+    if config.router.groups and config.router.kind == "encoder":
+        raise RouterMLError("router.groups works with the mlp and mf routers (static or sentence features), "
+                            "not the encoder")
     started = time.perf_counter()
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
     fingerprint = table.fingerprint()
+    groups = group_labels(table, config.router.groups) if config.router.groups else None
+    if groups is not None and len(set(groups[split.train].tolist()) - {""}) < 2:
+        raise RouterMLError(f"router.groups = {config.router.groups!r}: the training records name fewer than 2 "
+                            "groups; at least 2 are needed (or leave router.groups empty)")
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
@@ -153,8 +173,8 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                             "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
         tracker.set_tags({"router": config.router.kind, "featurizer": config.featurizer.name,
                           "data_fingerprint": fingerprint})
-        train = _batchable(inputs, split.train, table, prep.cost, cost_est)
-        val = _batchable(inputs, split.val, table, prep.cost, cost_est) if len(split.val) else None
+        train = _batchable(inputs, split.train, table, prep.cost, cost_est, groups)
+        val = _batchable(inputs, split.val, table, prep.cost, cost_est, groups) if len(split.val) else None
         fit_started = time.perf_counter()
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))

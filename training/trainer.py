@@ -29,7 +29,7 @@ class Batchable:
 
     ``quality`` has NaN where unobserved; ``cost`` is the observed cost (missing values imputed);
     ``cost_est`` the runtime's estimate; ``prefs`` rows are ``(record, model_a, model_b, winner)``
-    with winner 1 (a), 0 (b) or 0.5 (tie).
+    with winner 1 (a), 0 (b) or 0.5 (tie); ``groups`` (optional) names each record's group.
     """
 
     inputs: tuple[np.ndarray, ...]
@@ -37,6 +37,7 @@ class Batchable:
     cost: np.ndarray
     cost_est: np.ndarray
     prefs: np.ndarray | None = None
+    groups: np.ndarray | None = None  #: per record its group name ('' = none), when router.groups is set
 
     def __len__(self) -> int:
         return len(self.quality)

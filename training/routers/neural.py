@@ -16,7 +16,7 @@ from router_ml.errors import RouterMLError
 from training.config import TrainConfig
 from training.trainer import Batchable, fit_module
 
-__all__ = ["EncoderRouter", "MFRouter", "MLPRouter", "TorchRouter"]
+__all__ = ["EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter", "group_quality"]
 
 
 class MLPHead(nn.Module):
@@ -82,6 +82,45 @@ class Ensemble(nn.Module):
         return torch.stack([m(*inputs) for m in self.members]).mean(dim=0)
 
 
+class GroupBlend(nn.Module):
+    """A router head blended with a group estimate: ``q = (1 - w) * sigmoid(base(x)) + w * p(g | x) @ Q``.
+
+    ``p(g | x)`` is a softmax classifier over the groups the training records name (``router.groups``:
+    their ``task`` or a metadata key), ``Q`` each group's mean observed quality per model. The group
+    label is needed only in training; a live prompt is classified. Returns logits, like every head.
+    """
+
+    def __init__(self, base: nn.Module, in_dim: int, group_quality: torch.Tensor, weight: float):
+        super().__init__()
+        self.base = base
+        self.classify = nn.Linear(in_dim, group_quality.shape[0])
+        self.register_buffer("group_quality", group_quality.to(torch.float32))
+        self.weight = float(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixture = torch.softmax(self.classify(x), dim=-1) @ self.group_quality
+        q = ((1.0 - self.weight) * torch.sigmoid(self.base(x)) + self.weight * mixture).clamp(1e-6, 1 - 1e-6)
+        return torch.log(q) - torch.log1p(-q)
+
+
+#: the group classifier's inverse L2 strength and the pseudo-count that pulls a small group's means
+#: toward the overall mean (chosen on MMLU-Pro / RouteLLM seed 0; README, "Group-informed routers")
+GROUP_C = 10.0
+GROUP_SMOOTHING = 2.0
+
+
+def group_quality(quality: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """``(n_groups, n_models)``: each group's mean observed quality, smoothed toward the overall mean."""
+    overall = np.nan_to_num(np.nanmean(quality, axis=0), nan=0.5) if len(quality) else np.full(quality.shape[1], 0.5)
+    out = np.empty((n_groups, quality.shape[1]))
+    for g in range(n_groups):
+        q = quality[groups == g]
+        observed = ~np.isnan(q)
+        out[g] = (np.where(observed, q, 0).sum(axis=0) + GROUP_SMOOTHING * overall) / (
+            observed.sum(axis=0) + GROUP_SMOOTHING)
+    return out
+
+
 class TorchRouter:
     """Shared fit/predict/save for the torch routers (scikit-learn style: learned state ends in _)."""
 
@@ -119,9 +158,42 @@ class TorchRouter:
                 members.append(member)
                 self.history_ += [{**h, "member": k} for h in history]
             self.module_ = members[0] if len(members) == 1 else Ensemble(members).eval()
+            if self.config.router.groups:
+                self._fit_groups(train, val)
         finally:
             torch.set_num_threads(previous)
         return self
+
+    def _fit_groups(self, train: Batchable, val: Batchable | None) -> None:
+        """Wrap the fitted head in :class:`GroupBlend`: a multinomial logistic regression (scikit-learn)
+        from the features to the group, and the groups' mean quality, both from train + validation."""
+        from sklearn.linear_model import LogisticRegression
+
+        parts = [train] + ([val] if val is not None and len(val) else [])
+        if self.kind == "encoder" or any(p.groups is None for p in parts):
+            raise RouterMLError(f"router.groups = {self.config.router.groups!r} needs an mlp or mf router and "
+                                "group labels for the training records")
+        X = np.concatenate([p.inputs[0] for p in parts])
+        labels = np.concatenate([p.groups for p in parts]).astype(str)
+        quality = np.concatenate([p.quality for p in parts])
+        known = labels != ""
+        names = sorted(set(labels[known].tolist()))
+        if len(names) < 2:
+            raise RouterMLError(f"router.groups = {self.config.router.groups!r}: the training records name "
+                                f"{len(names)} group(s); at least 2 are needed (or leave router.groups empty)")
+        index = {name: k for k, name in enumerate(names)}
+        y = np.array([index[v] for v in labels[known]])
+        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(X[known], y)
+        weight, bias = clf.coef_, clf.intercept_
+        if len(names) == 2:  # scikit-learn's binary form: one logit for class 1
+            weight, bias = np.vstack([np.zeros_like(weight), weight]), np.array([0.0, bias[0]])
+        blend = GroupBlend(self.module_, X.shape[1], torch.as_tensor(group_quality(quality[known], y, len(names))),
+                           self.config.router.group_weight)
+        with torch.no_grad():
+            blend.classify.weight.copy_(torch.as_tensor(weight))
+            blend.classify.bias.copy_(torch.as_tensor(bias))
+        self.groups_ = names
+        self.module_ = blend.eval()
 
     @torch.no_grad()
     def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -148,7 +220,7 @@ class TorchRouter:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "n_models": self.n_models, "input_dim": self.input_dim,
-                "config": self.config.to_flat()}
+                "config": self.config.to_flat(), "groups": getattr(self, "groups_", None)}
 
     @classmethod
     def load(cls, directory: str | Path) -> TorchRouter:
@@ -164,6 +236,11 @@ class TorchRouter:
         n = router.config.router.ensemble
         router.module_ = router.build_module(pretrained=False) if n <= 1 else Ensemble(
             [router.build_module(pretrained=False) for _ in range(n)])
+        if info.get("groups"):
+            router.groups_ = info["groups"]
+            router.module_ = GroupBlend(router.module_, info["input_dim"],
+                                        torch.zeros(len(info["groups"]), info["n_models"]),
+                                        router.config.router.group_weight)
         router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
         router.module_.eval()
         return router
