@@ -34,17 +34,17 @@ from scripts.reproduce_results import PROTOCOLS, _seeds  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.evaluation import evaluate_scores  # noqa: E402
 from training.pipeline import _scoreable, group_labels, prepare  # noqa: E402
+from training.routers.neural import group_quality, overall_quality  # noqa: E402
 
 KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50")
 
 
 def group_means(quality: np.ndarray, groups: np.ndarray, rows: np.ndarray, smoothing: float) -> dict[str, np.ndarray]:
-    overall = np.nanmean(quality[rows], axis=0)
-    means = {}
-    for g in np.unique(groups[rows]):
-        q = quality[rows][groups[rows] == g]
-        means[g] = (np.nansum(q, axis=0) + smoothing * overall) / ((~np.isnan(q)).sum(axis=0) + smoothing)
-    return means | {"__overall__": overall}
+    """Each group's smoothed mean quality over ``rows`` (the group-informed router's table), plus the overall
+    mean under ``__overall__`` for groups that ``rows`` never see."""
+    names, index = np.unique(groups[rows], return_inverse=True)
+    table = group_quality(quality[rows], index, len(names), smoothing=smoothing)
+    return dict(zip(names.tolist(), table, strict=True)) | {"__overall__": overall_quality(quality[rows])}
 
 
 def bounds_for_seed(protocol: str, field: str, seed: int, smoothing: float) -> dict[str, dict[str, float]]:

@@ -109,15 +109,25 @@ GROUP_C = 10.0
 GROUP_SMOOTHING = 2.0
 
 
-def group_quality(quality: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """``(n_groups, n_models)``: each group's mean observed quality, smoothed toward the overall mean."""
-    overall = np.nan_to_num(np.nanmean(quality, axis=0), nan=0.5) if len(quality) else np.full(quality.shape[1], 0.5)
+def overall_quality(quality: np.ndarray) -> np.ndarray:
+    """Each model's mean observed quality (0.5 for a model never observed)."""
+    if not len(quality):
+        return np.full(quality.shape[1], 0.5)
+    observed = ~np.isnan(quality)
+    total = np.where(observed, quality, 0).sum(axis=0)
+    return np.where(observed.any(axis=0), total / np.maximum(observed.sum(axis=0), 1), 0.5)
+
+
+def group_quality(quality: np.ndarray, groups: np.ndarray, n_groups: int, *,
+                  smoothing: float = GROUP_SMOOTHING) -> np.ndarray:
+    """``(n_groups, n_models)``: each group's (0..n_groups-1) mean observed quality, pulled toward the
+    overall mean by ``smoothing`` pseudo-records."""
+    overall = overall_quality(quality)
     out = np.empty((n_groups, quality.shape[1]))
     for g in range(n_groups):
         q = quality[groups == g]
         observed = ~np.isnan(q)
-        out[g] = (np.where(observed, q, 0).sum(axis=0) + GROUP_SMOOTHING * overall) / (
-            observed.sum(axis=0) + GROUP_SMOOTHING)
+        out[g] = (np.where(observed, q, 0).sum(axis=0) + smoothing * overall) / (observed.sum(axis=0) + smoothing)
     return out
 
 
