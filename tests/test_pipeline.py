@@ -174,7 +174,8 @@ def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
         assert report["int8_tried"][-1].startswith("+".join(report["int8_operators"]))
         from router_ml import Router
 
-        assert Router.load(tmp_path / "q8").predict(["a prompt"]).shape == (1, 2)
+        fp32 = Router.load(tmp_path / "r" / "artifact")
+        assert Router.load(tmp_path / "q8").models == fp32.models and len(fp32.models) == 5
     again = cli("evaluate", "--router", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
     assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
 

@@ -244,12 +244,9 @@ def _down_projections(path: Path) -> list[str]:
     output projections (4h -> h), whose inputs - the GELU activations - carry the outlier channels
     that make per-tensor int8 activations lose most (Bondarenko et al., 2021), plus the small heads."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path), load_external_data=False)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    shapes.update({n.output[0]: tuple(numpy_helper.to_array(n.attribute[0].t).shape)
-                   for n in model.graph.node if n.op_type == "Constant" and n.attribute})
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2
             and len(shapes.get(n.input[1], ())) == 2 and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
 

@@ -26,6 +26,7 @@ from training.costs import fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
 from training.evaluation import evaluate_scores, oracle_baseline, random_baseline, single_model_baseline
 from training.routers import ROUTERS, EncoderRouter, KNNRouter, LogRegRouter, TorchRouter
+from training.routers.neural import check_groups
 from training.trainer import Batchable, distributed_context
 
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
@@ -139,18 +140,14 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
 
     if config.router.kind not in ("mlp", "mf", "encoder"):
         raise RouterMLError(f"unknown router kind '{config.router.kind}'; choose mlp, mf or encoder")
-    if config.router.groups and config.router.kind == "encoder":
-        raise RouterMLError("router.groups works with the mlp and mf routers (static or sentence features), "
-                            "not the encoder")
     started = time.perf_counter()
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
     fingerprint = table.fingerprint()
     groups = group_labels(table, config.router.groups) if config.router.groups else None
-    if groups is not None and len(set(groups[split.train].tolist()) - {""}) < 2:
-        raise RouterMLError(f"router.groups = {config.router.groups!r}: the training records name fewer than 2 "
-                            "groups; at least 2 are needed (or leave router.groups empty)")
+    if groups is not None:  # before featurizing: a setting that cannot train fails now
+        check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)

@@ -16,7 +16,7 @@ from router_ml.errors import RouterMLError
 from training.config import TrainConfig
 from training.trainer import Batchable, fit_module
 
-__all__ = ["EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter", "group_quality"]
+__all__ = ["EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter", "check_groups", "group_quality"]
 
 
 class MLPHead(nn.Module):
@@ -131,6 +131,17 @@ def group_quality(quality: np.ndarray, groups: np.ndarray, n_groups: int, *,
     return out
 
 
+def check_groups(config: TrainConfig, labels: np.ndarray) -> None:
+    """Refuse a ``router.groups`` setting that cannot train: the encoder router (its inputs are token
+    ids, not features a classifier can share), or training labels ('' = none) naming fewer than 2 groups."""
+    if config.router.kind == "encoder":
+        raise RouterMLError("router.groups works with the mlp and mf routers (static or sentence features), "
+                            "not the encoder")
+    if len(set(labels.tolist()) - {""}) < 2:
+        raise RouterMLError(f"router.groups = {config.router.groups!r}: the training records name fewer than 2 "
+                            "groups; at least 2 are needed (or leave router.groups empty)")
+
+
 class TorchRouter:
     """Shared fit/predict/save for the torch routers (scikit-learn style: learned state ends in _)."""
 
@@ -180,29 +191,25 @@ class TorchRouter:
         from sklearn.linear_model import LogisticRegression
 
         parts = [train] + ([val] if val is not None and len(val) else [])
-        if self.kind == "encoder" or any(p.groups is None for p in parts):
-            raise RouterMLError(f"router.groups = {self.config.router.groups!r} needs an mlp or mf router and "
-                                "group labels for the training records")
-        X = np.concatenate([p.inputs[0] for p in parts])
+        if any(p.groups is None for p in parts):
+            raise RouterMLError(f"router.groups = {self.config.router.groups!r}: no group labels were given "
+                                "with the training records")
         labels = np.concatenate([p.groups for p in parts]).astype(str)
-        quality = np.concatenate([p.quality for p in parts])
+        check_groups(self.config, labels)
         known = labels != ""
-        names = sorted(set(labels[known].tolist()))
-        if len(names) < 2:
-            raise RouterMLError(f"router.groups = {self.config.router.groups!r}: the training records name "
-                                f"{len(names)} group(s); at least 2 are needed (or leave router.groups empty)")
-        index = {name: k for k, name in enumerate(names)}
-        y = np.array([index[v] for v in labels[known]])
-        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(X[known], y)
+        X = np.concatenate([p.inputs[0] for p in parts])[known]
+        quality = np.concatenate([p.quality for p in parts])[known]
+        names, y = np.unique(labels[known], return_inverse=True)
+        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(X, y)
         weight, bias = clf.coef_, clf.intercept_
         if len(names) == 2:  # scikit-learn's binary form: one logit for class 1
             weight, bias = np.vstack([np.zeros_like(weight), weight]), np.array([0.0, bias[0]])
-        blend = GroupBlend(self.module_, X.shape[1], torch.as_tensor(group_quality(quality[known], y, len(names))),
+        blend = GroupBlend(self.module_, X.shape[1], torch.as_tensor(group_quality(quality, y, len(names))),
                            self.config.router.group_weight)
         with torch.no_grad():
             blend.classify.weight.copy_(torch.as_tensor(weight))
             blend.classify.bias.copy_(torch.as_tensor(bias))
-        self.groups_ = names
+        self.groups_ = names.tolist()
         self.module_ = blend.eval()
 
     @torch.no_grad()
