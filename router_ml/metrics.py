@@ -12,6 +12,11 @@ Two families of summary numbers:
   operating points (:func:`quality_hull`) and the Average Improvement in Quality (:func:`aiq`).
 * RouteLLM (Ong et al., 2024), two models only: PGR, APGR and CPT over RouteLLM's quantile thresholds
   (:func:`routellm_curve`, :func:`apgr`, :func:`cpt`, :func:`routellm_metrics`).
+
+This module is the one implementation of curves and single-model points: training's evaluation, the
+``evaluate`` command, the bounds scripts and ``compare`` all go through it. Logged traffic, where only
+some cells are observed, enters as one argument: per-cell ``weights`` (:func:`exposure_weights`), with
+which a chosen cell's observed quality counts ``weights[i, j]`` times and unobserved cells count 0.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
+    "CURVE_KEYS",
+    "HEADLINE_KEYS",
+    "TWO_MODEL_KEYS",
     "aiq",
     "apgr",
     "best_quality",
@@ -29,13 +37,23 @@ __all__ = [
     "complete_rows",
     "cpt",
     "curve_from_choices",
+    "curve_summary",
+    "exposure_weights",
     "pgr",
     "quality_hull",
     "routellm_curve",
     "routellm_metrics",
     "savings_at_iso_quality",
     "single_model_points",
+    "weak_and_strong",
 ]
+
+#: The cost-quality numbers of any router's curve (:func:`curve_summary`), RouterBench's family.
+CURVE_KEYS = ("aiq", "savings_at_iso_quality", "best_quality")
+#: RouteLLM's numbers, defined for two-model data only (:func:`routellm_metrics`).
+TWO_MODEL_KEYS = ("apgr", "cpt_50", "cpt_80")
+#: The headline metrics every report, table and comparison shows, in this order.
+HEADLINE_KEYS = CURVE_KEYS + TWO_MODEL_KEYS
 
 # RouteLLM's evaluate.py cuts the scores into 10 quantile bins, giving 11 thresholds.
 _ROUTELLM_NUM_BINS = 10
@@ -81,14 +99,43 @@ def complete_rows(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
 
 
+def exposure_weights(quality: np.ndarray) -> np.ndarray:
+    """Return ``(n, m)`` per-cell weights ``1 / p_m`` for observed cells and 0 for unobserved (NaN) ones.
+
+    ``p_m`` is the share of prompts on which model ``m`` was observed. With these weights a router's
+    mean quality (:func:`curve_from_choices`) is the inverse-propensity estimate that is unbiased when
+    *which* models were observed does not depend on the prompt (uniform exploration, random masking); it
+    is biased when the logging policy looked at the prompt. With every cell observed every weight is 1.
+
+    >>> exposure_weights(np.array([[1.0, np.nan], [0.0, 1.0]])).tolist()
+    [[1.0, 0.0], [1.0, 2.0]]
+    """
+    observed = ~np.isnan(np.asarray(quality, dtype=float))
+    share = observed.mean(axis=0)
+    with np.errstate(divide="ignore"):
+        return np.where(observed, 1.0 / np.where(share > 0, share, np.inf), 0.0)
+
+
+def _check_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != shape:
+        raise ValueError(f"weights must have the outcome matrices' shape {shape}, got {weights.shape}")
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError("weights must be finite and >= 0 (0 for a cell whose outcome was not observed)")
+    return weights
+
+
 def curve_from_choices(
-    quality: np.ndarray, cost: np.ndarray, choices: np.ndarray
+    quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, *, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (mean cost in USD, mean quality), each of shape (k,), of a router as its knob sweeps.
 
     ``choices`` has shape (k, n_prompts): row ``r`` holds the model index chosen for each prompt at the
-    r-th knob value. Raises ValueError if a chosen model has no outcome (NaN) for its prompt; evaluate on
-    the rows :func:`complete_rows` selects.
+    r-th knob value. Without ``weights`` every chosen cell must have an outcome: raises ValueError if a
+    chosen model has no outcome (NaN) for its prompt; evaluate on the rows :func:`complete_rows` selects.
+    With ``weights`` (n_prompts, n_models), e.g. :func:`exposure_weights`, a chosen cell's quality counts
+    ``weights[i, j]`` times and a cell of weight 0 counts 0 whatever it holds (its quality may be NaN);
+    costs are always plain means and must be known for every chosen cell.
 
     >>> q = np.array([[0.0, 1.0], [1.0, 1.0]]); c = np.array([[1.0, 3.0], [1.0, 3.0]])
     >>> curve_from_choices(q, c, np.array([[0, 0], [1, 0]]))
@@ -104,8 +151,17 @@ def curve_from_choices(
     if choices.size and (choices.min() < 0 or choices.max() >= m):
         raise ValueError(f"choices must be model indices in [0, {m}), got values in [{choices.min()}, {choices.max()}]")
     rows = np.arange(n)[None, :]
-    chosen_q = quality[rows, choices]
     chosen_c = cost[rows, choices]
+    if weights is not None:
+        weights = _check_weights(weights, quality.shape)
+        if not np.isfinite(chosen_c).all():
+            raise ValueError("a chosen model has no cost (NaN) for its prompt; impute costs before weighting")
+        chosen_w = weights[rows, choices]
+        chosen_q = np.where(chosen_w > 0, quality[rows, choices], 0.0) * chosen_w
+        if not np.isfinite(chosen_q).all():
+            raise ValueError("a chosen cell with a positive weight has no quality (NaN); give it weight 0")
+        return chosen_c.mean(axis=1), chosen_q.mean(axis=1)
+    chosen_q = quality[rows, choices]
     missing = ~(np.isfinite(chosen_q) & np.isfinite(chosen_c))
     if missing.any():
         per_knob = missing.sum(axis=1)
@@ -134,16 +190,31 @@ def choice_outcomes(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -
     return float(costs[0]), float(qualities[0])
 
 
-def single_model_points(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def single_model_points(
+    quality: np.ndarray, cost: np.ndarray, *, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (mean cost in USD, mean quality), each (n_models,), of always calling each model.
 
-    Means are over the prompts with complete rows only (every model has an outcome), so the models are
-    compared on the same prompts; prompts with any NaN are ignored. Raises ValueError if none is complete.
+    Without ``weights`` the means are over the prompts with complete rows only (every model has an
+    outcome), so the models are compared on the same prompts; prompts with any NaN are ignored.
+    Raises ValueError if none is complete. With ``weights`` (logged traffic, see
+    :func:`exposure_weights`) a model's quality is the weighted mean of its cells of positive weight
+    (self-normalised, so with ``exposure_weights`` it is the mean over the prompts where the model
+    was observed) and its cost the plain mean over every prompt (costs must be complete).
 
     >>> single_model_points(np.array([[0.0, 1.0], [1.0, np.nan]]), np.array([[1.0, 3.0], [1.0, 3.0]]))
     (array([1., 3.]), array([0., 1.]))
     """
     quality, cost = _outcome_matrices(quality, cost)
+    if weights is not None:
+        weights = _check_weights(weights, quality.shape)
+        if not np.isfinite(cost).all():
+            raise ValueError("cost must be known for every cell when weighting; impute it first")
+        total = weights.sum(axis=0)
+        if (total <= 0).any():
+            raise ValueError(f"model index {int(np.argmax(total <= 0))} has no cell of positive weight")
+        weighted = np.where(weights > 0, quality, 0.0) * weights
+        return cost.mean(axis=0), weighted.sum(axis=0) / total
     keep = complete_rows(quality, cost)
     if not keep.any():
         raise ValueError(f"none of the {quality.shape[0]} prompts has an outcome for every model")
@@ -257,6 +328,47 @@ def savings_at_iso_quality(
         x0, x1, y0, y1 = hull_costs[i - 1], hull_costs[i], hull_qualities[i - 1], hull_qualities[i]
         needed = x0 + (reference_quality - y0) * (x1 - x0) / (y1 - y0)
     return float(needed / reference_cost)
+
+
+def curve_summary(
+    costs: np.ndarray, qualities: np.ndarray, *, single_costs: np.ndarray, single_qualities: np.ndarray
+) -> dict[str, float | None]:
+    """Return the cost-quality numbers of a curve against the single models of the same prompts.
+
+    ``aiq`` over the single models' cost range (None when they all cost the same), ``savings_at_iso_quality``
+    against the best single model (None when it is free or never reached), ``best_quality`` and
+    ``max_mean_cost`` (USD). Every router and baseline of one report is summarised by this function.
+
+    >>> curve_summary(np.array([1.0, 2.0]), np.array([0.5, 0.9]), single_costs=np.array([1.0, 4.0]),
+    ...               single_qualities=np.array([0.5, 0.9]))["savings_at_iso_quality"]
+    0.5
+    """
+    single_costs = np.asarray(single_costs, dtype=float)
+    single_qualities = np.asarray(single_qualities, dtype=float)
+    best = int(np.argmax(single_qualities))
+    cost_range = (float(single_costs.min()), float(single_costs.max()))
+    return {
+        "aiq": float(aiq(costs, qualities, cost_range=cost_range)) if cost_range[1] > cost_range[0] else None,
+        "savings_at_iso_quality": savings_at_iso_quality(
+            costs, qualities, reference_cost=float(single_costs[best]),
+            reference_quality=float(single_qualities[best])) if single_costs[best] > 0 else None,
+        "best_quality": float(best_quality(qualities)),
+        "max_mean_cost": float(np.max(costs)),
+    }
+
+
+def weak_and_strong(mean_quality: np.ndarray) -> tuple[int, int]:
+    """Return (weak, strong) model indices of two-model data: the strong one has the higher mean quality
+    (the first on a tie), as RouteLLM names them.
+
+    >>> weak_and_strong(np.array([0.8, 0.6]))
+    (1, 0)
+    """
+    mean_quality = np.asarray(mean_quality, dtype=float)
+    if mean_quality.shape != (2,):
+        raise ValueError(f"weak and strong models are defined for two models, got {mean_quality.shape[0]}")
+    strong = int(np.argmax(mean_quality))
+    return 1 - strong, strong
 
 
 def bootstrap_ci(

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CostModel", "choose", "estimate_input_tokens", "knob_grid"]
+
+def wtp_to_json(willingness_to_pay: float) -> float | None:
+    """A knob value as JSON stores it: ``inf`` (always the best predicted model) becomes ``null``."""
+    return None if np.isinf(willingness_to_pay) else float(willingness_to_pay)
+
+
+def wtp_from_json(value: float | None) -> float:
+    """The inverse of :func:`wtp_to_json`: ``null`` is ``inf``."""
+    return float("inf") if value is None else float(value)
+
+__all__ = ["CostModel", "choose", "estimate_input_tokens", "knob_grid", "wtp_from_json", "wtp_to_json"]
 
 
 def estimate_input_tokens(texts: Sequence[str]) -> np.ndarray:
@@ -32,12 +42,15 @@ class CostModel:
 
     ``cost[i, m] = fixed_usd[m] + input_tokens[i] * per_input_token_usd[m]``. Built from a price
     catalog and the expected output tokens per model (:meth:`from_prices`), or from the mean
-    logged cost per model when no catalog is given.
+    logged cost per model when no catalog is given. ``knob_grid`` is the willingness-to-pay grid
+    (USD per unit of quality, :func:`knob_grid`) the router was scored on when it was trained, saved
+    with it so that every later evaluation sweeps the same knob values (empty when unknown).
     """
 
     models: tuple[str, ...]
     fixed_usd: tuple[float, ...]
     per_input_token_usd: tuple[float, ...]
+    knob_grid: tuple[float, ...] = ()
 
     @classmethod
     def from_prices(cls, prices, models: Sequence[str], expected_output_tokens: dict[str, float]) -> CostModel:
@@ -53,13 +66,17 @@ class CostModel:
         return np.asarray(self.fixed_usd)[None, :] + tokens * np.asarray(self.per_input_token_usd)[None, :]
 
     def to_dict(self) -> dict:
-        return {"models": list(self.models), "fixed_usd": list(self.fixed_usd),
-                "per_input_token_usd": list(self.per_input_token_usd)}
+        out = {"models": list(self.models), "fixed_usd": list(self.fixed_usd),
+               "per_input_token_usd": list(self.per_input_token_usd)}
+        if self.knob_grid:
+            out["knob_grid"] = [wtp_to_json(w) for w in self.knob_grid]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> CostModel:
         return cls(tuple(data["models"]), tuple(map(float, data["fixed_usd"])),
-                   tuple(map(float, data["per_input_token_usd"])))
+                   tuple(map(float, data["per_input_token_usd"])),
+                   tuple(wtp_from_json(w) for w in data.get("knob_grid") or ()))
 
 
 def choose(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Reproduce the README's results tables: each protocol x router variant x seed, then mean and spread.
 
-Protocols (data read by path from ../shared/data, never copied):
+Protocols (:mod:`training.protocols`; data read by path from ../shared/data, never copied):
 - routellm: RouteLLM's MMLU responses minus its contaminated prompts, 1,500 training labels
   (train + validation), the other 12,537 prompts as test - RouteLLM's augmented-MMLU setting;
 - mmlu-pro: MMLU-Pro outcomes for 29 models, 70% train + validation / 30% test.
@@ -26,14 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+from router_ml.metrics import HEADLINE_KEYS as KEYS
+from training.protocols import protocols, shared_data_dir
+from training.sweep import parse_seeds
 
-PROTOCOLS = {
-    "routellm": {"data": SHARED / "routellm-mmlu" / "responses", "train_size": 1500,
-                 "exclude": SHARED / "routellm-mmlu" / "contaminated_prompts.jsonl"},
-    "mmlu-pro": {"data": SHARED / "mmlu-pro-29" / "mmlu_pro_29.parquet", "train_size": 0.7, "exclude": None},
-}
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = protocols()
 VARIANTS = {
     "mlp_static": ("mlp_static.toml", {}),
     "mlp_static_no_tradeoff": ("mlp_static.toml", {"loss.tradeoff_weight": 0.0}),
@@ -42,7 +40,6 @@ VARIANTS = {
     "mlp_minilm": ("mlp_minilm.toml", {}),
     "encoder": ("encoder.toml", {}),
 }
-KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
 LABELS = {
     "mlp_static": "**mlp_static**", "mlp_static_no_tradeoff": "mlp_static, no tradeoff term",
     "mlp_static_groups": "mlp_static + task groups", "mf": "mf (static)",
@@ -51,13 +48,6 @@ LABELS = {
 # RouteLLM paper, Table 2 ("augmented" routers: Chatbot Arena + ~1,500 golden MMLU labels): APGR, CPT(50%)
 ROUTELLM_PUBLISHED = (("random", 0.500, 50.07), ("SW ranking", 0.603, 35.40), ("MF", 0.597, 35.46),
                       ("BERT", 0.572, 41.30), ("causal LLM", 0.600, 35.49))
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def _stats(values: list[float | None]) -> dict[str, float | None]:
@@ -143,7 +133,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     missing = [p for p in PROTOCOLS.values() if not Path(p["data"]).exists()]
     if missing:
-        print(json.dumps({"error": f"routing data not found under {SHARED}"}))
+        print(json.dumps({"error": f"routing data not found under {shared_data_dir()}"}))
         return 1
     from training.config import load_config
     from training.pipeline import train_router
@@ -157,7 +147,7 @@ def main() -> int:
         for v_index, variant in enumerate(args.variants.split(",")):
             config_file, overrides = VARIANTS[variant]
             runs = []
-            for seed in _seeds(args.seeds):
+            for seed in parse_seeds(args.seeds):
                 config = load_config(ROOT / "training" / "configs" / config_file, {
                     **overrides, "data.seed": seed, "data.train_size": spec["train_size"],
                     "eval.n_boot": args.n_boot, "tracking.experiment": "reproduce",

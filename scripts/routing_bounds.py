@@ -21,21 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from router_ml.policy import estimate_input_tokens
+from training.config import load_config
+from training.evaluation import HeldOut, score_predictions, scoreable_rows
+from training.pipeline import group_labels, prepare
+from training.protocols import protocols
+from training.routers.neural import group_quality, overall_quality
+from training.sweep import parse_seeds
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from router_ml.policy import estimate_input_tokens, knob_grid  # noqa: E402
-from scripts.reproduce_results import PROTOCOLS, _seeds  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.evaluation import evaluate_scores  # noqa: E402
-from training.pipeline import _scoreable, group_labels, prepare  # noqa: E402
-from training.routers.neural import group_quality, overall_quality  # noqa: E402
-
+PROTOCOLS = protocols()
 KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50")
 
 
@@ -55,16 +54,16 @@ def bounds_for_seed(protocol: str, field: str, seed: int, smoothing: float) -> d
     prep = prepare(config, spec["data"], **options)
     table, split = prep.table, prep.split
     groups = group_labels(table, field)
-    scored = _scoreable(table.quality, split.test)
+    scored = scoreable_rows(table.quality, split.test)
     cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
-    wtps = knob_grid(np.nanmean(prep.cost[split.train], axis=0), config.eval.knob_points)
+    held = HeldOut(quality=table.quality[scored], cost=prep.cost[scored], cost_est=cost_est,
+                   wtps=np.asarray(prep.cost_model.knob_grid), models=table.models, two_model=prep.two_model,
+                   n_boot=0, seed=seed)
     out = {}
     train_rows = np.concatenate([split.train, split.val])
     for name, rows in (("group_means_train", train_rows), ("group_means_test", scored)):
         means = group_means(table.quality, groups, rows, smoothing)
-        pred = np.stack([means.get(g, means["__overall__"]) for g in groups[scored]])
-        report = evaluate_scores(pred, cost_est, table.quality[scored], prep.cost[scored], wtps=wtps, n_boot=0,
-                                 seed=seed, two_model=prep.two_model)
+        report = score_predictions(np.stack([means.get(g, means["__overall__"]) for g in groups[scored]]), held)
         out[name] = {k: report[k] for k in KEYS if isinstance(report.get(k), int | float)}
     out["groups"] = {"count": int(len(np.unique(groups[train_rows])))}
     return out
@@ -86,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fields = args.group or (["task", "metadata.src"] if protocol == "mmlu-pro" else ["task"])
         for field in fields:
-            runs = [bounds_for_seed(protocol, field, seed, args.smoothing) for seed in _seeds(args.seeds)]
-            summary: dict[str, dict] = {"groups": runs[0]["groups"]["count"], "seeds": _seeds(args.seeds)}
+            runs = [bounds_for_seed(protocol, field, seed, args.smoothing) for seed in parse_seeds(args.seeds)]
+            summary: dict[str, dict] = {"groups": runs[0]["groups"]["count"], "seeds": parse_seeds(args.seeds)}
             for name in ("group_means_train", "group_means_test"):
                 keys = [k for k in KEYS if all(k in run[name] for run in runs)]
                 summary[name] = {k: round(statistics.mean(run[name][k] for run in runs), 4) for k in keys}

@@ -46,7 +46,9 @@ def test_all_is_sorted_and_matches_public_names():
     assert metrics.__all__ == sorted(metrics.__all__)
     public = {n for n, v in vars(metrics).items() if callable(v) and not n.startswith("_")}
     public -= {"Callable", "annotations"}
-    assert public == set(metrics.__all__)
+    constants = {n for n in vars(metrics) if n.isupper() and not n.startswith("_")}
+    assert public | constants == set(metrics.__all__)
+    assert metrics.HEADLINE_KEYS == metrics.CURVE_KEYS + metrics.TWO_MODEL_KEYS
 
 
 # --- outcomes of choices ---------------------------------------------------------------------------------
@@ -392,3 +394,59 @@ def test_bootstrap_ci_skips_undefined_resamples():
         bootstrap_ci(lambda idx: None, 10, n_boot=50)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci(lambda idx: 1.0, 10, alpha=1.0)
+
+
+# --- per-cell weights: logged traffic through the same functions --------------------------------------
+
+
+def test_exposure_weights_are_inverse_observed_shares_and_zero_where_unobserved():
+    quality = np.array([[1.0, np.nan], [0.0, 1.0], [1.0, np.nan], [0.0, 0.0]])
+    w = metrics.exposure_weights(quality)
+    np.testing.assert_allclose(w, [[1.0, 0.0], [1.0, 2.0], [1.0, 0.0], [1.0, 2.0]])
+    assert (metrics.exposure_weights(QUALITY) == 1.0).all()  # every cell observed: the plain mean
+
+
+def test_weighted_curve_equals_the_plain_curve_with_unit_weights_and_ignores_unobserved_cells():
+    choices = np.array([[0, 1, 2, 0], [2, 2, 1, 1]])
+    plain = metrics.curve_from_choices(QUALITY, COST, choices)
+    weighted = metrics.curve_from_choices(QUALITY, COST, choices, weights=np.ones_like(QUALITY))
+    np.testing.assert_array_equal(plain[0], weighted[0])
+    np.testing.assert_array_equal(plain[1], weighted[1])
+    holes = QUALITY.copy()
+    holes[1, 1] = np.nan
+    w = metrics.exposure_weights(holes)
+    costs, qualities = metrics.curve_from_choices(holes, COST, choices, weights=w)
+    # the unobserved chosen cell (1, 1) counts 0; observed cells of model 1 count 4/3 (3 of 4 prompts observed it)
+    chosen = [[QUALITY[0, 0], 0.0, QUALITY[2, 2], QUALITY[3, 0]],
+              [QUALITY[0, 2], QUALITY[1, 2], QUALITY[2, 1] * 4 / 3, QUALITY[3, 1] * 4 / 3]]
+    np.testing.assert_allclose(qualities, np.mean(chosen, axis=1))
+    np.testing.assert_allclose(costs, plain[0])
+    with pytest.raises(ValueError, match="no quality"):
+        metrics.curve_from_choices(holes, COST, choices, weights=np.ones_like(QUALITY))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.curve_from_choices(QUALITY, COST, choices, weights=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=">= 0"):
+        metrics.curve_from_choices(QUALITY, COST, choices, weights=-np.ones_like(QUALITY))
+
+
+def test_weighted_single_points_average_each_model_over_the_prompts_that_observed_it():
+    holes = QUALITY.copy()
+    holes[1, 1] = np.nan
+    costs, qualities = metrics.single_model_points(holes, COST, weights=metrics.exposure_weights(holes))
+    np.testing.assert_allclose(costs, COST.mean(axis=0))
+    np.testing.assert_allclose(qualities, np.nanmean(holes, axis=0))
+    # unweighted: complete rows only
+    np.testing.assert_allclose(metrics.single_model_points(holes, COST)[1], QUALITY[[0, 2, 3]].mean(axis=0))
+
+
+def test_curve_summary_and_weak_and_strong():
+    out = metrics.curve_summary(np.array([1.0, 2.0]), np.array([0.5, 0.9]), single_costs=np.array([1.0, 4.0]),
+                                single_qualities=np.array([0.5, 0.9]))
+    assert out["best_quality"] == 0.9 and out["max_mean_cost"] == 2.0 and out["savings_at_iso_quality"] == 0.5
+    assert out["aiq"] == pytest.approx(metrics.aiq(np.array([1.0, 2.0]), np.array([0.5, 0.9]), cost_range=(1, 4)))
+    flat = metrics.curve_summary(np.array([1.0]), np.array([0.5]), single_costs=np.array([1.0, 1.0]),
+                                 single_qualities=np.array([0.5, 0.4]))
+    assert flat["aiq"] is None  # every single model costs the same: no cost range to average over
+    assert metrics.weak_and_strong(np.array([0.3, 0.7])) == (0, 1)
+    with pytest.raises(ValueError, match="two models"):
+        metrics.weak_and_strong(np.array([0.3, 0.7, 0.1]))

@@ -66,7 +66,8 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["run_id"])
-    assert run.data.params["router.kind"] == "mlp" and run.data.params["data.fingerprint"]
+    assert run.data.params["router.kind"] == "mlp" and run.data.params["data_fingerprint"] == summary["data_fingerprint"]
+    assert "data.fingerprint" not in run.data.params  # logged once, under the name filters use
     assert run.data.metrics["aiq"] == pytest.approx(test["aiq"])
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "router")}
@@ -298,3 +299,53 @@ def test_group_settings_that_cannot_work_are_refused(tmp_path, demo_subset, over
                          [*overrides, "train.epochs=1", "eval.n_boot=0", "tracking.enabled=false"])
     with pytest.raises(RouterMLError, match=message):
         train_router(config, demo_subset, out_dir=tmp_path / "r", progress=False)
+
+
+def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, trained):
+    """`evaluate` with artifacts: the fp32 artifact scores what the checkpoint scores; an int8 artifact is
+    scored through the runtime on the same prompts, costs and saved knob grid, its route changes counted."""
+    from router_ml.policy import CostModel
+    from training.evaluation import read_metrics_file
+    from training.export import export_router
+    from training.pipeline import evaluate_router, saved_knob_grid
+
+    table, _ = load_traffic(DEMO)
+    held_out = write_jsonl(table.records[800:1400], tmp_path / "held_out.jsonl")
+    int8 = tmp_path / "int8"
+    export_router(trained.checkpoint, int8, quantize="int8")
+    result = evaluate_router(trained.checkpoint, held_out, n_boot=0, progress=False,
+                             artifacts=[trained.artifact, int8])
+    # the knob grid comes from the checkpoint's cost model and is the one its training curve swept
+    grid = saved_knob_grid(trained.checkpoint)
+    assert len(grid) > 3 and np.isinf(grid[-1])
+    assert CostModel.from_dict(json.loads((trained.checkpoint / "cost_model.json").read_text())).knob_grid
+    curve = read_metrics_file(trained.checkpoint / "metrics.json")["curve"]["willingness_to_pay"]
+    assert [None if np.isinf(w) else w for w in grid] == curve
+    fp32, q8 = result["artifacts"]
+    assert fp32["quantization"] is None and q8["quantization"] == "int8"
+    assert fp32["max_abs_diff"] < 1e-4 and fp32["changed_routes"] == 0.0
+    for key in ("aiq", "best_quality"):
+        assert fp32["test"][key] == pytest.approx(result["test"][key], abs=1e-9)
+    assert 0 < q8["max_abs_diff"] and q8["changed_routes"] <= 0.05
+    assert q8["test"]["aiq"] == pytest.approx(result["test"]["aiq"], abs=0.02)
+    other = tmp_path / "other.jsonl"
+    write_jsonl([r for r in table.records[800:900]], other)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(Exception, match="manifest"):
+        evaluate_router(trained.checkpoint, other, n_boot=0, progress=False, artifacts=[broken])
+
+
+def test_metrics_files_carry_a_version_that_readers_check(tmp_path, trained):
+    from router_ml.errors import RouterMLError
+    from training.evaluation import METRICS_FORMAT, read_metrics_file
+
+    data = json.loads((trained.checkpoint / "metrics.json").read_text())
+    assert data["format"] == METRICS_FORMAT and data["format_version"] == 1
+    newer = tmp_path / "metrics.json"
+    newer.write_text(json.dumps({**data, "format_version": 99}))
+    with pytest.raises(RouterMLError, match="version 99.*upgrade router-ml"):
+        read_metrics_file(newer)
+    legacy = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    newer.write_text(json.dumps(legacy))
+    assert read_metrics_file(newer)["test"] == data["test"]  # written before versions existed: version 1

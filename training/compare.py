@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from router_ml.errors import RouterMLError
+from training.evaluation import read_metrics_file
 
 __all__ = ["COLUMNS", "LOWER_IS_BETTER", "compare_runs", "format_table"]
 
@@ -33,7 +34,7 @@ COLUMNS = (
 )
 LOWER_IS_BETTER = {"cpt_50", "savings_at_iso_quality", "latency_p50_us", "fit_seconds"}
 # what must agree for two runs to have been tested on the same prompts
-_SAME_DATA = ("data.fingerprint",)
+_SAME_DATA = ("data_fingerprint",)
 _SAME_SPLIT = ("data.seed", "data.train_size", "data.val_size", "split.train", "split.val", "split.test")
 
 
@@ -91,7 +92,7 @@ def _download_metrics(client, run_id: str) -> dict[str, Any] | None:
             path = client.download_artifacts(run_id, "router/metrics.json", tmp)
         except Exception:  # a run logged without its router directory has no curve to draw
             return None
-        return json.loads(Path(path).read_text())
+        return read_metrics_file(path)
 
 
 def _key(run, names: Sequence[str]) -> tuple:
@@ -131,7 +132,7 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
         m, p, t = run.data.metrics, run.data.params, run.data.tags
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "experiment_id": run.info.experiment_id,
                "router": t.get("router"), "featurizer": t.get("featurizer"),
-               "data_fingerprint": p.get("data.fingerprint"), "seed": p.get("data.seed"),
+               "data_fingerprint": p.get("data_fingerprint"), "seed": p.get("data.seed"),
                "test_records": p.get("split.test")}
         row.update({col: m.get(metric) for col, metric in COLUMNS})
         rows.append(row)

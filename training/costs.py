@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from router_ml import metrics
 from router_ml.errors import DataError
 from router_ml.policy import CostModel, estimate_input_tokens
 from router_ml.pricing import PriceCatalog
@@ -48,8 +49,7 @@ def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCat
             model = CostModel.from_prices(prices, table.models, _mean_output_tokens(table, train_rows))
             return model.estimate(tokens)
         if len(table.models) == 2:
-            means = np.nanmean(quality[train_rows], axis=0)
-            strong = int(np.argmax(means))
+            _, strong = metrics.weak_and_strong(np.nanmean(quality[train_rows], axis=0))
             cost = np.zeros_like(quality)
             cost[:, strong] = 1.0
             return cost

@@ -1,10 +1,14 @@
-"""Scoring routers on a held-out split, next to the baselines every report shows.
+"""Scoring routers on held-out prompts, next to the baselines every report shows.
 
-A router's predicted quality and the runtime's cost estimate go through the policy
-(:func:`router_ml.policy.choose`) at every willingness-to-pay value of the knob grid; the
-chosen models' *observed* quality and cost on the test prompts give its cost-quality curve, from
-which :mod:`router_ml.metrics` computes AIQ, savings at iso-quality, best quality and - for two
-models - RouteLLM's APGR and CPT. Baselines:
+One path scores everything - a freshly trained router, a saved checkpoint on new data, an exported
+(fp32 or int8) artifact, the routing-bounds script's oracles: a router's predicted quality and the
+runtime's cost estimate go through the policy (:func:`router_ml.policy.choose`) at every
+willingness-to-pay value of the knob grid saved with the router; the chosen models' *observed*
+quality and cost on the held-out prompts give its cost-quality curve, from which
+:mod:`router_ml.metrics` (the one implementation of curves and single-model points) computes AIQ,
+savings at iso-quality, best quality and - for two models - RouteLLM's APGR and CPT.
+
+Baselines are looked up by name in :data:`BASELINES`:
 
 - ``best-single``: each model alone, and the non-decreasing convex hull of those points
   (RouterBench's "zero router": mixing single models at random);
@@ -13,73 +17,94 @@ models - RouteLLM's APGR and CPT. Baselines:
   router for two models);
 - ``oracle``: the policy applied to the true outcomes (at ``inf`` it picks the cheapest model
   reaching the best available quality): an upper bound, not a router;
-- ``knn``, ``logreg``: trained on the same embeddings, scored like the router.
+- ``knn``, ``logreg``: trained on the same embeddings as the router, scored like it (these need
+  the training split, so only training computes them).
 
-**Logged traffic** (test records with outcomes for only some models) is scored with inverse
-propensity weighting: a chosen model's observed quality counts ``1 / p_m`` times, where ``p_m`` is
-the share of test records that observed model ``m``, and a choice whose outcome was not observed
-counts 0. This is unbiased when which models were observed does not depend on the prompt (random
-exploration, like the uniformly masked copies in the tests); with every outcome observed it is the
-plain mean. The oracle needs every outcome and is left out then. Costs of unobserved cells are the
-imputed ones (:mod:`training.costs`).
+**Logged traffic** (test records with outcomes for only some models) is scored with the per-cell
+weights of :func:`router_ml.metrics.exposure_weights`: a chosen model's observed quality counts
+``1 / p_m`` times, where ``p_m`` is the share of test records that observed model ``m``, and a
+choice whose outcome was not observed counts 0. This is unbiased when which models were observed
+does not depend on the prompt (random exploration, like the uniformly masked copies in the tests);
+with every outcome observed it is the plain mean. The oracle needs every outcome and is left out
+then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from router_ml import metrics
-from router_ml.policy import choose
+from router_ml.errors import RouterMLError
+from router_ml.policy import choose, wtp_to_json
 
 __all__ = [
-    "curve_metrics", "evaluate_scores", "ips_weights", "oracle_baseline", "random_baseline", "single_model_baseline",
+    "BASELINES",
+    "METRICS_FORMAT",
+    "Baseline",
+    "HeldOut",
+    "evaluate_held_out",
+    "read_metrics_file",
+    "score_choices",
+    "score_predictions",
+    "scoreable_rows",
+    "summary",
+    "write_metrics_file",
 ]
 
-
-def ips_weights(quality: np.ndarray) -> np.ndarray:
-    """``(n, m)`` weights ``1 / p_m`` for observed cells, 0 for unobserved ones (module doc)."""
-    observed = ~np.isnan(quality)
-    share = observed.mean(axis=0)
-    with np.errstate(divide="ignore"):
-        return np.where(observed, 1.0 / np.where(share > 0, share, np.inf), 0.0)
+#: ``metrics.json`` in a router directory: the held-out report, its curves and the single models.
+METRICS_FORMAT = "router-ml-metrics"
+METRICS_VERSION = 1
 
 
-def _curve(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, idx: np.ndarray | None = None):
-    rows = np.arange(quality.shape[0])
-    weights = ips_weights(quality) if np.isnan(quality).any() else None
-    q = np.nan_to_num(quality)[rows[None, :], choices]                   # (k, n)
-    if weights is not None:
-        q = q * weights[rows[None, :], choices]
-    c = cost[rows[None, :], choices]
-    if idx is not None:
-        q, c = q[:, idx], c[:, idx]
-    return c.mean(axis=1), q.mean(axis=1)
+@dataclass(frozen=True)
+class HeldOut:
+    """The prompts a router is scored on, with everything the scoring needs besides the router.
+
+    ``quality`` (n, m) is the observed quality (NaN where not observed), ``cost`` (n, m) the
+    observed or imputed cost in USD, ``cost_est`` (n, m) the runtime's cost estimate the policy sees,
+    ``wtps`` the knob grid (USD per unit of quality) saved with the router. ``two_model`` is
+    (weak, strong) on two-model data. The trained baselines (``knn``, ``logreg``) need
+    ``features`` (n, d) and the training split's ``train_features`` / ``train_quality``.
+    """
+
+    quality: np.ndarray
+    cost: np.ndarray
+    cost_est: np.ndarray
+    wtps: np.ndarray
+    models: tuple[str, ...]
+    two_model: tuple[int, int] | None = None
+    n_boot: int = 200
+    seed: int = 0
+    features: np.ndarray | None = None
+    train_features: np.ndarray | None = None
+    train_quality: np.ndarray | None = None
+
+    @property
+    def logged(self) -> bool:
+        """True when some outcome is missing: scored with exposure weights (module doc)."""
+        return bool(np.isnan(self.quality).any())
+
+    def weights(self) -> np.ndarray | None:
+        return metrics.exposure_weights(self.quality) if self.logged else None
 
 
-def _single_points(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean cost and (observed) mean quality of always choosing each model."""
-    return cost.mean(axis=0), np.nanmean(quality, axis=0)
+def scoreable_rows(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` to score: those with every outcome when they are at least half of the rows
+    with any outcome (exact evaluation, the usual offline-evaluation case); otherwise - logged
+    traffic - every row with an outcome, scored with exposure weights (module doc)."""
+    observed = ~np.isnan(quality[rows])
+    complete = rows[observed.all(axis=1)]
+    anything = rows[observed.any(axis=1)]
+    return complete if len(complete) >= 0.5 * len(anything) and len(complete) else anything
 
 
-def curve_metrics(costs: np.ndarray, qualities: np.ndarray, single_costs: np.ndarray,
-                  single_qualities: np.ndarray) -> dict[str, float | None]:
-    """AIQ over the single models' cost range, savings at the best single model's quality, best quality."""
-    best = int(np.argmax(single_qualities))
-    cost_range = (float(single_costs.min()), float(single_costs.max()))
-    out: dict[str, float | None] = {
-        "aiq": float(metrics.aiq(costs, qualities, cost_range=cost_range)) if cost_range[1] > cost_range[0] else None,
-        "savings_at_iso_quality": metrics.savings_at_iso_quality(
-            costs, qualities, reference_cost=float(single_costs[best]),
-            reference_quality=float(single_qualities[best])) if single_costs[best] > 0 else None,
-        "best_quality": float(metrics.best_quality(qualities)),
-        "max_mean_cost": float(np.max(costs)),
-    }
-    return out
-
-
-def _ci(statistic, n: int, n_boot: int, seed: int) -> list[float | None]:
+def _ci(statistic: Callable[[np.ndarray], float | None], n: int, n_boot: int, seed: int) -> list[float | None]:
     """Bootstrap interval; a resample where the statistic is undefined counts as NaN (skipped)."""
     def safe(idx):
         try:
@@ -95,89 +120,181 @@ def _ci(statistic, n: int, n_boot: int, seed: int) -> list[float | None]:
     return [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
 
 
-def _with_ci(quality, cost, choices, n_boot, seed, key_fn) -> dict[str, list[float | None]]:
-    n = quality.shape[0]
-
-    def stat(name):
-        def fn(idx):
-            c, q = _curve(quality, cost, choices, idx)
-            sc, sq = _single_points(quality[idx], cost[idx])
-            return key_fn(c, q, sq, sc)[name]
-        return fn
-
-    return {name: _ci(stat(name), n, n_boot, seed) for name in ("aiq", "savings_at_iso_quality", "best_quality")}
+def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray,
+                   weights: np.ndarray | None) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
+    c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights)
+    sc, sq = metrics.single_model_points(quality, cost, weights=weights)
+    return metrics.curve_summary(c, q, single_costs=sc, single_qualities=sq), c, q
 
 
-def evaluate_scores(pred_quality: np.ndarray, cost_est: np.ndarray, quality: np.ndarray, cost: np.ndarray, *,
-                    wtps: np.ndarray, n_boot: int = 200, seed: int = 0,
-                    two_model: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Metrics of a router (predicted quality + cost estimate) on complete test rows."""
-    choices = np.stack([choose(pred_quality, cost_est, w) for w in wtps])
-    return _choices_report(choices, quality, cost, wtps=wtps, n_boot=n_boot, seed=seed,
-                           scores=None if two_model is None else
-                           (pred_quality[:, two_model[1]] - pred_quality[:, two_model[0]]),
-                           two_model=two_model)
-
-
-def _choices_report(choices, quality, cost, *, wtps, n_boot, seed, scores=None, two_model=None):
-    sc, sq = _single_points(quality, cost)
-    c, q = _curve(quality, cost, choices)
-    report: dict[str, Any] = curve_metrics(c, q, sc, sq)
+def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boot: int | None = None,
+                  scores: np.ndarray | None = None) -> dict[str, Any]:
+    """The report of a router given as its choices ``(k, n)`` at ``k`` knob values ``wtps``: curve
+    metrics (with bootstrap intervals over prompts), RouteLLM's metrics from ``scores`` (n,) on
+    two-model data with every outcome, the estimator, and the curve itself."""
+    n_boot = held.n_boot if n_boot is None else n_boot
+    quality, cost = held.quality, held.cost
+    weights = held.weights()
+    report: dict[str, Any]
+    report, c, q = _curve_summary(quality, cost, choices, weights)
     if n_boot:
-        report["ci95"] = _with_ci(quality, cost, choices, n_boot, seed,
-                                  lambda c, q, sq, sc: curve_metrics(c, q, sc, sq))
-    report["estimator"] = "ips" if np.isnan(quality).any() else "exact"
-    if scores is not None and two_model is not None and not np.isnan(quality).any():
-        weak, strong = two_model
+        def stat(name):
+            def fn(idx):
+                w = None if weights is None else weights[idx]
+                return _curve_summary(quality[idx], cost[idx], choices[:, idx], w)[0][name]
+            return fn
+
+        report["ci95"] = {name: _ci(stat(name), quality.shape[0], n_boot, held.seed) for name in metrics.CURVE_KEYS}
+    report["estimator"] = "ips" if held.logged else "exact"
+    if scores is not None and held.two_model is not None and not held.logged:
+        weak, strong = held.two_model
         report.update(metrics.routellm_metrics(scores, quality[:, weak], quality[:, strong]))
         if n_boot:
-            for key in ("apgr", "cpt_50", "cpt_80"):
+            for key in metrics.TWO_MODEL_KEYS:
                 report["ci95"][key] = _ci(
                     lambda idx, key=key: metrics.routellm_metrics(scores[idx], quality[idx, weak],
                                                                   quality[idx, strong])[key],
-                    len(scores), n_boot, seed)
-    report["curve"] = {"willingness_to_pay": [None if np.isinf(w) else float(w) for w in wtps],
-                       "cost": c.tolist(), "quality": q.tolist()}
+                    len(scores), n_boot, held.seed)
+    report["curve"] = {"willingness_to_pay": [wtp_to_json(w) for w in wtps], "cost": c.tolist(), "quality": q.tolist()}
     return report
 
 
-def single_model_baseline(quality: np.ndarray, cost: np.ndarray, models: tuple[str, ...]) -> dict[str, Any]:
+def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:
+    if held.two_model is None:
+        return None
+    weak, strong = held.two_model
+    return pred[:, strong] - pred[:, weak]
+
+
+def score_predictions(pred: np.ndarray, held: HeldOut, *, n_boot: int | None = None) -> dict[str, Any]:
+    """The report of a router given as its predicted quality ``pred`` (n, m): the policy turns it and
+    ``held.cost_est`` into a choice per knob value of ``held.wtps``; then :func:`score_choices`."""
+    choices = np.stack([choose(pred, held.cost_est, w) for w in held.wtps])
+    return score_choices(choices, held, wtps=held.wtps, n_boot=n_boot, scores=_two_model_scores(pred, held))
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+
+def _single_points(held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
+    return metrics.single_model_points(held.quality, held.cost, weights=held.weights())
+
+
+def _best_single(held: HeldOut) -> dict[str, Any]:
     """Each model alone, and the AIQ of their non-decreasing convex hull (the "zero router")."""
-    sc, sq = _single_points(quality, cost)
+    sc, sq = _single_points(held)
     best = int(np.argmax(sq))
-    report = curve_metrics(sc, sq, sc, sq)
-    report.update({"best_model": models[best], "best_model_cost": float(sc[best]),
+    report: dict[str, Any] = metrics.curve_summary(sc, sq, single_costs=sc, single_qualities=sq)
+    report.update({"best_model": held.models[best], "best_model_cost": float(sc[best]),
                    "best_model_quality": float(sq[best]),
-                   "models": {m: {"cost": float(sc[j]), "quality": float(sq[j])} for j, m in enumerate(models)}})
+                   "models": {m: {"cost": float(sc[j]), "quality": float(sq[j])} for j, m in enumerate(held.models)}})
     return report
 
 
-def random_baseline(quality: np.ndarray, cost: np.ndarray, *, points: int = 21, seed: int = 0, n_boot: int = 0,
-                    two_model: tuple[int, int] | None = None) -> dict[str, Any]:
+def _random(held: HeldOut, *, points: int = 21) -> dict[str, Any]:
     """Random routing between the cheapest and the best single model at shares 0..1 (seeded)."""
-    sc, sq = _single_points(quality, cost)
+    sc, sq = _single_points(held)
     cheap, best = int(np.argmin(sc)), int(np.argmax(sq))
-    rng = np.random.default_rng(seed)
-    draws = rng.random(quality.shape[0])
+    rng = np.random.default_rng(held.seed)
+    draws = rng.random(held.quality.shape[0])
     shares = np.linspace(0.0, 1.0, points)
     choices = np.where(draws[None, :] < shares[:, None], best, cheap)
-    scores = rng.random(quality.shape[0]) if two_model is not None else None
-    return _choices_report(choices, quality, cost, wtps=shares, n_boot=n_boot, seed=seed, scores=scores,
-                           two_model=two_model)
+    scores = rng.random(held.quality.shape[0]) if held.two_model is not None else None
+    return score_choices(choices, held, wtps=shares, scores=scores)
 
 
-def oracle_baseline(quality: np.ndarray, cost: np.ndarray, *, wtps: np.ndarray,
-                    two_model: tuple[int, int] | None = None) -> dict[str, Any]:
+def _oracle(held: HeldOut) -> dict[str, Any]:
     """The policy on the true outcomes: an upper bound on any router's curve (complete rows only)."""
-    if np.isnan(quality).any():
+    if held.logged:
         return {"aiq": None, "best_quality": None, "note": "needs every outcome; not available on logged traffic"}
-    choices = np.stack([choose(quality, cost, w) for w in wtps])
-    scores = None
-    if two_model is not None:
-        weak, strong = two_model
-        scores = quality[:, strong] - quality[:, weak]
-    report = _choices_report(choices, quality, cost, wtps=wtps, n_boot=0, seed=0, scores=scores, two_model=two_model)
+    quality, cost = held.quality, held.cost
+    choices = np.stack([choose(quality, cost, w) for w in held.wtps])
+    report = score_choices(choices, held, wtps=held.wtps, n_boot=0, scores=_two_model_scores(quality, held))
     top = choose(quality, cost, np.inf)
     rows = np.arange(len(top))
     report["oracle_point"] = {"cost": float(cost[rows, top].mean()), "quality": float(quality[rows, top].mean())}
     return report
+
+
+def _trained(kind: str) -> Callable[[HeldOut], dict[str, Any]]:
+    def baseline(held: HeldOut) -> dict[str, Any]:
+        from training.routers import ROUTERS
+
+        if held.features is None or held.train_features is None or held.train_quality is None:
+            raise RouterMLError(f"the '{kind}' baseline is trained on the training split's features; "
+                                "it is computed by 'router-ml train', not on saved routers")
+        model = ROUTERS[kind]().fit(held.train_features, held.train_quality)
+        return score_predictions(model.predict(held.features), held)
+
+    baseline.__doc__ = f"The '{kind}' router trained on the router's own features and training split."
+    return baseline
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline's scoring function and whether it is trained (needs the training split)."""
+
+    score: Callable[[HeldOut], dict[str, Any]]
+    trained: bool = False
+
+
+#: name -> baseline; ``eval.baselines`` in a config names entries of this registry.
+BASELINES: dict[str, Baseline] = {
+    "random": Baseline(_random),
+    "best-single": Baseline(_best_single),
+    "oracle": Baseline(_oracle),
+    "knn": Baseline(_trained("knn"), trained=True),
+    "logreg": Baseline(_trained("logreg"), trained=True),
+}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A report without its curve and per-model table: what ``test`` and ``baselines.*`` show."""
+    return {k: v for k, v in report.items() if k not in ("curve", "models")}
+
+
+def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[str]) -> dict[str, Any]:
+    """Score a router's predictions ``pred`` (n, m) on ``held`` next to the named baselines.
+
+    Returns ``test`` (the router's summary with ``baselines``), the router's and the baselines'
+    curves, and the single models' points (``singles``) for plots.
+    """
+    unknown = [name for name in baselines if name not in BASELINES]
+    if unknown:
+        raise RouterMLError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    report = score_predictions(pred, held)
+    singles = _best_single(held)
+    out: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    for name in baselines:
+        base = singles if name == "best-single" else BASELINES[name].score(held)
+        out[name] = summary(base)
+        if "curve" in base:
+            curves[name] = base["curve"]
+    return {"test": {**summary(report), "baselines": out}, "router_curve": report["curve"],
+            "baseline_curves": curves, "singles": singles["models"]}
+
+
+def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:
+    """Write ``metrics.json`` (versioned) from :func:`evaluate_held_out`'s result."""
+    payload = {"format": METRICS_FORMAT, "format_version": METRICS_VERSION, "test": result["test"],
+               "curve": result["router_curve"], "baseline_curves": result["baseline_curves"],
+               "singles": result["singles"]}
+    Path(path).write_text(json.dumps(payload, indent=1))
+
+
+def read_metrics_file(path: str | Path) -> dict[str, Any]:
+    """Read a router directory's ``metrics.json``, checking its format version (files written before
+    versions existed are read as version 1)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RouterMLError(f"{path}: unreadable metrics file ({exc})") from exc
+    if not isinstance(data, dict) or "test" not in data:
+        raise RouterMLError(f"{path}: not a router-ml metrics file (no 'test' report)")
+    version = data.get("format_version", 1)
+    if data.get("format", METRICS_FORMAT) != METRICS_FORMAT or version != METRICS_VERSION:
+        raise RouterMLError(f"{path}: metrics format {data.get('format')!r} version {version!r}; this router-ml "
+                            f"reads {METRICS_FORMAT} version {METRICS_VERSION} - upgrade router-ml or retrain")
+    return data

@@ -8,24 +8,34 @@ the split's identity and the test metrics - enough to evaluate the router again 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from router_ml import metrics
 from router_ml.errors import DataError, RouterMLError
-from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
+from router_ml.policy import CostModel, estimate_input_tokens, knob_grid, wtp_from_json
 from router_ml.pricing import PriceCatalog
 from training.config import TrainConfig
 from training.costs import fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
-from training.evaluation import evaluate_scores, oracle_baseline, random_baseline, single_model_baseline
-from training.routers import ROUTERS, EncoderRouter, KNNRouter, LogRegRouter, TorchRouter
+from training.evaluation import (
+    BASELINES,
+    HeldOut,
+    evaluate_held_out,
+    read_metrics_file,
+    scoreable_rows,
+    write_metrics_file,
+)
+from training.routers import ROUTERS, TorchRouter
 from training.routers.neural import check_groups
 from training.trainer import Batchable, distributed_context
 
@@ -58,9 +68,7 @@ def _prompt_hash(text: str) -> str:
 def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
     if len(table.models) != 2:
         return None
-    means = np.nanmean(table.quality[rows], axis=0)
-    strong = int(np.argmax(means))
-    return 1 - strong, strong
+    return metrics.weak_and_strong(np.nanmean(table.quality[rows], axis=0))
 
 
 def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | PriceCatalog | None = None,
@@ -73,6 +81,9 @@ def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | Price
         raise DataError(f"the split left an empty part ({split.sizes()}); change --train-size")
     cost = observed_costs(table, split.train, catalog)
     cost_model = fit_cost_model(table, cost, split.train, catalog)
+    # the knob values every evaluation of this router sweeps, saved with its cost model
+    grid = knob_grid(np.nanmean(cost[split.train], axis=0), config.eval.knob_points)
+    cost_model = dataclasses.replace(cost_model, knob_grid=tuple(float(w) for w in grid))
     return Prepared(table, report, split, catalog, cost, cost_model, _two_model(table, split.train))
 
 
@@ -118,16 +129,6 @@ def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
     return low * 0.1, float(means.max()) * 100.0 if means.max() > 0 else 100.0
 
 
-def _score(pred: np.ndarray, cost_est: np.ndarray, quality: np.ndarray, cost: np.ndarray, config: TrainConfig,
-           two_model, wtps) -> dict[str, Any]:
-    return evaluate_scores(pred, cost_est, quality, cost, wtps=wtps, n_boot=config.eval.n_boot,
-                           seed=config.data.seed, two_model=two_model)
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k not in ("curve", "models")}
-
-
 def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                  prices: str | Path | PriceCatalog | None = None, cache_dir: str | Path | None = None,
                  progress: bool = True, tracking_uri: str | None = None, register: str | None = None,
@@ -138,8 +139,10 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     ``parent_run_id`` makes the MLflow run a child of that (active) run, as ``router-ml sweep`` does."""
     from training.tracking import Tracker
 
-    if config.router.kind not in ("mlp", "mf", "encoder"):
-        raise RouterMLError(f"unknown router kind '{config.router.kind}'; choose mlp, mf or encoder")
+    trainable = [name for name, cls in ROUTERS.items() if issubclass(cls, TorchRouter)]
+    if config.router.kind not in trainable:
+        raise RouterMLError(f"router.kind '{config.router.kind}' cannot be trained as a router here; "
+                            f"choose {', '.join(trainable)}")
     started = time.perf_counter()
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
@@ -153,18 +156,15 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                                              progress=progress and rank == 0)
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts))
     router_cls = ROUTERS[config.router.kind]
-    if router_cls is EncoderRouter:
-        router: TorchRouter = router_cls(config=config, n_models=len(table.models))
-        inputs = router.tokenize(table.texts)
-    else:
-        router = router_cls(config=config, n_models=len(table.models), input_dim=X.shape[1])
-        inputs = (X,)
+    router: TorchRouter = router_cls(config=config, n_models=len(table.models),
+                                     input_dim=None if router_cls.text_inputs else X.shape[1])
+    inputs = router.inputs(table.texts, X)
     out_dir = Path(out_dir)
     tracker = Tracker(experiment=config.tracking.experiment, enabled=config.tracking.enabled and rank == 0,
                       tracking_uri=tracking_uri, run_name=f"{config.router.kind}-{config.featurizer.name}",
                       parent_run_id=parent_run_id)
     with tracker:
-        tracker.log_params({**config.to_flat(), "data.fingerprint": fingerprint, "data_fingerprint": fingerprint,
+        tracker.log_params({**config.to_flat(), "data_fingerprint": fingerprint,
                             "data.source": str(data),
                             "data.records": len(table), **{f"split.{k}": v for k, v in split.sizes().items()},
                             "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
@@ -178,7 +178,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         fit_seconds = time.perf_counter() - fit_started
         if rank != 0:
             return {}
-        scored = _scoreable(table.quality, split.test)
+        scored = scoreable_rows(table.quality, split.test)
         result = _evaluate(config, router, inputs, X, prep, scored)
         out_dir.mkdir(parents=True, exist_ok=True)
         _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
@@ -226,16 +226,6 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     return summary
 
 
-def _scoreable(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The test rows to score: those with every outcome when they are at least half of the rows with
-    any outcome (exact evaluation, the usual offline-evaluation case); otherwise - logged traffic -
-    every row with an outcome, scored by inverse propensity weighting (training.evaluation)."""
-    observed = ~np.isnan(quality[rows])
-    complete = rows[observed.all(axis=1)]
-    anything = rows[observed.any(axis=1)]
-    return complete if len(complete) >= 0.5 * len(anything) and len(complete) else anything
-
-
 PARITY_PROMPTS = 1000
 
 
@@ -272,36 +262,16 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
         raise DataError("some model has no outcome in the test split, so choices of it cannot be scored; "
                         "use more test data (--train-size) or fully labelled data with 'router-ml evaluate'")
     cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
-    wtps = knob_grid(np.nanmean(prep.cost[prep.split.train], axis=0), config.eval.knob_points)
-    pred = router.predict(tuple(x[scored] for x in inputs))
-    report = _score(pred, cost_est, quality, cost, config, prep.two_model, wtps)
-    predictions = [{"sample_id": table[int(i)].sample_id, "row": int(i), "quality_hat": pred[k].round(6).tolist(),
-                    "cost_hat": cost_est[k].tolist()} for k, i in enumerate(scored)]
-    baselines: dict[str, Any] = {}
-    curves: dict[str, Any] = {}
-    singles = single_model_baseline(quality, cost, table.models)
     train_rows = np.concatenate([prep.split.train, prep.split.val])
-    for name in config.eval.baselines:
-        if name == "best-single":
-            baselines[name] = _summary(singles)
-        elif name == "random":
-            base = random_baseline(quality, cost, seed=config.data.seed, n_boot=config.eval.n_boot,
-                                   two_model=prep.two_model)
-            baselines[name], curves[name] = _summary(base), base["curve"]
-        elif name == "oracle":
-            base = oracle_baseline(quality, cost, wtps=wtps, two_model=prep.two_model)
-            baselines[name] = _summary(base)
-            if "curve" in base:
-                curves[name] = base["curve"]
-        elif name in ("knn", "logreg"):
-            model = (KNNRouter() if name == "knn" else LogRegRouter()).fit(X[train_rows], table.quality[train_rows])
-            base = _score(model.predict(X[scored]), cost_est, quality, cost, config, prep.two_model, wtps)
-            baselines[name], curves[name] = _summary(base), base["curve"]
-        else:
-            raise RouterMLError(f"unknown baseline '{name}'; choose from random, best-single, knn, logreg, oracle")
-    test = {**_summary(report), "baselines": baselines}
-    return {"test": test, "router_curve": report["curve"], "baseline_curves": curves, "singles": singles["models"],
-            "test_rows": scored, "predictions": predictions}
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost_est, wtps=np.asarray(prep.cost_model.knob_grid),
+                   models=table.models, two_model=prep.two_model, n_boot=config.eval.n_boot, seed=config.data.seed,
+                   features=X[scored], train_features=X[train_rows], train_quality=table.quality[train_rows])
+    pred = router.predict(tuple(x[scored] for x in inputs))
+    result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
+    result["predictions"] = [{"sample_id": table[int(i)].sample_id, "row": int(i),
+                              "quality_hat": pred[k].round(6).tolist(), "cost_hat": cost_est[k].tolist()}
+                             for k, i in enumerate(scored)]
+    return result
 
 
 def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer_identity, fingerprint,
@@ -320,12 +290,11 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
         "split.json": {"seed": config.data.seed, "sizes": split.sizes(), "data_fingerprint": fingerprint,
                        "test_sample_ids": [table[int(i)].sample_id for i in split.test],
                        "seen_prompt_hashes": seen},
-        "metrics.json": {"test": result["test"], "curve": result["router_curve"],
-                         "baseline_curves": result["baseline_curves"], "singles": result["singles"]},
     }
     for name, payload in files.items():
         if payload is not None:
             (out_dir / name).write_text(json.dumps(payload, indent=1))
+    write_metrics_file(out_dir / "metrics.json", result)
     (out_dir / "parity_prompts.json").write_text(json.dumps(parity_prompts(table, split.test, config.data.seed)))
     # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
     with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
@@ -333,21 +302,62 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
             f.write(json.dumps(row) + "\n")
 
 
-def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
-                    include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
-                    n_boot: int | None = None, **load_options: Any) -> dict[str, Any]:
-    """Score a saved router on ``data`` in the same JSON shape as training's ``test``.
-
-    Prompts the router was trained or validated on are dropped (and counted) unless
-    ``include_seen`` - so evaluation on any data set stays held out.
-    """
-    router_dir = Path(router_dir)
+def _checkpoint_manifest(router_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((router_dir / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise RouterMLError(f"{router_dir}: not a router directory (manifest.json unreadable: {exc})") from exc
     if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}")
+        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}; this router-ml "
+                            f"reads {CHECKPOINT_FORMAT} - upgrade router-ml or retrain")
+    return manifest
+
+
+def saved_knob_grid(router_dir: str | Path) -> np.ndarray:
+    """The willingness-to-pay grid a saved router was scored on in training (saved with its cost model;
+    routers saved before that have it only in their metrics' curve)."""
+    router_dir = Path(router_dir)
+    cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
+    if cost_model.knob_grid:
+        return np.asarray(cost_model.knob_grid)
+    curve = read_metrics_file(router_dir / "metrics.json")["curve"]
+    return np.array([wtp_from_json(w) for w in curve["willingness_to_pay"]])
+
+
+def _artifact_report(path: str | Path, texts: list[str], models: tuple[str, ...], held: HeldOut,
+                     reference: np.ndarray) -> dict[str, Any]:
+    """An exported artifact scored through the runtime on the same prompts, costs and knob grid as the
+    checkpoint's ``reference`` predictions, with the share of prompts routed differently at its knob."""
+    from router_ml import Router
+    from router_ml.policy import choose
+
+    artifact = Router.load(path)
+    absent = [m for m in models if m not in artifact.models]
+    if absent:
+        raise RouterMLError(f"{path}: the artifact has no output for {absent}; export it from this checkpoint")
+    pred = artifact.predict(texts)[:, [artifact.models.index(m) for m in models]]
+    result = evaluate_held_out(pred, held, baselines=())
+    knob = artifact.willingness_to_pay
+    changed = choose(pred, held.cost_est, knob) != choose(reference, held.cost_est, knob)
+    return {"artifact": str(path), "quantization": artifact.manifest.get("quantization"),
+            "max_abs_diff": float(np.max(np.abs(pred - reference))), "changed_routes": float(changed.mean()),
+            "willingness_to_pay": None if np.isinf(knob) else knob, "test": result["test"]}
+
+
+def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
+                    include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
+                    n_boot: int | None = None, artifacts: Sequence[str | Path] = (),
+                    **load_options: Any) -> dict[str, Any]:
+    """Score a saved router (a checkpoint written by ``train``) on ``data`` in the same JSON shape as
+    training's ``test``, on the knob grid it was trained with.
+
+    Prompts the router was trained or validated on are dropped (and counted) unless
+    ``include_seen`` - so evaluation on any data set stays held out. Each of ``artifacts`` (exported
+    ONNX directories of this checkpoint, fp32 or int8) is scored the same way through the torch-free
+    runtime and reported under ``artifacts`` beside the checkpoint's numbers.
+    """
+    router_dir = Path(router_dir)
+    manifest = _checkpoint_manifest(router_dir)
     config = TrainConfig.from_flat(json.loads((router_dir / "config.json").read_text()))
     if n_boot is not None:
         config = config.replace(**{"eval.n_boot": n_boot})
@@ -370,39 +380,36 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     quality = table.quality[:, cols]
     all_rows = np.arange(len(table))
     cost = observed_costs(TrafficTable(table.records, models=models), all_rows, catalog)
-    scored = _scoreable(quality, rows)
+    scored = scoreable_rows(quality, rows)
     if len(scored) == 0:
         raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
     router = TorchRouter.load(router_dir)
     texts = [table.texts[int(i)] for i in scored]
-    if isinstance(router, EncoderRouter):
-        inputs = router.tokenize(texts)
-    else:
+    X = None
+    if not router.text_inputs:
         X, identity = featurize_texts(config, texts, fingerprint=None, cache_dir=cache_dir, progress=progress)
         saved = json.loads((router_dir / "featurizer.json").read_text())
         if _portable(identity) != _portable(saved):
             raise RouterMLError(f"{router_dir}: the featurizer here differs from the one the router was trained "
                                 f"with ({identity} vs {saved})")
-        inputs = (X,)
     cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
-    cost_est = cost_model.estimate(estimate_input_tokens(texts))[:, keep_cols]
-    q, c = quality[scored], cost[scored]
-    saved_grid = json.loads((router_dir / "metrics.json").read_text())["curve"]["willingness_to_pay"]
-    wtps = np.array([np.inf if w is None else w for w in saved_grid])  # the grid the router was scored on
     if not missing:
         two_model = tuple(manifest["two_model"]) if manifest.get("two_model") else None
     else:  # a two-model subset of a larger router: weak/strong by mean quality on this data
         two_model = _two_model(TrafficTable(table.records, models=models), scored)
-    result = _score(router.predict(inputs)[:, keep_cols], cost_est, q, c, config, two_model, wtps)
-    baselines = {"best-single": _summary(single_model_baseline(q, c, models)),
-                 "random": _summary(random_baseline(q, c, seed=config.data.seed, two_model=two_model)),
-                 "oracle": _summary(oracle_baseline(q, c, wtps=wtps, two_model=two_model))}
-    return {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
-            "dropped_seen": int((~keep).sum()), "rejected": report.rejected, "models_used": list(models),
-            "models_missing": missing, "test": {**_summary(result), "baselines": baselines}}
-
-
-MACRO_KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+    held = HeldOut(quality=quality[scored], cost=cost[scored],
+                   cost_est=cost_model.estimate(estimate_input_tokens(texts))[:, keep_cols],
+                   wtps=saved_knob_grid(router_dir), models=models, two_model=two_model,
+                   n_boot=config.eval.n_boot, seed=config.data.seed)
+    pred = router.predict(router.inputs(texts, X))[:, keep_cols]
+    untrained = [name for name, baseline in BASELINES.items() if not baseline.trained]
+    result = evaluate_held_out(pred, held, baselines=untrained)
+    out = {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
+           "dropped_seen": int((~keep).sum()), "rejected": report.rejected, "models_used": list(models),
+           "models_missing": missing, "test": result["test"]}
+    if artifacts:
+        out["artifacts"] = [_artifact_report(path, texts, models, held, pred) for path in artifacts]
+    return out
 
 
 def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -410,8 +417,9 @@ def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
     def mean(values):
         return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
-    macro: dict[str, Any] = {k: mean([r["test"].get(k) for r in results]) for k in MACRO_KEYS}
-    macro["baselines"] = {name: {k: mean([r["test"]["baselines"][name].get(k) for r in results]) for k in MACRO_KEYS}
+    keys = metrics.HEADLINE_KEYS
+    macro: dict[str, Any] = {k: mean([r["test"].get(k) for r in results]) for k in keys}
+    macro["baselines"] = {name: {k: mean([r["test"]["baselines"][name].get(k) for r in results]) for k in keys}
                           for name in results[0]["test"]["baselines"]}
     return macro
 

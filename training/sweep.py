@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from router_ml import metrics
 from router_ml.errors import RouterMLError
 from training.config import load_config, parse_override
 
 __all__ = ["SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep"]
 
 log = logging.getLogger("router_ml.sweep")
-SUMMARY_KEYS = ("aiq", "savings_at_iso_quality", "best_quality", "apgr", "cpt_50", "cpt_80")
+SUMMARY_KEYS = metrics.HEADLINE_KEYS
 
 
 def parse_seeds(text: str) -> list[int]:

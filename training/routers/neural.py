@@ -151,10 +151,19 @@ class TorchRouter:
     #: only add synchronisation, badly so on a loaded machine); 0 keeps torch's default.
     default_threads = 1
 
+    #: True when the router reads the prompt text itself (its own tokenizer) instead of the featurizer's vectors
+    text_inputs = False
+
     def __init__(self, *, config: TrainConfig, n_models: int, input_dim: int | None = None):
         self.config = config
         self.n_models = n_models
         self.input_dim = input_dim
+
+    def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """The model's inputs for ``texts``: the featurizer's ``features`` (n, d)."""
+        if features is None:
+            raise RouterMLError(f"the {self.kind} router reads featurizer vectors; featurize the prompts first")
+        return (features,)
 
     def build_module(self, *, pretrained: bool = True) -> nn.Module:
         """A fresh module; ``pretrained=False`` skips loading pretrained weights (they are about to be
@@ -294,6 +303,11 @@ class EncoderRouter(TorchRouter):
     kind = "encoder"
     predict_batch = 64
     default_threads = 0
+    text_inputs = True
+
+    def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """``(input_ids, attention_mask)`` of ``texts`` (:meth:`tokenize`); ``features`` are not used."""
+        return self.tokenize(list(texts))
 
     def checkpoint(self) -> str:
         name = self.config.router.encoder
