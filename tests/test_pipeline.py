@@ -66,7 +66,8 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["run_id"])
-    assert run.data.params["router.kind"] == "mlp" and run.data.params["data_fingerprint"] == summary["data_fingerprint"]
+    assert run.data.params["router.kind"] == "mlp"
+    assert run.data.params["data_fingerprint"] == summary["data_fingerprint"]
     assert "data.fingerprint" not in run.data.params  # logged once, under the name filters use
     assert run.data.metrics["aiq"] == pytest.approx(test["aiq"])
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2
