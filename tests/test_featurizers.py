@@ -129,6 +129,7 @@ def test_head_tail_rule():
 # --- static ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # distils the static model
 def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
     import model2vec.distill
 
@@ -143,6 +144,7 @@ def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
     assert isinstance(get_featurizer(str(static_dir)), StaticFeaturizer)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_features_are_deterministic_and_match_numpy(static, static_dir):
     X = static.transform(TEXTS)
     assert X.shape == (len(TEXTS), 256) and X.dtype == np.float32 and static.dim == 256
@@ -159,6 +161,7 @@ def test_static_features_are_deterministic_and_match_numpy(static, static_dir):
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_tokenizer_file_reproduces_token_ids(static):
     from tokenizers import Tokenizer
 
@@ -171,6 +174,7 @@ def test_static_tokenizer_file_reproduces_token_ids(static):
     assert all(ids)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_agrees_with_model2vec(static, static_dir):
     from model2vec import StaticModel
 
@@ -178,6 +182,7 @@ def test_static_agrees_with_model2vec(static, static_dir):
     np.testing.assert_allclose(static.transform(PROMPTS), reference.astype(np.float32), atol=2e-3)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_head_tail_truncation_keeps_start_and_end(static_dir):
     text = " ".join(f"{w}" for w in ["alpha", "beta", "gamma", "delta"] * 100) + " so what is the answer?"
     full = StaticFeaturizer(model_dir=static_dir, max_tokens=100_000).token_ids([text])[0]
@@ -197,6 +202,7 @@ def test_static_head_tail_truncation_keeps_start_and_end(static_dir):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_empty_or_unknown_text_is_zero(static_dir):
     for normalize in (True, False):
         featurizer = StaticFeaturizer(model_dir=static_dir, normalize=normalize)
@@ -206,6 +212,7 @@ def test_static_empty_or_unknown_text_is_zero(static_dir):
         assert featurizer.token_ids(["", "\u2603"]) == [[], []]
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_normalize_flag(static_dir, static):
     raw = StaticFeaturizer(model_dir=static_dir, normalize=False).transform(PROMPTS)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
@@ -213,6 +220,7 @@ def test_static_normalize_flag(static_dir, static):
     assert StaticFeaturizer(model_dir=static_dir, normalize=False).identity() != static.identity()
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_similar_prompts_are_closer(static):
     france, france2, code, code2, recipe = static.transform([PROMPTS[i] for i in (0, 1, 2, 3, 7)])
     assert cosine(france, france2) > cosine(france, code)
@@ -220,6 +228,7 @@ def test_static_similar_prompts_are_closer(static):
     assert cosine(code, code2) > cosine(code, recipe)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_pickles_without_its_table(static):
     import pickle
 
@@ -232,6 +241,7 @@ def test_static_pickles_without_its_table(static):
 # --- featurize: the cache ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_caches_and_hits(static, tmp_path):
     counting = Counting(static)
     X = featurize(counting, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
@@ -249,6 +259,7 @@ def test_featurize_caches_and_hits(static, tmp_path):
     np.testing.assert_array_equal(mapped, X)
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_key_follows_data_and_identity(static, static_dir, tmp_path):
     featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-a", progress=False)
     featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-b", progress=False)
@@ -258,6 +269,7 @@ def test_featurize_key_follows_data_and_identity(static, static_dir, tmp_path):
     assert len(list(tmp_path.iterdir())) == 5
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_default_cache_dir(static, tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTER_ML_CACHE", str(tmp_path))
     featurize(static, PROMPTS, data_fingerprint="abc", progress=False)
@@ -265,6 +277,7 @@ def test_featurize_default_cache_dir(static, tmp_path, monkeypatch):
     assert (tmp_path / "features" / key / "features.npy").is_file()
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_resumes_an_interrupted_run(static, tmp_path):
     expected = static.transform(TEXTS)
     with pytest.raises(KeyboardInterrupt):
@@ -286,12 +299,14 @@ def test_featurize_resumes_an_interrupted_run(static, tmp_path):
     assert again.texts == len(TEXTS)
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_num_proc_matches_one_process(static, tmp_path):
     one = featurize(static, TEXTS, cache_dir=tmp_path / "one", shard_size=8, progress=False)
     two = featurize(static, TEXTS, cache_dir=tmp_path / "two", shard_size=8, num_proc=2, progress=False)
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.slow  # distils the static model
 def test_featurize_edge_cases(static, minilm, tmp_path):
     assert featurize(static, [], cache_dir=tmp_path, progress=False).shape == (0, 256)
     with pytest.raises(FeaturizerError, match="one process"):
