@@ -126,6 +126,21 @@ def test_head_tail_rule():
         StaticFeaturizer(max_tokens=8, head=9)
 
 
+def test_the_rules_with_special_tokens_and_on_text():
+    from router_ml.truncation import clip_tokens, prepare_text
+
+    cls, sep = 101, 102
+    assert clip_tokens([cls, 1, 2, 3, sep], max_tokens=3, head=2, special=True) == [cls, 1, 2, 3, sep]
+    assert clip_tokens([cls, *range(1, 11), sep], max_tokens=4, head=3, special=True) == [cls, 1, 2, 3, 10, sep]
+    assert clip_tokens([cls, sep], max_tokens=4, head=3, special=True) == [cls, sep]
+    assert clip_tokens(list(range(10)), max_tokens=4, head=3, special=False) == [0, 1, 2, 9]
+    with pytest.raises(ValueError, match="special tokens"):
+        clip_tokens([cls], max_tokens=4, head=3, special=True)
+    assert prepare_text("a" * 6 + "b" * 6, 8) == "aaaaaa\nbb"  # 3/4 head, 1/4 tail of the characters
+    # a lone surrogate's three UTF-8 bytes each become U+FFFD, as in the runtime (the same function)
+    assert prepare_text("ok \ud800", 8) == "ok " + "\ufffd" * 3 and prepare_text("short", 8) == "short"
+
+
 # --- static ------------------------------------------------------------------------------------
 
 
@@ -344,10 +359,12 @@ def test_minilm_truncation_keeps_the_question(minilm):
 
 @pytest.fixture(scope="module")
 def tiny_distilbert(tmp_path_factory) -> Path:
-    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     path = tmp_path_factory.mktemp("tiny-distilbert")
-    tokenizer = DistilBertTokenizer(vocab_file=str(minilm_path() / "vocab.txt"))
+    # MiniLM's tokenizer, copied: transformers 5's DistilBertTokenizer(vocab_file=...) ignores the file
+    # and knows 5 tokens, so every word would be [UNK]
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=64, n_layers=1, n_heads=2,
                               max_position_embeddings=64)
     DistilBertModel(config).save_pretrained(path)
@@ -363,6 +380,8 @@ def test_tiny_distilbert_loads_by_path(tiny_distilbert):
     assert X.shape == (5, 32) and X.dtype == np.float32 and np.isfinite(X).all()
     np.testing.assert_allclose(X[:3], featurizer.transform(PROMPTS[:3]), atol=1e-5)
     assert len(featurizer.token_ids(["word " * 500])[0]) == 64
+    assert featurizer.tokenizer.convert_ids_to_tokens(featurizer.token_ids(["Sum 17 and 25."])[0]) == [
+        "[CLS]", "sum", "17", "and", "25", ".", "[SEP]"]
     assert featurizer.identity()["dim"] == 32
     with pytest.raises(FeaturizerError, match="exceeds"):
         TransformerFeaturizer(tiny_distilbert, max_tokens=512).identity()
