@@ -285,8 +285,8 @@ def _read_router_json(path: Path) -> dict[str, Any]:
         raise RouterMLError(f"{path}: expected a JSON object")
     version = info.get("format_version", 1)
     if version != ROUTER_JSON_VERSION:
-        raise RouterMLError(f"{path}: router.json format version {version!r}; this router-ml reads version "
-                            f"{ROUTER_JSON_VERSION} - upgrade router-ml (or retrain the router with this one)")
+        raise RouterMLError(f"{path}: format version {version!r}; this router-ml reads version {ROUTER_JSON_VERSION} "
+                            "- upgrade router-ml to load this router (or retrain it with this one)")
     if info.get("kind") not in ROUTERS:
         raise RouterMLError(f"{path}: unknown router kind {info.get('kind')!r}; known: {', '.join(sorted(ROUTERS))}")
     return info
