@@ -58,6 +58,28 @@ def static(static_dir) -> StaticFeaturizer:
 
 
 @pytest.fixture(scope="module")
+def tiny_static_dir(tmp_path_factory) -> Path:
+    """A model2vec-shaped directory without distilling: MiniLM's tokenizer and a seeded random 32-d
+    table. Enough for everything but the embeddings' meaning (caching, truncation, pooling, pickling)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    path = tmp_path_factory.mktemp("tiny-static")
+    shutil.copyfile(minilm_path() / "tokenizer.json", path / "tokenizer.json")
+    vocab = len((minilm_path() / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    table = np.random.default_rng(0).normal(size=(vocab, 32)).astype(np.float32)
+    save_file({"embeddings": table}, str(path / "model.safetensors"))
+    (path / "config.json").write_text('{"model_type": "model2vec", "normalize": true}')
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_static(tiny_static_dir) -> StaticFeaturizer:
+    return StaticFeaturizer(model_dir=tiny_static_dir)
+
+
+@pytest.fixture(scope="module")
 def minilm() -> TransformerFeaturizer:
     return get_featurizer("minilm", device="cpu")
 
@@ -197,42 +219,40 @@ def test_static_agrees_with_model2vec(static, static_dir):
     np.testing.assert_allclose(static.transform(PROMPTS), reference.astype(np.float32), atol=2e-3)
 
 
-@pytest.mark.slow  # distils the static model
-def test_static_head_tail_truncation_keeps_start_and_end(static_dir):
+def test_static_head_tail_truncation_keeps_start_and_end(tiny_static_dir):
     text = " ".join(f"{w}" for w in ["alpha", "beta", "gamma", "delta"] * 100) + " so what is the answer?"
-    full = StaticFeaturizer(model_dir=static_dir, max_tokens=100_000).token_ids([text])[0]
+    full = StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=100_000).token_ids([text])[0]
     assert len(full) > 400
-    featurizer = StaticFeaturizer(model_dir=static_dir)
+    featurizer = StaticFeaturizer(model_dir=tiny_static_dir)
     kept = featurizer.token_ids([text])[0]
     assert (featurizer.max_tokens, featurizer.head, featurizer.tail) == (256, 192, 64)
     assert kept == full[:192] + full[-64:]
-    small = StaticFeaturizer(model_dir=static_dir, max_tokens=8, head=5)
+    small = StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=8, head=5)
     assert small.token_ids([text])[0] == full[:5] + full[-3:]
 
     # Two long prompts that differ only at the end: plain right truncation cannot tell them apart.
     pair = [text, text.replace("so what is the answer?", "translate it into French.")]
     a, b = featurizer.transform(pair)
     assert not np.allclose(a, b)
-    a, b = StaticFeaturizer(model_dir=static_dir, head=256).transform(pair)
+    a, b = StaticFeaturizer(model_dir=tiny_static_dir, head=256).transform(pair)
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow  # distils the static model
-def test_static_empty_or_unknown_text_is_zero(static_dir):
+def test_static_empty_or_unknown_text_is_zero(tiny_static_dir):
     for normalize in (True, False):
-        featurizer = StaticFeaturizer(model_dir=static_dir, normalize=normalize)
+        featurizer = StaticFeaturizer(model_dir=tiny_static_dir, normalize=normalize)
         X = featurizer.transform(["", "   \n\t", "\u2603\u2603", "hello"])
         assert not X[:3].any()
         assert np.linalg.norm(X[3]) > 0
         assert featurizer.token_ids(["", "\u2603"]) == [[], []]
 
 
-@pytest.mark.slow  # distils the static model
-def test_static_normalize_flag(static_dir, static):
-    raw = StaticFeaturizer(model_dir=static_dir, normalize=False).transform(PROMPTS)
+def test_static_normalize_flag(tiny_static_dir, tiny_static):
+    raw = StaticFeaturizer(model_dir=tiny_static_dir, normalize=False).transform(PROMPTS)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
-    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), static.transform(PROMPTS), atol=1e-6)
-    assert StaticFeaturizer(model_dir=static_dir, normalize=False).identity() != static.identity()
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), tiny_static.transform(PROMPTS),
+                               atol=1e-6)
+    assert StaticFeaturizer(model_dir=tiny_static_dir, normalize=False).identity() != tiny_static.identity()
 
 
 @pytest.mark.slow  # distils the static model
@@ -243,26 +263,24 @@ def test_static_similar_prompts_are_closer(static):
     assert cosine(code, code2) > cosine(code, recipe)
 
 
-@pytest.mark.slow  # distils the static model
-def test_static_pickles_without_its_table(static):
+def test_static_pickles_without_its_table(tiny_static):
     import pickle
 
-    static.transform(["load it"])
-    data = pickle.dumps(static)
+    tiny_static.transform(["load it"])
+    data = pickle.dumps(tiny_static)
     assert len(data) < 10_000
-    np.testing.assert_array_equal(pickle.loads(data).transform(PROMPTS), static.transform(PROMPTS))
+    np.testing.assert_array_equal(pickle.loads(data).transform(PROMPTS), tiny_static.transform(PROMPTS))
 
 
 # --- featurize: the cache ------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_caches_and_hits(static, tmp_path):
-    counting = Counting(static)
+def test_featurize_caches_and_hits(tiny_static, tmp_path):
+    counting = Counting(tiny_static)
     X = featurize(counting, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
-    np.testing.assert_array_equal(X, static.transform(TEXTS))
+    np.testing.assert_array_equal(X, tiny_static.transform(TEXTS))
     assert counting.calls == 5 and counting.texts == len(TEXTS)
-    entry = tmp_path / feature_cache_key(static, TEXTS)
+    entry = tmp_path / feature_cache_key(tiny_static, TEXTS)
     assert sorted(p.name for p in entry.iterdir()) == ["features.npy", "meta.json"]  # shards are cleaned up
 
     again = featurize(counting, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
@@ -274,60 +292,55 @@ def test_featurize_caches_and_hits(static, tmp_path):
     np.testing.assert_array_equal(mapped, X)
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_key_follows_data_and_identity(static, static_dir, tmp_path):
-    featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-a", progress=False)
-    featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-b", progress=False)
-    featurize(static, TEXTS, cache_dir=tmp_path, progress=False)
-    featurize(static, TEXTS[::-1], cache_dir=tmp_path, progress=False)
-    featurize(StaticFeaturizer(model_dir=static_dir, max_tokens=128), TEXTS, cache_dir=tmp_path, progress=False)
+def test_featurize_key_follows_data_and_identity(tiny_static, tiny_static_dir, tmp_path):
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-a", progress=False)
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-b", progress=False)
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, progress=False)
+    featurize(tiny_static, TEXTS[::-1], cache_dir=tmp_path, progress=False)
+    featurize(StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=128), TEXTS, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.iterdir())) == 5
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_default_cache_dir(static, tmp_path, monkeypatch):
+def test_featurize_default_cache_dir(tiny_static, tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTER_ML_CACHE", str(tmp_path))
-    featurize(static, PROMPTS, data_fingerprint="abc", progress=False)
-    key = feature_cache_key(static, PROMPTS, data_fingerprint="abc")
+    featurize(tiny_static, PROMPTS, data_fingerprint="abc", progress=False)
+    key = feature_cache_key(tiny_static, PROMPTS, data_fingerprint="abc")
     assert (tmp_path / "features" / key / "features.npy").is_file()
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_resumes_an_interrupted_run(static, tmp_path):
-    expected = static.transform(TEXTS)
+def test_featurize_resumes_an_interrupted_run(tiny_static, tmp_path):
+    expected = tiny_static.transform(TEXTS)
     with pytest.raises(KeyboardInterrupt):
-        featurize(Counting(static, fail_on_call=3), TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
-    entry = tmp_path / feature_cache_key(static, TEXTS)
+        featurize(Counting(tiny_static, fail_on_call=3), TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
+    entry = tmp_path / feature_cache_key(tiny_static, TEXTS)
     assert sorted(p.name for p in entry.glob("*.npy")) == ["shard-0000000000-0000000010.npy",
                                                           "shard-0000000010-0000000020.npy"]
     assert not list(entry.glob(".*"))  # no temporary files left behind
 
-    resumed = Counting(static)
+    resumed = Counting(tiny_static)
     X = featurize(resumed, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
     assert resumed.texts == len(TEXTS) - 20
     np.testing.assert_array_equal(X, expected)
 
     # A damaged final file is recomputed, not trusted.
     (entry / "features.npy").write_bytes(b"not an array")
-    again = Counting(static)
+    again = Counting(tiny_static)
     np.testing.assert_array_equal(featurize(again, TEXTS, cache_dir=tmp_path, progress=False), expected)
     assert again.texts == len(TEXTS)
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_num_proc_matches_one_process(static, tmp_path):
-    one = featurize(static, TEXTS, cache_dir=tmp_path / "one", shard_size=8, progress=False)
-    two = featurize(static, TEXTS, cache_dir=tmp_path / "two", shard_size=8, num_proc=2, progress=False)
+def test_featurize_num_proc_matches_one_process(tiny_static, tmp_path):
+    one = featurize(tiny_static, TEXTS, cache_dir=tmp_path / "one", shard_size=8, progress=False)
+    two = featurize(tiny_static, TEXTS, cache_dir=tmp_path / "two", shard_size=8, num_proc=2, progress=False)
     np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.slow  # distils the static model
-def test_featurize_edge_cases(static, minilm, tmp_path):
-    assert featurize(static, [], cache_dir=tmp_path, progress=False).shape == (0, 256)
+def test_featurize_edge_cases(tiny_static, minilm, tmp_path):
+    assert featurize(tiny_static, [], cache_dir=tmp_path, progress=False).shape == (0, 32)
     with pytest.raises(FeaturizerError, match="one process"):
         featurize(minilm, PROMPTS, cache_dir=tmp_path, num_proc=2, progress=False)
     with pytest.raises(FeaturizerError, match="not one string"):
-        featurize(static, "a single prompt", cache_dir=tmp_path, progress=False)
+        featurize(tiny_static, "a single prompt", cache_dir=tmp_path, progress=False)
 
 
 # --- transformer encoders ------------------------------------------------------------------------
