@@ -133,3 +133,11 @@ def test_model_directories_must_exist_in_a_config_but_not_in_a_saved_one(tmp_pat
 def test_the_baseline_names_are_one_list():
     assert TrainConfig().eval.baselines == BASELINE_NAMES
     assert load_config(None, [f"eval.baselines={','.join(BASELINE_NAMES)}"]).eval.baselines == BASELINE_NAMES
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new numeric key must say what it accepts, or it would load unchecked."""
+    from training.config import _RANGES
+
+    numeric = {k for k, v in TrainConfig().to_flat().items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert numeric == set(_RANGES)
