@@ -4,7 +4,9 @@
    characters (joined by a newline) - this bounds tokenization time for megabyte inputs.
 2. **Tokens**: a token sequence longer than ``max_tokens`` keeps its first ``head`` (default 3/4 of
    the budget) and last ``max_tokens - head`` tokens - prompts often put what decides the route
-   ("Answer:", the actual question after a long context) at the end.
+   ("Answer:", the actual question after a long context) at the end. For an encoder whose tokenizer
+   wraps the text in special tokens (``[CLS] ... [SEP]``), ``max_tokens`` counts the text's tokens
+   only and the two special tokens stay (:func:`clip_tokens`).
 3. **Text hygiene**: lone surrogates (which no tokenizer accepts) are replaced by U+FFFD.
 
 The default ``max_chars`` is ``32 * max_tokens``: far more characters than ``max_tokens`` tokens
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["clip_chars", "default_head", "default_max_chars", "head_tail", "sanitize"]
+__all__ = ["clip_chars", "clip_tokens", "default_head", "default_max_chars", "head_tail", "prepare_text", "sanitize"]
 
 
 def default_head(max_tokens: int) -> int:
@@ -38,6 +40,28 @@ def head_tail(ids: Sequence[int], *, max_tokens: int, head: int) -> list[int]:
         return ids
     tail = max_tokens - head
     return ids[:head] + (ids[len(ids) - tail:] if tail else [])
+
+
+def clip_tokens(ids: Sequence[int], *, max_tokens: int, head: int, special: bool) -> list[int]:
+    """Rule 2 on a tokenizer's output: with ``special``, the first and last ids are the special tokens
+    around the text (one each, as BERT-family tokenizers add them) and stay; head + tail applies to
+    the ids between them. Training tokenizes encoder prompts with this and the runtime slices the
+    same way, so both feed the encoder the same ids.
+
+    >>> clip_tokens([101, 1, 2, 3, 4, 5, 102], max_tokens=3, head=2, special=True)
+    [101, 1, 2, 5, 102]
+    """
+    ids = list(ids)
+    if not special:
+        return head_tail(ids, max_tokens=max_tokens, head=head)
+    if len(ids) < 2:
+        raise ValueError(f"expected the special tokens around the text, got {len(ids)} id(s)")
+    return [ids[0], *head_tail(ids[1:-1], max_tokens=max_tokens, head=head), ids[-1]]
+
+
+def prepare_text(text: str, max_chars: int) -> str:
+    """Rules 3 then 1: the text a router tokenizes (lone surrogates replaced, clipped to ``max_chars``)."""
+    return clip_chars(sanitize(text), max_chars)
 
 
 def clip_chars(text: str, max_chars: int) -> str:

@@ -67,3 +67,45 @@ def trained(tmp_path_factory, cache_root) -> Trained:
     train_router(config, data, out_dir=root / "checkpoint", progress=False)
     export_router(root / "checkpoint", root / "artifact")
     return Trained(root / "checkpoint", root / "artifact", list(table.texts[TRAIN_RECORDS:TRAIN_RECORDS + 400]))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A tiny random BERT checkpoint (2 layers, 32 wide) with the packaged MiniLM's tokenizer: an encoder
+    router's starting point without a download (seeded, so the same each run). The tokenizer is
+    copied, not built from ``vocab.txt``: under transformers 5 ``BertTokenizerFast(vocab_file=...)``
+    ignores the file and maps every word to [UNK]."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from training.featurizers import minilm_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_run(tmp_path_factory, tiny_encoder) -> Trained:
+    """An encoder router fine-tuned from :func:`tiny_encoder` for one epoch on 240 demo records (its
+    baselines on the tiny encoder's own sentence features: no static distillation), then exported."""
+    from training.config import load_config
+    from training.data import load_traffic, write_jsonl
+    from training.pipeline import train_router
+
+    root = tmp_path_factory.mktemp("encoder-run")
+    table, _ = load_traffic(DEMO)
+    data = write_jsonl(table.records[:240], root / "train.jsonl")
+    config = load_config(ROOT / "training/configs/encoder.toml",
+                         [f"router.encoder={tiny_encoder}", "router.max_length=24", f"featurizer.name={tiny_encoder}",
+                          "featurizer.max_tokens=64", "train.epochs=1", "eval.n_boot=0", "eval.baselines=random",
+                          "tracking.enabled=false"])
+    summary = train_router(config, data, out_dir=root / "checkpoint", progress=False)
+    assert summary["artifact"], summary["export"]
+    return Trained(root / "checkpoint", Path(summary["artifact"]), list(table.texts[240:300]))

@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import BASELINE_NAMES, ConfigError, TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -56,3 +57,87 @@ def test_importing_training_sets_no_seed():
             "print(a == torch.initial_seed())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # names
+    (["router.kind=forest"], "router.kind: unknown router 'forest'; choose one of encoder, mf, mlp"),
+    (["router.kind=knn"], "router.kind: unknown router 'knn'"),  # a baseline, not a router to train
+    (["featurizer.name=statik"], "featurizer.name: unknown featurizer 'statik'; choose one of minilm, static"),
+    (["eval.baselines=random,best-single,knm"],
+     "eval.baselines[2]: unknown baseline 'knm'; choose from random, best-single, knn, logreg, oracle"),
+    (["eval.baselines=random,oracle,random"], "eval.baselines[2]: 'random' is listed twice"),
+    (["router.groups=topic"], "router.groups: expected '', 'task' or 'metadata.<key>', got 'topic'"),
+    (["router.groups=metadata."], "router.groups: expected"),
+    (["router.encoder=bert-base-uncased"], "router.encoder: expected 'minilm' or the path of a local"),
+    (["train.device=tpu"], "train.device: expected one of auto, cpu, cuda, got 'tpu'"),
+    (["tracking.experiment= "], "tracking.experiment: expected a non-empty"),
+    # ranges
+    (["data.train_size=0"], "data.train_size: expected a fraction in (0, 1) or a whole count >= 1, got 0.0"),
+    (["data.train_size=1.5"], "data.train_size: expected a fraction in (0, 1) or a whole count >= 1, got 1.5"),
+    (["data.val_size=-0.1"], "data.val_size: expected 0, a fraction in (0, 1) or a whole count, got -0.1"),
+    (["data.seed=-1"], "data.seed: expected an integer >= 0"),
+    (["featurizer.max_tokens=0"], "featurizer.max_tokens: expected an integer >= 1, got 0"),
+    (["featurizer.num_proc=0"], "featurizer.num_proc: expected an integer >= 1"),
+    (["router.hidden=0"], "router.hidden: expected an integer >= 1, got 0"),
+    (["router.layers=-1"], "router.layers: expected an integer >= 0"),
+    (["router.dropout=1"], "router.dropout: expected a probability in [0, 1), got 1.0"),
+    (["router.ensemble=0"], "router.ensemble: expected an integer >= 1"),
+    (["router.max_length=2"], "router.max_length: expected an integer >= 3"),
+    (["router.group_weight=1.5"], "router.group_weight: expected a weight in [0, 1], got 1.5"),
+    (["loss.temperature=0"], "loss.temperature: expected a number > 0"),
+    (["loss.tradeoff_weight=-1"], "loss.tradeoff_weight: expected a number >= 0"),
+    (["train.epochs=0"], "train.epochs: expected an integer >= 1, got 0"),
+    (["train.lr=0"], "train.lr: expected a number > 0, got 0.0"),
+    (["train.lr=nan"], "train.lr: expected a number > 0, got nan"),
+    (["train.batch_size=0"], "train.batch_size: expected an integer >= 1"),
+    (["train.patience=0"], "train.patience: expected an integer >= 1"),
+    (["eval.knob_points=1"], "eval.knob_points: expected an integer >= 2"),
+    (["eval.n_boot=-5"], "eval.n_boot: expected an integer >= 0"),
+    # combinations
+    (["router.kind=encoder", "router.groups=task"], "router.groups: works with the mlp and mf routers"),
+])
+def test_bad_values_fail_at_load_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(f"{CONFIGS / 'mlp_static.toml'} with --set: {message}")):
+        load_config(CONFIGS / "mlp_static.toml", overrides)
+
+
+def test_every_way_in_validates(tmp_path):
+    """A saved flat config, ``replace`` and a config file are checked like overrides, each naming its source."""
+    flat = load_config(None).to_flat()
+    with pytest.raises(ConfigError, match=re.escape("<flat config>: eval.baselines[0]: unknown baseline 'nope'")):
+        TrainConfig.from_flat({**flat, "eval.baselines": ["nope"]})
+    with pytest.raises(ConfigError, match=re.escape("router.dropout: expected a probability in [0, 1), got 2.0")):
+        load_config(None).replace(**{"router.dropout": 2})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[router]\nkind = 'encoder'\ngroups = 'task'\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{bad}: router.groups: works with the mlp and mf routers")):
+        load_config(bad)
+    # an override may mend the file: the combination that results is what is checked
+    assert load_config(bad, ["router.kind=mlp"]).router.groups == "task"
+
+
+def test_model_directories_must_exist_in_a_config_but_not_in_a_saved_one(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match=re.escape(f"featurizer.name: '{missing}' is not a directory")):
+        load_config(None, [f"featurizer.name={missing}"])
+    with pytest.raises(ConfigError, match=re.escape(f"router.encoder: '{missing}' is not a directory")):
+        load_config(None, ["router.kind=encoder", f"router.encoder={missing}"])
+    assert load_config(None, [f"router.encoder={missing}"]).router.encoder == missing  # unused by an mlp
+    assert load_config(None, [f"featurizer.name={tmp_path}"]).featurizer.name == str(tmp_path)
+    # a checkpoint's saved config still loads after its model directory moved
+    saved = {**load_config(None).to_flat(), "router.kind": "encoder", "router.encoder": missing}
+    assert TrainConfig.from_flat(saved).router.encoder == missing
+
+
+def test_the_baseline_names_are_one_list():
+    assert TrainConfig().eval.baselines == BASELINE_NAMES
+    assert load_config(None, [f"eval.baselines={','.join(BASELINE_NAMES)}"]).eval.baselines == BASELINE_NAMES
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new numeric key must say what it accepts, or it would load unchecked."""
+    from training.config import _RANGES
+
+    numeric = {k for k, v in TrainConfig().to_flat().items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert numeric == set(_RANGES)

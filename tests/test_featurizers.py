@@ -58,6 +58,28 @@ def static(static_dir) -> StaticFeaturizer:
 
 
 @pytest.fixture(scope="module")
+def tiny_static_dir(tmp_path_factory) -> Path:
+    """A model2vec-shaped directory without distilling: MiniLM's tokenizer and a seeded random 32-d
+    table. Enough for everything but the embeddings' meaning (caching, truncation, pooling, pickling)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    path = tmp_path_factory.mktemp("tiny-static")
+    shutil.copyfile(minilm_path() / "tokenizer.json", path / "tokenizer.json")
+    vocab = len((minilm_path() / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    table = np.random.default_rng(0).normal(size=(vocab, 32)).astype(np.float32)
+    save_file({"embeddings": table}, str(path / "model.safetensors"))
+    (path / "config.json").write_text('{"model_type": "model2vec", "normalize": true}')
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_static(tiny_static_dir) -> StaticFeaturizer:
+    return StaticFeaturizer(model_dir=tiny_static_dir)
+
+
+@pytest.fixture(scope="module")
 def minilm() -> TransformerFeaturizer:
     return get_featurizer("minilm", device="cpu")
 
@@ -126,9 +148,25 @@ def test_head_tail_rule():
         StaticFeaturizer(max_tokens=8, head=9)
 
 
+def test_the_rules_with_special_tokens_and_on_text():
+    from router_ml.truncation import clip_tokens, prepare_text
+
+    cls, sep = 101, 102
+    assert clip_tokens([cls, 1, 2, 3, sep], max_tokens=3, head=2, special=True) == [cls, 1, 2, 3, sep]
+    assert clip_tokens([cls, *range(1, 11), sep], max_tokens=4, head=3, special=True) == [cls, 1, 2, 3, 10, sep]
+    assert clip_tokens([cls, sep], max_tokens=4, head=3, special=True) == [cls, sep]
+    assert clip_tokens(list(range(10)), max_tokens=4, head=3, special=False) == [0, 1, 2, 9]
+    with pytest.raises(ValueError, match="special tokens"):
+        clip_tokens([cls], max_tokens=4, head=3, special=True)
+    assert prepare_text("a" * 6 + "b" * 6, 8) == "aaaaaa\nbb"  # 3/4 head, 1/4 tail of the characters
+    # a lone surrogate's three UTF-8 bytes each become U+FFFD, as in the runtime (the same function)
+    assert prepare_text("ok \ud800", 8) == "ok " + "\ufffd" * 3 and prepare_text("short", 8) == "short"
+
+
 # --- static ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # distils the static model
 def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
     import model2vec.distill
 
@@ -143,6 +181,7 @@ def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
     assert isinstance(get_featurizer(str(static_dir)), StaticFeaturizer)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_features_are_deterministic_and_match_numpy(static, static_dir):
     X = static.transform(TEXTS)
     assert X.shape == (len(TEXTS), 256) and X.dtype == np.float32 and static.dim == 256
@@ -159,6 +198,7 @@ def test_static_features_are_deterministic_and_match_numpy(static, static_dir):
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_tokenizer_file_reproduces_token_ids(static):
     from tokenizers import Tokenizer
 
@@ -171,6 +211,7 @@ def test_static_tokenizer_file_reproduces_token_ids(static):
     assert all(ids)
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_agrees_with_model2vec(static, static_dir):
     from model2vec import StaticModel
 
@@ -178,41 +219,43 @@ def test_static_agrees_with_model2vec(static, static_dir):
     np.testing.assert_allclose(static.transform(PROMPTS), reference.astype(np.float32), atol=2e-3)
 
 
-def test_static_head_tail_truncation_keeps_start_and_end(static_dir):
+def test_static_head_tail_truncation_keeps_start_and_end(tiny_static_dir):
     text = " ".join(f"{w}" for w in ["alpha", "beta", "gamma", "delta"] * 100) + " so what is the answer?"
-    full = StaticFeaturizer(model_dir=static_dir, max_tokens=100_000).token_ids([text])[0]
+    full = StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=100_000).token_ids([text])[0]
     assert len(full) > 400
-    featurizer = StaticFeaturizer(model_dir=static_dir)
+    featurizer = StaticFeaturizer(model_dir=tiny_static_dir)
     kept = featurizer.token_ids([text])[0]
     assert (featurizer.max_tokens, featurizer.head, featurizer.tail) == (256, 192, 64)
     assert kept == full[:192] + full[-64:]
-    small = StaticFeaturizer(model_dir=static_dir, max_tokens=8, head=5)
+    small = StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=8, head=5)
     assert small.token_ids([text])[0] == full[:5] + full[-3:]
 
     # Two long prompts that differ only at the end: plain right truncation cannot tell them apart.
     pair = [text, text.replace("so what is the answer?", "translate it into French.")]
     a, b = featurizer.transform(pair)
     assert not np.allclose(a, b)
-    a, b = StaticFeaturizer(model_dir=static_dir, head=256).transform(pair)
+    a, b = StaticFeaturizer(model_dir=tiny_static_dir, head=256).transform(pair)
     np.testing.assert_array_equal(a, b)
 
 
-def test_static_empty_or_unknown_text_is_zero(static_dir):
+def test_static_empty_or_unknown_text_is_zero(tiny_static_dir):
     for normalize in (True, False):
-        featurizer = StaticFeaturizer(model_dir=static_dir, normalize=normalize)
+        featurizer = StaticFeaturizer(model_dir=tiny_static_dir, normalize=normalize)
         X = featurizer.transform(["", "   \n\t", "\u2603\u2603", "hello"])
         assert not X[:3].any()
         assert np.linalg.norm(X[3]) > 0
         assert featurizer.token_ids(["", "\u2603"]) == [[], []]
 
 
-def test_static_normalize_flag(static_dir, static):
-    raw = StaticFeaturizer(model_dir=static_dir, normalize=False).transform(PROMPTS)
+def test_static_normalize_flag(tiny_static_dir, tiny_static):
+    raw = StaticFeaturizer(model_dir=tiny_static_dir, normalize=False).transform(PROMPTS)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
-    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), static.transform(PROMPTS), atol=1e-6)
-    assert StaticFeaturizer(model_dir=static_dir, normalize=False).identity() != static.identity()
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), tiny_static.transform(PROMPTS),
+                               atol=1e-6)
+    assert StaticFeaturizer(model_dir=tiny_static_dir, normalize=False).identity() != tiny_static.identity()
 
 
+@pytest.mark.slow  # distils the static model
 def test_static_similar_prompts_are_closer(static):
     france, france2, code, code2, recipe = static.transform([PROMPTS[i] for i in (0, 1, 2, 3, 7)])
     assert cosine(france, france2) > cosine(france, code)
@@ -220,24 +263,24 @@ def test_static_similar_prompts_are_closer(static):
     assert cosine(code, code2) > cosine(code, recipe)
 
 
-def test_static_pickles_without_its_table(static):
+def test_static_pickles_without_its_table(tiny_static):
     import pickle
 
-    static.transform(["load it"])
-    data = pickle.dumps(static)
+    tiny_static.transform(["load it"])
+    data = pickle.dumps(tiny_static)
     assert len(data) < 10_000
-    np.testing.assert_array_equal(pickle.loads(data).transform(PROMPTS), static.transform(PROMPTS))
+    np.testing.assert_array_equal(pickle.loads(data).transform(PROMPTS), tiny_static.transform(PROMPTS))
 
 
 # --- featurize: the cache ------------------------------------------------------------------------
 
 
-def test_featurize_caches_and_hits(static, tmp_path):
-    counting = Counting(static)
+def test_featurize_caches_and_hits(tiny_static, tmp_path):
+    counting = Counting(tiny_static)
     X = featurize(counting, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
-    np.testing.assert_array_equal(X, static.transform(TEXTS))
+    np.testing.assert_array_equal(X, tiny_static.transform(TEXTS))
     assert counting.calls == 5 and counting.texts == len(TEXTS)
-    entry = tmp_path / feature_cache_key(static, TEXTS)
+    entry = tmp_path / feature_cache_key(tiny_static, TEXTS)
     assert sorted(p.name for p in entry.iterdir()) == ["features.npy", "meta.json"]  # shards are cleaned up
 
     again = featurize(counting, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
@@ -249,55 +292,55 @@ def test_featurize_caches_and_hits(static, tmp_path):
     np.testing.assert_array_equal(mapped, X)
 
 
-def test_featurize_key_follows_data_and_identity(static, static_dir, tmp_path):
-    featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-a", progress=False)
-    featurize(static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-b", progress=False)
-    featurize(static, TEXTS, cache_dir=tmp_path, progress=False)
-    featurize(static, TEXTS[::-1], cache_dir=tmp_path, progress=False)
-    featurize(StaticFeaturizer(model_dir=static_dir, max_tokens=128), TEXTS, cache_dir=tmp_path, progress=False)
+def test_featurize_key_follows_data_and_identity(tiny_static, tiny_static_dir, tmp_path):
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-a", progress=False)
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, data_fingerprint="table-b", progress=False)
+    featurize(tiny_static, TEXTS, cache_dir=tmp_path, progress=False)
+    featurize(tiny_static, TEXTS[::-1], cache_dir=tmp_path, progress=False)
+    featurize(StaticFeaturizer(model_dir=tiny_static_dir, max_tokens=128), TEXTS, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.iterdir())) == 5
 
 
-def test_featurize_default_cache_dir(static, tmp_path, monkeypatch):
+def test_featurize_default_cache_dir(tiny_static, tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTER_ML_CACHE", str(tmp_path))
-    featurize(static, PROMPTS, data_fingerprint="abc", progress=False)
-    key = feature_cache_key(static, PROMPTS, data_fingerprint="abc")
+    featurize(tiny_static, PROMPTS, data_fingerprint="abc", progress=False)
+    key = feature_cache_key(tiny_static, PROMPTS, data_fingerprint="abc")
     assert (tmp_path / "features" / key / "features.npy").is_file()
 
 
-def test_featurize_resumes_an_interrupted_run(static, tmp_path):
-    expected = static.transform(TEXTS)
+def test_featurize_resumes_an_interrupted_run(tiny_static, tmp_path):
+    expected = tiny_static.transform(TEXTS)
     with pytest.raises(KeyboardInterrupt):
-        featurize(Counting(static, fail_on_call=3), TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
-    entry = tmp_path / feature_cache_key(static, TEXTS)
+        featurize(Counting(tiny_static, fail_on_call=3), TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
+    entry = tmp_path / feature_cache_key(tiny_static, TEXTS)
     assert sorted(p.name for p in entry.glob("*.npy")) == ["shard-0000000000-0000000010.npy",
                                                           "shard-0000000010-0000000020.npy"]
     assert not list(entry.glob(".*"))  # no temporary files left behind
 
-    resumed = Counting(static)
+    resumed = Counting(tiny_static)
     X = featurize(resumed, TEXTS, cache_dir=tmp_path, shard_size=10, progress=False)
     assert resumed.texts == len(TEXTS) - 20
     np.testing.assert_array_equal(X, expected)
 
     # A damaged final file is recomputed, not trusted.
     (entry / "features.npy").write_bytes(b"not an array")
-    again = Counting(static)
+    again = Counting(tiny_static)
     np.testing.assert_array_equal(featurize(again, TEXTS, cache_dir=tmp_path, progress=False), expected)
     assert again.texts == len(TEXTS)
 
 
-def test_featurize_num_proc_matches_one_process(static, tmp_path):
-    one = featurize(static, TEXTS, cache_dir=tmp_path / "one", shard_size=8, progress=False)
-    two = featurize(static, TEXTS, cache_dir=tmp_path / "two", shard_size=8, num_proc=2, progress=False)
+def test_featurize_num_proc_matches_one_process(tiny_static, tmp_path):
+    one = featurize(tiny_static, TEXTS, cache_dir=tmp_path / "one", shard_size=8, progress=False)
+    two = featurize(tiny_static, TEXTS, cache_dir=tmp_path / "two", shard_size=8, num_proc=2, progress=False)
     np.testing.assert_array_equal(one, two)
 
 
-def test_featurize_edge_cases(static, minilm, tmp_path):
-    assert featurize(static, [], cache_dir=tmp_path, progress=False).shape == (0, 256)
+def test_featurize_edge_cases(tiny_static, minilm, tmp_path):
+    assert featurize(tiny_static, [], cache_dir=tmp_path, progress=False).shape == (0, 32)
     with pytest.raises(FeaturizerError, match="one process"):
         featurize(minilm, PROMPTS, cache_dir=tmp_path, num_proc=2, progress=False)
     with pytest.raises(FeaturizerError, match="not one string"):
-        featurize(static, "a single prompt", cache_dir=tmp_path, progress=False)
+        featurize(tiny_static, "a single prompt", cache_dir=tmp_path, progress=False)
 
 
 # --- transformer encoders ------------------------------------------------------------------------
@@ -329,10 +372,12 @@ def test_minilm_truncation_keeps_the_question(minilm):
 
 @pytest.fixture(scope="module")
 def tiny_distilbert(tmp_path_factory) -> Path:
-    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     path = tmp_path_factory.mktemp("tiny-distilbert")
-    tokenizer = DistilBertTokenizer(vocab_file=str(minilm_path() / "vocab.txt"))
+    # MiniLM's tokenizer, copied: transformers 5's DistilBertTokenizer(vocab_file=...) ignores the file
+    # and knows 5 tokens, so every word would be [UNK]
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=64, n_layers=1, n_heads=2,
                               max_position_embeddings=64)
     DistilBertModel(config).save_pretrained(path)
@@ -348,6 +393,8 @@ def test_tiny_distilbert_loads_by_path(tiny_distilbert):
     assert X.shape == (5, 32) and X.dtype == np.float32 and np.isfinite(X).all()
     np.testing.assert_allclose(X[:3], featurizer.transform(PROMPTS[:3]), atol=1e-5)
     assert len(featurizer.token_ids(["word " * 500])[0]) == 64
+    assert featurizer.tokenizer.convert_ids_to_tokens(featurizer.token_ids(["Sum 17 and 25."])[0]) == [
+        "[CLS]", "sum", "17", "and", "25", ".", "[SEP]"]
     assert featurizer.identity()["dim"] == 32
     with pytest.raises(FeaturizerError, match="exceeds"):
         TransformerFeaturizer(tiny_distilbert, max_tokens=512).identity()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from router_ml.errors import RouterMLError
 from training.config import load_config
 from training.losses import bradley_terry_loss, quality_loss, tradeoff_loss
-from training.routers import KNNRouter, LogRegRouter, MFRouter, MLPRouter
+from training.routers import EncoderRouter, KNNRouter, LogRegRouter, MFRouter, MLPRouter, TorchRouter
+from training.routers.neural import ROUTER_JSON_VERSION
 from training.trainer import Batchable
 
 
@@ -54,6 +59,7 @@ def _problem(n=800, d=8, seed=0, keep_one=False):
     return X, quality, cost
 
 
+@pytest.mark.slow  # trains three routers for 40 epochs
 @pytest.mark.parametrize("router_cls, keep_one", [(MLPRouter, False), (MLPRouter, True), (MFRouter, False)])
 def test_torch_routers_learn_who_is_right(router_cls, keep_one):
     X, quality, cost = _problem(keep_one=keep_one)
@@ -69,15 +75,42 @@ def test_torch_routers_learn_who_is_right(router_cls, keep_one):
     assert len(router.history_) >= 1 and "val_loss" in router.history_[0]
 
 
-def test_router_save_and_load_round_trip(tmp_path):
-    X, quality, cost = _problem(n=200)
-    config = load_config(None, ["train.epochs=3", "router.hidden=16"])
-    data = Batchable(inputs=(X,), quality=quality, cost=cost, cost_est=cost)
-    router = MLPRouter(config=config, n_models=2, input_dim=X.shape[1]).fit(data, wtp_range=(1e-4, 1.0))
+def _saved_mlp(tmp_path):
+    """An untrained (seeded) MLP router saved to ``tmp_path``: the round trip needs weights, not good ones."""
+    X, _, _ = _problem(n=50)
+    router = MLPRouter(config=load_config(None, ["router.hidden=16"]), n_models=2, input_dim=X.shape[1])
+    torch.manual_seed(0)
+    router.module_ = router.build_module().eval()
     router.save(tmp_path)
+    return router, X
+
+
+def test_router_save_and_load_round_trip(tmp_path):
+    router, X = _saved_mlp(tmp_path)
     assert not list(tmp_path.glob("*.pt")) and (tmp_path / "weights.safetensors").exists()
     again = MLPRouter.load(tmp_path)
     np.testing.assert_array_equal(again.predict((X,)), router.predict((X,)))
+    assert again.config == router.config
+
+
+def test_router_json_carries_a_version_that_load_checks(tmp_path):
+    router, X = _saved_mlp(tmp_path)
+    path = tmp_path / "router.json"
+    info = json.loads(path.read_text())
+    assert info["format_version"] == ROUTER_JSON_VERSION == 1
+    # a checkpoint from before versioning has version 1's layout and still loads
+    path.write_text(json.dumps({k: v for k, v in info.items() if k != "format_version"}))
+    np.testing.assert_array_equal(TorchRouter.load(tmp_path).predict((X,)), router.predict((X,)))
+    path.write_text(json.dumps({**info, "format_version": 2}))
+    with pytest.raises(RouterMLError, match=re.escape(f"{path}: format version 2; this router-ml reads version 1 "
+                                                      "- upgrade router-ml")):
+        TorchRouter.load(tmp_path)
+    path.write_text(json.dumps({**info, "kind": "forest"}))
+    with pytest.raises(RouterMLError, match="unknown router kind 'forest'"):
+        TorchRouter.load(tmp_path)
+    path.unlink()
+    with pytest.raises(RouterMLError, match="not a router checkpoint"):
+        TorchRouter.load(tmp_path)
 
 
 def test_sklearn_baselines_learn_the_rule():
@@ -85,3 +118,67 @@ def test_sklearn_baselines_learn_the_rule():
     for model in (KNNRouter(k=15), LogRegRouter()):
         pred = model.fit(X[:500], quality[:500]).predict(X[500:])
         assert np.mean((pred[:, 0] > 0.5) == (X[500:, 0] > 0)) > 0.85, type(model).__name__
+
+
+# --- the encoder router reads a prompt exactly as the exported runtime does ----------------------
+
+MAX_LENGTH = 24  # 22 text tokens between [CLS] and [SEP]: the first 16 and the last 6 of a longer prompt
+DECIDES = "which model should answer this?"  # 6 tokens, what decides the route, at the end
+PROMPTS = {
+    "short": "Sum 17 and 25.",
+    "at the limit": "word " * 22,
+    "one over": "word " * 22 + "last",
+    "decisive end": "context " * 60 + DECIDES,
+    "past max_chars": "context " * 300 + DECIDES,  # 2,400 characters > 32 * 24: the text is clipped first
+    "lone surrogate": "\ud800 context " + "context " * 40 + DECIDES,
+    "empty": "",
+}
+
+
+def _tokens(tiny_encoder, ids, mask):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tiny_encoder / "tokenizer.json"))
+    return [[vocab.id_to_token(int(i)) for i in row[m == 1]] for row, m in zip(ids, mask, strict=True)]
+
+
+def test_encoder_tokenize_keeps_head_and_tail_between_the_special_tokens(tiny_encoder):
+    """Training's ids for prompts shorter than, at and over ``max_length``: head + tail, not right truncation."""
+    router = EncoderRouter(config=load_config(None, ["router.kind=encoder", f"router.encoder={tiny_encoder}",
+                                                     f"router.max_length={MAX_LENGTH}"]), n_models=2)
+    assert router.input_limits() == {"max_tokens": 22, "head": 16, "max_chars": 32 * MAX_LENGTH}
+    ids, mask = router.tokenize(list(PROMPTS.values()))
+    assert ids.shape == mask.shape == (len(PROMPTS), MAX_LENGTH) and ids.dtype == mask.dtype == np.int64
+    rows = dict(zip(PROMPTS, _tokens(tiny_encoder, ids, mask), strict=True))
+    assert rows["short"] == ["[CLS]", "sum", "17", "and", "25", ".", "[SEP]"]
+    assert rows["at the limit"] == ["[CLS]", *["word"] * 22, "[SEP]"]
+    assert rows["one over"] == ["[CLS]", *["word"] * 15, "word", *["word"] * 5, "last", "[SEP]"]
+    decides = ["which", "model", "should", "answer", "this", "?"]
+    for name in ("decisive end", "past max_chars", "lone surrogate"):
+        assert rows[name] == ["[CLS]", *rows[name][1:17], *decides, "[SEP]"], name
+    # sanitize made the surrogate U+FFFD (tokenizers refuses a lone surrogate), which BERT's normaliser drops
+    assert rows["decisive end"][1:17] == rows["lone surrogate"][1:17] == ["context"] * 16
+    assert rows["empty"] == ["[CLS]", "[SEP]"]
+    np.testing.assert_array_equal(mask, np.arange(MAX_LENGTH) < mask.sum(axis=1, keepdims=True))  # then padding
+    assert (ids[mask == 0] == 0).all()  # [PAD]
+
+
+@pytest.mark.slow  # fine-tunes and exports a tiny encoder router
+def test_encoder_training_ids_and_predictions_equal_the_exported_runtime(tiny_encoder, tiny_encoder_run):
+    """The ids training and evaluation feed the encoder (``tokenize``) are the ids the exported
+    artifact feeds its ONNX session, and ``Router.predict`` equals the torch router on them."""
+    from router_ml import Router
+
+    router = TorchRouter.load(tiny_encoder_run.checkpoint)
+    runtime = Router.load(tiny_encoder_run.artifact)
+    texts = [*PROMPTS.values(), *tiny_encoder_run.held_out]
+    ids, mask = router.tokenize(texts)
+    for i, text in enumerate(texts):
+        runtime_ids, runtime_mask = runtime.encode(text)
+        np.testing.assert_array_equal(ids[i, :mask[i].sum()], runtime_ids, err_msg=repr(text[:60]))
+        assert mask[i].sum() == len(runtime_ids) and runtime_mask.all()
+    assert (mask.sum(axis=1) == MAX_LENGTH).sum() >= 4  # the long prompts were clipped, to the same ids
+    np.testing.assert_allclose(runtime.predict(texts), router.predict((ids, mask)), atol=1e-4)
+    expected = ["[CLS]", *["context"] * 16, "which", "model", "should", "answer", "this", "?", "[SEP]"]
+    assert _tokens(tiny_encoder, runtime.encode(PROMPTS["decisive end"])[0][None], np.ones((1, MAX_LENGTH)))[0] == \
+        expected

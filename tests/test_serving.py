@@ -137,6 +137,7 @@ def test_a_catalog_file_that_is_not_toml_says_so(tmp_path):
         ProviderCatalog.load(bad)
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_client_refuses_a_catalog_without_the_routers_models(router):
     data = catalog_data({"*": "http://127.0.0.1:9/v1"})
     del data["models"]["code-34b"]
@@ -147,6 +148,7 @@ def test_the_client_refuses_a_catalog_without_the_routers_models(router):
 
 # --- 2. deciding: rules, pins, the knob, prices ----------------------------------------------------
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_rules_pins_and_the_knob_decide_before_the_router(router):
     data = catalog_data({"*": "http://127.0.0.1:9/v1"})
     data["rules"] = [{"name": "tier", "header": "X-Tier", "equals": "premium", "model": "frontier-xl"},
@@ -173,6 +175,7 @@ def test_rules_pins_and_the_knob_decide_before_the_router(router):
         assert err.value.field == field
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router):
     plain = AsyncRoutedClient(router, catalog({"*": "http://127.0.0.1:9/v1"}))
     assert plain.routing_prices == "artifact" and plain.router is router
@@ -185,6 +188,7 @@ def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router)
     assert priced.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == "small-8b"
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_weighted_replicas_share_requests_by_weight(router, up, up2):
     cat = catalog({"*": up.base_url}, **{m: {"replicas": [{"base_url": up.base_url, "weight": 3},
                                                           {"base_url": up2.base_url, "weight": 1}]} for m in MODELS})
@@ -197,6 +201,7 @@ def test_weighted_replicas_share_requests_by_weight(router, up, up2):
 
 # --- 3. calling: retries, fallbacks, circuit breaker -----------------------------------------------
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     up.script.extend(["500", "503"])
@@ -213,6 +218,7 @@ def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     assert sent["model"] == "small-8b" and sent["temperature"] == 0.2 and "willingness_to_pay" not in sent
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2):
     import asyncio
 
@@ -231,6 +237,7 @@ def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up,
     assert text == f"Hello from {info.model}" and info.status == "ok" and info.cost_usd > 0
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     with RoutedClient(router, cat) as client:
@@ -249,6 +256,7 @@ def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2
 
 @pytest.mark.parametrize(("behaviour", "kind"), [("timeout:3", "timeout"), ("garbage", "malformed"),
                                                  ("no_choices", "malformed"), ("drop", "dropped")])
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, behaviour, kind):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, **{"tiny-1b": {"timeout_s": 0.3}})
@@ -261,6 +269,7 @@ def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, beh
     assert [a.kind for a in r.router_ml.fallbacks] == [kind]
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_timeout(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"request_timeout_s": 1.0, "max_retries": 3}, **{"small-8b": {"timeout_s": 10}})
@@ -276,6 +285,7 @@ def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_t
     assert err.value.info.status == "error" and err.value.attempts[-1].kind == "timeout"
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_circuit_breaker_opens_skips_and_probes_again(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0, "breaker_failures": 2, "breaker_reset_s": 0.5})
@@ -303,6 +313,7 @@ def _data_lines(lines):
     return [line[len("data: "):] for line in lines if line.startswith("data: ")]
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_streams_pass_through_event_by_event(router, up):
     up.gate = threading.Event()
     with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}))) as proxy, httpx.Client() as http:
@@ -328,6 +339,7 @@ def test_streams_pass_through_event_by_event(router, up):
         assert all(json.loads(d)["choices"] for d in rest[:-1])
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
@@ -344,6 +356,7 @@ def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
             assert chunks[-1].usage.total_tokens == 30  # asked for: passed on
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     up.mode = "drop_stream:3"
@@ -363,6 +376,7 @@ def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
             list(stream)
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     up.gate = threading.Event()  # the upstream holds the stream after "Hello"
@@ -391,6 +405,7 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
         sock.close()
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_proxy_endpoints_errors_and_metrics(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
@@ -438,6 +453,7 @@ def test_proxy_endpoints_errors_and_metrics(router, up, up2):
     assert any(line.startswith('router_ml_cost_usd_total{model="small-8b"} 8e-06') for line in lines)
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_one(router, up):
     with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url})), api_key="client-key") as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
@@ -452,6 +468,7 @@ def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_on
     assert out.returncode == 1 and "--api-key-env" in out.stderr and "not a loopback address" in out.stderr
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, up2, tmp_path, caplog):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, environ={"FAKE_KEY": SECRET},
@@ -494,6 +511,7 @@ def test_the_decision_log_repairs_a_crash_cut_line_and_rotates_by_size(tmp_path)
     assert ids == [f"r{i}" for i in range(40 - len(ids), 40)]  # newest kept in order, oldest rotated away
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     log = tmp_path / "decisions.jsonl"
     cat = catalog({"*": up.base_url}, settings={"max_retries": 0})
@@ -543,6 +561,7 @@ def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
     with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
                                                                    decision_log=log)) as proxy, \
@@ -582,6 +601,7 @@ def test_the_decisions_reader_joins_across_rotated_files_and_counts_what_it_reje
     assert "truncated last line" in rejected[2]["reason"]
 
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     with RoutedClient(router, catalog({"*": up.base_url}), decision_log=log) as client:
@@ -596,6 +616,7 @@ def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
 
 # --- 7. the OpenAI SDK against `router-ml serve` -----------------------------------------------------
 
+@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
     import openai  # a dev dependency: a missing SDK fails the test rather than skipping it
     providers = tmp_path / "providers.toml"

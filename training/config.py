@@ -5,19 +5,29 @@ A config file has one table per section (``[data]``, ``[featurizer]``, ``[router
 dotted keys (``router.hidden=512``); unknown sections or keys are rejected with the list of valid
 ones. ``to_flat()`` gives the ``section.key -> value`` dict that is logged to MLflow and saved with
 the router, and ``from_flat`` reads it back.
+
+Every way in (``load_config``, ``TrainConfig.from_flat``, ``replace``) validates the whole config -
+names (router kind, featurizer, baselines, groups), ranges and combinations - so a bad value fails
+before any data is read or featurized, with an error that names the key and what it accepts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from router_ml.errors import RouterMLError
 
-__all__ = ["ConfigError", "TrainConfig", "load_config"]
+__all__ = ["BASELINE_NAMES", "ConfigError", "TrainConfig", "load_config"]
+
+#: The baselines ``eval.baselines`` may name, in report order: the one list of their names (the
+#: evaluation computes each; ``knn`` and ``logreg`` are trained on the featurizer's features).
+BASELINE_NAMES = ("random", "best-single", "knn", "logreg", "oracle")
 
 
 class ConfigError(RouterMLError, ValueError):
@@ -77,7 +87,7 @@ class TrainLoopConfig:
 class EvalConfig:
     knob_points: int = 81          #: willingness-to-pay values in the cost-quality sweep
     n_boot: int = 200              #: bootstrap resamples for confidence intervals
-    baselines: tuple[str, ...] = ("random", "best-single", "knn", "logreg", "oracle")
+    baselines: tuple[str, ...] = BASELINE_NAMES
 
 
 @dataclass(frozen=True)
@@ -109,11 +119,8 @@ class TrainConfig:
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> TrainConfig:
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in flat.items():
-            section, _, name = key.partition(".")
-            nested.setdefault(section, {})[name] = value
-        return _build(nested, source="<flat config>")
+        """The config of a :meth:`to_flat` dict (a saved checkpoint's ``config.json``), validated."""
+        return _build(_nest(flat), source="<flat config>")
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"loss.tradeoff_weight": 0})``."""
@@ -121,6 +128,14 @@ class TrainConfig:
         for key, value in overrides.items():
             flat[key] = value
         return TrainConfig.from_flat(flat)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
 
 
 def _coerce(value: Any, target: Any, where: str) -> Any:
@@ -156,7 +171,7 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
     return value
 
 
-def _build(nested: dict[str, dict[str, Any]], *, source: str) -> TrainConfig:
+def _build(nested: dict[str, dict[str, Any]], *, source: str, check: bool = True) -> TrainConfig:
     sections = {f.name: f for f in fields(TrainConfig)}
     unknown = set(nested) - set(sections)
     if unknown:
@@ -174,7 +189,121 @@ def _build(nested: dict[str, dict[str, Any]], *, source: str) -> TrainConfig:
                               f"valid keys in [{name}]: {sorted(valid)}")
         built[name] = dataclasses.replace(
             default, **{k: _coerce(v, valid[k], f"{source}: {name}.{k}") for k, v in values.items()})
-    return TrainConfig(**built)
+    config = TrainConfig(**built)
+    if check:
+        validate(config, source=source)
+    return config
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+def _whole_or_fraction(value: float, *, zero: bool) -> bool:
+    """``data.train_size`` / ``val_size``: a fraction below 1 or a whole count (0 only where allowed)."""
+    return (value == 0 and zero) or 0 < value < 1 or (value >= 1 and float(value).is_integer())
+
+
+#: key -> (test, what the key accepts) for every numeric setting
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.train_size": (lambda v: _whole_or_fraction(v, zero=False), "a fraction in (0, 1) or a whole count >= 1"),
+    "data.val_size": (lambda v: _whole_or_fraction(v, zero=True), "0, a fraction in (0, 1) or a whole count"),
+    "data.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "featurizer.max_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "featurizer.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "featurizer.num_proc": (lambda v: v >= 1, "an integer >= 1"),
+    "router.hidden": (lambda v: v >= 1, "an integer >= 1"),
+    "router.layers": (lambda v: v >= 0, "an integer >= 0 (0 = a linear head)"),
+    "router.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "router.ensemble": (lambda v: v >= 1, "an integer >= 1"),
+    "router.model_dim": (lambda v: v >= 1, "an integer >= 1"),
+    # the encoder keeps its two special tokens ([CLS] ... [SEP]) and at least one text token
+    "router.max_length": (lambda v: v >= 3, "an integer >= 3 (two special tokens and the text)"),
+    "router.encoder_layers": (lambda v: v >= 0, "an integer >= 0 (0 = all layers)"),
+    "router.group_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
+    "loss.temperature": (lambda v: v > 0, "a number > 0"),
+    "loss.knob_samples": (lambda v: v >= 1, "an integer >= 1"),
+    "loss.pairwise_weight": (lambda v: v >= 0, "a number >= 0"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.lr": (lambda v: v > 0, "a number > 0"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "train.patience": (lambda v: v >= 1, "an integer >= 1 (epochs without improvement before stopping)"),
+    "train.threads": (lambda v: v >= 0, "an integer >= 0 (0 = the router's default)"),
+    "eval.knob_points": (lambda v: v >= 2, "an integer >= 2"),
+    "eval.n_boot": (lambda v: v >= 0, "an integer >= 0 (0 = no confidence intervals)"),
+}
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _router_kinds() -> list[str]:
+    """The trainable routers of :data:`training.routers.ROUTERS` (imported here, not at module level:
+    the routers import this module)."""
+    from training.routers import ROUTERS, TorchRouter
+
+    return sorted(name for name, cls in ROUTERS.items() if issubclass(cls, TorchRouter))
+
+
+def _is_path(text: str) -> bool:
+    """Whether a model name is meant as a directory (checked to exist by :func:`load_config` only)."""
+    return "/" in text or "\\" in text or text.startswith(("~", ".")) or Path(text).expanduser().is_dir()
+
+
+def validate(config: TrainConfig, *, source: str = "<config>") -> None:
+    """Check every name, range and combination of ``config``; raise :class:`ConfigError` naming the key.
+
+    >>> validate(TrainConfig())  # the defaults are valid
+    """
+    from training.featurizers import FEATURIZERS
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    flat = config.to_flat()
+    for key, (ok, accepts) in _RANGES.items():
+        value = flat[key]
+        if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+            fail(key, f"expected {accepts}, got {value!r}")
+    kinds = _router_kinds()
+    if config.router.kind not in kinds:
+        fail("router.kind", f"unknown router {config.router.kind!r}; choose one of {', '.join(kinds)}")
+    name = config.featurizer.name
+    if name not in FEATURIZERS and not _is_path(name):
+        fail("featurizer.name", f"unknown featurizer {name!r}; choose one of {', '.join(sorted(FEATURIZERS))} "
+                                "or give the path of a local model directory (e.g. ./models/my-encoder)")
+    encoder = config.router.encoder
+    if encoder != "minilm" and not _is_path(encoder):
+        fail("router.encoder", f"expected 'minilm' or the path of a local BERT-family checkpoint, got {encoder!r}")
+    if config.train.device not in _DEVICES:
+        fail("train.device", f"expected one of {', '.join(_DEVICES)}, got {config.train.device!r}")
+    if not config.tracking.experiment.strip():
+        fail("tracking.experiment", "expected a non-empty experiment name")
+    seen: set[str] = set()
+    for i, baseline in enumerate(config.eval.baselines):
+        if baseline not in BASELINE_NAMES:
+            fail(f"eval.baselines[{i}]", f"unknown baseline {baseline!r}; choose from {', '.join(BASELINE_NAMES)}")
+        if baseline in seen:
+            fail(f"eval.baselines[{i}]", f"{baseline!r} is listed twice")
+        seen.add(baseline)
+    groups = config.router.groups
+    if groups:
+        if groups != "task" and not (groups.startswith("metadata.") and len(groups) > len("metadata.")):
+            fail("router.groups", f"expected '', 'task' or 'metadata.<key>', got {groups!r}")
+        if config.router.kind == "encoder":
+            fail("router.groups", "works with the mlp and mf routers (static or sentence features), not the "
+                                  "encoder; leave router.groups empty or choose router.kind = mlp or mf")
+
+
+def _check_paths(config: TrainConfig, source: str) -> None:
+    """A config file (not a saved one: its paths may be elsewhere now) names directories that exist."""
+    from training.featurizers import FEATURIZERS
+
+    checks = [("featurizer.name", config.featurizer.name, tuple(FEATURIZERS))]
+    if config.router.kind == "encoder":
+        checks.append(("router.encoder", config.router.encoder, ("minilm",)))
+    for key, value, names in checks:
+        if value not in names and not Path(value).expanduser().is_dir():
+            raise ConfigError(f"{source}: {key}: {value!r} is not a directory; give the path of a local model "
+                              "directory")
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -201,7 +330,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    config = _build(nested, source=source)
+    config = _build(nested, source=source, check=not overrides)  # overrides may mend the file: check the result
     if overrides:
         pairs = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
         flat = config.to_flat()
@@ -209,5 +338,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             if key not in flat:
                 raise ConfigError(f"--set: unknown key '{key}'; valid keys: {', '.join(sorted(flat))}")
             flat[key] = value
-        config = TrainConfig.from_flat(flat)
+        source = f"{source} with --set"
+        config = _build(_nest(flat), source=source)
+    _check_paths(config, source)
     return config

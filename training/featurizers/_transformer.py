@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from router_ml._optional import require
+from router_ml.truncation import default_max_chars, prepare_text
 from training.featurizers._base import (
     DEFAULT_MAX_TOKENS,
     Featurizer,
@@ -95,11 +96,14 @@ class TransformerFeaturizer(Featurizer):
     ``normalize`` override that. The special tokens ([CLS] ... [SEP]) are part of the mean, as in
     sentence-transformers, so an empty text still gets a (non-zero) vector.
 
-    Truncation: the text is tokenized without special tokens; when it has more than
-    ``max_tokens - n_special`` tokens, the first ``head`` (default 3/4 of that budget) and the last
-    remaining ones are kept, then the special tokens are added. ``max_tokens`` defaults to 256, capped
-    by the model's ``max_seq_length`` and position embeddings. Runs on CUDA when available, else CPU,
-    under ``torch.inference_mode``; torch's thread count is left alone.
+    Truncation follows :mod:`router_ml.truncation`, as every router input does: lone surrogates are
+    replaced, a text over ``32 * max_tokens`` characters is clipped, it is tokenized without special
+    tokens; when it has more than ``max_tokens - n_special`` tokens, the first ``head`` (default 3/4
+    of that budget) and the last remaining ones are kept, then the special tokens are added. (The
+    character clip changes no RouteLLM MMLU or MMLU-Pro prompt: none is over 8,192 characters.)
+    ``max_tokens`` defaults to 256, capped by the model's ``max_seq_length`` and position embeddings.
+    Runs on CUDA when available, else CPU, under ``torch.inference_mode``; torch's thread count is
+    left alone.
 
     >>> featurizer = TransformerFeaturizer("path/to/distilbert")  # doctest: +SKIP
     >>> featurizer.transform(["hello"]).shape  # doctest: +SKIP
@@ -226,6 +230,7 @@ class TransformerFeaturizer(Featurizer):
             return []
         prefix, suffix = self._template
         budget, head = self.content_budget, self.head
+        texts = [prepare_text(t, default_max_chars(self.max_tokens)) for t in texts]
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         return [prefix + head_tail(ids, max_tokens=budget, head=head) + suffix for ids in encoded]

