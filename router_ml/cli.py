@@ -287,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_record
+    from router_ml.decision_log import FEEDBACK_FIELDS, DecisionLog, FeedbackError, feedback_record
 
     records = []
     if args.file:
@@ -302,7 +302,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
                     if not isinstance(obj, dict):
                         raise FeedbackError("request_id", "each line must be an object "
                                             "{\"request_id\", \"quality\" | \"thumbs\"}")
-                    unknown = set(obj) - {"request_id", "quality", "thumbs", "comment"}
+                    unknown = set(obj) - set(FEEDBACK_FIELDS)
                     if unknown:
                         raise FeedbackError(sorted(unknown)[0], "unknown field (allowed: request_id, quality, "
                                             "thumbs, comment)")

@@ -2,13 +2,20 @@
 
 Two record types share one append-only JSONL file::
 
-    {"type": "decision", "time": "2025-01-01T12:00:00.123Z", "request_id": "rml-...", "prompt_sha256": "...",
+    {"type": "decision", "format_version": 1, "time": "2025-01-01T12:00:00.123Z", "request_id": "rml-...",
+     "prompt_sha256": "...",
      "prompt": "...",                      # only when prompt logging is enabled
      "rule": null, "willingness_to_pay": 0.08, "scores": {"tiny-1b": 0.41, ...}, "chosen": "tiny-1b",
      "model": "small-8b", "provider_model": "small-8b", "fallbacks": [{"model": "tiny-1b", "upstream":
      "tiny-1b#0", "reason": "HTTP 500"}], "status": "ok", "stream": false, "input_tokens": 12,
      "output_tokens": 40, "cost_usd": 1.8e-05, "latency_s": 0.21, "routing_ms": 0.09}
-    {"type": "feedback", "time": "...", "request_id": "rml-...", "quality": 1.0}
+    {"type": "feedback", "format_version": 1, "time": "...", "request_id": "rml-...", "quality": 1.0}
+
+Every line carries ``format_version`` (:data:`FORMAT_VERSION`); readers check it with
+:func:`line_version`, so a log written by a newer release fails loudly instead of being misread.
+Lines written before the field existed have none and are version 1. A feedback line's own fields
+(what ``POST /v1/feedback``, ``router-ml feedback --file`` and the log share) are
+:data:`FEEDBACK_FIELDS`.
 
 Crash safety: each record is written with one ``os.write`` of a complete line to a file opened
 with ``O_APPEND`` (``fsync=True`` adds an fsync per record). A process killed inside a write can
@@ -33,7 +40,15 @@ from typing import Any
 
 from router_ml.errors import RouterMLError
 
-__all__ = ["DecisionLog", "FeedbackError", "feedback_record", "log_files", "repair", "utc_now"]
+__all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", "NewerFormatError", "VERSION_FIELD",
+           "feedback_from", "feedback_record", "line_version", "log_files", "repair", "utc_now"]
+
+#: the version of the line format this release writes (and the newest it reads)
+FORMAT_VERSION = 1
+#: the key of the version in every line; a line without it was written before versioning, i.e. version 1
+VERSION_FIELD = "format_version"
+#: what a rating carries, in the feedback endpoint, a ``router-ml feedback --file`` line and the log alike
+FEEDBACK_FIELDS = ("request_id", "quality", "thumbs", "comment")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
@@ -46,10 +61,45 @@ class FeedbackError(RouterMLError, ValueError):
         super().__init__(f"field '{field}': {message}")
 
 
+class NewerFormatError(RouterMLError, ValueError):
+    """A log line was written by a newer router-ml than this one (its ``format_version`` is unknown here)."""
+
+
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a ``Z``."""
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def line_version(obj: Mapping[str, Any]) -> int:
+    """The format version of one parsed log line (1 when absent: an earlier release wrote it).
+
+    Raises :class:`NewerFormatError` when the line is newer than this release reads, :class:`ValueError`
+    when the version is not a positive integer; each says what to do, the caller adds the file and line."""
+    version = obj.get(VERSION_FIELD, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"'{VERSION_FIELD}' must be a positive integer, got {version!r}; the line is corrupt")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(f"decision-log format version {version} is newer than this router-ml reads "
+                         f"(up to {FORMAT_VERSION}); upgrade router-ml to read this log")
+    return version
+
+
+def feedback_from(obj: Any, *, logged: bool = False) -> dict[str, Any]:
+    """A validated feedback record from a JSON object with :data:`FEEDBACK_FIELDS`.
+
+    ``logged=False`` (a request body or a ratings file): any other key is an error. ``logged=True`` (a
+    feedback line read back from the log): the line's envelope (type, version, time) is ignored, and
+    its ``quality`` too when ``thumbs`` is present, since the writer stores both."""
+    if not isinstance(obj, Mapping):
+        raise FeedbackError("request_id", 'must be a JSON object {"request_id", "quality" | "thumbs"}')
+    if not logged:
+        unknown = sorted(set(obj) - set(FEEDBACK_FIELDS))
+        if unknown:
+            raise FeedbackError(unknown[0], f"unknown field; allowed: {', '.join(FEEDBACK_FIELDS)}")
+    thumbs = obj.get("thumbs")
+    quality = None if logged and thumbs is not None else obj.get("quality")
+    return feedback_record(obj.get("request_id"), quality=quality, thumbs=thumbs, comment=obj.get("comment"))
 
 
 def feedback_record(request_id: Any, *, quality: Any = None, thumbs: Any = None,
@@ -66,8 +116,8 @@ def feedback_record(request_id: Any, *, quality: Any = None, thumbs: Any = None,
         quality = 1.0 if thumbs == "up" else 0.0
     if isinstance(quality, bool) or not isinstance(quality, int | float) or not 0 <= quality <= 1:
         raise FeedbackError("quality", f"must be a number in [0, 1], got {quality!r}")
-    record: dict[str, Any] = {"type": "feedback", "time": utc_now(), "request_id": request_id,
-                              "quality": float(quality)}
+    record: dict[str, Any] = {"type": "feedback", VERSION_FIELD: FORMAT_VERSION, "time": utc_now(),
+                              "request_id": request_id, "quality": float(quality)}
     if thumbs is not None:
         record["thumbs"] = thumbs
     if comment is not None:

@@ -15,7 +15,7 @@ Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400
 request (``param`` names the field), 401 without the client key, 413 for a body over the limit,
 502 when every model of the fallback chain failed (the message lists each attempt's reason).
 
-starlette and uvicorn are imported only here (``pip install "router-ml[serve]"``).
+starlette, uvicorn and prometheus_client are imported only here (``pip install "router-ml[serve]"``).
 """
 
 from __future__ import annotations
@@ -23,127 +23,125 @@ from __future__ import annotations
 import gc
 import hmac
 import json
-import math
+import os
 import socket
 import sys
-import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from router_ml._optional import require
-from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, _Stream
-from router_ml.decision_log import DecisionLog, FeedbackError, feedback_record
+from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
+from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from
 from router_ml.errors import RouterMLError
 from router_ml.providers import is_loopback
 
-__all__ = ["Metrics", "create_app", "run_server"]
+__all__ = ["MULTIPROC_ENV", "Metrics", "create_app", "run_server"]
 
 ROUTING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class _Histogram:
-    def __init__(self, buckets: Sequence[float]):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                return
-        self.counts[-1] += 1
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, count in zip((*self.buckets, math.inf), self.counts, strict=True):
-            running += count
-            le = "+Inf" if math.isinf(bound) else repr(bound)
-            out.append(f'{name}_bucket{{le="{le}"}} {running}')
-        out += [f"{name}_sum {self.sum!r}", f"{name}_count {running}"]
-        return out
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+#: prometheus_client's switch to multi-process mode: a directory the worker processes share
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
-    """Counters and histograms of the proxy, rendered in the Prometheus text format (no key, no URL)."""
+    """The proxy's Prometheus metrics (``prometheus_client``; no key, no URL in any label).
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[str, int] = defaultdict(int)  # status -> count
-        self.decisions: dict[tuple[str, str], int] = defaultdict(int)  # (model, by) -> count
-        self.answers: dict[str, int] = defaultdict(int)
-        self.fallbacks: dict[tuple[str, str], int] = defaultdict(int)  # (upstream, kind) -> count
-        self.cost: dict[str, float] = defaultdict(float)
-        self.tokens: dict[tuple[str, str], int] = defaultdict(int)
-        self.routing = _Histogram(ROUTING_BUCKETS)
-        self.latency = _Histogram(REQUEST_BUCKETS)
+    Each instance owns a :class:`prometheus_client.CollectorRegistry`, not the process-global default,
+    so several apps in one process (the tests) count separately. Counters, the two latency histograms
+    and the per-upstream circuit gauge keep the names the README lists (``router_ml_requests_total`` ...).
+
+    Several worker processes: prometheus_client writes every counter and histogram to files in
+    ``$PROMETHEUS_MULTIPROC_DIR`` when that variable is set before ``prometheus_client`` is first imported;
+    :meth:`render` then exposes the sum over all workers through
+    ``prometheus_client.multiprocess.MultiProcessCollector`` instead of this registry. The two values read
+    from the live client at scrape time (``router_ml_circuit_open``, ``router_ml_decision_log_errors_total``)
+    are the answering worker's own in that mode; a multi-worker server must move them to gauges with a
+    ``multiprocess_mode`` (the directory must be emptied before the workers start).
+    """
+
+    def __init__(self, client: AsyncRoutedClient | None = None) -> None:
+        prom = require("prometheus_client", extra="serve", purpose="router-ml serve's /metrics")
+        self._prom = prom
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = prom.Counter("router_ml_requests", "Chat completion requests by final status.",
+                                     ["status"], registry=r)
+        self.decisions = prom.Counter("router_ml_decisions", "Routing decisions by chosen model and by what chose "
+                                      "it.", ["model", "by"], registry=r)
+        self.answers = prom.Counter("router_ml_answers", "Answers by the model that gave them.", ["model"],
+                                    registry=r)
+        self.fallbacks = prom.Counter("router_ml_fallbacks", "Failed upstream attempts (each led to a retry or a "
+                                      "fallback).", ["upstream", "kind"], registry=r)
+        self.cost = prom.Counter("router_ml_cost_usd", "Cost of answered requests in USD.", ["model"], registry=r)
+        self.tokens = prom.Counter("router_ml_tokens", "Tokens of answered requests.", ["model", "direction"],
+                                   registry=r)
+        self.routing = prom.Histogram("router_ml_routing_latency_seconds", "Time to decide (validation, rules, "
+                                      "router).", buckets=ROUTING_BUCKETS, registry=r)
+        self.latency = prom.Histogram("router_ml_request_latency_seconds", "Time from request to answer (streams: "
+                                      "to the last event).", buckets=REQUEST_BUCKETS, registry=r)
+        self._client = client
+        self._live = _LiveCollector(self)
+        r.register(self._live)
+        self.content_type: str = prom.CONTENT_TYPE_LATEST
+
+    def attach(self, client: AsyncRoutedClient) -> None:
+        """Read the circuit states and decision-log errors of ``client`` at each scrape."""
+        self._client = client
 
     def count(self, status: str) -> None:
-        with self._lock:
-            self.requests[status] += 1
+        """Count a request that ended before routing (unauthorized, bad request, too large)."""
+        self.requests.labels(status).inc()
 
     def observe(self, info: RouteInfo) -> None:
-        with self._lock:
-            self.requests[info.status] += 1
-            self.decisions[(info.chosen, "router" if info.rule is None else "rule")] += 1
-            for attempt in info.fallbacks:
-                self.fallbacks[(attempt.upstream or attempt.model, attempt.kind)] += 1
-            if info.model is not None:
-                self.answers[info.model] += 1
-                if info.cost_usd is not None:
-                    self.cost[info.model] += info.cost_usd
-                self.tokens[(info.model, "input")] += info.input_tokens or 0
-                self.tokens[(info.model, "output")] += info.output_tokens or 0
-            self.routing.observe(info.routing_ms / 1000)
-            if info.latency_s is not None:
-                self.latency.observe(info.latency_s)
+        """Count one finished request (the client's ``on_complete`` hook)."""
+        self.requests.labels(info.status).inc()
+        self.decisions.labels(info.chosen, "router" if info.rule is None else "rule").inc()
+        for attempt in info.fallbacks:
+            self.fallbacks.labels(attempt.upstream or attempt.model, attempt.kind).inc()
+        if info.model is not None:
+            self.answers.labels(info.model).inc()
+            if info.cost_usd is not None:
+                self.cost.labels(info.model).inc(info.cost_usd)
+            self.tokens.labels(info.model, "input").inc(info.input_tokens or 0)
+            self.tokens.labels(info.model, "output").inc(info.output_tokens or 0)
+        self.routing.observe(info.routing_ms / 1000)
+        if info.latency_s is not None:
+            self.latency.observe(info.latency_s)
 
-    def render(self, client: AsyncRoutedClient) -> str:
-        with self._lock:
-            lines = [
-                "# HELP router_ml_requests_total Chat completion requests by final status.",
-                "# TYPE router_ml_requests_total counter",
-                *(f'router_ml_requests_total{{status="{_label(s)}"}} {n}' for s, n in sorted(self.requests.items())),
-                "# HELP router_ml_decisions_total Routing decisions by chosen model and by what chose it.",
-                "# TYPE router_ml_decisions_total counter",
-                *(f'router_ml_decisions_total{{model="{_label(m)}",by="{b}"}} {n}'
-                  for (m, b), n in sorted(self.decisions.items())),
-                "# HELP router_ml_answers_total Answers by the model that gave them.",
-                "# TYPE router_ml_answers_total counter",
-                *(f'router_ml_answers_total{{model="{_label(m)}"}} {n}' for m, n in sorted(self.answers.items())),
-                "# HELP router_ml_fallbacks_total Failed upstream attempts (each led to a retry or a fallback).",
-                "# TYPE router_ml_fallbacks_total counter",
-                *(f'router_ml_fallbacks_total{{upstream="{_label(u)}",kind="{k}"}} {n}'
-                  for (u, k), n in sorted(self.fallbacks.items())),
-                "# HELP router_ml_cost_usd_total Cost of answered requests in USD.",
-                "# TYPE router_ml_cost_usd_total counter",
-                *(f'router_ml_cost_usd_total{{model="{_label(m)}"}} {c!r}' for m, c in sorted(self.cost.items())),
-                "# HELP router_ml_tokens_total Tokens of answered requests.",
-                "# TYPE router_ml_tokens_total counter",
-                *(f'router_ml_tokens_total{{model="{_label(m)}",direction="{d}"}} {n}'
-                  for (m, d), n in sorted(self.tokens.items())),
-                "# HELP router_ml_routing_latency_seconds Time to decide (validation, rules, router).",
-                "# TYPE router_ml_routing_latency_seconds histogram",
-                *self.routing.lines("router_ml_routing_latency_seconds"),
-                "# HELP router_ml_request_latency_seconds Time from request to answer (streams: to the last event).",
-                "# TYPE router_ml_request_latency_seconds histogram",
-                *self.latency.lines("router_ml_request_latency_seconds"),
-            ]
-        lines += ["# HELP router_ml_decision_log_errors_total Decision-log records that could not be written.",
-                  "# TYPE router_ml_decision_log_errors_total counter",
-                  f"router_ml_decision_log_errors_total {client.log_errors}"]
-        lines += ["# HELP router_ml_circuit_open Whether an upstream's circuit breaker is open (1) or not (0).",
-                  "# TYPE router_ml_circuit_open gauge"]
-        for label, breaker in sorted(client.breakers().items()):
-            lines.append(f'router_ml_circuit_open{{upstream="{_label(label)}"}} {int(breaker.state == "open")}')
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this registry, or every worker's files in multi-process mode."""
+        prom = self._prom
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return prom.generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = prom.CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        registry.register(_LiveCollector(self))
+        return prom.generate_latest(registry)
+
+
+class _LiveCollector:
+    """Values read from the client at scrape time rather than counted as they happen."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        client = self._metrics._client
+        errors = CounterMetricFamily("router_ml_decision_log_errors", "Decision-log records that could not be "
+                                     "written.")
+        circuit = GaugeMetricFamily("router_ml_circuit_open", "Whether an upstream's circuit breaker is open (1) or "
+                                    "not (0).", labels=["upstream"])
+        if client is not None:
+            errors.add_metric([], client.log_errors)
+            for label, breaker in sorted(client.breakers().items()):
+                circuit.add_metric([label], int(breaker.state == "open"))
+        yield errors
+        yield circuit
 
 
 def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
@@ -159,6 +157,7 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
     from starlette.routing import Route
 
     metrics = metrics or Metrics()
+    metrics.attach(client)
     previous_hook = client.on_complete
 
     def on_complete(info: RouteInfo) -> None:
@@ -219,7 +218,7 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
         except UpstreamError as exc:
             return error(502, str(exc), "upstream_error", code="all_providers_failed",
                          request_id=exc.info.request_id, attempts=[a.to_dict() for a in exc.attempts])
-        if isinstance(result, _Stream):
+        if isinstance(result, UpstreamStream):
             info = result.info
             # the background task closes (and logs) a stream that was never iterated, e.g. the client left first
             return StreamingResponse(result.events(), media_type="text/event-stream",
@@ -244,12 +243,7 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
             body = await read_json(request)
             if not isinstance(body, dict):
                 raise RequestError(None, "the body must be a JSON object {\"request_id\", \"quality\" | \"thumbs\"}")
-            unknown = set(body) - {"request_id", "quality", "thumbs", "comment"}
-            if unknown:
-                raise RequestError(sorted(unknown)[0], "unknown field; send request_id and quality or thumbs "
-                                   "(and an optional comment)")
-            record = feedback_record(body.get("request_id"), quality=body.get("quality"), thumbs=body.get("thumbs"),
-                                     comment=body.get("comment"))
+            record = feedback_from(body)
         except _TooLarge:
             return too_large()
         except RequestError as exc:
@@ -277,7 +271,7 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
         denied = unauthorized(request)
         if denied is not None:
             return denied
-        return Response(metrics.render(client), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), headers={"content-type": metrics.content_type})
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -331,6 +325,7 @@ def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: in
     """Load, bind and serve until interrupted (what ``router-ml serve`` runs)."""
     require("starlette", extra="serve", purpose="router-ml serve")
     require("uvicorn", extra="serve", purpose="router-ml serve")
+    require("prometheus_client", extra="serve", purpose="router-ml serve")
     if not is_loopback(host) and not api_key:
         raise RouterMLError(f"--host {host} is not a loopback address, so clients must authenticate: export a "
                             f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")

@@ -217,7 +217,10 @@ def summary(lat: list[float]) -> dict:
 
 
 def metric_sum(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    """The sum of one metric's samples over every label value (``name`` as exposed: ``..._total``)."""
+    from prometheus_client.parser import text_string_to_metric_families  # the serve extra, as for the proxy
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
 
 
 def main() -> None:

@@ -22,6 +22,17 @@ def shared_data() -> Path:
     return SHARED
 
 
+#: fixtures that distil, train or fine-tune: every test that uses one is marked slow (pytest_collection_modifyitems)
+TRAINING_FIXTURES = frozenset({"trained", "tiny_encoder_run"})
+
+
+def pytest_collection_modifyitems(config, items):
+    # the `slow` marker stays honest as tests are added: using a training fixture makes a test slow
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     # The suite is offline by design: nothing may reach a model or dataset hub.
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -16,11 +16,11 @@ import time
 import httpx
 import pytest
 
-from router_ml import CatalogError, Router
+from router_ml import CatalogError, DataError, Router
 from router_ml.client import AsyncRoutedClient, RequestError, RoutedClient, StreamInterrupted, UpstreamError
-from router_ml.decision_log import DecisionLog, feedback_record, log_files
+from router_ml.decision_log import FEEDBACK_FIELDS, FORMAT_VERSION, DecisionLog, feedback_record, log_files
 from router_ml.providers import ProviderCatalog
-from router_ml.serve import bind, create_app, make_server
+from router_ml.serve import Metrics, bind, create_app, make_server
 from training.data import load_traffic
 
 from .conftest import ROOT
@@ -44,6 +44,27 @@ def catalog_data(urls: dict[str, str], *, fallbacks: dict[str, list[str]] | None
         entry.update(per_model.get(m, {}))
         models[m] = entry
     return {"settings": {**FAST, **(settings or {})}, "models": models}
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand: the circuit breakers' cooldowns pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` parsed by prometheus_client's own parser: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def catalog(urls, **kwargs) -> ProviderCatalog:
@@ -137,7 +158,6 @@ def test_a_catalog_file_that_is_not_toml_says_so(tmp_path):
         ProviderCatalog.load(bad)
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_client_refuses_a_catalog_without_the_routers_models(router):
     data = catalog_data({"*": "http://127.0.0.1:9/v1"})
     del data["models"]["code-34b"]
@@ -148,7 +168,6 @@ def test_the_client_refuses_a_catalog_without_the_routers_models(router):
 
 # --- 2. deciding: rules, pins, the knob, prices ----------------------------------------------------
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_rules_pins_and_the_knob_decide_before_the_router(router):
     data = catalog_data({"*": "http://127.0.0.1:9/v1"})
     data["rules"] = [{"name": "tier", "header": "X-Tier", "equals": "premium", "model": "frontier-xl"},
@@ -175,7 +194,6 @@ def test_rules_pins_and_the_knob_decide_before_the_router(router):
         assert err.value.field == field
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router):
     plain = AsyncRoutedClient(router, catalog({"*": "http://127.0.0.1:9/v1"}))
     assert plain.routing_prices == "artifact" and plain.router is router
@@ -188,7 +206,6 @@ def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router)
     assert priced.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == "small-8b"
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_weighted_replicas_share_requests_by_weight(router, up, up2):
     cat = catalog({"*": up.base_url}, **{m: {"replicas": [{"base_url": up.base_url, "weight": 3},
                                                           {"base_url": up2.base_url, "weight": 1}]} for m in MODELS})
@@ -201,7 +218,6 @@ def test_weighted_replicas_share_requests_by_weight(router, up, up2):
 
 # --- 3. calling: retries, fallbacks, circuit breaker -----------------------------------------------
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     up.script.extend(["500", "503"])
@@ -218,7 +234,6 @@ def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     assert sent["model"] == "small-8b" and sent["temperature"] == 0.2 and "willingness_to_pay" not in sent
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2):
     import asyncio
 
@@ -237,7 +252,6 @@ def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up,
     assert text == f"Hello from {info.model}" and info.status == "ok" and info.cost_usd > 0
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     with RoutedClient(router, cat) as client:
@@ -256,7 +270,6 @@ def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2
 
 @pytest.mark.parametrize(("behaviour", "kind"), [("timeout:3", "timeout"), ("garbage", "malformed"),
                                                  ("no_choices", "malformed"), ("drop", "dropped")])
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, behaviour, kind):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, **{"tiny-1b": {"timeout_s": 0.3}})
@@ -269,7 +282,6 @@ def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, beh
     assert [a.kind for a in r.router_ml.fallbacks] == [kind]
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_timeout(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"request_timeout_s": 1.0, "max_retries": 3}, **{"small-8b": {"timeout_s": 10}})
@@ -285,23 +297,25 @@ def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_t
     assert err.value.info.status == "error" and err.value.attempts[-1].kind == "timeout"
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_the_circuit_breaker_opens_skips_and_probes_again(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0, "breaker_failures": 2, "breaker_reset_s": 0.5})
     up.mode = "500"
-    with RoutedClient(router, cat) as client:
+    clock = FakeClock()
+    with RoutedClient(router, cat, clock=clock) as client:
         for _ in range(2):
             assert client.chat.completions.create(model="tiny-1b", messages=MSG).router_ml.model == "small-8b"
         assert client.breaker("tiny-1b#0").state == "open" and len(up.requests) == 2
         r = client.chat.completions.create(model="tiny-1b", messages=MSG)
         assert len(up.requests) == 2  # not even tried
         assert [a.kind for a in r.router_ml.fallbacks] == ["circuit_open"] and r.router_ml.model == "small-8b"
-        time.sleep(0.55)
+        clock.advance(0.49)
+        assert client.breaker("tiny-1b#0").state == "open"
+        clock.advance(0.02)
         assert client.breaker("tiny-1b#0").state == "half_open"
         r = client.chat.completions.create(model="tiny-1b", messages=MSG)  # the probe fails: open again
         assert len(up.requests) == 3 and client.breaker("tiny-1b#0").state == "open"
-        time.sleep(0.55)
+        clock.advance(0.51)
         up.mode = "ok"
         r = client.chat.completions.create(model="tiny-1b", messages=MSG)  # the probe succeeds: closed
         assert r.router_ml.model == "tiny-1b" and client.breaker("tiny-1b#0").state == "closed"
@@ -313,7 +327,6 @@ def _data_lines(lines):
     return [line[len("data: "):] for line in lines if line.startswith("data: ")]
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_streams_pass_through_event_by_event(router, up):
     up.gate = threading.Event()
     with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}))) as proxy, httpx.Client() as http:
@@ -339,7 +352,6 @@ def test_streams_pass_through_event_by_event(router, up):
         assert all(json.loads(d)["choices"] for d in rest[:-1])
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
@@ -356,7 +368,6 @@ def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
             assert chunks[-1].usage.total_tokens == 30  # asked for: passed on
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     up.mode = "drop_stream:3"
@@ -376,7 +387,6 @@ def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
             list(stream)
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     up.gate = threading.Event()  # the upstream holds the stream after "Hello"
@@ -405,7 +415,6 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
         sock.close()
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_proxy_endpoints_errors_and_metrics(router, up, up2):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
@@ -441,19 +450,63 @@ def test_proxy_endpoints_errors_and_metrics(router, up, up2):
         failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG, "stream": True})
         assert failed.status_code == 502 and failed.json()["error"]["code"] == "all_providers_failed"
         metrics = http.get("/metrics").text
-    lines = set(metrics.splitlines())
-    assert 'router_ml_requests_total{status="ok"} 2' in lines
-    assert 'router_ml_requests_total{status="error"} 2' in lines
-    assert 'router_ml_requests_total{status="bad_request"} 2' in lines
-    assert 'router_ml_requests_total{status="too_large"} 2' in lines
-    assert 'router_ml_fallbacks_total{upstream="tiny-1b#0",kind="http_5xx"} 3' in lines
-    assert 'router_ml_answers_total{model="small-8b"} 1' in lines
-    assert 'router_ml_decisions_total{model="tiny-1b",by="rule"} 3' in lines
-    assert 'router_ml_routing_latency_seconds_count 4' in lines
-    assert any(line.startswith('router_ml_cost_usd_total{model="small-8b"} 8e-06') for line in lines)
+    m = scrape(metrics)
+    for status in ("ok", "error", "bad_request", "too_large"):
+        assert m[("router_ml_requests_total", (("status", status),))] == 2, status
+    assert m[("router_ml_fallbacks_total", (("kind", "http_5xx"), ("upstream", "tiny-1b#0")))] == 3
+    assert m[("router_ml_answers_total", (("model", "small-8b"),))] == 1
+    assert m[("router_ml_decisions_total", (("by", "rule"), ("model", "tiny-1b")))] == 3
+    assert m[("router_ml_routing_latency_seconds_count", ())] == 4
+    assert m[("router_ml_request_latency_seconds_count", ())] == 4
+    assert m[("router_ml_cost_usd_total", (("model", "small-8b"),))] == pytest.approx(8e-06)
+    assert m[("router_ml_tokens_total", (("direction", "input"), ("model", "small-8b")))] == 20
+    assert m[("router_ml_circuit_open", (("upstream", "tiny-1b#0"),))] == 0
+    assert m[("router_ml_decision_log_errors_total", ())] == 0
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
+def test_each_app_counts_in_its_own_registry(router, up):
+    """Two proxies in one process (prometheus_client's global registry would reject the second app's
+    metric names, or mix their counts) - each /metrics shows only its own requests; an open circuit shows."""
+    cat = catalog({"*": up.base_url}, settings={"max_retries": 0, "breaker_failures": 1})
+    with Proxy(AsyncRoutedClient(router, cat)) as a, Proxy(AsyncRoutedClient(router, cat)) as b, \
+            httpx.Client(timeout=10) as http:
+        for _ in range(3):
+            assert http.post(a.url + "/v1/chat/completions", json={"messages": MSG}).status_code == 200
+        up.mode = "500"
+        assert http.post(b.url + "/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG}).status_code == 502
+        ma, mb = scrape(http.get(a.url + "/metrics").text), scrape(http.get(b.url + "/metrics").text)
+    assert ma[("router_ml_requests_total", (("status", "ok"),))] == 3
+    assert ("router_ml_requests_total", (("status", "error"),)) not in ma
+    assert mb[("router_ml_requests_total", (("status", "error"),))] == 1
+    assert ("router_ml_requests_total", (("status", "ok"),)) not in mb
+    assert mb[("router_ml_circuit_open", (("upstream", "tiny-1b#0"),))] == 1
+    assert ma[("router_ml_circuit_open", (("upstream", "tiny-1b#0"),))] == 0
+
+
+def test_metrics_switch_to_multiprocess_files_when_the_directory_is_set(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR set before prometheus_client loads: two worker processes write their counts
+    to files there, and a third one's /metrics body is the sum over both (the mode is chosen on import,
+    hence fresh interpreters)."""
+    setup = ("from router_ml.client import RouteInfo\nfrom router_ml.serve import Metrics\n"
+             "info = RouteInfo('rml-1', 'tiny-1b', None, 0.1, None, '0' * 64, 0.2, model='tiny-1b', status='ok')\n"
+             "m = Metrics()\n")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    outputs = []
+    for action in ("m.observe(info)", "m.observe(info); m.count('bad_request')", "print(m.render().decode())"):
+        out = subprocess.run([sys.executable, "-c", setup + action], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=env)
+        assert out.returncode == 0, out.stderr
+        outputs.append(out.stdout)
+    assert len(list(tmp_path.glob("*.db"))) >= 2, "each worker writes its own files"
+    m = scrape(outputs[-1])
+    assert m[("router_ml_requests_total", (("status", "ok"),))] == 2
+    assert m[("router_ml_requests_total", (("status", "bad_request"),))] == 1
+    assert m[("router_ml_routing_latency_seconds_count", ())] == 2
+    assert m[("router_ml_answers_total", (("model", "tiny-1b"),))] == 2
+    # without the variable (this process): an app's own registry, untouched by the other apps of the tests
+    assert scrape(Metrics().render().decode())[("router_ml_routing_latency_seconds_count", ())] == 0
+
+
 def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_one(router, up):
     with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url})), api_key="client-key") as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
@@ -468,7 +521,6 @@ def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_on
     assert out.returncode == 1 and "--api-key-env" in out.stderr and "not a loopback address" in out.stderr
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, up2, tmp_path, caplog):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, environ={"FAKE_KEY": SECRET},
@@ -511,7 +563,6 @@ def test_the_decision_log_repairs_a_crash_cut_line_and_rotates_by_size(tmp_path)
     assert ids == [f"r{i}" for i in range(40 - len(ids), 40)]  # newest kept in order, oldest rotated away
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     log = tmp_path / "decisions.jsonl"
     cat = catalog({"*": up.base_url}, settings={"max_retries": 0})
@@ -526,6 +577,12 @@ def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
         assert http.post("/v1/feedback", json={"request_id": ids[1], "quality": 0.3}).status_code == 200
         bad = http.post("/v1/feedback", json={"request_id": ids[2], "quality": 7})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
+        bad = http.post("/v1/feedback", json={"request_id": ids[2], "stars": 5})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "stars"
+        assert ", ".join(FEEDBACK_FIELDS) in bad.json()["error"]["message"]
+    written = [json.loads(x) for x in log.read_text().splitlines()]
+    assert {r["format_version"] for r in written} == {FORMAT_VERSION}
+    assert [r["type"] for r in written] == ["decision"] * 4 + ["feedback"] * 2
     table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
     assert report.format == "decisions" and (len(table), report.rejected) == (2, 2)
     by_id = {r.sample_id: r for r in table.records}
@@ -561,13 +618,12 @@ def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
     with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
                                                                    decision_log=log)) as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
         assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 200
-        assert "router_ml_decision_log_errors_total 1" in http.get("/metrics").text.splitlines()
+        assert scrape(http.get("/metrics").text)[("router_ml_decision_log_errors_total", ())] == 1
     assert "cannot write the decision log /dev/full" in caplog.text
 
 
@@ -601,7 +657,29 @@ def test_the_decisions_reader_joins_across_rotated_files_and_counts_what_it_reje
     assert "truncated last line" in rejected[2]["reason"]
 
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
+def test_the_reader_checks_each_lines_format_version(tmp_path):
+    """Lines without ``format_version`` (earlier releases) read as version 1; a newer version stops the read
+    in every mode, naming file:line and the fix; a version that is not a positive integer is one bad line."""
+    log = tmp_path / "d.jsonl"
+    old = [_decision("r1", "one"), {"type": "feedback", "request_id": "r1", "thumbs": "up", "quality": 1.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in old))
+    table, _ = load_traffic(log)
+    assert [r.sample_id for r in table.records] == ["r1"]
+    with open(log, "a") as f:
+        f.write(json.dumps({**_decision("r2", "two"), "format_version": "one"}) + "\n")
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert (len(table), report.rejected) == (1, 1)
+    assert json.loads((tmp_path / "q.jsonl").read_text())["field"] == "format_version"
+    with open(log, "a") as f:
+        f.write(json.dumps({**_decision("r3", "three"), "format_version": FORMAT_VERSION + 1}) + "\n")
+    for mode in ("raise", "quarantine"):
+        with pytest.raises(DataError) as err:
+            load_traffic(log, on_error=mode, quarantine=tmp_path / "q2.jsonl")
+        message = str(err.value)
+        assert message.startswith(f"{log}:4: ") and f"version {FORMAT_VERSION + 1} is newer" in message
+        assert "upgrade router-ml" in message
+
+
 def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
     log = tmp_path / "d.jsonl"
     with RoutedClient(router, catalog({"*": up.base_url}), decision_log=log) as client:
@@ -616,7 +694,6 @@ def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
 
 # --- 7. the OpenAI SDK against `router-ml serve` -----------------------------------------------------
 
-@pytest.mark.slow  # uses the `trained` fixture: distils, trains and exports a router
 def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
     import openai  # a dev dependency: a missing SDK fails the test rather than skipping it
     providers = tmp_path / "providers.toml"

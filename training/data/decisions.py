@@ -14,6 +14,11 @@ reason, never dropped silently:
 
 Strict mode stops at the first of these; ``on_error="quarantine"`` sets them aside and counts them.
 The last feedback for a request wins. Rotated files (``<stem>.N<suffix>``) are read too, oldest first.
+
+Every line's ``format_version`` is checked first (:func:`router_ml.decision_log.line_version`; a line
+without one was written before the field existed and is version 1): a line newer than this release
+reads stops the read in every mode, naming file:line, since quarantining it would discard a whole
+log that only needs a newer router-ml.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from router_ml.decision_log import FeedbackError, feedback_record, log_files
+from router_ml.decision_log import (
+    VERSION_FIELD,
+    FeedbackError,
+    NewerFormatError,
+    feedback_from,
+    line_version,
+    log_files,
+)
+from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _convert
 from training.data.schema import Record, RecordError, build_record
@@ -54,7 +67,7 @@ def _lines(path: Path) -> Iterator[tuple[str, bytes, bool]]:
                     yield f"{file}:{n}", raw, raw.endswith(b"\n")
 
 
-def _parse(raw: bytes, complete: bool) -> dict[str, Any]:
+def _parse(raw: bytes, complete: bool, location: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except ValueError as exc:
@@ -64,13 +77,18 @@ def _parse(raw: bytes, complete: bool) -> dict[str, Any]:
         raise RecordError(None, f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or obj.get("type") not in _TYPES:
         raise RecordError("type", "a decision-log line must be an object with type \"decision\" or \"feedback\"")
+    try:
+        line_version(obj)
+    except NewerFormatError as exc:  # not one bad line: the reader is too old for the log
+        raise DataError(str(exc), location=location, field=VERSION_FIELD) from None
+    except ValueError as exc:
+        raise RecordError(VERSION_FIELD, str(exc)) from None
     return obj
 
 
 def _feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return feedback_record(obj.get("request_id"), quality=obj.get("quality") if "thumbs" not in obj else None,
-                               thumbs=obj.get("thumbs"), comment=obj.get("comment"))
+        return feedback_from(obj, logged=True)
     except FeedbackError as exc:
         raise RecordError(exc.field, str(exc).split(": ", 1)[-1]) from None
 
@@ -111,7 +129,7 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
     decided: set[str] = set()
     for location, raw, complete in _lines(path):  # pass 1: who was decided, what was rated
         try:
-            obj = _parse(raw, complete)
+            obj = _parse(raw, complete, location)
             if obj["type"] == "feedback":
                 fb = _feedback(obj)
                 feedback[fb["request_id"]] = (fb["quality"], location)
@@ -124,7 +142,7 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
         seen_any = True
         text = raw.decode("utf-8", errors="backslashreplace").rstrip("\n")
         try:
-            obj = _parse(raw, complete)
+            obj = _parse(raw, complete, location)
             if obj["type"] == "feedback":
                 fb = _feedback(obj)
                 if fb["request_id"] not in decided:
@@ -136,6 +154,4 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
             continue
         yield _convert(location, text, lambda obj=obj: _record(obj, feedback, prices))
     if not seen_any:
-        from router_ml.errors import DataError
-
         raise DataError("the decision log is empty (no records)", location=str(path))

@@ -1,0 +1,101 @@
+"""The decide step: from a chat-completion body to a chosen model, with no HTTP involved.
+
+Validation, the knob (call argument > body field > header > default), pins, the catalog's static
+rules and then the learned router. :class:`~router_ml.client.AsyncRoutedClient` runs it before every
+call (``client.decide``) and so does the proxy through it; it is a plain function so it can be tested
+and timed on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from router_ml._records import RequestError, RouteInfo
+from router_ml.messages import message_problem, routed_text
+from router_ml.providers import ProviderCatalog
+from router_ml.router import Router
+
+__all__ = ["KNOB_HEADER", "ROUTER_FIELDS", "decide", "parse_knob", "validate_body"]
+
+#: body fields that steer router-ml and are removed before the request goes upstream
+ROUTER_FIELDS = ("willingness_to_pay",)
+#: request header that sets the knob (USD per unit of quality; "inf" = best predicted quality)
+KNOB_HEADER = "x-router-ml-willingness-to-pay"
+
+
+def parse_knob(value: Any, where: str) -> float | None:
+    """A willingness to pay (USD per unit of quality, ``"inf"`` allowed) or None; :class:`RequestError` names
+    ``where`` it came from otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")\
+                from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")
+    return float(value)
+
+
+def validate_body(body: Any) -> None:
+    """Check the parts of a chat-completion body that router-ml reads; :class:`RequestError` names the field."""
+    if not isinstance(body, dict):
+        raise RequestError(None, f"the body must be a JSON object, got {type(body).__name__}")
+    problem = message_problem(body.get("messages"))  # a parsed JSON body: a list of dicts when valid
+    if problem is not None:
+        raise RequestError(*problem)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model", f"must be a string, got {model!r}")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise RequestError("stream", f"must be true or false, got {body['stream']!r}")
+
+
+def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, default_knob: float | None,
+           headers: Mapping[str, str] | None = None, willingness_to_pay: Any = None) -> tuple[RouteInfo, str]:
+    """Validate ``body``, apply pins, rules and the router: a fresh :class:`RouteInfo` and the routed text.
+
+    >>> info, text = decide({"messages": [{"role": "user", "content": "Hi"}]}, router=router,  # doctest: +SKIP
+    ...                     catalog=catalog, default_knob=None)
+    >>> info.chosen, info.rule                                                                   # doctest: +SKIP
+    ('tiny-1b', None)
+    """
+    t0 = time.perf_counter()
+    validate_body(body)
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    wtp = parse_knob(willingness_to_pay, "willingness_to_pay")
+    if wtp is None:
+        wtp = parse_knob(body.get("willingness_to_pay"), "willingness_to_pay")
+    if wtp is None:
+        wtp = parse_knob(headers.get(KNOB_HEADER), KNOB_HEADER)
+    if wtp is None:
+        wtp = default_knob
+    text = routed_text(body["messages"])
+    route_model = catalog.settings.route_model
+    model = body.get("model") or route_model
+    scores = None
+    rule = None
+    if model in catalog:
+        chosen, rule = model, "pinned"
+    elif model != route_model:
+        raise RequestError("model", f"unknown model '{model}'; send \"{route_model}\" to route, or "
+                           f"one of {sorted(catalog)} to pin a model")
+    else:
+        chosen = None
+        for r in catalog.rules:
+            if r.matches(text, headers):
+                chosen, rule = r.model, r.name
+                break
+        if chosen is None:
+            decision = router.route(text, willingness_to_pay=wtp)
+            chosen, scores = decision.model, dict(decision.scores)
+    digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return RouteInfo(request_id="rml-" + secrets.token_hex(12), chosen=chosen, rule=rule, willingness_to_pay=wtp,
+                     scores=scores, prompt_sha256=digest, routing_ms=(time.perf_counter() - t0) * 1000,
+                     stream=bool(body.get("stream"))), text
