@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from router_ml.errors import RouterMLError
+from training.evaluation import BASELINES
 
 __all__ = ["BASELINE_NAMES", "ConfigError", "TrainConfig", "load_config"]
 
-#: The baselines ``eval.baselines`` may name, in report order: the one list of their names (the
-#: evaluation computes each; ``knn`` and ``logreg`` are trained on the featurizer's features).
-BASELINE_NAMES = ("random", "best-single", "knn", "logreg", "oracle")
+#: The baselines ``eval.baselines`` may name, in report order: the names of the evaluation's registry
+#: (:data:`training.evaluation.BASELINES`; ``knn`` and ``logreg`` are trained on the featurizer's features).
+BASELINE_NAMES = tuple(BASELINES)
 
 
 class ConfigError(RouterMLError, ValueError):

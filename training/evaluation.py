@@ -242,9 +242,9 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     "random": Baseline(_random),
     "best-single": Baseline(_best_single),
-    "oracle": Baseline(_oracle),
     "knn": Baseline(_trained("knn"), trained=True),
     "logreg": Baseline(_trained("logreg"), trained=True),
+    "oracle": Baseline(_oracle),
 }
 
 
@@ -260,7 +260,7 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
     curves, and the single models' points (``singles``) for plots.
     """
     unknown = [name for name in baselines if name not in BASELINES]
-    if unknown:
+    if unknown:  # a config is validated on load; this guards direct calls
         raise RouterMLError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     report = score_predictions(pred, held)
     singles = _best_single(held)

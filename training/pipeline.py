@@ -24,7 +24,7 @@ from router_ml import metrics
 from router_ml.errors import DataError, RouterMLError
 from router_ml.policy import CostModel, estimate_input_tokens, knob_grid, wtp_from_json
 from router_ml.pricing import PriceCatalog
-from training.config import TrainConfig
+from training.config import TrainConfig, validate
 from training.costs import fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
 from training.evaluation import (
@@ -139,10 +139,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     ``parent_run_id`` makes the MLflow run a child of that (active) run, as ``router-ml sweep`` does."""
     from training.tracking import Tracker
 
-    trainable = [name for name, cls in ROUTERS.items() if issubclass(cls, TorchRouter)]
-    if config.router.kind not in trainable:
-        raise RouterMLError(f"router.kind '{config.router.kind}' cannot be trained as a router here; "
-                            f"choose {', '.join(trainable)}")
+    validate(config)  # loaded configs are validated already; this guards configs built in code
     started = time.perf_counter()
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
