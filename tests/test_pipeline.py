@@ -144,14 +144,18 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path, demo_subset):
 def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
     """The encoder variant on any local DistilBERT checkpoint (a tiny random one here: no weights
     are downloadable offline), CPU only, saved and re-evaluated."""
-    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     from training.featurizers import minilm_path
 
     checkpoint = tmp_path / "tiny-distilbert"
     DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2,
                                      max_position_embeddings=64)).save_pretrained(checkpoint)
-    BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt")).save_pretrained(checkpoint)
+    # MiniLM's own tokenizer files (BertTokenizerFast(vocab_file=...) builds a 5-token vocabulary on
+    # transformers 5, which would turn every word into [UNK])
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    assert tokenizer.convert_tokens_to_ids("paris") != tokenizer.unk_token_id
+    tokenizer.save_pretrained(checkpoint)
     table, _ = load_traffic(demo_subset)
     small = write_jsonl(table.records[:300], tmp_path / "small.jsonl")
     summary = cli("train", "--config", ROOT / "training/configs/encoder.toml", "--data", small, "--out",

@@ -65,9 +65,20 @@ def test_preference_only_record_and_chat_text():
 
 @given(st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=8), st.booleans()))
 def test_quality_is_in_unit_interval_or_rejected(value):
+    as_number = float(value) if isinstance(value, int | float) else None
     try:
         quality = coerce_quality(value, "q")
     except RecordError as exc:
         assert exc.field == "q"
+        # a number in [0, 1] is never rejected (so a parser that rejects everything fails here)
+        assert as_number is None or not 0.0 <= as_number <= 1.0
     else:
         assert 0.0 <= quality <= 1.0 and not math.isnan(quality)
+        if as_number is not None:
+            assert quality == as_number
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0.0), (1, 1.0), (0.25, 0.25), ("0.5", 0.5), (True, 1.0),
+                                             ("true", 1.0), ("False", 0.0)])
+def test_quality_accepts_numbers_in_the_unit_interval_and_booleans(value, expected):
+    assert coerce_quality(value, "q") == expected
