@@ -12,13 +12,13 @@ use: they bring httpx and asyncio, which a process that only routes (``Router``)
 >>> from router_ml import Router, RoutedClient, metrics
 """
 
-import importlib
 import typing
 
 from router_ml import metrics
 from router_ml.decision_log import DecisionLog, FeedbackError
 from router_ml.errors import CatalogError, DataError, RouterMLError
 from router_ml.messages import routed_text
+from router_ml.optional import lazy_attributes as _lazy_attributes
 from router_ml.pricing import ModelPrice, PriceCatalog
 from router_ml.providers import ProviderCatalog
 from router_ml.router import ArtifactError, Decision, Router
@@ -54,14 +54,4 @@ __all__ = [
 _LAZY = {name: "router_ml.client" for name in
          ("AsyncRoutedClient", "RequestError", "RoutedClient", "StreamInterrupted", "UpstreamError")}
 
-
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'router_ml' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY)

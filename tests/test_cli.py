@@ -180,14 +180,6 @@ def test_training_commands_name_the_extra_when_it_is_missing(tmp_path):
         'router-ml: error: this command needs the training extra (torch is missing): pip install "router-ml[train]"']
 
 
-def test_importing_the_training_commands_stays_light():
-    code = ("import sys, training, training.cli, router_ml.cli; heavy = [m for m in ('torch', 'transformers', "
-            "'datasets', 'mlflow', 'sklearn', 'pyarrow', 'training.pipeline', 'training.data') if m in sys.modules]; "
-            "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def test_other_packages_add_command_groups_through_entry_points(tmp_path):
     """A distribution on the path with a `router_ml.commands` entry point adds its command; one whose
     entry point fails to load is reported on stderr and skipped, and every other command stays."""

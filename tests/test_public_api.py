@@ -2,6 +2,7 @@
 removing a public name is a deliberate change to this file, not an accident."""
 
 import importlib
+import json
 import subprocess
 import sys
 import types
@@ -96,26 +97,34 @@ def test_the_readme_names_resolve_to_their_home_modules():
     assert training.train_router is train_router
 
 
+def fresh(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_star_imports_give_exactly_all():
-    code = ("import json\nout = []\nfor name in ('router_ml', 'training'):\n    ns = {}\n"
-            "    exec(f'from {name} import *', ns)\n    out.append(sorted(k for k in ns if k != '__builtins__'))\n"
-            "print(json.dumps(out))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str([EXPECTED["router_ml"], EXPECTED["training"]]).replace("'", '"')
+    printed = fresh("import json\nout = []\nfor name in ('router_ml', 'training'):\n    ns = {}\n"
+                    "    exec(f'from {name} import *', ns)\n"
+                    "    out.append(sorted(k for k in ns if k != '__builtins__'))\n"
+                    "print(json.dumps(out))")
+    assert json.loads(printed) == [EXPECTED["router_ml"], EXPECTED["training"]]
 
 
-def test_import_router_ml_stays_light():
-    code = ("import sys, router_ml, router_ml.cli, router_ml.client, router_ml.serve, router_ml.providers; "
-            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'sklearn', "
-            "'pyarrow', 'pandas', 'training', 'starlette', 'uvicorn') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+HEAVY = ("torch", "transformers", "datasets", "mlflow", "sklearn", "pyarrow", "pandas")
 
 
-def test_routing_alone_does_not_import_the_http_client():
-    """The routed clients load on first use: a process that only routes never imports httpx or asyncio."""
-    code = ("import sys, router_ml; from router_ml import Router, metrics, DecisionLog, ProviderCatalog; "
-            "before = [m for m in ('httpx', 'asyncio', 'router_ml.client') if m in sys.modules]; "
-            "from router_ml import RoutedClient; print(before, 'httpx' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[] True"
+@pytest.mark.parametrize(("imports", "absent"), [
+    ("router_ml, router_ml.cli, router_ml.client, router_ml.serve, router_ml.providers",
+     (*HEAVY, "training", "starlette", "uvicorn")),
+    # the script loads training.cli for every command: it must not pull the training stack in
+    ("training, training.cli, router_ml.cli", (*HEAVY, "training.pipeline", "training.data")),
+    # a process that only routes never loads the routed clients' httpx/asyncio
+    ("router_ml; from router_ml import Router, metrics, DecisionLog, ProviderCatalog",
+     ("httpx", "asyncio", "router_ml.client")),
+])
+def test_imports_stay_light(imports, absent):
+    assert fresh(f"import sys, {imports}; print([m for m in {absent!r} if m in sys.modules])") == "[]"
+
+
+def test_the_routed_client_loads_on_first_use():
+    assert fresh("import sys; from router_ml import RoutedClient; print('httpx' in sys.modules)") == "True"

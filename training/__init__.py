@@ -11,8 +11,9 @@ command that needs it, with the extra to install.
 ...                        out_dir="models/demo")
 """
 
-import importlib
 import typing
+
+from router_ml.optional import lazy_attributes as _lazy_attributes
 
 if typing.TYPE_CHECKING:
     from training.compare import compare_runs
@@ -47,15 +48,4 @@ _LAZY = {
     "run_sweep": "training.sweep",
     "train_router": "training.pipeline",
 }
-
-
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes(__name__, _LAZY)
