@@ -158,14 +158,16 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def _add_command_groups(sub: argparse._SubParsersAction) -> None:
     """Let every installed ``router_ml.commands`` entry point add its commands.
 
-    A name is taken once, the first on ``sys.path`` winning: a stale second install of the same package
-    may list the same entry point again. A group that fails to load is reported on stderr and
-    skipped, so one broken plugin does not take ``route``/``serve`` down with it.
+    Every distribution on the path is asked, and each entry point name is taken once, the first
+    on ``sys.path`` winning. (``entry_points()`` keeps only the first copy of each distribution
+    name, so a stale copy earlier on the path - an old ``router_ml.egg-info`` in a checkout on
+    ``PYTHONPATH`` - would hide the installed one's commands.) A group that fails to load is
+    reported on stderr and skipped, so one broken plugin does not take ``route``/``serve`` down.
     """
-    from importlib.metadata import entry_points
+    from importlib.metadata import distributions
 
     seen = set()
-    for entry in entry_points(group=COMMAND_GROUP):
+    for entry in (e for dist in distributions() for e in dist.entry_points.select(group=COMMAND_GROUP)):
         if entry.name in seen:
             continue
         seen.add(entry.name)

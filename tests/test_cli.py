@@ -180,26 +180,41 @@ def test_training_commands_name_the_extra_when_it_is_missing(tmp_path):
         'router-ml: error: this command needs the training extra (torch is missing): pip install "router-ml[train]"']
 
 
+def _dist(where: Path, name: str, version: str, entry_points: str | None) -> None:
+    """A minimal installed distribution (a .dist-info directory) at ``where``."""
+    info = where / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    if entry_points is not None:
+        (info / "entry_points.txt").write_text(f"[router_ml.commands]\n{entry_points}\n")
+
+
 def test_other_packages_add_command_groups_through_entry_points(tmp_path):
-    """A distribution on the path with a `router_ml.commands` entry point adds its command; one whose
+    """Distributions on the path with a `router_ml.commands` entry point add their commands; one whose
     entry point fails to load is reported on stderr and skipped, and every other command stays."""
     (tmp_path / "hello_plugin.py").write_text(
         "def register(sub):\n"
         "    p = sub.add_parser('hello', help='say hello')\n"
         "    p.set_defaults(func=lambda args: print('hello from a plugin') or 0)\n")
     (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('this plugin is broken')\n")
-    for name, value in (("hello", "hello_plugin:register"), ("broken", "broken_plugin:register")):
-        info = tmp_path / f"{name}_plugin-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[router_ml.commands]\n{name} = {value}\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    stale, installed, later = tmp_path / "stale", tmp_path / "installed", tmp_path / "later"
+    # an old copy of the same distribution earlier on the path, without the entry point, must not hide it
+    # (importlib.metadata.entry_points() would keep only that first copy of 'hello-plugin')
+    _dist(stale, "hello-plugin", "0.9", None)
+    _dist(installed, "hello-plugin", "1.0", "hello = hello_plugin:register")
+    _dist(installed, "broken-plugin", "1.0", "broken = broken_plugin:register")
+    # another distribution later on the path with the same entry point name: the first one wins, this one
+    # is never loaded (it would fail)
+    _dist(later, "hello-fork", "1.0", "hello = broken_plugin:register")
+    path = [str(tmp_path), str(stale), str(installed), str(later), os.environ.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(path)}
     listing = script("--help", env=env)
     assert listing.returncode == 0
     listed = re.findall(r"^    (\w+) ", listing.stdout, flags=re.MULTILINE)
-    assert set(listed) == {*TRAINING_COMMANDS, *RUNTIME_COMMANDS, "hello"}
-    assert "command group 'broken' (broken_plugin:register) could not be loaded" in listing.stderr
-    assert "this plugin is broken" in listing.stderr
+    assert listed == ["hello", *TRAINING_COMMANDS, *RUNTIME_COMMANDS]  # groups in path order, runtime last
+    assert listing.stderr.strip().splitlines() == [
+        "router-ml: warning: command group 'broken' (broken_plugin:register) could not be loaded: "
+        "RuntimeError: this plugin is broken"]
     hello = script("hello", env=env)
     assert hello.returncode == 0 and hello.stdout == "hello from a plugin\n"
 
