@@ -1,20 +1,9 @@
-"""Importing optional dependencies with an error that says which extra to install."""
+"""The former home of :func:`router_ml.optional.require`.
 
-from __future__ import annotations
+Kept only while ``router_ml/serve.py`` and ``training/featurizers`` still import it from here;
+delete it once they import :mod:`router_ml.optional`.
+"""
 
-import importlib
-from types import ModuleType
-
-from router_ml.errors import RouterMLError
+from router_ml.optional import require
 
 __all__ = ["require"]
-
-
-def require(module: str, *, extra: str = "train", purpose: str = "this") -> ModuleType:
-    """Import ``module`` or raise :class:`RouterMLError` naming the extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise RouterMLError(
-            f'{purpose} needs {module.split(".")[0]}, which is not installed: pip install "router-ml[{extra}]"'
-        ) from exc

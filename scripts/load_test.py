@@ -252,7 +252,7 @@ def main() -> None:
             port_a, port_b = json.loads(line_a)["port"], json.loads(line_b)["port"]
             providers = Path(tmp) / "providers.toml"
             providers.write_text(catalog(port_a, port_b))
-            proxy, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--router", args.router,
+            proxy, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", args.router,
                                  "--providers", str(providers), "--port", "0", "--decision-log",
                                  str(Path(tmp) / "decisions.jsonl")], "serving")
             procs.append(proxy)

@@ -1,12 +1,22 @@
-"""`router-ml data ...` as a user runs it: a real process, real files, exit codes and stderr."""
+"""`router-ml` as a user runs it: a real process, real files, exit codes and stderr; which package
+registers which command, and the renamed flags."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import contextlib
+import io
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from .conftest import DEMO, ROOT, TRAIN_RECORDS
 
 
 def run(*args, cwd=None):
@@ -74,3 +84,166 @@ def test_prices_fill_missing_costs(tmp_path):
     prices.write_text('[m]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n')
     info = json.loads(run("data", "inspect", path, "--json", "--prices", prices).stdout)
     assert info["mean_cost"] == {"m": pytest.approx(0.002)}
+
+
+# --- one console script, commands by package -------------------------------------------------------------
+
+TRAINING_COMMANDS = ("data", "train", "evaluate", "compare", "sweep", "export")
+RUNTIME_COMMANDS = ("route", "serve", "feedback")
+SCRIPT = Path(sys.executable).with_name("router-ml")
+
+
+def script(*args, env=None, timeout=300):
+    """The installed console script itself, as a user runs it (entry points and all)."""
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_console_script_lists_every_command_in_the_order_it_always_had():
+    out = script("--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    listed = re.findall(r"^    (\w+) ", out.stdout, flags=re.MULTILINE)
+    assert listed == [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]
+
+
+def test_every_command_and_subcommand_registers_and_has_help():
+    """In-process: the parser the script builds has every command, and each one's --help exits 0."""
+    from router_ml.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]
+    data_sub = next(a for a in sub.choices["data"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(data_sub.choices) == ["inspect", "convert"]
+    for argv in ([c] for c in [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]), (["data", "inspect"], ["data", "convert"]):
+        for args in argv:
+            with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()) as help_text:
+                parser.parse_args([*args, "--help"])
+            assert exit_.value.code == 0 and help_text.getvalue().startswith(f"usage: router-ml {' '.join(args)}")
+    # the runtime commands parse without discovering entry points (faster start for route/serve)
+    assert list(next(a for a in build_parser(command_groups=False)._actions
+                     if isinstance(a, argparse._SubParsersAction)).choices) == list(RUNTIME_COMMANDS)
+
+
+def test_the_renamed_flags_are_the_only_ones_shown():
+    from router_ml.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, new in (("evaluate", "--checkpoint"), ("route", "--artifact"), ("serve", "--artifact")):
+        text = sub.choices[command].format_help()
+        assert new in text and "--router" not in text, command
+
+
+@pytest.mark.slow  # the session's trained router
+def test_route_accepts_the_old_router_flag_with_a_deprecation_warning(trained):
+    new = script("route", "--artifact", trained.artifact, "Sum 17 and 25.")
+    old = script("route", "--router", trained.artifact, "Sum 17 and 25.")
+    assert new.returncode == old.returncode == 0, old.stderr
+    assert json.loads(old.stdout)["model"] == json.loads(new.stdout)["model"]
+    assert "deprecated" not in new.stderr
+    assert "router-ml: warning: 'route --router' is deprecated" in old.stderr and "use --artifact" in old.stderr
+    both = script("route", "--artifact", trained.artifact, "--router", trained.artifact, "x")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    missing = script("route", "x")
+    assert missing.returncode == 2 and "--artifact" in missing.stderr
+
+
+def test_serve_accepts_the_old_router_flag_with_a_deprecation_warning(tmp_path):
+    """The alias reaches the serve command itself (which then refuses an open bind without a key)."""
+    out = script("serve", "--router", tmp_path / "missing", "--providers", tmp_path / "p.toml", "--host", "0.0.0.0")
+    assert "'serve --router' is deprecated" in out.stderr and "use --artifact" in out.stderr
+    assert out.returncode != 0 and "--api-key-env" in out.stderr
+
+
+@pytest.mark.slow  # the session's trained router
+def test_evaluate_accepts_the_old_router_flag_with_a_deprecation_warning(trained, tmp_path):
+    from training.data import load_traffic, write_jsonl
+
+    table, _ = load_traffic(DEMO)
+    held_out = write_jsonl(table.records[TRAIN_RECORDS:TRAIN_RECORDS + 200], tmp_path / "held_out.jsonl")
+    old = script("evaluate", "--router", trained.checkpoint, "--data", held_out, "--json", "--quiet",
+                 "--cache-dir", tmp_path / "cache")
+    assert old.returncode == 0, old.stderr[-3000:]
+    assert "router-ml: warning: 'evaluate --router' is deprecated" in old.stderr and "--checkpoint" in old.stderr
+    result = json.loads(old.stdout)
+    assert result["scored"] == 200 and result["dropped_seen"] == 0
+
+
+def test_training_commands_name_the_extra_when_it_is_missing(tmp_path):
+    """With torch unimportable, `train` stops with one line naming the extra, not a traceback."""
+    code = ("import sys; sys.modules['torch'] = None; from router_ml.cli import main; "
+            f"sys.exit(main(['train', '--data', {str(DEMO)!r}, '--out', {str(tmp_path / 'r')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        'router-ml: error: this command needs the training extra (torch is missing): pip install "router-ml[train]"']
+
+
+def _dist(where: Path, name: str, version: str, entry_points: str | None) -> None:
+    """A minimal installed distribution (a .dist-info directory) at ``where``."""
+    info = where / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    if entry_points is not None:
+        (info / "entry_points.txt").write_text(f"[router_ml.commands]\n{entry_points}\n")
+
+
+def test_other_packages_add_command_groups_through_entry_points(tmp_path):
+    """Distributions on the path with a `router_ml.commands` entry point add their commands; one whose
+    entry point fails to load is reported on stderr and skipped, and every other command stays."""
+    (tmp_path / "hello_plugin.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello from a plugin') or 0)\n")
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('this plugin is broken')\n")
+    stale, installed, later = tmp_path / "stale", tmp_path / "installed", tmp_path / "later"
+    # an old copy of the same distribution earlier on the path, without the entry point, must not hide it
+    # (importlib.metadata.entry_points() would keep only that first copy of 'hello-plugin')
+    _dist(stale, "hello-plugin", "0.9", None)
+    _dist(installed, "hello-plugin", "1.0", "hello = hello_plugin:register")
+    _dist(installed, "broken-plugin", "1.0", "broken = broken_plugin:register")
+    # another distribution later on the path with the same entry point name: the first one wins, this one
+    # is never loaded (it would fail)
+    _dist(later, "hello-fork", "1.0", "hello = broken_plugin:register")
+    path = [str(tmp_path), str(stale), str(installed), str(later), os.environ.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(path)}
+    listing = script("--help", env=env)
+    assert listing.returncode == 0
+    listed = re.findall(r"^    (\w+) ", listing.stdout, flags=re.MULTILINE)
+    assert listed == ["hello", *TRAINING_COMMANDS, *RUNTIME_COMMANDS]  # groups in path order, runtime last
+    assert listing.stderr.strip().splitlines() == [
+        "router-ml: warning: command group 'broken' (broken_plugin:register) could not be loaded: "
+        "RuntimeError: this plugin is broken"]
+    hello = script("hello", env=env)
+    assert hello.returncode == 0 and hello.stdout == "hello from a plugin\n"
+
+
+def _imported_modules(tree: ast.AST) -> list[str]:
+    """Every module an AST imports: import statements and literal importlib.import_module / __import__."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and ast.unparse(node.func) in ("importlib.import_module", "import_module", "__import__")):
+            names.append(node.args[0].value)
+    return names
+
+
+def test_the_runtime_never_imports_the_training_package():
+    modules = sorted((ROOT / "router_ml").rglob("*.py"))
+    assert len(modules) > 10
+    offenders = {}
+    for path in modules:
+        found = [m for m in _imported_modules(ast.parse(path.read_text(), filename=str(path)))
+                 if m.split(".")[0] == "training"]
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+    # the walk does see an import of training where there is one
+    assert _imported_modules(ast.parse("import importlib\nimportlib.import_module('training.data')\n"
+                                       "from training import cli")) == ["importlib", "training", "training.data"]

@@ -130,7 +130,7 @@ def test_evaluate_on_several_sets_reports_each_and_the_macro_average(swept):
     pair = work / "pair.jsonl"
     write_jsonl([dataclasses.replace(r, outcomes={m: o for m, o in r.outcomes.items() if m in two})
                  for r in table.records[2400:3200]], pair)
-    out = cli_json("evaluate", "--router", router, "--data", unseen, "--data", pair, "--json", cwd=work, env=env)
+    out = cli_json("evaluate", "--checkpoint", router, "--data", unseen, "--data", pair, "--json", cwd=work, env=env)
     first, second = out["sets"]
     assert first["scored"] == 800 and first["models_missing"] == []
     assert second["models_used"] == list(two) and len(second["models_missing"]) == 3
@@ -141,10 +141,10 @@ def test_evaluate_on_several_sets_reports_each_and_the_macro_average(swept):
     assert macro["baselines"]["random"]["aiq"] == pytest.approx(
         (first["test"]["baselines"]["random"]["aiq"] + second["test"]["baselines"]["random"]["aiq"]) / 2)
     # one set: the single-set JSON shape of training's test report
-    single = cli_json("evaluate", "--router", router, "--data", unseen, "--json", cwd=work, env=env)
+    single = cli_json("evaluate", "--checkpoint", router, "--data", unseen, "--json", cwd=work, env=env)
     assert single["test"]["aiq"] == pytest.approx(first["test"]["aiq"])
     alone = [dataclasses.replace(r, outcomes={m: o for m, o in r.outcomes.items() if m == "tiny-1b"})
              for r in table.records[2400:2500]]
     write_jsonl(alone, work / "one.jsonl")
-    bad = run_cli("evaluate", "--router", router, "--data", work / "one.jsonl", cwd=work, env=env)
+    bad = run_cli("evaluate", "--checkpoint", router, "--data", work / "one.jsonl", cwd=work, env=env)
     assert bad.returncode == 1 and "at least two of the router's models" in bad.stderr

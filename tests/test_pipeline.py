@@ -86,7 +86,7 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     np.testing.assert_array_equal(registered.predict(prompts), local.predict(prompts))
     assert remote.manifest["training"]["mlflow_run_id"] == summary["run_id"]
 
-    again = cli("evaluate", "--router", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)
+    again = cli("evaluate", "--checkpoint", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)
     assert again["dropped_seen"] == 1120 and again["scored"] == 480
     assert again["test"]["aiq"] == pytest.approx(test["aiq"], abs=1e-9)
 
@@ -107,7 +107,7 @@ def test_masked_logged_traffic_still_trains_and_beats_random(tmp_path, demo_subs
     assert test["estimator"] == "ips" and test["baselines"]["oracle"]["aiq"] is None
     assert test["aiq"] > test["baselines"]["random"]["aiq"]
     # scored on the fully labelled copy, the held-out prompts confirm it
-    full = cli("evaluate", "--router", tmp_path / "r", "--data", demo_subset, "--json", cwd=tmp_path)
+    full = cli("evaluate", "--checkpoint", tmp_path / "r", "--data", demo_subset, "--json", cwd=tmp_path)
     assert full["scored"] == 480 and full["test"]["estimator"] == "exact"
     assert full["test"]["aiq"] > full["test"]["baselines"]["random"]["aiq"]
 
@@ -182,7 +182,7 @@ def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
 
         fp32 = Router.load(tmp_path / "r" / "artifact")
         assert Router.load(tmp_path / "q8").models == fp32.models and len(fp32.models) == 5
-    again = cli("evaluate", "--router", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
+    again = cli("evaluate", "--checkpoint", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
     assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
 
     # router.encoder_layers kept the first of the two layers, in training and when loaded back

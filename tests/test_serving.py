@@ -516,7 +516,7 @@ def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_on
         assert http.get("/health").status_code == 200
         ok = http.post("/v1/chat/completions", json={"messages": MSG}, headers={"authorization": "Bearer client-key"})
         assert ok.status_code == 200
-    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--router", "x", "--providers", "y",
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", "x", "--providers", "y",
                           "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 1 and "--api-key-env" in out.stderr and "not a loopback address" in out.stderr
 
@@ -702,7 +702,7 @@ def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
     providers.write_text(text.replace('timeout_s = 20', 'timeout_s = 20\napi_key_env = "FAKE_KEY"'))
     log = tmp_path / "decisions.jsonl"
     env = {**os.environ, "FAKE_KEY": SECRET, "CLIENT_KEY": "client-secret"}
-    proc = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--router", str(trained.artifact),
+    proc = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", str(trained.artifact),
                              "--providers", str(providers), "--port", "0", "--decision-log", str(log),
                              "--log-prompts", "--api-key-env", "CLIENT_KEY"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router_ml._optional import require
 from router_ml.errors import DataError
+from router_ml.optional import require
 from training.data.schema import Record, RecordError
 
 __all__ = ["Row"]

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from router_ml._optional import require
+from router_ml.optional import require
 from training.data.schema import Record
 
 __all__ = ["FORMAT_VERSION", "write_jsonl", "write_parquet"]

@@ -6,8 +6,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from router_ml._optional import require
 from router_ml.errors import DataError
+from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
 from training.data.schema import Record, RecordError, build_record, is_missing

@@ -1,0 +1,327 @@
+"""The training commands of ``router-ml``: ``data inspect|convert``, ``train``, ``evaluate``,
+``compare``, ``sweep`` and ``export``.
+
+They reach the ``router-ml`` console script through the ``router_ml.commands`` entry point
+(``pyproject.toml``), so the runtime (:mod:`router_ml.cli`) offers them without importing this
+package. Importing this module stays light - argparse and the runtime's CLI helpers only - and
+each command imports the training stack when it runs, so a missing ``train`` extra becomes one
+line that says what to install instead of a traceback (or a broken ``router-ml route``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from router_ml.cli import add_renamed_option
+from router_ml.errors import RouterMLError
+
+__all__ = ["register"]
+
+TRAIN_EXTRA = 'pip install "router-ml[train]"'
+
+
+def _needs_train_extra(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a missing third-party package of the training stack into an error that names the extra.
+
+    A missing ``training``/``router_ml`` module is a broken install, not a missing extra, and is
+    left to surface as it is.
+    """
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").partition(".")[0]
+            if not top or top in ("training", "router_ml"):
+                raise
+            raise RouterMLError(f"this command needs the training extra ({exc.name} is missing): "
+                                f"{TRAIN_EXTRA}") from exc
+
+    return run
+
+
+def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise RouterMLError(f"--column expects FIELD=COLUMN, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_input_options(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("path", help="a file, a directory of files, or a Hugging Face dataset id")
+    p.add_argument("--format", help="override format detection (jsonl, parquet, wide, routellm, hf, pickle, "
+                   "decisions)")
+    p.add_argument("--exclude", metavar="FILE", help="prompts to drop before anything else "
+                   "(JSONL with eval_prompt/prompt/text, or one prompt per line)")
+    p.add_argument("--prices", metavar="FILE", help="price catalog (JSON/TOML) for records with tokens but no cost")
+    p.add_argument("--on-error", choices=("raise", "quarantine"), default="raise",
+                   help="raise: stop at the first bad record (default); quarantine: set bad records aside")
+    p.add_argument("--quarantine", metavar="FILE", help="where rejected records go "
+                   "(default ./<input name>.quarantine.jsonl)")
+    p.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="column mapping for --format hf (repeatable), e.g. prompt=question")
+    p.add_argument("--split", default="train", help="dataset split for --format hf (default train)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow unpickling a RouterBench .pkl (only for files you trust)")
+
+
+def _load(args: argparse.Namespace):
+    from training.data import load_traffic
+
+    return load_traffic(args.path, prices=args.prices, **_load_options(args))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@_needs_train_extra
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    table, report = _load(args)
+    summary = table.summary()
+    info: dict[str, Any] = {**summary, "rejected": report.rejected, "excluded": report.excluded,
+                            "merged_duplicates": report.merged_duplicates, "format": report.format,
+                            "source": report.source, "quarantine": report.quarantine,
+                            "ignored_columns": report.ignored_columns}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{report.source}  ({report.format})")
+    print(f"  records: {summary['records']}   rejected: {report.rejected}   excluded: {report.excluded}"
+          f"   merged duplicates: {report.merged_duplicates}")
+    print(f"  outcomes: {summary['outcomes']}   preferences: {summary['preferences']}   "
+          f"chat records: {summary['chat_records']}   tasks: {summary['tasks']}")
+    if report.quarantine:
+        print(f"  quarantine: {report.quarantine}")
+    width = max(len(m) for m in table.models)
+    print(f"\n  {'model':<{width}}  coverage  mean quality  mean cost (USD)")
+    for m in table.models:
+        print(f"  {m:<{width}}  {summary['coverage'][m]:>8.3f}  {_fmt(summary['mean_quality'][m], '>12.4f')}"
+              f"  {_fmt(summary['mean_cost'][m], '>15.3e')}")
+    print(f"\n  fingerprint: {summary['fingerprint']}")
+    return 0
+
+
+@_needs_train_extra
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    table, report = _load(args)
+    from training.data import write_jsonl, write_parquet
+
+    out = args.out
+    writer = write_parquet if out.endswith(".parquet") else write_jsonl
+    writer(table, out)
+    print(json.dumps({"out": out, "records": len(table), "rejected": report.rejected,
+                      "excluded": report.excluded, "models": list(table.models)}))
+    return 0
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"format": args.format, "exclude": args.exclude, "on_error": args.on_error,
+            "quarantine": args.quarantine, "columns": _parse_columns(args.column), "split": args.split,
+            "allow_pickle": args.allow_pickle}
+
+
+def _setup_logging(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="router-ml: %(message)s")
+
+
+@_needs_train_extra
+def cmd_train(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    overrides = list(args.set or [])
+    if args.train_size is not None:
+        overrides.append(f"data.train_size={args.train_size}")
+    if args.seed is not None:
+        overrides.append(f"data.seed={args.seed}")
+    config = load_config(args.config, overrides)
+    summary = train_router(config, args.path, out_dir=args.out, prices=args.prices, cache_dir=args.cache_dir,
+                           progress=not args.quiet, register=args.register, **_load_options(args))
+    if summary:  # non-zero ranks under torchrun return nothing
+        test = summary["test"]
+        print(f"router-ml: {summary['router']} trained on {summary['train_records']} records in "
+              f"{summary['fit_seconds']} s; test AIQ {_fmt(test.get('aiq'), '.4f')}, best quality "
+              f"{_fmt(test.get('best_quality'), '.4f')}; saved to {summary['out']}"
+              + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
+              file=sys.stderr)
+        print(json.dumps(summary))
+    return 0
+
+
+def _print_scores(title: str, test: dict[str, Any]) -> None:
+    print(title)
+    rows = [("router", test)] + list(test["baselines"].items())
+    two_model = test.get("apgr") is not None
+    print(f"  {'':<12} {'AIQ':>8} {'savings@iso':>12} {'best quality':>13}" + (f" {'APGR':>7} {'CPT50':>7}"
+                                                                                 if two_model else ""))
+    for name, values in rows:
+        savings = _fmt(values.get("savings_at_iso_quality"), ">12.3f")
+        line = f"  {name:<12} {_fmt(values.get('aiq'), '>8.4f')} {savings} {_fmt(values.get('best_quality'), '>13.4f')}"
+        if two_model:
+            cpt = values.get("cpt_50")
+            line += f" {_fmt(values.get('apgr'), '>7.3f')} {_fmt(None if cpt is None else 100 * cpt, '>6.1f')}%"
+        print(line)
+
+
+@_needs_train_extra
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet or args.json)
+    from training.pipeline import evaluate_many
+
+    datasets = args.path
+    if len(datasets) > 1 and args.quarantine:
+        raise RouterMLError("--quarantine names one file but several --data sets were given; leave it out to get "
+                            "one ./<input name>.quarantine.jsonl per set")
+    result = evaluate_many(args.checkpoint, datasets, prices=args.prices, include_seen=args.include_seen,
+                           cache_dir=args.cache_dir, progress=not args.quiet, **_load_options(args))
+    if len(datasets) == 1:  # one set: the same JSON shape as training's test report
+        single = result["sets"][0]
+        if args.json:
+            print(json.dumps(single))
+            return 0
+        _print_scores(f"{single['router']} on {single['data']}: {single['scored']} prompts scored "
+                      f"({single['dropped_seen']} seen in training dropped)", single["test"])
+        return 0
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for one in result["sets"]:
+        note = f"; not in this data: {len(one['models_missing'])} models" if one["models_missing"] else ""
+        _print_scores(f"{one['data']}: {one['scored']} prompts scored ({one['dropped_seen']} seen in training "
+                      f"dropped{note})", one["test"])
+    _print_scores(f"macro average over {result['macro']['sets']} sets", result["macro"]["test"])
+    return 0
+
+
+@_needs_train_extra
+def cmd_compare(args: argparse.Namespace) -> int:
+    from training.compare import compare_runs, format_table
+
+    result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
+                          sort=args.sort, allow_mixed=args.allow_mixed, plot=None if args.no_plot else args.plot,
+                          log_to_mlflow=not args.no_log)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+@_needs_train_extra
+def cmd_sweep(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from training.sweep import format_summary, parse_seeds, run_sweep
+
+    result = run_sweep(args.config, args.path, sets=args.set or [], seeds=parse_seeds(args.seeds), out_dir=args.out,
+                       train_size=args.train_size, prices=args.prices, cache_dir=args.cache_dir,
+                       progress=False, **_load_options(args))
+    print(format_summary(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+@_needs_train_extra
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_router
+
+    checkpoint = args.checkpoint
+    if args.run_id:
+        import mlflow
+
+        checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{args.run_id}/router")
+    report = export_router(checkpoint, args.out, quantize=args.quantize, default_willingness=args.willingness_to_pay)
+    print(json.dumps({"out": args.out, **report}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the training commands to the ``router-ml`` parser (the ``router_ml.commands`` entry point)."""
+    data = sub.add_parser("data", help="inspect and convert logged traffic")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    inspect = data_sub.add_parser("inspect", help="validate a data set and summarise it")
+    _add_input_options(inspect)
+    inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    inspect.set_defaults(func=cmd_data_inspect)
+    convert = data_sub.add_parser("convert", help="write any supported input as canonical JSONL/Parquet")
+    _add_input_options(convert)
+    convert.add_argument("--out", required=True, help="output path (.jsonl or .parquet)")
+    convert.set_defaults(func=cmd_data_convert)
+
+    train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")
+    train.add_argument("--config", help="TOML config (training/configs/*.toml); defaults when omitted")
+    train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
+    train.add_argument("--out", required=True, help="directory to write the trained router to")
+    train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
+    train.add_argument("--seed", type=int, help="split and training seed")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
+    train.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    train.add_argument("--register", metavar="NAME", help="register the exported router in the MLflow model "
+                       "registry under NAME (load it with models:/NAME/VERSION)")
+    _add_input_options(train, positional=False)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a trained router on (held-out) data")
+    add_renamed_option(evaluate, "--checkpoint", old="--router", required=True,
+                       help="a directory written by 'router-ml train'")
+    evaluate.add_argument("--data", required=True, dest="path", action="append",
+                          help="data set to score on; repeat for several (per-set and macro-averaged results)")
+    evaluate.add_argument("--include-seen", action="store_true",
+                          help="keep prompts the router was trained on (dropped by default)")
+    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    _add_input_options(evaluate, positional=False)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = sub.add_parser("compare", help="rank MLflow training runs on the same data and plot their curves")
+    compare.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
+    compare.add_argument("--run-id", action="append", help="an MLflow run id (repeatable)")
+    compare.add_argument("--filter", help="MLflow filter, e.g. \"params.data_fingerprint = '...'\"")
+    compare.add_argument("--sort", default="aiq", help="aiq (default), apgr, cpt_50, savings_at_iso_quality, "
+                         "best_quality, latency_p50_us or fit_seconds")
+    compare.add_argument("--allow-mixed", action="store_true",
+                         help="rank runs trained or tested on different data or splits anyway")
+    compare.add_argument("--plot", default="comparison.png", help="PNG to write (default ./comparison.png)")
+    compare.add_argument("--no-plot", action="store_true", help="table only")
+    compare.add_argument("--no-log", action="store_true", help="do not log the figure to MLflow")
+    compare.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser("sweep", help="train a grid of settings x seeds as MLflow child runs and summarise")
+    sweep.add_argument("--config", help="TOML config the grid starts from")
+    sweep.add_argument("--data", required=True, dest="path")
+    sweep.add_argument("--set", action="append", metavar="SECTION.KEY=V1,V2,...",
+                       help="values to sweep (repeatable: the grid is every combination)")
+    sweep.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,3,7 (default 0)")
+    sweep.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
+    sweep.add_argument("--out", required=True, help="directory for the runs' routers and sweep_summary.json")
+    sweep.add_argument("--cache-dir")
+    sweep.add_argument("--quiet", action="store_true")
+    _add_input_options(sweep, positional=False)
+    sweep.set_defaults(func=cmd_sweep)
+
+    export = sub.add_parser("export", help="export a trained router to an ONNX artifact directory")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a directory written by 'router-ml train'")
+    source.add_argument("--run-id", help="an MLflow run whose 'router' artifact to export")
+    export.add_argument("--out", required=True, help="artifact directory to write")
+    export.add_argument("--quantize", choices=("int8",), help="dynamic per-channel int8 weights")
+    export.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
+                        "default: best predicted quality)")
+    export.set_defaults(func=cmd_export)
+
