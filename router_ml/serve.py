@@ -29,10 +29,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from router_ml._optional import require
 from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
 from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from
 from router_ml.errors import RouterMLError
+from router_ml.optional import require
 from router_ml.providers import is_loopback
 
 __all__ = ["MULTIPROC_ENV", "Metrics", "create_app", "run_server"]

@@ -333,6 +333,10 @@ def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, tr
         assert fp32["test"][key] == pytest.approx(result["test"][key], abs=1e-9)
     assert 0 < q8["max_abs_diff"] and q8["changed_routes"] <= 0.05
     assert q8["test"]["aiq"] == pytest.approx(result["test"]["aiq"], abs=0.02)
+    printed = cli("evaluate", "--checkpoint", trained.checkpoint, "--data", held_out, "--artifact", int8, "--json",
+                  "--quiet", cwd=tmp_path)
+    assert printed["artifacts"][0]["quantization"] == "int8"
+    assert printed["artifacts"][0]["changed_routes"] == pytest.approx(q8["changed_routes"])
     other = tmp_path / "other.jsonl"
     write_jsonl([r for r in table.records[800:900]], other)
     broken = tmp_path / "broken"

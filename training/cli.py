@@ -180,6 +180,17 @@ def _print_scores(title: str, test: dict[str, Any]) -> None:
         print(line)
 
 
+def _print_artifacts(result: dict[str, Any]) -> None:
+    """The exported artifacts' numbers beside the checkpoint's (``evaluate --artifact``)."""
+    for art in result.get("artifacts", ()):
+        test = art["test"]
+        print(f"  artifact {art['artifact']} ({art['quantization'] or 'fp32'}): AIQ {_fmt(test.get('aiq'), '.4f')}, "
+              f"best quality {_fmt(test.get('best_quality'), '.4f')}"
+              + (f", APGR {test['apgr']:.3f}" if test.get("apgr") is not None else "")
+              + f"; routes changed at its knob: {100 * art['changed_routes']:.2f}%, "
+              f"max |score diff| {art['max_abs_diff']:.2e}")
+
+
 @_needs_train_extra
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet or args.json)
@@ -190,7 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise RouterMLError("--quarantine names one file but several --data sets were given; leave it out to get "
                             "one ./<input name>.quarantine.jsonl per set")
     result = evaluate_many(args.checkpoint, datasets, prices=args.prices, include_seen=args.include_seen,
-                           cache_dir=args.cache_dir, progress=not args.quiet, **_load_options(args))
+                           cache_dir=args.cache_dir, progress=not args.quiet, artifacts=args.artifact or (),
+                           **_load_options(args))
     if len(datasets) == 1:  # one set: the same JSON shape as training's test report
         single = result["sets"][0]
         if args.json:
@@ -198,6 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 0
         _print_scores(f"{single['router']} on {single['data']}: {single['scored']} prompts scored "
                       f"({single['dropped_seen']} seen in training dropped)", single["test"])
+        _print_artifacts(single)
         return 0
     if args.json:
         print(json.dumps(result))
@@ -206,6 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         note = f"; not in this data: {len(one['models_missing'])} models" if one["models_missing"] else ""
         _print_scores(f"{one['data']}: {one['scored']} prompts scored ({one['dropped_seen']} seen in training "
                       f"dropped{note})", one["test"])
+        _print_artifacts(one)
     _print_scores(f"macro average over {result['macro']['sets']} sets", result["macro"]["test"])
     return 0
 
@@ -280,6 +294,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="a directory written by 'router-ml train'")
     evaluate.add_argument("--data", required=True, dest="path", action="append",
                           help="data set to score on; repeat for several (per-set and macro-averaged results)")
+    evaluate.add_argument("--artifact", action="append", metavar="DIR",
+                          help="also score this exported artifact of the checkpoint (fp32 or int8) through the "
+                               "runtime on the same prompts (repeatable); printed beside the checkpoint's numbers")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep prompts the router was trained on (dropped by default)")
     evaluate.add_argument("--cache-dir")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from router_ml._optional import require
+from router_ml.optional import require
 from router_ml.truncation import clip_chars, default_max_chars, sanitize
 from training.featurizers._base import (
     DEFAULT_MAX_TOKENS,

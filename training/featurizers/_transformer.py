@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from router_ml._optional import require
+from router_ml.optional import require
 from router_ml.truncation import default_max_chars, prepare_text
 from training.featurizers._base import (
     DEFAULT_MAX_TOKENS,
