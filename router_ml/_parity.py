@@ -77,6 +77,17 @@ def _describe(cpu: dict[str, Any] | None) -> str:
             f"onnxruntime {cpu.get('onnxruntime')}")
 
 
+def scores_one_by_one(router: Any, prompts: list[str]) -> np.ndarray:
+    """Scores of each prompt run alone, as :meth:`Router.route` runs it. An int8 graph quantizes its
+    activations per call, so a prompt's scores depend on the batch it shares a call with; one prompt
+    per call makes the check independent of batching and equal to what production routing sees."""
+    rows = []
+    for prompt in prompts:
+        ids, mask = router.encode(prompt)
+        rows.append(router._run(ids[None], mask[None])[0])
+    return np.asarray(rows, dtype=np.float64).reshape(len(prompts), len(router.models))
+
+
 def check_sample(router: Any) -> tuple[dict[str, Any], str | None]:
     """Re-score the artifact's parity sample with ``router``'s own session; return a report and, when
     the routes drift past the limit (or the sample is missing or malformed), the reason to refuse.
@@ -109,7 +120,7 @@ def check_sample(router: Any) -> tuple[dict[str, Any], str | None]:
     if not prompts or reference.shape != (len(prompts), len(router.models)):
         return {}, (f"{directory / name}: {reference.shape} reference scores for {len(prompts)} prompts and "
                     f"{len(router.models)} models; re-export the router")
-    scores = router.predict(prompts).astype(np.float64)
+    scores = scores_one_by_one(router, prompts)
     costs = router.costs(prompts)
     changed = int(np.sum(choose(scores, costs, wtp) != choose(reference, costs, wtp)))
     here = cpu_features()

@@ -150,7 +150,7 @@ class Router:
         ``session_options`` is an ``onnxruntime.SessionOptions``; ``intra_op_threads`` is a shortcut
         for its thread count (1 is best for single-prompt latency); ``providers`` defaults to CPU.
         ``verify=True`` re-scores the artifact's parity sample (up to 256 prompts: well under a second
-        for a static router, about a second for a 3-layer encoder on 2 threads) with this session and
+        for a static router, a few seconds for a 3-layer encoder) one prompt per call with this session and
         raises :class:`ArtifactError` - naming the share of changed routes, the limit and both CPUs -
         when the routes drift past the limit on this machine; ``router-ml serve`` always does it.
 

@@ -144,13 +144,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from router_ml import Router
-    from router_ml._parity import cpu_features
+    from router_ml._parity import cpu_features, scores_one_by_one
     from router_ml.policy import choose
 
     texts = json.loads(args.prompts.read_text()) + ODD
     fp32 = Router.load(args.artifact, intra_op_threads=2)
     costs, wtp = fp32.costs(texts), fp32.willingness_to_pay
-    reference = fp32.predict(texts)
+    reference = scores_one_by_one(fp32, texts)  # one prompt per call, as route() and the exporter score
     base = choose(reference, costs, wtp)
     sample = texts[:args.emulate]
     names = fp32._input_names
@@ -160,7 +160,7 @@ def main() -> None:
         out = args.out / name
         ops = quantize(args.artifact, out, **setting)
         q8 = Router.load(out, intra_op_threads=2)
-        scores = q8.predict(texts)
+        scores = scores_one_by_one(q8, texts)
         changed = choose(scores, costs, wtp) != base
         nodes, exposed = quantized_nodes(out / "router.onnx")
         values = activations(exposed, nodes, feeds)
