@@ -6,7 +6,9 @@
 'frontier-xl'
 
 Loading verifies the manifest's format version and the sha256 of every file, so a tampered,
-truncated or mismatched artifact raises :class:`ArtifactError` instead of routing wrongly. Any
+truncated or mismatched artifact raises :class:`ArtifactError` instead of routing wrongly; with
+``verify=True`` it also re-scores the artifact's stored parity sample on this machine and refuses a
+graph (int8 above all) whose routes drift past the export's limit here (:mod:`router_ml._parity`). Any
 Python ``str`` is valid input: lone surrogates are replaced, megabyte texts are clipped by the
 fixed rules of :mod:`router_ml.truncation`, and a text with no known token (empty, whitespace)
 routes on an all-zero feature vector - the router's decision for "nothing known about the prompt",
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from router_ml._parity import check_sample
 from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
 from router_ml.policy import CostModel, choose, estimate_input_tokens
@@ -141,11 +144,17 @@ class Router:
 
     @classmethod
     def load(cls, path: str | Path, *, session_options: Any = None, providers: Sequence[str] | None = None,
-             intra_op_threads: int | None = None) -> Router:
+             intra_op_threads: int | None = None, verify: bool = False) -> Router:
         """Load and verify an artifact directory (or an MLflow ``runs:/`` / ``models:/`` URI).
 
         ``session_options`` is an ``onnxruntime.SessionOptions``; ``intra_op_threads`` is a shortcut
         for its thread count (1 is best for single-prompt latency); ``providers`` defaults to CPU.
+        ``verify=True`` re-scores the artifact's parity sample (up to 256 prompts: well under a second
+        for a static router, a few seconds for a 3-layer encoder) one prompt per call with this session and
+        raises :class:`ArtifactError` - naming the share of changed routes, the limit and both CPUs -
+        when the routes drift past the limit on this machine; ``router-ml serve`` always does it.
+
+        >>> router = Router.load("models/demo-artifact", verify=True)   # doctest: +SKIP
         """
         directory = _resolve(path)
         manifest_path = directory / "manifest.json"
@@ -201,6 +210,10 @@ class Router:
         if outputs and isinstance(outputs[-1], int) and outputs[-1] != len(router.models):
             raise ArtifactError(f"{directory}: the graph scores {outputs[-1]} models but the manifest names "
                                 f"{len(router.models)}")
+        if verify:
+            _, problem = check_sample(router)
+            if problem:
+                raise ArtifactError(problem)
         return router
 
     # --- scoring ----------------------------------------------------------------------------
@@ -318,9 +331,15 @@ class Router:
 
     def with_prices(self, prices: PriceCatalog, expected_output_tokens: Mapping[str, float]) -> Router:
         """A router that prices calls with a new catalog - no retraining for a price change."""
+        clone = self._copy()
+        clone._set_costs(CostModel.from_prices(prices, self.models, dict(expected_output_tokens)))
+        return clone
+
+    def _copy(self) -> Router:
+        """A shallow copy sharing the session and tokenizer (both safe to share between threads), so that
+        the knob and prices of the copy change without touching a router other threads use."""
         clone = object.__new__(Router)
         clone.__dict__.update(self.__dict__)
-        clone._set_costs(CostModel.from_prices(prices, self.models, dict(expected_output_tokens)))
         return clone
 
     def costs(self, texts: Sequence[str]) -> np.ndarray:
@@ -367,10 +386,18 @@ class Router:
                         costs[j], wtp, not n)
 
     def calibrate(self, prompts: Sequence[str], *, target_cost_per_request: float | None = None,
-                  target_share: tuple[str, float] | None = None) -> float:
-        """Set (and return) the default willingness to pay so that, on ``prompts``, the mean expected
-        cost per request is at most ``target_cost_per_request`` USD, or the share of calls to model
-        ``target_share[0]`` is at most ``target_share[1]``. Bisection on a log scale."""
+                  target_share: tuple[str, float] | None = None) -> Router:
+        """A copy of this router whose default willingness to pay keeps, on ``prompts``, the mean
+        expected cost per request at most ``target_cost_per_request`` USD, or the share of calls to
+        model ``target_share[0]`` at most ``target_share[1]``. Bisection on a log scale.
+
+        Like :meth:`with_prices` it returns a new router and leaves this one alone: a router may be
+        shared by threads that must not see its default change under them.
+
+        >>> cheap = router.calibrate(sample, target_cost_per_request=0.002)   # doctest: +SKIP
+        >>> cheap.willingness_to_pay                                          # doctest: +SKIP
+        0.0137
+        """
         if (target_cost_per_request is None) == (target_share is None):
             raise ValueError("give exactly one of target_cost_per_request or target_share")
         if isinstance(prompts, str):
@@ -389,23 +416,26 @@ class Router:
             return float(np.mean(chosen == self.models.index(target_share[0])))
 
         target = target_cost_per_request if target_cost_per_request is not None else target_share[1]
+        calibrated = self._copy()
+        calibrated.willingness_to_pay = self._knob_for(measure, target, float(np.max(costs)) or 1.0,
+                                                       "target_cost_per_request" if target_share is None
+                                                       else "target_share")
+        return calibrated
+
+    @staticmethod
+    def _knob_for(measure: Any, target: float, scale: float, name: str) -> float:
+        """The largest knob whose ``measure`` (non-decreasing in the knob) stays at most ``target``."""
         if measure(math.inf) <= target:
-            self.willingness_to_pay = math.inf
-            return self.willingness_to_pay
+            return math.inf
         if measure(0.0) > target:
-            name = "target_cost_per_request" if target_share is None else "target_share"
             raise ValueError(f"{name} {target} cannot be reached: even the cheapest choices give "
                              f"{measure(0.0)} on these prompts")
-        scale = float(np.max(costs)) or 1.0
         low, high = scale * 1e-6, scale * 1e6
         if measure(low) > target:
-            low = 0.0  # only the cheapest-model end meets the target
-            self.willingness_to_pay = low
-            return low
+            return 0.0  # only the cheapest-model end meets the target
         for _ in range(80):
             mid = math.sqrt(low * high)
             low, high = (mid, high) if measure(mid) <= target else (low, mid)
-        self.willingness_to_pay = low
         return low
 
 

@@ -8,6 +8,11 @@ Prints one JSON object on stdout (microseconds; each p50/p99 is the median over 
 
     HF_HUB_OFFLINE=1 python scripts/bench_runtime.py --router models/demo-artifact     # ~2 min
     python scripts/bench_runtime.py --router DIR --quick --skip-reference              # ~10 s smoke test
+    python scripts/bench_runtime.py --router FP32 --compare INT8 --compare-only --threads 2   # side by side
+
+``--compare DIR`` (repeatable) adds ``compare_64_tokens``: ``route`` p50/p99 of each artifact on the same
+64-token prompts, the artifacts taking turns every 100 calls so that load from other processes hits all
+alike - the way to compare an fp32 and an int8 export on a shared machine.
 """
 
 from __future__ import annotations
@@ -238,6 +243,49 @@ def bench_reference(id_lists: list, calls: int, budget_s: float) -> dict:
             "p50_us": min(v["p50_us"] for v in by_threads.values())}
 
 
+def bench_compare(directories: list[str], threads: int, repeats: int, calls: int, warmup: int) -> dict:
+    """``route`` p50/p99 at 64 tokens of several artifacts, interleaved in turns of 100 calls (see the module
+    docstring). The prompts are cut to 64 tokens by the first artifact's tokenizer."""
+    from router_ml import Router
+
+    routers = {d: Router.load(d, intra_op_threads=threads) for d in directories}
+    prompts = prompts_of_length(routers[directories[0]], random.Random(0), 64, 16)
+    for router in routers.values():
+        time_calls(router.route, prompts, warmup)
+    samples: dict = {d: [] for d in directories}
+    for rep in range(repeats):
+        log(f"compare repetition {rep + 1}/{repeats}")
+        gc.collect()
+        times: dict = {d: [] for d in directories}
+        for _ in range(max(1, calls // 100)):
+            for d, router in routers.items():
+                times[d] += time_calls(router.route, prompts, 100)
+        for d, ns in times.items():
+            ns.sort()
+            samples[d].append((percentile(ns, 0.5), percentile(ns, 0.99)))
+    out = {}
+    for d, reps in samples.items():
+        p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
+        parity = routers[d].manifest.get("parity") or {}
+        out[d] = {"quantization": routers[d].manifest.get("quantization"), "int8_weights": parity.get("int8_weights"),
+                  "int8_operators": parity.get("int8_operators"),
+                  "tokens": round(statistics.mean(len(routers[d].encode(p)[0]) for p in prompts), 1),
+                  "p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
+                  "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
+    return {"threads": threads, "repeats": repeats, "calls_per_repeat": calls, "routers": out}
+
+
+def machine_info(loadavg: float) -> dict:
+    """Where the numbers were taken (CPU int8 features included: int8 latency depends on them)."""
+    import onnxruntime
+
+    from router_ml._parity import cpu_features
+
+    return {"cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "cpu": cpu_features(), "loadavg_1m_before": round(loadavg, 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+
+
 def runtime_fingerprint() -> dict:
     """Version and source hash of the ``router_ml`` runtime, so that numbers can be tied to the code that ran."""
     import router_ml
@@ -258,6 +306,9 @@ def main() -> None:
     parser.add_argument("--log-mlflow", action="store_true",
                         help="log the latencies to the router's MLflow run (runtime.p50_us_64 ... - "
                              "'router-ml compare' shows them)")
+    parser.add_argument("--compare", action="append", default=[], metavar="DIR",
+                        help="another artifact to time beside --router at 64 tokens, in the same run (repeatable)")
+    parser.add_argument("--compare-only", action="store_true", help="only the --compare timings")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
@@ -266,6 +317,13 @@ def main() -> None:
     sizes = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
     calls, warmup, n_batch, ref_calls, ref_budget = sizes
     loadavg, runtime_at_start = os.getloadavg()[0], runtime_fingerprint()
+    compare = None
+    if args.compare:
+        compare = bench_compare([args.router, *args.compare], args.threads, repeats, calls, warmup)
+    if args.compare_only:
+        print(json.dumps({"runtime": runtime_at_start, "machine": machine_info(loadavg), "compare_64_tokens": compare},
+                         indent=1))
+        return None
 
     log("loading")
     load, router = bench_load(args.router, args.threads, repeats)
@@ -293,17 +351,13 @@ def main() -> None:
     compare = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
     targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else compare[op](float(v), limit)}
                for name, (v, op, limit) in checks.items()}
-    import onnxruntime
-
     runtime = runtime_fingerprint()
     logged_to = log_to_mlflow(router, single, batch) if args.log_mlflow else None
     print(json.dumps({
         "router": {"directory": args.router, "router": router.manifest.get("router"),
                    "featurizer": router.manifest.get("featurizer"), "models": len(router.models)},
         "runtime": {**runtime, "changed_during_run": runtime != runtime_at_start},
-        "machine": {"cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-                    "python": platform.python_version(), "loadavg_1m_before": round(loadavg, 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": machine_info(loadavg), "compare_64_tokens": compare,
         "settings": {"threads": args.threads, "repeats": repeats, "calls_per_repeat": calls, "quick": args.quick},
         **load, "prompt_tokens": tokens, "single_prompt": single, "batch": batch, "peak_rss_mb": rss["peak_rss_mb"],
         "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference,

@@ -121,40 +121,56 @@ def test_a_larger_knob_never_lowers_mean_quality_on_a_batch(router, trained):
         router.route("hello", willingness_to_pay=-1)
 
 
-def test_calibrate_to_a_cost_budget_sets_the_default(trained):
-    router = Router.load(trained.artifact)
+def test_calibrate_returns_a_calibrated_copy_to_a_cost_budget(router, trained):
     prompts = trained.held_out[:200]
+    default = router.willingness_to_pay
+    before = router.route_batch(prompts)
     cheapest = _mean(d.expected_cost for d in router.route_batch(prompts, willingness_to_pay=0))
     dearest = _mean(d.expected_cost for d in router.route_batch(prompts, willingness_to_pay=math.inf))
     target = cheapest + 0.3 * (dearest - cheapest)
-    knob = router.calibrate(prompts, target_cost_per_request=target)
-    assert 0 < knob < math.inf and router.willingness_to_pay == knob
-    decisions = router.route_batch(prompts)  # no knob given: the calibrated default
+    calibrated = router.calibrate(prompts, target_cost_per_request=target)
+    knob = calibrated.willingness_to_pay
+    assert isinstance(calibrated, Router) and calibrated is not router
+    assert 0 < knob < math.inf and knob != default
+    # the shared router is untouched: its default and its decisions are those from before
+    assert router.willingness_to_pay == default and router.route_batch(prompts) == before
+    decisions = calibrated.route_batch(prompts)  # no knob given: the calibrated default
     assert all(d.willingness_to_pay == knob for d in decisions)
     spent = _mean(d.expected_cost for d in decisions)
     assert spent <= target
     assert spent > cheapest  # it spends the budget instead of always taking the cheapest model
-    assert router.route(prompts[0]).willingness_to_pay == knob
+    assert calibrated.route(prompts[0]).willingness_to_pay == knob
     with pytest.raises(ValueError, match="exactly one"):
         router.calibrate(prompts)
 
 
-def test_calibrate_to_an_unreachable_budget_says_so(trained):
-    router = Router.load(trained.artifact)
+def test_calibrating_while_other_threads_route_does_not_change_their_decisions(router, trained):
+    prompts = trained.held_out[:100]
+    expected = router.route_batch(prompts)
+    dearest = router.cost_model.models[int(np.argmax(router.cost_model.fixed_usd))]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        routed = [pool.submit(router.route_batch, prompts) for _ in range(8)]
+        knobs = [pool.submit(lambda s: router.calibrate(prompts, target_share=(dearest, s)).willingness_to_pay, s)
+                 for s in (0.0, 0.05, 0.2)]
+        assert all(f.result() == expected for f in routed)
+        assert len({k.result() for k in knobs}) > 1  # the copies really differ
+    assert router.route_batch(prompts) == expected
+
+
+def test_calibrate_to_an_unreachable_budget_says_so(router, trained):
     prompts = trained.held_out[:200]
     cheapest = _mean(d.expected_cost for d in router.route_batch(prompts, willingness_to_pay=0))
     with pytest.raises(ValueError, match="target_cost_per_request"):
         router.calibrate(prompts, target_cost_per_request=cheapest / 2)
 
 
-def test_calibrate_to_a_share_of_the_dearest_model(trained):
-    router = Router.load(trained.artifact)
+def test_calibrate_to_a_share_of_the_dearest_model(router, trained):
     prompts = trained.held_out[:200]
     dearest = router.cost_model.models[int(np.argmax(router.cost_model.fixed_usd))]
     unbounded = np.mean([d.model == dearest for d in router.route_batch(prompts, willingness_to_pay=math.inf)])
-    knob = router.calibrate(prompts, target_share=(dearest, 0.1))
-    assert router.willingness_to_pay == knob
-    share = np.mean([d.model == dearest for d in router.route_batch(prompts)])
+    calibrated = router.calibrate(prompts, target_share=(dearest, 0.1))
+    knob = calibrated.willingness_to_pay
+    share = np.mean([d.model == dearest for d in calibrated.route_batch(prompts)])
     assert share <= 0.1
     if unbounded > 0.1:  # the constraint binds: the knob was lowered from the top
         assert knob < math.inf
@@ -359,7 +375,122 @@ def test_session_options_and_thread_count(trained, router):
     assert explicit.models == router.models == one_thread.models
 
 
-# --- 7. int8 --------------------------------------------------------------------------------------
+# --- 7. int8, and the parity sample that Router.load(verify=True) re-scores ----------------------
+
+def _read_sample(directory: Path) -> dict:
+    return json.loads((directory / "parity_sample.json").read_text(encoding="utf-8"))
+
+
+def _rewrite_sample(directory: Path, edit) -> None:
+    """Edit the stored parity sample and re-sign it in the manifest, as a consistent artifact would be."""
+    from router_ml.router import file_sha256 as _sha256
+
+    sample = _read_sample(directory)
+    edit(sample)
+    (directory / "parity_sample.json").write_text(json.dumps(sample), encoding="utf-8")
+    digest = _sha256(directory / "parity_sample.json")
+    _edit_manifest(directory, lambda m: m["files"].update({"parity_sample.json": digest}))
+
+
+def test_the_artifact_stores_a_checksummed_parity_sample_with_the_exporting_cpu(router, trained):
+    manifest = router.manifest
+    kept = min(256, manifest["parity"]["prompts"])  # every parity prompt up to 256 (240 + 4 odd ones here)
+    assert manifest["parity_sample"] == {"file": "parity_sample.json", "prompts": kept, "limit": 0.01}
+    assert "parity_sample.json" in manifest["files"]
+    sample = _read_sample(trained.artifact)
+    assert len(sample["prompts"]) == kept and sample["changed_at_export"] == 0  # fp32: nothing changes
+    cpu = sample["cpu"]
+    assert cpu["machine"] and cpu["onnxruntime"] == ort.__version__ and cpu == manifest["parity"]["cpu"]
+    assert set(cpu["flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"}
+    # the reference is the fp32 graph's own scores of the stored prompts
+    np.testing.assert_allclose(router.predict(sample["prompts"]), sample["reference_scores"], atol=1e-6)
+    assert Router.load(trained.artifact, verify=True).models == router.models
+
+
+def test_verify_refuses_an_artifact_whose_routes_drift_from_the_stored_reference(trained, tmp_path):
+    art = _copy(trained, tmp_path)
+    # a reference under which the routes differ: every prompt's scores rolled by one model
+    _rewrite_sample(art, lambda s: s.update(reference_scores=np.roll(s["reference_scores"], 1, axis=1).tolist()))
+    assert Router.load(art).models  # verify=False (the default): nothing extra happens
+    with pytest.raises(ArtifactError) as info:
+        Router.load(art, verify=True)
+    message = str(info.value)
+    assert "the fp32 graph routes differently on this CPU" in message
+    assert "stored parity prompts" in message and "past the limit of 1%" in message
+    assert "This CPU: " in message and "exported on: " in message and "Re-export" in message
+    changed = int(message.split("changed on ")[1].split(" of ")[0])
+    assert changed > 0.01 * len(_read_sample(art)["prompts"])
+
+
+def test_verify_allows_drift_up_to_the_limit(trained, tmp_path):
+    art = _copy(trained, tmp_path)
+    sample = _read_sample(art)
+    from router_ml.policy import choose
+
+    costs = Router.load(art).costs(sample["prompts"])
+    wtp = math.inf if sample["willingness_to_pay"] is None else sample["willingness_to_pay"]
+    routes = choose(np.array(sample["reference_scores"]), costs, wtp)
+
+    def move(n):  # make the reference pick another model on the first n prompts
+        def edit(s):
+            ref = np.array(s["reference_scores"])
+            ref[np.arange(n), (routes[:n] + 1) % ref.shape[1]] = 1e6  # outweighs any cost at this knob
+            assert (choose(ref, costs, wtp) != routes).sum() == n
+            s["reference_scores"] = ref.tolist()
+        return edit
+
+    n = len(routes)
+    allowed = int(0.01 * n)
+    assert allowed >= 1
+    _rewrite_sample(art, move(allowed))  # at the limit: 2 of 244 = 0.8% <= 1%
+    assert Router.load(art, verify=True).models
+    _rewrite_sample(art, move(allowed + 1))  # past it: 3 of 244 = 1.2% > 1%
+    with pytest.raises(ArtifactError, match=rf"changed on {allowed + 1} of {n} stored parity prompts"):
+        Router.load(art, verify=True)
+
+
+def test_a_sample_changed_without_its_checksum_is_refused(trained, tmp_path):
+    art = _copy(trained, tmp_path)
+    sample = _read_sample(art)
+    sample["reference_scores"][0][0] += 0.5
+    (art / "parity_sample.json").write_text(json.dumps(sample), encoding="utf-8")
+    with pytest.raises(ArtifactError, match="parity_sample.json: checksum mismatch"):
+        Router.load(art)
+
+
+def test_an_int8_artifact_without_a_sample_cannot_be_verified(trained, tmp_path):
+    art = _copy(trained, tmp_path)
+    (art / "parity_sample.json").unlink()
+
+    def drop(m):
+        m.pop("parity_sample")
+        m["files"].pop("parity_sample.json")
+    _edit_manifest(art, drop)
+    assert Router.load(art, verify=True).models  # fp32 without a sample: nothing to re-check
+    _edit_manifest(art, lambda m: m.update(quantization="int8"))
+    assert Router.load(art).models
+    with pytest.raises(ArtifactError, match="int8 artifact has no parity sample.*re-export it"):
+        Router.load(art, verify=True)
+
+
+def test_a_sample_the_checksums_do_not_cover_is_refused_by_verify(trained, tmp_path):
+    art = _copy(trained, tmp_path)
+    _edit_manifest(art, lambda m: m["files"].pop("parity_sample.json"))
+    with pytest.raises(ArtifactError, match="checksums do not cover"):
+        Router.load(art, verify=True)
+
+
+def test_the_sample_keeps_the_full_checks_share_of_changed_routes():
+    from training.export import _sample
+
+    changed = np.zeros(1004, dtype=bool)
+    changed[np.random.default_rng(1).choice(1004, 9, replace=False)] = True  # 0.9%, as the encoder_fast export
+    pick = _sample(changed)
+    assert len(pick) == len(set(pick.tolist())) == 256 and changed[pick].sum() == 2  # floor(9 * 256 / 1004)
+    assert changed[pick].mean() <= 0.01
+    np.testing.assert_array_equal(pick, _sample(changed))  # seeded: the same prompts every export
+    assert _sample(changed[:100]).tolist() == list(range(100))
+
 
 def test_int8_export_keeps_routes_or_is_refused(trained, tmp_path_factory):
     parent = tmp_path_factory.mktemp("int8")
@@ -373,16 +504,24 @@ def test_int8_export_keeps_routes_or_is_refused(trained, tmp_path_factory):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"] == "int8"
     assert manifest["parity"]["int8_changed_routes"] <= 0.01
-    assert manifest["parity"] == report
-    int8 = Router.load(out)
+    assert manifest["parity"]["int8_weights"] == {"per_channel": True, "weight_type": "QInt8", "reduce_range": True}
+    assert manifest["parity"] == report and report["cpu"]["onnxruntime"] == ort.__version__
+    int8 = Router.load(out, verify=True)
     fp32 = Router.load(trained.artifact)
     texts = trained.held_out[:100]
     assert (out / "router.onnx").stat().st_size < (trained.artifact / "router.onnx").stat().st_size
     np.testing.assert_allclose(int8.predict(texts), fp32.predict(texts), atol=0.05)
+    from router_ml._parity import scores_one_by_one
+
+    sample = _read_sample(out)  # the int8 graph's own scores where it was exported, beside the fp32 reference
+    np.testing.assert_allclose(scores_one_by_one(int8, sample["prompts"]), sample["exported_scores"], atol=1e-6)
+    # one prompt per call, as route() runs it: the stored scores are route()'s
+    assert [int8.route(t).scores for t in sample["prompts"][:20]] == [
+        dict(zip(int8.models, row, strict=True)) for row in scores_one_by_one(int8, sample["prompts"][:20]).tolist()]
     assert list(parent.iterdir()) == [out]
 
 
-# --- 8. the exporter refuses without parity prompts ----------------------------------------------
+# --- 8. the exporter refuses without parity prompts, and never leaves a broken artifact ----------
 
 def test_export_refuses_without_parity_prompts(trained, tmp_path):
     checkpoint = Path(shutil.copytree(trained.checkpoint, tmp_path / "checkpoint",
@@ -395,6 +534,73 @@ def test_export_refuses_without_parity_prompts(trained, tmp_path):
     with pytest.raises(ExportError, match="parity"):
         export_router(checkpoint, parent / "artifact", parity_texts=[])
     assert list(parent.iterdir()) == []
+
+
+def _fingerprint(directory: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_failed_export_leaves_the_previous_artifact_in_place(trained, tmp_path):
+    out = _copy(trained, tmp_path)
+    before = _fingerprint(out)
+    checkpoint = Path(shutil.copytree(trained.checkpoint, tmp_path / "checkpoint"))
+    (checkpoint / "cost_model.json").write_text("{", encoding="utf-8")  # fails after the graph is staged
+    with pytest.raises(ValueError):
+        export_router(checkpoint, out, parity_texts=trained.held_out[:20])
+    assert _fingerprint(out) == before and Router.load(out, verify=True).models
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "checkpoint"]  # no staging left
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "portable"])
+def test_export_over_an_artifact_swaps_the_new_one_in(trained, tmp_path, monkeypatch, exchange):
+    import training.export as export
+
+    if not exchange:  # the two-rename path of platforms without an atomic directory exchange
+        monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    out = _copy(trained, tmp_path)
+    _edit_manifest(out, lambda m: m["policy"].update(willingness_to_pay=123.0))  # mark the old one
+    report = export_router(trained.checkpoint, out, parity_texts=trained.held_out[:40])
+    assert report["prompts"] == 44 and Router.load(out, verify=True).willingness_to_pay != 123.0
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # the old one and the staging are gone
+
+
+def test_export_refuses_to_replace_a_directory_that_is_not_an_artifact(trained, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not a router artifact"):
+        export_router(trained.checkpoint, out, parity_texts=trained.held_out[:20])
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+KILLED = """
+import sys
+from training.export import export_router
+export_router(sys.argv[1], sys.argv[2], parity_texts=None)
+"""
+
+
+def test_an_export_killed_midway_leaves_the_previous_artifact_loadable(trained, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = _copy(trained, tmp_path)
+    before = _fingerprint(out)
+    root = Path(__file__).resolve().parents[1]
+    with subprocess.Popen([sys.executable, "-c", KILLED, str(trained.checkpoint), str(out)], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".artifact.export-") for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the export never started staging"
+            time.sleep(0.01)
+        time.sleep(0.2)  # inside the build: the staged graph and manifest are being written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _fingerprint(out) == before  # killed before the swap: the old artifact, untouched
+    assert Router.load(out, verify=True).models
 
 
 # --- 9. the exact fast WordPiece path (router_ml/_wordpiece.py) ----------------------------------

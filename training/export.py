@@ -8,14 +8,24 @@ the policy (cost model, default willingness to pay), prices, limits, the trainin
 fingerprint, MLflow run id, headline metrics and the sha256 of every file.
 
 Before writing, the exporter checks parity on held-out prompts: fp32 outputs within 1e-4 of torch,
-and for ``--quantize int8`` (dynamic, per-channel) the routed model may change on at most 1% of
-prompts at the default knob. A failing artifact is not written.
+and for ``--quantize int8`` (dynamic, per-channel, 7-bit weights: see :func:`_quantize_int8`) the
+routed model may change on at most 1% of prompts at the default knob. A failing artifact is not
+written. The artifact keeps a sample of those prompts with the fp32 reference scores and the CPU
+features the check ran on (``parity_sample.json``), so that ``Router.load(..., verify=True)`` can
+repeat the check on the machine that deploys it.
+
+The artifact is built in a hidden sibling directory of ``out`` and swapped in whole (an atomic
+exchange on Linux), so a crash or a failed check never leaves a broken or missing artifact where a
+good one was.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from router_ml._parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
 from router_ml.errors import RouterMLError
 from router_ml.policy import CostModel, choose, estimate_input_tokens
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
@@ -33,6 +44,9 @@ __all__ = ["ExportError", "export_router"]
 
 FP32_TOLERANCE = 1e-4
 INT8_MAX_CHANGED = 0.01
+#: prompts kept in the artifact for ``Router.load(..., verify=True)``: enough that a drift of a few
+#: percent shows (4% of 256 is 10 routes against a limit of 2), few enough to re-score in seconds
+SAMPLE_SIZE = 256
 
 
 class ExportError(RouterMLError):
@@ -166,8 +180,9 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
     """Export the router trained into ``checkpoint`` (a ``router-ml train`` directory) to ``out``.
 
     Returns the parity report. ``parity_texts`` default to the held-out prompts the checkpoint saved.
+    An existing artifact at ``out`` is replaced only once the new one has passed every check.
     """
-    from training.routers import EncoderRouter, TorchRouter
+    from training.routers import TorchRouter
 
     checkpoint, out = Path(checkpoint), Path(out)
     if quantize not in (None, "int8"):
@@ -181,62 +196,150 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
     if not texts:
         raise ExportError(f"{checkpoint}: no held-out prompts for the parity check (parity_prompts.json)")
     texts = texts + ["", "   ", "\U0001F600 \x00 control", "x" * 50_000]  # degenerate inputs must agree too
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        work = Path(tmp)
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # same filesystem as out
+    try:
         stage = work / "artifact"
         stage.mkdir()
-        if isinstance(router, EncoderRouter):
-            graph, tokenizer_file, tokenizer = _encoder_parts(router, work)
-        else:
-            graph, tokenizer_file, tokenizer = _static_parts(checkpoint, router)
-        shutil.copyfile(tokenizer_file, stage / "tokenizer.json")
-        _export_onnx(graph, stage / "router.onnx")
-        report: dict[str, Any] = {"prompts": len(texts)}
-        if isinstance(router, EncoderRouter):  # the fused graph goes through the same parity checks
-            report["fused_operators"] = _fuse_transformer(stage / "router.onnx", router.module_.encoder.config)
-        cost_model = CostModel.from_dict(json.loads((checkpoint / "cost_model.json").read_text()))
-        metrics = json.loads((checkpoint / "metrics.json").read_text())["test"]
-        prices_file = checkpoint / "prices.json"
-        wtp = default_willingness
-        if wtp is None:
-            wtp = _default_willingness(json.loads((checkpoint / "metrics.json").read_text())["curve"])
-        manifest = {
-            "format": ARTIFACT_FORMAT,
-            "format_version": ARTIFACT_VERSION,
-            "router": manifest_in["router"],
-            "featurizer": manifest_in["featurizer"],
-            "models": manifest_in["models"],
-            "output": "quality",
-            "tokenizer": tokenizer,
-            "policy": {"name": "utility", "willingness_to_pay": None if np.isinf(wtp) else wtp,
-                       "cost_model": cost_model.to_dict()},
-            "prices": json.loads(prices_file.read_text()) if prices_file.exists() else None,
-            "limits": {"max_tokens": tokenizer["max_tokens"], "max_chars": tokenizer["max_chars"]},
-            "training": {"config": json.loads((checkpoint / "config.json").read_text()),
-                         "data_fingerprint": manifest_in.get("data_fingerprint"),
-                         "mlflow_run_id": manifest_in.get("mlflow_run_id")},
-            "metrics": {k: metrics.get(k) for k in ("aiq", "savings_at_iso_quality", "best_quality", "apgr",
-                                                    "cpt_50", "cpt_80") if metrics.get(k) is not None},
-            "quantization": quantize,
-            "files": {},
-        }
-        _write_manifest(stage, manifest)
-        fp32 = Router.load(stage)
-        expected = _torch_predict(graph, fp32, texts)
-        got = fp32.predict(texts)
-        report["fp32_max_abs_diff"] = float(np.max(np.abs(expected - got)))
-        if report["fp32_max_abs_diff"] > FP32_TOLERANCE:
-            raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
-                              f"(> {FP32_TOLERANCE}); nothing written")
-        if quantize == "int8":
-            _quantize_int8(work, stage, manifest, report, texts=texts, fp32=fp32, fp32_out=got,
-                           cost_model=cost_model, wtp=wtp)
-        manifest["parity"] = report
-        _write_manifest(stage, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(stage, out)
+        report = _build(router, checkpoint, manifest_in, stage, work, texts, quantize, default_willingness)
+        _fsync_tree(stage)
+        _swap_in(stage, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the staging files, or the artifact that was replaced
     return report
+
+
+def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, work: Path, texts: list[str],
+           quantize: str | None, default_willingness: float | None) -> dict[str, Any]:
+    """Write the artifact into ``stage`` and return its parity report; raise before anything is swapped in."""
+    from training.routers import EncoderRouter
+
+    if isinstance(router, EncoderRouter):
+        graph, tokenizer_file, tokenizer = _encoder_parts(router, work)
+    else:
+        graph, tokenizer_file, tokenizer = _static_parts(checkpoint, router)
+    shutil.copyfile(tokenizer_file, stage / "tokenizer.json")
+    _export_onnx(graph, stage / "router.onnx")
+    report: dict[str, Any] = {"prompts": len(texts)}
+    if isinstance(router, EncoderRouter):  # the fused graph goes through the same parity checks
+        report["fused_operators"] = _fuse_transformer(stage / "router.onnx", router.module_.encoder.config)
+    cost_model = CostModel.from_dict(json.loads((checkpoint / "cost_model.json").read_text()))
+    metrics = json.loads((checkpoint / "metrics.json").read_text())["test"]
+    prices_file = checkpoint / "prices.json"
+    wtp = default_willingness
+    if wtp is None:
+        wtp = _default_willingness(json.loads((checkpoint / "metrics.json").read_text())["curve"])
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "router": manifest_in["router"],
+        "featurizer": manifest_in["featurizer"],
+        "models": manifest_in["models"],
+        "output": "quality",
+        "tokenizer": tokenizer,
+        "policy": {"name": "utility", "willingness_to_pay": None if np.isinf(wtp) else wtp,
+                   "cost_model": cost_model.to_dict()},
+        "prices": json.loads(prices_file.read_text()) if prices_file.exists() else None,
+        "limits": {"max_tokens": tokenizer["max_tokens"], "max_chars": tokenizer["max_chars"]},
+        "training": {"config": json.loads((checkpoint / "config.json").read_text()),
+                     "data_fingerprint": manifest_in.get("data_fingerprint"),
+                     "mlflow_run_id": manifest_in.get("mlflow_run_id")},
+        "metrics": {k: metrics.get(k) for k in ("aiq", "savings_at_iso_quality", "best_quality", "apgr",
+                                                "cpt_50", "cpt_80") if metrics.get(k) is not None},
+        "quantization": quantize,
+        "files": {},
+    }
+    _write_manifest(stage, manifest)
+    fp32 = Router.load(stage)
+    expected = _torch_predict(graph, fp32, texts)
+    got = fp32.predict(texts)
+    report["fp32_max_abs_diff"] = float(np.max(np.abs(expected - got)))
+    if report["fp32_max_abs_diff"] > FP32_TOLERANCE:
+        raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
+                          f"(> {FP32_TOLERANCE}); nothing written")
+    costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
+    reference = exported = scores_one_by_one(fp32, texts)  # route()'s view: one prompt per call
+    if quantize == "int8":
+        exported = _quantize_int8(work, stage, manifest, report, texts=texts, fp32_out=reference, costs=costs,
+                                  wtp=wtp)
+    report["cpu"] = cpu_features()
+    changed = choose(exported, costs, wtp) != choose(reference, costs, wtp)
+    pick = _sample(changed)
+    sample = sample_document([texts[i] for i in pick], reference[pick], exported[pick], willingness_to_pay=wtp,
+                             limit=INT8_MAX_CHANGED, changed_at_export=int(changed[pick].sum()))
+    (stage / SAMPLE_FILE).write_text(json.dumps(sample), encoding="utf-8")
+    manifest["parity"] = report
+    manifest["parity_sample"] = {"file": SAMPLE_FILE, "prompts": len(pick), "limit": INT8_MAX_CHANGED}
+    _write_manifest(stage, manifest)
+    return report
+
+
+def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
+    """Indices of the parity prompts to keep in the artifact, stratified by whether the exported graph
+    changed the route there: the sample's share of changed routes is the full check's, rounded down,
+    so a graph that passed the full check also passes its sample where it was exported, and every
+    route that changes elsewhere counts against the same limit. Seeded: the same prompts every export."""
+    n = len(changed)
+    if n <= size:
+        return np.arange(n)
+    rng = np.random.default_rng(0)
+    moved, kept = np.flatnonzero(changed), np.flatnonzero(~changed)
+    k = min(len(moved), int(len(moved) * size // n), size)
+    pick = np.concatenate([rng.choice(moved, k, replace=False), rng.choice(kept, size - k, replace=False)])
+    return np.sort(pick)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory that holds something other than a router artifact."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
+        raise ExportError(f"{out}: exists and is not a router artifact (no manifest.json); choose another --out "
+                          f"or remove it")
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the staged files to disk before the rename makes them the artifact (a crash after the
+    rename must not find empty files under the new names)."""
+    for path in [*directory.iterdir(), directory]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform, libc or filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Make ``stage`` the artifact at ``out``; a replaced artifact ends up at ``stage``'s path.
+
+    A new ``out`` is one rename. An existing one is exchanged atomically where Linux allows; elsewhere
+    it is moved aside, the new one renamed in, and the old one moved back if that fails - the window
+    without an artifact at ``out`` is two renames long, and the old one is never deleted before the
+    new one is in place."""
+    if not out.exists():
+        os.rename(stage, out)
+    elif not _exchange(stage, out):
+        aside = stage.with_name(stage.name + ".replaced")
+        os.rename(out, aside)
+        try:
+            os.rename(stage, out)
+        except OSError:
+            os.rename(aside, out)
+            raise
+        os.rename(aside, stage)
 
 
 def _down_projections(path: Path) -> list[str]:
@@ -251,17 +354,32 @@ def _down_projections(path: Path) -> list[str]:
             and len(shapes.get(n.input[1], ())) == 2 and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
 
 
+#: the weight format of every int8 export: see :func:`_quantize_int8`
+INT8_WEIGHTS = {"weight_type": "QInt8", "reduce_range": True}
+
+
 def _quantize_int8(work: Path, stage: Path, manifest: dict[str, Any], report: dict[str, Any], *, texts: list[str],
-                   fp32: Router, fp32_out: np.ndarray, cost_model: CostModel, wtp: float) -> None:
-    """Dynamic per-channel int8 weights, checked against the fp32 routes at the default knob.
+                   fp32_out: np.ndarray, costs: np.ndarray, wtp: float) -> np.ndarray:
+    """Dynamic per-channel int8 weights, checked against the fp32 routes at the default knob; returns
+    the kept graph's scores.
+
+    Weights are 7-bit (``reduce_range``: |w| <= 64), so the result does not depend on the CPU's int8
+    instructions. With AVX2 (or AVX-512 without VNNI) onnxruntime multiplies uint8 activations by
+    int8 weights with ``vpmaddubsw``, which adds each pair of products into a saturating int16: with
+    full-range weights a pair can reach 2 * 255 * 127 = 64770 and is clamped, so the same graph
+    routed 4-5% of prompts differently there than on the VNNI machine that validated it. With |w| <=
+    64 a pair is at most 2 * 255 * 64 = 32640 < 32767: every kernel (vpmaddubsw, VNNI, AMX, ARM)
+    computes the same exact int32 sums. Measured on the encoder_fast seed-0 router (README, "int8 on
+    every CPU"; AVX-512 VNNI, 2 threads, 64 tokens, one run): all-int8 7-bit weights changed 2.0% of
+    1,004 routes (full range: 1.0%), so the ladder keeps its second rung - 0.7%, 3.85 ms p50 against
+    3.04 ms for the old full-range graph and 5.55 ms fp32; uint8 weights (U8U8, also exact) changed
+    0.9% all-int8 but ran slower (4.30 ms) than that rung.
 
     Tried from fastest to most exact, the first that changes at most 1% of routes is kept: a fused
     encoder's MatMul and Attention nodes; the same with the down-projections (:func:`_down_projections`)
-    left in fp32 (a 4-layer MiniLM router on RouteLLM: 1.35% -> 0.56% of 1,260 routes changed, about
-    1.3x the all-int8 latency); MatMul only; MatMul only without the down-projections. Embedding
-    tables stay fp32: an int8 table for the static gather moves features more than it saves (it
-    failed the check on the demo data). Contrib-op outputs have no inferred type, hence the default
-    tensor type."""
+    left in fp32; MatMul only; MatMul only without the down-projections. Embedding tables stay fp32:
+    an int8 table for the static gather moves features more than it saves (it failed the check on the
+    demo data). Contrib-op outputs have no inferred type, hence the default tensor type."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -270,22 +388,23 @@ def _quantize_int8(work: Path, stage: Path, manifest: dict[str, Any], report: di
     down = _down_projections(source)
     ops_ladder = [["MatMul", "Attention"], ["MatMul"]] if report.get("fused_operators") else [["MatMul"]]
     candidates = [(ops, keep) for ops in ops_ladder for keep in ([], down) if not keep or down]
-    costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
     fp32_routes = choose(fp32_out, costs, wtp)
     tried = []
     for ops, keep in candidates:
-        quantize_dynamic(str(source), str(stage / "router.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+        quantize_dynamic(str(source), str(stage / "router.onnx"), per_channel=True,
+                         weight_type=QuantType[INT8_WEIGHTS["weight_type"]], reduce_range=INT8_WEIGHTS["reduce_range"],
                          op_types_to_quantize=ops, nodes_to_exclude=keep,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         _write_manifest(stage, manifest)
-        q8 = Router.load(stage).predict(texts)
+        q8 = scores_one_by_one(Router.load(stage), texts)  # activations are quantized per call: one prompt each
         changed = float(np.mean(choose(q8, costs, wtp) != fp32_routes))
         label = "+".join(ops) + (f" (down-projections fp32: {len(keep)})" if keep else "")
         tried.append(f"{label}: {changed:.1%}")
         if changed <= INT8_MAX_CHANGED:
             report.update(int8_max_abs_diff=float(np.max(np.abs(q8 - fp32_out))), int8_changed_routes=changed,
-                          int8_operators=ops, int8_fp32_nodes=keep, int8_tried=tried)
-            return
+                          int8_operators=ops, int8_fp32_nodes=keep, int8_tried=tried,
+                          int8_weights={"per_channel": True, **INT8_WEIGHTS})
+            return q8
     raise ExportError(f"int8 parity check failed: the routed model changed on more than {INT8_MAX_CHANGED:.0%} of "
                       f"prompts ({'; '.join(tried)}); nothing written")
 
@@ -302,5 +421,6 @@ def _default_willingness(curve: dict[str, list]) -> float:
 
 
 def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
-    manifest["files"] = {name: file_sha256(stage / name) for name in ("router.onnx", "tokenizer.json")}
+    names = ("router.onnx", "tokenizer.json", SAMPLE_FILE)
+    manifest["files"] = {name: file_sha256(stage / name) for name in names if (stage / name).exists()}
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1))
