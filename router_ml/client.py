@@ -116,9 +116,11 @@ class AsyncRoutedClient:
         self.chat = _Chat(_AsyncCompletions(self))
 
     @classmethod
-    def from_files(cls, router: str | Path, providers: str | Path, **kwargs: Any) -> AsyncRoutedClient:
-        """Load a router artifact (one onnxruntime thread) and a provider catalog, then build the client."""
-        return cls(Router.load(router, intra_op_threads=1), ProviderCatalog.load(providers), **kwargs)
+    def from_files(cls, router: str | Path, providers: str | Path, *, verify: bool = False,
+                   **kwargs: Any) -> AsyncRoutedClient:
+        """Load a router artifact (one onnxruntime thread; ``verify`` re-scores its stored parity sample on
+        this CPU, see :meth:`Router.load`) and a provider catalog, then build the client."""
+        return cls(Router.load(router, intra_op_threads=1, verify=verify), ProviderCatalog.load(providers), **kwargs)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -389,8 +391,9 @@ class RoutedClient:
         self.chat = _Chat(_SyncCompletions(self))
 
     @classmethod
-    def from_files(cls, router: str | Path, providers: str | Path, **kwargs: Any) -> RoutedClient:
-        return cls(Router.load(router, intra_op_threads=1), ProviderCatalog.load(providers), **kwargs)
+    def from_files(cls, router: str | Path, providers: str | Path, *, verify: bool = False,
+                   **kwargs: Any) -> RoutedClient:
+        return cls(Router.load(router, intra_op_threads=1, verify=verify), ProviderCatalog.load(providers), **kwargs)
 
     @property
     def catalog(self) -> ProviderCatalog:

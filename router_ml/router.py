@@ -8,7 +8,7 @@
 Loading verifies the manifest's format version and the sha256 of every file, so a tampered,
 truncated or mismatched artifact raises :class:`ArtifactError` instead of routing wrongly; with
 ``verify=True`` it also re-scores the artifact's stored parity sample on this machine and refuses a
-graph (int8 above all) whose routes drift past the export's limit here (:mod:`router_ml._parity`). Any
+graph (int8 above all) whose routes drift past the export's limit here (:mod:`router_ml.parity`). Any
 Python ``str`` is valid input: lone surrogates are replaced, megabyte texts are clipped by the
 fixed rules of :mod:`router_ml.truncation`, and a text with no known token (empty, whitespace)
 routes on an all-zero feature vector - the router's decision for "nothing known about the prompt",
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from router_ml._parity import check_sample
 from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
-from router_ml.policy import CostModel, choose, estimate_input_tokens
+from router_ml.parity import check_sample
+from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.pricing import PriceCatalog
 from router_ml.truncation import clip_chars, sanitize
 
@@ -72,7 +72,7 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "scores": dict(self.scores), "costs": dict(self.costs),
                 "expected_cost": self.expected_cost,
-                "willingness_to_pay": None if math.isinf(self.willingness_to_pay) else self.willingness_to_pay,
+                "willingness_to_pay": wtp_to_json(self.willingness_to_pay),
                 "empty": self.empty}
 
 
@@ -120,7 +120,7 @@ class Router:
         self.models: tuple[str, ...] = tuple(manifest["models"])
         self.cost_model = CostModel.from_dict(manifest["policy"]["cost_model"])
         wtp = manifest["policy"].get("willingness_to_pay")
-        self.willingness_to_pay: float = math.inf if wtp is None else float(wtp)
+        self.willingness_to_pay: float = wtp_from_json(wtp)
         self._input_names = [i.name for i in session.get_inputs()]
         self._output_names = [session.get_outputs()[0].name]
         self._nothing = np.zeros((1, 1), dtype=np.int64)  # the graph input of a prompt with no known token

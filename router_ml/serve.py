@@ -331,8 +331,9 @@ def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: in
                             f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
     log = DecisionLog(decision_log, max_bytes=log_max_bytes, fsync=log_fsync) if decision_log else None
     try:
-        client = AsyncRoutedClient.from_files(router, providers, decision_log=log, log_prompts=log_prompts,
-                                              willingness_to_pay=willingness_to_pay)
+        # verify: an int8 artifact whose routes drift on this CPU is refused before serving any request
+        client = AsyncRoutedClient.from_files(router, providers, verify=True, decision_log=log,
+                                              log_prompts=log_prompts, willingness_to_pay=willingness_to_pay)
         app = create_app(client, api_key=api_key, max_body_bytes=max_body_bytes)
         sock = bind(host, port)
     except BaseException:

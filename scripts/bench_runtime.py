@@ -279,7 +279,7 @@ def machine_info(loadavg: float) -> dict:
     """Where the numbers were taken (CPU int8 features included: int8 latency depends on them)."""
     import onnxruntime
 
-    from router_ml._parity import cpu_features
+    from router_ml.parity import cpu_features
 
     return {"cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
             "cpu": cpu_features(), "loadavg_1m_before": round(loadavg, 2),

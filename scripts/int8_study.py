@@ -144,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from router_ml import Router
-    from router_ml._parity import cpu_features, scores_one_by_one
+    from router_ml.parity import cpu_features, scores_one_by_one
     from router_ml.policy import choose
 
     texts = json.loads(args.prompts.read_text()) + ODD

@@ -511,7 +511,7 @@ def test_int8_export_keeps_routes_or_is_refused(trained, tmp_path_factory):
     texts = trained.held_out[:100]
     assert (out / "router.onnx").stat().st_size < (trained.artifact / "router.onnx").stat().st_size
     np.testing.assert_allclose(int8.predict(texts), fp32.predict(texts), atol=0.05)
-    from router_ml._parity import scores_one_by_one
+    from router_ml.parity import scores_one_by_one
 
     sample = _read_sample(out)  # the int8 graph's own scores where it was exported, beside the fp32 reference
     np.testing.assert_allclose(scores_one_by_one(int8, sample["prompts"]), sample["exported_scores"], atol=1e-6)

@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from router_ml._parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
 from router_ml.errors import RouterMLError
-from router_ml.policy import CostModel, choose, estimate_input_tokens
+from router_ml.parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
+from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
+from training.evaluation import read_metrics_file
 
 __all__ = ["ExportError", "export_router"]
 
@@ -121,10 +122,9 @@ def _encoder_parts(router, workdir: Path) -> tuple[nn.Module, Path, dict[str, An
     if not getattr(tok, "is_fast", False):
         raise ExportError("the encoder's tokenizer has no fast (tokenizers) version to ship")
     tok.save_pretrained(workdir / "tok")
-    max_length = router.config.router.max_length
-    tokenizer = {"file": "tokenizer.json", "add_special_tokens": True, "drop_ids": [],
-                 "max_tokens": max_length - tok.num_special_tokens_to_add(), "head": None,
-                 "max_chars": 32 * max_length, "truncation": "head_tail"}
+    # the limits training and evaluation read prompts with (EncoderRouter.tokenize): one rule everywhere
+    tokenizer = {"file": "tokenizer.json", "add_special_tokens": True, "drop_ids": [], **router.input_limits(),
+                 "truncation": "head_tail"}
     return EncoderGraph(router.module_), workdir / "tok" / "tokenizer.json", tokenizer
 
 
@@ -225,11 +225,12 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     if isinstance(router, EncoderRouter):  # the fused graph goes through the same parity checks
         report["fused_operators"] = _fuse_transformer(stage / "router.onnx", router.module_.encoder.config)
     cost_model = CostModel.from_dict(json.loads((checkpoint / "cost_model.json").read_text()))
-    metrics = json.loads((checkpoint / "metrics.json").read_text())["test"]
+    saved = read_metrics_file(checkpoint / "metrics.json")
+    metrics = saved["test"]
     prices_file = checkpoint / "prices.json"
     wtp = default_willingness
     if wtp is None:
-        wtp = _default_willingness(json.loads((checkpoint / "metrics.json").read_text())["curve"])
+        wtp = _default_willingness(saved["curve"])
     manifest = {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
@@ -238,7 +239,7 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
         "models": manifest_in["models"],
         "output": "quality",
         "tokenizer": tokenizer,
-        "policy": {"name": "utility", "willingness_to_pay": None if np.isinf(wtp) else wtp,
+        "policy": {"name": "utility", "willingness_to_pay": wtp_to_json(wtp),
                    "cost_model": cost_model.to_dict()},
         "prices": json.loads(prices_file.read_text()) if prices_file.exists() else None,
         "limits": {"max_tokens": tokenizer["max_tokens"], "max_chars": tokenizer["max_chars"]},
@@ -416,8 +417,7 @@ def _default_willingness(curve: dict[str, list]) -> float:
     cost = np.asarray(curve["cost"], dtype=float)
     ok = np.flatnonzero(quality >= quality.max() - 0.005)
     best = ok[np.argmin(cost[ok])]
-    w = curve["willingness_to_pay"][best]
-    return float("inf") if w is None else float(w)
+    return wtp_from_json(curve["willingness_to_pay"][best])
 
 
 def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:

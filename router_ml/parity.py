@@ -21,6 +21,8 @@ import numpy as np
 
 from router_ml.policy import choose
 
+__all__ = ["INT8_FLAGS", "SAMPLE_FILE", "check_sample", "cpu_features", "sample_document", "scores_one_by_one"]
+
 SAMPLE_FILE = "parity_sample.json"
 SAMPLE_FORMAT = "router-ml-parity-sample"
 SAMPLE_VERSION = 1
