@@ -144,11 +144,13 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path, demo_subset):
 def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
     """The encoder variant on any local DistilBERT checkpoint (a tiny random one here: no weights
     are downloadable offline), CPU only, saved and re-evaluated."""
+    import torch
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     from training.featurizers import minilm_path
 
     checkpoint = tmp_path / "tiny-distilbert"
+    torch.manual_seed(0)  # a fixed random encoder: the int8 outcome below is then one outcome
     DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2,
                                      max_position_embeddings=64)).save_pretrained(checkpoint)
     # MiniLM's own tokenizer files (BertTokenizerFast(vocab_file=...) builds a 5-token vocabulary on
@@ -166,22 +168,18 @@ def test_encoder_router_fine_tunes_a_local_distilbert(tmp_path, demo_subset):
     assert 0 < summary["test"]["aiq"] <= 1
     assert summary["export"]["fp32_max_abs_diff"] <= 1e-4  # the exported (fused) graph matches torch
     # int8: the kept layer's FFN output projection is the one down-projection the ladder can leave
-    # in fp32; the export either passes on one rung of the ladder or names every rung it tried
-    from training.export import ExportError, _down_projections, export_router
+    # in fp32; with 7-bit weights the outcome is the same on every CPU: this seeded encoder passes a rung
+    from training.export import _down_projections, export_router
 
     down = _down_projections(tmp_path / "r" / "artifact" / "router.onnx")
     assert len(down) == 1 and "lin2" in down[0]
-    try:
-        report = export_router(tmp_path / "r", tmp_path / "q8", quantize="int8")
-    except ExportError as exc:
-        assert "MatMul+Attention: " in str(exc) and "MatMul (down-projections fp32: 1): " in str(exc)
-    else:
-        assert report["int8_changed_routes"] <= 0.01 and report["int8_tried"]
-        assert report["int8_tried"][-1].startswith("+".join(report["int8_operators"]))
-        from router_ml import Router
+    report = export_router(tmp_path / "r", tmp_path / "q8", quantize="int8")
+    assert report["int8_changed_routes"] <= 0.01 and report["int8_tried"]
+    assert report["int8_tried"][-1].startswith("+".join(report["int8_operators"]))
+    from router_ml import Router
 
-        fp32 = Router.load(tmp_path / "r" / "artifact")
-        assert Router.load(tmp_path / "q8").models == fp32.models and len(fp32.models) == 5
+    fp32 = Router.load(tmp_path / "r" / "artifact")
+    assert Router.load(tmp_path / "q8", verify=True).models == fp32.models and len(fp32.models) == 5
     again = cli("evaluate", "--checkpoint", tmp_path / "r", "--data", small, "--json", cwd=tmp_path)
     assert again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-6)
 

@@ -492,15 +492,13 @@ def test_the_sample_keeps_the_full_checks_share_of_changed_routes():
     assert _sample(changed[:100]).tolist() == list(range(100))
 
 
-def test_int8_export_keeps_routes_or_is_refused(trained, tmp_path_factory):
+def test_int8_export_keeps_routes(trained, tmp_path_factory):
+    # 7-bit weights make the int8 products exact on every CPU kernel, so this export passes (or fails)
+    # the same way everywhere: the seeded demo router passes, and this test says so (the refusal path is
+    # tested with a failing export below)
     parent = tmp_path_factory.mktemp("int8")
     out = parent / "artifact"
-    try:
-        report = export_router(trained.checkpoint, out, quantize="int8")
-    except ExportError as exc:
-        assert "int8 parity" in str(exc)
-        assert not out.exists() and list(parent.iterdir()) == []  # nothing written, no staging left behind
-        return
+    report = export_router(trained.checkpoint, out, quantize="int8")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"] == "int8"
     assert manifest["parity"]["int8_changed_routes"] <= 0.01
