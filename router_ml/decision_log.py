@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from router_ml import formats
 from router_ml.errors import RouterMLError
 
 __all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", "NewerFormatError", "VERSION_FIELD",
@@ -46,7 +47,7 @@ __all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", 
 #: the version of the line format this release writes (and the newest it reads)
 FORMAT_VERSION = 1
 #: the key of the version in every line; a line without it was written before versioning, i.e. version 1
-VERSION_FIELD = "format_version"
+VERSION_FIELD = formats.VERSION_FIELD
 #: what a rating carries, in the feedback endpoint, a ``router-ml feedback --file`` line and the log alike
 FEEDBACK_FIELDS = ("request_id", "quality", "thumbs", "comment")
 

@@ -12,14 +12,15 @@ graph whose routes drift past the limit there.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from typing import Any
 
 import numpy as np
 
-from router_ml.policy import choose
+from router_ml.errors import RouterMLError
+from router_ml.formats import VERSION_FIELD, read_versioned
+from router_ml.policy import choose, wtp_from_json
 
 __all__ = ["INT8_FLAGS", "SAMPLE_FILE", "check_sample", "cpu_features", "sample_document", "scores_one_by_one"]
 
@@ -65,7 +66,7 @@ def sample_document(prompts: list[str], reference: np.ndarray, exported: np.ndar
                     limit: float, changed_at_export: int) -> dict[str, Any]:
     """The JSON of ``parity_sample.json``: prompts, the fp32 graph's reference scores, the exported
     graph's scores where it was exported, the knob the routes are compared at and the limit."""
-    return {"format": SAMPLE_FORMAT, "format_version": SAMPLE_VERSION, "prompts": prompts,
+    return {"format": SAMPLE_FORMAT, VERSION_FIELD: SAMPLE_VERSION, "prompts": prompts,
             "reference_scores": np.asarray(reference, dtype=np.float64).tolist(),
             "exported_scores": np.asarray(exported, dtype=np.float64).tolist(),
             "willingness_to_pay": None if math.isinf(willingness_to_pay) else willingness_to_pay,
@@ -109,13 +110,14 @@ def check_sample(router: Any) -> tuple[dict[str, Any], str | None]:
     if name not in (manifest.get("files") or {}):
         return {}, f"{directory}/manifest.json: 'parity_sample' names {name!r}, which the checksums do not cover"
     try:
-        data = json.loads((directory / name).read_text(encoding="utf-8"))
-        if data.get("format") != SAMPLE_FORMAT or data.get("format_version") != SAMPLE_VERSION:
-            return {}, (f"{directory / name}: not a version-{SAMPLE_VERSION} {SAMPLE_FORMAT}; upgrade router-ml "
-                        f"or re-export the router")
+        data = read_versioned(directory / name, what="parity sample", fmt=SAMPLE_FORMAT, version=SAMPLE_VERSION,
+                              fix="re-export the router")
+    except RouterMLError as exc:
+        return {}, str(exc)
+    try:
         prompts = [str(p) for p in data["prompts"]]
         reference = np.asarray(data["reference_scores"], dtype=np.float64)
-        wtp = math.inf if data["willingness_to_pay"] is None else float(data["willingness_to_pay"])
+        wtp = wtp_from_json(data["willingness_to_pay"])
         limit = float(data["limit"])
     except (KeyError, TypeError, ValueError) as exc:
         return {}, f"{directory / name}: malformed parity sample ({type(exc).__name__}: {exc}); re-export the router"

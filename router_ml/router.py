@@ -24,7 +24,6 @@ the policy to a handful of Python floats; batches go to onnxruntime in chunks of
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from array import array
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
+from router_ml.formats import read_versioned
 from router_ml.parity import check_sample
 from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.pricing import PriceCatalog
@@ -158,18 +158,8 @@ class Router:
         """
         directory = _resolve(path)
         manifest_path = directory / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArtifactError(f"{directory}: not a router artifact (no manifest.json)") from None
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
-            raise ArtifactError(f"{manifest_path}: not a {ARTIFACT_FORMAT} manifest")
-        version = manifest.get("format_version")
-        if version != ARTIFACT_VERSION:
-            raise ArtifactError(f"{manifest_path}: artifact format version {version!r}; this router-ml reads "
-                                f"version {ARTIFACT_VERSION} - upgrade router-ml or re-export the router")
+        manifest = read_versioned(manifest_path, what="router artifact", fmt=ARTIFACT_FORMAT, version=ARTIFACT_VERSION,
+                                  fix="re-export the router", error=ArtifactError)
         files = manifest.get("files") or {}
         if not isinstance(files, dict):
             raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 checksums")

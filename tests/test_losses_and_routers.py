@@ -102,8 +102,8 @@ def test_router_json_carries_a_version_that_load_checks(tmp_path):
     path.write_text(json.dumps({k: v for k, v in info.items() if k != "format_version"}))
     np.testing.assert_array_equal(TorchRouter.load(tmp_path).predict((X,)), router.predict((X,)))
     path.write_text(json.dumps({**info, "format_version": 2}))
-    with pytest.raises(RouterMLError, match=re.escape(f"{path}: format version 2; this router-ml reads version 1 "
-                                                      "- upgrade router-ml")):
+    with pytest.raises(RouterMLError, match=re.escape(f"{path}: router checkpoint format version 2; this router-ml "
+                                                      "reads version 1 - upgrade router-ml")):
         TorchRouter.load(tmp_path)
     path.write_text(json.dumps({**info, "kind": "forest"}))
     with pytest.raises(RouterMLError, match="unknown router kind 'forest'"):

@@ -306,14 +306,14 @@ def test_manifest_without_a_tokenizer_checksum_is_refused(trained, tmp_path):
 def test_manifest_that_is_not_json_is_refused(trained, tmp_path):
     art = _copy(trained, tmp_path)
     (art / "manifest.json").write_text('{"format": "router-ml-artifact", ')
-    with pytest.raises(ArtifactError, match="unreadable manifest"):
+    with pytest.raises(ArtifactError, match="manifest.json: unreadable router artifact"):
         Router.load(art)
 
 
 def test_manifest_of_another_kind_is_refused(trained, tmp_path):
     art = _copy(trained, tmp_path)
     (art / "manifest.json").write_text(json.dumps(["router.onnx"]))
-    with pytest.raises(ArtifactError, match="not a router-ml-artifact manifest"):
+    with pytest.raises(ArtifactError, match="manifest.json: not a router artifact"):
         Router.load(art)
 
 

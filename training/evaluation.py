@@ -41,6 +41,7 @@ import numpy as np
 
 from router_ml import metrics
 from router_ml.errors import RouterMLError
+from router_ml.formats import VERSION_FIELD, read_versioned
 from router_ml.policy import choose, wtp_to_json
 
 __all__ = [
@@ -277,7 +278,7 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
 
 def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:
     """Write ``metrics.json`` (versioned) from :func:`evaluate_held_out`'s result."""
-    payload = {"format": METRICS_FORMAT, "format_version": METRICS_VERSION, "test": result["test"],
+    payload = {"format": METRICS_FORMAT, VERSION_FIELD: METRICS_VERSION, "test": result["test"],
                "curve": result["router_curve"], "baseline_curves": result["baseline_curves"],
                "singles": result["singles"]}
     Path(path).write_text(json.dumps(payload, indent=1))
@@ -286,15 +287,8 @@ def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:
 def read_metrics_file(path: str | Path) -> dict[str, Any]:
     """Read a router directory's ``metrics.json``, checking its format version (files written before
     versions existed are read as version 1)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RouterMLError(f"{path}: unreadable metrics file ({exc})") from exc
-    if not isinstance(data, dict) or "test" not in data:
+    data = read_versioned(path, what="metrics file", fmt=METRICS_FORMAT, version=METRICS_VERSION, legacy=True,
+                          fix="retrain the router")
+    if "test" not in data:
         raise RouterMLError(f"{path}: not a router-ml metrics file (no 'test' report)")
-    version = data.get("format_version", 1)
-    if data.get("format", METRICS_FORMAT) != METRICS_FORMAT or version != METRICS_VERSION:
-        raise RouterMLError(f"{path}: metrics format {data.get('format')!r} version {version!r}; this router-ml "
-                            f"reads {METRICS_FORMAT} version {METRICS_VERSION} - upgrade router-ml or retrain")
     return data

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from router_ml.errors import RouterMLError
+from router_ml.formats import VERSION_FIELD
 from router_ml.parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
 from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
@@ -233,7 +234,7 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
         wtp = _default_willingness(saved["curve"])
     manifest = {
         "format": ARTIFACT_FORMAT,
-        "format_version": ARTIFACT_VERSION,
+        VERSION_FIELD: ARTIFACT_VERSION,
         "router": manifest_in["router"],
         "featurizer": manifest_in["featurizer"],
         "models": manifest_in["models"],

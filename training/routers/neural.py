@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from router_ml.errors import RouterMLError
+from router_ml.formats import VERSION_FIELD, read_versioned
 from router_ml.truncation import clip_tokens, default_head, prepare_text
 from training.config import TrainConfig
 from training.trainer import Batchable, fit_module
@@ -251,7 +252,7 @@ class TorchRouter:
         (directory / "router.json").write_text(json.dumps(self.describe(), indent=2))
 
     def describe(self) -> dict[str, Any]:
-        return {"format_version": ROUTER_JSON_VERSION, "kind": self.kind, "n_models": self.n_models,
+        return {VERSION_FIELD: ROUTER_JSON_VERSION, "kind": self.kind, "n_models": self.n_models,
                 "input_dim": self.input_dim, "config": self.config.to_flat(), "groups": getattr(self, "groups_", None)}
 
     @classmethod
@@ -284,18 +285,8 @@ def _read_router_json(path: Path) -> dict[str, Any]:
     checkpoint and registered model trained so far."""
     from training.routers import ROUTERS
 
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RouterMLError(f"{path.parent}: not a router checkpoint (no router.json)") from None
-    except (OSError, ValueError) as exc:
-        raise RouterMLError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(info, dict):
-        raise RouterMLError(f"{path}: expected a JSON object")
-    version = info.get("format_version", 1)
-    if version != ROUTER_JSON_VERSION:
-        raise RouterMLError(f"{path}: format version {version!r}; this router-ml reads version {ROUTER_JSON_VERSION} "
-                            "- upgrade router-ml to load this router (or retrain it with this one)")
+    info = read_versioned(path, what="router checkpoint", version=ROUTER_JSON_VERSION, legacy=True,
+                          fix="retrain the router with this one")
     if info.get("kind") not in ROUTERS:
         raise RouterMLError(f"{path}: unknown router kind {info.get('kind')!r}; known: {', '.join(sorted(ROUTERS))}")
     return info
