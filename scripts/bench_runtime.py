@@ -101,24 +101,11 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
               "route": router.route}
     feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
     inputs = {(layer, n): feeds[n] if layer == "session" else ps for layer in layers for n, ps in prompts.items()}
-    samples: dict = {key: [] for key in inputs}
-    for key, args in inputs.items():
-        time_calls(layers[key[0]], args, warmup)
-    for rep in range(repeats):
-        log(f"single-prompt repetition {rep + 1}/{repeats}")
-        gc.collect()
-        times: dict = {key: [] for key in inputs}
-        for _ in range(max(1, calls // 100)):
-            for key, args in inputs.items():
-                times[key] += time_calls(layers[key[0]], args, 100)
-        for key, ns in times.items():
-            ns.sort()
-            samples[key].append((percentile(ns, 0.5), percentile(ns, 0.99)))
+    timed = interleaved({key: (layers[key[0]], args) for key, args in inputs.items()}, repeats=repeats, calls=calls,
+                        warmup=warmup, label="single-prompt")
     result: dict = {layer: {} for layer in [*layers, "breakdown_p50_us"]}
-    for (layer, n), reps in samples.items():
-        p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
-        result[layer][str(n)] = {"p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
-                                 "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
+    for (layer, n), stats in timed.items():
+        result[layer][str(n)] = stats
     for n in map(str, prompts):  # differences of p50s: near-zero parts can come out slightly negative
         p = {layer: result[layer][n]["p50_us"] for layer in layers}
         result["breakdown_p50_us"][n] = {
@@ -243,6 +230,31 @@ def bench_reference(id_lists: list, calls: int, budget_s: float) -> dict:
             "p50_us": min(v["p50_us"] for v in by_threads.values())}
 
 
+def interleaved(targets: dict, *, repeats: int, calls: int, warmup: int, label: str) -> dict:
+    """p50/p99 (us) per key of ``targets`` (key -> (function, its argument list)), timed in turns of 100
+    calls so that load from other processes hits every target alike: per repetition one p50 and p99
+    each, then the median over repetitions and the p50's spread (module docstring)."""
+    for fn, args in targets.values():
+        time_calls(fn, args, warmup)
+    samples: dict = {key: [] for key in targets}
+    for rep in range(repeats):
+        log(f"{label} repetition {rep + 1}/{repeats}")
+        gc.collect()
+        times: dict = {key: [] for key in targets}
+        for _ in range(max(1, calls // 100)):
+            for key, (fn, args) in targets.items():
+                times[key] += time_calls(fn, args, 100)
+        for key, ns in times.items():
+            ns.sort()
+            samples[key].append((percentile(ns, 0.5), percentile(ns, 0.99)))
+    out = {}
+    for key, reps in samples.items():
+        p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
+        out[key] = {"p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
+                    "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
+    return out
+
+
 def bench_compare(directories: list[str], threads: int, repeats: int, calls: int, warmup: int) -> dict:
     """``route`` p50/p99 at 64 tokens of several artifacts, interleaved in turns of 100 calls (see the module
     docstring). The prompts are cut to 64 tokens by the first artifact's tokenizer."""
@@ -250,28 +262,14 @@ def bench_compare(directories: list[str], threads: int, repeats: int, calls: int
 
     routers = {d: Router.load(d, intra_op_threads=threads) for d in directories}
     prompts = prompts_of_length(routers[directories[0]], random.Random(0), 64, 16)
-    for router in routers.values():
-        time_calls(router.route, prompts, warmup)
-    samples: dict = {d: [] for d in directories}
-    for rep in range(repeats):
-        log(f"compare repetition {rep + 1}/{repeats}")
-        gc.collect()
-        times: dict = {d: [] for d in directories}
-        for _ in range(max(1, calls // 100)):
-            for d, router in routers.items():
-                times[d] += time_calls(router.route, prompts, 100)
-        for d, ns in times.items():
-            ns.sort()
-            samples[d].append((percentile(ns, 0.5), percentile(ns, 0.99)))
+    timed = interleaved({d: (router.route, prompts) for d, router in routers.items()}, repeats=repeats, calls=calls,
+                        warmup=warmup, label="compare")
     out = {}
-    for d, reps in samples.items():
-        p50s, med = [r[0] for r in reps], statistics.median(r[0] for r in reps)
+    for d, stats in timed.items():
         parity = routers[d].manifest.get("parity") or {}
         out[d] = {"quantization": routers[d].manifest.get("quantization"), "int8_weights": parity.get("int8_weights"),
                   "int8_operators": parity.get("int8_operators"),
-                  "tokens": round(statistics.mean(len(routers[d].encode(p)[0]) for p in prompts), 1),
-                  "p50_us": round(med, 1), "p99_us": round(statistics.median(r[1] for r in reps), 1),
-                  "p50_spread_pct": round(100 * (max(p50s) - min(p50s)) / med, 1)}
+                  "tokens": round(statistics.mean(len(routers[d].encode(p)[0]) for p in prompts), 1), **stats}
     return {"threads": threads, "repeats": repeats, "calls_per_repeat": calls, "routers": out}
 
 
@@ -348,8 +346,8 @@ def main() -> None:
               "batch_prompts_per_second_2_threads": (batch["prompts_per_second"], ">=", 20_000),
               "first_load_seconds": (load["first_load_seconds"], "<", 0.3),
               "peak_rss_mb": (rss["peak_rss_mb"], "<", 150), "speedup_vs_reference": (speedup, ">=", 500)}
-    compare = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
-    targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else compare[op](float(v), limit)}
+    ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
+    targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else ops[op](float(v), limit)}
                for name, (v, op, limit) in checks.items()}
     runtime = runtime_fingerprint()
     logged_to = log_to_mlflow(router, single, batch) if args.log_mlflow else None
