@@ -42,8 +42,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-A_MODELS = ("tiny-1b", "small-8b", "code-34b")
-B_MODELS = ("large-70b", "frontier-xl")
+A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
 
 
