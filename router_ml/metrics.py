@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "CURVE_KEYS",
+    "ESTIMATORS",
     "HEADLINE_KEYS",
     "TWO_MODEL_KEYS",
     "aiq",
@@ -38,8 +39,10 @@ __all__ = [
     "cpt",
     "curve_from_choices",
     "curve_summary",
+    "effective_sample_size",
     "exposure_weights",
     "pgr",
+    "propensity_weights",
     "quality_hull",
     "routellm_curve",
     "routellm_metrics",
@@ -54,6 +57,8 @@ CURVE_KEYS = ("aiq", "savings_at_iso_quality", "best_quality")
 TWO_MODEL_KEYS = ("apgr", "cpt_50", "cpt_80")
 #: The headline metrics every report, table and comparison shows, in this order.
 HEADLINE_KEYS = CURVE_KEYS + TWO_MODEL_KEYS
+#: How weighted (logged-traffic) qualities become a mean: :func:`curve_from_choices`'s ``estimator``.
+ESTIMATORS = ("ips", "snips", "dr")
 
 # RouteLLM's evaluate.py cuts the scores into 10 quantile bins, giving 11 thresholds.
 _ROUTELLM_NUM_BINS = 10
@@ -116,6 +121,43 @@ def exposure_weights(quality: np.ndarray) -> np.ndarray:
         return np.where(observed, 1.0 / np.where(share > 0, share, np.inf), 0.0)
 
 
+def propensity_weights(quality: np.ndarray, propensity: np.ndarray) -> np.ndarray:
+    """Return ``(n, m)`` inverse-propensity weights of logged traffic: ``1 / propensity`` for each observed
+    cell (the model the logging policy chose, with the probability it chose it), 0 elsewhere.
+
+    >>> propensity_weights(np.array([[1.0, np.nan]]), np.array([[0.8, np.nan]])).tolist()
+    [[1.25, 0.0]]
+    """
+    quality = np.asarray(quality, dtype=float)
+    propensity = np.asarray(propensity, dtype=float)
+    if propensity.shape != quality.shape:
+        raise ValueError(f"propensity must have quality's shape {quality.shape}, got {propensity.shape}")
+    observed = ~np.isnan(quality)
+    known = observed & np.isfinite(propensity)
+    if (observed & ~known).any():
+        raise ValueError(f"{int((observed & ~known).sum())} observed cells have no propensity; log the probability "
+                         "of every logged choice, or evaluate with exposure_weights (assumes random exposure)")
+    if (propensity[known] <= 0).any() or (propensity[known] > 1).any():
+        raise ValueError("propensities must be in (0, 1]")
+    with np.errstate(divide="ignore"):
+        return np.where(known, 1.0 / np.where(known, propensity, 1.0), 0.0)
+
+
+def effective_sample_size(weights: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """Return Kish's effective sample size ``(sum w)^2 / sum w^2`` of the weighted cells each knob value's
+    ``choices`` (k, n) picks: how many prompts an off-policy estimate is really worth (0 when none match).
+
+    >>> effective_sample_size(np.array([[2.0, 0.0], [2.0, 0.0]]), np.array([[0, 0], [1, 1]])).tolist()
+    [2.0, 0.0]
+    """
+    weights = np.asarray(weights, dtype=float)
+    choices = np.asarray(choices)
+    chosen = weights[np.arange(weights.shape[0])[None, :], choices]
+    squares = (chosen**2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(squares > 0, chosen.sum(axis=1) ** 2 / squares, 0.0)
+
+
 def _check_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     weights = np.asarray(weights, dtype=float)
     if weights.shape != shape:
@@ -126,16 +168,30 @@ def _check_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def curve_from_choices(
-    quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, *, weights: np.ndarray | None = None
+    quality: np.ndarray,
+    cost: np.ndarray,
+    choices: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    estimator: str = "ips",
+    reward_model: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (mean cost in USD, mean quality), each of shape (k,), of a router as its knob sweeps.
 
     ``choices`` has shape (k, n_prompts): row ``r`` holds the model index chosen for each prompt at the
     r-th knob value. Without ``weights`` every chosen cell must have an outcome: raises ValueError if a
     chosen model has no outcome (NaN) for its prompt; evaluate on the rows :func:`complete_rows` selects.
-    With ``weights`` (n_prompts, n_models), e.g. :func:`exposure_weights`, a chosen cell's quality counts
-    ``weights[i, j]`` times and a cell of weight 0 counts 0 whatever it holds (its quality may be NaN);
-    costs are always plain means and must be known for every chosen cell.
+    With ``weights`` (n_prompts, n_models), e.g. :func:`exposure_weights` or :func:`propensity_weights`,
+    a chosen cell's quality counts ``weights[i, j]`` times and a cell of weight 0 counts 0 whatever it
+    holds (its quality may be NaN); costs are always plain means and must be known for every chosen cell.
+    ``estimator`` says how weighted qualities become a mean (the off-policy estimators, Dudik et al. 2011):
+
+    - ``"ips"``: ``sum(w * q) / n`` - unbiased when the weights are the true inverse propensities;
+    - ``"snips"``: ``sum(w * q) / sum(w)`` over the chosen cells - self-normalised: a little biased,
+      far less variance, and always inside the range of the observed qualities;
+    - ``"dr"``: doubly robust, ``reward_model[i, c] + w * (q - reward_model[i, c])`` averaged over every
+      prompt, where the correction term counts only for observed chosen cells: unbiased when either the
+      propensities or the ``reward_model`` (n, m predicted quality) are right.
 
     >>> q = np.array([[0.0, 1.0], [1.0, 1.0]]); c = np.array([[1.0, 3.0], [1.0, 3.0]])
     >>> curve_from_choices(q, c, np.array([[0, 0], [1, 0]]))
@@ -157,10 +213,23 @@ def curve_from_choices(
         if not np.isfinite(chosen_c).all():
             raise ValueError("a chosen model has no cost (NaN) for its prompt; impute costs before weighting")
         chosen_w = weights[rows, choices]
-        chosen_q = np.where(chosen_w > 0, quality[rows, choices], 0.0) * chosen_w
-        if not np.isfinite(chosen_q).all():
+        observed_q = np.where(chosen_w > 0, quality[rows, choices], 0.0)
+        if not np.isfinite(observed_q).all():
             raise ValueError("a chosen cell with a positive weight has no quality (NaN); give it weight 0")
-        return chosen_c.mean(axis=1), chosen_q.mean(axis=1)
+        if estimator == "ips":
+            return chosen_c.mean(axis=1), (observed_q * chosen_w).mean(axis=1)
+        if estimator == "snips":
+            total = chosen_w.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = np.where(total > 0, (observed_q * chosen_w).sum(axis=1) / total, np.nan)
+            return chosen_c.mean(axis=1), means
+        if estimator == "dr":
+            if reward_model is None or np.shape(reward_model) != quality.shape:
+                raise ValueError(f"the 'dr' estimator needs reward_model of shape {quality.shape} (predicted quality)")
+            predicted = np.asarray(reward_model, dtype=float)[rows, choices]
+            return chosen_c.mean(axis=1), (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted,
+                                                                           0.0)).mean(axis=1)
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     chosen_q = quality[rows, choices]
     missing = ~(np.isfinite(chosen_q) & np.isfinite(chosen_c))
     if missing.any():
