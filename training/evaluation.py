@@ -72,6 +72,13 @@ class HeldOut:
     ``wtps`` the knob grid (USD per unit of quality) saved with the router. ``two_model`` is
     (weak, strong) on two-model data. The trained baselines (``knn``, ``logreg``) need
     ``features`` (n, d) and the training split's ``train_features`` / ``train_quality``.
+
+    Logged traffic (some outcome missing) is scored off-policy: with ``propensity`` (n, m; the
+    logging policy's probability of each logged choice, NaN elsewhere) by ``estimator`` - ``"auto"``
+    is self-normalised IPS (``"snips"``: never outside the range of the observed qualities, far less
+    variance than ``"ips"``, consistent), ``"dr"`` needs a ``reward_model`` (n, m predicted quality);
+    without propensities by exposure weights (``metrics.exposure_weights``: unbiased only when which
+    model was logged did not depend on the prompt).
     """
 
     quality: np.ndarray
@@ -85,14 +92,38 @@ class HeldOut:
     features: np.ndarray | None = None
     train_features: np.ndarray | None = None
     train_quality: np.ndarray | None = None
+    propensity: np.ndarray | None = None
+    estimator: str = "auto"
+    reward_model: np.ndarray | None = None
 
     @property
     def logged(self) -> bool:
-        """True when some outcome is missing: scored with exposure weights (module doc)."""
+        """True when some outcome is missing: scored off-policy (class doc)."""
         return bool(np.isnan(self.quality).any())
 
+    @property
+    def has_propensities(self) -> bool:
+        """Every observed cell carries the logging policy's propensity."""
+        if self.propensity is None:
+            return False
+        return bool(np.isfinite(self.propensity[~np.isnan(self.quality)]).all())
+
+    def resolved_estimator(self) -> str:
+        """``exact`` with every outcome; else the off-policy estimator (class doc)."""
+        if not self.logged:
+            return "exact"
+        if self.estimator == "auto":
+            return "snips" if self.has_propensities else "ips"
+        if self.estimator not in metrics.ESTIMATORS:
+            raise RouterMLError(f"estimator {self.estimator!r}: choose auto or one of {', '.join(metrics.ESTIMATORS)}")
+        return self.estimator
+
     def weights(self) -> np.ndarray | None:
-        return metrics.exposure_weights(self.quality) if self.logged else None
+        if not self.logged:
+            return None
+        if self.has_propensities:
+            return metrics.propensity_weights(self.quality, self.propensity)
+        return metrics.exposure_weights(self.quality)
 
 
 def scoreable_rows(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -121,9 +152,17 @@ def _ci(statistic: Callable[[np.ndarray], float | None], n: int, n_boot: int, se
     return [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
 
 
-def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray,
-                   weights: np.ndarray | None) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
-    c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights)
+def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
+                   estimator: str = "ips", reward_model: np.ndarray | None = None,
+                   ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
+    if weights is None:
+        c, q = metrics.curve_from_choices(quality, cost, choices)
+    else:
+        c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
+                                          reward_model=reward_model)
+        # an estimate is never outside the range of the data (IPS and DR can be; SNIPS never is)
+        q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
+        q = np.where(np.isnan(q), np.nanmin(quality), q)  # no prompt matched (SNIPS): the worst observed
     sc, sq = metrics.single_model_points(quality, cost, weights=weights)
     return metrics.curve_summary(c, q, single_costs=sc, single_qualities=sq), c, q
 
@@ -136,17 +175,29 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     n_boot = held.n_boot if n_boot is None else n_boot
     quality, cost = held.quality, held.cost
     weights = held.weights()
+    estimator = held.resolved_estimator()
+    model = held.reward_model
     report: dict[str, Any]
-    report, c, q = _curve_summary(quality, cost, choices, weights)
+    report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model)
     if n_boot:
         def stat(name):
             def fn(idx):
                 w = None if weights is None else weights[idx]
-                return _curve_summary(quality[idx], cost[idx], choices[:, idx], w)[0][name]
+                rm = None if model is None else model[idx]
+                return _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0][name]
             return fn
 
         report["ci95"] = {name: _ci(stat(name), quality.shape[0], n_boot, held.seed) for name in metrics.CURVE_KEYS}
-    report["estimator"] = "ips" if held.logged else "exact"
+    report["estimator"] = estimator
+    if weights is not None:
+        ess = metrics.effective_sample_size(weights, choices)
+        # support: the share of the candidate's choices that the log almost never made (< 1% of prompts)
+        rare = np.flatnonzero((~np.isnan(quality)).mean(axis=0) < 0.01)
+        report["off_policy"] = {
+            "propensities": "logged" if held.has_propensities else "exposure (assumes prompt-independent logging)",
+            "effective_sample_size": {"min": float(ess.min()), "median": float(np.median(ess))},
+            "unsupported_choice_share": float(np.isin(choices, rare).mean(axis=1).max()),
+        }
     if scores is not None and held.two_model is not None and not held.logged:
         weak, strong = held.two_model
         report.update(metrics.routellm_metrics(scores, quality[:, weak], quality[:, strong]))
