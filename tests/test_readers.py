@@ -298,10 +298,11 @@ def test_hf_saved_dataset_long_form_merges_logged_calls(tmp_path):
 def test_hf_parquet_directory_wide_and_pairwise(tmp_path):
     d = tmp_path / "pq"
     d.mkdir()
-    pq.write_table(pa.table({"text": ["q1", "q2"], "m": [1.0, 0.0], "m|total_cost": [0.1, 0.1]}),
-                   d / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["q1", "q2"], "m": [1.0, 0.0], "m|total_cost": [0.1, 0.1],
+                             "m|propensity": [0.5, 0.25]}), d / "part-0.parquet")
     table, _ = load_traffic(d, format="hf", columns={"prompt": "text"})
     assert table.models == ("m",) and table[0].prompt == "q1"
+    assert table.propensity[:, 0].tolist() == [0.5, 0.25]  # the wide shape's M|propensity, as in `wide`
     arena = tmp_path / "arena"
     arena.mkdir()
     pq.write_table(pa.table({"q": ["x", "y"], "ma": ["a", "a"], "mb": ["b", "c"], "w": ["model_a", "tie"]}),
