@@ -7,8 +7,11 @@ and keep every good one.
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -295,10 +298,11 @@ def test_hf_saved_dataset_long_form_merges_logged_calls(tmp_path):
 def test_hf_parquet_directory_wide_and_pairwise(tmp_path):
     d = tmp_path / "pq"
     d.mkdir()
-    pq.write_table(pa.table({"text": ["q1", "q2"], "m": [1.0, 0.0], "m|total_cost": [0.1, 0.1]}),
-                   d / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["q1", "q2"], "m": [1.0, 0.0], "m|total_cost": [0.1, 0.1],
+                             "m|propensity": [0.5, 0.25]}), d / "part-0.parquet")
     table, _ = load_traffic(d, format="hf", columns={"prompt": "text"})
     assert table.models == ("m",) and table[0].prompt == "q1"
+    assert table.propensity[:, 0].tolist() == [0.5, 0.25]  # the wide shape's M|propensity, as in `wide`
     arena = tmp_path / "arena"
     arena.mkdir()
     pq.write_table(pa.table({"q": ["x", "y"], "ma": ["a", "a"], "mb": ["b", "c"], "w": ["model_a", "tie"]}),
@@ -310,3 +314,163 @@ def test_hf_parquet_directory_wide_and_pairwise(tmp_path):
         load_traffic(arena, format="hf", columns={"question": "q"})
     with pytest.raises(DataError, match=r"mapped columns \['nope'\]"):
         load_traffic(arena, format="hf", columns={"prompt": "nope"})
+
+
+# --- propensities: every format that carries one, bad values, mixed presence ---------------
+
+RULE = "propensity must be in (0, 1]"
+#: bad propensity -> its spelling in a JSON line and in a CSV cell (NaN is no value in a CSV: not logged)
+BAD_PROPENSITY = {"zero": (0, "0"), "negative": (-0.25, "-0.25"), "above one": (1.5, "1.5"),
+                  "NaN": (float("nan"), None), "boolean": (True, "True"), "text": ("often", "often")}
+
+
+def _logged(i, propensity=0.5, model="a"):
+    out = {"quality": 1, "cost": 0.001}
+    if propensity is not None:
+        out["propensity"] = propensity
+    return {"sample_id": f"s{i}", "prompt": f"q{i}", "outcomes": {model: out}}
+
+
+def _check_bad_rows(path, bad_locations, n_good, tmp_path, field_prefix="outcomes.a"):
+    """Strict mode names the first bad place and the field; quarantine keeps exactly the good rows."""
+    with pytest.raises(DataError) as info:
+        load_traffic(path)
+    assert info.value.location == bad_locations[0] and info.value.field == f"{field_prefix}.propensity"
+    assert RULE in str(info.value)
+    qfile = tmp_path / f"{path.name}.q.jsonl"
+    table, report = load_traffic(path, on_error="quarantine", quarantine=qfile)
+    entries = _quarantined(qfile)
+    assert (len(table), report.rejected) == (n_good, len(bad_locations))
+    assert [e["location"] for e in entries] == bad_locations
+    assert all(RULE in e["reason"] and e["raw"] is not None for e in entries)
+    assert (~np.isnan(table.propensity)).sum() == n_good  # every kept record kept its propensity
+    return table
+
+
+def test_jsonl_bad_propensities(tmp_path):
+    lines = []
+    for i, (value, _) in enumerate(BAD_PROPENSITY.values()):
+        lines += [json.dumps(_logged(f"g{i}")), json.dumps(_logged(f"b{i}", value))]
+    path = _jsonl(tmp_path / "t.jsonl", lines)
+    _check_bad_rows(path, [f"{path}:{n}" for n in range(2, len(lines) + 1, 2)], len(BAD_PROPENSITY), tmp_path)
+
+
+def test_canonical_parquet_bad_propensities(tmp_path):
+    from training.data import write_parquet
+
+    good, _ = load_traffic(_jsonl(tmp_path / "t.jsonl", [json.dumps(_logged(i)) for i in range(8)]))
+    path = write_parquet(good, tmp_path / "t.parquet")
+    rows = pq.read_table(path).to_pylist()
+    for i, value in zip((1, 3, 4, 6), (0.0, -1.0, 2.0, float("nan")), strict=True):
+        rows[i]["outcomes"][0]["propensity"] = value
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    _check_bad_rows(path, [f"{path} row {i}" for i in (1, 3, 4, 6)], 4, tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_wide_table_propensity_column(tmp_path, suffix):
+    import pandas as pd
+
+    cells = [c for _, c in BAD_PROPENSITY.values() if c is not None]
+    rows = [{"prompt": f"q{i}", "a": 1.0, "a|total_cost": 0.1, "a|propensity": p}
+            for i, p in enumerate(["0.5", *cells, "1"])]
+    frame = pd.DataFrame(rows)
+    path = tmp_path / f"w.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(path, index=False)
+        locations = [f"{path}:{n}" for n in range(3, 3 + len(cells))]
+    else:  # a Parquet table holds numbers: its bad values are the numeric ones
+        frame = frame[frame["a|propensity"].isin(["0.5", "0", "-0.25", "1.5", "1"])]
+        frame = frame.assign(**{"a|propensity": frame["a|propensity"].astype(float)}).reset_index(drop=True)
+        frame.to_parquet(path)
+        locations = [f"{path} row {n}" for n in (1, 2, 3)]
+    assert detect_format(path) == "wide"
+    table = _check_bad_rows(path, locations, 2, tmp_path)
+    assert table.propensity[:, 0].tolist() == [0.5, 1.0]
+
+
+def test_wide_table_empty_propensity_cell_is_not_logged_and_caught_by_the_mixed_check(tmp_path):
+    path = tmp_path / "w.csv"
+    path.write_text("prompt,a,a|total_cost,a|propensity\nq0,1,0.1,0.5\nq1,0,0.1,\nq2,1,0.1,0.25\n")
+    with pytest.raises(DataError, match=r"w.csv: field 'propensity': 1 logged records .*first: .*w.csv:3"):
+        load_traffic(path)
+    table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert [r.prompt for r in table] == ["q0", "q2"] and report.missing_propensity == report.rejected == 1
+
+
+def test_hf_long_form_propensity_mapping(tmp_path):
+    import datasets
+
+    values = [0.5, 0.0, 1.0, -1.0, 2.0, 0.25]
+    datasets.Dataset.from_dict({
+        "id": [f"r{i}" for i in range(6)], "q": [f"q{i}" for i in range(6)], "llm": ["a"] * 6,
+        "score": [1.0] * 6, "p": values,
+    }).save_to_disk(str(tmp_path / "ds"))
+    columns = {"sample_id": "id", "prompt": "q", "model": "llm", "quality": "score", "propensity": "p"}
+    ds = tmp_path / "ds"
+    with pytest.raises(DataError) as info:
+        load_traffic(ds, columns=columns)
+    assert info.value.location == f"{ds} row 1" and info.value.field == "outcomes.a.propensity"
+    table, report = load_traffic(ds, columns=columns, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.rejected == 3 and table.propensity[:, 0].tolist() == [0.5, 1.0, 0.25]
+    assert [e["location"] for e in _quarantined(tmp_path / "q.jsonl")] == [f"{ds} row {n}" for n in (1, 3, 4)]
+
+
+def _decision_line(rid, model="a", chosen=None, **extra):
+    return {"type": "decision", "time": "2026-01-02T03:04:05.000Z", "request_id": rid, "prompt": f"p {rid}",
+            "chosen": chosen or model, "model": model, "status": "ok", "fallbacks": [], "cost_usd": 1e-5,
+            **extra}
+
+
+def test_decision_log_propensity_goes_on_the_answering_model(tmp_path):
+    lines = [_decision_line("r1", propensity=0.2), _decision_line("r2", "b", propensity=1.0),
+             _decision_line("r3", propensity=0), _decision_line("r4", propensity="high"),
+             _decision_line("r5", "b", chosen="a", propensity=0.5),  # a fallback answered
+             _decision_line("r6", propensity=1.5)]
+    lines += [{"type": "feedback", "request_id": f"r{i}", "quality": 1.0} for i in range(1, 7)]
+    log = _jsonl(tmp_path / "d.jsonl", [json.dumps(x) for x in lines])
+    with pytest.raises(DataError, match=rf"d.jsonl:3: field 'propensity': {re.escape(RULE)}.*got 0"):
+        load_traffic(log)
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.format == "decisions" and report.rejected == 4
+    by_id = {r.sample_id: r for r in table}
+    assert by_id["r1"].outcomes["a"].propensity == 0.2 and by_id["r2"].outcomes["b"].propensity == 1.0
+    entries = _quarantined(tmp_path / "q.jsonl")
+    assert [(e["location"].rsplit(":", 1)[1], e["field"]) for e in entries] == [
+        ("3", "propensity"), ("4", "propensity"), ("5", "propensity"), ("6", "propensity")]
+    assert "answered by fallback 'b', not the chosen 'a'" in entries[2]["reason"]
+
+
+def test_decision_log_without_propensity_is_unknown_and_mixing_is_caught(tmp_path):
+    old = [_decision_line("r1"), {"type": "feedback", "request_id": "r1", "thumbs": "up", "quality": 1.0}]
+    log = _jsonl(tmp_path / "d.jsonl", [json.dumps(x) for x in old])
+    table, report = load_traffic(log)
+    assert table[0].outcomes["a"].propensity is None and math.isnan(table.propensity[0, 0])
+    assert table.summary()["propensity_coverage"] == {"a": 0.0} and report.missing_propensity == 0
+    log = _jsonl(tmp_path / "d.jsonl", [json.dumps(x) for x in [
+        *old, _decision_line("r2", propensity=0.5), {"type": "feedback", "request_id": "r2", "quality": 0.0}]])
+    with pytest.raises(DataError, match=r"1 logged records .*first: .*d.jsonl:1 \(r1\)"):
+        load_traffic(log)
+
+
+def test_mixed_propensity_presence_names_the_gaps_and_quarantines_exactly_them(tmp_path):
+    lines = [_logged(0), _logged(1, None), _logged(2, 0.1), _logged(3, None), _logged(4, None),
+             _logged(5, None), _logged(6, 1.0),
+             # full-information records (every model) need no propensity, and a preference has no outcome
+             dict(GOOD, sample_id="full"), {"prompt": "arena", "preferences": [
+                 {"model_a": "a", "model_b": "b", "winner": "tie"}]}]
+    path = _jsonl(tmp_path / "t.jsonl", [json.dumps(x) for x in lines])
+    with pytest.raises(DataError) as info:
+        load_traffic(path)
+    message = str(info.value)
+    assert info.value.field == "propensity" and message.startswith(f"{path}: ")
+    assert "4 logged records (one outcome each) carry no propensity" in message
+    assert f"first: {path}:2 (s1), {path}:4 (s3), {path}:5 (s4)." in message
+    assert "Log propensities for every decision, or drop the propensity column" in message
+    table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert [r.sample_id for r in table] == ["s0", "s2", "s6", "full", None]
+    assert (report.records, report.rejected, report.missing_propensity) == (5, 4, 4)
+    entries = _quarantined(tmp_path / "q.jsonl")
+    assert [e["location"] for e in entries] == [f"{path}:{n}" for n in (2, 4, 5, 6)]
+    assert {e["field"] for e in entries} == {"outcomes.a.propensity"}
+    assert [e["raw"]["sample_id"] for e in entries] == ["s1", "s3", "s4", "s5"]  # nothing lost

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from router_ml import PriceCatalog
 from training.data import RecordError, build_record
-from training.data.schema import coerce_quality
+from training.data.schema import coerce_propensity, coerce_quality
 
 
 def test_valid_record_with_tokens_gets_cost_from_catalog():
@@ -82,3 +82,36 @@ def test_quality_is_in_unit_interval_or_rejected(value):
                                              ("true", 1.0), ("False", 0.0)])
 def test_quality_accepts_numbers_in_the_unit_interval_and_booleans(value, expected):
     assert coerce_quality(value, "q") == expected
+
+
+RULE = "propensity must be in (0, 1]: the probability that the logging policy chose this model"
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.1, 1.5, float("nan"), float("inf"), True, False, "abc", "", "0",
+                                   [0.5]])
+def test_a_bad_propensity_is_named_with_its_rule(value):
+    with pytest.raises(RecordError) as info:
+        build_record(prompt="x", outcomes={"gpt-4": {"quality": 1, "propensity": value}})
+    assert info.value.field == "outcomes.gpt-4.propensity"
+    assert RULE in info.value.reason
+
+
+@pytest.mark.parametrize("value, expected", [(1, 1.0), (0.25, 0.25), ("0.5", 0.5), (1e-9, 1e-9), (None, None)])
+def test_propensity_in_the_half_open_unit_interval_or_unknown(value, expected):
+    record = build_record(prompt="x", outcomes={"m": {"quality": 1, "propensity": value}})
+    assert record.outcomes["m"].propensity == expected
+    assert ("propensity" in record.outcomes["m"].to_dict()) == (expected is not None)
+
+
+@given(st.one_of(st.floats(allow_nan=True), st.integers(-3, 3), st.text(max_size=8), st.booleans()))
+def test_propensity_is_in_half_open_unit_interval_or_rejected(value):
+    as_number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    try:
+        propensity = coerce_propensity(value, "p")
+    except RecordError as exc:
+        assert exc.field == "p" and RULE in exc.reason
+        assert as_number is None or not 0.0 < as_number <= 1.0
+    else:
+        assert 0.0 < propensity <= 1.0
+        if as_number is not None:
+            assert propensity == as_number

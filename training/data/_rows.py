@@ -59,13 +59,17 @@ def _csv_header(path: Path) -> list[str]:
         return next(csv.reader(f), [])
 
 
-def _parquet_columns(path: Path) -> list[str]:
+def _parquet_schema(path: Path) -> Any:
     pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
-        return list(pq.read_schema(path).names)
+        return pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    return list(_parquet_schema(path).names)
 
 
 def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:

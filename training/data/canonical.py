@@ -4,10 +4,13 @@ Both round-trip exactly: ``load_traffic(write_x(table, p)).table == table``.
 
 JSON Lines: one :meth:`Record.to_dict` object per line, UTF-8, keys left out when unset.
 
-Parquet (schema metadata ``router_ml_format = traffic/1``): columns ``sample_id``, ``prompt``,
+Parquet (schema metadata ``router_ml_format = traffic/2``): columns ``sample_id``, ``prompt``,
 ``task``, ``timestamp`` (strings), ``messages`` and ``metadata`` (JSON text, since their shape is
 free), ``outcomes`` (list of structs: model, quality, cost, input_tokens, output_tokens,
-latency_s) and ``preferences`` (list of structs: model_a, model_b, winner).
+latency_s, propensity) and ``preferences`` (list of structs: model_a, model_b, winner).
+
+Versions: ``traffic/1`` had no ``propensity`` in the outcome struct; it is still read (every
+outcome's propensity unknown). ``traffic/2`` added it. The reader refuses a newer version.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from router_ml.optional import require
-from training.data.schema import Record
+from training.data.schema import OUTCOME_FIELDS, Record
 
-__all__ = ["FORMAT_VERSION", "write_jsonl", "write_parquet"]
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "write_jsonl", "write_parquet"]
 
-FORMAT_VERSION = "traffic/1"
+#: the canonical Parquet layout this release writes (schema metadata ``router_ml_format``)
+FORMAT_VERSION = "traffic/2"
+#: the layouts this release reads; ``traffic/1`` lacks the outcome ``propensity``
+READABLE_VERSIONS = ("traffic/1", "traffic/2")
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
@@ -43,6 +49,7 @@ def _schema():
     outcome = pa.struct([
         ("model", pa.string()), ("quality", pa.float64()), ("cost", pa.float64()),
         ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("latency_s", pa.float64()),
+        ("propensity", pa.float64()),
     ])
     preference = pa.struct([("model_a", pa.string()), ("model_b", pa.string()), ("winner", pa.string())])
     return pa.schema(
@@ -60,8 +67,7 @@ def _row(record: Record) -> dict:
         "messages": None if record.messages is None else json.dumps([dict(m) for m in record.messages]),
         "task": record.task,
         "timestamp": record.timestamp,
-        "outcomes": [{"model": m, "quality": o.quality, "cost": o.cost, "input_tokens": o.input_tokens,
-                      "output_tokens": o.output_tokens, "latency_s": o.latency_s}
+        "outcomes": [{"model": m, **{k: getattr(o, k) for k in OUTCOME_FIELDS}}
                      for m, o in record.outcomes.items()],
         "preferences": [p.to_dict() for p in record.preferences],
         "metadata": json.dumps(dict(record.metadata)) if record.metadata else None,

@@ -12,6 +12,12 @@ reason, never dropped silently:
 - ``prompt``: the prompt text was not logged (start ``router-ml serve --log-prompts``);
 - feedback for a request id the log does not hold, malformed lines, a truncated last line.
 
+The line's ``propensity`` (the probability with which an exploring router chose ``chosen``; the
+runtime writes ``1.0`` when exploration is off) goes on the outcome. A line without it (older logs)
+gives propensity ``None``, unknown. A request that a fallback answered (``model`` differs from
+``chosen``) is rejected when it carries a propensity: the outcome observed is not that of the
+action the logging policy took, so weighting it by that action's propensity would be wrong.
+
 Strict mode stops at the first of these; ``on_error="quarantine"`` sets them aside and counts them.
 The last feedback for a request wins. Rotated files (``<stem>.N<suffix>``) are read too, oldest first.
 
@@ -39,7 +45,7 @@ from router_ml.decision_log import (
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _convert
-from training.data.schema import Record, RecordError, build_record
+from training.data.schema import Record, RecordError, build_record, coerce_propensity
 
 __all__ = ["is_decision_log", "read_decisions"]
 
@@ -109,9 +115,17 @@ def _record(obj: Mapping[str, Any], feedback: Mapping[str, tuple[float, str]],
     if not isinstance(obj.get("prompt"), str):
         raise RecordError("prompt", "the prompt text was not logged (only its hash); restart 'router-ml serve' "
                           "with --log-prompts to collect training data")
+    propensity = obj.get("propensity")
+    if propensity is not None:
+        propensity = coerce_propensity(propensity, "propensity")
+        chosen = obj.get("chosen")
+        if isinstance(chosen, str) and chosen != model:
+            raise RecordError("propensity", f"request {request_id} was answered by fallback {model!r}, not the chosen "
+                              f"{chosen!r}; its outcome is not a draw of the logging policy's choice")
     quality, where = feedback[request_id]
     outcome = {"quality": quality, "cost": obj.get("cost_usd"), "input_tokens": obj.get("input_tokens"),
-               "output_tokens": obj.get("output_tokens"), "latency_s": obj.get("latency_s")}
+               "output_tokens": obj.get("output_tokens"), "latency_s": obj.get("latency_s"),
+               "propensity": propensity}
     fallbacks = obj.get("fallbacks") or []
     metadata = {"router_ml": {
         "chosen": obj.get("chosen"), "rule": obj.get("rule"), "willingness_to_pay": obj.get("willingness_to_pay"),

@@ -10,13 +10,13 @@ from router_ml.errors import DataError
 from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
-from training.data.schema import Record, RecordError, build_record, is_missing
+from training.data.schema import OUTCOME_FIELDS, Record, RecordError, build_record, is_missing
 from training.data.tabular import WideLayout
 
 __all__ = ["read_hf"]
 
-_MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model", "quality",
-                 "cost", "input_tokens", "output_tokens", "latency_s", "model_a", "model_b", "winner"}
+_MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model", *OUTCOME_FIELDS,
+                 "model_a", "model_b", "winner"}
 
 
 def _load_hf(source: str, split: str) -> Any:
@@ -53,8 +53,9 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
             report: dict | None = None, **_: Any) -> Iterator[Row]:
     """Read a Hugging Face dataset with a column mapping ``{field: column}``.
 
-    Three shapes, chosen by the mapping: *long* (``model`` and ``quality`` columns: one outcome
-    per row, rows sharing a ``sample_id`` are merged - logged traffic), *pairwise* (``model_a``,
+    Three shapes, chosen by the mapping: *long* (``model`` and ``quality`` columns, optionally
+    ``cost``, tokens, ``latency_s`` and ``propensity``: one outcome per row, rows sharing a
+    ``sample_id`` are merged - logged traffic), *pairwise* (``model_a``,
     ``model_b``, ``winner``), or *wide* (neither: model columns as in :class:`WideLayout`).
     """
     mapping = dict(columns or {})
@@ -78,8 +79,9 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
             model = get(row, "model")
             if is_missing(model):
                 raise RecordError(mapping["model"], "model name is missing")
-            outcome = {k: get(row, k) for k in ("quality", "cost", "input_tokens", "output_tokens",
-                                                 "latency_s") if k in mapping}
+            outcome = {k: get(row, k) for k in OUTCOME_FIELDS if k in mapping}
+            if is_missing(outcome.get("propensity")):
+                outcome.pop("propensity", None)  # an empty cell = not logged for this call
             return build_record(prompt=get(row, "prompt"), messages=get(row, "messages"),
                                 outcomes={str(model): outcome}, sample_id=get(row, "sample_id"),
                                 task=get(row, "task"), timestamp=get(row, "timestamp"), prices=prices)

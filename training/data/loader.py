@@ -8,6 +8,13 @@ JSON line to the quarantine file and counts it; every good record is kept.
 Records that share a ``sample_id`` are merged when they agree (logged traffic often has one line
 per model call) and rejected when they conflict. Prompts in an exclude list are dropped before
 anything else and counted.
+
+Propensities must be all-or-nothing in logged traffic: once any outcome of a data set carries one,
+every record with exactly one outcome (a logged decision) must carry it too, or off-policy
+estimators would silently mix weighted and unweighted records. Strict mode raises naming how many
+lack it and where; quarantine mode sets exactly those records aside (their validated canonical
+form as ``raw``), counted in ``rejected`` and ``missing_propensity``. This runs once, after
+reading, so every format gets the same check.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class LoadReport:
     rejected: int = 0
     excluded: int = 0
     merged_duplicates: int = 0
+    missing_propensity: int = 0
     quarantine: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
 
@@ -119,6 +127,18 @@ def _merge(first: Record, second: Record) -> Record:
     )
 
 
+_PROPENSITY_FIX = ("log propensities for every decision, or drop the propensity column to train as "
+                   "full-information data")
+
+
+def _lacking_propensity(records: list[Record]) -> list[int]:
+    """Indices of the one-outcome records without a propensity when some outcome has one, else []."""
+    if not any(o.propensity is not None for r in records for o in r.outcomes.values()):
+        return []
+    return [i for i, r in enumerate(records)
+            if len(r.outcomes) == 1 and next(iter(r.outcomes.values())).propensity is None]
+
+
 def load_traffic(
     source: str | Path,
     *,
@@ -161,6 +181,7 @@ def load_traffic(
     extra: dict[str, Any] = {}
     sink = _Quarantine(qpath)
     records: list[Record] = []
+    locations: list[str] = []
     by_id: dict[str, tuple[int, str]] = {}
     try:
         for row in read(path, prices=prices, columns=columns, split=split,
@@ -189,6 +210,25 @@ def load_traffic(
             if record.sample_id is not None:
                 by_id[record.sample_id] = (len(records), row.location)
             records.append(record)
+            locations.append(row.location)
+        lacking = _lacking_propensity(records)
+        if lacking and on_error == "raise":
+            first = ", ".join(locations[i] + (f" ({records[i].sample_id})" if records[i].sample_id else "")
+                              for i in lacking[:3])
+            raise DataError(
+                f"{len(lacking)} logged records (one outcome each) carry no propensity while other outcomes "
+                f"do; first: {first}. {_PROPENSITY_FIX[0].upper()}{_PROPENSITY_FIX[1:]}; or rerun with "
+                f"--on-error quarantine to set those records aside", location=str(source), field="propensity")
+        for i in lacking:
+            model = next(iter(records[i].outcomes))
+            sink.write(locations[i], RecordError(
+                f"outcomes.{model}.propensity", f"no propensity while other records of the data set carry one; "
+                f"{_PROPENSITY_FIX}"), records[i].to_dict())
+        if lacking:
+            report.rejected += len(lacking)
+            report.missing_propensity = len(lacking)
+            dropped = set(lacking)
+            records = [r for i, r in enumerate(records) if i not in dropped]
     finally:
         sink.close()
     report.ignored_columns = extra.get("ignored_columns", [])

@@ -26,7 +26,9 @@ from training.data._rows import (
     _csv_header,
     _iter_parquet_rows,
     _parquet_columns,
+    _parquet_schema,
 )
+from training.data.canonical import READABLE_VERSIONS
 from training.data.decisions import is_decision_log, read_decisions
 from training.data.hub import read_hf
 from training.data.schema import Record, RecordError, build_record
@@ -159,8 +161,22 @@ def read_jsonl(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> I
         raise DataError("the file is empty (no records)", location=str(path))
 
 
+def _check_parquet_version(path: Path) -> None:
+    """Refuse a canonical Parquet file of a layout this release does not know (a newer router-ml).
+
+    A file without ``router_ml_format`` (written by another tool in the canonical layout) is read
+    by its column names."""
+    version = (_parquet_schema(path).metadata or {}).get(b"router_ml_format")
+    if version is not None and version.decode("utf-8", "replace") not in READABLE_VERSIONS:
+        raise DataError(f"canonical Parquet format {version.decode('utf-8', 'replace')!r} is not one this "
+                        f"router-ml reads ({', '.join(READABLE_VERSIONS)}); upgrade router-ml to read this file",
+                        location=str(path), field="router_ml_format")
+
+
 def read_parquet(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
-    """Read the canonical Parquet layout written by :func:`training.data.canonical.write_parquet`."""
+    """Read the canonical Parquet layout written by :func:`training.data.canonical.write_parquet`
+    (any of :data:`~training.data.canonical.READABLE_VERSIONS`)."""
+    _check_parquet_version(path)
     for index, row in _iter_parquet_rows(path):
         loc = f"{path} row {index}"
 

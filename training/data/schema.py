@@ -6,7 +6,7 @@ checks each field and raises :class:`RecordError` naming the field and what is w
 - a prompt: plain ``prompt`` text, or OpenAI-style chat ``messages`` (the routed text is derived
   from them by :func:`router_ml.messages.routed_text`);
 - ``outcomes``: ``{model: Outcome}`` for any subset of models (quality in [0, 1], cost in USD,
-  optional token counts and latency);
+  optional token counts, latency and the logging policy's ``propensity``);
 - optional pairwise ``preferences`` (``model_a``, ``model_b``, ``winner`` in ``a``/``b``/``tie``);
 - optional ``sample_id``, ``task``, ``timestamp`` (ISO 8601) and free-form ``metadata``.
 
@@ -26,16 +26,21 @@ from router_ml.messages import message_problem, routed_text
 from router_ml.pricing import PriceCatalog
 
 __all__ = [
+    "OUTCOME_FIELDS",
     "Outcome",
     "Preference",
     "Record",
     "RecordError",
     "build_record",
     "coerce_cost",
+    "coerce_propensity",
     "coerce_quality",
     "is_missing",
 ]
 
+#: the keys of an outcome object, in canonical order
+OUTCOME_FIELDS = ("quality", "cost", "input_tokens", "output_tokens", "latency_s", "propensity")
+_PROPENSITY_RULE = "propensity must be in (0, 1]: the probability that the logging policy chose this model"
 _TRUE = {"true", "t", "yes"}
 _FALSE = {"false", "f", "no"}
 # Undecodable bytes survive reading as lone surrogates (errors="surrogateescape").
@@ -61,6 +66,9 @@ class Outcome:
 
     ``quality`` is in [0, 1] (1 = correct / best); ``cost`` is USD for this call, ``None`` when
     neither logged nor computable from tokens and a price catalog; ``latency_s`` is seconds.
+    ``propensity`` in (0, 1] is the probability with which the logging policy (an exploring
+    router) chose this model for this prompt - what off-policy estimators divide by; ``None`` =
+    not logged (offline evaluations, older logs).
     """
 
     quality: float
@@ -68,11 +76,12 @@ class Outcome:
     input_tokens: int | None = None
     output_tokens: int | None = None
     latency_s: float | None = None
+    propensity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data without the fields that are unset."""
         out: dict[str, Any] = {"quality": self.quality}
-        for key in ("cost", "input_tokens", "output_tokens", "latency_s"):
+        for key in OUTCOME_FIELDS[1:]:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -182,6 +191,20 @@ def coerce_cost(value: Any, field: str) -> float:
     return cost
 
 
+def coerce_propensity(value: Any, field: str) -> float:
+    """Return a propensity in (0, 1]. 0 is refused: an action the logging policy could not take
+    was not logged, and inverse-propensity weights would divide by it."""
+    if isinstance(value, bool):
+        raise RecordError(field, f"{_PROPENSITY_RULE}, got {value!r} (a boolean)")
+    try:
+        number = _number(value, field, "propensity")
+    except RecordError:
+        raise RecordError(field, f"{_PROPENSITY_RULE}, got {value!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise RecordError(field, f"{_PROPENSITY_RULE}, got {value!r}")
+    return number
+
+
 def _count(value: Any, field: str) -> int | None:
     if is_missing(value):
         return None
@@ -228,7 +251,7 @@ def build_outcome(
     where = f"outcomes.{model}"
     if not isinstance(raw, Mapping):
         raise RecordError(where, f"an outcome must be an object with 'quality', got {raw!r}")
-    unknown = set(raw) - {"quality", "cost", "input_tokens", "output_tokens", "latency_s"}
+    unknown = set(raw) - set(OUTCOME_FIELDS)
     if unknown:
         raise RecordError(where, f"unknown outcome keys {sorted(unknown)}")
     if is_missing(raw.get("quality")):
@@ -244,7 +267,12 @@ def build_outcome(
     latency_s = None if is_missing(latency) else _number(latency, f"{where}.latency_s", "latency")
     if latency_s is not None and latency_s < 0:
         raise RecordError(f"{where}.latency_s", f"latency must be >= 0 seconds, got {latency!r}")
-    return Outcome(quality, cost, input_tokens, output_tokens, latency_s)
+    # Only an absent key or null means "not logged": NaN, "" or 0 here is a broken log, not a gap.
+    # Table readers turn their empty cells into absent keys before calling this.
+    propensity = raw.get("propensity")
+    if propensity is not None:
+        propensity = coerce_propensity(propensity, f"{where}.propensity")
+    return Outcome(quality, cost, input_tokens, output_tokens, latency_s, propensity)
 
 
 def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:

@@ -22,6 +22,8 @@ class TrafficTable(Sequence[Record]):
     ``quality`` and ``cost`` are ``(n_records, n_models)`` float arrays with NaN where a record
     has no outcome (or no known cost) for a model - the mask that lets logged traffic, with one
     model per prompt, train a router beside offline evaluations that have every model.
+    ``propensity`` is the same shape: the logging policy's probability of each logged choice,
+    NaN where no propensity was logged.
     """
 
     def __init__(self, records: Sequence[Record], *, models: Sequence[str] | None = None):
@@ -79,6 +81,11 @@ class TrafficTable(Sequence[Record]):
         """``(n_records, n_models)`` cost in USD; NaN = no outcome or cost unknown."""
         return self._matrix("cost")
 
+    @cached_property
+    def propensity(self) -> np.ndarray:
+        """``(n_records, n_models)`` propensity in (0, 1]; NaN = no outcome or not logged."""
+        return self._matrix("propensity")
+
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of every record, in order: the data's identity."""
         digest = hashlib.sha256()
@@ -88,17 +95,21 @@ class TrafficTable(Sequence[Record]):
         return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
-        """Counts and per-model coverage, mean quality and mean cost (``None`` when unknown)."""
+        """Counts and per-model coverage, mean quality, mean cost, propensity coverage (the share of
+        the model's outcomes that carry a propensity) and min propensity (``None`` when unknown)."""
         n = len(self.records)
         has = ~np.isnan(self.quality)
         with np.errstate(invalid="ignore"):
             coverage = has.sum(axis=0) / n if n else np.zeros(len(self.models))
-        mean_quality, mean_cost = {}, {}
+        mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}
         for j, model in enumerate(self.models):
             q = self.quality[:, j][has[:, j]]
             c = self.cost[:, j][~np.isnan(self.cost[:, j])]
+            p = self.propensity[:, j][~np.isnan(self.propensity[:, j])]
             mean_quality[model] = float(q.mean()) if q.size else None
             mean_cost[model] = float(c.mean()) if c.size else None
+            p_coverage[model] = p.size / q.size if q.size else 0.0
+            p_min[model] = float(p.min()) if p.size else None
         tasks: dict[str, int] = {}
         for record in self.records:
             if record.task is not None:
@@ -109,6 +120,8 @@ class TrafficTable(Sequence[Record]):
             "coverage": {m: float(coverage[j]) for j, m in enumerate(self.models)},
             "mean_quality": mean_quality,
             "mean_cost": mean_cost,
+            "propensity_coverage": p_coverage,
+            "min_propensity": p_min,
             "outcomes": int(has.sum()),
             "preferences": sum(len(r.preferences) for r in self.records),
             "chat_records": sum(r.messages is not None for r in self.records),

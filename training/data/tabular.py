@@ -26,7 +26,7 @@ __all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
                      "output_tokens": "output_tokens", "latency": "latency_s",
-                     "latency_s": "latency_s"}
+                     "latency_s": "latency_s", "propensity": "propensity"}
 _TASK_COLUMNS = ("eval_name", "task", "category")
 
 
@@ -34,7 +34,8 @@ class WideLayout:
     """How the columns of a RouterBench-style wide table map onto a record.
 
     A column ``M`` is a model's quality column when some ``M|...`` column exists beside it;
-    ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens`` and ``M|latency`` fill its outcome;
+    ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens``, ``M|latency`` and ``M|propensity``
+    fill its outcome (an empty/NaN propensity cell = not logged for that row);
     other ``M|...`` columns (responses, say) are ignored and listed in :attr:`ignored`; every
     remaining column except ``prompt``/``sample_id``/the task column is kept in ``metadata``.
     """
@@ -78,7 +79,10 @@ class WideLayout:
                 continue  # NaN / empty = this model has no outcome for the prompt
             outcome = {"quality": quality}
             for key, col in self.companions[model].items():
-                outcome[key] = row.get(col)
+                value = row.get(col)
+                if key == "propensity" and is_missing(value):
+                    continue  # an empty cell is the table's only way to say "not logged"
+                outcome[key] = value
             outcomes[model] = outcome
         return build_record(
             prompt=row.get(self.prompt) if self.prompt else None,
