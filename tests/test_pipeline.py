@@ -356,3 +356,33 @@ def test_metrics_files_carry_a_version_that_readers_check(tmp_path, trained):
     legacy = {k: v for k, v in data.items() if k not in ("format", "format_version")}
     newer.write_text(json.dumps(legacy))
     assert read_metrics_file(newer)["test"] == data["test"]  # written before versions existed: version 1
+
+
+def test_evaluate_scores_a_log_with_propensities_off_policy_near_the_full_information_truth(tmp_path, trained):
+    """A prompt-dependent epsilon-greedy log of held-out demo prompts (one model each, with its propensity):
+    `evaluate` picks self-normalised IPS and lands near the exact score on the same prompts' every outcome."""
+    import dataclasses
+
+    from training.pipeline import evaluate_router
+
+    table, _ = load_traffic(DEMO)
+    records = table.records[800:2400]
+    full = write_jsonl(records, tmp_path / "full.jsonl")
+    rng = np.random.default_rng(0)
+    models, rate, logged = table.models, 0.5, []
+    for r in records:
+        greedy = models[len(r.text) % len(models)]  # the logging router looked at the prompt
+        chosen = models[rng.integers(len(models))] if rng.random() < rate else greedy
+        p = 1 - rate + rate / len(models) if chosen == greedy else rate / len(models)
+        logged.append(dataclasses.replace(r, outcomes={chosen: dataclasses.replace(r.outcomes[chosen], propensity=p)}))
+    log = write_jsonl(logged, tmp_path / "log.jsonl")
+    exact = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False)["test"]
+    est = evaluate_router(trained.checkpoint, log, n_boot=50, progress=False)["test"]
+    assert exact["estimator"] == "exact" and est["estimator"] == "snips"
+    assert est["off_policy"]["propensities"] == "logged" and est["off_policy"]["effective_sample_size"]["min"] > 50
+    assert est["aiq"] == pytest.approx(exact["aiq"], abs=0.03)
+    assert est["best_quality"] == pytest.approx(exact["best_quality"], abs=0.03)
+    low, high = est["ci95"]["best_quality"]
+    assert low - 0.01 <= exact["best_quality"] <= high + 0.01
+    dr = evaluate_router(trained.checkpoint, log, n_boot=0, progress=False, estimator="dr")["test"]
+    assert dr["estimator"] == "dr" and dr["best_quality"] == pytest.approx(exact["best_quality"], abs=0.03)

@@ -206,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             "one ./<input name>.quarantine.jsonl per set")
     result = evaluate_many(args.checkpoint, datasets, prices=args.prices, include_seen=args.include_seen,
                            cache_dir=args.cache_dir, progress=not args.quiet, artifacts=args.artifact or (),
-                           **_load_options(args))
+                           estimator=args.estimator, **_load_options(args))
     if len(datasets) == 1:  # one set: the same JSON shape as training's test report
         single = result["sets"][0]
         if args.json:
@@ -301,6 +301,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--artifact", action="append", metavar="DIR",
                           help="also score this exported artifact of the checkpoint (fp32 or int8) through the "
                                "runtime on the same prompts (repeatable); printed beside the checkpoint's numbers")
+    evaluate.add_argument("--estimator", choices=("auto", "ips", "snips", "dr"), default="auto",
+                          help="how logged traffic (one model per prompt) is scored: auto = exact with every outcome, "
+                               "else self-normalised IPS with logged propensities (default), plain IPS, or doubly "
+                               "robust with the router's predictions as reward model")
     evaluate.add_argument("--include-seen", action="store_true",
                           help="keep prompts the router was trained on (dropped by default)")
     evaluate.add_argument("--cache-dir")

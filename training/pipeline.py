@@ -262,7 +262,8 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     train_rows = np.concatenate([prep.split.train, prep.split.val])
     held = HeldOut(quality=quality, cost=cost, cost_est=cost_est, wtps=np.asarray(prep.cost_model.knob_grid),
                    models=table.models, two_model=prep.two_model, n_boot=config.eval.n_boot, seed=config.data.seed,
-                   features=X[scored], train_features=X[train_rows], train_quality=table.quality[train_rows])
+                   features=X[scored], train_features=X[train_rows], train_quality=table.quality[train_rows],
+                   propensity=table.propensity[scored])
     pred = router.predict(tuple(x[scored] for x in inputs))
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
     result["predictions"] = [{"sample_id": table[int(i)].sample_id, "row": int(i),
@@ -343,7 +344,7 @@ def _artifact_report(path: str | Path, texts: list[str], models: tuple[str, ...]
 
 def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
                     include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
-                    n_boot: int | None = None, artifacts: Sequence[str | Path] = (),
+                    n_boot: int | None = None, artifacts: Sequence[str | Path] = (), estimator: str = "auto",
                     **load_options: Any) -> dict[str, Any]:
     """Score a saved router (a checkpoint written by ``train``) on ``data`` in the same JSON shape as
     training's ``test``, on the knob grid it was trained with.
@@ -351,7 +352,9 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     Prompts the router was trained or validated on are dropped (and counted) unless
     ``include_seen`` - so evaluation on any data set stays held out. Each of ``artifacts`` (exported
     ONNX directories of this checkpoint, fp32 or int8) is scored the same way through the torch-free
-    runtime and reported under ``artifacts`` beside the checkpoint's numbers.
+    runtime and reported under ``artifacts`` beside the checkpoint's numbers. Logged traffic is scored
+    off-policy by ``estimator`` (:class:`training.evaluation.HeldOut`; ``dr`` uses the router's own
+    predictions as its reward model).
     """
     router_dir = Path(router_dir)
     manifest = _checkpoint_manifest(router_dir)
@@ -397,8 +400,11 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     held = HeldOut(quality=quality[scored], cost=cost[scored],
                    cost_est=cost_model.estimate(estimate_input_tokens(texts))[:, keep_cols],
                    wtps=saved_knob_grid(router_dir), models=models, two_model=two_model,
-                   n_boot=config.eval.n_boot, seed=config.data.seed)
+                   n_boot=config.eval.n_boot, seed=config.data.seed, propensity=table.propensity[scored][:, cols],
+                   estimator=estimator)
     pred = router.predict(router.inputs(texts, X))[:, keep_cols]
+    if estimator == "dr":
+        held = dataclasses.replace(held, reward_model=pred)
     untrained = [name for name, baseline in BASELINES.items() if not baseline.trained]
     result = evaluate_held_out(pred, held, baselines=untrained)
     out = {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
