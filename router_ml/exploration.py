@@ -39,7 +39,8 @@ KINDS = ("epsilon", "softmax")
 class Exploration:
     """An exploration policy (see the module doc). ``seed`` makes the draws reproducible in
     single-threaded use (``None``: fresh entropy); ``temperature`` applies to ``softmax`` only, in
-    units of utility (predicted quality)."""
+    units of utility (predicted quality; at knob 0 the utility is minus the USD cost, whose differences
+    are tiny against a temperature of 0.1, so softmax exploration there is close to uniform)."""
 
     kind: str = "epsilon"
     rate: float = 0.05

@@ -727,9 +727,13 @@ def test_explored_choices_follow_the_stated_propensities_and_honour_cap_and_excl
         assert probs[:3] == pytest.approx([0.7 + 0.3 * w[0] / sum(w), 0.3 * w[1] / sum(w), 0.3 * w[2] / sum(w)])
     n = 20_000
     _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
-    # an excluded or over-cap greedy choice is still allowed
-    assert Explorer(Exploration(kind, rate=1.0, seed=1, exclude=("a",)), models).probabilities(
-        utility, costs, 0)[0] > 0
+    # an excluded or over-cap greedy choice is still allowed, and drawn as often as stated
+    for spec in (Exploration(kind, rate=0.6, seed=1, exclude=("a", "c")),
+                 Exploration(kind, rate=0.6, seed=2, max_cost_usd=0.0005)):
+        explorer = Explorer(spec, models)
+        probs = explorer.probabilities(utility, costs, greedy)
+        assert probs[greedy] > 0.4 and probs[2] == 0 and sum(probs) == pytest.approx(1.0, abs=1e-12)
+        _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
 
 
 @pytest.mark.parametrize(("field", "value"), [("kind", "thompson"), ("rate", 1.5), ("rate", -0.1), ("seed", 1.5),
@@ -807,3 +811,23 @@ def test_a_shared_exploring_router_is_thread_safe(router, trained):
     assert all(0 < d.propensity <= 1 and d.explored == (d.model != greedy[t]) for t, d in zip(texts, decisions,
                                                                                              strict=True))
     assert any(d.explored for d in decisions)
+
+
+def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, tmp_path):
+    cli = [sys.executable, "-m", "router_ml.cli", "route", "--artifact", str(trained.artifact)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in trained.held_out[:50]))
+    out = subprocess.run([*cli, "--input", str(prompts), "--explore-rate", "1", "--explore-seed", "3",
+                          "--explore-exclude", "tiny-1b"], capture_output=True, text=True, timeout=120)
+    decisions = [json.loads(x) for x in out.stdout.splitlines()]
+    assert out.returncode == 0 and len(decisions) == 50, out.stderr
+    greedy = [d.model for d in router.route_batch(trained.held_out[:50])]
+    assert any(d["explored"] for d in decisions)
+    for d, g in zip(decisions, greedy, strict=True):
+        assert d["explored"] == (d["model"] != g) and (d["model"] != "tiny-1b" or g == "tiny-1b")
+        assert d["propensity"] == pytest.approx(1 / (len(router.models) - (g != "tiny-1b")))
+    for flags, named in ((["--explore-rate", "2"], "--explore-rate"),
+                         (["--explore-rate", "0.1", "--explore-exclude", "gpt-9"], "--explore-exclude"),
+                         (["--explore-seed", "1"], "--explore-rate")):
+        out = subprocess.run([*cli, "hi", *flags], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and named in out.stderr and "Traceback" not in out.stderr, out.stderr
