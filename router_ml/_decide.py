@@ -1,7 +1,8 @@
 """The decide step: from a chat-completion body to a chosen model, with no HTTP involved.
 
 Validation, the knob (call argument > body field > header > default), pins, the catalog's static
-rules and then the learned router. :class:`~router_ml.client.AsyncRoutedClient` runs it before every
+rules and then the learned router (which may explore, :mod:`router_ml.exploration`; pins and rules never
+do and have propensity 1.0). :class:`~router_ml.client.AsyncRoutedClient` runs it before every
 call (``client.decide``) and so does the proxy through it; it is a plain function so it can be tested
 and timed on its own.
 """
@@ -81,6 +82,7 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
     model = body.get("model") or route_model
     scores = None
     rule = None
+    propensity, explored, knob = 1.0, False, router.willingness_to_pay if wtp is None else wtp
     if model in catalog:
         chosen, rule = model, "pinned"
     elif model != route_model:
@@ -95,7 +97,9 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
         if chosen is None:
             decision = router.route(text, willingness_to_pay=wtp)
             chosen, scores = decision.model, dict(decision.scores)
+            propensity, explored, knob = decision.propensity, decision.explored, decision.willingness_to_pay
     digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
     return RouteInfo(request_id="rml-" + secrets.token_hex(12), chosen=chosen, rule=rule, willingness_to_pay=wtp,
                      scores=scores, prompt_sha256=digest, routing_ms=(time.perf_counter() - t0) * 1000,
-                     stream=bool(body.get("stream"))), text
+                     stream=bool(body.get("stream")), propensity=propensity, explored=explored,
+                     policy=router.policy_record(knob)), text

@@ -84,12 +84,55 @@ def _prompts_from_file(path: str) -> list[str]:
     return prompts
 
 
+def add_exploration_options(parser: argparse.ArgumentParser) -> None:
+    """The exploration flags ``route`` and ``serve`` share (:mod:`router_ml.exploration`); off by default."""
+    group = parser.add_argument_group("exploration (off unless --explore-rate is given)")
+    group.add_argument("--explore-rate", type=float, metavar="R",
+                       help="probability in [0, 1] of leaving the greedy choice to explore")
+    group.add_argument("--explore-policy", choices=("epsilon", "softmax"), default="epsilon",
+                       help="explore uniformly over eligible models (epsilon, default) or by a softmax of utilities")
+    group.add_argument("--explore-seed", type=int, metavar="S", help="RNG seed (reproducible single-threaded draws)")
+    group.add_argument("--explore-max-cost", type=float, metavar="USD",
+                       help="never explore a model expected to cost more than this on the prompt")
+    group.add_argument("--explore-exclude", action="append", default=[], metavar="MODEL",
+                       help="never explore this model (repeatable)")
+    group.add_argument("--explore-temperature", type=float, default=0.1,
+                       help="softmax temperature in units of utility (default 0.1)")
+
+
+def exploration_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~router_ml.exploration.Exploration` the flags describe, or None; errors name the flag."""
+    from router_ml.exploration import Exploration
+
+    if args.explore_rate is None:
+        others = [f for f, v in (("--explore-seed", args.explore_seed), ("--explore-max-cost", args.explore_max_cost),
+                                 ("--explore-exclude", args.explore_exclude)) if v]
+        if others:
+            raise RouterMLError(f"{', '.join(others)} given without --explore-rate; add --explore-rate R to explore")
+        return None
+    try:
+        return Exploration(args.explore_policy, rate=args.explore_rate, seed=args.explore_seed,
+                           max_cost_usd=args.explore_max_cost, exclude=tuple(args.explore_exclude),
+                           temperature=args.explore_temperature)
+    except ValueError as exc:  # the message names the field: name the flag that sets it
+        flags = {"kind": "--explore-policy", "rate": "--explore-rate", "seed": "--explore-seed",
+                 "max_cost_usd": "--explore-max-cost", "exclude": "--explore-exclude",
+                 "temperature": "--explore-temperature"}
+        flag = next((f for field, f in flags.items() if f"exploration {field} " in str(exc)), "--explore-*")
+        raise RouterMLError(f"{flag}: {exc}") from None
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from router_ml.router import Router
 
     if (args.prompt is None) == (args.input is None):
         raise RouterMLError("give one prompt or --input FILE (not both)")
+    exploration = exploration_from_args(args)
     router = Router.load(args.artifact, intra_op_threads=args.threads)
+    try:
+        router = router.with_exploration(exploration)
+    except ValueError as exc:
+        raise RouterMLError(f"--explore-exclude: {exc}") from None
     if args.prompt is not None:
         print(json.dumps(router.route(args.prompt, willingness_to_pay=args.willingness_to_pay).to_dict()))
         return 0
@@ -105,6 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from router_ml.serve import run_server
 
+    exploration = exploration_from_args(args)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -113,7 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_server(router=args.artifact, providers=args.providers, host=args.host, port=args.port, api_key=api_key,
                decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
                log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
-               max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay)
+               max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
+               exploration=exploration)
     return 0
 
 
@@ -193,6 +238,7 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line)")
     route.add_argument("--willingness-to-pay", type=float, help="USD per unit of quality (default: the artifact's)")
     route.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    add_exploration_options(route)
     route.set_defaults(func=cmd_route)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible proxy: route, call the provider, fall back, log")
@@ -215,6 +261,7 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
                        "default: the artifact's)")
+    add_exploration_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     feedback = sub.add_parser("feedback", help="append quality feedback for logged requests to a decision log")

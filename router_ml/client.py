@@ -63,6 +63,7 @@ from router_ml._responses import AsyncChatStream, ChatCompletion, ChatStream, ou
 from router_ml._streaming import UpstreamStream, first_event
 from router_ml.decision_log import DecisionLog
 from router_ml.errors import CatalogError, RouterMLError
+from router_ml.exploration import Exploration
 from router_ml.providers import ProviderCatalog, Replica
 from router_ml.router import Router
 
@@ -77,14 +78,15 @@ class AsyncRoutedClient:
     """Routes, calls and accounts chat completions (see the module doc). ``decision_log`` is a
     :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text to each record (needed to train
     on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
-    ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown."""
+    ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
+    ``exploration`` makes the router explore (:meth:`Router.with_exploration`; rules and pins never do)."""
 
     def __init__(self, router: Router, catalog: ProviderCatalog, *,
                  decision_log: DecisionLog | str | Path | None = None, log_prompts: bool = False,
                  willingness_to_pay: float | None = None,
                  on_complete: Callable[[RouteInfo], None] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None):
         missing = [m for m in router.models if m not in catalog]
         if missing:
             raise CatalogError(f"{catalog.source}: the router chooses between {list(router.models)} but the catalog "
@@ -94,6 +96,11 @@ class AsyncRoutedClient:
         if tokens is not None:
             router = router.with_prices(catalog.prices(), tokens)
             self.routing_prices = "catalog"
+        if exploration is not None:
+            try:
+                router = router.with_exploration(exploration)
+            except ValueError as exc:  # an excluded model the router does not know
+                raise RouterMLError(f"--explore-exclude: {exc}") from None
         self.router = router
         self.catalog = catalog
         self.settings = catalog.settings

@@ -8,8 +8,18 @@ Two record types share one append-only JSONL file::
      "rule": null, "willingness_to_pay": 0.08, "scores": {"tiny-1b": 0.41, ...}, "chosen": "tiny-1b",
      "model": "small-8b", "provider_model": "small-8b", "fallbacks": [{"model": "tiny-1b", "upstream":
      "tiny-1b#0", "reason": "HTTP 500"}], "status": "ok", "stream": false, "input_tokens": 12,
-     "output_tokens": 40, "cost_usd": 1.8e-05, "latency_s": 0.21, "routing_ms": 0.09}
+     "output_tokens": 40, "cost_usd": 1.8e-05, "latency_s": 0.21, "routing_ms": 0.09,
+     "propensity": 0.96, "explored": false,
+     "policy": {"artifact_sha256": "...", "exploration": {"kind": "epsilon", "rate": 0.05, ...},
+                "prices": {"tiny-1b": [1.3e-05, 8.6e-08], ...}, "willingness_to_pay": 0.08}}
     {"type": "feedback", "format_version": 1, "time": "...", "request_id": "rml-...", "quality": 1.0}
+
+``propensity`` is the probability with which the routing policy chose ``chosen`` - 1.0 without
+exploration and for pinned or rule-routed requests (:mod:`router_ml.exploration`) - so that the log
+supports off-policy learning and evaluation; ``policy`` reproduces the decision: the sha256 of the
+artifact's ``router.onnx`` (its manifest checksum), the exploration settings (null when off), the
+routing prices per model as ``[fixed USD, USD per input token]`` and the knob used. Lines written
+before these fields existed have none; readers take a missing ``propensity`` as 1.0 (no exploration).
 
 Every line carries ``format_version`` (:data:`FORMAT_VERSION`); readers check it with
 :func:`line_version`, so a log written by a newer release fails loudly instead of being misread.

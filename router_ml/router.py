@@ -35,6 +35,7 @@ import numpy as np
 
 from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
+from router_ml.exploration import Exploration, Explorer
 from router_ml.formats import read_versioned
 from router_ml.parity import check_sample
 from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
@@ -59,7 +60,9 @@ class Decision:
     ``model`` is the chosen model, ``scores`` the predicted quality of every model, ``costs`` the
     expected USD cost of calling each, ``expected_cost`` the chosen model's, ``willingness_to_pay``
     the knob used (USD per unit of quality; ``inf`` = best predicted quality), and ``empty`` is true
-    when the prompt had no known token.
+    when the prompt had no known token. ``propensity`` is the probability with which the router's
+    exploration policy (:mod:`router_ml.exploration`) chose ``model`` - exactly 1.0 without exploration -
+    and ``explored`` is true when ``model`` is not the greedy choice.
     """
 
     model: str
@@ -68,12 +71,14 @@ class Decision:
     expected_cost: float
     willingness_to_pay: float
     empty: bool = False
+    propensity: float = 1.0
+    explored: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "scores": dict(self.scores), "costs": dict(self.costs),
                 "expected_cost": self.expected_cost,
                 "willingness_to_pay": wtp_to_json(self.willingness_to_pay),
-                "empty": self.empty}
+                "empty": self.empty, "propensity": self.propensity, "explored": self.explored}
 
 
 def file_sha256(path: Path) -> str:
@@ -131,6 +136,8 @@ class Router:
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         # the exact pure-Python WordPiece (for ASCII text) only where it is exact: no special tokens
         self._fast = fast_tokenizer if not self._add_special else None
+        self.exploration: Exploration | None = None
+        self._explorer: Explorer | None = None
         self._set_costs(self.cost_model)
 
     def _set_costs(self, cost_model: CostModel) -> None:
@@ -139,12 +146,24 @@ class Router:
         # Python arithmetic is several times faster than numpy's per-call overhead, and bit-identical
         self._prices = tuple(zip(map(float, cost_model.fixed_usd), map(float, cost_model.per_input_token_usd),
                                  strict=True))
+        self._policy = None  # the static part of policy_record(), rebuilt on the next call
+
+    def policy_record(self, willingness_to_pay: float) -> dict[str, Any]:
+        """What reproduces this router's decisions, for the decision log: the sha256 of ``router.onnx``
+        (the manifest's checksum, verified at load), the knob, the exploration settings (None when off)
+        and the prices in effect as ``{model: [fixed USD, USD per input token]}``."""
+        if self._policy is None:
+            self._policy = {"artifact_sha256": self.manifest["files"]["router.onnx"],
+                            "exploration": None if self.exploration is None else self.exploration.to_dict(),
+                            "prices": {m: list(p) for m, p in zip(self.models, self._prices, strict=True)}}
+        return {**self._policy, "willingness_to_pay": wtp_to_json(willingness_to_pay)}
 
     # --- loading ---------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | Path, *, session_options: Any = None, providers: Sequence[str] | None = None,
-             intra_op_threads: int | None = None, verify: bool = False) -> Router:
+             intra_op_threads: int | None = None, verify: bool = False,
+             exploration: Exploration | None = None) -> Router:
         """Load and verify an artifact directory (or an MLflow ``runs:/`` / ``models:/`` URI).
 
         ``session_options`` is an ``onnxruntime.SessionOptions``; ``intra_op_threads`` is a shortcut
@@ -153,6 +172,7 @@ class Router:
         for a static router, a few seconds for a 3-layer encoder) one prompt per call with this session and
         raises :class:`ArtifactError` - naming the share of changed routes, the limit and both CPUs -
         when the routes drift past the limit on this machine; ``router-ml serve`` always does it.
+        ``exploration`` turns on exploration (:meth:`with_exploration`); the default is none.
 
         >>> router = Router.load("models/demo-artifact", verify=True)   # doctest: +SKIP
         """
@@ -204,7 +224,7 @@ class Router:
             _, problem = check_sample(router)
             if problem:
                 raise ArtifactError(problem)
-        return router
+        return router if exploration is None else router.with_exploration(exploration)
 
     # --- scoring ----------------------------------------------------------------------------
 
@@ -325,11 +345,30 @@ class Router:
         clone._set_costs(CostModel.from_prices(prices, self.models, dict(expected_output_tokens)))
         return clone
 
+    def with_exploration(self, exploration: Exploration | None) -> Router:
+        """A router that explores with ``exploration`` (None: never); this one is left alone, since
+        routers are shared by threads. The copy owns a fresh RNG seeded with ``exploration.seed``.
+
+        >>> explorer = router.with_exploration(Exploration("epsilon", rate=0.05, seed=7))  # doctest: +SKIP
+        >>> explorer.route("Hi").propensity                                                # doctest: +SKIP
+        0.96
+        """
+        if exploration is not None and not isinstance(exploration, Exploration):
+            raise TypeError(f"exploration must be an Exploration or None, not {type(exploration).__name__}")
+        clone = self._copy()
+        clone.exploration = exploration
+        clone._explorer = None if exploration is None else Explorer(exploration, self.models)
+        clone._policy = None
+        return clone
+
     def _copy(self) -> Router:
         """A shallow copy sharing the session and tokenizer (both safe to share between threads), so that
-        the knob and prices of the copy change without touching a router other threads use."""
+        the knob and prices of the copy change without touching a router other threads use. The copy gets
+        its own exploration RNG, restarted from the seed."""
         clone = object.__new__(Router)
         clone.__dict__.update(self.__dict__)
+        if self.exploration is not None:
+            clone._explorer = Explorer(self.exploration, self.models)
         return clone
 
     def costs(self, texts: Sequence[str]) -> np.ndarray:
@@ -350,10 +389,18 @@ class Router:
         scores, empties = self._predict_prepared(prepared)
         costs = self.cost_model.estimate(estimate_input_tokens(prepared))
         chosen = choose(scores, costs, wtp).tolist()
-        models = self.models
+        models, explorer = self.models, self._explorer
         # one .tolist() per matrix: Python floats for the dicts without a numpy call per prompt
-        return [Decision(models[j], dict(zip(models, q, strict=True)), dict(zip(models, c, strict=True)), c[j], wtp, e)
-                for j, q, c, e in zip(chosen, scores.tolist(), costs.tolist(), empties.tolist(), strict=True)]
+        rows = zip(chosen, scores.tolist(), costs.tolist(), empties.tolist(), strict=True)
+        if explorer is None:
+            return [Decision(models[j], dict(zip(models, q, strict=True)), dict(zip(models, c, strict=True)), c[j],
+                             wtp, e) for j, q, c, e in rows]
+        out = []
+        for g, q, c, e in rows:  # in prompt order, so a seeded router draws as route() would prompt by prompt
+            j, p = explorer.draw(_utilities(q, c, wtp), c, g)
+            out.append(Decision(models[j], dict(zip(models, q, strict=True)), dict(zip(models, c, strict=True)),
+                                c[j], wtp, e, p, j != g))
+        return out
 
     def route(self, text: str, *, willingness_to_pay: float | None = None) -> Decision:
         """Decide for one prompt (the same decision as ``route_batch([text])``, on a shorter path)."""
@@ -370,10 +417,14 @@ class Router:
         scores = scores[0].tolist()
         tokens = (len(prepared) + 3) // 4  # router_ml.policy.estimate_input_tokens
         costs = [fixed + tokens * per_token for fixed, per_token in self._prices]
-        j = _choose_one(scores, costs, wtp)
+        utility = _utilities(scores, costs, wtp)
+        j = g = utility.index(max(utility))  # np.argmax's first index among equals, as choose()
+        p = 1.0
+        if self._explorer is not None:
+            j, p = self._explorer.draw(utility, costs, g)
         models = self.models
         return Decision(models[j], dict(zip(models, scores, strict=True)), dict(zip(models, costs, strict=True)),
-                        costs[j], wtp, not n)
+                        costs[j], wtp, not n, p, j != g)
 
     def calibrate(self, prompts: Sequence[str], *, target_cost_per_request: float | None = None,
                   target_share: tuple[str, float] | None = None) -> Router:
@@ -429,9 +480,9 @@ class Router:
         return low
 
 
-def _choose_one(scores: list[float], costs: list[float], wtp: float) -> int:
-    """:func:`router_ml.policy.choose` for one prompt in plain Python: the same float64 utility, the same
-    tie-break toward the cheaper model, the first index among equals (as ``np.argmax``)."""
+def _utilities(scores: list[float], costs: list[float], wtp: float) -> list[float]:
+    """The utility of :func:`router_ml.policy.choose` for one prompt in plain Python: the same float64
+    values, the same tie-break toward the cheaper model (its argmax, first index among equals, is the choice)."""
     top = max(costs)
     scale = top if top > 0 else 1.0
     if wtp == 0:
@@ -440,4 +491,10 @@ def _choose_one(scores: list[float], costs: list[float], wtp: float) -> int:
         utility = [q - c / scale * 1e-9 for q, c in zip(scores, costs, strict=True)]
     else:
         utility = [q - c / wtp - c / scale * 1e-9 for q, c in zip(scores, costs, strict=True)]
+    return utility
+
+
+def _choose_one(scores: list[float], costs: list[float], wtp: float) -> int:
+    """:func:`router_ml.policy.choose` for one prompt in plain Python (the argmax of :func:`_utilities`)."""
+    utility = _utilities(scores, costs, wtp)
     return utility.index(max(utility))

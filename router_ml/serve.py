@@ -32,6 +32,7 @@ from typing import Any
 from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
 from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from
 from router_ml.errors import RouterMLError
+from router_ml.exploration import Exploration
 from router_ml.optional import require
 from router_ml.providers import is_loopback
 
@@ -321,7 +322,7 @@ def make_server(app: Any, *, log_level: str = "warning") -> Any:
 def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, decision_log: str | None = None, log_prompts: bool = False,
                log_max_bytes: int = 64 << 20, log_fsync: bool = False, max_body_bytes: int = 1 << 20,
-               willingness_to_pay: float | None = None) -> None:
+               willingness_to_pay: float | None = None, exploration: Exploration | None = None) -> None:
     """Load, bind and serve until interrupted (what ``router-ml serve`` runs)."""
     require("starlette", extra="serve", purpose="router-ml serve")
     require("uvicorn", extra="serve", purpose="router-ml serve")
@@ -333,7 +334,8 @@ def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: in
     try:
         # verify: an int8 artifact whose routes drift on this CPU is refused before serving any request
         client = AsyncRoutedClient.from_files(router, providers, verify=True, decision_log=log,
-                                              log_prompts=log_prompts, willingness_to_pay=willingness_to_pay)
+                                              log_prompts=log_prompts, willingness_to_pay=willingness_to_pay,
+                                              exploration=exploration)
         app = create_app(client, api_key=api_key, max_body_bytes=max_body_bytes)
         sock = bind(host, port)
     except BaseException:
@@ -345,7 +347,8 @@ def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: in
         shown = f"[{host}]" if ":" in host else host
         print(f"router-ml: serving {len(client.router.models)}-model router on http://{shown}:{bound}/v1 "
               f"(catalog {providers}, routing prices from the {client.routing_prices}, decision log "
-              f"{log.path if log else 'off'}{', with prompts' if log and log_prompts else ''})",
+              f"{log.path if log else 'off'}{', with prompts' if log and log_prompts else ''}, exploration "
+              f"{exploration.to_dict() if exploration else 'off'})",
               file=sys.stderr, flush=True)
         if log is not None and log.repaired_bytes:
             print(f"router-ml: moved a truncated last line ({log.repaired_bytes} bytes) of {log.path} to "

@@ -10,6 +10,10 @@ Prints one JSON object on stdout (microseconds; each p50/p99 is the median over 
     python scripts/bench_runtime.py --router DIR --quick --skip-reference              # ~10 s smoke test
     python scripts/bench_runtime.py --router FP32 --compare INT8 --compare-only --threads 2   # side by side
 
+``--explore-rate R`` adds ``route`` of exploring copies of the router (epsilon-greedy and softmax at rate
+``R``) to the same interleaved turns, ``breakdown_p50_us[n].explore_*_extra`` (what exploring adds to a
+decision) and a target of under 5 us at 64 tokens.
+
 ``--compare DIR`` (repeatable) adds ``compare_64_tokens``: ``route`` p50/p99 of each artifact on the same
 64-token prompts, the artifacts taking turns every 100 calls so that load from other processes hits all
 alike - the way to compare an fp32 and an int8 export on a shared machine.
@@ -90,15 +94,23 @@ def percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e3
 
 
-def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int, warmup: int) -> dict:
+def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int, warmup: int,
+                 explore_rate: float | None = None) -> dict:
     """p50/p99 per layer and length. Within a repetition the (layer, length) pairs take turns every 100
-    calls, so that load from other processes hits all alike and the per-layer differences stay meaningful."""
+    calls, so that load from other processes hits all alike and the per-layer differences stay meaningful.
+    ``explore_rate`` adds ``route`` of exploring copies (epsilon-greedy and softmax, seed 0) to the same turns."""
     names, session, tok, add = router._input_names, router._session, router._tokenizer, router._add_special
     fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.21: no offset tracking
     layers = {"tokenize": (lambda t: fast([t], add_special_tokens=add)) if fast else
               (lambda t: tok.encode(t, add_special_tokens=add)), "encode": router.encode,
               "session": lambda feed: session.run(None, feed), "predict": lambda t: router.predict([t]),
               "route": router.route}
+    if explore_rate is not None:
+        from router_ml.exploration import Exploration
+
+        for kind in ("epsilon", "softmax"):
+            explorer = router.with_exploration(Exploration(kind, rate=explore_rate, seed=0))
+            layers[f"route_explore_{kind}"] = explorer.route
     feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
     inputs = {(layer, n): feeds[n] if layer == "session" else ps for layer in layers for n, ps in prompts.items()}
     timed = interleaved({key: (layers[key[0]], args) for key, args in inputs.items()}, repeats=repeats, calls=calls,
@@ -112,6 +124,10 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
             "tokenizer": p["tokenize"], "encode_python": round(p["encode"] - p["tokenize"], 1),
             "onnx_session": p["session"], "route_rest": round(p["route"] - p["encode"] - p["session"], 1),
             "route_total": p["route"], "predict_rest": round(p["predict"] - p["encode"] - p["session"], 1)}
+        if explore_rate is not None:  # what exploring adds to a routing decision, measured in the same turns
+            for kind in ("epsilon", "softmax"):
+                result["breakdown_p50_us"][n][f"explore_{kind}_extra"] = round(p[f"route_explore_{kind}"]
+                                                                               - p["route"], 1)
     result["tokenize_call"] = "encode_batch_fast([text])" if fast else "encode(text)"
     return result
 
@@ -307,6 +323,9 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="DIR",
                         help="another artifact to time beside --router at 64 tokens, in the same run (repeatable)")
     parser.add_argument("--compare-only", action="store_true", help="only the --compare timings")
+    parser.add_argument("--explore-rate", type=float, metavar="R",
+                        help="also time route() with exploration on (epsilon and softmax at this rate) in the same "
+                             "interleaved turns, and check that it adds under 5 us at 64 tokens")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
@@ -328,7 +347,7 @@ def main() -> None:
     rng = random.Random(0)
     prompts = {n: prompts_of_length(router, rng, n, 16) for n in LENGTHS}
     tokens = {str(n): round(statistics.mean(len(router.encode(p)[0]) for p in ps), 1) for n, ps in prompts.items()}
-    single = bench_single(router, prompts, repeats, calls, warmup)
+    single = bench_single(router, prompts, repeats, calls, warmup, args.explore_rate)
     log("batch throughput")
     mixed = [make_text(rng, int(math.exp(rng.uniform(math.log(8), math.log(220))))) for _ in range(n_batch)]
     batch = bench_batch(args.router, mixed, 256)
@@ -346,6 +365,10 @@ def main() -> None:
               "batch_prompts_per_second_2_threads": (batch["prompts_per_second"], ">=", 20_000),
               "first_load_seconds": (load["first_load_seconds"], "<", 0.3),
               "peak_rss_mb": (rss["peak_rss_mb"], "<", 150), "speedup_vs_reference": (speedup, ">=", 500)}
+    if args.explore_rate is not None:
+        for kind in ("epsilon", "softmax"):
+            checks[f"explore_{kind}_extra_p50_us_64_tokens"] = (
+                single["breakdown_p50_us"]["64"][f"explore_{kind}_extra"], "<", 5)
     ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
     targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else ops[op](float(v), limit)}
                for name, (v, op, limit) in checks.items()}

@@ -692,3 +692,142 @@ def test_the_exported_pooling_matches_training_features_within_1e_5(router, trai
     X = get_featurizer("static", max_tokens=256).transform(texts)
     expected = TorchRouter.load(trained.checkpoint).predict((X,))
     np.testing.assert_allclose(router.predict(texts), expected, atol=1e-5, rtol=0)
+
+
+# --- exploration with recorded propensities -------------------------------------------------------
+
+def _frequencies_match(draws, probs, n) -> None:
+    """Each model's share of ``n`` draws is within 4 standard errors of its stated probability; a model
+    of probability 0 is never drawn."""
+    counts = np.bincount([j for j, _ in draws], minlength=len(probs))
+    for j, p in enumerate(probs):
+        if p == 0:
+            assert counts[j] == 0, (j, counts)
+        else:
+            assert abs(counts[j] / n - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-12, (j, counts[j] / n, p)
+    for j, p in draws:
+        assert p == pytest.approx(probs[j], rel=1e-12)  # the recorded propensity is the stated probability
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "softmax"])
+def test_explored_choices_follow_the_stated_propensities_and_honour_cap_and_exclusions(kind):
+    from router_ml.exploration import Exploration, Explorer
+
+    models = ("a", "b", "c", "d", "e")
+    utility, costs, greedy = [0.9, 0.7, 0.85, 0.8, 0.2], [0.001, 0.0001, 0.002, 0.05, 0.0003], 0
+    # "d" is over the cap, "e" excluded; "a" (greedy) is over the cap too but always allowed
+    explorer = Explorer(Exploration(kind, rate=0.3, seed=11, max_cost_usd=0.0025, exclude=("e",), temperature=0.1),
+                        models)
+    probs = explorer.probabilities(utility, costs, greedy)
+    assert probs[3] == probs[4] == 0 and sum(probs) == pytest.approx(1.0, abs=1e-12)
+    if kind == "epsilon":
+        assert probs == pytest.approx([0.7 + 0.1, 0.1, 0.1, 0, 0])
+    else:
+        w = [math.exp((u - 0.9) / 0.1) for u in utility[:3]]
+        assert probs[:3] == pytest.approx([0.7 + 0.3 * w[0] / sum(w), 0.3 * w[1] / sum(w), 0.3 * w[2] / sum(w)])
+    n = 20_000
+    _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
+    # an excluded or over-cap greedy choice is still allowed, and drawn as often as stated
+    for spec in (Exploration(kind, rate=0.6, seed=1, exclude=("a", "c")),
+                 Exploration(kind, rate=0.6, seed=2, max_cost_usd=0.0005)):
+        explorer = Explorer(spec, models)
+        probs = explorer.probabilities(utility, costs, greedy)
+        assert probs[greedy] > 0.4 and probs[2] == 0 and sum(probs) == pytest.approx(1.0, abs=1e-12)
+        _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
+
+
+@pytest.mark.parametrize(("field", "value"), [("kind", "thompson"), ("rate", 1.5), ("rate", -0.1), ("seed", 1.5),
+                                              ("max_cost_usd", -1.0), ("exclude", "tiny-1b"), ("temperature", 0.0)])
+def test_exploration_settings_are_validated_naming_the_field(field, value):
+    from router_ml.exploration import Exploration
+
+    with pytest.raises(ValueError, match=field):
+        Exploration(**{field: value})
+
+
+def test_exploration_settings_round_trip_and_unknown_models_are_refused(router):
+    from router_ml.exploration import Exploration
+
+    e = Exploration("softmax", rate=0.2, seed=5, max_cost_usd=0.01, exclude=("frontier-xl",), temperature=0.05)
+    assert Exploration.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    with pytest.raises(ValueError, match="stars"):
+        Exploration.from_dict({**e.to_dict(), "stars": 1})
+    with pytest.raises(ValueError, match="gpt-9"):
+        router.with_exploration(Exploration(exclude=("gpt-9",)))
+
+
+def test_exploration_off_is_todays_router_with_propensity_one(router, trained):
+    from router_ml.exploration import Exploration
+
+    texts = trained.held_out[:200]
+    plain = [router.route(t) for t in texts]
+    assert router.exploration is None
+    assert all(d.propensity == 1.0 and d.explored is False for d in plain + router.route_batch(texts))
+    off = router.with_exploration(Exploration(rate=0.0, seed=1))  # rate 0: the greedy choice, propensity 1
+    assert [d.model for d in off.route_batch(texts)] == [d.model for d in plain]
+    assert {d.propensity for d in off.route_batch(texts)} == {1.0}
+    assert router.with_exploration(None).route(texts[0]) == plain[0]
+
+
+def test_seeded_exploration_reproduces_and_leaves_the_shared_router_alone(router, trained):
+    from router_ml.exploration import Exploration
+
+    texts = trained.held_out[:300]
+    before = [router.route(t) for t in texts]
+    spec = Exploration("epsilon", rate=0.5, seed=42, exclude=("frontier-xl",))
+    first = router.with_exploration(spec)
+    one = [first.route(t) for t in texts]
+    assert [router.with_exploration(spec).route(t) for t in texts[:1]] == one[:1]  # a copy restarts from the seed
+    # route_batch draws in prompt order, as route() does prompt by prompt
+    batch = Router.load(trained.artifact, exploration=spec).route_batch(texts)
+    assert [(d.model, d.propensity, d.explored) for d in batch] == [(d.model, d.propensity, d.explored) for d in one]
+    assert [router.route(t) for t in texts] == before and router.exploration is None
+    explored = [d for d in one if d.explored]
+    assert 0.2 * len(texts) < len(explored) < 0.5 * len(texts)
+    k = len(router.models) - 1  # frontier-xl excluded (unless it is the greedy choice)
+    for d, greedy in zip(one, before, strict=True):
+        assert d.explored == (d.model != greedy.model)
+        if d.model != "frontier-xl" or greedy.model == "frontier-xl":
+            kk = k + (greedy.model == "frontier-xl")
+            assert d.propensity == pytest.approx(0.5 / kk + (0.5 if not d.explored else 0.0))
+        else:
+            pytest.fail("an excluded model was explored")
+    assert json.dumps(one[0].to_dict())
+    assert one[0].to_dict()["propensity"] == one[0].propensity
+    record = first.policy_record(0.1)
+    assert record["artifact_sha256"] == router.manifest["files"]["router.onnx"]
+    assert record["exploration"] == spec.to_dict() and record["willingness_to_pay"] == 0.1
+    assert list(record["prices"]) == list(router.models)
+
+
+def test_a_shared_exploring_router_is_thread_safe(router, trained):
+    from router_ml.exploration import Exploration
+
+    explorer = router.with_exploration(Exploration("softmax", rate=0.5, seed=3, temperature=0.05))
+    texts = trained.held_out[:400]
+    greedy = {t: router.route(t).model for t in texts}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        decisions = list(pool.map(explorer.route, texts))
+    assert all(0 < d.propensity <= 1 and d.explored == (d.model != greedy[t]) for t, d in zip(texts, decisions,
+                                                                                             strict=True))
+    assert any(d.explored for d in decisions)
+
+
+def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, tmp_path):
+    cli = [sys.executable, "-m", "router_ml.cli", "route", "--artifact", str(trained.artifact)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in trained.held_out[:50]))
+    out = subprocess.run([*cli, "--input", str(prompts), "--explore-rate", "1", "--explore-seed", "3",
+                          "--explore-exclude", "tiny-1b"], capture_output=True, text=True, timeout=120)
+    decisions = [json.loads(x) for x in out.stdout.splitlines()]
+    assert out.returncode == 0 and len(decisions) == 50, out.stderr
+    greedy = [d.model for d in router.route_batch(trained.held_out[:50])]
+    assert any(d["explored"] for d in decisions)
+    for d, g in zip(decisions, greedy, strict=True):
+        assert d["explored"] == (d["model"] != g) and (d["model"] != "tiny-1b" or g == "tiny-1b")
+        assert d["propensity"] == pytest.approx(1 / (len(router.models) - (g != "tiny-1b")))
+    for flags, named in ((["--explore-rate", "2"], "--explore-rate"),
+                         (["--explore-rate", "0.1", "--explore-exclude", "gpt-9"], "--explore-exclude"),
+                         (["--explore-seed", "1"], "--explore-rate")):
+        out = subprocess.run([*cli, "hi", *flags], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and named in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -6,6 +6,7 @@ feedback loop, against fake OpenAI-compatible upstreams that are real HTTP serve
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from router_ml import CatalogError, DataError, Router
 from router_ml.client import AsyncRoutedClient, RequestError, RoutedClient, StreamInterrupted, UpstreamError
 from router_ml.decision_log import FEEDBACK_FIELDS, FORMAT_VERSION, DecisionLog, feedback_record, log_files
 from router_ml.providers import ProviderCatalog
+from router_ml.router import _choose_one
 from router_ml.serve import Metrics, bind, create_app, make_server
 from training.data import load_traffic
 
@@ -694,22 +696,30 @@ def test_a_log_without_prompts_is_rejected_with_the_fix(router, up, tmp_path):
 
 # --- 7. the OpenAI SDK against `router-ml serve` -----------------------------------------------------
 
-def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
-    import openai  # a dev dependency: a missing SDK fails the test rather than skipping it
+def _serve(trained, up, tmp_path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """A real ``router-ml serve`` process on the demo catalog pointed at ``up``: the process and its base URL
+    (``host:port/v1``); clients must send the key "client-secret", the decision log is tmp_path/decisions.jsonl."""
     providers = tmp_path / "providers.toml"
     text = (ROOT / "data/demo/providers.toml").read_text().replace("http://127.0.0.1:9100", up.base_url[:-3])
     text = text.replace("http://localhost:9100", up.base_url[:-3])
     providers.write_text(text.replace('timeout_s = 20', 'timeout_s = 20\napi_key_env = "FAKE_KEY"'))
-    log = tmp_path / "decisions.jsonl"
     env = {**os.environ, "FAKE_KEY": SECRET, "CLIENT_KEY": "client-secret"}
     proc = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", str(trained.artifact),
-                             "--providers", str(providers), "--port", "0", "--decision-log", str(log),
-                             "--log-prompts", "--api-key-env", "CLIENT_KEY"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--providers", str(providers), "--port", "0", "--decision-log",
+                             str(tmp_path / "decisions.jsonl"), "--log-prompts", "--api-key-env", "CLIENT_KEY",
+                             *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if "serving" not in line:
+        proc.kill()
+        pytest.fail(line + proc.communicate(timeout=30)[1])
+    return proc, line.split("http://", 1)[1].split()[0]
+
+
+def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
+    import openai  # a dev dependency: a missing SDK fails the test rather than skipping it
+    log = tmp_path / "decisions.jsonl"
+    proc, base = _serve(trained, up, tmp_path)
     try:
-        line = proc.stderr.readline()
-        assert "serving" in line, line + proc.stderr.read()
-        base = line.split("http://", 1)[1].split()[0]
         sdk = openai.OpenAI(base_url=f"http://{base}", api_key="client-secret", max_retries=0)
         try:
             r = sdk.chat.completions.create(model="router-ml", messages=MSG)
@@ -733,3 +743,47 @@ def test_openai_sdk_against_router_ml_serve(trained, up, tmp_path):
     records = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(r["stream"], r["status"]) for r in records] == [(False, "ok"), (True, "ok"), (False, "error")]
     assert records[1]["output_tokens"] == 10 and records[1]["cost_usd"] > 0
+    assert all(r["propensity"] == 1.0 and r["explored"] is False for r in records)  # exploration is off by default
+    assert records[0]["policy"]["exploration"] is None
+
+
+def test_serve_explores_and_logs_propensities_and_the_policy(trained, up, tmp_path):
+    """``--explore-rate 1``: every routed request explores uniformly over the eligible models (frontier-xl
+    excluded unless greedy), each line records its propensity and what reproduces it; pins never explore."""
+    proc, base = _serve(trained, up, tmp_path, "--explore-rate", "1", "--explore-seed", "7",
+                        "--explore-exclude", "frontier-xl")
+    prompts = [f"Question {i}: what is {i} times {i + 3}?" for i in range(40)]
+    try:
+        with httpx.Client(base_url=f"http://{base}"[:-3], timeout=10,
+                          headers={"authorization": "Bearer client-secret"}) as http:
+            for p in prompts:
+                assert http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": p}]}
+                                 ).status_code == 200
+            assert http.post("/v1/chat/completions", json={"model": "frontier-xl", "messages": MSG}
+                             ).status_code == 200
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    records = [json.loads(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    routed, pinned = records[:-1], records[-1]
+    assert (pinned["chosen"], pinned["rule"], pinned["propensity"], pinned["explored"]) == \
+        ("frontier-xl", "pinned", 1.0, False)
+    router = Router.load(trained.artifact)
+    for r, p in zip(routed, prompts, strict=True):
+        policy = r["policy"]  # reproduce the greedy choice from the line alone: scores, prices, knob, prompt
+        tokens = (len(r["prompt"]) + 3) // 4
+        costs = [fixed + tokens * per_token for fixed, per_token in policy["prices"].values()]
+        knob = math.inf if policy["willingness_to_pay"] is None else policy["willingness_to_pay"]
+        g = list(policy["prices"])[_choose_one([r["scores"][m] for m in policy["prices"]], costs, knob)]
+        assert r["prompt"] == p and r["rule"] is None and r["explored"] == (r["chosen"] != g)
+        k = len(MODELS) - (g != "frontier-xl")  # eligible: all but frontier-xl, which only greedy may be
+        assert r["propensity"] == pytest.approx(1 / k)
+        assert r["chosen"] != "frontier-xl" or g == "frontier-xl"
+        assert policy["artifact_sha256"] == router.manifest["files"]["router.onnx"]
+        assert policy["exploration"] == {"kind": "epsilon", "rate": 1.0, "seed": 7, "max_cost_usd": None,
+                                         "exclude": ["frontier-xl"], "temperature": 0.1}
+        assert policy["willingness_to_pay"] == r["willingness_to_pay"] and set(policy["prices"]) == set(MODELS)
+    assert sum(r["explored"] for r in routed) >= 20
+    assert len({r["chosen"] for r in routed}) >= 3
+    assert max(len(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()) < 4000

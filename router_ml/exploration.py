@@ -1,0 +1,158 @@
+"""Exploration with recorded propensities: sometimes route to a model other than the greedy choice.
+
+Logged traffic is bandit feedback - only the chosen model's answer is ever rated - so learning from
+it and evaluating a new router off-policy needs decisions that sometimes leave the greedy choice,
+each logged with the probability (``propensity``) with which the deployed policy chose its model.
+:class:`Exploration` states that policy; :meth:`Explorer.draw` applies it to one prompt.
+
+Two kinds, both mixtures "greedy with probability ``1 - rate``, else explore":
+
+- ``epsilon``: explore uniformly over the *eligible* models (the greedy one included), so with ``k``
+  eligible models ``p(greedy) = 1 - rate + rate / k`` and ``p(other eligible) = rate / k``.
+- ``softmax``: explore by a softmax of the eligible models' utilities (``quality - cost / knob``, the
+  policy's own, :mod:`router_ml.policy`) divided by ``temperature``, so
+  ``p(m) = (1 - rate) [m = greedy] + rate * softmax(m)``; ``rate=1`` is a plain softmax policy.
+
+Eligible: not in ``exclude`` and, with ``max_cost_usd``, expected to cost at most that on the prompt.
+The greedy model is always eligible (exploration never forbids what the router would choose anyway),
+and an ineligible model has probability 0. No exploration (``None``, the default) means the greedy
+model with propensity exactly 1.0.
+
+Everything here is plain Python on a handful of floats, one random number per decision: it adds about
+1-3 us to a routing decision (``scripts/bench_runtime.py --explore-rate``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["KINDS", "Exploration", "Explorer"]
+
+KINDS = ("epsilon", "softmax")
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """An exploration policy (see the module doc). ``seed`` makes the draws reproducible in
+    single-threaded use (``None``: fresh entropy); ``temperature`` applies to ``softmax`` only, in
+    units of utility (predicted quality; at knob 0 the utility is minus the USD cost, whose differences
+    are tiny against a temperature of 0.1, so softmax exploration there is close to uniform)."""
+
+    kind: str = "epsilon"
+    rate: float = 0.05
+    seed: int | None = None
+    max_cost_usd: float | None = None
+    exclude: tuple[str, ...] = ()
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"exploration kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, int | float) or not 0 <= self.rate <= 1:
+            raise ValueError(f"exploration rate must be a number in [0, 1], got {self.rate!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"exploration seed must be an integer or None, got {self.seed!r}")
+        if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
+                                              or not isinstance(self.max_cost_usd, int | float)
+                                              or not self.max_cost_usd >= 0):
+            raise ValueError(f"exploration max_cost_usd must be a number >= 0 (USD) or None, got {self.max_cost_usd!r}")
+        if isinstance(self.exclude, str) or not all(isinstance(m, str) for m in self.exclude):
+            raise ValueError(f"exploration exclude must be a list of model names, got {self.exclude!r}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
+                or not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"exploration temperature must be a finite number > 0, got {self.temperature!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rate": self.rate, "seed": self.seed, "max_cost_usd": self.max_cost_usd,
+                "exclude": list(self.exclude), "temperature": self.temperature}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Exploration:
+        unknown = set(data) - {"kind", "rate", "seed", "max_cost_usd", "exclude", "temperature"}
+        if unknown:
+            raise ValueError(f"exploration: unknown field(s) {sorted(unknown)}; the fields are kind, rate, seed, "
+                             f"max_cost_usd, exclude, temperature")
+        return cls(**{**data, "exclude": tuple(data.get("exclude") or ())})
+
+
+class Explorer:
+    """An :class:`Exploration` bound to a router's models, with its own RNG seeded from the settings.
+
+    One ``random.Random.random()`` call per draw, and no lock: CPython's Mersenne Twister is thread-safe
+    (each call is atomic), and a draw never needs two numbers - an explored draw reuses ``u / rate``, which
+    given ``u < rate`` is again uniform on [0, 1). Single-threaded use with a seed is reproducible.
+    """
+
+    def __init__(self, exploration: Exploration, models: Sequence[str]):
+        unknown = [m for m in exploration.exclude if m not in models]
+        if unknown:
+            raise ValueError(f"exploration exclude names unknown model(s) {unknown}; the router's models are "
+                             f"{list(models)}")
+        self.exploration = exploration
+        self._rate = float(exploration.rate)
+        self._softmax = exploration.kind == "softmax"
+        self._inv_temperature = 1.0 / float(exploration.temperature)
+        self._cap = math.inf if exploration.max_cost_usd is None else float(exploration.max_cost_usd)
+        self._allowed = tuple(m not in exploration.exclude for m in models)
+        self._n_allowed = sum(self._allowed)
+        self._random = random.Random(exploration.seed).random
+
+    def eligible(self, costs: Sequence[float], greedy: int) -> list[int]:
+        """Indices that may be explored on this prompt: allowed and within the cost cap, plus ``greedy``."""
+        cap, allowed = self._cap, self._allowed
+        return [i for i, c in enumerate(costs) if i == greedy or (allowed[i] and c <= cap)]
+
+    def _weights(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> list[float]:
+        """Unnormalised softmax weights, 0 for ineligible models. ``greedy`` has the largest utility, so
+        subtracting its utility keeps every ``exp`` at most about 1."""
+        top, inv, cap, allowed, exp = utility[greedy], self._inv_temperature, self._cap, self._allowed, math.exp
+        return [exp((u - top) * inv) if i == greedy or (allowed[i] and costs[i] <= cap) else 0.0
+                for i, u in enumerate(utility)]
+
+    def probabilities(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> list[float]:
+        """The probability of every model on this prompt (what :meth:`draw` samples from)."""
+        rate = self._rate
+        if self._softmax:
+            weights = self._weights(utility, costs, greedy)
+        else:
+            eligible = set(self.eligible(costs, greedy))
+            weights = [1.0 if i in eligible else 0.0 for i in range(len(costs))]
+        total = sum(weights)
+        probs = [rate * w / total for w in weights]
+        probs[greedy] += 1.0 - rate
+        return probs
+
+    def draw(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> tuple[int, float]:
+        """``(chosen index, its propensity)`` for one prompt; ``utility`` is the policy's per model."""
+        u, rate = self._random(), self._rate
+        if not self._softmax:
+            if self._cap == math.inf:  # eligible = allowed, plus the greedy model: counted without a loop
+                k = self._n_allowed + (not self._allowed[greedy])
+                if u >= rate:
+                    return greedy, 1.0 - rate + rate / k
+                eligible = self.eligible(costs, greedy)
+            else:
+                eligible = self.eligible(costs, greedy)
+                k = len(eligible)
+                if u >= rate:
+                    return greedy, 1.0 - rate + rate / k
+            chosen = eligible[min(int(u / rate * k), k - 1)]
+            return chosen, (1.0 - rate + rate / k) if chosen == greedy else rate / k
+        weights = self._weights(utility, costs, greedy)
+        total = sum(weights)
+        if u >= rate:
+            return greedy, 1.0 - rate + rate * weights[greedy] / total
+        target, acc, chosen = u / rate * total, 0.0, greedy  # inverse CDF of the softmax part
+        for i, w in enumerate(weights):
+            if w > 0:
+                acc += w
+                chosen = i
+                if target < acc:
+                    break  # else rounding left target a hair past the total: the last eligible model
+        p = rate * weights[chosen] / total
+        return chosen, p + (1.0 - rate) if chosen == greedy else p
