@@ -17,6 +17,7 @@ import typing
 from router_ml import metrics
 from router_ml.decision_log import DecisionLog, FeedbackError
 from router_ml.errors import CatalogError, DataError, RouterMLError
+from router_ml.exploration import Exploration
 from router_ml.messages import routed_text
 from router_ml.optional import lazy_attributes as _lazy_attributes
 from router_ml.pricing import ModelPrice, PriceCatalog
@@ -35,6 +36,7 @@ __all__ = [
     "DataError",
     "Decision",
     "DecisionLog",
+    "Exploration",
     "FeedbackError",
     "ModelPrice",
     "PriceCatalog",

@@ -17,6 +17,7 @@ EXPECTED = {
         "DataError",
         "Decision",
         "DecisionLog",
+        "Exploration",
         "FeedbackError",
         "ModelPrice",
         "PriceCatalog",

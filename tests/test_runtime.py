@@ -24,9 +24,7 @@ from hypothesis import strategies as st
 from router_ml import ArtifactError, Decision, Router
 from training.export import ExportError, export_router
 
-pytestmark = [
-    pytest.mark.slow,
-]
+# tests that need a trained router are marked slow by conftest (they use the `trained` fixture)
 HEAVY = ("torch", "transformers", "datasets", "mlflow")
 
 
