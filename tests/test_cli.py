@@ -88,7 +88,7 @@ def test_prices_fill_missing_costs(tmp_path):
 
 # --- one console script, commands by package -------------------------------------------------------------
 
-TRAINING_COMMANDS = ("data", "train", "evaluate", "compare", "sweep", "export")
+TRAINING_COMMANDS = ("data", "train", "simulate-log", "evaluate", "compare", "sweep", "export")
 RUNTIME_COMMANDS = ("route", "serve", "feedback")
 SCRIPT = Path(sys.executable).with_name("router-ml")
 
@@ -103,7 +103,7 @@ def test_the_console_script_lists_every_command_in_the_order_it_always_had():
     out = script("--help")
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
-    listed = re.findall(r"^    (\w+) ", out.stdout, flags=re.MULTILINE)
+    listed = re.findall(r"^    ([a-z][\w-]*)\s", out.stdout, flags=re.MULTILINE)
     assert listed == [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]
 
 
@@ -210,7 +210,7 @@ def test_other_packages_add_command_groups_through_entry_points(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join(path)}
     listing = script("--help", env=env)
     assert listing.returncode == 0
-    listed = re.findall(r"^    (\w+) ", listing.stdout, flags=re.MULTILINE)
+    listed = re.findall(r"^    ([a-z][\w-]*)\s", listing.stdout, flags=re.MULTILINE)
     assert listed == ["hello", *TRAINING_COMMANDS, *RUNTIME_COMMANDS]  # groups in path order, runtime last
     assert listing.stderr.strip().splitlines() == [
         "router-ml: warning: command group 'broken' (broken_plugin:register) could not be loaded: "

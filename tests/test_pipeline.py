@@ -386,3 +386,28 @@ def test_evaluate_scores_a_log_with_propensities_off_policy_near_the_full_inform
     assert low - 0.01 <= exact["best_quality"] <= high + 0.01
     dr = evaluate_router(trained.checkpoint, log, n_boot=0, progress=False, estimator="dr")["test"]
     assert dr["estimator"] == "dr" and dr["best_quality"] == pytest.approx(exact["best_quality"], abs=0.03)
+
+
+def test_simulate_log_writes_bootstrap_log_and_test_parts_that_train_and_evaluate_read(tmp_path):
+    """`router-ml simulate-log` on demo data: prompt-disjoint parts, a log with one outcome and its propensity
+    per prompt following the stated epsilon-greedy policy, which `evaluate` then scores off-policy."""
+    table, _ = load_traffic(DEMO)
+    full = write_jsonl(table.records[:1500], tmp_path / "full.jsonl")
+    out = tmp_path / "sim"
+    result = cli("simulate-log", "--data", full, "--out", out, "--bootstrap", "400", "--logged", "0.5",
+                 "--explore-rate", "0.3", "--explore-seed", "1", "--seed", "0", "--quiet", *FAST,
+                 "--set", "tracking.enabled=false", "--set", "eval.baselines=random", cwd=tmp_path)
+    parts = {name: load_traffic(out / f"{name}.jsonl")[0] for name in ("bootstrap", "log", "test")}
+    assert (len(parts["bootstrap"]), len(parts["log"]), len(parts["test"])) == (400, 750, 350)
+    assert result["bootstrap_records"] == 400 and result["logged_records"] == 750
+    texts = [set(parts[n].texts) for n in parts]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])  # no prompt in two parts
+    k = len(table.models)
+    for record in parts["log"]:
+        (model, outcome), = record.outcomes.items()
+        assert outcome.propensity in (pytest.approx(1 - 0.3 + 0.3 / k), pytest.approx(0.3 / k))
+    assert 0.3 * (k - 1) / k - 0.06 <= result["explored_share"] <= 0.3 * (k - 1) / k + 0.06
+    assert np.isfinite(parts["log"].propensity).sum() == 750
+    scored = cli("evaluate", "--checkpoint", out / "bootstrap_router", "--data", out / "log.jsonl", "--json",
+                 "--quiet", cwd=tmp_path)
+    assert scored["test"]["estimator"] == "snips" and scored["scored"] == 750

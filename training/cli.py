@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_ml.cli import add_renamed_option
+from router_ml.cli import add_exploration_options, add_renamed_option
 from router_ml.errors import RouterMLError
 
 __all__ = ["register"]
@@ -169,6 +169,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_train_extra
+def cmd_simulate_log(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from router_ml.cli import exploration_from_args
+    from training.config import load_config
+    from training.simulate import simulate_log
+
+    exploration = exploration_from_args(args)
+    config = load_config(args.config, list(args.set or []))
+    result = simulate_log(config, args.path, out=args.out, bootstrap=_size(args.bootstrap, "--bootstrap"),
+                          logged=_size(args.logged, "--logged"), exploration=exploration, seed=args.seed,
+                          willingness_to_pay=args.willingness_to_pay, progress=not args.quiet,
+                          **_load_options(args))
+    print(json.dumps(result))
+    return 0
+
+
+def _size(text: str, flag: str) -> float | int:
+    """A record count ("1000") or a fraction ("0.05")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise RouterMLError(f"{flag} takes a record count or a fraction, got {text!r}") from None
+    return value if value < 1 else int(value)
+
+
 def _print_scores(title: str, test: dict[str, Any]) -> None:
     print(title)
     rows = [("router", test)] + list(test["baselines"].items())
@@ -292,6 +318,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "registry under NAME (load it with models:/NAME/VERSION)")
     _add_input_options(train, positional=False)
     train.set_defaults(func=cmd_train)
+
+    simulate = sub.add_parser("simulate-log", help="turn a full-information table into a bootstrap set, the log "
+                              "an exploring router trained on it would write (with propensities) and a test set")
+    simulate.add_argument("--data", required=True, dest="path", help="full-information data (every model's outcome)")
+    simulate.add_argument("--out", required=True, help="directory for bootstrap.jsonl, log.jsonl, test.jsonl")
+    simulate.add_argument("--config", help="the bootstrap router's TOML config (default: the defaults)")
+    simulate.add_argument("--bootstrap", default="0.05", help="bootstrap records: a count or a fraction (0.05)")
+    simulate.add_argument("--logged", default="0.65", help="logged records: a count or a fraction (0.65); "
+                          "the rest is the test set")
+    simulate.add_argument("--seed", type=int, default=0, help="split and bootstrap-training seed")
+    simulate.add_argument("--willingness-to-pay", type=float, help="the deployed knob (default: the artifact's)")
+    simulate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    simulate.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_exploration_options(simulate)
+    _add_input_options(simulate, positional=False)
+    simulate.set_defaults(func=cmd_simulate_log)
 
     evaluate = sub.add_parser("evaluate", help="score a trained router on (held-out) data")
     add_renamed_option(evaluate, "--checkpoint", old="--router", required=True,
