@@ -182,3 +182,25 @@ def test_encoder_training_ids_and_predictions_equal_the_exported_runtime(tiny_en
     expected = ["[CLS]", *["context"] * 16, "which", "model", "should", "answer", "this", "?", "[SEP]"]
     assert _tokens(tiny_encoder, runtime.encode(PROMPTS["decisive end"])[0][None], np.ones((1, MAX_LENGTH)))[0] == \
         expected
+
+
+def test_quality_loss_weights_observed_cells_and_propensity_weights_are_clipped():
+    import torch
+
+    from training.losses import quality_loss
+    from training.pipeline import propensity_loss_weights
+
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    quality = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    plain = quality_loss(logits, quality, mask)
+    assert torch.allclose(quality_loss(logits, quality, mask, torch.ones(2, 2)), plain)  # unit weights: the same
+    per_cell = torch.nn.functional.binary_cross_entropy_with_logits(logits, quality, reduction="none")
+    weights = torch.tensor([[4.0, 9.0], [1.0, 1.0]])  # the unobserved cell's weight is ignored
+    expected = (4 * per_cell[0, 0] + per_cell[1, 0] + per_cell[1, 1]) / 6
+    assert torch.allclose(quality_loss(logits, quality, mask, weights), expected)
+    propensity = np.array([[0.5, np.nan], [0.01, np.nan], [np.nan, np.nan]])
+    w = propensity_loss_weights(propensity, clip=20.0)
+    np.testing.assert_allclose(w, [[2.0, 1.0], [20.0, 1.0], [1.0, 1.0]])  # 1/0.01 = 100, clipped to 20
+    assert propensity_loss_weights(propensity, clip=0.0) is None  # off: masked training
+    assert propensity_loss_weights(np.full((2, 2), np.nan), clip=20.0) is None  # full-information data

@@ -71,6 +71,8 @@ class LossConfig:
     temperature: float = 0.2       #: softness of the choice distribution in the regret term
     knob_samples: int = 8          #: willingness-to-pay values sampled per batch
     pairwise_weight: float = 1.0   #: weight of Bradley-Terry loss on preferences (mf)
+    #: logged outcomes with a propensity p weigh min(1/p, this) in the quality loss; 0 = masked training
+    propensity_clip: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
     "loss.knob_samples": (lambda v: v >= 1, "an integer >= 1"),
     "loss.pairwise_weight": (lambda v: v >= 0, "a number >= 0"),
+    "loss.propensity_clip": (lambda v: v == 0 or v >= 1, "0 (off) or a weight cap >= 1"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.lr": (lambda v: v > 0, "a number > 0"),

@@ -29,11 +29,20 @@ import torch.nn.functional as F
 __all__ = ["bradley_terry_loss", "quality_loss", "sample_willingness", "tradeoff_loss"]
 
 
-def quality_loss(logits: torch.Tensor, quality: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked BCE between ``sigmoid(logits)`` and ``quality`` (NaN cells must be masked out)."""
+def quality_loss(logits: torch.Tensor, quality: torch.Tensor, mask: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked BCE between ``sigmoid(logits)`` and ``quality`` (NaN cells must be masked out).
+
+    ``weights`` (per cell, e.g. clipped inverse propensities of logged outcomes) make it the weighted
+    mean over observed cells: each model's head is then fitted as if its outcomes had been observed
+    on the prompts the logging policy mostly sent elsewhere (importance weighting against the
+    logging policy's covariate shift)."""
     target = torch.where(mask, quality, torch.zeros_like(quality))
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp_min(1)
+    if weights is None:
+        return (loss * mask).sum() / mask.sum().clamp_min(1)
+    w = weights * mask
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def sample_willingness(n: int, low: float, high: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -110,8 +110,19 @@ def group_labels(records: Any, field: str) -> np.ndarray:
     return np.asarray(values, dtype=str)
 
 
+def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray | None:
+    """Per-cell quality-loss weights ``min(1 / p, clip)`` of logged outcomes (1 where no propensity was
+    logged); None - plain masked training - when ``clip`` is 0 or nothing carries a propensity."""
+    known = np.isfinite(propensity)
+    if clip <= 0 or not known.any():
+        return None
+    with np.errstate(divide="ignore"):
+        return np.where(known, np.minimum(1.0 / np.where(known, propensity, 1.0), clip), 1.0)
+
+
 def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficTable, cost: np.ndarray,
-               cost_est: np.ndarray, groups: np.ndarray | None = None) -> Batchable:
+               cost_est: np.ndarray, groups: np.ndarray | None = None, clip: float = 0.0) -> Batchable:
+    weights = propensity_loss_weights(table.propensity[rows], clip)
     prefs = []
     col = {m: j for j, m in enumerate(table.models)}
     for local, i in enumerate(rows):
@@ -119,7 +130,7 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
             prefs.append((local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner]))
     return Batchable(inputs=tuple(x[rows] for x in inputs), quality=table.quality[rows], cost=cost[rows],
                      cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None,
-                     groups=None if groups is None else groups[rows])
+                     groups=None if groups is None else groups[rows], weights=weights)
 
 
 def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
@@ -167,8 +178,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                             "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
         tracker.set_tags({"router": config.router.kind, "featurizer": config.featurizer.name,
                           "data_fingerprint": fingerprint})
-        train = _batchable(inputs, split.train, table, prep.cost, cost_est, groups)
-        val = _batchable(inputs, split.val, table, prep.cost, cost_est, groups) if len(split.val) else None
+        clip = config.loss.propensity_clip
+        train = _batchable(inputs, split.train, table, prep.cost, cost_est, groups, clip)
+        val = _batchable(inputs, split.val, table, prep.cost, cost_est, groups, clip) if len(split.val) else None
         fit_started = time.perf_counter()
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))

@@ -38,6 +38,7 @@ class Batchable:
     cost_est: np.ndarray
     prefs: np.ndarray | None = None
     groups: np.ndarray | None = None  #: per record its group name ('' = none), when router.groups is set
+    weights: np.ndarray | None = None  #: per-cell quality-loss weights (clipped inverse propensities)
 
     def __len__(self) -> int:
         return len(self.quality)
@@ -67,13 +68,14 @@ def _tensors(data: Batchable, index: np.ndarray, device: torch.device):
     mask = ~torch.isnan(q)
     c = torch.as_tensor(np.nan_to_num(data.cost[index]), dtype=torch.float32, device=device)
     c_est = torch.as_tensor(data.cost_est[index], dtype=torch.float32, device=device)
-    return inputs, torch.nan_to_num(q), c, c_est, mask
+    w = None if data.weights is None else torch.as_tensor(data.weights[index], dtype=torch.float32, device=device)
+    return inputs, torch.nan_to_num(q), c, c_est, mask, w
 
 
 def _batch_loss(module, data, index, device, loss_cfg, wtp_range, generator, pref_index=None):
-    inputs, q, c, c_est, mask = _tensors(data, index, device)
+    inputs, q, c, c_est, mask, weights = _tensors(data, index, device)
     logits = module(*inputs)
-    loss = quality_loss(logits, q, mask)
+    loss = quality_loss(logits, q, mask, weights)
     if loss_cfg.tradeoff_weight > 0:
         w = sample_willingness(loss_cfg.knob_samples, *wtp_range, generator=generator).to(device)
         loss = loss + loss_cfg.tradeoff_weight * tradeoff_loss(logits, q, c, c_est, mask, w, loss_cfg.temperature)
