@@ -47,6 +47,7 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     """
     from router_ml import Router
     from training.data import load_traffic, split_table, write_jsonl
+    from training.data.splits import resolve_size
     from training.pipeline import train_router
 
     out = Path(out)
@@ -57,8 +58,8 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
                         f"{int(complete.sum())} of {len(table)} have every outcome")
     full = table.subset(np.flatnonzero(complete))
     total = len(full)
-    n_boot = int(round(bootstrap * total)) if isinstance(bootstrap, float) and bootstrap < 1 else int(bootstrap)
-    n_logged = int(round(logged * total)) if isinstance(logged, float) and logged < 1 else int(logged)
+    n_boot = resolve_size(bootstrap, total, "--bootstrap")
+    n_logged = resolve_size(logged, total, "--logged")
     if n_boot < 2 or n_logged < 1 or n_boot + n_logged >= total:
         raise DataError(f"--bootstrap {bootstrap} and --logged {logged} of {total} complete records leave "
                         f"{n_boot} bootstrap, {n_logged} logged and {total - n_boot - n_logged} test records; "

@@ -19,7 +19,7 @@ from router_ml.errors import DataError
 from training.data.loader import normalize_prompt
 from training.data.table import TrafficTable
 
-__all__ = ["Split", "split_table"]
+__all__ = ["Split", "resolve_size", "split_table"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class Split:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _resolve(size: float | int, total: int, what: str) -> int:
+def resolve_size(size: float | int, total: int, what: str) -> int:
+    """A record count from ``size``: a whole count, or a fraction (below 1) of ``total``; errors name ``what``."""
     if isinstance(size, bool) or size < 0:
         raise DataError(f"{what} must be a count >= 0 or a fraction in (0, 1), got {size!r}")
     if isinstance(size, float) and size < 1:
@@ -74,9 +75,9 @@ def split_table(table: TrafficTable, *, train_size: float | int, val_size: float
     1500
     """
     keys = [normalize_prompt(t) for t in table.texts]
-    n_train = _resolve(train_size, len(keys), "train_size")
+    n_train = resolve_size(train_size, len(keys), "train_size")
     labelled, rest = _take(_ordered_groups(keys, seed), n_train)
-    n_val = _resolve(val_size, len(labelled), "val_size")
+    n_val = resolve_size(val_size, len(labelled), "val_size")
     sub_keys = [keys[i] for i in labelled]
     val_local, _ = _take(_ordered_groups(sub_keys, seed + 1), n_val)
     val = np.array(sorted(labelled[i] for i in val_local), dtype=np.int64)
