@@ -71,9 +71,16 @@ class LossConfig:
     temperature: float = 0.2       #: softness of the choice distribution in the regret term
     knob_samples: int = 8          #: willingness-to-pay values sampled per batch
     pairwise_weight: float = 1.0   #: weight of Bradley-Terry loss on preferences (mf)
-    #: logged outcomes with a propensity p weigh min(1/p, this) in the quality loss; 0 (default) = masked
-    #: training - importance weighting hurt on 2 of 3 simulated MMLU-Pro logs (README), so it is opt-in
+    #: logged outcomes with a propensity p weigh min(1/p, this) in the quality loss; 0 (default) = off -
+    #: importance weighting hurt on 2 of 3 simulated MMLU-Pro logs (README), so it is opt-in
     propensity_clip: float = 0.0
+    #: what the loss sees for the models a logged record did not observe: "impute" (default) = targets
+    #: completed from a cross-fitted first-stage router and the models' residual correlation
+    #: (training/offpolicy.py); "mask" = those cells are left out of the loss
+    logged_targets: str = "impute"
+    imputed_weight: float = 0.5    #: loss weight of an imputed cell (an observed one weighs 1)
+    impute_folds: int = 5          #: cross-fitting folds of the first-stage router
+    impute_ridge: float = 0.05     #: ridge on the factor estimate (0 = unbiased GLS, 1 = posterior mean)
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.knob_samples": (lambda v: v >= 1, "an integer >= 1"),
     "loss.pairwise_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.propensity_clip": (lambda v: v == 0 or v >= 1, "0 (off) or a weight cap >= 1"),
+    "loss.imputed_weight": (lambda v: 0 < v <= 1, "a weight in (0, 1]"),
+    "loss.impute_folds": (lambda v: v >= 2, "an integer >= 2"),
+    "loss.impute_ridge": (lambda v: v >= 0, "a number >= 0"),
     "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.lr": (lambda v: v > 0, "a number > 0"),
@@ -238,6 +248,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.n_boot": (lambda v: v >= 0, "an integer >= 0 (0 = no confidence intervals)"),
 }
 _DEVICES = ("auto", "cpu", "cuda")
+LOGGED_TARGETS = ("impute", "mask")
 
 
 def _router_kinds() -> list[str]:
@@ -289,6 +300,8 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
         if baseline in seen:
             fail(f"eval.baselines[{i}]", f"{baseline!r} is listed twice")
         seen.add(baseline)
+    if config.loss.logged_targets not in LOGGED_TARGETS:
+        fail("loss.logged_targets", f"expected one of {', '.join(LOGGED_TARGETS)}, got {config.loss.logged_targets!r}")
     groups = config.router.groups
     if groups:
         if groups != "task" and not (groups.startswith("metadata.") and len(groups) > len("metadata.")):

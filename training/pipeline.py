@@ -35,6 +35,7 @@ from training.evaluation import (
     scoreable_rows,
     write_metrics_file,
 )
+from training.offpolicy import Completion, complete_targets
 from training.routers import ROUTERS, TorchRouter
 from training.routers.neural import check_groups
 from training.trainer import Batchable, distributed_context
@@ -121,16 +122,47 @@ def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray |
 
 
 def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficTable, cost: np.ndarray,
-               cost_est: np.ndarray, groups: np.ndarray | None = None, clip: float = 0.0) -> Batchable:
+               cost_est: np.ndarray, groups: np.ndarray | None = None, clip: float = 0.0,
+               completion: Completion | None = None, imputed_weight: float = 1.0) -> Batchable:
+    """One split's training arrays; with a ``completion`` the quality targets are the completed ones
+    and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py)."""
     weights = propensity_loss_weights(table.propensity[rows], clip)
+    quality = table.quality[rows]
+    if completion is not None and completion.imputed[rows].any():
+        quality = completion.quality[rows]
+        base = np.ones(quality.shape) if weights is None else weights
+        weights = np.where(completion.imputed[rows], imputed_weight, base)
     prefs = []
     col = {m: j for j, m in enumerate(table.models)}
     for local, i in enumerate(rows):
         for p in table[int(i)].preferences:
             prefs.append((local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner]))
-    return Batchable(inputs=tuple(x[rows] for x in inputs), quality=table.quality[rows], cost=cost[rows],
+    return Batchable(inputs=tuple(x[rows] for x in inputs), quality=quality, cost=cost[rows],
                      cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None,
                      groups=None if groups is None else groups[rows], weights=weights)
+
+
+def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared, cost_est: np.ndarray,
+                     groups: np.ndarray | None) -> Completion:
+    """Completed targets for the logged (partial) records of train + validation: the first stage is
+    the configured router itself, cross-fitted on the full-information records (training/offpolicy.py)."""
+    table = prep.table
+
+    def fit_predict(train_rows: np.ndarray, val_rows: np.ndarray, predict_rows: np.ndarray) -> np.ndarray:
+        stage: TorchRouter = router_cls(config=config, n_models=len(table.models),
+                                        input_dim=None if router_cls.text_inputs else X.shape[1])
+        stage.fit(_batchable(inputs, train_rows, table, prep.cost, cost_est, groups),
+                  _batchable(inputs, val_rows, table, prep.cost, cost_est, groups), wtp_range=_wtp_range(prep.cost))
+        return stage.predict(tuple(x[predict_rows] for x in inputs))
+
+    completion = complete_targets(table.quality, np.concatenate([prep.split.train, prep.split.val]),
+                                  fit_predict=fit_predict, folds=config.loss.impute_folds, seed=config.data.seed,
+                                  ridge=config.loss.impute_ridge)
+    if completion.report.get("imputed_cells"):
+        log.info("completed %d logged records (%d cells) from %d full-information records in %.1fs",
+                 completion.report["partial_records"], completion.report["imputed_cells"],
+                 completion.report["full_records"], completion.report["seconds"])
+    return completion
 
 
 def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
@@ -178,10 +210,14 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                             "featurizer.identity": json.dumps(featurizer_identity, sort_keys=True)})
         tracker.set_tags({"router": config.router.kind, "featurizer": config.featurizer.name,
                           "data_fingerprint": fingerprint})
-        clip = config.loss.propensity_clip
-        train = _batchable(inputs, split.train, table, prep.cost, cost_est, groups, clip)
-        val = _batchable(inputs, split.val, table, prep.cost, cost_est, groups, clip) if len(split.val) else None
         fit_started = time.perf_counter()
+        clip, completion = config.loss.propensity_clip, None
+        if config.loss.logged_targets == "impute":
+            completion = _complete_logged(config, router_cls, inputs, X, prep, cost_est, groups)
+            tracker.log_params({"logged_targets.method": completion.report["method"]})
+        batch = dict(groups=groups, clip=clip, completion=completion, imputed_weight=config.loss.imputed_weight)
+        train = _batchable(inputs, split.train, table, prep.cost, cost_est, **batch)
+        val = _batchable(inputs, split.val, table, prep.cost, cost_est, **batch) if len(split.val) else None
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
@@ -222,6 +258,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "rejected": prep.report.rejected,
             "excluded": prep.report.excluded,
             "fit_seconds": round(fit_seconds, 2),
+            "logged_targets": None if completion is None else completion.report,
             "total_seconds": round(time.perf_counter() - started, 2),
             "out": str(out_dir),
             "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
