@@ -1,7 +1,7 @@
 """Compare trained router variants: saved routers on one log, or MLflow runs; one ranked table.
 
 **Saved routers on a log** (:func:`compare_routers`): each checkpoint or artifact directory is
-scored by :func:`training.pipeline.evaluate_router` on the same data with the same estimator (on
+scored by :func:`training.evaluate_saved.evaluate_router` on the same data with the same estimator (on
 logged traffic SNIPS by default: see there), and ranked by AIQ, or by quality or cost at each
 router's default knob, each with its bootstrap interval and the effective sample size behind it -
 so a ranking whose intervals overlap, or that rests on a handful of matching logged choices, shows

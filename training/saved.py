@@ -3,7 +3,7 @@
 ``router-ml evaluate --router DIR`` and ``router-ml compare --router DIR ...`` take either kind of
 directory. Both give what scoring needs - the models in output order, predicted quality and the
 runtime's cost estimate per prompt, the knob grid the router was scored on in training and its
-default knob - so :func:`training.pipeline.evaluate_router` scores them the same way. They differ
+default knob - so :func:`training.evaluate_saved.evaluate_router` scores them the same way. They differ
 in one thing a report must say: a checkpoint lists the prompts it was trained and validated on
 (``split.json``), so evaluation can drop them; an artifact does not, so nothing is dropped and the
 report says that it could not be checked.
