@@ -130,9 +130,11 @@ def test_the_renamed_flags_are_the_only_ones_shown():
     from router_ml.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for command, new in (("evaluate", "--checkpoint"), ("route", "--artifact"), ("serve", "--artifact")):
+    for command, new in (("route", "--artifact"), ("serve", "--artifact")):
         text = sub.choices[command].format_help()
         assert new in text and "--router" not in text, command
+    # evaluate takes a checkpoint or an artifact: --router DIR, with --checkpoint a visible alias
+    assert "--router DIR, --checkpoint DIR" in sub.choices["evaluate"].format_help()
 
 
 @pytest.mark.slow  # the session's trained router
@@ -157,17 +159,22 @@ def test_serve_accepts_the_old_router_flag_with_a_deprecation_warning(tmp_path):
 
 
 @pytest.mark.slow  # the session's trained router
-def test_evaluate_accepts_the_old_router_flag_with_a_deprecation_warning(trained, tmp_path):
+def test_evaluate_takes_router_or_its_checkpoint_alias_without_a_warning(trained, tmp_path):
     from training.data import load_traffic, write_jsonl
 
     table, _ = load_traffic(DEMO)
     held_out = write_jsonl(table.records[TRAIN_RECORDS:TRAIN_RECORDS + 200], tmp_path / "held_out.jsonl")
-    old = script("evaluate", "--router", trained.checkpoint, "--data", held_out, "--json", "--quiet",
-                 "--cache-dir", tmp_path / "cache")
-    assert old.returncode == 0, old.stderr[-3000:]
-    assert "router-ml: warning: 'evaluate --router' is deprecated" in old.stderr and "--checkpoint" in old.stderr
-    result = json.loads(old.stdout)
-    assert result["scored"] == 200 and result["dropped_seen"] == 0
+    results = []
+    for flag in ("--router", "--checkpoint"):
+        out = script("evaluate", flag, trained.checkpoint, "--data", held_out, "--json", "--quiet",
+                     "--cache-dir", tmp_path / "cache")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "deprecated" not in out.stderr
+        results.append(json.loads(out.stdout))
+    assert results[0] == results[1]
+    assert results[0]["scored"] == 200 and results[0]["dropped_seen"] == 0
+    missing = script("evaluate", "--data", held_out)
+    assert missing.returncode == 2 and "--router" in missing.stderr
 
 
 def test_training_commands_name_the_extra_when_it_is_missing(tmp_path):

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_ml.cli import add_exploration_options, add_renamed_option
+from router_ml.cli import add_exploration_options
 from router_ml.errors import RouterMLError
 
 __all__ = ["register"]
@@ -221,6 +221,37 @@ def _print_artifacts(result: dict[str, Any]) -> None:
               f"max |score diff| {art['max_abs_diff']:.2e}")
 
 
+def _print_default_knob(result: dict[str, Any]) -> None:
+    """The router's point at the knob it ships with, and any warning about the estimate, for people."""
+    knob = result["default_knob"]
+    ci = knob.get("ci95", {})
+
+    def band(key: str, spec: str) -> str:
+        low, high = ci.get(key, (None, None))
+        return "" if low is None else f" [{format(low, spec)}, {format(high, spec)}]"
+
+    wtp = "inf" if knob["willingness_to_pay"] is None else format(knob["willingness_to_pay"], ".4g")
+    top = ", ".join(f"{m} {100 * share:.1f}%" for m, share in list(knob["models"].items())[:3])
+    ess = f"; ESS {knob['effective_sample_size']:.0f}" if "effective_sample_size" in knob else ""
+    print(f"  default knob (willingness to pay {wtp} USD/quality, {knob['estimator']}): quality "
+          f"{_fmt(knob['quality'], '.4f')}{band('quality', '.4f')}, cost {knob['cost']:.3e}{band('cost', '.3e')} USD"
+          f"{ess}; routes {top}")
+
+
+def _warn(result: dict[str, Any]) -> None:
+    for one in result["sets"]:
+        if one.get("warning"):
+            print(f"router-ml: warning: {one['warning']}", file=sys.stderr)
+
+
+def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``evaluate`` and ``compare --router`` pass to :func:`training.pipeline.evaluate_router`."""
+    return {"prices": args.prices, "include_seen": args.include_seen, "cache_dir": args.cache_dir,
+            "progress": not args.quiet, "estimator": args.estimator, "willingness_to_pay": args.willingness_to_pay,
+            "n_boot": args.n_boot,
+            **_load_options(args)}
+
+
 @_needs_train_extra
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet or args.json)
@@ -230,16 +261,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(datasets) > 1 and args.quarantine:
         raise RouterMLError("--quarantine names one file but several --data sets were given; leave it out to get "
                             "one ./<input name>.quarantine.jsonl per set")
-    result = evaluate_many(args.checkpoint, datasets, prices=args.prices, include_seen=args.include_seen,
-                           cache_dir=args.cache_dir, progress=not args.quiet, artifacts=args.artifact or (),
-                           estimator=args.estimator, **_load_options(args))
+    result = evaluate_many(args.router, datasets, artifacts=args.artifact or (), **_evaluate_options(args))
+    _warn(result)
     if len(datasets) == 1:  # one set: the same JSON shape as training's test report
         single = result["sets"][0]
         if args.json:
             print(json.dumps(single))
             return 0
         _print_scores(f"{single['router']} on {single['data']}: {single['scored']} prompts scored "
-                      f"({single['dropped_seen']} seen in training dropped)", single["test"])
+                      f"({_seen_note(single)})", single["test"])
+        _print_default_knob(single)
         _print_artifacts(single)
         return 0
     if args.json:
@@ -247,15 +278,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     for one in result["sets"]:
         note = f"; not in this data: {len(one['models_missing'])} models" if one["models_missing"] else ""
-        _print_scores(f"{one['data']}: {one['scored']} prompts scored ({one['dropped_seen']} seen in training "
-                      f"dropped{note})", one["test"])
+        _print_scores(f"{one['data']}: {one['scored']} prompts scored ({_seen_note(one)}{note})", one["test"])
+        _print_default_knob(one)
         _print_artifacts(one)
     _print_scores(f"macro average over {result['macro']['sets']} sets", result["macro"]["test"])
     return 0
 
 
+def _seen_note(result: dict[str, Any]) -> str:
+    if result["seen_prompts"] == "dropped":
+        return f"{result['dropped_seen']} seen in training dropped"
+    return "training prompts " + result["seen_prompts"].split(";")[0]
+
+
 @_needs_train_extra
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.router:
+        from training.compare import compare_routers, format_router_table
+
+        if args.experiment or args.run_id or args.filter:
+            raise RouterMLError("compare either saved routers on a log (--router ... --data) or MLflow runs "
+                                "(--experiment/--run-id/--filter), not both")
+        if not args.path:
+            raise RouterMLError("--router needs --data: the log (or labelled data) to score every router on")
+        _setup_logging(args.quiet or args.json)
+        result = compare_routers(args.router, args.path, sort=args.sort, **_evaluate_options(args))
+        _warn({"sets": result["routers"]})
+        print(json.dumps(result) if args.json else format_router_table(result))
+        return 0
     from training.compare import compare_runs, format_table
 
     result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
@@ -290,6 +340,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_router(checkpoint, args.out, quantize=args.quantize, default_willingness=args.willingness_to_pay)
     print(json.dumps({"out": args.out, **report}))
     return 0
+
+
+def _add_scoring_options(p: argparse.ArgumentParser) -> None:
+    """How a saved router is scored on data: ``evaluate`` and ``compare --router`` share these."""
+    p.add_argument("--estimator", choices=("auto", "ips", "snips", "dr"), default="auto",
+                   help="how logged traffic (one model's outcome per prompt) is scored. auto: exact with every "
+                        "outcome; with logged propensities snips - self-normalised IPS, the lowest variance of the "
+                        "three and never outside the range of the observed qualities; without propensities auto "
+                        "refuses. ips, snips, dr (doubly robust, the router's predictions as reward model) force "
+                        "an estimate; without propensities it uses exposure weights and is flagged biased")
+    p.add_argument("--willingness-to-pay", type=float, metavar="USD",
+                   help="report the default-knob point at this knob (USD per unit of quality) instead of the "
+                        "router's own (artifact manifest, or what export would ship for a checkpoint)")
+    p.add_argument("--n-boot", type=int, metavar="N", help="bootstrap resamples for the 95%% intervals (default: the "
+                   "router's eval.n_boot; 0 = no intervals)")
+    p.add_argument("--include-seen", action="store_true",
+                   help="keep prompts the router was trained on (dropped by default; checkpoints only)")
+    p.add_argument("--cache-dir")
+    p.add_argument("--quiet", action="store_true")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -336,37 +405,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.set_defaults(func=cmd_simulate_log)
 
     evaluate = sub.add_parser("evaluate", help="score a trained router on (held-out) data")
-    add_renamed_option(evaluate, "--checkpoint", old="--router", required=True,
-                       help="a directory written by 'router-ml train'")
+    evaluate.add_argument("--router", "--checkpoint", dest="router", required=True, metavar="DIR",
+                          help="a checkpoint written by 'router-ml train', or an exported artifact directory "
+                               "(scored through the runtime; it lists no training prompts to drop)")
     evaluate.add_argument("--data", required=True, dest="path", action="append",
                           help="data set to score on; repeat for several (per-set and macro-averaged results)")
     evaluate.add_argument("--artifact", action="append", metavar="DIR",
                           help="also score this exported artifact of the checkpoint (fp32 or int8) through the "
                                "runtime on the same prompts (repeatable); printed beside the checkpoint's numbers")
-    evaluate.add_argument("--estimator", choices=("auto", "ips", "snips", "dr"), default="auto",
-                          help="how logged traffic (one model per prompt) is scored: auto = exact with every outcome, "
-                               "else self-normalised IPS with logged propensities (default), plain IPS, or doubly "
-                               "robust with the router's predictions as reward model")
-    evaluate.add_argument("--include-seen", action="store_true",
-                          help="keep prompts the router was trained on (dropped by default)")
-    evaluate.add_argument("--cache-dir")
-    evaluate.add_argument("--quiet", action="store_true")
+    _add_scoring_options(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_input_options(evaluate, positional=False)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    compare = sub.add_parser("compare", help="rank MLflow training runs on the same data and plot their curves")
+    compare = sub.add_parser("compare", help="rank saved routers on one log, or MLflow training runs on the same "
+                             "data, and plot their curves")
+    compare.add_argument("--router", action="append", metavar="DIR",
+                         help="a checkpoint or artifact directory to score on --data (repeatable): ranks the routers "
+                              "by the same estimator on the same prompts")
+    compare.add_argument("--data", dest="path", metavar="FILE", help="with --router: the log (or labelled data)")
     compare.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
     compare.add_argument("--run-id", action="append", help="an MLflow run id (repeatable)")
     compare.add_argument("--filter", help="MLflow filter, e.g. \"params.data_fingerprint = '...'\"")
-    compare.add_argument("--sort", default="aiq", help="aiq (default), apgr, cpt_50, savings_at_iso_quality, "
-                         "best_quality, latency_p50_us or fit_seconds")
+    compare.add_argument("--sort", default="aiq", help="with --router: aiq (default), quality or cost (at the "
+                         "default knob); for MLflow runs: aiq, apgr, cpt_50, savings_at_iso_quality, best_quality, "
+                         "latency_p50_us or fit_seconds")
     compare.add_argument("--allow-mixed", action="store_true",
                          help="rank runs trained or tested on different data or splits anyway")
     compare.add_argument("--plot", default="comparison.png", help="PNG to write (default ./comparison.png)")
     compare.add_argument("--no-plot", action="store_true", help="table only")
     compare.add_argument("--no-log", action="store_true", help="do not log the figure to MLflow")
     compare.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    _add_scoring_options(compare)
+    _add_input_options(compare, positional=False)
     compare.set_defaults(func=cmd_compare)
 
     sweep = sub.add_parser("sweep", help="train a grid of settings x seeds as MLflow child runs and summarise")

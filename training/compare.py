@@ -1,4 +1,13 @@
-"""Compare trained router variants through MLflow: one ranked table and one cost-quality figure.
+"""Compare trained router variants: saved routers on one log, or MLflow runs; one ranked table.
+
+**Saved routers on a log** (:func:`compare_routers`): each checkpoint or artifact directory is
+scored by :func:`training.evaluate_saved.evaluate_router` on the same data with the same estimator (on
+logged traffic SNIPS by default: see there), and ranked by AIQ, or by quality or cost at each
+router's default knob, each with its bootstrap interval and the effective sample size behind it -
+so a ranking whose intervals overlap, or that rests on a handful of matching logged choices, shows
+it. This is how the next router is picked from the traffic the current one logged.
+
+**MLflow runs** (:func:`compare_runs`):
 
 A run is comparable with another when both were trained on the same data (``data_fingerprint``)
 and split the same way (seed, train/validation sizes): then they were tested on the same prompts.
@@ -25,7 +34,8 @@ from typing import Any
 from router_ml.errors import RouterMLError
 from training.evaluation import read_metrics_file
 
-__all__ = ["COLUMNS", "LOWER_IS_BETTER", "compare_runs", "format_table"]
+__all__ = ["COLUMNS", "LOWER_IS_BETTER", "ROUTER_SORTS", "compare_routers", "compare_runs", "format_router_table",
+           "format_table"]
 
 # (column, MLflow metric) - the table's metric columns
 COLUMNS = (
@@ -36,6 +46,72 @@ LOWER_IS_BETTER = {"cpt_50", "savings_at_iso_quality", "latency_p50_us", "fit_se
 # what must agree for two runs to have been tested on the same prompts
 _SAME_DATA = ("data_fingerprint",)
 _SAME_SPLIT = ("data.seed", "data.train_size", "data.val_size", "split.train", "split.val", "split.test")
+
+
+#: ``compare --router`` sort keys -> (where in a router's row, higher is better)
+ROUTER_SORTS = {"aiq": ("aiq", True), "quality": ("quality", True), "cost": ("cost", False)}
+
+
+def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: str = "aiq",
+                    **options: Any) -> dict[str, Any]:
+    """Score each saved router (checkpoint or artifact directory) on ``data`` and rank them by ``sort``
+    (:data:`ROUTER_SORTS`; ties and missing values last). ``options`` go to
+    :func:`training.pipeline.evaluate_router` (estimator, prices, load options...). Returns
+    ``{"data", "estimator", "sort", "ranking": [row, ...], "routers": [full report, ...]}``.
+
+    >>> compare_routers(["runs/a", "runs/b"], "log.jsonl")["ranking"][0]["router_dir"]   # doctest: +SKIP
+    'runs/b'
+    """
+    from training.pipeline import evaluate_router
+
+    if sort not in ROUTER_SORTS:
+        raise RouterMLError(f"--sort {sort!r}: with --router choose one of {', '.join(ROUTER_SORTS)}")
+    if not routers:
+        raise RouterMLError("give at least one --router DIR")
+    reports = [evaluate_router(path, data, **options) for path in routers]
+    rows = []
+    for report in reports:
+        test, knob = report["test"], report["default_knob"]
+        ci = knob.get("ci95", {})
+        off = test.get("off_policy", {})
+        rows.append({"router_dir": report["router_dir"], "router": report["router"], "kind": report["router_kind"],
+                     "scored": report["scored"], "aiq": test.get("aiq"), "aiq_ci95": test.get("ci95", {}).get("aiq"),
+                     "willingness_to_pay": knob["willingness_to_pay"], "quality": knob["quality"],
+                     "quality_ci95": ci.get("quality"), "cost": knob["cost"], "cost_ci95": ci.get("cost"),
+                     "ess": knob.get("effective_sample_size"),
+                     "ess_curve_median": off.get("effective_sample_size", {}).get("median"),
+                     "biased": report["biased"]})
+    key, higher = ROUTER_SORTS[sort]
+    rows.sort(key=lambda r: (r[key] is None, -r[key] if higher and r[key] is not None else r[key] or 0.0))
+    return {"data": str(data), "estimator": reports[0]["test"]["estimator"], "sort": sort, "ranking": rows,
+            "routers": reports}
+
+
+def format_router_table(result: dict[str, Any]) -> str:
+    """``compare --router``'s ranking as an aligned text table (intervals are 95% bootstrap)."""
+    def band(value: Any, ci: Any, spec: str) -> str:
+        text = _fmt(value, spec)
+        return text if not ci or ci[0] is None else f"{text} [{format(ci[0], spec)}, {format(ci[1], spec)}]"
+
+    head = ("#", "router", "AIQ", "quality @ default knob", "cost @ default knob (USD)", "ESS")
+    lines = [head] + [(str(rank), row["router_dir"], band(row["aiq"], row["aiq_ci95"], ".4f"),
+                       band(row["quality"], row["quality_ci95"], ".4f"), band(row["cost"], row["cost_ci95"], ".3e"),
+                       _fmt(row["ess"], ".0f")) for rank, row in enumerate(result["ranking"], start=1)]
+    footer = (f"{len(result['ranking'])} routers on {result['data']} ({result['estimator']}), sorted by "
+              f"{result['sort']}; ESS = effective sample size at the default knob")
+    if any(row["biased"] for row in result["ranking"]):
+        footer += "; WARNING: no logged propensities, estimates biased (exposure weights)"
+    return _aligned(lines, left=2) + "\n" + footer
+
+
+def _aligned(lines: list[tuple[str, ...]], *, left: int) -> str:
+    """Rows as columns: the first ``left`` columns left-aligned, the rest right-aligned; a rule under the head."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
+                                                                                                      strict=True)))
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
 
 
 def _client(tracking_uri: str | None):
@@ -185,11 +261,6 @@ def format_table(result: dict[str, Any]) -> str:
                       _fmt(r["apgr"], ".3f"), _fmt(None if r["cpt_50"] is None else 100 * r["cpt_50"], ".1f"),
                       _fmt(r["savings_at_iso_quality"], ".3f"), _fmt(r["best_quality"], ".4f"),
                       _fmt(r["latency_p50_us"], ".0f"), _fmt(r["fit_seconds"], ".1f")))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
-                                                                                                   strict=True)))
-            for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
     footer = f"sorted by {result['sort']}"
     if result["mixed"]:
         footer += "; WARNING: runs trained/tested on different data or splits (--allow-mixed)"
@@ -197,4 +268,4 @@ def format_table(result: dict[str, Any]) -> str:
         footer += f"; figure: {result['plot']}"
     if result["comparison_run_id"]:
         footer += f" (logged to MLflow run {result['comparison_run_id']})"
-    return "\n".join([*text, footer])
+    return "\n".join([_aligned(lines, left=3), footer])

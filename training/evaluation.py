@@ -26,7 +26,11 @@ weights of :func:`router_ml.metrics.exposure_weights`: a chosen model's observed
 choice whose outcome was not observed counts 0. This is unbiased when which models were observed
 does not depend on the prompt (random exploration, like the uniformly masked copies in the tests);
 with every outcome observed it is the plain mean. The oracle needs every outcome and is left out
-then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`).
+then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`). With the logging
+policy's propensities the estimators of :class:`HeldOut` apply; without them a report's
+``off_policy.biased`` is true, and ``router-ml evaluate`` refuses such a log unless an estimator is
+forced (:mod:`training.evaluate_saved`). :func:`default_knob` gives the router's single operating
+point at the knob it ships with, estimated the same way, with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ __all__ = [
     "METRICS_FORMAT",
     "Baseline",
     "HeldOut",
+    "default_knob",
     "evaluate_held_out",
     "read_metrics_file",
     "score_choices",
@@ -152,17 +157,24 @@ def _ci(statistic: Callable[[np.ndarray], float | None], n: int, n_boot: int, se
     return [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
 
 
+def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
+              estimator: str, reward_model: np.ndarray | None, *, fill: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mean cost, mean quality) per knob value of ``choices``: exact without ``weights``, else the off-policy
+    estimate kept inside the range of the observed qualities (IPS and DR can leave it; SNIPS never does).
+    A knob value where no logged choice matched (SNIPS: undefined) is NaN, or with ``fill`` the worst
+    observed quality - curves need a number there, a bootstrap resample is better skipped."""
+    if weights is None:
+        return metrics.curve_from_choices(quality, cost, choices)
+    c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
+                                      reward_model=reward_model)
+    q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
+    return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
+
+
 def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
                    estimator: str = "ips", reward_model: np.ndarray | None = None,
                    ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
-    if weights is None:
-        c, q = metrics.curve_from_choices(quality, cost, choices)
-    else:
-        c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
-                                          reward_model=reward_model)
-        # an estimate is never outside the range of the data (IPS and DR can be; SNIPS never is)
-        q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
-        q = np.where(np.isnan(q), np.nanmin(quality), q)  # no prompt matched (SNIPS): the worst observed
+    c, q = _estimate(quality, cost, choices, weights, estimator, reward_model)
     sc, sq = metrics.single_model_points(quality, cost, weights=weights)
     return metrics.curve_summary(c, q, single_costs=sc, single_qualities=sq), c, q
 
@@ -195,6 +207,7 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
         rare = np.flatnonzero((~np.isnan(quality)).mean(axis=0) < 0.01)
         report["off_policy"] = {
             "propensities": "logged" if held.has_propensities else "exposure (assumes prompt-independent logging)",
+            "biased": not held.has_propensities,
             "effective_sample_size": {"min": float(ess.min()), "median": float(np.median(ess))},
             "unsupported_choice_share": float(np.isin(choices, rare).mean(axis=1).max()),
         }
@@ -223,6 +236,43 @@ def score_predictions(pred: np.ndarray, held: HeldOut, *, n_boot: int | None = N
     ``held.cost_est`` into a choice per knob value of ``held.wtps``; then :func:`score_choices`."""
     choices = np.stack([choose(pred, held.cost_est, w) for w in held.wtps])
     return score_choices(choices, held, wtps=held.wtps, n_boot=n_boot, scores=_two_model_scores(pred, held))
+
+
+def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
+                 n_boot: int | None = None) -> dict[str, Any]:
+    """The router's operating point at one knob value - the one it ships with - estimated like its curve.
+
+    ``quality`` and ``cost`` are the means over ``held``'s prompts of the chosen models' outcomes (exact
+    with every outcome, else ``held``'s off-policy estimator), ``ci95`` their percentile bootstrap
+    intervals over prompts (each resample re-estimates, so SNIPS is re-normalised on it; resamples
+    where no logged choice matches the router's are skipped), ``models`` the share of prompts routed to
+    each model and, off-policy, the Kish effective sample size of the matching logged choices.
+
+    >>> default_knob(pred, held, 0.01)["quality"]   # doctest: +SKIP
+    0.71
+    """
+    n_boot = held.n_boot if n_boot is None else n_boot
+    choice = choose(pred, held.cost_est, willingness_to_pay)[None, :]
+    weights, estimator, model = held.weights(), held.resolved_estimator(), held.reward_model
+
+    def point(idx: np.ndarray | slice) -> tuple[float, float]:
+        w = None if weights is None else weights[idx]
+        rm = None if model is None else model[idx]
+        c, q = _estimate(held.quality[idx], held.cost[idx], choice[:, idx], w, estimator, rm, fill=False)
+        return float(c[0]), float(q[0])
+
+    cost, quality = point(slice(None))
+    n = held.quality.shape[0]
+    out: dict[str, Any] = {"willingness_to_pay": wtp_to_json(willingness_to_pay),
+                           "quality": None if np.isnan(quality) else quality, "cost": cost, "estimator": estimator}
+    if n_boot:
+        out["ci95"] = {"quality": _ci(lambda idx: point(idx)[1], n, n_boot, held.seed),
+                       "cost": _ci(lambda idx: point(idx)[0], n, n_boot, held.seed)}
+    shares = np.bincount(choice[0], minlength=len(held.models)) / n
+    out["models"] = {held.models[j]: float(shares[j]) for j in np.argsort(-shares, kind="stable") if shares[j] > 0}
+    if weights is not None:
+        out["effective_sample_size"] = float(metrics.effective_sample_size(weights, choice)[0])
+    return out
 
 
 # --- baselines ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``train_router`` and ``evaluate_router``: load -> split -> featurize -> train -> evaluate -> save.
+"""``train_router``: load -> split -> featurize -> train -> evaluate -> save (saved routers are scored by
+:mod:`training.evaluate_saved`, re-exported here).
 
 Everything a run decides is derived from the config and the data: the seed is set here (never at
 import), the split is the data layer's deterministic grouped split, and the router directory
@@ -13,7 +14,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,8 @@ from router_ml.pricing import PriceCatalog
 from training.config import TrainConfig, validate
 from training.costs import fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
-from training.evaluation import (
-    BASELINES,
-    HeldOut,
-    evaluate_held_out,
-    read_metrics_file,
-    scoreable_rows,
-    write_metrics_file,
-)
+from training.evaluate_saved import evaluate_many, evaluate_router  # their home before they moved
+from training.evaluation import HeldOut, evaluate_held_out, read_metrics_file, scoreable_rows, write_metrics_file
 from training.offpolicy import Completion, complete_targets
 from training.routers import ROUTERS, TorchRouter
 from training.routers.neural import check_groups
@@ -369,119 +363,3 @@ def saved_knob_grid(router_dir: str | Path) -> np.ndarray:
         return np.asarray(cost_model.knob_grid)
     curve = read_metrics_file(router_dir / "metrics.json")["curve"]
     return np.array([wtp_from_json(w) for w in curve["willingness_to_pay"]])
-
-
-def _artifact_report(path: str | Path, texts: list[str], models: tuple[str, ...], held: HeldOut,
-                     reference: np.ndarray) -> dict[str, Any]:
-    """An exported artifact scored through the runtime on the same prompts, costs and knob grid as the
-    checkpoint's ``reference`` predictions, with the share of prompts routed differently at its knob."""
-    from router_ml import Router
-    from router_ml.policy import choose
-
-    artifact = Router.load(path)
-    absent = [m for m in models if m not in artifact.models]
-    if absent:
-        raise RouterMLError(f"{path}: the artifact has no output for {absent}; export it from this checkpoint")
-    pred = artifact.predict(texts)[:, [artifact.models.index(m) for m in models]]
-    result = evaluate_held_out(pred, held, baselines=())
-    knob = artifact.willingness_to_pay
-    changed = choose(pred, held.cost_est, knob) != choose(reference, held.cost_est, knob)
-    return {"artifact": str(path), "quantization": artifact.manifest.get("quantization"),
-            "max_abs_diff": float(np.max(np.abs(pred - reference))), "changed_routes": float(changed.mean()),
-            "willingness_to_pay": None if np.isinf(knob) else knob, "test": result["test"]}
-
-
-def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
-                    include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
-                    n_boot: int | None = None, artifacts: Sequence[str | Path] = (), estimator: str = "auto",
-                    **load_options: Any) -> dict[str, Any]:
-    """Score a saved router (a checkpoint written by ``train``) on ``data`` in the same JSON shape as
-    training's ``test``, on the knob grid it was trained with.
-
-    Prompts the router was trained or validated on are dropped (and counted) unless
-    ``include_seen`` - so evaluation on any data set stays held out. Each of ``artifacts`` (exported
-    ONNX directories of this checkpoint, fp32 or int8) is scored the same way through the torch-free
-    runtime and reported under ``artifacts`` beside the checkpoint's numbers. Logged traffic is scored
-    off-policy by ``estimator`` (:class:`training.evaluation.HeldOut`; ``dr`` uses the router's own
-    predictions as its reward model).
-    """
-    router_dir = Path(router_dir)
-    manifest = _checkpoint_manifest(router_dir)
-    config = TrainConfig.from_flat(json.loads((router_dir / "config.json").read_text()))
-    if n_boot is not None:
-        config = config.replace(**{"eval.n_boot": n_boot})
-    catalog = PriceCatalog.load(prices) if prices else None
-    table, report = load_traffic(data, prices=catalog, **load_options)
-    router_models = tuple(manifest["models"])
-    models = tuple(m for m in router_models if m in table.models)
-    missing = [m for m in router_models if m not in table.models]
-    if len(models) < 2:
-        raise DataError(f"{data}: outcomes for at least two of the router's models are needed to score its choices; "
-                        f"found {list(models)} of {list(router_models)} (the data's models: {list(table.models)})")
-    if missing:
-        log.warning("%s has no outcomes for %d of the router's models; choosing among the other %d",
-                    data, len(missing), len(models))
-    keep_cols = [router_models.index(m) for m in models]
-    cols = [table.models.index(m) for m in models]
-    seen = set(json.loads((router_dir / "split.json").read_text())["seen_prompt_hashes"])
-    keep = np.array([include_seen or _prompt_hash(t) not in seen for t in table.texts])
-    rows = np.flatnonzero(keep)
-    quality = table.quality[:, cols]
-    all_rows = np.arange(len(table))
-    cost = observed_costs(TrafficTable(table.records, models=models), all_rows, catalog)
-    scored = scoreable_rows(quality, rows)
-    if len(scored) == 0:
-        raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
-    router = TorchRouter.load(router_dir)
-    texts = [table.texts[int(i)] for i in scored]
-    X = None
-    if not router.text_inputs:
-        X, identity = featurize_texts(config, texts, fingerprint=None, cache_dir=cache_dir, progress=progress)
-        saved = json.loads((router_dir / "featurizer.json").read_text())
-        if _portable(identity) != _portable(saved):
-            raise RouterMLError(f"{router_dir}: the featurizer here differs from the one the router was trained "
-                                f"with ({identity} vs {saved})")
-    cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
-    if not missing:
-        two_model = tuple(manifest["two_model"]) if manifest.get("two_model") else None
-    else:  # a two-model subset of a larger router: weak/strong by mean quality on this data
-        two_model = _two_model(TrafficTable(table.records, models=models), scored)
-    held = HeldOut(quality=quality[scored], cost=cost[scored],
-                   cost_est=cost_model.estimate(estimate_input_tokens(texts))[:, keep_cols],
-                   wtps=saved_knob_grid(router_dir), models=models, two_model=two_model,
-                   n_boot=config.eval.n_boot, seed=config.data.seed, propensity=table.propensity[scored][:, cols],
-                   estimator=estimator)
-    pred = router.predict(router.inputs(texts, X))[:, keep_cols]
-    if estimator == "dr":
-        held = dataclasses.replace(held, reward_model=pred)
-    untrained = [name for name, baseline in BASELINES.items() if not baseline.trained]
-    result = evaluate_held_out(pred, held, baselines=untrained)
-    out = {"router": manifest["router"], "data": str(data), "records": len(table), "scored": int(len(scored)),
-           "dropped_seen": int((~keep).sum()), "rejected": report.rejected, "models_used": list(models),
-           "models_missing": missing, "test": result["test"]}
-    if artifacts:
-        out["artifacts"] = [_artifact_report(path, texts, models, held, pred) for path in artifacts]
-    return out
-
-
-def _macro(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Unweighted mean over data sets of each metric present in every set (``None`` otherwise)."""
-    def mean(values):
-        return float(np.mean(values)) if values and all(v is not None for v in values) else None
-
-    keys = metrics.HEADLINE_KEYS
-    macro: dict[str, Any] = {k: mean([r["test"].get(k) for r in results]) for k in keys}
-    macro["baselines"] = {name: {k: mean([r["test"]["baselines"][name].get(k) for r in results]) for k in keys}
-                          for name in results[0]["test"]["baselines"]}
-    return macro
-
-
-def evaluate_many(router_dir: str | Path, datasets: list[str | Path], **options: Any) -> dict[str, Any]:
-    """Score a saved router on several data sets: each set's result (as :func:`evaluate_router`)
-    under ``sets`` and the unweighted mean over the sets under ``macro`` - the same router tested
-    in and out of the distribution it was trained on."""
-    if not datasets:
-        raise RouterMLError("give at least one --data set")
-    results = [evaluate_router(router_dir, data, **options) for data in datasets]
-    return {"router": results[0]["router"], "sets": results,
-            "macro": {"sets": len(results), "scored": sum(r["scored"] for r in results), "test": _macro(results)}}

@@ -1,0 +1,244 @@
+"""Scoring saved routers on logged traffic: the default-knob point and its interval, the refusal without
+propensities, model mismatches, artifact directories, and `compare --router` ranking on one log."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from router_ml.errors import DataError
+from training.data import Outcome, Record, load_traffic, write_jsonl
+from training.evaluation import HeldOut, default_knob
+
+from .conftest import DEMO, ROOT, TRAIN_RECORDS
+from .test_evaluation import _world  # a prompt-dependent epsilon-greedy log of 3 models, and the truth
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env={**os.environ})
+
+
+def _held(quality, propensity=None, n_boot=200, seed=0):
+    cost = np.tile([1e-4, 5e-4, 2e-3], (quality.shape[0], 1))
+    return HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.array([0.0, np.inf]), models=("a", "b", "c"),
+                   n_boot=n_boot, seed=seed, propensity=propensity)
+
+
+def test_default_knob_snips_interval_covers_the_full_information_truth_about_95_percent_of_the_time():
+    """The percentile bootstrap re-normalises SNIPS on each resample of records: over 60 independent logs its
+    95% interval covers the exact value on the same prompts' every outcome close to 95% of the time."""
+    covered, widths = 0, []
+    for seed in range(60):
+        p_true, quality, logged, propensity = _world(seed, 800, rate=0.3)
+        pred = p_true[:, ::-1]  # a candidate unlike the logging policy: mostly off-policy choices
+        truth = default_knob(pred, _held(quality, n_boot=0), 1e-3)
+        est = default_knob(pred, _held(logged, propensity, seed=seed), 1e-3)
+        assert truth["estimator"] == "exact" and est["estimator"] == "snips"
+        assert est["models"] == truth["models"] and sum(est["models"].values()) == pytest.approx(1.0)
+        assert 0.0 <= est["quality"] <= 1.0 and 0 < est["effective_sample_size"] < 800
+        low, high = est["ci95"]["quality"]
+        assert low <= est["quality"] <= high
+        covered += low <= truth["quality"] <= high
+        widths.append(high - low)
+        assert est["cost"] == pytest.approx(truth["cost"])  # costs are known for every cell here
+    assert 52 <= covered <= 60, covered  # 95% of 60 is 57; binomial sd 1.7
+    assert 0.05 < np.mean(widths) < 0.3
+
+
+def test_default_knob_of_exact_data_is_the_plain_mean_of_the_chosen_outcomes():
+    _, quality, _, _ = _world(1, 500)
+    pred = np.tile([0.2, 0.9, 0.1], (500, 1))
+    out = default_knob(pred, _held(quality, n_boot=50), np.inf)
+    assert out["quality"] == pytest.approx(quality[:, 1].mean()) and out["models"] == {"b": 1.0}
+    assert out["cost"] == pytest.approx(5e-4) and out["ci95"]["cost"] == [pytest.approx(5e-4)] * 2
+    assert out["willingness_to_pay"] is None and "effective_sample_size" not in out
+
+
+# --- saved routers on real files -----------------------------------------------------------------
+
+
+def _log(records, models, *, seed=0, rate=0.5, propensities=True):
+    """A prompt-dependent epsilon-greedy log of ``records`` over ``models``: one outcome per prompt."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        greedy = models[len(r.text) % len(models)]
+        chosen = models[rng.integers(len(models))] if rng.random() < rate else greedy
+        p = 1 - rate + rate / len(models) if chosen == greedy else rate / len(models)
+        outcome = dataclasses.replace(r.outcomes[chosen], propensity=p if propensities else None)
+        out.append(dataclasses.replace(r, outcomes={chosen: outcome}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo():
+    table, _ = load_traffic(DEMO)
+    return table
+
+
+def test_a_log_without_propensities_is_refused_unless_an_estimator_is_forced(tmp_path, trained, demo):
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 600]
+    log = write_jsonl(_log(records, demo.models, propensities=False), tmp_path / "nolog.jsonl")
+    refused = run("evaluate", "--router", trained.checkpoint, "--data", log, "--json", "--quiet", cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stdout == ""
+    message = refused.stderr
+    assert str(log) in message and "lack `propensity`" in message
+    assert "log the probability of every logged choice" in message and "--estimator ips" in message
+    forced = run("evaluate", "--router", trained.checkpoint, "--data", log, "--json", "--quiet", "--estimator",
+                 "snips", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    result = json.loads(forced.stdout)
+    assert result["biased"] is True and "exposure weights" in result["warning"] and str(log) in result["warning"]
+    assert f"router-ml: warning: {result['warning']}" in forced.stderr
+    assert result["test"]["estimator"] == "snips" and result["test"]["off_policy"]["biased"] is True
+    # with propensities: snips by default, nothing biased, no warning
+    ok = write_jsonl(_log(records, demo.models), tmp_path / "log.jsonl")
+    fine = run("evaluate", "--checkpoint", trained.checkpoint, "--data", ok, "--json", "--quiet", cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    result = json.loads(fine.stdout)
+    assert result["biased"] is False and "warning" not in result and "warning" not in fine.stderr
+    assert result["test"]["estimator"] == "snips" and result["default_knob"]["estimator"] == "snips"
+
+
+def test_default_knob_on_a_log_stays_within_the_observed_qualities_and_near_the_truth(tmp_path, trained, demo):
+    from training.pipeline import evaluate_router
+
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 1600]
+    full = write_jsonl(records, tmp_path / "full.jsonl")
+    logged = _log(records, demo.models)
+    log = write_jsonl(logged, tmp_path / "log.jsonl")
+    truth = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False)["default_knob"]
+    result = evaluate_router(trained.checkpoint, log, n_boot=100, progress=False)
+    knob = result["default_knob"]
+    observed = [next(iter(r.outcomes.values())).quality for r in logged]
+    assert min(observed) <= knob["quality"] <= max(observed)
+    low, high = knob["ci95"]["quality"]
+    assert low <= knob["quality"] <= high and high - low < 0.2
+    assert knob["quality"] == pytest.approx(truth["quality"], abs=0.05)
+    assert knob["willingness_to_pay"] == truth["willingness_to_pay"] and knob["models"] == truth["models"]
+    assert "checkpoint" in knob["source"] and knob["effective_sample_size"] > 50
+    # the knob can be overridden: at 0 USD per unit of quality the cheapest model takes every prompt
+    cheap = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False, willingness_to_pay=0.0)
+    assert cheap["default_knob"]["source"] == "--willingness-to-pay" and len(cheap["default_knob"]["models"]) == 1
+
+
+def test_an_artifact_directory_is_scored_through_the_runtime_and_says_seen_prompts_were_not_checked(
+        tmp_path, trained, demo):
+    from router_ml import Router
+    from training.pipeline import evaluate_router
+
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 400]
+    full = write_jsonl(records, tmp_path / "full.jsonl")
+    result = evaluate_router(trained.artifact, full, n_boot=0, progress=False)
+    assert result["router_kind"] == "artifact" and result["seen_prompts"].startswith("not checked")
+    assert result["dropped_seen"] == 0 and result["scored"] == 400
+    knob = result["default_knob"]
+    runtime = Router.load(trained.artifact)
+    assert knob["source"].startswith("artifact manifest") and knob["willingness_to_pay"] == runtime.willingness_to_pay
+    # independently: the runtime's own routing decisions, their observed outcomes
+    chosen = [d.model for d in runtime.route_batch([r.text for r in records])]
+    assert knob["quality"] == pytest.approx(np.mean([r.outcomes[m].quality for r, m in zip(records, chosen,
+                                                                                             strict=True)]))
+    assert knob["cost"] == pytest.approx(np.mean([r.outcomes[m].cost for r, m in zip(records, chosen, strict=True)]))
+    # the checkpoint and its fp32 export score the same
+    checkpoint = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False)
+    assert checkpoint["seen_prompts"] == "dropped"
+    assert checkpoint["test"]["aiq"] == pytest.approx(result["test"]["aiq"], abs=1e-6)
+    printed = run("evaluate", "--router", trained.artifact, "--data", full, "--quiet", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert "training prompts not checked" in printed.stdout and "default knob" in printed.stdout
+
+
+def test_a_log_whose_models_differ_from_the_routers_is_refused_or_quarantined(tmp_path, trained, demo):
+    from training.pipeline import evaluate_router
+
+    records = _log(demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 500], demo.models)
+    renamed = [dataclasses.replace(r, outcomes={"mystery-70b": o}) if i % 10 == 0 else r
+               for i, r in enumerate(records) for o in r.outcomes.values()]
+    log = write_jsonl(renamed, tmp_path / "renamed.jsonl")
+    with pytest.raises(DataError, match=r"50 logged records .* models the router does not know \(\['mystery-70b'\]"
+                       ) as err:
+        evaluate_router(trained.checkpoint, log, n_boot=0, progress=False)
+    assert str(log) in str(err.value) and "--on-error quarantine" in str(err.value)
+    qfile = tmp_path / "q.jsonl"
+    result = evaluate_router(trained.checkpoint, log, n_boot=0, progress=False, on_error="quarantine",
+                             quarantine=qfile)
+    assert result["quarantined_unknown_model"] == 50 and result["scored"] == 450 and result["rejected"] == 50
+    lines = [json.loads(line) for line in qfile.read_text().splitlines()]
+    assert len(lines) == 50 and "mystery-70b" in lines[0]["reason"]
+    # a router model the log never shows: its choices of it cannot be scored
+    gone = demo.models[-1]
+    without = write_jsonl([r for r in records if gone not in r.outcomes], tmp_path / "without.jsonl")
+    with pytest.raises(DataError, match=rf"no outcome of \['{gone}'\], which the router .* can choose"):
+        evaluate_router(trained.checkpoint, without, n_boot=0, progress=False)
+
+
+# --- compare --router: a router that picks the best model ranks above one that picks the worst --------------
+
+
+def _two_model_records(records, *, good: float, bad: float):
+    """The same prompts with two models whose quality does not depend on the prompt."""
+    return [Record(prompt=r.text, sample_id=r.sample_id, outcomes={
+        "good": Outcome(quality=float(good), cost=2e-3), "bad": Outcome(quality=float(bad), cost=1e-3)})
+        for r in records]
+
+
+@pytest.fixture(scope="module")
+def best_and_worst(tmp_path_factory, demo):
+    """Two tiny static routers on the same prompts: one taught that 'good' is better, one the reverse."""
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    root = tmp_path_factory.mktemp("best-worst")
+    config = load_config(ROOT / "training/configs/mlp_static.toml",
+                         ["train.epochs=15", "router.hidden=32", "eval.n_boot=0", "eval.baselines=random",
+                          "tracking.enabled=false"])
+    prompts = demo.records[:300]
+    out = {}
+    for name, good, bad in (("best", 1.0, 0.0), ("worst", 0.0, 1.0)):
+        data = write_jsonl(_two_model_records(prompts, good=good, bad=bad), root / f"{name}.jsonl")
+        train_router(config, data, out_dir=root / name, progress=False)
+        out[name] = root / name
+    return root, out
+
+
+@pytest.mark.slow  # trains two tiny routers
+def test_compare_ranks_routers_on_a_log_by_the_same_estimator(best_and_worst, demo):
+    root, routers = best_and_worst
+    rng = np.random.default_rng(0)
+    truth = _two_model_records(demo.records[1000:1600], good=1.0, bad=0.0)
+    logged = []
+    for r in truth:  # uniform logging: each model with probability 1/2, a noisy outcome
+        m = "good" if rng.random() < 0.5 else "bad"
+        q = float(rng.random() < (0.8 if m == "good" else 0.2))
+        logged.append(dataclasses.replace(r, outcomes={m: dataclasses.replace(r.outcomes[m], quality=q,
+                                                                              propensity=0.5)}))
+    log = write_jsonl(logged, root / "log.jsonl")
+    args = ("compare", "--router", routers["worst"], "--router", routers["best"], "--data", log, "--quiet",
+            "--n-boot", "100")
+    out = run(*args, "--json", cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    ranking = result["ranking"]
+    assert result["estimator"] == "snips" and result["sort"] == "aiq"
+    assert [row["router_dir"] for row in ranking] == [str(routers["best"]), str(routers["worst"])]
+    best, worst = ranking
+    assert best["quality"] > 0.7 > 0.3 > worst["quality"]
+    assert best["quality_ci95"][0] > worst["quality_ci95"][1] and best["ess"] > 100
+    assert best["aiq"] > worst["aiq"]
+    by_quality = json.loads(run(*args, "--json", "--sort", "quality", cwd=root).stdout)["ranking"]
+    assert by_quality[0]["router_dir"] == str(routers["best"])
+    table = run(*args, "--sort", "cost", cwd=root)
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert str(routers["worst"]) in lines[2] and str(routers["best"]) in lines[3]  # cheaper first
+    assert "sorted by cost" in lines[-1]
+    bad = run(*args, "--sort", "apgr", cwd=root)
+    assert bad.returncode == 1 and "--sort 'apgr'" in bad.stderr
