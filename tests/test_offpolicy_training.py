@@ -1,0 +1,122 @@
+"""Off-policy training: completing the outcomes a log did not observe (training/offpolicy.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.data import load_traffic, write_jsonl
+from training.offpolicy import complete_targets, factor_targets, fit_factor, min_full_records
+
+from .conftest import DEMO
+from .test_pipeline import FAST, cli
+
+
+def _one_factor(n: int, loadings: np.ndarray, noise_sd: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    return z, 0.5 + z[:, None] * loadings[None, :] + rng.normal(scale=noise_sd, size=(n, len(loadings)))
+
+
+def test_factor_analysis_recovers_the_loadings_of_one_factor_residuals():
+    loadings = np.array([0.05, 0.08, 0.1, 0.12])
+    _, quality = _one_factor(20_000, loadings, 0.05, seed=0)
+    fitted, noise = fit_factor(quality - 0.5, seed=0)
+    assert fitted == pytest.approx(loadings, abs=0.005)
+    assert noise == pytest.approx(np.full(4, 0.05 ** 2), rel=0.1)
+
+
+def test_least_squares_targets_carry_the_whole_factor_and_the_posterior_mean_shrinks_it():
+    """With one model observed per record, ``E[target_m | z] = prior_m + lambda_m z`` (ridge 0): the
+    regression a router fits on the targets learns the true difficulty effect; ridge 1 (the posterior
+    mean) learns only the observation's reliability times it."""
+    loadings = np.array([0.05, 0.08, 0.1, 0.12])
+    z, quality = _one_factor(40_000, loadings, 0.05, seed=1)
+    rng = np.random.default_rng(2)
+    logged = np.full_like(quality, np.nan)
+    chosen = rng.integers(0, 4, size=len(quality))
+    logged[np.arange(len(quality)), chosen] = quality[np.arange(len(quality)), chosen]
+    prior = np.full_like(quality, 0.5)
+    slopes = {}
+    for ridge in (0.0, 1.0):
+        targets = factor_targets(logged, prior, loadings, np.full(4, 0.05 ** 2), ridge=ridge)
+        kept = np.isfinite(logged)
+        imputed = ~kept
+        assert np.isfinite(targets).all() and ((targets[imputed] >= 0) & (targets[imputed] <= 1)).all()
+        assert np.array_equal(targets[kept], logged[kept])  # observed outcomes are never changed
+        slopes[ridge] = [np.polyfit(z[imputed[:, m]], targets[imputed[:, m], m], 1)[0] for m in range(4)]
+    assert slopes[0.0] == pytest.approx(loadings, rel=0.08)
+    assert all(s < 0.9 * lam for s, lam in zip(slopes[1.0], loadings, strict=True))
+
+
+def test_completion_fills_only_partial_records_and_reports_what_it_did():
+    loadings = np.array([0.1, 0.15, 0.2])
+    _, quality = _one_factor(600, loadings, 0.1, seed=3)
+    quality = np.clip(quality, 0, 1)
+    partial = np.arange(200, 600)
+    quality[partial[:, None], np.array([1, 2])[None, :]] = np.nan  # logged: model 0 only
+    calls = []
+
+    def fit_predict(train_rows, val_rows, predict_rows):  # a per-model mean "router"
+        calls.append((len(train_rows), len(val_rows)))
+        assert not set(train_rows) & set(val_rows) and set(train_rows) | set(val_rows) <= set(range(200))
+        return np.tile(np.nanmean(quality[train_rows], axis=0), (len(predict_rows), 1))
+
+    done = complete_targets(quality, np.arange(600), fit_predict=fit_predict, folds=4, seed=0, ridge=0.05)
+    assert len(calls) == 4 and done.report["method"] == "impute"
+    assert done.report["full_records"] == 200 and done.report["partial_records"] == 400
+    assert done.report["imputed_cells"] == 800 == int(done.imputed.sum())
+    assert np.isfinite(done.quality).all() and np.array_equal(done.quality[:200], quality[:200])
+    assert np.array_equal(done.quality[partial, 0], quality[partial, 0])
+    # a record whose model-0 outcome was above its prior gets targets above the prior for the others
+    above = quality[partial, 0] > np.nanmean(quality[:200, 0])
+    assert done.quality[partial[above], 1].mean() > done.quality[partial[~above], 1].mean() + 0.05
+
+
+def test_too_few_full_information_records_fall_back_to_masked_training_and_say_so():
+    quality = np.full((300, 3), np.nan)
+    quality[:, 0] = 1.0
+    quality[:10] = 0.5
+    done = complete_targets(quality, np.arange(300), fit_predict=lambda *a: pytest.fail("no first stage"),
+                            folds=5, seed=0, ridge=0.05)
+    assert done.report["method"] == "mask" and "10 records with every outcome" in done.report["note"]
+    assert str(min_full_records(3)) in done.report["note"] and not done.imputed.any()
+
+
+@pytest.mark.slow
+def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_masked(tmp_path):
+    """`router-ml train` on bootstrap + log completes the logged records (and says so in its summary);
+    `loss.logged_targets=mask` does not; on full-information data both settings give the same weights."""
+    table, _ = load_traffic(DEMO)
+    full = write_jsonl(table.records[:1200], tmp_path / "full.jsonl")
+    sim = tmp_path / "sim"
+    cli("simulate-log", "--data", full, "--out", sim, "--bootstrap", "300", "--logged", "600", "--explore-rate",
+        "0.3", "--explore-seed", "0", "--seed", "0", "--quiet", *FAST, "--set", "tracking.enabled=false",
+        "--set", "eval.baselines=random", cwd=tmp_path)
+    both = tmp_path / "train.jsonl"
+    both.write_text((sim / "bootstrap.jsonl").read_text() + (sim / "log.jsonl").read_text())
+    common = ["--set", "tracking.enabled=false", "--set", "eval.baselines=random", *FAST, "--quiet"]
+    imputed = cli("train", "--data", both, "--out", tmp_path / "imputed", *common, cwd=tmp_path)
+    report = imputed["logged_targets"]
+    assert report["method"] == "impute" and report["full_records"] + report["partial_records"] == (
+        imputed["train_records"] + imputed["val_records"])
+    assert report["imputed_cells"] == report["partial_records"] * (len(table.models) - 1)
+    masked = cli("train", "--data", both, "--out", tmp_path / "masked", *common,
+                 "--set", "loss.logged_targets=mask", cwd=tmp_path)
+    assert masked["logged_targets"] is None
+    for out in ("imputed", "masked"):  # both evaluate on the held-out full-information prompts
+        scored = cli("evaluate", "--router", tmp_path / out, "--data", sim / "test.jsonl", "--json", "--quiet",
+                     cwd=tmp_path)
+        assert scored["test"]["estimator"] == "exact" and 0 < scored["test"]["aiq"] <= 1
+    on_full = {}
+    for setting in ("impute", "mask"):
+        out = tmp_path / f"full-{setting}"
+        summary = cli("train", "--data", full, "--out", out, *common, "--set", f"loss.logged_targets={setting}",
+                      cwd=tmp_path)
+        on_full[setting] = (out / "weights.safetensors").read_bytes()
+        if setting == "impute":
+            assert summary["logged_targets"]["note"].startswith("every record has every outcome")
+    assert on_full["impute"] == on_full["mask"]
+    assert json.loads((tmp_path / "imputed" / "config.json").read_text())["loss.logged_targets"] == "impute"
