@@ -95,17 +95,22 @@ def t_interval(values: list[float | None]) -> dict:
 
 
 class Protocol:
-    """One data set's simulated-log protocol and the commands that run it (cached under ``root``)."""
+    """One data set's simulated-log protocol and the commands that run it, cached under ``root``: the
+    simulations in ``sims/`` (shared by both parts: the evaluation's first log is the learning's seed-0
+    log at rate 0.2), each part's routers under ``learning/`` and ``evaluation/``."""
 
     def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str]):
         self.data, self.bootstrap, self.logged, self.root, self.extra = data, bootstrap, logged, root, extra
 
-    def simulate(self, out: Path, *, seed: int, rate: float, explore_seed: int) -> dict:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return run(cli("simulate-log", "--data", str(self.data), "--out", str(out), "--config", str(CONFIG),
-                       "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
-                       "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
-                       *sets(FAST_REPORT + tuple(self.extra))), out.with_name(out.name + ".json"))
+    def simulate(self, *, seed: int, rate: float, explore_seed: int) -> Path:
+        """``simulate-log``'s output directory for this split seed, rate and exploration seed."""
+        out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        run(cli("simulate-log", "--data", str(self.data), "--out", str(out), "--config", str(CONFIG),
+                "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
+                "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
+                *sets(FAST_REPORT + tuple(self.extra))), out / "simulation.summary.json")
+        return out
 
     def train(self, data: Path, out: Path, *, seed: int, settings=(), train_size: float = 0.9) -> dict:
         marker = out.with_name(out.name + ".train.json")
@@ -121,8 +126,11 @@ class Protocol:
                      checkpoint.with_name(checkpoint.name + ".eval.json"))
         return result["test"]["aiq"]
 
-    def full_outcomes(self, log: Path, out: Path) -> Path:
-        """The logged prompts of ``log`` with every outcome, from the full-information table."""
+    def full_outcomes(self, sim: Path, seed: int) -> Path:
+        """The logged prompts of ``sim``'s log with every outcome, from the full-information table (the
+        same prompts for every rate and exploration seed of a split ``seed``)."""
+        out = self.root / "sims" / f"seed{seed}-log_full.jsonl"
+        log = sim / "log.jsonl"
         if not out.exists():
             from training.data import load_traffic, write_jsonl
 
@@ -150,21 +158,24 @@ def gap_closed(value: float | None, low: float | None, high: float | None) -> fl
 def learning(proto: Protocol, *, seeds: list[int], rates: list[float], variants: dict[str, list[str]],
              pool: ThreadPoolExecutor) -> dict:
     """Part A on one data set (module doc)."""
-    sims = {(s, r): proto.root / f"seed{s}" / f"rate{r}" / "sim" for s in seeds for r in rates}
-    list(pool.map(lambda key: proto.simulate(sims[key], seed=key[0], rate=key[1], explore_seed=key[0]), sims))
+    keys = [(s, r) for s in seeds for r in rates]
+    sims = dict(zip(keys, pool.map(lambda key: proto.simulate(seed=key[0], rate=key[1], explore_seed=key[0]), keys),
+                    strict=True))
     jobs = {}  # (seed, name, rate or None) -> (train data, checkpoint dir, settings)
     for s in seeds:
         first = sims[(s, rates[0])]
-        base = proto.root / f"seed{s}"
-        full_log = proto.full_outcomes(first / "log.jsonl", base / "log_full.jsonl")
+        base = proto.root / "learning" / f"seed{s}"
+        base.mkdir(parents=True, exist_ok=True)
+        full_log = proto.full_outcomes(first, s)
         jobs[(s, "bootstrap", None)] = (first / "bootstrap.jsonl", base / "bootstrap", ())
         jobs[(s, "ceiling", None)] = (concat([first / "bootstrap.jsonl", full_log], base / "ceiling.jsonl"),
                                       base / "ceiling", ())
         for r in rates:
+            (base / f"rate{r}").mkdir(exist_ok=True)
             logged = concat([sims[(s, r)] / "bootstrap.jsonl", sims[(s, r)] / "log.jsonl"],
-                            sims[(s, r)].parent / "bootstrap_log.jsonl")
+                            base / f"rate{r}" / "bootstrap_log.jsonl")
             for name, settings in variants.items():
-                jobs[(s, name, r)] = (logged, sims[(s, r)].parent / name, settings)
+                jobs[(s, name, r)] = (logged, base / f"rate{r}" / name, settings)
 
     def train_and_score(key):
         data, out, settings = jobs[key]
@@ -242,26 +253,27 @@ def knob_estimate(router_dir: Path, data: Path, out: Path, fallback: bool) -> di
 
 def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor) -> dict:
     """Part B (module doc)."""
-    sims = [proto.root / f"log{k}" / "sim" for k in range(logs)]
-    list(pool.map(lambda k: proto.simulate(sims[k], seed=seed, rate=rate, explore_seed=k), range(logs)))
+    sims = list(pool.map(lambda k: proto.simulate(seed=seed, rate=rate, explore_seed=k), range(logs)))
+    root = proto.root / "evaluation"
+    root.mkdir(parents=True, exist_ok=True)
     logging_router = sims[0] / "bootstrap_router"
     wtp = json.loads((logging_router / "artifact" / "manifest.json").read_text())["policy"]["willingness_to_pay"]
-    checkpoints = {"logging": logging_router, "small": proto.root / "routers" / "small-checkpoint"}
+    checkpoints = {"logging": logging_router, "small": root / "routers" / "small-checkpoint"}
     proto.train(sims[0] / "bootstrap.jsonl", checkpoints["small"], seed=seed, train_size=0.3)
     routers = {}
     for name, source, factor in EVAL_ROUTERS:
-        routers[name] = proto.root / "routers" / name
+        routers[name] = root / "routers" / name
         if source == "logging" and factor == 1.0:
             routers[name] = logging_router
         else:
             run(cli("export", "--checkpoint", str(checkpoints[source]), "--out", str(routers[name]),
                     "--willingness-to-pay", repr(wtp * factor)), routers[name].with_name(name + ".export.json"))
-    truth_data = proto.full_outcomes(sims[0] / "log.jsonl", proto.root / "log_full.jsonl")
+    truth_data = proto.full_outcomes(sims[0], seed)
     # one real call tells whether `evaluate` reports the default knob yet, else the fallback scores all;
     # its answer is kept with the rest (delete <out>/evaluation to re-score with a newer `evaluate`)
-    fallback = knob_estimate(logging_router, truth_data, proto.root / "truth.logging-policy", False) is None
-    truth = {n: knob_estimate(d, truth_data, proto.root / f"truth.{n}", fallback) for n, d in routers.items()}
-    est = {(n, k): pool.submit(knob_estimate, d, sims[k] / "log.jsonl", sims[k].parent / f"estimate.{n}",
+    fallback = knob_estimate(logging_router, truth_data, root / "truth.logging-policy", False) is None
+    truth = {n: knob_estimate(d, truth_data, root / f"truth.{n}", fallback) for n, d in routers.items()}
+    est = {(n, k): pool.submit(knob_estimate, d, sims[k] / "log.jsonl", root / f"estimate.{n}.log{k}",
                                fallback) for n, d in routers.items() for k in range(logs)}
     est = {key: f.result() for key, f in est.items()}
     true_order = sorted(routers, key=lambda n: -truth[n]["quality"])
@@ -368,13 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         if "learning" in parts:
             result["learning"] = {
-                name: learning(protocol(name, args, out / "learning" / name), seeds=parse_seeds(args.seeds),
+                name: learning(protocol(name, args, out / name), seeds=parse_seeds(args.seeds),
                                rates=[float(r) for r in args.rates.split(",")],
                                variants=parse_variants(args.variant), pool=pool)
                 for name in args.datasets.split(",")}
         if "evaluation" in parts:
             name = args.eval_dataset
-            result["evaluation"] = evaluation(protocol(name, args, out / "evaluation" / name), seed=0,
+            result["evaluation"] = evaluation(protocol(name, args, out / name), seed=0,
                                               logs=args.logs, rate=0.2, pool=pool)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "offpolicy_targets.json").write_text(json.dumps(result, indent=1))

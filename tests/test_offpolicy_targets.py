@@ -69,7 +69,8 @@ def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
     # knob 0 sends every prompt to the model with the lowest estimated cost: its truth is that model's mean
     cheapest = evaluation["routers"]["always-cheapest"]
     assert cheapest["willingness_to_pay"] == 0.0
-    records = [json.loads(line) for line in (tmp_path / "evaluation" / "demo" / "log_full.jsonl").open()]
+    log_full = (tmp_path / "demo" / "sims" / "seed0-log_full.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in log_full]
     means = [sum(r["outcomes"][m]["quality"] for r in records) / len(records) for m in records[0]["outcomes"]]
     assert min(abs(cheapest["quality"]["truth"] - mean) for mean in means) < 1e-9
     assert evaluation["routers"]["logging-policy"]["willingness_to_pay"] > 0
