@@ -311,8 +311,12 @@ def meets_targets(block: dict) -> dict[str, bool]:
 # --- command line -------------------------------------------------------------------------------------
 
 
-def parse_variants(texts: list[str] | None) -> dict[str, list[str]]:
-    """``NAME=SET[,SET...]`` -> {name: [settings]} (``offpolicy=`` is the defaults)."""
+def parse_variants(texts: list[str] | None, extra: list[str] | None = None) -> dict[str, list[str]]:
+    """``NAME=SET[,SET...]`` -> {name: [settings]} (``offpolicy=`` is the defaults); each variant's
+    settings (with ``extra``) are checked against the config now, not after an hour of simulations."""
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+
     out = {}
     for text in texts or VARIANTS:
         name, _, settings = text.partition("=")
@@ -320,6 +324,10 @@ def parse_variants(texts: list[str] | None) -> dict[str, list[str]]:
             raise SystemExit(f"--variant {text!r}: expected a new NAME=SECTION.KEY=VALUE[,...] "
                              "(not bootstrap or ceiling)")
         out[name] = [s for s in settings.split(",") if s]
+        try:
+            load_config(CONFIG, [*(extra or ()), *out[name]])
+        except RouterMLError as exc:
+            raise SystemExit(f"--variant {text!r}: {exc}") from None
     return out
 
 
@@ -370,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.rates = "0", "0.2"
         args.demo_n = min(args.demo_n, 4000)
+    variants = parse_variants(args.variant, args.train_set)
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -381,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if "learning" in parts:
             result["learning"] = {
                 name: learning(protocol(name, args, out / name), seeds=parse_seeds(args.seeds),
-                               rates=[float(r) for r in args.rates.split(",")],
-                               variants=parse_variants(args.variant), pool=pool)
+                               rates=[float(r) for r in args.rates.split(",")], variants=variants, pool=pool)
                 for name in args.datasets.split(",")}
         if "evaluation" in parts:
             name = args.eval_dataset

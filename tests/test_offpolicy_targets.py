@@ -26,12 +26,15 @@ def test_t_interval_and_gap_closed():
     assert targets.gap_closed(0.75, 0.5, 0.5) is None  # no gap to close
 
 
-def test_variants_parse_and_reject_reserved_names():
-    assert targets.parse_variants(None) == {"masked": ["loss.logged_targets=mask"], "offpolicy": []}
-    assert targets.parse_variants(["iw=loss.propensity_clip=20,train.epochs=3"]) == {
-        "iw": ["loss.propensity_clip=20", "train.epochs=3"]}
+def test_variants_parse_and_are_checked_before_anything_runs():
+    assert targets.parse_variants(["iw=loss.propensity_clip=20,train.epochs=3", "plain="]) == {
+        "iw": ["loss.propensity_clip=20", "train.epochs=3"], "plain": []}
     with pytest.raises(SystemExit, match="ceiling"):
         targets.parse_variants(["ceiling=loss.propensity_clip=0"])
+    with pytest.raises(SystemExit, match="loss.no_such_key"):
+        targets.parse_variants(["x=loss.no_such_key=1"])
+    with pytest.raises(SystemExit, match="train.epochs"):  # the settings every run gets are checked too
+        targets.parse_variants(["plain="], ["train.epochs=many"])
 
 
 def test_default_knob_is_read_where_evaluate_puts_it():
