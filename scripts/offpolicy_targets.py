@@ -6,19 +6,20 @@ A) LEARNING (``--part learning``): per data set, seed and exploration rate, ``si
    bootstrap set plus the log under each training variant, and on the bootstrap set plus the same
    logged prompts with every outcome ("ceiling"), and each is scored exactly on the test set (AIQ).
    Per variant: the share of the bootstrap-to-ceiling gap it closes; the target is half at rate 0.2.
-B) EVALUATION (``--part evaluation``): five routers are scored off-policy (SNIPS) on 20 logs of the
-   same prompts (20 exploration seeds, same split, so the truth is fixed) and exactly on those
-   prompts with every outcome: per router the error of the default-knob quality and cost estimates
-   (target <= 0.01), the coverage of their 95% intervals (target >= 90%), and how often the logs
-   rank the routers as the truth does.
+B) EVALUATION (``--part evaluation``): five routers are scored off-policy on 20 logs of the same
+   prompts (20 exploration seeds, same split, so the truth is fixed) and exactly on those prompts
+   with every outcome, each by ``router-ml evaluate --router DIR --json`` at its default knob
+   (``default_knob``: SNIPS on a log, bootstrap intervals): per router the error of the quality
+   (target <= 0.01) and cost (within 1%) estimates, the coverage of their 95% intervals (target
+   >= 90%), and how often the logs rank the routers as the truth does.
 
-Every step is a ``router-ml`` command whose output is kept under ``--out``: a re-run skips the
-steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
+Every step is a ``router-ml`` command whose output is kept, with the command, under ``--out``: a
+re-run skips the steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
 a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targets.json``.
 
     python scripts/offpolicy_targets.py                                  # both parts, every default
     python scripts/offpolicy_targets.py --part learning --datasets mmlu-pro --seeds 0 --rates 0.2 \\
-        --variant masked=loss.propensity_clip=0 --variant iw=loss.propensity_clip=20
+        --variant masked=loss.logged_targets=mask --variant iw=loss.logged_targets=mask,loss.propensity_clip=20
     python scripts/offpolicy_targets.py --quick                          # 1 seed, rate 0.2, small demo
 """
 
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "mlp_static.toml"
 #: evaluation-only settings: they change no trained weight, only what training reports (and its time)
 FAST_REPORT = ("tracking.enabled=false", "eval.n_boot=0", "eval.baselines=random")
+#: bootstrap resamples behind the EVALUATION part's intervals (`router-ml evaluate --n-boot`)
+N_BOOT = 200
 #: the demo protocol at its full size: 1,000 bootstrap, 13,000 logged, 6,000 test records of 20,000
 DEMO = {"n": 20000, "seed": 7, "bootstrap": 0.05, "logged": 0.65}
 VARIANTS = ("masked=loss.logged_targets=mask", "offpolicy=")
@@ -57,17 +60,23 @@ EVAL_ROUTERS = (
 
 
 def run(cmd: list[str], out: Path) -> dict:
-    """Run a ``router-ml`` command unless ``out`` (its JSON stdout) exists; write it atomically."""
+    """Run a ``router-ml`` command and keep its JSON stdout in ``out`` with the command line, atomically;
+    when ``out`` exists, return what it kept instead - if the same command made it (a changed setting
+    under an old name would otherwise pass for a finished step)."""
     if out.exists():
-        return json.loads(out.read_text())
+        kept = json.loads(out.read_text())
+        if kept.get("command") != cmd[1:]:
+            raise SystemExit(f"{out} was made by another command ({kept.get('command')}), not {cmd[1:]}: "
+                             "delete it or choose another --out")
+        return kept["output"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(lines[-1] if lines else "{}")
+    tmp.write_text(json.dumps({"command": cmd[1:], "output": json.loads(lines[-1]) if lines else {}}))
     tmp.replace(out)
-    return json.loads(out.read_text())
+    return json.loads(out.read_text())["output"]
 
 
 def cli(*args: str) -> list[str]:
@@ -122,7 +131,7 @@ class Protocol:
                        *sets(FAST_REPORT + tuple(self.extra) + tuple(settings))), marker)
 
     def test_aiq(self, checkpoint: Path, test: Path) -> float:
-        result = run(cli("evaluate", "--checkpoint", str(checkpoint), "--data", str(test), "--json", "--quiet"),
+        result = run(cli("evaluate", "--router", str(checkpoint), "--data", str(test), "--json", "--quiet"),
                      checkpoint.with_name(checkpoint.name + ".eval.json"))
         return result["test"]["aiq"]
 
@@ -211,44 +220,16 @@ def default_knob(result: dict) -> dict | None:
     return (result.get("test") or {}).get("default_knob") or result.get("default_knob")
 
 
-def _snips_default_knob(router_dir: Path, data: Path) -> dict:
-    """Development fallback while ``evaluate`` lacks ``default_knob``: the router's own choices at its
-    default knob on ``data``'s prompts, scored exactly (every outcome) or by SNIPS with the logged
-    propensities, with a delta-method 95% interval."""
-    import numpy as np
-
-    from router_ml import Router
-    from training.data import load_traffic
-
-    artifact = router_dir / "artifact" if (router_dir / "artifact").is_dir() else router_dir
-    router = Router.load(artifact)
-    records = load_traffic(data)[0].records
-    chosen = [d.model for d in router.route_batch([r.text for r in records])]
-    out = {"willingness_to_pay": router.willingness_to_pay, "ci95": {}}
-    for key in ("quality", "cost"):
-        if all(len(r.outcomes) > 1 for r in records):  # full information: the exact mean
-            y = np.array([getattr(r.outcomes[m], key) for r, m in zip(records, chosen, strict=True)], dtype=float)
-            w = np.ones(len(y))
-        else:
-            pairs = [next(iter(r.outcomes.items())) for r in records]
-            w = np.array([(m == c) / o.propensity for (m, o), c in zip(pairs, chosen, strict=True)])
-            y = np.array([getattr(o, key) or 0.0 for _, o in pairs], dtype=float)
-        est = float((w * y).sum() / w.sum()) if w.sum() > 0 else float("nan")
-        se = float(np.sqrt((w**2 * (y - est) ** 2).sum()) / w.sum()) if w.sum() > 0 else float("nan")
-        out[key] = est
-        out["ci95"][key] = [est - 1.96 * se, est + 1.96 * se]
-    return out
-
-
-def knob_estimate(router_dir: Path, data: Path, out: Path, fallback: bool) -> dict | None:
-    """``router_dir``'s default-knob quality, cost and interval on ``data`` (cached in ``out.*.json``)."""
-    if fallback:
-        cached = out.with_name(out.name + ".fallback.json")
-        if not cached.exists():
-            cached.write_text(json.dumps(_snips_default_knob(router_dir, data)))
-        return json.loads(cached.read_text())
-    return default_knob(run(cli("evaluate", "--router", str(router_dir), "--data", str(data), "--json", "--quiet"),
-                            out.with_name(out.name + ".evaluate.json")))
+def knob_estimate(router_dir: Path, data: Path, out: Path) -> dict:
+    """``router-ml evaluate``'s default-knob point of ``router_dir`` on ``data`` (exact with every
+    outcome, SNIPS on a log) with its bootstrap intervals; the evaluate JSON is kept in ``out``."""
+    result = run(cli("evaluate", "--router", str(router_dir), "--data", str(data), "--json", "--quiet",
+                     "--n-boot", str(N_BOOT)), out)
+    block = default_knob(result)
+    if block is None or "ci95" not in block:
+        raise RuntimeError(f"{out}: `router-ml evaluate --json` gave no default_knob with ci95; this script needs "
+                           "the router-ml that reports them (delete the file after updating)")
+    return block
 
 
 def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor) -> dict:
@@ -269,27 +250,31 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
             run(cli("export", "--checkpoint", str(checkpoints[source]), "--out", str(routers[name]),
                     "--willingness-to-pay", repr(wtp * factor)), routers[name].with_name(name + ".export.json"))
     truth_data = proto.full_outcomes(sims[0], seed)
-    # one real call tells whether `evaluate` reports the default knob yet, else the fallback scores all;
-    # its answer is kept with the rest (delete <out>/evaluation to re-score with a newer `evaluate`)
-    fallback = knob_estimate(logging_router, truth_data, root / "truth.logging-policy", False) is None
-    truth = {n: knob_estimate(d, truth_data, root / f"truth.{n}", fallback) for n, d in routers.items()}
-    est = {(n, k): pool.submit(knob_estimate, d, sims[k] / "log.jsonl", root / f"estimate.{n}.log{k}",
-                               fallback) for n, d in routers.items() for k in range(logs)}
-    est = {key: f.result() for key, f in est.items()}
+    # (router, log index or None for the truth) -> (router dir, data, evaluate JSON)
+    jobs = {(n, None): (d, truth_data, root / f"{n}.truth.json") for n, d in routers.items()}
+    jobs.update({(n, k): (d, sims[k] / "log.jsonl", root / f"{n}.log{k}.json")
+                 for n, d in routers.items() for k in range(logs)})
+    points = dict(zip(jobs, pool.map(lambda key: knob_estimate(*jobs[key]), jobs), strict=True))
+    truth = {n: points[(n, None)] for n in routers}
+    est = {key: value for key, value in points.items() if key[1] is not None}
     true_order = sorted(routers, key=lambda n: -truth[n]["quality"])
-    ranking = [sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
-    out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "logs": logs,
-           "default_knob_source": "snips fallback in this script" if fallback else "router-ml evaluate",
+    ranking = [all(est[(n, k)]["quality"] is not None for n in routers)
+               and sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
+    out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "logs": logs, "n_boot": N_BOOT,
            "targets": TARGETS, "true_ranking": true_order, "ranking_matches_share": statistics.fmean(ranking),
            "routers": {}}
     for name in routers:
         block = {"willingness_to_pay": truth[name].get("willingness_to_pay")}
         for key in ("quality", "cost"):
-            values = [est[(name, k)][key] for k in range(logs)]
-            errors = [abs(v - truth[name][key]) for v in values]
-            covered = [lo <= truth[name][key] <= hi for lo, hi in (est[(name, k)]["ci95"][key] for k in range(logs))]
-            block[key] = {"truth": truth[name][key], "estimate": t_interval(values), "max_abs_error": max(errors),
-                          "max_rel_error": max(errors) / abs(truth[name][key]) if truth[name][key] else None,
+            true = truth[name][key]
+            values = [_or_nan(est[(name, k)][key]) for k in range(logs)]
+            error = max(abs(v - true) for v in values)  # NaN when a log matched none of the router's choices
+            covered = [_or_nan(lo) <= true <= _or_nan(hi) for lo, hi in (est[(name, k)]["ci95"][key]
+                                                                      for k in range(logs))]
+            block[key] = {"truth": true, "estimate": t_interval(values),
+                          "logs_without_estimate": sum(math.isnan(v) for v in values),
+                          "max_abs_error": None if math.isnan(error) else error,
+                          "max_rel_error": None if math.isnan(error) or not true else error / abs(true),
                           "coverage": statistics.fmean(covered)}
         block["meets_targets"] = meets_targets(block)
         out["routers"][name] = block
@@ -301,10 +286,15 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
 TARGETS = {"quality_max_abs_error": 0.01, "cost_max_rel_error": 0.01, "coverage": 0.9}
 
 
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def meets_targets(block: dict) -> dict[str, bool]:
+    """Which of :data:`TARGETS` a router's EVALUATION block meets (a missing estimate meets none)."""
     quality, cost = block["quality"], block["cost"]
-    return {"quality_error": quality["max_abs_error"] <= TARGETS["quality_max_abs_error"],
-            "cost_error": (cost["max_rel_error"] or 0.0) <= TARGETS["cost_max_rel_error"],
+    return {"quality_error": _or_nan(quality["max_abs_error"]) <= TARGETS["quality_max_abs_error"],
+            "cost_error": _or_nan(cost["max_rel_error"]) <= TARGETS["cost_max_rel_error"],
             "coverage": min(quality["coverage"], cost["coverage"]) >= TARGETS["coverage"]}
 
 
@@ -372,12 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-set", action="append", metavar="SECTION.KEY=VALUE",
                         help="a setting for every simulate-log and train (e.g. train.epochs=3 for a smoke test)")
     parser.add_argument("--jobs", type=int, default=2, help="router-ml processes at once (default 2)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, rate 0.2, demo n=4000 (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 1 seed, rate 0.2, the demo at n=4000 "
+                        "for both parts (unless --datasets / --eval-dataset say otherwise), 3 logs")
     parser.add_argument("--out", default=str(ROOT / "results" / "offpolicy"), help="cache and result directory")
     args = parser.parse_args(argv)
     if args.quick:
+        defaults = parser.parse_args([])
         args.seeds, args.rates = "0", "0.2"
         args.demo_n = min(args.demo_n, 4000)
+        args.datasets = "demo" if args.datasets == defaults.datasets else args.datasets
+        args.eval_dataset = "demo" if args.eval_dataset == defaults.eval_dataset else args.eval_dataset
+        args.logs = min(args.logs, 3)
     variants = parse_variants(args.variant, args.train_set)
     started = time.perf_counter()
     out = Path(args.out)

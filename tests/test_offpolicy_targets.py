@@ -47,7 +47,7 @@ def test_default_knob_is_read_where_evaluate_puts_it():
 @pytest.mark.slow
 def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "offpolicy_targets.py"), "--quick", "--datasets", "demo",
-           "--eval-dataset", "demo", "--demo-n", "600", "--logs", "2", "--train-set", "train.epochs=2",
+           "--eval-dataset", "demo", "--demo-n", "600", "--logs", "1", "--train-set", "train.epochs=2",
            "--variant", "masked=loss.propensity_clip=0", "--out", str(tmp_path)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -63,12 +63,13 @@ def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
 
     evaluation = result["evaluation"]
     assert set(evaluation["routers"]) == {name for name, _, _ in targets.EVAL_ROUTERS}
+    assert evaluation["n_boot"] == targets.N_BOOT and evaluation["ranking_matches_share"] in (0.0, 1.0)
     assert sorted(evaluation["true_ranking"]) == sorted(evaluation["routers"])
     for block in evaluation["routers"].values():
         for key in ("quality", "cost"):
             values = block[key]
-            assert values["estimate"]["n"] == 2 and 0 <= values["coverage"] <= 1
-            assert values["max_abs_error"] >= abs(values["estimate"]["mean"] - values["truth"]) - 1e-12
+            assert values["estimate"]["n"] == 1 and values["coverage"] in (0.0, 1.0)
+            assert values["max_abs_error"] == pytest.approx(abs(values["estimate"]["mean"] - values["truth"]))
     # knob 0 sends every prompt to the model with the lowest estimated cost: its truth is that model's mean
     cheapest = evaluation["routers"]["always-cheapest"]
     assert cheapest["willingness_to_pay"] == 0.0
