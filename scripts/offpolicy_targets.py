@@ -331,6 +331,7 @@ def demo_data(out: Path, n: int) -> Path:
 
 
 def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
+    """A data set's protocol: the demo (made here, 5% / 65% / 30%) or the shared MMLU-Pro table."""
     extra = list(args.train_set or ())
     if name == "demo":
         return Protocol(demo_data(Path(args.out), args.demo_n), round(DEMO["bootstrap"] * args.demo_n),
