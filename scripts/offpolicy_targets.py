@@ -1,0 +1,402 @@
+"""Measure the two targets of learning from logged traffic on simulated logs (``router-ml simulate-log``).
+
+A) LEARNING (``--part learning``): per data set, seed and exploration rate, ``simulate-log`` splits
+   the full-information table into a bootstrap set, a log routed by an exploring bootstrap router
+   and a test set; ``mlp_static`` is then trained on the bootstrap set alone ("bootstrap"), on the
+   bootstrap set plus the log under each training variant, and on the bootstrap set plus the same
+   logged prompts with every outcome ("ceiling"), and each is scored exactly on the test set (AIQ).
+   Per variant: the share of the bootstrap-to-ceiling gap it closes; the target is half at rate 0.2.
+B) EVALUATION (``--part evaluation``): five routers are scored off-policy on 20 logs of the same
+   prompts (20 exploration seeds, same split, so the truth is fixed) and exactly on those prompts
+   with every outcome, each by ``router-ml evaluate --router DIR --json`` at its default knob
+   (``default_knob``: SNIPS on a log, bootstrap intervals): per router the error of the quality
+   (target <= 0.01) and cost (within 1%) estimates, the coverage of their 95% intervals (target
+   >= 90%), and how often the logs rank the routers as the truth does.
+
+Every step is a ``router-ml`` command whose output is kept, with the command, under ``--out``: a
+re-run skips the steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
+a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targets.json``.
+
+    python scripts/offpolicy_targets.py                                  # both parts, every default
+    python scripts/offpolicy_targets.py --part learning --datasets mmlu-pro --seeds 0 --rates 0.2 \\
+        --variant masked=loss.logged_targets=mask --variant iw=loss.logged_targets=mask,loss.propensity_clip=20
+    python scripts/offpolicy_targets.py --quick                          # 1 seed, rate 0.2, small demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "training" / "configs" / "mlp_static.toml"
+#: evaluation-only settings: they change no trained weight, only what training reports (and its time)
+FAST_REPORT = ("tracking.enabled=false", "eval.n_boot=0", "eval.baselines=random")
+#: bootstrap resamples behind the EVALUATION part's intervals (`router-ml evaluate --n-boot`)
+N_BOOT = 200
+#: the demo protocol at its full size: 1,000 bootstrap, 13,000 logged, 6,000 test records of 20,000
+DEMO = {"n": 20000, "seed": 7, "bootstrap": 0.05, "logged": 0.65}
+VARIANTS = ("masked=loss.logged_targets=mask", "offpolicy=")
+#: the EVALUATION part's routers: (name, checkpoint, knob as a multiple of the logging router's default).
+#: "logging" is the simulated log's bootstrap router, "small" mlp_static trained on 30% of the same
+#: bootstrap records. On MMLU-Pro-29 (seed 0) their true qualities lie 0.02-0.1 apart, 0.45 to 0.71:
+#: Phi-3-mini (always-cheapest), Phi-3/Gemini-Flash half and half (cheap-mix), Gemini-Flash
+#: (cheaper-knob), Flash/Pro (small-subset) and mostly Gemini-Pro (logging-policy).
+EVAL_ROUTERS = (
+    ("logging-policy", "logging", 1.0),    # the logging router itself, at its own knob, without exploration
+    ("small-subset", "small", 2.0),        # a weaker net; at twice the knob it mixes Flash and Pro
+    ("cheaper-knob", "logging", 0.1),      # a tenth of the willingness to pay
+    ("cheap-mix", "logging", 0.005),       # 1/200 of it: the cheapest model on about half the prompts
+    ("always-cheapest", "logging", 0.0),   # willingness to pay 0: the cheapest model, every prompt
+)
+
+
+def run(cmd: list[str], out: Path) -> dict:
+    """Run a ``router-ml`` command and keep its JSON stdout in ``out`` with the command line, atomically;
+    when ``out`` exists, return what it kept instead - if the same command made it (a changed setting
+    under an old name would otherwise pass for a finished step)."""
+    if out.exists():
+        kept = json.loads(out.read_text())
+        if kept.get("command") != cmd[1:]:
+            raise SystemExit(f"{out} was made by another command ({kept.get('command')}), not {cmd[1:]}: "
+                             "delete it or choose another --out")
+        return kept["output"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"command": cmd[1:], "output": json.loads(lines[-1]) if lines else {}}))
+    tmp.replace(out)
+    return json.loads(out.read_text())["output"]
+
+
+def cli(*args: str) -> list[str]:
+    """A ``router-ml`` command line from this interpreter's environment (the venv running the script)."""
+    return [str(Path(sys.executable).with_name("router-ml")), *args]
+
+
+def sets(settings) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]`` (empty settings dropped)."""
+    return [arg for s in settings if s for arg in ("--set", s)]
+
+
+def t_interval(values: list[float | None]) -> dict:
+    """Mean and 95% t-interval of the present values (the interval is None for fewer than two)."""
+    from scipy import stats
+
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "ci95": [None, None], "n": 0}
+    mean = statistics.fmean(xs)
+    if len(xs) < 2:
+        return {"mean": mean, "ci95": [None, None], "n": 1}
+    half = stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(xs)}
+
+
+class Protocol:
+    """One data set's simulated-log protocol and the commands that run it, cached under ``root``: the
+    simulations in ``sims/`` (shared by both parts: the evaluation's first log is the learning's seed-0
+    log at rate 0.2), each part's routers under ``learning/`` and ``evaluation/``."""
+
+    def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str]):
+        self.data, self.bootstrap, self.logged, self.root, self.extra = data, bootstrap, logged, root, extra
+
+    def simulate(self, *, seed: int, rate: float, explore_seed: int) -> Path:
+        """``simulate-log``'s output directory for this split seed, rate and exploration seed."""
+        out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        run(cli("simulate-log", "--data", str(self.data), "--out", str(out), "--config", str(CONFIG),
+                "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
+                "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
+                *sets(FAST_REPORT + tuple(self.extra))), out / "simulation.summary.json")
+        return out
+
+    def train(self, data: Path, out: Path, *, seed: int, settings=(), train_size: float = 0.9) -> dict:
+        marker = out.with_name(out.name + ".train.json")
+        if not marker.exists():  # an interrupted run's partial directory, and a score of an older one
+            shutil.rmtree(out, ignore_errors=True)
+            out.with_name(out.name + ".eval.json").unlink(missing_ok=True)
+        return run(cli("train", "--config", str(CONFIG), "--data", str(data), "--out", str(out), "--train-size",
+                       str(train_size), "--seed", str(seed), "--quiet",
+                       *sets(FAST_REPORT + tuple(self.extra) + tuple(settings))), marker)
+
+    def test_aiq(self, checkpoint: Path, test: Path) -> float:
+        result = run(cli("evaluate", "--router", str(checkpoint), "--data", str(test), "--json", "--quiet"),
+                     checkpoint.with_name(checkpoint.name + ".eval.json"))
+        return result["test"]["aiq"]
+
+    def full_outcomes(self, sim: Path, seed: int) -> Path:
+        """The logged prompts of ``sim``'s log with every outcome, from the full-information table (the
+        same prompts for every rate and exploration seed of a split ``seed``)."""
+        out = self.root / "sims" / f"seed{seed}-log_full.jsonl"
+        log = sim / "log.jsonl"
+        if not out.exists():
+            from training.data import load_traffic, write_jsonl
+
+            ids = {r.sample_id for r in load_traffic(log)[0].records}
+            write_jsonl([r for r in load_traffic(self.data)[0].records if r.sample_id in ids], out)
+        return out
+
+
+def concat(parts: list[Path], out: Path) -> Path:
+    """``cat parts > out`` once (canonical JSONL concatenates), atomically."""
+    if not out.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(p.read_text() for p in parts))
+        tmp.replace(out)
+    return out
+
+
+def gap_closed(value: float | None, low: float | None, high: float | None) -> float | None:
+    """``(value - low) / (high - low)``: the share of the bootstrap-to-ceiling gap closed (None: no gap)."""
+    if value is None or low is None or high is None or abs(high - low) < 1e-12:
+        return None
+    return (value - low) / (high - low)
+
+
+def learning(proto: Protocol, *, seeds: list[int], rates: list[float], variants: dict[str, list[str]],
+             pool: ThreadPoolExecutor) -> dict:
+    """Part A on one data set (module doc)."""
+    keys = [(s, r) for s in seeds for r in rates]
+    sims = dict(zip(keys, pool.map(lambda key: proto.simulate(seed=key[0], rate=key[1], explore_seed=key[0]), keys),
+                    strict=True))
+    jobs = {}  # (seed, name, rate or None) -> (train data, checkpoint dir, settings)
+    for s in seeds:
+        first = sims[(s, rates[0])]
+        base = proto.root / "learning" / f"seed{s}"
+        base.mkdir(parents=True, exist_ok=True)
+        full_log = proto.full_outcomes(first, s)
+        jobs[(s, "bootstrap", None)] = (first / "bootstrap.jsonl", base / "bootstrap", ())
+        jobs[(s, "ceiling", None)] = (concat([first / "bootstrap.jsonl", full_log], base / "ceiling.jsonl"),
+                                      base / "ceiling", ())
+        for r in rates:
+            (base / f"rate{r}").mkdir(exist_ok=True)
+            logged = concat([sims[(s, r)] / "bootstrap.jsonl", sims[(s, r)] / "log.jsonl"],
+                            base / f"rate{r}" / "bootstrap_log.jsonl")
+            for name, settings in variants.items():
+                jobs[(s, name, r)] = (logged, base / f"rate{r}" / name, settings)
+
+    def train_and_score(key):
+        data, out, settings = jobs[key]
+        proto.train(data, out, seed=key[0], settings=settings)
+        return proto.test_aiq(out, sims[(key[0], rates[0])] / "test.jsonl")
+
+    aiq = dict(zip(jobs, pool.map(train_and_score, jobs), strict=True))
+    boot = [aiq[(s, "bootstrap", None)] for s in seeds]
+    ceil = [aiq[(s, "ceiling", None)] for s in seeds]
+    result = {"data": str(proto.data), "bootstrap_records": proto.bootstrap, "logged_records": proto.logged,
+              "seeds": seeds, "aiq": {"bootstrap": {**t_interval(boot), "per_seed": boot},
+                                      "ceiling": {**t_interval(ceil), "per_seed": ceil}}, "rates": {}}
+    for r in rates:
+        block = {}
+        for name in variants:
+            values = [aiq[(s, name, r)] for s in seeds]
+            per_seed = [gap_closed(v, b, c) for v, b, c in zip(values, boot, ceil, strict=True)]
+            overall = gap_closed(statistics.fmean(values), statistics.fmean(boot), statistics.fmean(ceil))
+            block[name] = {"aiq": {**t_interval(values), "per_seed": values},
+                           "gap_closed": {**t_interval(per_seed), "per_seed": per_seed, "overall": overall}}
+        result["rates"][str(r)] = block
+    at = result["rates"].get("0.2")
+    if at is not None:
+        result["closes_half_gap"] = {name: (v["gap_closed"]["overall"] or 0.0) >= 0.5 for name, v in at.items()}
+    return result
+
+
+# --- part B: evaluation -----------------------------------------------------------------------------
+
+
+def default_knob(result: dict) -> dict | None:
+    """The default-knob block of ``router-ml evaluate --json`` (``test.default_knob`` or top level)."""
+    return (result.get("test") or {}).get("default_knob") or result.get("default_knob")
+
+
+def knob_estimate(router_dir: Path, data: Path, out: Path) -> dict:
+    """``router-ml evaluate``'s default-knob point of ``router_dir`` on ``data`` (exact with every
+    outcome, SNIPS on a log) with its bootstrap intervals; the evaluate JSON is kept in ``out``."""
+    result = run(cli("evaluate", "--router", str(router_dir), "--data", str(data), "--json", "--quiet",
+                     "--n-boot", str(N_BOOT)), out)
+    block = default_knob(result)
+    if block is None or "ci95" not in block:
+        raise RuntimeError(f"{out}: `router-ml evaluate --json` gave no default_knob with ci95; this script needs "
+                           "the router-ml that reports them (delete the file after updating)")
+    return block
+
+
+def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor) -> dict:
+    """Part B (module doc)."""
+    sims = list(pool.map(lambda k: proto.simulate(seed=seed, rate=rate, explore_seed=k), range(logs)))
+    root = proto.root / "evaluation"
+    root.mkdir(parents=True, exist_ok=True)
+    logging_router = sims[0] / "bootstrap_router"
+    wtp = json.loads((logging_router / "artifact" / "manifest.json").read_text())["policy"]["willingness_to_pay"]
+    checkpoints = {"logging": logging_router, "small": root / "routers" / "small-checkpoint"}
+    proto.train(sims[0] / "bootstrap.jsonl", checkpoints["small"], seed=seed, train_size=0.3)
+    routers = {}
+    for name, source, factor in EVAL_ROUTERS:
+        routers[name] = root / "routers" / name
+        if source == "logging" and factor == 1.0:
+            routers[name] = logging_router
+        else:
+            run(cli("export", "--checkpoint", str(checkpoints[source]), "--out", str(routers[name]),
+                    "--willingness-to-pay", repr(wtp * factor)), routers[name].with_name(name + ".export.json"))
+    truth_data = proto.full_outcomes(sims[0], seed)
+    # (router, log index or None for the truth) -> (router dir, data, evaluate JSON)
+    jobs = {(n, None): (d, truth_data, root / f"{n}.truth.json") for n, d in routers.items()}
+    jobs.update({(n, k): (d, sims[k] / "log.jsonl", root / f"{n}.log{k}.json")
+                 for n, d in routers.items() for k in range(logs)})
+    points = dict(zip(jobs, pool.map(lambda key: knob_estimate(*jobs[key]), jobs), strict=True))
+    truth = {n: points[(n, None)] for n in routers}
+    est = {key: value for key, value in points.items() if key[1] is not None}
+    true_order = sorted(routers, key=lambda n: -truth[n]["quality"])
+    ranking = [all(est[(n, k)]["quality"] is not None for n in routers)
+               and sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
+    out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "logs": logs, "n_boot": N_BOOT,
+           "targets": TARGETS, "true_ranking": true_order, "ranking_matches_share": statistics.fmean(ranking),
+           "routers": {}}
+    for name in routers:
+        block = {"willingness_to_pay": truth[name].get("willingness_to_pay")}
+        for key in ("quality", "cost"):
+            true = truth[name][key]
+            values = [_or_nan(est[(name, k)][key]) for k in range(logs)]
+            error = max(abs(v - true) for v in values)  # NaN when a log matched none of the router's choices
+            covered = [_or_nan(lo) <= true <= _or_nan(hi) for lo, hi in (est[(name, k)]["ci95"][key]
+                                                                      for k in range(logs))]
+            block[key] = {"truth": true, "estimate": t_interval(values),
+                          "logs_without_estimate": sum(math.isnan(v) for v in values),
+                          "max_abs_error": None if math.isnan(error) else error,
+                          "max_rel_error": None if math.isnan(error) or not true else error / abs(true),
+                          "coverage": statistics.fmean(covered)}
+        block["meets_targets"] = meets_targets(block)
+        out["routers"][name] = block
+    return out
+
+
+#: EVALUATION targets: quality within 0.01 (absolute), cost within 1% (0.01 USD would be no test at
+#: 1e-5-1e-3 USD per request), both 95% intervals covering the truth in at least 90% of the logs
+TARGETS = {"quality_max_abs_error": 0.01, "cost_max_rel_error": 0.01, "coverage": 0.9}
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def meets_targets(block: dict) -> dict[str, bool]:
+    """Which of :data:`TARGETS` a router's EVALUATION block meets (a missing estimate meets none)."""
+    quality, cost = block["quality"], block["cost"]
+    return {"quality_error": _or_nan(quality["max_abs_error"]) <= TARGETS["quality_max_abs_error"],
+            "cost_error": _or_nan(cost["max_rel_error"]) <= TARGETS["cost_max_rel_error"],
+            "coverage": min(quality["coverage"], cost["coverage"]) >= TARGETS["coverage"]}
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def parse_variants(texts: list[str] | None, extra: list[str] | None = None) -> dict[str, list[str]]:
+    """``NAME=SET[,SET...]`` -> {name: [settings]} (``offpolicy=`` is the defaults); each variant's
+    settings (with ``extra``) are checked against the config now, not after an hour of simulations."""
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+
+    out = {}
+    for text in texts or VARIANTS:
+        name, _, settings = text.partition("=")
+        if not name or name in ("bootstrap", "ceiling") or name in out:
+            raise SystemExit(f"--variant {text!r}: expected a new NAME=SECTION.KEY=VALUE[,...] "
+                             "(not bootstrap or ceiling)")
+        out[name] = [s for s in settings.split(",") if s]
+        try:
+            load_config(CONFIG, [*(extra or ()), *out[name]])
+        except RouterMLError as exc:
+            raise SystemExit(f"--variant {text!r}: {exc}") from None
+    return out
+
+
+def demo_data(out: Path, n: int) -> Path:
+    """The demo generator's traffic at ``n`` records (seed 7), made once under ``out``."""
+    path = out / f"demo-data-{n}" / "traffic.jsonl"
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--n", str(n), "--seed",
+                        str(DEMO["seed"]), "--out-dir", str(path.parent)], check=True, capture_output=True)
+    return path
+
+
+def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
+    """A data set's protocol: the demo (made here, 5% / 65% / 30%) or the shared MMLU-Pro table."""
+    extra = list(args.train_set or ())
+    if name == "demo":
+        return Protocol(demo_data(Path(args.out), args.demo_n), round(DEMO["bootstrap"] * args.demo_n),
+                        round(DEMO["logged"] * args.demo_n), root, extra)
+    if name == "mmlu-pro":
+        if not Path(args.mmlu_pro).exists():
+            raise SystemExit(f"--mmlu-pro {args.mmlu_pro}: not found; point it (or $ROUTER_ML_SHARED_DATA) at the "
+                             "shared MMLU-Pro table")
+        return Protocol(Path(args.mmlu_pro), 0.05, 0.65, root, extra)
+    raise SystemExit(f"--datasets: unknown data set {name!r}; choose demo or mmlu-pro")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.protocols import protocols
+    from training.sweep import parse_seeds
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="learning,evaluation", help="learning, evaluation or both (default)")
+    parser.add_argument("--datasets", default="demo,mmlu-pro", help="LEARNING data sets: demo, mmlu-pro")
+    parser.add_argument("--seeds", default="0-4", help="LEARNING seeds, e.g. 0-4 or 0,3")
+    parser.add_argument("--rates", default="0.05,0.2,0.5", help="LEARNING exploration rates")
+    parser.add_argument("--variant", action="append", metavar="NAME=SET[,SET...]",
+                        help="a training variant on bootstrap + log (repeatable; default masked and offpolicy)")
+    parser.add_argument("--eval-dataset", default="mmlu-pro", help="EVALUATION data set (default mmlu-pro)")
+    parser.add_argument("--logs", type=int, default=20, help="EVALUATION logs (exploration seeds 0..N-1)")
+    parser.add_argument("--mmlu-pro", default=str(protocols()["mmlu-pro"]["data"]), help="the MMLU-Pro table "
+                        "(default $ROUTER_ML_SHARED_DATA or ../shared/data)/mmlu-pro-29/mmlu_pro_29.parquet")
+    parser.add_argument("--demo-n", type=int, default=DEMO["n"], help="demo records (default 20000)")
+    parser.add_argument("--train-set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="a setting for every simulate-log and train (e.g. train.epochs=3 for a smoke test)")
+    parser.add_argument("--jobs", type=int, default=2, help="router-ml processes at once (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 1 seed, rate 0.2, the demo at n=4000 "
+                        "for both parts (unless --datasets / --eval-dataset say otherwise), 3 logs")
+    parser.add_argument("--out", default=str(ROOT / "results" / "offpolicy"), help="cache and result directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        defaults = parser.parse_args([])
+        args.seeds, args.rates = "0", "0.2"
+        args.demo_n = min(args.demo_n, 4000)
+        args.datasets = "demo" if args.datasets == defaults.datasets else args.datasets
+        args.eval_dataset = "demo" if args.eval_dataset == defaults.eval_dataset else args.eval_dataset
+        args.logs = min(args.logs, 3)
+    variants = parse_variants(args.variant, args.train_set)
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.part.split(","))
+    if not parts or parts - {"learning", "evaluation"}:
+        raise SystemExit(f"--part {args.part!r}: choose learning, evaluation or learning,evaluation")
+    result: dict = {"settings": {k: v for k, v in vars(args).items()}}
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        if "learning" in parts:
+            result["learning"] = {
+                name: learning(protocol(name, args, out / name), seeds=parse_seeds(args.seeds),
+                               rates=[float(r) for r in args.rates.split(",")], variants=variants, pool=pool)
+                for name in args.datasets.split(",")}
+        if "evaluation" in parts:
+            name = args.eval_dataset
+            result["evaluation"] = evaluation(protocol(name, args, out / name), seed=0,
+                                              logs=args.logs, rate=0.2, pool=pool)
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "offpolicy_targets.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""scripts/offpolicy_targets.py: its statistics, and both parts end to end on a tiny demo table, resumed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("offpolicy_targets", ROOT / "scripts" / "offpolicy_targets.py")
+targets = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(targets)
+
+
+def test_t_interval_and_gap_closed():
+    stats = targets.t_interval([1.0, 2.0, 3.0, None])
+    assert stats["mean"] == 2.0 and stats["n"] == 3
+    half = 4.302653 / 3**0.5  # t(0.975, 2 d.f.) x standard deviation 1 / sqrt(3)
+    assert stats["ci95"] == pytest.approx([2.0 - half, 2.0 + half], abs=1e-5)
+    assert targets.t_interval([0.5])["ci95"] == [None, None]
+    assert targets.gap_closed(0.75, 0.5, 1.0) == 0.5
+    assert targets.gap_closed(0.75, 0.5, 0.5) is None  # no gap to close
+
+
+def test_variants_parse_and_are_checked_before_anything_runs():
+    assert targets.parse_variants(["iw=loss.propensity_clip=20,train.epochs=3", "plain="]) == {
+        "iw": ["loss.propensity_clip=20", "train.epochs=3"], "plain": []}
+    with pytest.raises(SystemExit, match="ceiling"):
+        targets.parse_variants(["ceiling=loss.propensity_clip=0"])
+    with pytest.raises(SystemExit, match="loss.no_such_key"):
+        targets.parse_variants(["x=loss.no_such_key=1"])
+    with pytest.raises(SystemExit, match="train.epochs"):  # the settings every run gets are checked too
+        targets.parse_variants(["plain="], ["train.epochs=many"])
+
+
+def test_default_knob_is_read_where_evaluate_puts_it():
+    block = {"quality": 0.7, "cost": 1e-4}
+    assert targets.default_knob({"test": {"default_knob": block}}) == block
+    assert targets.default_knob({"default_knob": block}) == block
+    assert targets.default_knob({"test": {"aiq": 0.7}}) is None
+
+
+@pytest.mark.slow
+def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "offpolicy_targets.py"), "--quick", "--datasets", "demo",
+           "--eval-dataset", "demo", "--demo-n", "600", "--logs", "1", "--train-set", "train.epochs=2",
+           "--variant", "masked=loss.propensity_clip=0", "--out", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    assert json.loads((tmp_path / "offpolicy_targets.json").read_text()) == result
+
+    demo = result["learning"]["demo"]
+    assert (demo["bootstrap_records"], demo["logged_records"]) == (30, 390)
+    b, c = demo["aiq"]["bootstrap"]["mean"], demo["aiq"]["ceiling"]["mean"]
+    masked = demo["rates"]["0.2"]["masked"]
+    assert masked["gap_closed"]["overall"] == pytest.approx((masked["aiq"]["mean"] - b) / (c - b))
+    assert demo["closes_half_gap"]["masked"] == (masked["gap_closed"]["overall"] >= 0.5)
+
+    evaluation = result["evaluation"]
+    assert set(evaluation["routers"]) == {name for name, _, _ in targets.EVAL_ROUTERS}
+    assert evaluation["n_boot"] == targets.N_BOOT and evaluation["ranking_matches_share"] in (0.0, 1.0)
+    assert sorted(evaluation["true_ranking"]) == sorted(evaluation["routers"])
+    for block in evaluation["routers"].values():
+        for key in ("quality", "cost"):
+            values = block[key]
+            assert values["estimate"]["n"] == 1 and values["coverage"] in (0.0, 1.0)
+            assert values["max_abs_error"] == pytest.approx(abs(values["estimate"]["mean"] - values["truth"]))
+    # knob 0 sends every prompt to the model with the lowest estimated cost: its truth is that model's mean
+    cheapest = evaluation["routers"]["always-cheapest"]
+    assert cheapest["willingness_to_pay"] == 0.0
+    log_full = (tmp_path / "demo" / "sims" / "seed0-log_full.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in log_full]
+    means = [sum(r["outcomes"][m]["quality"] for r in records) / len(records) for m in records[0]["outcomes"]]
+    assert min(abs(cheapest["quality"]["truth"] - mean) for mean in means) < 1e-9
+    assert evaluation["routers"]["logging-policy"]["willingness_to_pay"] > 0
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # every step cached: no retraining
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads(again.stdout)
+    assert resumed["wall_seconds"] < 20
+    assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == \
+        {k: v for k, v in result.items() if k != "wall_seconds"}
