@@ -420,7 +420,13 @@ def test_weighted_curve_equals_the_plain_curve_with_unit_weights_and_ignores_uno
     chosen = [[QUALITY[0, 0], 0.0, QUALITY[2, 2], QUALITY[3, 0]],
               [QUALITY[0, 2], QUALITY[1, 2], QUALITY[2, 1] * 4 / 3, QUALITY[3, 1] * 4 / 3]]
     np.testing.assert_allclose(qualities, np.mean(chosen, axis=1))
-    np.testing.assert_allclose(costs, plain[0])
+    # the cost is estimated the same way, from the logged costs of the matching choices
+    chosen_c = [[COST[0, 0], 0.0, COST[2, 2], COST[3, 0]],
+                [COST[0, 2], COST[1, 2], COST[2, 1] * 4 / 3, COST[3, 1] * 4 / 3]]
+    np.testing.assert_allclose(costs, np.mean(chosen_c, axis=1))
+    s_costs, _ = metrics.curve_from_choices(holes, COST, choices, weights=w, estimator="snips")
+    total = [[1, 0, 1, 1], [1, 1, 4 / 3, 4 / 3]]
+    np.testing.assert_allclose(s_costs, np.sum(chosen_c, axis=1) / np.sum(total, axis=1))
     with pytest.raises(ValueError, match="no quality"):
         metrics.curve_from_choices(holes, COST, choices, weights=np.ones_like(QUALITY))
     with pytest.raises(ValueError, match="shape"):
