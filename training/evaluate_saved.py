@@ -11,7 +11,6 @@ policy's propensities, or the estimate is refused unless the caller forces a (fl
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from router_ml.errors import DataError, RouterMLError
 from router_ml.pricing import PriceCatalog
 from training.costs import observed_costs
 from training.data import LoadReport, TrafficTable, load_traffic
+from training.data.loader import quarantine_line
 from training.evaluation import BASELINES, HeldOut, default_knob, evaluate_held_out, scoreable_rows
 from training.saved import load_saved, wtp_or_default
 
@@ -73,9 +73,9 @@ def _quarantine_unknown(table: TrafficTable, data: str | Path, report: LoadRepor
     with open(report.quarantine, "a", encoding="utf-8") as f:
         for i in unknown:
             record = table.records[i]
-            f.write(json.dumps({"location": f"{data} record {i + 1}", "field": "outcomes",
-                                "reason": f"only models the router does not know ({sorted(record.outcomes)})",
-                                "raw": record.to_dict()}, default=str) + "\n")
+            f.write(quarantine_line(f"{data} record {i + 1}", "outcomes",
+                                    f"only models the router does not know ({sorted(record.outcomes)})",
+                                    record.to_dict()))
     report.rejected += len(unknown)
     dropped = set(unknown)
     log.warning("%s: %d logged records of models the router does not know (%s) set aside in %s",
@@ -138,7 +138,6 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
             before, on_error = len(table), load_options.get("on_error", "raise")
             table = _quarantine_unknown(table, data, report, router_models, extra, on_error)
             quarantined = before - len(table)
-        _check_log_models(data, saved.path, models, table.quality[:, [table.models.index(m) for m in models]], missing)
     if len(models) < 2:
         raise DataError(f"{data}: outcomes for at least two of the router's models are needed to score its choices; "
                         f"found {list(models)} of {list(router_models)} (the data's models: {list(table.models)})")
@@ -158,7 +157,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     if len(scored) == 0:
         raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
     if logged:
-        _check_log_models(data, saved.path, models, quality[scored])
+        _check_log_models(data, saved.path, models, quality[scored], missing)
     texts = [table.texts[int(i)] for i in scored]
     if missing or saved.two_model is None:  # weak/strong by mean quality on this data
         two_model = _two_model(TrafficTable(table.records, models=models), scored)

@@ -32,7 +32,7 @@ from training.data.readers import detect_format, reader_for
 from training.data.schema import Record, RecordError
 from training.data.table import TrafficTable
 
-__all__ = ["LoadReport", "load_exclude_list", "load_traffic", "normalize_prompt"]
+__all__ = ["LoadReport", "load_exclude_list", "load_traffic", "normalize_prompt", "quarantine_line"]
 
 
 def normalize_prompt(text: str) -> str:
@@ -87,6 +87,13 @@ class LoadReport:
         return dict(self.__dict__)
 
 
+def quarantine_line(location: str, field_name: str, reason: str, raw: Any) -> str:
+    """One quarantine-file line: where the record was, which field failed, why, and the record as read
+    (so it can be fixed and fed back)."""
+    entry = {"location": location, "field": field_name, "reason": reason, "raw": raw}
+    return json.dumps(entry, ensure_ascii=True, default=str) + "\n"
+
+
 class _Quarantine:
     def __init__(self, path: Path | None):
         self.path = path
@@ -97,8 +104,7 @@ class _Quarantine:
 
     def write(self, location: str, error: RecordError, raw: Any) -> None:
         if self._file is not None:
-            entry = {"location": location, "field": error.field, "reason": error.reason, "raw": raw}
-            self._file.write(json.dumps(entry, ensure_ascii=True, default=str) + "\n")
+            self._file.write(quarantine_line(location, error.field, error.reason, raw))
             self._file.flush()
 
     def close(self) -> None:
