@@ -170,6 +170,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 @_needs_train_extra
+def cmd_featurize(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from training.config import load_config
+    from training.shards import featurize_shard, parse_shard
+
+    shard = parse_shard(args.shard)
+    config = load_config(args.config, list(args.set or []))
+    print(json.dumps(featurize_shard(config, args.path, shard=shard, cache_dir=args.cache_dir, prices=args.prices,
+                                     **_load_options(args))))
+    return 0
+
+
+@_needs_train_extra
 def cmd_simulate_log(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
     from router_ml.cli import exploration_from_args
@@ -387,6 +400,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "registry under NAME (load it with models:/NAME/VERSION)")
     _add_input_options(train, positional=False)
     train.set_defaults(func=cmd_train)
+
+    featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
+                               "that 'train' reads (fan it out with any batch engine)")
+    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
+    featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
+                           "input options (the cache key holds the loaded records' fingerprint)")
+    featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
+                           "(default 0/1: everything)")
+    featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
+                           "~/.cache/router-ml/features); pass 'train' the same")
+    featurize.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_input_options(featurize, positional=False)
+    featurize.set_defaults(func=cmd_featurize)
 
     simulate = sub.add_parser("simulate-log", help="turn a full-information table into a bootstrap set, the log "
                               "an exploring router trained on it would write (with propensities) and a test set")
