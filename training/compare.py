@@ -119,10 +119,10 @@ def _client(tracking_uri: str | None):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
-    from training.tracking import default_tracking_uri
+    from training.tracking import default_tracking_uri, redact_uri
 
     uri = tracking_uri or default_tracking_uri()
-    return mlflow, mlflow.MlflowClient(tracking_uri=uri), uri
+    return mlflow, mlflow.MlflowClient(tracking_uri=uri), redact_uri(uri)
 
 
 def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None):

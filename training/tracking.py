@@ -1,7 +1,11 @@
 """MLflow tracking that never stops a training run.
 
 Default (embedded) store: ``sqlite:///<cwd>/mlflow.db`` with artifacts under ``<cwd>/mlruns``
-(both ignored by git); ``MLFLOW_TRACKING_URI`` points it anywhere else. Every call is guarded: if
+(both ignored by git); ``MLFLOW_TRACKING_URI`` points it anywhere else - for a team, an
+``http://`` MLflow server backed by PostgreSQL that also serves the artifacts (``mlflow server
+--backend-store-uri postgresql://... --artifacts-destination ...``), so no client needs database
+credentials or a shared disk. A URI is only ever reported with its password masked
+(:func:`redact_uri`): summaries and comparison tables get printed and logged. Every call is guarded: if
 the tracking server is unreachable - at the start or mid-run - the failure is recorded in
 :attr:`Tracker.error`, a warning is logged once, further calls are skipped, and training finishes.
 """
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tracker", "default_tracking_uri"]
+__all__ = ["Tracker", "default_tracking_uri", "redact_uri"]
 
 log = logging.getLogger("router_ml.tracking")
 
@@ -24,6 +28,17 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user info replaced by ``***`` (``postgresql://u:***@host/db``):
+    what a summary may print. URIs without one come back unchanged."""
+    scheme, sep, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return uri
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+
+
 class Tracker:
     """A guarded MLflow run: ``with Tracker(experiment="x") as t: t.log_metrics({...})``."""
 
@@ -31,7 +46,9 @@ class Tracker:
                  run_name: str | None = None, nested: bool = False, parent_run_id: str | None = None):
         self.experiment = experiment
         self.enabled = enabled
-        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self._uri = tracking_uri or default_tracking_uri()
+        #: where the run is logged, password masked (for summaries; the real URI stays private)
+        self.tracking_uri = redact_uri(self._uri)
         self.run_name = run_name
         self.nested = nested or parent_run_id is not None
         self.parent_run_id = parent_run_id
@@ -57,11 +74,11 @@ class Tracker:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             import mlflow
 
-            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_tracking_uri(self._uri)
             if mlflow.get_experiment_by_name(self.experiment) is None:
                 location = None
-                if self.tracking_uri.startswith("sqlite:"):
-                    location = (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+                if self._uri.startswith("sqlite:"):
+                    location = (Path(self._uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
                 mlflow.create_experiment(self.experiment, artifact_location=location)
             mlflow.set_experiment(self.experiment)
             run = mlflow.start_run(run_name=self.run_name, nested=self.nested, parent_run_id=self.parent_run_id)
