@@ -117,10 +117,11 @@ class MlflowServer:
         port = free_port()
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
                "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"]
-        # its own session: the server forks uvicorn workers, and stop() ends the whole group
+        # its own session: the server forks uvicorn workers, and stop() ends the whole group. Its server-side
+        # job runner (7 huey consumer processes, for GenAI features router-ml does not use) stays off.
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with log.open("w") as handle:
-            process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                       env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         server = cls(process, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -140,7 +141,7 @@ class MlflowServer:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=5)  # a throwaway server: no need to wait long for a graceful exit
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)

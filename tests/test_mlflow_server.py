@@ -8,13 +8,14 @@ both, so a skip there would hide a broken team setup.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from training.data import load_traffic, write_jsonl
-from training.tracking import default_tracking_uri, redact_uri
+from training.tracking import Tracker, default_tracking_uri, redact_uri
 
 from .conftest import DEMO, ROOT
 from .pg_server import MlflowServer, Postgres, find_pg_bin
@@ -41,6 +42,8 @@ def test_reported_uris_never_carry_a_password():
     for unchanged in ("http://127.0.0.1:5000", "postgresql://ml@db/mlflow", "sqlite:////tmp/a@b:c/mlflow.db",
                       "databricks"):
         assert redact_uri(unchanged) == unchanged
+    tracker = Tracker(experiment="x", enabled=False, tracking_uri="postgresql://ml:s3cret@db/mlflow")
+    assert tracker.tracking_uri == "postgresql://ml:***@db/mlflow"  # what the training summary prints
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +102,16 @@ def test_runs_logged_to_a_postgres_backed_server_are_listed_by_compare(team_serv
     text = run_cli("compare", "--experiment", "team", "--no-plot", cwd=work, env=env)
     assert text.returncode == 0, text.stderr[-2000:]
     assert all(s["run_id"][:8] in text.stdout for s in summaries.values())
+
+    # the same store read directly from the database (no server): the password never reaches the output
+    # (the throwaway cluster trusts local connections, so any password is accepted)
+    direct = {"MLFLOW_TRACKING_URI": pg.url("mlflow", driver="psycopg2").replace("routerml@", "routerml:hunter2@")}
+    raw = run_cli("compare", "--experiment", "team", "--json", "--no-plot", cwd=work, env=direct)
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert "hunter2" not in raw.stdout + raw.stderr
+    same = json.loads(raw.stdout.strip().splitlines()[-1])
+    assert same["tracking_uri"].startswith("postgresql+psycopg2://routerml:***@127.0.0.1:")
+    assert {r["run_id"] for r in same["runs"]} == set(listed)
 
     # and the runs really are rows of the PostgreSQL database, with their metrics
     with psycopg2.connect(pg.url("mlflow")) as conn, conn.cursor() as cur:
