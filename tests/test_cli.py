@@ -88,7 +88,7 @@ def test_prices_fill_missing_costs(tmp_path):
 
 # --- one console script, commands by package -------------------------------------------------------------
 
-TRAINING_COMMANDS = ("data", "train", "simulate-log", "evaluate", "compare", "sweep", "export")
+TRAINING_COMMANDS = ("data", "train", "simulate-log", "evaluate", "compare", "sweep", "export", "featurize")
 RUNTIME_COMMANDS = ("route", "serve", "feedback")
 SCRIPT = Path(sys.executable).with_name("router-ml")
 

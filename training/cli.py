@@ -401,20 +401,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_input_options(train, positional=False)
     train.set_defaults(func=cmd_train)
 
-    featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
-                               "that 'train' reads (fan it out with any batch engine)")
-    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
-    featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
-                           "input options (the cache key holds the loaded records' fingerprint)")
-    featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
-                           "(default 0/1: everything)")
-    featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
-                           "~/.cache/router-ml/features); pass 'train' the same")
-    featurize.add_argument("--quiet", action="store_true", help="no progress output on stderr")
-    _add_input_options(featurize, positional=False)
-    featurize.set_defaults(func=cmd_featurize)
-
     simulate = sub.add_parser("simulate-log", help="turn a full-information table into a bootstrap set, the log "
                               "an exploring router trained on it would write (with propensities) and a test set")
     simulate.add_argument("--data", required=True, dest="path", help="full-information data (every model's outcome)")
@@ -489,4 +475,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
                         "default: best predicted quality)")
     export.set_defaults(func=cmd_export)
+
+    featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
+                               "that 'train' reads (fan it out with any batch engine)")
+    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
+    featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
+                           "input options (the cache key holds the loaded records' fingerprint)")
+    featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
+                           "(default 0/1: everything)")
+    featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
+                           "~/.cache/router-ml/features); pass 'train' the same")
+    featurize.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_input_options(featurize, positional=False)
+    featurize.set_defaults(func=cmd_featurize)
 
