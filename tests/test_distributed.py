@@ -157,5 +157,7 @@ def test_torchrun_two_processes_match_one_process(runs):
     assert json.loads((runs.two_dir / "summary.json").read_text())["test"]["aiq"] == runs.two["test"]["aiq"]
     assert runs.two["data_fingerprint"] == runs.one["data_fingerprint"]
     assert runs.two["test_records"] == runs.one["test_records"]
+    # DDP really shared the work: each rank saw half of every epoch, so the run is not a copy of the one-process run
+    assert runs.two["test"]["aiq"] != runs.one["test"]["aiq"]
     low, high = runs.one["test"]["ci95"]["aiq"]
     assert low <= runs.two["test"]["aiq"] <= high, (runs.two["test"]["aiq"], (low, high))
