@@ -72,20 +72,28 @@ def _parquet_columns(path: Path) -> list[str]:
     return list(_parquet_schema(path).names)
 
 
-def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_parquet_batches(path: Path, batch_size: int = 4096) -> Iterator[Any]:
+    """The record batches of a Parquet file; a broken or empty file is a :class:`DataError`."""
     pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
         raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
-    index = 0
+    rows = 0
     for batch in pf.iter_batches(batch_size=batch_size):
+        rows += batch.num_rows
+        yield batch
+    if rows == 0:
+        raise DataError("the file is empty (no rows)", location=str(path))
+
+
+def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
+    index = 0
+    for batch in _iter_parquet_batches(path, batch_size):
         for row in batch.to_pylist():
             yield index, row
             index += 1
-    if index == 0:
-        raise DataError("the file is empty (no rows)", location=str(path))
 
 
 def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] | RecordError]]:

@@ -1,0 +1,117 @@
+"""What the loader keeps while it reads: committed column chunks, a sample-id index, merged records."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+
+from training.data.batches import Locations
+from training.data.columns import Assembler, Columns, concat
+from training.data.schema import Record
+
+__all__ = ["Collector", "id_hashes"]
+
+
+def id_hashes(ids: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with a sample_id, their 64-bit hashes). ``hash`` is salted per process, which is fine:
+    the index lives only as long as one load."""
+    rows = np.fromiter((i for i, s in enumerate(ids) if s is not None), dtype=np.int64)
+    hashes = np.fromiter((hash(ids[i]) for i in rows), dtype=np.int64, count=len(rows))
+    return rows, hashes
+
+
+class _IdIndex:
+    """sample_id hash -> first row, as sorted runs merged like a log-structured tree: duplicate
+    detection at 10M rows without a dict of 10M strings. A hash hit is confirmed on the ids."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        order = np.argsort(hashes, kind="stable")
+        run = (hashes[order], rows[order])
+        while self.runs and len(self.runs[-1][0]) <= len(run[0]):
+            last = self.runs.pop()
+            h, r = np.concatenate([last[0], run[0]]), np.concatenate([last[1], run[1]])
+            order = np.argsort(h, kind="stable")
+            run = (h[order], r[order])
+        self.runs.append(run)
+
+    def hits(self, hashes: np.ndarray) -> np.ndarray:
+        """Which of ``hashes`` some added row shares (maybe by collision)."""
+        out = np.zeros(len(hashes), dtype=bool)
+        for h, _ in self.runs:
+            pos = np.minimum(np.searchsorted(h, hashes), len(h) - 1)
+            out |= h[pos] == hashes
+        return out
+
+    def rows(self, value: int) -> list[int]:
+        found: list[int] = []
+        for h, r in self.runs:
+            lo, hi = np.searchsorted(h, value, "left"), np.searchsorted(h, value, "right")
+            found.extend(int(x) for x in r[lo:hi])
+        return sorted(found)
+
+
+class Collector:
+    """The rows kept so far, in order (global row numbers), with their locations."""
+
+    def __init__(self) -> None:
+        self.parts: list[Columns] = []
+        self.locations: list[Locations] = []
+        self.starts: list[int] = []
+        self.n = 0
+        self.ids = _IdIndex()
+        self.patches: dict[int, Record] = {}
+
+    def _part(self, g: int) -> tuple[int, int]:
+        c = bisect.bisect_right(self.starts, g) - 1
+        return c, g - self.starts[c]
+
+    def location(self, g: int) -> str:
+        c, i = self._part(g)
+        return self.locations[c][i]
+
+    def record(self, g: int) -> Record:
+        if g in self.patches:
+            return self.patches[g]
+        c, i = self._part(g)
+        return self.parts[c].record(i)
+
+    def find(self, sample_id: str) -> int | None:
+        """The row holding ``sample_id``, if one was kept."""
+        for g in self.ids.rows(hash(sample_id)):
+            c, i = self._part(g)
+            if self.parts[c].sample_id[i] == sample_id:
+                return g
+        return None
+
+    def commit(self, columns: Columns, locations: Locations) -> None:
+        if not len(columns):
+            return
+        rows, hashes = id_hashes(columns.sample_id.to_list())
+        self.ids.add(hashes, rows + self.n)
+        self.parts.append(columns)
+        self.locations.append(locations)
+        self.starts.append(self.n)
+        self.n += len(columns)
+
+    def finish(self) -> Columns:
+        """All kept rows as one set of columns, merged duplicates in place of their first row."""
+        columns = concat(self.parts) if self.parts else Assembler().finish()
+        if self.patches:
+            rows = sorted(self.patches)
+            asm = Assembler()
+            for g in rows:
+                asm.add_record(self.patches[g])
+            index = np.arange(len(columns))
+            index[rows] = len(columns) + np.arange(len(rows))
+            columns = concat([columns, asm.finish()]).take(index)
+        return columns
+
+    def locate(self, rows: Sequence[int]) -> list[str]:
+        return [self.location(int(g)) for g in rows]
