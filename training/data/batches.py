@@ -230,8 +230,9 @@ def _jsonl_batch(path: Path, lines: list[bytes], first_line: int, prices: PriceC
 
 
 def jsonl_batches(path: Path, prices: PriceCatalog | None = None, *,
-                  block_bytes: int = _BLOCK_BYTES) -> Iterator[Batch]:
-    """Canonical JSON Lines as batches of about ``block_bytes`` of complete lines."""
+                  block_bytes: int | None = None) -> Iterator[Batch]:
+    """Canonical JSON Lines as batches of about ``block_bytes`` (default 8 MB) of complete lines."""
+    block_bytes = block_bytes or _BLOCK_BYTES
     opener = gzip.open if path.name.endswith(".gz") else open
     loads = _loads()
     line_no, seen_any = 1, False
@@ -349,8 +350,9 @@ def _parquet_batch(path: Path, batch: Any, offset: int, prices: PriceCatalog | N
 
 
 def parquet_batches(path: Path, prices: PriceCatalog | None = None, *,
-                    batch_rows: int = _ROW_BATCH) -> Iterator[Batch]:
-    """Canonical Parquet as batches of ``batch_rows`` rows (columns checked whole)."""
+                    batch_rows: int | None = None) -> Iterator[Batch]:
+    """Canonical Parquet as batches of ``batch_rows`` rows (default 16384; columns checked whole)."""
+    batch_rows = batch_rows or _ROW_BATCH
     check_parquet_version(path)
     pq = require("pyarrow.parquet", purpose="reading Parquet")
     fast = _parquet_fast_ok(pq.read_schema(path))

@@ -47,8 +47,10 @@ class TrafficTable(Sequence[Record]):
     def _setup(self, columns: Columns, models: Sequence[str] | None, records: list[Record] | None) -> None:
         order = columns.first_appearance_order() if models is None else tuple(models)
         # The public models come first, in their order, so each matrix is a view of the stored one;
-        # models outside them stay stored (after them) so records come back whole.
-        self._cols = columns.with_models(order + tuple(m for m in columns.models if m not in order))
+        # models outside them with an outcome stay stored (after them) so records come back whole.
+        used = (columns.rank >= 0).any(axis=0)
+        self._cols = columns.with_models(
+            order + tuple(m for j, m in enumerate(columns.models) if used[j] and m not in order))
         self.models: tuple[str, ...] = order
         self._records = records
         self._fingerprint: str | None = None
