@@ -12,10 +12,20 @@ import numpy as np
 import pytest
 
 from router_ml import DataError
-from training.data import Outcome, Preference, Record, TrafficTable, load_traffic, write_jsonl, write_parquet
-from training.data import batches as batches_module
-from training.data.batches import jsonl_batches, parquet_batches, row_batches
+from training.data import (
+    Outcome,
+    Preference,
+    Record,
+    TrafficTable,
+    fast_jsonl,
+    load_traffic,
+    write_jsonl,
+    write_parquet,
+)
+from training.data.batches import row_batches
 from training.data.columns import concat
+from training.data.fast_jsonl import jsonl_batches
+from training.data.fast_parquet import parquet_batches
 from training.data.loader import quarantine_line
 from training.data.readers import read_jsonl, read_parquet
 
@@ -120,7 +130,7 @@ def test_a_bad_row_inside_a_valid_batch_is_quarantined_as_before(demo, tmp_path,
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(lines) + "\n")
     if block:
-        monkeypatch.setattr(batches_module, "_BLOCK_BYTES", block)
+        monkeypatch.setattr(fast_jsonl, "_BLOCK_BYTES", block)
     with pytest.raises(DataError) as info:
         load_traffic(path)
     assert info.value.location == f"{path}:6" and info.value.field == "outcomes.a.quality"
@@ -159,7 +169,7 @@ def test_duplicates_merge_across_batches_in_first_appearance_order(tmp_path, mon
     expected, report = load_traffic(path)
     assert expected.models == ("a", "z", "b") and len(expected) == 6 and report.merged_duplicates == 10
     assert expected[0].outcomes == {"a": Outcome(1.0 - 0.5), "z": Outcome(1.0), "b": Outcome(0.5)}
-    monkeypatch.setattr(batches_module, "_BLOCK_BYTES", 150)
+    monkeypatch.setattr(fast_jsonl, "_BLOCK_BYTES", 150)
     table, report = load_traffic(path)
     _same(table, expected)
     assert report.merged_duplicates == 10
@@ -197,3 +207,39 @@ def test_table_api_reads_the_columns(demo):
     assert narrow.subset([0]).records == [records[0]]  # outcomes of the other models are kept
     with pytest.raises(IndexError):
         table[len(records)]
+
+
+def test_num_proc_gives_the_one_process_result(demo, tmp_path, monkeypatch):
+    from training.data import parallel
+
+    _, _, records = demo
+    lines = [json.dumps(r.to_dict()) for r in records[:300]]
+    for i, bad in enumerate(BAD_LINES):
+        lines.insert(20 + 37 * i, json.dumps(bad))
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    parquet = write_parquet(TrafficTable(records[:300] + [Record(prompt="x", outcomes={"a": Outcome(2.0)})]
+                                         + records[300:]), tmp_path / "t.parquet", batch_size=64)
+    monkeypatch.setattr(parallel, "_SHARD_BYTES", 40_000)
+    monkeypatch.setattr(parallel, "_SHARD_ROWS", 100)
+    assert len(parallel._jsonl_shards(jsonl, 40_000)) > 4 and len(parallel._parquet_shards(parquet, 100)) > 4
+    for path in (jsonl, parquet):
+        results = []
+        for num_proc in (1, 2):
+            qfile = tmp_path / f"q{num_proc}.jsonl"
+            table, report = load_traffic(path, on_error="quarantine", quarantine=qfile, num_proc=num_proc)
+            results.append((table, {**report.to_dict(), "quarantine": None}, qfile.read_text()))
+            with pytest.raises(DataError) as info:
+                load_traffic(path, num_proc=num_proc)
+            results[-1] += (str(info.value),)
+        (one, *rest_one), (two, *rest_two) = results
+        _same(two, one)
+        assert rest_two == rest_one and rest_one[1].count("\n") == (len(BAD_LINES) if path == jsonl else 1)
+
+
+def test_cli_inspect_takes_num_proc_and_reports_the_same(demo):
+    _, parquet, records = demo
+    outs = [subprocess.run([sys.executable, "-m", "router_ml.cli", "data", "inspect", str(parquet), "--json",
+                            *extra], capture_output=True, text=True, timeout=300, check=True).stdout
+            for extra in ((), ("--num-proc", "2"))]
+    assert outs[0] == outs[1] and json.loads(outs[0])["records"] == len(records)

@@ -57,6 +57,13 @@ class _IdIndex:
         return sorted(found)
 
 
+def _joined(parts: list[Locations]) -> Locations:
+    """One Locations for many (numbered ones stay numbers when they share a template)."""
+    if all(p.strings is None and p.template == parts[0].template for p in parts):
+        return Locations(parts[0].template, np.concatenate([p.numbers for p in parts]))
+    return Locations(strings=[p[i] for p in parts for i in range(len(p))])
+
+
 class Collector:
     """The rows kept so far, in order (global row numbers), with their locations."""
 
@@ -111,7 +118,7 @@ class Collector:
             index = np.arange(len(columns))
             index[rows] = len(columns) + np.arange(len(rows))
             columns = concat([columns, asm.finish()]).take(index)
+        # one part from now on: the chunks' memory goes back before the table is built
+        self.parts, self.starts, self.patches = [columns], [0], {}
+        self.locations = [_joined(self.locations)] if self.locations else [Locations(strings=[])]
         return columns
-
-    def locate(self, rows: Sequence[int]) -> list[str]:
-        return [self.location(int(g)) for g in rows]

@@ -254,6 +254,7 @@ def load_traffic(
     columns: Mapping[str, str] | None = None,
     split: str = "train",
     allow_pickle: bool = False,
+    num_proc: int = 1,
 ) -> tuple[TrafficTable, LoadReport]:
     """Load logged traffic from ``source`` into a :class:`TrafficTable`.
 
@@ -261,7 +262,8 @@ def load_traffic(
     file of prompts (or an iterable of prompt texts) to drop; ``prices`` is a catalog used where a
     record has tokens but no cost; ``columns`` maps fields to columns for the ``hf`` format.
     Canonical JSONL and Parquet stream in batches straight into columns (no record objects);
-    memory is the table's columns plus one batch.
+    memory is the table's columns plus the batches in flight. ``num_proc`` > 1 validates them over
+    that many processes (shards of the file) with a result identical to one process.
 
     >>> table, report = load_traffic("data/demo/traffic.jsonl")  # doctest: +SKIP
     >>> table.quality.shape                                      # doctest: +SKIP
@@ -269,6 +271,8 @@ def load_traffic(
     """
     if on_error not in ("raise", "quarantine"):
         raise DataError(f"on_error must be 'raise' or 'quarantine', got {on_error!r}")
+    if num_proc < 1:
+        raise DataError(f"num_proc must be >= 1, got {num_proc}")
     fmt = format or detect_format(source)
     reader_for(fmt)  # an unknown format fails here, before any file is written
     path: Any = Path(source) if fmt != "hf" or Path(source).exists() else str(source)
@@ -288,7 +292,7 @@ def load_traffic(
     sink = _Quarantine(qpath)
     state = _Load(report, sink, on_error, excluded_keys)
     try:
-        for batch in read_batches(fmt, path, prices=prices, columns=columns, split=split,
+        for batch in read_batches(fmt, path, prices=prices, num_proc=num_proc, columns=columns, split=split,
                                   allow_pickle=allow_pickle, report=extra):
             state.add(batch)
         table_columns = state.finish(str(source))
