@@ -36,7 +36,7 @@ MATRICES = ("quality", "cost", "propensity", "input_tokens", "output_tokens", "l
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--n", "600", "--seed", "5",
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--n", "1500", "--seed", "5",
                     "--out-dir", str(out)], check=True, capture_output=True)
     jsonl = out / "traffic.jsonl"
     records = [row.record for row in read_jsonl(jsonl)]

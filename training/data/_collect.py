@@ -100,6 +100,7 @@ class Collector:
     def commit(self, columns: Columns, locations: Locations) -> None:
         if not len(columns):
             return
+        columns = columns.compact()  # batch by batch, so the kept rows never sit uncompressed
         rows, hashes = id_hashes(columns.sample_id.to_list())
         self.ids.add(hashes, rows + self.n)
         self.parts.append(columns)
@@ -109,7 +110,7 @@ class Collector:
 
     def finish(self) -> Columns:
         """All kept rows as one set of columns, merged duplicates in place of their first row."""
-        columns = concat(self.parts) if self.parts else Assembler().finish()
+        columns = concat(self.parts, consume=True) if self.parts else Assembler().finish()
         if self.patches:
             rows = sorted(self.patches)
             asm = Assembler()
@@ -118,6 +119,7 @@ class Collector:
             index = np.arange(len(columns))
             index[rows] = len(columns) + np.arange(len(rows))
             columns = concat([columns, asm.finish()]).take(index)
+        columns = columns.compact()  # (merged rows came back uncompressed)
         # one part from now on: the chunks' memory goes back before the table is built
         self.parts, self.starts, self.patches = [columns], [0], {}
         self.locations = [_joined(self.locations)] if self.locations else [Locations(strings=[])]

@@ -50,9 +50,7 @@ class StrColumn(Sequence[str]):
     __slots__ = ("array",)
 
     def __init__(self, array: Any):
-        pa = _pa()
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks else pa.array([], pa.large_string())
+        """``array``: a ``large_string`` Arrow array or chunked array (kept as it is, no copy)."""
         self.array = array
 
     @classmethod
@@ -90,6 +88,27 @@ class StrColumn(Sequence[str]):
     def __repr__(self) -> str:
         return f"StrColumn({len(self)} strings)"
 
+    def plain(self) -> Any:
+        """The values as ``large_string`` (decoded where the column is dictionary-encoded)."""
+        pa = _pa()
+        return self.array if pa.types.is_large_string(self.array.type) else self.array.cast(pa.large_string())
+
+    def compact(self) -> StrColumn:
+        """Dictionary-encoded when few distinct values repeat (a task, templated metadata): 4 bytes a row."""
+        pa = _pa()
+        pc = require("pyarrow.compute", purpose="the columnar training table")
+        n = len(self.array)
+        if n < 1024 or not pa.types.is_large_string(self.array.type):
+            return self
+        if pc.count_distinct(self.array.slice(0, 4096), mode="all").as_py() > 1024:
+            return self  # mostly distinct values: encoding would not pay
+        encoded = pc.dictionary_encode(self.array)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries()
+        dictionary = encoded.chunk(0).dictionary if isinstance(encoded, pa.ChunkedArray) and encoded.num_chunks \
+            else getattr(encoded, "dictionary", None)
+        return StrColumn(encoded) if dictionary is not None and len(dictionary) <= n // 4 else self
+
     def to_list(self) -> list[str | None]:
         return self.array.to_pylist()
 
@@ -106,14 +125,14 @@ class StrColumn(Sequence[str]):
         pc = require("pyarrow.compute", purpose="the columnar training table")
         h = into if into is not None else hashlib.sha256()
         for start in range(0, len(self.array), _CHUNK):
-            part = self.array.slice(start, _CHUNK)
-            if not pa.types.is_large_string(part.type):
-                part = part.cast(pa.large_string())
+            part = StrColumn(self.array.slice(start, _CHUNK)).plain()
+            if isinstance(part, pa.ChunkedArray):
+                part = part.combine_chunks() if part.num_chunks else pa.array([], pa.large_string())
             lengths = pc.fill_null(pc.binary_length(part), -1).to_numpy(zero_copy_only=False)
             h.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
-            part = pa.concat_arrays([part])  # a fresh array: its value buffer holds just this slice
-            offsets = np.frombuffer(part.buffers()[1], dtype="<i8")[part.offset:part.offset + len(part) + 1]
-            h.update(part.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]] if len(part) else b"")
+            if len(part):  # the values between the slice's first and last offset, without a copy
+                offsets = np.frombuffer(part.buffers()[1], dtype="<i8")[part.offset:part.offset + len(part) + 1]
+                h.update(memoryview(part.buffers()[2])[int(offsets[0]):int(offsets[-1])])
         return h.hexdigest()
 
 
@@ -178,6 +197,19 @@ class Columns:
         out["models"] = models
         return Columns(**out)
 
+    def compact(self) -> Columns:
+        """The same rows in less memory: repetitive strings dictionary-encoded, token counts as float32
+        when every count is exact in it (below 2**24)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("task", "metadata", "timestamp", "preferences"):
+            out[name] = out[name].compact()
+        for name in ("input_tokens", "output_tokens"):
+            m = out[name]
+            with np.errstate(invalid="ignore"):
+                if m.dtype == np.float64 and not (m >= 2.0 ** 24).any():
+                    out[name] = m.astype(np.float32)
+        return Columns(**out)
+
     def first_appearance_order(self) -> tuple[str, ...]:
         """Models in order of first appearance over the records (outcomes, then preference models)."""
         n = len(self)
@@ -229,31 +261,61 @@ class Columns:
         h.update(json.dumps([len(cols), list(cols.models)]).encode())
         for name in _MATRICES:
             m = getattr(cols, name)
-            h.update(np.where(np.isnan(m), np.nan, m).astype("<f8").tobytes())
-        h.update(np.where(cols.rank >= 0, 1, 0).astype(np.int8).tobytes())
+            for start in range(0, len(m), _CHUNK):  # a block at a time: no full-size temporaries
+                block = m[start:start + _CHUNK].astype("<f8")
+                block[np.isnan(block)] = np.nan  # one NaN bit pattern, whichever a reader produced
+                h.update(block.tobytes())
+        h.update((cols.rank >= 0).astype(np.int8).tobytes())
         h.update(cols.chat.astype(np.int8).tobytes())
         for name in _STRINGS:
             getattr(cols, name).digest(h)
         return h.hexdigest()
 
 
-def concat(parts: Sequence[Columns]) -> Columns:
-    """Rows of ``parts`` one after another, over the union of their models (first-seen order)."""
+def concat(parts: list[Columns], *, consume: bool = False) -> Columns:
+    """Rows of ``parts`` one after another, over the union of their models (first-seen order).
+
+    Matrices are copied into one allocation (of the parts' widest dtype); strings stay chunked (no
+    copy). ``consume`` empties
+    ``parts`` as it goes, so the peak is the result plus one part, not twice the data."""
     if len(parts) == 1:
-        return parts[0]
+        return parts.pop() if consume else parts[0]
     pa = _pa()
     models: dict[str, None] = {}
     for part in parts:
         models.update(dict.fromkeys(part.models))
-    aligned = [p.with_models(tuple(models)) for p in parts]
-    out: dict[str, Any] = {"models": tuple(models)}
-    for name in (*_MATRICES, "rank"):
-        out[name] = np.concatenate([getattr(p, name) for p in aligned])
-    out["chat"] = np.concatenate([p.chat for p in aligned])
+    n = sum(len(p) for p in parts)
+    out: dict[str, Any] = {"models": tuple(models), "chat": np.zeros(n, dtype=bool),
+                           "rank": np.full((n, len(models)), -1, dtype=np.int8)}
+    out.update({name: np.full((n, len(models)), np.nan, dtype=np.result_type(*[getattr(p, name) for p in parts]))
+                for name in _MATRICES})
+    # dictionary-encoded chunks stay encoded when every part's are (each chunk keeps its dictionary)
+    same = {name: len({getattr(p, name).array.type for p in parts}) == 1 for name in _STRINGS}
+    strings: dict[str, list] = {name: [] for name in _STRINGS}
+    where = {m: j for j, m in enumerate(models)}
+    row = 0
+    for part in (parts if not consume else _drain(parts)):
+        cols = np.array([where[m] for m in part.models], dtype=np.int64)
+        rows = slice(row, row + len(part))
+        if part.rank.dtype != out["rank"].dtype:
+            out["rank"] = out["rank"].astype(np.promote_types(part.rank.dtype, out["rank"].dtype))
+        for name in (*_MATRICES, "rank"):
+            out[name][rows, cols] = getattr(part, name)
+        out["chat"][rows] = part.chat
+        for name in _STRINGS:
+            array = getattr(part, name).array if same[name] else getattr(part, name).plain()
+            strings[name].extend(array.chunks if isinstance(array, pa.ChunkedArray) else [array])
+        row += len(part)
     for name in _STRINGS:
-        out[name] = StrColumn(pa.chunked_array([getattr(p, name).array for p in aligned],
-                                               type=pa.large_string()))
+        kind = strings[name][0].type if strings[name] else pa.large_string()
+        out[name] = StrColumn(pa.chunked_array(strings[name], type=kind))
     return Columns(**out)
+
+
+def _drain(parts: list[Columns]) -> Iterator[Columns]:
+    parts.reverse()
+    while parts:
+        yield parts.pop()
 
 
 class Assembler:

@@ -124,13 +124,15 @@ class TrafficTable(Sequence[Record]):
 
     @property
     def input_tokens(self) -> np.ndarray:
-        """``(n_records, n_models)`` prompt tokens (float, exact integers); NaN = not logged."""
-        return self._public("input_tokens")
+        """``(n_records, n_models)`` prompt tokens (float64, exact integers; a copy when the table
+        stores them as float32); NaN = not logged."""
+        return self._public("input_tokens").astype(np.float64, copy=False)
 
     @property
     def output_tokens(self) -> np.ndarray:
-        """``(n_records, n_models)`` completion tokens (float, exact integers); NaN = not logged."""
-        return self._public("output_tokens")
+        """``(n_records, n_models)`` completion tokens (float64, exact integers; a copy when the table
+        stores them as float32); NaN = not logged."""
+        return self._public("output_tokens").astype(np.float64, copy=False)
 
     @property
     def latency_s(self) -> np.ndarray:
@@ -141,7 +143,7 @@ class TrafficTable(Sequence[Record]):
         """Each record's ``task`` or ``metadata.<key>`` as a numpy str array ('' where missing)."""
         if field == "task":
             pc = require("pyarrow.compute", purpose="the columnar training table")
-            values = pc.fill_null(self._cols.task.array, "").to_numpy(zero_copy_only=False)
+            values = pc.fill_null(self._cols.task.plain(), "").to_numpy(zero_copy_only=False)
             return np.asarray(values, dtype=str) if len(values) else np.asarray([], dtype=str)
         if field.startswith("metadata.") and len(field) > len("metadata."):
             key = field.removeprefix("metadata.")
@@ -175,7 +177,7 @@ class TrafficTable(Sequence[Record]):
             p_coverage[model] = p.size / q.size if q.size else 0.0
             p_min[model] = float(p.min()) if p.size else None
         prefs = self._cols.preferences
-        n_prefs = sum(len(json.loads(p)) for p in prefs.array.drop_null().to_pylist())
+        n_prefs = sum(len(json.loads(p)) for p in prefs.plain().drop_null().to_pylist())
         return {
             "records": n,
             "models": list(self.models),
@@ -187,6 +189,6 @@ class TrafficTable(Sequence[Record]):
             "outcomes": int(has.sum()),
             "preferences": n_prefs,
             "chat_records": int(self._cols.chat.sum()),
-            "tasks": int(pc.count_distinct(self._cols.task.array, mode="only_valid").as_py()),
+            "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
             "fingerprint": self.fingerprint(),
         }
