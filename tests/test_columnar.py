@@ -243,3 +243,17 @@ def test_cli_inspect_takes_num_proc_and_reports_the_same(demo):
                             *extra], capture_output=True, text=True, timeout=300, check=True).stdout
             for extra in ((), ("--num-proc", "2"))]
     assert outs[0] == outs[1] and json.loads(outs[0])["records"] == len(records)
+
+
+def test_repetitive_columns_are_dictionary_encoded_and_read_back_the_same(tmp_path):
+    records = [Record(prompt=f"p{i}", task=None if i % 3 else "law", metadata={"src": "ab"[i % 2]} if i % 5 else {},
+                      outcomes={"m": Outcome(quality=1.0, output_tokens=i)}) for i in range(1500)]
+    expected = TrafficTable(records)
+    table, _ = load_traffic(write_parquet(expected, tmp_path / "t.parquet"))
+    assert "dictionary" in str(table.columns.metadata.array.type) and "dictionary" in str(table.columns.task.array.type)
+    assert table.columns.output_tokens.dtype == np.float32 and table.output_tokens.dtype == np.float64
+    _same(table, expected)
+    for field in ("task", "metadata.src", "metadata.none"):
+        assert table.group_values(field).tolist() == expected.group_values(field).tolist()
+    assert table.group_values("metadata.src").tolist()[:6] == ["", "b", "a", "b", "a", ""]
+    assert table.summary() == expected.summary() and table.subset([0, 5, 3]).records == [records[i] for i in (0, 5, 3)]

@@ -147,8 +147,7 @@ class TrafficTable(Sequence[Record]):
             return np.asarray(values, dtype=str) if len(values) else np.asarray([], dtype=str)
         if field.startswith("metadata.") and len(field) > len("metadata."):
             key = field.removeprefix("metadata.")
-            values = [str(json.loads(m).get(key) or "") if m is not None else "" for m in self._cols.metadata]
-            return np.asarray(values, dtype=str)
+            return _metadata_values(self._cols.metadata, key)
         raise RouterMLError(f"router.groups takes 'task' or 'metadata.<key>', got {field!r}")
 
     def fingerprint(self) -> str:
@@ -192,3 +191,23 @@ class TrafficTable(Sequence[Record]):
             "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
             "fingerprint": self.fingerprint(),
         }
+
+
+def _metadata_values(column: StrColumn, key: str) -> np.ndarray:
+    """``str(metadata[key])`` per row ('' where missing); a dictionary-encoded chunk parses each
+    distinct metadata object once and maps its rows through the indices."""
+    pa = require("pyarrow", purpose="the columnar training table")
+
+    def value(text: str | None) -> str:
+        return "" if text is None else str(json.loads(text).get(key) or "")
+
+    array = column.array
+    parts = []
+    for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
+        if pa.types.is_dictionary(chunk.type):
+            distinct = np.asarray([value(t) for t in chunk.dictionary.to_pylist()] + [""], dtype=str)
+            indices = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            parts.append(distinct[indices])  # -1 (no metadata) picks the trailing ''
+        else:
+            parts.append(np.asarray([value(t) for t in chunk.to_pylist()], dtype=str))
+    return np.concatenate(parts) if parts else np.asarray([], dtype=str)
