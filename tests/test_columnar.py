@@ -257,3 +257,16 @@ def test_repetitive_columns_are_dictionary_encoded_and_read_back_the_same(tmp_pa
         assert table.group_values(field).tolist() == expected.group_values(field).tolist()
     assert table.group_values("metadata.src").tolist()[:6] == ["", "b", "a", "b", "a", ""]
     assert table.summary() == expected.summary() and table.subset([0, 5, 3]).records == [records[i] for i in (0, 5, 3)]
+
+
+def test_kept_rows_grow_in_place_across_batches_widening_a_column_when_needed(tmp_path, monkeypatch):
+    # 6000 rows in ~60 batches: the matrices grow past their first allocation, a model appears late,
+    # and a token count too big for float32 arrives after float32 batches
+    records = [Record(prompt=f"p{i}", outcomes={("m" if i < 5000 else "late"): Outcome(
+        quality=0.5, output_tokens=(2**25 + 1 if i == 5500 else i))}) for i in range(6000)]
+    path = write_jsonl(records, tmp_path / "t.jsonl")
+    monkeypatch.setattr(fast_jsonl, "_BLOCK_BYTES", 5000)
+    table, _ = load_traffic(path)
+    assert table.columns.output_tokens.dtype == np.float64 and table.models == ("m", "late")
+    _same(table, TrafficTable(records))
+    assert table[5500].outcomes["late"].output_tokens == 2**25 + 1

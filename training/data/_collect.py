@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from training.data.batches import Locations
-from training.data.columns import Assembler, Columns, concat
+from training.data.columns import MATRICES, STRINGS, Assembler, Columns, StrColumn, concat, join_strings
 from training.data.schema import Record
 
 __all__ = ["Collector", "id_hashes"]
@@ -64,11 +65,65 @@ def _joined(parts: list[Locations]) -> Locations:
     return Locations(strings=[p[i] for p in parts for i in range(len(p))])
 
 
-class Collector:
-    """The rows kept so far, in order (global row numbers), with their locations."""
+class _Numbers:
+    """The kept rows' matrices, each one allocation grown in place (``ndarray.resize``: a realloc,
+    no second copy of the data), so a load never holds its matrices twice. No view of them is
+    handed out before :meth:`finish`."""
 
     def __init__(self) -> None:
-        self.parts: list[Columns] = []
+        self.models: dict[str, int] = {}
+        self.n = 0
+        self.arrays: dict[str, np.ndarray] = {name: np.full((0, 0), np.nan) for name in MATRICES}
+        self.arrays["rank"] = np.full((0, 0), -1, dtype=np.int8)
+        self.arrays["chat"] = np.zeros(0, dtype=bool)
+
+    @staticmethod
+    def _fill(name: str) -> Any:
+        return -1 if name == "rank" else (False if name == "chat" else np.nan)
+
+    def append(self, cols: Columns) -> None:
+        new = [m for m in cols.models if m not in self.models]
+        if new:  # a model not seen before: one more column (a copy, rare after the first batches)
+            base = len(self.models)
+            self.models.update((m, base + i) for i, m in enumerate(new))
+            for name, a in self.arrays.items():
+                if a.ndim == 2:
+                    wider = np.full((len(a), len(self.models)), self._fill(name), dtype=a.dtype)
+                    wider[:, :a.shape[1]] = a
+                    self.arrays[name] = wider
+        k, cap = len(cols), len(self.arrays["chat"])
+        if self.n + k > cap:
+            grown = max(self.n + k, cap + cap // 2, 4096)
+            for name, a in self.arrays.items():
+                a.resize((grown, *a.shape[1:]), refcheck=False)
+                a[cap:] = self._fill(name)
+        where = np.array([self.models[m] for m in cols.models], dtype=np.int64)
+        for name in (*MATRICES, "rank"):
+            values = getattr(cols, name)
+            # the first batch sets the dtype (float32 token counts); a wider one later widens it
+            dtype = values.dtype if self.n == 0 else np.result_type(values, self.arrays[name])
+            if dtype != self.arrays[name].dtype:
+                self.arrays[name] = self.arrays[name].astype(dtype)
+            self.arrays[name][self.n:self.n + k, where] = values
+        self.arrays["chat"][self.n:self.n + k] = cols.chat
+        self.n += k
+
+    def rows(self, g: int) -> dict[str, np.ndarray]:
+        return {name: a[g:g + 1].copy() for name, a in self.arrays.items()}
+
+    def finish(self) -> dict[str, np.ndarray]:
+        for a in self.arrays.values():
+            a.resize((self.n, *a.shape[1:]), refcheck=False)
+        return self.arrays
+
+
+class Collector:
+    """The rows kept so far, in order (global row numbers), with their locations: numbers in
+    :class:`_Numbers`, strings as the batches' Arrow arrays (joined without a copy at the end)."""
+
+    def __init__(self) -> None:
+        self.numbers = _Numbers()
+        self.strings: list[dict[str, StrColumn]] = []
         self.locations: list[Locations] = []
         self.starts: list[int] = []
         self.n = 0
@@ -87,13 +142,14 @@ class Collector:
         if g in self.patches:
             return self.patches[g]
         c, i = self._part(g)
-        return self.parts[c].record(i)
+        strings = {name: column.take([i]) for name, column in self.strings[c].items()}
+        return Columns(models=tuple(self.numbers.models), **self.numbers.rows(g), **strings).record(0)
 
     def find(self, sample_id: str) -> int | None:
         """The row holding ``sample_id``, if one was kept."""
         for g in self.ids.rows(hash(sample_id)):
             c, i = self._part(g)
-            if self.parts[c].sample_id[i] == sample_id:
+            if self.strings[c]["sample_id"][i] == sample_id:
                 return g
         return None
 
@@ -103,14 +159,18 @@ class Collector:
         columns = columns.compact()  # batch by batch, so the kept rows never sit uncompressed
         rows, hashes = id_hashes(columns.sample_id.to_list())
         self.ids.add(hashes, rows + self.n)
-        self.parts.append(columns)
+        self.numbers.append(columns)
+        self.strings.append({name: getattr(columns, name) for name in STRINGS})
         self.locations.append(locations)
         self.starts.append(self.n)
         self.n += len(columns)
 
     def finish(self) -> Columns:
-        """All kept rows as one set of columns, merged duplicates in place of their first row."""
-        columns = concat(self.parts, consume=True) if self.parts else Assembler().finish()
+        """All kept rows as one set of columns, merged duplicates in place of their first row.
+        The collector is spent afterwards except for :meth:`location`."""
+        columns = Columns(models=tuple(self.numbers.models), **self.numbers.finish(),
+                          **{name: join_strings([part[name] for part in self.strings]) for name in STRINGS})
+        self.numbers, self.strings = _Numbers(), []
         if self.patches:
             rows = sorted(self.patches)
             asm = Assembler()
@@ -118,9 +178,7 @@ class Collector:
                 asm.add_record(self.patches[g])
             index = np.arange(len(columns))
             index[rows] = len(columns) + np.arange(len(rows))
-            columns = concat([columns, asm.finish()]).take(index)
-        columns = columns.compact()  # (merged rows came back uncompressed)
-        # one part from now on: the chunks' memory goes back before the table is built
-        self.parts, self.starts, self.patches = [columns], [0], {}
+            columns = concat([columns, asm.finish()]).take(index).compact()
         self.locations = [_joined(self.locations)] if self.locations else [Locations(strings=[])]
+        self.starts, self.patches = [0], {}
         return columns

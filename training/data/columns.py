@@ -24,10 +24,10 @@ import numpy as np
 from router_ml.optional import require
 from training.data.schema import OUTCOME_FIELDS, Outcome, Preference, Record
 
-__all__ = ["Assembler", "Columns", "StrColumn", "canonical_json", "concat"]
+__all__ = ["MATRICES", "STRINGS", "Assembler", "Columns", "StrColumn", "canonical_json", "concat", "join_strings"]
 
 _CHUNK = 65536
-_STRINGS = ("text", "messages", "sample_id", "task", "timestamp", "metadata", "preferences")
+STRINGS = ("text", "messages", "sample_id", "task", "timestamp", "metadata", "preferences")
 
 
 def _pa():
@@ -136,7 +136,7 @@ class StrColumn(Sequence[str]):
         return h.hexdigest()
 
 
-_MATRICES = ("quality", "cost", "input_tokens", "output_tokens", "latency_s", "propensity")
+MATRICES = ("quality", "cost", "input_tokens", "output_tokens", "latency_s", "propensity")
 
 
 @dataclass
@@ -174,9 +174,9 @@ class Columns:
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in (*_MATRICES, "rank", "chat"):
+        for name in (*MATRICES, "rank", "chat"):
             out[name] = out[name][idx]
-        for name in _STRINGS:
+        for name in STRINGS:
             out[name] = out[name].take(idx)
         return Columns(**out)
 
@@ -188,7 +188,7 @@ class Columns:
         where = {m: j for j, m in enumerate(self.models)}
         src = np.array([where.get(m, -1) for m in models], dtype=np.int64)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in (*_MATRICES, "rank"):
+        for name in (*MATRICES, "rank"):
             old = out[name]
             new = np.full((len(self), len(models)), -1 if name == "rank" else np.nan, dtype=old.dtype)
             ok = src >= 0
@@ -259,7 +259,7 @@ class Columns:
         cols = self.with_models(models)
         h = hashlib.sha256()
         h.update(json.dumps([len(cols), list(cols.models)]).encode())
-        for name in _MATRICES:
+        for name in MATRICES:
             m = getattr(cols, name)
             for start in range(0, len(m), _CHUNK):  # a block at a time: no full-size temporaries
                 block = m[start:start + _CHUNK].astype("<f8")
@@ -267,55 +267,46 @@ class Columns:
                 h.update(block.tobytes())
         h.update((cols.rank >= 0).astype(np.int8).tobytes())
         h.update(cols.chat.astype(np.int8).tobytes())
-        for name in _STRINGS:
+        for name in STRINGS:
             getattr(cols, name).digest(h)
         return h.hexdigest()
 
 
-def concat(parts: list[Columns], *, consume: bool = False) -> Columns:
-    """Rows of ``parts`` one after another, over the union of their models (first-seen order).
-
-    Matrices are copied into one allocation (of the parts' widest dtype); strings stay chunked (no
-    copy). ``consume`` empties
-    ``parts`` as it goes, so the peak is the result plus one part, not twice the data."""
+def concat(parts: Sequence[Columns]) -> Columns:
+    """Rows of ``parts`` one after another, over the union of their models (first-seen order):
+    matrices in one allocation (of the parts' widest dtype), strings chunked (no copy)."""
     if len(parts) == 1:
-        return parts.pop() if consume else parts[0]
-    pa = _pa()
+        return parts[0]
     models: dict[str, None] = {}
     for part in parts:
         models.update(dict.fromkeys(part.models))
     n = sum(len(p) for p in parts)
-    out: dict[str, Any] = {"models": tuple(models), "chat": np.zeros(n, dtype=bool),
-                           "rank": np.full((n, len(models)), -1, dtype=np.int8)}
-    out.update({name: np.full((n, len(models)), np.nan, dtype=np.result_type(*[getattr(p, name) for p in parts]))
-                for name in _MATRICES})
-    # dictionary-encoded chunks stay encoded when every part's are (each chunk keeps its dictionary)
-    same = {name: len({getattr(p, name).array.type for p in parts}) == 1 for name in _STRINGS}
-    strings: dict[str, list] = {name: [] for name in _STRINGS}
+    out: dict[str, Any] = {"models": tuple(models), "chat": np.concatenate([p.chat for p in parts])}
+    for name in (*MATRICES, "rank"):
+        dtype = np.result_type(*[getattr(p, name) for p in parts])
+        out[name] = np.full((n, len(models)), -1 if name == "rank" else np.nan, dtype=dtype)
     where = {m: j for j, m in enumerate(models)}
     row = 0
-    for part in (parts if not consume else _drain(parts)):
+    for part in parts:
         cols = np.array([where[m] for m in part.models], dtype=np.int64)
-        rows = slice(row, row + len(part))
-        if part.rank.dtype != out["rank"].dtype:
-            out["rank"] = out["rank"].astype(np.promote_types(part.rank.dtype, out["rank"].dtype))
-        for name in (*_MATRICES, "rank"):
-            out[name][rows, cols] = getattr(part, name)
-        out["chat"][rows] = part.chat
-        for name in _STRINGS:
-            array = getattr(part, name).array if same[name] else getattr(part, name).plain()
-            strings[name].extend(array.chunks if isinstance(array, pa.ChunkedArray) else [array])
+        for name in (*MATRICES, "rank"):
+            out[name][row:row + len(part), cols] = getattr(part, name)
         row += len(part)
-    for name in _STRINGS:
-        kind = strings[name][0].type if strings[name] else pa.large_string()
-        out[name] = StrColumn(pa.chunked_array(strings[name], type=kind))
+    for name in STRINGS:
+        out[name] = join_strings([getattr(p, name) for p in parts])
     return Columns(**out)
 
 
-def _drain(parts: list[Columns]) -> Iterator[Columns]:
-    parts.reverse()
-    while parts:
-        yield parts.pop()
+def join_strings(columns: Sequence[StrColumn]) -> StrColumn:
+    """One chunked column of ``columns`` in order, without copying; dictionary-encoded chunks stay
+    encoded when all are (each chunk keeps its own dictionary), else all are decoded."""
+    pa = _pa()
+    same = len({c.array.type for c in columns}) == 1
+    chunks: list = []
+    for c in columns:
+        array = c.array if same else c.plain()
+        chunks.extend(array.chunks if isinstance(array, pa.ChunkedArray) else [array])
+    return StrColumn(pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.large_string()))
 
 
 class Assembler:
@@ -324,7 +315,7 @@ class Assembler:
     def __init__(self) -> None:
         self.models: dict[str, int] = {}
         self.cells: list[tuple] = []  # (row, model index, rank, six outcome values)
-        self.strings: dict[str, list] = {name: [] for name in _STRINGS}
+        self.strings: dict[str, list] = {name: [] for name in STRINGS}
         self.chat: list[bool] = []
 
     def __len__(self) -> int:
@@ -362,7 +353,7 @@ class Assembler:
 
     def finish(self) -> Columns:
         n, m = len(self.chat), len(self.models)
-        mats = {name: np.full((n, m), np.nan) for name in _MATRICES}
+        mats = {name: np.full((n, m), np.nan) for name in MATRICES}
         rank = np.full((n, m), -1, dtype=np.int8)
         if self.cells:
             cells = np.array(self.cells, dtype=np.float64)
@@ -370,7 +361,7 @@ class Assembler:
             if cells[:, 2].max() > 127:
                 rank = rank.astype(np.int16)
             rank[rows, cols] = cells[:, 2]
-            for k, name in enumerate(_MATRICES):
+            for k, name in enumerate(MATRICES):
                 mats[name][rows, cols] = cells[:, 3 + k]
         return Columns(
             models=tuple(self.models), rank=rank, chat=np.array(self.chat, dtype=bool),
