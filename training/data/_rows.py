@@ -77,7 +77,8 @@ def _iter_parquet_batches(path: Path, batch_size: int = 4096) -> Iterator[Any]:
     pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
-        pf = pq.ParquetFile(path)
+        # no pre-buffering: it reads whole row groups ahead, several times a batch's memory
+        pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:
         raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
     rows = 0

@@ -85,7 +85,7 @@ def _parquet_shard(task: tuple[Path, PriceCatalog | None, list[int], int, bool])
     pq = require("pyarrow.parquet", purpose="reading Parquet")
     path, prices, groups, offset, fast = task
     out = []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=16384, row_groups=groups):
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=16384, row_groups=groups):
         out.append(parquet_batch(path, batch, offset, prices, fast))
         offset += batch.num_rows
     return out, True
