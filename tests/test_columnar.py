@@ -270,3 +270,26 @@ def test_kept_rows_grow_in_place_across_batches_widening_a_column_when_needed(tm
     assert table.columns.output_tokens.dtype == np.float64 and table.models == ("m", "late")
     _same(table, TrafficTable(records))
     assert table[5500].outcomes["late"].output_tokens == 2**25 + 1
+
+
+def test_without_orjson_the_stdlib_parser_gives_the_same_result(demo, tmp_path, monkeypatch):
+    _, _, records = demo
+    odd = ['{"prompt": "x", "outcomes": {"a": {"quality": 1, "propensity": NaN}}}',
+           '{"prompt": "x", "outcomes": {"a": {"quality": 1, "cost": NaN}}}',
+           '{"prompt": "x", "outcomes": {"a": {"quality": Infinity}}}',
+           '{"prompt": "\\udc80x", "outcomes": {"a": {"quality": 1}}}',
+           '{"prompt": "x", "metadata": {"big": 123456789012345678901234567890}, "outcomes": {"a": {"quality": 1}}}']
+    lines = [json.dumps(r.to_dict()) for r in records[:50]] + odd
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    results = []
+    for loads in (fast_jsonl._loads(), lambda line: json.loads(line.decode("utf-8"))):
+        monkeypatch.setattr(fast_jsonl, "_loads", lambda loads=loads: loads)
+        qfile = tmp_path / "q.jsonl"
+        table, report = load_traffic(path, on_error="quarantine", quarantine=qfile)
+        assert qfile.read_text() == _expected_quarantine(read_jsonl(path))
+        results.append((table, report.rejected))
+    _same(results[1][0], results[0][0])
+    assert results[0][1] == results[1][1] == 3
+    assert results[0][0][-1].metadata["big"] == 123456789012345678901234567890
+    assert results[0][0][-2].outcomes["a"].cost is None

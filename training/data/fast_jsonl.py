@@ -50,7 +50,8 @@ def _add_json(asm: Assembler, obj: dict) -> bool:
         values = (g("quality"), g("cost"), g("input_tokens"), g("output_tokens"), g("latency_s"), g("propensity"))
         if (values[0] is None or type(values[0]) not in _NUMBER or type(values[1]) not in _NUMBER
                 or type(values[2]) not in _COUNT or type(values[3]) not in _COUNT
-                or type(values[4]) not in _NUMBER or type(values[5]) not in _NUMBER):
+                or type(values[4]) not in _NUMBER or type(values[5]) not in _NUMBER
+                or values[5] != values[5]):  # a NaN propensity (json, not orjson, reads one) is an error
             return False
         cells.append((model, values))
     sample_id, task, timestamp, metadata = get("sample_id"), get("task"), get("timestamp"), get("metadata")
