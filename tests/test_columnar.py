@@ -293,3 +293,15 @@ def test_without_orjson_the_stdlib_parser_gives_the_same_result(demo, tmp_path, 
     assert results[0][1] == results[1][1] == 3
     assert results[0][0][-1].metadata["big"] == 123456789012345678901234567890
     assert results[0][0][-2].outcomes["a"].cost is None
+
+
+def test_a_table_is_written_to_parquet_from_its_columns_exactly_as_from_its_records(demo, tmp_path):
+    import pyarrow.parquet as pq
+
+    _, parquet, records = demo
+    for table in (load_traffic(parquet)[0], TrafficTable(_mixed_records())):
+        from_columns = write_parquet(table, tmp_path / "columns.parquet", batch_size=500)
+        from_records = write_parquet(list(table), tmp_path / "records.parquet", batch_size=500)
+        a, b = pq.read_table(from_columns), pq.read_table(from_records)
+        assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)
+        _same(load_traffic(from_columns)[0], table)
