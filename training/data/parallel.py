@@ -1,18 +1,21 @@
 """Reading canonical JSONL and Parquet over several processes, with the result of one process.
 
-The file is cut into shards - byte ranges on line starts for JSON Lines (each knowing the number of
-its first line), runs of row groups for Parquet (each knowing its first row) - and a process pool
-validates them. Shards come back in file order and the loader consumes their batches exactly as it
-consumes one process's batches, so the table, the counts, every error message and the quarantine
-file (its lines and their order) are identical to ``num_proc=1``. Workers start with ``spawn``
-(forking a process that already runs Arrow's thread pools is not safe).
+The file is cut into shards - byte ranges on line starts for JSON Lines (each knowing the number
+of its first line), runs of row groups for Parquet (each knowing its first row) - and a process
+pool validates them, at most two shards a worker in flight. Shards come back in file order and
+the loader consumes their batches exactly as it consumes one process's batches, so the table, the
+counts, every error message and the quarantine file (its lines and their order) are identical to
+``num_proc=1``. Workers start with ``spawn`` (forking a process that already runs Arrow's thread
+pools is not safe).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data.batches import Batch, read_batches
 from training.data.fast_jsonl import jsonl_blocks
-from training.data.fast_parquet import parquet_batch, parquet_fast
+from training.data.fast_parquet import _ROW_BATCH, parquet_batch, parquet_fast
 
 __all__ = ["parallel_batches"]
 
@@ -85,7 +88,7 @@ def _parquet_shard(task: tuple[Path, PriceCatalog | None, list[int], int, bool])
     pq = require("pyarrow.parquet", purpose="reading Parquet")
     path, prices, groups, offset, fast = task
     out = []
-    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=16384, row_groups=groups):
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=_ROW_BATCH, row_groups=groups):
         out.append(parquet_batch(path, batch, offset, prices, fast))
         offset += batch.num_rows
     return out, True
@@ -108,8 +111,13 @@ def parallel_batches(fmt: str, path: Path, prices: PriceCatalog | None, num_proc
         return
     pool = ProcessPoolExecutor(min(num_proc, len(tasks)), mp_context=multiprocessing.get_context("spawn"))
     seen_any = False
+    todo = iter(tasks)
+    # at most two shards a worker in flight: memory stays bounded however far the workers run ahead
+    pending = deque(pool.submit(work, task) for task in islice(todo, 2 * num_proc))
     try:
-        for batches, seen in pool.map(work, tasks):
+        while pending:
+            batches, seen = pending.popleft().result()
+            pending.extend(pool.submit(work, task) for task in islice(todo, 1))
             seen_any |= seen
             yield from batches
     finally:
