@@ -15,6 +15,12 @@ estimators would silently mix weighted and unweighted records. Strict mode raise
 lack it and where; quarantine mode sets exactly those records aside (their validated canonical
 form as ``raw``), counted in ``rejected`` and ``missing_propensity``. This runs once, after
 reading, so every format gets the same check.
+
+Readers deliver batches (:mod:`training.data.batches`): valid rows as columns, rejected rows
+with their errors. A batch without errors, exclusions or repeated sample ids is kept whole; any
+other is replayed row by row in input order, which is what makes every count, message and
+quarantine line the same as reading one record at a time. Sample ids are looked up by hash
+(:mod:`training.data._collect`), so no dict of millions of strings is built.
 """
 
 from __future__ import annotations
