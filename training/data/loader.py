@@ -17,8 +17,8 @@ form as ``raw``), counted in ``rejected`` and ``missing_propensity``. This runs 
 reading, so every format gets the same check.
 
 Readers deliver batches (:mod:`training.data.batches`): valid rows as columns, rejected rows
-with their errors. A batch without errors, exclusions or repeated sample ids is kept whole; any
-other is replayed row by row in input order, which is what makes every count, message and
+with their errors. A batch without errors or repeated sample ids is kept whole (less its excluded
+rows); any other is replayed row by row in input order, which is what makes every count, message and
 quarantine line the same as reading one record at a time. Sample ids are looked up by hash
 (:mod:`training.data._collect`), so no dict of millions of strings is built.
 """
