@@ -305,3 +305,16 @@ def test_a_table_is_written_to_parquet_from_its_columns_exactly_as_from_its_reco
         a, b = pq.read_table(from_columns), pq.read_table(from_records)
         assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)
         _same(load_traffic(from_columns)[0], table)
+
+
+def test_gzipped_jsonl_streams_through_the_fast_path(demo, tmp_path):
+    import gzip
+
+    jsonl, _, records = demo
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl.read_bytes() + b'{"prompt": "x", "outcomes": {}}\n'))
+    for num_proc in (1, 2):  # a compressed file is not cut into shards: one process reads it
+        table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl", num_proc=num_proc)
+        _same(table, TrafficTable(records))
+        assert report.rejected == 1
+        assert (tmp_path / "q.jsonl").read_text() == _expected_quarantine(read_jsonl(path))
