@@ -318,3 +318,12 @@ def test_gzipped_jsonl_streams_through_the_fast_path(demo, tmp_path):
         _same(table, TrafficTable(records))
         assert report.rejected == 1
         assert (tmp_path / "q.jsonl").read_text() == _expected_quarantine(read_jsonl(path))
+
+
+def test_empty_tables_and_selections_keep_their_shape():
+    records = [Record(prompt="p", outcomes={"a": Outcome(1.0)}), Record(prompt="q", outcomes={"b": Outcome(0.0)})]
+    assert TrafficTable([]).quality.shape == (0, 0) and TrafficTable([], models=["a"]).quality.shape == (0, 1)
+    empty = TrafficTable(records).subset([])
+    assert (empty.models, empty.quality.shape, list(empty), empty.texts[:]) == (("a", "b"), (0, 2), [], [])
+    assert empty.summary()["records"] == 0 and empty.group_values("task").tolist() == []
+    assert TrafficTable(records)[::-1].records == records[::-1]

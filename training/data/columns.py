@@ -214,13 +214,15 @@ class Columns:
         """Models in order of first appearance over the records (outcomes, then preference models)."""
         n = len(self)
         keys: dict[str, tuple[int, int]] = {}
+        if not n:
+            return ()
         present = self.rank >= 0
         any_ = present.any(axis=0)
         first = np.argmax(present, axis=0)
         for j, m in enumerate(self.models):
             if any_[j]:
                 keys[m] = (int(first[j]), int(self.rank[first[j], j]))
-        pref_rows = np.flatnonzero(~self.preferences.is_null()) if n else np.array([], dtype=np.int64)
+        pref_rows = np.flatnonzero(~self.preferences.is_null())
         for i in pref_rows:
             base = int((self.rank[i] >= 0).sum())
             seen: dict[str, None] = {}
