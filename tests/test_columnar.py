@@ -327,3 +327,13 @@ def test_empty_tables_and_selections_keep_their_shape():
     assert (empty.models, empty.quality.shape, list(empty), empty.texts[:]) == (("a", "b"), (0, 2), [], [])
     assert empty.summary()["records"] == 0 and empty.group_values("task").tolist() == []
     assert TrafficTable(records)[::-1].records == records[::-1]
+
+
+def test_a_rejected_row_keeps_no_frames_alive(tmp_path):
+    # a traceback's frames would hold the reader's whole batch as long as the error is kept
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "x", "outcomes": {"a": {"quality": "high"}}}\n'
+                    '{"prompt": "x", "outcomes": {"a": {"quality": 1, "cost": -1}}}\n')
+    errors = [row.error for row in read_jsonl(path)]
+    assert [e.field for e in errors] == ["outcomes.a.quality", "outcomes.a.cost"]
+    assert all(e.__traceback__ is None and e.__context__ is None and e.__cause__ is None for e in errors)

@@ -30,11 +30,15 @@ class Row:
 
 
 def _convert(location: str, raw: Any, make: Callable[[], Record]) -> Row:
-    """Build a record; ``raw`` may be a zero-argument callable, only called for a rejected row."""
+    """Build a record; ``raw`` may be a zero-argument callable, only called for a rejected row.
+
+    The error is kept without its traceback (nor the exceptions it chains to): their frames would
+    keep the reader's whole batch (its lines, its half-built columns) alive as long as the error."""
     try:
         return Row(location, None, record=make())
     except RecordError as exc:
-        return Row(location, raw() if callable(raw) else raw, error=exc)
+        exc.__context__ = exc.__cause__ = None
+        return Row(location, raw() if callable(raw) else raw, error=exc.with_traceback(None))
 
 
 def _clean(value: Any) -> Any:

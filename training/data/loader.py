@@ -182,14 +182,17 @@ class _Load:
         rows, hashes = id_hashes(ids)
         live = ~excluded[rows]
         _, counts = np.unique(hashes[live], return_counts=True)
-        if batch.errors or (counts > 1).any() or self.kept.ids.hits(hashes[live]).any():
-            self._replay(batch, excluded, ids)
+        kept_before = np.zeros(len(cols), dtype=bool)  # the id's hash is among the kept rows' (maybe by collision)
+        kept_before[rows] = self.kept.ids.hits(hashes)
+        if batch.errors or (counts > 1).any() or (kept_before & ~excluded).any():
+            self._replay(batch, excluded, ids, kept_before)
             return
         self.report.excluded += int(excluded.sum())
         self.kept.commit(cols.take(~excluded), batch.locations.take(np.flatnonzero(~excluded)))
 
-    def _replay(self, batch: Batch, excluded: np.ndarray, ids: list[str | None]) -> None:
-        """Walk a batch row by row, in input order: errors, exclusions and duplicate merges."""
+    def _replay(self, batch: Batch, excluded: np.ndarray, ids: list[str | None], kept_before: np.ndarray) -> None:
+        """Walk a batch row by row, in input order: errors, exclusions and duplicate merges (only
+        rows flagged in ``kept_before`` are looked up among the rows kept from earlier batches)."""
         cols, kept, n0 = batch.columns, self.kept, self.kept.n
         keep = np.zeros(len(cols), dtype=bool)
         pending: dict[str, int] = {}  # sample_id -> batch row, for the rows kept from this batch
@@ -206,7 +209,10 @@ class _Load:
                 continue
             sid = ids[k]
             first = None if sid is None else pending.get(sid)
-            g = (n0 + int(keep[:first].sum())) if first is not None else (None if sid is None else kept.find(sid))
+            if first is not None:
+                g = n0 + int(keep[:first].sum())
+            else:
+                g = kept.find(sid) if sid is not None and kept_before[k] else None
             if g is None:
                 keep[k] = True
                 if sid is not None:
