@@ -89,7 +89,9 @@ def _fmt(value: float | None, spec: str) -> str:
 
 @_needs_train_extra
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    table, report = _load(args)
+    from training.data import load_traffic
+
+    table, report = load_traffic(args.path, prices=args.prices, num_proc=args.num_proc, **_load_options(args))
     summary = table.summary()
     info: dict[str, Any] = {**summary, "rejected": report.rejected, "excluded": report.excluded,
                             "merged_duplicates": report.merged_duplicates, "format": report.format,
@@ -381,6 +383,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect = data_sub.add_parser("inspect", help="validate a data set and summarise it")
     _add_input_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    inspect.add_argument("--num-proc", type=int, default=1, metavar="N",
+                         help="validate canonical JSONL/Parquet over N processes (same result as 1; default 1)")
     inspect.set_defaults(func=cmd_data_inspect)
     convert = data_sub.add_parser("convert", help="write any supported input as canonical JSONL/Parquet")
     _add_input_options(convert)

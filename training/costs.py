@@ -30,11 +30,11 @@ __all__ = ["fit_cost_model", "observed_costs"]
 
 
 def _mean_output_tokens(table: TrafficTable, rows: np.ndarray) -> dict[str, float]:
+    tokens = table.output_tokens[np.asarray(rows, dtype=np.int64)]
     out = {}
-    for m in table.models:
-        values = [table[int(i)].outcomes[m].output_tokens for i in rows
-                  if m in table[int(i)].outcomes and table[int(i)].outcomes[m].output_tokens is not None]
-        out[m] = float(np.mean(values)) if values else 0.0
+    for j, m in enumerate(table.models):
+        values = tokens[:, j][~np.isnan(tokens[:, j])]
+        out[m] = float(values.mean()) if values.size else 0.0
     return out
 
 

@@ -94,7 +94,12 @@ def featurize_texts(config: TrainConfig, texts: list[str], *, fingerprint: str |
 
 
 def group_labels(records: Any, field: str) -> np.ndarray:
-    """Each record's group for ``router.groups``: its ``task`` or ``metadata.<key>`` ('' where missing)."""
+    """Each record's group for ``router.groups``: its ``task`` or ``metadata.<key>`` ('' where missing).
+
+    A :class:`TrafficTable` answers from its columns (no record built); any other sequence of
+    record-like objects is read one by one."""
+    if isinstance(records, TrafficTable):
+        return records.group_values(field)
     if field == "task":
         values = [record.task or "" for record in records]
     elif field.startswith("metadata.") and len(field) > len("metadata."):

@@ -30,11 +30,15 @@ class Row:
 
 
 def _convert(location: str, raw: Any, make: Callable[[], Record]) -> Row:
-    """Build a record; ``raw`` may be a zero-argument callable, only called for a rejected row."""
+    """Build a record; ``raw`` may be a zero-argument callable, only called for a rejected row.
+
+    The error is kept without its traceback (nor the exceptions it chains to): their frames would
+    keep the reader's whole batch (its lines, its half-built columns) alive as long as the error."""
     try:
         return Row(location, None, record=make())
     except RecordError as exc:
-        return Row(location, raw() if callable(raw) else raw, error=exc)
+        exc.__context__ = exc.__cause__ = None
+        return Row(location, raw() if callable(raw) else raw, error=exc.with_traceback(None))
 
 
 def _clean(value: Any) -> Any:
@@ -72,20 +76,29 @@ def _parquet_columns(path: Path) -> list[str]:
     return list(_parquet_schema(path).names)
 
 
-def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_parquet_batches(path: Path, batch_size: int = 4096) -> Iterator[Any]:
+    """The record batches of a Parquet file; a broken or empty file is a :class:`DataError`."""
     pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
-        pf = pq.ParquetFile(path)
+        # no pre-buffering: it reads whole row groups ahead, several times a batch's memory
+        pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as exc:
         raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
-    index = 0
+    rows = 0
     for batch in pf.iter_batches(batch_size=batch_size):
+        rows += batch.num_rows
+        yield batch
+    if rows == 0:
+        raise DataError("the file is empty (no rows)", location=str(path))
+
+
+def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int, dict[str, Any]]]:
+    index = 0
+    for batch in _iter_parquet_batches(path, batch_size):
         for row in batch.to_pylist():
             yield index, row
             index += 1
-    if index == 0:
-        raise DataError("the file is empty (no rows)", location=str(path))
 
 
 def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] | RecordError]]:

@@ -19,9 +19,14 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from router_ml.optional import require
+from training.data.columns import Columns
 from training.data.schema import OUTCOME_FIELDS, Record
+from training.data.table import TrafficTable
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "write_jsonl", "write_parquet"]
 
@@ -74,8 +79,47 @@ def _row(record: Record) -> dict:
     }
 
 
+def _outcome_lists(cols: Columns) -> Any:
+    """The ``outcomes`` column of ``cols``: each row's outcomes in its own order, as list<struct>."""
+    pa = require("pyarrow", purpose="writing Parquet")
+
+    r, j = np.nonzero(cols.rank >= 0)
+    order = np.lexsort((cols.rank[r, j], r))
+    r, j = r[order], j[order]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(cols)))]).astype(np.int32)
+    children = [pa.array(np.asarray(cols.models, dtype=object)[j] if len(cols.models) else [], pa.string())]
+    for name in OUTCOME_FIELDS:
+        values = getattr(cols, name)[r, j].astype(np.float64)
+        missing = np.isnan(values)
+        if name in ("input_tokens", "output_tokens"):
+            children.append(pa.array(np.where(missing, 0, values).astype(np.int64), mask=missing))
+        else:
+            children.append(pa.array(values, mask=missing, type=pa.float64()))
+    outcome_type = _schema().field("outcomes").type.value_type
+    structs = pa.StructArray.from_arrays(children, fields=list(outcome_type))
+    return pa.ListArray.from_arrays(pa.array(offsets), structs)
+
+
+def _arrow_block(table: TrafficTable, rows: np.ndarray, schema: Any) -> Any:
+    """Rows of a columnar table as an Arrow table of the canonical schema (no Record built)."""
+    pa = require("pyarrow", purpose="writing Parquet")
+    pc = require("pyarrow.compute", purpose="writing Parquet")
+
+    cols = table.columns.take(rows)
+    text = cols.text.plain()
+    prompt = pc.if_else(pa.array(cols.chat), pa.nulls(len(cols), pa.large_string()), text)
+    prefs = [json.loads(p) if p is not None else [] for p in cols.preferences.plain().to_pylist()]
+    arrays = {"sample_id": cols.sample_id.plain(), "prompt": prompt, "messages": cols.messages.plain(),
+              "task": cols.task.plain(), "timestamp": cols.timestamp.plain(), "outcomes": _outcome_lists(cols),
+              "preferences": pa.array(prefs, type=schema.field("preferences").type),
+              "metadata": cols.metadata.plain()}
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in schema], schema=schema)
+
+
 def write_parquet(records: Iterable[Record], path: str | Path, *, batch_size: int = 8192) -> Path:
-    """Write records as canonical Parquet in row groups of ``batch_size``, atomically."""
+    """Write records as canonical Parquet in row groups of ``batch_size``, atomically.
+
+    A :class:`TrafficTable` is written straight from its columns (no Record is built)."""
     pa = require("pyarrow", purpose="writing Parquet")
     pq = require("pyarrow.parquet", purpose="writing Parquet")
 
@@ -83,13 +127,18 @@ def write_parquet(records: Iterable[Record], path: str | Path, *, batch_size: in
     tmp = path.with_name(path.name + ".tmp")
     schema = _schema()
     with pq.ParquetWriter(tmp, schema) as writer:
-        batch: list[dict] = []
-        for record in records:
-            batch.append(_row(record))
-            if len(batch) >= batch_size:
+        if isinstance(records, TrafficTable):
+            for start in range(0, len(records), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(records)))
+                writer.write_table(_arrow_block(records, rows, schema))
+        else:
+            batch: list[dict] = []
+            for record in records:
+                batch.append(_row(record))
+                if len(batch) >= batch_size:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
     os.replace(tmp, path)
     return path

@@ -15,6 +15,12 @@ estimators would silently mix weighted and unweighted records. Strict mode raise
 lack it and where; quarantine mode sets exactly those records aside (their validated canonical
 form as ``raw``), counted in ``rejected`` and ``missing_propensity``. This runs once, after
 reading, so every format gets the same check.
+
+Readers deliver batches (:mod:`training.data.batches`): valid rows as columns, rejected rows
+with their errors. A batch without errors or repeated sample ids is kept whole (less its excluded
+rows); any other is replayed row by row in input order, which is what makes every count, message and
+quarantine line the same as reading one record at a time. Sample ids are looked up by hash
+(:mod:`training.data._collect`), so no dict of millions of strings is built.
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
+from training.data._collect import Collector, id_hashes
+from training.data.batches import Batch, read_batches
+from training.data.columns import Columns
 from training.data.readers import detect_format, reader_for
 from training.data.schema import Record, RecordError
 from training.data.table import TrafficTable
@@ -137,12 +148,111 @@ _PROPENSITY_FIX = ("log propensities for every decision, or drop the propensity 
                    "full-information data")
 
 
-def _lacking_propensity(records: list[Record]) -> list[int]:
-    """Indices of the one-outcome records without a propensity when some outcome has one, else []."""
-    if not any(o.propensity is not None for r in records for o in r.outcomes.values()):
-        return []
-    return [i for i, r in enumerate(records)
-            if len(r.outcomes) == 1 and next(iter(r.outcomes.values())).propensity is None]
+def _lacking_propensity(columns: Columns) -> np.ndarray:
+    """Rows of one outcome without a propensity, when some outcome has one (else none)."""
+    has = columns.rank >= 0
+    logged = has & ~np.isnan(columns.propensity)
+    if not logged.any():
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero((has.sum(axis=1) == 1) & ~logged.any(axis=1))
+
+
+class _Load:
+    """One load's running state: the kept rows, the counts, and where rejected rows go."""
+
+    def __init__(self, report: LoadReport, sink: _Quarantine, on_error: str, excluded_keys: set[str]):
+        self.report, self.sink, self.on_error, self.excluded_keys = report, sink, on_error, excluded_keys
+        self.kept = Collector()
+
+    def reject(self, location: str, error: RecordError, raw: Any) -> None:
+        if self.on_error == "raise":
+            raise DataError(
+                f"{error.reason}. Fix the record, or rerun with --on-error quarantine to set "
+                f"bad records aside", location=location, field=error.field)
+        self.sink.write(location, error, raw)
+        self.report.rejected += 1
+
+    def add(self, batch: Batch) -> None:
+        cols = batch.columns
+        excluded = np.zeros(len(cols), dtype=bool)
+        if self.excluded_keys:
+            excluded = np.fromiter((normalize_prompt(t) in self.excluded_keys for t in cols.text),
+                                   dtype=bool, count=len(cols))
+        ids = cols.sample_id.to_list()
+        rows, hashes = id_hashes(ids)
+        live = ~excluded[rows]
+        _, counts = np.unique(hashes[live], return_counts=True)
+        kept_before = np.zeros(len(cols), dtype=bool)  # the id's hash is among the kept rows' (maybe by collision)
+        kept_before[rows] = self.kept.ids.hits(hashes)
+        if batch.errors or (counts > 1).any() or (kept_before & ~excluded).any():
+            self._replay(batch, excluded, ids, kept_before)
+            return
+        self.report.excluded += int(excluded.sum())
+        self.kept.commit(cols.take(~excluded), batch.locations.take(np.flatnonzero(~excluded)))
+
+    def _replay(self, batch: Batch, excluded: np.ndarray, ids: list[str | None], kept_before: np.ndarray) -> None:
+        """Walk a batch row by row, in input order: errors, exclusions and duplicate merges (only
+        rows flagged in ``kept_before`` are looked up among the rows kept from earlier batches)."""
+        cols, kept, n0 = batch.columns, self.kept, self.kept.n
+        keep = np.zeros(len(cols), dtype=bool)
+        pending: dict[str, int] = {}  # sample_id -> batch row, for the rows kept from this batch
+        errors = dict(batch.errors)
+        valid = dict(zip(batch.positions.tolist(), range(len(cols)), strict=True))
+        for pos in sorted([*errors, *valid]):
+            if pos in errors:
+                row = errors[pos]
+                self.reject(row.location, row.error, row.raw)
+                continue
+            k = valid[pos]
+            if excluded[k]:
+                self.report.excluded += 1
+                continue
+            sid = ids[k]
+            first = None if sid is None else pending.get(sid)
+            if first is not None:
+                g = n0 + int(keep[:first].sum())
+            else:
+                g = kept.find(sid) if sid is not None and kept_before[k] else None
+            if g is None:
+                keep[k] = True
+                if sid is not None:
+                    pending[sid] = k
+                continue
+            earlier = kept.patches.get(g) or (cols.record(first) if first is not None else kept.record(g))
+            try:
+                kept.patches[g] = _merge(earlier, cols.record(k))
+                self.report.merged_duplicates += 1
+            except RecordError as exc:
+                where = batch.locations[first] if first is not None else kept.location(g)
+                self.reject(batch.locations[k], RecordError(exc.field, f"{exc.reason} (first seen at {where})"),
+                            None)
+        kept.commit(cols.take(keep), batch.locations.take(np.flatnonzero(keep)))
+
+    def finish(self, source: str) -> Columns:
+        """The kept rows, less (in quarantine mode) the logged ones lacking a propensity."""
+        columns = self.kept.finish()
+        lacking = _lacking_propensity(columns)
+        if len(lacking) and self.on_error == "raise":
+            first = ", ".join(self.kept.location(int(i)) + (f" ({columns.sample_id[int(i)]})"
+                                                            if columns.sample_id[int(i)] is not None else "")
+                              for i in lacking[:3])
+            raise DataError(
+                f"{len(lacking)} logged records (one outcome each) carry no propensity while other outcomes "
+                f"do; first: {first}. {_PROPENSITY_FIX[0].upper()}{_PROPENSITY_FIX[1:]}; or rerun with "
+                f"--on-error quarantine to set those records aside", location=source, field="propensity")
+        for i in lacking:
+            record = columns.record(int(i))
+            model = next(iter(record.outcomes))
+            self.sink.write(self.kept.location(int(i)), RecordError(
+                f"outcomes.{model}.propensity", f"no propensity while other records of the data set carry one; "
+                f"{_PROPENSITY_FIX}"), record.to_dict())
+        if len(lacking):
+            self.report.rejected += len(lacking)
+            self.report.missing_propensity = len(lacking)
+            drop = np.zeros(len(columns), dtype=bool)
+            drop[lacking] = True
+            columns = columns.take(~drop)
+        return columns
 
 
 def load_traffic(
@@ -156,12 +266,16 @@ def load_traffic(
     columns: Mapping[str, str] | None = None,
     split: str = "train",
     allow_pickle: bool = False,
+    num_proc: int = 1,
 ) -> tuple[TrafficTable, LoadReport]:
     """Load logged traffic from ``source`` into a :class:`TrafficTable`.
 
     ``format`` overrides detection (see :data:`training.data.readers.FORMATS`); ``exclude`` is a
     file of prompts (or an iterable of prompt texts) to drop; ``prices`` is a catalog used where a
     record has tokens but no cost; ``columns`` maps fields to columns for the ``hf`` format.
+    Canonical JSONL and Parquet stream in batches straight into columns (no record objects);
+    memory is the table's columns plus the batches in flight. ``num_proc`` > 1 validates them over
+    that many processes (shards of the file) with a result identical to one process.
 
     >>> table, report = load_traffic("data/demo/traffic.jsonl")  # doctest: +SKIP
     >>> table.quality.shape                                      # doctest: +SKIP
@@ -169,8 +283,10 @@ def load_traffic(
     """
     if on_error not in ("raise", "quarantine"):
         raise DataError(f"on_error must be 'raise' or 'quarantine', got {on_error!r}")
+    if num_proc < 1:
+        raise DataError(f"num_proc must be >= 1, got {num_proc}")
     fmt = format or detect_format(source)
-    read = reader_for(fmt)
+    reader_for(fmt)  # an unknown format fails here, before any file is written
     path: Any = Path(source) if fmt != "hf" or Path(source).exists() else str(source)
     if isinstance(prices, str | Path):
         prices = PriceCatalog.load(prices)
@@ -186,61 +302,18 @@ def load_traffic(
     report = LoadReport(source=str(source), format=fmt, quarantine=str(qpath) if qpath else None)
     extra: dict[str, Any] = {}
     sink = _Quarantine(qpath)
-    records: list[Record] = []
-    locations: list[str] = []
-    by_id: dict[str, tuple[int, str]] = {}
+    state = _Load(report, sink, on_error, excluded_keys)
     try:
-        for row in read(path, prices=prices, columns=columns, split=split,
-                        allow_pickle=allow_pickle, report=extra):
-            error, record = row.error, row.record
-            if record is not None and excluded_keys and normalize_prompt(record.text) in excluded_keys:
-                report.excluded += 1
-                continue
-            if record is not None and record.sample_id is not None and record.sample_id in by_id:
-                index, first_loc = by_id[record.sample_id]
-                try:
-                    records[index] = _merge(records[index], record)
-                    report.merged_duplicates += 1
-                    continue
-                except RecordError as exc:
-                    error = RecordError(exc.field, f"{exc.reason} (first seen at {first_loc})")
-            if error is not None:
-                if on_error == "raise":
-                    raise DataError(
-                        f"{error.reason}. Fix the record, or rerun with --on-error quarantine to set "
-                        f"bad records aside", location=row.location, field=error.field)
-                sink.write(row.location, error, row.raw)
-                report.rejected += 1
-                continue
-            assert record is not None
-            if record.sample_id is not None:
-                by_id[record.sample_id] = (len(records), row.location)
-            records.append(record)
-            locations.append(row.location)
-        lacking = _lacking_propensity(records)
-        if lacking and on_error == "raise":
-            first = ", ".join(locations[i] + (f" ({records[i].sample_id})" if records[i].sample_id else "")
-                              for i in lacking[:3])
-            raise DataError(
-                f"{len(lacking)} logged records (one outcome each) carry no propensity while other outcomes "
-                f"do; first: {first}. {_PROPENSITY_FIX[0].upper()}{_PROPENSITY_FIX[1:]}; or rerun with "
-                f"--on-error quarantine to set those records aside", location=str(source), field="propensity")
-        for i in lacking:
-            model = next(iter(records[i].outcomes))
-            sink.write(locations[i], RecordError(
-                f"outcomes.{model}.propensity", f"no propensity while other records of the data set carry one; "
-                f"{_PROPENSITY_FIX}"), records[i].to_dict())
-        if lacking:
-            report.rejected += len(lacking)
-            report.missing_propensity = len(lacking)
-            dropped = set(lacking)
-            records = [r for i, r in enumerate(records) if i not in dropped]
+        for batch in read_batches(fmt, path, prices=prices, num_proc=num_proc, columns=columns, split=split,
+                                  allow_pickle=allow_pickle, report=extra):
+            state.add(batch)
+        table_columns = state.finish(str(source))
     finally:
         sink.close()
     report.ignored_columns = extra.get("ignored_columns", [])
-    if not records:
+    if not len(table_columns):
         raise DataError(
             f"no valid records ({report.rejected} rejected, {report.excluded} excluded)"
             + (f"; see {qpath}" if qpath else ""), location=str(source))
-    report.records = len(records)
-    return TrafficTable(records), report
+    report.records = len(table_columns)
+    return TrafficTable.from_columns(table_columns), report

@@ -123,45 +123,49 @@ def _canonical_record(obj: Mapping[str, Any], prices: PriceCatalog | None) -> Re
     )
 
 
+def jsonl_row(path: Path, line_no: int, raw_line: bytes, prices: PriceCatalog | None) -> Row | None:
+    """Read one JSON Lines line (``None`` for a blank one): the exact per-line rules, which the
+    fast reader falls back to for any line it does not take whole."""
+    loc = f"{path}:{line_no}"
+    complete = raw_line.endswith(b"\n")
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raw = raw_line.decode("utf-8", errors="backslashreplace")
+        return Row(loc, raw, error=RecordError(
+            None, f"invalid UTF-8 at byte {exc.start} of the line; re-encode the file as UTF-8"))
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not complete:
+            msg = (f"truncated last line (no newline at the end and not valid JSON: "
+                   f"{exc.msg}); the file was probably cut off while being written")
+        else:
+            msg = f"not valid JSON: {exc.msg} at column {exc.colno}"
+        return Row(loc, text.rstrip("\n"), error=RecordError(None, msg))
+    if not isinstance(obj, dict):
+        return Row(loc, text.rstrip("\n"), error=RecordError(
+            None, f"each line must be a JSON object, got {type(obj).__name__}"))
+    return _convert(loc, obj, lambda: _canonical_record(obj, prices))
+
+
 def read_jsonl(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
     """Read canonical JSON Lines; blank lines are skipped, everything else must be a record."""
     opener = gzip.open if path.name.endswith(".gz") else open
     seen_any = False
     with opener(path, "rb") as f:
         for line_no, raw_line in enumerate(f, start=1):
-            loc = f"{path}:{line_no}"
-            complete = raw_line.endswith(b"\n")
-            try:
-                text = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
+            row = jsonl_row(path, line_no, raw_line, prices)
+            if row is not None:
                 seen_any = True
-                raw = raw_line.decode("utf-8", errors="backslashreplace")
-                yield Row(loc, raw, error=RecordError(
-                    None, f"invalid UTF-8 at byte {exc.start} of the line; re-encode the file as UTF-8"))
-                continue
-            if not text.strip():
-                continue
-            seen_any = True
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                if not complete:
-                    msg = (f"truncated last line (no newline at the end and not valid JSON: "
-                           f"{exc.msg}); the file was probably cut off while being written")
-                else:
-                    msg = f"not valid JSON: {exc.msg} at column {exc.colno}"
-                yield Row(loc, text.rstrip("\n"), error=RecordError(None, msg))
-                continue
-            if not isinstance(obj, dict):
-                yield Row(loc, text.rstrip("\n"), error=RecordError(
-                    None, f"each line must be a JSON object, got {type(obj).__name__}"))
-                continue
-            yield _convert(loc, obj, lambda obj=obj: _canonical_record(obj, prices))
+                yield row
     if not seen_any:
         raise DataError("the file is empty (no records)", location=str(path))
 
 
-def _check_parquet_version(path: Path) -> None:
+def check_parquet_version(path: Path) -> None:
     """Refuse a canonical Parquet file of a layout this release does not know (a newer router-ml).
 
     A file without ``router_ml_format`` (written by another tool in the canonical layout) is read
@@ -173,30 +177,34 @@ def _check_parquet_version(path: Path) -> None:
                         location=str(path), field="router_ml_format")
 
 
+def parquet_row(path: Path, index: int, row: dict[str, Any], prices: PriceCatalog | None) -> Row:
+    """Validate one canonical Parquet row (a dict of its cells): the exact per-row rules."""
+
+    def make() -> Record:
+        obj = dict(row)
+        for key in ("messages", "metadata"):
+            if isinstance(obj.get(key), str):
+                try:
+                    obj[key] = json.loads(obj[key])
+                except json.JSONDecodeError as exc:
+                    raise RecordError(key, f"not valid JSON: {exc.msg}") from None
+        outcomes = {}
+        for item in obj.get("outcomes") or ():
+            values = {k: v for k, v in item.items() if k != "model" and v is not None}
+            outcomes[item["model"]] = values
+        obj["outcomes"] = outcomes
+        obj = {k: v for k, v in obj.items() if v is not None}
+        return _canonical_record(obj, prices)
+
+    return _convert(f"{path} row {index}", lambda: _clean(row), make)
+
+
 def read_parquet(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
     """Read the canonical Parquet layout written by :func:`training.data.canonical.write_parquet`
     (any of :data:`~training.data.canonical.READABLE_VERSIONS`)."""
-    _check_parquet_version(path)
+    check_parquet_version(path)
     for index, row in _iter_parquet_rows(path):
-        loc = f"{path} row {index}"
-
-        def make(row: dict[str, Any] = row) -> Record:
-            obj = dict(row)
-            for key in ("messages", "metadata"):
-                if isinstance(obj.get(key), str):
-                    try:
-                        obj[key] = json.loads(obj[key])
-                    except json.JSONDecodeError as exc:
-                        raise RecordError(key, f"not valid JSON: {exc.msg}") from None
-            outcomes = {}
-            for item in obj.get("outcomes") or ():
-                values = {k: v for k, v in item.items() if k != "model" and v is not None}
-                outcomes[item["model"]] = values
-            obj["outcomes"] = outcomes
-            obj = {k: v for k, v in obj.items() if v is not None}
-            return _canonical_record(obj, prices)
-
-        yield _convert(loc, lambda row=row: _clean(row), make)
+        yield parquet_row(path, index, row, prices)
 
 
 _READERS: dict[str, Callable[..., Iterator[Row]]] = {

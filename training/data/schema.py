@@ -59,6 +59,9 @@ class RecordError(ValueError):
         self.reason = message
         super().__init__(f"field '{field}': {message}" if field else message)
 
+    def __reduce__(self):  # rebuilt from its parts when a worker process sends it back
+        return (RecordError, (self.field, self.reason))
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:

@@ -1,15 +1,16 @@
-"""The in-memory training table: validated records plus the matrices training needs."""
+"""The in-memory training table: validated records, stored as columns, plus the matrices training needs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from router_ml.errors import RouterMLError
+from router_ml.optional import require
+from training.data.columns import Columns, StrColumn, from_records
 from training.data.schema import Record
 
 __all__ = ["TrafficTable"]
@@ -24,96 +25,158 @@ class TrafficTable(Sequence[Record]):
     model per prompt, train a router beside offline evaluations that have every model.
     ``propensity`` is the same shape: the logging policy's probability of each logged choice,
     NaN where no propensity was logged.
+
+    The table is columnar (:class:`~training.data.columns.Columns`): matrices and Arrow strings,
+    about 50 bytes plus the text per record instead of a Python object graph, so 10M records fit.
+    A :class:`Record` is rebuilt only when asked for (``table[i]``, iteration, ``records``).
+    ``TrafficTable(records)`` builds the columns from records (and keeps those records);
+    :meth:`from_columns` wraps columns that a reader built without any record.
     """
 
     def __init__(self, records: Sequence[Record], *, models: Sequence[str] | None = None):
-        self.records = list(records)
-        if models is None:
-            seen: dict[str, None] = {}
-            for record in self.records:
-                seen.update(dict.fromkeys(record.outcomes))
-                for pref in record.preferences:
-                    seen.update(dict.fromkeys((pref.model_a, pref.model_b)))
-            models = list(seen)
-        self.models: tuple[str, ...] = tuple(models)
+        records = list(records)
+        self._setup(from_records(records), models, records)
+
+    @classmethod
+    def from_columns(cls, columns: Columns, *, models: Sequence[str] | None = None) -> TrafficTable:
+        """A table over ``columns`` (no records built); ``models`` defaults to first appearance."""
+        table = cls.__new__(cls)
+        table._setup(columns, models, None)
+        return table
+
+    def _setup(self, columns: Columns, models: Sequence[str] | None, records: list[Record] | None) -> None:
+        order = columns.first_appearance_order() if models is None else tuple(models)
+        # The public models come first, in their order, so each matrix is a view of the stored one;
+        # models outside them with an outcome stay stored (after them) so records come back whole.
+        used = (columns.rank >= 0).any(axis=0)
+        self._cols = columns.with_models(
+            order + tuple(m for j, m in enumerate(columns.models) if used[j] and m not in order))
+        self.models: tuple[str, ...] = order
+        self._records = records
+        self._fingerprint: str | None = None
+
+    @property
+    def columns(self) -> Columns:
+        """The stored columns (models beyond :attr:`models` last)."""
+        return self._cols
+
+    @property
+    def records(self) -> list[Record]:
+        """Every record as a :class:`Record`, built (once) on first access: for small data only."""
+        if self._records is None:
+            self._records = [self._cols.record(i) for i in range(len(self))]
+        return self._records
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._cols)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
-            return TrafficTable(self.records[index], models=self.models)
-        return self.records[index]
+            return self.subset(range(len(self))[index])
+        if self._records is not None:
+            return self._records[index]
+        i = int(index)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} out of range for a table of {len(self)}")
+        return self._cols.record(i % len(self))
 
     def __iter__(self) -> Iterator[Record]:
-        return iter(self.records)
+        if self._records is not None:
+            return iter(self._records)
+        return (self._cols.record(i) for i in range(len(self)))
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, TrafficTable) and self.models == other.models
-                and self.records == other.records)
+        return (isinstance(other, TrafficTable) and self.models == other.models and len(self) == len(other)
+                and self.fingerprint() == other.fingerprint())
+
+    __hash__ = None  # type: ignore[assignment]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> TrafficTable:
         """The records at ``indices``, keeping the full model list (and its column order)."""
-        return TrafficTable([self.records[int(i)] for i in indices], models=self.models)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        table = TrafficTable.from_columns(self._cols.take(idx), models=self.models)
+        if self._records is not None:
+            table._records = [self._records[int(i)] for i in idx]
+        return table
 
-    @cached_property
-    def texts(self) -> list[str]:
-        """The routed text of each record."""
-        return [r.text for r in self.records]
+    @property
+    def texts(self) -> StrColumn:
+        """The routed text of each record (a compact sequence of ``str``; slices give lists)."""
+        return self._cols.text
 
-    def _matrix(self, attr: str) -> np.ndarray:
-        col = {m: j for j, m in enumerate(self.models)}
-        out = np.full((len(self.records), len(self.models)), np.nan)
-        for i, record in enumerate(self.records):
-            for model, outcome in record.outcomes.items():
-                value = getattr(outcome, attr)
-                if value is not None and model in col:
-                    out[i, col[model]] = value
-        return out
+    def _public(self, name: str) -> np.ndarray:
+        return getattr(self._cols, name)[:, :len(self.models)]
 
-    @cached_property
+    @property
     def quality(self) -> np.ndarray:
         """``(n_records, n_models)`` quality in [0, 1]; NaN = no outcome."""
-        return self._matrix("quality")
+        return self._public("quality")
 
-    @cached_property
+    @property
     def cost(self) -> np.ndarray:
         """``(n_records, n_models)`` cost in USD; NaN = no outcome or cost unknown."""
-        return self._matrix("cost")
+        return self._public("cost")
 
-    @cached_property
+    @property
     def propensity(self) -> np.ndarray:
         """``(n_records, n_models)`` propensity in (0, 1]; NaN = no outcome or not logged."""
-        return self._matrix("propensity")
+        return self._public("propensity")
+
+    @property
+    def input_tokens(self) -> np.ndarray:
+        """``(n_records, n_models)`` prompt tokens (float64, exact integers; a copy when the table
+        stores them as float32); NaN = not logged."""
+        return self._public("input_tokens").astype(np.float64, copy=False)
+
+    @property
+    def output_tokens(self) -> np.ndarray:
+        """``(n_records, n_models)`` completion tokens (float64, exact integers; a copy when the table
+        stores them as float32); NaN = not logged."""
+        return self._public("output_tokens").astype(np.float64, copy=False)
+
+    @property
+    def latency_s(self) -> np.ndarray:
+        """``(n_records, n_models)`` latency in seconds; NaN = not logged."""
+        return self._public("latency_s")
+
+    def group_values(self, field: str) -> np.ndarray:
+        """Each record's ``task`` or ``metadata.<key>`` as a numpy str array ('' where missing)."""
+        if field == "task":
+            pc = require("pyarrow.compute", purpose="the columnar training table")
+            values = pc.fill_null(self._cols.task.plain(), "").to_numpy(zero_copy_only=False)
+            return np.asarray(values, dtype=str) if len(values) else np.asarray([], dtype=str)
+        if field.startswith("metadata.") and len(field) > len("metadata."):
+            key = field.removeprefix("metadata.")
+            return _metadata_values(self._cols.metadata, key)
+        raise RouterMLError(f"router.groups takes 'task' or 'metadata.<key>', got {field!r}")
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of every record, in order: the data's identity."""
-        digest = hashlib.sha256()
-        for record in self.records:
-            digest.update(json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=True).encode())
-            digest.update(b"\n")
-        return digest.hexdigest()
+        """sha256 over every column, in order: the data's identity (the same for the same records
+        whichever file format they came from)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._cols.digest(self._cols.models)
+        return self._fingerprint
 
     def summary(self) -> dict[str, Any]:
         """Counts and per-model coverage, mean quality, mean cost, propensity coverage (the share of
         the model's outcomes that carry a propensity) and min propensity (``None`` when unknown)."""
-        n = len(self.records)
-        has = ~np.isnan(self.quality)
+        pc = require("pyarrow.compute", purpose="the columnar training table")
+        n = len(self)
+        quality, cost, propensity = self.quality, self.cost, self.propensity
+        has = ~np.isnan(quality)
         with np.errstate(invalid="ignore"):
             coverage = has.sum(axis=0) / n if n else np.zeros(len(self.models))
         mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}
         for j, model in enumerate(self.models):
-            q = self.quality[:, j][has[:, j]]
-            c = self.cost[:, j][~np.isnan(self.cost[:, j])]
-            p = self.propensity[:, j][~np.isnan(self.propensity[:, j])]
+            q = quality[:, j][has[:, j]]
+            c = cost[:, j][~np.isnan(cost[:, j])]
+            p = propensity[:, j][~np.isnan(propensity[:, j])]
             mean_quality[model] = float(q.mean()) if q.size else None
             mean_cost[model] = float(c.mean()) if c.size else None
             p_coverage[model] = p.size / q.size if q.size else 0.0
             p_min[model] = float(p.min()) if p.size else None
-        tasks: dict[str, int] = {}
-        for record in self.records:
-            if record.task is not None:
-                tasks[record.task] = tasks.get(record.task, 0) + 1
+        prefs = self._cols.preferences
+        n_prefs = sum(len(json.loads(p)) for p in prefs.plain().drop_null().to_pylist())
         return {
             "records": n,
             "models": list(self.models),
@@ -123,8 +186,28 @@ class TrafficTable(Sequence[Record]):
             "propensity_coverage": p_coverage,
             "min_propensity": p_min,
             "outcomes": int(has.sum()),
-            "preferences": sum(len(r.preferences) for r in self.records),
-            "chat_records": sum(r.messages is not None for r in self.records),
-            "tasks": len(tasks),
+            "preferences": n_prefs,
+            "chat_records": int(self._cols.chat.sum()),
+            "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
             "fingerprint": self.fingerprint(),
         }
+
+
+def _metadata_values(column: StrColumn, key: str) -> np.ndarray:
+    """``str(metadata[key])`` per row ('' where missing); a dictionary-encoded chunk parses each
+    distinct metadata object once and maps its rows through the indices."""
+    pa = require("pyarrow", purpose="the columnar training table")
+
+    def value(text: str | None) -> str:
+        return "" if text is None else str(json.loads(text).get(key) or "")
+
+    array = column.array
+    parts = []
+    for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
+        if pa.types.is_dictionary(chunk.type):
+            distinct = np.asarray([value(t) for t in chunk.dictionary.to_pylist()] + [""], dtype=str)
+            indices = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            parts.append(distinct[indices])  # -1 (no metadata) picks the trailing ''
+        else:
+            parts.append(np.asarray([value(t) for t in chunk.to_pylist()], dtype=str))
+    return np.concatenate(parts) if parts else np.asarray([], dtype=str)
