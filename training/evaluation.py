@@ -35,6 +35,7 @@ point at the knob it ships with, estimated the same way, with bootstrap interval
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,17 @@ class HeldOut:
     propensity: np.ndarray | None = None
     estimator: str = "auto"
     reward_model: np.ndarray | None = None
+    #: positions of the prompts the trained baselines are scored on when ``features`` holds only those
+    #: (a seeded sample of a large test split, ``eval.baseline_records``); None: every prompt
+    baseline_rows: np.ndarray | None = None
+
+    def subset(self, rows: np.ndarray) -> HeldOut:
+        """These prompts' ``rows`` only (the trained baselines' features and training data kept)."""
+        def part(a):
+            return None if a is None else a[rows]
+        return dataclasses.replace(self, quality=self.quality[rows], cost=self.cost[rows],
+                                   cost_est=self.cost_est[rows], propensity=part(self.propensity),
+                                   reward_model=part(self.reward_model), baseline_rows=None)
 
     @property
     def logged(self) -> bool:
@@ -171,6 +183,40 @@ def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weight
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
 
+def _curve_cis(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
+               estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, list]:
+    """Percentile bootstrap intervals of every curve metric over prompts: the resamples of
+    :func:`router_ml.metrics.bootstrap_ci` (same seed, same draws), each summarised once for all
+    metrics. With every outcome known a resample's means are its counts times the chosen cells
+    (``(k, n) @ (n,)``), not a copy of the resampled matrices: cheap at a million prompts."""
+    n = quality.shape[0]
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in metrics.CURVE_KEYS}
+    exact = weights is None and bool(np.isfinite(quality).all() and np.isfinite(cost).all())
+    if exact:
+        rows = np.arange(n)[None, :]
+        chosen_q, chosen_c = quality[rows, choices], cost[rows, choices]
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        try:
+            if exact:
+                counts = np.bincount(idx, minlength=n) / n
+                summary_ = metrics.curve_summary(chosen_c @ counts, chosen_q @ counts, single_costs=counts @ cost,
+                                                 single_qualities=counts @ quality)
+            else:
+                w = None if weights is None else weights[idx]
+                rm = None if reward_model is None else reward_model[idx]
+                summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0]
+        except ValueError:
+            continue
+        for name in values:
+            value = summary_.get(name)
+            if value is not None and not np.isnan(value):
+                values[name].append(float(value))
+    return {name: [float(v) for v in np.quantile(vals, [0.025, 0.975])] if vals else [None, None]
+            for name, vals in values.items()}
+
+
 def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
                    estimator: str = "ips", reward_model: np.ndarray | None = None,
                    ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
@@ -192,14 +238,7 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     report: dict[str, Any]
     report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model)
     if n_boot:
-        def stat(name):
-            def fn(idx):
-                w = None if weights is None else weights[idx]
-                rm = None if model is None else model[idx]
-                return _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0][name]
-            return fn
-
-        report["ci95"] = {name: _ci(stat(name), quality.shape[0], n_boot, held.seed) for name in metrics.CURVE_KEYS}
+        report["ci95"] = _curve_cis(quality, cost, choices, weights, estimator, model, n_boot, held.seed)
     report["estimator"] = estimator
     if weights is not None:
         ess = metrics.effective_sample_size(weights, choices)
@@ -325,8 +364,10 @@ def _trained(kind: str) -> Callable[[HeldOut], dict[str, Any]]:
         if held.features is None or held.train_features is None or held.train_quality is None:
             raise RouterMLError(f"the '{kind}' baseline is trained on the training split's features; "
                                 "it is computed by 'router-ml train', not on saved routers")
+        target = held if held.baseline_rows is None else held.subset(held.baseline_rows)
         model = ROUTERS[kind]().fit(held.train_features, held.train_quality)
-        return score_predictions(model.predict(held.features), held)
+        report = score_predictions(model.predict(held.features), target)
+        return {**report, "fit_records": len(held.train_features), "scored_records": len(target.quality)}
 
     baseline.__doc__ = f"The '{kind}' router trained on the router's own features and training split."
     return baseline
