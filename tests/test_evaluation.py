@@ -70,7 +70,9 @@ def _curve_intervals_one_metric_at_a_time(held, choices):
     return {name: _ci(stat(name), len(held.quality), held.n_boot, held.seed) for name in metrics.CURVE_KEYS}
 
 
-def test_curve_intervals_from_resample_counts_equal_resampled_copies():
+@pytest.mark.parametrize("chunk", [65536, 128])
+def test_curve_intervals_from_resample_counts_equal_resampled_copies(chunk, monkeypatch):
+    monkeypatch.setattr("training.evaluation._CHUNK", chunk)  # 128: the prompts summed in several products
     rng = np.random.default_rng(4)
     n, m = 700, 3
     quality = rng.random((n, m)).round(2)

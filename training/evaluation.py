@@ -183,6 +183,9 @@ def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weight
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
 
+_CHUNK = 65536  # prompts per matrix product in _curve_cis
+
+
 def _curve_cis(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
                estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, list]:
     """Percentile bootstrap intervals of every curve metric over prompts: the resamples of
@@ -193,26 +196,40 @@ def _curve_cis(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weigh
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {name: [] for name in metrics.CURVE_KEYS}
     exact = weights is None and bool(np.isfinite(quality).all() and np.isfinite(cost).all())
-    if exact:
-        rows = np.arange(n)[None, :]
-        chosen_q, chosen_c = quality[rows, choices], cost[rows, choices]
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        try:
-            if exact:
-                counts = np.bincount(idx, minlength=n) / n
-                summary_ = metrics.curve_summary(chosen_c @ counts, chosen_q @ counts, single_costs=counts @ cost,
-                                                 single_qualities=counts @ quality)
-            else:
-                w = None if weights is None else weights[idx]
-                rm = None if reward_model is None else reward_model[idx]
-                summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0]
-        except ValueError:
-            continue
-        for name in values:
-            value = summary_.get(name)
-            if value is not None and not np.isnan(value):
-                values[name].append(float(value))
+    k, m = choices.shape[0], quality.shape[1]
+    block = max(1, min(n_boot, 2**24 // max(1, n)))  # resamples at a time: 64 MiB of counts
+
+    def resampled_means(draws: list[np.ndarray]) -> np.ndarray:
+        """(2k + 2m, len(draws)): the resamples' mean chosen cost and quality per knob value and the
+        single models' mean cost and quality, accumulated over chunks of prompts."""
+        counts = np.stack([np.bincount(idx, minlength=n).astype(np.int32) for idx in draws])
+        out = np.zeros((2 * k + 2 * m, len(draws)))
+        for a in range(0, n, _CHUNK):
+            rows = np.arange(a, min(a + _CHUNK, n))
+            part = choices[:, rows]
+            chosen = np.concatenate([cost[rows, part], quality[rows, part], cost[rows].T, quality[rows].T])
+            out += chosen @ counts[:, rows].T.astype(np.float64)
+        return out / n
+
+    for first in range(0, n_boot, block):
+        draws = [rng.integers(0, n, size=n) for _ in range(min(block, n_boot - first))]
+        if exact:
+            means = resampled_means(draws)
+        for b, idx in enumerate(draws):
+            try:
+                if exact:
+                    c, q, sc, sq = np.split(means[:, b], [k, 2 * k, 2 * k + m])
+                    summary_ = metrics.curve_summary(c, q, single_costs=sc, single_qualities=sq)
+                else:
+                    w = None if weights is None else weights[idx]
+                    rm = None if reward_model is None else reward_model[idx]
+                    summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0]
+            except ValueError:
+                continue
+            for name in values:
+                value = summary_.get(name)
+                if value is not None and not np.isnan(value):
+                    values[name].append(float(value))
     return {name: [float(v) for v in np.quantile(vals, [0.025, 0.975])] if vals else [None, None]
             for name, vals in values.items()}
 
