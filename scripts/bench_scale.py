@@ -5,8 +5,9 @@ runs), then `router-ml data inspect` and `router-ml train` (mlp_static, tracking
 feature cache per run) run as subprocesses. Prints one JSON object: per size and stage the median
 over ``--runs`` of ``seconds``, ``records_per_s`` and ``peak_rss_mb`` (the subprocess's peak
 resident set, from ``wait4``; featurize worker processes count as their own, not summed), for
-train also the peak after loading (``peak_rss_after_load_mb``: /proc polled every 0.1 s - the
-training half of the memory, separate from the data loader's), its stage breakdown and the AIQ of
+train also the peak after loading (``peak_rss_after_load_mb``: /proc polled every 0.1 s) and how
+far it rose above what loading left (``rss_growth_after_load_mb``: the training half of the memory,
+apart from the data loader's), its stage breakdown and the AIQ of
 each run; then ``scaling``: train seconds per record at the largest size over the smallest
 (``growth_ratio``; at most 1 means time grew at most linearly). A PNG of the curves goes beside.
 
@@ -147,7 +148,7 @@ def _json_line(text: str) -> dict[str, Any]:
 
 def _median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
-    return round(statistics.median(values), 3) if values else None
+    return round(statistics.median(values), 6) if values else None
 
 
 def _stage_summary(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -176,8 +177,12 @@ def bench_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[st
     after_load = [max((v for k, v in r["rss_after"].items() if k not in ("start",)), default=None)
                   for r in train_runs]
     stage_names = list(summaries[0].get("stages", {}))
+    growth = [None if peak is None or "load" not in s.get("stages", {}) else peak - s["stages"]["load"]["rss_mb"]
+              for peak, s in zip(after_load, summaries, strict=True)]
     train.update({
         "peak_rss_after_load_mb": _median(after_load),
+        # what training added on top of the loaded table: the peak after loading minus the RSS loading left
+        "rss_growth_after_load_mb": _median(growth),
         "aiq": _median([s["test"]["aiq"] for s in summaries]),
         "aiqs": [s["test"]["aiq"] for s in summaries],
         "aiq_ci95": summaries[0]["test"].get("ci95", {}).get("aiq"),

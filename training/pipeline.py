@@ -42,39 +42,13 @@ from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.routers import ROUTERS, TorchRouter
 from training.routers.neural import check_groups
+from training.stages import Stages
 from training.trainer import Batchable, distributed_context
 
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
 
 log = logging.getLogger("router_ml.train")
 CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
-
-
-def _rss_mb(field: str) -> float | None:
-    """This process's ``VmRSS`` (now) or ``VmHWM`` (peak) in MiB from /proc; None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
-class Stages:
-    """Seconds and memory of each stage of a run (the summary's ``stages``): where time and memory
-    go at volume. ``rss_mb`` is the resident set when the stage ended, ``peak_rss_mb`` the peak so far."""
-
-    def __init__(self) -> None:
-        self.report: dict[str, dict[str, float | None]] = {}
-        self._last = time.perf_counter()
-
-    def done(self, name: str) -> None:
-        now = time.perf_counter()
-        self.report[name] = {"seconds": round(now - self._last, 2), "rss_mb": _rss_mb("VmRSS"),
-                             "peak_rss_mb": _rss_mb("VmHWM")}
-        log.info("%s: %.1fs, rss %s MiB", name, now - self._last, self.report[name]["rss_mb"])
-        self._last = now
 
 
 @dataclass
@@ -171,8 +145,9 @@ def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
 def sample_ids(table: TrafficTable, rows: np.ndarray) -> list[str | None]:
     """The records' ``sample_id`` (from the table's column when it has one, without building records)."""
     columns = getattr(table, "columns", None)
-    if columns is not None and hasattr(columns, "sample_id"):
-        return [columns.sample_id[int(i)] for i in rows]
+    column = getattr(columns, "sample_id", None)
+    if column is not None:
+        return column.take(rows).to_list() if hasattr(column, "take") else [column[int(i)] for i in rows]
     return [table[int(i)].sample_id for i in rows]
 
 

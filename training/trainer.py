@@ -1,9 +1,17 @@
 """One short training loop for every torch router, with early stopping and optional DDP.
 
-Run under ``torchrun --nproc-per-node N`` and the loop joins the process group (gloo on CPU,
-NCCL on GPUs), wraps the module in DistributedDataParallel and shards each epoch with a
-DistributedSampler; every rank evaluates the (small) validation set itself so that all ranks
-stop at the same epoch. Without torchrun it is a plain single-process loop.
+**Memory.** The loop holds at most ``train.memory_mb`` MiB of a split's inputs and targets (and at
+least one cache shard): a split that fits is read into memory once and trained on in one
+permutation per epoch, exactly as before streaming existed; a larger one - features stay in the
+feature cache, see :class:`~training.featurizers.FeatureMatrix` - is streamed: each epoch shuffles
+the cache's shards, packs them into windows that fit the budget, and shuffles each window's records
+(:func:`epoch_windows`). ``train.max_steps`` caps the optimizer steps, so time is bounded too.
+
+**DDP.** Run under ``torchrun --nproc-per-node N`` and the loop joins the process group (gloo on
+CPU, NCCL on GPUs) and wraps the module in DistributedDataParallel; each rank reads only its own
+shards of the feature cache (shard ``s`` goes to rank ``s % N``) and all ranks take the same number
+of steps per epoch; every rank evaluates the validation set itself so that all ranks stop at the
+same epoch. Without torchrun it is a plain single-process loop.
 """
 
 from __future__ import annotations
@@ -233,7 +241,7 @@ def fit_module(module: torch.nn.Module, train: Batchable, val: Batchable | None,
     window = max(window_rows(train, loop.memory_mb), loop.batch_size)
     if world == 1:  # a split that fits the budget is read once and kept for every epoch
         train = _in_memory(train, window)
-        val = None if val is None else _in_memory(val, window_rows(val, loop.memory_mb))
+    val = None if val is None else _in_memory(val, window_rows(val, loop.memory_mb))
     table_rows = train.table_rows()
     n_prefs = 0 if train.prefs is None else len(train.prefs)
     best, best_state, stale, history, steps_done = math.inf, None, 0, [], 0
