@@ -158,6 +158,12 @@ def _stage_summary(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
             "runs": [{"seconds": round(r["seconds"], 2), "peak_rss_mb": round(r["peak_rss_mb"], 1)} for r in runs]}
 
 
+def _during(rss_after: dict[str, float], stage_names: list[str]) -> dict[str, float]:
+    """Polled peaks keyed by the stage they were taken in (``rss_after`` keys them by the stage before)."""
+    following = dict(zip(["start", *stage_names], stage_names, strict=False))
+    return {following[k]: round(v, 1) for k, v in rss_after.items() if k in following}
+
+
 def bench_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     data, gen_seconds = make_data(n, args.seed, args.work_dir, args.format, args.jobs)
     inspect_runs, train_runs, summaries = [], [], []
@@ -177,12 +183,14 @@ def bench_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[st
     after_load = [max((v for k, v in r["rss_after"].items() if k not in ("start",)), default=None)
                   for r in train_runs]
     stage_names = list(summaries[0].get("stages", {}))
+    during = [_during(r["rss_after"], stage_names) for r in train_runs]
     growth = [None if peak is None or "load" not in s.get("stages", {}) else peak - s["stages"]["load"]["rss_mb"]
               for peak, s in zip(after_load, summaries, strict=True)]
     train.update({
         "peak_rss_after_load_mb": _median(after_load),
         # what training added on top of the loaded table: the peak after loading minus the RSS loading left
         "rss_growth_after_load_mb": _median(growth),
+        "peak_rss_by_stage_mb": {k: _median([d.get(k) for d in during]) for k in stage_names},
         "aiq": _median([s["test"]["aiq"] for s in summaries]),
         "aiqs": [s["test"]["aiq"] for s in summaries],
         "aiq_ci95": summaries[0]["test"].get("ci95", {}).get("aiq"),

@@ -144,6 +144,7 @@ def test_bench_scale_reports_every_size_and_stage(tmp_path):
         assert 0 < train["aiq"] <= 1 and len(train["aiqs"]) == 1
         assert 0 < train["peak_rss_after_load_mb"] <= train["peak_rss_mb"] * 1.05
         assert train["rss_growth_after_load_mb"] is not None
+        assert max(v or 0 for v in train["peak_rss_by_stage_mb"].values()) > 0
         assert {"load", "featurize", "fit", "evaluate"} <= set(train["stages"])
     assert report["scaling"]["smallest"] == 500 and report["scaling"]["largest"] == 1000
     assert report["scaling"]["growth_ratio"] > 0

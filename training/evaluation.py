@@ -280,6 +280,16 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     return report
 
 
+def knob_choices(quality: np.ndarray, cost: np.ndarray, wtps: np.ndarray) -> np.ndarray:
+    """``(k, n)``: the policy's choice for every prompt at each knob value, as the smallest integer type
+    that holds a model index (81 knob values over 3 million prompts: 243 MB as int8, 1.9 GB as int64)."""
+    dtype = np.int8 if quality.shape[1] <= 127 else np.int32
+    out = np.empty((len(wtps), quality.shape[0]), dtype=dtype)
+    for r, w in enumerate(wtps):
+        out[r] = choose(quality, cost, w)
+    return out
+
+
 def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:
     if held.two_model is None:
         return None
@@ -290,7 +300,7 @@ def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:
 def score_predictions(pred: np.ndarray, held: HeldOut, *, n_boot: int | None = None) -> dict[str, Any]:
     """The report of a router given as its predicted quality ``pred`` (n, m): the policy turns it and
     ``held.cost_est`` into a choice per knob value of ``held.wtps``; then :func:`score_choices`."""
-    choices = np.stack([choose(pred, held.cost_est, w) for w in held.wtps])
+    choices = knob_choices(pred, held.cost_est, held.wtps)
     return score_choices(choices, held, wtps=held.wtps, n_boot=n_boot, scores=_two_model_scores(pred, held))
 
 
@@ -366,7 +376,7 @@ def _oracle(held: HeldOut) -> dict[str, Any]:
     if held.logged:
         return {"aiq": None, "best_quality": None, "note": "needs every outcome; not available on logged traffic"}
     quality, cost = held.quality, held.cost
-    choices = np.stack([choose(quality, cost, w) for w in held.wtps])
+    choices = knob_choices(quality, cost, held.wtps)
     report = score_choices(choices, held, wtps=held.wtps, n_boot=0, scores=_two_model_scores(quality, held))
     top = choose(quality, cost, np.inf)
     rows = np.arange(len(top))

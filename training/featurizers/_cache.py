@@ -102,7 +102,7 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     hashing the texts - it must then identify exactly these texts in this order. Work runs in shards
     of ``shard_size`` texts, each saved as its own ``.npy`` when done, so an interrupted run resumes
     at the first missing shard and memory stays at one shard per process. The shards are then
-    assembled into ``features.npy`` (through a memory map) and deleted.
+    appended to ``features.npy`` one by one and deleted.
 
     ``num_proc > 1`` runs shards in that many spawned worker processes (featurizers with
     ``supports_multiprocessing``, i.e. ``static``); results are identical to ``num_proc=1``.
@@ -141,15 +141,16 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
 
     if (cached := _load_final(final, n, dim, mmap)) is not None:  # a concurrent run finished first
         return cached
-    with _atomic_path(final) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    # written by plain file writes, one shard at a time: the pages of a memory map being filled would
+    # all count in this process's resident set (a gigabyte at a million prompts)
+    with _atomic_path(final) as tmp, tmp.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                 "fortran_order": False, "shape": (n, dim)})
         for a, b in shards:
             shard = np.load(_shard_path(entry, a, b))
             if shard.shape != (b - a, dim):
                 raise FeaturizerError(f"{_shard_path(entry, a, b)} has shape {shard.shape}, expected {(b - a, dim)}")
-            out[a:b] = shard
-        out.flush()
-        del out
+            f.write(np.ascontiguousarray(shard, dtype=np.float32).tobytes())
     for a, b in shards:
         _shard_path(entry, a, b).unlink(missing_ok=True)
     result = _load_final(final, n, dim, mmap)
