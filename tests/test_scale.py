@@ -118,6 +118,7 @@ def test_streamed_training_from_disk_learns_like_training_in_memory(tmp_path):
     assert window_rows(Batchable(inputs=(F,), quality=quality, cost=cost, cost_est=cost), tiny) < 4096
     streamed, from_disk = fit(F, tiny)
     assert in_memory > 0.9 and from_disk > 0.9
+    assert all(h["records"] == len(train) for h in streamed.history_)  # every record once an epoch
     capped, _ = fit(F, tiny, ["train.max_steps=30"])
     assert capped.history_[-1]["steps"] == 30 and len(capped.history_) == 1
     # the same split in memory and from disk, one window each: the very same training

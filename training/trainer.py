@@ -273,7 +273,8 @@ def fit_module(module: torch.nn.Module, train: Batchable, val: Batchable | None,
         if val is not None and len(val):
             val_loss = _validation_loss(module, val, device, loss, wtp_range, seed,
                                         max(window_rows(val, loop.memory_mb), 1))
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "steps": steps_done})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "steps": steps_done,
+                        "records": seen})  # this rank's records this epoch (its shards under DDP)
         if on_epoch is not None and rank == 0:
             on_epoch(epoch, train_loss, val_loss)
         score = val_loss if val_loss is not None else train_loss
