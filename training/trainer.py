@@ -146,9 +146,10 @@ def _batches(data: Batchable, windows: list[np.ndarray], batch_size: int, limit:
         full = start + (len(w) - start) // batch_size * batch_size
         for a in range(start, full, batch_size):
             done += batch_size
-            yield w[a:a + batch_size], tuple(x[a:a + batch_size] for x in xs)
-        if full < len(w):
-            carry_pos, carry_x = w[full:], tuple(x[full:] for x in xs)
+            yield w[a:a + batch_size], tuple(x[a:a + batch_size].copy() for x in xs)  # (no view of the window)
+        if full < len(w):  # copies: a view would keep the whole window alive while the next one loads
+            carry_pos, carry_x = w[full:], tuple(x[full:].copy() for x in xs)
+        del xs
     if carry_pos is not None and len(carry_pos):
         yield carry_pos, carry_x
 
