@@ -78,7 +78,7 @@ def test_importing_training_sets_no_seed():
     (["data.val_size=-0.1"], "data.val_size: expected 0, a fraction in (0, 1) or a whole count, got -0.1"),
     (["data.seed=-1"], "data.seed: expected an integer >= 0"),
     (["featurizer.max_tokens=0"], "featurizer.max_tokens: expected an integer >= 1, got 0"),
-    (["featurizer.num_proc=0"], "featurizer.num_proc: expected an integer >= 1"),
+    (["featurizer.num_proc=-1"], "featurizer.num_proc: expected an integer >= 0"),
     (["router.hidden=0"], "router.hidden: expected an integer >= 1, got 0"),
     (["router.layers=-1"], "router.layers: expected an integer >= 0"),
     (["router.dropout=1"], "router.dropout: expected a probability in [0, 1), got 1.0"),

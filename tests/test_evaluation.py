@@ -59,3 +59,47 @@ def test_without_propensities_logged_traffic_falls_back_to_exposure_weights_and_
     assert "off_policy" not in full
     always_a = metrics.curve_from_choices(quality, _held(quality).cost, np.zeros((1, len(quality)), int))[1][0]
     assert full["curve"]["quality"][0] == pytest.approx(always_a)  # knob 0: the cheapest model everywhere
+
+
+def _curve_intervals_one_metric_at_a_time(held, choices):
+    """The intervals as first computed: one bootstrap per metric over resampled copies."""
+    from training.evaluation import _ci, _curve_summary
+
+    def stat(name):
+        return lambda idx: _curve_summary(held.quality[idx], held.cost[idx], choices[:, idx], None)[0][name]
+    return {name: _ci(stat(name), len(held.quality), held.n_boot, held.seed) for name in metrics.CURVE_KEYS}
+
+
+@pytest.mark.parametrize("chunk", [65536, 128])
+def test_curve_intervals_from_resample_counts_equal_resampled_copies(chunk, monkeypatch):
+    monkeypatch.setattr("training.evaluation._CHUNK", chunk)  # 128: the prompts summed in several products
+    rng = np.random.default_rng(4)
+    n, m = 700, 3
+    quality = rng.random((n, m)).round(2)
+    cost = np.tile([0.001, 0.004, 0.02], (n, 1)) * rng.uniform(0.5, 1.5, (n, 1))
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(1e-3, 10, 9), models=("a", "b", "c"),
+                   n_boot=60, seed=2)
+    pred = quality + rng.normal(0, 0.2, quality.shape)
+    report = score_predictions(pred, held)
+    from router_ml.policy import choose
+
+    choices = np.stack([choose(pred, held.cost_est, w) for w in held.wtps])
+    want = _curve_intervals_one_metric_at_a_time(held, choices)
+    for name in metrics.CURVE_KEYS:
+        np.testing.assert_allclose(report["ci95"][name], want[name], rtol=1e-9)
+
+
+def test_trained_baselines_fit_and_score_on_the_sampled_records():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(900, 4)).astype(np.float32)
+    quality = np.stack([(X[:, 0] > 0).astype(float), np.ones(900)], axis=1)
+    cost = np.tile([0.001, 0.01], (900, 1))
+    scored = np.arange(600, 900)
+    sample = np.sort(rng.choice(300, 120, replace=False))
+    held = HeldOut(quality=quality[scored], cost=cost[scored], cost_est=cost[scored], wtps=np.geomspace(1e-3, 1, 7),
+                   models=("cheap", "dear"), n_boot=0, features=X[scored][sample], train_features=X[:200],
+                   train_quality=quality[:200], baseline_rows=sample)
+    report = evaluate_held_out(quality[scored], held, baselines=("knn", "logreg", "random"))["test"]["baselines"]
+    for name in ("knn", "logreg"):
+        assert report[name]["fit_records"] == 200 and report[name]["scored_records"] == 120
+        assert report[name]["aiq"] > report["random"]["aiq"]

@@ -41,3 +41,36 @@ def test_identical_prompts_never_straddle_splits():
 def test_bad_train_size(size):
     with pytest.raises(DataError, match="train_size"):
         split_table(_table(["a", "b"]), train_size=size)
+
+
+def _reference_split(texts, train_size, val_size, seed):
+    """The split as first written (whole keys, Python sort): the vectorised one must match it exactly."""
+    import hashlib
+
+    def ordered(keys, s):
+        groups = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        return [groups[k] for k in sorted(groups, key=lambda k: hashlib.sha256(f"{s}:{k}".encode()).digest())]
+
+    def take(groups, n):
+        taken, rest = [], []
+        for g in groups:
+            (taken.extend(g) if len(taken) < n else rest.append(g))
+        return taken, rest
+
+    keys = [normalize_prompt(t) for t in texts]
+    labelled, rest = take(ordered(keys, seed), train_size)
+    val_local, _ = take(ordered([keys[i] for i in labelled], seed + 1), val_size)
+    val = np.array(sorted(labelled[i] for i in val_local), dtype=np.int64)
+    return np.setdiff1d(np.array(labelled, dtype=np.int64), val), val, np.array(sorted(i for g in rest for i in g))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_matches_the_reference_order_with_duplicate_prompts(seed):
+    rng = np.random.default_rng(seed)
+    prompts = [f"Prompt  {int(k)}" if rng.random() < 0.5 else f"prompt {int(k)}" for k in rng.integers(0, 700, 2000)]
+    split = split_table(_table(prompts), train_size=900, val_size=150, seed=seed)
+    for got, want in zip((split.train, split.val, split.test), _reference_split(prompts, 900, 150, seed),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -47,7 +47,7 @@ class FeaturizerConfig:
     name: str = "static"           #: static | minilm | path to a local encoder directory
     max_tokens: int = 256          #: longer prompts keep head and tail tokens
     batch_size: int = 64
-    num_proc: int = 1
+    num_proc: int = 0              #: worker processes; 0 = every core where the featurizer supports it (static)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,10 @@ class TrainLoopConfig:
     patience: int = 8              #: epochs without validation improvement before stopping
     device: str = "auto"           #: auto | cpu | cuda
     threads: int = 0               #: torch CPU threads; 0 = 1 for mlp/mf (tiny matrices), torch's default for encoder
+    #: MiB of inputs and targets the loop holds at once: a split that fits trains from memory exactly as
+    #: before; a larger one streams from the feature cache in windows of whole shards (training.trainer)
+    memory_mb: int = 256
+    max_steps: int = 0             #: stop after this many optimizer steps in all (0 = no limit; epochs still apply)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class EvalConfig:
     knob_points: int = 81          #: willingness-to-pay values in the cost-quality sweep
     n_boot: int = 200              #: bootstrap resamples for confidence intervals
     baselines: tuple[str, ...] = BASELINE_NAMES
+    #: knn / logreg fit on at most this many training records and are scored on at most this many test
+    #: records (seeded samples, reported as fit_records / scored_records); 0 = all
+    baseline_records: int = 10000
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.seed": (lambda v: v >= 0, "an integer >= 0"),
     "featurizer.max_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "featurizer.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "featurizer.num_proc": (lambda v: v >= 1, "an integer >= 1"),
+    "featurizer.num_proc": (lambda v: v >= 0, "an integer >= 0 (0 = every core where the featurizer allows)"),
     "router.hidden": (lambda v: v >= 1, "an integer >= 1"),
     "router.layers": (lambda v: v >= 0, "an integer >= 0 (0 = a linear head)"),
     "router.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
@@ -244,8 +251,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "train.patience": (lambda v: v >= 1, "an integer >= 1 (epochs without improvement before stopping)"),
     "train.threads": (lambda v: v >= 0, "an integer >= 0 (0 = the router's default)"),
+    "train.memory_mb": (lambda v: v >= 1, "an integer >= 1 (MiB of inputs and targets held at once)"),
+    "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = no limit)"),
     "eval.knob_points": (lambda v: v >= 2, "an integer >= 2"),
     "eval.n_boot": (lambda v: v >= 0, "an integer >= 0 (0 = no confidence intervals)"),
+    "eval.baseline_records": (lambda v: v >= 0, "an integer >= 0 (0 = all records)"),
 }
 _DEVICES = ("auto", "cpu", "cuda")
 LOGGED_TARGETS = ("impute", "mask")

@@ -13,7 +13,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,19 @@ from training.config import TrainConfig, validate
 from training.costs import fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
 from training.evaluate_saved import evaluate_many, evaluate_router  # their home before they moved
-from training.evaluation import HeldOut, evaluate_held_out, read_metrics_file, scoreable_rows, write_metrics_file
+from training.evaluation import (
+    BASELINES,
+    HeldOut,
+    evaluate_held_out,
+    read_metrics_file,
+    scoreable_rows,
+    write_metrics_file,
+)
+from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.routers import ROUTERS, TorchRouter
 from training.routers.neural import check_groups
+from training.stages import Stages
 from training.trainer import Batchable, distributed_context
 
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
@@ -82,15 +93,19 @@ def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | Price
     return Prepared(table, report, split, catalog, cost, cost_model, _two_model(table, split.train))
 
 
-def featurize_texts(config: TrainConfig, texts: list[str], *, fingerprint: str | None,
-                    cache_dir: str | Path | None, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+def featurize_texts(config: TrainConfig, texts: Sequence[str], *, fingerprint: str | None,
+                    cache_dir: str | Path | None, progress: bool) -> tuple[np.ndarray | FeatureMatrix, dict[str, Any]]:
+    """The prompts' features, computed once into the feature cache (every core where the featurizer
+    allows: ``featurizer.num_proc = 0``) and returned as a :class:`~training.featurizers.FeatureMatrix`
+    over the cached file: rows are read when indexed, so the matrix never sits in memory whole."""
     from training.featurizers import featurize, get_featurizer
 
     f = config.featurizer
     featurizer = get_featurizer(f.name, max_tokens=f.max_tokens)
+    num_proc = f.num_proc or ((os.cpu_count() or 1) if featurizer.supports_multiprocessing else 1)
     X = featurize(featurizer, texts, cache_dir=cache_dir, data_fingerprint=fingerprint, batch_size=f.batch_size,
-                  num_proc=f.num_proc, progress=progress)
-    return np.asarray(X, dtype=np.float32), featurizer.identity()
+                  num_proc=num_proc, progress=progress, mmap=True)
+    return as_feature_matrix(X), featurizer.identity()
 
 
 def group_labels(records: Any, field: str) -> np.ndarray:
@@ -120,25 +135,47 @@ def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray |
         return np.where(known, np.minimum(1.0 / np.where(known, propensity, 1.0), clip), 1.0)
 
 
+def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
+    """``(position in rows, model_a, model_b, winner)`` of the preferences of the records ``rows``.
+    Only records that carry preferences are read (a columnar table says which without building them)."""
+    columns = getattr(table, "columns", None)
+    has = None if columns is None else getattr(columns, "preferences", None)
+    candidates = np.arange(len(rows)) if has is None else np.flatnonzero(~np.asarray(has.is_null())[rows])
+    col = {m: j for j, m in enumerate(table.models)}
+    prefs = [(local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner])
+             for local in candidates for p in table[int(rows[local])].preferences]
+    return np.array(prefs, dtype=np.float64) if prefs else None
+
+
+def sample_ids(table: TrafficTable, rows: np.ndarray) -> list[str | None]:
+    """The records' ``sample_id`` (from the table's column when it has one, without building records)."""
+    columns = getattr(table, "columns", None)
+    column = getattr(columns, "sample_id", None)
+    if column is not None:
+        return column.take(rows).to_list() if hasattr(column, "take") else [column[int(i)] for i in rows]
+    return [table[int(i)].sample_id for i in rows]
+
+
+def _f32(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, dtype=np.float32)
+
+
 def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficTable, cost: np.ndarray,
                cost_est: np.ndarray, groups: np.ndarray | None = None, clip: float = 0.0,
                completion: Completion | None = None, imputed_weight: float = 1.0) -> Batchable:
     """One split's training arrays; with a ``completion`` the quality targets are the completed ones
-    and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py)."""
+    and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py). The inputs stay the whole
+    table's (the loop reads the split's ``rows`` of them window by window); the targets are float32
+    copies of the split's rows, as the loss reads them."""
     weights = propensity_loss_weights(table.propensity[rows], clip)
     quality = table.quality[rows]
     if completion is not None and completion.imputed[rows].any():
         quality = completion.quality[rows]
         base = np.ones(quality.shape) if weights is None else weights
         weights = np.where(completion.imputed[rows], imputed_weight, base)
-    prefs = []
-    col = {m: j for j, m in enumerate(table.models)}
-    for local, i in enumerate(rows):
-        for p in table[int(i)].preferences:
-            prefs.append((local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner]))
-    return Batchable(inputs=tuple(x[rows] for x in inputs), quality=quality, cost=cost[rows],
-                     cost_est=cost_est[rows], prefs=np.array(prefs, dtype=np.float64) if prefs else None,
-                     groups=None if groups is None else groups[rows], weights=weights)
+    return Batchable(inputs=inputs, quality=_f32(quality), cost=_f32(cost[rows]), cost_est=_f32(cost_est[rows]),
+                     prefs=_preferences(table, rows), groups=None if groups is None else groups[rows],
+                     weights=None if weights is None else _f32(weights), rows=np.asarray(rows, dtype=np.int64))
 
 
 def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared, cost_est: np.ndarray,
@@ -183,6 +220,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
 
     validate(config)  # loaded configs are validated already; this guards configs built in code
     started = time.perf_counter()
+    stages = Stages()
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
@@ -191,8 +229,10 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     if groups is not None:  # before featurizing: a setting that cannot train fails now
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
+    stages.done("load")
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
+    stages.done("featurize")
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts))
     router_cls = ROUTERS[config.router.kind]
     router: TorchRouter = router_cls(config=config, n_models=len(table.models),
@@ -220,10 +260,12 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
+        stages.done("fit")
         if rank != 0:
             return {}
         scored = scoreable_rows(table.quality, split.test)
         result = _evaluate(config, router, inputs, X, prep, scored)
+        stages.done("evaluate")
         out_dir.mkdir(parents=True, exist_ok=True)
         _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
         from training.plots import plot_cost_quality
@@ -237,8 +279,10 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         for name, base in test_metrics["baselines"].items():
             flat.update({f"{name}.{k}": v for k, v in base.items() if isinstance(v, int | float)})
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
+        stages.done("save")
         tracker.log_artifacts(out_dir, "router")
         artifact, export_report, export_error = _export(out_dir, tracker.run_id)
+        stages.done("export")
         registered = None
         if artifact is not None:
             tracker.log_artifacts(artifact, "artifact")
@@ -259,6 +303,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "fit_seconds": round(fit_seconds, 2),
             "logged_targets": None if completion is None else completion.report,
             "total_seconds": round(time.perf_counter() - started, 2),
+            "stages": stages.report,
             "out": str(out_dir),
             "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
             "tracking_error": tracker.error,
@@ -297,6 +342,25 @@ def _export(out_dir: Path, run_id: str | None) -> tuple[Path | None, dict[str, A
     return out_dir / "artifact", report, None
 
 
+#: test records predicted per call when scoring: bounds the features in memory at once
+PREDICT_CHUNK = 65536
+
+
+def predict_rows(router: TorchRouter, inputs: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+    """``router.predict`` on the table rows ``rows`` of ``inputs``, :data:`PREDICT_CHUNK` rows at a time."""
+    parts = [router.predict(tuple(x[rows[a:a + PREDICT_CHUNK]] for x in inputs))
+             for a in range(0, len(rows), PREDICT_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, router.n_models))
+
+
+def baseline_sample(rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """At most ``cap`` of ``rows`` (all when ``cap`` is 0 or there are fewer): a seeded sample, sorted."""
+    rows = np.asarray(rows)
+    if not cap or len(rows) <= cap:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, cap, replace=False))
+
+
 def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray) -> dict[str, Any]:
     table = prep.table
     if len(scored) == 0:
@@ -308,15 +372,20 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
                         "use more test data (--train-size) or fully labelled data with 'router-ml evaluate'")
     cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
     train_rows = np.concatenate([prep.split.train, prep.split.val])
+    trained = [b for b in config.eval.baselines if BASELINES[b].trained]
+    cap, seed = config.eval.baseline_records, config.data.seed
+    # the trained baselines (kNN, logistic regression) fit and score on seeded samples of a large split
+    fit_rows = baseline_sample(train_rows, cap, seed) if trained else train_rows[:0]
+    score_at = baseline_sample(np.arange(len(scored)), cap, seed + 1) if trained else None
     held = HeldOut(quality=quality, cost=cost, cost_est=cost_est, wtps=np.asarray(prep.cost_model.knob_grid),
-                   models=table.models, two_model=prep.two_model, n_boot=config.eval.n_boot, seed=config.data.seed,
-                   features=X[scored], train_features=X[train_rows], train_quality=table.quality[train_rows],
-                   propensity=table.propensity[scored])
-    pred = router.predict(tuple(x[scored] for x in inputs))
+                   models=table.models, two_model=prep.two_model, n_boot=config.eval.n_boot, seed=seed,
+                   features=None if X is None or not trained else X[scored[score_at]],
+                   train_features=None if X is None or not trained else X[fit_rows],
+                   train_quality=table.quality[fit_rows], propensity=table.propensity[scored],
+                   baseline_rows=None if score_at is None or len(score_at) == len(scored) else score_at)
+    pred = predict_rows(router, inputs, scored)
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
-    result["predictions"] = [{"sample_id": table[int(i)].sample_id, "row": int(i),
-                              "quality_hat": pred[k].round(6).tolist(), "cost_hat": cost_est[k].tolist()}
-                             for k, i in enumerate(scored)]
+    result["predictions"] = (scored, pred, cost_est)
     return result
 
 
@@ -334,8 +403,7 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
         "cost_model.json": prep.cost_model.to_dict(),
         "prices.json": prep.prices.to_dict() if prep.prices is not None else None,
         "split.json": {"seed": config.data.seed, "sizes": split.sizes(), "data_fingerprint": fingerprint,
-                       "test_sample_ids": [table[int(i)].sample_id for i in split.test],
-                       "seen_prompt_hashes": seen},
+                       "test_sample_ids": sample_ids(table, split.test), "seen_prompt_hashes": seen},
     }
     for name, payload in files.items():
         if payload is not None:
@@ -343,9 +411,11 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
     write_metrics_file(out_dir / "metrics.json", result)
     (out_dir / "parity_prompts.json").write_text(json.dumps(parity_prompts(table, split.test, config.data.seed)))
     # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
+    scored, pred, cost_est = result["predictions"]
     with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
-        for row in result["predictions"]:
-            f.write(json.dumps(row) + "\n")
+        for k, (i, sid) in enumerate(zip(scored, sample_ids(table, scored), strict=True)):
+            f.write(json.dumps({"sample_id": sid, "row": int(i), "quality_hat": pred[k].round(6).tolist(),
+                                "cost_hat": cost_est[k].tolist()}) + "\n")
 
 
 def _checkpoint_manifest(router_dir: Path) -> dict[str, Any]:

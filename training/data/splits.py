@@ -47,23 +47,29 @@ def resolve_size(size: float | int, total: int, what: str) -> int:
     return int(size)
 
 
-def _ordered_groups(keys: list[str], seed: int) -> list[list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).digest())
-    return [groups[k] for k in order]
+def _group_order(texts, seeds: tuple[int, ...]) -> list[np.ndarray]:
+    """Per seed, each record's group rank: groups (records with one normalised prompt) numbered in
+    the order of ``sha256(f"{seed}:{key}")``. One pass over the texts, keeping two 64-bit words of
+    each digest instead of the keys (at ten million prompts the keys alone would take gigabytes);
+    the first 128 bits of a sha256 order distinct prompts exactly as the whole digest does."""
+    words = {seed: np.empty((len(texts), 2), dtype=">u8") for seed in seeds}
+    for i, text in enumerate(texts):
+        key = normalize_prompt(text)
+        for seed, out in words.items():
+            out[i] = np.frombuffer(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16], dtype=">u8")
+    ranks = []
+    for seed in seeds:
+        w = words[seed].astype(np.uint64)
+        _, rank = np.unique(w, axis=0, return_inverse=True)
+        ranks.append(rank.reshape(-1))
+    return ranks
 
 
-def _take(groups: list[list[int]], n: int) -> tuple[list[int], list[list[int]]]:
-    taken: list[int] = []
-    rest: list[list[int]] = []
-    for group in groups:
-        if len(taken) < n:
-            taken.extend(group)
-        else:
-            rest.append(group)
-    return taken, rest
+def _take(rank: np.ndarray, n: int) -> np.ndarray:
+    """Whole groups in rank order while fewer than ``n`` records are taken: a boolean mask."""
+    sizes = np.bincount(rank)
+    before = np.cumsum(sizes) - sizes  # records taken before each group
+    return (before < n)[rank]
 
 
 def split_table(table: TrafficTable, *, train_size: float | int, val_size: float | int = 0.1,
@@ -74,13 +80,14 @@ def split_table(table: TrafficTable, *, train_size: float | int, val_size: float
     >>> len(split.train) + len(split.val)                    # doctest: +SKIP
     1500
     """
-    keys = [normalize_prompt(t) for t in table.texts]
-    n_train = resolve_size(train_size, len(keys), "train_size")
-    labelled, rest = _take(_ordered_groups(keys, seed), n_train)
-    n_val = resolve_size(val_size, len(labelled), "val_size")
-    sub_keys = [keys[i] for i in labelled]
-    val_local, _ = _take(_ordered_groups(sub_keys, seed + 1), n_val)
-    val = np.array(sorted(labelled[i] for i in val_local), dtype=np.int64)
-    train = np.setdiff1d(np.array(labelled, dtype=np.int64), val)
-    test = np.array(sorted(i for g in rest for i in g), dtype=np.int64)
+    texts = table.texts
+    n_train = resolve_size(train_size, len(texts), "train_size")
+    rank, val_rank = _group_order(texts, (seed, seed + 1)) if len(texts) else (np.zeros(0, np.int64),) * 2
+    labelled = _take(rank, n_train)
+    n_val = resolve_size(val_size, int(labelled.sum()), "val_size")
+    rows = np.flatnonzero(labelled)
+    _, sub_rank = np.unique(val_rank[rows], return_inverse=True)
+    val = np.sort(rows[_take(sub_rank.reshape(-1), n_val)]).astype(np.int64)
+    train = np.setdiff1d(rows, val).astype(np.int64)
+    test = np.flatnonzero(~labelled).astype(np.int64)
     return Split(train=train, val=val, test=test)

@@ -22,17 +22,21 @@ from training.featurizers._base import (
 from training.featurizers._cache import DEFAULT_SHARD_SIZE, feature_cache_key, featurize, texts_digest
 from training.featurizers._registry import FEATURIZERS, get_featurizer
 from training.featurizers._static import StaticFeaturizer, distill_static, minilm_path
+from training.featurizers._stream import SHARD_ROWS, FeatureMatrix, as_feature_matrix
 from training.featurizers._transformer import MiniLMFeaturizer, TransformerFeaturizer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_SHARD_SIZE",
     "FEATURIZERS",
+    "FeatureMatrix",
     "Featurizer",
     "FeaturizerError",
     "MiniLMFeaturizer",
+    "SHARD_ROWS",
     "StaticFeaturizer",
     "TransformerFeaturizer",
+    "as_feature_matrix",
     "cache_root",
     "default_head",
     "distill_static",

@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     hashing the texts - it must then identify exactly these texts in this order. Work runs in shards
     of ``shard_size`` texts, each saved as its own ``.npy`` when done, so an interrupted run resumes
     at the first missing shard and memory stays at one shard per process. The shards are then
-    assembled into ``features.npy`` (through a memory map) and deleted.
+    appended to ``features.npy`` one by one and deleted.
 
     ``num_proc > 1`` runs shards in that many spawned worker processes (featurizers with
     ``supports_multiprocessing``, i.e. ``static``); results are identical to ``num_proc=1``.
@@ -113,7 +113,10 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     >>> from training.featurizers import featurize, get_featurizer
     >>> X = featurize(get_featurizer("static"), table.texts, data_fingerprint=table.fingerprint())  # doctest: +SKIP
     """
-    texts = text_list(texts)
+    if isinstance(texts, str) or not (hasattr(texts, "__getitem__") and hasattr(texts, "__len__")):
+        texts = text_list(texts)  # one string raises; any other iterable becomes a list
+    # the texts are read shard by shard (each shard's transform checks them): a million prompts are
+    # never all held as one more list here, and a columnar table's text column is sliced, not copied
     if shard_size < 1:
         raise FeaturizerError(f"shard_size must be positive, got {shard_size}")
     if num_proc < 1:
@@ -141,15 +144,16 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
 
     if (cached := _load_final(final, n, dim, mmap)) is not None:  # a concurrent run finished first
         return cached
-    with _atomic_path(final) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+    # written by plain file writes, one shard at a time: the pages of a memory map being filled would
+    # all count in this process's resident set (a gigabyte at a million prompts)
+    with _atomic_path(final) as tmp, tmp.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                 "fortran_order": False, "shape": (n, dim)})
         for a, b in shards:
             shard = np.load(_shard_path(entry, a, b))
             if shard.shape != (b - a, dim):
                 raise FeaturizerError(f"{_shard_path(entry, a, b)} has shape {shard.shape}, expected {(b - a, dim)}")
-            out[a:b] = shard
-        out.flush()
-        del out
+            f.write(np.ascontiguousarray(shard, dtype=np.float32).tobytes())
     for a, b in shards:
         _shard_path(entry, a, b).unlink(missing_ok=True)
     result = _load_final(final, n, dim, mmap)
@@ -157,7 +161,7 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     return result
 
 
-def _compute(featurizer: Featurizer, texts: list[str], entry: Path, todo: list[tuple[int, int]], *, n: int,
+def _compute(featurizer: Featurizer, texts: Sequence[str], entry: Path, todo: list[tuple[int, int]], *, n: int,
              batch_size: int | None, num_proc: int, progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -167,17 +171,24 @@ def _compute(featurizer: Featurizer, texts: list[str], entry: Path, todo: list[t
     with bar:
         if num_proc == 1 or len(todo) <= 1:
             for a, b in todo:
-                _save(_shard_path(entry, a, b), featurizer.transform(texts[a:b], batch_size=batch_size))
+                _save(_shard_path(entry, a, b), featurizer.transform(list(texts[a:b]), batch_size=batch_size))
                 bar.update(b - a)
             return
-        tasks = [(texts[a:b], str(_shard_path(entry, a, b)), batch_size) for a, b in todo]
+        tasks = ((list(texts[a:b]), str(_shard_path(entry, a, b)), batch_size) for a, b in todo)
         # spawn, not fork: forking a process that holds torch or tokenizers threads can deadlock. An executor,
         # unlike multiprocessing.Pool, fails instead of hanging when a worker dies.
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(min(num_proc, len(todo)), mp_context=context, initializer=_init_worker,
                                    initargs=(featurizer,))
-        try:
-            for future in as_completed([pool.submit(_run_shard, task) for task in tasks]):
+        try:  # at most two shards per worker in flight: the texts of the others are not copied yet
+            running: set = set()
+            for task in tasks:
+                running.add(pool.submit(_run_shard, task))
+                if len(running) >= 2 * num_proc:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        bar.update(future.result())
+            for future in as_completed(running):
                 bar.update(future.result())
         except BrokenProcessPool as exc:
             raise FeaturizerError(

@@ -8,6 +8,9 @@ import numpy as np
 
 __all__ = ["KNNRouter", "LogRegRouter"]
 
+#: MiB of query-to-index distances kNN computes at a time
+WORKING_MB = 128
+
 
 class KNNRouter:
     """Predicted quality = mean observed quality of the ``k`` most similar training prompts (cosine)."""
@@ -24,7 +27,10 @@ class KNNRouter:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        _, neighbours = self.index_.kneighbors(X)
+        import sklearn
+
+        with sklearn.config_context(working_memory=WORKING_MB):  # its distance blocks: 1 GiB by default
+            _, neighbours = self.index_.kneighbors(X)
         values = self.quality_[neighbours]                      # (n, k, m)
         observed = ~np.isnan(values)
         sums = np.where(observed, values, 0.0).sum(axis=1)

@@ -213,7 +213,7 @@ class TorchRouter:
         labels = np.concatenate([p.groups for p in parts]).astype(str)
         check_groups(self.config, labels)
         known = labels != ""
-        X = np.concatenate([p.inputs[0] for p in parts])[known]
+        X = np.concatenate([p.input_rows(np.arange(len(p)))[0] for p in parts])[known]
         quality = np.concatenate([p.quality for p in parts])[known]
         names, y = np.unique(labels[known], return_inverse=True)
         clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(X, y)
