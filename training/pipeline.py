@@ -93,15 +93,23 @@ def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | Price
     return Prepared(table, report, split, catalog, cost, cost_model, _two_model(table, split.train))
 
 
+def config_featurizer(config: TrainConfig) -> Any:
+    """The featurizer ``config`` names; its identity is part of the feature cache key, so every stage
+    that fills or reads the cache (``train``, ``featurize --shard``) builds it here."""
+    from training.featurizers import get_featurizer
+
+    return get_featurizer(config.featurizer.name, max_tokens=config.featurizer.max_tokens)
+
+
 def featurize_texts(config: TrainConfig, texts: Sequence[str], *, fingerprint: str | None,
                     cache_dir: str | Path | None, progress: bool) -> tuple[np.ndarray | FeatureMatrix, dict[str, Any]]:
     """The prompts' features, computed once into the feature cache (every core where the featurizer
     allows: ``featurizer.num_proc = 0``) and returned as a :class:`~training.featurizers.FeatureMatrix`
     over the cached file: rows are read when indexed, so the matrix never sits in memory whole."""
-    from training.featurizers import featurize, get_featurizer
+    from training.featurizers import featurize
 
     f = config.featurizer
-    featurizer = get_featurizer(f.name, max_tokens=f.max_tokens)
+    featurizer = config_featurizer(config)
     num_proc = f.num_proc or ((os.cpu_count() or 1) if featurizer.supports_multiprocessing else 1)
     X = featurize(featurizer, texts, cache_dir=cache_dir, data_fingerprint=fingerprint, batch_size=f.batch_size,
                   num_proc=num_proc, progress=progress, mmap=True)

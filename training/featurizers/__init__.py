@@ -19,7 +19,16 @@ from training.featurizers._base import (
     file_digest,
     head_tail,
 )
-from training.featurizers._cache import DEFAULT_SHARD_SIZE, feature_cache_key, featurize, texts_digest
+from training.featurizers._cache import (
+    DEFAULT_SHARD_SIZE,
+    cache_entry,
+    cache_shards,
+    feature_cache_key,
+    featurize,
+    featurize_part,
+    texts_digest,
+    worker_shards,
+)
 from training.featurizers._registry import FEATURIZERS, get_featurizer
 from training.featurizers._static import StaticFeaturizer, distill_static, minilm_path
 from training.featurizers._stream import SHARD_ROWS, FeatureMatrix, as_feature_matrix
@@ -37,14 +46,18 @@ __all__ = [
     "StaticFeaturizer",
     "TransformerFeaturizer",
     "as_feature_matrix",
+    "cache_entry",
     "cache_root",
+    "cache_shards",
     "default_head",
     "distill_static",
     "feature_cache_key",
     "featurize",
+    "featurize_part",
     "file_digest",
     "get_featurizer",
     "head_tail",
     "minilm_path",
     "texts_digest",
+    "worker_shards",
 ]

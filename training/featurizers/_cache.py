@@ -18,7 +18,8 @@ import numpy as np
 
 from training.featurizers._base import Featurizer, FeaturizerError, cache_root, text_list
 
-__all__ = ["DEFAULT_SHARD_SIZE", "feature_cache_key", "featurize", "texts_digest"]
+__all__ = ["DEFAULT_SHARD_SIZE", "cache_entry", "cache_shards", "feature_cache_key", "featurize", "featurize_part",
+           "texts_digest", "worker_shards"]
 
 _FORMAT = 1
 #: Texts per shard: each shard is computed, saved and resumed as one unit.
@@ -91,18 +92,48 @@ def _run_shard(task: tuple[list[str], str, int | None]) -> int:
     return len(texts)
 
 
+def _texts(texts: Sequence[str]) -> Sequence[str]:
+    if isinstance(texts, str) or not (hasattr(texts, "__getitem__") and hasattr(texts, "__len__")):
+        return text_list(texts)  # one string raises; any other iterable becomes a list
+    # the texts are read shard by shard (each shard's transform checks them): a million prompts are
+    # never all held as one more list here, and a columnar table's text column is sliced, not copied
+    return texts
+
+
+def cache_shards(n: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` row ranges a cache entry of ``n`` texts is computed and resumed in."""
+    if shard_size < 1:
+        raise FeaturizerError(f"shard_size must be positive, got {shard_size}")
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
+def worker_shards(n: int, index: int, count: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[tuple[int, int]]:
+    """The cache shards worker ``index`` of ``count`` computes for ``n`` texts: a contiguous block of
+    :func:`cache_shards` (empty when there are more workers than shards)."""
+    shards = cache_shards(n, shard_size)
+    return shards[index * len(shards) // count:(index + 1) * len(shards) // count]
+
+
+def cache_entry(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                data_fingerprint: str | None = None) -> Path:
+    """The directory :func:`featurize` caches ``featurizer(texts)`` in."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
+    return root / feature_cache_key(featurizer, texts, data_fingerprint=data_fingerprint)
+
+
 def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None,
               data_fingerprint: str | None = None, batch_size: int | None = None,
               shard_size: int = DEFAULT_SHARD_SIZE, num_proc: int = 1, progress: bool = True,
               mmap: bool = False) -> np.ndarray:
     """``featurizer.transform(texts)``, computed once per (featurizer identity, data) and cached on disk.
 
-    The cache entry is ``<cache_dir or cache_root()/"features">/<key>/`` with ``key`` from
-    :func:`feature_cache_key`; pass ``data_fingerprint`` (e.g. ``TrafficTable.fingerprint()``) to skip
-    hashing the texts - it must then identify exactly these texts in this order. Work runs in shards
-    of ``shard_size`` texts, each saved as its own ``.npy`` when done, so an interrupted run resumes
-    at the first missing shard and memory stays at one shard per process. The shards are then
-    appended to ``features.npy`` one by one and deleted.
+    The cache entry is :func:`cache_entry` (``<cache_dir or cache_root()/"features">/<key>/``, ``key``
+    from :func:`feature_cache_key`); pass ``data_fingerprint`` (e.g. ``TrafficTable.fingerprint()``) to
+    skip hashing the texts - it must then identify exactly these texts in this order. Work runs in
+    shards of ``shard_size`` texts, each saved as its own ``.npy`` when done, so an interrupted run
+    resumes at the first missing shard and memory stays at one shard per process. The shards are
+    then appended to ``features.npy`` one by one and deleted. :func:`featurize_part` computes one
+    worker's share of the same shards, for a batch engine to fan out.
 
     ``num_proc > 1`` runs shards in that many spawned worker processes (featurizers with
     ``supports_multiprocessing``, i.e. ``static``); results are identical to ``num_proc=1``.
@@ -113,12 +144,8 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     >>> from training.featurizers import featurize, get_featurizer
     >>> X = featurize(get_featurizer("static"), table.texts, data_fingerprint=table.fingerprint())  # doctest: +SKIP
     """
-    if isinstance(texts, str) or not (hasattr(texts, "__getitem__") and hasattr(texts, "__len__")):
-        texts = text_list(texts)  # one string raises; any other iterable becomes a list
-    # the texts are read shard by shard (each shard's transform checks them): a million prompts are
-    # never all held as one more list here, and a columnar table's text column is sliced, not copied
-    if shard_size < 1:
-        raise FeaturizerError(f"shard_size must be positive, got {shard_size}")
+    texts = _texts(texts)
+    shards = cache_shards(len(texts), shard_size)
     if num_proc < 1:
         raise FeaturizerError(f"num_proc must be positive, got {num_proc}")
     if num_proc > 1 and not featurizer.supports_multiprocessing:
@@ -127,38 +154,77 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     n, dim = len(texts), featurizer.dim
     if n == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
-    entry = root / feature_cache_key(featurizer, texts, data_fingerprint=data_fingerprint)
-    final = entry / _FINAL
-    if (cached := _load_final(final, n, dim, mmap)) is not None:
+    entry = cache_entry(featurizer, texts, cache_dir=cache_dir, data_fingerprint=data_fingerprint)
+    if (cached := _load_final(entry / _FINAL, n, dim, mmap)) is not None:
         return cached
+    _start_entry(entry, featurizer, n, data_fingerprint, shard_size)
+    todo = [(a, b) for a, b in shards if not _shard_path(entry, a, b).is_file()]
+    _compute(featurizer, texts, entry, todo, n=n, batch_size=batch_size, num_proc=num_proc, progress=progress)
+    _assemble(entry, shards, n, dim)
+    result = _load_final(entry / _FINAL, n, dim, mmap)
+    assert result is not None
+    return result
+
+
+def featurize_part(featurizer: Featurizer, texts: Sequence[str], *, part: tuple[int, int],
+                   cache_dir: str | os.PathLike[str] | None = None, data_fingerprint: str | None = None,
+                   batch_size: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, Any]:
+    """Worker ``part = (K, N)``'s share of :func:`featurize`: the :func:`worker_shards` block K of N of
+    the same cache entry, written exactly as ``featurize`` writes it, so any batch engine can fan the
+    work out and ``featurize`` (``router-ml train``) then finds the entry complete. Shards already on
+    disk are skipped (a retried task resumes); whichever worker finds every shard present assembles
+    ``features.npy``. Returns ``entry``, this worker's ``shards``, how many it ``computed`` and whether
+    the entry is ``complete``."""
+    texts = _texts(texts)
+    n, dim = len(texts), featurizer.dim
+    index, count = part
+    shards, mine = cache_shards(n, shard_size), worker_shards(n, index, count, shard_size)
+    entry = cache_entry(featurizer, texts, cache_dir=cache_dir, data_fingerprint=data_fingerprint)
+    computed = 0
+    if _load_final(entry / _FINAL, n, dim, mmap=True) is None:
+        _start_entry(entry, featurizer, n, data_fingerprint, shard_size)
+        todo = [(a, b) for a, b in mine if not _shard_path(entry, a, b).is_file()]
+        _compute(featurizer, texts, entry, todo, n=n, batch_size=batch_size, num_proc=1, progress=False)
+        computed = len(todo)
+        if all(_shard_path(entry, a, b).is_file() for a, b in shards):
+            _assemble(entry, shards, n, dim)
+    return {"entry": entry, "shards": mine, "computed": computed,
+            "complete": _load_final(entry / _FINAL, n, dim, mmap=True) is not None}
+
+
+def _start_entry(entry: Path, featurizer: Featurizer, n: int, data_fingerprint: str | None, shard_size: int) -> None:
     entry.mkdir(parents=True, exist_ok=True)
-    meta = {"format": _FORMAT, "featurizer": featurizer.identity(), "n": n, "dim": dim,
+    meta = {"format": _FORMAT, "featurizer": featurizer.identity(), "n": n, "dim": featurizer.dim,
             "data_fingerprint": data_fingerprint, "shard_size": shard_size}
     with _atomic_path(entry / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
-    shards = [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
-    todo = [(a, b) for a, b in shards if not _shard_path(entry, a, b).is_file()]
-    _compute(featurizer, texts, entry, todo, n=n, batch_size=batch_size, num_proc=num_proc, progress=progress)
 
-    if (cached := _load_final(final, n, dim, mmap)) is not None:  # a concurrent run finished first
-        return cached
-    # written by plain file writes, one shard at a time: the pages of a memory map being filled would
-    # all count in this process's resident set (a gigabyte at a million prompts)
-    with _atomic_path(final) as tmp, tmp.open("wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                 "fortran_order": False, "shape": (n, dim)})
-        for a, b in shards:
-            shard = np.load(_shard_path(entry, a, b))
-            if shard.shape != (b - a, dim):
-                raise FeaturizerError(f"{_shard_path(entry, a, b)} has shape {shard.shape}, expected {(b - a, dim)}")
-            f.write(np.ascontiguousarray(shard, dtype=np.float32).tobytes())
+def _assemble(entry: Path, shards: list[tuple[int, int]], n: int, dim: int) -> None:
+    """``features.npy`` from the shard files, which are then deleted. Several processes may assemble
+    the same entry at once (torchrun ranks, sharded workers finishing together): one that finds its
+    shards consumed by another sees that one's finished file instead."""
+    final = entry / _FINAL
+    if _load_final(final, n, dim, mmap=True) is not None:  # a concurrent run finished first
+        return
+    try:
+        # written by plain file writes, one shard at a time: the pages of a memory map being filled would
+        # all count in this process's resident set (a gigabyte at a million prompts)
+        with _atomic_path(final) as tmp, tmp.open("wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     "fortran_order": False, "shape": (n, dim)})
+            for a, b in shards:
+                shard = np.load(_shard_path(entry, a, b))
+                if shard.shape != (b - a, dim):
+                    raise FeaturizerError(f"{_shard_path(entry, a, b)} has shape {shard.shape}, "
+                                          f"expected {(b - a, dim)}")
+                f.write(np.ascontiguousarray(shard, dtype=np.float32).tobytes())
+    except FileNotFoundError:
+        if _load_final(final, n, dim, mmap=True) is None:
+            raise
+        return
     for a, b in shards:
         _shard_path(entry, a, b).unlink(missing_ok=True)
-    result = _load_final(final, n, dim, mmap)
-    assert result is not None
-    return result
 
 
 def _compute(featurizer: Featurizer, texts: Sequence[str], entry: Path, todo: list[tuple[int, int]], *, n: int,
