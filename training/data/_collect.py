@@ -51,8 +51,12 @@ class _IdIndex:
         while self.runs and len(self.runs[-1][0]) <= len(run[0]):
             last = self.runs.pop()
             h, r = np.concatenate([last[0], run[0]]), np.concatenate([last[1], run[1]])
+            del last, run  # at 10M rows each copy is 80 MB: hold as few at once as possible
             order = np.argsort(h, kind="stable")
-            run = (h[order], r[order])
+            h = h[order]
+            r = r[order]
+            del order
+            run = (h, r)
         self.runs.append(run)
 
     def hits(self, hashes: np.ndarray) -> np.ndarray:
@@ -107,7 +111,7 @@ class _Numbers:
                     self.arrays[name] = wider
         k, cap = len(cols), len(self.arrays["chat"])
         if self.n + k > cap:
-            grown = max(self.n + k, cap + cap // 2, 4096)
+            grown = max(self.n + k, cap + cap // 8, 4096)  # resize zero-fills: unused room is resident
             for a in self.arrays.values():
                 if a is not None:
                     a.resize((grown, *a.shape[1:]), refcheck=False)

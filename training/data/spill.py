@@ -234,7 +234,7 @@ class SpillWriter:
             if offsets[-1] > offsets[0]:
                 self.file.write(memoryview(block.buffers()[2])[int(offsets[0]):int(offsets[-1])])
             if self.n + k + 1 > len(self._offsets):
-                self._offsets.resize(max(self.n + k + 1, len(self._offsets) * 3 // 2, 4096), refcheck=False)
+                self._offsets.resize(max(self.n + k + 1, len(self._offsets) * 9 // 8, 4096), refcheck=False)
             self._offsets[self.n + 1:self.n + k + 1] = offsets[1:] - offsets[0] + self._offsets[self.n]
             self.n += k
 

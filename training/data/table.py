@@ -176,14 +176,14 @@ class TrafficTable(Sequence[Record]):
         pc = require("pyarrow.compute", purpose="the columnar training table")
         n = len(self)
         quality, cost, propensity = self.quality, self.cost, self.propensity
-        has = ~np.isnan(quality)
-        with np.errstate(invalid="ignore"):
-            coverage = has.sum(axis=0) / n if n else np.zeros(len(self.models))
-        mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}
-        for j, model in enumerate(self.models):
-            q = quality[:, j][has[:, j]]
+        coverage, mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}, {}
+        outcomes = 0
+        for j, model in enumerate(self.models):  # a column at a time: no (n, models) temporaries
+            q = quality[:, j][~np.isnan(quality[:, j])]
             c = cost[:, j][~np.isnan(cost[:, j])]
             p = propensity[:, j][~np.isnan(propensity[:, j])]
+            coverage[model] = q.size / n if n else 0.0
+            outcomes += q.size
             mean_quality[model] = float(q.mean()) if q.size else None
             mean_cost[model] = float(c.mean()) if c.size else None
             p_coverage[model] = p.size / q.size if q.size else 0.0
@@ -193,12 +193,12 @@ class TrafficTable(Sequence[Record]):
         return {
             "records": n,
             "models": list(self.models),
-            "coverage": {m: float(coverage[j]) for j, m in enumerate(self.models)},
+            "coverage": coverage,
             "mean_quality": mean_quality,
             "mean_cost": mean_cost,
             "propensity_coverage": p_coverage,
             "min_propensity": p_min,
-            "outcomes": int(has.sum()),
+            "outcomes": outcomes,
             "preferences": n_prefs,
             "chat_records": int(self._cols.chat.sum()),
             "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
