@@ -228,7 +228,8 @@ class Collector:
 
     def finish(self) -> Columns:
         """All kept rows as one set of columns, merged duplicates in place of their first row.
-        The collector is spent afterwards except for :meth:`location`."""
+        The collector is spent afterwards except for :meth:`location` (its id index is dropped)."""
+        self.ids = _IdIndex()  # duplicates are settled: 16 bytes a row that the table does not need
         names = STRINGS if self.spill is None else [name for name in STRINGS if name != "text"]
         strings = {name: join_strings([part[name] for part in self.strings]) for name in names}
         spilled = None
