@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +26,12 @@ from training.data import (
     write_parquet,
 )
 from training.data.batches import row_batches
-from training.data.columns import concat
+from training.data.columns import concat, is_blank
 from training.data.fast_jsonl import jsonl_batches
 from training.data.fast_parquet import parquet_batches
 from training.data.loader import quarantine_line
 from training.data.readers import read_jsonl, read_parquet
+from training.data.spill import SpilledText
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = ("quality", "cost", "propensity", "input_tokens", "output_tokens", "latency_s")
@@ -337,3 +341,108 @@ def test_a_rejected_row_keeps_no_frames_alive(tmp_path):
     errors = [row.error for row in read_jsonl(path)]
     assert [e.field for e in errors] == ["outcomes.a.quality", "outcomes.a.cost"]
     assert all(e.__traceback__ is None and e.__context__ is None and e.__cause__ is None for e in errors)
+
+
+def _spill_fds() -> int:
+    """Open descriptors of spill files in this process (Linux: /proc/self/fd; -1 elsewhere)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return -1
+    names = []
+    for fd in fds.iterdir():
+        try:
+            names.append(os.readlink(fd))
+        except OSError:
+            continue
+    return sum("router-ml-texts-" in name for name in names)
+
+
+@pytest.fixture
+def spill_dir(tmp_path, monkeypatch):
+    path = tmp_path / "spill"
+    monkeypatch.setenv("ROUTER_ML_SPILL_DIR", str(path))
+    return path
+
+
+def test_a_table_with_its_texts_on_disk_equals_the_in_memory_one(demo, tmp_path, spill_dir, monkeypatch):
+    jsonl, parquet, records = demo
+    expected = TrafficTable(records)
+    monkeypatch.setattr(fast_jsonl, "_BLOCK_BYTES", 30_000)  # texts pass the budget after a few batches
+    for path in (jsonl, parquet):
+        table, _ = load_traffic(path, text_memory_mb=0.05)
+        texts = table.texts
+        assert isinstance(texts, SpilledText) and not any(spill_dir.iterdir())  # unlinked while open
+        _same(table, expected)
+        assert table.summary() == expected.summary()
+        assert texts[-1] == records[-1].text and texts[3] == records[3].text
+        assert texts[5:9] == [r.text for r in records[5:9]] and texts[10:2:-3] == [r.text for r in records[10:2:-3]]
+        assert texts[np.array([7, 0, 7])] == [records[i].text for i in (7, 0, 7)]
+        with pytest.raises(IndexError):
+            texts[len(records)]
+        a = write_jsonl(table, tmp_path / "spilled.jsonl")
+        assert a.read_bytes() == write_jsonl(expected, tmp_path / "memory.jsonl").read_bytes()
+        a = write_parquet(table, tmp_path / "spilled.parquet", batch_size=300)
+        assert a.read_bytes() == write_parquet(expected, tmp_path / "memory.parquet", batch_size=300).read_bytes()
+        small = table.subset([4, 1, 4])  # fits the budget: its texts come into memory
+        assert not isinstance(small.texts, SpilledText) and small.records == [records[i] for i in (4, 1, 4)]
+        big = table[::-1]  # does not: stays on disk, as rows of the same file
+        assert isinstance(big.texts, SpilledText) and big.records == records[::-1]
+        _same(big.subset(np.arange(len(records))[::-1]), expected)
+        copy = pickle.loads(pickle.dumps(texts))  # another process gets the texts themselves
+        assert not isinstance(copy, SpilledText) and copy == texts
+
+
+def test_spilled_texts_survive_merges_and_dropped_rows(tmp_path, spill_dir, monkeypatch):
+    lines = [{"sample_id": f"s{i % 40}", "prompt": f"prompt {i % 40} " + "é" * (i % 40 % 7),
+              "outcomes": {"ab"[i // 40]: {"quality": 0.5, "propensity": 0.5}}} for i in range(80)]
+    lines.insert(50, {"sample_id": "lacks", "prompt": "no propensity", "outcomes": {"a": {"quality": 1.0}}})
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    monkeypatch.setattr(fast_jsonl, "_BLOCK_BYTES", 400)
+    results = []
+    for budget in (math.inf, 0):
+        table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl",
+                                     text_memory_mb=budget)
+        assert isinstance(table.texts, SpilledText) == (budget == 0)
+        results.append((table, report.to_dict(), (tmp_path / "q.jsonl").read_text()))
+    (spilled, *rest_spilled), (memory, *rest_memory) = results[1], results[0]
+    _same(spilled, memory)
+    assert rest_spilled == rest_memory and rest_memory[0]["merged_duplicates"] == 40
+    assert rest_memory[0]["missing_propensity"] == 1 and len(memory) == 40
+
+
+def test_spill_files_go_when_the_table_does(demo, spill_dir, monkeypatch):
+    jsonl, _, records = demo
+    before = _spill_fds()
+    table, _ = load_traffic(jsonl, text_memory_mb=0)
+    sub = table[10:]
+    assert isinstance(sub.texts, SpilledText) and not any(spill_dir.iterdir())
+    assert before < 0 or _spill_fds() == before + 1  # one file, shared by the table and its selection
+    del table
+    gc.collect()
+    assert sub.texts[0] == records[10].text  # the selection keeps the file open
+    del sub
+    gc.collect()
+    assert before < 0 or _spill_fds() == before
+    assert not any(spill_dir.iterdir())
+    table, _ = load_traffic(jsonl)  # the default budget (1 GB) keeps demo-sized texts in memory
+    assert not isinstance(table.texts, SpilledText)
+    with pytest.raises(DataError, match="text_memory_mb"):
+        load_traffic(jsonl, text_memory_mb=-1)
+    monkeypatch.setenv("ROUTER_ML_TEXT_MEMORY_MB", "0")  # how a command without the option spills
+    assert isinstance(load_traffic(jsonl)[0].texts, SpilledText)
+    monkeypatch.setenv("ROUTER_ML_TEXT_MEMORY_MB", "lots")
+    with pytest.raises(DataError, match="ROUTER_ML_TEXT_MEMORY_MB"):
+        load_traffic(jsonl)
+
+
+def test_a_field_no_record_carries_takes_no_memory(demo):
+    _, parquet, records = demo
+    table, _ = load_traffic(parquet)
+    assert is_blank(table.columns.propensity) and not is_blank(table.columns.quality)
+    assert table.propensity.shape == table.quality.shape and np.isnan(table.propensity).all()
+    assert is_blank(table.subset([3, 1]).columns.propensity) and is_blank(table.columns.with_models(["x"]).propensity)
+    expected = TrafficTable(records[:5] + _mixed_records())
+    mixed, _ = load_traffic(write_jsonl(expected, Path(parquet).with_name("m.jsonl")))
+    assert not is_blank(mixed.columns.propensity)
+    _same(mixed, expected)

@@ -24,7 +24,8 @@ import numpy as np
 from router_ml.optional import require
 from training.data.schema import OUTCOME_FIELDS, Outcome, Preference, Record
 
-__all__ = ["MATRICES", "STRINGS", "Assembler", "Columns", "StrColumn", "canonical_json", "concat", "join_strings"]
+__all__ = ["MATRICES", "STRINGS", "Assembler", "Columns", "StrColumn", "blank", "canonical_json", "concat", "is_blank",
+           "join_strings"]
 
 _CHUNK = 65536
 STRINGS = ("text", "messages", "sample_id", "task", "timestamp", "metadata", "preferences")
@@ -73,8 +74,8 @@ class StrColumn(Sequence[str]):
         return self.take(index).to_list()
 
     def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self.array), _CHUNK):
-            yield from self.array.slice(start, _CHUNK).to_pylist()
+        for block in self.blocks():
+            yield from block.to_pylist()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StrColumn):
@@ -119,15 +120,20 @@ class StrColumn(Sequence[str]):
     def is_null(self) -> np.ndarray:
         return self.array.is_null().to_numpy(zero_copy_only=False)
 
-    def digest(self, into: Any = None) -> str:
-        """sha256 of the values (length-prefixed UTF-8, -1 for null), whatever the Arrow layout."""
+    def blocks(self, size: int = _CHUNK) -> Iterator[Any]:
+        """The values ``size`` rows at a time, each a plain (one-chunk) ``large_string`` Arrow array."""
         pa = _pa()
-        pc = require("pyarrow.compute", purpose="the columnar training table")
-        h = into if into is not None else hashlib.sha256()
-        for start in range(0, len(self.array), _CHUNK):
-            part = StrColumn(self.array.slice(start, _CHUNK)).plain()
+        for start in range(0, len(self.array), size):
+            part = StrColumn(self.array.slice(start, size)).plain()
             if isinstance(part, pa.ChunkedArray):
                 part = part.combine_chunks() if part.num_chunks else pa.array([], pa.large_string())
+            yield part
+
+    def digest(self, into: Any = None) -> str:
+        """sha256 of the values (length-prefixed UTF-8, -1 for null), whatever the Arrow layout."""
+        pc = require("pyarrow.compute", purpose="the columnar training table")
+        h = into if into is not None else hashlib.sha256()
+        for part in self.blocks():
             lengths = pc.fill_null(pc.binary_length(part), -1).to_numpy(zero_copy_only=False)
             h.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
             if len(part):  # the values between the slice's first and last offset, without a copy
@@ -137,6 +143,18 @@ class StrColumn(Sequence[str]):
 
 
 MATRICES = ("quality", "cost", "input_tokens", "output_tokens", "latency_s", "propensity")
+
+
+def blank(n: int, m: int) -> np.ndarray:
+    """An all-NaN float64 ``(n, m)`` matrix that takes no memory: a read-only zero-stride view, which
+    is how a field no record carries (propensity or latency of most data) is stored. Reading it, and
+    slicing it, costs nothing; arithmetic on it allocates its result as usual."""
+    return np.broadcast_to(np.float64(np.nan), (n, m))
+
+
+def is_blank(matrix: np.ndarray) -> bool:
+    """Whether ``matrix`` is a :func:`blank` (zero strides: every element is the one NaN)."""
+    return matrix.ndim == 2 and matrix.strides == (0, 0) and matrix.size > 0
 
 
 @dataclass
@@ -175,7 +193,8 @@ class Columns:
             idx = np.flatnonzero(idx)
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in (*MATRICES, "rank", "chat"):
-            out[name] = out[name][idx]
+            m = out[name]
+            out[name] = blank(len(idx), m.shape[1]) if is_blank(m) else m[idx]
         for name in STRINGS:
             out[name] = out[name].take(idx)
         return Columns(**out)
@@ -190,6 +209,9 @@ class Columns:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in (*MATRICES, "rank"):
             old = out[name]
+            if is_blank(old):
+                out[name] = blank(len(self), len(models))
+                continue
             new = np.full((len(self), len(models)), -1 if name == "rank" else np.nan, dtype=old.dtype)
             ok = src >= 0
             new[:, ok] = old[:, src[ok]]
@@ -198,13 +220,18 @@ class Columns:
         return Columns(**out)
 
     def compact(self) -> Columns:
-        """The same rows in less memory: repetitive strings dictionary-encoded, token counts as float32
-        when every count is exact in it (below 2**24)."""
+        """The same rows in less memory: repetitive strings dictionary-encoded, a field no row carries
+        as a :func:`blank`, token counts as float32 when every count is exact in it (below 2**24)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("task", "metadata", "timestamp", "preferences"):
+        for name in ("task", "metadata", "timestamp", "preferences", "messages"):
             out[name] = out[name].compact()
+        for name in MATRICES:
+            if not is_blank(out[name]) and out[name].size and np.isnan(out[name]).all():
+                out[name] = blank(*out[name].shape)
         for name in ("input_tokens", "output_tokens"):
             m = out[name]
+            if is_blank(m):
+                continue
             with np.errstate(invalid="ignore"):
                 if m.dtype == np.float64 and not (m >= 2.0 ** 24).any():
                     out[name] = m.astype(np.float32)
@@ -284,14 +311,18 @@ def concat(parts: Sequence[Columns]) -> Columns:
         models.update(dict.fromkeys(part.models))
     n = sum(len(p) for p in parts)
     out: dict[str, Any] = {"models": tuple(models), "chat": np.concatenate([p.chat for p in parts])}
+    names = [name for name in (*MATRICES, "rank") if not all(is_blank(getattr(p, name)) for p in parts)]
     for name in (*MATRICES, "rank"):
+        if name not in names:
+            out[name] = blank(n, len(models))
+            continue
         dtype = np.result_type(*[getattr(p, name) for p in parts])
         out[name] = np.full((n, len(models)), -1 if name == "rank" else np.nan, dtype=dtype)
     where = {m: j for j, m in enumerate(models)}
     row = 0
     for part in parts:
         cols = np.array([where[m] for m in part.models], dtype=np.int64)
-        for name in (*MATRICES, "rank"):
+        for name in names:
             out[name][row:row + len(part), cols] = getattr(part, name)
         row += len(part)
     for name in STRINGS:
@@ -301,12 +332,19 @@ def concat(parts: Sequence[Columns]) -> Columns:
 
 def join_strings(columns: Sequence[StrColumn]) -> StrColumn:
     """One chunked column of ``columns`` in order, without copying; dictionary-encoded chunks stay
-    encoded when all are (each chunk keeps its own dictionary), else all are decoded."""
+    encoded (each chunk keeps its own dictionary). Where some parts are encoded and some not (a
+    short last batch is never encoded), the minority's rows are converted: the plain ones encoded
+    when most rows are encoded, else the encoded ones decoded."""
     pa = _pa()
-    same = len({c.array.type for c in columns}) == 1
+    pc = require("pyarrow.compute", purpose="the columnar training table")
+    encoded = [pa.types.is_dictionary(c.array.type) for c in columns]
+    mixed = len({c.array.type for c in columns}) > 1
+    encode = mixed and 2 * sum(len(c) for c, e in zip(columns, encoded, strict=True) if e) >= sum(map(len, columns))
     chunks: list = []
-    for c in columns:
-        array = c.array if same else c.plain()
+    for c, e in zip(columns, encoded, strict=True):
+        array = c.array if not mixed or (e and encode) else c.plain()
+        if mixed and encode and not e:
+            array = pc.dictionary_encode(array)
         chunks.extend(array.chunks if isinstance(array, pa.ChunkedArray) else [array])
     return StrColumn(pa.chunked_array(chunks, type=chunks[0].type if chunks else pa.large_string()))
 

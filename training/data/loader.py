@@ -41,6 +41,7 @@ from training.data.batches import Batch, read_batches
 from training.data.columns import Columns
 from training.data.readers import detect_format, reader_for
 from training.data.schema import Record, RecordError
+from training.data.spill import text_memory_budget
 from training.data.table import TrafficTable
 
 __all__ = ["LoadReport", "load_exclude_list", "load_traffic", "normalize_prompt", "quarantine_line"]
@@ -160,9 +161,10 @@ def _lacking_propensity(columns: Columns) -> np.ndarray:
 class _Load:
     """One load's running state: the kept rows, the counts, and where rejected rows go."""
 
-    def __init__(self, report: LoadReport, sink: _Quarantine, on_error: str, excluded_keys: set[str]):
+    def __init__(self, report: LoadReport, sink: _Quarantine, on_error: str, excluded_keys: set[str],
+                 text_budget: int | None = None):
         self.report, self.sink, self.on_error, self.excluded_keys = report, sink, on_error, excluded_keys
-        self.kept = Collector()
+        self.kept = Collector(text_budget)
 
     def reject(self, location: str, error: RecordError, raw: Any) -> None:
         if self.on_error == "raise":
@@ -267,6 +269,7 @@ def load_traffic(
     split: str = "train",
     allow_pickle: bool = False,
     num_proc: int = 1,
+    text_memory_mb: float | None = None,
 ) -> tuple[TrafficTable, LoadReport]:
     """Load logged traffic from ``source`` into a :class:`TrafficTable`.
 
@@ -276,6 +279,10 @@ def load_traffic(
     Canonical JSONL and Parquet stream in batches straight into columns (no record objects);
     memory is the table's columns plus the batches in flight. ``num_proc`` > 1 validates them over
     that many processes (shards of the file) with a result identical to one process.
+    Once the routed texts pass ``text_memory_mb`` (default ``$ROUTER_ML_TEXT_MEMORY_MB``, else 1024;
+    ``math.inf``: never) they move to a file in ``$ROUTER_ML_SPILL_DIR`` (else the temp dir) and are
+    read back from disk (:mod:`training.data.spill`, 8 bytes a record in memory); the table is the
+    same either way.
 
     >>> table, report = load_traffic("data/demo/traffic.jsonl")  # doctest: +SKIP
     >>> table.quality.shape                                      # doctest: +SKIP
@@ -285,6 +292,7 @@ def load_traffic(
         raise DataError(f"on_error must be 'raise' or 'quarantine', got {on_error!r}")
     if num_proc < 1:
         raise DataError(f"num_proc must be >= 1, got {num_proc}")
+    text_budget = text_memory_budget(text_memory_mb)
     fmt = format or detect_format(source)
     reader_for(fmt)  # an unknown format fails here, before any file is written
     path: Any = Path(source) if fmt != "hf" or Path(source).exists() else str(source)
@@ -302,7 +310,7 @@ def load_traffic(
     report = LoadReport(source=str(source), format=fmt, quarantine=str(qpath) if qpath else None)
     extra: dict[str, Any] = {}
     sink = _Quarantine(qpath)
-    state = _Load(report, sink, on_error, excluded_keys)
+    state = _Load(report, sink, on_error, excluded_keys, text_budget)
     try:
         for batch in read_batches(fmt, path, prices=prices, num_proc=num_proc, columns=columns, split=split,
                                   allow_pickle=allow_pickle, report=extra):

@@ -15,6 +15,8 @@ from training.data.schema import Record
 
 __all__ = ["TrafficTable"]
 
+_BLOCK = 4096
+
 
 class TrafficTable(Sequence[Record]):
     """An ordered collection of :class:`Record` with per-model outcome matrices.
@@ -26,8 +28,12 @@ class TrafficTable(Sequence[Record]):
     ``propensity`` is the same shape: the logging policy's probability of each logged choice,
     NaN where no propensity was logged.
 
-    The table is columnar (:class:`~training.data.columns.Columns`): matrices and Arrow strings,
-    about 50 bytes plus the text per record instead of a Python object graph, so 10M records fit.
+    The table is columnar (:class:`~training.data.columns.Columns`): matrices and Arrow strings
+    instead of a Python object graph. A field no record carries (often ``propensity``) is a
+    zero-memory read-only NaN view (:func:`~training.data.columns.blank`): index it only where it
+    is needed, since ``table.propensity[rows]`` allocates as usual. A loaded table whose texts pass
+    the load's text budget keeps them on disk (:mod:`training.data.spill`); ``texts`` then reads
+    them back in blocks. On demo data a record costs ~230 bytes with its text spilled, ~460 without.
     A :class:`Record` is rebuilt only when asked for (``table[i]``, iteration, ``records``).
     ``TrafficTable(records)`` builds the columns from records (and keeps those records);
     :meth:`from_columns` wraps columns that a reader built without any record.
@@ -64,8 +70,14 @@ class TrafficTable(Sequence[Record]):
     def records(self) -> list[Record]:
         """Every record as a :class:`Record`, built (once) on first access: for small data only."""
         if self._records is None:
-            self._records = [self._cols.record(i) for i in range(len(self))]
+            self._records = list(self._built())
         return self._records
+
+    def _built(self) -> Iterator[Record]:
+        """The records rebuilt a block of rows at a time (spilled texts: one read a block)."""
+        for start in range(0, len(self), _BLOCK):
+            block = self._cols.take(np.arange(start, min(start + _BLOCK, len(self))))
+            yield from (block.record(i) for i in range(len(block)))
 
     def __len__(self) -> int:
         return len(self._cols)
@@ -83,7 +95,7 @@ class TrafficTable(Sequence[Record]):
     def __iter__(self) -> Iterator[Record]:
         if self._records is not None:
             return iter(self._records)
-        return (self._cols.record(i) for i in range(len(self)))
+        return self._built()
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, TrafficTable) and self.models == other.models and len(self) == len(other)
@@ -101,7 +113,8 @@ class TrafficTable(Sequence[Record]):
 
     @property
     def texts(self) -> StrColumn:
-        """The routed text of each record (a compact sequence of ``str``; slices give lists)."""
+        """The routed text of each record (a compact sequence of ``str``; slices and index arrays give
+        lists; a :class:`~training.data.spill.SpilledText` when the texts are on disk)."""
         return self._cols.text
 
     def _public(self, name: str) -> np.ndarray:
@@ -163,14 +176,14 @@ class TrafficTable(Sequence[Record]):
         pc = require("pyarrow.compute", purpose="the columnar training table")
         n = len(self)
         quality, cost, propensity = self.quality, self.cost, self.propensity
-        has = ~np.isnan(quality)
-        with np.errstate(invalid="ignore"):
-            coverage = has.sum(axis=0) / n if n else np.zeros(len(self.models))
-        mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}
-        for j, model in enumerate(self.models):
-            q = quality[:, j][has[:, j]]
+        coverage, mean_quality, mean_cost, p_coverage, p_min = {}, {}, {}, {}, {}
+        outcomes = 0
+        for j, model in enumerate(self.models):  # a column at a time: no (n, models) temporaries
+            q = quality[:, j][~np.isnan(quality[:, j])]
             c = cost[:, j][~np.isnan(cost[:, j])]
             p = propensity[:, j][~np.isnan(propensity[:, j])]
+            coverage[model] = q.size / n if n else 0.0
+            outcomes += q.size
             mean_quality[model] = float(q.mean()) if q.size else None
             mean_cost[model] = float(c.mean()) if c.size else None
             p_coverage[model] = p.size / q.size if q.size else 0.0
@@ -180,12 +193,12 @@ class TrafficTable(Sequence[Record]):
         return {
             "records": n,
             "models": list(self.models),
-            "coverage": {m: float(coverage[j]) for j, m in enumerate(self.models)},
+            "coverage": coverage,
             "mean_quality": mean_quality,
             "mean_cost": mean_cost,
             "propensity_coverage": p_coverage,
             "min_propensity": p_min,
-            "outcomes": int(has.sum()),
+            "outcomes": outcomes,
             "preferences": n_prefs,
             "chat_records": int(self._cols.chat.sum()),
             "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
