@@ -70,7 +70,8 @@ def fit_cost_model(table: TrafficTable, cost: np.ndarray, train_rows: np.ndarray
     """The runtime's cost estimate, fitted on the training split (rules in the module doc)."""
     if prices is not None and all(m in prices for m in table.models):
         return CostModel.from_prices(prices, table.models, _mean_output_tokens(table, train_rows))
-    tokens = estimate_input_tokens([table.texts[int(i)] for i in train_rows])
+    # every text once, in order (a spilled text column reads in blocks), then the rows: no list of strings
+    tokens = estimate_input_tokens(table.texts)[np.asarray(train_rows, dtype=np.int64)]
     fixed, per_token = [], []
     design = np.stack([np.ones_like(tokens), tokens], axis=1)
     for j in range(len(table.models)):

@@ -378,7 +378,7 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     if not observed.all() and (observed.sum(axis=0) == 0).any():
         raise DataError("some model has no outcome in the test split, so choices of it cannot be scored; "
                         "use more test data (--train-size) or fully labelled data with 'router-ml evaluate'")
-    cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
+    cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts)[scored])  # texts read in order, once
     train_rows = np.concatenate([prep.split.train, prep.split.val])
     trained = [b for b in config.eval.baselines if BASELINES[b].trained]
     cap, seed = config.eval.baseline_records, config.data.seed
