@@ -175,7 +175,8 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py). The inputs stay the whole
     table's (the loop reads the split's ``rows`` of them window by window); the targets are float32
     copies of the split's rows, as the loss reads them."""
-    weights = propensity_loss_weights(table.propensity[rows], clip)
+    # only with clipping on: a propensity matrix of the split's rows is a copy (all-NaN on full-information data)
+    weights = propensity_loss_weights(table.propensity[rows], clip) if clip > 0 else None
     quality = table.quality[rows]
     if completion is not None and completion.imputed[rows].any():
         quality = completion.quality[rows]
