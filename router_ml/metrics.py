@@ -210,10 +210,39 @@ def curve_from_choices(
         raise ValueError(f"choices must hold integer model indices, got dtype {choices.dtype}")
     if choices.size and (choices.min() < 0 or choices.max() >= m):
         raise ValueError(f"choices must be model indices in [0, {m}), got values in [{choices.min()}, {choices.max()}]")
+    if weights is not None:
+        weights = _check_weights(weights, quality.shape)
+    # knob values a block at a time: each (knob, prompt) array of a block holds at most _BLOCK_CELLS
+    # cells (81 knob values over 3 million prompts would be 1.9 GB per float64 array at once)
+    step = max(1, _BLOCK_CELLS // max(n, 1))
+    blocks = [_curve_block(quality, cost, choices[a:a + step], weights, estimator, reward_model)
+              for a in range(0, max(len(choices), 1), step)]
+    per_knob = np.concatenate([b[2] for b in blocks])
+    if per_knob.any():
+        first = int(np.argmax(per_knob > 0))
+        lacking = int(np.logical_or.reduce([b[3] for b in blocks]).sum())
+        raise ValueError(
+            f"{lacking} of {n} prompts lack an outcome (NaN quality or cost) for their "
+            f"chosen model ({int(per_knob[first])} at knob value {first}); evaluate on the prompts where "
+            "complete_rows(quality, cost) is True"
+        )
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+#: the most (knob, prompt) cells :func:`curve_from_choices` gathers into one array at a time
+_BLOCK_CELLS = 1 << 23
+
+
+def _curve_block(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
+                 estimator: str, reward_model: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`curve_from_choices` for a block of knob values: (mean costs, mean qualities, per knob the
+    prompts whose chosen cell lacks an outcome, which prompts those are - both zero when weighted)."""
+    n = quality.shape[0]
+    none = (np.zeros(len(choices), dtype=np.int64), np.zeros(n, dtype=bool))
     rows = np.arange(n)[None, :]
     chosen_c = cost[rows, choices]
     if weights is not None:
-        weights = _check_weights(weights, quality.shape)
         if not np.isfinite(chosen_c).all():
             raise ValueError("a chosen model has no cost (NaN) for its prompt; impute costs before weighting")
         chosen_w = weights[rows, choices]
@@ -222,31 +251,23 @@ def curve_from_choices(
             raise ValueError("a chosen cell with a positive weight has no quality (NaN); give it weight 0")
         logged_c = np.where(chosen_w > 0, chosen_c, 0.0)
         if estimator == "ips":
-            return (logged_c * chosen_w).mean(axis=1), (observed_q * chosen_w).mean(axis=1)
+            return (logged_c * chosen_w).mean(axis=1), (observed_q * chosen_w).mean(axis=1), *none
         if estimator == "snips":
             total = chosen_w.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 means = np.where(total > 0, (observed_q * chosen_w).sum(axis=1) / total, np.nan)
                 costs = np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, chosen_c.mean(axis=1))
-            return costs, means
+            return costs, means, *none
         if estimator == "dr":
             if reward_model is None or np.shape(reward_model) != quality.shape:
                 raise ValueError(f"the 'dr' estimator needs reward_model of shape {quality.shape} (predicted quality)")
             predicted = np.asarray(reward_model, dtype=float)[rows, choices]
             return chosen_c.mean(axis=1), (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted,
-                                                                           0.0)).mean(axis=1)
+                                                                           0.0)).mean(axis=1), *none
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     chosen_q = quality[rows, choices]
     missing = ~(np.isfinite(chosen_q) & np.isfinite(chosen_c))
-    if missing.any():
-        per_knob = missing.sum(axis=1)
-        first = int(np.argmax(per_knob > 0))
-        raise ValueError(
-            f"{int(missing.any(axis=0).sum())} of {n} prompts lack an outcome (NaN quality or cost) for their "
-            f"chosen model ({int(per_knob[first])} at knob value {first}); evaluate on the prompts where "
-            "complete_rows(quality, cost) is True"
-        )
-    return chosen_c.mean(axis=1), chosen_q.mean(axis=1)
+    return chosen_c.mean(axis=1), chosen_q.mean(axis=1), missing.sum(axis=1), missing.any(axis=0)
 
 
 def choice_outcomes(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float]:

@@ -520,3 +520,30 @@ def test_snips_stays_in_the_range_of_the_data_and_ess_counts_matching_prompts():
         metrics.curve_from_choices(logged, cost, choices, weights=w, estimator="dr")
     with pytest.raises(ValueError, match="estimator must be"):
         metrics.curve_from_choices(logged, cost, choices, weights=w, estimator="magic")
+
+
+@pytest.mark.parametrize("estimator", [None, "ips", "snips", "dr"])
+def test_curve_in_knob_blocks_equals_one_pass(monkeypatch, estimator):
+    """Large test sets are scored a block of knob values at a time (memory); the numbers and the
+    missing-outcome error must not depend on the block size."""
+    rng = np.random.default_rng(0)
+    n, m, k = 3000, 5, 81
+    q, c = rng.random((n, m)), rng.random((n, m))
+    choices = rng.integers(0, m, (k, n)).astype(np.int8)
+    options = {} if estimator is None else {
+        "weights": rng.random((n, m)) * (rng.random((n, m)) > 0.5), "estimator": estimator, "reward_model": q}
+    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 1 << 40)
+    whole = metrics.curve_from_choices(q, c, choices, **options)
+    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 7 * n + 3)  # 7 knob values a block, the last one short
+    blocked = metrics.curve_from_choices(q, c, choices, **options)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(whole, blocked, strict=True))
+    if estimator is None:
+        q[10, :] = np.nan
+        q[20, 2] = np.nan
+        errors = []
+        for cells in (1 << 40, 7 * n + 3):
+            monkeypatch.setattr(metrics, "_BLOCK_CELLS", cells)
+            with pytest.raises(ValueError, match="lack an outcome") as info:
+                metrics.curve_from_choices(q, c, choices)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1] and errors[0].startswith("2 of 3000 prompts")
