@@ -144,24 +144,18 @@ def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray |
 
 
 def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
-    """``(position in rows, model_a, model_b, winner)`` of the preferences of the records ``rows``.
-    Only records that carry preferences are read (a columnar table says which without building them)."""
-    columns = getattr(table, "columns", None)
-    has = None if columns is None else getattr(columns, "preferences", None)
-    candidates = np.arange(len(rows)) if has is None else np.flatnonzero(~np.asarray(has.is_null())[rows])
+    """``(position in rows, model_a, model_b, winner)`` of the preferences of the records ``rows``,
+    read from the preference column of the records that carry one (no record is built)."""
+    column = table.columns.preferences
     col = {m: j for j, m in enumerate(table.models)}
-    prefs = [(local, col[p.model_a], col[p.model_b], {"a": 1.0, "b": 0.0, "tie": 0.5}[p.winner])
-             for local in candidates for p in table[int(rows[local])].preferences]
+    prefs = [(int(local), col[p["model_a"]], col[p["model_b"]], {"a": 1.0, "b": 0.0, "tie": 0.5}[p["winner"]])
+             for local in np.flatnonzero(~column.is_null()[rows]) for p in json.loads(column[int(rows[local])])]
     return np.array(prefs, dtype=np.float64) if prefs else None
 
 
 def sample_ids(table: TrafficTable, rows: np.ndarray) -> list[str | None]:
-    """The records' ``sample_id`` (from the table's column when it has one, without building records)."""
-    columns = getattr(table, "columns", None)
-    column = getattr(columns, "sample_id", None)
-    if column is not None:
-        return column.take(rows).to_list() if hasattr(column, "take") else [column[int(i)] for i in rows]
-    return [table[int(i)].sample_id for i in rows]
+    """The records' ``sample_id``, from the table's column (no record is built)."""
+    return table.columns.sample_id.take(rows).to_list()
 
 
 def _f32(array: np.ndarray) -> np.ndarray:
