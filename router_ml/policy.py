@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,10 +61,12 @@ class CostModel:
         per_in = tuple(prices[m].input_per_mtok / 1e6 for m in models)
         return cls(tuple(models), fixed, per_in)
 
-    def estimate(self, input_tokens: np.ndarray) -> np.ndarray:
-        """``(n, m)`` expected cost in USD for prompts with the given input token counts."""
-        tokens = np.asarray(input_tokens, dtype=np.float64).reshape(-1, 1)
-        return np.asarray(self.fixed_usd)[None, :] + tokens * np.asarray(self.per_input_token_usd)[None, :]
+    def estimate(self, input_tokens: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+        """``(n, m)`` expected cost in USD for prompts with the given input token counts (``dtype``
+        float32 halves the matrix where that is all a consumer reads, as training's loss does)."""
+        tokens = np.asarray(input_tokens, dtype=dtype).reshape(-1, 1)
+        fixed = np.asarray(self.fixed_usd, dtype=dtype)[None, :]
+        return fixed + tokens * np.asarray(self.per_input_token_usd, dtype=dtype)[None, :]
 
     def to_dict(self) -> dict:
         out = {"models": list(self.models), "fixed_usd": list(self.fixed_usd),

@@ -153,3 +153,51 @@ def test_bench_scale_reports_every_size_and_stage(tmp_path):
     with open(report["sizes"]["500"]["data"]) as f:  # at most 99,999 records: make_demo_data.py's own set
         first = json.loads(f.readline())
     assert first["sample_id"] == "demo-00001"
+
+
+def test_released_fields_cost_nothing_and_refuse_to_be_read():
+    from router_ml.errors import RouterMLError
+    from training.data import load_traffic
+
+    table, _ = load_traffic(Path(__file__).parent.parent / "data" / "demo" / "traffic.jsonl")
+    fingerprint, quality = table.fingerprint(), table.quality.copy()
+    assert table.latency_s.nbytes > 0
+    table.release(*type(table).RELEASABLE)
+    assert table.fingerprint() == fingerprint                      # taken before, kept
+    assert table.columns.latency_s.strides == (0, 0)               # a blank: no memory
+    assert table.columns.input_tokens.strides == (0, 0)
+    np.testing.assert_array_equal(table.quality, quality)          # what training reads stays
+    assert table.texts[0] and table.columns.sample_id[0]
+    with pytest.raises(RouterMLError, match="released"):
+        table.latency_s
+    with pytest.raises(RouterMLError, match="released"):
+        table[0]
+    with pytest.raises(RouterMLError, match="released"):
+        table.subset([0, 1])[0]
+    with pytest.raises(RouterMLError, match="only"):
+        table.release("quality")
+
+
+def test_block_column_means_match_nanmean_and_full_costs_are_not_copied():
+    from training.costs import column_means, observed_costs
+    from training.data import TrafficTable
+    from training.data.schema import Outcome, Record
+
+    rng = np.random.default_rng(0)
+    m = rng.random((200_000, 3))
+    m[rng.random(m.shape) < 0.3] = np.nan
+    m[:, 2] = np.nan
+    rows = rng.choice(len(m), 150_000, replace=False)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmean(m[rows], axis=0)
+    np.testing.assert_allclose(column_means(m, rows), expected, rtol=1e-12)
+    assert np.isnan(column_means(m)[2])
+
+    records = [Record(prompt=f"p{i}", outcomes={"a": Outcome(quality=1.0, cost=0.1 * i),
+                                                 "b": Outcome(quality=0.0, cost=1.0)}) for i in range(1, 9)]
+    table = TrafficTable(records)
+    cost = observed_costs(table, np.arange(6))
+    assert np.shares_memory(cost, table.columns.cost) and not cost.flags.writeable
+    partial = TrafficTable([*records, Record(prompt="q", outcomes={"a": Outcome(quality=1.0)})])
+    filled = observed_costs(partial, np.arange(9))
+    assert not np.shares_memory(filled, partial.columns.cost) and np.isfinite(filled).all()

@@ -26,7 +26,25 @@ from router_ml.policy import CostModel, estimate_input_tokens
 from router_ml.pricing import PriceCatalog
 from training.data.table import TrafficTable
 
-__all__ = ["fit_cost_model", "observed_costs"]
+__all__ = ["column_means", "fit_cost_model", "observed_costs"]
+
+_BLOCK = 1 << 16
+
+
+def column_means(matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``np.nanmean(matrix[rows], axis=0)`` a block of rows at a time: the same means without the two
+    full-size temporaries (the row copy, then nanmean's own) that cost 0.7 GB at 10M records x 5
+    models. A column with no value is NaN (no warning)."""
+    rows = np.arange(len(matrix)) if rows is None else np.asarray(rows, dtype=np.int64)
+    sums = np.zeros(matrix.shape[1])
+    counts = np.zeros(matrix.shape[1])
+    for start in range(0, len(rows), _BLOCK):
+        block = matrix[rows[start:start + _BLOCK]]
+        seen = ~np.isnan(block)
+        sums += np.where(seen, block, 0.0).sum(axis=0)
+        counts += seen.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
 
 
 def _mean_output_tokens(table: TrafficTable, rows: np.ndarray) -> dict[str, float]:
@@ -39,17 +57,22 @@ def _mean_output_tokens(table: TrafficTable, rows: np.ndarray) -> dict[str, floa
 
 
 def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCatalog | None = None) -> np.ndarray:
-    """``(n, m)`` observed cost for every cell, imputed by the rules of the module doc."""
+    """``(n, m)`` observed cost for every cell, imputed by the rules of the module doc. Where every
+    cell has a cost (full-information data) it is the table's own matrix, read-only, not a copy."""
+    known = ~np.isnan(table.cost)
+    if known.all():
+        shared = table.cost.view()
+        shared.flags.writeable = False
+        return shared
     cost = table.cost.copy()
     quality = table.quality
-    known = ~np.isnan(cost)
     if not known.any():
         if prices is not None and all(m in prices for m in table.models):
             tokens = estimate_input_tokens(table.texts)
             model = CostModel.from_prices(prices, table.models, _mean_output_tokens(table, train_rows))
             return model.estimate(tokens)
         if len(table.models) == 2:
-            _, strong = metrics.weak_and_strong(np.nanmean(quality[train_rows], axis=0))
+            _, strong = metrics.weak_and_strong(column_means(quality, train_rows))
             cost = np.zeros_like(quality)
             cost[:, strong] = 1.0
             return cost

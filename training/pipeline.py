@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from router_ml.errors import DataError, RouterMLError
 from router_ml.policy import CostModel, estimate_input_tokens, knob_grid, wtp_from_json
 from router_ml.pricing import PriceCatalog
 from training.config import TrainConfig, validate
-from training.costs import fit_cost_model, observed_costs
+from training.costs import column_means, fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
 from training.evaluate_saved import evaluate_many, evaluate_router  # their home before they moved
 from training.evaluation import (
@@ -67,14 +67,19 @@ def _portable(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in identity.items() if k not in ("model_dir", "source_dir")}
 
 
+def _prompt_digest(text: str) -> bytes:
+    return hashlib.sha256(normalize_prompt(text).encode()).digest()[:10]
+
+
 def _prompt_hash(text: str) -> str:
-    return hashlib.sha256(normalize_prompt(text).encode()).hexdigest()[:20]
+    """The saved hash of a prompt (its normalised form's sha256, 20 hex digits)."""
+    return _prompt_digest(text).hex()
 
 
 def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
     if len(table.models) != 2:
         return None
-    return metrics.weak_and_strong(np.nanmean(table.quality[rows], axis=0))
+    return metrics.weak_and_strong(column_means(table.quality, rows))
 
 
 def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | PriceCatalog | None = None,
@@ -88,7 +93,7 @@ def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | Price
     cost = observed_costs(table, split.train, catalog)
     cost_model = fit_cost_model(table, cost, split.train, catalog)
     # the knob values every evaluation of this router sweeps, saved with its cost model
-    grid = knob_grid(np.nanmean(cost[split.train], axis=0), config.eval.knob_points)
+    grid = knob_grid(column_means(cost, split.train), config.eval.knob_points)
     cost_model = dataclasses.replace(cost_model, knob_grid=tuple(float(w) for w in grid))
     return Prepared(table, report, split, catalog, cost, cost_model, _two_model(table, split.train))
 
@@ -205,7 +210,7 @@ def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared,
 
 
 def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
-    means = np.nanmean(cost, axis=0)
+    means = column_means(cost)
     positive = means[means > 0]
     low = float(positive.min()) if positive.size else 1.0
     return low * 0.1, float(means.max()) * 100.0 if means.max() > 0 else 100.0
@@ -236,7 +241,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
     stages.done("featurize")
-    cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts))
+    # what training no longer reads (the cost model is priced): ~100 bytes a record on full-information data
+    table.release(*TrafficTable.RELEASABLE)
+    cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts), dtype=np.float32)  # the loss reads f32
     router_cls = ROUTERS[config.router.kind]
     router: TorchRouter = router_cls(config=config, n_models=len(table.models),
                                      input_dim=None if router_cls.text_inputs else X.shape[1])
@@ -276,7 +283,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         curves = {config.router.kind: result["router_curve"], **result["baseline_curves"]}
         plot_cost_quality(out_dir / "curve.png", curves=curves, singles=result["singles"],
                           title=f"{config.router.kind} / {config.featurizer.name} on {Path(str(data)).name}",
-                          log_x=bool(np.all(np.nanmean(prep.cost, axis=0) > 0)))
+                          log_x=bool(np.all(column_means(prep.cost) > 0)))
         test_metrics = result["test"]
         flat = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
         for name, base in test_metrics["baselines"].items():
@@ -396,7 +403,6 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
           result, run_id) -> None:
     router.save(out_dir)
     table, split = prep.table, prep.split
-    seen = sorted({_prompt_hash(table.texts[int(i)]) for i in np.concatenate([split.train, split.val])})
     files = {
         "manifest.json": {"format": CHECKPOINT_FORMAT, "router": config.router.kind, "models": list(table.models),
                           "featurizer": config.featurizer.name, "mlflow_run_id": run_id,
@@ -405,20 +411,62 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
         "featurizer.json": featurizer_identity,
         "cost_model.json": prep.cost_model.to_dict(),
         "prices.json": prep.prices.to_dict() if prep.prices is not None else None,
-        "split.json": {"seed": config.data.seed, "sizes": split.sizes(), "data_fingerprint": fingerprint,
-                       "test_sample_ids": sample_ids(table, split.test), "seen_prompt_hashes": seen},
     }
     for name, payload in files.items():
         if payload is not None:
             (out_dir / name).write_text(json.dumps(payload, indent=1))
+    _write_split(out_dir / "split.json", table, split, config.data.seed, fingerprint)
     write_metrics_file(out_dir / "metrics.json", result)
     (out_dir / "parity_prompts.json").write_text(json.dumps(parity_prompts(table, split.test, config.data.seed)))
     # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
     scored, pred, cost_est = result["predictions"]
     with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
-        for k, (i, sid) in enumerate(zip(scored, sample_ids(table, scored), strict=True)):
-            f.write(json.dumps({"sample_id": sid, "row": int(i), "quality_hat": pred[k].round(6).tolist(),
-                                "cost_hat": cost_est[k].tolist()}) + "\n")
+        for start, ids in _id_blocks(table, scored):
+            f.writelines(json.dumps({"sample_id": sid, "row": int(scored[k]), "quality_hat": pred[k].round(6).tolist(),
+                                     "cost_hat": cost_est[k].tolist()}) + "\n"
+                         for k, sid in enumerate(ids, start))
+
+
+_ID_BLOCK = 1 << 16
+
+
+def _id_blocks(table: TrafficTable, rows: np.ndarray) -> Iterator[tuple[int, list[str | None]]]:
+    """(offset in ``rows``, the sample ids of the next block of ``rows``): no list of every id at once."""
+    for start in range(0, len(rows), _ID_BLOCK):
+        yield start, sample_ids(table, rows[start:start + _ID_BLOCK])
+
+
+def seen_prompt_digests(table: TrafficTable, rows: np.ndarray) -> np.ndarray:
+    """The sorted distinct prompt hashes (:func:`_prompt_hash`, as 10 raw bytes) of the records
+    ``rows``: texts read in order a block at a time, 10 bytes a prompt (10M prompts: 100 MB, where
+    a set of hex strings took 0.9 GB)."""
+    wanted = np.zeros(len(table), dtype=bool)
+    wanted[np.asarray(rows, dtype=np.int64)] = True
+    parts, start = [], 0
+    for block in table.texts.blocks():
+        texts = block.to_pylist()
+        keep = wanted[start:start + len(texts)]
+        parts.append(np.frombuffer(b"".join(_prompt_digest(t) for t, k in zip(texts, keep, strict=True) if k),
+                                   dtype=np.uint8))
+        start += len(texts)
+    digests = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return np.unique(digests.reshape(-1, 10), axis=0)
+
+
+def _write_split(path: Path, table: TrafficTable, split: Split, seed: int, fingerprint: str) -> None:
+    """``split.json``: the split's identity, the test records' sample ids and the hashes of every
+    prompt trained on (so evaluation can drop them), written a block at a time."""
+    head = {"seed": seed, "sizes": split.sizes(), "data_fingerprint": fingerprint}
+    digests = seen_prompt_digests(table, np.concatenate([split.train, split.val]))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(head)[:-1] + ', "test_sample_ids": [')
+        for start, ids in _id_blocks(table, split.test):
+            f.write((", " if start else "") + ", ".join(map(json.dumps, ids)))
+        f.write('], "seen_prompt_hashes": [')
+        for start in range(0, len(digests), _ID_BLOCK):
+            hexes = (f'"{d.tobytes().hex()}"' for d in digests[start:start + _ID_BLOCK])
+            f.write((", " if start else "") + ", ".join(hexes))
+        f.write("]}\n")
 
 
 def _checkpoint_manifest(router_dir: Path) -> dict[str, Any]:

@@ -279,7 +279,7 @@ def load_traffic(
     Canonical JSONL and Parquet stream in batches straight into columns (no record objects);
     memory is the table's columns plus the batches in flight. ``num_proc`` > 1 validates them over
     that many processes (shards of the file) with a result identical to one process.
-    Once the routed texts pass ``text_memory_mb`` (default ``$ROUTER_ML_TEXT_MEMORY_MB``, else 1024;
+    Once the routed texts pass ``text_memory_mb`` (default ``$ROUTER_ML_TEXT_MEMORY_MB``, else 256;
     ``math.inf``: never) they move to a file in ``$ROUTER_ML_SPILL_DIR`` (else the temp dir) and are
     read back from disk (:mod:`training.data.spill`, 8 bytes a record in memory); the table is the
     same either way.

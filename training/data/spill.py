@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_TEXT_MEMORY_MB", "SPILL_DIR_ENV", "TEXT_MEMORY_ENV", "SpillW
            "text_memory_budget"]
 
 #: texts (Arrow bytes + offsets) held in memory before a load moves them to disk
-DEFAULT_TEXT_MEMORY_MB = 1024
+DEFAULT_TEXT_MEMORY_MB = 256
 TEXT_MEMORY_ENV = "ROUTER_ML_TEXT_MEMORY_MB"
 SPILL_DIR_ENV = "ROUTER_ML_SPILL_DIR"
 _GAP = 4096  # bytes between wanted texts worth reading through rather than a read (a syscall) each
@@ -43,7 +43,7 @@ _GAP = 4096  # bytes between wanted texts worth reading through rather than a re
 
 def text_memory_budget(text_memory_mb: float | None) -> int | None:
     """The text budget in bytes (None = unlimited) for ``load_traffic(text_memory_mb=...)``: the value
-    given, else ``$ROUTER_ML_TEXT_MEMORY_MB`` (so a command without the option can spill), else 1024."""
+    given, else ``$ROUTER_ML_TEXT_MEMORY_MB`` (so a command without the option can spill), else 256."""
     value: Any = text_memory_mb
     where = "text_memory_mb"
     if value is None:

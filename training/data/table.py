@@ -10,7 +10,7 @@ import numpy as np
 
 from router_ml.errors import RouterMLError
 from router_ml.optional import require
-from training.data.columns import Columns, StrColumn, from_records
+from training.data.columns import MATRICES, Columns, StrColumn, blank, from_records
 from training.data.schema import Record
 
 __all__ = ["TrafficTable"]
@@ -60,6 +60,7 @@ class TrafficTable(Sequence[Record]):
         self.models: tuple[str, ...] = order
         self._records = records
         self._fingerprint: str | None = None
+        self._released: frozenset[str] = frozenset()
 
     @property
     def columns(self) -> Columns:
@@ -75,6 +76,7 @@ class TrafficTable(Sequence[Record]):
 
     def _built(self) -> Iterator[Record]:
         """The records rebuilt a block of rows at a time (spilled texts: one read a block)."""
+        self._check_whole("records")
         for start in range(0, len(self), _BLOCK):
             block = self._cols.take(np.arange(start, min(start + _BLOCK, len(self))))
             yield from (block.record(i) for i in range(len(block)))
@@ -87,6 +89,7 @@ class TrafficTable(Sequence[Record]):
             return self.subset(range(len(self))[index])
         if self._records is not None:
             return self._records[index]
+        self._check_whole("records")
         i = int(index)
         if not -len(self) <= i < len(self):
             raise IndexError(f"record {i} out of range for a table of {len(self)}")
@@ -107,6 +110,7 @@ class TrafficTable(Sequence[Record]):
         """The records at ``indices``, keeping the full model list (and its column order)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         table = TrafficTable.from_columns(self._cols.take(idx), models=self.models)
+        table._released = self._released
         if self._records is not None:
             table._records = [self._records[int(i)] for i in idx]
         return table
@@ -118,7 +122,32 @@ class TrafficTable(Sequence[Record]):
         return self._cols.text
 
     def _public(self, name: str) -> np.ndarray:
+        self._check_whole(name, name)
         return getattr(self._cols, name)[:, :len(self.models)]
+
+    #: what :meth:`release` may free: the fields a training run reads only while it loads and prices
+    RELEASABLE = ("input_tokens", "output_tokens", "latency_s", "messages", "timestamp")
+
+    def release(self, *names: str) -> None:
+        """Free the memory of ``names`` (of :attr:`RELEASABLE`) once the caller has read what it needs
+        of them: ``train`` releases token counts, latency, messages and timestamps after pricing, about
+        100 bytes a record on full-information data (1 GB at 10M records). The fingerprint is taken
+        first and kept; afterwards the released fields, and records rebuilt from the table, raise."""
+        unknown = sorted(set(names) - set(self.RELEASABLE))
+        if unknown:
+            raise RouterMLError(f"cannot release {unknown}: only {list(self.RELEASABLE)}")
+        self.fingerprint()
+        pa = require("pyarrow", purpose="the columnar training table")
+        n, m = len(self), len(self._cols.models)
+        for name in names:  # a released field costs nothing: a blank matrix, a column of the null type
+            setattr(self._cols, name, blank(n, m) if name in MATRICES else StrColumn(pa.nulls(n)))
+        self._released = self._released | frozenset(names)
+        self._records = None
+
+    def _check_whole(self, what: str, field: str | None = None) -> None:
+        if (field in self._released) if field else self._released:
+            raise RouterMLError(f"this table's {', '.join(sorted(self._released))} were released to save memory, "
+                                f"so its {what} cannot be read; load the data again for them")
 
     @property
     def quality(self) -> np.ndarray:
