@@ -81,6 +81,8 @@ def _metric(url: str, name: str, labels: tuple = ()) -> float:
 
 @pytest.mark.slow  # the session's trained router
 def test_workers_share_one_port_sum_their_metrics_and_a_dead_worker_comes_back(trained, tmp_path):
+    """Two workers: both take connections, /metrics sums both whichever answers; a SIGKILLed worker is
+    restarted and a SIGTERMed one drains and is restarted, under load, losing nothing."""
     log = tmp_path / "decisions.jsonl"
     with FakeUpstream(delay_s=0.005) as up, \
             Served("--artifact", str(trained.artifact), "--providers", str(providers_for(up.base_url, tmp_path)),
@@ -96,10 +98,16 @@ def test_workers_share_one_port_sum_their_metrics_and_a_dead_worker_comes_back(t
             assert _metric(served.url, "router_ml_requests_total", (("status", "ok"),)) == answered
         assert _metric(served.url, "router_ml_variant_decisions_total", (("variant", "default"),)) == answered
         os.kill(pids.pop(), signal.SIGKILL)
-        served.wait_for("restarting it")
         served.wait_for("was killed by SIGKILL")
+        for _ in range(100):  # the restarted worker is up once both pids answer again
+            if len({httpx.get(served.url + "/health", headers={"connection": "close"}).json()["pid"]
+                    for _ in range(10)}) == 2:
+                break
         more = Load(served.url, threads=2, close=True).start()
         more.wait_answers(30)
+        os.kill(pids.pop(), signal.SIGTERM)  # the other one drains under load: the first keeps the port served
+        served.wait_for("exited with code 0")
+        more.wait_answers(30, after=time.monotonic())
         more.stop()
         assert not more.failures and not more.statuses and not load.failures and not load.statuses
         total = answered + len(more.answered)
