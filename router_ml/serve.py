@@ -252,6 +252,13 @@ class _TooLarge(Exception):
     pass
 
 
+def check_open_bind(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond the loopback interface without a client key."""
+    if not is_loopback(host) and not api_key:
+        raise RouterMLError(f"--host {host} is not a loopback address, so clients must authenticate: export a "
+                            f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (``port`` 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -299,9 +306,7 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
     supervisor - serve its inherited socket, write the slot's own decision-log file, report readiness."""
     for module in ("starlette", "uvicorn", "prometheus_client"):
         require(module, extra="serve", purpose="router-ml serve")
-    if not is_loopback(host) and not api_key:
-        raise RouterMLError(f"--host {host} is not a loopback address, so clients must authenticate: export a "
-                            f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
+    check_open_bind(host, api_key)
     if variants is None:
         if router is None:
             raise RouterMLError("give a router artifact (--artifact) or router variants (--variant / --variants)")

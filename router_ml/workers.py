@@ -72,12 +72,10 @@ class _Slot:
 def supervise(serve_argv: list[str], workers: int, options: dict[str, Any]) -> int:
     """Run ``workers`` copies of ``router-ml serve <serve_argv>`` on one socket until SIGTERM/SIGINT (see the
     module doc). ``options``: the parsed ``run_server`` options, checked here before any worker starts."""
-    from router_ml.providers import ProviderCatalog, is_loopback
-    from router_ml.serve import MULTIPROC_ENV, bind
+    from router_ml.providers import ProviderCatalog
+    from router_ml.serve import MULTIPROC_ENV, bind, check_open_bind
 
-    if not is_loopback(options["host"]) and not options["api_key"]:
-        raise RouterMLError(f"--host {options['host']} is not a loopback address, so clients must authenticate: "
-                            f"export a secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
+    check_open_bind(options["host"], options["api_key"])
     ProviderCatalog.load(options["providers"])  # a bad catalog fails here once, not in every worker
     sock = bind(options["host"], options["port"])
     metrics_dir = tempfile.mkdtemp(prefix="router-ml-metrics-")
