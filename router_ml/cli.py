@@ -275,7 +275,7 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="OpenAI-compatible proxy: route, call the provider, fall back, log")
     add_renamed_option(serve, "--artifact", old="--router",
-                       help="artifact directory, or runs:/... / models:/... URI (or give router variants:)")
+                       help="artifact directory, or runs:/... / models:/... URI (one router; or --variant/--variants)")
     serve.add_argument("--variant", action="append", metavar="NAME=PATH:WEIGHT",
                        help="a router variant and its traffic weight (repeatable: an A/B split or a canary)")
     serve.add_argument("--variants", metavar="FILE", help="TOML file of [variants.NAME] tables (artifact, weight); "
@@ -288,7 +288,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
                        "send as 'Authorization: Bearer KEY'")
     serve.add_argument("--decision-log", default="decisions.jsonl", metavar="FILE",
-                       help="JSONL decision log (default ./decisions.jsonl)")
+                       help="JSONL decision log (default ./decisions.jsonl; worker k of --workers N writes "
+                       "decisions.wk.jsonl beside it, and readers take this path for all of them)")
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
     serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text into the decision "
                        "log (needed to train on it)")

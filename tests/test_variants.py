@@ -13,6 +13,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from router_ml.decision_log import DecisionLog
 from router_ml.errors import RouterMLError
 from router_ml.providers import ProviderCatalog
 from router_ml.variants import VariantClient, VariantSource, VariantSpec, parse_variant, read_variants_file
@@ -71,7 +72,10 @@ def test_a_two_variant_split_matches_its_weights_and_each_decision_names_its_var
         cat = ProviderCatalog.load(providers_for(up.base_url, tmp_path))
         client = VariantClient(source, cat)
         body = {"messages": MSG}
-        shares = Counter(client.decide(body)[0].variant for _ in range(10_000))
+        with DecisionLog(tmp_path / "decisions.jsonl") as log:
+            for _ in range(10_000):
+                log.write(client.decide(body)[0].record(None))
+        shares = Counter(d["variant"] for d in decisions(tmp_path / "decisions.jsonl"))  # the log's shares
         assert abs(shares["a"] / 10_000 - 0.7) < 0.02 and abs(shares["b"] / 10_000 - 0.3) < 0.02, shares
         for user in ("alice", "bob", "carol"):
             assert len({client.decide({**body, "user": user})[0].variant for _ in range(20)}) == 1
