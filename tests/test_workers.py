@@ -23,7 +23,7 @@ from training.data.decisions import read_decisions
 
 from .conftest import ROOT
 from .fake_upstream import FakeUpstream
-from .serve_process import Load, Served, decisions, providers_for
+from .serve_process import MSG, Load, Served, decisions, providers_for
 from .test_serving import scrape
 
 WRITER = """
@@ -112,11 +112,22 @@ def test_workers_share_one_port_sum_their_metrics_and_a_dead_worker_comes_back(t
         assert not more.failures and not more.statuses and not load.failures and not load.statuses
         total = answered + len(more.answered)
         assert _metric(served.url, "router_ml_requests_total", (("status", "ok"),)) == total  # the dead one's too
+        up.mode = "500"  # tiny-1b and its fallbacks fail: circuits open in the workers that see it
+        failed = []
+        for _ in range(12):
+            r = httpx.post(served.url + "/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG},
+                           headers={"connection": "close"}, timeout=30)
+            assert r.status_code == 502
+            failed.append(r.json()["error"]["request_id"])
+        for _ in range(3):  # open in any live worker: 1, whichever worker answers
+            assert _metric(served.url, "router_ml_circuit_open", (("upstream", "tiny-1b#0"),)) == 1
+        assert _metric(served.url, "router_ml_requests_total", (("status", "error"),)) == 12
         assert served.stop() == 0
     assert "Traceback" not in served.stderr, served.stderr
     assert [f.name for f in log_files(log)] == ["decisions.jsonl", "decisions.w1.jsonl"]
     logged = Counter(d["request_id"] for d in decisions(log))
-    assert set(logged) == {a[0] for a in load.answered + more.answered} and set(logged.values()) == {1}
+    assert set(logged) == {a[0] for a in load.answered + more.answered} | set(failed)
+    assert set(logged.values()) == {1}
 
 
 @pytest.mark.slow  # the session's trained router
