@@ -200,6 +200,7 @@ def _die_with_parent() -> None:
 
 def worker_main(argv: list[str] | None = None) -> int:
     """One worker (started by :func:`supervise`): ``--slot K --listen-fd FD --ready-fd FD -- <serve args>``."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while loading: the files are read now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # the supervisor's blocked signals are inherited
     _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m router_ml.workers")
