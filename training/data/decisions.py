@@ -57,7 +57,8 @@ _TYPES = ("decision", "feedback")
 def is_decision_log(path: Path) -> bool:
     """True when the first non-blank line of ``path`` is a decision-log record."""
     try:
-        for file in log_files(path):  # a worker-0 file with no line yet: the other workers' files tell
+        # the file itself decides; an empty one (worker 0 of several, no request yet): the other workers' files
+        for file in [path, *(f for f in log_files(path) if f != path)]:
             with open(file, "rb") as f:
                 for line in f:
                     if line.strip():
