@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from router_ml.decision_log import DecisionLog, log_chains, log_files, merged_lines, worker_log_path
+from training.data import detect_format
 from training.data.decisions import read_decisions
 
 from .conftest import ROOT
@@ -65,6 +67,12 @@ def test_many_writers_at_once_and_the_merged_reader_finds_every_record_once(tmp_
     assert max(first for first, _ in spans) < min(last for _, last in spans), "the writers ran at the same time"
     rows = list(read_decisions(base))
     assert len(rows) == 3 * n and sum(r.error is None for r in rows) == 3 * 35  # ids 0, 10 ... 340 rated
+    # worker 0 has no request yet: its empty file is still recognised as a decision log, by the others' lines
+    quiet = tmp_path / "quiet" / "decisions.jsonl"
+    quiet.parent.mkdir()
+    quiet.touch()
+    shutil.copy(worker_log_path(base, 1), worker_log_path(quiet, 1))
+    assert detect_format(quiet) == "decisions" and len(list(read_decisions(quiet))) > 0
     # a single writer's log is what it always was: the path itself and its rotations
     single = tmp_path / "one" / "d.jsonl"
     with DecisionLog(single, max_bytes=1024) as log:
