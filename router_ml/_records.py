@@ -73,6 +73,7 @@ class RouteInfo:
     propensity: float = 1.0  # the probability the routing policy gave ``chosen``: 1.0 for rules, pins, no exploration
     explored: bool = False  # ``chosen`` is an explored model, not the router's greedy choice
     policy: dict[str, Any] | None = None  # what reproduces the decision: Router.policy_record(knob)
+    variant: str | None = None  # the serve config's router variant that decided (router_ml.variants); None: no split
 
     def to_dict(self) -> dict[str, Any]:
         wtp = self.willingness_to_pay
@@ -82,7 +83,8 @@ class RouteInfo:
                 "fallbacks": [a.to_dict() for a in self.fallbacks], "status": self.status, "error": self.error,
                 "stream": self.stream, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "usage_estimated": self.usage_estimated, "cost_usd": self.cost_usd, "latency_s": self.latency_s,
-                "routing_ms": self.routing_ms, "propensity": self.propensity, "explored": self.explored}
+                "routing_ms": self.routing_ms, "propensity": self.propensity, "explored": self.explored,
+                **({"variant": self.variant} if self.variant is not None else {})}
 
     def record(self, prompt: str | None) -> dict[str, Any]:
         """The decision-log record (:mod:`router_ml.decision_log`); ``prompt`` only when prompt logging is on."""

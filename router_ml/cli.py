@@ -143,22 +143,54 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _key_from_env(flag: str, name: str | None) -> str | None:
     import os
 
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise RouterMLError(f"{flag} {name}: that environment variable is not set")
+    return key
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_server``'s keyword arguments from the ``serve`` flags (the supervisor and each worker parse the
+    same command line); errors name the flag."""
+    from router_ml.variants import VariantSource, parse_variant
+
+    given = [f for f, v in (("--artifact", args.artifact), ("--variant", args.variant), ("--variants", args.variants))
+             if v]
+    if len(given) != 1:
+        raise RouterMLError("give exactly one of --artifact DIR, --variant NAME=PATH:WEIGHT (repeatable) or "
+                            f"--variants FILE.toml (got {', '.join(given) or 'none'})")
+    variants = None
+    if args.variant:
+        variants = VariantSource([parse_variant(v) for v in args.variant])
+    elif args.variants:
+        variants = VariantSource(file=args.variants)
+    if args.workers < 1:
+        raise RouterMLError(f"--workers {args.workers}: give 1 or more worker processes")
+    return dict(router=args.artifact, variants=variants, providers=args.providers, host=args.host, port=args.port,
+                api_key=_key_from_env("--api-key-env", args.api_key_env),
+                admin_key=_key_from_env("--admin-key-env", args.admin_key_env),
+                decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
+                log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
+                max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
+                exploration=exploration_from_args(args), drain_s=args.drain_seconds,
+                shutdown_timeout_s=args.shutdown_timeout)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    options = serve_options(args)
+    if args.workers > 1:
+        from router_ml.workers import supervise
+
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])
+        return supervise(argv[argv.index("serve") + 1:], args.workers, options)
     from router_ml.serve import run_server
 
-    exploration = exploration_from_args(args)
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise RouterMLError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
-    run_server(router=args.artifact, providers=args.providers, host=args.host, port=args.port, api_key=api_key,
-               decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
-               log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
-               max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
-               exploration=exploration)
+    run_server(**options)
     return 0
 
 
@@ -242,8 +274,12 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     route.set_defaults(func=cmd_route)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible proxy: route, call the provider, fall back, log")
-    add_renamed_option(serve, "--artifact", old="--router", required=True,
-                       help="artifact directory, or runs:/... / models:/... URI")
+    add_renamed_option(serve, "--artifact", old="--router",
+                       help="artifact directory, or runs:/... / models:/... URI (one router; or --variant/--variants)")
+    serve.add_argument("--variant", action="append", metavar="NAME=PATH:WEIGHT",
+                       help="a router variant and its traffic weight (repeatable: an A/B split or a canary)")
+    serve.add_argument("--variants", metavar="FILE", help="TOML file of [variants.NAME] tables (artifact, weight); "
+                       "re-read on reload")
     serve.add_argument("--providers", required=True, help="provider catalog (TOML): base URLs, key env names, "
                        "prices, fallbacks, rules")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
@@ -252,7 +288,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
                        "send as 'Authorization: Bearer KEY'")
     serve.add_argument("--decision-log", default="decisions.jsonl", metavar="FILE",
-                       help="JSONL decision log (default ./decisions.jsonl)")
+                       help="JSONL decision log (default ./decisions.jsonl; worker k of --workers N writes "
+                       "decisions.wk.jsonl beside it, and readers take this path for all of them)")
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
     serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text into the decision "
                        "log (needed to train on it)")
@@ -261,6 +298,15 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
                        "default: the artifact's)")
+    group = serve.add_argument_group("production (workers, shutdown, hot swap)")
+    group.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port, supervised and restarted (default 1: no supervisor)")
+    group.add_argument("--drain-seconds", type=float, default=0.0, metavar="S", help="on SIGTERM, report not "
+                       "ready on /ready and keep serving this long before stopping (default 0)")
+    group.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S", help="then wait this long for "
+                       "requests in flight before cancelling them (default 30)")
+    group.add_argument("--admin-key-env", metavar="NAME", help="environment variable holding the key "
+                       "POST /admin/reload needs (off without it; SIGHUP reloads too)")
     add_exploration_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -280,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_groups=not argv or argv[0] not in RUNTIME_COMMANDS)
     args = parser.parse_args(argv)
+    args.argv = argv  # `serve --workers N` starts its workers with the same command line
     try:
         return args.func(args)
     except RouterMLError as exc:

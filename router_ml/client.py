@@ -69,9 +69,31 @@ from router_ml.router import Router
 
 __all__ = ["AsyncChatStream", "AsyncRoutedClient", "Attempt", "ChatCompletion", "ChatStream", "CircuitBreaker",
            "KNOB_HEADER", "ROUTER_FIELDS", "RequestError", "RouteInfo", "RoutedClient", "StreamInterrupted",
-           "UpstreamError", "UpstreamStream", "validate_body"]
+           "UpstreamError", "UpstreamStream", "prepare_router", "validate_body"]
 
 _logger = logging.getLogger("router_ml")
+
+
+def prepare_router(router: Router, catalog: ProviderCatalog,
+                   exploration: Exploration | None = None) -> tuple[Router, str]:
+    """``router`` made ready to serve ``catalog``: its models checked against the catalog, its routing prices
+    taken from the catalog when the catalog gives every model's expected output tokens, ``exploration``
+    applied. Returns the router and where its routing prices come from (``"catalog"`` or ``"artifact"``)."""
+    missing = [m for m in router.models if m not in catalog]
+    if missing:
+        raise CatalogError(f"{catalog.source}: the router chooses between {list(router.models)} but the catalog "
+                           f"has no entry for {missing}; add a [models.\"NAME\"] table for each")
+    tokens = catalog.expected_output_tokens(router.models)
+    source = "artifact"
+    if tokens is not None:
+        router = router.with_prices(catalog.prices(), tokens)
+        source = "catalog"
+    if exploration is not None:
+        try:
+            router = router.with_exploration(exploration)
+        except ValueError as exc:  # an excluded model the router does not know
+            raise RouterMLError(f"--explore-exclude: {exc}") from None
+    return router, source
 
 
 class AsyncRoutedClient:
@@ -87,20 +109,7 @@ class AsyncRoutedClient:
                  on_complete: Callable[[RouteInfo], None] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None):
-        missing = [m for m in router.models if m not in catalog]
-        if missing:
-            raise CatalogError(f"{catalog.source}: the router chooses between {list(router.models)} but the catalog "
-                               f"has no entry for {missing}; add a [models.\"NAME\"] table for each")
-        tokens = catalog.expected_output_tokens(router.models)
-        self.routing_prices = "artifact"
-        if tokens is not None:
-            router = router.with_prices(catalog.prices(), tokens)
-            self.routing_prices = "catalog"
-        if exploration is not None:
-            try:
-                router = router.with_exploration(exploration)
-            except ValueError as exc:  # an excluded model the router does not know
-                raise RouterMLError(f"--explore-exclude: {exc}") from None
+        router, self.routing_prices = prepare_router(router, catalog, exploration)
         self.router = router
         self.catalog = catalog
         self.settings = catalog.settings

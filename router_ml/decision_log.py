@@ -32,19 +32,29 @@ with ``O_APPEND`` (``fsync=True`` adds an fsync per record). A process killed in
 leave a truncated last line; opening the log moves such a fragment to ``<log>.partial`` and cuts it
 off, so it is never merged into the next record. Rotation: when a write would pass ``max_bytes``
 the file is renamed ``<stem>.1<suffix>`` (older ones shift to ``.2`` ... ``.<backups>``, the oldest
-is deleted) and a new file starts. :func:`log_files` lists a log's files oldest first; the
-``decisions`` reader of ``training.data`` reads them all and joins feedback to decisions.
+is deleted) and a new file starts.
+
+Several writers (``router-ml serve --workers N``): each worker process writes its own file, so no two
+processes ever append to one file - worker 0 the log's own path, worker ``k`` ``<stem>.w<k><suffix>``
+(:func:`worker_log_path`; ``decisions.jsonl``, ``decisions.w1.jsonl``, ...), each rotated as above
+(``decisions.w1.1.jsonl`` ...). A worker that dies and is restarted takes over its slot's file (one
+writer at a time; opening repairs a line the dead one cut off). :func:`log_files` lists every file of
+every writer, each writer's oldest first; :func:`merged_lines` reads them all as one stream in time
+order (the ``time`` of each line; each writer's own order is kept), which is how the ``decisions``
+reader of ``training.data`` reads a log and joins feedback to decisions, whichever worker wrote them.
 """
 
 from __future__ import annotations
 
+import glob
+import heapq
 import json
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +62,8 @@ from router_ml import formats
 from router_ml.errors import RouterMLError
 
 __all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", "NewerFormatError", "VERSION_FIELD",
-           "feedback_from", "feedback_record", "line_version", "log_files", "repair", "utc_now"]
+           "feedback_from", "feedback_record", "line_version", "log_chains", "log_files", "merged_lines", "repair",
+           "utc_now", "worker_log_path"]
 
 #: the version of the line format this release writes (and the newest it reads)
 FORMAT_VERSION = 1
@@ -142,13 +153,64 @@ def _rotated(path: Path, n: int) -> Path:
     return path.with_name(f"{path.stem}.{n}{path.suffix}")
 
 
-def log_files(path: str | Path) -> list[Path]:
-    """The files of a (rotated) log, oldest first: ``<stem>.N<suffix>`` ... ``.1``, then ``path`` itself."""
+def worker_log_path(path: str | Path, slot: int) -> Path:
+    """The file worker ``slot`` of ``router-ml serve --workers N`` writes: slot 0 ``path`` itself (so one
+    worker writes exactly what a single process always wrote), slot ``k`` ``<stem>.w<k><suffix>``."""
     path = Path(path)
+    if slot < 0:
+        raise ValueError(f"a worker slot is >= 0, got {slot}")
+    return path if slot == 0 else path.with_name(f"{path.stem}.w{slot}{path.suffix}")
+
+
+def _chain(path: Path) -> list[Path]:
+    """One writer's files, oldest first: ``<stem>.N<suffix>`` ... ``.1``, then ``path`` itself."""
     pattern = re.compile(re.escape(path.stem) + r"\.(\d+)" + re.escape(path.suffix) + "$")
-    rotated = sorted(((int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+    rotated = sorted(((int(m.group(1)), p) for p in path.parent.glob(f"{glob.escape(path.stem)}.*{path.suffix}")
                       if (m := pattern.match(p.name))), reverse=True)
     return [p for _, p in rotated] + ([path] if path.exists() else [])
+
+
+def log_chains(path: str | Path) -> list[list[Path]]:
+    """Each writer's files (oldest first): the log's own (a single process, or worker 0), then every
+    worker ``k``'s (``<stem>.w<k><suffix>`` and its rotations) by slot; writers with no file are left out."""
+    path = Path(path)
+    worker = re.compile(re.escape(path.stem) + r"\.w(\d+)(?:\.\d+)?" + re.escape(path.suffix) + "$")
+    slots = sorted({int(m.group(1)) for p in path.parent.glob(f"{glob.escape(path.stem)}.w*")
+                    if (m := worker.match(p.name))})
+    chains = [_chain(path)] + [_chain(worker_log_path(path, k)) for k in slots if k > 0]
+    return [c for c in chains if c]
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """Every file of a (rotated, possibly multi-worker) log: each writer's oldest first, writer by writer
+    (:func:`log_chains`). :func:`merged_lines` reads them in time order."""
+    return [file for chain in log_chains(path) for file in chain]
+
+
+_TIME = re.compile(rb'"time"\s*:\s*"([^"]*)"')
+
+
+def _timed(chain: list[Path], writer: int) -> Iterator[tuple[tuple[bytes, int], Path, int, bytes]]:
+    last = b""
+    for file in chain:
+        with open(file, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                m = _TIME.search(raw, 0, 400)  # "time" is the third key of every line the writer makes
+                if m:
+                    last = max(last, m.group(1))  # a clock step back never reorders one writer's lines
+                yield (last, writer), file, n, raw
+
+
+def merged_lines(path: str | Path) -> Iterator[tuple[Path, int, bytes]]:
+    """Every line of every file of the log at ``path`` as ``(file, line number, raw bytes)``: one writer's
+    lines in their file order, several writers' merged by their ``time`` (ties: the lower slot first).
+
+    A line without a readable time keeps its place after its writer's previous line, so a corrupt line
+    is still yielded (and reported by the reader) rather than dropped."""
+    chains = log_chains(path)
+    streams = [_timed(chain, w) for w, chain in enumerate(chains)]
+    for _, file, n, raw in heapq.merge(*streams, key=lambda item: item[0]):
+        yield file, n, raw
 
 
 def repair(path: str | Path) -> int:

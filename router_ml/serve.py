@@ -7,147 +7,73 @@ Endpoints:
   ``route_model``) to route or a catalog model to pin it. The knob comes from the body field
   ``willingness_to_pay``, the header ``x-router-ml-willingness-to-pay``, or the artifact's default.
   The answer is the provider's JSON plus a ``router_ml`` object (request id, model, fallbacks,
-  tokens, cost), and ``x-router-ml-request-id`` / ``x-router-ml-model`` headers.
+  tokens, cost, the router variant), and ``x-router-ml-request-id`` / ``x-router-ml-model`` headers.
 - ``POST /v1/feedback`` - ``{"request_id": ..., "quality": 0..1}`` or ``{"request_id": ..., "thumbs": "up"}``.
-- ``GET /v1/models``, ``GET /health`` (no auth), ``GET /metrics`` (Prometheus text format).
+- ``GET /v1/models``, ``GET /metrics`` (Prometheus text format; summed over workers, :mod:`router_ml.serve_metrics`).
+- ``GET /health`` (no auth): liveness - the process answers - with the router variants and circuit states.
+- ``GET /ready`` (no auth): readiness - 200 while the server takes traffic, 503 once it drains (SIGTERM).
+- ``POST /admin/reload`` (``Authorization: Bearer <admin key>``, off without ``--admin-key-env``): hot-swap
+  the router variants (:mod:`router_ml.variants`); SIGHUP does the same.
 
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request (``param`` names the field), 401 without the client key, 413 for a body over the limit,
 502 when every model of the fallback chain failed (the message lists each attempt's reason).
+
+Graceful shutdown: SIGTERM (or SIGINT) turns ``/ready`` to 503 at once, keeps serving for ``drain_s``
+seconds (``--drain-seconds``: time for a load balancer to see it and stop sending), then stops
+accepting connections and waits up to ``shutdown_timeout_s`` for every request in flight - streams
+included - to be answered and logged (each record is written whole when its request ends, so the log
+needs no flush), closes the upstream pools and the log and exits 0. Several workers:
+:mod:`router_ml.workers`.
 
 starlette, uvicorn and prometheus_client are imported only here (``pip install "router-ml[serve]"``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import hmac
 import json
 import os
+import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
-from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from
+from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, worker_log_path
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration
 from router_ml.optional import require
-from router_ml.providers import is_loopback
+from router_ml.providers import ProviderCatalog, is_loopback
+from router_ml.serve_metrics import MULTIPROC_ENV, Metrics
+from router_ml.serve_server import Lifecycle, make_server
+from router_ml.variants import VariantClient, VariantSource
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "create_app", "run_server"]
-
-ROUTING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
-REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: prometheus_client's switch to multi-process mode: a directory the worker processes share
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["MULTIPROC_ENV", "Lifecycle", "Metrics", "Worker", "bind", "create_app", "make_server", "run_server"]
 
 
-class Metrics:
-    """The proxy's Prometheus metrics (``prometheus_client``; no key, no URL in any label).
-
-    Each instance owns a :class:`prometheus_client.CollectorRegistry`, not the process-global default,
-    so several apps in one process (the tests) count separately. Counters, the two latency histograms
-    and the per-upstream circuit gauge keep the names the README lists (``router_ml_requests_total`` ...).
-
-    Several worker processes: prometheus_client writes every counter and histogram to files in
-    ``$PROMETHEUS_MULTIPROC_DIR`` when that variable is set before ``prometheus_client`` is first imported;
-    :meth:`render` then exposes the sum over all workers through
-    ``prometheus_client.multiprocess.MultiProcessCollector`` instead of this registry. The two values read
-    from the live client at scrape time (``router_ml_circuit_open``, ``router_ml_decision_log_errors_total``)
-    are the answering worker's own in that mode; a multi-worker server must move them to gauges with a
-    ``multiprocess_mode`` (the directory must be emptied before the workers start).
-    """
-
-    def __init__(self, client: AsyncRoutedClient | None = None) -> None:
-        prom = require("prometheus_client", extra="serve", purpose="router-ml serve's /metrics")
-        self._prom = prom
-        self.registry = prom.CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = prom.Counter("router_ml_requests", "Chat completion requests by final status.",
-                                     ["status"], registry=r)
-        self.decisions = prom.Counter("router_ml_decisions", "Routing decisions by chosen model and by what chose "
-                                      "it.", ["model", "by"], registry=r)
-        self.answers = prom.Counter("router_ml_answers", "Answers by the model that gave them.", ["model"],
-                                    registry=r)
-        self.fallbacks = prom.Counter("router_ml_fallbacks", "Failed upstream attempts (each led to a retry or a "
-                                      "fallback).", ["upstream", "kind"], registry=r)
-        self.cost = prom.Counter("router_ml_cost_usd", "Cost of answered requests in USD.", ["model"], registry=r)
-        self.tokens = prom.Counter("router_ml_tokens", "Tokens of answered requests.", ["model", "direction"],
-                                   registry=r)
-        self.routing = prom.Histogram("router_ml_routing_latency_seconds", "Time to decide (validation, rules, "
-                                      "router).", buckets=ROUTING_BUCKETS, registry=r)
-        self.latency = prom.Histogram("router_ml_request_latency_seconds", "Time from request to answer (streams: "
-                                      "to the last event).", buckets=REQUEST_BUCKETS, registry=r)
-        self._client = client
-        self._live = _LiveCollector(self)
-        r.register(self._live)
-        self.content_type: str = prom.CONTENT_TYPE_LATEST
-
-    def attach(self, client: AsyncRoutedClient) -> None:
-        """Read the circuit states and decision-log errors of ``client`` at each scrape."""
-        self._client = client
-
-    def count(self, status: str) -> None:
-        """Count a request that ended before routing (unauthorized, bad request, too large)."""
-        self.requests.labels(status).inc()
-
-    def observe(self, info: RouteInfo) -> None:
-        """Count one finished request (the client's ``on_complete`` hook)."""
-        self.requests.labels(info.status).inc()
-        self.decisions.labels(info.chosen, "router" if info.rule is None else "rule").inc()
-        for attempt in info.fallbacks:
-            self.fallbacks.labels(attempt.upstream or attempt.model, attempt.kind).inc()
-        if info.model is not None:
-            self.answers.labels(info.model).inc()
-            if info.cost_usd is not None:
-                self.cost.labels(info.model).inc(info.cost_usd)
-            self.tokens.labels(info.model, "input").inc(info.input_tokens or 0)
-            self.tokens.labels(info.model, "output").inc(info.output_tokens or 0)
-        self.routing.observe(info.routing_ms / 1000)
-        if info.latency_s is not None:
-            self.latency.observe(info.latency_s)
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition: this registry, or every worker's files in multi-process mode."""
-        prom = self._prom
-        directory = os.environ.get(MULTIPROC_ENV)
-        if not directory:
-            return prom.generate_latest(self.registry)
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = prom.CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
-        registry.register(_LiveCollector(self))
-        return prom.generate_latest(registry)
-
-
-class _LiveCollector:
-    """Values read from the client at scrape time rather than counted as they happen."""
-
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        client = self._metrics._client
-        errors = CounterMetricFamily("router_ml_decision_log_errors", "Decision-log records that could not be "
-                                     "written.")
-        circuit = GaugeMetricFamily("router_ml_circuit_open", "Whether an upstream's circuit breaker is open (1) or "
-                                    "not (0).", labels=["upstream"])
-        if client is not None:
-            errors.add_metric([], client.log_errors)
-            for label, breaker in sorted(client.breakers().items()):
-                circuit.add_metric([label], int(breaker.state == "open"))
-        yield errors
-        yield circuit
+async def reload_variants(client: Any) -> list[dict[str, Any]]:
+    """Hot-swap the variants of a :class:`~router_ml.variants.VariantClient` and say so on stderr."""
+    if not isinstance(client, VariantClient):
+        raise RouterMLError("this server has no router variants to reload (it was built on a plain client)")
+    variants = await client.reload()
+    shown = ", ".join(f"{v['name']}={v['artifact']} ({v['share']:.0%})" for v in variants)
+    print(f"router-ml: reloaded the router variants (pid {os.getpid()}): {shown}", file=sys.stderr, flush=True)
+    return variants
 
 
 def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
-               metrics: Metrics | None = None) -> Any:
-    """The Starlette application. ``api_key``: clients must send ``Authorization: Bearer <api_key>``."""
+               metrics: Metrics | None = None, admin_key: str | None = None, lifecycle: Lifecycle | None = None,
+               on_reload: Callable[[], None] | None = None) -> Any:
+    """The Starlette application. ``api_key``: clients must send ``Authorization: Bearer <api_key>``;
+    ``admin_key``: what ``POST /admin/reload`` needs (the endpoint is off without one); ``lifecycle``: what
+    ``/ready`` reports (ready from startup when not given); ``on_reload``: called after an admin reload
+    succeeded (a worker tells its supervisor, which reloads the other workers)."""
     require("starlette", extra="serve", purpose="router-ml serve")
     from contextlib import asynccontextmanager
 
@@ -168,7 +94,9 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
 
     client.on_complete = on_complete
     expected = ("Bearer " + api_key).encode() if api_key else None
+    admin_expected = ("Bearer " + admin_key).encode() if admin_key else None
     route_model = client.settings.route_model
+    lifecycle = lifecycle or Lifecycle()
 
     def error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
               **extra: Any) -> Response:
@@ -263,10 +191,34 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
                                                           "owned_by": "router-ml"} for n in names]})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "router_models": list(client.router.models),
+        split = getattr(client, "split", None)
+        return JSONResponse({"status": "ok", "pid": os.getpid(), "router_models": list(client.router.models),
+                             "variants": split.to_list() if split is not None else None,
                              "catalog_models": list(client.catalog), "routing_prices": client.routing_prices,
                              "upstreams": {k: b.state for k, b in sorted(client.breakers().items())},
                              "decision_log": str(client.decision_log.path) if client.decision_log else None})
+
+    async def ready(request: Request) -> Response:
+        reason = lifecycle.reason()
+        return JSONResponse({"ready": reason is None, "reason": reason}, status_code=200 if reason is None else 503)
+
+    async def admin_reload(request: Request) -> Response:
+        if admin_expected is None:
+            return error(403, "the admin endpoint is off: start the server with --admin-key-env NAME (an environment "
+                         "variable holding the admin key), or send SIGHUP to reload", "permission_error",
+                         code="admin_disabled")
+        if not hmac.compare_digest(request.headers.get("authorization", "").encode(), admin_expected):
+            return error(401, "missing or wrong admin key: send 'Authorization: Bearer <admin key>'",
+                         "authentication_error", code="invalid_admin_key")
+        try:
+            variants = await reload_variants(client)
+        except RouterMLError as exc:
+            return error(500, f"reload failed, the current variants keep serving: {exc}", "server_error",
+                         code="reload_failed")
+        if on_reload is not None:
+            on_reload()
+        return JSONResponse({"reloaded": True, "pid": os.getpid(), "variants": variants,
+                             "other_workers": "reloading" if on_reload is not None else None})
 
     async def prometheus(request: Request) -> Response:
         denied = unauthorized(request)
@@ -276,7 +228,9 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
 
     @asynccontextmanager
     async def lifespan(app: Any):
+        lifecycle.ready = True
         yield
+        lifecycle.ready = False
         await client.aclose()
 
     app = Starlette(routes=[
@@ -284,15 +238,25 @@ def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_bod
         Route("/v1/feedback", feedback, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
     ], lifespan=lifespan)
     app.state.metrics = metrics
     app.state.client = client
+    app.state.lifecycle = lifecycle
     return app
 
 
 class _TooLarge(Exception):
     pass
+
+
+def check_open_bind(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond the loopback interface without a client key."""
+    if not is_loopback(host) and not api_key:
+        raise RouterMLError(f"--host {host} is not a loopback address, so clients must authenticate: export a "
+                            f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -312,54 +276,88 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, *, log_level: str = "warning") -> Any:
-    uvicorn = require("uvicorn", extra="serve", purpose="router-ml serve")
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False, date_header=False,
-                            lifespan="on", timeout_graceful_shutdown=5, timeout_keep_alive=30)
-    return uvicorn.Server(config)
+@dataclass
+class Worker:
+    """One of ``router-ml serve --workers N``'s processes (:mod:`router_ml.workers`): its slot (which decision-log
+    file it writes), the listening socket it shares, and how it tells the supervisor it is up."""
+
+    slot: int
+    sock: socket.socket
+    ready: Callable[[str], None]
 
 
-def run_server(*, router: str, providers: str, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, decision_log: str | None = None, log_prompts: bool = False,
-               log_max_bytes: int = 64 << 20, log_fsync: bool = False, max_body_bytes: int = 1 << 20,
-               willingness_to_pay: float | None = None, exploration: Exploration | None = None) -> None:
-    """Load, bind and serve until interrupted (what ``router-ml serve`` runs)."""
-    require("starlette", extra="serve", purpose="router-ml serve")
-    require("uvicorn", extra="serve", purpose="router-ml serve")
-    require("prometheus_client", extra="serve", purpose="router-ml serve")
-    if not is_loopback(host) and not api_key:
-        raise RouterMLError(f"--host {host} is not a loopback address, so clients must authenticate: export a "
-                            f"secret (e.g. ROUTER_ML_API_KEY) and pass --api-key-env ROUTER_ML_API_KEY")
-    log = DecisionLog(decision_log, max_bytes=log_max_bytes, fsync=log_fsync) if decision_log else None
+def build_client(*, providers: str, variants: VariantSource, decision_log: DecisionLog | None, log_prompts: bool,
+                 willingness_to_pay: float | None, exploration: Exploration | None) -> VariantClient:
+    """The serving client: every variant loaded and verified on this CPU (an int8 artifact whose routes drift
+    here is refused before any request is served)."""
+    return VariantClient(variants, ProviderCatalog.load(providers), exploration=exploration,
+                         willingness_to_pay=willingness_to_pay, decision_log=decision_log, log_prompts=log_prompts)
+
+
+def run_server(*, router: str | None = None, providers: str, variants: VariantSource | None = None,
+               host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, admin_key: str | None = None,
+               decision_log: str | None = None, log_prompts: bool = False, log_max_bytes: int = 64 << 20,
+               log_fsync: bool = False, max_body_bytes: int = 1 << 20, willingness_to_pay: float | None = None,
+               exploration: Exploration | None = None, drain_s: float = 0.0, shutdown_timeout_s: float = 30.0,
+               worker: Worker | None = None) -> None:
+    """Load, bind and serve until SIGTERM/SIGINT (what ``router-ml serve`` runs, and each of its workers).
+
+    ``router`` (one artifact, the variant ``default``) or ``variants``; ``worker``: run as one worker of a
+    supervisor - serve its inherited socket, write the slot's own decision-log file, report readiness."""
+    for module in ("starlette", "uvicorn", "prometheus_client"):
+        require(module, extra="serve", purpose="router-ml serve")
+    check_open_bind(host, api_key)
+    if variants is None:
+        if router is None:
+            raise RouterMLError("give a router artifact (--artifact) or router variants (--variant / --variants)")
+        from router_ml.variants import VariantSpec
+
+        variants = VariantSource([VariantSpec("default", str(router), 1.0)])
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while loading: the files are read now
+    path = None if not decision_log else worker_log_path(decision_log, worker.slot if worker else 0)
+    log = DecisionLog(path, max_bytes=log_max_bytes, fsync=log_fsync) if path else None
+    sock = None
     try:
-        # verify: an int8 artifact whose routes drift on this CPU is refused before serving any request
-        client = AsyncRoutedClient.from_files(router, providers, verify=True, decision_log=log,
-                                              log_prompts=log_prompts, willingness_to_pay=willingness_to_pay,
-                                              exploration=exploration)
-        app = create_app(client, api_key=api_key, max_body_bytes=max_body_bytes)
-        sock = bind(host, port)
-    except BaseException:
-        if log is not None:
-            log.close()
-        raise
-    try:
+        client = build_client(providers=providers, variants=variants, decision_log=log, log_prompts=log_prompts,
+                              willingness_to_pay=willingness_to_pay, exploration=exploration)
+        on_reload = None if worker is None else functools.partial(os.kill, os.getppid(), signal.SIGHUP)
+        app = create_app(client, api_key=api_key, admin_key=admin_key, max_body_bytes=max_body_bytes,
+                         on_reload=on_reload)
+        sock = worker.sock if worker is not None else bind(host, port)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        print(f"router-ml: serving {len(client.router.models)}-model router on http://{shown}:{bound}/v1 "
-              f"(catalog {providers}, routing prices from the {client.routing_prices}, decision log "
-              f"{log.path if log else 'off'}{', with prompts' if log and log_prompts else ''}, exploration "
-              f"{exploration.to_dict() if exploration else 'off'})",
-              file=sys.stderr, flush=True)
+        split = ", ".join(f"{v.name} {v.weight / client.split.total:.0%}" for v in client.split.variants)
+        banner = (f"serving {len(client.router.models)}-model router on http://{shown}:{bound}/v1 (variants "
+                  f"{split} from {variants.describe()}; catalog {providers}, routing prices from the "
+                  f"{client.routing_prices}, decision log {log.path if log else 'off'}"
+                  f"{', with prompts' if log and log_prompts else ''}, exploration "
+                  f"{exploration.to_dict() if exploration else 'off'})")
+        if worker is None:
+            print(f"router-ml: {banner}", file=sys.stderr, flush=True)
         if log is not None and log.repaired_bytes:
             print(f"router-ml: moved a truncated last line ({log.repaired_bytes} bytes) of {log.path} to "
                   f"{log.path}.partial", file=sys.stderr, flush=True)
-        server = make_server(app)
+
+        def hangup() -> None:
+            async def reload() -> None:
+                try:
+                    await reload_variants(client)
+                except RouterMLError as exc:
+                    print(f"router-ml: error: reload failed, the current variants keep serving: {exc}",
+                          file=sys.stderr, flush=True)
+            asyncio.ensure_future(reload())
+
+        server = make_server(app, drain_s=drain_s, shutdown_timeout_s=shutdown_timeout_s, on_hangup=hangup,
+                             on_started=None if worker is None else functools.partial(worker.ready, banner))
         # everything alive now (the router, onnxruntime, the libraries) lives as long as the server: keep it
         # out of the cyclic GC's scans, which otherwise pause request handling for milliseconds under load
         gc.collect()
         gc.freeze()
+        # uvicorn re-raises the SIGTERM it drained on once it is done: ignored, the log closes and we exit 0
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.run(sockets=[sock])
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         if log is not None:
             log.close()

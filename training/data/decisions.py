@@ -19,7 +19,8 @@ gives propensity ``None``, unknown. A request that a fallback answered (``model`
 action the logging policy took, so weighting it by that action's propensity would be wrong.
 
 Strict mode stops at the first of these; ``on_error="quarantine"`` sets them aside and counts them.
-The last feedback for a request wins. Rotated files (``<stem>.N<suffix>``) are read too, oldest first.
+The last feedback for a request wins. Rotated files (``<stem>.N<suffix>``) and the files of every worker of
+``router-ml serve --workers N`` are read too, merged in time order (:func:`router_ml.decision_log.merged_lines`).
 
 Every line's ``format_version`` is checked first (:func:`router_ml.decision_log.line_version`; a line
 without one was written before the field existed and is version 1): a line newer than this release
@@ -41,6 +42,7 @@ from router_ml.decision_log import (
     feedback_from,
     line_version,
     log_files,
+    merged_lines,
 )
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
@@ -55,22 +57,22 @@ _TYPES = ("decision", "feedback")
 def is_decision_log(path: Path) -> bool:
     """True when the first non-blank line of ``path`` is a decision-log record."""
     try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    obj = json.loads(line)
-                    return isinstance(obj, dict) and obj.get("type") in _TYPES and "request_id" in obj
+        # the file itself decides; an empty one (worker 0 of several, no request yet): the other workers' files
+        for file in [path, *(f for f in log_files(path) if f != path)]:
+            with open(file, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        obj = json.loads(line)
+                        return isinstance(obj, dict) and obj.get("type") in _TYPES and "request_id" in obj
     except (OSError, ValueError):
         return False
     return False
 
 
 def _lines(path: Path) -> Iterator[tuple[str, bytes, bool]]:
-    for file in log_files(path):
-        with open(file, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                if raw.strip():
-                    yield f"{file}:{n}", raw, raw.endswith(b"\n")
+    for file, n, raw in merged_lines(path):  # every worker's files, in time order
+        if raw.strip():
+            yield f"{file}:{n}", raw, raw.endswith(b"\n")
 
 
 def _parse(raw: bytes, complete: bool, location: str) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The proxy's Prometheus metrics (``prometheus_client``), in one process or summed over ``--workers N``.
+
+prometheus_client is imported only when a :class:`Metrics` is made (``pip install "router-ml[serve]"``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from router_ml.client import AsyncRoutedClient, RouteInfo
+from router_ml.optional import require
+
+__all__ = ["MULTIPROC_ENV", "Metrics"]
+
+ROUTING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: prometheus_client's switch to multi-process mode: a directory the worker processes share
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Metrics:
+    """The proxy's Prometheus metrics (``prometheus_client``; no key, no URL in any label).
+
+    Each instance owns a :class:`prometheus_client.CollectorRegistry`, not the process-global default,
+    so several apps in one process (the tests) count separately. Counters, the two latency histograms
+    and the per-upstream circuit gauge keep the names the README lists (``router_ml_requests_total`` ...).
+
+    Several worker processes (``router-ml serve --workers N``): prometheus_client writes every metric to
+    files in ``$PROMETHEUS_MULTIPROC_DIR`` when that variable is set before ``prometheus_client`` is first
+    imported (the supervisor sets it to a fresh temporary directory for its workers); :meth:`render` then
+    exposes the sum over all workers - dead ones included, so counters never go back - through
+    ``prometheus_client.multiprocess.MultiProcessCollector``, whichever worker answers the scrape.
+    ``router_ml_decision_log_errors_total`` is a counter like the others. ``router_ml_circuit_open`` is a
+    gauge in ``livemax`` mode: each worker has its own circuit breakers (a worker learns of a failing
+    upstream from its own requests), and the gauge is 1 when the breaker is open in any live worker. A
+    worker refreshes its circuit values after a request that saw a failure or while one is open, and at
+    each scrape it answers.
+    """
+
+    def __init__(self, client: AsyncRoutedClient | None = None) -> None:
+        prom = require("prometheus_client", extra="serve", purpose="router-ml serve's /metrics")
+        self._prom = prom
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = prom.Counter("router_ml_requests", "Chat completion requests by final status.",
+                                     ["status"], registry=r)
+        self.decisions = prom.Counter("router_ml_decisions", "Routing decisions by chosen model and by what chose "
+                                      "it.", ["model", "by"], registry=r)
+        self.answers = prom.Counter("router_ml_answers", "Answers by the model that gave them.", ["model"],
+                                    registry=r)
+        self.fallbacks = prom.Counter("router_ml_fallbacks", "Failed upstream attempts (each led to a retry or a "
+                                      "fallback).", ["upstream", "kind"], registry=r)
+        self.cost = prom.Counter("router_ml_cost_usd", "Cost of answered requests in USD.", ["model"], registry=r)
+        self.tokens = prom.Counter("router_ml_tokens", "Tokens of answered requests.", ["model", "direction"],
+                                   registry=r)
+        self.routing = prom.Histogram("router_ml_routing_latency_seconds", "Time to decide (validation, rules, "
+                                      "router).", buckets=ROUTING_BUCKETS, registry=r)
+        self.latency = prom.Histogram("router_ml_request_latency_seconds", "Time from request to answer (streams: "
+                                      "to the last event).", buckets=REQUEST_BUCKETS, registry=r)
+        self.variants = prom.Counter("router_ml_variant_decisions", "Decisions by router variant (the serve "
+                                     "config's traffic split).", ["variant"], registry=r)
+        self.log_errors = prom.Counter("router_ml_decision_log_errors", "Decision-log records that could not be "
+                                       "written.", registry=r)
+        self.circuit = prom.Gauge("router_ml_circuit_open", "Whether an upstream's circuit breaker is open (1) or "
+                                  "not (0); several workers: open in any.", ["upstream"], registry=r,
+                                  multiprocess_mode="livemax")
+        self._client: AsyncRoutedClient | None = None
+        self._errors_seen = 0
+        self._any_open = False
+        self.content_type: str = prom.CONTENT_TYPE_LATEST
+        if client is not None:
+            self.attach(client)
+
+    def attach(self, client: AsyncRoutedClient) -> None:
+        """Follow the circuit states and decision-log errors of ``client``."""
+        self._client = client
+        self._errors_seen = client.log_errors
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Bring the values kept by the client (log errors, circuit states) into the metrics."""
+        client = self._client
+        if client is None:
+            return
+        errors = client.log_errors
+        if errors > self._errors_seen:
+            self.log_errors.inc(errors - self._errors_seen)
+            self._errors_seen = errors
+        any_open = False
+        for label, breaker in client.breakers().items():
+            is_open = breaker.state == "open"
+            any_open = any_open or is_open
+            self.circuit.labels(label).set(int(is_open))
+        self._any_open = any_open
+
+    def count(self, status: str) -> None:
+        """Count a request that ended before routing (unauthorized, bad request, too large)."""
+        self.requests.labels(status).inc()
+
+    def observe(self, info: RouteInfo) -> None:
+        """Count one finished request (the client's ``on_complete`` hook)."""
+        self.requests.labels(info.status).inc()
+        self.decisions.labels(info.chosen, "router" if info.rule is None else "rule").inc()
+        if info.variant is not None:
+            self.variants.labels(info.variant).inc()
+        for attempt in info.fallbacks:
+            self.fallbacks.labels(attempt.upstream or attempt.model, attempt.kind).inc()
+        if info.model is not None:
+            self.answers.labels(info.model).inc()
+            if info.cost_usd is not None:
+                self.cost.labels(info.model).inc(info.cost_usd)
+            self.tokens.labels(info.model, "input").inc(info.input_tokens or 0)
+            self.tokens.labels(info.model, "output").inc(info.output_tokens or 0)
+        self.routing.observe(info.routing_ms / 1000)
+        if info.latency_s is not None:
+            self.latency.observe(info.latency_s)
+        client = self._client
+        if client is not None and (info.fallbacks or self._any_open or client.log_errors != self._errors_seen):
+            self.refresh()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this registry, or every worker's files in multi-process mode."""
+        self.refresh()
+        prom = self._prom
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return prom.generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = prom.CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        return prom.generate_latest(registry)

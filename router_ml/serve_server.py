@@ -1,0 +1,81 @@
+"""The uvicorn server under ``router-ml serve``: readiness, and a drain before the graceful shutdown.
+
+uvicorn is imported only when a server is made (``pip install "router-ml[serve]"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from router_ml.optional import require
+
+__all__ = ["Lifecycle", "make_server"]
+
+
+class Lifecycle:
+    """Where one server process stands: ``ready`` once it serves, ``draining`` from the first SIGTERM on."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+
+    def reason(self) -> str | None:
+        """Why the server is not ready, or None when it is."""
+        if self.draining:
+            return "draining: the server is shutting down and finishes the requests it has"
+        return None if self.ready else "starting"
+
+
+def make_server(app: Any, *, log_level: str = "warning", drain_s: float = 0.0, shutdown_timeout_s: float = 30.0,
+                on_started: Callable[[], None] | None = None, on_hangup: Callable[[], None] | None = None) -> Any:
+    """A uvicorn server for ``app`` that drains on SIGTERM/SIGINT (see the module doc): ``app.state.lifecycle``
+    turns not ready, ``drain_s`` seconds pass, then uvicorn's own graceful shutdown (``shutdown_timeout_s``)
+    runs. ``on_started`` runs once it listens; ``on_hangup`` on each SIGHUP (main thread only)."""
+    uvicorn = require("uvicorn", extra="serve", purpose="router-ml serve")
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False, date_header=False,
+                            lifespan="on", timeout_graceful_shutdown=shutdown_timeout_s, timeout_keep_alive=30)
+    lifecycle = getattr(getattr(app, "state", None), "lifecycle", None) or Lifecycle()
+    return _server_class(uvicorn.Server)(config, lifecycle=lifecycle, drain_s=drain_s, on_started=on_started,
+                                         on_hangup=on_hangup)
+
+
+@functools.cache
+def _server_class(base: type) -> type:
+    """uvicorn's Server with a drain before the shutdown (a function, so uvicorn loads only when serving)."""
+
+    class DrainingServer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, config: Any, *, lifecycle: Lifecycle, drain_s: float,
+                     on_started: Callable[[], None] | None, on_hangup: Callable[[], None] | None) -> None:
+            super().__init__(config)
+            self.lifecycle, self.drain_s = lifecycle, drain_s
+            self._on_started, self._on_hangup = on_started, on_hangup
+            self._drain: tuple[float, int] | None = None  # (when to stop, the signal that asked)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self._drain is None and not self.should_exit and self.drain_s > 0:
+                self.lifecycle.draining = True
+                self._drain = (time.monotonic() + self.drain_s, sig)
+                return
+            self.lifecycle.draining = True
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self._drain is not None and not self.should_exit and time.monotonic() >= self._drain[0]:
+                super().handle_exit(self._drain[1], None)
+            return await super().on_tick(counter)
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.started:
+                return
+            if self._on_hangup is not None:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hangup)
+            if self._on_started is not None:
+                self._on_started()
+
+    return DrainingServer
