@@ -92,6 +92,12 @@ def settle(pid: int, *, idle_cpu_s: float = 0.05, interval_s: float = 0.5, limit
         last = now
 
 
+def prepare(names: list[str], *, venv: Path | None = None) -> None:
+    """Install what the references need (LiteLLM, minutes the first time) or fail, before anything starts."""
+    if "litellm" in names:
+        ensure_litellm(venv or default_litellm_venv())
+
+
 def start_reference(name: str, *, upstreams: dict[str, str], workdir: Path,
                     venv: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start reference ``name`` in front of ``upstreams`` (model -> base URL ending in /v1); returns the

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import httpx
-from load_references import REFERENCES, cpu_seconds, settle, start, start_reference, stop
+from load_references import REFERENCES, cpu_seconds, prepare, settle, start, start_reference, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
@@ -248,6 +248,7 @@ def main() -> None:
     if args.fault and args.reference:
         raise SystemExit("--reference compares normal mode only (a reference has no fallbacks to survive --fault): "
                          "drop one of them")
+    prepare(args.reference, venv=args.reference_venv)
     texts = prompts()
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="router-ml-load-") as tmp:
