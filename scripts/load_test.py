@@ -22,7 +22,15 @@ counts explicit HTTP error answers. While B is healthy both should be 0.
 breaks after its first event cannot move to another model: it ends with an error event, counted
 in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
 
+References (``--reference passthrough``, ``--reference litellm``, repeatable; normal mode only): other
+proxies started in front of the same upstreams and measured in the same rounds, each right after
+router-ml's, at the same rate and prompts (sent as ``tiny-1b``, which they forward to upstream A, as
+the direct phase asks), with the same figures under ``reference.<name>``; ``cpu_ratio_vs_reference``
+is router-ml's CPU per request over each one's. CPU counts each proxy's process tree over its own
+phases until it falls idle again (see ``scripts/load_references.py``).
+
     python scripts/load_test.py --router models/demo/artifact               # ~40 s
+    python scripts/load_test.py --router models/demo/artifact --reference passthrough --reference litellm
     python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
 """
 
@@ -40,60 +48,30 @@ import time
 from pathlib import Path
 
 import httpx
+from load_references import REFERENCES, cpu_seconds, prepare, settle, start, start_reference, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
 
 
+PRICES = {"tiny-1b": (0.05, 0.1), "small-8b": (0.2, 0.4), "code-34b": (0.6, 1.2), "large-70b": (1.5, 3.0),
+          "frontier-xl": (5.0, 10.0)}  # USD per million input / output tokens
+
+
+def upstream_urls(port_a: int, port_b: int) -> dict[str, str]:
+    """Model -> the base URL of the fake upstream serving it (tiny-1b, on A, first)."""
+    return {m: f"http://127.0.0.1:{port_a if m in A_MODELS else port_b}/v1" for m in PRICES}
+
+
 def catalog(port_a: int, port_b: int) -> str:
-    prices = {"tiny-1b": (0.05, 0.1), "small-8b": (0.2, 0.4), "code-34b": (0.6, 1.2), "large-70b": (1.5, 3.0),
-              "frontier-xl": (5.0, 10.0)}
     out = [f"[settings]\nrequest_timeout_s = {REQUEST_TIMEOUT_S}\nmax_retries = 1\nbackoff_s = 0.02\n"
            "breaker_failures = 5\nbreaker_reset_s = 2.0\n"]
-    for model, (pin, pout) in prices.items():
-        port, fallback = (port_a, "large-70b") if model in A_MODELS else (port_b, "small-8b")
-        out.append(f'[models."{model}"]\nbase_url = "http://127.0.0.1:{port}/v1"\ninput_per_mtok = {pin}\n'
+    for model, base in upstream_urls(port_a, port_b).items():
+        (pin, pout), fallback = PRICES[model], "large-70b" if model in A_MODELS else "small-8b"
+        out.append(f'[models."{model}"]\nbase_url = "{base}"\ninput_per_mtok = {pin}\n'
                    f'output_per_mtok = {pout}\ntimeout_s = 5.0\nfallbacks = ["{fallback}"]\n')
     return "\n".join(out)
-
-
-def start(cmd: list[str], marker: str) -> tuple[subprocess.Popen, str]:
-    """Start a process and return it with the first line of its output that contains ``marker``."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    stream = proc.stdout if marker == "port" else proc.stderr
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if marker in line:
-            return proc, line
-        if not line and proc.poll() is not None:
-            raise SystemExit(f"{' '.join(cmd)} exited: {proc.stderr.read()}")
-    proc.kill()
-    raise SystemExit(f"{' '.join(cmd)} did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for f in (proc.stdout, proc.stderr):
-        if f:
-            f.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -222,6 +200,30 @@ def metric_sum(text: str, name: str) -> float:
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
 
 
+def figures(label: str, runs: list[dict], cpu_s: float, direct: dict | None) -> dict:
+    """One proxy's figures over its phases, under the same keys for router-ml's proxy and each reference."""
+    lat = [x for r in runs for x in r["latencies"]]
+    errors, lost, answered = {}, {}, {}
+    for r in runs:
+        for src, dst in ((r["errors"], errors), (r["lost"], lost), (r["answered_by"], answered)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+    sent = sum(r["sent"] for r in runs)
+    out = {"requests": sent, "throughput_rps": round(len(lat) / sum(r["wall_s"] for r in runs), 1),
+           "proxy_ms": summary(lat)}
+    if direct is not None:
+        out["overhead_ms"] = {q: round(out["proxy_ms"][q] - direct[q], 3) for q in ("p50", "p99")}
+    slow = [x for r in runs for x in r["slow"]]
+    if slow:  # answered, but after more than a second: where in the run (request index, ms, due at s)
+        print(f"load_test: {len(slow)} requests via {label} took over 1 s, e.g. {slow[:8]}", file=sys.stderr)
+    return {**out, "answered": len(lat), "answered_over_1s": len(slow), "errors": sum(errors.values()),
+            "lost": sum(lost.values()), "errors_by_kind": errors, "lost_by_kind": lost,
+            "answered_by": dict(sorted(answered.items())), "max_latency_ms": round(max(lat), 1) if lat else None,
+            # CPU the proxy's processes used per request sent to it (for router-ml: routing, both HTTP hops,
+            # JSON, decision log), counted over its own phases until it fell idle again
+            "proxy_cpu_ms_per_request": round(cpu_s * 1000 / max(1, sent), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", default=str(ROOT / "models/demo/artifact"), help="router artifact directory")
@@ -234,11 +236,19 @@ def main() -> None:
                         "it answer 500 from half-way")
     parser.add_argument("--stream", action="store_true", help="streaming requests (latency: to the last event; a "
                         "stream that ends in an error event counts as an error, one cut off without it as lost)")
+    parser.add_argument("--reference", action="append", choices=REFERENCES, default=[], help="also measure this "
+                        "proxy in front of the same upstreams, each round after router-ml's (repeatable)")
+    parser.add_argument("--reference-venv", type=Path, help="LiteLLM's own virtual environment (default "
+                        "~/.cache/router-ml/litellm-<version>; installed there when missing)")
     args = parser.parse_args()
     if not (Path(args.router) / "manifest.json").is_file():
         raise SystemExit(f"no router artifact at {args.router}; train one first (README quickstart) or pass --router")
     if not (0 < args.duration <= 60 and 1 <= args.rounds <= 5 and 0 < args.rate <= 2000 and args.concurrency >= 1):
         raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1")
+    if args.fault and args.reference:
+        raise SystemExit("--reference compares normal mode only (a reference has no fallbacks to survive --fault): "
+                         "drop one of them")
+    prepare(args.reference, venv=args.reference_venv)
     texts = prompts()
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="router-ml-load-") as tmp:
@@ -257,66 +267,67 @@ def main() -> None:
             procs.append(proxy)
             base = "http://" + line.split("http://", 1)[1].split()[0]
             direct_url = f"http://127.0.0.1:{port_a}/v1/chat/completions"
-            proxy_url = base + "/chat/completions"
-            # warm both paths: connections, the router's caches
-            asyncio.run(phase(direct_url, "tiny-1b", texts, 100, 1.0, args.concurrency))
-            asyncio.run(phase(proxy_url, "router-ml", texts, 100, 1.0, args.concurrency))
+            # name -> (process, URL, model asked for): router-ml routes; a reference gets what direct gets
+            targets = {"proxy": (proxy, base + "/chat/completions", "router-ml")}
+            for name in dict.fromkeys(args.reference):
+                ref, url = start_reference(name, upstreams=upstream_urls(port_a, port_b), workdir=Path(tmp),
+                                           venv=args.reference_venv)
+                procs.append(ref)
+                targets[name] = (ref, url + "/chat/completions", A_MODELS[0])
+            # warm every path: connections, the router's caches
+            asyncio.run(phase(direct_url, A_MODELS[0], texts, 100, 1.0, args.concurrency))
+            for proc, url, model in targets.values():
+                asyncio.run(phase(url, model, texts, 100, 1.0, args.concurrency))
+                settle(proc.pid)
             with httpx.Client(trust_env=False) as http:
                 before = http.get(base[:-3] + "/metrics").text
-            cpu_before, load_before = cpu_seconds(proxy.pid), os.getloadavg()[0]
+            load_before = os.getloadavg()[0]
             t_start = time.monotonic()
-            results: dict[str, list[dict]] = {"direct": [], "proxy": []}
-            if args.fault:
-                def fault() -> None:
-                    os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1)
+            runs: dict[str, list[dict]] = {name: [] for name in ("direct", *targets)}
+            cpu = dict.fromkeys(targets, 0.0)
 
-                results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate, args.duration,
-                                                          args.concurrency, on_half=fault, stream=args.stream)))
+            def measured(name: str, on_half: callable | None = None) -> None:
+                proc, url, model = targets[name]
+                cpu_before = cpu_seconds(proc.pid)
+                runs[name].append(asyncio.run(phase(url, model, texts, args.rate, args.duration, args.concurrency,
+                                                    on_half=on_half, stream=args.stream)))
+                settle(proc.pid)
+                cpu[name] += cpu_seconds(proc.pid) - cpu_before
+
+            if args.fault:
+                measured("proxy", lambda: os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1))
             else:
                 for _ in range(args.rounds):
-                    results["direct"].append(asyncio.run(phase(direct_url, "tiny-1b", texts, args.rate,
-                                                               args.duration, args.concurrency, stream=args.stream)))
-                    results["proxy"].append(asyncio.run(phase(proxy_url, "router-ml", texts, args.rate,
-                                                              args.duration, args.concurrency, stream=args.stream)))
-            cpu_proxy = cpu_seconds(proxy.pid) - cpu_before
+                    runs["direct"].append(asyncio.run(phase(direct_url, A_MODELS[0], texts, args.rate,
+                                                            args.duration, args.concurrency, stream=args.stream)))
+                    for name in targets:
+                        measured(name)
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
         finally:
             for p in reversed(procs):
                 stop(p)
-    proxy_runs = results["proxy"]
-    lat_p = [x for r in proxy_runs for x in r["latencies"]]
-    lat_d = [x for r in results["direct"] for x in r["latencies"]]
-    errors, lost, answered = {}, {}, {}
-    for r in proxy_runs:
-        for src, dst in ((r["errors"], errors), (r["lost"], lost), (r["answered_by"], answered)):
-            for k, v in src.items():
-                dst[k] = dst.get(k, 0) + v
-    sent = sum(r["sent"] for r in proxy_runs)
+    lat_d = [x for r in runs["direct"] for x in r["latencies"]]
+    direct = None if args.fault else summary(lat_d)
+    mine = figures("router-ml", runs["proxy"], cpu["proxy"], direct)
     out = {
         "mode": (f"fault:{args.fault}" if args.fault else "normal") + (" stream" if args.stream else ""),
         "offered_rps": args.rate, "concurrency": args.concurrency, "duration_s": args.duration,
-        "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms,
-        "requests": sent,
-        "throughput_rps": round(len(lat_p) / sum(r["wall_s"] for r in proxy_runs), 1),
-        "proxy_ms": summary(lat_p),
+        "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms, **mine,
     }
-    if not args.fault:
-        out["direct_ms"] = summary(lat_d)
-        out["overhead_ms"] = {q: round(out["proxy_ms"][q] - out["direct_ms"][q], 3) for q in ("p50", "p99")}
-        out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in results["direct"])
-    slow = [x for r in proxy_runs for x in r["slow"]]
-    if slow:  # answered, but after more than a second: where in the run (request index, ms, due at s)
-        print(f"load_test: {len(slow)} proxied requests took over 1 s, e.g. {slow[:8]}", file=sys.stderr)
+    if direct is not None:
+        out["direct_ms"] = direct
+        out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in runs["direct"])
+    out["fallback_attempts"] = int(metric_sum(after, "router_ml_fallbacks_total")
+                                   - metric_sum(before, "router_ml_fallbacks_total"))
+    refs = {name: figures(name, runs[name], cpu[name], direct) for name in targets if name != "proxy"}
+    if refs:
+        out["reference"] = refs
+        # router-ml's CPU per request over each reference's: below 1, the proxy costs less than that reference
+        out["cpu_ratio_vs_reference"] = {name: round(mine["proxy_cpu_ms_per_request"]
+                                                     / max(ref["proxy_cpu_ms_per_request"], 1e-9), 3)
+                                         for name, ref in refs.items()}
     out.update({
-        "answered": len(lat_p), "answered_over_1s": len(slow), "errors": sum(errors.values()),
-        "lost": sum(lost.values()),
-        "errors_by_kind": errors, "lost_by_kind": lost, "answered_by": dict(sorted(answered.items())),
-        "fallback_attempts": int(metric_sum(after, "router_ml_fallbacks_total")
-                                 - metric_sum(before, "router_ml_fallbacks_total")),
-        "max_latency_ms": round(max(lat_p), 1) if lat_p else None,
-        # CPU the proxy process used per request it served (routing, both HTTP hops, JSON, decision log)
-        "proxy_cpu_ms_per_request": round(cpu_proxy * 1000 / max(1, sent), 3),
         # load average when the measurement started: other work on the machine moves every latency number
         "loadavg_1min": round(load_before, 2),
         "wall_s": round(time.monotonic() - t_start, 1),

@@ -1,0 +1,112 @@
+"""scripts/load_test.py's references: the bare pass-through proxy on its own, the load test measuring it beside
+router-ml's proxy under the same keys, and LiteLLM's install failing with a message that names what is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("load_references", ROOT / "scripts" / "load_references.py")
+load_references = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(load_references)
+
+BODY = {"model": "tiny-1b", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+KEYS = ("throughput_rps", "proxy_cpu_ms_per_request", "errors", "lost", "requests", "answered")
+
+
+def test_passthrough_forwards_body_status_and_streams(tmp_path):
+    with FakeUpstream() as up:
+        proc, base = load_references.start_reference("passthrough", upstreams={"tiny-1b": up.base_url},
+                                                     workdir=tmp_path)
+        try:
+            with httpx.Client(trust_env=False, timeout=10) as http:
+                r = http.post(base + "/chat/completions", json=BODY)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("tiny-1b")
+                assert up.requests[-1]["body"] == BODY and up.requests[-1]["path"] == "/v1/chat/completions"
+                up.script.append("503")  # an upstream error comes back as it was: no retry, no fallback
+                r = http.post(base + "/chat/completions", json=BODY)
+                assert r.status_code == 503 and r.json()["error"]["message"] == "fake failure 503"
+                with http.stream("POST", base + "/chat/completions", json={**BODY, "stream": True}) as s:
+                    assert s.headers["content-type"].startswith("text/event-stream")
+                    events = [line for line in s.iter_lines() if line.startswith("data: ")]
+                assert events[-1] == "data: [DONE]" and len(events) == 6
+            assert up.served == 3
+        finally:
+            load_references.stop(proc)
+
+
+def test_load_test_measures_the_passthrough_beside_router_ml(trained):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--reference", "passthrough", "--rate", "20", "--duration", "2", "--rounds", "1",
+                          "--concurrency", "10"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    ref = result["reference"]["passthrough"]
+    for figures in (result, ref):
+        assert all(k in figures for k in KEYS) and set(figures["overhead_ms"]) == {"p50", "p99"}
+        assert figures["requests"] == figures["answered"] == 40 and figures["errors"] == figures["lost"] == 0
+        assert 17 <= figures["throughput_rps"] <= 21  # 40 requests due over 2 s, answered ~25 ms after the last
+        assert figures["proxy_cpu_ms_per_request"] > 0
+        # the same direct phase is subtracted from both: overhead is latency via the proxy minus direct
+        assert figures["overhead_ms"]["p50"] == pytest.approx(figures["proxy_ms"]["p50"] - result["direct_ms"]["p50"],
+                                                              abs=0.002)
+    assert ref["answered_by"] == {"tiny-1b": 40}  # forwarded as asked: the reference does not route
+    assert result["cpu_ratio_vs_reference"]["passthrough"] == pytest.approx(
+        result["proxy_cpu_ms_per_request"] / ref["proxy_cpu_ms_per_request"], rel=0.01)
+
+
+def test_reference_refused_in_fault_mode(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(tmp_path), "--fault",
+                          "kill", "--reference", "passthrough"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "--reference compares normal mode only" in out.stderr
+
+
+def test_litellm_install_failure_names_what_is_missing(tmp_path, monkeypatch):
+    # no index and an empty find-links: what an offline machine without the wheels sees, without a download
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(SystemExit) as err:
+        load_references.ensure_litellm(tmp_path / "venv")
+    message = str(err.value)
+    assert f"pip could not get {load_references.LITELLM_REQUIREMENT}" in message and str(tmp_path / "venv") in message
+    assert not (tmp_path / "venv" / ".router-ml-installed").exists()  # the next run tries again
+
+
+def test_litellm_config_points_every_model_at_its_upstream():
+    yaml = pytest.importorskip("yaml")
+    urls = {"tiny-1b": "http://127.0.0.1:1/v1", "large-70b": "http://127.0.0.1:2/v1"}
+    config = yaml.safe_load(load_references.litellm_config(urls))
+    assert {m["model_name"]: (m["litellm_params"]["model"], m["litellm_params"]["api_base"])
+            for m in config["model_list"]} == {"tiny-1b": ("openai/tiny-1b", urls["tiny-1b"]),
+                                               "large-70b": ("openai/large-70b", urls["large-70b"])}
+
+
+def test_cpu_seconds_counts_child_processes():
+    # a parent that only waits, and a child that spins for 0.3 s of CPU: the tree's CPU is the child's
+    child = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                             f"{child!r}])"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while load_references.cpu_seconds(proc.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert load_references.cpu_seconds(proc.pid) >= 0.3
+        assert load_references._stat(proc.pid) is not None
+        own = [int(x) for x in load_references._stat(proc.pid)[11:13]]
+        assert sum(own) / os.sysconf("SC_CLK_TCK") < 0.3  # the parent alone did not use it
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
