@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from training.data import load_traffic, write_jsonl
+from training.featurizers import featurize_part, get_featurizer
 from training.progress import PROGRESS_ENV, bar, chunks, progress_allowed, progress_scope, scoped_by_progress_flag
 
 from .conftest import DEMO, ROOT
@@ -61,6 +62,17 @@ def test_chunks_cover_every_item_once_and_count_them(monkeypatch, capsys):
     assert list(chunks(0, 4, desc="score", unit="prompt", delay=0)) == []
     err = capsys.readouterr().err
     assert "score: 100%" in err and "10/10" in err
+
+
+def test_a_featurize_worker_counts_its_texts_unless_told_not_to(tmp_path, tiny_encoder, monkeypatch, capsys):
+    monkeypatch.setenv(PROGRESS_ENV, "1")
+    featurizer = get_featurizer(tiny_encoder, max_tokens=64)
+    texts = [f"prompt number {i}" for i in range(50)]
+    featurize_part(featurizer, texts, part=(0, 1), cache_dir=tmp_path / "quiet", progress=False)
+    assert "featurize" not in capsys.readouterr().err
+    part = featurize_part(featurizer, texts, part=(0, 1), cache_dir=tmp_path / "shown")  # `router-ml featurize`
+    err = capsys.readouterr().err
+    assert part["complete"] and "featurize transformer: 100%" in err and "50/50" in err
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +126,9 @@ def _train(args: list[str], *, terminal: bool, env: dict[str, str]) -> tuple[dic
 ], ids=["terminal", "terminal-quiet", "pipe", "pipe-forced"])
 def test_a_real_training_run_shows_epoch_step_and_loss_only_where_wanted(tmp_path, small_log, tiny_encoder,
                                                                           terminal, quiet, env, bars):
+    # its own feature cache: every run featurizes (and shows that bar), whatever ran before
     args = ["--config", ROOT / "training/configs/encoder.toml", "--data", small_log, "--out", tmp_path / "r",
+            "--cache-dir", tmp_path / "features",
             "--set", f"router.encoder={tiny_encoder}", "--set", "router.max_length=24",
             "--set", f"featurizer.name={tiny_encoder}", "--set", "featurizer.max_tokens=64",
             "--set", "train.epochs=2", "--set", "train.patience=5", "--set", "eval.n_boot=0",
@@ -128,8 +142,10 @@ def test_a_real_training_run_shows_epoch_step_and_loss_only_where_wanted(tmp_pat
             assert line in stderr, stderr[-2000:]
         assert f"{steps}/{steps}" in stderr and ("step/s" in stderr or "s/step" in stderr)
         assert "loss=" in stderr and "val_loss=" in stderr
-        assert "featurize" in stderr and "text" in stderr
+        assert "featurize transformer: 100%" in stderr and "240/240" in stderr
     else:
         assert "train epoch" not in stderr and "%|" not in stderr and "loss=" not in stderr, stderr[-2000:]
     if quiet:
         assert "router-ml: loaded" not in stderr  # the log lines go too
+    else:  # our progress messages stay; ONNX Runtime's optimizer chatter during the export does not
+        assert "router-ml: loaded 240 records" in stderr and "Fused" not in stderr, stderr[-2000:]

@@ -144,10 +144,12 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """Our progress messages (the ``router_ml`` loggers) at INFO unless ``quiet``; other libraries'
+    at WARNING: ONNX Runtime's graph optimizer alone logs some twenty INFO lines per export."""
     import logging
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="router-ml: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="router-ml: %(message)s")
+    logging.getLogger("router_ml").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 @_needs_train_extra
