@@ -29,13 +29,17 @@ def _needs_train_extra(command: Callable[[argparse.Namespace], int]) -> Callable
     """Turn a missing third-party package of the training stack into an error that names the extra.
 
     A missing ``training``/``router_ml`` module is a broken install, not a missing extra, and is
-    left to surface as it is.
+    left to surface as it is. The command runs in a :func:`~training.progress.progress_scope` that
+    its ``--quiet`` closes: no progress bars on stderr, wherever they are drawn.
     """
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
+        from training.progress import progress_scope  # light: tqdm is imported when a bar is drawn
+
         try:
-            return command(args)
+            with progress_scope(not getattr(args, "quiet", False)):
+                return command(args)
         except ModuleNotFoundError as exc:
             top = (exc.name or "").partition(".")[0]
             if not top or top in ("training", "router_ml"):
@@ -140,10 +144,12 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """Our progress messages (the ``router_ml`` loggers) at INFO unless ``quiet``; other libraries'
+    at WARNING: ONNX Runtime's graph optimizer alone logs some twenty INFO lines per export."""
     import logging
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="router-ml: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="router-ml: %(message)s")
+    logging.getLogger("router_ml").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 @_needs_train_extra
@@ -337,7 +343,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     result = run_sweep(args.config, args.path, sets=args.set or [], seeds=parse_seeds(args.seeds), out_dir=args.out,
                        train_size=args.train_size, prices=args.prices, cache_dir=args.cache_dir,
-                       progress=False, **_load_options(args))
+                       progress=not args.quiet, **_load_options(args))
     print(format_summary(result), file=sys.stderr)
     print(json.dumps(result))
     return 0
@@ -357,6 +363,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or progress messages on stderr (bars show only when stderr is a terminal; "
+                        "ROUTER_ML_PROGRESS=1 shows them on a pipe or log file too)")
+
+
 def _add_scoring_options(p: argparse.ArgumentParser) -> None:
     """How a saved router is scored on data: ``evaluate`` and ``compare --router`` share these."""
     p.add_argument("--estimator", choices=("auto", "ips", "snips", "dr"), default="auto",
@@ -373,7 +385,7 @@ def _add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-seen", action="store_true",
                    help="keep prompts the router was trained on (dropped by default; checkpoints only)")
     p.add_argument("--cache-dir")
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -399,7 +411,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="split and training seed")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
-    train.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_quiet(train)
     train.add_argument("--register", metavar="NAME", help="register the exported router in the MLflow model "
                        "registry under NAME (load it with models:/NAME/VERSION)")
     _add_input_options(train, positional=False)
@@ -416,7 +428,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--seed", type=int, default=0, help="split and bootstrap-training seed")
     simulate.add_argument("--willingness-to-pay", type=float, help="the deployed knob (default: the artifact's)")
     simulate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    simulate.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_quiet(simulate)
     add_exploration_options(simulate)
     _add_input_options(simulate, positional=False)
     simulate.set_defaults(func=cmd_simulate_log)
@@ -466,7 +478,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
     sweep.add_argument("--out", required=True, help="directory for the runs' routers and sweep_summary.json")
     sweep.add_argument("--cache-dir")
-    sweep.add_argument("--quiet", action="store_true")
+    _add_quiet(sweep)
     _add_input_options(sweep, positional=False)
     sweep.set_defaults(func=cmd_sweep)
 
@@ -490,7 +502,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
                            "~/.cache/router-ml/features); pass 'train' the same")
-    featurize.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    _add_quiet(featurize)
     _add_input_options(featurize, positional=False)
     featurize.set_defaults(func=cmd_featurize)
 

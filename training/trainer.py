@@ -29,6 +29,7 @@ import torch
 from training.config import LossConfig, TrainLoopConfig
 from training.featurizers import SHARD_ROWS
 from training.losses import bradley_terry_loss, quality_loss, sample_willingness, tradeoff_loss
+from training.progress import bar
 
 __all__ = ["Batchable", "distributed_context", "epoch_windows", "fit_module", "resolve_device", "window_rows"]
 
@@ -215,6 +216,14 @@ def _validation_loss(module, val: Batchable, device, loss_cfg, wtp_range, seed: 
     return total / len(val)
 
 
+def _epoch_bar(epoch: int, loop: TrainLoopConfig, steps: int, steps_done: int, *, enabled: bool):
+    """One epoch's bar (:mod:`training.progress`): steps, rate, ETA and the running training loss,
+    ending on the epoch's training and validation losses. Only rank 0 draws one under DDP."""
+    if loop.max_steps:
+        steps = max(0, min(steps, loop.max_steps - steps_done))
+    return bar(total=steps, desc=f"train epoch {epoch + 1}/{loop.epochs}", unit="step", enabled=enabled)
+
+
 def fit_module(module: torch.nn.Module, train: Batchable, val: Batchable | None, *, loss: LossConfig,
                loop: TrainLoopConfig, wtp_range: tuple[float, float], seed: int,
                on_epoch: Callable[[int, float, float | None], None] | None = None) -> list[dict]:
@@ -255,6 +264,7 @@ def fit_module(module: torch.nn.Module, train: Batchable, val: Batchable | None,
             pref_order = pref_order[: len(pref_order) // world * world][rank::world]
         steps = max(1, math.ceil(count / loop.batch_size))
         total, seen = 0.0, 0
+        progress = _epoch_bar(epoch, loop, steps, steps_done, enabled=rank == 0)
         for step, (index, inputs) in enumerate(_batches(train, windows, loop.batch_size, count)):
             p_index = None
             if pref_order is not None:
@@ -267,13 +277,19 @@ def fit_module(module: torch.nn.Module, train: Batchable, val: Batchable | None,
             total += float(batch_loss.detach()) * len(index)
             seen += len(index)
             steps_done += 1
+            progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)  # the epoch's running mean
+            progress.update()
             if loop.max_steps and steps_done >= loop.max_steps:
                 break
         train_loss = total / max(1, seen)
         val_loss = None
         if val is not None and len(val):
+            progress.set_postfix(loss=f"{train_loss:.4f}", val_loss="...")
             val_loss = _validation_loss(module, val, device, loss, wtp_range, seed,
                                         max(window_rows(val, loop.memory_mb), 1))
+        progress.set_postfix(loss=f"{train_loss:.4f}", **({} if val_loss is None else {"val_loss": f"{val_loss:.4f}"}),
+                             refresh=False)
+        progress.close()
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "steps": steps_done,
                         "records": seen})  # this rank's records this epoch (its shards under DDP)
         if on_epoch is not None and rank == 0:

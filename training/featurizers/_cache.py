@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from training.featurizers._base import Featurizer, FeaturizerError, cache_root, text_list
+from training.progress import bar as progress_bar
 
 __all__ = ["DEFAULT_SHARD_SIZE", "cache_entry", "cache_shards", "feature_cache_key", "featurize", "featurize_part",
            "texts_digest", "worker_shards"]
@@ -138,8 +139,8 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
     ``num_proc > 1`` runs shards in that many spawned worker processes (featurizers with
     ``supports_multiprocessing``, i.e. ``static``); results are identical to ``num_proc=1``.
     Returns an in-memory float32 ``(n, dim)`` array, or a read-only memory map of the cached file
-    when ``mmap=True`` (for corpora larger than RAM). A tqdm bar counts texts when ``progress`` and
-    stderr is a terminal.
+    when ``mmap=True`` (for corpora larger than RAM). A tqdm bar counts texts on stderr when ``progress`` and
+    stderr is a terminal (:mod:`training.progress` has the rules).
 
     >>> from training.featurizers import featurize, get_featurizer
     >>> X = featurize(get_featurizer("static"), table.texts, data_fingerprint=table.fingerprint())  # doctest: +SKIP
@@ -168,7 +169,8 @@ def featurize(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str | 
 
 def featurize_part(featurizer: Featurizer, texts: Sequence[str], *, part: tuple[int, int],
                    cache_dir: str | os.PathLike[str] | None = None, data_fingerprint: str | None = None,
-                   batch_size: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE) -> dict[str, Any]:
+                   batch_size: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                   progress: bool = True) -> dict[str, Any]:
     """Worker ``part = (K, N)``'s share of :func:`featurize`: the :func:`worker_shards` block K of N of
     the same cache entry, written exactly as ``featurize`` writes it, so any batch engine can fan the
     work out and ``featurize`` (``router-ml train``) then finds the entry complete. Shards already on
@@ -184,7 +186,7 @@ def featurize_part(featurizer: Featurizer, texts: Sequence[str], *, part: tuple[
     if _load_final(entry / _FINAL, n, dim, mmap=True) is None:
         _start_entry(entry, featurizer, n, data_fingerprint, shard_size)
         todo = [(a, b) for a, b in mine if not _shard_path(entry, a, b).is_file()]
-        _compute(featurizer, texts, entry, todo, n=n, batch_size=batch_size, num_proc=1, progress=False)
+        _compute(featurizer, texts, entry, todo, n=n, batch_size=batch_size, num_proc=1, progress=progress)
         computed = len(todo)
         if all(_shard_path(entry, a, b).is_file() for a, b in shards):
             _assemble(entry, shards, n, dim)
@@ -229,11 +231,8 @@ def _assemble(entry: Path, shards: list[tuple[int, int]], n: int, dim: int) -> N
 
 def _compute(featurizer: Featurizer, texts: Sequence[str], entry: Path, todo: list[tuple[int, int]], *, n: int,
              batch_size: int | None, num_proc: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     done = n - sum(b - a for a, b in todo)
-    bar: Any = tqdm(total=n, initial=done, unit="text", desc=f"featurize {featurizer.name}",
-                    disable=None if progress else True)
+    bar: Any = progress_bar(total=n, initial=done, unit="text", desc=f"featurize {featurizer.name}", enabled=progress)
     with bar:
         if num_proc == 1 or len(todo) <= 1:
             for a, b in todo:
