@@ -39,11 +39,13 @@ VARIANTS = {
     "mf": ("mf.toml", {}),
     "mlp_minilm": ("mlp_minilm.toml", {}),
     "encoder": ("encoder.toml", {}),
+    "encoder_fast": ("encoder_fast.toml", {}),
 }
 LABELS = {
     "mlp_static": "**mlp_static**", "mlp_static_no_tradeoff": "mlp_static, no tradeoff term",
     "mlp_static_groups": "mlp_static + task groups", "mf": "mf (static)",
     "mlp_minilm": "mlp_minilm", "encoder": "encoder (MiniLM fine-tuned)",
+    "encoder_fast": "encoder_fast (3 of 6 MiniLM layers fine-tuned)",
 }
 # RouteLLM paper, Table 2 ("augmented" routers: Chatbot Arena + ~1,500 golden MMLU labels): APGR, CPT(50%)
 ROUTELLM_PUBLISHED = (("random", 0.500, 50.07), ("SW ranking", 0.603, 35.40), ("MF", 0.597, 35.46),
