@@ -69,9 +69,9 @@ class RouterConfig:
     cv_below: int = 5000           #: auto: cross-validate when train + validation hold fewer records
     cv_folds: int = 5              #: auto: folds of that cross-validation
     logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
-    knn_k: tuple[str, ...] = ("5", "10", "25", "50", "100", "200")  #: auto: neighbour counts tried for knn
+    knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
-    calibrate: bool = True         #: auto: Platt-scale each candidate per model on its held-out predictions
+    calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
     auto_pick: str = ""            #: auto: '' = the best held-out AIQ; a candidate's name keeps that one instead
 
 

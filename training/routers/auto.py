@@ -5,7 +5,7 @@ router for; no single head wins everywhere there (an MLP overfits 300 prompts, k
 regression hold up). So the candidates - ``mlp``, ``mf``, ``logreg`` (inverse L2 strength from
 ``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with the
 record's ``router.auto_groups`` field, :class:`~training.routers.neural.GroupBlend`, only when the
-data names at least two groups) and ``ensemble`` (the mean of the other families' calibrated
+data names at least two groups) and ``ensemble`` (the mean of the other families' (calibrated)
 predictions) - are fitted on the training part and scored by the evaluation's own AIQ
 (:func:`training.evaluation.score_predictions`, the policy swept over the router's knob grid):
 
@@ -14,8 +14,9 @@ predictions) - are fitted on the training part and scored by the evaluation's ow
 - otherwise by ``router.cv_folds``-fold cross-validation over train + validation (the torch
   candidates early-stop on a tenth of each fold's training part), every record scored once.
 
-Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``; the
-expected calibration error before and after is reported) and its hyperparameters are the grid point
+Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
+where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
+and after is reported either way), and its hyperparameters are the grid point
 with the best held-out AIQ. The winner is refitted where that helps - logistic regression and kNN
 on all of train + validation, the torch candidates on train with early stopping on validation (after
 CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and exported like any router.
@@ -23,6 +24,7 @@ CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and expo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -135,6 +137,23 @@ def _torch_spec(router: TorchRouter) -> dict[str, Any]:
     return base
 
 
+@contextlib.contextmanager
+def _one_thread(config):
+    """torch and the BLAS/OpenMP pools (scikit-learn's group classifier) on ``train.threads`` threads, 1 by
+    default: these small problems gain nothing from a second thread and lose up to 4x on a loaded
+    machine (a logistic regression on MMLU-Pro: 29 s on one thread, 118 s on two, beside other jobs)."""
+    from threadpoolctl import threadpool_limits
+
+    threads = config.train.threads or 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class LogRegStage(TorchRouter):
     """The auto router's first stage for completing logged records' targets (training/offpolicy.py):
     cross-fitting the whole selection five times would cost five selections; a logistic regression
@@ -145,7 +164,8 @@ class LogRegStage(TorchRouter):
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> LogRegStage:
         pool = _concat(train, val)
-        self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
+        with _one_thread(self.config):
+            self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
         return self
 
 
@@ -157,12 +177,8 @@ class AutoRouter(TorchRouter):
 
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> AutoRouter:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.train.threads or self.default_threads)
-        try:
+        with _one_thread(self.config):
             self.module_, self.spec_, self.selection_ = _Selection(self, train, val, wtp_range, on_epoch).run()
-        finally:
-            torch.set_num_threads(previous)
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -285,11 +301,18 @@ class _Selection:
         calibrated, platt, scores = {}, {}, {}
         for v in variants:
             raw = preds[v][scored]
-            platt[v] = fit_platt(raw, Q) if self.r.calibrate else (np.ones(Q.shape[1]), np.zeros(Q.shape[1]))
-            calibrated[v] = apply_platt(raw, *platt[v])
-            scores[v] = {"val_aiq": _aiq(calibrated[v], held), "val_aiq_uncalibrated": _aiq(raw, held),
-                         "ece_uncalibrated": expected_calibration_error(raw, Q),
-                         "ece": expected_calibration_error(calibrated[v], Q)}
+            calibrated[v] = raw
+            scores[v] = {"val_aiq": _aiq(raw, held), "ece": expected_calibration_error(raw, Q), "calibrated": False}
+            if self.r.calibrate:  # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse)
+                platt[v] = fit_platt(raw, Q)
+                version = apply_platt(raw, *platt[v])
+                entry = {"val_aiq_calibrated": _aiq(version, held),
+                         "ece_calibrated": expected_calibration_error(version, Q)}
+                if entry["val_aiq_calibrated"] > scores[v]["val_aiq"]:
+                    calibrated[v] = version
+                    entry.update(val_aiq=entry["val_aiq_calibrated"], ece=entry["ece_calibrated"], calibrated=True)
+                scores[v] = {**scores[v], "val_aiq_uncalibrated": scores[v]["val_aiq"],
+                             "ece_uncalibrated": scores[v]["ece"], **entry}
         best = {f: max((v for v in variants if v[0] == f), key=lambda v: scores[v]["val_aiq"]) for f in self.families}
         report: dict[str, dict[str, Any]] = {}
         for family, v in best.items():
@@ -309,7 +332,7 @@ class _Selection:
         heads, specs = [], []
         for family in members:
             head, spec = self._final(family, best[family][1])
-            if self.r.calibrate:
+            if scores[best[family]]["calibrated"]:
                 head, spec = _calibrated(head, spec, *platt[best[family]])
             heads.append(head)
             specs.append(spec)
