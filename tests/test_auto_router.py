@@ -171,3 +171,38 @@ def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_en
     from training.routers import TorchRouter
 
     assert TorchRouter.load(summary["out"]).selection_["chosen"] == "ensemble"
+
+
+def _batchable(X, quality, rows, *, weights=None, groups=None):
+    from training.trainer import Batchable
+
+    cost = np.tile(np.array([0.1, 1.0, 3.0], np.float32), (len(rows), 1))
+    return Batchable(inputs=(X,), quality=quality[rows].astype(np.float32), cost=cost, cost_est=cost,
+                     groups=None if groups is None else groups[rows],
+                     weights=None if weights is None else weights[rows], rows=np.asarray(rows))
+
+
+def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
+    from training.routers import AutoRouter
+    from training.routers.auto import LogRegStage
+
+    X, quality = _synthetic(n=700)
+    quality = np.nan_to_num(quality, nan=0.0)
+    weights = np.ones_like(quality, dtype=np.float32)
+    weights[:150, 0] = 0.5  # 150 training records carry an imputed cell: never scored
+    groups = np.array(["a", "b"] * 350)
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn", "groups"],
+                                                               "train.epochs": 3})
+    train = _batchable(X, quality, np.arange(0, 500), weights=weights, groups=groups)
+    val = _batchable(X, quality, np.arange(500, 560), weights=weights, groups=groups)  # 60 < 100: cross-validated
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    selection = router.selection_
+    assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560 - 150
+    assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
+    assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
+    assert router.predict((X[600:],)).shape == (100, 3)
+    # logged records' targets are completed by a logistic regression, not by five selections
+    assert AutoRouter.first_stage is LogRegStage
+    stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    baseline = LogRegRouter(C=1.0).fit(X[:560], quality[:560]).predict(X[:50])
+    assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
