@@ -202,6 +202,13 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
     assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
     assert router.predict((X[600:],)).shape == (100, 3)
+    # the ensemble is kept unless a single candidate beats it by more than router.ensemble_margin
+    for margin, ensemble_kept in ((1.0, True), (0.0, None)):
+        wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_margin": margin})
+        picked = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        scores = picked.selection_["candidates"]
+        best = max(scores, key=lambda c: scores[c]["val_aiq"])
+        assert picked.selection_["chosen"] == ("ensemble" if ensemble_kept else best)
     # logged records' targets are completed by a logistic regression, not by five selections
     assert AutoRouter.first_stage is LogRegStage
     stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))

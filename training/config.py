@@ -72,6 +72,7 @@ class RouterConfig:
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
     calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
+    ensemble_margin: float = 0.002  #: auto: held-out AIQ a single candidate must beat the ensemble by to be kept
     auto_pick: str = ""            #: auto: '' = the best held-out AIQ; a candidate's name keeps that one instead
 
 
@@ -249,6 +250,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.group_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
     "router.cv_below": (lambda v: v >= 0, "an integer >= 0 (0 = never cross-validate a large enough split)"),
     "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
+    "router.ensemble_margin": (lambda v: v >= 0, "an AIQ margin >= 0"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
