@@ -214,3 +214,23 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
     baseline = LogRegRouter(C=1.0).fit(X[:560], quality[:560]).predict(X[:50])
     assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
+
+
+def test_fp32_parity_allows_a_top_k_graph_a_rare_neighbour_swap_and_nothing_more():
+    from training.export import ExportError, check_fp32
+
+    expected = np.full((1000, 3), 0.5)
+    swapped = expected.copy()
+    swapped[7, 1] += 1 / 400  # one prompt's 400th neighbour traded places with the 401st
+    assert check_fp32(expected, expected + 1e-6, discrete=False, routes_changed=0.0) == {
+        "fp32_max_abs_diff": pytest.approx(1e-6)}
+    with pytest.raises(ExportError, match="ONNX differs from torch by 2.50e-03"):
+        check_fp32(expected, swapped, discrete=False, routes_changed=0.0)
+    report = check_fp32(expected, swapped, discrete=True, routes_changed=0.001)
+    assert report["fp32_prompts_over_tolerance"] == 0.001 and report["fp32_routes_changed"] == 0.001
+    many = expected.copy()
+    many[:20, 0] += 0.01  # 2% of prompts: more than float rounding explains
+    with pytest.raises(ExportError, match="on 2.0% of prompts"):
+        check_fp32(expected, many, discrete=True, routes_changed=0.0)
+    with pytest.raises(ExportError, match="changes 1.5% of routes"):
+        check_fp32(expected, swapped, discrete=True, routes_changed=0.015)
