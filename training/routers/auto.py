@@ -231,12 +231,9 @@ class _Selection:
         return self.config.replace(**{"router.kind": kind, "router.groups": groups})
 
     def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
-        started = time.perf_counter()
         router = _TORCH[family](config=self._torch_config(family), n_models=self.router.n_models,
                                 input_dim=self.router.input_dim)
-        router.fit(fit, stop, wtp_range=self.wtp_range, on_epoch=on_epoch)
-        self.seconds[family] = self.seconds.get(family, 0.0) + time.perf_counter() - started
-        return router
+        return self._timed(family, lambda: router.fit(fit, stop, wtp_range=self.wtp_range, on_epoch=on_epoch))
 
     def _timed(self, family: str, fn):
         started = time.perf_counter()
