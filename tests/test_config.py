@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     config = load_config(path)
-    assert config.router.kind in {"mlp", "mf", "encoder"}
+    assert config.router.kind in {"auto", "mlp", "mf", "encoder"}
 
 
 def test_overrides_are_typed_and_round_trip():
@@ -61,7 +61,7 @@ def test_importing_training_sets_no_seed():
 
 @pytest.mark.parametrize("overrides, message", [
     # names
-    (["router.kind=forest"], "router.kind: unknown router 'forest'; choose one of encoder, mf, mlp"),
+    (["router.kind=forest"], "router.kind: unknown router 'forest'; choose one of auto, encoder, mf, mlp"),
     (["router.kind=knn"], "router.kind: unknown router 'knn'"),  # a baseline, not a router to train
     (["featurizer.name=statik"], "featurizer.name: unknown featurizer 'statik'; choose one of minilm, static"),
     (["eval.baselines=random,best-single,knm"],

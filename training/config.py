@@ -52,7 +52,7 @@ class FeaturizerConfig:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    kind: str = "mlp"              #: mlp | mf | encoder (see training.routers.ROUTERS)
+    kind: str = "mlp"              #: auto | mlp | mf | encoder (see training.routers.ROUTERS)
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.3
@@ -63,6 +63,17 @@ class RouterConfig:
     encoder_layers: int = 0        #: encoder: keep only the first N transformer layers (0 = all); faster
     groups: str = ""               #: mlp/mf: "task" or "metadata.<key>": blend in p(group | prompt) x group means
     group_weight: float = 0.5      #: mlp/mf with groups: weight of the group estimate in the blend
+    # kind = "auto" (training/routers/auto.py): the candidates fitted and chosen between by held-out AIQ
+    candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "ensemble")
+    auto_groups: str = "task"      #: auto: the group field the "groups" candidate blends in ('' = never)
+    cv_below: int = 5000           #: auto: cross-validate when train + validation hold fewer records
+    cv_folds: int = 5              #: auto: folds of that cross-validation
+    logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
+    knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
+    knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
+    calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
+    ensemble_margin: float = 0.002  #: auto: held-out AIQ a single candidate must beat the ensemble by to be kept
+    auto_pick: str = ""            #: auto: '' = the best held-out AIQ; a candidate's name keeps that one instead
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.max_length": (lambda v: v >= 3, "an integer >= 3 (two special tokens and the text)"),
     "router.encoder_layers": (lambda v: v >= 0, "an integer >= 0 (0 = all layers)"),
     "router.group_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
+    "router.cv_below": (lambda v: v >= 0, "an integer >= 0 (0 = never cross-validate a large enough split)"),
+    "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
+    "router.ensemble_margin": (lambda v: v >= 0, "an AIQ margin >= 0"),
+    "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
     "loss.knob_samples": (lambda v: v >= 1, "an integer >= 1"),
@@ -312,6 +327,7 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
         seen.add(baseline)
     if config.loss.logged_targets not in LOGGED_TARGETS:
         fail("loss.logged_targets", f"expected one of {', '.join(LOGGED_TARGETS)}, got {config.loss.logged_targets!r}")
+    _validate_auto(config, fail)
     groups = config.router.groups
     if groups:
         if groups != "task" and not (groups.startswith("metadata.") and len(groups) > len("metadata.")):
@@ -319,6 +335,39 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
         if config.router.kind == "encoder":
             fail("router.groups", "works with the mlp and mf routers (static or sentence features), not the "
                                   "encoder; leave router.groups empty or choose router.kind = mlp or mf")
+
+
+def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> None:
+    """The ``router.kind = "auto"`` settings: known candidates, numeric grids, a valid group field."""
+    from training.routers.auto import AUTO_CANDIDATES
+
+    r = config.router
+    if not r.candidates:
+        fail("router.candidates", f"expected at least one of {', '.join(AUTO_CANDIDATES)}")
+    for i, name in enumerate(r.candidates):
+        if name not in AUTO_CANDIDATES:
+            fail(f"router.candidates[{i}]", f"unknown candidate {name!r}; choose from {', '.join(AUTO_CANDIDATES)}")
+    for key, values, whole in (("router.logreg_c", r.logreg_c, False), ("router.knn_k", r.knn_k, True)):
+        for i, text in enumerate(values):
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (value > 0 and math.isfinite(value)) or (whole and not value.is_integer()):
+                fail(f"{key}[{i}]", f"expected a {'whole number >= 1' if whole else 'number > 0'}, got {text!r}")
+        if not values:
+            fail(key, "expected at least one value")
+    if r.auto_pick and r.auto_pick not in r.candidates:
+        fail("router.auto_pick", f"expected '' or one of router.candidates ({', '.join(r.candidates)}), "
+                                 f"got {r.auto_pick!r}")
+    if "ensemble" in r.candidates and len(r.candidates) < 3:
+        fail("router.candidates", "the ensemble averages the other candidates: list at least two besides it")
+    field_ = r.auto_groups
+    if field_ and field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
+        fail("router.auto_groups", f"expected '', 'task' or 'metadata.<key>', got {field_!r}")
+    if r.kind == "auto" and r.groups:
+        fail("router.groups", "the auto router tries group-informed routing itself (router.auto_groups); leave "
+                              "router.groups empty")
 
 
 def _check_paths(config: TrainConfig, source: str) -> None:

@@ -7,8 +7,9 @@ MLP/MF head; for ``encoder`` routers the transformer and head), the tokenizer, a
 the policy (cost model, default willingness to pay), prices, limits, the training config, data
 fingerprint, MLflow run id, headline metrics and the sha256 of every file.
 
-Before writing, the exporter checks parity on held-out prompts: fp32 outputs within 1e-4 of torch,
-and for ``--quantize int8`` (dynamic, per-channel, 7-bit weights: see :func:`_quantize_int8`) the
+Before writing, the exporter checks parity on held-out prompts: fp32 outputs within 1e-4 of torch
+(a graph with a hard top-k - the auto router's kNN - on all but at most 1% of prompts: see
+:func:`check_fp32`), and for ``--quantize int8`` (dynamic, per-channel, 7-bit weights: see :func:`_quantize_int8`) the
 routed model may change on at most 1% of prompts at the default knob. A failing artifact is not
 written. The artifact keeps a sample of those prompts with the fp32 reference scores and the CPU
 features the check ran on (``parity_sample.json``), so that ``Router.load(..., verify=True)`` can
@@ -168,11 +169,20 @@ def _fuse_transformer(path: Path, config: Any) -> dict[str, int]:
 
 
 def _torch_predict(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray:
+    """The torch graph's scores, one prompt per call. A static graph runs on one thread: its ops on one
+    prompt are microseconds, and a second thread only adds hand-offs - on a loaded 2-core machine they
+    made the auto router's ensemble (five heads, a kNN gather) 95 s for 1,000 prompts."""
     out = []
-    with torch.no_grad():
-        for text in texts:
-            ids, mask = router.encode(text)
-            out.append(graph(torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :])).numpy()[0])
+    previous = torch.get_num_threads()
+    if isinstance(graph, StaticGraph):
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for text in texts:
+                ids, mask = router.encode(text)
+                out.append(graph(torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :])).numpy()[0])
+    finally:
+        torch.set_num_threads(previous)
     return np.stack(out)
 
 
@@ -256,11 +266,9 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     fp32 = Router.load(stage)
     expected = _torch_predict(graph, fp32, texts)
     got = fp32.predict(texts)
-    report["fp32_max_abs_diff"] = float(np.max(np.abs(expected - got)))
-    if report["fp32_max_abs_diff"] > FP32_TOLERANCE:
-        raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
-                          f"(> {FP32_TOLERANCE}); nothing written")
     costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
+    report.update(check_fp32(expected, got, discrete=_has_top_k(graph),
+                             routes_changed=float(np.mean(choose(expected, costs, wtp) != choose(got, costs, wtp)))))
     reference = exported = scores_one_by_one(fp32, texts)  # route()'s view: one prompt per call
     if quantize == "int8":
         exported = _quantize_int8(work, stage, manifest, report, texts=texts, fp32_out=reference, costs=costs,
@@ -274,6 +282,38 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     manifest["parity"] = report
     manifest["parity_sample"] = {"file": SAMPLE_FILE, "prompts": len(pick), "limit": INT8_MAX_CHANGED}
     _write_manifest(stage, manifest)
+    return report
+
+
+def _has_top_k(graph: nn.Module) -> bool:
+    """Whether the graph picks neighbours with a hard top-k (the auto router's kNN head)."""
+    from training.routers.heads import KNNHead
+
+    return any(isinstance(m, KNNHead) for m in graph.modules())
+
+
+def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_changed: float) -> dict[str, Any]:
+    """The fp32 parity verdict of ONNX scores ``got`` against torch's ``expected`` (prompts x models).
+
+    Every prompt must agree within :data:`FP32_TOLERANCE`, except in a graph with a hard top-k
+    (``discrete``): there two neighbours whose similarities differ by float rounding (~1e-7) can
+    trade places at the k-th rank between torch's and onnxruntime's MatMul, which moves that prompt's
+    mean by up to 1/k - no fp32 graph can avoid it. Such a graph passes when at most
+    :data:`INT8_MAX_CHANGED` of the prompts differ and at most as many change route at the default knob
+    (the int8 rule). Raises :class:`ExportError` otherwise; returns the report's fields."""
+    diff = np.abs(expected - got).max(axis=1) if len(expected) else np.zeros(0)
+    report = {"fp32_max_abs_diff": float(diff.max(initial=0.0))}
+    if report["fp32_max_abs_diff"] <= FP32_TOLERANCE:
+        return report
+    off = float(np.mean(diff > FP32_TOLERANCE))
+    if not discrete:
+        raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
+                          f"(> {FP32_TOLERANCE}); nothing written")
+    report.update(fp32_prompts_over_tolerance=off, fp32_routes_changed=routes_changed)
+    if off > INT8_MAX_CHANGED or routes_changed > INT8_MAX_CHANGED:
+        raise ExportError(f"parity check failed: ONNX differs from torch by more than {FP32_TOLERANCE} on {off:.1%} "
+                          f"of prompts and changes {routes_changed:.1%} of routes (a top-k graph may differ on at "
+                          f"most {INT8_MAX_CHANGED:.0%}); nothing written")
     return report
 
 

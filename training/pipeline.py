@@ -42,6 +42,7 @@ from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
+from training.routers.auto import auto_group_labels, log_selection
 from training.routers.neural import check_groups
 from training.stages import Stages
 from training.trainer import Batchable, distributed_context
@@ -235,8 +236,8 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
     fingerprint = table.fingerprint()
-    groups = group_labels(table, config.router.groups) if config.router.groups else None
-    if groups is not None:  # before featurizing: a setting that cannot train fails now
+    groups = group_labels(table, config.router.groups) if config.router.groups else auto_group_labels(config, table)
+    if config.router.groups:  # before featurizing: a setting that cannot train fails now
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
     stages.done("load")
@@ -264,7 +265,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         fit_started = time.perf_counter()
         clip, completion = config.loss.propensity_clip, None
         if config.loss.logged_targets == "impute":
-            completion = _complete_logged(config, router_cls, inputs, X, prep, cost_est, groups)
+            # a router may name a cheaper first stage (auto: a logistic regression, not its whole selection)
+            first_stage = getattr(router_cls, "first_stage", router_cls)
+            completion = _complete_logged(config, first_stage, inputs, X, prep, cost_est, groups)
             tracker.log_params({"logged_targets.method": completion.report["method"]})
         batch = dict(groups=groups, clip=clip, completion=completion, imputed_weight=config.loss.imputed_weight)
         train = _batchable(inputs, split.train, table, prep.cost, cost_est, **batch)
@@ -272,6 +275,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
+        selection = log_selection(tracker, router)  # the auto router's candidates and choice (None otherwise)
         stages.done("fit")
         if rank != 0:
             return {}
@@ -322,6 +326,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "artifact": None if artifact is None else str(artifact),
             "registered": registered,
             "export": export_report if artifact is not None else {"error": export_error},
+            **({"selection": selection} if selection else {}),
             "test": test_metrics,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

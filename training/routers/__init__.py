@@ -5,6 +5,7 @@ Learned routers predict every candidate model's quality for a prompt; the policy
 training (``random``, ``best-single``, ``oracle``) are computed in :mod:`training.evaluation`.
 """
 
+from training.routers.auto import AutoRouter
 from training.routers.baselines import KNNRouter, LogRegRouter
 from training.routers.neural import EncoderRouter, MFRouter, MLPRouter, TorchRouter
 
@@ -15,6 +16,8 @@ ROUTERS = {
     "encoder": EncoderRouter,
     "knn": KNNRouter,
     "logreg": LogRegRouter,
+    "auto": AutoRouter,
 }
 
-__all__ = ["ROUTERS", "EncoderRouter", "KNNRouter", "LogRegRouter", "MFRouter", "MLPRouter", "TorchRouter"]
+__all__ = ["ROUTERS", "AutoRouter", "EncoderRouter", "KNNRouter", "LogRegRouter", "MFRouter", "MLPRouter",
+           "TorchRouter"]

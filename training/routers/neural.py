@@ -266,17 +266,21 @@ class TorchRouter:
         router_cls = ROUTERS[info["kind"]]
         router = router_cls(config=TrainConfig.from_flat(info["config"]), n_models=info["n_models"],
                             input_dim=info["input_dim"])
-        n = router.config.router.ensemble
-        router.module_ = router.build_module(pretrained=False) if n <= 1 else Ensemble(
-            [router.build_module(pretrained=False) for _ in range(n)])
-        if info.get("groups"):
-            router.groups_ = info["groups"]
-            router.module_ = GroupBlend(router.module_, info["input_dim"],
-                                        torch.zeros(len(info["groups"]), info["n_models"]),
-                                        router.config.router.group_weight)
+        router.module_ = router.rebuild(info)
         router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
         router.module_.eval()
         return router
+
+    def rebuild(self, info: dict[str, Any]) -> nn.Module:
+        """An untrained module of the saved structure (``router.json``), for its weights to be loaded into."""
+        n = self.config.router.ensemble
+        module = self.build_module(pretrained=False) if n <= 1 else Ensemble(
+            [self.build_module(pretrained=False) for _ in range(n)])
+        if info.get("groups"):
+            self.groups_ = info["groups"]
+            module = GroupBlend(module, info["input_dim"], torch.zeros(len(info["groups"]), info["n_models"]),
+                                self.config.router.group_weight)
+        return module
 
 
 def _read_router_json(path: Path) -> dict[str, Any]:

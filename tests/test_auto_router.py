@@ -1,0 +1,236 @@
+"""The self-selecting router (``router.kind = "auto"``): its heads against the scikit-learn baselines
+they replace, the selection on real demo files, and every candidate kind through the ONNX export
+into the torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import ConfigError, load_config
+from training.data import load_traffic, write_jsonl
+from training.routers.baselines import KNNRouter, LogRegRouter
+from training.routers.heads import (
+    KNNHead,
+    apply_platt,
+    build_head,
+    expected_calibration_error,
+    fit_logreg,
+    fit_platt,
+)
+
+from .conftest import DEMO, ROOT
+
+
+def _synthetic(n: int = 400, d: int = 16, m: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    truth = 1 / (1 + np.exp(-(X @ rng.normal(size=(d, m)))))
+    quality = (rng.random((n, m)) < truth).astype(float)
+    quality[rng.random((n, m)) < 0.1] = np.nan  # some outcomes not logged
+    return X, quality
+
+
+def _sigmoid_of(head, X) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(head(torch.as_tensor(X))).numpy()
+
+
+def test_logreg_head_matches_scikit_learn_logistic_regression():
+    X, quality = _synthetic()
+    quality[:, 2] = np.where(np.isnan(quality[:, 2]), np.nan, 1.0)  # a constant model predicts its constant
+    for C in (0.1, 1.0):
+        ours = _sigmoid_of(fit_logreg(X, quality, C), X[:50])
+        theirs = LogRegRouter(C=C).fit(X, quality).predict(X[:50])
+        assert np.abs(ours - theirs).max() < 2e-3, C
+    assert np.allclose(ours[:, 2], 1.0, atol=1e-5)
+
+
+def test_knn_head_matches_the_knn_baseline_and_gives_the_prior_without_features():
+    X, quality = _synthetic(n=300)
+    queries = np.random.default_rng(1).normal(size=(40, X.shape[1])).astype(np.float32)
+    head = KNNHead(X, quality, 25)
+    assert np.abs(_sigmoid_of(head, queries) - KNNRouter(k=25).fit(X, quality).predict(queries)).max() < 1e-5
+    grid = head.predict_grid(queries, [5, 25])
+    assert np.allclose(grid[25], _sigmoid_of(head, queries), atol=1e-5)
+    assert not np.allclose(grid[5], grid[25])
+    empty = _sigmoid_of(head, np.zeros((1, X.shape[1]), np.float32))[0]  # no token known: every key ties
+    assert np.allclose(empty, np.nanmean(quality, axis=0), atol=1e-5)
+
+
+def test_platt_calibration_lowers_the_calibration_error_of_squashed_predictions():
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=2.0, size=(3000, 2))
+    quality = (rng.random((3000, 2)) < 1 / (1 + np.exp(-z))).astype(float)
+    squashed = 1 / (1 + np.exp(-(0.3 * z - 0.5)))  # right order, far too timid and shifted
+    before = expected_calibration_error(squashed, quality)
+    after = expected_calibration_error(apply_platt(squashed, *fit_platt(squashed, quality)), quality)
+    assert before > 0.1 and after < 0.03  # the noise floor here: 0.017 for the true probabilities
+
+
+def test_saved_spec_rebuilds_every_head_with_its_weights():
+    X, quality = _synthetic()
+    spec = {"type": "mean", "members": [{"type": "calibrated", "base": {"type": "logreg"}},
+                                        {"type": "knn", "records": 50, "k": 7},
+                                        {"type": "mlp", "hidden": 8, "layers": 1, "dropout": 0.0}]}
+    from training.routers.heads import Calibrated, MeanHead
+    from training.routers.neural import MLPHead
+
+    original = MeanHead([Calibrated(fit_logreg(X, quality, 1.0), 3), KNNHead(X[:50], quality[:50], 7),
+                         MLPHead(X.shape[1], 3, 8, 1, 0.0)]).eval()
+    rebuilt = build_head(json.loads(json.dumps(spec)), X.shape[1], 3)
+    rebuilt.load_state_dict(original.state_dict())
+    assert np.allclose(_sigmoid_of(rebuilt.eval(), X[:20]), _sigmoid_of(original, X[:20]), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown head type 'forest'"):
+        build_head({"type": "forest"}, 4, 2)
+
+
+def test_auto_settings_are_validated_with_the_key_named():
+    assert load_config(ROOT / "training/configs/auto.toml").router.kind == "auto"
+    with pytest.raises(ConfigError, match=r"router.candidates\[1\].*unknown candidate 'forest'"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.candidates=mlp,forest"])
+    with pytest.raises(ConfigError, match=r"router.knn_k\[0\].*whole number"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.knn_k=2.5"])
+    with pytest.raises(ConfigError, match="router.groups: the auto router tries"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.groups=task"])
+    with pytest.raises(ConfigError, match="router.auto_pick"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.candidates=mlp,logreg", "router.auto_pick=knn"])
+
+
+# --- end to end on demo files: each candidate kind exported and run by the runtime -----------------
+
+FAST = {"train.epochs": 8, "eval.n_boot": 0, "eval.knob_points": 21, "router.hidden": 64,
+        "router.knn_k": ["5", "25"], "router.logreg_c": ["0.1", "1"]}
+
+
+@pytest.fixture(scope="module")
+def demo_800(tmp_path_factory):
+    table, _ = load_traffic(DEMO)
+    path = tmp_path_factory.mktemp("demo") / "demo.jsonl"
+    write_jsonl(table.records[:800], path)
+    return path
+
+
+def _train(tmp_path, data, **overrides):
+    from training.pipeline import train_router
+
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, **overrides})
+    return train_router(config, data, out_dir=tmp_path / "router", progress=False,
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _runtime_matches_training(summary, data):
+    """The exported artifact's ``Router.predict`` equals the training-side predictions (test_predictions)."""
+    from router_ml import Router
+
+    table, _ = load_traffic(data)
+    lines = (Path(summary["out"]) / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    got = Router.load(summary["artifact"]).predict([table.texts[r["row"]] for r in rows])
+    assert np.abs(got - np.array([r["quality_hat"] for r in rows])).max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "mf", "groups", "logreg", "knn"])
+def test_each_candidate_kind_exports_to_one_graph_the_runtime_runs(tmp_path, demo_800, kind):
+    # val 20% of 560 = 112 prompts: selected on the validation split, not cross-validated
+    summary = _train(tmp_path, demo_800, **{"router.candidates": [kind], "router.cv_below": 0,
+                                            "data.val_size": 0.2, "tracking.enabled": False})
+    selection = summary["selection"]
+    assert selection["chosen"] == kind and selection["mode"] == "validation split"
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+    entry = selection["candidates"][kind]
+    assert entry["val_aiq"] == max(entry["val_aiq_uncalibrated"], entry["val_aiq_calibrated"])
+    assert entry["ece_calibrated"] <= entry["ece_uncalibrated"] + 0.01  # Platt scaling, fitted on these predictions
+    _runtime_matches_training(summary, demo_800)
+
+
+@pytest.mark.slow
+def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_ensemble(tmp_path, demo_800):
+    import mlflow
+
+    summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "knn", "mlp", "ensemble"],
+                                            "router.auto_pick": "ensemble"})
+    selection = summary["selection"]
+    # 560 train + validation records (56 validation prompts: too few to pick on) -> 5-fold CV over all
+    assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560
+    assert selection["chosen"] == "ensemble" and selection["candidates"]["ensemble"]["members"] == ["logreg", "knn",
+                                                                                                    "mlp"]
+    assert set(selection["candidates"]["knn"]["grid"]) == {"5", "25"}
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4
+    _runtime_matches_training(summary, demo_800)
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.params["selection.chosen"] == "ensemble"
+    for name in ("logreg", "knn", "mlp", "ensemble"):
+        assert run.data.metrics[f"selection.{name}.val_aiq"] == pytest.approx(selection["candidates"][name]["val_aiq"])
+    assert "selection.knn.ece" in run.data.metrics
+    # the saved checkpoint rebuilds the same head: re-scoring it gives the same predictions
+    from training.routers import TorchRouter
+
+    assert TorchRouter.load(summary["out"]).selection_["chosen"] == "ensemble"
+
+
+def _batchable(X, quality, rows, *, weights=None, groups=None):
+    from training.trainer import Batchable
+
+    cost = np.tile(np.array([0.1, 1.0, 3.0], np.float32), (len(rows), 1))
+    return Batchable(inputs=(X,), quality=quality[rows].astype(np.float32), cost=cost, cost_est=cost,
+                     groups=None if groups is None else groups[rows],
+                     weights=None if weights is None else weights[rows], rows=np.asarray(rows))
+
+
+def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
+    from training.routers import AutoRouter
+    from training.routers.auto import LogRegStage
+
+    X, quality = _synthetic(n=700)
+    quality = np.nan_to_num(quality, nan=0.0)
+    weights = np.ones_like(quality, dtype=np.float32)
+    weights[:150, 0] = 0.5  # 150 training records carry an imputed cell: never scored
+    groups = np.array(["a", "b"] * 350)
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn", "groups"],
+                                                               "train.epochs": 3})
+    train = _batchable(X, quality, np.arange(0, 500), weights=weights, groups=groups)
+    val = _batchable(X, quality, np.arange(500, 560), weights=weights, groups=groups)  # 60 < 100: cross-validated
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    selection = router.selection_
+    assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560 - 150
+    assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
+    assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
+    assert router.predict((X[600:],)).shape == (100, 3)
+    # the ensemble is kept unless a single candidate beats it by more than router.ensemble_margin
+    for margin, ensemble_kept in ((1.0, True), (0.0, None)):
+        wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_margin": margin})
+        picked = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        scores = picked.selection_["candidates"]
+        best = max(scores, key=lambda c: scores[c]["val_aiq"])
+        assert picked.selection_["chosen"] == ("ensemble" if ensemble_kept else best)
+    # logged records' targets are completed by a logistic regression, not by five selections
+    assert AutoRouter.first_stage is LogRegStage
+    stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    baseline = LogRegRouter(C=1.0).fit(X[:560], quality[:560]).predict(X[:50])
+    assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
+
+
+def test_fp32_parity_allows_a_top_k_graph_a_rare_neighbour_swap_and_nothing_more():
+    from training.export import ExportError, check_fp32
+
+    expected = np.full((1000, 3), 0.5)
+    swapped = expected.copy()
+    swapped[7, 1] += 1 / 400  # one prompt's 400th neighbour traded places with the 401st
+    assert check_fp32(expected, expected + 1e-6, discrete=False, routes_changed=0.0) == {
+        "fp32_max_abs_diff": pytest.approx(1e-6)}
+    with pytest.raises(ExportError, match="ONNX differs from torch by 2.50e-03"):
+        check_fp32(expected, swapped, discrete=False, routes_changed=0.0)
+    report = check_fp32(expected, swapped, discrete=True, routes_changed=0.001)
+    assert report["fp32_prompts_over_tolerance"] == 0.001 and report["fp32_routes_changed"] == 0.001
+    many = expected.copy()
+    many[:20, 0] += 0.01  # 2% of prompts: more than float rounding explains
+    with pytest.raises(ExportError, match="on 2.0% of prompts"):
+        check_fp32(expected, many, discrete=True, routes_changed=0.0)
+    with pytest.raises(ExportError, match="changes 1.5% of routes"):
+        check_fp32(expected, swapped, discrete=True, routes_changed=0.015)

@@ -1,0 +1,392 @@
+"""``router.kind = "auto"``: fit every candidate router and keep the one that routes best on held-out data.
+
+Users bring small logs (a few hundred to a few thousand labelled prompts) of data nobody tuned a
+router for; no single head wins everywhere there (an MLP overfits 300 prompts, kNN and a logistic
+regression hold up). So the candidates - ``mlp``, ``mf``, ``logreg`` (inverse L2 strength from
+``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with the
+record's ``router.auto_groups`` field, :class:`~training.routers.neural.GroupBlend`, only when the
+data names at least two groups) and ``ensemble`` (the mean of the other families' (calibrated)
+predictions) - are fitted on the training part and scored by the evaluation's own AIQ
+(:func:`training.evaluation.score_predictions`, the policy swept over the router's knob grid):
+
+- on the validation split when train + validation hold at least ``router.cv_below`` records and the
+  validation split at least :data:`MIN_VALIDATION` prompts;
+- otherwise by ``router.cv_folds``-fold cross-validation over train + validation (the torch
+  candidates early-stop on a tenth of each fold's training part), every record scored once.
+
+The ensemble is kept unless a single candidate beats it by more than ``router.ensemble_margin`` held-out
+AIQ: between candidates within noise of each other the average is the robust choice (RouteLLM seed 1:
+kNN 0.0007 above the ensemble in cross-validation, 0.0029 below it on the test set).
+
+Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
+where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
+and after is reported either way), and its hyperparameters are the grid point
+with the best held-out AIQ. The winner is refitted where that helps - logistic regression and kNN
+on all of train + validation, the torch candidates on train with early stopping on validation (after
+CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and exported like any router.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from router_ml.policy import knob_grid
+from training.evaluation import HeldOut, score_predictions
+from training.routers.heads import (
+    Calibrated,
+    KNNHead,
+    MeanHead,
+    apply_platt,
+    build_head,
+    expected_calibration_error,
+    fit_logreg,
+    fit_platt,
+)
+from training.routers.neural import MFRouter, MLPRouter, TorchRouter
+from training.trainer import Batchable
+
+__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_labels", "log_selection"]
+
+#: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
+AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "ensemble")
+#: no candidate is picked on fewer validation prompts than this without cross-validation
+MIN_VALIDATION = 100
+_TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
+log = logging.getLogger("router_ml.train")
+
+
+def _take(b: Batchable, local: np.ndarray) -> Batchable:
+    """The records ``local`` (positions) of ``b``, their preferences renumbered."""
+    local = np.asarray(local, dtype=np.int64)
+    prefs = None
+    if b.prefs is not None:
+        where = np.full(len(b), -1)
+        where[local] = np.arange(len(local))
+        kept = b.prefs[where[b.prefs[:, 0].astype(np.int64)] >= 0]
+        prefs = np.column_stack([where[kept[:, 0].astype(np.int64)], kept[:, 1:]]) if len(kept) else None
+    def part(a):
+        return None if a is None else a[local]
+    if b.rows is None:
+        return Batchable(inputs=tuple(x[local] for x in b.inputs), quality=b.quality[local], cost=b.cost[local],
+                         cost_est=b.cost_est[local], prefs=prefs, groups=part(b.groups), weights=part(b.weights))
+    return Batchable(inputs=b.inputs, quality=b.quality[local], cost=b.cost[local], cost_est=b.cost_est[local],
+                     prefs=prefs, groups=part(b.groups), weights=part(b.weights), rows=b.rows[local])
+
+
+def _concat(a: Batchable, b: Batchable | None) -> Batchable:
+    """Train and validation as one pool of records (train first)."""
+    if b is None or not len(b):
+        return a
+    def cat(x, y):
+        return None if x is None or y is None else np.concatenate([x, y])
+    prefs = a.prefs
+    if b.prefs is not None:
+        shifted = np.column_stack([b.prefs[:, 0] + len(a), b.prefs[:, 1:]])
+        prefs = shifted if prefs is None else np.concatenate([prefs, shifted])
+    same_inputs = (a.rows is not None and b.rows is not None
+                   and all(x is y for x, y in zip(a.inputs, b.inputs, strict=True)))
+    inputs = a.inputs if same_inputs else tuple(np.concatenate([np.asarray(x[_rows(a)]), np.asarray(y[_rows(b)])])
+                                                for x, y in zip(a.inputs, b.inputs, strict=True))
+    return Batchable(inputs=inputs, quality=np.concatenate([a.quality, b.quality]),
+                     cost=np.concatenate([a.cost, b.cost]), cost_est=np.concatenate([a.cost_est, b.cost_est]),
+                     prefs=prefs, groups=cat(a.groups, b.groups), weights=_cat_weights(a, b),
+                     rows=cat(a.rows, b.rows) if same_inputs else None)
+
+
+def _cat_weights(a: Batchable, b: Batchable) -> np.ndarray | None:
+    """Both parts' loss weights (1 for a part without any), or None when neither has some."""
+    if a.weights is None and b.weights is None:
+        return None
+    return np.concatenate([np.ones(x.quality.shape, np.float32) if x.weights is None else x.weights for x in (a, b)])
+
+
+def _rows(b: Batchable) -> np.ndarray:
+    return np.arange(len(b)) if b.rows is None else b.rows
+
+
+def _grid(values: tuple[str, ...], cast) -> list:
+    return [cast(float(v)) for v in values]
+
+
+def _known_groups(labels: np.ndarray | None) -> int:
+    return 0 if labels is None else len(set(np.asarray(labels, dtype=str).tolist()) - {""})
+
+
+def auto_group_labels(config, table) -> np.ndarray | None:
+    """The group labels the ``groups`` candidate trains with (``router.auto_groups`` of every record),
+    or None when the router is not ``auto``, the candidate is off, or the data names fewer than 2 groups."""
+    r = config.router
+    if r.kind != "auto" or not r.auto_groups or "groups" not in r.candidates:
+        return None
+    labels = table.group_values(r.auto_groups)
+    return labels if _known_groups(labels) >= 2 else None
+
+
+def _torch_spec(router: TorchRouter) -> dict[str, Any]:
+    """The :func:`~training.routers.heads.build_head` spec of a fitted MLP/MF router's module."""
+    r = router.config.router
+    base = ({"type": "mlp", "hidden": r.hidden, "layers": r.layers, "dropout": r.dropout} if router.kind == "mlp"
+            else {"type": "mf", "model_dim": r.model_dim, "dropout": r.dropout})
+    if r.ensemble > 1:
+        base = {"type": "ensemble", "members": [base] * r.ensemble}
+    if getattr(router, "groups_", None):
+        base = {"type": "groups", "base": base, "groups": len(router.groups_), "weight": r.group_weight,
+                "names": router.groups_}
+    return base
+
+
+@contextlib.contextmanager
+def _one_thread(config):
+    """torch and the BLAS/OpenMP pools (scikit-learn's group classifier) on ``train.threads`` threads, 1 by
+    default: these small problems gain nothing from a second thread and lose up to 4x on a loaded
+    machine (a logistic regression on MMLU-Pro: 29 s on one thread, 118 s on two, beside other jobs)."""
+    from threadpoolctl import threadpool_limits
+
+    threads = config.train.threads or 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class LogRegStage(TorchRouter):
+    """The auto router's first stage for completing logged records' targets (training/offpolicy.py):
+    cross-fitting the whole selection five times would cost five selections; a logistic regression
+    (C = 1, the baseline's) costs seconds. Not a router kind of its own: never saved."""
+
+    kind = "logreg"
+
+    def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
+            on_epoch=None) -> LogRegStage:
+        pool = _concat(train, val)
+        with _one_thread(self.config):
+            self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
+        return self
+
+
+class AutoRouter(TorchRouter):
+    """Chooses among candidate routers by held-out AIQ (module doc); its module is the winner's head."""
+
+    kind = "auto"
+    first_stage = LogRegStage
+
+    def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
+            on_epoch=None) -> AutoRouter:
+        with _one_thread(self.config):
+            self.module_, self.spec_, self.selection_ = _Selection(self, train, val, wtp_range, on_epoch).run()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "spec": self.spec_, "selection": self.selection_}
+
+    def rebuild(self, info: dict[str, Any]) -> torch.nn.Module:
+        self.spec_, self.selection_ = info["spec"], info.get("selection")
+        return build_head(self.spec_, self.input_dim, self.n_models)
+
+
+class _Selection:
+    """One run of the selection: held-out predictions of every candidate, their scores, the final head."""
+
+    def __init__(self, router: AutoRouter, train: Batchable, val: Batchable | None, wtp_range, on_epoch):
+        self.router, self.config, self.r = router, router.config, router.config.router
+        self.train, self.val, self.wtp_range, self.on_epoch = train, val, wtp_range, on_epoch
+        self.pool = _concat(train, val)
+        self.n = len(self.pool)
+        self.seed = self.config.data.seed
+        n_val = 0 if val is None else len(val)
+        self.cv = self.n < self.r.cv_below or n_val < MIN_VALIDATION
+        self.families = [c for c in self.r.candidates if c != "ensemble"]
+        if "groups" in self.families and _known_groups(self.pool.groups) < 2:
+            self.families.remove("groups")
+        self.fitted: dict[str, TorchRouter] = {}
+        self.seconds: dict[str, float] = {}
+        self._X: np.ndarray | None = None
+
+    @property
+    def X(self) -> np.ndarray:
+        """The pool's features in memory (logistic regression and kNN read them whole)."""
+        if self._X is None:
+            self._X = np.asarray(self.pool.input_rows(np.arange(self.n))[0], dtype=np.float32)
+        return self._X
+
+    def _parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if not self.cv:
+            return [(np.arange(len(self.train)), np.arange(len(self.train), self.n))]
+        folds = min(self.r.cv_folds, self.n)
+        order = np.random.default_rng(self.seed).permutation(self.n)
+        return [(np.sort(np.setdiff1d(order, order[k::folds])), np.sort(order[k::folds])) for k in range(folds)]
+
+    def _torch_config(self, family: str):
+        groups = self.r.auto_groups if family == "groups" else ""
+        kind = "mf" if family == "mf" else "mlp"
+        return self.config.replace(**{"router.kind": kind, "router.groups": groups})
+
+    def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
+        router = _TORCH[family](config=self._torch_config(family), n_models=self.router.n_models,
+                                input_dim=self.router.input_dim)
+        return self._timed(family, lambda: router.fit(fit, stop, wtp_range=self.wtp_range, on_epoch=on_epoch))
+
+    def _timed(self, family: str, fn):
+        started = time.perf_counter()
+        out = fn()
+        self.seconds[family] = self.seconds.get(family, 0.0) + time.perf_counter() - started
+        return out
+
+    def _predict_part(self, fit: np.ndarray, score: np.ndarray, preds: dict[tuple[str, Any], np.ndarray]) -> None:
+        """Fit every candidate on the pool's records ``fit`` and store its predictions for ``score``."""
+        X, Q = self.X, self.pool.quality
+        for family in self.families:
+            if family in _TORCH:
+                if self.cv:  # a tenth of the fold's training part for early stopping
+                    shuffled = np.random.default_rng(self.seed + 1).permutation(fit)
+                    cut = max(1, len(fit) // 10)
+                    stop, rest = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+                    router = self._fit_torch(family, _take(self.pool, rest), _take(self.pool, stop))
+                else:
+                    router = self._fit_torch(family, self.train, self.val,
+                                             on_epoch=self.on_epoch if family == "mlp" else None)
+                    self.fitted[family] = router
+                preds[(family, None)][score] = router.predict(self.pool.input_rows(score))
+            elif family == "logreg":
+                head = None
+                for c in sorted(_grid(self.r.logreg_c, float)):  # each warm-starts from the stronger penalty's
+                    head = self._timed(family, lambda c=c, h=head: fit_logreg(X[fit], Q[fit], c, start=h))
+                    with torch.no_grad():
+                        preds[(family, c)][score] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
+            elif family == "knn":
+                ks = _grid(self.r.knn_k, int)
+                grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks)).predict_grid(X[score], ks))
+                for k in ks:
+                    preds[(family, k)][score] = grid[k]
+
+    def _variants(self) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for family in self.families:
+            if family == "logreg":
+                out += [(family, c) for c in _grid(self.r.logreg_c, float)]
+            elif family == "knn":
+                out += [(family, k) for k in _grid(self.r.knn_k, int)]
+            else:
+                out.append((family, None))
+        return out
+
+    def run(self) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+        started = time.perf_counter()
+        variants = self._variants()
+        preds = {v: np.full(self.pool.quality.shape, np.nan) for v in variants}
+        parts = self._parts()
+        log.info("auto: %s on %d records: %s", "cross-validating" if self.cv else "validating", self.n,
+                 ", ".join(self.families))
+        for k, (fit, score) in enumerate(parts):
+            self._predict_part(fit, score, preds)
+            log.info("auto: part %d/%d fitted (%s)", k + 1, len(parts),
+                     ", ".join(f"{f} {t:.0f}s" for f, t in self.seconds.items()))
+        scored = np.concatenate([s for _, s in parts])
+        if self.pool.weights is not None:  # completed logged records: score only records with no imputed cell
+            complete = np.all(self.pool.weights[scored] == 1, axis=1)
+            if complete.sum() >= MIN_VALIDATION:
+                scored = scored[complete]
+        Q = self.pool.quality[scored]
+        grid = knob_grid(np.nanmean(self.train.cost, axis=0), self.config.eval.knob_points)
+        held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
+                       models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
+        calibrated, platt, scores = {}, {}, {}
+        for v in variants:
+            raw = preds[v][scored]
+            calibrated[v] = raw
+            scores[v] = {"val_aiq": _aiq(raw, held), "ece": expected_calibration_error(raw, Q), "calibrated": False}
+            if self.r.calibrate:  # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse)
+                platt[v] = fit_platt(raw, Q)
+                version = apply_platt(raw, *platt[v])
+                entry = {"val_aiq_calibrated": _aiq(version, held),
+                         "ece_calibrated": expected_calibration_error(version, Q)}
+                if entry["val_aiq_calibrated"] > scores[v]["val_aiq"]:
+                    calibrated[v] = version
+                    entry.update(val_aiq=entry["val_aiq_calibrated"], ece=entry["ece_calibrated"], calibrated=True)
+                scores[v] = {**scores[v], "val_aiq_uncalibrated": scores[v]["val_aiq"],
+                             "ece_uncalibrated": scores[v]["ece"], **entry}
+        best = {f: max((v for v in variants if v[0] == f), key=lambda v: scores[v]["val_aiq"]) for f in self.families}
+        report: dict[str, dict[str, Any]] = {}
+        for family, v in best.items():
+            report[family] = {**scores[v], "seconds": round(self.seconds.get(family, 0.0), 2)}
+            if v[1] is not None:
+                report[family][{"logreg": "C", "knn": "k"}[family]] = v[1]
+                report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
+        if "ensemble" in self.r.candidates and len(best) >= 2:
+            mean = np.mean([calibrated[v] for v in best.values()], axis=0)
+            report["ensemble"] = {"val_aiq": _aiq(mean, held), "ece": expected_calibration_error(mean, Q),
+                                  "members": list(best)}
+        order = [c for c in AUTO_CANDIDATES if c in report]
+        chosen = max(order, key=lambda c: report[c]["val_aiq"])
+        if "ensemble" in report and report["ensemble"]["val_aiq"] >= report[chosen]["val_aiq"] - self.r.ensemble_margin:
+            chosen = "ensemble"  # within noise of the best: the average is the robust choice
+        if self.r.auto_pick in report:
+            chosen = self.r.auto_pick
+        log.info("auto: chose %s (held-out AIQ %s)", chosen,
+                 ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
+        members = list(best) if chosen == "ensemble" else [chosen]
+        heads, specs = [], []
+        for family in members:
+            head, spec = self._final(family, best[family][1])
+            if scores[best[family]]["calibrated"]:
+                head, spec = _calibrated(head, spec, *platt[best[family]])
+            heads.append(head)
+            specs.append(spec)
+        module, spec = (MeanHead(heads), {"type": "mean", "members": specs}) if chosen == "ensemble" else (heads[0],
+                                                                                                          specs[0])
+        selection = {"chosen": chosen, "picked_by": "router.auto_pick" if self.r.auto_pick else "held-out AIQ",
+                     "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
+                     "scored_records": int(len(scored)), "calibrated": self.r.calibrate,
+                     "seconds": round(time.perf_counter() - started, 2), "candidates": report}
+        return module.eval(), spec, selection
+
+    def _final(self, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The chosen candidate fitted for keeps (module doc) and its spec."""
+        if family == "logreg":
+            return fit_logreg(self.X, self.pool.quality, param), {"type": "logreg"}
+        if family == "knn":
+            keep = np.arange(self.n)
+            cap = self.r.knn_records
+            if cap and self.n > cap:
+                keep = np.sort(np.random.default_rng(self.seed).choice(self.n, cap, replace=False))
+            head = KNNHead(self.X[keep], self.pool.quality[keep], param)
+            return head, {"type": "knn", "records": int(len(keep)), "k": head.k}
+        router = self.fitted.get(family)
+        if router is None:  # after cross-validation: train, early-stopped on validation, as a plain run
+            router = self._fit_torch(family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)
+        return router.module_, _torch_spec(router)
+
+
+def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):
+    wrapped = Calibrated(head, len(scale))
+    with torch.no_grad():
+        wrapped.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        wrapped.shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
+    return wrapped, {"type": "calibrated", "base": spec}
+
+
+def _aiq(pred: np.ndarray, held: HeldOut) -> float:
+    value = score_predictions(pred, held, n_boot=0).get("aiq")
+    return float("-inf") if value is None else round(float(value), 6)
+
+
+def log_selection(tracker, router) -> dict[str, Any] | None:
+    """Log an auto router's choice (params) and every candidate's held-out scores (metrics); return the
+    selection report for the run summary, or None for any other router."""
+    selection = getattr(router, "selection_", None)
+    if not selection:
+        return None
+    tracker.log_params({"selection.chosen": selection["chosen"], "selection.mode": selection["mode"]})
+    tracker.log_metrics({f"selection.{name}.{key}": value for name, entry in selection["candidates"].items()
+                         for key, value in entry.items()
+                         if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})
+    return selection

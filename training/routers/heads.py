@@ -1,0 +1,245 @@
+"""Torch heads for the routers that ``router.kind = "auto"`` chooses between, beyond the MLP and MF.
+
+Every head maps prompt features to per-model quality *logits*, like :class:`~training.routers.neural.MLPHead`,
+so that whichever one wins is saved as safetensors, rebuilt from a JSON spec (:func:`build_head`) and
+exported by :mod:`training.export` into the same single ONNX graph as any static router:
+
+- :class:`LinearHead`: a per-model logistic regression (``Linear`` + the graph's sigmoid), fitted
+  here with full-batch L-BFGS on the same soft-label objective as scikit-learn's ``LogisticRegression``
+  (``training.routers.baselines.LogRegRouter``) - all models at once, in a fraction of the time;
+- :class:`KNNHead`: cosine k-nearest neighbours as a ``MatMul`` against the stored normalised
+  training embeddings, ``TopK`` and a gather of their observed qualities, shrunk toward each model's
+  mean exactly as :class:`~training.routers.baselines.KNNRouter` does;
+- :class:`Calibrated`: per-model Platt scaling (``a * logit + b``) fitted on held-out predictions;
+- :class:`MeanHead`: the average of its members' (calibrated) probabilities - the ensemble.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.routers.neural import Ensemble, GroupBlend, MFHead, MLPHead
+
+__all__ = ["Calibrated", "KNNHead", "LinearHead", "MeanHead", "build_head", "expected_calibration_error",
+           "fit_logreg", "fit_platt", "logit"]
+
+EPS = 1e-6
+#: the solvers' precision: float32 halves the time of an L-BFGS fit and moves predictions by < 1e-4
+DTYPE = torch.float32
+
+
+def logit(q: torch.Tensor) -> torch.Tensor:
+    """The logit of probabilities kept inside ``[EPS, 1 - EPS]`` (finite for 0 and 1)."""
+    q = q.clamp(EPS, 1 - EPS)
+    return torch.log(q) - torch.log1p(-q)
+
+
+class LinearHead(nn.Module):
+    """Logistic regression per model: ``logits = x W^T + b``."""
+
+    def __init__(self, in_dim: int, n_models: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n_models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def _soft_bce(logits: torch.Tensor, target: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Sum over observed cells of the binary cross-entropy with graded (soft) targets."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (loss * observed).sum()
+
+
+def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 200,
+               start: LinearHead | None = None) -> LinearHead:
+    """A :class:`LinearHead` minimising, per model, ``0.5 |w|^2 + C * sum(soft BCE)`` over the observed
+    cells (scikit-learn's objective; the intercept is not penalised). A model whose observed quality is
+    constant (or that is observed fewer than twice) predicts that constant, as ``LogRegRouter`` does.
+    ``start`` (the solution at a nearby ``C``) warm-starts the solver: a grid costs little more than one fit."""
+    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    observed_np = ~np.isnan(quality)
+    q = np.nan_to_num(np.asarray(quality, dtype=np.float32))
+    counts = observed_np.sum(axis=0)
+    means = np.where(counts > 0, q.sum(axis=0) / np.maximum(counts, 1), 0.0)
+    spread = np.array([np.ptp(q[observed_np[:, j], j]) if counts[j] else 0.0 for j in range(q.shape[1])])
+    learn = (counts >= 2) & (spread > 0)
+    observed = torch.as_tensor(observed_np & learn[None, :], dtype=DTYPE)
+    penalised = torch.as_tensor(learn, dtype=DTYPE)[:, None]
+    target = torch.as_tensor(q)
+    n, d = x.shape
+    if start is None:
+        weight = torch.zeros(q.shape[1], d, dtype=DTYPE, requires_grad=True)
+        bias = torch.as_tensor(np.log(np.clip(means, 0.01, 0.99) / (1 - np.clip(means, 0.01, 0.99))), dtype=DTYPE)
+    else:
+        weight = start.linear.weight.detach().to(DTYPE).clone().requires_grad_(True)
+        bias = start.linear.bias.detach().to(DTYPE).clone()
+    bias.requires_grad_(True)
+    optim = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                              history_size=20, line_search_fn="strong_wolfe")
+    scale = 1.0 / max(1, n)  # the objective divided by C * n: same minimum, better conditioned
+
+    def closure() -> torch.Tensor:
+        optim.zero_grad()
+        loss = (_soft_bce(x @ weight.T + bias, target, observed) + 0.5 / C * (weight * penalised).pow(2).sum())
+        loss = loss * scale
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    head = LinearHead(d, q.shape[1])
+    with torch.no_grad():
+        w = weight.detach().clone()
+        b = bias.detach().clone()
+        fixed = torch.as_tensor(~learn)
+        w[fixed] = 0.0
+        b[fixed] = logit(torch.as_tensor(means, dtype=DTYPE))[fixed]
+        head.linear.weight.copy_(w.float())
+        head.linear.bias.copy_(b.float())
+    return head.eval()
+
+
+class KNNHead(nn.Module):
+    """Cosine k-nearest neighbours over stored training prompts: the mean observed quality of the ``k``
+    most similar ones, shrunk toward each model's overall mean by one pseudo-observation
+    (:class:`~training.routers.baselines.KNNRouter`'s rule). ``TopK`` breaks exact ties by the lower index
+    (the ONNX rule; torch is asked for the same with a stable sort). A prompt without features (all
+    zero: no known token) has no neighbours and gets the prior."""
+
+    def __init__(self, keys: np.ndarray, quality: np.ndarray, k: int):
+        super().__init__()
+        keys = np.asarray(keys, dtype=np.float32)
+        keys = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+        observed = ~np.isnan(quality)
+        counts = observed.sum(axis=0)
+        prior = np.where(counts > 0, np.nan_to_num(quality).sum(axis=0) / np.maximum(counts, 1), 0.0)
+        self.register_buffer("keys", torch.as_tensor(keys))
+        self.register_buffer("values", torch.as_tensor(np.nan_to_num(quality), dtype=torch.float32))
+        self.register_buffer("observed", torch.as_tensor(observed, dtype=torch.float32))
+        self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
+        self.k = int(min(k, len(keys)))
+
+    def neighbours(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices (B, k) of the most similar stored prompts, whether the prompt has features (B, 1))``."""
+        norm = x.norm(dim=-1, keepdim=True)
+        sims = (x / norm.clamp_min(1e-12)) @ self.keys.T
+        if torch.onnx.is_in_onnx_export():
+            index = torch.topk(sims, k, dim=-1).indices
+        else:
+            index = torch.sort(sims, dim=-1, descending=True, stable=True).indices[:, :k]
+        return index, norm > 0
+
+    def quality(self, index: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        sums = self.values[index].sum(dim=1)
+        counts = self.observed[index].sum(dim=1)
+        return torch.where(known, (sums + self.prior) / (counts + 1.0), self.prior)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index, known = self.neighbours(x, self.k)
+        return logit(self.quality(index, known))
+
+    @torch.no_grad()
+    def predict_grid(self, X: np.ndarray, ks: list[int], batch: int = 512) -> dict[int, np.ndarray]:
+        """Predicted quality for every ``k`` of ``ks`` from one neighbour search of ``max(ks)``."""
+        top = min(max(ks), len(self.keys))
+        out: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+        for a in range(0, len(X), batch):
+            index, known = self.neighbours(torch.as_tensor(np.asarray(X[a:a + batch], dtype=np.float32)), top)
+            for k in ks:
+                out[k].append(self.quality(index[:, :min(k, top)], known).numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+class Calibrated(nn.Module):
+    """Per-model Platt scaling of a head's logits: ``scale * logit + shift``."""
+
+    def __init__(self, base: nn.Module, n_models: int):
+        super().__init__()
+        self.base = base
+        self.register_buffer("scale", torch.ones(n_models))
+        self.register_buffer("shift", torch.zeros(n_models))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) * self.scale + self.shift
+
+
+def fit_platt(pred: np.ndarray, quality: np.ndarray, *, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Per-model ``(scale, shift)`` that map held-out predicted quality ``pred`` to calibrated logits,
+    by soft-label logistic regression on the observed cells (a small ridge pulls toward the identity;
+    the scale stays >= 0 so that calibration never reverses a model's ranking of prompts)."""
+    z = logit(torch.as_tensor(np.asarray(pred, dtype=np.float32)))
+    observed = torch.as_tensor(~np.isnan(quality), dtype=DTYPE)
+    target = torch.as_tensor(np.nan_to_num(np.asarray(quality, dtype=np.float32)))
+    scale = torch.ones(z.shape[1], dtype=DTYPE, requires_grad=True)
+    shift = torch.zeros(z.shape[1], dtype=DTYPE, requires_grad=True)
+    optim = torch.optim.LBFGS([scale, shift], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+    n = max(1.0, float(observed.sum()))
+
+    def closure() -> torch.Tensor:
+        optim.zero_grad()
+        penalty = ridge * ((scale - 1).pow(2).sum() + shift.pow(2).sum())
+        loss = _soft_bce(z * scale + shift, target, observed) / n + penalty
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    return scale.detach().clamp_min(0).numpy(), shift.detach().numpy()
+
+
+def apply_platt(pred: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``pred`` (probabilities) through a :func:`fit_platt` calibration, as :class:`Calibrated` computes it."""
+    z = logit(torch.as_tensor(np.asarray(pred, dtype=np.float32))).numpy()
+    return 1.0 / (1.0 + np.exp(-(z * scale.astype(np.float32) + shift.astype(np.float32))))
+
+
+class MeanHead(nn.Module):
+    """The mean of the members' predicted probabilities, as a logit (the ensemble of the candidates)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logit(torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(dim=0))
+
+
+def expected_calibration_error(pred: np.ndarray, quality: np.ndarray, bins: int = 10) -> float:
+    """ECE over the observed cells: the mean |predicted - observed quality| of ``bins`` equal-width bins
+    of the prediction, weighted by the cells in each."""
+    observed = ~np.isnan(quality)
+    p, q = np.asarray(pred)[observed], np.asarray(quality)[observed]
+    if not len(p):
+        return float("nan")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = sum(abs(p[which == b].mean() - q[which == b].mean()) * (which == b).sum()
+                for b in range(bins) if (which == b).any())
+    return float(total / len(p))
+
+
+def build_head(spec: dict[str, Any], in_dim: int, n_models: int) -> nn.Module:
+    """An untrained head of the structure ``spec`` describes (a saved :class:`AutoRouter`'s ``router.json``),
+    with buffers of the right shapes for ``load_state_dict`` to fill."""
+    kind = spec["type"]
+    if kind == "mlp":
+        return MLPHead(in_dim, n_models, spec["hidden"], spec["layers"], spec["dropout"])
+    if kind == "mf":
+        return MFHead(in_dim, n_models, spec["model_dim"], spec["dropout"])
+    if kind == "logreg":
+        return LinearHead(in_dim, n_models)
+    if kind == "knn":
+        return KNNHead(np.zeros((spec["records"], in_dim), np.float32), np.zeros((spec["records"], n_models)),
+                       spec["k"])
+    if kind == "groups":
+        return GroupBlend(build_head(spec["base"], in_dim, n_models), in_dim, torch.zeros(spec["groups"], n_models),
+                          spec["weight"])
+    if kind == "calibrated":
+        return Calibrated(build_head(spec["base"], in_dim, n_models), n_models)
+    if kind == "ensemble":
+        return Ensemble([build_head(s, in_dim, n_models) for s in spec["members"]])
+    if kind == "mean":
+        return MeanHead([build_head(s, in_dim, n_models) for s in spec["members"]])
+    raise ValueError(f"unknown head type {kind!r} in router.json; retrain the router with this router-ml")
