@@ -44,7 +44,7 @@ from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
 from training.routers.auto import auto_group_labels, log_selection
 from training.routers.neural import check_groups
-from training.stages import Stages
+from training.stages import Stages, return_free_memory
 from training.trainer import Batchable, distributed_context
 
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
@@ -246,6 +246,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     stages.done("featurize")
     # what training no longer reads (the cost model is priced): ~100 bytes a record on full-information data
     table.release(*TrafficTable.RELEASABLE)
+    return_free_memory()
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts), dtype=np.float32)  # the loss reads f32
     router_cls = ROUTERS[config.router.kind]
     router: TorchRouter = router_cls(config=config, n_models=len(table.models),
@@ -276,6 +277,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
         selection = log_selection(tracker, router)  # the auto router's candidates and choice (None otherwise)
+        del train, val, batch, cost_est  # the split's targets (0.6 GB at 10M records): evaluation has its own
         stages.done("fit")
         if rank != 0:
             return {}

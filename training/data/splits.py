@@ -52,17 +52,30 @@ def _group_order(texts, seeds: tuple[int, ...]) -> list[np.ndarray]:
     the order of ``sha256(f"{seed}:{key}")``. One pass over the texts, keeping two 64-bit words of
     each digest instead of the keys (at ten million prompts the keys alone would take gigabytes);
     the first 128 bits of a sha256 order distinct prompts exactly as the whole digest does."""
-    words = {seed: np.empty((len(texts), 2), dtype=">u8") for seed in seeds}
+    words = {seed: (np.empty(len(texts), dtype=np.uint64), np.empty(len(texts), dtype=np.uint64)) for seed in seeds}
     for i, text in enumerate(texts):
         key = normalize_prompt(text)
-        for seed, out in words.items():
-            out[i] = np.frombuffer(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16], dtype=">u8")
+        for seed, (hi, lo) in words.items():
+            hi[i], lo[i] = np.frombuffer(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16], dtype=">u8")
     ranks = []
     for seed in seeds:
-        w = words[seed].astype(np.uint64)
-        _, rank = np.unique(w, axis=0, return_inverse=True)
-        ranks.append(rank.reshape(-1))
+        ranks.append(_dense_rank(*words.pop(seed)))
     return ranks
+
+
+def _dense_rank(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Each row's rank among the distinct ``(hi, lo)`` pairs in ascending order (what
+    ``np.unique(axis=0, return_inverse=True)`` gives, in a third of its memory: 10M rows peak at
+    about 330 MB here against 1.7 GB)."""
+    order = np.lexsort((lo, hi))
+    new = np.ones(len(order), dtype=bool)
+    for word in (hi, lo):  # a sorted copy of one word at a time
+        ordered = word[order]
+        new[1:] &= ordered[1:] == ordered[:-1]
+    new[1:] = ~new[1:]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return rank
 
 
 def _take(rank: np.ndarray, n: int) -> np.ndarray:
