@@ -201,3 +201,29 @@ def test_block_column_means_match_nanmean_and_full_costs_are_not_copied():
     partial = TrafficTable([*records, Record(prompt="q", outcomes={"a": Outcome(quality=1.0)})])
     filled = observed_costs(partial, np.arange(9))
     assert not np.shares_memory(filled, partial.columns.cost) and np.isfinite(filled).all()
+
+
+def test_validation_forward_passes_stay_within_the_chunk(monkeypatch):
+    """Validation runs the module over at most VALIDATION_CHUNK records at a time, whatever the memory
+    window (one pass over a whole window held a GB of activations at 10M records)."""
+    import torch
+
+    from training import trainer
+
+    X, quality, cost = _problem()
+    config = load_config(None, ["train.epochs=1", "router.hidden=8", "train.max_steps=2"])
+    parts = [Batchable(inputs=(X,), quality=quality[r], cost=cost[r], cost_est=cost[r], rows=r)
+             for r in (np.arange(0, 1000), np.arange(1000, 3500))]
+    seen: list[int] = []
+    real_loss = trainer._batch_loss
+
+    def recording(module, data, index, inputs, *args, **kwargs):
+        if not module.training:
+            seen.append(len(index))
+        return real_loss(module, data, index, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "VALIDATION_CHUNK", 1000)
+    monkeypatch.setattr(trainer, "_batch_loss", recording)
+    torch.manual_seed(0)
+    MLPRouter(config=config, n_models=2, input_dim=X.shape[1]).fit(*parts, wtp_range=(1e-4, 1.0))
+    assert seen == [1000, 1000, 500]  # every validation record once, in chunks of at most 1,000

@@ -202,11 +202,17 @@ def _batch_loss(module, data, index, inputs, device, loss_cfg, wtp_range, genera
     return loss
 
 
+#: records per validation forward pass: the activations of one pass over a whole memory window (a
+#: 512-wide hidden layer over 238k records: 1 GB) were the largest allocation of a 10M-record fit
+VALIDATION_CHUNK = 65536
+
+
 def _validation_loss(module, val: Batchable, device, loss_cfg, wtp_range, seed: int, window: int) -> float:
-    """The validation loss, computed ``window`` records at a time (each chunk draws the same
-    willingness values; the chunks' losses are averaged by their record counts)."""
+    """The validation loss, computed ``min(window, VALIDATION_CHUNK)`` records at a time (each chunk
+    draws the same willingness values; the chunks' losses are averaged by their record counts)."""
     module.eval()
     total = 0.0
+    window = max(1, min(window, VALIDATION_CHUNK))
     with torch.no_grad():
         for a in range(0, len(val), window):
             index = np.arange(a, min(a + window, len(val)))
