@@ -16,6 +16,7 @@ from router_ml.errors import RouterMLError
 from router_ml.formats import VERSION_FIELD, read_versioned
 from router_ml.truncation import clip_tokens, default_head, prepare_text
 from training.config import TrainConfig
+from training.featurizers._base import quiet_transformers
 from training.trainer import Batchable, fit_module
 
 __all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter",
@@ -408,7 +409,8 @@ class EncoderRouter(TorchRouter):
             verbosity = transformers.logging.get_verbosity()
             transformers.logging.set_verbosity_error()  # the dropped layers' weights are unused on purpose
             try:
-                encoder = AutoModel.from_pretrained(checkpoint, config=config)
+                with quiet_transformers():  # its weight-loading bar: instant, and not ours to show
+                    encoder = AutoModel.from_pretrained(checkpoint, config=config)
             finally:
                 transformers.logging.set_verbosity(verbosity)
         else:
