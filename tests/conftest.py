@@ -14,6 +14,16 @@ DEMO = ROOT / "data" / "demo" / "traffic.jsonl"
 TRAIN_RECORDS = 800
 
 
+def demo_head(tmp_path_factory, n: int) -> Path:
+    """The first ``n`` demo records written as a canonical JSONL file (a quicker set to train on)."""
+    from training.data import load_traffic, write_jsonl
+
+    table, _ = load_traffic(DEMO)
+    path = tmp_path_factory.mktemp("demo") / "demo.jsonl"
+    write_jsonl(table.records[:n], path)
+    return path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real public routing data beside the checkout; tests using it skip, saying so, if absent."""

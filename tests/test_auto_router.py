@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from training.config import ConfigError, load_config
-from training.data import load_traffic, write_jsonl
+from training.data import load_traffic
 from training.routers.baselines import KNNRouter, LogRegRouter
 from training.routers.heads import (
     KNNHead,
@@ -23,7 +23,7 @@ from training.routers.heads import (
     fit_platt,
 )
 
-from .conftest import DEMO, ROOT
+from .conftest import ROOT, demo_head
 
 
 def _synthetic(n: int = 400, d: int = 16, m: int = 3, seed: int = 0):
@@ -109,10 +109,7 @@ FAST = {"train.epochs": 8, "eval.n_boot": 0, "eval.knob_points": 21, "router.hid
 
 @pytest.fixture(scope="module")
 def demo_800(tmp_path_factory):
-    table, _ = load_traffic(DEMO)
-    path = tmp_path_factory.mktemp("demo") / "demo.jsonl"
-    write_jsonl(table.records[:800], path)
-    return path
+    return demo_head(tmp_path_factory, 800)
 
 
 def _train(tmp_path, data, **overrides):

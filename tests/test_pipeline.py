@@ -13,7 +13,7 @@ import pytest
 
 from training.data import Preference, Record, load_traffic, write_jsonl
 
-from .conftest import DEMO, ROOT
+from .conftest import DEMO, ROOT, demo_head
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=25", "--set", "eval.n_boot=20", "--set", "eval.knob_points=41"]
@@ -28,10 +28,7 @@ def cli(*args, cwd, env=None, timeout=900):
 
 @pytest.fixture(scope="module")
 def demo_subset(tmp_path_factory):
-    table, _ = load_traffic(DEMO)
-    path = tmp_path_factory.mktemp("demo") / "demo.jsonl"
-    write_jsonl(table.records[:1600], path)
-    return path
+    return demo_head(tmp_path_factory, 1600)
 
 
 def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset):
