@@ -26,7 +26,15 @@ included - to be answered and logged (each record is written whole when its requ
 needs no flush), closes the upstream pools and the log and exits 0. Several workers:
 :mod:`router_ml.workers`.
 
-starlette, uvicorn and prometheus_client are imported only here (``pip install "router-ml[serve]"``).
+The hot path (CPU per request): uvicorn keeps the server around the requests (sockets, signals, the lifespan,
+the graceful shutdown) but each connection is the proxy's own HTTP/1.1 protocol (:mod:`router_ml._serve_http`:
+httptools' parser straight into :class:`ProxyApp`'s handlers, one write per answer), upstream calls go
+through the proxy's own keep-alive client (:mod:`router_ml._http1`, ``upstream="http1"``; the library
+default stays httpx), bodies and log lines are parsed and written by orjson (:mod:`router_ml._json`) and
+the metrics' label children are looked up once. Every behaviour above is the same as on the general stack.
+
+uvicorn, httptools, orjson and prometheus_client are imported only when serving (``pip install
+"router-ml[serve]"``).
 """
 
 from __future__ import annotations
