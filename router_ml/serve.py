@@ -179,9 +179,8 @@ class ProxyApp:
                                                   ("x-router-ml-model", info.model or ""),
                                                   ("cache-control", "no-cache")))
         info = result.router_ml
-        out = dict(result)
-        out["router_ml"] = info.to_dict()
-        return Reply(200, _json.dumps(out), _JSON, (("x-router-ml-request-id", info.request_id),
+        result["router_ml"] = info.to_dict()  # the completion is this request's own: no copy
+        return Reply(200, _json.dumps(result), _JSON, (("x-router-ml-request-id", info.request_id),
                                                     ("x-router-ml-model", info.model or "")))
 
     async def feedback(self, request: Request) -> Reply:
