@@ -66,6 +66,7 @@ class Metrics:
                                   "not (0); several workers: open in any.", ["upstream"], registry=r,
                                   multiprocess_mode="livemax")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._outcomes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._client: AsyncRoutedClient | None = None
         self._errors_seen = 0
         self._any_open = False
@@ -108,22 +109,37 @@ class Metrics:
         """Count a request that ended before routing (unauthorized, bad request, too large)."""
         self._child(self.requests, status).inc()
 
-    def observe(self, info: RouteInfo) -> None:
-        """Count one finished request (the client's ``on_complete`` hook)."""
+    def _outcome(self, status: str, chosen: str, by: str, variant: str | None, model: str | None) -> tuple:
+        """The ``inc`` methods one kind of finished request counts with (see :meth:`observe`)."""
         child = self._child
-        child(self.requests, info.status).inc()
-        child(self.decisions, info.chosen, "router" if info.rule is None else "rule").inc()
-        if info.variant is not None:
-            child(self.variants, info.variant).inc()
+        answered = model is not None
+        return (child(self.requests, status).inc, child(self.decisions, chosen, by).inc,
+                child(self.variants, variant).inc if variant is not None else None,
+                child(self.answers, model).inc if answered else None,
+                child(self.cost, model).inc if answered else None,
+                child(self.tokens, model, "input").inc if answered else None,
+                child(self.tokens, model, "output").inc if answered else None)
+
+    def observe(self, info: RouteInfo) -> None:
+        """Count one finished request (the client's ``on_complete`` hook). The counters a kind of request
+        (status, chosen model, rule or router, variant, answering model) moves are looked up once per kind."""
+        key = (info.status, info.chosen, "router" if info.rule is None else "rule", info.variant, info.model)
+        incs = self._outcomes.get(key)
+        if incs is None:
+            incs = self._outcomes[key] = self._outcome(*key)
+        requests, decisions, variant, answers, cost, tokens_in, tokens_out = incs
+        requests()
+        decisions()
+        if variant is not None:
+            variant()
         for attempt in info.fallbacks:
-            child(self.fallbacks, attempt.upstream or attempt.model, attempt.kind).inc()
-        model = info.model
-        if model is not None:
-            child(self.answers, model).inc()
+            self._child(self.fallbacks, attempt.upstream or attempt.model, attempt.kind).inc()
+        if answers is not None:
+            answers()
             if info.cost_usd is not None:
-                child(self.cost, model).inc(info.cost_usd)
-            child(self.tokens, model, "input").inc(info.input_tokens or 0)
-            child(self.tokens, model, "output").inc(info.output_tokens or 0)
+                cost(info.cost_usd)
+            tokens_in(info.input_tokens or 0)
+            tokens_out(info.output_tokens or 0)
         self.routing.observe(info.routing_ms / 1000)
         if info.latency_s is not None:
             self.latency.observe(info.latency_s)

@@ -132,3 +132,20 @@ def test_a_full_pool_makes_requests_wait_then_time_out_as_timeouts(up):
 
     first, starved, patient = asyncio.run(main())
     assert first == (200, "tiny-1b") and starved == "PoolTimeout" and patient == (200, "tiny-1b")
+
+
+def test_request_ids_are_unique_well_formed_and_differ_after_a_fork():
+    import os
+    import re
+
+    from router_ml._ids import request_id
+
+    ids = [request_id() for _ in range(2000)]  # several 4 KiB blocks of randomness
+    assert len(set(ids)) == 2000 and all(re.fullmatch(r"rml-[0-9a-f]{24}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must not replay the parent's block
+        os.write(write, request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100).decode() != request_id()
