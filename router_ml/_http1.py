@@ -52,6 +52,8 @@ class _Conn(asyncio.Protocol):
         self.complete = False
         self.keep_alive = True
         self.got_bytes = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = self.deadline = 0.0
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -71,6 +73,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.pool._forget(self)
         if self.head_done and not self.complete and exc is None and "content-length" not in self.headers \
                 and "chunked" not in self.headers.get("transfer-encoding", ""):
@@ -115,26 +120,38 @@ class _Conn(asyncio.Protocol):
             waiter.set_exception(error)
 
     async def wait(self, timeout: float) -> None:
-        """Until the parser reports progress (head, a body chunk, the end) or ``timeout`` s pass."""
+        """Until the parser reports progress (head, a body chunk, the end) or ``timeout`` s pass.
+
+        One timer per connection, moved on only when it fires before the current deadline: not one armed
+        and cancelled per wait."""
         if self.error is not None:
             raise self.error
-        waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, waiter)
+        loop = self.loop
+        self.deadline = deadline = loop.time() + timeout
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = loop.call_at(deadline, self._check), deadline
+        waiter = self.waiter = loop.create_future()
         try:
             await waiter
         finally:
-            timer.cancel()
             self.waiter = None
+
+    def _check(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.loop.time() < self.deadline:
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._check), self.deadline
+        else:
+            waiter.set_exception(httpx.ReadTimeout("timed out waiting for the upstream's answer"))
 
     def reset(self) -> None:
         self.headers = {}
         self.chunks.clear()
         self.head_done = self.complete = self.got_bytes = False
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(httpx.ReadTimeout("timed out waiting for the upstream's answer"))
 
 
 class Response:

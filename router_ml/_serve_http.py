@@ -122,6 +122,8 @@ class HttpProtocol(asyncio.Protocol):
         self.lost = False
         self.stream_task: asyncio.Task[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        self.receiving = False  # a request has begun and is not complete yet
         self.writable: asyncio.Future[None] | None = None
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
@@ -148,9 +150,6 @@ class HttpProtocol(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         try:
             self.parser.feed_data(data)
         except _httptools().HttpParserUpgrade:
@@ -175,6 +174,7 @@ class HttpProtocol(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.receiving = True
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
         self._body = bytearray()
@@ -204,6 +204,7 @@ class HttpProtocol(asyncio.Protocol):
             self._body = bytearray()
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         path = self._url.partition(b"?")[0].decode("latin-1")
         request = Request(self.parser.get_method().decode("ascii"), path, self._headers,
                           bytes(self._body), self._too_large)
@@ -271,11 +272,20 @@ class HttpProtocol(asyncio.Protocol):
             await stream.aclose()
 
     def _arm_idle(self) -> None:
-        self.idle_timer = self.loop.call_later(self.keep_alive_s, self._idle)
+        """The connection is idle from now: closed ``keep_alive_s`` later unless a request comes. One timer
+        per connection, moved on only when it fires - not one armed and cancelled per request."""
+        self.idle_since = now = self.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(now + self.keep_alive_s, self._idle)
 
     def _idle(self) -> None:
         self.idle_timer = None
-        if not self.busy:
+        if self.busy or self.receiving or self.lost:
+            return  # a request is in hand: its answer arms the timer again
+        due = self.idle_since + self.keep_alive_s
+        if self.loop.time() < due:
+            self.idle_timer = self.loop.call_at(due, self._idle)
+        else:
             self.transport.close()
 
     def _refuse(self, message: bytes) -> None:
