@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -109,34 +109,38 @@ class _Conn(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_exception(error)
 
-    async def wait(self, timeout: float) -> None:
-        """Until the parser reports progress (head, a body chunk, the end) or ``timeout`` s pass.
+    def wait(self, timeout: float) -> asyncio.Future[None]:
+        """A future that is done when the parser reports progress (head, a body chunk, the end), or fails
+        after ``timeout`` s without any (a plain future, not a coroutine: one frame less per wait).
 
         One timer per connection, moved on only when it fires before the current deadline: not one armed
         and cancelled per wait."""
-        if self.error is not None:
-            raise self.error
         loop = self.loop
+        waiter = loop.create_future()
+        if self.error is not None:
+            waiter.set_exception(self.error)
+            return waiter
         self.deadline = deadline = loop.time() + timeout
         if self.timer is None or self.timer_at > deadline:
             if self.timer is not None:
                 self.timer.cancel()
             self.timer, self.timer_at = loop.call_at(deadline, self._check), deadline
-        waiter = self.waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
+        self.waiter = waiter
+        return waiter
 
     def _check(self) -> None:
         self.timer = None
@@ -146,6 +150,7 @@ class _Conn(asyncio.Protocol):
         if self.loop.time() < self.deadline:
             self.timer, self.timer_at = self.loop.call_at(self.deadline, self._check), self.deadline
         else:
+            self.waiter = None
             waiter.set_exception(httpx.ReadTimeout("timed out waiting for the upstream's answer"))
 
     def reset(self) -> None:
@@ -215,13 +220,19 @@ class Pool:
             raise httpx.ConnectError(f"cannot connect to {self.host}:{self.port} ({exc.strerror or exc})") from None
         return conn
 
-    async def _acquire(self, timeout: float) -> tuple[_Conn, bool]:
-        """A connection, and whether it was reused; waits up to ``timeout`` s when ``max_connections`` are busy."""
+    def _idle_conn(self) -> _Conn | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                return conn, True
+                return conn
+        return None
+
+    async def _acquire(self, timeout: float) -> tuple[_Conn, bool]:
+        """A connection, and whether it was reused; waits up to ``timeout`` s when ``max_connections`` are busy."""
+        conn = self._idle_conn()
+        if conn is not None:
+            return conn, True
         if self._open >= self.max_connections:
             waiter = self.loop.create_future()
             self._queue.append(waiter)
@@ -268,7 +279,9 @@ class Pool:
     async def request(self, head: bytes, body: bytes, timeout: float) -> Response:
         """Send one request (``head`` ends with the blank line) and wait for the response head."""
         for attempt in (0, 1):
-            conn, reused = await self._acquire(timeout)
+            conn, reused = self._idle_conn(), True
+            if conn is None:
+                conn, reused = await self._acquire(timeout)
             try:
                 transport = conn.transport
                 assert transport is not None
@@ -332,7 +345,9 @@ class Http1Upstream:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return (scheme, host, port), ("\r\n".join(lines) + "\r\ncontent-length: ").encode("latin-1")
 
-    async def send(self, label: str, url: str, headers: dict[str, str], payload: bytes, timeout: float) -> Response:
+    def send(self, label: str, url: str, headers: dict[str, str], payload: bytes,
+             timeout: float) -> Awaitable[Response]:
+        """POST ``payload`` to the replica ``label`` (at ``url``, with ``headers``): awaits the response head."""
         entry = self._heads.get(label)
         if entry is None:
             origin, head = self._head(label, url, headers)
@@ -344,7 +359,7 @@ class Http1Upstream:
                 pool = self._pools[origin] = Pool(*origin, max_connections=self._limits[0],
                                                   max_keepalive=self._limits[1])
             self._heads[label] = (pool, origin, head)
-        return await pool.request(head + str(len(payload)).encode() + b"\r\n\r\n", payload, timeout)
+        return pool.request(head + str(len(payload)).encode() + b"\r\n\r\n", payload, timeout)
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
