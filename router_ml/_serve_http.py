@@ -48,6 +48,8 @@ def status_line(status: int) -> bytes:
 
 
 _STATUS = {code: status_line(code) for code in range(100, 600)}
+#: seconds an idle connection stays open once the server shuts down (see :meth:`HttpProtocol.shutdown`)
+SHUTDOWN_GRACE_S = 0.5
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -166,10 +168,14 @@ class HttpProtocol(asyncio.Protocol):
             self.writable.set_result(None)
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close now when idle, else after the answer in hand."""
+        """uvicorn's graceful shutdown: a connection with a request in hand closes after its answer; an idle
+        one after :data:`SHUTDOWN_GRACE_S`, so that a request already on its way (sent before the client could
+        know, or accepted but not yet read) is still answered - with ``connection: close``."""
         self.closing = True
-        if not self.busy:
-            self.transport.close()
+        if not self.busy and not self.receiving:
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
+            self.idle_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._idle)
 
     # --- httptools callbacks ---------------------------------------------------------------------
 
@@ -281,9 +287,9 @@ class HttpProtocol(asyncio.Protocol):
     def _idle(self) -> None:
         self.idle_timer = None
         if self.busy or self.receiving or self.lost:
-            return  # a request is in hand: its answer arms the timer again
+            return  # a request is in hand: its answer arms the timer again (or closes, when shutting down)
         due = self.idle_since + self.keep_alive_s
-        if self.loop.time() < due:
+        if self.loop.time() < due and not self.closing:
             self.idle_timer = self.loop.call_at(due, self._idle)
         else:
             self.transport.close()

@@ -21,8 +21,9 @@ Streaming (``stream=True``) passes server-sent events through one by one. Once t
 has been delivered the answer cannot move to another model; an upstream that breaks later ends
 the stream with an explicit error event (and :class:`StreamInterrupted` in this client).
 
-:class:`AsyncRoutedClient` is the implementation (one pooled httpx transport per upstream host;
-use it from one event loop). :class:`RoutedClient` is the same client for synchronous code:
+:class:`AsyncRoutedClient` is the implementation (one pooled httpx transport per upstream host, or with
+``upstream="http1"`` the proxy's own HTTP/1.1 client, :mod:`router_ml._http1`, which needs the ``serve``
+extra; use it from one event loop). :class:`RoutedClient` is the same client for synchronous code:
 it runs an :class:`AsyncRoutedClient` on a private event-loop thread. API keys are read once from
 the environment variables the catalog names and never appear in errors, records or reprs.
 
@@ -136,6 +137,8 @@ class AsyncRoutedClient:
     :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text to each record (needed to train
     on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
     ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
+    ``upstream``: how upstreams are called - ``"httpx"`` (the default; ``transport`` replaces its pooled
+    transports) or ``"http1"``, the lighter client ``router-ml serve`` uses (:mod:`router_ml._http1`);
     ``exploration`` makes the router explore (:meth:`Router.with_exploration`; rules and pins never do)."""
 
     def __init__(self, router: Router, catalog: ProviderCatalog, *,

@@ -103,8 +103,8 @@ def test_the_upstream_pool_reuses_connections_and_reconnects_to_a_restarted_upst
         up.stop()  # its connections are closed: the idle one is dead
         with FakeUpstream(port=up.port):
             r = client.chat.completions.create(model="tiny-1b", messages=MSG)
-        assert r.router_ml.status == "ok" and r.router_ml.fallbacks == []
-        assert pool._open == 1
+            assert r.router_ml.status == "ok" and r.router_ml.fallbacks == []
+            assert pool._open == 1  # the dead one left the count; the new one is back in the pool
 
 
 def test_a_full_pool_makes_requests_wait_then_time_out_as_timeouts(up):
