@@ -19,11 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-# the runtime (numpy, onnxruntime, tokenizers, httpx) and the serve extra (starlette, uvicorn, uvloop, httptools,
+# the runtime (numpy, onnxruntime, tokenizers, httpx) and the serve extra (uvicorn, uvloop, httptools, orjson,
 # prometheus_client); the check fails the build if anything pulled in the training stack
 RUN pip install "$(echo /wheels/router_ml-*.whl)[serve]" \
     && rm -rf /wheels \
-    && python -c "import router_ml.serve, starlette, uvicorn, prometheus_client" \
+    && python -c "import router_ml.serve, httptools, orjson, uvicorn, prometheus_client" \
     && ! python -c "import torch" 2>/dev/null \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin router \
     && mkdir -p /var/lib/router-ml /models /config \

@@ -10,11 +10,11 @@ and timed on its own.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from router_ml._ids import request_id
 from router_ml._records import RequestError, RouteInfo
 from router_ml.messages import message_problem, routed_text
 from router_ml.providers import ProviderCatalog
@@ -99,7 +99,7 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
             chosen, scores = decision.model, dict(decision.scores)
             propensity, explored, knob = decision.propensity, decision.explored, decision.willingness_to_pay
     digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
-    return RouteInfo(request_id="rml-" + secrets.token_hex(12), chosen=chosen, rule=rule, willingness_to_pay=wtp,
+    return RouteInfo(request_id=request_id(), chosen=chosen, rule=rule, willingness_to_pay=wtp,
                      scores=scores, prompt_sha256=digest, routing_ms=(time.perf_counter() - t0) * 1000,
                      stream=bool(body.get("stream")), propensity=propensity, explored=explored,
                      policy=router.policy_record(knob)), text

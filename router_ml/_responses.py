@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+from router_ml import _json
 from router_ml._records import Failure, RouteInfo, StreamInterrupted
 from router_ml._streaming import UpstreamStream, event_data
 
@@ -53,7 +54,7 @@ def parse_completion(body: bytes, status: int) -> dict[str, Any]:
     """A 2xx completion body as a dict; :class:`Failure` (``malformed``, so it falls back) unless it is a JSON
     object with a non-empty ``choices`` list."""
     try:
-        data = json.loads(body)
+        data = _json.loads(body)
     except ValueError:
         raise Failure("malformed", "the response body is not JSON", status) from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:

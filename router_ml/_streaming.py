@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 
+from router_ml import _json
 from router_ml._records import Attempt, Failure, RouteInfo, usage_of
 from router_ml._resilience import CircuitBreaker, classify
 from router_ml.providers import Replica
@@ -49,7 +51,7 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise Failure("interrupted", "the stream ended inside an event")
 
 
-async def first_event(response: httpx.Response) -> tuple[AsyncIterator[bytes], bytes]:
+async def first_event(response: Any) -> tuple[AsyncIterator[bytes], bytes]:
     """Check a 2xx streaming response and read up to its first data event: ``(the rest, the first)``.
 
     Raises :class:`Failure` (``malformed``) for a non-SSE body, a stream that ends before any data, or a
@@ -68,7 +70,7 @@ async def first_event(response: httpx.Response) -> tuple[AsyncIterator[bytes], b
     data = event_data(first)
     if data is not None and data.strip() != b"[DONE]":
         try:
-            obj = json.loads(data)
+            obj = _json.loads(data)
         except ValueError:
             raise Failure("malformed", "the first event's data is not JSON") from None
         if not isinstance(obj, dict) or "error" in obj:
@@ -85,7 +87,7 @@ class UpstreamStream:
     ``injected_usage``: router-ml asked for the usage chunk, so it is accounted but not passed on.
     """
 
-    def __init__(self, info: RouteInfo, replica: Replica, response: httpx.Response, events: AsyncIterator[bytes],
+    def __init__(self, info: RouteInfo, replica: Replica, response: Any, events: AsyncIterator[bytes],
                  first: bytes, *, injected_usage: bool, breaker: CircuitBreaker, redact: Callable[[str], str],
                  on_close: Callable[[RouteInfo, int], None], started: float):
         self.info = info
@@ -105,7 +107,7 @@ class UpstreamStream:
             self._done = True
             return True
         try:
-            obj = json.loads(data)
+            obj = _json.loads(data)
         except ValueError:
             raise Failure("malformed", "an event's data is not JSON") from None
         if not isinstance(obj, dict):

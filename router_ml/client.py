@@ -21,8 +21,9 @@ Streaming (``stream=True``) passes server-sent events through one by one. Once t
 has been delivered the answer cannot move to another model; an upstream that breaks later ends
 the stream with an explicit error event (and :class:`StreamInterrupted` in this client).
 
-:class:`AsyncRoutedClient` is the implementation (one pooled httpx transport per upstream host;
-use it from one event loop). :class:`RoutedClient` is the same client for synchronous code:
+:class:`AsyncRoutedClient` is the implementation (one pooled httpx transport per upstream host, or with
+``upstream="http1"`` the proxy's own HTTP/1.1 client, :mod:`router_ml._http1`, which needs the ``serve``
+extra; use it from one event loop). :class:`RoutedClient` is the same client for synchronous code:
 it runs an :class:`AsyncRoutedClient` on a private event-loop thread. API keys are read once from
 the environment variables the catalog names and never appear in errors, records or reprs.
 
@@ -36,7 +37,6 @@ wrappers). Everything documented is importable from here.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from router_ml import _json
 from router_ml._decide import KNOB_HEADER, ROUTER_FIELDS, decide, parse_knob, validate_body
 from router_ml._records import (
     BREAKER_KINDS,
@@ -96,18 +97,55 @@ def prepare_router(router: Router, catalog: ProviderCatalog,
     return router, source
 
 
+class HttpxUpstream:
+    """Upstream calls through httpx (the library default): one pooled transport per scheme://host:port.
+
+    Requests go straight to the transport: the client layer (cookies, auth flows, redirects, event hooks)
+    has nothing to do here and cost about 0.3 ms of CPU per call on a 2-core machine. ``transport``: one
+    httpx transport for every origin instead (tests, custom networking)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None):
+        self._transport = transport
+        self._pools: dict[str, httpx.AsyncBaseTransport] = {}
+        self._urls: dict[str, tuple[httpx.URL, str]] = {}
+
+    async def send(self, label: str, url: str, headers: dict[str, str], payload: bytes,
+                   timeout: float) -> httpx.Response:
+        parsed = self._urls.get(label)
+        if parsed is None:
+            u = httpx.URL(url)  # parsed once per upstream
+            parsed = self._urls[label] = (u, f"{u.scheme}://{u.netloc.decode('ascii')}")
+        pool = self._pools.get(parsed[1])
+        if pool is None:
+            pool = self._pools[parsed[1]] = self._transport or httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=256), trust_env=False)
+        request = httpx.Request("POST", parsed[0], content=payload, headers=headers,
+                                extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
+                                                        "pool": timeout}})
+        response = await pool.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def aclose(self) -> None:
+        for pool in set(self._pools.values()):
+            await pool.aclose()
+        self._pools.clear()
+
+
 class AsyncRoutedClient:
     """Routes, calls and accounts chat completions (see the module doc). ``decision_log`` is a
     :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text to each record (needed to train
     on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
     ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
+    ``upstream``: how upstreams are called - ``"httpx"`` (the default; ``transport`` replaces its pooled
+    transports) or ``"http1"``, the lighter client ``router-ml serve`` uses (:mod:`router_ml._http1`);
     ``exploration`` makes the router explore (:meth:`Router.with_exploration`; rules and pins never do)."""
 
     def __init__(self, router: Router, catalog: ProviderCatalog, *,
                  decision_log: DecisionLog | str | Path | None = None, log_prompts: bool = False,
                  willingness_to_pay: float | None = None,
                  on_complete: Callable[[RouteInfo], None] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, upstream: str = "httpx",
                  clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None):
         router, self.routing_prices = prepare_router(router, catalog, exploration)
         self.router = router
@@ -120,15 +158,21 @@ class AsyncRoutedClient:
         self.log_prompts = log_prompts
         self.on_complete = on_complete
         self.log_errors = 0  # decision-log records that could not be written
-        self._transport = transport
-        self._http: dict[str, httpx.AsyncBaseTransport] = {}
+        if upstream == "http1":
+            if transport is not None:
+                raise RouterMLError("transport= is an httpx transport: give it with upstream='httpx' only")
+            from router_ml._http1 import Http1Upstream  # httptools: the serve extra
+
+            self._upstream: Any = Http1Upstream(max_connections=1000, max_keepalive=256)
+        elif upstream == "httpx":
+            self._upstream = HttpxUpstream(transport)
+        else:
+            raise RouterMLError(f"upstream must be 'httpx' or 'http1', got {upstream!r}")
         replicas = {name: m.replicas for name, m in catalog.items()}
         self._breakers = {r.label: CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s,
                                                   clock) for rs in replicas.values() for r in rs}
         self._picker = ReplicaPicker(replicas, self._breakers)
         self._headers = {r.label: self._upstream_headers(r) for rs in replicas.values() for r in rs}
-        self._urls = {r.label: httpx.URL(r.url) for rs in replicas.values() for r in rs}  # parsed once
-        self._origins = {label: f"{u.scheme}://{u.netloc.decode('ascii')}" for label, u in self._urls.items()}
         self.chat = _Chat(_AsyncCompletions(self))
 
     @classmethod
@@ -147,30 +191,14 @@ class AsyncRoutedClient:
             headers["authorization"] = "Bearer " + replica.api_key.reveal()
         return headers
 
-    def _pool(self, replica: Replica) -> httpx.AsyncBaseTransport:
-        """The connection pool of the replica's origin: one httpx transport per scheme://host:port, shared.
-
-        Requests go straight to the transport: the client layer (cookies, auth flows, redirects, event hooks)
-        has nothing to do here and cost about 0.3 ms of CPU per call on a 2-core machine."""
-        origin = self._origins[replica.label]
-        pool = self._http.get(origin)
-        if pool is None:
-            pool = self._transport or httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=256), trust_env=False)
-            self._http[origin] = pool
-        return pool
-
-    async def _send(self, replica: Replica, payload: bytes, timeout: float) -> httpx.Response:
-        label = replica.label
-        request = httpx.Request("POST", self._urls[label], content=payload, headers=self._headers[label],
-                                extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout,
-                                                        "pool": timeout}})
+    async def _send(self, replica: Replica, payload: bytes, timeout: float) -> Any:
+        """POST ``payload`` to the replica; the response with its head read (``status_code``, ``headers``,
+        ``aread()``, ``aiter_bytes()``, ``aclose()``), or the :class:`Failure` a transport error means."""
         try:
-            response = await self._pool(replica).handle_async_request(request)
+            return await self._upstream.send(replica.label, replica.url, self._headers[replica.label], payload,
+                                             timeout)
         except httpx.HTTPError as exc:
             raise classify(exc, replica, self.catalog.redact) from None
-        response.request = request
-        return response
 
     def breaker(self, upstream: str) -> CircuitBreaker:
         """The circuit breaker of an upstream (``model#replica``)."""
@@ -180,9 +208,7 @@ class AsyncRoutedClient:
         return dict(self._breakers)
 
     async def aclose(self) -> None:
-        for pool in set(self._http.values()):
-            await pool.aclose()
-        self._http.clear()
+        await self._upstream.aclose()
         if self._own_log and self.decision_log is not None:
             self.decision_log.close()
 
@@ -211,7 +237,7 @@ class AsyncRoutedClient:
         if stream and "stream_options" not in out:
             out["stream_options"] = {"include_usage": True}
             injected = True
-        return json.dumps(out, ensure_ascii=False).encode("utf-8", errors="surrogatepass"), injected
+        return _json.dumps(out, errors="surrogatepass"), injected
 
     async def _call(self, replica: Replica, payload: bytes, timeout: float) -> dict[str, Any]:
         response = await self._send(replica, payload, timeout)

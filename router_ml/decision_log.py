@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import glob
 import heapq
-import json
-import math
 import os
 import re
 import threading
@@ -58,7 +56,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from router_ml import formats
+from router_ml import _json, formats
 from router_ml.errors import RouterMLError
 
 __all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", "NewerFormatError", "VERSION_FIELD",
@@ -87,10 +85,16 @@ class NewerFormatError(RouterMLError, ValueError):
     """A log line was written by a newer router-ml than this one (its ``format_version`` is unknown here)."""
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text: strftime once a second
+
+
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a ``Z``."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
 
 
 def line_version(obj: Mapping[str, Any]) -> int:
@@ -250,18 +254,6 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _clean_floats(record: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON has no inf/NaN: such floats become null."""
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        elif isinstance(v, Mapping):
-            v = _clean_floats(v)
-        out[k] = v
-    return out
-
-
 class DecisionLog:
     """An append-only, size-rotated JSONL log (see the module doc). Thread-safe; close it when done."""
 
@@ -301,12 +293,8 @@ class DecisionLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record as one complete line."""
-        try:
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
-                              default=_default)
-        except ValueError:
-            line = json.dumps(_clean_floats(record), ensure_ascii=False, separators=(",", ":"), default=_default)
-        data = (line + "\n").encode("utf-8", errors="backslashreplace")  # a lone surrogate stays a JSON escape
+        # JSON has no inf/NaN: written as null; a lone surrogate stays a JSON escape
+        data = _json.dumps(record, default=_default) + b"\n"
         with self._lock:
             if self._fd is None:
                 raise RouterMLError(f"decision log {self.path} is closed")

@@ -26,7 +26,16 @@ included - to be answered and logged (each record is written whole when its requ
 needs no flush), closes the upstream pools and the log and exits 0. Several workers:
 :mod:`router_ml.workers`.
 
-starlette, uvicorn and prometheus_client are imported only here (``pip install "router-ml[serve]"``).
+The hot path (CPU per request): uvicorn keeps the server around the requests (sockets, signals, the
+lifespan, the graceful shutdown) but each connection is the proxy's own HTTP/1.1 protocol
+(:mod:`router_ml._serve_http`: httptools' parser straight into the handlers of
+:class:`~router_ml.serve_app.ProxyApp`, one write per answer), upstream calls go through the proxy's own
+keep-alive client (:mod:`router_ml._http1`, ``upstream="http1"``; the library default stays httpx), bodies
+and log lines are parsed and written by orjson (:mod:`router_ml._json`) and the metrics' label children
+are looked up once. Every behaviour above is the same as on the general stack.
+
+uvicorn, httptools, orjson and prometheus_client are imported only when serving (``pip install
+"router-ml[serve]"``).
 """
 
 from __future__ import annotations
@@ -34,222 +43,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import hmac
-import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
-from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, worker_log_path
+from router_ml.decision_log import DecisionLog, worker_log_path
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration
 from router_ml.optional import require
 from router_ml.providers import ProviderCatalog, is_loopback
+from router_ml.serve_app import ProxyApp, create_app, reload_variants
 from router_ml.serve_metrics import MULTIPROC_ENV, Metrics
 from router_ml.serve_server import Lifecycle, make_server
 from router_ml.variants import VariantClient, VariantSource
 
-__all__ = ["MULTIPROC_ENV", "Lifecycle", "Metrics", "Worker", "bind", "create_app", "make_server", "run_server"]
-
-
-async def reload_variants(client: Any) -> list[dict[str, Any]]:
-    """Hot-swap the variants of a :class:`~router_ml.variants.VariantClient` and say so on stderr."""
-    if not isinstance(client, VariantClient):
-        raise RouterMLError("this server has no router variants to reload (it was built on a plain client)")
-    variants = await client.reload()
-    shown = ", ".join(f"{v['name']}={v['artifact']} ({v['share']:.0%})" for v in variants)
-    print(f"router-ml: reloaded the router variants (pid {os.getpid()}): {shown}", file=sys.stderr, flush=True)
-    return variants
-
-
-def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
-               metrics: Metrics | None = None, admin_key: str | None = None, lifecycle: Lifecycle | None = None,
-               on_reload: Callable[[], None] | None = None) -> Any:
-    """The Starlette application. ``api_key``: clients must send ``Authorization: Bearer <api_key>``;
-    ``admin_key``: what ``POST /admin/reload`` needs (the endpoint is off without one); ``lifecycle``: what
-    ``/ready`` reports (ready from startup when not given); ``on_reload``: called after an admin reload
-    succeeded (a worker tells its supervisor, which reloads the other workers)."""
-    require("starlette", extra="serve", purpose="router-ml serve")
-    from contextlib import asynccontextmanager
-
-    from starlette.applications import Starlette
-    from starlette.background import BackgroundTask
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
-
-    metrics = metrics or Metrics()
-    metrics.attach(client)
-    previous_hook = client.on_complete
-
-    def on_complete(info: RouteInfo) -> None:
-        metrics.observe(info)
-        if previous_hook is not None:
-            previous_hook(info)
-
-    client.on_complete = on_complete
-    expected = ("Bearer " + api_key).encode() if api_key else None
-    admin_expected = ("Bearer " + admin_key).encode() if admin_key else None
-    route_model = client.settings.route_model
-    lifecycle = lifecycle or Lifecycle()
-
-    def error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
-              **extra: Any) -> Response:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code, **extra}},
-                            status_code=status)
-
-    def unauthorized(request: Request) -> Response | None:
-        if expected is None:
-            return None
-        given = request.headers.get("authorization", "").encode()
-        if hmac.compare_digest(given, expected):
-            return None
-        metrics.count("unauthorized")
-        return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' with the key the server "
-                     "was started with", "authentication_error", code="invalid_api_key")
-
-    async def read_json(request: Request) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise _TooLarge()
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise _TooLarge()
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise RequestError(None, f"the body is not valid JSON ({exc}); send a JSON object") from None
-
-    def too_large() -> Response:
-        metrics.count("too_large")
-        return error(413, f"the request body is larger than {max_body_bytes} bytes (the server's --max-body-bytes)",
-                     "invalid_request_error", code="request_too_large")
-
-    async def chat_completions(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
-        try:
-            body = await read_json(request)
-            result = await client.complete(body, headers=request.headers)
-        except _TooLarge:
-            return too_large()
-        except RequestError as exc:
-            metrics.count("bad_request")
-            return error(400, str(exc), "invalid_request_error", param=exc.field)
-        except UpstreamError as exc:
-            return error(502, str(exc), "upstream_error", code="all_providers_failed",
-                         request_id=exc.info.request_id, attempts=[a.to_dict() for a in exc.attempts])
-        if isinstance(result, UpstreamStream):
-            info = result.info
-            # the background task closes (and logs) a stream that was never iterated, e.g. the client left first
-            return StreamingResponse(result.events(), media_type="text/event-stream",
-                                     headers={"x-router-ml-request-id": info.request_id,
-                                              "x-router-ml-model": info.model or "", "cache-control": "no-cache"},
-                                     background=BackgroundTask(result.aclose))
-        info = result.router_ml
-        out = dict(result)
-        out["router_ml"] = info.to_dict()
-        return Response(json.dumps(out, ensure_ascii=False).encode("utf-8", errors="backslashreplace"),
-                        media_type="application/json",
-                        headers={"x-router-ml-request-id": info.request_id, "x-router-ml-model": info.model or ""})
-
-    async def feedback(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
-        if client.decision_log is None:
-            return error(409, "this server keeps no decision log, so feedback has nowhere to go; restart it with "
-                         "--decision-log FILE", "invalid_request_error", code="no_decision_log")
-        try:
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise RequestError(None, "the body must be a JSON object {\"request_id\", \"quality\" | \"thumbs\"}")
-            record = feedback_from(body)
-        except _TooLarge:
-            return too_large()
-        except RequestError as exc:
-            return error(400, str(exc), "invalid_request_error", param=exc.field)
-        except FeedbackError as exc:
-            return error(400, str(exc), "invalid_request_error", param=exc.field)
-        client.decision_log.write(record)
-        return JSONResponse({"request_id": record["request_id"], "quality": record["quality"], "recorded": True})
-
-    async def models(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
-        names = [route_model, *client.catalog]
-        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                                          "owned_by": "router-ml"} for n in names]})
-
-    async def health(request: Request) -> Response:
-        split = getattr(client, "split", None)
-        return JSONResponse({"status": "ok", "pid": os.getpid(), "router_models": list(client.router.models),
-                             "variants": split.to_list() if split is not None else None,
-                             "catalog_models": list(client.catalog), "routing_prices": client.routing_prices,
-                             "upstreams": {k: b.state for k, b in sorted(client.breakers().items())},
-                             "decision_log": str(client.decision_log.path) if client.decision_log else None})
-
-    async def ready(request: Request) -> Response:
-        reason = lifecycle.reason()
-        return JSONResponse({"ready": reason is None, "reason": reason}, status_code=200 if reason is None else 503)
-
-    async def admin_reload(request: Request) -> Response:
-        if admin_expected is None:
-            return error(403, "the admin endpoint is off: start the server with --admin-key-env NAME (an environment "
-                         "variable holding the admin key), or send SIGHUP to reload", "permission_error",
-                         code="admin_disabled")
-        if not hmac.compare_digest(request.headers.get("authorization", "").encode(), admin_expected):
-            return error(401, "missing or wrong admin key: send 'Authorization: Bearer <admin key>'",
-                         "authentication_error", code="invalid_admin_key")
-        try:
-            variants = await reload_variants(client)
-        except RouterMLError as exc:
-            return error(500, f"reload failed, the current variants keep serving: {exc}", "server_error",
-                         code="reload_failed")
-        if on_reload is not None:
-            on_reload()
-        return JSONResponse({"reloaded": True, "pid": os.getpid(), "variants": variants,
-                             "other_workers": "reloading" if on_reload is not None else None})
-
-    async def prometheus(request: Request) -> Response:
-        denied = unauthorized(request)
-        if denied is not None:
-            return denied
-        return Response(metrics.render(), headers={"content-type": metrics.content_type})
-
-    @asynccontextmanager
-    async def lifespan(app: Any):
-        lifecycle.ready = True
-        yield
-        lifecycle.ready = False
-        await client.aclose()
-
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/feedback", feedback, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", prometheus, methods=["GET"]),
-        Route("/admin/reload", admin_reload, methods=["POST"]),
-    ], lifespan=lifespan)
-    app.state.metrics = metrics
-    app.state.client = client
-    app.state.lifecycle = lifecycle
-    return app
-
-
-class _TooLarge(Exception):
-    pass
+__all__ = ["MULTIPROC_ENV", "Lifecycle", "Metrics", "ProxyApp", "Worker", "bind", "create_app", "make_server",
+           "run_server"]
 
 
 def check_open_bind(host: str, api_key: str | None) -> None:
@@ -291,7 +103,8 @@ def build_client(*, providers: str, variants: VariantSource, decision_log: Decis
     """The serving client: every variant loaded and verified on this CPU (an int8 artifact whose routes drift
     here is refused before any request is served)."""
     return VariantClient(variants, ProviderCatalog.load(providers), exploration=exploration,
-                         willingness_to_pay=willingness_to_pay, decision_log=decision_log, log_prompts=log_prompts)
+                         willingness_to_pay=willingness_to_pay, decision_log=decision_log, log_prompts=log_prompts,
+                         upstream="http1")
 
 
 def run_server(*, router: str | None = None, providers: str, variants: VariantSource | None = None,
@@ -304,7 +117,7 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
 
     ``router`` (one artifact, the variant ``default``) or ``variants``; ``worker``: run as one worker of a
     supervisor - serve its inherited socket, write the slot's own decision-log file, report readiness."""
-    for module in ("starlette", "uvicorn", "prometheus_client"):
+    for module in ("uvicorn", "httptools", "prometheus_client"):
         require(module, extra="serve", purpose="router-ml serve")
     check_open_bind(host, api_key)
     if variants is None:

@@ -6,6 +6,7 @@ prometheus_client is imported only when a :class:`Metrics` is made (``pip instal
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from router_ml.client import AsyncRoutedClient, RouteInfo
 from router_ml.optional import require
@@ -64,6 +65,8 @@ class Metrics:
         self.circuit = prom.Gauge("router_ml_circuit_open", "Whether an upstream's circuit breaker is open (1) or "
                                   "not (0); several workers: open in any.", ["upstream"], registry=r,
                                   multiprocess_mode="livemax")
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._outcomes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._client: AsyncRoutedClient | None = None
         self._errors_seen = 0
         self._any_open = False
@@ -90,27 +93,53 @@ class Metrics:
         for label, breaker in client.breakers().items():
             is_open = breaker.state == "open"
             any_open = any_open or is_open
-            self.circuit.labels(label).set(int(is_open))
+            self._child(self.circuit, label).set(int(is_open))
         self._any_open = any_open
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client's ``labels`` checks and locks on
+        every call, which cost more CPU per request than everything else the metrics do."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def count(self, status: str) -> None:
         """Count a request that ended before routing (unauthorized, bad request, too large)."""
-        self.requests.labels(status).inc()
+        self._child(self.requests, status).inc()
+
+    def _outcome(self, status: str, chosen: str, by: str, variant: str | None, model: str | None) -> tuple:
+        """The ``inc`` methods one kind of finished request counts with (see :meth:`observe`)."""
+        child = self._child
+        answered = model is not None
+        return (child(self.requests, status).inc, child(self.decisions, chosen, by).inc,
+                child(self.variants, variant).inc if variant is not None else None,
+                child(self.answers, model).inc if answered else None,
+                child(self.cost, model).inc if answered else None,
+                child(self.tokens, model, "input").inc if answered else None,
+                child(self.tokens, model, "output").inc if answered else None)
 
     def observe(self, info: RouteInfo) -> None:
-        """Count one finished request (the client's ``on_complete`` hook)."""
-        self.requests.labels(info.status).inc()
-        self.decisions.labels(info.chosen, "router" if info.rule is None else "rule").inc()
-        if info.variant is not None:
-            self.variants.labels(info.variant).inc()
+        """Count one finished request (the client's ``on_complete`` hook). The counters a kind of request
+        (status, chosen model, rule or router, variant, answering model) moves are looked up once per kind."""
+        key = (info.status, info.chosen, "router" if info.rule is None else "rule", info.variant, info.model)
+        incs = self._outcomes.get(key)
+        if incs is None:
+            incs = self._outcomes[key] = self._outcome(*key)
+        requests, decisions, variant, answers, cost, tokens_in, tokens_out = incs
+        requests()
+        decisions()
+        if variant is not None:
+            variant()
         for attempt in info.fallbacks:
-            self.fallbacks.labels(attempt.upstream or attempt.model, attempt.kind).inc()
-        if info.model is not None:
-            self.answers.labels(info.model).inc()
+            self._child(self.fallbacks, attempt.upstream or attempt.model, attempt.kind).inc()
+        if answers is not None:
+            answers()
             if info.cost_usd is not None:
-                self.cost.labels(info.model).inc(info.cost_usd)
-            self.tokens.labels(info.model, "input").inc(info.input_tokens or 0)
-            self.tokens.labels(info.model, "output").inc(info.output_tokens or 0)
+                cost(info.cost_usd)
+            tokens_in(info.input_tokens or 0)
+            tokens_out(info.output_tokens or 0)
         self.routing.observe(info.routing_ms / 1000)
         if info.latency_s is not None:
             self.latency.observe(info.latency_s)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from router_ml._serve_http import HttpProtocol
 from router_ml.optional import require
 
 __all__ = ["Lifecycle", "make_server"]
@@ -37,8 +38,11 @@ def make_server(app: Any, *, log_level: str = "warning", drain_s: float = 0.0, s
     turns not ready, ``drain_s`` seconds pass, then uvicorn's own graceful shutdown (``shutdown_timeout_s``)
     runs. ``on_started`` runs once it listens; ``on_hangup`` on each SIGHUP (main thread only)."""
     uvicorn = require("uvicorn", extra="serve", purpose="router-ml serve")
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False, date_header=False,
-                            lifespan="on", timeout_graceful_shutdown=shutdown_timeout_s, timeout_keep_alive=30)
+    # the proxy's own HTTP/1.1 protocol (router_ml._serve_http) for an app that has one; uvicorn's otherwise
+    http: Any = functools.partial(HttpProtocol, app) if hasattr(app, "handle") else "auto"
+    config = uvicorn.Config(app, http=http, interface="asgi3", log_level=log_level, access_log=False,
+                            server_header=False, date_header=False, proxy_headers=False, lifespan="on",
+                            timeout_graceful_shutdown=shutdown_timeout_s, timeout_keep_alive=30)
     lifecycle = getattr(getattr(app, "state", None), "lifecycle", None) or Lifecycle()
     return _server_class(uvicorn.Server)(config, lifecycle=lifecycle, drain_s=drain_s, on_started=on_started,
                                          on_hangup=on_hangup)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
-import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from router_ml._decide import decide
+from router_ml._ids import request_id as new_request_id
 from router_ml.client import AsyncRoutedClient, prepare_router
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration
@@ -231,7 +231,7 @@ class VariantClient(AsyncRoutedClient):
     def decide(self, body: dict[str, Any], headers: Mapping[str, str] | None = None,
                willingness_to_pay: Any = None) -> tuple[Any, str]:
         """Pick the variant (a hash of the body's ``user``, else of the request id), then decide with it."""
-        request_id = "rml-" + secrets.token_hex(12)
+        request_id = new_request_id()
         user = body.get("user") if isinstance(body, dict) else None
         variant = self.split.pick(user if isinstance(user, str) and user else request_id)
         router = variant.router

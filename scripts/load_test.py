@@ -32,6 +32,7 @@ phases until it falls idle again (see ``scripts/load_references.py``).
     python scripts/load_test.py --router models/demo/artifact               # ~40 s
     python scripts/load_test.py --router models/demo/artifact --reference passthrough --reference litellm
     python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
+    python scripts/load_test.py --router models/demo/artifact --workers 2   # router-ml serve --workers 2
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def main() -> None:
                         "it answer 500 from half-way")
     parser.add_argument("--stream", action="store_true", help="streaming requests (latency: to the last event; a "
                         "stream that ends in an error event counts as an error, one cut off without it as lost)")
+    parser.add_argument("--workers", type=int, default=1, help="router-ml serve --workers N (its CPU counts every "
+                        "worker and the supervisor; with the load generator on the same cores, compare capacity by "
+                        "CPU per request: N workers scale by N x the 1-worker CPU per request over this one's)")
     parser.add_argument("--reference", action="append", choices=REFERENCES, default=[], help="also measure this "
                         "proxy in front of the same upstreams, each round after router-ml's (repeatable)")
     parser.add_argument("--reference-venv", type=Path, help="LiteLLM's own virtual environment (default "
@@ -243,8 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (Path(args.router) / "manifest.json").is_file():
         raise SystemExit(f"no router artifact at {args.router}; train one first (README quickstart) or pass --router")
-    if not (0 < args.duration <= 60 and 1 <= args.rounds <= 5 and 0 < args.rate <= 2000 and args.concurrency >= 1):
-        raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1")
+    if not (0 < args.duration <= 60 and 1 <= args.rounds <= 5 and 0 < args.rate <= 2000 and args.concurrency >= 1
+            and 1 <= args.workers <= 64):
+        raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1, "
+                         "1 <= --workers <= 64")
     if args.fault and args.reference:
         raise SystemExit("--reference compares normal mode only (a reference has no fallbacks to survive --fault): "
                          "drop one of them")
@@ -263,7 +269,7 @@ def main() -> None:
             providers.write_text(catalog(port_a, port_b))
             proxy, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", args.router,
                                  "--providers", str(providers), "--port", "0", "--decision-log",
-                                 str(Path(tmp) / "decisions.jsonl")], "serving")
+                                 str(Path(tmp) / "decisions.jsonl"), "--workers", str(args.workers)], "serving")
             procs.append(proxy)
             base = "http://" + line.split("http://", 1)[1].split()[0]
             direct_url = f"http://127.0.0.1:{port_a}/v1/chat/completions"
@@ -313,7 +319,8 @@ def main() -> None:
     out = {
         "mode": (f"fault:{args.fault}" if args.fault else "normal") + (" stream" if args.stream else ""),
         "offered_rps": args.rate, "concurrency": args.concurrency, "duration_s": args.duration,
-        "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms, **mine,
+        "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms, "workers": args.workers,
+        **mine,
     }
     if direct is not None:
         out["direct_ms"] = direct

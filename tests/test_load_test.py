@@ -67,6 +67,20 @@ def test_load_test_measures_the_passthrough_beside_router_ml(trained):
         result["proxy_cpu_ms_per_request"] / ref["proxy_cpu_ms_per_request"], rel=0.01)
 
 
+def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
+    """``--workers 2``: the proxy under test is ``router-ml serve --workers 2``; its CPU counts both workers."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--workers", "2", "--rate", "20", "--duration", "2", "--rounds", "1", "--concurrency", "10"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["workers"] == 2 and result["answered"] == 40 and result["errors"] == result["lost"] == 0
+    assert result["proxy_cpu_ms_per_request"] > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "1 <= --workers" in bad.stderr
+
+
 def test_reference_refused_in_fault_mode(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(tmp_path), "--fault",

@@ -79,6 +79,12 @@ def router(trained) -> Router:
     return Router.load(trained.artifact, intra_op_threads=1)
 
 
+@pytest.fixture(params=["httpx", "http1"])
+def upstream(request) -> str:
+    """The routed client's upstream HTTP client: httpx (the library default) or the proxy's own (http1)."""
+    return request.param
+
+
 @pytest.fixture
 def up():
     with FakeUpstream() as a:
@@ -208,10 +214,10 @@ def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router)
     assert priced.decide({"messages": MSG, "willingness_to_pay": 0})[0].chosen == "small-8b"
 
 
-def test_weighted_replicas_share_requests_by_weight(router, up, up2):
+def test_weighted_replicas_share_requests_by_weight(router, up, up2, upstream):
     cat = catalog({"*": up.base_url}, **{m: {"replicas": [{"base_url": up.base_url, "weight": 3},
                                                           {"base_url": up2.base_url, "weight": 1}]} for m in MODELS})
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         for _ in range(20):
             r = client.chat.completions.create(model="small-8b", messages=MSG)
             assert r.router_ml.status == "ok"
@@ -220,10 +226,10 @@ def test_weighted_replicas_share_requests_by_weight(router, up, up2):
 
 # --- 3. calling: retries, fallbacks, circuit breaker -----------------------------------------------
 
-def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
+def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
     up.script.extend(["500", "503"])
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         r = client.chat.completions.create(model="tiny-1b", messages=MSG, temperature=0.2)
     info = r.router_ml
     assert r.choices[0].message.content.startswith("small-8b says")
@@ -236,13 +242,13 @@ def test_5xx_is_retried_then_falls_back_and_the_answer_says_so(router, up, up2):
     assert sent["model"] == "small-8b" and sent["temperature"] == 0.2 and "willingness_to_pay" not in sent
 
 
-def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2):
+def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up, up2, upstream):
     import asyncio
 
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
 
     async def main():
-        async with AsyncRoutedClient(router, cat) as client:
+        async with AsyncRoutedClient(router, cat, upstream=upstream) as client:
             up.script.extend(["500", "500"])
             r = await client.chat.completions.create(model="tiny-1b", messages=MSG)
             stream = await client.chat.completions.create(model="router-ml", messages=MSG, stream=True)
@@ -254,9 +260,9 @@ def test_the_async_client_answers_and_streams_with_the_same_metadata(router, up,
     assert text == f"Hello from {info.model}" and info.status == "ok" and info.cost_usd > 0
 
 
-def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2):
+def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]})
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         up.script.append("429:0.4")
         t0 = time.perf_counter()
         r = client.chat.completions.create(model="tiny-1b", messages=MSG)
@@ -272,11 +278,11 @@ def test_429_waits_for_retry_after_or_falls_back_when_it_is_long(router, up, up2
 
 @pytest.mark.parametrize(("behaviour", "kind"), [("timeout:3", "timeout"), ("garbage", "malformed"),
                                                  ("no_choices", "malformed"), ("drop", "dropped")])
-def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, behaviour, kind):
+def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, behaviour, kind, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, **{"tiny-1b": {"timeout_s": 0.3}})
     up.mode = behaviour
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         t0 = time.perf_counter()
         r = client.chat.completions.create(model="tiny-1b", messages=MSG)
         assert time.perf_counter() - t0 < 2
@@ -284,11 +290,11 @@ def test_timeouts_garbage_and_dropped_connections_fall_back(router, up, up2, beh
     assert [a.kind for a in r.router_ml.fallbacks] == [kind]
 
 
-def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_timeout(router, up, up2):
+def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_timeout(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"request_timeout_s": 1.0, "max_retries": 3}, **{"small-8b": {"timeout_s": 10}})
     up.mode, up2.mode = "500", "timeout:5"
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         t0 = time.perf_counter()
         with pytest.raises(UpstreamError) as err:
             client.chat.completions.create(model="tiny-1b", messages=MSG)
@@ -299,12 +305,12 @@ def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_t
     assert err.value.info.status == "error" and err.value.attempts[-1].kind == "timeout"
 
 
-def test_the_circuit_breaker_opens_skips_and_probes_again(router, up, up2):
+def test_the_circuit_breaker_opens_skips_and_probes_again(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0, "breaker_failures": 2, "breaker_reset_s": 0.5})
     up.mode = "500"
     clock = FakeClock()
-    with RoutedClient(router, cat, clock=clock) as client:
+    with RoutedClient(router, cat, upstream=upstream, clock=clock) as client:
         for _ in range(2):
             assert client.chat.completions.create(model="tiny-1b", messages=MSG).router_ml.model == "small-8b"
         assert client.breaker("tiny-1b#0").state == "open" and len(up.requests) == 2
@@ -329,9 +335,10 @@ def _data_lines(lines):
     return [line[len("data: "):] for line in lines if line.startswith("data: ")]
 
 
-def test_streams_pass_through_event_by_event(router, up):
+def test_streams_pass_through_event_by_event(router, up, upstream):
     up.gate = threading.Event()
-    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}))) as proxy, httpx.Client() as http:
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), upstream=upstream)) as proxy, \
+            httpx.Client() as http:
         body = {"model": "tiny-1b", "messages": MSG, "stream": True}
         with http.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=10) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -354,10 +361,10 @@ def test_streams_pass_through_event_by_event(router, up):
         assert all(json.loads(d)["choices"] for d in rest[:-1])
 
 
-def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
+def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
-    with RoutedClient(router, cat) as client:
+    with RoutedClient(router, cat, upstream=upstream) as client:
         for behaviour, kind in [("drop", "dropped"), ("stream_garbage", "malformed"), ("drop_stream:0", "dropped")]:
             up.mode = behaviour
             stream = client.chat.completions.create(model="tiny-1b", messages=MSG, stream=True,
@@ -370,10 +377,10 @@ def test_a_stream_that_fails_before_its_first_event_falls_back(router, up, up2):
             assert chunks[-1].usage.total_tokens == 30  # asked for: passed on
 
 
-def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
+def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path, upstream):
     log = tmp_path / "d.jsonl"
     up.mode = "drop_stream:3"
-    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=log)) as proxy, \
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), upstream=upstream, decision_log=log)) as proxy, \
             httpx.Client() as http:
         with http.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
                          json={"model": "tiny-1b", "messages": MSG, "stream": True}) as r:
@@ -383,16 +390,16 @@ def test_a_stream_cut_mid_way_ends_with_an_explicit_error(router, up, tmp_path):
         "message"]
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["status"] == "interrupted" and record["model"] == "tiny-1b" and record["usage_estimated"]
-    with RoutedClient(router, catalog({"*": up.base_url})) as client:
+    with RoutedClient(router, catalog({"*": up.base_url}), upstream=upstream) as client:
         stream = client.chat.completions.create(model="tiny-1b", messages=MSG, stream=True)
         with pytest.raises(StreamInterrupted, match="broke off"):
             list(stream)
 
 
-def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path):
+def test_a_client_that_hangs_up_mid_stream_frees_the_upstream_and_is_logged(router, up, tmp_path, upstream):
     log = tmp_path / "d.jsonl"
     up.gate = threading.Event()  # the upstream holds the stream after "Hello"
-    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=log)) as proxy:
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}), upstream=upstream, decision_log=log)) as proxy:
         with httpx.Client() as http, http.stream("POST", proxy.url + "/v1/chat/completions", timeout=10,
                                                  json={"model": "tiny-1b", "messages": MSG, "stream": True}) as r:
             for line in r.iter_lines():
@@ -417,10 +424,10 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
         sock.close()
 
 
-def test_proxy_endpoints_errors_and_metrics(router, up, up2):
+def test_proxy_endpoints_errors_and_metrics(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})
-    with Proxy(AsyncRoutedClient(router, cat), max_body_bytes=4096) as proxy, \
+    with Proxy(AsyncRoutedClient(router, cat, upstream=upstream), max_body_bytes=4096) as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
         models = http.get("/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["router-ml", *MODELS]
@@ -523,14 +530,14 @@ def test_the_proxy_requires_the_client_key_and_refuses_to_bind_openly_without_on
     assert out.returncode == 1 and "--api-key-env" in out.stderr and "not a loopback address" in out.stderr
 
 
-def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, up2, tmp_path, caplog):
+def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, up2, tmp_path, caplog, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0}, environ={"FAKE_KEY": SECRET},
                   **{m: {"api_key_env": "FAKE_KEY"} for m in MODELS})
     assert SECRET not in repr(cat) + repr(cat["tiny-1b"]) + repr(cat["tiny-1b"].replicas[0])
     log = tmp_path / "d.jsonl"
     up.mode = up2.mode = "echo_key_401"  # the upstream quotes the key back in its error
-    with Proxy(AsyncRoutedClient(router, cat, decision_log=log, log_prompts=True)) as proxy, \
+    with Proxy(AsyncRoutedClient(router, cat, upstream=upstream, decision_log=log, log_prompts=True)) as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
         failed = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG})
         metrics = http.get("/metrics").text
@@ -539,7 +546,7 @@ def test_api_keys_never_leave_the_process_except_to_their_provider(router, up, u
     assert failed.status_code == 502 and "Incorrect API key provided: Bearer ***" in failed.text
     for text in (failed.text, metrics, health, log.read_text(), caplog.text):
         assert SECRET not in text
-    with RoutedClient(router, cat) as client, pytest.raises(UpstreamError) as err:
+    with RoutedClient(router, cat, upstream=upstream) as client, pytest.raises(UpstreamError) as err:
         client.chat.completions.create(model="tiny-1b", messages=MSG)
     assert SECRET not in str(err.value) + repr(err.value) + repr(err.value.info)
 
