@@ -1,5 +1,5 @@
 """The training commands of ``router-ml``: ``data inspect|convert``, ``train``, ``evaluate``,
-``compare``, ``sweep`` and ``export``.
+``compare``, ``sweep``, ``export`` and ``cascade evaluate``.
 
 They reach the ``router-ml`` console script through the ``router_ml.commands`` entry point
 (``pyproject.toml``), so the runtime (:mod:`router_ml.cli`) offers them without importing this
@@ -363,6 +363,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_train_extra
+def cmd_cascade_evaluate(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from training.cascade.command import compact, run_cascade_evaluate
+
+    report = run_cascade_evaluate(router=args.router, scorer=args.scorer, data=args.path, seed=args.seed,
+                                  train_size=_size(args.train_size, "--train-size"), out=args.out,
+                                  scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot, **_load_options(args))
+    print(json.dumps(report if args.full else compact(report)))
+    return 0
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars or progress messages on stderr (bars show only when stderr is a terminal; "
@@ -491,6 +503,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
                         "default: best predicted quality)")
     export.set_defaults(func=cmd_export)
+
+    cascade = sub.add_parser("cascade", help="cascades: call a cheap model, score its answer, escalate when low")
+    evaluate_cascade = cascade.add_subparsers(dest="cascade_command", required=True).add_parser(
+        "evaluate", help="fit cascade policies on the router's validation split, score them on its test split")
+    evaluate_cascade.add_argument("--router", required=True, help="the router's exported artifact directory")
+    evaluate_cascade.add_argument("--scorer", required=True, help="the answer scorer's exported artifact directory")
+    evaluate_cascade.add_argument("--data", required=True, dest="path", help="the data router and scorer were "
+                                  "trained on, with every model's response text")
+    evaluate_cascade.add_argument("--train-size", required=True, help="as given to 'train' (count or fraction)")
+    evaluate_cascade.add_argument("--seed", type=int, default=0, help="as given to 'train' (default 0)")
+    evaluate_cascade.add_argument("--out", help="write report.json, policy.json (+ one per policy family) and "
+                                  "curves.png here")
+    evaluate_cascade.add_argument("--scorer-latency-ms", type=float, default=1.0, metavar="MS",
+                                  help="the scorer's time per scored answer, for the latency report (default 1)")
+    evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
+    evaluate_cascade.add_argument("--full", action="store_true", help="print the curves and per-point tables too")
+    _add_quiet(evaluate_cascade)
+    _add_input_options(evaluate_cascade, positional=False)
+    evaluate_cascade.set_defaults(func=cmd_cascade_evaluate)
 
     featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
                                "that 'train' reads (fan it out with any batch engine)")
