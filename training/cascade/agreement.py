@@ -75,9 +75,11 @@ def final_answer(response: str | None) -> str | None:
         return None
     best: tuple[int, str] | None = None
     for pattern in _PATTERNS:
-        for match in pattern.finditer(response):
+        start = 0  # overlapping search: a captured tail may hold a later statement of the answer
+        while (match := pattern.search(response, start)) is not None:
             if best is None or match.start() >= best[0]:
                 best = (match.start(), match.group(1))
+            start = match.start() + 1
     return None if best is None else _normalise(best[1])
 
 

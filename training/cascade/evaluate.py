@@ -63,11 +63,9 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     pos, neg = int(y.sum()), int((~y).sum())
     if not pos or not neg:
         return None
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s))
-    ranks[order] = np.arange(1, len(s) + 1)
-    for value in np.unique(s[np.diff(np.sort(s), prepend=np.nan) == 0]):  # average the ranks of ties
-        ranks[s == value] = ranks[s == value].mean()
+    from scipy.stats import rankdata  # scikit-learn's dependency, so part of the training extra
+
+    ranks = rankdata(s)  # ties get their average rank
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
