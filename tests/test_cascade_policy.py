@@ -105,7 +105,7 @@ def test_policy_json_round_trip_keeps_every_decision(tmp_path):
                    cost3)
     combiner, _ = fit_combiner(sig3, quality3, [(0,), (1,), (2,)], features=("score", "prior"))
     rtc = Point("route_then_cascade", thresholds=(0.6,), first_wtp=0.0, escalate_wtp=np.inf, min_wtp=3.0)
-    chain = Point("chain", (0, 2), (np.inf,), min_wtp=7.5)
+    chain = Point("chain", (0, 2), (0.1,), min_wtp=7.5, margin=True)
     original = CascadePolicy(("cheap", "strong", "dearest"), combiner, (policy.points[0], rtc, chain),
                              ((1.0, 0.5), (2.0, 0.7), (3.0, 0.9)), name="mixed")
     path = original.save(tmp_path / "policy.json")
@@ -146,6 +146,19 @@ def test_route_then_cascade_escalates_to_a_pricier_model_the_router_picks():
     candidates = rtc_points(sig, {(j,): quality[:, j] for j in range(3)}, quality, cost, np.array([0.0, 1.0, np.inf]))
     assert {p.kind for _, _, p in candidates} == {"route_then_cascade"}
     assert max(q for _, q, _ in candidates) == 1.0
+
+
+def test_margin_escalates_where_the_next_model_is_predicted_to_gain_most():
+    # both cheap answers look equally doubtful (0.5); the router expects the strong model to get only
+    # prompt 1 right, so the margin rule escalates prompt 1 alone
+    cost = np.tile([1.0, 10.0], (2, 1))
+    sig = Signals(prior=np.array([[0.5, 0.2], [0.5, 0.9]]), score=np.full((2, 2), 0.5), cost_est=cost)
+    plain = run_point(Point("chain", (0, 1), (0.0,)), sig, RAW, cost)
+    margin = run_point(Point("chain", (0, 1), (0.0,), margin=True), sig, RAW, cost)
+    assert plain.answered.tolist() == [0, 0]
+    assert margin.answered.tolist() == [0, 1] and margin.cost.tolist() == [1.0, 11.0]
+    rtc = run_point(Point("route_then_cascade", thresholds=(0.0,), first_wtp=0.0, margin=True), sig, RAW, cost)
+    assert rtc.answered.tolist() == [0, 1]
 
 
 def test_candidate_chains_skip_models_far_below_a_cheaper_one():

@@ -68,6 +68,8 @@ def step_features(signals: Signals, prefix: tuple[int, ...], features: tuple[str
         cols.append(_logit(signals.prior[:, j]))
     if "agreement" in features and signals.agreement is not None:
         cols.extend(np.nan_to_num(signals.agreement[:, j, k], nan=0.5) for k in prefix[:-1])
+        if "score" in features:  # an earlier answer the scorer trusted, agreeing or not, says something too
+            cols.extend(_logit(signals.score[:, k]) for k in prefix[:-1])
     return np.column_stack(cols) if cols else np.zeros((signals.prior.shape[0], 0))
 
 

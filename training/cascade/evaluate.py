@@ -38,13 +38,15 @@ from training.evaluation import HeldOut, evaluate_held_out, scoreable_rows
 
 __all__ = ["FAMILIES", "HEADLINE", "auc", "evaluate_cascades", "fit_families"]
 
-#: policy name -> (combiner feature set, kinds of operating point on its validation hull)
-FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cascade": ("full", ("chain", "route_then_cascade")),
-    "chain": ("full", ("chain",)),
-    "route_then_cascade": ("full", ("route_then_cascade",)),
-    "chain_scorer_only": ("scorer", ("chain",)),
-    "chain_agreement_prior": ("agreement_prior", ("chain",)),
+#: policy name -> (combiner feature set, kinds of operating point on its validation hull, margins tried)
+FAMILIES: dict[str, tuple[str, tuple[str, ...], tuple[bool, ...]]] = {
+    "cascade": ("full", ("chain", "route_then_cascade"), (False, True)),
+    "chain": ("full", ("chain",), (False,)),
+    "chain_margin": ("full", ("chain",), (True,)),
+    "route_then_cascade": ("full", ("route_then_cascade",), (False,)),
+    "route_then_cascade_margin": ("full", ("route_then_cascade",), (True,)),
+    "chain_scorer_only": ("scorer", ("chain",), (False,)),
+    "chain_agreement_prior": ("agreement_prior", ("chain",), (False,)),
 }
 #: the policy whose numbers are the report's ``test`` block: every kind of point on one hull
 HEADLINE = "cascade"
@@ -70,7 +72,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def fit_families(signals: Signals, quality: np.ndarray, cost: np.ndarray, *, models: tuple[str, ...],
-                 wtps: np.ndarray, families: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                 wtps: np.ndarray, families: dict[str, tuple[str, tuple[str, ...], tuple[bool, ...]]] | None = None,
                  grid: int = 21, seed: int = 0) -> dict[str, CascadePolicy]:
     """Fit every policy family on these (validation) rows: name -> :class:`CascadePolicy`."""
     families = FAMILIES if families is None else families
@@ -79,18 +81,20 @@ def fit_families(signals: Signals, quality: np.ndarray, cost: np.ndarray, *, mod
     prefixes = [(j,) for j in range(m)] + [c[:k + 1] for c in chains for k in range(1, len(c) - 1)]
     fitted: dict[str, tuple[Any, dict]] = {}
     policies = {}
-    for name, (feature_set, kinds) in families.items():
+    for name, (feature_set, kinds, margins) in families.items():
         if feature_set not in fitted:
             fitted[feature_set] = fit_combiner(signals, quality, prefixes, features=FEATURE_SETS[feature_set],
                                                seed=seed)
         combiner, oof = fitted[feature_set]
         candidates = []
-        if "chain" in kinds:
-            for chain in chains:
-                if all(chain[:k + 1] in oof for k in range(len(chain) - 1)):
-                    candidates += chain_points(chain, oof, quality, cost, grid=grid)
-        if "route_then_cascade" in kinds:
-            candidates += rtc_points(signals, oof, quality, cost, wtps[::2], grid=grid)
+        for margin in margins:
+            if "chain" in kinds:
+                for chain in chains:
+                    if all(chain[:k + 1] in oof for k in range(len(chain) - 1)):
+                        candidates += chain_points(chain, oof, quality, cost, grid=grid,
+                                                   prior=signals.prior if margin else None)
+            if "route_then_cascade" in kinds:
+                candidates += rtc_points(signals, oof, quality, cost, wtps[::2], grid=grid, margin=margin)
         policies[name] = fit_policy(candidates, models=models, combiner=combiner, name=name)
     return policies
 
@@ -149,7 +153,8 @@ def _called_latency(point: Any, outcome: Outcome, latency_s: np.ndarray) -> floa
 
 def evaluate_cascades(signals: Signals, quality: np.ndarray, cost: np.ndarray, *, val_rows: np.ndarray,
                       test_rows: np.ndarray, models: tuple[str, ...], wtps: np.ndarray,
-                      families: dict[str, tuple[str, tuple[str, ...]]] | None = None, scorer_latency_ms: float = 0.0,
+                      families: dict[str, tuple[str, tuple[str, ...], tuple[bool, ...]]] | None = None,
+                      scorer_latency_ms: float = 0.0,
                       latency_s: np.ndarray | None = None, n_boot: int = 200, seed: int = 0,
                       grid: int = 21) -> tuple[dict[str, Any], dict[str, CascadePolicy]]:
     """Fit on ``val_rows``, score on ``test_rows`` (rows with every outcome, as routers are scored).

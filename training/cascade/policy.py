@@ -60,9 +60,11 @@ class Point:
     first_wtp: float = 0.0
     escalate_wtp: float = float("inf")
     min_wtp: float = 0.0
+    margin: bool = False
 
     def to_json(self, models: tuple[str, ...]) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "min_willingness_to_pay": wtp_to_json(self.min_wtp)}
+        out: dict[str, Any] = {"kind": self.kind, "min_willingness_to_pay": wtp_to_json(self.min_wtp),
+                               "margin": self.margin}
         if self.kind == "chain":
             out.update(models=[models[j] for j in self.models], thresholds=list(map(_threshold_json, self.thresholds)))
         else:
@@ -76,7 +78,8 @@ class Point:
         kind = data.get("kind")
         if kind not in KINDS:
             raise RouterMLError(f"cascade policy point kind {kind!r}: expected one of {', '.join(KINDS)}")
-        base = {"kind": kind, "min_wtp": wtp_from_json(data["min_willingness_to_pay"])}
+        base = {"kind": kind, "min_wtp": wtp_from_json(data["min_willingness_to_pay"]),
+                "margin": bool(data.get("margin", False))}
         if kind == "chain":
             unknown = [m for m in data["models"] if m not in models]
             if unknown:
@@ -143,17 +146,34 @@ def _rtc_outcome(accept_first: np.ndarray, first: np.ndarray, target: np.ndarray
     return Outcome(answered, paid, 1 + escalate.astype(np.int64), scored)
 
 
+def _margin(accept: np.ndarray, prior: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The acceptance score less the router's predicted quality of the escalation target, per prompt:
+    escalate where the expected gain is largest, not merely where the answer looks weakest."""
+    rows = np.arange(prior.shape[0])
+    return accept - np.where(target >= 0, prior[rows, np.maximum(target, 0)], 0.0)
+
+
+def _chain_accept(scores: list[np.ndarray], chain: tuple[int, ...], prior: np.ndarray, margin: bool) -> np.ndarray:
+    if margin:
+        last = np.full(prior.shape[0], chain[-1])
+        scores = [_margin(a, prior, last) for a in scores]
+    return np.column_stack(scores)
+
+
 def run_point(point: Point, signals: Signals, combiner: Combiner, cost: np.ndarray) -> Outcome:
     """Apply one operating point to every prompt; ``cost`` (n, m) is what each call costs (USD)."""
     if point.kind == "chain":
-        accept = np.column_stack([combiner.accept_scores(signals, point.models[:k + 1])
-                                  for k in range(len(point.models) - 1)])
+        scores = [combiner.accept_scores(signals, point.models[:k + 1]) for k in range(len(point.models) - 1)]
+        accept = _chain_accept(scores, point.models, signals.prior, point.margin)
         return _chain_outcome(accept, point.models, point.thresholds, cost)
     first = choose(signals.prior, signals.cost_est, point.first_wtp)
     m = signals.prior.shape[1]
     per_model = np.column_stack([combiner.accept_scores(signals, (j,)) for j in range(m)])
     accept = per_model[np.arange(len(first)), first]
-    return _rtc_outcome(accept, first, _escalation(signals, first, point.escalate_wtp), point.thresholds[0], cost)
+    target = _escalation(signals, first, point.escalate_wtp)
+    if point.margin:
+        accept = _margin(accept, signals.prior, target)
+    return _rtc_outcome(accept, first, target, point.thresholds[0], cost)
 
 
 def candidate_chains(mean_cost: np.ndarray, mean_quality: np.ndarray, *, lengths: tuple[int, ...] = (2, 3),
@@ -175,21 +195,25 @@ def _grid(scores: np.ndarray, points: int) -> np.ndarray:
 
 
 def chain_points(chain: tuple[int, ...], oof: dict[tuple[int, ...], np.ndarray], quality: np.ndarray,
-                 cost: np.ndarray, *, grid: int = 21) -> list[tuple[float, float, Point]]:
+                 cost: np.ndarray, *, grid: int = 21, prior: np.ndarray | None = None,
+                 ) -> list[tuple[float, float, Point]]:
     """(mean cost, mean quality, point) of ``chain`` at every threshold combination of the grid, on the
-    validation rows whose out-of-fold acceptance scores ``oof`` holds."""
-    accept = np.column_stack([oof[chain[:k + 1]] for k in range(len(chain) - 1)])
+    validation rows whose out-of-fold acceptance scores ``oof`` holds; with the router's ``prior``, on
+    the margin over the last model's prior instead (:func:`_margin`)."""
+    margin = prior is not None
+    accept = _chain_accept([oof[chain[:k + 1]] for k in range(len(chain) - 1)], chain,
+                           prior if margin else np.zeros_like(quality), margin)
     size = {2: 2 * grid, 3: grid}.get(len(chain), max(3, grid // 2))  # combinations grow as size ** (steps - 1)
     out = []
     for thresholds in itertools.product(*(_grid(accept[:, k], size) for k in range(len(chain) - 1))):
         outcome = _chain_outcome(accept, chain, thresholds, cost)
         out.append((float(outcome.cost.mean()), float(outcome.quality(quality).mean()),
-                    Point("chain", chain, tuple(float(t) for t in thresholds))))
+                    Point("chain", chain, tuple(float(t) for t in thresholds), margin=margin)))
     return out
 
 
 def rtc_points(signals: Signals, oof: dict[tuple[int, ...], np.ndarray], quality: np.ndarray, cost: np.ndarray,
-               wtps: np.ndarray, *, grid: int = 21) -> list[tuple[float, float, Point]]:
+               wtps: np.ndarray, *, grid: int = 21, margin: bool = False) -> list[tuple[float, float, Point]]:
     """(mean cost, mean quality, point) of route-then-cascade over first knob x escalation knob x threshold."""
     n, m = quality.shape
     rows = np.arange(n)
@@ -198,14 +222,16 @@ def rtc_points(signals: Signals, oof: dict[tuple[int, ...], np.ndarray], quality
     out = []
     for first_wtp in wtps:
         first = choose(signals.prior, signals.cost_est, first_wtp)
-        accept = per_model[rows, first]
         for escalate_wtp in np.unique(escalate_wtps[escalate_wtps >= first_wtp]):
             target = _escalation(signals, first, escalate_wtp)
+            accept = per_model[rows, first]
+            if margin:
+                accept = _margin(accept, signals.prior, target)
             for t in _grid(accept, grid):
                 outcome = _rtc_outcome(accept, first, target, t, cost)
                 out.append((float(outcome.cost.mean()), float(outcome.quality(quality).mean()),
                             Point("route_then_cascade", thresholds=(float(t),), first_wtp=float(first_wtp),
-                                  escalate_wtp=float(escalate_wtp))))
+                                  escalate_wtp=float(escalate_wtp), margin=margin)))
     return out
 
 
