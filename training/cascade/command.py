@@ -26,6 +26,8 @@ from training.cascade.evaluate import HEADLINE, evaluate_cascades
 
 __all__ = ["ScoreFn", "build_signals", "check_split", "compact", "run_cascade_evaluate"]
 
+#: the policy families drawn in ``curves.png`` (``report.json`` has them all)
+PLOTTED = (HEADLINE, "chain", "chain_margin", "route_then_cascade_margin")
 #: (prompts, models, responses) -> P(quality) per triple: ``AnswerScorer.score_many``'s signature
 ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
@@ -44,19 +46,22 @@ def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: A
             raise RouterMLError(f"{router_dir}: the router was trained with {key}={theirs}, not {ours}; pass "
                                 f"--{key.split('.')[1].replace('_', '-')} {theirs} to evaluate on its own split")
         checked[key] = theirs
-    fingerprint = training.get("data_fingerprint")
-    if fingerprint and fingerprint != table.fingerprint():
-        raise DataError(f"{router_dir}: the router was trained on other data (fingerprint {fingerprint[:12]}..., "
-                        f"this file {table.fingerprint()[:12]}...); its split cannot be rebuilt here")
-    checked["data_fingerprint"] = bool(fingerprint)
     for candidate in (router_dir / "split.json", router_dir.parent / "split.json"):
         if candidate.is_file():
             saved = json.loads(candidate.read_text())
             if saved.get("test_sample_ids") != sample_ids(table, split.test):
                 raise DataError(f"{candidate}: the training run's test records differ from the rebuilt split's; "
-                                "check --train-size and --seed")
+                                "check --data, --train-size and --seed")
             checked["split_json"] = str(candidate)
             break
+    fingerprint = training.get("data_fingerprint")
+    checked["data_fingerprint"] = None if not fingerprint else fingerprint == table.fingerprint()
+    # the fingerprint covers every loaded field, so a data layer that reads more of the same file (response
+    # text) changes it: with the run's own test records verified above, that is not a different split
+    if checked["data_fingerprint"] is False and "split_json" not in checked:
+        raise DataError(f"{router_dir}: the router was trained on other data (fingerprint {fingerprint[:12]}..., "
+                        f"this file {table.fingerprint()[:12]}...) and no split.json beside it shows the same test "
+                        "records; evaluate on the router's own data, or keep its training directory's split.json")
     return checked
 
 
@@ -152,9 +157,10 @@ def write_outputs(out: Path, report: dict[str, Any], policies: dict[str, Any]) -
     files = {}
     for name, policy in policies.items():
         files[name] = str(policy.save(out / ("policy.json" if name == HEADLINE else f"policy_{name}.json")))
-    curves = {name: p["curve"] for name, p in report["policies"].items()}
+    # the headline and each kind's own hull beside the router; the oracle (far above) would flatten the rest
+    curves = {name: p["curve"] for name, p in report["policies"].items() if name in PLOTTED}
     curves["router only"] = report["router_only"]["curve"]
-    curves.update({k: v for k, v in report["baselines"]["curves"].items() if k in ("random", "oracle")})
+    curves["random"] = report["baselines"]["curves"]["random"]
     files["plot"] = str(plot_cost_quality(out / "curves.png", curves=curves, singles=report["baselines"]["singles"],
                                           title="cascades vs router alone (test)"))
     files["report"] = str(out / "report.json")
