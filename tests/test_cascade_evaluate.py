@@ -88,3 +88,61 @@ def test_auc_matches_the_rank_definition():
     pairs = scores[labels == 1][:, None] - scores[labels == 0][None, :]
     assert auc(scores, labels) == pytest.approx(((pairs > 0) + 0.5 * (pairs == 0)).mean())
     assert auc(scores, np.ones(300)) is None
+
+
+@pytest.fixture(scope="module")
+def answered_run(tmp_path_factory, cache_root):
+    """800 demo records given answer texts (right answers say (A), wrong ones another letter), a static
+    router trained on them by the pipeline (checkpoint + split.json) and exported as an artifact."""
+    import dataclasses
+
+    from training.config import load_config
+    from training.data import load_traffic, write_jsonl
+    from training.export import export_router
+    from training.pipeline import train_router
+
+    from .conftest import DEMO, ROOT
+
+    root = tmp_path_factory.mktemp("cascade")
+    table, _ = load_traffic(DEMO)
+    rng = np.random.default_rng(0)
+    records = []
+    for record in table.records[:800]:
+        outcomes = {m: dataclasses.replace(o, response="Step by step. The answer is (" + (
+            "A" if o.quality >= 0.5 else "BCDE"[rng.integers(4)]) + ").") for m, o in record.outcomes.items()}
+        records.append(dataclasses.replace(record, outcomes=outcomes))
+    data = write_jsonl(records, root / "answered.jsonl")
+    config = load_config(ROOT / "training/configs/mlp_static.toml",
+                         ["train.epochs=5", "eval.n_boot=0", "eval.baselines=random", "tracking.enabled=false",
+                          "data.train_size=0.7"])
+    train_router(config, data, out_dir=root / "run", progress=False)
+    export_router(root / "run", root / "run" / "artifact")
+    return data, root / "run" / "artifact"
+
+
+@pytest.mark.slow
+def test_the_command_rebuilds_the_split_and_writes_policy_and_plot(answered_run, tmp_path):
+    from training.cascade.command import run_cascade_evaluate
+
+    data, artifact = answered_run
+    seen = []
+
+    def score_fn(prompts, models, responses):  # a scorer that reads the answer: "(A)" is right
+        seen.append(len(prompts))
+        return np.array([0.9 if "(A)" in r else 0.1 for r in responses])
+
+    report = run_cascade_evaluate(router=artifact, scorer=score_fn, data=data, train_size=0.7, seed=0,
+                                  out=tmp_path / "out", n_boot=0, grid=5)
+    assert report["split"]["checked"]["split_json"].endswith("split.json")
+    assert report["split"]["checked"]["data_fingerprint"] is True
+    assert report["rows"]["test"] == report["split"]["test"] and report["rows"]["validation"] == report["split"]["val"]
+    assert sum(seen) == 5 * (report["split"]["val"] + report["split"]["test"])  # every response scored once
+    assert report["scorer_auc"]["tiny-1b"] == 1.0
+    assert report["test"]["aiq"] > report["test"]["router_only"]["aiq"]
+    assert all(p["model_latency_s"] is None or p["model_latency_s"] > 0
+               for p in report["policies"]["chain"]["points"])  # the demo logs latency
+    policy = CascadePolicy.load(tmp_path / "out" / "policy.json")
+    assert policy.models == ("tiny-1b", "small-8b", "code-34b", "large-70b", "frontier-xl")
+    assert (tmp_path / "out" / "curves.png").is_file() and (tmp_path / "out" / "report.json").is_file()
+    with pytest.raises(Exception, match="data.seed=0, not 1; pass --seed 0"):
+        run_cascade_evaluate(router=artifact, scorer=score_fn, data=data, train_size=0.7, seed=1, n_boot=0)
