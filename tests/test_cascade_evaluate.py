@@ -9,7 +9,7 @@ import pytest
 from router_ml.metrics import CURVE_KEYS
 from training.cascade.combiner import Signals
 from training.cascade.command import compact, write_outputs
-from training.cascade.evaluate import FAMILIES, auc, evaluate_cascades
+from training.cascade.evaluate import CONTENDERS, FAMILIES, auc, evaluate_cascades
 from training.cascade.policy import CascadePolicy
 
 MODELS = ("small", "mid", "large")
@@ -40,7 +40,7 @@ def evaluated():
     signals, quality, cost, val, test = synthetic()
     wtps = np.concatenate([[0.0], np.geomspace(0.1, 1e4, 20), [np.inf]])
     return evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps,
-                             scorer_latency_ms=2.0, n_boot=30, grid=11)
+                             scorer_latency_ms=2.0, n_boot=30, grid=11, headline="auto")
 
 
 def test_report_keys_and_the_references_beside_the_cascade(evaluated):
@@ -48,7 +48,8 @@ def test_report_keys_and_the_references_beside_the_cascade(evaluated):
     test = report["test"]
     for key in (*CURVE_KEYS, "ci95", "policy", "reference_model", "reference_cost", "reference_quality", "router_only"):
         assert key in test, key
-    assert test["reference_model"] == "large" and test["policy"] == "cascade"
+    assert test["reference_model"] == "large" and test["policy"] in CONTENDERS
+    assert set(test["selection"]["aiq"]) == set(CONTENDERS)  # chosen on validation, among these
     assert set(report["policies"]) == set(FAMILIES) == set(policies)
     assert set(report["baselines"]) >= {"random", "best-single", "oracle"}
     assert set(report["scorer_auc"]) == set(MODELS) and all(0.5 < v <= 1 for v in report["scorer_auc"].values())
@@ -74,11 +75,24 @@ def test_outputs_are_written_and_the_policy_reloads(evaluated, tmp_path):
     report, policies = evaluated
     files = write_outputs(tmp_path / "out", report, policies)
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
-    loaded = CascadePolicy.load(files["cascade"])
-    assert loaded.points == policies["cascade"].points and files["cascade"].endswith("policy.json")
+    headline = report["test"]["policy"]
+    loaded = CascadePolicy.load(files[headline])
+    assert loaded.points == policies[headline].points and files[headline].endswith("/policy.json")
     small = compact(report)
     assert "points" not in small["policies"]["chain"] and "curve" not in small["router_only"]
     assert small["test"] == report["test"]
+
+
+def test_the_default_headline_is_the_margin_chain_and_unknown_names_are_refused():
+    signals, quality, cost, val, test = synthetic(600, seed=1)
+    wtps = np.array([0.0, 1.0, np.inf])
+    report, _ = evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps,
+                                  n_boot=0, grid=5)
+    assert report["test"]["policy"] == "chain_margin" and report["test"]["selection"] == {"by": "fixed"}
+    assert report["test"]["aiq"] == report["policies"]["chain_margin"]["aiq"]
+    with pytest.raises(Exception, match="headline policy 'best'.*auto or one of cascade"):
+        evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps, n_boot=0,
+                          grid=5, headline="best")
 
 
 def test_auc_matches_the_rank_definition():

@@ -370,7 +370,8 @@ def cmd_cascade_evaluate(args: argparse.Namespace) -> int:
 
     report = run_cascade_evaluate(router=args.router, scorer=args.scorer, data=args.path, seed=args.seed,
                                   train_size=_size(args.train_size, "--train-size"), out=args.out,
-                                  scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot, **_load_options(args))
+                                  scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot,
+                                  headline=args.headline, **_load_options(args))
     print(json.dumps(report if args.full else compact(report)))
     return 0
 
@@ -518,6 +519,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate_cascade.add_argument("--scorer-latency-ms", type=float, default=1.0, metavar="MS",
                                   help="the scorer's time per scored answer, for the latency report (default 1)")
     evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
+    evaluate_cascade.add_argument("--headline", default="chain_margin", metavar="FAMILY",
+                                  help="the policy family whose numbers are 'test' and policy.json (default "
+                                  "chain_margin; auto: the best 2-fold cross-validated AIQ on validation)")
     evaluate_cascade.add_argument("--full", action="store_true", help="print the curves and per-point tables too")
     _add_quiet(evaluate_cascade)
     _add_input_options(evaluate_cascade, positional=False)

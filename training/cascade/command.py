@@ -26,8 +26,8 @@ from training.cascade.evaluate import HEADLINE, evaluate_cascades
 
 __all__ = ["ScoreFn", "build_signals", "check_split", "compact", "run_cascade_evaluate"]
 
-#: the policy families drawn in ``curves.png`` (``report.json`` has them all)
-PLOTTED = (HEADLINE, "chain", "chain_margin", "route_then_cascade_margin")
+#: the policy families drawn in ``curves.png`` besides the headline (``report.json`` has them all)
+PLOTTED = ("cascade", "chain", "chain_margin", "route_then_cascade_margin")
 #: (prompts, models, responses) -> P(quality) per triple: ``AnswerScorer.score_many``'s signature
 ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
@@ -104,10 +104,11 @@ def _load_scorer(path: str | Path) -> ScoreFn:
 def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
                          train_size: float | int, seed: int, out: str | Path | None = None,
                          scorer_latency_ms: float = 1.0, n_boot: int = 200, grid: int = 21,
-                         **load_options: Any) -> dict[str, Any]:
+                         headline: str = HEADLINE, **load_options: Any) -> dict[str, Any]:
     """The command (module doc): returns the report; with ``out`` writes ``report.json``, one
     ``policy_<name>.json`` per policy family (``policy.json``: the headline one) and ``curves.png``.
-    ``scorer`` is a scorer artifact path or a ``ScoreFn``."""
+    ``scorer`` is a scorer artifact path or a ``ScoreFn``; ``headline`` names the policy family whose
+    numbers are the report's ``test`` (``"auto"``: chosen on validation)."""
     from router_ml import Router
     from training.costs import observed_costs
     from training.data import load_traffic, split_table
@@ -130,7 +131,8 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     report, policies = evaluate_cascades(
         signals, table.quality[:, order], cost, val_rows=split.val, test_rows=split.test, models=loaded.models,
         wtps=np.asarray(loaded.cost_model.knob_grid or (0.0, float("inf"))), scorer_latency_ms=scorer_latency_ms,
-        latency_s=None if np.isnan(latency).all() else latency, n_boot=n_boot, seed=seed, grid=grid)
+        latency_s=None if np.isnan(latency).all() else latency, n_boot=n_boot, seed=seed, grid=grid,
+        headline=headline)
     report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
     if out is not None:
         report["files"] = write_outputs(Path(out), report, policies)
@@ -149,16 +151,18 @@ def compact(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(out: Path, report: dict[str, Any], policies: dict[str, Any]) -> dict[str, str]:
-    """``report.json``, the policies' JSON and the plot of every policy's test curve beside the router
-    alone, random, the oracle and the single models."""
+    """``report.json``, the policies' JSON (``policy.json``: the headline's) and the plot of the policies'
+    test curves beside the router alone, random, the oracle and the single models."""
     from training.plots import plot_cost_quality
 
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, policy in policies.items():
-        files[name] = str(policy.save(out / ("policy.json" if name == HEADLINE else f"policy_{name}.json")))
+        headline = name == report["test"]["policy"]
+        files[name] = str(policy.save(out / ("policy.json" if headline else f"policy_{name}.json")))
     # the headline and each kind's own hull beside the router; the oracle (far above) would flatten the rest
-    curves = {name: p["curve"] for name, p in report["policies"].items() if name in PLOTTED}
+    drawn = (*PLOTTED, report["test"]["policy"])
+    curves = {name: p["curve"] for name, p in report["policies"].items() if name in drawn}
     curves["router only"] = report["router_only"]["curve"]
     curves["random"] = report["baselines"]["curves"]["random"]
     files["plot"] = str(plot_cost_quality(out / "curves.png", curves=curves, singles=report["baselines"]["singles"],
