@@ -86,12 +86,15 @@ class RouteInfo:
                 "routing_ms": self.routing_ms, "propensity": self.propensity, "explored": self.explored,
                 **({"variant": self.variant} if self.variant is not None else {})}
 
-    def record(self, prompt: str | None) -> dict[str, Any]:
-        """The decision-log record (:mod:`router_ml.decision_log`); ``prompt`` only when prompt logging is on."""
+    def record(self, prompt: str | None, response: str | None = None) -> dict[str, Any]:
+        """The decision-log record (:mod:`router_ml.decision_log`); ``prompt`` and the answer's ``response``
+        text only when prompt logging is on."""
         out: dict[str, Any] = {"type": "decision", VERSION_FIELD: FORMAT_VERSION, "time": utc_now(),
                                "request_id": self.request_id, "prompt_sha256": self.prompt_sha256}
         if prompt is not None:
             out["prompt"] = prompt
+        if response is not None:
+            out["response"] = response
         out.update(self.to_dict())
         out["scores"] = self.scores
         out["policy"] = self.policy

@@ -116,7 +116,7 @@ def test_parquet_carries_the_format_version(tmp_path):
     import pyarrow.parquet as pq
 
     path = write_parquet([Record(prompt="p", outcomes={"m": Outcome(quality=1.0)})], tmp_path / "x.parquet")
-    assert pq.read_schema(path).metadata[b"router_ml_format"] == FORMAT_VERSION.encode() == b"traffic/2"
+    assert pq.read_schema(path).metadata[b"router_ml_format"] == FORMAT_VERSION.encode() == b"traffic/3"
 
 
 def _old_parquet(path, version):

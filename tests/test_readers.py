@@ -250,7 +250,9 @@ def test_routellm_directory(tmp_path):
     assert table.models == ("weak", "strong")
     assert [r.sample_id for r in table] == ["mmlu_a:0", "mmlu_a:1", "mmlu_b:0"]
     assert table.quality.tolist() == [[1, 0], [0, 1], [0, 1]]
-    assert table[0].metadata == {"responses": {"strong": "resp"}} and table[0].task == "mmlu_a"
+    assert table[0].metadata == {} and table[0].task == "mmlu_a"
+    assert table[0].outcomes["strong"].response == "resp" and table[0].outcomes["weak"].response is None
+    assert table.responses("strong").tolist() == ["resp", None, None]
 
 
 def test_routellm_battery(tmp_path):
@@ -474,3 +476,15 @@ def test_mixed_propensity_presence_names_the_gaps_and_quarantines_exactly_them(t
     assert [e["location"] for e in entries] == [f"{path}:{n}" for n in (2, 4, 5, 6)]
     assert {e["field"] for e in entries} == {"outcomes.a.propensity"}
     assert [e["raw"]["sample_id"] for e in entries] == ["s1", "s3", "s4", "s5"]  # nothing lost
+
+
+def test_decision_log_response_text_goes_on_the_answering_model(tmp_path):
+    lines = [_decision_line("r1", response="The answer is (B)"), _decision_line("r2", "b"),
+             _decision_line("r3", response=7)]  # not text: a broken line, quarantined with its field
+    lines += [{"type": "feedback", "request_id": f"r{i}", "quality": 1.0} for i in range(1, 4)]
+    log = _jsonl(tmp_path / "d.jsonl", [json.dumps(x) for x in lines])
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.rejected == 1
+    assert [e["field"] for e in _quarantined(tmp_path / "q.jsonl")] == ["outcomes.a.response"]
+    assert table.responses("a").tolist() == ["The answer is (B)", None]
+    assert table.responses("b").tolist() == [None, None]

@@ -7,10 +7,11 @@ JSON Lines: one :meth:`Record.to_dict` object per line, UTF-8, keys left out whe
 Parquet (schema metadata ``router_ml_format = traffic/2``): columns ``sample_id``, ``prompt``,
 ``task``, ``timestamp`` (strings), ``messages`` and ``metadata`` (JSON text, since their shape is
 free), ``outcomes`` (list of structs: model, quality, cost, input_tokens, output_tokens,
-latency_s, propensity) and ``preferences`` (list of structs: model_a, model_b, winner).
+latency_s, propensity, response) and ``preferences`` (list of structs: model_a, model_b, winner).
 
 Versions: ``traffic/1`` had no ``propensity`` in the outcome struct; it is still read (every
-outcome's propensity unknown). ``traffic/2`` added it. The reader refuses a newer version.
+outcome's propensity unknown). ``traffic/2`` added it, ``traffic/3`` the outcome ``response`` text
+(older files read as having none). The reader refuses a newer version.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import numpy as np
 
 from router_ml.optional import require
 from training.data.columns import Columns
-from training.data.schema import OUTCOME_FIELDS, Record
+from training.data.schema import OUTCOME_FIELDS, OUTCOME_KEYS, Record
 from training.data.table import TrafficTable
 
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "write_jsonl", "write_parquet"]
 
 #: the canonical Parquet layout this release writes (schema metadata ``router_ml_format``)
-FORMAT_VERSION = "traffic/2"
-#: the layouts this release reads; ``traffic/1`` lacks the outcome ``propensity``
-READABLE_VERSIONS = ("traffic/1", "traffic/2")
+FORMAT_VERSION = "traffic/3"
+#: the layouts this release reads; ``traffic/1`` lacks the outcome ``propensity``, ``/2`` its ``response``
+READABLE_VERSIONS = ("traffic/1", "traffic/2", "traffic/3")
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
@@ -54,7 +55,7 @@ def _schema():
     outcome = pa.struct([
         ("model", pa.string()), ("quality", pa.float64()), ("cost", pa.float64()),
         ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("latency_s", pa.float64()),
-        ("propensity", pa.float64()),
+        ("propensity", pa.float64()), ("response", pa.string()),
     ])
     preference = pa.struct([("model_a", pa.string()), ("model_b", pa.string()), ("winner", pa.string())])
     return pa.schema(
@@ -72,7 +73,7 @@ def _row(record: Record) -> dict:
         "messages": None if record.messages is None else json.dumps([dict(m) for m in record.messages]),
         "task": record.task,
         "timestamp": record.timestamp,
-        "outcomes": [{"model": m, **{k: getattr(o, k) for k in OUTCOME_FIELDS}}
+        "outcomes": [{"model": m, **{k: getattr(o, k) for k in OUTCOME_KEYS}}
                      for m, o in record.outcomes.items()],
         "preferences": [p.to_dict() for p in record.preferences],
         "metadata": json.dumps(dict(record.metadata)) if record.metadata else None,
@@ -95,9 +96,23 @@ def _outcome_lists(cols: Columns) -> Any:
             children.append(pa.array(np.where(missing, 0, values).astype(np.int64), mask=missing))
         else:
             children.append(pa.array(values, mask=missing, type=pa.float64()))
+    children.append(pa.array(_response_cells(cols, r, j), pa.string()))
     outcome_type = _schema().field("outcomes").type.value_type
     structs = pa.StructArray.from_arrays(children, fields=list(outcome_type))
     return pa.ListArray.from_arrays(pa.array(offsets), structs)
+
+
+def _response_cells(cols: Columns, rows: np.ndarray, models: np.ndarray) -> list[str | None]:
+    """The response text of each (row, model) outcome cell (None where the row carries none)."""
+    out: list[str | None] = [None] * len(rows)
+    carried = np.flatnonzero(~cols.responses.is_null()[rows]) if len(rows) else rows
+    parsed: dict[int, dict[str, str]] = {}
+    for k in carried:
+        row = int(rows[k])
+        if row not in parsed:
+            parsed[row] = json.loads(cols.responses[row])
+        out[k] = parsed[row].get(cols.models[int(models[k])])
+    return out
 
 
 def _arrow_block(table: TrafficTable, rows: np.ndarray, schema: Any) -> Any:

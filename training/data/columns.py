@@ -5,7 +5,8 @@ the table keeps what records hold as columns: one ``(n, m)`` float64 matrix per 
 (NaN = unset), an int8 ``rank`` matrix (each outcome's position in its record, so records and the
 model order come back exactly), and Arrow ``large_string`` arrays (offsets + UTF-8 bytes, about
 ``len + 8`` bytes a row) for the texts and for the free-form parts stored as canonical JSON text
-(messages, metadata, preferences).
+(messages, metadata, preferences, and the outcomes' response texts as one ``{model: text}`` object
+per row - null for the rows that carry none, which is most logged traffic).
 
 :class:`Assembler` builds columns a row at a time from either a validated :class:`Record` or the
 fast readers' pre-checked values; :func:`concat` and :meth:`Columns.take` combine and select them.
@@ -28,7 +29,7 @@ __all__ = ["MATRICES", "STRINGS", "Assembler", "Columns", "StrColumn", "blank", 
            "join_strings"]
 
 _CHUNK = 65536
-STRINGS = ("text", "messages", "sample_id", "task", "timestamp", "metadata", "preferences")
+STRINGS = ("text", "messages", "sample_id", "task", "timestamp", "metadata", "preferences", "responses")
 
 
 def _pa():
@@ -120,6 +121,9 @@ class StrColumn(Sequence[str]):
     def is_null(self) -> np.ndarray:
         return self.array.is_null().to_numpy(zero_copy_only=False)
 
+    def null_count(self) -> int:
+        return int(self.array.null_count)
+
     def blocks(self, size: int = _CHUNK) -> Iterator[Any]:
         """The values ``size`` rows at a time, each a plain (one-chunk) ``large_string`` Arrow array."""
         pa = _pa()
@@ -182,6 +186,7 @@ class Columns:
     timestamp: StrColumn
     metadata: StrColumn
     preferences: StrColumn
+    responses: StrColumn
 
     def __len__(self) -> int:
         return len(self.chat)
@@ -223,7 +228,7 @@ class Columns:
         """The same rows in less memory: repetitive strings dictionary-encoded, a field no row carries
         as a :func:`blank`, token counts as float32 when every count is exact in it (below 2**24)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("task", "metadata", "timestamp", "preferences", "messages"):
+        for name in ("task", "metadata", "timestamp", "preferences", "messages", "responses"):
             out[name] = out[name].compact()
         for name in MATRICES:
             if not is_blank(out[name]) and out[name].size and np.isnan(out[name]).all():
@@ -264,13 +269,15 @@ class Columns:
         """Rebuild record ``i`` (its outcomes in their original order)."""
         ranks = self.rank[i]
         outcomes = {}
+        texts = self.responses[i]
+        responses = json.loads(texts) if texts is not None else {}
         for j in sorted(np.flatnonzero(ranks >= 0), key=lambda j: ranks[j]):
             values = [self.quality[i, j], self.cost[i, j], self.input_tokens[i, j],
                       self.output_tokens[i, j], self.latency_s[i, j], self.propensity[i, j]]
             args = [None if v != v else float(v) for v in values]
             for k in (2, 3):
                 args[k] = None if args[k] is None else int(args[k])
-            outcomes[self.models[j]] = Outcome(*args)
+            outcomes[self.models[j]] = Outcome(*args, responses.get(self.models[j]))
         chat = bool(self.chat[i])
         prefs = self.preferences[i]
         meta = self.metadata[i]
@@ -297,7 +304,10 @@ class Columns:
         h.update((cols.rank >= 0).astype(np.int8).tobytes())
         h.update(cols.chat.astype(np.int8).tobytes())
         for name in STRINGS:
-            getattr(cols, name).digest(h)
+            column = getattr(cols, name)
+            if name == "responses" and column.null_count() == len(column):
+                continue  # data without responses keeps the identity it had before they existed
+            column.digest(h)
         return h.hexdigest()
 
 
@@ -363,9 +373,9 @@ class Assembler:
 
     def add(self, *, text: str, messages: str | None, sample_id: str | None, task: str | None,
             timestamp: str | None, metadata: str | None, preferences: str | None,
-            outcomes: Iterable[tuple[str, Sequence[float | None]]]) -> None:
+            outcomes: Iterable[tuple[str, Sequence[float | None]]], responses: str | None = None) -> None:
         """Append one pre-validated row; ``outcomes`` yields (model, the six values in OUTCOME_FIELDS
-        order, None or NaN where unset)."""
+        order, None or NaN where unset); ``responses``: the canonical JSON ``{model: text}`` or None."""
         row = len(self.chat)
         models = self.models
         cells = self.cells
@@ -379,9 +389,11 @@ class Assembler:
         s["timestamp"].append(timestamp)
         s["metadata"].append(metadata)
         s["preferences"].append(preferences)
+        s["responses"].append(responses)
         self.chat.append(messages is not None)
 
     def add_record(self, record: Record) -> None:
+        responses = {m: o.response for m, o in record.outcomes.items() if o.response is not None}
         self.add(
             text=record.text,
             messages=None if record.messages is None else canonical_json([dict(m) for m in record.messages]),
@@ -389,6 +401,7 @@ class Assembler:
             metadata=canonical_json(dict(record.metadata)) if record.metadata else None,
             preferences=canonical_json([p.to_dict() for p in record.preferences]) if record.preferences else None,
             outcomes=((m, [getattr(o, k) for k in OUTCOME_FIELDS]) for m, o in record.outcomes.items()),
+            responses=canonical_json(responses) if responses else None,
         )
 
     def finish(self) -> Columns:

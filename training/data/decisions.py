@@ -4,7 +4,8 @@ A decision log (:mod:`router_ml.decision_log`) holds one ``decision`` line per r
 ``feedback`` lines that rate requests by id. This reader joins them: each answered request with
 feedback becomes one canonical record - ``sample_id`` = request id, ``prompt`` = the logged routed
 text, one outcome for the model that answered (``quality`` from the feedback - thumbs up 1, down 0,
-or the score; ``cost``, tokens and latency from the log) - and everything else is rejected with a
+or the score; ``cost``, tokens and latency from the log; the answer's ``response`` text when the
+log carries it, as ``--log-prompts`` makes it) - and everything else is rejected with a
 reason, never dropped silently:
 
 - ``status``: the request failed or its stream broke off (no complete answer to rate);
@@ -128,6 +129,8 @@ def _record(obj: Mapping[str, Any], feedback: Mapping[str, tuple[float, str]],
     outcome = {"quality": quality, "cost": obj.get("cost_usd"), "input_tokens": obj.get("input_tokens"),
                "output_tokens": obj.get("output_tokens"), "latency_s": obj.get("latency_s"),
                "propensity": propensity}
+    if obj.get("response") is not None:  # logged with --log-prompts: what an answer scorer learns from
+        outcome["response"] = obj["response"]
     fallbacks = obj.get("fallbacks") or []
     metadata = {"router_ml": {
         "chosen": obj.get("chosen"), "rule": obj.get("rule"), "willingness_to_pay": obj.get("willingness_to_pay"),

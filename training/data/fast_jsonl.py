@@ -17,15 +17,15 @@ import numpy as np
 
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
-from training.data.batches import Batch, Locations, _bad_rows, _combine, _prompt, _timestamp_ok
+from training.data.batches import _UNDECODED, Batch, Locations, _bad_rows, _combine, _prompt, _timestamp_ok
 from training.data.columns import Assembler, canonical_json
 from training.data.readers import _CANONICAL_KEYS, jsonl_row
-from training.data.schema import OUTCOME_FIELDS
+from training.data.schema import OUTCOME_KEYS
 
 __all__ = ["jsonl_batches", "jsonl_blocks"]
 
 _BLOCK_BYTES = 8 << 20
-_OUTCOME_KEYS = frozenset(OUTCOME_FIELDS)
+_OUTCOME_KEYS = frozenset(OUTCOME_KEYS)
 
 _NUMBER = frozenset((int, float, type(None)))
 _COUNT = frozenset((int, type(None)))
@@ -42,7 +42,7 @@ def _add_json(asm: Assembler, obj: dict) -> bool:
     outcomes, prefs = get("outcomes"), get("preferences")
     if texts is None or type(outcomes) is not dict or not outcomes or (prefs is not None and prefs != []):
         return False
-    cells = []
+    cells, responses = [], None
     for model, o in outcomes.items():
         if type(o) is not dict or not o.keys() <= _OUTCOME_KEYS:
             return False
@@ -53,6 +53,12 @@ def _add_json(asm: Assembler, obj: dict) -> bool:
                 or type(values[4]) not in _NUMBER or type(values[5]) not in _NUMBER
                 or values[5] != values[5]):  # a NaN propensity (json, not orjson, reads one) is an error
             return False
+        response = g("response")
+        if response is not None:
+            if type(response) is not str or _UNDECODED.search(response):
+                return False
+            responses = responses or {}
+            responses[model] = response
         cells.append((model, values))
     sample_id, task, timestamp, metadata = get("sample_id"), get("task"), get("timestamp"), get("metadata")
     if (sample_id is not None and type(sample_id) is not str) or (task is not None and type(task) is not str):
@@ -61,7 +67,8 @@ def _add_json(asm: Assembler, obj: dict) -> bool:
                                                                   or _has_huge_float(metadata))):
         return False
     asm.add(text=texts[0], messages=texts[1], sample_id=sample_id, task=task, timestamp=timestamp,
-            metadata=canonical_json(metadata) if metadata else None, preferences=None, outcomes=cells)
+            metadata=canonical_json(metadata) if metadata else None, preferences=None, outcomes=cells,
+            responses=canonical_json(responses) if responses else None)
     return True
 
 

@@ -20,12 +20,12 @@ from training.data._rows import _iter_parquet_batches
 from training.data.batches import Batch, Locations, _bad_rows, _combine, _prompt, _timestamp_ok
 from training.data.columns import Assembler, Columns, StrColumn, canonical_json
 from training.data.readers import _CANONICAL_KEYS, check_parquet_version, parquet_row
-from training.data.schema import OUTCOME_FIELDS
+from training.data.schema import OUTCOME_FIELDS, OUTCOME_KEYS
 
 __all__ = ["parquet_batch", "parquet_batches", "parquet_fast"]
 
 _ROW_BATCH = 16384
-_OUTCOME_KEYS = frozenset(OUTCOME_FIELDS)
+_OUTCOME_KEYS = frozenset(OUTCOME_KEYS)
 _STRING_COLUMNS = ("sample_id", "prompt", "messages", "task", "timestamp", "metadata")
 
 
@@ -45,6 +45,9 @@ def _parquet_fast_ok(schema: Any) -> bool:
     struct = outcome_type.value_type
     fields = {struct.field(i).name: struct.field(i).type for i in range(struct.num_fields)}
     if "model" not in fields or not t.is_string(fields.pop("model")) or not fields.keys() <= _OUTCOME_KEYS:
+        return False
+    response = fields.pop("response", None)
+    if response is not None and not (t.is_string(response) or t.is_large_string(response)):
         return False
     for key, typ in fields.items():
         integer = key in ("input_tokens", "output_tokens")
@@ -86,10 +89,25 @@ def _parquet_outcomes(outcomes: Any, n: int) -> tuple[Columns, np.ndarray]:
     rank = np.full((n, len(models)), -1, dtype=np.int8)
     rank[parents, cols] = np.minimum(ranks, 127)
     empty = StrColumn.from_values([None] * n)
-    columns = Columns(models=models, rank=rank, chat=np.zeros(n, dtype=bool), **mats,
+    responses = _responses(flat, parents, cols, models, n) if "response" in flat.type.names else empty
+    columns = Columns(models=models, rank=rank, chat=np.zeros(n, dtype=bool), **mats, responses=responses,
                       **dict.fromkeys(("text", "messages", "sample_id", "task", "timestamp", "metadata",
                                        "preferences"), empty))
     return columns, slow
+
+
+def _responses(flat: Any, parents: np.ndarray, cols: np.ndarray, models: tuple[str, ...], n: int) -> StrColumn:
+    """Each row's ``{model: response}`` as canonical JSON (None where no outcome of the row has one)."""
+    child = flat.field("response")
+    carried = np.flatnonzero(~child.is_null().to_numpy(zero_copy_only=False))
+    per_row: dict[int, dict[str, str]] = {}
+    texts = child.take(carried).to_pylist() if carried.size else []
+    for k, text in zip(carried, texts, strict=True):
+        per_row.setdefault(int(parents[k]), {})[models[int(cols[k])]] = text
+    values: list[str | None] = [None] * n
+    for row, responses in per_row.items():
+        values[row] = canonical_json(responses)
+    return StrColumn.from_values(values)
 
 
 def _parquet_batch(path: Path, batch: Any, offset: int, prices: PriceCatalog | None) -> Batch:

@@ -10,12 +10,12 @@ from router_ml.errors import DataError
 from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
-from training.data.schema import OUTCOME_FIELDS, Record, RecordError, build_record, is_missing
+from training.data.schema import OUTCOME_KEYS, Record, RecordError, build_record, is_missing
 from training.data.tabular import WideLayout
 
 __all__ = ["read_hf"]
 
-_MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model", *OUTCOME_FIELDS,
+_MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model", *OUTCOME_KEYS,
                  "model_a", "model_b", "winner"}
 
 
@@ -79,9 +79,11 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
             model = get(row, "model")
             if is_missing(model):
                 raise RecordError(mapping["model"], "model name is missing")
-            outcome = {k: get(row, k) for k in OUTCOME_FIELDS if k in mapping}
+            outcome = {k: get(row, k) for k in OUTCOME_KEYS if k in mapping}
             if is_missing(outcome.get("propensity")):
                 outcome.pop("propensity", None)  # an empty cell = not logged for this call
+            if not isinstance(outcome.get("response"), str):
+                outcome.pop("response", None)  # null/NaN = no answer recorded ("" = the model said nothing)
             return build_record(prompt=get(row, "prompt"), messages=get(row, "messages"),
                                 outcomes={str(model): outcome}, sample_id=get(row, "sample_id"),
                                 task=get(row, "task"), timestamp=get(row, "timestamp"), prices=prices)

@@ -6,7 +6,8 @@ checks each field and raises :class:`RecordError` naming the field and what is w
 - a prompt: plain ``prompt`` text, or OpenAI-style chat ``messages`` (the routed text is derived
   from them by :func:`router_ml.messages.routed_text`);
 - ``outcomes``: ``{model: Outcome}`` for any subset of models (quality in [0, 1], cost in USD,
-  optional token counts, latency and the logging policy's ``propensity``);
+  optional token counts, latency, the logging policy's ``propensity`` and the model's ``response``
+  text - what an answer scorer learns from);
 - optional pairwise ``preferences`` (``model_a``, ``model_b``, ``winner`` in ``a``/``b``/``tie``);
 - optional ``sample_id``, ``task``, ``timestamp`` (ISO 8601) and free-form ``metadata``.
 
@@ -27,6 +28,7 @@ from router_ml.pricing import PriceCatalog
 
 __all__ = [
     "OUTCOME_FIELDS",
+    "OUTCOME_KEYS",
     "Outcome",
     "Preference",
     "Record",
@@ -38,8 +40,10 @@ __all__ = [
     "is_missing",
 ]
 
-#: the keys of an outcome object, in canonical order
+#: the numeric fields of an outcome, in canonical order (one matrix each in a table)
 OUTCOME_FIELDS = ("quality", "cost", "input_tokens", "output_tokens", "latency_s", "propensity")
+#: every key an outcome object may have: the numeric fields and the model's ``response`` text
+OUTCOME_KEYS = (*OUTCOME_FIELDS, "response")
 _PROPENSITY_RULE = "propensity must be in (0, 1]: the probability that the logging policy chose this model"
 _TRUE = {"true", "t", "yes"}
 _FALSE = {"false", "f", "no"}
@@ -71,7 +75,9 @@ class Outcome:
     neither logged nor computable from tokens and a price catalog; ``latency_s`` is seconds.
     ``propensity`` in (0, 1] is the probability with which the logging policy (an exploring
     router) chose this model for this prompt - what off-policy estimators divide by; ``None`` =
-    not logged (offline evaluations, older logs).
+    not logged (offline evaluations, older logs). ``response`` is the model's answer text (``""``
+    when it produced nothing, ``None`` when not recorded): what an answer scorer
+    (:mod:`training.cascade`) trains on.
     """
 
     quality: float
@@ -80,11 +86,12 @@ class Outcome:
     output_tokens: int | None = None
     latency_s: float | None = None
     propensity: float | None = None
+    response: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data without the fields that are unset."""
         out: dict[str, Any] = {"quality": self.quality}
-        for key in OUTCOME_FIELDS[1:]:
+        for key in OUTCOME_KEYS[1:]:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -254,7 +261,7 @@ def build_outcome(
     where = f"outcomes.{model}"
     if not isinstance(raw, Mapping):
         raise RecordError(where, f"an outcome must be an object with 'quality', got {raw!r}")
-    unknown = set(raw) - set(OUTCOME_FIELDS)
+    unknown = set(raw) - set(OUTCOME_KEYS)
     if unknown:
         raise RecordError(where, f"unknown outcome keys {sorted(unknown)}")
     if is_missing(raw.get("quality")):
@@ -275,7 +282,13 @@ def build_outcome(
     propensity = raw.get("propensity")
     if propensity is not None:
         propensity = coerce_propensity(propensity, f"{where}.propensity")
-    return Outcome(quality, cost, input_tokens, output_tokens, latency_s, propensity)
+    response = raw.get("response")
+    if response is not None and not isinstance(response, str):
+        raise RecordError(f"{where}.response", f"response must be the model's answer text (or null), got "
+                                               f"{type(response).__name__}")
+    if response is not None and _UNDECODED.search(response):
+        raise RecordError(f"{where}.response", "text is not valid UTF-8")
+    return Outcome(quality, cost, input_tokens, output_tokens, latency_s, propensity, response)
 
 
 def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:

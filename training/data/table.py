@@ -126,7 +126,7 @@ class TrafficTable(Sequence[Record]):
         return getattr(self._cols, name)[:, :len(self.models)]
 
     #: what :meth:`release` may free: the fields a training run reads only while it loads and prices
-    RELEASABLE = ("input_tokens", "output_tokens", "latency_s", "messages", "timestamp")
+    RELEASABLE = ("input_tokens", "output_tokens", "latency_s", "messages", "timestamp", "responses")
 
     def release(self, *names: str) -> None:
         """Free the memory of ``names`` (of :attr:`RELEASABLE`) once the caller has read what it needs
@@ -181,6 +181,29 @@ class TrafficTable(Sequence[Record]):
         """``(n_records, n_models)`` latency in seconds; NaN = not logged."""
         return self._public("latency_s")
 
+    def responses(self, model: str) -> np.ndarray:
+        """``model``'s answer text on each record: an object array of ``str`` (``""`` when the model
+        produced nothing), ``None`` where the record carries no response for it."""
+        self._check_whole("responses", "responses")
+        if model not in self.models:
+            raise RouterMLError(f"no model {model!r} in this table (models: {', '.join(self.models)})")
+        out = np.full(len(self), None, dtype=object)
+        column = self._cols.responses
+        for row in np.flatnonzero(~column.is_null()):
+            out[row] = json.loads(column[int(row)]).get(model)
+        return out
+
+    def response_counts(self) -> dict[str, int]:
+        """How many records carry a response of each model (0 for every model of most traffic)."""
+        counts = dict.fromkeys(self.models, 0)
+        if "responses" in self._released:
+            return counts
+        for text in self._cols.responses.plain().drop_null().to_pylist():
+            for model in json.loads(text):
+                if model in counts:
+                    counts[model] += 1
+        return counts
+
     def group_values(self, field: str) -> np.ndarray:
         """Each record's ``task`` or ``metadata.<key>`` as a numpy str array ('' where missing)."""
         if field == "task":
@@ -230,6 +253,7 @@ class TrafficTable(Sequence[Record]):
             "outcomes": outcomes,
             "preferences": n_prefs,
             "chat_records": int(self._cols.chat.sum()),
+            "responses": self.response_counts(),
             "tasks": int(pc.count_distinct(self._cols.task.plain(), mode="only_valid").as_py()),
             "fingerprint": self.fingerprint(),
         }

@@ -26,7 +26,7 @@ __all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
                      "output_tokens": "output_tokens", "latency": "latency_s",
-                     "latency_s": "latency_s", "propensity": "propensity"}
+                     "latency_s": "latency_s", "propensity": "propensity", "response": "response"}
 _TASK_COLUMNS = ("eval_name", "task", "category")
 
 
@@ -34,16 +34,18 @@ class WideLayout:
     """How the columns of a RouterBench-style wide table map onto a record.
 
     A column ``M`` is a model's quality column when some ``M|...`` column exists beside it;
-    ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens``, ``M|latency`` and ``M|propensity``
-    fill its outcome (an empty/NaN propensity cell = not logged for that row);
-    other ``M|...`` columns (responses, say) are ignored and listed in :attr:`ignored`; every
+    ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens``, ``M|latency``, ``M|propensity`` and
+    ``M|response`` (the model's answer text) fill its outcome (an empty/NaN propensity cell = not
+    logged for that row; a null/NaN response cell = no answer recorded, an empty string = the model
+    produced nothing); other ``M|...`` columns are ignored and listed in :attr:`ignored`; every
     remaining column except ``prompt``/``sample_id``/the task column is kept in ``metadata``.
     """
 
     def __init__(self, columns: Iterable[str], *, source: str, prompt: str = "prompt",
                  messages: str | None = None, sample_id: str = "sample_id",
-                 task: str | None = None, timestamp: str | None = None):
+                 task: str | None = None, timestamp: str | None = None, csv: bool = False):
         columns = list(columns)
+        self.csv = csv  # a CSV cell cannot tell an empty answer from none: an empty response cell is none
         self.prompt = prompt if prompt in columns else None
         self.messages = messages if messages in columns else None
         if self.prompt is None and self.messages is None:
@@ -82,6 +84,8 @@ class WideLayout:
                 value = row.get(col)
                 if key == "propensity" and is_missing(value):
                     continue  # an empty cell is the table's only way to say "not logged"
+                if key == "response" and (not isinstance(value, str) or (self.csv and not value)):
+                    continue  # null / NaN: no answer recorded (a text cell, even "", is one)
                 outcome[key] = value
             outcomes[model] = outcome
         return build_record(
@@ -102,7 +106,7 @@ def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | 
     files = sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
     for file in files:
         if file.suffix == ".csv":
-            layout = WideLayout(_csv_header(file), source=str(file))
+            layout = WideLayout(_csv_header(file), source=str(file), csv=True)
             rows: Iterator[tuple[str, Any]] = (
                 (loc, item) for loc, _, item in _iter_csv_rows(file))
         else:
@@ -125,8 +129,8 @@ def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | 
 def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
     """Read RouteLLM evaluation CSVs: ``prompt`` plus one True/False column per model.
 
-    ``<model>_response`` columns go to ``metadata["responses"]``; the file stem is the ``task``
-    and ``<stem>:<row>`` the ``sample_id``.
+    ``<model>_response`` columns are that model's outcome ``response``; the file stem is the
+    ``task`` and ``<stem>:<row>`` the ``sample_id``.
     """
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files:
@@ -148,15 +152,12 @@ def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -
 
             def make(item: dict[str, str] = item, n: int = n, file: Path = file, models: list[str] = models,
                      responses: dict[str, str] = responses) -> Record:
-                texts = {m: item[c] for m, c in responses.items() if item[c]}
-                return build_record(
-                    prompt=item["prompt"],
-                    outcomes={m: {"quality": item[m]} for m in models if not is_missing(item[m])},
-                    sample_id=f"{file.stem}:{n}",
-                    task=file.stem,
-                    metadata={"responses": texts} if texts else None,
-                    prices=prices,
-                )
+                outcomes = {m: {"quality": item[m]} for m in models if not is_missing(item[m])}
+                for m, c in responses.items():
+                    if m in outcomes and item[c]:
+                        outcomes[m]["response"] = item[c]
+                return build_record(prompt=item["prompt"], outcomes=outcomes, sample_id=f"{file.stem}:{n}",
+                                    task=file.stem, prices=prices)
 
             yield _convert(loc, lambda item=item: _raw_csv(item), make)
 
