@@ -51,9 +51,6 @@ def scorer_data(table: Any) -> ScorerData:
     Raises :class:`DataError` naming each model that has outcomes but not one recorded response
     (the ``<model>|response`` column of a wide table, ``outcomes.<model>.response`` in canonical files).
     """
-    if not hasattr(table, "responses"):
-        raise DataError("this router-ml's data layer reads no responses (TrafficTable.responses); the answer scorer "
-                        "needs a version that does")
     models = tuple(table.models)
     responses = np.empty((len(table), len(models)), dtype=object)
     quality = np.asarray(table.quality, dtype=np.float64)
