@@ -164,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"data.seed={args.seed}")
     config = load_config(args.config, overrides)
+    if config.scorer.kind:  # [scorer] kind: an answer scorer for cascades, not a router
+        return _train_scorer(args, config)
     summary = train_router(config, args.path, out_dir=args.out, prices=args.prices, cache_dir=args.cache_dir,
                            progress=not args.quiet, register=args.register, **_load_options(args))
     if summary:  # non-zero ranks under torchrun return nothing
@@ -174,6 +176,20 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
               file=sys.stderr)
         print(json.dumps(summary))
+    return 0
+
+
+def _train_scorer(args: argparse.Namespace, config: Any) -> int:
+    from training.cascade.scorer_run import train_scorer
+
+    summary = train_scorer(config, args.path, out_dir=args.out, prices=args.prices, progress=not args.quiet,
+                           register=args.register, **_load_options(args))
+    test = summary["test"]
+    print(f"router-ml: {summary['scorer']} answer scorer trained on {summary['train_triples']} answers in "
+          f"{summary['fit_seconds']} s; test AUC {_fmt(test.get('scorer_auc'), '.4f')} (pooled); saved to "
+          f"{summary['out']}" + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
+          file=sys.stderr)
+    print(json.dumps(summary))
     return 0
 
 
@@ -419,7 +435,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")
     train.add_argument("--config", help="TOML config (training/configs/*.toml); defaults when omitted")
     train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
-    train.add_argument("--out", required=True, help="directory to write the trained router to")
+    train.add_argument("--out", required=True, help="directory to write the trained router (or scorer) to")
     train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
     train.add_argument("--seed", type=int, help="split and training seed")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
