@@ -134,6 +134,47 @@ def answered_run(tmp_path_factory, cache_root):
     return data, root / "run" / "artifact"
 
 
+@pytest.fixture(scope="module")
+def answered_scorer(answered_run, tmp_path_factory):
+    """A static answer scorer trained on the same records and split as the router."""
+    from training.cascade.scorer_run import train_scorer
+    from training.config import load_config
+
+    from .conftest import ROOT
+
+    config = load_config(ROOT / "training/configs/scorer_static.toml",
+                         ["tracking.enabled=false", "featurizer.max_tokens=64", "scorer.response_head=16",
+                          "data.train_size=0.7"])
+    out = tmp_path_factory.mktemp("cascade-scorer") / "scorer"
+    train_scorer(config, answered_run[0], out_dir=out, progress=False)
+    return out / "artifact"
+
+
+@pytest.mark.slow
+def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_scorer, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    data, artifact = answered_run
+    done = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--quiet", "--router",
+                           str(artifact), "--scorer", str(answered_scorer), "--data", str(data), "--train-size", "0.7",
+                           "--seed", "0", "--out", str(tmp_path / "out"), "--n-boot", "20",
+                           "--scorer-latency-ms", "0.5"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["test"]) >= {*CURVE_KEYS, "reference_model", "router_only", "policy", "ci95"}
+    assert set(report["scorer_auc"]) == set(CascadePolicy.load(tmp_path / "out" / "policy.json").models)
+    assert report["scorer_auc"]["tiny-1b"] > 0.9  # right answers say (A): the trained scorer reads that
+    assert report["scorer_latency_ms"] == 0.5 and "points" not in report["policies"]["chain"]
+    assert (tmp_path / "out" / "curves.png").is_file()
+    wrong = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--router", str(artifact),
+                            "--scorer", str(artifact), "--data", str(data), "--train-size", "0.7"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert wrong.returncode != 0 and "scorer" in wrong.stderr  # a router artifact is not a scorer
+
+
 @pytest.mark.slow
 def test_the_command_rebuilds_the_split_and_writes_policy_and_plot(answered_run, tmp_path):
     from training.cascade.command import run_cascade_evaluate
