@@ -200,3 +200,31 @@ def test_combiner_learns_that_agreement_predicts_a_right_answer():
     assert oof[(0, 1)].shape == (n,) and np.isfinite(oof[(0, 1)]).all()
     w = fit_logistic(np.array([[0.0], [0.0], [0.0], [0.0]]), np.array([1.0, 1.0, 1.0, 0.0]))
     assert 1 / (1 + np.exp(-w[-1])) == pytest.approx(0.75, abs=1e-6)  # unpenalised intercept: the base rate
+
+
+def test_the_serving_loop_reproduces_the_matrix_outcome_prompt_by_prompt():
+    """next_call() with only the answers received so far makes the calls run_point() accounts for."""
+    rng = np.random.default_rng(5)
+    n, m = 60, 3
+    quality = (rng.random((n, m)) < [0.5, 0.6, 0.8]).astype(float)
+    cost = np.tile([1.0, 2.0, 9.0], (n, 1))
+    pair = rng.random((n, m, m))
+    sig = Signals(prior=rng.random((n, m)), score=rng.random((n, m)), cost_est=cost, agreement=pair)
+    combiner, _ = fit_combiner(sig, quality, [(0,), (1,), (2,), (0, 1)], features=("score", "prior", "agreement"))
+    policy = CascadePolicy(("a", "b", "c"), combiner, ())
+    points = [Point("chain", (0, 1, 2), (0.5, 0.6)), Point("chain", (0, 1, 2), (-0.1, 0.0), margin=True),
+              Point("route_then_cascade", thresholds=(0.55,), first_wtp=0.3, escalate_wtp=np.inf),
+              Point("route_then_cascade", thresholds=(0.0,), first_wtp=0.0, escalate_wtp=5.0, margin=True)]
+    for point in points:
+        expected = run_point(point, sig, combiner, cost)
+        for i in range(n):
+            row = sig.subset(np.array([i]))
+            hidden = Signals(row.prior, np.full((1, m), np.nan), row.cost_est, np.full((1, m, m), np.nan))
+            called: list[int] = []
+            while (j := policy.next_call(point, hidden, called)) is not None:
+                called.append(j)
+                hidden.score[0, j] = row.score[0, j]  # the answer arrives and is scored
+                for k in called:
+                    hidden.agreement[0, j, k] = hidden.agreement[0, k, j] = row.agreement[0, j, k]
+            assert called[-1] == expected.answered[i] and len(called) == expected.calls[i], (point, i)
+            assert cost[i, called].sum() == expected.cost[i]

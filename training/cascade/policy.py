@@ -254,6 +254,37 @@ class CascadePolicy:
         starts = np.array([p.min_wtp for p in self.points])
         return self.points[int(np.searchsorted(starts, willingness_to_pay, side="right")) - 1]
 
+    def next_call(self, point: Point, signals: Signals, called: list[int]) -> int | None:
+        """The serving loop's step for one prompt: the model to call next, or None to return the answer
+        of the last model in ``called`` (model indices, in call order). ``signals`` has one row: the
+        router's prior and cost estimate, and the scorer's scores (and agreement) of the answers
+        received so far - cells of models not called yet are never read. Calling models as this says
+        reproduces :func:`run_point`'s outcome for the prompt.
+
+        >>> point = policy.point(0.01); called = []                       # doctest: +SKIP
+        >>> while (j := policy.next_call(point, signals, called)) is not None:  # doctest: +SKIP
+        ...     called.append(j)  # call model j, score its answer into signals
+        """
+        if not called:
+            if point.kind == "chain":
+                return point.models[0]
+            return int(choose(signals.prior, signals.cost_est, point.first_wtp)[0])
+        if point.kind == "chain":
+            k = len(called) - 1
+            if k >= len(point.models) - 1:
+                return None
+            accept = _chain_accept([self.combiner.accept_scores(signals, point.models[:k + 1])], point.models,
+                                   signals.prior, point.margin)[0, 0]
+            return None if accept >= point.thresholds[k] else point.models[k + 1]
+        if len(called) > 1:
+            return None
+        first = np.array(called[:1])
+        target = _escalation(signals, first, point.escalate_wtp)
+        accept = self.combiner.accept_scores(signals, (called[0],))
+        if point.margin:
+            accept = _margin(accept, signals.prior, target)
+        return int(target[0]) if target[0] >= 0 and accept[0] < point.thresholds[0] else None
+
     def to_json(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "name": self.name, "models": list(self.models),
                 "combiner": self.combiner.to_json(self.models),
