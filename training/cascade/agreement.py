@@ -13,8 +13,9 @@ knowing the task:
    a truncated chain of thought), agreement is the Jaccard similarity of the character trigrams of
    the two responses' last :data:`TAIL_CHARS` characters: a number in [0, 1] that is high only for
    near-identical endings. No embedding model: the fallback must cost microseconds at serve time and
-   work offline; trigram overlap of the conclusion was the cheapest signal that still separates
-   "same conclusion, other words" from "different conclusion" in a first look at MMLU-Pro's answers.
+   work offline. On MMLU-Pro's answers rule 1 decides most pairs - a final answer is found in 83%
+   (Qwen1.5-72B) to 99.8% (gemini-1.5-pro) of each model's responses - so the fallback matters little
+   there; it was not tuned on free-text tasks.
 
 Pure Python (``re`` only): the serving path can apply it to two strings without the training stack.
 
