@@ -201,3 +201,31 @@ def test_the_command_rebuilds_the_split_and_writes_policy_and_plot(answered_run,
     assert (tmp_path / "out" / "curves.png").is_file() and (tmp_path / "out" / "report.json").is_file()
     with pytest.raises(Exception, match="data.seed=0, not 1; pass --seed 0"):
         run_cascade_evaluate(router=artifact, scorer=score_fn, data=data, train_size=0.7, seed=1, n_boot=0)
+
+
+def test_compare_summarises_cascade_reports_over_seeds(evaluated, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from training.compare import compare_cascades
+
+    report, policies = evaluated
+    for seed in (0, 1):
+        write_outputs(tmp_path / f"s{seed}", {**report, "split": {"train_size": 0.7, "seed": seed}}, policies)
+    done = subprocess.run([sys.executable, "-m", "router_ml.cli", "compare", "--cascade", str(tmp_path / "s0"),
+                           "--cascade", str(tmp_path / "s1"), "--sort", "savings_at_iso_quality", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["seeds"] == [0, 1] and result["reference_model"] == "large"
+    rows = {row["policy"]: row for row in result["ranking"]}
+    assert set(rows) == {*FAMILIES, "router only", "best-single", "random", "oracle"}
+    assert rows["chain"]["aiq"] == pytest.approx(report["policies"]["chain"]["aiq"]) and rows["chain"]["aiq_sd"] == 0
+    savings = [row["savings_at_iso_quality"] for row in result["ranking"] if row["savings_at_iso_quality"] is not None]
+    assert savings == sorted(savings)  # lower is better
+    write_outputs(tmp_path / "other", {**report, "split": {"train_size": 0.5, "seed": 0}}, policies)
+    with pytest.raises(Exception, match="differ in data, train size"):
+        compare_cascades([tmp_path / "s0", tmp_path / "other"])
+    with pytest.raises(Exception, match="no_such_dir.*report.json.*cascade evaluate --out"):
+        compare_cascades([tmp_path / "no_such_dir"])

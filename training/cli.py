@@ -330,6 +330,15 @@ def _seen_note(result: dict[str, Any]) -> str:
 
 @_needs_train_extra
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.cascade:
+        from training.compare import compare_cascades, format_cascade_table
+
+        if args.router or args.experiment or args.run_id or args.filter:
+            raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
+                                "options")
+        result = compare_cascades(args.cascade, sort=args.sort)
+        print(json.dumps(result) if args.json else format_cascade_table(result))
+        return 0
     if args.router:
         from training.compare import compare_routers, format_router_table
 
@@ -482,6 +491,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="a checkpoint or artifact directory to score on --data (repeatable): ranks the routers "
                               "by the same estimator on the same prompts")
     compare.add_argument("--data", dest="path", metavar="FILE", help="with --router: the log (or labelled data)")
+    compare.add_argument("--cascade", action="append", metavar="DIR", help="a 'cascade evaluate --out' directory "
+                         "(repeatable, e.g. one per seed): every policy, the router alone and the baselines, as "
+                         "mean ± sd over the reports; --sort aiq, savings_at_iso_quality or best_quality")
     compare.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
     compare.add_argument("--run-id", action="append", help="an MLflow run id (repeatable)")
     compare.add_argument("--filter", help="MLflow filter, e.g. \"params.data_fingerprint = '...'\"")

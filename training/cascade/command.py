@@ -133,6 +133,7 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
         wtps=np.asarray(loaded.cost_model.knob_grid or (0.0, float("inf"))), scorer_latency_ms=scorer_latency_ms,
         latency_s=None if np.isnan(latency).all() else latency, n_boot=n_boot, seed=seed, grid=grid,
         headline=headline)
+    report["data"], report["data_fingerprint"] = str(data), table.fingerprint()
     report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
     if out is not None:
         report["files"] = write_outputs(Path(out), report, policies)
