@@ -533,6 +533,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default: best predicted quality)")
     export.set_defaults(func=cmd_export)
 
+    featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
+                               "that 'train' reads (fan it out with any batch engine)")
+    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
+    featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
+                           "input options (the cache key holds the loaded records' fingerprint)")
+    featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
+                           "(default 0/1: everything)")
+    featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
+                           "~/.cache/router-ml/features); pass 'train' the same")
+    _add_quiet(featurize)
+    _add_input_options(featurize, positional=False)
+    featurize.set_defaults(func=cmd_featurize)
+
     cascade = sub.add_parser("cascade", help="cascades: call a cheap model, score its answer, escalate when low")
     evaluate_cascade = cascade.add_subparsers(dest="cascade_command", required=True).add_parser(
         "evaluate", help="fit cascade policies on the router's validation split, score them on its test split")
@@ -554,18 +568,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_quiet(evaluate_cascade)
     _add_input_options(evaluate_cascade, positional=False)
     evaluate_cascade.set_defaults(func=cmd_cascade_evaluate)
-
-    featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
-                               "that 'train' reads (fan it out with any batch engine)")
-    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
-    featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
-                           "input options (the cache key holds the loaded records' fingerprint)")
-    featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
-                           "(default 0/1: everything)")
-    featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
-                           "~/.cache/router-ml/features); pass 'train' the same")
-    _add_quiet(featurize)
-    _add_input_options(featurize, positional=False)
-    featurize.set_defaults(func=cmd_featurize)
 
