@@ -11,7 +11,10 @@ Two kinds of operating point, both evaluated as pure numpy over ``(n, m)`` matri
   the router picks again among the models that cost more for that prompt, at ``escalate_wtp``.
 
 Cost counts every call made (a chain that called ``a`` then ``b`` pays both). The acceptance score is
-a :class:`~training.cascade.combiner.Combiner`'s calibrated probability.
+a :class:`~training.cascade.combiner.Combiner`'s calibrated probability; with ``margin`` the score a
+threshold sees is that probability less the router's predicted quality of the model escalation would
+reach (the chain's last model, or route-then-cascade's target), so escalation goes where the expected
+gain is largest rather than where the answer merely looks weakest.
 
 **One policy serves every budget, as the router does.** :func:`fit_policy` evaluates many operating
 points on the validation rows and keeps the non-decreasing convex hull of their (mean cost, mean
@@ -23,8 +26,10 @@ path between rises in both cost and quality. Within one chain, thresholds along 
 non-decreasing for two-step chains (raising the knob can only escalate more); for longer chains the
 hull may trade one step's threshold against another's, and the path is monotone in cost and quality.
 
-The module imports numpy and the runtime's policy helpers only, so the serving path can apply a
-saved policy (:meth:`CascadePolicy.from_json`) without the training stack.
+The module needs numpy, the runtime's policy helpers and the numpy-only combiner, nothing of the
+training stack, so the serving path can load a saved policy (:meth:`CascadePolicy.load`) and step
+through it prompt by prompt (:meth:`CascadePolicy.next_call`); moving these modules under
+``router_ml`` is a rename.
 """
 
 from __future__ import annotations
