@@ -57,6 +57,8 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     scored = scorer_data(table)
     fingerprint = table.fingerprint()
     scorer = get_scorer(config.scorer.kind)(config=config, models=table.models)
+    log.info("loaded %d records (%s), split %s; fitting the %s answer scorer", len(table), prep.report.format,
+             split.sizes(), config.scorer.kind)
     out_dir = Path(out_dir)
     tracker = Tracker(experiment=config.tracking.experiment, enabled=config.tracking.enabled,
                       tracking_uri=tracking_uri, run_name=f"scorer-{config.scorer.kind}")
@@ -67,6 +69,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         fit_started = time.perf_counter()
         scorer.fit(scored, split.train, split.val)
         fit_seconds = time.perf_counter() - fit_started
+        log.info("fitted in %.1fs; scoring the validation and test answers", fit_seconds)
         report, predictions = {}, []
         score_started = time.perf_counter()
         for offset, (part, rows) in enumerate((("val", split.val), ("test", split.test))):
