@@ -128,7 +128,7 @@ class ScorerConfig:
     kind: str = ""                 #: "" = train a router; static | encoder = train an answer scorer
     response_head: int = 64        #: static: tokens kept from an over-long response's start (the rest from its end)
     answer_features: bool = True   #: static: add the cheap answer features (router_ml/_answer_inputs.py)
-    c_grid: tuple[str, ...] = ("0.003", "0.01", "0.03", "0.1")  #: static: inverse L2 strengths, best val AUC per model
+    c_grid: tuple[str, ...] = ("0.0001", "0.0003", "0.001", "0.003")  #: static: L2 C, best val AUC
     prompt_tokens: int = 64        #: encoder: prompt tokens kept when prompt + response pass router.max_length
     train_triples: int = 0         #: (prompt, model, response) training triples: a seeded sample (0 = all)
     val_triples: int = 0           #: encoder: validation triples for early stopping (0 = all)

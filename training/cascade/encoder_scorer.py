@@ -128,6 +128,8 @@ class EncoderScorer:
         """P(quality) of each response, in its answering model's column, batched by length."""
         import torch
 
+        from training.progress import chunks
+
         n = len(prompts)
         out = np.zeros(n)
         if not n:
@@ -137,8 +139,8 @@ class EncoderScorer:
         model_index = np.asarray(model_index, dtype=np.int64)
         self.module_.eval()
         with torch.no_grad():
-            for start in range(0, n, PREDICT_BATCH):
-                pick = order[start:start + PREDICT_BATCH]
+            for start, stop in chunks(n, PREDICT_BATCH, desc="score", unit="answer"):
+                pick = order[start:stop]
                 logits = self.module_(torch.as_tensor(ids[pick]), torch.as_tensor(mask[pick])).float().numpy()
                 out[pick] = 1.0 / (1.0 + np.exp(-logits[np.arange(len(pick)), model_index[pick]]))
         return out

@@ -57,6 +57,8 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     scored = scorer_data(table)
     fingerprint = table.fingerprint()
     scorer = get_scorer(config.scorer.kind)(config=config, models=table.models)
+    log.info("loaded %d records (%s), split %s; fitting the %s answer scorer", len(table), prep.report.format,
+             split.sizes(), config.scorer.kind)
     out_dir = Path(out_dir)
     tracker = Tracker(experiment=config.tracking.experiment, enabled=config.tracking.enabled,
                       tracking_uri=tracking_uri, run_name=f"scorer-{config.scorer.kind}")
@@ -67,6 +69,9 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         fit_started = time.perf_counter()
         scorer.fit(scored, split.train, split.val)
         fit_seconds = time.perf_counter() - fit_started
+        log.info("fitted in %.1fs; scoring the validation and test answers", fit_seconds)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scorer.save(out_dir)  # before scoring: an encoder's scoring takes minutes on a CPU, and may be interrupted
         report, predictions = {}, []
         score_started = time.perf_counter()
         for offset, (part, rows) in enumerate((("val", split.val), ("test", split.test))):
@@ -75,8 +80,6 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             report[part] = auc_report(scored, row, model, scores)
             predictions.append((part, row, model, scores))
         score_seconds = time.perf_counter() - score_started
-        out_dir.mkdir(parents=True, exist_ok=True)
-        scorer.save(out_dir)
         _save(out_dir, config, table, scored, fingerprint, tracker.run_id, report, predictions)
         tracker.log_metrics({f"{part}.{k}": v for part, values in report.items() for k, v in values.items()
                              if isinstance(v, int | float)} | {"fit_seconds": fit_seconds})
