@@ -23,6 +23,7 @@ from router_ml.optional import lazy_attributes as _lazy_attributes
 from router_ml.pricing import ModelPrice, PriceCatalog
 from router_ml.providers import ProviderCatalog
 from router_ml.router import ArtifactError, Decision, Router
+from router_ml.scorer import AnswerScorer
 
 if typing.TYPE_CHECKING:
     from router_ml.client import AsyncRoutedClient, RequestError, RoutedClient, StreamInterrupted, UpstreamError
@@ -30,6 +31,7 @@ if typing.TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerScorer",
     "ArtifactError",
     "AsyncRoutedClient",
     "CatalogError",

@@ -42,7 +42,7 @@ from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_
 from router_ml.pricing import PriceCatalog
 from router_ml.truncation import clip_chars, sanitize
 
-__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "ArtifactError", "Decision", "Router"]
+__all__ = ["ARTIFACT_FORMAT", "ARTIFACT_VERSION", "ArtifactError", "Decision", "Router", "read_artifact_manifest"]
 
 ARTIFACT_FORMAT = "router-ml-artifact"
 ARTIFACT_VERSION = 1
@@ -90,7 +90,38 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve(path: str | Path) -> Path:
+#: what each artifact kind is loaded with (a manifest without ``kind`` is a router's: they predate it)
+_LOADERS = {"router": "router_ml.Router.load", "scorer": "router_ml.AnswerScorer.load"}
+
+
+def read_artifact_manifest(directory: Path, *, kind: str, required: Sequence[str]) -> dict[str, Any]:
+    """The manifest of the artifact in ``directory``, after checking its format version, that it is
+    an artifact of ``kind`` (``router`` or ``scorer``), and the sha256 of every file it lists (which
+    must include ``required``). Raises :class:`ArtifactError` saying what is wrong and what to do."""
+    manifest_path = directory / "manifest.json"
+    manifest = read_versioned(manifest_path, what=f"{kind} artifact", fmt=ARTIFACT_FORMAT, version=ARTIFACT_VERSION,
+                              fix=f"re-export the {kind}", error=ArtifactError)
+    found = manifest.get("kind", "router")
+    if found != kind:
+        loader = _LOADERS.get(found)
+        raise ArtifactError(f"{directory}: a {found} artifact, not a {kind} one"
+                            + (f"; load it with {loader}" if loader else ""))
+    files = manifest.get("files") or {}
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 checksums")
+    for name in required:
+        if name not in files:
+            raise ArtifactError(f"{manifest_path}: no checksum for {name}; the manifest was edited")
+    for name, expected in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{directory}: missing {name}")
+        if file_sha256(file) != expected:
+            raise ArtifactError(f"{file}: checksum mismatch - the file was changed or truncated after export")
+    return manifest
+
+
+def resolve_artifact_path(path: str | Path) -> Path:
     text = str(path)
     if text.startswith(("runs:/", "models:/")):
         try:
@@ -176,22 +207,9 @@ class Router:
 
         >>> router = Router.load("models/demo-artifact", verify=True)   # doctest: +SKIP
         """
-        directory = _resolve(path)
+        directory = resolve_artifact_path(path)
         manifest_path = directory / "manifest.json"
-        manifest = read_versioned(manifest_path, what="router artifact", fmt=ARTIFACT_FORMAT, version=ARTIFACT_VERSION,
-                                  fix="re-export the router", error=ArtifactError)
-        files = manifest.get("files") or {}
-        if not isinstance(files, dict):
-            raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 checksums")
-        for name in _REQUIRED:
-            if name not in files:
-                raise ArtifactError(f"{manifest_path}: no checksum for {name}; the manifest was edited")
-        for name, expected in files.items():
-            file = directory / name
-            if not file.is_file():
-                raise ArtifactError(f"{directory}: missing {name}")
-            if file_sha256(file) != expected:
-                raise ArtifactError(f"{file}: checksum mismatch - the file was changed or truncated after export")
+        manifest = read_artifact_manifest(directory, kind="router", required=_REQUIRED)
         try:
             for key in ("models", "tokenizer", "policy"):
                 manifest[key]  # noqa: B018 - presence check

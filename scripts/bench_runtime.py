@@ -14,6 +14,10 @@ Prints one JSON object on stdout (microseconds; each p50/p99 is the median over 
 ``R``) to the same interleaved turns, ``breakdown_p50_us[n].explore_*_extra`` (what exploring adds to a
 decision) and a target of under 5 us at 64 tokens.
 
+``--scorer DIR`` (repeatable) adds ``scorer``: ``AnswerScorer.score`` p50/p99 of each answer-scorer artifact
+on a ~200-token answer to a multiple-choice prompt, on ``--scorer-threads`` (default 2) threads, with issue 16's
+targets (static under 1 ms, encoder under 10 ms p50).
+
 ``--compare DIR`` (repeatable) adds ``compare_64_tokens``: ``route`` p50/p99 of each artifact on the same
 64-token prompts, the artifacts taking turns every 100 calls so that load from other processes hits all
 alike - the way to compare an fp32 and an int8 export on a shared machine.
@@ -289,6 +293,42 @@ def bench_compare(directories: list[str], threads: int, repeats: int, calls: int
     return {"threads": threads, "repeats": repeats, "calls_per_repeat": calls, "routers": out}
 
 
+SCORER_TARGET_US = {"static": 1_000, "encoder": 10_000}  # issue 16: p50 for a ~200-token answer, 2 threads
+
+
+def answers_of_length(scorer, rng: random.Random, tokens: int, count: int) -> list[str]:
+    """``count`` chain-of-thought-like answers of about ``tokens`` tokens (by the scorer's tokenizer), each
+    ending in a final-answer statement, as the cascades' cheap models write them."""
+    out = []
+    for _ in range(count):
+        words = make_text(rng, 2 * tokens).split()
+        low, high = 1, len(words)
+        while low < high:
+            mid = (low + high) // 2
+            text = " ".join(words[:mid]) + f". The answer is ({rng.choice('ABCDEFGHIJ')})."
+            low, high = (mid + 1, high) if len(scorer._tokens.ids(text)) < tokens else (low, mid)
+        out.append(" ".join(words[:low]) + f". The answer is ({rng.choice('ABCDEFGHIJ')}).")
+    return out
+
+
+def bench_scorers(directories: list[str], threads: int, repeats: int, calls: int, warmup: int) -> dict:
+    """``AnswerScorer.score`` p50/p99 of each scorer artifact on one ~200-token answer to a ~100-token
+    multiple-choice prompt per call (tokenizing both texts included), interleaved in turns of 100 calls."""
+    from router_ml import AnswerScorer
+
+    scorers = {d: AnswerScorer.load(d, intra_op_threads=threads) for d in directories}
+    rng = random.Random(1)
+    first = scorers[directories[0]]
+    answers = answers_of_length(first, rng, 200, 16)
+    questions = [make_text(rng, 40) + "\n" + "".join(f"{c}. {make_text(rng, 5)}\n" for c in "ABCDEFGHIJ") + "Answer:"
+                 for _ in range(16)]
+    triples = {d: [(q, sc.models[0], a) for q, a in zip(questions, answers, strict=True)] for d, sc in scorers.items()}
+    timed = interleaved({d: (lambda t, sc=sc: sc.score(*t), triples[d]) for d, sc in scorers.items()},
+                        repeats=repeats, calls=max(100, calls // 4), warmup=warmup, label="scorer")
+    return {"threads": threads, "answer_tokens": round(statistics.mean(len(first._tokens.ids(a)) for a in answers), 1),
+            "scorers": {d: {"kind": scorers[d].kind, **timed[d]} for d in directories}}
+
+
 def machine_info(loadavg: float) -> dict:
     """Where the numbers were taken (CPU int8 features included: int8 latency depends on them)."""
     import onnxruntime
@@ -326,6 +366,10 @@ def main() -> None:
     parser.add_argument("--explore-rate", type=float, metavar="R",
                         help="also time route() with exploration on (epsilon and softmax at this rate) in the same "
                              "interleaved turns, and check that it adds under 5 us at 64 tokens")
+    parser.add_argument("--scorer", action="append", default=[], metavar="DIR",
+                        help="an answer-scorer artifact to time in the same run (repeatable): one ~200-token answer "
+                             "per call on --scorer-threads threads, against issue 16's p50 targets")
+    parser.add_argument("--scorer-threads", type=int, default=2, help="intra-op threads of the scorers (default 2)")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
@@ -348,6 +392,9 @@ def main() -> None:
     prompts = {n: prompts_of_length(router, rng, n, 16) for n in LENGTHS}
     tokens = {str(n): round(statistics.mean(len(router.encode(p)[0]) for p in ps), 1) for n, ps in prompts.items()}
     single = bench_single(router, prompts, repeats, calls, warmup, args.explore_rate)
+    scorers = None
+    if args.scorer:
+        scorers = bench_scorers(args.scorer, args.scorer_threads, repeats, calls, warmup)
     log("batch throughput")
     mixed = [make_text(rng, int(math.exp(rng.uniform(math.log(8), math.log(220))))) for _ in range(n_batch)]
     batch = bench_batch(args.router, mixed, 256)
@@ -369,6 +416,8 @@ def main() -> None:
         for kind in ("epsilon", "softmax"):
             checks[f"explore_{kind}_extra_p50_us_64_tokens"] = (
                 single["breakdown_p50_us"]["64"][f"explore_{kind}_extra"], "<", 5)
+    for d, stats in (scorers or {}).get("scorers", {}).items():
+        checks[f"scorer_p50_us:{d}"] = (stats["p50_us"], "<", SCORER_TARGET_US[stats["kind"]])
     ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__}
     targets = {name: {"value": v, "target": f"{op} {limit}", "met": None if v is None else ops[op](float(v), limit)}
                for name, (v, op, limit) in checks.items()}
@@ -381,7 +430,7 @@ def main() -> None:
         "machine": machine_info(loadavg), "compare_64_tokens": compare,
         "settings": {"threads": args.threads, "repeats": repeats, "calls_per_repeat": calls, "quick": args.quick},
         **load, "prompt_tokens": tokens, "single_prompt": single, "batch": batch, "peak_rss_mb": rss["peak_rss_mb"],
-        "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference,
+        "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference, "scorer": scorers,
         "speedup_vs_reference": speedup, "targets": targets, "logged_to_mlflow_run": logged_to}, indent=1))
 
 

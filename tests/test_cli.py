@@ -88,7 +88,7 @@ def test_prices_fill_missing_costs(tmp_path):
 
 # --- one console script, commands by package -------------------------------------------------------------
 
-TRAINING_COMMANDS = ("data", "train", "simulate-log", "evaluate", "compare", "sweep", "export", "featurize")
+TRAINING_COMMANDS = ("data", "train", "simulate-log", "evaluate", "compare", "sweep", "export", "featurize", "cascade")
 RUNTIME_COMMANDS = ("route", "serve", "feedback")
 SCRIPT = Path(sys.executable).with_name("router-ml")
 
@@ -116,7 +116,8 @@ def test_every_command_and_subcommand_registers_and_has_help():
     assert list(sub.choices) == [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]
     data_sub = next(a for a in sub.choices["data"]._actions if isinstance(a, argparse._SubParsersAction))
     assert list(data_sub.choices) == ["inspect", "convert"]
-    for argv in ([c] for c in [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]), (["data", "inspect"], ["data", "convert"]):
+    for argv in ([c] for c in [*TRAINING_COMMANDS, *RUNTIME_COMMANDS]), (["data", "inspect"], ["data", "convert"],
+                                                                          ["cascade", "evaluate"]):
         for args in argv:
             with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()) as help_text:
                 parser.parse_args([*args, "--help"])

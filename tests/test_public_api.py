@@ -11,6 +11,7 @@ import pytest
 
 EXPECTED = {
     "router_ml": [
+        "AnswerScorer",
         "ArtifactError",
         "AsyncRoutedClient",
         "CatalogError",

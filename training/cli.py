@@ -1,5 +1,5 @@
 """The training commands of ``router-ml``: ``data inspect|convert``, ``train``, ``evaluate``,
-``compare``, ``sweep`` and ``export``.
+``compare``, ``sweep``, ``export`` and ``cascade evaluate``.
 
 They reach the ``router-ml`` console script through the ``router_ml.commands`` entry point
 (``pyproject.toml``), so the runtime (:mod:`router_ml.cli`) offers them without importing this
@@ -164,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"data.seed={args.seed}")
     config = load_config(args.config, overrides)
+    if config.scorer.kind:  # [scorer] kind: an answer scorer for cascades, not a router
+        return _train_scorer(args, config)
     summary = train_router(config, args.path, out_dir=args.out, prices=args.prices, cache_dir=args.cache_dir,
                            progress=not args.quiet, register=args.register, **_load_options(args))
     if summary:  # non-zero ranks under torchrun return nothing
@@ -174,6 +176,20 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
               file=sys.stderr)
         print(json.dumps(summary))
+    return 0
+
+
+def _train_scorer(args: argparse.Namespace, config: Any) -> int:
+    from training.cascade.scorer_run import train_scorer
+
+    summary = train_scorer(config, args.path, out_dir=args.out, prices=args.prices, progress=not args.quiet,
+                           register=args.register, **_load_options(args))
+    test = summary["test"]
+    print(f"router-ml: {summary['scorer']} answer scorer trained on {summary['train_triples']} answers in "
+          f"{summary['fit_seconds']} s; test AUC {_fmt(test.get('scorer_auc'), '.4f')} (pooled); saved to "
+          f"{summary['out']}" + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
+          file=sys.stderr)
+    print(json.dumps(summary))
     return 0
 
 
@@ -314,6 +330,15 @@ def _seen_note(result: dict[str, Any]) -> str:
 
 @_needs_train_extra
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.cascade:
+        from training.compare import compare_cascades, format_cascade_table
+
+        if args.router or args.experiment or args.run_id or args.filter:
+            raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
+                                "options")
+        result = compare_cascades(args.cascade, sort=args.sort)
+        print(json.dumps(result) if args.json else format_cascade_table(result))
+        return 0
     if args.router:
         from training.compare import compare_routers, format_router_table
 
@@ -363,6 +388,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_needs_train_extra
+def cmd_cascade_evaluate(args: argparse.Namespace) -> int:
+    _setup_logging(args.quiet)
+    from training.cascade.command import compact, run_cascade_evaluate
+
+    report = run_cascade_evaluate(router=args.router, scorer=args.scorer, data=args.path, seed=args.seed,
+                                  train_size=_size(args.train_size, "--train-size"), out=args.out,
+                                  scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot,
+                                  headline=args.headline, **_load_options(args))
+    print(json.dumps(report if args.full else compact(report)))
+    return 0
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars or progress messages on stderr (bars show only when stderr is a terminal; "
@@ -406,7 +444,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")
     train.add_argument("--config", help="TOML config (training/configs/*.toml); defaults when omitted")
     train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
-    train.add_argument("--out", required=True, help="directory to write the trained router to")
+    train.add_argument("--out", required=True, help="directory to write the trained router (or scorer) to")
     train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
     train.add_argument("--seed", type=int, help="split and training seed")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
@@ -453,6 +491,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="a checkpoint or artifact directory to score on --data (repeatable): ranks the routers "
                               "by the same estimator on the same prompts")
     compare.add_argument("--data", dest="path", metavar="FILE", help="with --router: the log (or labelled data)")
+    compare.add_argument("--cascade", action="append", metavar="DIR", help="a 'cascade evaluate --out' directory "
+                         "(repeatable, e.g. one per seed): every policy, the router alone and the baselines, as "
+                         "mean ± sd over the reports; --sort aiq, savings_at_iso_quality or best_quality")
     compare.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable)")
     compare.add_argument("--run-id", action="append", help="an MLflow run id (repeatable)")
     compare.add_argument("--filter", help="MLflow filter, e.g. \"params.data_fingerprint = '...'\"")
@@ -505,4 +546,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_quiet(featurize)
     _add_input_options(featurize, positional=False)
     featurize.set_defaults(func=cmd_featurize)
+
+    cascade = sub.add_parser("cascade", help="cascades: call a cheap model, score its answer, escalate when low")
+    evaluate_cascade = cascade.add_subparsers(dest="cascade_command", required=True).add_parser(
+        "evaluate", help="fit cascade policies on the router's validation split, score them on its test split")
+    evaluate_cascade.add_argument("--router", required=True, help="the router's exported artifact directory")
+    evaluate_cascade.add_argument("--scorer", required=True, help="the answer scorer's exported artifact directory")
+    evaluate_cascade.add_argument("--data", required=True, dest="path", help="the data router and scorer were "
+                                  "trained on, with every model's response text")
+    evaluate_cascade.add_argument("--train-size", required=True, help="as given to 'train' (count or fraction)")
+    evaluate_cascade.add_argument("--seed", type=int, default=0, help="as given to 'train' (default 0)")
+    evaluate_cascade.add_argument("--out", help="write report.json, policy.json (+ one per policy family) and "
+                                  "curves.png here")
+    evaluate_cascade.add_argument("--scorer-latency-ms", type=float, default=1.0, metavar="MS",
+                                  help="the scorer's time per scored answer, for the latency report (default 1)")
+    evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
+    evaluate_cascade.add_argument("--headline", default="chain_margin", metavar="FAMILY",
+                                  help="the policy family whose numbers are 'test' and policy.json (default "
+                                  "chain_margin; auto: the best 2-fold cross-validated AIQ on validation)")
+    evaluate_cascade.add_argument("--full", action="store_true", help="print the curves and per-point tables too")
+    _add_quiet(evaluate_cascade)
+    _add_input_options(evaluate_cascade, positional=False)
+    evaluate_cascade.set_defaults(func=cmd_cascade_evaluate)
 

@@ -7,6 +7,11 @@ router's default knob, each with its bootstrap interval and the effective sample
 so a ranking whose intervals overlap, or that rests on a handful of matching logged choices, shows
 it. This is how the next router is picked from the traffic the current one logged.
 
+**Cascade evaluations** (:func:`compare_cascades`): the ``report.json`` files ``router-ml cascade
+evaluate --out DIR`` writes - every policy family, the router alone and the baselines of each - on
+the same data and train size (seeds may differ: one report per seed), as mean and standard deviation
+over the reports per policy, ranked by AIQ, savings at iso-quality or best quality.
+
 **MLflow runs** (:func:`compare_runs`):
 
 A run is comparable with another when both were trained on the same data (``data_fingerprint``)
@@ -34,8 +39,8 @@ from typing import Any
 from router_ml.errors import RouterMLError
 from training.evaluation import read_metrics_file
 
-__all__ = ["COLUMNS", "LOWER_IS_BETTER", "ROUTER_SORTS", "compare_routers", "compare_runs", "format_router_table",
-           "format_table"]
+__all__ = ["CASCADE_SORTS", "COLUMNS", "LOWER_IS_BETTER", "ROUTER_SORTS", "compare_cascades", "compare_routers",
+           "compare_runs", "format_cascade_table", "format_router_table", "format_table"]
 
 # (column, MLflow metric) - the table's metric columns
 COLUMNS = (
@@ -85,6 +90,70 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
     rows.sort(key=lambda r: (r[key] is None, -r[key] if higher and r[key] is not None else r[key] or 0.0))
     return {"data": str(data), "estimator": reports[0]["test"]["estimator"], "sort": sort, "ranking": rows,
             "routers": reports}
+
+
+#: ``compare --cascade`` sort keys -> higher is better
+CASCADE_SORTS = {"aiq": True, "savings_at_iso_quality": False, "best_quality": True}
+
+
+def compare_cascades(directories: Sequence[str | Path], *, sort: str = "aiq") -> dict[str, Any]:
+    """Summarise ``cascade evaluate`` reports (``DIR/report.json``) per policy over the reports: mean and
+    standard deviation of each headline number and how many reports reach the reference's quality.
+    Refuses reports of other data or train sizes (their test prompts differ in kind, not by seed)."""
+    import numpy as np
+
+    if sort not in CASCADE_SORTS:
+        raise RouterMLError(f"--sort {sort!r}: with --cascade choose one of {', '.join(CASCADE_SORTS)}")
+    if not directories:
+        raise RouterMLError("give at least one --cascade DIR (written by 'router-ml cascade evaluate --out DIR')")
+    reports = []
+    for directory in directories:
+        path = Path(directory) / "report.json"
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise RouterMLError(f"{path}: not a cascade evaluation report ({exc}); run 'router-ml cascade "
+                                "evaluate --out DIR' first") from exc
+    identity = {(r.get("data_fingerprint"), r["split"]["train_size"], r["test"]["reference_model"]) for r in reports}
+    if len(identity) > 1:
+        raise RouterMLError(f"the reports differ in data, train size or reference model "
+                            f"({sorted(map(str, identity))}); compare evaluations of one data set")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        for name, policy in report["policies"].items():
+            rows.setdefault(name, []).append(policy)
+        rows.setdefault("router only", []).append(report["router_only"])
+        for name in ("best-single", "random", "oracle"):
+            rows.setdefault(name, []).append(report["baselines"][name])
+    table = []
+    for name, values in rows.items():
+        row: dict[str, Any] = {"policy": name, "reports": len(values)}
+        for key in CASCADE_SORTS:
+            have = [v[key] for v in values if v.get(key) is not None]
+            row[key] = float(np.mean(have)) if have else None
+            row[f"{key}_sd"] = float(np.std(have, ddof=1)) if len(have) > 1 else None
+        row["reached"] = sum(v.get("savings_at_iso_quality") is not None for v in values)
+        table.append(row)
+    higher = CASCADE_SORTS[sort]
+    table.sort(key=lambda r: (r[sort] is None, -r[sort] if higher and r[sort] is not None else r[sort] or 0.0))
+    return {"reports": [str(d) for d in directories], "seeds": [r["split"]["seed"] for r in reports],
+            "reference_model": reports[0]["test"]["reference_model"],
+            "headline": sorted({r["test"]["policy"] for r in reports}), "sort": sort, "ranking": table}
+
+
+def format_cascade_table(result: dict[str, Any]) -> str:
+    """``compare --cascade``'s ranking as an aligned text table (mean ± sd over the reports)."""
+    def cell(row: dict[str, Any], key: str, spec: str) -> str:
+        sd = row[f"{key}_sd"]
+        return _fmt(row[key], spec) + ("" if sd is None else f" ± {format(sd, spec)}")
+
+    head = ("#", "policy", "AIQ", "savings@iso", "reached", "best quality")
+    lines = [head] + [(str(rank), row["policy"], cell(row, "aiq", ".4f"), cell(row, "savings_at_iso_quality", ".3f"),
+                       f"{row['reached']}/{row['reports']}", cell(row, "best_quality", ".4f"))
+                      for rank, row in enumerate(result["ranking"], start=1)]
+    footer = (f"{len(result['reports'])} cascade evaluation(s), seeds {result['seeds']}, reference "
+              f"{result['reference_model']}, headline {', '.join(result['headline'])}; sorted by {result['sort']}")
+    return _aligned(lines, left=2) + "\n" + footer
 
 
 def format_router_table(result: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Training configuration: frozen dataclasses loaded from TOML, overridable with ``--set``.
 
 A config file has one table per section (``[data]``, ``[featurizer]``, ``[router]``, ``[loss]``,
-``[train]``, ``[eval]``, ``[tracking]``); every key is optional and defaults below. Overrides use
+``[train]``, ``[eval]``, ``[scorer]``, ``[tracking]``); every key is optional and defaults below. Overrides use
 dotted keys (``router.hidden=512``); unknown sections or keys are rejected with the list of valid
 ones. ``to_flat()`` gives the ``section.key -> value`` dict that is logged to MLflow and saved with
 the router, and ``from_flat`` reads it back.
@@ -120,6 +120,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ScorerConfig:
+    """``[scorer]``: an answer scorer instead of a router (training/cascade). The encoder scorer reads
+    ``router.encoder``, ``router.encoder_layers``, ``router.max_length`` (tokens of prompt + response)
+    and ``router.dropout``; both read ``[train]`` for their loop and ``featurizer.max_tokens`` (static)."""
+
+    kind: str = ""                 #: "" = train a router; static | encoder = train an answer scorer
+    response_head: int = 64        #: static: tokens kept from an over-long response's start (the rest from its end)
+    answer_features: bool = True   #: static: add the cheap answer features (router_ml/_answer_inputs.py)
+    c_grid: tuple[str, ...] = ("0.0001", "0.0003", "0.001", "0.003")  #: static: L2 C, best val AUC
+    prompt_tokens: int = 64        #: encoder: prompt tokens kept when prompt + response pass router.max_length
+    train_triples: int = 0         #: (prompt, model, response) training triples: a seeded sample (0 = all)
+    val_triples: int = 0           #: encoder: validation triples for early stopping (0 = all)
+    eval_rows: int = 0             #: validation / test records whose answers are scored for the AUC (0 = all)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "router-ml"
     enabled: bool = True
@@ -135,6 +151,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_flat(self) -> dict[str, Any]:
@@ -271,6 +288,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.knob_points": (lambda v: v >= 2, "an integer >= 2"),
     "eval.n_boot": (lambda v: v >= 0, "an integer >= 0 (0 = no confidence intervals)"),
     "eval.baseline_records": (lambda v: v >= 0, "an integer >= 0 (0 = all records)"),
+    "scorer.response_head": (lambda v: v >= 0, "an integer >= 0"),
+    "scorer.prompt_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "scorer.train_triples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "scorer.val_triples": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "scorer.eval_rows": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
 }
 _DEVICES = ("auto", "cpu", "cuda")
 LOGGED_TARGETS = ("impute", "mask")
@@ -328,6 +350,7 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
     if config.loss.logged_targets not in LOGGED_TARGETS:
         fail("loss.logged_targets", f"expected one of {', '.join(LOGGED_TARGETS)}, got {config.loss.logged_targets!r}")
     _validate_auto(config, fail)
+    _validate_scorer(config, fail)
     groups = config.router.groups
     if groups:
         if groups != "task" and not (groups.startswith("metadata.") and len(groups) > len("metadata.")):
@@ -370,12 +393,36 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
                               "router.groups empty")
 
 
+def _validate_scorer(config: TrainConfig, fail: Callable[[str, str], None]) -> None:
+    """The ``[scorer]`` settings: a known kind, a usable C grid, a response budget within the token budget."""
+    from training.cascade.scorer import SCORERS
+
+    s = config.scorer
+    if s.kind and s.kind not in SCORERS:
+        fail("scorer.kind", f"expected '' (train a router) or one of {', '.join(SCORERS)}, got {s.kind!r}")
+    for i, text in enumerate(s.c_grid):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and math.isfinite(value)):
+            fail(f"scorer.c_grid[{i}]", f"expected a number > 0, got {text!r}")
+    if not s.c_grid:
+        fail("scorer.c_grid", "expected at least one value")
+    if s.response_head > config.featurizer.max_tokens:
+        fail("scorer.response_head", f"expected at most featurizer.max_tokens ({config.featurizer.max_tokens}), "
+                                     f"got {s.response_head}")
+    if s.kind == "encoder" and s.prompt_tokens > config.router.max_length - 4:
+        fail("scorer.prompt_tokens", f"expected at most router.max_length - 4 ({config.router.max_length - 4}): "
+                                     "the response needs room beside three special tokens")
+
+
 def _check_paths(config: TrainConfig, source: str) -> None:
     """A config file (not a saved one: its paths may be elsewhere now) names directories that exist."""
     from training.featurizers import FEATURIZERS
 
     checks = [("featurizer.name", config.featurizer.name, tuple(FEATURIZERS))]
-    if config.router.kind == "encoder":
+    if config.router.kind == "encoder" or config.scorer.kind == "encoder":
         checks.append(("router.encoder", config.router.encoder, ("minilm",)))
     for key, value, names in checks:
         if value not in names and not Path(value).expanduser().is_dir():

@@ -74,13 +74,17 @@ class StaticGraph(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32).unsqueeze(1)  # (B, 1, T)
-        pooled = torch.bmm(mask, self.table[input_ids]).squeeze(1)  # (B, D) masked sum
-        if self.normalize:  # an all-masked row stays zero: 0 / 1e-12
-            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        else:
-            pooled = pooled / mask.sum(dim=-1).clamp_min(1.0)
-        return torch.sigmoid(self.head(pooled))
+        return torch.sigmoid(self.head(static_pool(self.table, input_ids, attention_mask, self.normalize)))
+
+
+def static_pool(table: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                normalize: bool) -> torch.Tensor:
+    """The static featurizer's pooling as graph ops (see :class:`StaticGraph`): ``(B, D)``."""
+    mask = attention_mask.to(torch.float32).unsqueeze(1)  # (B, 1, T)
+    pooled = torch.bmm(mask, table[input_ids]).squeeze(1)  # (B, D) masked sum
+    if normalize:  # an all-masked row stays zero: 0 / 1e-12
+        return pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return pooled / mask.sum(dim=-1).clamp_min(1.0)
 
 
 class EncoderGraph(nn.Module):
@@ -130,10 +134,15 @@ def _encoder_parts(router, workdir: Path) -> tuple[nn.Module, Path, dict[str, An
     return EncoderGraph(router.module_), workdir / "tok" / "tokenizer.json", tokenizer
 
 
-def _export_onnx(graph: nn.Module, path: Path) -> None:
+def _export_onnx(graph: nn.Module, path: Path, inputs: dict[str, torch.Tensor] | None = None,
+                 dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Export ``graph`` to ``path``; ``inputs`` (example tensors by input name) and ``dynamic_axes``
+    default to a router's ``input_ids`` / ``attention_mask`` of any batch and length."""
     graph.eval()
-    ids = torch.ones((2, 8), dtype=torch.int64)
-    mask = torch.ones((2, 8), dtype=torch.int64)
+    if inputs is None:
+        inputs = {name: torch.ones((2, 8), dtype=torch.int64) for name in ("input_ids", "attention_mask")}
+        dynamic_axes = {name: {0: "batch", 1: "tokens"} for name in inputs}
+    dynamic_axes = {**(dynamic_axes or {}), "quality": {0: "batch"}}
     # the TorchScript exporter: the dynamo one needs onnxscript and gains nothing for these graphs;
     # torch 2.13 marks the former deprecated with two warnings that say nothing actionable here.
     # Tracing a transformers encoder warns about data-dependent Python branches (padding, index
@@ -143,11 +152,8 @@ def _export_onnx(graph: nn.Module, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
-        torch.onnx.export(graph, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["quality"], dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                                                   "attention_mask": {0: "batch", 1: "tokens"},
-                                                                   "quality": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(graph, tuple(inputs.values()), str(path), input_names=list(inputs),
+                          output_names=["quality"], dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
 
 
 def _fuse_transformer(path: Path, config: Any) -> dict[str, int]:

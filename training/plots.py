@@ -26,7 +26,8 @@ def plot_cost_quality(path: str | Path, *, curves: dict[str, dict[str, Any]], si
         for name, curve in curves.items():
             c, q = np.asarray(curve["cost"], dtype=float), np.asarray(curve["quality"], dtype=float)
             order = np.argsort(c, kind="stable")
-            style = {"oracle": dict(color="black", ls=":"), "random": dict(color="grey", ls="--")}.get(name, {})
+            style = {"oracle": dict(color="black", ls=":"), "random": dict(color="grey", ls="--"),
+                     "router only": dict(color="black", ls="-.")}.get(name, {})
             ax.plot(c[order], q[order], marker=".", ms=3, lw=1.5, label=name, **style)
         sc = np.array([v["cost"] for v in singles.values()], dtype=float)
         sq = np.array([v["quality"] for v in singles.values()], dtype=float)

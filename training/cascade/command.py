@@ -1,0 +1,173 @@
+"""``router-ml cascade evaluate``: rebuild the training split, score it with the runtime artifacts, fit
+cascade policies on validation and report them on test beside the router alone.
+
+The split is the one ``router-ml train`` made (:func:`training.data.split_table` with the same
+``--train-size``, the artifact's validation size and ``--seed``): the router and the answer scorer
+were fitted on its training part, the policies are fitted on its validation part, and everything is
+reported on its test part. The router artifact records the data fingerprint and split settings it
+was trained with; a mismatch is an error, and when the training run's ``split.json`` lies beside the
+artifact its test sample ids must equal the rebuilt test split's. Only torch-free runtime artifacts
+are read (:class:`router_ml.Router`, ``router_ml.scorer.AnswerScorer``), the way serving will.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_ml.errors import DataError, RouterMLError
+from training.cascade.agreement import agreement_matrix
+from training.cascade.combiner import Signals
+from training.cascade.evaluate import HEADLINE, evaluate_cascades
+
+__all__ = ["ScoreFn", "build_signals", "check_split", "compact", "run_cascade_evaluate"]
+
+#: the policy families drawn in ``curves.png`` besides the headline (``report.json`` has them all)
+PLOTTED = ("cascade", "chain", "chain_margin", "route_then_cascade_margin")
+#: (prompts, models, responses) -> P(quality) per triple: ``AnswerScorer.score_many``'s signature
+ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+
+
+def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: Any, *, train_size: float | int,
+                seed: int) -> dict[str, Any]:
+    """Refuse a split other than the router's own (module doc); return what was checked."""
+    from training.pipeline import sample_ids
+
+    training = manifest.get("training") or {}
+    config = training.get("config") or {}
+    checked: dict[str, Any] = {}
+    for key, ours in (("data.train_size", train_size), ("data.seed", seed)):
+        theirs = config.get(key)
+        if theirs is not None and float(theirs) != float(ours):
+            raise RouterMLError(f"{router_dir}: the router was trained with {key}={theirs}, not {ours}; pass "
+                                f"--{key.split('.')[1].replace('_', '-')} {theirs} to evaluate on its own split")
+        checked[key] = theirs
+    for candidate in (router_dir / "split.json", router_dir.parent / "split.json"):
+        if candidate.is_file():
+            saved = json.loads(candidate.read_text())
+            if saved.get("test_sample_ids") != sample_ids(table, split.test):
+                raise DataError(f"{candidate}: the training run's test records differ from the rebuilt split's; "
+                                "check --data, --train-size and --seed")
+            checked["split_json"] = str(candidate)
+            break
+    fingerprint = training.get("data_fingerprint")
+    checked["data_fingerprint"] = None if not fingerprint else fingerprint == table.fingerprint()
+    # the fingerprint covers every loaded field, so a data layer that reads more of the same file (response
+    # text) changes it: with the run's own test records verified above, that is not a different split
+    if checked["data_fingerprint"] is False and "split_json" not in checked:
+        raise DataError(f"{router_dir}: the router was trained on other data (fingerprint {fingerprint[:12]}..., "
+                        f"this file {table.fingerprint()[:12]}...) and no split.json beside it shows the same test "
+                        "records; evaluate on the router's own data, or keep its training directory's split.json")
+    return checked
+
+
+def _responses(table: Any, models: Sequence[str]) -> list[np.ndarray]:
+    if not hasattr(table, "responses"):
+        raise DataError("this router-ml's data layer carries no response text; a cascade needs each model's "
+                        "answer (`<model>|response` columns or `response` in the outcomes)")
+    return [table.responses(m) for m in models]
+
+
+def build_signals(table: Any, rows: np.ndarray, *, router: Any, score_fn: ScoreFn) -> Signals:
+    """Signals of ``rows`` (full-size arrays, NaN elsewhere) in the router's model order: its prior and
+    cost estimate, the scorer's score of every response and the responses' pairwise agreement."""
+    models = router.models
+    texts = list(table.texts)
+    n, m = len(texts), len(models)
+    prompts = [texts[i] for i in rows]
+    prior, cost_est, score = np.full((n, m), np.nan), np.full((n, m), np.nan), np.full((n, m), np.nan)
+    prior[rows], cost_est[rows] = router.predict(prompts), router.costs(prompts)
+    responses = _responses(table, models)
+    for j, model in enumerate(models):
+        have = rows[np.array([responses[j][i] is not None for i in rows], dtype=bool)]
+        if len(have):
+            score[have, j] = np.asarray(score_fn([texts[i] for i in have], [model] * len(have),
+                                                 [responses[j][i] for i in have]), dtype=float)
+    agreement = np.full((n, m, m), np.nan)
+    agreement[rows] = agreement_matrix([[responses[j][i] for j in range(m)] for i in rows])
+    return Signals(prior=prior, score=score, cost_est=cost_est, agreement=agreement)
+
+
+def _load_scorer(path: str | Path) -> ScoreFn:
+    try:
+        from router_ml.scorer import AnswerScorer
+    except ImportError as exc:
+        raise RouterMLError("this router-ml has no answer-scorer runtime (router_ml.scorer); install a version "
+                            "with cascade support") from exc
+    return AnswerScorer.load(path).score_many
+
+
+def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
+                         train_size: float | int, seed: int, out: str | Path | None = None,
+                         scorer_latency_ms: float = 1.0, n_boot: int = 200, grid: int = 21,
+                         headline: str = HEADLINE, **load_options: Any) -> dict[str, Any]:
+    """The command (module doc): returns the report; with ``out`` writes ``report.json``, one
+    ``policy_<name>.json`` per policy family (``policy.json``: the headline one) and ``curves.png``.
+    ``scorer`` is a scorer artifact path or a ``ScoreFn``; ``headline`` names the policy family whose
+    numbers are the report's ``test`` (``"auto"``: chosen on validation)."""
+    from router_ml import Router
+    from training.costs import observed_costs
+    from training.data import load_traffic, split_table
+
+    router_dir = Path(router)
+    loaded = Router.load(router_dir)
+    table, _ = load_traffic(data, **load_options)
+    missing = [m for m in loaded.models if m not in table.models]
+    if missing:
+        raise DataError(f"{data}: no outcomes of the router's models {missing}; evaluate on the router's data")
+    config = (loaded.manifest.get("training") or {}).get("config") or {}
+    split = split_table(table, train_size=train_size, val_size=config.get("data.val_size", 0.1), seed=seed)
+    checked = check_split(router_dir, loaded.manifest, table, split, train_size=train_size, seed=seed)
+    score_fn = _load_scorer(scorer) if isinstance(scorer, str | Path) else scorer
+    rows = np.concatenate([split.val, split.test])
+    signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
+    order = [table.models.index(m) for m in loaded.models]
+    cost = observed_costs(table, split.train)[:, order]
+    latency = table.latency_s[:, order]
+    report, policies = evaluate_cascades(
+        signals, table.quality[:, order], cost, val_rows=split.val, test_rows=split.test, models=loaded.models,
+        wtps=np.asarray(loaded.cost_model.knob_grid or (0.0, float("inf"))), scorer_latency_ms=scorer_latency_ms,
+        latency_s=None if np.isnan(latency).all() else latency, n_boot=n_boot, seed=seed, grid=grid,
+        headline=headline)
+    report["data"], report["data_fingerprint"] = str(data), table.fingerprint()
+    report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
+    if out is not None:
+        report["files"] = write_outputs(Path(out), report, policies)
+    return report
+
+
+def compact(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without curves and per-point tables (what the command prints; ``report.json`` has all)."""
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k not in ("curve", "curves", "points", "singles")}
+
+    return {**report, "policies": {k: strip(v) for k, v in report["policies"].items()},
+            "router_only": strip(report["router_only"]),
+            "baselines": {k: strip(v) for k, v in report["baselines"].items() if isinstance(v, dict) and k != "singles"
+                          and k != "curves"}}
+
+
+def write_outputs(out: Path, report: dict[str, Any], policies: dict[str, Any]) -> dict[str, str]:
+    """``report.json``, the policies' JSON (``policy.json``: the headline's) and the plot of the policies'
+    test curves beside the router alone, random, the oracle and the single models."""
+    from training.plots import plot_cost_quality
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, policy in policies.items():
+        headline = name == report["test"]["policy"]
+        files[name] = str(policy.save(out / ("policy.json" if headline else f"policy_{name}.json")))
+    # the headline and each kind's own hull beside the router; the oracle (far above) would flatten the rest
+    drawn = (*PLOTTED, report["test"]["policy"])
+    curves = {name: p["curve"] for name, p in report["policies"].items() if name in drawn}
+    curves["router only"] = report["router_only"]["curve"]
+    curves["random"] = report["baselines"]["curves"]["random"]
+    files["plot"] = str(plot_cost_quality(out / "curves.png", curves=curves, singles=report["baselines"]["singles"],
+                                          title="cascades vs router alone (test)"))
+    files["report"] = str(out / "report.json")
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return files
