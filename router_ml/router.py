@@ -121,6 +121,17 @@ def read_artifact_manifest(directory: Path, *, kind: str, required: Sequence[str
     return manifest
 
 
+def onnx_session(path: Path, *, session_options: Any = None, intra_op_threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> Any:
+    """An onnxruntime session of the graph at ``path`` (CPU unless ``providers`` says otherwise)."""
+    import onnxruntime as ort
+
+    options = session_options or ort.SessionOptions()
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
 def resolve_artifact_path(path: str | Path) -> Path:
     text = str(path)
     if text.startswith(("runs:/", "models:/")):
@@ -213,14 +224,10 @@ class Router:
         try:
             for key in ("models", "tokenizer", "policy"):
                 manifest[key]  # noqa: B018 - presence check
-            import onnxruntime as ort
             from tokenizers import Tokenizer
 
-            options = session_options or ort.SessionOptions()
-            if intra_op_threads is not None:
-                options.intra_op_num_threads = intra_op_threads
-            session = ort.InferenceSession(str(directory / "router.onnx"), sess_options=options,
-                                           providers=list(providers or ["CPUExecutionProvider"]))
+            session = onnx_session(directory / "router.onnx", session_options=session_options,
+                                   intra_op_threads=intra_op_threads, providers=providers)
             tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
             tokenizer.no_padding()
             tokenizer.no_truncation()

@@ -31,7 +31,7 @@ import numpy as np
 
 from router_ml._answer_inputs import ANSWER_FEATURES, ANSWER_FEATURES_VERSION, TextTokens, answer_features, pair_ids
 from router_ml.formats import VERSION_FIELD, read_versioned
-from router_ml.router import ArtifactError, read_artifact_manifest, resolve_artifact_path
+from router_ml.router import ArtifactError, onnx_session, read_artifact_manifest, resolve_artifact_path
 
 __all__ = ["SCORER_GRAPH", "SCORER_PARITY_FORMAT", "SCORER_PARITY_VERSION", "AnswerScorer"]
 
@@ -80,13 +80,8 @@ class AnswerScorer:
         try:
             for key in ("models", "tokenizer", "scorer"):
                 manifest[key]  # noqa: B018 - presence check
-            import onnxruntime as ort
-
-            options = session_options or ort.SessionOptions()
-            if intra_op_threads is not None:
-                options.intra_op_num_threads = intra_op_threads
-            session = ort.InferenceSession(str(directory / SCORER_GRAPH), sess_options=options,
-                                           providers=list(providers or ["CPUExecutionProvider"]))
+            session = onnx_session(directory / SCORER_GRAPH, session_options=session_options,
+                                   intra_op_threads=intra_op_threads, providers=providers)
             limits = manifest["tokenizer"]
             tokens = TextTokens(directory / "tokenizer.json", drop_ids=limits.get("drop_ids") or [],
                                 max_chars=int(limits["max_chars"]))

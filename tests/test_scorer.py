@@ -101,6 +101,7 @@ def test_run_directory_holds_predictions_for_validation_and_test(static_run):
     assert set(manifest["files"]) == {"scorer.onnx", "tokenizer.json", "parity_sample.json"}
 
 
+@pytest.mark.slow  # trains a scorer
 def test_scorer_and_router_artifacts_refuse_each_other(static_run, trained):
     with pytest.raises(ArtifactError, match="a scorer artifact.*Router|AnswerScorer.load"):
         Router.load(static_run["artifact"])
@@ -108,6 +109,7 @@ def test_scorer_and_router_artifacts_refuse_each_other(static_run, trained):
         AnswerScorer.load(trained.artifact)
 
 
+@pytest.mark.slow  # trains a scorer
 def test_a_tampered_scorer_artifact_is_refused(static_run, tmp_path):
     import shutil
 
@@ -119,6 +121,7 @@ def test_a_tampered_scorer_artifact_is_refused(static_run, tmp_path):
         AnswerScorer.load(copy)
 
 
+@pytest.mark.slow  # trains a scorer
 def test_bad_inputs_name_the_model_and_field(static_run):
     scorer = AnswerScorer.load(static_run["artifact"])
     with pytest.raises(TypeError, match="response for model 'cheap-model' must be str"):
@@ -149,6 +152,7 @@ def test_training_without_responses_names_the_models_and_the_field(tmp_path, cac
         train_scorer(config, _write(tmp_path / "none.parquet", rows), out_dir=tmp_path / "out", progress=False)
 
 
+@pytest.mark.slow  # trains a scorer
 def test_the_cli_trains_a_scorer_and_prints_per_model_auc(tmp_path, cache_root):
     data = _write(tmp_path / "r.parquet", _rows(200, seed=1))
     done = subprocess.run([sys.executable, "-m", "router_ml.cli", "train", "--quiet", "--config",

@@ -301,12 +301,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_artifacts(out_dir, "router")
         artifact, export_report, export_error = _export(out_dir, tracker.run_id)
         stages.done("export")
-        registered = None
-        if artifact is not None:
-            tracker.log_artifacts(artifact, "artifact")
-            if register:
-                version = tracker.register(register)
-                registered = None if version is None else f"models:/{register}/{version}"
+        registered = log_exported(tracker, artifact, register)
         summary = {
             "run_id": tracker.run_id,
             "router": config.router.kind,
@@ -333,6 +328,18 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def log_exported(tracker: Any, artifact: Path | None, register: str | None) -> str | None:
+    """Log an exported artifact (None: the export failed) to the run and, with ``register``, add it to
+    that MLflow registered model; returns the new version's ``models:/`` URI, or None."""
+    if artifact is None:
+        return None
+    tracker.log_artifacts(artifact, "artifact")
+    if not register:
+        return None
+    version = tracker.register(register)
+    return None if version is None else f"models:/{register}/{version}"
 
 
 PARITY_PROMPTS = 1000

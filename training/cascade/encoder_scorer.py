@@ -14,7 +14,6 @@ On 2 CPU cores the fine-tuning must take minutes, so ``scorer.train_triples`` sa
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,16 @@ import numpy as np
 from router_ml._answer_inputs import TextTokens, pair_ids
 from router_ml.errors import RouterMLError
 from router_ml.formats import VERSION_FIELD
-from training.cascade.scorer import ScorerData, cell_texts, cells
-from training.cascade.static_scorer import SCORER_JSON_VERSION, read_scorer_json
+from training.cascade.scorer import SCORER_JSON_VERSION, WEIGHTS_FILE, SavedScorer, ScorerData, cell_texts, cells
 from training.config import TrainConfig
 
 __all__ = ["EncoderScorer"]
 
-_WEIGHTS = "scorer.safetensors"
 #: pairs per forward pass when scoring
 PREDICT_BATCH = 64
 
 
-class EncoderScorer:
+class EncoderScorer(SavedScorer):
     """A cross-encoder with one quality logit per model (module docstring)."""
 
     kind = "encoder"
@@ -156,21 +153,16 @@ class EncoderScorer:
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.module_.state_dict().items()}
-        save_file(state, str(directory / _WEIGHTS))
-        (directory / "scorer.json").write_text(json.dumps(self.describe(), indent=1))
+        self.write(directory, lambda path: save_file(state, str(path)))
 
     @classmethod
     def load(cls, directory: str | Path, info: dict[str, Any] | None = None) -> EncoderScorer:
         from safetensors.torch import load_file
 
-        directory = Path(directory)
-        info = info or read_scorer_json(directory)
-        scorer = cls(config=TrainConfig.from_flat(info["config"]), models=info["models"])
+        scorer, info = cls.unfitted(directory, info)
         scorer.module_ = scorer._router().build_module(pretrained=False)
-        scorer.module_.load_state_dict(load_file(str(directory / _WEIGHTS)))
+        scorer.module_.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
         scorer.module_.eval()
         scorer.triples_ = info.get("triples")
         return scorer

@@ -18,14 +18,19 @@ recorded response (:func:`scorer_data`); each cell is one training triple.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from router_ml.errors import DataError
+from router_ml.formats import read_versioned
 
-__all__ = ["SCORERS", "ScorerData", "auc_report", "cell_texts", "cells", "get_scorer", "scorer_data"]
+__all__ = ["SCORERS", "SCORER_JSON_VERSION", "SavedScorer", "ScorerData", "auc_report", "cell_texts", "cells",
+           "get_scorer", "read_scorer_json", "scorer_data"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,36 @@ def _auc(fn: Any, y: np.ndarray, s: np.ndarray) -> float | None:
 
 def _brier(data: ScorerData, row: np.ndarray, model: np.ndarray, scores: np.ndarray) -> float | None:
     return float(np.mean((data.quality[row, model] - scores) ** 2)) if len(row) else None
+
+
+#: the version of ``scorer.json`` (what rebuilds a saved scorer) that both kinds write and read
+SCORER_JSON_VERSION = 1
+WEIGHTS_FILE = "scorer.safetensors"
+
+
+def read_scorer_json(directory: str | Path) -> dict[str, Any]:
+    """A saved scorer's ``scorer.json``, its version checked."""
+    return read_versioned(Path(directory) / "scorer.json", what="scorer checkpoint", version=SCORER_JSON_VERSION,
+                          fix="retrain the scorer")
+
+
+class SavedScorer:
+    """Saving and rebuilding shared by the scorer kinds: ``scorer.json`` (``describe()``) beside one
+    safetensors file of learned weights, written by the kind's ``write_weights``."""
+
+    def write(self, directory: str | Path, write_weights: Callable[[Path], None]) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_weights(directory / WEIGHTS_FILE)
+        (directory / "scorer.json").write_text(json.dumps(self.describe(), indent=1))  # type: ignore[attr-defined]
+
+    @classmethod
+    def unfitted(cls, directory: str | Path, info: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        """A scorer of the saved config and models, before its weights are read, and its ``scorer.json``."""
+        from training.config import TrainConfig
+
+        info = info or read_scorer_json(directory)
+        return cls(config=TrainConfig.from_flat(info["config"]), models=info["models"]), info  # type: ignore[call-arg]
 
 
 def _registry() -> dict[str, type]:

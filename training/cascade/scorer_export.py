@@ -28,7 +28,7 @@ from router_ml.formats import VERSION_FIELD
 from router_ml.parity import cpu_features
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, file_sha256
 from router_ml.scorer import SCORER_GRAPH, AnswerScorer, parity_document
-from training.cascade.static_scorer import read_scorer_json
+from training.cascade.scorer import read_scorer_json
 from training.export import (
     FP32_TOLERANCE,
     EncoderGraph,

@@ -47,7 +47,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     >>> summary = train_scorer(load_config("training/configs/scorer_static.toml"), "responses.parquet",
     ...                        out_dir="models/scorer")                      # doctest: +SKIP
     """
-    from training.pipeline import prepare
+    from training.pipeline import log_exported, prepare
     from training.tracking import Tracker
 
     validate(config)
@@ -85,12 +85,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                              if isinstance(v, int | float)} | {"fit_seconds": fit_seconds})
         tracker.log_artifacts(out_dir, "scorer")
         artifact, export_report, export_error = _export(out_dir)
-        registered = None
-        if artifact is not None:
-            tracker.log_artifacts(artifact, "artifact")
-            if register:
-                version = tracker.register(register)
-                registered = None if version is None else f"models:/{register}/{version}"
+        registered = log_exported(tracker, artifact, register)
         summary = {
             "run_id": tracker.run_id,
             "kind": "scorer",

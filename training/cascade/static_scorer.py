@@ -17,7 +17,6 @@ folds the standardisation into one ``(models, features)`` matrix after the pooli
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,22 @@ import numpy as np
 
 from router_ml._answer_inputs import ANSWER_FEATURES, ANSWER_FEATURES_VERSION, answer_feature_matrix
 from router_ml.errors import RouterMLError
-from router_ml.formats import VERSION_FIELD, read_versioned
-from training.cascade.scorer import ScorerData, cell_texts, cells
+from router_ml.formats import VERSION_FIELD
+from training.cascade.scorer import (
+    SCORER_JSON_VERSION,
+    WEIGHTS_FILE,
+    SavedScorer,
+    ScorerData,
+    cell_texts,
+    cells,
+)
 from training.config import TrainConfig
 
-__all__ = ["SCORER_JSON_VERSION", "StaticScorer", "read_scorer_json"]
-
-#: the version of ``scorer.json`` (what rebuilds a saved scorer)
-SCORER_JSON_VERSION = 1
-_WEIGHTS = "scorer.safetensors"
+__all__ = ["StaticScorer"]
 
 
-class StaticScorer:
+
+class StaticScorer(SavedScorer):
     """Static embeddings + answer features -> one logistic regression per model (module docstring)."""
 
     kind = "static"
@@ -157,23 +160,19 @@ class StaticScorer:
         """The four arrays as safetensors and ``scorer.json`` (no pickle)."""
         from safetensors.numpy import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_},
-                  str(directory / _WEIGHTS))
-        (directory / "scorer.json").write_text(json.dumps(self.describe(), indent=1))
+        arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_}
+        self.write(directory, lambda path: save_file(arrays, str(path)))
 
     @classmethod
     def load(cls, directory: str | Path, info: dict[str, Any] | None = None) -> StaticScorer:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        info = info or read_scorer_json(directory)
-        scorer = cls(config=TrainConfig.from_flat(info["config"]), models=info["models"])
+        scorer, info = cls.unfitted(directory, info)
         saved = info.get("featurizer_files")
         if saved and saved != scorer.featurizers()[0].identity()["files"]:
             raise RouterMLError(f"{directory}: trained on other static embeddings than this machine distils; retrain")
-        arrays = load_file(str(directory / _WEIGHTS))
+        arrays = load_file(str(directory / WEIGHTS_FILE))
         scorer.mean_, scorer.scale_ = arrays["mean"], arrays["scale"]
         scorer.coef_, scorer.intercept_ = arrays["coef"], arrays["intercept"]
         scorer.dim_, scorer.selection_ = int(info["dim"]), info.get("selection") or {}
@@ -184,10 +183,4 @@ def _val_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else None
-
-
-def read_scorer_json(directory: Path) -> dict[str, Any]:
-    """A saved scorer's ``scorer.json``, its version checked."""
-    return read_versioned(Path(directory) / "scorer.json", what="scorer checkpoint", version=SCORER_JSON_VERSION,
-                          fix="retrain the scorer")
 
