@@ -85,16 +85,18 @@ class NewerFormatError(RouterMLError, ValueError):
     """A log line was written by a newer router-ml than this one (its ``format_version`` is unknown here)."""
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text: strftime once a second
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second and its text: strftime once a second
 
 
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a ``Z``."""
     now = time.time()
-    second = int(now)
-    if second != _second[0]:
-        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
+    second, text = _second[0]  # one tuple, read at once: threads never pair one second with another's text
+    if second != int(now):
+        second = int(now)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{int(now % 1 * 1000):03d}Z"
 
 
 def line_version(obj: Mapping[str, Any]) -> int:
