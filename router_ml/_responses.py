@@ -72,6 +72,15 @@ def output_chars(data: dict[str, Any]) -> int:
     return total
 
 
+def answer_text(data: dict[str, Any]) -> str | None:
+    """The first choice's message content: the answer the decision log keeps with ``--log-prompts``."""
+    choices = data.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) \
+        else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None
+
+
 class AsyncChatStream:
     """Chunks of a streamed completion (dicts with attribute access); ``router_ml`` is complete once it ends."""
 

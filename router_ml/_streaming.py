@@ -83,19 +83,22 @@ class UpstreamStream:
 
     :meth:`events` yields the raw server-sent events to pass on (the proxy writes them as they are);
     :meth:`aclose` closes the upstream response and finishes ``info`` (status, tokens, cost) through
-    ``on_close(info, output_chars)`` - it runs once, whether the stream ended, broke or was abandoned.
-    ``injected_usage``: router-ml asked for the usage chunk, so it is accounted but not passed on.
+    ``on_close(info, output_chars, text)`` - it runs once, whether the stream ended, broke or was abandoned;
+    ``text`` is the first choice's answer as streamed so far when ``keep_text`` (the decision log keeps
+    it with ``--log-prompts``), else None. ``injected_usage``: router-ml asked for the usage chunk, so it
+    is accounted but not passed on.
     """
 
     def __init__(self, info: RouteInfo, replica: Replica, response: Any, events: AsyncIterator[bytes],
                  first: bytes, *, injected_usage: bool, breaker: CircuitBreaker, redact: Callable[[str], str],
-                 on_close: Callable[[RouteInfo, int], None], started: float):
+                 on_close: Callable[[RouteInfo, int, str | None], None], started: float, keep_text: bool = False):
         self.info = info
         self._replica, self._response, self._events, self._first = replica, response, events, first
         self._injected = injected_usage
         self._breaker, self._redact, self._on_close, self._started = breaker, redact, on_close, started
         self._closed = False
         self._out_chars = 0
+        self._text: list[str] | None = [] if keep_text else None
         self._done = False
 
     def _inspect(self, event: bytes) -> bool:
@@ -124,6 +127,8 @@ class UpstreamStream:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 if isinstance(delta, dict) and isinstance(delta.get("content"), str):
                     self._out_chars += len(delta["content"])
+                    if self._text is not None and choice.get("index", 0) == 0:
+                        self._text.append(delta["content"])
             if not choices and self._injected and (pt is not None or ct is not None):
                 return False
         return True
@@ -165,7 +170,7 @@ class UpstreamStream:
             self.info.error = "the client stopped reading the stream"
         if self.info.status == "ok":
             self._breaker.success()
-        self._on_close(self.info, self._out_chars)
+        self._on_close(self.info, self._out_chars, None if self._text is None else "".join(self._text))
 
     def __repr__(self) -> str:
         return f"UpstreamStream({self.info.request_id}, {self._replica.label}, {self.info.status})"

@@ -291,8 +291,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        help="JSONL decision log (default ./decisions.jsonl; worker k of --workers N writes "
                        "decisions.wk.jsonl beside it, and readers take this path for all of them)")
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
-    serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text into the decision "
-                       "log (needed to train on it)")
+    serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text and the answer's "
+                       "text into the decision log (needed to train a router, or an answer scorer, on it)")
     serve.add_argument("--log-max-mb", type=float, default=64.0, help="rotate the decision log at this size")
     serve.add_argument("--log-fsync", action="store_true", help="fsync the decision log after every record")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")

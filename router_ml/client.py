@@ -60,7 +60,14 @@ from router_ml._records import (
     usage_of,
 )
 from router_ml._resilience import CircuitBreaker, ReplicaPicker, backoff_delay, classify, http_failure
-from router_ml._responses import AsyncChatStream, ChatCompletion, ChatStream, output_chars, parse_completion
+from router_ml._responses import (
+    AsyncChatStream,
+    ChatCompletion,
+    ChatStream,
+    answer_text,
+    output_chars,
+    parse_completion,
+)
 from router_ml._streaming import UpstreamStream, first_event
 from router_ml.decision_log import DecisionLog
 from router_ml.errors import CatalogError, RouterMLError
@@ -134,8 +141,8 @@ class HttpxUpstream:
 
 class AsyncRoutedClient:
     """Routes, calls and accounts chat completions (see the module doc). ``decision_log`` is a
-    :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text to each record (needed to train
-    on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
+    :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text and the answer's text to
+    each record (needed to train a router, and an answer scorer, on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
     ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
     ``upstream``: how upstreams are called - ``"httpx"`` (the default; ``transport`` replaces its pooled
     transports) or ``"http1"``, the lighter client ``router-ml serve`` uses (:mod:`router_ml._http1`);
@@ -340,11 +347,11 @@ class AsyncRoutedClient:
                 info.output_tokens = (output_chars + 3) // 4
         info.cost_usd = self.catalog[info.model].price.cost(info.input_tokens, info.output_tokens)
 
-    def _finish(self, info: RouteInfo, prompt: str | None, started: float) -> None:
+    def _finish(self, info: RouteInfo, prompt: str | None, started: float, response: str | None = None) -> None:
         info.latency_s = round(time.perf_counter() - started, 6)
         if self.decision_log is not None:
             try:
-                self.decision_log.write(info.record(prompt if self.log_prompts else None))
+                self.decision_log.write(info.record(prompt, response) if self.log_prompts else info.record(None))
             except OSError as exc:  # a full disk must not fail the answer; it is counted and logged, not hidden
                 self.log_errors += 1
                 _logger.error("router-ml: cannot write the decision log %s (%s); %d records lost so far",
@@ -374,17 +381,17 @@ class AsyncRoutedClient:
         if info.stream:
             replica, response, events, first, injected = result
 
-            def on_close(info: RouteInfo, out_chars: int) -> None:
+            def on_close(info: RouteInfo, out_chars: int, answer: str | None) -> None:
                 self._account(info, input_chars, out_chars)
-                self._finish(info, text, started)
+                self._finish(info, text, started, answer)
 
             return UpstreamStream(info, replica, response, events, first, injected_usage=injected,
                                   breaker=self._breakers[replica.label], redact=self.catalog.redact,
-                                  on_close=on_close, started=started)
+                                  on_close=on_close, started=started, keep_text=self.log_prompts)
         info.input_tokens, info.output_tokens = usage_of(result)
         info.status = "ok"
         self._account(info, input_chars, output_chars(result))
-        self._finish(info, text, started)
+        self._finish(info, text, started, answer_text(result) if self.log_prompts else None)
         completion = ChatCompletion(result)
         completion.router_ml = info
         return completion

@@ -572,6 +572,32 @@ def test_the_decision_log_repairs_a_crash_cut_line_and_rotates_by_size(tmp_path)
     assert ids == [f"r{i}" for i in range(40 - len(ids), 40)]  # newest kept in order, oldest rotated away
 
 
+@pytest.mark.parametrize("log_prompts", [True, False])
+def test_the_log_keeps_each_answers_text_with_the_prompt_only(router, up, tmp_path, upstream, log_prompts):
+    log = tmp_path / "d.jsonl"
+    client = AsyncRoutedClient(router, catalog({"*": up.base_url}), upstream=upstream, decision_log=log,
+                               log_prompts=log_prompts)
+    with Proxy(client) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as http:
+        answer = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG}).json()
+        body = {"model": "small-8b", "messages": MSG, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            streamed = "".join(json.loads(d)["choices"][0]["delta"].get("content", "")
+                               for d in _data_lines(r.iter_lines())[:-1])
+    first, second = (json.loads(x) for x in log.read_text().splitlines())
+    if not log_prompts:
+        assert "response" not in first and "response" not in second and "prompt" not in first
+        return
+    assert first["response"] == answer["choices"][0]["message"]["content"] and first["response"]
+    assert second["response"] == streamed == "Hello from small-8b"
+    for rid in (first["request_id"], second["request_id"]):
+        feedback = {"type": "feedback", "format_version": FORMAT_VERSION, "request_id": rid, "quality": 1.0}
+        with open(log, "a") as f:
+            f.write(json.dumps(feedback) + "\n")
+    table, _ = load_traffic(log)
+    assert table.responses("tiny-1b").tolist() == [first["response"], None]
+    assert table.responses("small-8b").tolist() == [None, "Hello from small-8b"]
+
+
 def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     log = tmp_path / "decisions.jsonl"
     cat = catalog({"*": up.base_url}, settings={"max_retries": 0})
