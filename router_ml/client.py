@@ -142,7 +142,8 @@ class HttpxUpstream:
 class AsyncRoutedClient:
     """Routes, calls and accounts chat completions (see the module doc). ``decision_log`` is a
     :class:`DecisionLog` or a path; ``log_prompts`` adds the routed text and the answer's text to
-    each record (needed to train a router, and an answer scorer, on the log); ``on_complete`` is called with each finished :class:`RouteInfo`; ``clock`` (seconds,
+    each record (needed to train a router, and an answer scorer, on the log); ``on_complete`` is called
+    with each finished :class:`RouteInfo`; ``clock`` (seconds,
     ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
     ``upstream``: how upstreams are called - ``"httpx"`` (the default; ``transport`` replaces its pooled
     transports) or ``"http1"``, the lighter client ``router-ml serve`` uses (:mod:`router_ml._http1`);
