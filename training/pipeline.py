@@ -299,9 +299,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         stages.done("save")
         tracker.log_artifacts(out_dir, "router")
-        artifact, export_report, export_error = _export(out_dir, tracker.run_id)
+        exported = _export(out_dir, tracker.run_id)
         stages.done("export")
-        registered = log_exported(tracker, artifact, register)
+        outputs = log_exported(tracker, out_dir, exported, register)
         summary = {
             "run_id": tracker.run_id,
             "router": config.router.kind,
@@ -317,12 +317,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "logged_targets": None if completion is None else completion.report,
             "total_seconds": round(time.perf_counter() - started, 2),
             "stages": stages.report,
-            "out": str(out_dir),
-            "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
-            "tracking_error": tracker.error,
-            "artifact": None if artifact is None else str(artifact),
-            "registered": registered,
-            "export": export_report if artifact is not None else {"error": export_error},
+            **outputs,
             **({"selection": selection} if selection else {}),
             "test": test_metrics,
         }
@@ -330,16 +325,21 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     return summary
 
 
-def log_exported(tracker: Any, artifact: Path | None, register: str | None) -> str | None:
-    """Log an exported artifact (None: the export failed) to the run and, with ``register``, add it to
-    that MLflow registered model; returns the new version's ``models:/`` URI, or None."""
-    if artifact is None:
-        return None
-    tracker.log_artifacts(artifact, "artifact")
-    if not register:
-        return None
-    version = tracker.register(register)
-    return None if version is None else f"models:/{register}/{version}"
+def log_exported(tracker: Any, out_dir: Path, exported: tuple[Path | None, dict[str, Any], str | None],
+                 register: str | None) -> dict[str, Any]:
+    """Log an exported artifact (``exported``: ``_export``'s artifact - None when the export failed -,
+    report and error) to the run and, with ``register``, add it to that MLflow registered model; returns
+    the summary's fields on where the run's outputs went (router and scorer runs report them alike)."""
+    artifact, export_report, export_error = exported
+    registered = None
+    if artifact is not None:
+        tracker.log_artifacts(artifact, "artifact")
+        version = tracker.register(register) if register else None
+        registered = None if version is None else f"models:/{register}/{version}"
+    return {"out": str(out_dir), "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
+            "tracking_error": tracker.error, "artifact": None if artifact is None else str(artifact),
+            "registered": registered,
+            "export": export_report if artifact is not None else {"error": export_error}}
 
 
 PARITY_PROMPTS = 1000

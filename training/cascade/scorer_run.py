@@ -84,8 +84,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_metrics({f"{part}.{k}": v for part, values in report.items() for k, v in values.items()
                              if isinstance(v, int | float)} | {"fit_seconds": fit_seconds})
         tracker.log_artifacts(out_dir, "scorer")
-        artifact, export_report, export_error = _export(out_dir)
-        registered = log_exported(tracker, artifact, register)
+        outputs = log_exported(tracker, out_dir, _export(out_dir), register)
         summary = {
             "run_id": tracker.run_id,
             "kind": "scorer",
@@ -100,12 +99,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "score_seconds": round(score_seconds, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
             "selection": getattr(scorer, "selection_", None),
-            "out": str(out_dir),
-            "tracking_uri": tracker.tracking_uri if tracker.enabled else None,
-            "tracking_error": tracker.error,
-            "artifact": None if artifact is None else str(artifact),
-            "registered": registered,
-            "export": export_report if artifact is not None else {"error": export_error},
+            **outputs,
             **report,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
