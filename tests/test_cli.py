@@ -63,6 +63,11 @@ def test_inspect_human_summary_and_usage_errors(tmp_path):
     path.write_text('{"prompt": "a", "outcomes": {"m": {"quality": 1}}}\n')
     out = run("data", "inspect", path)
     assert out.returncode == 0 and "records: 1" in out.stdout and "mean quality" in out.stdout
+    assert "responses" not in out.stdout  # the column appears only where answer texts were recorded
+    path.write_text('{"prompt": "a", "outcomes": {"m": {"quality": 1, "response": "yes"}, "n": {"quality": 0}}}\n')
+    out = run("data", "inspect", path)
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[4:] if line.strip()}
+    assert "responses" in out.stdout and rows["m"][-1] == "1" and rows["n"][-1] == "0", out.stdout
     assert run("data", "inspect", tmp_path / "missing.jsonl").returncode == 1
     assert run("data", "frobnicate").returncode == 2
     assert run("data", "inspect", path, "--column", "oops").returncode == 1

@@ -113,13 +113,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print(f"  quarantine: {report.quarantine}")
     width = max(len(m) for m in table.models)
     logged = any(summary["propensity_coverage"].values())  # propensity columns only for logged traffic
+    answers = any(summary["responses"].values())  # a responses column only where answer texts were recorded
     print(f"\n  {'model':<{width}}  coverage  mean quality  mean cost (USD)"
-          + ("  propensity coverage  min propensity" if logged else ""))
+          + ("  propensity coverage  min propensity" if logged else "") + ("  responses" if answers else ""))
     for m in table.models:
         print(f"  {m:<{width}}  {summary['coverage'][m]:>8.3f}  {_fmt(summary['mean_quality'][m], '>12.4f')}"
               f"  {_fmt(summary['mean_cost'][m], '>15.3e')}"
               + (f"  {summary['propensity_coverage'][m]:>19.3f}  {_fmt(summary['min_propensity'][m], '>14.4f')}"
-                 if logged else ""))
+                 if logged else "") + (f"  {summary['responses'][m]:>9}" if answers else ""))
     print(f"\n  fingerprint: {summary['fingerprint']}")
     return 0
 
