@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,22 @@ def read_artifact_manifest(directory: Path, *, kind: str, required: Sequence[str
         if file_sha256(file) != expected:
             raise ArtifactError(f"{file}: checksum mismatch - the file was changed or truncated after export")
     return manifest
+
+
+@contextmanager
+def loading_artifact(directory: Path, manifest: Mapping[str, Any], what: str, keys: Sequence[str]) -> Iterator[None]:
+    """Check that ``manifest`` has ``keys`` and turn whatever building the ``what`` (router, scorer) from
+    ``directory`` raises into an :class:`ArtifactError` that names the file, or the field missing."""
+    try:
+        for key in keys:
+            manifest[key]  # noqa: B018 - presence check
+        yield
+    except KeyError as exc:
+        raise ArtifactError(f"{directory / 'manifest.json'}: missing field {exc}") from exc
+    except RouterMLError:
+        raise
+    except Exception as exc:  # onnxruntime / tokenizers reject a broken file with many types
+        raise ArtifactError(f"{directory}: cannot load the {what} ({type(exc).__name__}: {exc})") from exc
 
 
 def onnx_session(path: Path, *, session_options: Any = None, intra_op_threads: int | None = None,
@@ -219,11 +236,8 @@ class Router:
         >>> router = Router.load("models/demo-artifact", verify=True)   # doctest: +SKIP
         """
         directory = resolve_artifact_path(path)
-        manifest_path = directory / "manifest.json"
         manifest = read_artifact_manifest(directory, kind="router", required=_REQUIRED)
-        try:
-            for key in ("models", "tokenizer", "policy"):
-                manifest[key]  # noqa: B018 - presence check
+        with loading_artifact(directory, manifest, "router", ("models", "tokenizer", "policy")):
             from tokenizers import Tokenizer
 
             session = onnx_session(directory / "router.onnx", session_options=session_options,
@@ -235,12 +249,6 @@ class Router:
             if not manifest["tokenizer"]["add_special_tokens"]:
                 fast = FastWordPiece.from_file(directory / "tokenizer.json")  # None unless exactly BERT WordPiece
             router = cls(directory, manifest, session, tokenizer, fast)
-        except KeyError as exc:
-            raise ArtifactError(f"{manifest_path}: missing field {exc}") from exc
-        except RouterMLError:
-            raise
-        except Exception as exc:  # onnxruntime / tokenizers reject a broken file with many types
-            raise ArtifactError(f"{directory}: cannot load the router ({type(exc).__name__}: {exc})") from exc
         outputs = session.get_outputs()[0].shape
         if outputs and isinstance(outputs[-1], int) and outputs[-1] != len(router.models):
             raise ArtifactError(f"{directory}: the graph scores {outputs[-1]} models but the manifest names "

@@ -31,7 +31,13 @@ import numpy as np
 
 from router_ml._answer_inputs import ANSWER_FEATURES, ANSWER_FEATURES_VERSION, TextTokens, answer_features, pair_ids
 from router_ml.formats import VERSION_FIELD, read_versioned
-from router_ml.router import ArtifactError, onnx_session, read_artifact_manifest, resolve_artifact_path
+from router_ml.router import (
+    ArtifactError,
+    loading_artifact,
+    onnx_session,
+    read_artifact_manifest,
+    resolve_artifact_path,
+)
 
 __all__ = ["SCORER_GRAPH", "SCORER_PARITY_FORMAT", "SCORER_PARITY_VERSION", "AnswerScorer"]
 
@@ -77,21 +83,13 @@ class AnswerScorer:
                          list(ANSWER_FEATURES)):
             raise ArtifactError(f"{where}: answer features version {features.get('version')!r}; this router-ml "
                                 f"computes version {ANSWER_FEATURES_VERSION} - upgrade router-ml or re-export")
-        try:
-            for key in ("models", "tokenizer", "scorer"):
-                manifest[key]  # noqa: B018 - presence check
+        with loading_artifact(directory, manifest, "scorer", ("models", "tokenizer", "scorer")):
             session = onnx_session(directory / SCORER_GRAPH, session_options=session_options,
                                    intra_op_threads=intra_op_threads, providers=providers)
             limits = manifest["tokenizer"]
             tokens = TextTokens(directory / "tokenizer.json", drop_ids=limits.get("drop_ids") or [],
                                 max_chars=int(limits["max_chars"]))
             scorer = cls(directory, manifest, session, tokens)
-        except KeyError as exc:
-            raise ArtifactError(f"{where}: missing field {exc}") from exc
-        except ArtifactError:
-            raise
-        except Exception as exc:  # onnxruntime / tokenizers reject a broken file with many types
-            raise ArtifactError(f"{directory}: cannot load the scorer ({type(exc).__name__}: {exc})") from exc
         if scorer.kind not in ("static", "encoder"):
             raise ArtifactError(f"{where}: unknown scorer kind {scorer.kind!r}; upgrade router-ml")
         if verify:

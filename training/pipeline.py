@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,7 +299,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         stages.done("save")
         tracker.log_artifacts(out_dir, "router")
-        exported = _export(out_dir, tracker.run_id)
+        exported = export_run(out_dir)
         stages.done("export")
         outputs = log_exported(tracker, out_dir, exported, register)
         summary = {
@@ -355,13 +355,15 @@ def parity_prompts(table: TrafficTable, test_rows: np.ndarray, seed: int) -> lis
     return [table.texts[int(i)] for i in rows]
 
 
-def _export(out_dir: Path, run_id: str | None) -> tuple[Path | None, dict[str, Any] | None, str | None]:
-    """Export the trained router to ``out_dir / "artifact"``; a router that cannot be exported (its
-    featurizer has no one-graph form) is reported, not fatal."""
+def export_run(out_dir: Path, exporter: Callable[[Path, Path], dict[str, Any]] | None = None
+               ) -> tuple[Path | None, dict[str, Any] | None, str | None]:
+    """Export the run trained into ``out_dir`` to ``out_dir / "artifact"`` with ``exporter`` (the router's
+    by default; a scorer run passes its own): (artifact, report, error). A run that cannot be exported (a
+    featurizer with no one-graph form, a failed parity check) is reported, not fatal."""
     from training.export import ExportError, export_router
 
     try:
-        report = export_router(out_dir, out_dir / "artifact")
+        report = (exporter or export_router)(out_dir, out_dir / "artifact")
     except ExportError as exc:
         log.warning("not exported: %s", exc)
         return None, None, str(exc)

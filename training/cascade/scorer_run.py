@@ -47,7 +47,7 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     >>> summary = train_scorer(load_config("training/configs/scorer_static.toml"), "responses.parquet",
     ...                        out_dir="models/scorer")                      # doctest: +SKIP
     """
-    from training.pipeline import log_exported, prepare
+    from training.pipeline import export_run, log_exported, prepare
     from training.tracking import Tracker
 
     validate(config)
@@ -84,7 +84,9 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         tracker.log_metrics({f"{part}.{k}": v for part, values in report.items() for k, v in values.items()
                              if isinstance(v, int | float)} | {"fit_seconds": fit_seconds})
         tracker.log_artifacts(out_dir, "scorer")
-        outputs = log_exported(tracker, out_dir, _export(out_dir), register)
+        from training.cascade.scorer_export import export_scorer
+
+        outputs = log_exported(tracker, out_dir, export_run(out_dir, export_scorer), register)
         summary = {
             "run_id": tracker.run_id,
             "kind": "scorer",
@@ -128,16 +130,3 @@ def _save(out_dir: Path, config: TrainConfig, table: Any, scored: ScorerData, fi
     (out_dir / "parity_triples.json").write_text(json.dumps(
         [{"prompt": scored.prompts[int(row[k])], "model": scored.models[int(model[k])],
           "response": scored.responses[int(row[k]), int(model[k])]} for k in pick]))
-
-
-def _export(out_dir: Path) -> tuple[Path | None, dict[str, Any] | None, str | None]:
-    """Export to ``out_dir / "artifact"``; a failed export is reported, not fatal (as for routers)."""
-    from training.cascade.scorer_export import export_scorer
-    from training.export import ExportError
-
-    try:
-        report = export_scorer(out_dir, out_dir / "artifact")
-    except ExportError as exc:
-        log.warning("not exported: %s", exc)
-        return None, None, str(exc)
-    return out_dir / "artifact", report, None
