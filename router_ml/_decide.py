@@ -80,7 +80,7 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
     text = routed_text(body["messages"])
     route_model = catalog.settings.route_model
     model = body.get("model") or route_model
-    scores = None
+    scores = costs = None
     rule = None
     propensity, explored, knob = 1.0, False, router.willingness_to_pay if wtp is None else wtp
     if model in catalog:
@@ -96,10 +96,10 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
                 break
         if chosen is None:
             decision = router.route(text, willingness_to_pay=wtp)
-            chosen, scores = decision.model, dict(decision.scores)
+            chosen, scores, costs = decision.model, dict(decision.scores), dict(decision.costs)
             propensity, explored, knob = decision.propensity, decision.explored, decision.willingness_to_pay
     digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
     return RouteInfo(request_id=request_id(), chosen=chosen, rule=rule, willingness_to_pay=wtp,
                      scores=scores, prompt_sha256=digest, routing_ms=(time.perf_counter() - t0) * 1000,
                      stream=bool(body.get("stream")), propensity=propensity, explored=explored,
-                     policy=router.policy_record(knob)), text
+                     policy=router.policy_record(knob), costs=costs), text

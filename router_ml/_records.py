@@ -74,6 +74,11 @@ class RouteInfo:
     explored: bool = False  # ``chosen`` is an explored model, not the router's greedy choice
     policy: dict[str, Any] | None = None  # what reproduces the decision: Router.policy_record(knob)
     variant: str | None = None  # the serve config's router variant that decided (router_ml.variants); None: no split
+    costs: dict[str, float] | None = None  # the router's expected USD cost per model (not logged: the prices are)
+    # a cascade's steps (router_ml.cascade): the policy, the point, every attempt with its score, which was
+    # returned; or {"skipped": why} for a routed request served without one. None: no cascade configured
+    cascade: dict[str, Any] | None = None
+    cascade_responses: list[str | None] | None = None  # each attempt's answer text, logged with the prompts
 
     def to_dict(self) -> dict[str, Any]:
         wtp = self.willingness_to_pay
@@ -84,7 +89,8 @@ class RouteInfo:
                 "stream": self.stream, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "usage_estimated": self.usage_estimated, "cost_usd": self.cost_usd, "latency_s": self.latency_s,
                 "routing_ms": self.routing_ms, "propensity": self.propensity, "explored": self.explored,
-                **({"variant": self.variant} if self.variant is not None else {})}
+                **({"variant": self.variant} if self.variant is not None else {}),
+                **({"cascade": self.cascade} if self.cascade is not None else {})}
 
     def record(self, prompt: str | None, response: str | None = None) -> dict[str, Any]:
         """The decision-log record (:mod:`router_ml.decision_log`); ``prompt`` and the answer's ``response``
@@ -96,6 +102,10 @@ class RouteInfo:
         if response is not None:
             out["response"] = response
         out.update(self.to_dict())
+        cascade, responses = self.cascade, self.cascade_responses
+        if prompt is not None and cascade is not None and responses is not None:
+            out["cascade"] = {**cascade, "attempts": [{**a, "response": r} for a, r in
+                                                      zip(cascade["attempts"], responses, strict=True)]}
         out["scores"] = self.scores
         out["policy"] = self.policy
         return out

@@ -171,6 +171,9 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         variants = VariantSource(file=args.variants)
     if args.workers < 1:
         raise RouterMLError(f"--workers {args.workers}: give 1 or more worker processes")
+    if bool(args.cascade) != bool(args.scorer):
+        raise RouterMLError("--cascade POLICY.json and --scorer DIR go together: the policy was fitted on that "
+                            "answer scorer's scores ('router-ml cascade evaluate --out DIR' writes DIR/policy.json)")
     return dict(router=args.artifact, variants=variants, providers=args.providers, host=args.host, port=args.port,
                 api_key=_key_from_env("--api-key-env", args.api_key_env),
                 admin_key=_key_from_env("--admin-key-env", args.admin_key_env),
@@ -178,7 +181,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
                 log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
                 max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
                 exploration=exploration_from_args(args), drain_s=args.drain_seconds,
-                shutdown_timeout_s=args.shutdown_timeout)
+                shutdown_timeout_s=args.shutdown_timeout, cascade=args.cascade, scorer=args.scorer)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -307,6 +310,11 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        "requests in flight before cancelling them (default 30)")
     group.add_argument("--admin-key-env", metavar="NAME", help="environment variable holding the key "
                        "POST /admin/reload needs (off without it; SIGHUP reloads too)")
+    group = serve.add_argument_group("cascade (off unless --cascade is given)")
+    group.add_argument("--cascade", metavar="POLICY.json", help="answer routed requests by this cascade policy "
+                       "('router-ml cascade evaluate --out DIR' writes DIR/policy.json): cheap model first, its answer "
+                       "scored, escalation when the score is low; streaming requests are routed without it")
+    group.add_argument("--scorer", metavar="DIR", help="the answer-scorer artifact the policy was fitted with")
     add_exploration_options(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -47,6 +47,7 @@ from typing import Any
 import httpx
 
 from router_ml import _json
+from router_ml._cascading import run_cascade
 from router_ml._decide import KNOB_HEADER, ROUTER_FIELDS, decide, parse_knob, validate_body
 from router_ml._records import (
     BREAKER_KINDS,
@@ -69,6 +70,7 @@ from router_ml._responses import (
     parse_completion,
 )
 from router_ml._streaming import UpstreamStream, first_event
+from router_ml.cascade import Cascade
 from router_ml.decision_log import DecisionLog
 from router_ml.errors import CatalogError, RouterMLError
 from router_ml.exploration import Exploration
@@ -147,16 +149,22 @@ class AsyncRoutedClient:
     ``time.monotonic`` by default) drives the circuit breakers, so tests can step past a cooldown;
     ``upstream``: how upstreams are called - ``"httpx"`` (the default; ``transport`` replaces its pooled
     transports) or ``"http1"``, the lighter client ``router-ml serve`` uses (:mod:`router_ml._http1`);
-    ``exploration`` makes the router explore (:meth:`Router.with_exploration`; rules and pins never do)."""
+    ``exploration`` makes the router explore (:meth:`Router.with_exploration`; rules and pins never do);
+    ``cascade`` (a :class:`router_ml.cascade.Cascade`) answers the requests the router decides by a cascade
+    - cheap model first, its answer scored, escalation when the score is low (:mod:`router_ml._cascading`)."""
 
     def __init__(self, router: Router, catalog: ProviderCatalog, *,
                  decision_log: DecisionLog | str | Path | None = None, log_prompts: bool = False,
                  willingness_to_pay: float | None = None,
                  on_complete: Callable[[RouteInfo], None] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, upstream: str = "httpx",
-                 clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None):
+                 clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None,
+                 cascade: Cascade | None = None):
         router, self.routing_prices = prepare_router(router, catalog, exploration)
         self.router = router
+        self.cascade = cascade
+        if cascade is not None:
+            self._check_cascade(cascade, exploration, [("the router", router)])
         self.catalog = catalog
         self.settings = catalog.settings
         self.willingness_to_pay = router.willingness_to_pay if willingness_to_pay is None else \
@@ -207,6 +215,33 @@ class AsyncRoutedClient:
                                              timeout)
         except httpx.HTTPError as exc:
             raise classify(exc, replica, self.catalog.redact) from None
+
+    @staticmethod
+    def _check_cascade(cascade: Cascade, exploration: Exploration | None, routers: list[tuple[str, Router]]) -> None:
+        """Refuse a cascade that cannot serve: with exploration, or with no router it was fitted on."""
+        if exploration is not None:
+            # an escalation is chosen after seeing an answer, so its outcome is no draw of a routing policy
+            # with a known propensity; exploring the first model would mix two logging policies in one record
+            raise RouterMLError("a cascade and exploration cannot run together: the cascade's escalations have no "
+                                "propensity for off-policy learning; serve the cascade, or explore without it")
+        if not any(cascade.fits(router) for _, router in routers):
+            where, router = routers[0]
+            cascade.check_router(router, where=where)  # raises, naming what differs
+
+    def _cascade_for(self, info: RouteInfo) -> Cascade | None:
+        """The cascade that answers this request, or None (noting why in ``info.cascade``)."""
+        cascade = self.cascade
+        if cascade is None or info.rule is not None:  # pinned and rule-routed requests are never cascaded
+            return None
+        if info.stream:
+            info.cascade = {"skipped": "stream"}
+            return None
+        sha = cascade.policy.router_sha256
+        if tuple(info.scores or ()) != cascade.policy.models or (
+                sha and (info.policy or {}).get("artifact_sha256") != sha):
+            info.cascade = {"skipped": "router"}  # a router variant the policy was not fitted on
+            return None
+        return cascade
 
     def breaker(self, upstream: str) -> CircuitBreaker:
         """The circuit breaker of an upstream (``model#replica``)."""
@@ -277,13 +312,15 @@ class AsyncRoutedClient:
                 raise classify(exc, replica, self.catalog.redact) from None
             raise
 
-    async def _dispatch(self, info: RouteInfo, body: dict[str, Any], started: float) -> Any:
-        """Try the chain; returns the parsed completion, or ``(replica, response, events, first, injected)``
-        for a stream. Raises :class:`UpstreamError` when every attempt failed."""
+    async def _dispatch(self, info: RouteInfo, body: dict[str, Any], started: float,
+                        chain: tuple[str, ...] | None = None) -> Any:
+        """Try ``chain`` (the catalog's fallback chain of ``info.chosen`` by default); returns the parsed
+        completion, or ``(replica, response, events, first, injected)`` for a stream. Raises
+        :class:`UpstreamError` when every attempt failed."""
         s = self.settings
         deadline = started + s.request_timeout_s
         stream = info.stream
-        for model in self.catalog.chain(info.chosen):
+        for model in chain or self.catalog.chain(info.chosen):
             tried: set[str] = set()
             for retry in range(s.max_retries + 1):
                 replica = self._picker.pick(model, tried)
@@ -296,7 +333,7 @@ class AsyncRoutedClient:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     self._breakers[replica.label].release()
-                    return self._give_up(info, f"the request timeout ({s.request_timeout_s:g} s) ran out")
+                    return self._give_up(info, f"the request timeout ({s.request_timeout_s:g} s) ran out", chain)
                 tried.add(replica.label)
                 payload, injected = self._payload(body, replica, stream)
                 t0 = time.perf_counter()
@@ -329,24 +366,31 @@ class AsyncRoutedClient:
                     self._breakers[replica.label].success()
                 info.model, info.provider_model, info.upstream = model, replica.provider_model, replica.label
                 return result
-        return self._give_up(info, "every model in the fallback chain failed")
+        return self._give_up(info, "every model in the fallback chain failed", chain)
 
-    def _give_up(self, info: RouteInfo, why: str) -> Any:
+    def _give_up(self, info: RouteInfo, why: str, chain: tuple[str, ...] | None = None) -> Any:
         reasons = "; ".join(f"{a.upstream or a.model}: {a.reason}" for a in info.fallbacks) or "nothing was tried"
         info.status = "error"
-        info.error = self.catalog.redact(f"{why} (chain {self.catalog.chain(info.chosen)}): {reasons}")
+        info.error = self.catalog.redact(f"{why} (chain {chain or self.catalog.chain(info.chosen)}): {reasons}")
         raise UpstreamError(info, f"request {info.request_id}: {info.error}")
+
+    def priced(self, model: str, input_tokens: int | None, output_tokens: int | None, input_chars: int,
+               output_chars: int) -> tuple[int, int, bool, float]:
+        """``(input tokens, output tokens, estimated, USD)`` of one answer of ``model``: the provider's usage,
+        or ceil(chars / 4) where it reported none (``estimated``)."""
+        estimated = input_tokens is None or output_tokens is None
+        if input_tokens is None:
+            input_tokens = (input_chars + 3) // 4
+        if output_tokens is None:
+            output_tokens = (output_chars + 3) // 4
+        return input_tokens, output_tokens, estimated, self.catalog[model].price.cost(input_tokens, output_tokens)
 
     def _account(self, info: RouteInfo, input_chars: int, output_chars: int) -> None:
         if info.model is None:
             return
-        if info.input_tokens is None or info.output_tokens is None:
-            info.usage_estimated = True  # the provider reported no usage: ceil(chars / 4)
-            if info.input_tokens is None:
-                info.input_tokens = (input_chars + 3) // 4
-            if info.output_tokens is None:
-                info.output_tokens = (output_chars + 3) // 4
-        info.cost_usd = self.catalog[info.model].price.cost(info.input_tokens, info.output_tokens)
+        info.input_tokens, info.output_tokens, estimated, info.cost_usd = self.priced(
+            info.model, info.input_tokens, info.output_tokens, input_chars, output_chars)
+        info.usage_estimated = info.usage_estimated or estimated
 
     def _finish(self, info: RouteInfo, prompt: str | None, started: float, response: str | None = None) -> None:
         info.latency_s = round(time.perf_counter() - started, 6)
@@ -366,8 +410,13 @@ class AsyncRoutedClient:
         ``stream: true`` an :class:`UpstreamStream` whose ``events()`` yields raw server-sent events."""
         started = time.perf_counter()
         info, text = self.decide(body, headers, willingness_to_pay)
+        input_chars = request_chars(body["messages"])
+        cascade = self._cascade_for(info)
         try:
-            result = await self._dispatch(info, body, started)
+            if cascade is not None:
+                result = await run_cascade(self, cascade, info, body, text, started, input_chars)
+            else:
+                result = await self._dispatch(info, body, started)
         except UpstreamError:
             self._finish(info, text, started)
             raise
@@ -378,7 +427,6 @@ class AsyncRoutedClient:
                 info.status, info.error = "error", f"internal error: {type(exc).__name__}"
             self._finish(info, text, started)
             raise
-        input_chars = request_chars(body["messages"])
         if info.stream:
             replica, response, events, first, injected = result
 
@@ -389,9 +437,10 @@ class AsyncRoutedClient:
             return UpstreamStream(info, replica, response, events, first, injected_usage=injected,
                                   breaker=self._breakers[replica.label], redact=self.catalog.redact,
                                   on_close=on_close, started=started, keep_text=self.log_prompts)
-        info.input_tokens, info.output_tokens = usage_of(result)
-        info.status = "ok"
-        self._account(info, input_chars, output_chars(result))
+        if cascade is None:  # a cascade accounted for each of its calls
+            info.input_tokens, info.output_tokens = usage_of(result)
+            info.status = "ok"
+            self._account(info, input_chars, output_chars(result))
         self._finish(info, text, started, answer_text(result) if self.log_prompts else None)
         completion = ChatCompletion(result)
         completion.router_ml = info

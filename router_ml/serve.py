@@ -99,12 +99,21 @@ class Worker:
 
 
 def build_client(*, providers: str, variants: VariantSource, decision_log: DecisionLog | None, log_prompts: bool,
-                 willingness_to_pay: float | None, exploration: Exploration | None) -> VariantClient:
+                 willingness_to_pay: float | None, exploration: Exploration | None, cascade: str | None = None,
+                 scorer: str | None = None) -> VariantClient:
     """The serving client: every variant loaded and verified on this CPU (an int8 artifact whose routes drift
-    here is refused before any request is served)."""
+    here is refused before any request is served), and the cascade policy with its scorer when given (the
+    scorer verified too)."""
+    loaded = None
+    if cascade is not None:
+        from router_ml.cascade import Cascade
+
+        if scorer is None:
+            raise RouterMLError("a cascade policy needs the answer scorer it was fitted with (--scorer DIR)")
+        loaded = Cascade.load(cascade, scorer, intra_op_threads=1, verify=True)
     return VariantClient(variants, ProviderCatalog.load(providers), exploration=exploration,
                          willingness_to_pay=willingness_to_pay, decision_log=decision_log, log_prompts=log_prompts,
-                         upstream="http1")
+                         upstream="http1", cascade=loaded)
 
 
 def run_server(*, router: str | None = None, providers: str, variants: VariantSource | None = None,
@@ -112,7 +121,7 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
                decision_log: str | None = None, log_prompts: bool = False, log_max_bytes: int = 64 << 20,
                log_fsync: bool = False, max_body_bytes: int = 1 << 20, willingness_to_pay: float | None = None,
                exploration: Exploration | None = None, drain_s: float = 0.0, shutdown_timeout_s: float = 30.0,
-               worker: Worker | None = None) -> None:
+               cascade: str | None = None, scorer: str | None = None, worker: Worker | None = None) -> None:
     """Load, bind and serve until SIGTERM/SIGINT (what ``router-ml serve`` runs, and each of its workers).
 
     ``router`` (one artifact, the variant ``default``) or ``variants``; ``worker``: run as one worker of a
@@ -132,7 +141,8 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
     sock = None
     try:
         client = build_client(providers=providers, variants=variants, decision_log=log, log_prompts=log_prompts,
-                              willingness_to_pay=willingness_to_pay, exploration=exploration)
+                              willingness_to_pay=willingness_to_pay, exploration=exploration, cascade=cascade,
+                              scorer=scorer)
         on_reload = None if worker is None else functools.partial(os.kill, os.getppid(), signal.SIGHUP)
         app = create_app(client, api_key=api_key, admin_key=admin_key, max_body_bytes=max_body_bytes,
                          on_reload=on_reload)
@@ -144,7 +154,8 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
                   f"{split} from {variants.describe()}; catalog {providers}, routing prices from the "
                   f"{client.routing_prices}, decision log {log.path if log else 'off'}"
                   f"{', with prompts' if log and log_prompts else ''}, exploration "
-                  f"{exploration.to_dict() if exploration else 'off'})")
+                  f"{exploration.to_dict() if exploration else 'off'}, cascade "
+                  f"{f'{cascade} with scorer {scorer}' if cascade else 'off'})")
         if worker is None:
             print(f"router-ml: {banner}", file=sys.stderr, flush=True)
         if log is not None and log.repaired_bytes:

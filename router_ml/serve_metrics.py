@@ -60,6 +60,10 @@ class Metrics:
                                       "to the last event).", buckets=REQUEST_BUCKETS, registry=r)
         self.variants = prom.Counter("router_ml_variant_decisions", "Decisions by router variant (the serve "
                                      "config's traffic split).", ["variant"], registry=r)
+        self.cascade = prom.Counter("router_ml_cascade_steps", "Cascade calls by model and verdict (accepted: its "
+                                    "answer returned; escalated; failed: an escalation that failed) and routed "
+                                    "requests served without the cascade (model \"\", verdict skipped_<why>).",
+                                    ["model", "verdict"], registry=r)
         self.log_errors = prom.Counter("router_ml_decision_log_errors", "Decision-log records that could not be "
                                        "written.", registry=r)
         self.circuit = prom.Gauge("router_ml_circuit_open", "Whether an upstream's circuit breaker is open (1) or "
@@ -134,7 +138,11 @@ class Metrics:
             variant()
         for attempt in info.fallbacks:
             self._child(self.fallbacks, attempt.upstream or attempt.model, attempt.kind).inc()
-        if answers is not None:
+        cascade = info.cascade
+        if cascade is not None and self._cascade(cascade):
+            if answers is not None:
+                answers()
+        elif answers is not None:
             answers()
             if info.cost_usd is not None:
                 cost(info.cost_usd)
@@ -146,6 +154,25 @@ class Metrics:
         client = self._client
         if client is not None and (info.fallbacks or self._any_open or client.log_errors != self._errors_seen):
             self.refresh()
+
+    def _cascade(self, cascade: dict[str, Any]) -> bool:
+        """Count a cascade's steps, with cost and tokens on the model of each call (the request's total is
+        their sum); True when it ran, False when the request was routed without it."""
+        child = self._child
+        attempts = cascade.get("attempts")
+        if attempts is None:
+            child(self.cascade, "", f"skipped_{cascade.get('skipped')}").inc()
+            return False
+        for a in attempts:
+            model = a["model"]
+            if a["status"] != "ok":
+                child(self.cascade, model, "failed").inc()
+                continue
+            child(self.cascade, model, "accepted" if a.get("accepted") else "escalated").inc()
+            child(self.cost, model).inc(a["cost_usd"])
+            child(self.tokens, model, "input").inc(a["input_tokens"])
+            child(self.tokens, model, "output").inc(a["output_tokens"])
+        return True
 
     def render(self) -> bytes:
         """The Prometheus text exposition: this registry, or every worker's files in multi-process mode."""

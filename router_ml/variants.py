@@ -215,8 +215,12 @@ class VariantClient(AsyncRoutedClient):
     def __init__(self, source: VariantSource, catalog: ProviderCatalog, *, exploration: Exploration | None = None,
                  willingness_to_pay: float | None = None, split: Split | None = None, **kwargs: Any):
         split = split or load_split(source.specs(), catalog, exploration)
+        cascade = kwargs.pop("cascade", None)
         super().__init__(split.primary.router, catalog, exploration=exploration,
                          willingness_to_pay=willingness_to_pay, **kwargs)
+        if cascade is not None:  # it serves the requests of the variants it was fitted on (any, not only the primary)
+            self._check_cascade(cascade, exploration, [(f"variant {v.name!r}", v.router) for v in split.variants])
+            self.cascade = cascade
         self.source = source
         self.exploration = exploration
         self._knob = self.willingness_to_pay if willingness_to_pay is not None else None

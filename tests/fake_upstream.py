@@ -53,6 +53,7 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self.record = record
         self.gate: threading.Event | None = None  # streams pause after the first content event until it is set
+        self.reply: Any = None  # (model, request body) -> answer text, instead of "<model> says: <prompt>"
         self.served = 0
         self.events_sent = 0  # stream events written, all streams together
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,7 +185,7 @@ class FakeUpstream:
             return False
         if body.get("stream"):
             return await self._stream(writer, body, model, kind, arg)
-        text = f"{model} says: {_last_user(body)[:40]}"
+        text = self.reply(model, body) if self.reply is not None else f"{model} says: {_last_user(body)[:40]}"
         await self._send(writer, 200, json.dumps(completion(model, text)).encode())
         return True
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router_ml.cascade.combiner import Signals
+from router_ml.cascade.policy import CascadePolicy
 from router_ml.metrics import CURVE_KEYS
-from training.cascade.combiner import Signals
 from training.cascade.command import compact, write_outputs
 from training.cascade.evaluate import CONTENDERS, FAMILIES, auc, evaluate_cascades
-from training.cascade.policy import CascadePolicy
 
 MODELS = ("small", "mid", "large")
 

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from router_ml.errors import RouterMLError
-from training.cascade.agreement import agreement, agreement_matrix, final_answer
-from training.cascade.combiner import Combiner, Signals, fit_combiner, fit_logistic
-from training.cascade.policy import (
+from router_ml.cascade.agreement import agreement, agreement_matrix, final_answer
+from router_ml.cascade.combiner import Combiner, Signals, fit_combiner, fit_logistic
+from router_ml.cascade.policy import (
     CascadePolicy,
     Point,
     candidate_chains,
@@ -19,6 +18,7 @@ from training.cascade.policy import (
     rtc_points,
     run_point,
 )
+from router_ml.errors import RouterMLError
 
 RAW = Combiner(("score",))  # no weights: a step's acceptance score is the scorer's own output
 

@@ -23,7 +23,9 @@ MODELS = ("cheap-model", "strong-model")
 TOPICS = ("physics", "history", "law", "biology", "economics", "chemistry", "math", "philosophy")
 
 
-def _rows(n: int, seed: int = 0) -> list[dict]:
+def _rows(n: int, seed: int = 0, models: tuple[str, ...] = MODELS) -> list[dict]:
+    """Multiple-choice prompts whose good answers reason and end on (B), bad ones hedge and end on (D);
+    the first model is right 45% of the time, the others 70% (10% of labels flipped)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -31,7 +33,7 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
         prompt = (f"Question {i} about {topic}: which statement about case {i} holds?\n"
                   + "".join(f"{letter}. option {letter} of {topic} case {i}\n" for letter in "ABCD") + "Answer:")
         row = {"sample_id": f"s{i}", "prompt": prompt, "eval_name": topic}
-        for m, model in enumerate(MODELS):
+        for m, model in enumerate(models):
             good = rng.random() < (0.45 if m == 0 else 0.7)
             if good:
                 text = f"Let's think step by step. The {topic} facts give it directly. The answer is (B)."

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from router_ml.cascade.agreement import agreement_matrix
+from router_ml.cascade.combiner import Signals
 from router_ml.errors import DataError, RouterMLError
-from training.cascade.agreement import agreement_matrix
-from training.cascade.combiner import Signals
 from training.cascade.evaluate import HEADLINE, evaluate_cascades
 
 __all__ = ["ScoreFn", "build_signals", "check_split", "compact", "run_cascade_evaluate"]
@@ -92,13 +93,12 @@ def build_signals(table: Any, rows: np.ndarray, *, router: Any, score_fn: ScoreF
     return Signals(prior=prior, score=score, cost_est=cost_est, agreement=agreement)
 
 
-def _load_scorer(path: str | Path) -> ScoreFn:
-    try:
-        from router_ml.scorer import AnswerScorer
-    except ImportError as exc:
-        raise RouterMLError("this router-ml has no answer-scorer runtime (router_ml.scorer); install a version "
-                            "with cascade support") from exc
-    return AnswerScorer.load(path).score_many
+def _load_scorer(path: str | Path) -> tuple[ScoreFn, str]:
+    """The scorer artifact's ``score_many`` and the sha256 of its graph (recorded in the policies)."""
+    from router_ml.scorer import SCORER_GRAPH, AnswerScorer
+
+    scorer = AnswerScorer.load(path)
+    return scorer.score_many, scorer.manifest["files"][SCORER_GRAPH]
 
 
 def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
@@ -122,17 +122,20 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     config = (loaded.manifest.get("training") or {}).get("config") or {}
     split = split_table(table, train_size=train_size, val_size=config.get("data.val_size", 0.1), seed=seed)
     checked = check_split(router_dir, loaded.manifest, table, split, train_size=train_size, seed=seed)
-    score_fn = _load_scorer(scorer) if isinstance(scorer, str | Path) else scorer
+    score_fn, scorer_sha256 = _load_scorer(scorer) if isinstance(scorer, str | Path) else (scorer, None)
     rows = np.concatenate([split.val, split.test])
     signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
     order = [table.models.index(m) for m in loaded.models]
     cost = observed_costs(table, split.train)[:, order]
     latency = table.latency_s[:, order]
-    report, policies = evaluate_cascades(
+    report, fitted = evaluate_cascades(
         signals, table.quality[:, order], cost, val_rows=split.val, test_rows=split.test, models=loaded.models,
         wtps=np.asarray(loaded.cost_model.knob_grid or (0.0, float("inf"))), scorer_latency_ms=scorer_latency_ms,
         latency_s=None if np.isnan(latency).all() else latency, n_boot=n_boot, seed=seed, grid=grid,
         headline=headline)
+    # serving checks these: the combiner's weights are calibrated on this router's and this scorer's outputs
+    policies = {name: replace(p, router_sha256=loaded.manifest["files"]["router.onnx"], scorer_sha256=scorer_sha256)
+                for name, p in fitted.items()}
     report["data"], report["data_fingerprint"] = str(data), table.fingerprint()
     report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
     if out is not None:

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from router_ml import metrics
-from router_ml.errors import RouterMLError
-from training.cascade.combiner import FEATURE_SETS, Signals, fit_combiner
-from training.cascade.policy import (
+from router_ml.cascade.combiner import FEATURE_SETS, Signals, fit_combiner
+from router_ml.cascade.policy import (
     CascadePolicy,
     Outcome,
     candidate_chains,
@@ -35,6 +34,7 @@ from training.cascade.policy import (
     rtc_points,
     run_point,
 )
+from router_ml.errors import RouterMLError
 from training.evaluation import HeldOut, evaluate_held_out, scoreable_rows
 
 __all__ = ["CONTENDERS", "FAMILIES", "HEADLINE", "auc", "evaluate_cascades", "fit_families", "select_headline"]

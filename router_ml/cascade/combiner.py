@@ -3,7 +3,7 @@
 After calling the models of ``prefix`` (model indices, in call order) a cascade knows, for the last
 model ``j`` of the prefix: the answer scorer's P(quality) of ``j``'s response, the router's predicted
 quality of ``j`` for the prompt (its prior, known before any call) and - from the second call on -
-how far ``j``'s answer agrees with each earlier answer (:mod:`training.cascade.agreement`). A small
+how far ``j``'s answer agrees with each earlier answer (:mod:`router_ml.cascade.agreement`). A small
 logistic regression per prefix turns them into one calibrated probability, the acceptance score a
 threshold compares against. Inputs enter as logits (score, prior) and as the agreement in [0, 1];
 a missing signal (no response: NaN) enters as the uninformative value (logit 0, agreement 0.5).

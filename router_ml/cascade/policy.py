@@ -1,7 +1,7 @@
 """Cascade policies: which model to call first, when to accept its answer, where to escalate.
 
 Two kinds of operating point, both evaluated as pure numpy over ``(n, m)`` matrices
-(:class:`~training.cascade.combiner.Signals` in, per-prompt outcomes out):
+(:class:`~router_ml.cascade.combiner.Signals` in, per-prompt outcomes out):
 
 - **chain** ``models = (a, b, c)``, ``thresholds = (t1, t2)``: call ``a``; accept its answer when
   its acceptance score is ``>= t1``, else call ``b`` and accept when ``>= t2``, else call ``c``,
@@ -11,7 +11,7 @@ Two kinds of operating point, both evaluated as pure numpy over ``(n, m)`` matri
   the router picks again among the models that cost more for that prompt, at ``escalate_wtp``.
 
 Cost counts every call made (a chain that called ``a`` then ``b`` pays both). The acceptance score is
-a :class:`~training.cascade.combiner.Combiner`'s calibrated probability; with ``margin`` the score a
+a :class:`~router_ml.cascade.combiner.Combiner`'s calibrated probability; with ``margin`` the score a
 threshold sees is that probability less the router's predicted quality of the model escalation would
 reach (the chain's last model, or route-then-cascade's target), so escalation goes where the expected
 gain is largest rather than where the answer merely looks weakest.
@@ -27,9 +27,9 @@ non-decreasing for two-step chains (raising the knob can only escalate more); fo
 hull may trade one step's threshold against another's, and the path is monotone in cost and quality.
 
 The module needs numpy, the runtime's policy helpers and the numpy-only combiner, nothing of the
-training stack, so the serving path can load a saved policy (:meth:`CascadePolicy.load`) and step
-through it prompt by prompt (:meth:`CascadePolicy.next_call`); moving these modules under
-``router_ml`` is a rename.
+training stack: ``router-ml cascade evaluate`` fits policies with it, and the serving path
+(:mod:`router_ml.cascade.runtime`) loads a saved one (:meth:`CascadePolicy.load`) and steps through it
+prompt by prompt (:meth:`CascadePolicy.step`).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
+from router_ml.cascade.combiner import Combiner, Signals
 from router_ml.errors import RouterMLError
 from router_ml.metrics import quality_hull
 from router_ml.policy import choose, wtp_from_json, wtp_to_json
-from training.cascade.combiner import Combiner, Signals
 
-__all__ = ["POLICY_FORMAT", "CascadePolicy", "Outcome", "Point", "candidate_chains", "fit_policy", "run_point"]
+__all__ = ["POLICY_FORMAT", "CascadePolicy", "Outcome", "Point", "Step", "candidate_chains", "fit_policy", "run_point"]
 
 POLICY_FORMAT = "router-ml-cascade-policy"
 POLICY_VERSION = 1
@@ -104,6 +104,16 @@ def _threshold_json(t: float) -> float | str:
 
 def _threshold_from_json(t: float | str) -> float:
     return float(t)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One serving step (:meth:`CascadePolicy.step`): the model index to call ``next`` (None: return the
+    last answer) and, when an answer was judged, its acceptance score and the threshold it met or missed."""
+
+    next: int | None
+    accept: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +261,10 @@ class CascadePolicy:
     points: tuple[Point, ...]
     validation: tuple[tuple[float, float], ...] = ()
     name: str = "cascade"
+    #: the sha256 of the router's ``router.onnx`` and the scorer's ``scorer.onnx`` the policy was fitted
+    #: with (the combiner's weights are calibrated on their outputs); serving checks them when present
+    router_sha256: str | None = None
+    scorer_sha256: str | None = None
 
     def point(self, willingness_to_pay: float) -> Point:
         """The operating point the knob selects: the last one whose ``min_wtp`` is at most the knob."""
@@ -260,38 +274,48 @@ class CascadePolicy:
         return self.points[int(np.searchsorted(starts, willingness_to_pay, side="right")) - 1]
 
     def next_call(self, point: Point, signals: Signals, called: list[int]) -> int | None:
-        """The serving loop's step for one prompt: the model to call next, or None to return the answer
-        of the last model in ``called`` (model indices, in call order). ``signals`` has one row: the
-        router's prior and cost estimate, and the scorer's scores (and agreement) of the answers
-        received so far - cells of models not called yet are never read. Calling models as this says
-        reproduces :func:`run_point`'s outcome for the prompt.
+        """The model to call next for one prompt, or None to return the last answer: :meth:`step`'s ``next``."""
+        return self.step(point, signals, called).next
 
-        >>> point = policy.point(0.01); called = []                       # doctest: +SKIP
-        >>> while (j := policy.next_call(point, signals, called)) is not None:  # doctest: +SKIP
+    def step(self, point: Point, signals: Signals, called: list[int]) -> Step:
+        """The serving loop's step for one prompt: the model to call next (None: return the answer of
+        the last model in ``called``, model indices in call order), with the acceptance score and the
+        threshold that decided it. ``signals`` has one row: the router's prior and cost estimate, and
+        the scorer's scores (and agreement) of the answers received so far - cells of models not
+        called yet are never read. Calling models as this says reproduces :func:`run_point`'s
+        outcome for the prompt.
+
+        >>> point = policy.point(0.01); called = []                              # doctest: +SKIP
+        >>> while (j := policy.step(point, signals, called).next) is not None:  # doctest: +SKIP
         ...     called.append(j)  # call model j, score its answer into signals
         """
         if not called:
             if point.kind == "chain":
-                return point.models[0]
-            return int(choose(signals.prior, signals.cost_est, point.first_wtp)[0])
+                return Step(point.models[0])
+            return Step(int(choose(signals.prior, signals.cost_est, point.first_wtp)[0]))
         if point.kind == "chain":
             k = len(called) - 1
             if k >= len(point.models) - 1:
-                return None
-            accept = _chain_accept([self.combiner.accept_scores(signals, point.models[:k + 1])], point.models,
-                                   signals.prior, point.margin)[0, 0]
-            return None if accept >= point.thresholds[k] else point.models[k + 1]
+                return Step(None)  # the chain's last answer is always returned
+            accept = float(_chain_accept([self.combiner.accept_scores(signals, point.models[:k + 1])],
+                                         point.models, signals.prior, point.margin)[0, 0])
+            threshold = point.thresholds[k]
+            return Step(None if accept >= threshold else point.models[k + 1], accept, threshold)
         if len(called) > 1:
-            return None
+            return Step(None)
         first = np.array(called[:1])
         target = _escalation(signals, first, point.escalate_wtp)
-        accept = self.combiner.accept_scores(signals, (called[0],))
+        if target[0] < 0:
+            return Step(None)  # no pricier model to escalate to: nothing to decide
+        accept_all = self.combiner.accept_scores(signals, (called[0],))
         if point.margin:
-            accept = _margin(accept, signals.prior, target)
-        return int(target[0]) if target[0] >= 0 and accept[0] < point.thresholds[0] else None
+            accept_all = _margin(accept_all, signals.prior, target)
+        accept, threshold = float(accept_all[0]), point.thresholds[0]
+        return Step(int(target[0]) if accept < threshold else None, accept, threshold)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "name": self.name, "models": list(self.models),
+                "router_sha256": self.router_sha256, "scorer_sha256": self.scorer_sha256,
                 "combiner": self.combiner.to_json(self.models),
                 "points": [{**p.to_json(self.models), **({"validation": {"cost": v[0], "quality": v[1]}}
                                                          if v else {})}
@@ -308,7 +332,8 @@ class CascadePolicy:
         validation = tuple((p["validation"]["cost"], p["validation"]["quality"]) for p in data["points"]
                            if "validation" in p)
         combiner = Combiner.from_json(data["combiner"], models)
-        return cls(models, combiner, points, validation, data.get("name", "cascade"))
+        return cls(models, combiner, points, validation, data.get("name", "cascade"), data.get("router_sha256"),
+                   data.get("scorer_sha256"))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
