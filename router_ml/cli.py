@@ -198,27 +198,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from router_ml.decision_log import FEEDBACK_FIELDS, DecisionLog, FeedbackError, feedback_record
+    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, feedback_record
 
     records = []
     if args.file:
-        if args.request_id or args.quality is not None or args.thumbs:
-            raise RouterMLError("give --file or --request-id with --quality/--thumbs, not both")
+        if args.request_id or args.quality is not None or args.thumbs or args.model:
+            raise RouterMLError("give --file or --request-id with --quality/--thumbs (and --model), not both")
         with open(args.file, encoding="utf-8") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise FeedbackError("request_id", "each line must be an object "
-                                            "{\"request_id\", \"quality\" | \"thumbs\"}")
-                    unknown = set(obj) - set(FEEDBACK_FIELDS)
-                    if unknown:
-                        raise FeedbackError(sorted(unknown)[0], "unknown field (allowed: request_id, quality, "
-                                            "thumbs, comment)")
-                    records.append(feedback_record(obj.get("request_id"), quality=obj.get("quality"),
-                                                   thumbs=obj.get("thumbs"), comment=obj.get("comment")))
+                try:  # the same fields and checks as POST /v1/feedback
+                    records.append(feedback_from(json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise RouterMLError(f"{args.file}:{n}: not valid JSON ({exc.msg})") from exc
                 except FeedbackError as exc:
@@ -226,8 +217,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     else:
         if not args.request_id:
             raise RouterMLError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
-        quality = args.quality
-        records.append(feedback_record(args.request_id, quality=quality, thumbs=args.thumbs))
+        records.append(feedback_record(args.request_id, quality=args.quality, thumbs=args.thumbs, model=args.model))
     with DecisionLog(args.log) as log:
         for record in records:
             log.write(record)
@@ -324,7 +314,10 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     rating = feedback.add_mutually_exclusive_group()
     rating.add_argument("--quality", type=float, help="quality in [0, 1]")
     rating.add_argument("--thumbs", choices=("up", "down"), help="up = 1, down = 0")
-    feedback.add_argument("--file", help="JSONL of {\"request_id\", \"quality\" | \"thumbs\"} to join into the log")
+    feedback.add_argument("--model", help="with --request-id: rate this model's answer within the request (a cascade "
+                          "holds one per model it called); default: the answer the request returned")
+    feedback.add_argument("--file", help="JSONL of {\"request_id\", \"quality\" | \"thumbs\", \"model\"?, "
+                          "\"comment\"?} to join into the log")
     feedback.set_defaults(func=cmd_feedback)
     return parser
 

@@ -12,7 +12,8 @@ Two record types share one append-only JSONL file::
      "propensity": 0.96, "explored": false,
      "policy": {"artifact_sha256": "...", "exploration": {"kind": "epsilon", "rate": 0.05, ...},
                 "prices": {"tiny-1b": [1.3e-05, 8.6e-08], ...}, "willingness_to_pay": 0.08}}
-    {"type": "feedback", "format_version": 1, "time": "...", "request_id": "rml-...", "quality": 1.0}
+    {"type": "feedback", "format_version": 1, "time": "...", "request_id": "rml-...", "quality": 1.0,
+     "model": "small-8b"}                  # optional: which of the request's answers is rated
 
 ``propensity`` is the probability with which the routing policy chose ``chosen`` - 1.0 without
 exploration and for pinned or rule-routed requests (:mod:`router_ml.exploration`) - so that the log
@@ -25,7 +26,14 @@ Every line carries ``format_version`` (:data:`FORMAT_VERSION`); readers check it
 :func:`line_version`, so a log written by a newer release fails loudly instead of being misread.
 Lines written before the field existed have none and are version 1. A feedback line's own fields
 (what ``POST /v1/feedback``, ``router-ml feedback --file`` and the log share) are
-:data:`FEEDBACK_FIELDS`.
+:data:`FEEDBACK_FIELDS`: ``request_id``, ``quality`` or ``thumbs`` (``"up"`` is 1, ``"down"`` 0; the line
+keeps both), an optional ``comment`` and an optional ``model``. Feedback without ``model`` rates the
+answer the request returned. ``model`` rates that model's answer within the request: a cascade
+(``training.cascade``) calls a cheap model, scores its answer and may escalate to a stronger one, so
+its decision line carries a ``cascade`` object whose ``attempts`` list every call (model, status,
+tokens, cost, latency, the scorer's score and, with prompt logging, the answer) - one request, several
+answers, each of which can be rated. The ``decisions`` reader of ``training.data`` turns each rated
+answer into an outcome.
 
 Crash safety: each record is written with one ``os.write`` of a complete line to a file opened
 with ``O_APPEND`` (``fsync=True`` adds an fsync per record). A process killed inside a write can
@@ -68,7 +76,7 @@ FORMAT_VERSION = 1
 #: the key of the version in every line; a line without it was written before versioning, i.e. version 1
 VERSION_FIELD = formats.VERSION_FIELD
 #: what a rating carries, in the feedback endpoint, a ``router-ml feedback --file`` line and the log alike
-FEEDBACK_FIELDS = ("request_id", "quality", "thumbs", "comment")
+FEEDBACK_FIELDS = ("request_id", "quality", "thumbs", "comment", "model")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
@@ -127,12 +135,15 @@ def feedback_from(obj: Any, *, logged: bool = False) -> dict[str, Any]:
             raise FeedbackError(unknown[0], f"unknown field; allowed: {', '.join(FEEDBACK_FIELDS)}")
     thumbs = obj.get("thumbs")
     quality = None if logged and thumbs is not None else obj.get("quality")
-    return feedback_record(obj.get("request_id"), quality=quality, thumbs=thumbs, comment=obj.get("comment"))
+    return feedback_record(obj.get("request_id"), quality=quality, thumbs=thumbs, comment=obj.get("comment"),
+                           model=obj.get("model"))
 
 
 def feedback_record(request_id: Any, *, quality: Any = None, thumbs: Any = None,
-                    comment: Any = None) -> dict[str, Any]:
-    """A validated feedback record: a ``quality`` in [0, 1] or ``thumbs`` ``"up"`` (1) / ``"down"`` (0)."""
+                    comment: Any = None, model: Any = None) -> dict[str, Any]:
+    """A validated feedback record: a ``quality`` in [0, 1] or ``thumbs`` ``"up"`` (1) / ``"down"`` (0), for
+    the answer the request returned or, with ``model``, for that model's answer within the request (a
+    cascade holds one answer per model it called)."""
     if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
         raise FeedbackError("request_id", f"must be the request id a response carried (letters, digits, ._:-), "
                             f"got {request_id!r}")
@@ -152,6 +163,11 @@ def feedback_record(request_id: Any, *, quality: Any = None, thumbs: Any = None,
         if not isinstance(comment, str) or len(comment) > 10_000:
             raise FeedbackError("comment", "must be a string of at most 10,000 characters")
         record["comment"] = comment
+    if model is not None:
+        if not isinstance(model, str) or not model.strip() or len(model) > 200:
+            raise FeedbackError("model", f"must be the name of a model the request called (a non-empty string of "
+                                f"at most 200 characters), got {model!r}; leave it out to rate the returned answer")
+        record["model"] = model
     return record
 
 

@@ -604,12 +604,16 @@ def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     prompts = ["Translate 'good morning' into French.", "Sum 17 and 25.", "Write a haiku about rain."]
     with Proxy(AsyncRoutedClient(router, cat, decision_log=log, log_prompts=True)) as proxy, \
             httpx.Client(base_url=proxy.url, timeout=10) as http:
-        ids = [http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": p}]}).json()[
-            "router_ml"]["request_id"] for p in prompts]
+        infos = [http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": p}]}).json()[
+            "router_ml"] for p in prompts]
+        ids = [info["request_id"] for info in infos]
         up.mode = "500"
         assert http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG}).status_code == 502
         assert http.post("/v1/feedback", json={"request_id": ids[0], "thumbs": "up"}).status_code == 200
-        assert http.post("/v1/feedback", json={"request_id": ids[1], "quality": 0.3}).status_code == 200
+        rating = {"request_id": ids[1], "quality": 0.3, "model": infos[1]["model"]}  # names the rated answer
+        assert http.post("/v1/feedback", json=rating).status_code == 200
+        bad = http.post("/v1/feedback", json={"request_id": ids[2], "quality": 1, "model": ""})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
         bad = http.post("/v1/feedback", json={"request_id": ids[2], "quality": 7})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
         bad = http.post("/v1/feedback", json={"request_id": ids[2], "stars": 5})
@@ -618,6 +622,7 @@ def test_feedback_turns_the_log_into_training_data(router, up, tmp_path):
     written = [json.loads(x) for x in log.read_text().splitlines()]
     assert {r["format_version"] for r in written} == {FORMAT_VERSION}
     assert [r["type"] for r in written] == ["decision"] * 4 + ["feedback"] * 2
+    assert "model" not in written[4] and written[5]["model"] == infos[1]["model"]
     table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
     assert report.format == "decisions" and (len(table), report.rejected) == (2, 2)
     by_id = {r.sample_id: r for r in table.records}

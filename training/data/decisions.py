@@ -3,24 +3,53 @@
 A decision log (:mod:`router_ml.decision_log`) holds one ``decision`` line per routed request and
 ``feedback`` lines that rate requests by id. This reader joins them: each answered request with
 feedback becomes one canonical record - ``sample_id`` = request id, ``prompt`` = the logged routed
-text, one outcome for the model that answered (``quality`` from the feedback - thumbs up 1, down 0,
-or the score; ``cost``, tokens and latency from the log; the answer's ``response`` text when the
-log carries it, as ``--log-prompts`` makes it) - and everything else is rejected with a
-reason, never dropped silently:
+text, one outcome for the model that answered (a cascade: one per rated answer, below) - ``quality``
+from the feedback (thumbs up 1, down 0, or the score), ``cost``, tokens and latency from the log, the
+answer's ``response`` text when the log carries it, as ``--log-prompts`` makes it - and everything
+else is rejected with a reason, never dropped silently:
 
 - ``status``: the request failed or its stream broke off (no complete answer to rate);
 - ``feedback``: no feedback for the request (yet);
 - ``prompt``: the prompt text was not logged (start ``router-ml serve --log-prompts``);
-- feedback for a request id the log does not hold, malformed lines, a truncated last line.
+- ``cascade...``: a malformed ``cascade`` object (the field names the attempt, e.g.
+  ``cascade.attempts[1].model``, or ``cascade.answered``);
+- feedback for a request id the log does not hold (``request_id``) or naming a ``model`` whose
+  answer the request does not hold (``model``), malformed lines, a truncated last line.
+
+Feedback without ``model`` rates the answer the request returned (the line's ``model``); feedback
+with ``model`` rates that model's answer, and wins over the request's rating for the same model.
+
+Cascades: a line with ``cascade.attempts`` (:mod:`router_ml.decision_log`) holds one call per model
+the cascade made - a cheap model, then, when the answer scorer did not accept its answer, a stronger
+one. It becomes one record with one outcome per attempt that answered (``status`` ``"ok"``) and is
+rated, each with its own attempt's cost, tokens, latency and ``response`` (the line's top-level
+``cost_usd`` and tokens are the sums over every call, and its ``response`` the returned answer only).
+A failed attempt gives no outcome; attempts that answered but are unrated are listed in the
+metadata's ``router_ml.unrated`` (a request with no rated answer at all is rejected for
+``feedback``), and ``router_ml.cascade`` keeps ``policy``, the ``answered`` model and the scorer's
+``scores`` per model (``router_ml.feedback``, the rating's file:line on an ordinary record, is
+``{model: file:line}`` on a cascade's). A line with ``"cascade": {"skipped": ...}`` (routed without one) reads as any
+other line.
 
 The line's ``propensity`` (the probability with which an exploring router chose ``chosen``; the
-runtime writes ``1.0`` when exploration is off) goes on the outcome. A line without it (older logs)
-gives propensity ``None``, unknown. A request that a fallback answered (``model`` differs from
-``chosen``) is rejected when it carries a propensity: the outcome observed is not that of the
-action the logging policy took, so weighting it by that action's propensity would be wrong.
+runtime writes ``1.0`` when exploration is off) goes on the outcome of the policy's draw: the one
+answer of an ordinary line, the *first* attempt of a cascade (its ``chosen``, called for every
+prompt the policy sent there). A line without it (older logs) gives propensity ``None``, unknown.
+An escalated attempt's outcome carries no propensity: whether the stronger model was called was
+decided after seeing the first answer, so it is not a draw of a routing policy given the prompt, and
+no probability of it was logged. A line carrying a propensity whose draw has no outcome is rejected
+(``propensity``): a request that a fallback answered (``model`` differs from ``chosen``) - the
+outcome observed is not that of the action the logging policy took, so weighting it by that
+action's propensity would be wrong - and, the same way, a cascade whose only rated answers are
+escalations (rate the first answer too to keep it). This keeps the loader's rule that a logged
+record with one outcome carries its propensity (:mod:`training.data.loader`): from a line with a
+propensity, a cascade record always holds its first answer's outcome with it, so a log mixing
+ordinary and cascade lines loads and trains (an escalation's cell weighs 1 in the loss). Off-policy
+evaluation cannot weigh an escalation's outcome: ``router-ml evaluate`` (estimator ``auto``) refuses
+data holding one, and an explicit estimator reports its estimate as biased.
 
 Strict mode stops at the first of these; ``on_error="quarantine"`` sets them aside and counts them.
-The last feedback for a request wins. Rotated files (``<stem>.N<suffix>``) and the files of every worker of
+The last feedback for a request (and model) wins. Rotated files (``<stem>.N<suffix>``) and the files of every worker of
 ``router-ml serve --workers N`` are read too, merged in time order (:func:`router_ml.decision_log.merged_lines`).
 
 Every line's ``format_version`` is checked first (:func:`router_ml.decision_log.line_version`; a line
@@ -102,7 +131,84 @@ def _feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
         raise RecordError(exc.field, str(exc).split(": ", 1)[-1]) from None
 
 
-def _record(obj: Mapping[str, Any], feedback: Mapping[str, tuple[float, str]],
+def _attempts(obj: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """The validated calls of a cascade's decision line, or None for a line routed without a cascade."""
+    cascade = obj.get("cascade")
+    if cascade is None:
+        return None
+    if not isinstance(cascade, Mapping):
+        raise RecordError("cascade", "must be an object {policy, answered, attempts} or {skipped}")
+    if "attempts" not in cascade and "skipped" in cascade:
+        return None  # routed without a cascade (a stream): the line's own fields are its one call
+    attempts = cascade.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        raise RecordError("cascade.attempts", "must be a non-empty list of the calls the cascade made")
+    seen: set[str] = set()
+    for i, attempt in enumerate(attempts):
+        where = f"cascade.attempts[{i}]"
+        if not isinstance(attempt, Mapping):
+            raise RecordError(where, "must be an object {model, status, cost_usd, ...}")
+        model = attempt.get("model")
+        if not isinstance(model, str) or not model:
+            raise RecordError(f"{where}.model", f"must name the model called, got {model!r}")
+        if model in seen:
+            raise RecordError(f"{where}.model", f"model {model!r} is called twice; a record holds one outcome a model")
+        seen.add(model)
+        if not isinstance(attempt.get("status"), str):
+            raise RecordError(f"{where}.status", f"must be \"ok\" or \"error\", got {attempt.get('status')!r}")
+    answered = cascade.get("answered")
+    if isinstance(answered, bool) or not isinstance(answered, int) or not 0 <= answered < len(attempts):
+        raise RecordError("cascade.answered", f"must be the index (0-{len(attempts) - 1}) of the returned answer "
+                          f"in cascade.attempts, got {answered!r}")
+    if attempts[answered]["model"] != obj.get("model") or attempts[answered]["status"] != "ok":
+        raise RecordError("cascade.answered", f"points at attempt {answered} ({attempts[answered]['model']!r}, "
+                          f"status {attempts[answered]['status']!r}), not at the answer of the line's model "
+                          f"{obj.get('model')!r}")
+    return attempts
+
+
+def _answers(obj: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
+    """The models a decision holds an answer of, and those whose call failed; None when its cascade is broken
+    (the decision itself is rejected, naming the field)."""
+    try:
+        attempts = _attempts(obj)
+    except RecordError:
+        return None
+    if attempts is None:
+        return [obj.get("model")], []
+    return ([a["model"] for a in attempts if a["status"] == "ok"],
+            [a["model"] for a in attempts if a["status"] != "ok"])
+
+
+def _check_rated_model(fb: Mapping[str, Any], answers: tuple[list[str], list[str]] | None) -> None:
+    """Feedback naming a model must name one whose answer the request holds."""
+    model = fb.get("model")
+    if model is None or answers is None or model in answers[0]:
+        return
+    held = ", ".join(repr(m) for m in answers[0]) or "none"
+    why = "whose call failed, so it gave no answer" if model in answers[1] else "which the request never called"
+    raise RecordError("model", f"feedback for model {model!r} of request {fb['request_id']}, {why}; the request's "
+                      f"answers: {held} (leave 'model' out to rate the returned answer)")
+
+
+def _rejected_draw(obj: Mapping[str, Any], call: Mapping[str, Any], cascade: bool) -> RecordError:
+    """The error for a line whose propensity has no outcome to go on (module doc)."""
+    request_id, chosen, first = obj.get("request_id"), obj.get("chosen"), call["model"]
+    if not cascade:
+        return RecordError("propensity", f"request {request_id} was answered by fallback {first!r}, not the chosen "
+                           f"{chosen!r}; its outcome is not a draw of the logging policy's choice")
+    if chosen != first:
+        return RecordError("propensity", f"request {request_id}'s cascade first called {first!r}, not the chosen "
+                           f"{chosen!r}; none of its answers is a draw of the logging policy's choice")
+    if call.get("status") != "ok":
+        return RecordError("propensity", f"request {request_id}: the cascade's first call ({first!r}) failed, and "
+                           f"its escalation is not a draw of the logging policy's choice")
+    return RecordError("propensity", f"request {request_id}: only escalated answers are rated, and an escalation is "
+                       f"decided after seeing the first answer, not drawn by the logging policy; rate the first "
+                       f"answer too (feedback with \"model\": {first!r}) to keep the request")
+
+
+def _record(obj: Mapping[str, Any], feedback: Mapping[tuple[str, str | None], tuple[float, str]],
             prices: PriceCatalog | None) -> Record:
     request_id = obj.get("request_id")
     status = obj.get("status")
@@ -112,48 +218,67 @@ def _record(obj: Mapping[str, Any], feedback: Mapping[str, tuple[float, str]],
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise RecordError("model", "an answered request must name the model that answered")
-    if request_id not in feedback:
-        raise RecordError("feedback", f"no feedback for request {request_id} yet; post it to /v1/feedback or join "
-                          f"a file with 'router-ml feedback --log LOG --file FILE'")
+    attempts = _attempts(obj)
+    cascade = attempts is not None
+    calls = attempts if cascade else [obj]  # a line without a cascade is its own one call
+    rated, unrated = {}, []
+    for call in calls:
+        if call.get("status") != "ok":
+            continue  # a failed escalation: no answer to rate
+        rating = feedback.get((request_id, call["model"]))
+        if rating is None and call["model"] == model:
+            rating = feedback.get((request_id, None))  # the request's rating is the returned answer's
+        if rating is None:
+            unrated.append(call["model"])
+        else:
+            rated[call["model"]] = rating
+    if not rated:
+        answers = f" (its answers: {', '.join(unrated)})" if cascade else ""
+        raise RecordError("feedback", f"no feedback for request {request_id}{answers} yet; post it to /v1/feedback "
+                          f"or join a file with 'router-ml feedback --log LOG --file FILE'")
     if not isinstance(obj.get("prompt"), str):
         raise RecordError("prompt", "the prompt text was not logged (only its hash); restart 'router-ml serve' "
                           "with --log-prompts to collect training data")
-    propensity = obj.get("propensity")
+    propensity, first = obj.get("propensity"), calls[0]["model"]
     if propensity is not None:
         propensity = coerce_propensity(propensity, "propensity")
         chosen = obj.get("chosen")
-        if isinstance(chosen, str) and chosen != model:
-            raise RecordError("propensity", f"request {request_id} was answered by fallback {model!r}, not the chosen "
-                              f"{chosen!r}; its outcome is not a draw of the logging policy's choice")
-    quality, where = feedback[request_id]
-    outcome = {"quality": quality, "cost": obj.get("cost_usd"), "input_tokens": obj.get("input_tokens"),
-               "output_tokens": obj.get("output_tokens"), "latency_s": obj.get("latency_s"),
-               "propensity": propensity}
-    if obj.get("response") is not None:  # logged with --log-prompts: what an answer scorer learns from
-        outcome["response"] = obj["response"]
+        if first not in rated or (isinstance(chosen, str) and chosen != first):
+            raise _rejected_draw(obj, calls[0], cascade)
+    outcomes = {}
+    for call in calls:
+        if call["model"] in rated:
+            outcome = {"quality": rated[call["model"]][0], "cost": call.get("cost_usd"),
+                       "input_tokens": call.get("input_tokens"), "output_tokens": call.get("output_tokens"),
+                       "latency_s": call.get("latency_s"), "response": call.get("response"),
+                       "propensity": propensity if call is calls[0] else None}
+            outcomes[call["model"]] = {k: v for k, v in outcome.items() if v is not None}
     fallbacks = obj.get("fallbacks") or []
-    metadata = {"router_ml": {
-        "chosen": obj.get("chosen"), "rule": obj.get("rule"), "willingness_to_pay": obj.get("willingness_to_pay"),
-        "provider_model": obj.get("provider_model"), "usage_estimated": obj.get("usage_estimated"),
-        "fallbacks": [f.get("upstream") or f.get("model") for f in fallbacks if isinstance(f, Mapping)],
-        "feedback": where}}
-    return build_record(prompt=obj["prompt"], outcomes={model: {k: v for k, v in outcome.items() if v is not None}},
-                        sample_id=request_id, timestamp=obj.get("time"), metadata=metadata, prices=prices)
+    meta = {"chosen": obj.get("chosen"), "rule": obj.get("rule"), "willingness_to_pay": obj.get("willingness_to_pay"),
+            "provider_model": obj.get("provider_model"), "usage_estimated": obj.get("usage_estimated"),
+            "fallbacks": [f.get("upstream") or f.get("model") for f in fallbacks if isinstance(f, Mapping)],
+            "feedback": rated[model][1] if not cascade else {m: where for m, (_, where) in rated.items()}}
+    if cascade:
+        meta["unrated"] = unrated
+        meta["cascade"] = {"policy": obj["cascade"].get("policy"), "answered": model,
+                           "scores": {a["model"]: a["score"] for a in calls if a.get("score") is not None}}
+    return build_record(prompt=obj["prompt"], outcomes=outcomes, sample_id=request_id, timestamp=obj.get("time"),
+                        metadata={"router_ml": meta}, prices=prices)
 
 
 def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
     """Read a decision log (and its rotated files) as canonical records; see the module doc."""
     path = Path(path)
-    feedback: dict[str, tuple[float, str]] = {}
-    decided: set[str] = set()
+    feedback: dict[tuple[str, str | None], tuple[float, str]] = {}  # (request id, rated model or None) -> rating
+    answers: dict[str, tuple[list[str], list[str]] | None] = {}  # request id -> _answers
     for location, raw, complete in _lines(path):  # pass 1: who was decided, what was rated
         try:
             obj = _parse(raw, complete, location)
             if obj["type"] == "feedback":
                 fb = _feedback(obj)
-                feedback[fb["request_id"]] = (fb["quality"], location)
+                feedback[fb["request_id"], fb.get("model")] = (fb["quality"], location)
             elif isinstance(obj.get("request_id"), str):
-                decided.add(obj["request_id"])
+                answers[obj["request_id"]] = _answers(obj)
         except RecordError:
             pass  # reported in pass 2
     seen_any = False
@@ -164,9 +289,10 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
             obj = _parse(raw, complete, location)
             if obj["type"] == "feedback":
                 fb = _feedback(obj)
-                if fb["request_id"] not in decided:
+                if fb["request_id"] not in answers:
                     raise RecordError("request_id", f"feedback for request {fb['request_id']}, which this log does "
                                       f"not hold (a typo, or its decision was rotated away)")
+                _check_rated_model(fb, answers[fb["request_id"]])
                 continue
         except RecordError as exc:
             yield Row(location, text, error=exc)
