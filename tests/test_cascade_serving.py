@@ -20,6 +20,7 @@ from router_ml.client import AsyncRoutedClient, RoutedClient
 from router_ml.exploration import Exploration
 from router_ml.router import ArtifactError
 from router_ml.scorer import AnswerScorer
+from training.data import load_traffic
 
 from .conftest import ROOT
 from .fake_upstream import FakeUpstream
@@ -103,6 +104,9 @@ def test_a_low_scored_answer_escalates_a_high_scored_one_does_not_and_both_attem
     with Proxy(client) as proxy, httpx.Client(base_url=proxy.url, timeout=10) as http:
         easy, hard = _ask(http, EASY), _ask(http, HARD)
         metrics = scrape(http.get("/metrics").text)
+        rid = hard.json()["router_ml"]["request_id"]  # rate both answers of the escalated request
+        assert http.post("/v1/feedback", json={"request_id": rid, "quality": 1.0}).status_code == 200
+        assert http.post("/v1/feedback", json={"request_id": rid, "model": CHEAP, "thumbs": "down"}).status_code == 200
     assert easy.status_code == hard.status_code == 200
     assert easy.json()["choices"][0]["message"]["content"] == GOOD
     assert easy.json()["router_ml"]["model"] == CHEAP
@@ -110,7 +114,7 @@ def test_a_low_scored_answer_escalates_a_high_scored_one_does_not_and_both_attem
     assert hard.json()["router_ml"]["model"] == STRONG
     assert [len(cheap.requests), len(strong.requests)] == [2, 1]  # the easy prompt never reached the strong model
 
-    first, second = (json.loads(line) for line in log.read_text().splitlines())
+    first, second = (json.loads(line) for line in log.read_text().splitlines()[:2])  # then the two ratings
     (accepted,) = first["cascade"]["attempts"]
     assert first["chosen"] == first["model"] == CHEAP and first["cascade"]["answered"] == 0
     assert accepted["accepted"] is True and accepted["response"] == GOOD
@@ -130,6 +134,13 @@ def test_a_low_scored_answer_escalates_a_high_scored_one_does_not_and_both_attem
     assert (second["input_tokens"], second["output_tokens"]) == (40, 20)
     assert hard.json()["router_ml"]["cascade"]["attempts"][0]["model"] == CHEAP  # the answer says what happened
     assert "response" not in hard.json()["router_ml"]["cascade"]["attempts"][0]  # texts go to the log only
+
+    # one prompt, two rated answers: two outcomes of one training record, each with its own call's numbers
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "unrated.jsonl")
+    (record,) = table.records  # the easy request was not rated
+    assert record.sample_id == rid and report.rejected == 1
+    assert (record.outcomes[CHEAP].quality, record.outcomes[STRONG].quality) == (0.0, 1.0)
+    assert record.outcomes[CHEAP].response == BAD and record.outcomes[CHEAP].cost == pytest.approx(rejected["cost_usd"])
 
     count = {labels: v for (name, labels), v in metrics.items() if name == "router_ml_cascade_steps_total"}
     assert count == {(("model", CHEAP), ("verdict", "accepted")): 1.0,

@@ -242,3 +242,19 @@ def test_compare_ranks_routers_on_a_log_by_the_same_estimator(best_and_worst, de
     assert "sorted by cost" in lines[-1]
     bad = run(*args, "--sort", "apgr", cwd=root)
     assert bad.returncode == 1 and "--sort 'apgr'" in bad.stderr
+
+
+def test_an_outcome_observed_beside_the_logged_choice_is_not_scored_as_a_draw():
+    """A cascade's escalation is observed with no propensity next to the logged first call: the
+    estimators must see the logged draw alone, or the row would count two choices of one policy."""
+    quality = np.array([[1.0, 0.0], [np.nan, 1.0], [0.0, np.nan]])
+    propensity = np.array([[0.9, np.nan], [np.nan, 0.5], [0.8, np.nan]])
+    cost = np.ones_like(quality)
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.array([0.0, np.inf]), models=("a", "b"),
+                   propensity=propensity)
+    assert held.unlogged_outcomes == 1 and np.isnan(held.quality[0, 1]) and held.quality[0, 0] == 1.0
+    assert held.has_propensities and held.resolved_estimator() == "snips"
+    assert held.subset(np.array([0, 1])).unlogged_outcomes == 1  # counted once, not re-masked
+    full = HeldOut(quality=np.ones((2, 2)), cost=np.ones((2, 2)), cost_est=np.ones((2, 2)),
+                   wtps=np.array([0.0]), models=("a", "b"), propensity=np.full((2, 2), np.nan))
+    assert full.unlogged_outcomes == 0 and not full.logged  # full information is left alone

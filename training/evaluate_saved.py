@@ -188,7 +188,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
            "records": len(table) + quarantined, "scored": int(len(scored)), "dropped_seen": int((~keep).sum()),
            "seen_prompts": seen_note, "rejected": report.rejected, "quarantined_unknown_model": quarantined,
            "models_used": list(models), "models_missing": missing,
-           "models_ignored": extra, "biased": warning is not None,
+           "models_ignored": extra, "biased": warning is not None, "unlogged_outcomes": held.unlogged_outcomes,
            "test": result["test"],
            "default_knob": {**default_knob(pred, held, wtp), "source": wtp_source}}
     if warning:

@@ -84,7 +84,10 @@ class HeldOut:
     is self-normalised IPS (``"snips"``: never outside the range of the observed qualities, far less
     variance than ``"ips"``, consistent), ``"dr"`` needs a ``reward_model`` (n, m predicted quality);
     without propensities by exposure weights (``metrics.exposure_weights``: unbiased only when which
-    model was logged did not depend on the prompt).
+    model was logged did not depend on the prompt). An outcome observed *without* a propensity in a row
+    whose logged choice has one - a cascade's escalation, decided after seeing the first answer - is no
+    draw of the logging policy: it is dropped from the scored quality (``unlogged_outcomes`` counts them)
+    so the estimators see the logged draw alone.
     """
 
     quality: np.ndarray
@@ -104,6 +107,18 @@ class HeldOut:
     #: positions of the prompts the trained baselines are scored on when ``features`` holds only those
     #: (a seeded sample of a large test split, ``eval.baseline_records``); None: every prompt
     baseline_rows: np.ndarray | None = None
+    #: outcomes observed beside a logged choice but not drawn by it, dropped from ``quality`` (class doc)
+    unlogged_outcomes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.propensity is None:
+            return
+        observed = ~np.isnan(self.quality)
+        known = np.isfinite(self.propensity)
+        extra = observed & ~known & (observed & known).any(axis=1, keepdims=True)
+        if extra.any():
+            object.__setattr__(self, "quality", np.where(extra, np.nan, self.quality))
+            object.__setattr__(self, "unlogged_outcomes", self.unlogged_outcomes + int(extra.sum()))
 
     def subset(self, rows: np.ndarray) -> HeldOut:
         """These prompts' ``rows`` only (the trained baselines' features and training data kept)."""
