@@ -169,6 +169,15 @@ def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_
     assert report["scorer_auc"]["tiny-1b"] > 0.9  # right answers say (A): the trained scorer reads that
     assert report["scorer_latency_ms"] == 0.5 and "points" not in report["policies"]["chain"]
     assert (tmp_path / "out" / "curves.png").is_file()
+    # logged to MLflow (the default store in the working directory) so that compare ranks it beside routers
+    from training.compare import compare_runs
+
+    assert report["mlflow"]["error"] is None
+    ranked = compare_runs(experiments=["router-ml"], tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", plot=None)
+    (row,) = ranked["runs"]
+    assert row["run_id"] == report["mlflow"]["run_id"] and row["router"] == f"cascade:{report['test']['policy']}"
+    assert row["featurizer"] == "scorer:static" and row["aiq"] == pytest.approx(report["test"]["aiq"])
+    assert row["test_records"] == str(report["split"]["test"])
     wrong = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--router", str(artifact),
                             "--scorer", str(artifact), "--data", str(data), "--train-size", "0.7"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=600)

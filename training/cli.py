@@ -397,7 +397,8 @@ def cmd_cascade_evaluate(args: argparse.Namespace) -> int:
     report = run_cascade_evaluate(router=args.router, scorer=args.scorer, data=args.path, seed=args.seed,
                                   train_size=_size(args.train_size, "--train-size"), out=args.out,
                                   scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot,
-                                  headline=args.headline, **_load_options(args))
+                                  headline=args.headline, tracking=not args.no_tracking,
+                                  tracking_uri=args.tracking_uri, experiment=args.experiment, **_load_options(args))
     print(json.dumps(report if args.full else compact(report)))
     return 0
 
@@ -566,6 +567,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   help="the policy family whose numbers are 'test' and policy.json (default "
                                   "chain_margin; auto: the best 2-fold cross-validated AIQ on validation)")
     evaluate_cascade.add_argument("--full", action="store_true", help="print the curves and per-point tables too")
+    evaluate_cascade.add_argument("--experiment", metavar="NAME", help="MLflow experiment of the evaluation's run "
+                                  "(default: the router's own, so 'compare --experiment' ranks it beside the routers)")
+    evaluate_cascade.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default "
+                                  "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    evaluate_cascade.add_argument("--no-tracking", action="store_true", help="log no MLflow run")
     _add_quiet(evaluate_cascade)
     _add_input_options(evaluate_cascade, positional=False)
     evaluate_cascade.set_defaults(func=cmd_cascade_evaluate)

@@ -25,7 +25,7 @@ from router_ml.cascade.combiner import Signals
 from router_ml.errors import DataError, RouterMLError
 from training.cascade.evaluate import HEADLINE, evaluate_cascades
 
-__all__ = ["ScoreFn", "build_signals", "check_split", "compact", "run_cascade_evaluate"]
+__all__ = ["ScoreFn", "build_signals", "check_split", "compact", "log_run", "run_cascade_evaluate"]
 
 #: the policy families drawn in ``curves.png`` besides the headline (``report.json`` has them all)
 PLOTTED = ("cascade", "chain", "chain_margin", "route_then_cascade_margin")
@@ -93,22 +93,24 @@ def build_signals(table: Any, rows: np.ndarray, *, router: Any, score_fn: ScoreF
     return Signals(prior=prior, score=score, cost_est=cost_est, agreement=agreement)
 
 
-def _load_scorer(path: str | Path) -> tuple[ScoreFn, str]:
-    """The scorer artifact's ``score_many`` and the sha256 of its graph (recorded in the policies)."""
+def _load_scorer(path: str | Path) -> tuple[ScoreFn, str, dict[str, Any]]:
+    """The scorer artifact's ``score_many``, the sha256 of its graph (recorded in the policies) and its manifest."""
     from router_ml.scorer import SCORER_GRAPH, AnswerScorer
 
     scorer = AnswerScorer.load(path)
-    return scorer.score_many, scorer.manifest["files"][SCORER_GRAPH]
+    return scorer.score_many, scorer.manifest["files"][SCORER_GRAPH], scorer.manifest
 
 
 def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
                          train_size: float | int, seed: int, out: str | Path | None = None,
                          scorer_latency_ms: float = 1.0, n_boot: int = 200, grid: int = 21,
-                         headline: str = HEADLINE, **load_options: Any) -> dict[str, Any]:
+                         headline: str = HEADLINE, tracking: bool = False, tracking_uri: str | None = None,
+                         experiment: str | None = None, **load_options: Any) -> dict[str, Any]:
     """The command (module doc): returns the report; with ``out`` writes ``report.json``, one
     ``policy_<name>.json`` per policy family (``policy.json``: the headline one) and ``curves.png``.
     ``scorer`` is a scorer artifact path or a ``ScoreFn``; ``headline`` names the policy family whose
-    numbers are the report's ``test`` (``"auto"``: chosen on validation)."""
+    numbers are the report's ``test`` (``"auto"``: chosen on validation); ``tracking`` logs the
+    evaluation as an MLflow run beside the router's (:func:`log_run`)."""
     from router_ml import Router
     from training.costs import observed_costs
     from training.data import load_traffic, split_table
@@ -122,7 +124,8 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     config = (loaded.manifest.get("training") or {}).get("config") or {}
     split = split_table(table, train_size=train_size, val_size=config.get("data.val_size", 0.1), seed=seed)
     checked = check_split(router_dir, loaded.manifest, table, split, train_size=train_size, seed=seed)
-    score_fn, scorer_sha256 = _load_scorer(scorer) if isinstance(scorer, str | Path) else (scorer, None)
+    score_fn, scorer_sha256, scorer_manifest = (_load_scorer(scorer) if isinstance(scorer, str | Path)
+                                                else (scorer, None, {}))
     rows = np.concatenate([split.val, split.test])
     signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
     order = [table.models.index(m) for m in loaded.models]
@@ -140,7 +143,52 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
     if out is not None:
         report["files"] = write_outputs(Path(out), report, policies)
+    if tracking:
+        report["mlflow"] = log_run(report, router_manifest=loaded.manifest, scorer_manifest=scorer_manifest,
+                                   router=router_dir, scorer=scorer if isinstance(scorer, str | Path) else None,
+                                   tracking_uri=tracking_uri, experiment=experiment)
     return report
+
+
+def log_run(report: dict[str, Any], *, router_manifest: dict[str, Any], scorer_manifest: dict[str, Any],
+            router: Path, scorer: str | Path | None, tracking_uri: str | None = None,
+            experiment: str | None = None) -> dict[str, Any]:
+    """Log a cascade evaluation as an MLflow run that ``router-ml compare --experiment`` ranks beside the
+    router runs of the same split: tags ``router`` = ``cascade:<headline family>`` and ``featurizer`` =
+    ``scorer:<kind>``, the router run's data fingerprint and split parameters (so the same-split check
+    holds), the headline's test ``aiq`` / ``savings_at_iso_quality`` / ``best_quality`` under the
+    router runs' names, every family's as ``<family>.<metric>``, the router alone's as ``router_only.*``,
+    ``scorer_auc.<model>``, and the output files. The experiment defaults to the router's own."""
+    from training.tracking import Tracker
+
+    training = router_manifest.get("training") or {}
+    config = training.get("config") or {}
+    test, split = report["test"], report["split"]
+    metrics: dict[str, float | None] = {k: test.get(k) for k in ("aiq", "savings_at_iso_quality", "best_quality")}
+    metrics.update({f"router_only.{k}": test["router_only"].get(k)
+                    for k in ("aiq", "savings_at_iso_quality", "best_quality")})
+    for name, policy in report["policies"].items():
+        metrics.update({f"{name}.{k}": policy.get(k) for k in ("aiq", "savings_at_iso_quality", "best_quality")})
+    metrics.update({f"scorer_auc.{m}": v for m, v in report["scorer_auc"].items()})
+    scorer_run = (scorer_manifest.get("training") or {}).get("mlflow_run_id") or ""
+    with Tracker(experiment=experiment or config.get("tracking.experiment") or "router-ml", tracking_uri=tracking_uri,
+                 run_name=f"cascade-{test['policy']}") as tracker:
+        tracker.set_tags({"router": f"cascade:{test['policy']}",
+                          "featurizer": f"scorer:{scorer_manifest.get('scorer', 'custom')}", "kind": "cascade",
+                          "router_ml.router_run_id": training.get("mlflow_run_id") or "",
+                          "router_ml.scorer_run_id": scorer_run})
+        tracker.log_params({"data_fingerprint": training.get("data_fingerprint") or report["data_fingerprint"],
+                            "data.seed": config.get("data.seed", split["seed"]),
+                            "data.train_size": config.get("data.train_size", split["train_size"]),
+                            "data.val_size": config.get("data.val_size", 0.1),
+                            **{f"split.{k}": split[k] for k in ("train", "val", "test")},
+                            "cascade.headline": test["policy"], "cascade.router": str(router),
+                            "cascade.scorer": str(scorer) if scorer is not None else "function",
+                            "cascade.data": report["data"], "cascade.reference_model": test["reference_model"]})
+        tracker.log_metrics(metrics)
+        for path in (report.get("files") or {}).values():
+            tracker.log_artifact(path, "cascade")
+    return {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "error": tracker.error}
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:
