@@ -10,7 +10,7 @@ from router_ml.cascade.combiner import Signals
 from router_ml.cascade.policy import CascadePolicy
 from router_ml.metrics import CURVE_KEYS
 from training.cascade.command import compact, write_outputs
-from training.cascade.evaluate import CONTENDERS, FAMILIES, auc, evaluate_cascades
+from training.cascade.evaluate import CONTENDERS, FAMILIES, GUARD_AIQ, auc, evaluate_cascades, guarded_headline
 
 MODELS = ("small", "mid", "large")
 
@@ -83,14 +83,23 @@ def test_outputs_are_written_and_the_policy_reloads(evaluated, tmp_path):
     assert small["test"] == report["test"]
 
 
-def test_the_default_headline_is_the_margin_chain_and_unknown_names_are_refused():
+def test_the_default_headline_is_the_margin_chain_unless_validation_clearly_prefers_another():
     signals, quality, cost, val, test = synthetic(600, seed=1)
     wtps = np.array([0.0, 1.0, np.inf])
     report, _ = evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps,
                                   n_boot=0, grid=5)
-    assert report["test"]["policy"] == "chain_margin" and report["test"]["selection"] == {"by": "fixed"}
-    assert report["test"]["aiq"] == report["policies"]["chain_margin"]["aiq"]
-    with pytest.raises(Exception, match="headline policy 'best'.*auto or one of cascade"):
+    selection = report["test"]["selection"]
+    assert set(selection["aiq"]) == set(CONTENDERS) and "unless a contender" in selection["by"]
+    assert report["test"]["policy"] == guarded_headline(selection["aiq"])
+    assert report["test"]["aiq"] == report["policies"][report["test"]["policy"]]["aiq"]
+    fixed, _ = evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps,
+                                 n_boot=0, grid=5, headline="chain")
+    assert fixed["test"]["policy"] == "chain" and fixed["test"]["selection"] == {"by": "fixed"}
+    # the rule itself: the preferred chain stays within the margin, a clearly better contender replaces it
+    assert guarded_headline({"chain_margin": 0.70, "cascade": 0.70 + GUARD_AIQ}) == "chain_margin"
+    assert guarded_headline({"chain_margin": 0.50, "cascade": 0.50 + 2 * GUARD_AIQ, "chain": 0.51}) == "cascade"
+    assert guarded_headline({"chain_margin": float("nan"), "chain": 0.5}) == "chain"
+    with pytest.raises(Exception, match="headline policy 'best'.*default, auto or one of cascade"):
         evaluate_cascades(signals, quality, cost, val_rows=val, test_rows=test, models=MODELS, wtps=wtps, n_boot=0,
                           grid=5, headline="best")
 

@@ -563,9 +563,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate_cascade.add_argument("--scorer-latency-ms", type=float, default=1.0, metavar="MS",
                                   help="the scorer's time per scored answer, for the latency report (default 1)")
     evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
-    evaluate_cascade.add_argument("--headline", default="chain_margin", metavar="FAMILY",
-                                  help="the policy family whose numbers are 'test' and policy.json (default "
-                                  "chain_margin; auto: the best 2-fold cross-validated AIQ on validation)")
+    evaluate_cascade.add_argument("--headline", default="default", metavar="FAMILY",
+                                  help="the policy family whose numbers are 'test' and policy.json (default: "
+                                  "chain_margin unless another contender's 2-fold cross-validated AIQ on validation is "
+                                  "higher by more than 0.01; auto: that contender always; or a family name)")
     evaluate_cascade.add_argument("--full", action="store_true", help="print the curves and per-point tables too")
     evaluate_cascade.add_argument("--experiment", metavar="NAME", help="MLflow experiment of the evaluation's run "
                                   "(default: the router's own, so 'compare --experiment' ranks it beside the routers)")

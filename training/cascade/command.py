@@ -23,7 +23,7 @@ import numpy as np
 from router_ml.cascade.agreement import agreement_matrix
 from router_ml.cascade.combiner import Signals
 from router_ml.errors import DataError, RouterMLError
-from training.cascade.evaluate import HEADLINE, evaluate_cascades
+from training.cascade.evaluate import evaluate_cascades
 
 __all__ = ["ScoreFn", "build_signals", "check_split", "compact", "log_run", "run_cascade_evaluate"]
 
@@ -104,12 +104,13 @@ def _load_scorer(path: str | Path) -> tuple[ScoreFn, str, dict[str, Any]]:
 def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
                          train_size: float | int, seed: int, out: str | Path | None = None,
                          scorer_latency_ms: float = 1.0, n_boot: int = 200, grid: int = 21,
-                         headline: str = HEADLINE, tracking: bool = False, tracking_uri: str | None = None,
+                         headline: str = "default", tracking: bool = False, tracking_uri: str | None = None,
                          experiment: str | None = None, **load_options: Any) -> dict[str, Any]:
     """The command (module doc): returns the report; with ``out`` writes ``report.json``, one
     ``policy_<name>.json`` per policy family (``policy.json``: the headline one) and ``curves.png``.
     ``scorer`` is a scorer artifact path or a ``ScoreFn``; ``headline`` names the policy family whose
-    numbers are the report's ``test`` (``"auto"``: chosen on validation); ``tracking`` logs the
+    numbers are the report's ``test`` (``"auto"``: chosen on validation; ``"default"``: chain_margin unless
+    validation clearly prefers another, :data:`training.cascade.evaluate.GUARD_AIQ`); ``tracking`` logs the
     evaluation as an MLflow run beside the router's (:func:`log_run`)."""
     from router_ml import Router
     from training.costs import observed_costs
