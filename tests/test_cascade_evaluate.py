@@ -168,15 +168,17 @@ def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_
     data, artifact = answered_run
     done = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--quiet", "--router",
                            str(artifact), "--scorer", str(answered_scorer), "--data", str(data), "--train-size", "0.7",
-                           "--seed", "0", "--out", str(tmp_path / "out"), "--n-boot", "20",
-                           "--scorer-latency-ms", "0.5"],
+                           "--seed", "0", "--out", str(tmp_path / "out"), "--n-boot", "20"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert set(report["test"]) >= {*CURVE_KEYS, "reference_model", "router_only", "policy", "ci95"}
     assert set(report["scorer_auc"]) == set(CascadePolicy.load(tmp_path / "out" / "policy.json").models)
     assert report["scorer_auc"]["tiny-1b"] > 0.9  # right answers say (A): the trained scorer reads that
-    assert report["scorer_latency_ms"] == 0.5 and "points" not in report["policies"]["chain"]
+    measured = report["scorer_latency"]  # the artifact timed one answer at a time, as serving calls it
+    assert measured["source"] == "measured" and measured["answers"] > 0 and measured["threads"] == 1
+    assert 0 < measured["p50_ms"] == report["scorer_latency_ms"] <= measured["p99_ms"] < 1000
+    assert "points" not in report["policies"]["chain"]
     assert (tmp_path / "out" / "curves.png").is_file()
     # logged to MLflow (the default store in the working directory) so that compare ranks it beside routers
     from training.compare import compare_runs
@@ -211,6 +213,7 @@ def test_the_command_rebuilds_the_split_and_writes_policy_and_plot(answered_run,
     assert report["rows"]["test"] == report["split"]["test"] and report["rows"]["validation"] == report["split"]["val"]
     assert sum(seen) == 5 * (report["split"]["val"] + report["split"]["test"])  # every response scored once
     assert report["scorer_auc"]["tiny-1b"] == 1.0
+    assert report["scorer_latency"] == {"ms": 1.0, "source": "assumed"}  # a function is not timed
     assert report["test"]["aiq"] > report["test"]["router_only"]["aiq"]
     assert all(p["model_latency_s"] is None or p["model_latency_s"] > 0
                for p in report["policies"]["chain"]["points"])  # the demo logs latency

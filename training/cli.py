@@ -560,8 +560,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate_cascade.add_argument("--seed", type=int, default=0, help="as given to 'train' (default 0)")
     evaluate_cascade.add_argument("--out", help="write report.json, policy.json (+ one per policy family) and "
                                   "curves.png here")
-    evaluate_cascade.add_argument("--scorer-latency-ms", type=float, default=1.0, metavar="MS",
-                                  help="the scorer's time per scored answer, for the latency report (default 1)")
+    evaluate_cascade.add_argument("--scorer-latency-ms", type=float, metavar="MS",
+                                  help="the scorer's time per scored answer, for the latency report (default: "
+                                  "measured here, the p50 of 200 test answers scored one by one on 1 thread)")
     evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
     evaluate_cascade.add_argument("--headline", default="default", metavar="FAMILY",
                                   help="the policy family whose numbers are 'test' and policy.json (default: "

@@ -101,9 +101,39 @@ def _load_scorer(path: str | Path) -> tuple[ScoreFn, str, dict[str, Any]]:
     return scorer.score_many, scorer.manifest["files"][SCORER_GRAPH], scorer.manifest
 
 
+def measure_scorer(path: str | Path, prompts: Sequence[str], models: Sequence[str], responses: Sequence[str],
+                   *, warmup: int = 20) -> dict[str, Any]:
+    """The scorer's time per scored answer as serving pays it: one answer per call, one onnxruntime thread
+    (:class:`router_ml.cascade.Cascade` loads it so), p50 and p99 over the given answers in ms."""
+    import time
+
+    from router_ml.scorer import AnswerScorer
+
+    scorer = AnswerScorer.load(path, intra_op_threads=1)
+    triples = list(zip(prompts, models, responses, strict=True))
+    for p, m, r in triples[:warmup]:
+        scorer.score(p, m, r)
+    times = []
+    for p, m, r in triples:
+        t0 = time.perf_counter()
+        scorer.score(p, m, r)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)), "answers": len(times),
+            "threads": 1}
+
+
+def _timing_sample(table: Any, rows: np.ndarray, models: Sequence[str], n: int, seed: int) -> tuple[list, ...]:
+    """Up to ``n`` (prompt, model, response) triples of these rows, drawn with ``seed``."""
+    responses = _responses(table, models)
+    triples = [(table.texts[i], m, responses[j][i]) for i in rows for j, m in enumerate(models)
+               if responses[j][i] is not None]
+    pick = np.random.default_rng(seed).permutation(len(triples))[:n]
+    return tuple(list(t) for t in zip(*(triples[k] for k in pick), strict=True)) if len(pick) else ([], [], [])
+
+
 def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, data: str | Path,
                          train_size: float | int, seed: int, out: str | Path | None = None,
-                         scorer_latency_ms: float = 1.0, n_boot: int = 200, grid: int = 21,
+                         scorer_latency_ms: float | None = None, n_boot: int = 200, grid: int = 21,
                          headline: str = "default", tracking: bool = False, tracking_uri: str | None = None,
                          experiment: str | None = None, **load_options: Any) -> dict[str, Any]:
     """The command (module doc): returns the report; with ``out`` writes ``report.json``, one
@@ -111,7 +141,9 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     ``scorer`` is a scorer artifact path or a ``ScoreFn``; ``headline`` names the policy family whose
     numbers are the report's ``test`` (``"auto"``: chosen on validation; ``"default"``: chain_margin unless
     validation clearly prefers another, :data:`training.cascade.evaluate.GUARD_AIQ`); ``tracking`` logs the
-    evaluation as an MLflow run beside the router's (:func:`log_run`)."""
+    evaluation as an MLflow run beside the router's (:func:`log_run`). ``scorer_latency_ms`` (per scored
+    answer, for the latency report): None measures a scorer artifact's p50 on 200 test answers
+    (:func:`measure_scorer`; 1 ms is assumed for a ``ScoreFn``)."""
     from router_ml import Router
     from training.costs import observed_costs
     from training.data import load_traffic, split_table
@@ -129,6 +161,13 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
                                                 else (scorer, None, {}))
     rows = np.concatenate([split.val, split.test])
     signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
+    latency_source = "given"
+    timing = None
+    if scorer_latency_ms is None and isinstance(scorer, str | Path):
+        timing = measure_scorer(scorer, *_timing_sample(table, split.test, loaded.models, 200, seed))
+        scorer_latency_ms, latency_source = timing["p50_ms"], "measured"
+    elif scorer_latency_ms is None:
+        scorer_latency_ms, latency_source = 1.0, "assumed"
     order = [table.models.index(m) for m in loaded.models]
     cost = observed_costs(table, split.train)[:, order]
     latency = table.latency_s[:, order]
@@ -140,6 +179,7 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     # serving checks these: the combiner's weights are calibrated on this router's and this scorer's outputs
     policies = {name: replace(p, router_sha256=loaded.manifest["files"]["router.onnx"], scorer_sha256=scorer_sha256)
                 for name, p in fitted.items()}
+    report["scorer_latency"] = {"ms": scorer_latency_ms, "source": latency_source, **(timing or {})}
     report["data"], report["data_fingerprint"] = str(data), table.fingerprint()
     report["split"] = {"train_size": train_size, "seed": seed, **split.sizes(), "checked": checked}
     if out is not None:
