@@ -1,7 +1,8 @@
 """Regenerate the README's cascade results: router, answer scorer and cascade evaluation per seed.
 
 For each seed: ``router-ml train`` the router (``auto.toml``) and the answer scorer
-(``scorer_static.toml`` unless ``--scorer-config``) on the same 70/30 split, then ``router-ml cascade
+(``scorer_static.toml`` unless ``--scorer-config``) on the same 70/30 split (validation: ``--val-size``
+of the training records, 0.2 by default), then ``router-ml cascade
 evaluate`` them; finally one table per seed and the ``compare --cascade`` summary over the seeds,
 written to ``<out>/cascade_tables.md`` (and printed). Steps whose output exists are skipped, so an
 interrupted run resumes.
@@ -58,17 +59,21 @@ def main() -> int:
     parser.add_argument("--out", default="results/cascade")
     parser.add_argument("--scorer-config", default=str(ROOT / "training/configs/scorer_static.toml"))
     parser.add_argument("--n-boot", default="200")
+    parser.add_argument("--val-size", default="0.2", help="data.val_size of router and scorer (their one split; "
+                        "the policies are fitted on it; default 0.2, as the scorer configs)")
     args = parser.parse_args()
     out = Path(args.out)
     common = ["--data", args.data, "--train-size", "0.7", "--quiet"]
+    split = ["--set", f"data.val_size={args.val_size}"]
     lines, dirs = [], []
     for seed in _seeds(args.seeds):
         base = out / f"seed{seed}"
         if not (base / "router" / "artifact").is_dir():
             _run("train", "--config", str(ROOT / "training/configs/auto.toml"), "--seed", str(seed),
-                 "--out", str(base / "router"), *common)
+                 "--out", str(base / "router"), *common, *split)
         if not (base / "scorer" / "artifact").is_dir():
-            _run("train", "--config", args.scorer_config, "--seed", str(seed), "--out", str(base / "scorer"), *common)
+            _run("train", "--config", args.scorer_config, "--seed", str(seed), "--out", str(base / "scorer"), *common,
+                 *split)
         if not (base / "cascade" / "report.json").is_file():
             _run("cascade", "evaluate", "--router", str(base / "router" / "artifact"), "--scorer",
                  str(base / "scorer" / "artifact"), "--seed", str(seed), "--out", str(base / "cascade"),

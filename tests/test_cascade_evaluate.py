@@ -137,7 +137,7 @@ def answered_run(tmp_path_factory, cache_root):
     data = write_jsonl(records, root / "answered.jsonl")
     config = load_config(ROOT / "training/configs/mlp_static.toml",
                          ["train.epochs=5", "eval.n_boot=0", "eval.baselines=random", "tracking.enabled=false",
-                          "data.train_size=0.7"])
+                          "data.train_size=0.7", "data.val_size=0.2"])  # the scorer configs' split
     train_router(config, data, out_dir=root / "run", progress=False)
     export_router(root / "run", root / "run" / "artifact")
     return data, root / "run" / "artifact"
@@ -250,3 +250,19 @@ def test_compare_summarises_cascade_reports_over_seeds(evaluated, tmp_path):
         compare_cascades([tmp_path / "s0", tmp_path / "other"])
     with pytest.raises(Exception, match="no_such_dir.*report.json.*cascade evaluate --out"):
         compare_cascades([tmp_path / "no_such_dir"])
+
+
+def test_a_scorer_trained_on_another_split_than_the_router_is_refused():
+    from training.cascade.command import check_same_split
+
+    router = {"data.train_size": 0.7, "data.seed": 0, "data.val_size": 0.2}
+    same = {"training": {"config": {"data.train_size": 0.7, "data.seed": 0, "data.val_size": 0.2}}}
+    check_same_split(router, same, router="r", scorer="s")
+    check_same_split(router, {}, router="r", scorer="s")  # a scoring function has no manifest: nothing to check
+    other = {"training": {"config": {"data.train_size": 0.7, "data.seed": 0}}}  # val_size left at its default 0.1
+    with pytest.raises(Exception, match=r"s: the answer scorer was trained with data.val_size=0.1, the router r "
+                                        r"with 0.2; .*--set data.val_size="):
+        check_same_split(router, other, router="r", scorer="s")
+    with pytest.raises(Exception, match="data.seed=1"):
+        check_same_split(router, {"training": {"config": {**same["training"]["config"], "data.seed": 1}}},
+                         router="r", scorer="s")

@@ -25,7 +25,7 @@ from router_ml.cascade.combiner import Signals
 from router_ml.errors import DataError, RouterMLError
 from training.cascade.evaluate import evaluate_cascades
 
-__all__ = ["ScoreFn", "build_signals", "check_split", "compact", "log_run", "run_cascade_evaluate"]
+__all__ = ["ScoreFn", "build_signals", "check_same_split", "check_split", "compact", "log_run", "run_cascade_evaluate"]
 
 #: the policy families drawn in ``curves.png`` besides the headline (``report.json`` has them all)
 PLOTTED = ("cascade", "chain", "chain_margin", "route_then_cascade_margin")
@@ -64,6 +64,21 @@ def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: A
                         f"this file {table.fingerprint()[:12]}...) and no split.json beside it shows the same test "
                         "records; evaluate on the router's own data, or keep its training directory's split.json")
     return checked
+
+
+def check_same_split(router_config: dict[str, Any], scorer_manifest: dict[str, Any], *, router: Any,
+                     scorer: Any) -> None:
+    """Refuse a scorer trained on another split than the router's: its training records would include the
+    router's validation rows, where the policies are fitted on the scorer's (then in-sample) scores."""
+    theirs = (scorer_manifest.get("training") or {}).get("config") or {}
+    if not theirs:  # a scoring function, or a scorer exported without its training config: nothing to check
+        return
+    for key, default in (("data.train_size", None), ("data.seed", None), ("data.val_size", 0.1)):
+        a, b = router_config.get(key, default), theirs.get(key, default)
+        if a is not None and b is not None and float(a) != float(b):
+            raise RouterMLError(f"{scorer}: the answer scorer was trained with {key}={b}, the router {router} with "
+                                f"{a}; a cascade needs both on one split (train both with the same --train-size, "
+                                f"--seed and --set {key}=...)")
 
 
 def _responses(table: Any, models: Sequence[str]) -> list[np.ndarray]:
@@ -159,6 +174,7 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     checked = check_split(router_dir, loaded.manifest, table, split, train_size=train_size, seed=seed)
     score_fn, scorer_sha256, scorer_manifest = (_load_scorer(scorer) if isinstance(scorer, str | Path)
                                                 else (scorer, None, {}))
+    check_same_split(config, scorer_manifest, router=router_dir, scorer=scorer)
     rows = np.concatenate([split.val, split.test])
     signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
     latency_source = "given"
