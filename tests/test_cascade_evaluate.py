@@ -168,7 +168,8 @@ def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_
     data, artifact = answered_run
     done = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--quiet", "--router",
                            str(artifact), "--scorer", str(answered_scorer), "--data", str(data), "--train-size", "0.7",
-                           "--seed", "0", "--out", str(tmp_path / "out"), "--n-boot", "20"],
+                           "--seed", "0", "--out", str(tmp_path / "out"), "--n-boot", "20",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -180,7 +181,7 @@ def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_
     assert 0 < measured["p50_ms"] == report["scorer_latency_ms"] <= measured["p99_ms"] < 1000
     assert "points" not in report["policies"]["chain"]
     assert (tmp_path / "out" / "curves.png").is_file()
-    # logged to MLflow (the default store in the working directory) so that compare ranks it beside routers
+    # logged to MLflow so that compare ranks it beside the routers of its split
     from training.compare import compare_runs
 
     assert report["mlflow"]["error"] is None
