@@ -96,7 +96,7 @@ def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, de
                 break
         if chosen is None:
             decision = router.route(text, willingness_to_pay=wtp)
-            chosen, scores, costs = decision.model, dict(decision.scores), dict(decision.costs)
+            chosen, scores, costs = decision.model, dict(decision.scores), decision.costs  # a fresh dict per route()
             propensity, explored, knob = decision.propensity, decision.explored, decision.willingness_to_pay
     digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
     return RouteInfo(request_id=request_id(), chosen=chosen, rule=rule, willingness_to_pay=wtp,

@@ -74,7 +74,7 @@ class RouteInfo:
     explored: bool = False  # ``chosen`` is an explored model, not the router's greedy choice
     policy: dict[str, Any] | None = None  # what reproduces the decision: Router.policy_record(knob)
     variant: str | None = None  # the serve config's router variant that decided (router_ml.variants); None: no split
-    costs: dict[str, float] | None = None  # the router's expected USD cost per model (not logged: the prices are)
+    costs: Mapping[str, float] | None = None  # the router's expected USD cost per model (not logged: the prices are)
     # a cascade's steps (router_ml.cascade): the policy, the point, every attempt with its score, which was
     # returned; or {"skipped": why} for a routed request served without one. None: no cascade configured
     cascade: dict[str, Any] | None = None

@@ -45,8 +45,9 @@ escalations (rate the first answer too to keep it). This keeps the loader's rule
 record with one outcome carries its propensity (:mod:`training.data.loader`): from a line with a
 propensity, a cascade record always holds its first answer's outcome with it, so a log mixing
 ordinary and cascade lines loads and trains (an escalation's cell weighs 1 in the loss). Off-policy
-evaluation cannot weigh an escalation's outcome: ``router-ml evaluate`` (estimator ``auto``) refuses
-data holding one, and an explicit estimator reports its estimate as biased.
+evaluation scores the logged draws alone: an escalation's outcome, observed beside the first call's
+without a propensity, is left out of the estimate and counted (:class:`training.evaluation.HeldOut`,
+``unlogged_outcomes``).
 
 Strict mode stops at the first of these; ``on_error="quarantine"`` sets them aside and counts them.
 The last feedback for a request (and model) wins. Rotated files (``<stem>.N<suffix>``) and the files of every worker of
@@ -61,6 +62,7 @@ log that only needs a newer router-ml.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -167,23 +169,32 @@ def _attempts(obj: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     return attempts
 
 
-def _answers(obj: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
-    """The models a decision holds an answer of, and those whose call failed; None when its cascade is broken
-    (the decision itself is rejected, naming the field)."""
+#: pass 1's note of one decision: the model that answered (interned: a log of millions of ordinary lines
+#: costs one shared string per request, as a set of ids would), for a cascade the models that answered and
+#: those whose call failed, None when its cascade is broken (the decision itself is rejected, naming the field)
+Answers = str | tuple[list[str], list[str]] | None
+
+
+def _answers(obj: Mapping[str, Any]) -> Answers:
     try:
         attempts = _attempts(obj)
     except RecordError:
         return None
     if attempts is None:
-        return [obj.get("model")], []
+        model = obj.get("model")
+        return sys.intern(model) if isinstance(model, str) else ""
     return ([a["model"] for a in attempts if a["status"] == "ok"],
             [a["model"] for a in attempts if a["status"] != "ok"])
 
 
-def _check_rated_model(fb: Mapping[str, Any], answers: tuple[list[str], list[str]] | None) -> None:
+def _check_rated_model(fb: Mapping[str, Any], answers: Answers) -> None:
     """Feedback naming a model must name one whose answer the request holds."""
     model = fb.get("model")
-    if model is None or answers is None or model in answers[0]:
+    if model is None or answers is None:
+        return
+    if isinstance(answers, str):
+        answers = [answers], []
+    if model in answers[0]:
         return
     held = ", ".join(repr(m) for m in answers[0]) or "none"
     why = "whose call failed, so it gave no answer" if model in answers[1] else "which the request never called"
@@ -270,7 +281,7 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
     """Read a decision log (and its rotated files) as canonical records; see the module doc."""
     path = Path(path)
     feedback: dict[tuple[str, str | None], tuple[float, str]] = {}  # (request id, rated model or None) -> rating
-    answers: dict[str, tuple[list[str], list[str]] | None] = {}  # request id -> _answers
+    answers: dict[str, Answers] = {}  # request id -> _answers
     for location, raw, complete in _lines(path):  # pass 1: who was decided, what was rated
         try:
             obj = _parse(raw, complete, location)
