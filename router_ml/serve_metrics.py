@@ -138,16 +138,14 @@ class Metrics:
             variant()
         for attempt in info.fallbacks:
             self._child(self.fallbacks, attempt.upstream or attempt.model, attempt.kind).inc()
-        cascade = info.cascade
-        if cascade is not None and self._cascade(cascade):
-            if answers is not None:
-                answers()
-        elif answers is not None:
+        per_call = info.cascade is not None and self._cascade(info.cascade)  # a cascade counted each call's cost
+        if answers is not None:
             answers()
-            if info.cost_usd is not None:
-                cost(info.cost_usd)
-            tokens_in(info.input_tokens or 0)
-            tokens_out(info.output_tokens or 0)
+            if not per_call:
+                if info.cost_usd is not None:
+                    cost(info.cost_usd)
+                tokens_in(info.input_tokens or 0)
+                tokens_out(info.output_tokens or 0)
         self.routing.observe(info.routing_ms / 1000)
         if info.latency_s is not None:
             self.latency.observe(info.latency_s)
