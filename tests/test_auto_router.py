@@ -99,6 +99,28 @@ def test_auto_settings_are_validated_with_the_key_named():
         load_config(ROOT / "training/configs/auto.toml", ["router.groups=task"])
     with pytest.raises(ConfigError, match="router.auto_pick"):
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=mlp,logreg", "router.auto_pick=knn"])
+    with pytest.raises(ConfigError, match="router.auto_encoder: expected one of cuda, always, never"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.auto_encoder=gpu"])
+    with pytest.raises(ConfigError, match="the ensemble averages"):  # the encoder is not averaged in
+        load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
+
+
+def test_the_encoder_candidate_takes_its_fine_tuning_from_its_own_config_and_the_split_from_the_run(tmp_path):
+    from training.routers.auto_encoder import encoder_candidate_config
+
+    auto = load_config(ROOT / "training/configs/auto.toml", ["data.seed=7", "data.val_size=0.2", "train.device=cpu"])
+    candidate = encoder_candidate_config(auto)
+    packaged = load_config(ROOT / "training/configs/encoder_fast.toml")
+    assert (candidate.router.kind, candidate.router.encoder_layers, candidate.train.lr, candidate.train.epochs) == \
+        ("encoder", packaged.router.encoder_layers, packaged.train.lr, packaged.train.epochs)
+    assert (candidate.data.seed, candidate.data.val_size, candidate.train.device) == (7, 0.2, "cpu")
+    assert candidate.featurizer == auto.featurizer and candidate.eval == auto.eval
+    wrong = tmp_path / "mlp.toml"
+    wrong.write_text('[router]\nkind = "mlp"\n')
+    for value, message in ((str(tmp_path / "missing.toml"), "no config at"), ("no_such_config", "no config at"),
+                           (str(wrong), "needs a config with router.kind")):
+        with pytest.raises(ConfigError, match=f"router.auto_encoder_config.*{message}"):
+            encoder_candidate_config(auto.replace(**{"router.auto_encoder_config": value}))
 
 
 # --- end to end on demo files: each candidate kind exported and run by the runtime -----------------
@@ -171,6 +193,31 @@ def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_en
     assert TorchRouter.load(summary["out"]).selection_["chosen"] == "ensemble"
 
 
+@pytest.mark.slow  # fine-tunes a tiny encoder six times: five folds and the final fit
+def test_the_encoder_candidate_is_cross_validated_beside_the_heads_and_exports_as_an_encoder_when_chosen(
+        tmp_path, demo_800, tiny_encoder):
+    encoder_toml = tmp_path / "tiny_encoder.toml"
+    encoder_toml.write_text(f'[router]\nkind = "encoder"\nencoder = "{tiny_encoder}"\nmax_length = 24\n\n'
+                            '[train]\nepochs = 1\nbatch_size = 16\nlr = 5e-4\n')
+    summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "knn", "encoder", "ensemble"],
+                                            "router.auto_encoder": "always",
+                                            "router.auto_encoder_config": str(encoder_toml),
+                                            "router.auto_pick": "encoder", "tracking.enabled": False})
+    selection = summary["selection"]
+    assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560
+    assert selection["chosen"] == "encoder" and selection["picked_by"] == "router.auto_pick"
+    entry = selection["candidates"]["encoder"]
+    assert np.isfinite(entry["val_aiq"]) and entry["calibrated"] is False and entry["seconds"] > 0
+    assert selection["candidates"]["ensemble"]["members"] == ["logreg", "knn"]  # the encoder reads other inputs
+    assert "skipped" not in selection
+    # the run went on as the encoder's: its checkpoint, its export (tokenizer + encoder graph), its test scores
+    assert summary["router"] == "auto"
+    info = json.loads((Path(summary["out"]) / "router.json").read_text())
+    assert info["kind"] == "encoder" and info["config"]["router.encoder"] == str(tiny_encoder)
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+    _runtime_matches_training(summary, demo_800)
+
+
 def _batchable(X, quality, rows, *, weights=None, groups=None):
     from training.trainer import Batchable
 
@@ -206,6 +253,14 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
         scores = picked.selection_["candidates"]
         best = max(scores, key=lambda c: scores[c]["val_aiq"])
         assert picked.selection_["chosen"] == ("ensemble" if ensemble_kept else best)
+    # the encoder candidate needs a CUDA device by default, and the prompts (which the pipeline hands over)
+    for mode, reason in (("cuda", "no CUDA device"), ("always", "prompts were not given"), ("never", "never")):
+        if mode == "cuda" and torch.cuda.is_available():
+            continue
+        quick = config.replace(**{"router.candidates": ["logreg", "encoder"], "router.auto_encoder": mode})
+        skipped = AutoRouter(config=quick, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        assert reason in skipped.selection_["skipped"]["encoder"] and set(skipped.selection_["candidates"]) == {
+            "logreg"} and skipped.winner_ is None
     # logged records' targets are completed by a logistic regression, not by five selections
     assert AutoRouter.first_stage is LogRegStage
     stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))

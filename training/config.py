@@ -64,7 +64,7 @@ class RouterConfig:
     groups: str = ""               #: mlp/mf: "task" or "metadata.<key>": blend in p(group | prompt) x group means
     group_weight: float = 0.5      #: mlp/mf with groups: weight of the group estimate in the blend
     # kind = "auto" (training/routers/auto.py): the candidates fitted and chosen between by held-out AIQ
-    candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "ensemble")
+    candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
     auto_groups: str = "task"      #: auto: the group field the "groups" candidate blends in ('' = never)
     cv_below: int = 5000           #: auto: cross-validate when train + validation hold fewer records
     cv_folds: int = 5              #: auto: folds of that cross-validation
@@ -74,6 +74,9 @@ class RouterConfig:
     calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
     ensemble_margin: float = 0.002  #: auto: held-out AIQ a single candidate must beat the ensemble by to be kept
     auto_pick: str = ""            #: auto: '' = the best held-out AIQ; a candidate's name keeps that one instead
+    auto_encoder: str = "cuda"     #: auto: fit the "encoder" candidate: cuda (with a CUDA device) | always | never
+    auto_encoder_config: str = "encoder_fast"  #: auto: its config: a name in training/configs or a TOML path
+    auto_encoder_records: int = 100000  #: auto: above this many train + validation records the encoder is not tried
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
     "router.ensemble_margin": (lambda v: v >= 0, "an AIQ margin >= 0"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "router.auto_encoder_records": (lambda v: v >= 1, "an integer >= 1"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
     "loss.knob_samples": (lambda v: v >= 1, "an integer >= 1"),
@@ -363,6 +367,7 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
 def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> None:
     """The ``router.kind = "auto"`` settings: known candidates, numeric grids, a valid group field."""
     from training.routers.auto import AUTO_CANDIDATES
+    from training.routers.auto_encoder import AUTO_ENCODER
 
     r = config.router
     if not r.candidates:
@@ -383,11 +388,14 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
     if r.auto_pick and r.auto_pick not in r.candidates:
         fail("router.auto_pick", f"expected '' or one of router.candidates ({', '.join(r.candidates)}), "
                                  f"got {r.auto_pick!r}")
-    if "ensemble" in r.candidates and len(r.candidates) < 3:
-        fail("router.candidates", "the ensemble averages the other candidates: list at least two besides it")
+    if "ensemble" in r.candidates and len(set(r.candidates) - {"ensemble", "encoder"}) < 2:
+        fail("router.candidates", "the ensemble averages the other candidates over the same features: list at "
+                                  "least two besides it and the encoder")
     field_ = r.auto_groups
     if field_ and field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
         fail("router.auto_groups", f"expected '', 'task' or 'metadata.<key>', got {field_!r}")
+    if r.auto_encoder not in AUTO_ENCODER:
+        fail("router.auto_encoder", f"expected one of {', '.join(AUTO_ENCODER)}, got {r.auto_encoder!r}")
     if r.kind == "auto" and r.groups:
         fail("router.groups", "the auto router tries group-informed routing itself (router.auto_groups); leave "
                               "router.groups empty")

@@ -248,7 +248,8 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     table.release(*TrafficTable.RELEASABLE)
     return_free_memory()
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts), dtype=np.float32)  # the loss reads f32
-    router_cls = ROUTERS[config.router.kind]
+    kind = config.router.kind  # the configured kind ("auto" stays "auto" whatever it chose)
+    router_cls = ROUTERS[kind]
     router: TorchRouter = router_cls(config=config, n_models=len(table.models),
                                      input_dim=None if router_cls.text_inputs else X.shape[1])
     inputs = router.inputs(table.texts, X)
@@ -277,6 +278,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
         selection = log_selection(tracker, router)  # the auto router's candidates and choice (None otherwise)
+        if getattr(router, "winner_", None) is not None:  # auto chose the fine-tuned encoder: the run is its
+            router = router.winner_
+            config, inputs = router.config, router.inputs(table.texts, X)
         del train, val, batch, cost_est  # the split's targets (0.6 GB at 10M records): evaluation has its own
         stages.done("fit")
         if rank != 0:
@@ -288,9 +292,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
         from training.plots import plot_cost_quality
 
-        curves = {config.router.kind: result["router_curve"], **result["baseline_curves"]}
+        curves = {kind: result["router_curve"], **result["baseline_curves"]}
         plot_cost_quality(out_dir / "curve.png", curves=curves, singles=result["singles"],
-                          title=f"{config.router.kind} / {config.featurizer.name} on {Path(str(data)).name}",
+                          title=f"{kind} / {config.featurizer.name} on {Path(str(data)).name}",
                           log_x=bool(np.all(column_means(prep.cost) > 0)))
         test_metrics = result["test"]
         flat = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
@@ -304,7 +308,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         outputs = log_exported(tracker, out_dir, exported, register)
         summary = {
             "run_id": tracker.run_id,
-            "router": config.router.kind,
+            "router": kind,
             "featurizer": config.featurizer.name,
             "data_fingerprint": fingerprint,
             "train_records": int(len(split.train)),

@@ -16,6 +16,7 @@ same epoch. Without torchrun it is a plain single-process loop.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -31,7 +32,8 @@ from training.featurizers import SHARD_ROWS
 from training.losses import bradley_terry_loss, quality_loss, sample_willingness, tradeoff_loss
 from training.progress import bar
 
-__all__ = ["Batchable", "distributed_context", "epoch_windows", "fit_module", "resolve_device", "window_rows"]
+__all__ = ["Batchable", "distributed_context", "epoch_windows", "fit_module", "on_device", "resolve_device",
+           "window_rows"]
 
 
 @dataclass
@@ -159,6 +161,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, name: str):
+    """Run ``module`` on ``train.device`` (CUDA when present for ``"auto"``) inside the block and hand it
+    back on the CPU: a fitted module lives on the CPU (saving, export and the ONNX parity check read it
+    there), but scoring thousands of test prompts through a fine-tuned encoder belongs on the GPU that
+    fine-tuned it. Yields the device the block should put its inputs on."""
+    device = resolve_device(name)
+    module.to(device)
+    try:
+        yield device
+    finally:
+        module.to("cpu")
 
 
 def distributed_context() -> tuple[int, int]:

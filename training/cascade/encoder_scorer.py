@@ -126,6 +126,7 @@ class EncoderScorer(SavedScorer):
         import torch
 
         from training.progress import chunks
+        from training.trainer import on_device
 
         n = len(prompts)
         out = np.zeros(n)
@@ -135,10 +136,11 @@ class EncoderScorer(SavedScorer):
         order = np.argsort(mask.sum(axis=1), kind="stable")
         model_index = np.asarray(model_index, dtype=np.int64)
         self.module_.eval()
-        with torch.no_grad():
+        with torch.no_grad(), on_device(self.module_, self.config.train.device) as device:
             for start, stop in chunks(n, PREDICT_BATCH, desc="score", unit="answer"):
                 pick = order[start:stop]
-                logits = self.module_(torch.as_tensor(ids[pick]), torch.as_tensor(mask[pick])).float().numpy()
+                logits = self.module_(torch.as_tensor(ids[pick]).to(device),
+                                      torch.as_tensor(mask[pick]).to(device)).float().cpu().numpy()
                 out[pick] = 1.0 / (1.0 + np.exp(-logits[np.arange(len(pick)), model_index[pick]]))
         return out
 

@@ -5,9 +5,11 @@ router for; no single head wins everywhere there (an MLP overfits 300 prompts, k
 regression hold up). So the candidates - ``mlp``, ``mf``, ``logreg`` (inverse L2 strength from
 ``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with the
 record's ``router.auto_groups`` field, :class:`~training.routers.neural.GroupBlend`, only when the
-data names at least two groups) and ``ensemble`` (the mean of the other families' (calibrated)
-predictions) - are fitted on the training part and scored by the evaluation's own AIQ
-(:func:`training.evaluation.score_predictions`, the policy swept over the router's knob grid):
+data names at least two groups), ``encoder`` (the fine-tuned encoder of ``router.auto_encoder_config``,
+tried where a CUDA device is present: :mod:`training.routers.auto_encoder`) and ``ensemble`` (the mean
+of the other families' (calibrated) predictions over the static features) - are fitted on the
+training part and scored by the evaluation's own AIQ (:func:`training.evaluation.score_predictions`,
+the policy swept over the router's knob grid):
 
 - on the validation split when train + validation hold at least ``router.cv_below`` records and the
   validation split at least :data:`MIN_VALIDATION` prompts;
@@ -24,11 +26,13 @@ and after is reported either way), and its hyperparameters are the grid point
 with the best held-out AIQ. The winner is refitted where that helps - logistic regression and kNN
 on all of train + validation, the torch candidates on train with early stopping on validation (after
 CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and exported like any router.
+A winning encoder is handed to the pipeline as :attr:`AutoRouter.winner_` and exported as an encoder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -36,8 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from router_ml.errors import RouterMLError
 from router_ml.policy import knob_grid
 from training.evaluation import HeldOut, score_predictions
+from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped, fit_encoder
 from training.routers.heads import (
     Calibrated,
     KNNHead,
@@ -48,13 +54,14 @@ from training.routers.heads import (
     fit_logreg,
     fit_platt,
 )
-from training.routers.neural import MFRouter, MLPRouter, TorchRouter
+from training.routers.neural import EncoderRouter, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
 __all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_labels", "log_selection"]
 
 #: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
-AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "ensemble")
+AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
+
 #: no candidate is picked on fewer validation prompts than this without cross-validation
 MIN_VALIDATION = 100
 _TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
@@ -179,11 +186,27 @@ class AutoRouter(TorchRouter):
     kind = "auto"
     first_stage = LogRegStage
 
+    def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """The features, as for any head; the prompts are kept for the ``encoder`` candidate, which
+        tokenizes the training pool's own when it is fitted."""
+        self.texts_ = texts
+        return super().inputs(texts, features)
+
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> AutoRouter:
+        """Select and fit the winner. When it is the fine-tuned encoder, :attr:`winner_` holds that
+        :class:`EncoderRouter` (it reads token ids, not these features): the run goes on with it."""
+        selection = _Selection(self, train, val, wtp_range, on_epoch)
         with _one_thread(self.config):
-            self.module_, self.spec_, self.selection_ = _Selection(self, train, val, wtp_range, on_epoch).run()
+            self.module_, self.spec_, self.selection_ = selection.run()
+        self.winner_ = selection.winner
         return self
+
+    def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        if getattr(self, "winner_", None) is not None:
+            raise RouterMLError("the auto router chose the fine-tuned encoder: predict with its winner_ "
+                                "(EncoderRouter) on winner_.inputs(texts, None), as the training pipeline does")
+        return super().predict_logits(inputs)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "spec": self.spec_, "selection": self.selection_}
@@ -207,9 +230,44 @@ class _Selection:
         self.families = [c for c in self.r.candidates if c != "ensemble"]
         if "groups" in self.families and _known_groups(self.pool.groups) < 2:
             self.families.remove("groups")
+        self.skipped: dict[str, str] = {}
+        self.texts = getattr(router, "texts_", None)
+        if "encoder" in self.families:
+            reason = encoder_skipped(self.config, self.n, self.texts is not None and self.pool.rows is not None)
+            if reason:
+                self.families.remove("encoder")
+                self.skipped["encoder"] = reason
+                log.info("auto: encoder candidate skipped: %s", reason)
+            else:
+                self.encoder_config = encoder_candidate_config(self.config)
         self.fitted: dict[str, TorchRouter] = {}
         self.seconds: dict[str, float] = {}
+        self.winner: EncoderRouter | None = None
         self._X: np.ndarray | None = None
+        self._tokens: Batchable | None = None
+
+    @property
+    def tokens(self) -> Batchable:
+        """The pool with the encoder's ``(input_ids, attention_mask)`` of its prompts as inputs."""
+        if self._tokens is None:
+            texts = [self.texts[int(i)] for i in self.pool.rows]
+            ids = EncoderRouter(config=self.encoder_config, n_models=self.router.n_models).tokenize(texts)
+            self._tokens = dataclasses.replace(self.pool, inputs=ids, rows=None)
+        return self._tokens
+
+    def _fit_encoder(self, fit: Batchable, stop: Batchable | None) -> EncoderRouter:
+        return self._timed("encoder", lambda: fit_encoder(self.encoder_config, self.router.n_models, fit, stop,
+                                                          self.wtp_range))
+
+    def _early_stopping(self, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A CV fold's training part split into (rest, a tenth for early stopping), seeded."""
+        shuffled = np.random.default_rng(self.seed + 1).permutation(fit)
+        cut = max(1, len(fit) // 10)
+        return np.sort(shuffled[cut:]), np.sort(shuffled[:cut])
+
+    def _split_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pool positions of the train and validation splits."""
+        return np.arange(len(self.train)), np.arange(len(self.train), self.n)
 
     @property
     def X(self) -> np.ndarray:
@@ -245,11 +303,17 @@ class _Selection:
         """Fit every candidate on the pool's records ``fit`` and store its predictions for ``score``."""
         X, Q = self.X, self.pool.quality
         for family in self.families:
-            if family in _TORCH:
+            if family == "encoder":
+                tokens = self.tokens
+                if self.cv:
+                    rest, stop = self._early_stopping(fit)
+                    router = self._fit_encoder(_take(tokens, rest), _take(tokens, stop))
+                else:
+                    router = self.fitted[family] = self._fit_encoder(*self._split_tokens())
+                preds[(family, None)][score] = router.predict(tokens.input_rows(score))
+            elif family in _TORCH:
                 if self.cv:  # a tenth of the fold's training part for early stopping
-                    shuffled = np.random.default_rng(self.seed + 1).permutation(fit)
-                    cut = max(1, len(fit) // 10)
-                    stop, rest = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+                    rest, stop = self._early_stopping(fit)
                     router = self._fit_torch(family, _take(self.pool, rest), _take(self.pool, stop))
                 else:
                     router = self._fit_torch(family, self.train, self.val,
@@ -267,6 +331,10 @@ class _Selection:
                 grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks)).predict_grid(X[score], ks))
                 for k in ks:
                     preds[(family, k)][score] = grid[k]
+
+    def _split_tokens(self) -> tuple[Batchable, Batchable | None]:
+        train, val = self._split_parts()
+        return _take(self.tokens, train), _take(self.tokens, val) if len(val) else None
 
     def _variants(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
@@ -304,7 +372,9 @@ class _Selection:
             raw = preds[v][scored]
             calibrated[v] = raw
             scores[v] = {"val_aiq": _aiq(raw, held), "ece": expected_calibration_error(raw, Q), "calibrated": False}
-            if self.r.calibrate:  # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse)
+            # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse). Not for the
+            # encoder: its exported graph has no calibration stage
+            if self.r.calibrate and v[0] != "encoder":
                 platt[v] = fit_platt(raw, Q)
                 version = apply_platt(raw, *platt[v])
                 entry = {"val_aiq_calibrated": _aiq(version, held),
@@ -321,10 +391,11 @@ class _Selection:
             if v[1] is not None:
                 report[family][{"logreg": "C", "knn": "k"}[family]] = v[1]
                 report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
-        if "ensemble" in self.r.candidates and len(best) >= 2:
-            mean = np.mean([calibrated[v] for v in best.values()], axis=0)
+        averaged = [f for f in best if f != "encoder"]  # one graph: heads over the same features
+        if "ensemble" in self.r.candidates and len(averaged) >= 2:
+            mean = np.mean([calibrated[best[f]] for f in averaged], axis=0)
             report["ensemble"] = {"val_aiq": _aiq(mean, held), "ece": expected_calibration_error(mean, Q),
-                                  "members": list(best)}
+                                  "members": averaged}
         order = [c for c in AUTO_CANDIDATES if c in report]
         chosen = max(order, key=lambda c: report[c]["val_aiq"])
         if "ensemble" in report and report["ensemble"]["val_aiq"] >= report[chosen]["val_aiq"] - self.r.ensemble_margin:
@@ -333,7 +404,7 @@ class _Selection:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
-        members = list(best) if chosen == "ensemble" else [chosen]
+        members = averaged if chosen == "ensemble" else [chosen]
         heads, specs = [], []
         for family in members:
             head, spec = self._final(family, best[family][1])
@@ -346,7 +417,8 @@ class _Selection:
         selection = {"chosen": chosen, "picked_by": "router.auto_pick" if self.r.auto_pick else "held-out AIQ",
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)), "calibrated": self.r.calibrate,
-                     "seconds": round(time.perf_counter() - started, 2), "candidates": report}
+                     "seconds": round(time.perf_counter() - started, 2), "candidates": report,
+                     **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
 
     def _final(self, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -360,6 +432,9 @@ class _Selection:
                 keep = np.sort(np.random.default_rng(self.seed).choice(self.n, cap, replace=False))
             head = KNNHead(self.X[keep], self.pool.quality[keep], param)
             return head, {"type": "knn", "records": int(len(keep)), "k": head.k}
+        if family == "encoder":  # after cross-validation: train, early-stopped on validation, as a plain run
+            self.winner = self.fitted.get(family) or self._fit_encoder(*self._split_tokens())
+            return self.winner.module_, {"type": "encoder"}
         router = self.fitted.get(family)
         if router is None:  # after cross-validation: train, early-stopped on validation, as a plain run
             router = self._fit_torch(family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)

@@ -17,7 +17,7 @@ from router_ml.formats import VERSION_FIELD, read_versioned
 from router_ml.truncation import clip_tokens, default_head, prepare_text
 from training.config import TrainConfig
 from training.featurizers._base import quiet_transformers
-from training.trainer import Batchable, fit_module
+from training.trainer import Batchable, fit_module, on_device
 
 __all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter",
            "check_groups", "group_quality"]
@@ -233,9 +233,10 @@ class TorchRouter:
     def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
         self.module_.eval()
         out = []
-        for start in range(0, len(inputs[0]), self.predict_batch):
-            chunk = tuple(torch.as_tensor(x[start:start + self.predict_batch]) for x in inputs)
-            out.append(self.module_(*chunk).float().numpy())
+        with on_device(self.module_, self.config.train.device) as device:
+            for start in range(0, len(inputs[0]), self.predict_batch):
+                chunk = tuple(torch.as_tensor(x[start:start + self.predict_batch]).to(device) for x in inputs)
+                out.append(self.module_(*chunk).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.n_models), dtype=np.float32)
 
     def predict(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
