@@ -69,6 +69,49 @@ class Batchable:
         """Each record's row in ``inputs`` (the shard it lies in decides which DDP rank reads it)."""
         return np.arange(len(self)) if self.rows is None else np.asarray(self.rows)
 
+    def take(self, local: np.ndarray) -> Batchable:
+        """The records ``local`` (positions) of this split, their preferences renumbered."""
+        local = np.asarray(local, dtype=np.int64)
+        prefs = None
+        if self.prefs is not None:
+            where = np.full(len(self), -1)
+            where[local] = np.arange(len(local))
+            kept = self.prefs[where[self.prefs[:, 0].astype(np.int64)] >= 0]
+            prefs = np.column_stack([where[kept[:, 0].astype(np.int64)], kept[:, 1:]]) if len(kept) else None
+
+        def part(a):
+            return None if a is None else a[local]
+        shared = self.rows is not None  # the whole table's inputs stay shared; else the records' own copies
+        return Batchable(inputs=self.inputs if shared else tuple(x[local] for x in self.inputs),
+                         quality=self.quality[local], cost=self.cost[local], cost_est=self.cost_est[local],
+                         prefs=prefs, groups=part(self.groups), weights=part(self.weights), rows=part(self.rows))
+
+    def concat(self, other: Batchable | None) -> Batchable:
+        """This split and ``other`` as one pool of records (this one first), e.g. train + validation."""
+        if other is None or not len(other):
+            return self
+
+        def cat(x, y):
+            return None if x is None or y is None else np.concatenate([x, y])
+        prefs = self.prefs
+        if other.prefs is not None:
+            shifted = np.column_stack([other.prefs[:, 0] + len(self), other.prefs[:, 1:]])
+            prefs = shifted if prefs is None else np.concatenate([prefs, shifted])
+        same_inputs = (self.rows is not None and other.rows is not None
+                       and all(x is y for x, y in zip(self.inputs, other.inputs, strict=True)))
+        inputs = self.inputs if same_inputs else tuple(
+            np.concatenate([np.asarray(x[self.table_rows()]), np.asarray(y[other.table_rows()])])
+            for x, y in zip(self.inputs, other.inputs, strict=True))
+        weights = None
+        if self.weights is not None or other.weights is not None:  # 1 for a part without any
+            weights = np.concatenate([np.ones(x.quality.shape, np.float32) if x.weights is None else x.weights
+                                      for x in (self, other)])
+        return Batchable(inputs=inputs, quality=np.concatenate([self.quality, other.quality]),
+                         cost=np.concatenate([self.cost, other.cost]),
+                         cost_est=np.concatenate([self.cost_est, other.cost_est]), prefs=prefs,
+                         groups=cat(self.groups, other.groups), weights=weights,
+                         rows=cat(self.rows, other.rows) if same_inputs else None)
+
 
 def window_rows(data: Batchable, memory_mb: int) -> int:
     """How many of ``data``'s records the loop holds at once within ``memory_mb`` MiB: their inputs

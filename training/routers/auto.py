@@ -68,55 +68,6 @@ _TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
 log = logging.getLogger("router_ml.train")
 
 
-def _take(b: Batchable, local: np.ndarray) -> Batchable:
-    """The records ``local`` (positions) of ``b``, their preferences renumbered."""
-    local = np.asarray(local, dtype=np.int64)
-    prefs = None
-    if b.prefs is not None:
-        where = np.full(len(b), -1)
-        where[local] = np.arange(len(local))
-        kept = b.prefs[where[b.prefs[:, 0].astype(np.int64)] >= 0]
-        prefs = np.column_stack([where[kept[:, 0].astype(np.int64)], kept[:, 1:]]) if len(kept) else None
-    def part(a):
-        return None if a is None else a[local]
-    if b.rows is None:
-        return Batchable(inputs=tuple(x[local] for x in b.inputs), quality=b.quality[local], cost=b.cost[local],
-                         cost_est=b.cost_est[local], prefs=prefs, groups=part(b.groups), weights=part(b.weights))
-    return Batchable(inputs=b.inputs, quality=b.quality[local], cost=b.cost[local], cost_est=b.cost_est[local],
-                     prefs=prefs, groups=part(b.groups), weights=part(b.weights), rows=b.rows[local])
-
-
-def _concat(a: Batchable, b: Batchable | None) -> Batchable:
-    """Train and validation as one pool of records (train first)."""
-    if b is None or not len(b):
-        return a
-    def cat(x, y):
-        return None if x is None or y is None else np.concatenate([x, y])
-    prefs = a.prefs
-    if b.prefs is not None:
-        shifted = np.column_stack([b.prefs[:, 0] + len(a), b.prefs[:, 1:]])
-        prefs = shifted if prefs is None else np.concatenate([prefs, shifted])
-    same_inputs = (a.rows is not None and b.rows is not None
-                   and all(x is y for x, y in zip(a.inputs, b.inputs, strict=True)))
-    inputs = a.inputs if same_inputs else tuple(np.concatenate([np.asarray(x[_rows(a)]), np.asarray(y[_rows(b)])])
-                                                for x, y in zip(a.inputs, b.inputs, strict=True))
-    return Batchable(inputs=inputs, quality=np.concatenate([a.quality, b.quality]),
-                     cost=np.concatenate([a.cost, b.cost]), cost_est=np.concatenate([a.cost_est, b.cost_est]),
-                     prefs=prefs, groups=cat(a.groups, b.groups), weights=_cat_weights(a, b),
-                     rows=cat(a.rows, b.rows) if same_inputs else None)
-
-
-def _cat_weights(a: Batchable, b: Batchable) -> np.ndarray | None:
-    """Both parts' loss weights (1 for a part without any), or None when neither has some."""
-    if a.weights is None and b.weights is None:
-        return None
-    return np.concatenate([np.ones(x.quality.shape, np.float32) if x.weights is None else x.weights for x in (a, b)])
-
-
-def _rows(b: Batchable) -> np.ndarray:
-    return np.arange(len(b)) if b.rows is None else b.rows
-
-
 def _grid(values: tuple[str, ...], cast) -> list:
     return [cast(float(v)) for v in values]
 
@@ -174,7 +125,7 @@ class LogRegStage(TorchRouter):
 
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> LogRegStage:
-        pool = _concat(train, val)
+        pool = train.concat(val)
         with _one_thread(self.config):
             self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
         return self
@@ -222,7 +173,7 @@ class _Selection:
     def __init__(self, router: AutoRouter, train: Batchable, val: Batchable | None, wtp_range, on_epoch):
         self.router, self.config, self.r = router, router.config, router.config.router
         self.train, self.val, self.wtp_range, self.on_epoch = train, val, wtp_range, on_epoch
-        self.pool = _concat(train, val)
+        self.pool = train.concat(val)
         self.n = len(self.pool)
         self.seed = self.config.data.seed
         n_val = 0 if val is None else len(val)
@@ -307,14 +258,14 @@ class _Selection:
                 tokens = self.tokens
                 if self.cv:
                     rest, stop = self._early_stopping(fit)
-                    router = self._fit_encoder(_take(tokens, rest), _take(tokens, stop))
+                    router = self._fit_encoder(tokens.take(rest), tokens.take(stop))
                 else:
                     router = self.fitted[family] = self._fit_encoder(*self._split_tokens())
                 preds[(family, None)][score] = router.predict(tokens.input_rows(score))
             elif family in _TORCH:
                 if self.cv:  # a tenth of the fold's training part for early stopping
                     rest, stop = self._early_stopping(fit)
-                    router = self._fit_torch(family, _take(self.pool, rest), _take(self.pool, stop))
+                    router = self._fit_torch(family, self.pool.take(rest), self.pool.take(stop))
                 else:
                     router = self._fit_torch(family, self.train, self.val,
                                              on_epoch=self.on_epoch if family == "mlp" else None)
@@ -334,7 +285,7 @@ class _Selection:
 
     def _split_tokens(self) -> tuple[Batchable, Batchable | None]:
         train, val = self._split_parts()
-        return _take(self.tokens, train), _take(self.tokens, val) if len(val) else None
+        return self.tokens.take(train), self.tokens.take(val) if len(val) else None
 
     def _variants(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
