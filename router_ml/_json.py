@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "finite", "loads"]
 
 _orjson: Any = None  # the module, False when it is not installed, None before the first call
 
@@ -55,16 +55,16 @@ def dumps(obj: Any, *, errors: str = "backslashreplace", default: Callable[[Any]
     try:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=default, allow_nan=False)
     except ValueError:  # inf or NaN somewhere: null, as orjson writes them
-        text = json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"), default=default)
+        text = json.dumps(finite(obj), ensure_ascii=False, separators=(",", ":"), default=default)
     return text.encode("utf-8", errors=errors)
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every inf and NaN float replaced by None."""
+def finite(obj: Any) -> Any:
+    """``obj`` with every inf and NaN float replaced by None (what strict JSON can hold)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj

@@ -60,6 +60,16 @@ def add_renamed_option(parser: argparse.ArgumentParser, new: str, *, old: str, r
     group.add_argument(old, dest=action.dest, action=_RenamedOption, new=new, help=argparse.SUPPRESS)
 
 
+def print_json(obj: Any) -> None:
+    """Print one JSON object on a line, strict JSON: a NaN or infinity (a metric with no value) is null."""
+    try:
+        print(json.dumps(obj, allow_nan=False))
+    except ValueError:
+        from router_ml._json import finite
+
+        print(json.dumps(finite(obj)))
+
+
 def _prompts_from_file(path: str) -> list[str]:
     from router_ml.messages import routed_text
 
@@ -134,12 +144,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise RouterMLError(f"--explore-exclude: {exc}") from None
     if args.prompt is not None:
-        print(json.dumps(router.route(args.prompt, willingness_to_pay=args.willingness_to_pay).to_dict()))
+        print_json(router.route(args.prompt, willingness_to_pay=args.willingness_to_pay).to_dict())
         return 0
     prompts = _prompts_from_file(args.input)
     for start in range(0, len(prompts), 256):
         for decision in router.route_batch(prompts[start:start + 256], willingness_to_pay=args.willingness_to_pay):
-            print(json.dumps(decision.to_dict()))
+            print_json(decision.to_dict())
     return 0
 
 
@@ -221,7 +231,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     with DecisionLog(args.log) as log:
         for record in records:
             log.write(record)
-    print(json.dumps({"log": args.log, "recorded": len(records)}))
+    print_json({"log": args.log, "recorded": len(records)})
     return 0
 
 

@@ -21,6 +21,8 @@ a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targ
     python scripts/offpolicy_targets.py --part learning --datasets mmlu-pro --seeds 0 --rates 0.2 \\
         --variant masked=loss.logged_targets=mask --variant iw=loss.logged_targets=mask,loss.propensity_clip=20
     python scripts/offpolicy_targets.py --quick                          # 1 seed, rate 0.2, small demo
+    python scripts/offpolicy_targets.py --part learning --datasets routellm,mmlu-pro-7 --rates 0.2
+    python scripts/offpolicy_targets.py --part learning --datasets mine --table mine=my_table.parquet --rates 0.2
 """
 
 from __future__ import annotations
@@ -108,14 +110,16 @@ class Protocol:
     simulations in ``sims/`` (shared by both parts: the evaluation's first log is the learning's seed-0
     log at rate 0.2), each part's routers under ``learning/`` and ``evaluation/``."""
 
-    def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str]):
+    def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str],
+                 load: tuple[str, ...] = ()):
         self.data, self.bootstrap, self.logged, self.root, self.extra = data, bootstrap, logged, root, extra
+        self.load = list(load)  # how simulate-log reads the table (e.g. --exclude FILE)
 
     def simulate(self, *, seed: int, rate: float, explore_seed: int) -> Path:
         """``simulate-log``'s output directory for this split seed, rate and exploration seed."""
         out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}"
         out.mkdir(parents=True, exist_ok=True)
-        run(cli("simulate-log", "--data", str(self.data), "--out", str(out), "--config", str(CONFIG),
+        run(cli("simulate-log", "--data", str(self.data), *self.load, "--out", str(out), "--config", str(CONFIG),
                 "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
                 "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
                 *sets(FAST_REPORT + tuple(self.extra))), out / "simulation.summary.json")
@@ -330,18 +334,40 @@ def demo_data(out: Path, n: int) -> Path:
     return path
 
 
+def shared_tables(args: argparse.Namespace) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """The full-information tables the LEARNING part knows by name besides the demo: name -> (path, how
+    simulate-log reads it); ``--table NAME=PATH`` adds any other (a user's own table)."""
+    from training.protocols import protocols, shared_data_dir
+
+    shared = shared_data_dir()
+    routellm = protocols()["routellm"]
+    tables = {"mmlu-pro": (Path(args.mmlu_pro), ()),
+              "routellm": (routellm["data"], ("--exclude", str(routellm["exclude"]))),
+              "mmlu-pro-7": (shared / "mmlu-pro-responses" / "mmlu_pro_responses.parquet", ())}
+    for text in args.table or ():
+        name, _, path = text.partition("=")
+        if not name or not path or name == "demo" or name in tables:
+            raise SystemExit(f"--table {text!r}: expected NAME=PATH with a new name (not demo, "
+                             f"{', '.join(tables)})")
+        tables[name] = (Path(path), ())
+    return tables
+
+
 def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
-    """A data set's protocol: the demo (made here, 5% / 65% / 30%) or the shared MMLU-Pro table."""
+    """A data set's protocol: the demo (made here) or a full-information table, 5% bootstrap / 65% logged / 30% test."""
     extra = list(args.train_set or ())
     if name == "demo":
         return Protocol(demo_data(Path(args.out), args.demo_n), round(DEMO["bootstrap"] * args.demo_n),
                         round(DEMO["logged"] * args.demo_n), root, extra)
-    if name == "mmlu-pro":
-        if not Path(args.mmlu_pro).exists():
-            raise SystemExit(f"--mmlu-pro {args.mmlu_pro}: not found; point it (or $ROUTER_ML_SHARED_DATA) at the "
-                             "shared MMLU-Pro table")
-        return Protocol(Path(args.mmlu_pro), 0.05, 0.65, root, extra)
-    raise SystemExit(f"--datasets: unknown data set {name!r}; choose demo or mmlu-pro")
+    tables = shared_tables(args)
+    if name not in tables:
+        raise SystemExit(f"--datasets: unknown data set {name!r}; choose demo, {', '.join(tables)} "
+                         "(or name a table with --table NAME=PATH)")
+    path, load = tables[name]
+    if not path.exists():
+        raise SystemExit(f"data set {name}: {path} not found; point $ROUTER_ML_SHARED_DATA (or --mmlu-pro, "
+                         "--table) at it")
+    return Protocol(path, 0.05, 0.65, root, extra, load)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="learning,evaluation", help="learning, evaluation or both (default)")
-    parser.add_argument("--datasets", default="demo,mmlu-pro", help="LEARNING data sets: demo, mmlu-pro")
+    parser.add_argument("--datasets", default="demo,mmlu-pro", help="LEARNING data sets: demo, mmlu-pro, routellm "
+                        "(GPT-4 vs Mixtral, contaminated prompts excluded), mmlu-pro-7 (the 7-model MMLU-Pro table "
+                        "with answers) or a --table name")
+    parser.add_argument("--table", action="append", metavar="NAME=PATH",
+                        help="a full-information table (any format `router-ml train` reads) to run the LEARNING "
+                        "protocol on as data set NAME (repeatable)")
     parser.add_argument("--seeds", default="0-4", help="LEARNING seeds, e.g. 0-4 or 0,3")
     parser.add_argument("--rates", default="0.05,0.2,0.5", help="LEARNING exploration rates")
     parser.add_argument("--variant", action="append", metavar="NAME=SET[,SET...]",

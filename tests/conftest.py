@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEMO = ROOT / "data" / "demo" / "traffic.jsonl"
 TRAIN_RECORDS = 800
+
+
+def strict_json(text: str):
+    """``json.loads`` that fails on NaN and infinities: what the commands print must be strict JSON."""
+    def reject(constant: str):
+        raise AssertionError(f"not strict JSON: {constant} in {text[:200]}...")
+
+    return json.loads(text, parse_constant=reject)
 
 
 def demo_head(tmp_path_factory, n: int) -> Path:

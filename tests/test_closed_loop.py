@@ -24,7 +24,7 @@ from router_ml import Router
 from router_ml.policy import choose
 from training.data import load_traffic, write_jsonl
 
-from .conftest import DEMO, ROOT
+from .conftest import DEMO, ROOT, strict_json
 from .fake_upstream import FakeUpstream
 
 N_REQUESTS = 200
@@ -37,7 +37,7 @@ def _run(*args: str, cwd, timeout: int = 300) -> dict:
     """One ``router-ml`` command; its last stdout line, parsed."""
     out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return strict_json(out.stdout.strip().splitlines()[-1])
 
 
 def _serve(artifact, upstream: FakeUpstream, tmp_path) -> tuple[subprocess.Popen, str]:

@@ -13,7 +13,7 @@ import pytest
 from training.data import load_traffic, write_jsonl
 from training.sweep import parse_grid, parse_seeds
 
-from .conftest import DEMO, ROOT
+from .conftest import DEMO, ROOT, strict_json
 
 FAST = ["--set", "train.epochs=20", "--set", "eval.n_boot=20", "--set", "eval.knob_points=31",
         "--set", "eval.baselines=random,best-single,oracle"]
@@ -27,7 +27,7 @@ def run_cli(*args, cwd, env=None):
 def cli_json(*args, cwd, env=None):
     out = run_cli(*args, cwd=cwd, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return strict_json(out.stdout.strip().splitlines()[-1])
 
 
 def test_parse_seeds_and_grid():

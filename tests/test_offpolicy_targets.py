@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -42,6 +43,24 @@ def test_default_knob_is_read_where_evaluate_puts_it():
     assert targets.default_knob({"test": {"default_knob": block}}) == block
     assert targets.default_knob({"default_knob": block}) == block
     assert targets.default_knob({"test": {"aiq": 0.7}}) is None
+
+
+def test_learning_runs_on_the_named_tables_and_on_a_users_own(tmp_path):
+    table = tmp_path / "mine.jsonl"
+    table.write_text("{}\n")
+    args = argparse.Namespace(table=[f"mine={table}"], mmlu_pro=str(tmp_path / "absent.parquet"), train_set=None,
+                              out=str(tmp_path), demo_n=4000)
+    mine = targets.protocol("mine", args, tmp_path / "mine")
+    assert (mine.data, mine.bootstrap, mine.logged, mine.load) == (table, 0.05, 0.65, [])
+    routellm = targets.shared_tables(args)["routellm"]
+    assert routellm[1][0] == "--exclude" and routellm[1][1].endswith("contaminated_prompts.jsonl")
+    with pytest.raises(SystemExit, match="unknown data set 'nope'.*routellm, mmlu-pro-7, mine"):
+        targets.protocol("nope", args, tmp_path)
+    with pytest.raises(SystemExit, match="absent.parquet not found"):
+        targets.protocol("mmlu-pro", args, tmp_path)
+    for bad in ("routellm=x.csv", "demo=x.jsonl", "noequals"):
+        with pytest.raises(SystemExit, match="--table"):
+            targets.shared_tables(argparse.Namespace(**{**vars(args), "table": [bad]}))
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ import pytest
 
 from training.data import Preference, Record, load_traffic, write_jsonl
 
-from .conftest import DEMO, ROOT, demo_head
+from .conftest import DEMO, ROOT, demo_head, strict_json
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=25", "--set", "eval.n_boot=20", "--set", "eval.knob_points=41"]
@@ -23,7 +24,7 @@ def cli(*args, cwd, env=None, timeout=900):
     out = subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, args)], capture_output=True, text=True,
                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return strict_json(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -408,3 +409,21 @@ def test_simulate_log_writes_bootstrap_log_and_test_parts_that_train_and_evaluat
     scored = cli("evaluate", "--checkpoint", out / "bootstrap_router", "--data", out / "log.jsonl", "--json",
                  "--quiet", cwd=tmp_path)
     assert scored["test"]["estimator"] == "snips" and scored["scored"] == 750
+    assert result["logged_mean_cost"] > 0
+
+
+def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
+    """Two models with a quality only, as in RouteLLM's tables (the router's cost axis is the strong model's
+    share): no logged cost to average, so the logged mean cost is null, not NaN."""
+    table, _ = load_traffic(DEMO)
+    pair = table.models[:2]
+    records = [dataclasses.replace(r, outcomes={m: dataclasses.replace(r.outcomes[m], cost=None, input_tokens=None,
+                                                                       output_tokens=None) for m in pair})
+               for r in table.records[:700] if all(m in r.outcomes for m in pair)]
+    full = write_jsonl(records, tmp_path / "full.jsonl")
+    result = cli("simulate-log", "--data", full, "--out", tmp_path / "sim", "--bootstrap", "300", "--logged", "200",
+                 "--explore-rate", "0.2", "--explore-seed", "0", "--quiet", *FAST, "--set", "tracking.enabled=false",
+                 "--set", "eval.baselines=random", cwd=tmp_path)
+    assert result["logged_records"] == 200 and result["logged_mean_cost"] is None
+    assert 0 <= result["logged_mean_quality"] <= 1
+    assert strict_json((tmp_path / "sim" / "simulation.json").read_text())["logged_mean_cost"] is None

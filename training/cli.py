@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_ml.cli import add_exploration_options
+from router_ml.cli import add_exploration_options, print_json
 from router_ml.errors import RouterMLError
 
 __all__ = ["register"]
@@ -102,7 +101,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
                             "source": report.source, "quarantine": report.quarantine,
                             "ignored_columns": report.ignored_columns}
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
         return 0
     print(f"{report.source}  ({report.format})")
     print(f"  records: {summary['records']}   rejected: {report.rejected}   excluded: {report.excluded}"
@@ -133,8 +132,8 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     out = args.out
     writer = write_parquet if out.endswith(".parquet") else write_jsonl
     writer(table, out)
-    print(json.dumps({"out": out, "records": len(table), "rejected": report.rejected,
-                      "excluded": report.excluded, "models": list(table.models)}))
+    print_json({"out": out, "records": len(table), "rejected": report.rejected,
+                      "excluded": report.excluded, "models": list(table.models)})
     return 0
 
 
@@ -176,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{_fmt(test.get('best_quality'), '.4f')}; saved to {summary['out']}"
               + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
               file=sys.stderr)
-        print(json.dumps(summary))
+        print_json(summary)
     return 0
 
 
@@ -190,7 +189,7 @@ def _train_scorer(args: argparse.Namespace, config: Any) -> int:
           f"{summary['fit_seconds']} s; test AUC {_fmt(test.get('scorer_auc'), '.4f')} (pooled); saved to "
           f"{summary['out']}" + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
           file=sys.stderr)
-    print(json.dumps(summary))
+    print_json(summary)
     return 0
 
 
@@ -202,8 +201,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     config = load_config(args.config, list(args.set or []))
-    print(json.dumps(featurize_shard(config, args.path, shard=shard, cache_dir=args.cache_dir, prices=args.prices,
-                                     **_load_options(args))))
+    print_json(featurize_shard(config, args.path, shard=shard, cache_dir=args.cache_dir, prices=args.prices,
+                                     **_load_options(args)))
     return 0
 
 
@@ -220,7 +219,7 @@ def cmd_simulate_log(args: argparse.Namespace) -> int:
                           logged=_size(args.logged, "--logged"), exploration=exploration, seed=args.seed,
                           willingness_to_pay=args.willingness_to_pay, progress=not args.quiet,
                           **_load_options(args))
-    print(json.dumps(result))
+    print_json(result)
     return 0
 
 
@@ -304,7 +303,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(datasets) == 1:  # one set: the same JSON shape as training's test report
         single = result["sets"][0]
         if args.json:
-            print(json.dumps(single))
+            print_json(single)
             return 0
         _print_scores(f"{single['router']} on {single['data']}: {single['scored']} prompts scored "
                       f"({_seen_note(single)})", single["test"])
@@ -312,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_artifacts(single)
         return 0
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
         return 0
     for one in result["sets"]:
         note = f"; not in this data: {len(one['models_missing'])} models" if one["models_missing"] else ""
@@ -338,7 +337,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
                                 "options")
         result = compare_cascades(args.cascade, sort=args.sort)
-        print(json.dumps(result) if args.json else format_cascade_table(result))
+        if args.json:
+            print_json(result)
+        else:
+            print(format_cascade_table(result))
         return 0
     if args.router:
         from training.compare import compare_routers, format_router_table
@@ -351,14 +353,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _setup_logging(args.quiet or args.json)
         result = compare_routers(args.router, args.path, sort=args.sort, **_evaluate_options(args))
         _warn({"sets": result["routers"]})
-        print(json.dumps(result) if args.json else format_router_table(result))
+        if args.json:
+            print_json(result)
+        else:
+            print(format_router_table(result))
         return 0
     from training.compare import compare_runs, format_table
 
     result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
                           sort=args.sort, allow_mixed=args.allow_mixed, plot=None if args.no_plot else args.plot,
                           log_to_mlflow=not args.no_log)
-    print(json.dumps(result) if args.json else format_table(result))
+    if args.json:
+        print_json(result)
+    else:
+        print(format_table(result))
     return 0
 
 
@@ -371,7 +379,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        train_size=args.train_size, prices=args.prices, cache_dir=args.cache_dir,
                        progress=not args.quiet, **_load_options(args))
     print(format_summary(result), file=sys.stderr)
-    print(json.dumps(result))
+    print_json(result)
     return 0
 
 
@@ -385,7 +393,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{args.run_id}/router")
     report = export_router(checkpoint, args.out, quantize=args.quantize, default_willingness=args.willingness_to_pay)
-    print(json.dumps({"out": args.out, **report}))
+    print_json({"out": args.out, **report})
     return 0
 
 
@@ -399,7 +407,7 @@ def cmd_cascade_evaluate(args: argparse.Namespace) -> int:
                                   scorer_latency_ms=args.scorer_latency_ms, n_boot=args.n_boot,
                                   headline=args.headline, tracking=not args.no_tracking,
                                   tracking_uri=args.tracking_uri, experiment=args.experiment, **_load_options(args))
-    print(json.dumps(report if args.full else compact(report)))
+    print_json(report if args.full else compact(report))
     return 0
 
 

@@ -94,7 +94,9 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
         "min_propensity": float(min(d.propensity for d in decisions)),
         "chosen_share": {m: float(np.mean([d.model == m for d in decisions])) for m in router.models},
         "logged_mean_quality": float(np.mean([o.quality for o in chosen])),
-        "logged_mean_cost": float(np.mean([o.cost for o in chosen if o.cost is not None] or [np.nan])),
+        # None when the data has no costs (RouteLLM's tables): JSON has no NaN
+        "logged_mean_cost": float(np.mean(costs)) if (costs := [o.cost for o in chosen if o.cost is not None])
+        else None,
         "bootstrap_router": {"out": summary["out"], "artifact": summary["artifact"],
                              "test": {k: summary["test"].get(k) for k in ("aiq", "best_quality", "apgr")}},
     }
