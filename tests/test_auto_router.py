@@ -142,6 +142,39 @@ def _train(tmp_path, data, **overrides):
                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+def test_the_training_commands_default_to_the_auto_config():
+    """Without --config, train / simulate-log / sweep / featurize read auto.toml (the default router);
+    TrainConfig() in code stays the plain MLP building block."""
+    from router_ml.cli import build_parser
+    from training.cli import DEFAULT_CONFIG as CLI_DEFAULT
+    from training.config import DEFAULT_CONFIG, TrainConfig, packaged_config
+
+    assert Path(CLI_DEFAULT) == DEFAULT_CONFIG == packaged_config("auto") == ROOT / "training/configs/auto.toml"
+    parser = build_parser()
+    for command in (["train", "--out", "o"], ["simulate-log", "--out", "o"], ["sweep", "--out", "o"], ["featurize"]):
+        args = parser.parse_args([command[0], "--data", "d.jsonl", *command[1:]])
+        assert args.config == CLI_DEFAULT, command
+    assert load_config(CLI_DEFAULT).router.kind == "auto" and TrainConfig().router.kind == "mlp"
+
+
+@pytest.mark.slow
+def test_train_without_a_config_selects_itself(tmp_path, demo_800):
+    """`router-ml train --data D --out O`, as a new user runs it: the auto router, its selection printed."""
+    import subprocess
+    import sys
+
+    sets = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in FAST.items()]
+    sets += ["router.candidates=logreg,knn,ensemble", "tracking.enabled=false", "eval.baselines=random,knn,logreg"]
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "train", "--data", str(demo_800), "--out",
+                          str(tmp_path / "r"), "--quiet", *[a for s in sets for a in ("--set", s)]],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["router"] == "auto"
+    assert set(summary["selection"]["candidates"]) >= {"logreg", "knn"}
+    assert summary["selection"]["chosen"] in {"logreg", "knn", "ensemble"}
+
+
 def _runtime_matches_training(summary, data):
     """The exported artifact's ``Router.predict`` equals the training-side predictions (test_predictions)."""
     from router_ml import Router

@@ -11,7 +11,7 @@ from training.data import load_traffic, write_jsonl
 from training.offpolicy import complete_targets, factor_targets, fit_factor, min_full_records
 
 from .conftest import DEMO
-from .test_pipeline import FAST, cli
+from .test_pipeline import FAST, MLP_STATIC, cli
 
 
 def _one_factor(n: int, loadings: np.ndarray, noise_sd: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +92,13 @@ def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_
     table, _ = load_traffic(DEMO)
     full = write_jsonl(table.records[:1200], tmp_path / "full.jsonl")
     sim = tmp_path / "sim"
-    cli("simulate-log", "--data", full, "--out", sim, "--bootstrap", "300", "--logged", "600", "--explore-rate",
-        "0.3", "--explore-seed", "0", "--seed", "0", "--quiet", *FAST, "--set", "tracking.enabled=false",
-        "--set", "eval.baselines=random", cwd=tmp_path)
+    cli("simulate-log", "--config", MLP_STATIC, "--data", full, "--out", sim, "--bootstrap", "300", "--logged", "600",
+        "--explore-rate", "0.3", "--explore-seed", "0", "--seed", "0", "--quiet", *FAST,
+        "--set", "tracking.enabled=false", "--set", "eval.baselines=random", cwd=tmp_path)
     both = tmp_path / "train.jsonl"
     both.write_text((sim / "bootstrap.jsonl").read_text() + (sim / "log.jsonl").read_text())
-    common = ["--set", "tracking.enabled=false", "--set", "eval.baselines=random", *FAST, "--quiet"]
+    common = ["--config", MLP_STATIC, "--set", "tracking.enabled=false", "--set", "eval.baselines=random", *FAST,
+              "--quiet"]
     imputed = cli("train", "--data", both, "--out", tmp_path / "imputed", *common, cwd=tmp_path)
     report = imputed["logged_targets"]
     assert report["method"] == "impute" and report["full_records"] + report["partial_records"] == (

@@ -18,6 +18,8 @@ from .conftest import DEMO, ROOT, demo_head, strict_json
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=25", "--set", "eval.n_boot=20", "--set", "eval.knob_points=41"]
+#: the MLP the mechanics tests train (without --config the CLI trains the self-selecting auto.toml)
+MLP_STATIC = ROOT / "training/configs/mlp_static.toml"
 
 
 def cli(*args, cwd, env=None, timeout=900):
@@ -99,8 +101,9 @@ def test_masked_logged_traffic_still_trains_and_beats_random(tmp_path, demo_subs
         masked.append(Record(prompt=record.prompt, messages=record.messages, sample_id=record.sample_id,
                              outcomes={keep: record.outcomes[keep]}, task=record.task))
     path = write_jsonl(masked, tmp_path / "masked.jsonl")
-    summary = cli("train", "--data", path, "--out", tmp_path / "r", "--set", "tracking.enabled=false",
-                  "--set", "eval.baselines=random,best-single,oracle", *FAST, cwd=tmp_path)
+    summary = cli("train", "--config", MLP_STATIC, "--data", path, "--out", tmp_path / "r",
+                  "--set", "tracking.enabled=false", "--set", "eval.baselines=random,best-single,oracle", *FAST,
+                  cwd=tmp_path)
     test = summary["test"]
     assert test["estimator"] == "ips" and test["baselines"]["oracle"]["aiq"] is None
     assert test["aiq"] > test["baselines"]["random"]["aiq"]
@@ -114,7 +117,8 @@ def test_unreachable_mlflow_does_not_stop_training(tmp_path, demo_subset):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    summary = cli("train", "--data", demo_subset, "--out", tmp_path / "r", *FAST, "--set", "eval.baselines=random",
+    summary = cli("train", "--config", MLP_STATIC, "--data", demo_subset, "--out", tmp_path / "r", *FAST,
+                  "--set", "eval.baselines=random",
                   cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
     assert summary["run_id"] is None and "start" in summary["tracking_error"]
     assert summary["test"]["aiq"] > summary["test"]["baselines"]["random"]["aiq"]
@@ -128,7 +132,8 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path, demo_subset):
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(port),
-         "-m", "router_ml.cli", "train", "--data", str(demo_subset), "--out", str(tmp_path / "r"), "--quiet",
+         "-m", "router_ml.cli", "train", "--config", str(MLP_STATIC), "--data", str(demo_subset), "--out",
+         str(tmp_path / "r"), "--quiet",
          "--set", "tracking.enabled=false", "--set", "eval.baselines=random", *FAST],
         capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -392,7 +397,8 @@ def test_simulate_log_writes_bootstrap_log_and_test_parts_that_train_and_evaluat
     table, _ = load_traffic(DEMO)
     full = write_jsonl(table.records[:1500], tmp_path / "full.jsonl")
     out = tmp_path / "sim"
-    result = cli("simulate-log", "--data", full, "--out", out, "--bootstrap", "400", "--logged", "0.5",
+    result = cli("simulate-log", "--config", MLP_STATIC, "--data", full, "--out", out, "--bootstrap", "400",
+                 "--logged", "0.5",
                  "--explore-rate", "0.3", "--explore-seed", "1", "--seed", "0", "--quiet", *FAST,
                  "--set", "tracking.enabled=false", "--set", "eval.baselines=random", cwd=tmp_path)
     parts = {name: load_traffic(out / f"{name}.jsonl")[0] for name in ("bootstrap", "log", "test")}
@@ -421,7 +427,8 @@ def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
                                                                        output_tokens=None) for m in pair})
                for r in table.records[:700] if all(m in r.outcomes for m in pair)]
     full = write_jsonl(records, tmp_path / "full.jsonl")
-    result = cli("simulate-log", "--data", full, "--out", tmp_path / "sim", "--bootstrap", "300", "--logged", "200",
+    result = cli("simulate-log", "--config", MLP_STATIC, "--data", full, "--out", tmp_path / "sim", "--bootstrap",
+                 "300", "--logged", "200",
                  "--explore-rate", "0.2", "--explore-seed", "0", "--quiet", *FAST, "--set", "tracking.enabled=false",
                  "--set", "eval.baselines=random", cwd=tmp_path)
     assert result["logged_records"] == 200 and result["logged_mean_cost"] is None

@@ -14,10 +14,15 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from router_ml.cli import add_exploration_options, print_json
 from router_ml.errors import RouterMLError
+
+#: the config the training commands read without --config: training.config.DEFAULT_CONFIG, spelled out
+#: here so that building the parser (which every router-ml command does) imports nothing of training
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "auto.toml")
 
 __all__ = ["register"]
 
@@ -452,7 +457,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.set_defaults(func=cmd_data_convert)
 
     train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")
-    train.add_argument("--config", help="TOML config (training/configs/*.toml); defaults when omitted")
+    train.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (training/configs/*.toml; "
+                       "default: auto.toml, the router that selects itself)")
     train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
     train.add_argument("--out", required=True, help="directory to write the trained router (or scorer) to")
     train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
@@ -469,7 +475,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "an exploring router trained on it would write (with propensities) and a test set")
     simulate.add_argument("--data", required=True, dest="path", help="full-information data (every model's outcome)")
     simulate.add_argument("--out", required=True, help="directory for bootstrap.jsonl, log.jsonl, test.jsonl")
-    simulate.add_argument("--config", help="the bootstrap router's TOML config (default: the defaults)")
+    simulate.add_argument("--config", default=DEFAULT_CONFIG, help="the bootstrap router's TOML config "
+                          "(default: training/configs/auto.toml)")
     simulate.add_argument("--bootstrap", default="0.05", help="bootstrap records: a count or a fraction (0.05)")
     simulate.add_argument("--logged", default="0.65", help="logged records: a count or a fraction (0.65); "
                           "the rest is the test set")
@@ -521,7 +528,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=cmd_compare)
 
     sweep = sub.add_parser("sweep", help="train a grid of settings x seeds as MLflow child runs and summarise")
-    sweep.add_argument("--config", help="TOML config the grid starts from")
+    sweep.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config the grid starts from (default: "
+                       "training/configs/auto.toml)")
     sweep.add_argument("--data", required=True, dest="path")
     sweep.add_argument("--set", action="append", metavar="SECTION.KEY=V1,V2,...",
                        help="values to sweep (repeatable: the grid is every combination)")
@@ -545,7 +553,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     featurize = sub.add_parser("featurize", help="featurize shard K of N of a data set into the feature cache "
                                "that 'train' reads (fan it out with any batch engine)")
-    featurize.add_argument("--config", help="the TOML config 'train' will use (its [featurizer] section counts)")
+    featurize.add_argument("--config", default=DEFAULT_CONFIG, help="the TOML config 'train' will use (its "
+                           "[featurizer] section counts; default: training/configs/auto.toml, as for train)")
     featurize.add_argument("--data", required=True, dest="path", help="the data 'train' will get, with the same "
                            "input options (the cache key holds the loaded records' fingerprint)")
     featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "

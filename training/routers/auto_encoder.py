@@ -31,12 +31,12 @@ def encoder_candidate_config(config):
     ``[train]`` (which encoder, and how to fine-tune it: settings an MLP's 80 epochs at lr 1e-3 would
     wreck) with the auto run's own ``[data]``, ``[featurizer]``, ``[eval]``, ``[tracking]`` and
     ``train.device``, so the candidate sees the same split, seed and device."""
-    from training.config import ConfigError, TrainConfig, load_config
+    from training.config import ConfigError, TrainConfig, load_config, packaged_config
 
     name = config.router.auto_encoder_config
     path = Path(name)
     if not path.suffix:  # a packaged config's name, e.g. "encoder_fast"
-        path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"
+        path = packaged_config(name)
     if not path.is_file():
         raise ConfigError(f"router.auto_encoder_config = {name!r}: no config at {path}; name one in "
                           "training/configs (e.g. encoder_fast) or give a TOML path")
