@@ -301,6 +301,28 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
 
 
+def test_on_masked_logged_records_auto_scores_the_full_records_or_says_why_it_cannot():
+    """Logged records left partial (loss.logged_targets = "mask"): the candidates are compared on the
+    records with every outcome when there are enough; with none, and a model the held-out records never
+    observed, a clear error instead of a crash in the scoring."""
+    from router_ml.errors import RouterMLError
+    from training.routers import AutoRouter
+
+    X, quality = _synthetic(n=700)
+    quality = np.nan_to_num(quality, nan=0.0)
+    chosen = np.random.default_rng(1).choice([1, 2], size=len(quality))  # the logging router never chose model 0
+    logged = np.full_like(quality, np.nan)
+    logged[np.arange(len(quality)), chosen] = quality[np.arange(len(quality)), chosen]
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn"]})
+    mixed = np.concatenate([quality[:200], logged[200:]])  # 200 full records, then the log
+    train, val = _batchable(X, mixed, np.arange(0, 500)), _batchable(X, mixed, np.arange(500, 560))
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    assert router.selection_["scored_records"] == 200
+    only_log = _batchable(X, logged, np.arange(0, 500)), _batchable(X, logged, np.arange(500, 560))
+    with pytest.raises(RouterMLError, match=r"observe no outcome of model index \[0\].*logged_targets"):
+        AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(*only_log, wtp_range=(0.01, 100.0))
+
+
 def test_fp32_parity_allows_a_top_k_graph_a_rare_neighbour_swap_and_nothing_more():
     from training.export import ExportError, check_fp32
 

@@ -314,7 +314,21 @@ class _Selection:
             complete = np.all(self.pool.weights[scored] == 1, axis=1)
             if complete.sum() >= MIN_VALIDATION:
                 scored = scored[complete]
+        # logged records left partial (loss.logged_targets = "mask"): their held-out cells can only be
+        # scored by exposure weights, biased when the logging router looked at the prompt - the records
+        # with every outcome (the bootstrap set) score the candidates instead, where there are enough
+        full = np.isfinite(self.pool.quality[scored]).all(axis=1)
+        if not full.all() and full.sum() >= MIN_VALIDATION:
+            scored = scored[full]
         Q = self.pool.quality[scored]
+        unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
+        if unseen.size:
+            raise RouterMLError(
+                f"router.kind = auto: the {len(scored)} held-out records observe no outcome of model index "
+                f"{unseen.tolist()} (the data's model order, as `router-ml data inspect` lists it) and hold fewer "
+                f"than {MIN_VALIDATION} records with every outcome, so the candidates cannot be compared on them; "
+                "train on logged records with loss.logged_targets = \"impute\" (the default), add records "
+                "evaluated on every model, or pick a router kind")
         grid = knob_grid(np.nanmean(self.train.cost, axis=0), self.config.eval.knob_points)
         held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
                        models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
