@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from router_ml import __version__
+from router_ml._json import finite
 from router_ml.errors import RouterMLError
 
 __all__ = ["COMMAND_GROUP", "RUNTIME_COMMANDS", "add_renamed_option", "build_parser", "main"]
@@ -62,12 +63,7 @@ def add_renamed_option(parser: argparse.ArgumentParser, new: str, *, old: str, r
 
 def print_json(obj: Any) -> None:
     """Print one JSON object on a line, strict JSON: a NaN or infinity (a metric with no value) is null."""
-    try:
-        print(json.dumps(obj, allow_nan=False))
-    except ValueError:
-        from router_ml._json import finite
-
-        print(json.dumps(finite(obj)))
+    print(json.dumps(finite(obj), allow_nan=False))
 
 
 def _prompts_from_file(path: str) -> list[str]:

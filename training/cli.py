@@ -14,15 +14,15 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from router_ml.cli import add_exploration_options, print_json
 from router_ml.errors import RouterMLError
+from training import configs
 
-#: the config the training commands read without --config: training.config.DEFAULT_CONFIG, spelled out
-#: here so that building the parser (which every router-ml command does) imports nothing of training
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "auto.toml")
+#: the config the training commands read without --config (training.configs: paths only, so building
+#: the parser, which every router-ml command does, imports nothing of the training stack)
+DEFAULT_CONFIG = str(configs.DEFAULT_CONFIG)
 
 __all__ = ["register"]
 

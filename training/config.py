@@ -22,21 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from router_ml.errors import RouterMLError
+from training.configs import CONFIGS_DIR, DEFAULT_CONFIG, packaged_config
 from training.evaluation import BASELINES
 
 __all__ = ["BASELINE_NAMES", "CONFIGS_DIR", "DEFAULT_CONFIG", "ConfigError", "TrainConfig", "load_config",
            "packaged_config"]
 
-#: the TOML configs shipped with the package (``training/configs``)
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-#: what ``train``, ``simulate-log``, ``sweep`` and ``featurize`` read when no ``--config`` is given: the
-#: self-selecting router. (``TrainConfig()`` in code stays the plain building-block defaults: an MLP.)
-DEFAULT_CONFIG = CONFIGS_DIR / "auto.toml"
-
-
-def packaged_config(name: str) -> Path:
-    """The path of a shipped config by name (``"encoder_fast"`` -> ``training/configs/encoder_fast.toml``)."""
-    return CONFIGS_DIR / f"{name}.toml"
 
 #: The baselines ``eval.baselines`` may name, in report order: the names of the evaluation's registry
 #: (:data:`training.evaluation.BASELINES`; ``knn`` and ``logreg`` are trained on the featurizer's features).

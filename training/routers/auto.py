@@ -310,14 +310,14 @@ class _Selection:
             log.info("auto: part %d/%d fitted (%s)", k + 1, len(parts),
                      ", ".join(f"{f} {t:.0f}s" for f, t in self.seconds.items()))
         scored = np.concatenate([s for _, s in parts])
-        if self.pool.weights is not None:  # completed logged records: score only records with no imputed cell
-            complete = np.all(self.pool.weights[scored] == 1, axis=1)
-            if complete.sum() >= MIN_VALIDATION:
-                scored = scored[complete]
-        # logged records left partial (loss.logged_targets = "mask"): their held-out cells can only be
-        # scored by exposure weights, biased when the logging router looked at the prompt - the records
-        # with every outcome (the bootstrap set) score the candidates instead, where there are enough
-        full = np.isfinite(self.pool.quality[scored]).all(axis=1)
+        # logged records score the candidates badly: an imputed cell is no outcome, and a cell left
+        # unobserved (loss.logged_targets = "mask") is scored by exposure weights, biased when the logging
+        # router looked at the prompt - so the records whose every outcome was observed (the bootstrap
+        # set) score them instead, where there are enough
+        observed = np.isfinite(self.pool.quality[scored])
+        if self.pool.weights is not None:
+            observed &= self.pool.weights[scored] == 1
+        full = observed.all(axis=1)
         if not full.all() and full.sum() >= MIN_VALIDATION:
             scored = scored[full]
         Q = self.pool.quality[scored]
