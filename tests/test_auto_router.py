@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ConfigError, load_config
+from training.config import ConfigError, TrainConfig, load_config
 from training.data import load_traffic
 from training.routers.baselines import KNNRouter, LogRegRouter
 from training.routers.heads import (
@@ -89,7 +89,7 @@ def test_saved_spec_rebuilds_every_head_with_its_weights():
         build_head({"type": "forest"}, 4, 2)
 
 
-def test_auto_settings_are_validated_with_the_key_named():
+def test_auto_settings_are_validated_with_the_key_named(tmp_path):
     assert load_config(ROOT / "training/configs/auto.toml").router.kind == "auto"
     with pytest.raises(ConfigError, match=r"router.candidates\[1\].*unknown candidate 'forest'"):
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=mlp,forest"])
@@ -103,6 +103,43 @@ def test_auto_settings_are_validated_with_the_key_named():
         load_config(ROOT / "training/configs/auto.toml", ["router.auto_encoder=gpu"])
     with pytest.raises(ConfigError, match="the ensemble averages"):  # the encoder is not averaged in
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
+    with pytest.raises(ConfigError, match="router.ensemble_confidence.*between 0 and 1"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_confidence=1.5"])
+    # the fixed margin it replaced: named in a file or --set, a pointer to the new key; in a checkpoint
+    # saved before (its config.json), dropped
+    with pytest.raises(ConfigError, match="--set: router.ensemble_margin was replaced by router.ensemble_confidence"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_margin=0.002"])
+    old = tmp_path / "old.toml"
+    old.write_text('[router]\nkind = "auto"\nensemble_margin = 0.002\n')
+    with pytest.raises(ConfigError, match=r"old.toml: router.ensemble_margin was replaced by router.ensemble_conf"):
+        load_config(old)
+    saved = {**load_config(ROOT / "training/configs/auto.toml").to_flat(), "router.ensemble_margin": 0.002}
+    assert TrainConfig.from_flat(saved).router.ensemble_confidence == 0.95
+
+
+def test_the_paired_bootstrap_counts_the_resamples_one_router_routes_better_on():
+    """How ``auto`` decides that a single candidate beats the ensemble beyond noise."""
+    from training.evaluation import HeldOut
+    from training.routers.auto import _paired_wins
+
+    rng = np.random.default_rng(0)
+    n = 300
+    quality = (rng.random((n, 2)) < np.array([0.5, 0.8])).astype(float)  # a cheap and a dear model
+    cost = np.tile([1.0, 10.0], (n, 1))
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(0.1, 1000, 16),
+                   models=("cheap", "dear"), n_boot=0)
+    knows = quality * 0.9 + 0.05  # predicts each outcome: sends a prompt to the cheap model when it suffices
+    guesses = np.tile([0.5, 0.8], (n, 1)) + rng.normal(0, 0.01, (n, 2))  # the prior, with noise
+    assert _paired_wins(knows, guesses, held, seed=0) == 1.0
+    assert _paired_wins(guesses, knows, held, seed=0) == 0.0
+    assert _paired_wins(guesses, guesses, held, seed=0) == 0.0  # a tie is no win
+    barely = guesses.copy()
+    barely[:2] = knows[:2]  # right on 2 prompts of 300: better on most resamples, not beyond noise
+    share = _paired_wins(barely, guesses, held, seed=0, n_boot=100)
+    assert share == _paired_wins(barely, guesses, held, seed=0, n_boot=100)  # seeded
+    assert 0.5 < share < 0.95
+    barely[:20] = knows[:20]  # on 20: on every resample
+    assert _paired_wins(barely, guesses, held, seed=0, n_boot=100) == 1.0
 
 
 def test_the_encoder_candidate_takes_its_fine_tuning_from_its_own_config_and_the_split_from_the_run(tmp_path):
@@ -279,13 +316,22 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
     assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
     assert router.predict((X[600:],)).shape == (100, 3)
-    # the ensemble is kept unless a single candidate beats it by more than router.ensemble_margin
-    for margin, ensemble_kept in ((1.0, True), (0.0, None)):
-        wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_margin": margin})
+    # the ensemble is kept unless the best single candidate beats it on router.ensemble_confidence of the
+    # paired bootstrap resamples
+    for confidence in (0.0, 0.95, 1.0):
+        wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"],
+                                 "router.ensemble_confidence": confidence})
         picked = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
         scores = picked.selection_["candidates"]
         best = max(scores, key=lambda c: scores[c]["val_aiq"])
-        assert picked.selection_["chosen"] == ("ensemble" if ensemble_kept else best)
+        if best == "ensemble":
+            assert picked.selection_["chosen"] == "ensemble"
+            continue
+        wins = scores[best]["beats_ensemble"]
+        assert 0.0 <= wins <= 1.0 and "beats_ensemble" not in scores["ensemble"]
+        assert picked.selection_["chosen"] == (best if wins >= confidence else "ensemble")
+        if confidence == 0.0:
+            assert picked.selection_["chosen"] == best
     # the encoder candidate needs a CUDA device by default, and the prompts (which the pipeline hands over)
     for mode, reason in (("cuda", "no CUDA device"), ("always", "prompts were not given"), ("never", "never")):
         if mode == "cuda" and torch.cuda.is_available():

@@ -75,7 +75,9 @@ class RouterConfig:
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
     calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
-    ensemble_margin: float = 0.002  #: auto: held-out AIQ a single candidate must beat the ensemble by to be kept
+    #: auto: a single candidate replaces the ensemble only when it beats it on this share of paired
+    #: bootstrap resamples of the held-out prompts (1 = every resample)
+    ensemble_confidence: float = 0.95
     auto_pick: str = ""            #: auto: '' = the best held-out AIQ; a candidate's name keeps that one instead
     auto_encoder: str = "cuda"     #: auto: fit the "encoder" candidate: cuda (with a CUDA device) | always | never
     auto_encoder_config: str = "encoder_fast"  #: auto: its config: a name in training/configs or a TOML path
@@ -172,7 +174,7 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> TrainConfig:
         """The config of a :meth:`to_flat` dict (a saved checkpoint's ``config.json``), validated."""
-        return _build(_nest(flat), source="<flat config>")
+        return _build(_nest(flat), source=FLAT_SOURCE)
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with dotted-key overrides applied, e.g. ``replace(**{"loss.tradeoff_weight": 0})``."""
@@ -223,8 +225,21 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
     return value
 
 
+#: keys of earlier versions: a saved checkpoint's config drops them (they only steered how it was
+#: trained); a config file or ``--set`` naming one is told what replaced it
+RETIRED = {"router.ensemble_margin": "router.ensemble_confidence (the share of paired bootstrap resamples "
+                                     "on which a single candidate must beat the ensemble, default 0.95)"}
+FLAT_SOURCE = "<flat config>"
+
+
 def _build(nested: dict[str, dict[str, Any]], *, source: str, check: bool = True) -> TrainConfig:
     sections = {f.name: f for f in fields(TrainConfig)}
+    for key, instead in RETIRED.items():
+        section, _, name = key.partition(".")
+        if name in nested.get(section, {}):
+            if source != FLAT_SOURCE:
+                raise ConfigError(f"{source}: {key} was replaced by {instead}")
+            nested[section] = {k: v for k, v in nested[section].items() if k != name}
     unknown = set(nested) - set(sections)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; valid: {sorted(sections)}")
@@ -273,7 +288,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.group_weight": (lambda v: 0 <= v <= 1, "a weight in [0, 1]"),
     "router.cv_below": (lambda v: v >= 0, "an integer >= 0 (0 = never cross-validate a large enough split)"),
     "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
-    "router.ensemble_margin": (lambda v: v >= 0, "an AIQ margin >= 0"),
+    "router.ensemble_confidence": (lambda v: 0 <= v <= 1, "a share between 0 and 1"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "router.auto_encoder_records": (lambda v: v >= 1, "an integer >= 1"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
@@ -470,6 +485,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         pairs = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
         flat = config.to_flat()
         for key, value in pairs:
+            if key in RETIRED:
+                raise ConfigError(f"--set: {key} was replaced by {RETIRED[key]}")
             if key not in flat:
                 raise ConfigError(f"--set: unknown key '{key}'; valid keys: {', '.join(sorted(flat))}")
             flat[key] = value

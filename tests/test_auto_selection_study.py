@@ -1,0 +1,58 @@
+"""scripts/auto_selection_study.py: its choice rules on known selections, and one forced-pick run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("auto_selection_study", ROOT / "scripts" / "auto_selection_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def _run(test_aiq: float, candidates: dict) -> dict:
+    return {"test": {"aiq": test_aiq, "baselines": {"knn": {"aiq": 0.70}, "logreg": {"aiq": 0.71}}},
+            "selection": {"candidates": candidates}}
+
+
+def test_each_rule_picks_from_the_same_selection_and_is_scored_against_the_best_baseline():
+    # seed 0: knn leads the ensemble by 0.003 held-out AIQ but beats it on only 60% of resamples
+    close = {"ensemble": {"val_aiq": 0.800}, "knn": {"val_aiq": 0.803, "beats_ensemble": 0.60},
+             "logreg": {"val_aiq": 0.790}, "mlp": {"val_aiq": 0.780}, "mf": {"val_aiq": 0.770}}
+    # seed 1: logreg leads by 0.010 and beats it on 99%
+    clear = {"ensemble": {"val_aiq": 0.800}, "knn": {"val_aiq": 0.790}, "mlp": {"val_aiq": 0.780},
+             "logreg": {"val_aiq": 0.810, "beats_ensemble": 0.99}, "mf": {"val_aiq": 0.770}}
+    tests = {"ensemble": 0.72, "knn": 0.70, "logreg": 0.73, "mlp": 0.69, "mf": 0.68}
+    results = {("t", 0): {p: _run(a, close) for p, a in tests.items()},
+               ("t", 1): {p: _run(a, clear) for p, a in tests.items()}}
+    rules = study.summarize(results)
+    default = rules["confidence>=0.95 (default)"]
+    assert default["picks"] == {"ensemble": 1, "logreg": 1}
+    assert default["mean_vs_best_baseline"] == pytest.approx(((0.72 - 0.71) + (0.73 - 0.71)) / 2)
+    assert rules["margin 0.002"]["picks"] == {"knn": 1, "logreg": 1}
+    assert rules["margin 0.002"]["runs_below"] == 1  # knn's 0.70 is below the logreg baseline's 0.71
+    assert rules["best held-out"]["picks"] == {"knn": 1, "logreg": 1}
+    assert rules["always ensemble"]["per_table"]["t"] == pytest.approx(0.01)
+
+
+def test_a_forced_pick_run_keeps_its_json_and_drops_its_artifact(tmp_path):
+    rng = np.random.default_rng(0)
+    n, models = 160, ("cheap", "dear")
+    frame = pd.DataFrame({"prompt": [f"question {i} about topic {i % 7}" for i in range(n)]})
+    for j, model in enumerate(models):
+        frame[model] = (rng.random(n) < 0.5 + 0.3 * j).astype(float)
+        frame[f"{model}|total_cost"] = 0.001 * (1 + 9 * j)
+    table = tmp_path / "tiny.parquet"
+    frame.to_parquet(table)
+    out = study.run_one(table, 0, "knn", tmp_path)
+    report = json.loads(out.read_text())
+    assert out.name == "tiny_s0_knn.json" and not (tmp_path / "tiny_s0_knn").exists()
+    assert report["selection"]["chosen"] == "knn" and report["selection"]["picked_by"] == "router.auto_pick"
+    assert {"knn", "logreg"} <= set(report["test"]["baselines"])
+    assert study.run_one(table, 0, "knn", tmp_path) == out  # finished runs are skipped
