@@ -50,6 +50,24 @@ def test_logreg_head_matches_scikit_learn_logistic_regression():
     assert np.allclose(ours[:, 2], 1.0, atol=1e-5)
 
 
+def test_logreg_head_weighs_each_cell_as_the_torch_candidates_do():
+    """Completed logged records: an imputed cell weighs loss.imputed_weight in the logistic regression
+    too - weight 0 is a missing outcome, weight 1 an outcome, and in between lies between."""
+    X, quality = _synthetic()
+    full = np.nan_to_num(quality, nan=0.0)
+    imputed = np.isnan(quality)
+    weights = np.where(imputed, 0.0, 1.0)
+    as_missing = _sigmoid_of(fit_logreg(X, quality, 1.0), X[:50])
+    assert np.abs(_sigmoid_of(fit_logreg(X, full, 1.0, weights=weights), X[:50]) - as_missing).max() < 1e-4
+    as_outcome = _sigmoid_of(fit_logreg(X, full, 1.0), X[:50])
+    assert np.abs(_sigmoid_of(fit_logreg(X, full, 1.0, weights=np.ones_like(full)), X[:50]) - as_outcome).max() < 1e-4
+    half = _sigmoid_of(fit_logreg(X, full, 1.0, weights=np.where(imputed, 0.5, 1.0)), X[:50])
+    gap = np.abs(as_outcome - as_missing)
+    assert gap.max() > 0.01  # the imputed zeros matter
+    between = (half - np.minimum(as_missing, as_outcome) > -1e-3) & (np.maximum(as_missing, as_outcome) - half > -1e-3)
+    assert between[gap > 0.01].mean() > 0.95
+
+
 def test_knn_head_matches_the_knn_baseline_and_gives_the_prior_without_features():
     X, quality = _synthetic(n=300)
     queries = np.random.default_rng(1).normal(size=(40, X.shape[1])).astype(np.float32)

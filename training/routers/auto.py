@@ -278,7 +278,8 @@ class _Selection:
             elif family == "logreg":
                 head = None
                 for c in sorted(_grid(self.r.logreg_c, float)):  # each warm-starts from the stronger penalty's
-                    head = self._timed(family, lambda c=c, h=head: fit_logreg(X[fit], Q[fit], c, start=h))
+                    head = self._timed(family, lambda c=c, h=head: fit_logreg(X[fit], Q[fit], c, start=h,
+                                                                               weights=self._weights(fit)))
                     with torch.no_grad():
                         preds[(family, c)][score] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
             elif family == "knn":
@@ -286,6 +287,11 @@ class _Selection:
                 grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks)).predict_grid(X[score], ks))
                 for k in ks:
                     preds[(family, k)][score] = grid[k]
+
+    def _weights(self, rows: np.ndarray | None) -> np.ndarray | None:
+        """The pool's per-cell loss weights (imputed cells weigh ``loss.imputed_weight``) of ``rows`` (None: all)."""
+        w = self.pool.weights
+        return None if w is None else (w if rows is None else w[rows])
 
     def _split_tokens(self) -> tuple[Batchable, Batchable | None]:
         train, val = self._split_parts()
@@ -396,7 +402,7 @@ class _Selection:
     def _final(self, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The chosen candidate fitted for keeps (module doc) and its spec."""
         if family == "logreg":
-            return fit_logreg(self.X, self.pool.quality, param), {"type": "logreg"}
+            return fit_logreg(self.X, self.pool.quality, param, weights=self._weights(None)), {"type": "logreg"}
         if family == "knn":
             keep = np.arange(self.n)
             cap = self.r.knn_records

@@ -56,7 +56,7 @@ def _soft_bce(logits: torch.Tensor, target: torch.Tensor, observed: torch.Tensor
 
 
 def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 200,
-               start: LinearHead | None = None) -> LinearHead:
+               start: LinearHead | None = None, weights: np.ndarray | None = None) -> LinearHead:
     """A :class:`LinearHead` minimising, per model, ``0.5 |w|^2 + C * sum(soft BCE)`` over the observed
     cells (scikit-learn's objective; the intercept is not penalised). A model whose observed quality is
     constant (or that is observed fewer than twice) predicts that constant, as ``LogRegRouter`` does.
@@ -69,6 +69,8 @@ def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 
     spread = np.array([np.ptp(q[observed_np[:, j], j]) if counts[j] else 0.0 for j in range(q.shape[1])])
     learn = (counts >= 2) & (spread > 0)
     observed = torch.as_tensor(observed_np & learn[None, :], dtype=DTYPE)
+    if weights is not None:  # per-cell loss weights (an imputed target weighs less than an outcome)
+        observed = observed * torch.as_tensor(np.asarray(weights), dtype=DTYPE)
     penalised = torch.as_tensor(learn, dtype=DTYPE)[:, None]
     target = torch.as_tensor(q)
     n, d = x.shape
