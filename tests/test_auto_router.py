@@ -50,9 +50,9 @@ def test_logreg_head_matches_scikit_learn_logistic_regression():
     assert np.allclose(ours[:, 2], 1.0, atol=1e-5)
 
 
-def test_logreg_head_weighs_each_cell_as_the_torch_candidates_do():
+def test_logreg_and_knn_heads_weigh_each_cell_as_the_torch_candidates_do():
     """Completed logged records: an imputed cell weighs loss.imputed_weight in the logistic regression
-    too - weight 0 is a missing outcome, weight 1 an outcome, and in between lies between."""
+    and kNN too - weight 0 is a missing outcome, weight 1 an outcome, and in between lies between."""
     X, quality = _synthetic()
     full = np.nan_to_num(quality, nan=0.0)
     imputed = np.isnan(quality)
@@ -66,6 +66,12 @@ def test_logreg_head_weighs_each_cell_as_the_torch_candidates_do():
     assert gap.max() > 0.01  # the imputed zeros matter
     between = (half - np.minimum(as_missing, as_outcome) > -1e-3) & (np.maximum(as_missing, as_outcome) - half > -1e-3)
     assert between[gap > 0.01].mean() > 0.95
+    # kNN the same way: a weighted mean of its neighbours' targets
+    knn_missing = KNNHead(X, quality, 10)(torch.as_tensor(X[:50]))
+    knn_zero = KNNHead(X, full, 10, weights)(torch.as_tensor(X[:50]))
+    assert torch.allclose(knn_zero, knn_missing, atol=1e-5)
+    assert torch.allclose(KNNHead(X, full, 10, np.ones_like(full))(torch.as_tensor(X[:50])),
+                          KNNHead(X, full, 10)(torch.as_tensor(X[:50])), atol=1e-6)
 
 
 def test_knn_head_matches_the_knn_baseline_and_gives_the_prior_without_features():

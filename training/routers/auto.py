@@ -284,7 +284,8 @@ class _Selection:
                         preds[(family, c)][score] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
             elif family == "knn":
                 ks = _grid(self.r.knn_k, int)
-                grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks)).predict_grid(X[score], ks))
+                grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks), self._weights(fit))
+                                   .predict_grid(X[score], ks))
                 for k in ks:
                     preds[(family, k)][score] = grid[k]
 
@@ -408,7 +409,8 @@ class _Selection:
             cap = self.r.knn_records
             if cap and self.n > cap:
                 keep = np.sort(np.random.default_rng(self.seed).choice(self.n, cap, replace=False))
-            head = KNNHead(self.X[keep], self.pool.quality[keep], param)
+            weights = self._weights(keep)
+            head = KNNHead(self.X[keep], self.pool.quality[keep], param, weights)
             return head, {"type": "knn", "records": int(len(keep)), "k": head.k}
         if family == "encoder":  # after cross-validation: train, early-stopped on validation, as a plain run
             self.winner = self.fitted.get(family) or self._fit_encoder(*self._split_tokens())

@@ -107,20 +107,24 @@ def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 
 
 class KNNHead(nn.Module):
     """Cosine k-nearest neighbours over stored training prompts: the mean observed quality of the ``k``
-    most similar ones, shrunk toward each model's overall mean by one pseudo-observation
+    most similar ones (weighted per cell by ``weights`` when given), shrunk toward each model's overall
+    mean by one pseudo-observation
     (:class:`~training.routers.baselines.KNNRouter`'s rule). ``TopK`` breaks exact ties by the lower index
     (the ONNX rule; torch is asked for the same with a stable sort). A prompt without features (all
     zero: no known token) has no neighbours and gets the prior."""
 
-    def __init__(self, keys: np.ndarray, quality: np.ndarray, k: int):
+    def __init__(self, keys: np.ndarray, quality: np.ndarray, k: int, weights: np.ndarray | None = None):
         super().__init__()
         keys = np.asarray(keys, dtype=np.float32)
         keys = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
-        observed = ~np.isnan(quality)
+        observed = (~np.isnan(quality)).astype(np.float64)
+        if weights is not None:  # per-cell weights (an imputed target counts for less than an outcome)
+            observed = observed * np.asarray(weights, dtype=np.float64)
+        values = np.nan_to_num(quality) * observed
         counts = observed.sum(axis=0)
-        prior = np.where(counts > 0, np.nan_to_num(quality).sum(axis=0) / np.maximum(counts, 1), 0.0)
+        prior = np.where(counts > 0, values.sum(axis=0) / np.maximum(counts, 1e-12), 0.0)
         self.register_buffer("keys", torch.as_tensor(keys))
-        self.register_buffer("values", torch.as_tensor(np.nan_to_num(quality), dtype=torch.float32))
+        self.register_buffer("values", torch.as_tensor(values, dtype=torch.float32))
         self.register_buffer("observed", torch.as_tensor(observed, dtype=torch.float32))
         self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
         self.k = int(min(k, len(keys)))
