@@ -32,6 +32,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from training.routers.auto import keep_candidate
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "auto.toml"
 PICKS = ("ensemble", "knn", "logreg", "mlp", "mf")
@@ -104,16 +106,9 @@ def _rule_margin(candidates: dict, margin: float) -> str:
     return best
 
 
-def _rule_confidence(candidates: dict, confidence: float) -> str:
-    best = max(candidates, key=lambda c: candidates[c]["val_aiq"])
-    if best != "ensemble" and candidates[best]["beats_ensemble"] >= confidence:
-        return best
-    return "ensemble"
-
-
-RULES = {
-    "confidence>=0.95 (default)": lambda c: _rule_confidence(c, 0.95),
-    "confidence>=0.8": lambda c: _rule_confidence(c, 0.8),
+RULES = {  # the default is the selection's own rule (training.routers.auto.keep_candidate)
+    "confidence>=0.95 (default)": lambda c: keep_candidate(c, 0.95),
+    "confidence>=0.8": lambda c: keep_candidate(c, 0.8),
     "margin 0.002": lambda c: _rule_margin(c, 0.002),
     "best held-out": lambda c: _rule_margin(c, -1.0),
     "always ensemble": lambda c: "ensemble",

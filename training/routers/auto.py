@@ -61,7 +61,7 @@ from training.routers.heads import (
 from training.routers.neural import EncoderRouter, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
-__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_labels", "log_selection"]
+__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_labels", "keep_candidate", "log_selection"]
 
 #: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
 AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
@@ -373,12 +373,10 @@ class _Selection:
             report["ensemble"] = {"val_aiq": _aiq(mean, held), "ece": expected_calibration_error(mean, Q),
                                   "members": averaged}
         order = [c for c in AUTO_CANDIDATES if c in report]
-        chosen = max(order, key=lambda c: report[c]["val_aiq"])
-        if chosen != "ensemble" and "ensemble" in report:  # kept over the average only beyond noise
-            wins = _paired_wins(calibrated[best[chosen]], mean, held, self.seed)
-            report[chosen]["beats_ensemble"] = wins
-            if wins < self.r.ensemble_confidence:
-                chosen = "ensemble"
+        leader = max(order, key=lambda c: report[c]["val_aiq"])
+        if leader != "ensemble" and "ensemble" in report:  # kept over the average only beyond noise
+            report[leader]["beats_ensemble"] = _paired_wins(calibrated[best[leader]], mean, held, self.seed)
+        chosen = keep_candidate(report, self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
@@ -409,8 +407,7 @@ class _Selection:
             cap = self.r.knn_records
             if cap and self.n > cap:
                 keep = np.sort(np.random.default_rng(self.seed).choice(self.n, cap, replace=False))
-            weights = self._weights(keep)
-            head = KNNHead(self.X[keep], self.pool.quality[keep], param, weights)
+            head = KNNHead(self.X[keep], self.pool.quality[keep], param, self._weights(keep))
             return head, {"type": "knn", "records": int(len(keep)), "k": head.k}
         if family == "encoder":  # after cross-validation: train, early-stopped on validation, as a plain run
             self.winner = self.fitted.get(family) or self._fit_encoder(*self._split_tokens())
@@ -427,6 +424,15 @@ def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):
         wrapped.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
         wrapped.shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
     return wrapped, {"type": "calibrated", "base": spec}
+
+
+def keep_candidate(report: dict[str, dict[str, Any]], confidence: float) -> str:
+    """The candidate a selection ``report`` keeps: the best held-out AIQ (ties: :data:`AUTO_CANDIDATES`
+    order), unless that is a single candidate whose ``beats_ensemble`` share is below ``confidence``."""
+    leader = max((c for c in AUTO_CANDIDATES if c in report), key=lambda c: report[c]["val_aiq"])
+    if leader != "ensemble" and "ensemble" in report and report[leader]["beats_ensemble"] < confidence:
+        return "ensemble"
+    return leader
 
 
 def _paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n_boot: int = 200) -> float:
