@@ -312,13 +312,14 @@ def test_the_encoder_candidate_is_cross_validated_beside_the_heads_and_exports_a
     _runtime_matches_training(summary, demo_800)
 
 
-def _batchable(X, quality, rows, *, weights=None, groups=None):
+def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None):
     from training.trainer import Batchable
 
     cost = np.tile(np.array([0.1, 1.0, 3.0], np.float32), (len(rows), 1))
     return Batchable(inputs=(X,), quality=quality[rows].astype(np.float32), cost=cost, cost_est=cost,
                      groups=None if groups is None else groups[rows],
-                     weights=None if weights is None else weights[rows], rows=np.asarray(rows))
+                     weights=None if weights is None else weights[rows], rows=np.asarray(rows),
+                     imputed=None if imputed is None else imputed[rows])
 
 
 def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
@@ -332,8 +333,9 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     groups = np.array(["a", "b"] * 350)
     config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn", "groups"],
                                                                "train.epochs": 3})
-    train = _batchable(X, quality, np.arange(0, 500), weights=weights, groups=groups)
-    val = _batchable(X, quality, np.arange(500, 560), weights=weights, groups=groups)  # 60 < 100: cross-validated
+    imputed = weights < 1
+    train = _batchable(X, quality, np.arange(0, 500), weights=weights, groups=groups, imputed=imputed)
+    val = _batchable(X, quality, np.arange(500, 560), weights=weights, groups=groups, imputed=imputed)  # 60 < 100: CV
     router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
     selection = router.selection_
     assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560 - 150
@@ -369,6 +371,39 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
     baseline = LogRegRouter(C=1.0).fit(X[:560], quality[:560]).predict(X[:50])
     assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
+
+
+def test_scored_on_imputed_cells_auto_tunes_each_candidate_but_keeps_the_ensemble():
+    """Completed logged records with fewer than 100 full records among the held-out ones: the imputed
+    cells are scored (hyperparameters, calibration), but they are the first stage's guesses - here
+    a logistic regression's own predictions, which a logistic regression candidate "leads" on - so no
+    single candidate is picked over the average."""
+    from training.routers import AutoRouter
+
+    X, quality = _synthetic(n=600)
+    quality = np.nan_to_num(quality, nan=0.0)
+    imputed = np.zeros_like(quality, dtype=bool)
+    imputed[60:] = np.arange(3)[None, :] != np.random.default_rng(2).integers(0, 3, (540, 1))  # one outcome each
+    guesses = _sigmoid_of(fit_logreg(X[:60], quality[:60], 1.0), X)
+    completed = np.where(imputed, guesses, quality)
+    weights = np.where(imputed, 0.5, 1.0).astype(np.float32)
+    config = load_config(ROOT / "training/configs/auto.toml", {
+        **FAST, "router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
+
+    def fit(mask):
+        train = _batchable(X, completed, np.arange(0, 540), weights=weights, imputed=mask)
+        val = _batchable(X, completed, np.arange(540, 600), weights=weights, imputed=mask)
+        return AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+
+    as_outcomes = fit(None).selection_  # the guesses taken for outcomes: the leader is picked
+    leader = max(as_outcomes["candidates"], key=lambda c: as_outcomes["candidates"][c]["val_aiq"])
+    assert leader != "ensemble" and as_outcomes["chosen"] == leader and as_outcomes["scored_on"] == "outcomes"
+    selection = fit(imputed).selection_
+    assert selection["scored_records"] == 600 and selection["scored_on"].startswith("outcomes and imputed")
+    scores = {c: (e["val_aiq"], e.get("C"), e.get("k")) for c, e in selection["candidates"].items()}
+    assert scores == {c: (e["val_aiq"], e.get("C"), e.get("k")) for c, e in as_outcomes["candidates"].items()}
+    assert selection["chosen"] == "ensemble"  # the same scores and tuning, but a lead on guesses picks nothing
+    assert "beats_ensemble" not in selection["candidates"][leader]
 
 
 def test_on_masked_logged_records_auto_scores_the_full_records_or_says_why_it_cannot():

@@ -178,14 +178,15 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     copies of the split's rows, as the loss reads them."""
     # only with clipping on: a propensity matrix of the split's rows is a copy (all-NaN on full-information data)
     weights = propensity_loss_weights(table.propensity[rows], clip) if clip > 0 else None
-    quality = table.quality[rows]
+    quality, imputed = table.quality[rows], None
     if completion is not None and completion.imputed[rows].any():
-        quality = completion.quality[rows]
+        quality, imputed = completion.quality[rows], completion.imputed[rows]
         base = np.ones(quality.shape) if weights is None else weights
-        weights = np.where(completion.imputed[rows], imputed_weight, base)
+        weights = np.where(imputed, imputed_weight, base)
     return Batchable(inputs=inputs, quality=_f32(quality), cost=_f32(cost[rows]), cost_est=_f32(cost_est[rows]),
                      prefs=_preferences(table, rows), groups=None if groups is None else groups[rows],
-                     weights=None if weights is None else _f32(weights), rows=np.asarray(rows, dtype=np.int64))
+                     weights=None if weights is None else _f32(weights), rows=np.asarray(rows, dtype=np.int64),
+                     imputed=imputed)
 
 
 def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared, cost_est: np.ndarray,

@@ -56,6 +56,8 @@ class Batchable:
     groups: np.ndarray | None = None  #: per record its group name ('' = none), when router.groups is set
     weights: np.ndarray | None = None  #: per-cell quality-loss weights (clipped inverse propensities)
     rows: np.ndarray | None = None  #: the split's rows of ``inputs``; None: ``inputs`` hold the split's own rows
+    #: per cell whether ``quality`` holds an imputed target, not an outcome (completed logged records)
+    imputed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.quality)
@@ -84,7 +86,8 @@ class Batchable:
         shared = self.rows is not None  # the whole table's inputs stay shared; else the records' own copies
         return Batchable(inputs=self.inputs if shared else tuple(x[local] for x in self.inputs),
                          quality=self.quality[local], cost=self.cost[local], cost_est=self.cost_est[local],
-                         prefs=prefs, groups=part(self.groups), weights=part(self.weights), rows=part(self.rows))
+                         prefs=prefs, groups=part(self.groups), weights=part(self.weights), rows=part(self.rows),
+                         imputed=part(self.imputed))
 
     def concat(self, other: Batchable | None) -> Batchable:
         """This split and ``other`` as one pool of records (this one first), e.g. train + validation."""
@@ -106,11 +109,15 @@ class Batchable:
         if self.weights is not None or other.weights is not None:  # 1 for a part without any
             weights = np.concatenate([np.ones(x.quality.shape, np.float32) if x.weights is None else x.weights
                                       for x in (self, other)])
+        imputed = None
+        if self.imputed is not None or other.imputed is not None:  # none imputed in a part without the mask
+            imputed = np.concatenate([np.zeros(x.quality.shape, bool) if x.imputed is None else x.imputed
+                                      for x in (self, other)])
         return Batchable(inputs=inputs, quality=np.concatenate([self.quality, other.quality]),
                          cost=np.concatenate([self.cost, other.cost]),
                          cost_est=np.concatenate([self.cost_est, other.cost_est]), prefs=prefs,
                          groups=cat(self.groups, other.groups), weights=weights,
-                         rows=cat(self.rows, other.rows) if same_inputs else None)
+                         rows=cat(self.rows, other.rows) if same_inputs else None, imputed=imputed)
 
 
 def window_rows(data: Batchable, memory_mb: int) -> int:

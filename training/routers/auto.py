@@ -23,6 +23,8 @@ between candidates within noise of each other the average is the safe choice; a 
 be a different bar at every data size, a share of paired resamples is the same one (README, "Choosing
 between candidates": on seven small tables nobody tuned for, ``scripts/auto_selection_study.py``,
 no rule separates from another; this one keeps a single candidate where it is clearly better).
+Where the held-out records are completed logged ones (fewer than :data:`MIN_VALIDATION` with every
+outcome), their imputed cells are scored too: those scores tune each candidate, and the ensemble is kept.
 
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
@@ -325,12 +327,20 @@ class _Selection:
         # unobserved (loss.logged_targets = "mask") is scored by exposure weights, biased when the logging
         # router looked at the prompt - so the records whose every outcome was observed (the bootstrap
         # set) score them instead, where there are enough
+        imputed = self.pool.imputed
         observed = np.isfinite(self.pool.quality[scored])
-        if self.pool.weights is not None:
-            observed &= self.pool.weights[scored] == 1
+        if imputed is not None:
+            observed &= ~imputed[scored]
         full = observed.all(axis=1)
         if not full.all() and full.sum() >= MIN_VALIDATION:
             scored = scored[full]
+        # else imputed cells are scored as outcomes: they are the first stage's guesses (a logistic
+        # regression), which favour the candidate most like it - measured (README, off-policy protocol on
+        # MMLU-Pro): the logistic regression "beat" the ensemble on all five seeds and routed worse on test
+        # on each. Scores on guesses decide hyperparameters and calibration, never a single candidate
+        # over the average. (Scoring the logged outcomes alone by inverse propensity instead was measured
+        # far worse: about 45 effective prompts per rarely logged model, and calibration chased them.)
+        on_guesses = imputed is not None and bool(imputed[scored].any())
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
         if unseen.size:
@@ -374,9 +384,10 @@ class _Selection:
                                   "members": averaged}
         order = [c for c in AUTO_CANDIDATES if c in report]
         leader = max(order, key=lambda c: report[c]["val_aiq"])
-        if leader != "ensemble" and "ensemble" in report:  # kept over the average only beyond noise
+        if leader != "ensemble" and "ensemble" in report and not on_guesses:  # kept over the average only beyond noise
             report[leader]["beats_ensemble"] = _paired_wins(calibrated[best[leader]], mean, held, self.seed)
-        chosen = keep_candidate(report, self.r.ensemble_confidence)
+        chosen = "ensemble" if on_guesses and "ensemble" in report else keep_candidate(report,
+                                                                                      self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
@@ -393,7 +404,9 @@ class _Selection:
                                                                                                           specs[0])
         selection = {"chosen": chosen, "picked_by": "router.auto_pick" if self.r.auto_pick else "held-out AIQ",
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
-                     "scored_records": int(len(scored)), "calibrated": self.r.calibrate,
+                     "scored_records": int(len(scored)),
+                     "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
+                     "calibrated": self.r.calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
