@@ -75,6 +75,29 @@ def test_completion_fills_only_partial_records_and_reports_what_it_did():
     assert done.quality[partial[above], 1].mean() > done.quality[partial[~above], 1].mean() + 0.05
 
 
+def test_of_several_first_stages_the_lowest_out_of_fold_brier_score_completes_the_log():
+    """A first stage may offer several predictions per fold (the auto router's: logistic regression, MLP,
+    their mean); the one that predicts the held-out full records best completes the log, and the
+    report names it beside every stage's score."""
+    loadings = np.array([0.1, 0.15, 0.2])
+    _, quality = _one_factor(600, loadings, 0.1, seed=3)
+    quality = np.clip(quality, 0, 1)
+    partial = np.arange(200, 600)
+    quality[partial[:, None], np.array([1, 2])[None, :]] = np.nan
+
+    def fit_predict(train_rows, val_rows, predict_rows):
+        mean = np.tile(np.nanmean(quality[train_rows], axis=0), (len(predict_rows), 1))
+        return {"off": np.clip(mean + 0.3, 0, 1), "mean": mean, "flat": np.full_like(mean, 0.3)}
+
+    done = complete_targets(quality, np.arange(600), fit_predict=fit_predict, folds=4, seed=0, ridge=0.05)
+    scores = done.report["first_stage_candidates"]
+    assert set(scores) == {"off", "mean", "flat"} and done.report["first_stage"] == "mean"
+    assert scores["mean"] == min(scores.values()) == done.report["first_stage_brier"]
+    alone = complete_targets(quality, np.arange(600), fit_predict=lambda *a: fit_predict(*a)["mean"], folds=4,
+                             seed=0, ridge=0.05)
+    assert np.array_equal(done.quality, alone.quality) and "first_stage" not in alone.report
+
+
 def test_too_few_full_information_records_fall_back_to_masked_training_and_say_so():
     quality = np.full((300, 3), np.nan)
     quality[:, 0] = 1.0

@@ -57,8 +57,9 @@ __all__ = ["Completion", "complete_targets", "factor_targets", "fit_factor", "mi
 
 log = logging.getLogger("router_ml.train")
 
-#: ``fit_predict(train_rows, val_rows, predict_rows) -> (len(predict_rows), n_models)`` predicted quality
-FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: ``fit_predict(train_rows, val_rows, predict_rows) -> (len(predict_rows), n_models)`` predicted quality,
+#: or a dict of such predictions by first-stage name (the one with the best out-of-fold Brier score is used)
+FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray | dict[str, np.ndarray]]
 
 
 @dataclass
@@ -128,15 +129,23 @@ def complete_targets(quality: np.ndarray, rows: np.ndarray, *, fit_predict: FitP
         return untouched
     rng = np.random.default_rng(seed)
     order = rng.permutation(full)
-    out_of_fold = np.full((len(quality), quality.shape[1]), np.nan)
-    bagged = np.zeros((len(partial), quality.shape[1]))
+    out_of_fold: dict[str, np.ndarray] = {}
+    bagged: dict[str, np.ndarray] = {}
     for k in range(folds):
         held = np.sort(order[k::folds])
         rest = rng.permutation(np.setdiff1d(order, held))
         n_val = max(1, len(rest) // 10)  # the fold router's own early-stopping split
-        pred = fit_predict(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.concatenate([held, partial]))
-        out_of_fold[held] = pred[:len(held)]
-        bagged += pred[len(held):] / folds
+        preds = fit_predict(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.concatenate([held, partial]))
+        for name, pred in (preds.items() if isinstance(preds, dict) else [("", preds)]):
+            out_of_fold.setdefault(name, np.full((len(quality), quality.shape[1]), np.nan))[held] = pred[:len(held)]
+            bagged[name] = bagged.get(name, 0.0) + pred[len(held):] / folds
+    # several first stages (a dict per fold): the one with the lowest out-of-fold Brier score on the
+    # records with every outcome - outcomes, never imputations, decide
+    brier = {name: float(np.mean((quality[full] - oof[full]) ** 2)) for name, oof in out_of_fold.items()}
+    stage = min(brier, key=brier.get)
+    out_of_fold, bagged = out_of_fold[stage], bagged[stage]
+    if stage:
+        report.update(first_stage=stage, first_stage_candidates={n: round(b, 5) for n, b in brier.items()})
     loadings, noise = fit_factor(quality[full] - out_of_fold[full], seed)
     completed = quality.copy()
     completed[partial] = factor_targets(quality[partial], bagged, loadings, noise, ridge=ridge)

@@ -124,17 +124,29 @@ def _one_thread(config):
 
 class LogRegStage(TorchRouter):
     """The auto router's first stage for completing logged records' targets (training/offpolicy.py):
-    cross-fitting the whole selection five times would cost five selections; a logistic regression
-    (C = 1, the baseline's) costs seconds. Not a router kind of its own: never saved."""
+    cross-fitting the whole selection five times would cost five selections (measured on MMLU-Pro: four
+    times the training time, an out-of-fold Brier score no better). Instead three cheap stages - a
+    logistic regression (C = 1, the baseline's), the MLP (the config's, early-stopped on the fold's
+    tenth) and their mean - are cross-fitted side by side and the one with the lowest out-of-fold Brier
+    score on the records with every outcome completes the log (:meth:`predict_stages`; the MLP fits the
+    demo far better, the logistic regression MMLU-Pro). Not a router kind of its own: never saved."""
 
     kind = "logreg"
 
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> LogRegStage:
         pool = train.concat(val)
+        mlp_config = self.config.replace(**{"router.kind": "mlp", "router.groups": ""})
         with _one_thread(self.config):
             self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
+            self.mlp_ = MLPRouter(config=mlp_config, n_models=self.n_models, input_dim=self.input_dim).fit(
+                train, val, wtp_range=wtp_range)
         return self
+
+    def predict_stages(self, inputs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+        """Each first stage's predicted quality: ``logreg``, ``mlp`` and their ``mean``."""
+        logreg, mlp = self.predict(inputs), self.mlp_.predict(inputs)
+        return {"logreg": logreg, "mlp": mlp, "mean": (logreg + mlp) / 2}
 
 
 class AutoRouter(TorchRouter):
@@ -476,3 +488,4 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
                          for key, value in entry.items()
                          if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})
     return selection
+
