@@ -324,7 +324,7 @@ def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None):
 
 def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
     from training.routers import AutoRouter
-    from training.routers.auto import LogRegStage
+    from training.routers.auto import FirstStages
 
     X, quality = _synthetic(n=700)
     quality = np.nan_to_num(quality, nan=0.0)
@@ -366,11 +366,16 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
         skipped = AutoRouter(config=quick, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
         assert reason in skipped.selection_["skipped"]["encoder"] and set(skipped.selection_["candidates"]) == {
             "logreg"} and skipped.winner_ is None
-    # logged records' targets are completed by a logistic regression, not by five selections
-    assert AutoRouter.first_stage is LogRegStage
-    stage = LogRegStage(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    # logged records' targets are completed by three cheap first stages (the best by out-of-fold Brier
+    # score: training/offpolicy.py), not by five selections: the baseline's logistic regression, the MLP
+    # and their mean
+    assert AutoRouter.first_stage is FirstStages
+    stage = FirstStages(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
     baseline = LogRegRouter(C=1.0).fit(X[:560], quality[:560]).predict(X[:50])
-    assert np.abs(stage.predict((X[:50],)) - baseline).max() < 2e-3
+    stages = stage.predict_stages((X[:50],))
+    assert set(stages) == {"logreg", "mlp", "mean"} and np.abs(stages["logreg"] - baseline).max() < 2e-3
+    assert np.abs(stages["mlp"] - baseline).max() > 0.01  # a different model...
+    assert np.allclose(stages["mean"], (stages["logreg"] + stages["mlp"]) / 2)  # ...and the average of both
 
 
 def test_scored_on_imputed_cells_auto_tunes_each_candidate_but_keeps_the_ensemble():

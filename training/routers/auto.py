@@ -122,7 +122,7 @@ def _one_thread(config):
         torch.set_num_threads(previous)
 
 
-class LogRegStage(TorchRouter):
+class FirstStages(TorchRouter):
     """The auto router's first stage for completing logged records' targets (training/offpolicy.py):
     cross-fitting the whole selection five times would cost five selections (measured on MMLU-Pro: four
     times the training time, an out-of-fold Brier score no better). Instead three cheap stages - a
@@ -134,7 +134,7 @@ class LogRegStage(TorchRouter):
     kind = "logreg"
 
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
-            on_epoch=None) -> LogRegStage:
+            on_epoch=None) -> FirstStages:
         pool = train.concat(val)
         mlp_config = self.config.replace(**{"router.kind": "mlp", "router.groups": ""})
         with _one_thread(self.config):
@@ -153,7 +153,7 @@ class AutoRouter(TorchRouter):
     """Chooses among candidate routers by held-out AIQ (module doc); its module is the winner's head."""
 
     kind = "auto"
-    first_stage = LogRegStage
+    first_stage = FirstStages
 
     def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """The features, as for any head; the prompts are kept for the ``encoder`` candidate, which
@@ -346,12 +346,13 @@ class _Selection:
         full = observed.all(axis=1)
         if not full.all() and full.sum() >= MIN_VALIDATION:
             scored = scored[full]
-        # else imputed cells are scored as outcomes: they are the first stage's guesses (a logistic
-        # regression), which favour the candidate most like it - measured (README, off-policy protocol on
-        # MMLU-Pro): the logistic regression "beat" the ensemble on all five seeds and routed worse on test
-        # on each. Scores on guesses decide hyperparameters and calibration, never a single candidate
-        # over the average. (Scoring the logged outcomes alone by inverse propensity instead was measured
-        # far worse: about 45 effective prompts per rarely logged model, and calibration chased them.)
+        # else imputed cells are scored as outcomes: they are the first stage's guesses (FirstStages),
+        # which favour the candidate most like it - measured (README, off-policy protocol on MMLU-Pro, a
+        # logistic-regression first stage): the logistic regression "beat" the ensemble on all five seeds
+        # and routed worse on test on each. Scores on guesses decide hyperparameters and calibration,
+        # never a single candidate over the average. (Scoring the logged outcomes alone by inverse
+        # propensity instead was measured far worse: about 45 effective prompts per rarely logged model,
+        # and calibration chased them.)
         on_guesses = imputed is not None and bool(imputed[scored].any())
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
@@ -488,4 +489,3 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
                          for key, value in entry.items()
                          if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})
     return selection
-
