@@ -200,8 +200,7 @@ def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared,
                                         input_dim=None if router_cls.text_inputs else X.shape[1])
         stage.fit(_batchable(inputs, train_rows, table, prep.cost, cost_est, groups),
                   _batchable(inputs, val_rows, table, prep.cost, cost_est, groups), wtp_range=_wtp_range(prep.cost))
-        rows = tuple(x[predict_rows] for x in inputs)
-        return stage.predict_stages(rows) if hasattr(stage, "predict_stages") else stage.predict(rows)
+        return stage.predict_stages(tuple(x[predict_rows] for x in inputs))
 
     completion = complete_targets(table.quality, np.concatenate([prep.split.train, prep.split.val]),
                                   fit_predict=fit_predict, folds=config.loss.impute_folds, seed=config.data.seed,

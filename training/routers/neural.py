@@ -243,6 +243,11 @@ class TorchRouter:
         """``(n, n_models)`` predicted quality in [0, 1]."""
         return 1.0 / (1.0 + np.exp(-self.predict_logits(inputs)))
 
+    def predict_stages(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray | dict[str, np.ndarray]:
+        """As a first stage completing logged targets (training/offpolicy.py): :meth:`predict`, or a
+        router's several alternative stages by name (the best out-of-fold one completes the log)."""
+        return self.predict(inputs)
+
     def save(self, directory: str | Path) -> None:
         """Weights as safetensors plus the JSON needed to rebuild the module (no pickle)."""
         from safetensors.torch import save_file
