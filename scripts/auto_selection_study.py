@@ -7,7 +7,7 @@ user would (``--train-size 0.85``) once per candidate, forced with ``router.auto
 (cross-validated held-out AIQ of every candidate, and how often the best one beats the ensemble on
 paired bootstrap resamples) is the same in every one of a seed's runs; only the kept candidate differs.
 So every choice rule can be scored on the same runs: each rule's pick, its test AIQ minus the best of
-``train``'s own kNN / logistic-regression baselines (the issue's bar), averaged per table and overall.
+``train``'s own kNN / logistic-regression baselines (the bar the default must clear), averaged per table and overall.
 
 Rules: ``confidence>=X`` (the default, ``router.ensemble_confidence`` = 0.95: the best candidate
 replaces the ensemble only when it beats it on X of the bootstrap resamples), ``margin 0.002`` (a
