@@ -1,0 +1,67 @@
+"""scripts/auto_tuning_study.py: its runs reproduce ``router-ml train``'s split, baselines and selection scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))  # the study imports the selection study's tables
+spec = importlib.util.spec_from_file_location("auto_tuning_study", ROOT / "scripts" / "auto_tuning_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+spec = importlib.util.spec_from_file_location("auto_selection_study", ROOT / "scripts" / "auto_selection_study.py")
+selection_study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(selection_study)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n, models = 160, ("cheap", "mid", "dear")
+    topic = np.arange(n) % 7
+    frame = pd.DataFrame({"prompt": [f"question {i} about topic {t}" for i, t in enumerate(topic)]})
+    for j, model in enumerate(models):
+        frame[model] = (rng.random(n) < 0.3 + 0.2 * j + 0.05 * (topic % 3)).astype(float)
+        frame[f"{model}|total_cost"] = 0.001 * (1 + 4 * j)
+    path = tmp_path_factory.mktemp("tuning") / "tiny.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def test_a_run_scores_every_variant_as_train_splits_and_selects(table, tmp_path):
+    arrays = study._one("tiny", str(table), 0, str(tmp_path / "cache"), str(tmp_path))
+    report = study.analyse(arrays, "tiny", 0)
+    with np.load(arrays) as z:
+        keys = set(z.files)
+        cv_rows, test_rows = len(z["val_quality"]), len(z["test_quality"])
+        assert z["cv:knn|25|0"].shape == (cv_rows, 3) and z["test:knn|25|0"].shape == (test_rows, 3)
+    # every grid point of both tuned families, and the torch candidates, with and without Platt scaling
+    for c in ("0.03", "0.1", "0.3", "1.0", "10.0"):
+        assert {f"cv:logreg|{c}|0", f"cv:logreg|{c}|1"} <= keys
+    for k in ("10", "25", "50", "100", "200", "400"):
+        assert {f"test:knn|{k}|0", f"test:knn|{k}|1"} <= keys
+    assert {"cv:mlp|None|0", "cv:mf|None|1"} <= keys
+    # the same split, baselines and cross-validated selection scores as `router-ml train` itself
+    trained = json.loads(selection_study.run_one(table, 0, "ensemble", tmp_path).read_text())
+    assert (cv_rows, test_rows) == (trained["train_records"] + trained["val_records"], trained["test_scored"])
+    for name in ("knn", "logreg"):
+        assert report["baselines"][name] == pytest.approx(trained["test"]["baselines"][name]["aiq"], abs=1e-9)
+    current = report["rules"]["tuned+platt"]["families"]
+    for family, entry in trained["selection"]["candidates"].items():
+        if family != "ensemble":
+            assert current[family]["val"] == pytest.approx(entry["val_aiq"], abs=1e-6), family
+    # the rules pick as documented
+    defaults = report["rules"]["defaults"]["families"]
+    assert defaults["logreg"]["choice"] == ["1.0", "0"] and defaults["knn"]["choice"] == ["25", "0"]
+    assert report["bar"] == max(report["baselines"].values())
+    summary = study.summarize([report])
+    assert summary["tuned+platt"]["paired_vs_default"] == 0.0
+    assert summary["defaults"]["mean_vs_best_baseline"] == pytest.approx(
+        report["rules"]["defaults"]["kept_test"] - report["bar"], abs=1e-5)
