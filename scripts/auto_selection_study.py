@@ -135,8 +135,10 @@ def summarize(results: dict[tuple[str, int], dict[str, dict]]) -> dict:
     return per_rule
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_setup(description: str, argv: list[str] | None) -> tuple[argparse.Namespace, list[int], dict[str, Path],
+                                                                   list[str]]:
+    """The studies' shared command line: ``(args, seeds, every table's path, the tables asked for)``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "auto_selection")
     parser.add_argument("--tables", default="", help="comma-separated table names (default: all seven)")
@@ -150,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(paths))
     if unknown:
         parser.error(f"--tables: unknown {unknown}; choose from {sorted(paths)}")
+    return args, seeds, paths, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, seeds, paths, names = study_setup(__doc__.splitlines()[0], argv)
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     import pyarrow.parquet as pq

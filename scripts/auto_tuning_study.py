@@ -34,7 +34,6 @@ written to ``<out>/auto_tuning_study.json``). About 15 minutes on 2 cores, 25 wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -254,19 +253,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from auto_selection_study import build_tables
+    from auto_selection_study import study_setup
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "auto_selection")
-    parser.add_argument("--tables", default="")
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--jobs", type=int, default=2)
-    args = parser.parse_args(argv)
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
-    paths = build_tables(args.shared, args.out / "tables")
-    names = [t for t in args.tables.split(",") if t] or list(paths)
+    args, seeds, paths, names = study_setup(__doc__.splitlines()[0], argv)
     runs_dir = args.out / "tuning"
     runs_dir.mkdir(parents=True, exist_ok=True)
     cache = str(args.out / "feature_cache")
