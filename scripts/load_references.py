@@ -67,6 +67,12 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def child_pids(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc; empty elsewhere): ``router-ml serve --workers N``'s workers."""
+    return {int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and (s := _stat(int(p.name))) and int(s[1]) == pid}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its live descendants (Linux /proc; 0 elsewhere).
 

@@ -12,11 +12,17 @@ Normal mode, ``--rounds`` times: ``--duration`` seconds straight at upstream A (
 same through the proxy. ``overhead_ms`` is the difference of the pooled latency percentiles
 (proxy p50 - direct p50, proxy p99 - direct p99) at the same offered rate and prompts.
 
-Fault mode (``--fault kill|error``): only the proxy phase; half-way through, upstream A (serving
+Fault mode (``--fault kill|error|worker``): only the proxy phase; half-way through, upstream A (serving
 tiny-1b, small-8b and code-34b, which fall back to large-70b on upstream B) is killed with SIGKILL
-(``kill``) or starts answering 500 to everything (``error``). ``lost`` counts requests that got no
-HTTP answer, a broken answer, or no answer within the proxy's request timeout + 2 s; ``errors``
-counts explicit HTTP error answers. While B is healthy both should be 0.
+(``kill``) or starts answering 500 to everything (``error``); or, with ``--workers 2`` or more, one
+worker is sent SIGTERM (``worker``: it finishes its requests in flight and exits, the supervisor starts
+another in its slot; ``worker_stopped`` says whether one came back within 30 s). ``lost`` counts requests
+that got no HTTP answer, a broken answer, or no answer within the proxy's request timeout + 2 s;
+``errors`` counts explicit HTTP error answers. While B is healthy both should be 0.
+
+In every mode ``decision_log`` checks the proxy's log (every worker's file) against the requests it
+answered in the measured phases (their ``x-router-ml-request-id``): ``logged_once`` should equal
+``answered``, with ``missing`` and ``logged_twice`` 0.
 
 ``--stream`` sends streaming requests instead (latency to the last event). A stream that upstream A
 breaks after its first event cannot move to another model: it ends with an error event, counted
@@ -33,6 +39,7 @@ phases until it falls idle again (see ``scripts/load_references.py``).
     python scripts/load_test.py --router models/demo/artifact --reference passthrough --reference litellm
     python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
     python scripts/load_test.py --router models/demo/artifact --workers 2   # router-ml serve --workers 2
+    python scripts/load_test.py --router models/demo/artifact --workers 2 --fault worker  # ~15 s
 """
 
 from __future__ import annotations
@@ -49,11 +56,12 @@ import time
 from pathlib import Path
 
 import httpx
-from load_references import REFERENCES, cpu_seconds, prepare, settle, start, start_reference, stop
+from load_references import REFERENCES, child_pids, cpu_seconds, prepare, settle, start, start_reference, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
+REQUEST_ID = "x-router-ml-request-id"
 
 
 PRICES = {"tiny-1b": (0.05, 0.1), "small-8b": (0.2, 0.4), "code-34b": (0.6, 1.2), "large-70b": (1.5, 3.0),
@@ -96,13 +104,15 @@ def prompts() -> list[str]:
     return out
 
 
-async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, dict | None, str]:
-    """POST a streaming request; (status, the last chunk, how it ended: done / error_event / broken)."""
+async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, dict | None, str, str | None]:
+    """POST a streaming request; (status, the last chunk, how it ended: done / error_event / broken, the
+    proxy's request id)."""
     last, ending = None, "broken"
     async with client.stream("POST", url, json=body) as r:
+        rid = r.headers.get(REQUEST_ID)
         if r.status_code != 200:
             await r.aread()
-            return r.status_code, None, "http_error"
+            return r.status_code, None, "http_error", rid
         async for line in r.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -112,9 +122,9 @@ async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[in
                 continue
             obj = json.loads(data)
             if "error" in obj:
-                return 200, obj, "error_event"
+                return 200, obj, "error_event", rid
             last = obj
-    return 200, last, ending
+    return 200, last, ending, rid
 
 
 async def phase(url: str, model: str, texts: list[str], rate: float, duration: float, concurrency: int,
@@ -125,6 +135,7 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
     errors: dict[str, int] = {}
     lost: dict[str, int] = {}
     answered_by: dict[str, int] = {}
+    ids: list[str] = []  # router-ml's request ids of the answered requests (references send none)
     slow: list[tuple[int, int, float]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S + 2, pool=REQUEST_TIMEOUT_S + 2)
@@ -139,7 +150,7 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
             try:
                 if stream:
                     body["stream"] = True
-                    status, last, ending = await _streamed(client, url, body)
+                    status, last, ending, rid = await _streamed(client, url, body)
                 else:
                     r = await client.post(url, json=body)
             except httpx.TimeoutException:
@@ -152,6 +163,8 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
             if stream:
                 if ending == "done" and last is not None:
                     latencies.append(elapsed)
+                    if rid:
+                        ids.append(rid)
                     answered_by[last.get("model")] = answered_by.get(last.get("model"), 0) + 1
                 elif ending in ("error_event", "http_error"):  # explicit: an error event or an HTTP error
                     errors[ending] = errors.get(ending, 0) + 1
@@ -168,6 +181,8 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
                 lost["broken_answer"] = lost.get("broken_answer", 0) + 1
                 return
             latencies.append(elapsed)
+            if REQUEST_ID in r.headers:
+                ids.append(r.headers[REQUEST_ID])
             if elapsed > 1000:
                 slow.append((i, round(elapsed), round(due - t0, 3)))
             who = (data.get("router_ml") or {}).get("model") or data.get("model")
@@ -186,8 +201,8 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
         started = loop.time()
         await asyncio.gather(*tasks)
         wall = loop.time() - t0
-    return {"sent": n, "latencies": latencies, "slow": slow, "errors": errors, "lost": lost, "answered_by": answered_by,
-            "wall_s": wall, "drain_s": loop.time() - started}
+    return {"sent": n, "latencies": latencies, "ids": ids, "slow": slow, "errors": errors, "lost": lost,
+            "answered_by": answered_by, "wall_s": wall, "drain_s": loop.time() - started}
 
 
 def summary(lat: list[float]) -> dict:
@@ -199,6 +214,23 @@ def metric_sum(text: str, name: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families  # the serve extra, as for the proxy
 
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+
+
+def log_check(log: Path, runs: list[dict]) -> dict:
+    """Whether every request router-ml answered in the measured phases is in its decision log (every worker's
+    file, :func:`router_ml.decision_log.merged_lines`) exactly once."""
+    from collections import Counter
+
+    from router_ml.decision_log import merged_lines
+
+    logged = Counter()
+    for _, _, raw in merged_lines(log):
+        record = json.loads(raw)
+        if record.get("type", "decision") == "decision":
+            logged[record.get("request_id")] += 1
+    answered = [i for r in runs for i in r["ids"]]
+    return {"answered": len(answered), "logged_once": sum(logged[i] == 1 for i in answered),
+            "missing": sum(logged[i] == 0 for i in answered), "logged_twice": sum(c > 1 for c in logged.values())}
 
 
 def figures(label: str, runs: list[dict], cpu_s: float, direct: dict | None) -> dict:
@@ -233,8 +265,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase (at most 60)")
     parser.add_argument("--rounds", type=int, default=2, help="direct/proxy rounds in normal mode (at most 5)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="the fake upstreams' answer time")
-    parser.add_argument("--fault", choices=("kill", "error"), help="fault mode: kill upstream A half-way, or make "
-                        "it answer 500 from half-way")
+    parser.add_argument("--fault", choices=("kill", "error", "worker"), help="fault mode: kill upstream A half-way, "
+                        "make it answer 500 from half-way, or (with --workers 2 or more) SIGTERM one worker half-way "
+                        "(the supervisor starts another)")
     parser.add_argument("--stream", action="store_true", help="streaming requests (latency: to the last event; a "
                         "stream that ends in an error event counts as an error, one cut off without it as lost)")
     parser.add_argument("--workers", type=int, default=1, help="router-ml serve --workers N (its CPU counts every "
@@ -251,6 +284,8 @@ def main() -> None:
             and 1 <= args.workers <= 64):
         raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1, "
                          "1 <= --workers <= 64")
+    if args.fault == "worker" and args.workers < 2:
+        raise SystemExit("--fault worker stops one of several workers: give --workers 2 or more")
     if args.fault and args.reference:
         raise SystemExit("--reference compares normal mode only (a reference has no fallbacks to survive --fault): "
                          "drop one of them")
@@ -300,7 +335,16 @@ def main() -> None:
                 settle(proc.pid)
                 cpu[name] += cpu_seconds(proc.pid) - cpu_before
 
-            if args.fault:
+            workers_before = child_pids(proxy.pid)
+            stopped: list[int] = []
+
+            def stop_one_worker() -> None:
+                stopped.append(min(child_pids(proxy.pid)))
+                os.kill(stopped[0], signal.SIGTERM)
+
+            if args.fault == "worker":
+                measured("proxy", stop_one_worker)
+            elif args.fault:
                 measured("proxy", lambda: os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1))
             else:
                 for _ in range(args.rounds):
@@ -310,9 +354,15 @@ def main() -> None:
                         measured(name)
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
+            workers_after = child_pids(proxy.pid)
+            deadline = time.monotonic() + 30  # --fault worker: the supervisor starts a new worker in the slot
+            while args.fault == "worker" and not workers_after - workers_before and time.monotonic() < deadline:
+                time.sleep(0.1)
+                workers_after = child_pids(proxy.pid)
         finally:
             for p in reversed(procs):
                 stop(p)
+        decision_log = log_check(Path(tmp) / "decisions.jsonl", runs["proxy"])
     lat_d = [x for r in runs["direct"] for x in r["latencies"]]
     direct = None if args.fault else summary(lat_d)
     mine = figures("router-ml", runs["proxy"], cpu["proxy"], direct)
@@ -321,7 +371,12 @@ def main() -> None:
         "offered_rps": args.rate, "concurrency": args.concurrency, "duration_s": args.duration,
         "rounds": 1 if args.fault else args.rounds, "upstream_delay_ms": args.delay_ms, "workers": args.workers,
         **mine,
+        # every request router-ml answered in the measured phases, found in its decision log exactly once?
+        "decision_log": decision_log,
     }
+    if args.fault == "worker":
+        out["worker_stopped"] = {"pid": stopped[0], "replaced": bool(workers_after - workers_before),
+                                 "workers_after": len(workers_after)}
     if direct is not None:
         out["direct_ms"] = direct
         out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in runs["direct"])

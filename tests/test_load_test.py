@@ -63,6 +63,8 @@ def test_load_test_measures_the_passthrough_beside_router_ml(trained):
         assert figures["overhead_ms"]["p50"] == pytest.approx(figures["proxy_ms"]["p50"] - result["direct_ms"]["p50"],
                                                               abs=0.002)
     assert ref["answered_by"] == {"tiny-1b": 40}  # forwarded as asked: the reference does not route
+    # router-ml's answers of the measured phase, each found once in its decision log (the warm-up's too are there)
+    assert result["decision_log"] == {"answered": 40, "logged_once": 40, "missing": 0, "logged_twice": 0}
     assert result["cpu_ratio_vs_reference"]["passthrough"] == pytest.approx(
         result["proxy_cpu_ms_per_request"] / ref["proxy_cpu_ms_per_request"], rel=0.01)
 
@@ -79,6 +81,23 @@ def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
                           "--workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "1 <= --workers" in bad.stderr
+
+
+def test_load_test_stops_one_worker_half_way_and_loses_nothing(trained):
+    """``--fault worker``: SIGTERM to one of two workers half-way; it finishes what it holds, the other serves
+    on, the supervisor starts a new one - every request answered, and in the decision log exactly once."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--workers", "2", "--fault", "worker", "--rate", "40", "--duration", "3",
+                          "--concurrency", "10"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["mode"] == "fault:worker" and result["requests"] == result["answered"] == 120
+    assert result["errors"] == result["lost"] == 0
+    assert result["decision_log"] == {"answered": 120, "logged_once": 120, "missing": 0, "logged_twice": 0}
+    assert result["worker_stopped"]["replaced"] and result["worker_stopped"]["workers_after"] == 2
+    one = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--fault", "worker"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert one.returncode == 1 and "give --workers 2 or more" in one.stderr
 
 
 def test_reference_refused_in_fault_mode(tmp_path):
