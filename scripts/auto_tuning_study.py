@@ -61,7 +61,6 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     from training.routers.auto import AutoRouter, _Selection, auto_group_labels
     from training.routers.baselines import KNNRouter, LogRegRouter
     from training.routers.heads import apply_platt, fit_platt
-    from training.routers.neural import MLPRouter  # noqa: F401  (torch candidates via _Selection)
 
     target = Path(out) / f"{table}_s{seed}.npz"
     if target.exists():
