@@ -138,6 +138,22 @@ def _aiq(pred, held) -> float:
     return float("-inf") if value is None else float(value)
 
 
+def _paired_vs_baselines(pred, a: dict, held) -> dict:
+    """The default's test AIQ minus each baseline's, with the paired 95% bootstrap interval that
+    ``router-ml train`` prints (1,000 resamples of the test prompts)."""
+    import dataclasses
+
+    from training.evaluation import paired_differences, score_predictions
+
+    held = dataclasses.replace(held, n_boot=1000)
+    mine = score_predictions(pred, held)
+    out = {}
+    for b in ("knn", "logreg"):
+        diff = paired_differences(mine, score_predictions(a[f"base:{b}"], held))
+        out[b] = {"aiq": diff.get("aiq"), "ci95": diff.get("ci95", {}).get("aiq")}
+    return out
+
+
 def analyse(path: str, table: str, seed: int) -> dict:
     """Every rule's picks and test AIQ on one run's arrays (module doc)."""
     import numpy as np
@@ -193,6 +209,9 @@ def analyse(path: str, table: str, seed: int) -> dict:
             entry["kept"] = keep
             entry["kept_test"] = entry["ensemble"] if keep == "ensemble" else test_aiq[picked[keep]]
             report["rules"][rule if name == "all" else f"{rule} [{name}]"] = entry
+            if rule == "tuned+platt" and name == "all":
+                report["default_vs_baselines"] = _paired_vs_baselines(
+                    mean_t if keep == "ensemble" else versions[picked[keep]][1], a, held_t)
     chosen = {f: rule_choice("tuned+platt", f) for f in families}
     P_v = [versions[k][0] for k in chosen.values()]
     P_t = [versions[k][1] for k in chosen.values()]
@@ -248,6 +267,16 @@ def summarize(runs: list[dict]) -> dict:
                      "per_table": {t: round(statistics.fmean(d), 5) for t, d in tables.items()},
                      "paired_vs_default": round(statistics.fmean(paired), 5),
                      "paired_se": round(statistics.stdev(paired) / len(paired) ** 0.5, 5) if len(paired) > 1 else None}
+    paired = []  # the default against the better baseline on each run's test set
+    for r in runs:
+        diff = r["default_vs_baselines"][max(r["baselines"], key=r["baselines"].get)]
+        if diff["ci95"] and diff["ci95"][0] is not None:
+            paired.append({"table": r["table"], "seed": r["seed"], "aiq": round(diff["aiq"], 5),
+                           "ci95": [round(v, 5) for v in diff["ci95"]]})
+    out["tuned+platt"]["runs_below_beyond_paired_interval"] = [p for p in paired if p["ci95"][1] < 0]
+    out["tuned+platt"]["paired_interval_width_median"] = (
+        round(statistics.median(p["ci95"][1] - p["ci95"][0] for p in paired), 5) if paired else None)
+    out["tuned+platt"]["closest_to_below"] = min(paired, key=lambda p: p["ci95"][1], default=None)
     return out
 
 

@@ -67,10 +67,21 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def child_pids(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (Linux /proc; empty elsewhere): ``router-ml serve --workers N``'s workers."""
-    return {int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and (s := _stat(int(p.name))) and int(s[1]) == pid}
+def child_pids(pid: int, *, module: str | None = None) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc; empty elsewhere); with ``module`` only those running
+    ``python -m <module>`` (``router_ml.workers``: ``router-ml serve --workers N``'s workers)."""
+    children = {int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and (s := _stat(int(p.name))) and int(s[1]) == pid}
+    if module is None:
+        return children
+    return {c for c in children if ["-m", module] == _cmdline(c)[1:3]}
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone meanwhile
+        return []
 
 
 def cpu_seconds(pid: int) -> float:

@@ -335,11 +335,11 @@ def main() -> None:
                 settle(proc.pid)
                 cpu[name] += cpu_seconds(proc.pid) - cpu_before
 
-            workers_before = child_pids(proxy.pid)
+            workers_before = child_pids(proxy.pid, module="router_ml.workers")
             stopped: list[int] = []
 
             def stop_one_worker() -> None:
-                stopped.append(min(child_pids(proxy.pid)))
+                stopped.append(min(child_pids(proxy.pid, module="router_ml.workers")))
                 os.kill(stopped[0], signal.SIGTERM)
 
             if args.fault == "worker":
@@ -354,11 +354,11 @@ def main() -> None:
                         measured(name)
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
-            workers_after = child_pids(proxy.pid)
+            workers_after = child_pids(proxy.pid, module="router_ml.workers")
             deadline = time.monotonic() + 30  # --fault worker: the supervisor starts a new worker in the slot
             while args.fault == "worker" and not workers_after - workers_before and time.monotonic() < deadline:
                 time.sleep(0.1)
-                workers_after = child_pids(proxy.pid)
+                workers_after = child_pids(proxy.pid, module="router_ml.workers")
         finally:
             for p in reversed(procs):
                 stop(p)

@@ -65,3 +65,13 @@ def test_a_run_scores_every_variant_as_train_splits_and_selects(table, tmp_path)
     assert summary["tuned+platt"]["paired_vs_default"] == 0.0
     assert summary["defaults"]["mean_vs_best_baseline"] == pytest.approx(
         report["rules"]["defaults"]["kept_test"] - report["bar"], abs=1e-5)
+    # the default against each baseline with train's paired interval, and the runs below beyond it
+    for name, paired in report["default_vs_baselines"].items():
+        assert paired["aiq"] == pytest.approx(report["rules"]["tuned+platt"]["kept_test"] - report["baselines"][name])
+        assert paired["ci95"][0] <= paired["aiq"] <= paired["ci95"][1]
+    worse = {**report, "default_vs_baselines": {b: {"aiq": -0.05, "ci95": [-0.08, -0.01]} for b in ("knn", "logreg")}}
+    flagged = study.summarize([report, worse])["tuned+platt"]["runs_below_beyond_paired_interval"]
+    bar_name = max(report["baselines"], key=report["baselines"].get)
+    expected = [-0.05] if report["default_vs_baselines"][bar_name]["ci95"][1] >= 0 else [
+        round(report["default_vs_baselines"][bar_name]["aiq"], 5), -0.05]
+    assert [r["aiq"] for r in flagged] == expected

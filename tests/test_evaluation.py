@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -63,11 +65,12 @@ def test_without_propensities_logged_traffic_falls_back_to_exposure_weights_and_
 
 def _curve_intervals_one_metric_at_a_time(held, choices):
     """The intervals as first computed: one bootstrap per metric over resampled copies."""
-    from training.evaluation import _ci, _curve_summary
+    from training.evaluation import _curve_summary
 
     def stat(name):
         return lambda idx: _curve_summary(held.quality[idx], held.cost[idx], choices[:, idx], None)[0][name]
-    return {name: _ci(stat(name), len(held.quality), held.n_boot, held.seed) for name in metrics.CURVE_KEYS}
+    return {name: list(metrics.bootstrap_ci(stat(name), len(held.quality), n_boot=held.n_boot, seed=held.seed))
+            for name in metrics.CURVE_KEYS}
 
 
 @pytest.mark.parametrize("chunk", [65536, 128])
@@ -103,3 +106,42 @@ def test_trained_baselines_fit_and_score_on_the_sampled_records():
     for name in ("knn", "logreg"):
         assert report[name]["fit_records"] == 200 and report[name]["scored_records"] == 120
         assert report[name]["aiq"] > report["random"]["aiq"]
+
+
+def _baseline_world(n_train: int = 1500, n_test: int = 800):
+    """Two models; the cheap one answers when feature 0 > 0: learnable from the features."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n_train + n_test, 4)).astype(np.float32)
+    p = np.stack([np.where(X[:, 0] > 0, 0.9, 0.2), np.full(len(X), 0.8)], axis=1)
+    quality = (rng.random(p.shape) < p).astype(float)
+    cost = np.tile([0.001, 0.01], (len(X), 1))
+    test = np.arange(n_train, n_train + n_test)
+    held = HeldOut(quality=quality[test], cost=cost[test], cost_est=cost[test], wtps=np.geomspace(1e-3, 1, 9),
+                   models=("cheap", "dear"), n_boot=300, seed=1, features=X[test], train_features=X[:n_train],
+                   train_quality=quality[:n_train])
+    return p[test], held
+
+
+def test_paired_differences_use_the_same_resamples_and_are_narrower_than_separate_intervals():
+    p_true, held = _baseline_world()
+    good = evaluate_held_out(p_true, held, baselines=("knn", "logreg"))["test"]
+    for name, diff in good["vs_baselines"].items():
+        base = good["baselines"][name]
+        assert diff["aiq"] == pytest.approx(good["aiq"] - base["aiq"])
+        low, high = diff["ci95"]["aiq"]
+        assert low <= diff["aiq"] <= high
+        separate = (good["ci95"]["aiq"][1] - good["ci95"]["aiq"][0]) + (base["ci95"]["aiq"][1] - base["ci95"]["aiq"][0])
+        assert high - low < 0.5 * separate  # pairing removes the luck both share
+    # a router that ignores the prompt is significantly below both trained baselines
+    blind = evaluate_held_out(np.tile([0.55, 0.8], (len(p_true), 1)), held, baselines=("knn", "logreg"))["test"]
+    for diff in blind["vs_baselines"].values():
+        assert diff["ci95"]["aiq"][1] < 0
+    # the same router as the baseline: every resample's difference is exactly 0
+    from training.evaluation import paired_differences
+
+    same = score_predictions(p_true, held)
+    zero = paired_differences(same, score_predictions(p_true, held))
+    assert zero["aiq"] == 0 and zero["ci95"]["aiq"] == [0.0, 0.0]
+    # baselines scored on a sample of the prompts are not paired with the router's full test set
+    sampled = dataclasses.replace(held, features=held.features[:300], baseline_rows=np.arange(300))
+    assert "vs_baselines" not in evaluate_held_out(p_true, sampled, baselines=("knn",))["test"]

@@ -50,6 +50,11 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     assert test["aiq"] < base["oracle"]["aiq"]
     low, high = test["ci95"]["aiq"]
     assert low <= test["aiq"] <= high
+    assert set(test["vs_baselines"]) == {"knn", "logreg"}  # the trained baselines, paired on the same prompts
+    for name, diff in test["vs_baselines"].items():
+        assert diff["aiq"] == pytest.approx(test["aiq"] - base[name]["aiq"])
+        low, high = diff["ci95"]["aiq"]
+        assert low <= diff["aiq"] <= high
     for name in ("weights.safetensors", "router.json", "manifest.json", "metrics.json", "curve.png", "split.json"):
         assert (tmp_path / "router" / name).exists(), name
     # the saved predictions re-score to the reported curve: the top of the knob picks argmax quality_hat
@@ -70,6 +75,7 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     assert run.data.params["data_fingerprint"] == summary["data_fingerprint"]
     assert "data.fingerprint" not in run.data.params  # logged once, under the name filters use
     assert run.data.metrics["aiq"] == pytest.approx(test["aiq"])
+    assert run.data.metrics["vs_logreg.aiq"] == pytest.approx(test["vs_baselines"]["logreg"]["aiq"])
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "router")}
     assert "router/curve.png" in artifacts and "router/weights.safetensors" in artifacts

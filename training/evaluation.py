@@ -56,6 +56,7 @@ __all__ = [
     "HeldOut",
     "default_knob",
     "evaluate_held_out",
+    "paired_differences",
     "read_metrics_file",
     "score_choices",
     "score_predictions",
@@ -168,20 +169,30 @@ def scoreable_rows(quality: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return complete if len(complete) >= 0.5 * len(anything) and len(complete) else anything
 
 
-def _ci(statistic: Callable[[np.ndarray], float | None], n: int, n_boot: int, seed: int) -> list[float | None]:
-    """Bootstrap interval; a resample where the statistic is undefined counts as NaN (skipped)."""
-    def safe(idx):
+def _draws(statistic: Callable[[np.ndarray], dict[str, float | None]], n: int, n_boot: int,
+           seed: int) -> dict[str, np.ndarray]:
+    """Each key's value on every bootstrap resample of ``range(n)`` (the draws of
+    :func:`router_ml.metrics.bootstrap_ci`: same seed, same resamples), NaN where it is undefined -
+    aligned by resample, so two reports drawn with one seed give paired differences."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, np.ndarray] = {}
+    for b in range(n_boot):
         try:
-            value = statistic(idx)
+            result = statistic(rng.integers(0, n, size=n))
         except ValueError:
-            return np.nan
-        return np.nan if value is None else value
+            continue
+        for key, value in result.items():
+            column = values.setdefault(key, np.full(n_boot, np.nan))
+            column[b] = np.nan if value is None else value
+    return values
 
-    try:
-        low, high = metrics.bootstrap_ci(safe, n, n_boot=n_boot, seed=seed)
-    except ValueError:
+
+def _interval(draws: np.ndarray) -> list[float | None]:
+    """The percentile 95% interval of the defined draws; [None, None] when none is."""
+    defined = draws[~np.isnan(draws)]
+    if not len(defined):
         return [None, None]
-    return [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)]
+    return [float(v) for v in np.quantile(defined, [0.025, 0.975])]
 
 
 def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
@@ -198,18 +209,18 @@ def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weight
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
 
-_CHUNK = 65536  # prompts per matrix product in _curve_cis
+_CHUNK = 65536  # prompts per matrix product in _curve_draws
 
 
-def _curve_cis(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
-               estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, list]:
-    """Percentile bootstrap intervals of every curve metric over prompts: the resamples of
-    :func:`router_ml.metrics.bootstrap_ci` (same seed, same draws), each summarised once for all
-    metrics. With every outcome known a resample's means are its counts times the chosen cells
+def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
+               estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Every curve metric on each bootstrap resample of the prompts (NaN where undefined): the
+    resamples of :func:`router_ml.metrics.bootstrap_ci` (same seed, same draws), each summarised once
+    for all metrics. With every outcome known a resample's means are its counts times the chosen cells
     (``(k, n) @ (n,)``), not a copy of the resampled matrices: cheap at a million prompts."""
     n = quality.shape[0]
     rng = np.random.default_rng(seed)
-    values: dict[str, list[float]] = {name: [] for name in metrics.CURVE_KEYS}
+    values = {name: np.full(n_boot, np.nan) for name in metrics.CURVE_KEYS}
     exact = weights is None and bool(np.isfinite(quality).all() and np.isfinite(cost).all())
     k, m = choices.shape[0], quality.shape[1]
     block = max(1, min(n_boot, 2**24 // max(1, n)))  # resamples at a time: 64 MiB of counts
@@ -241,12 +252,10 @@ def _curve_cis(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weigh
                     summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0]
             except ValueError:
                 continue
-            for name in values:
+            for name, column in values.items():
                 value = summary_.get(name)
-                if value is not None and not np.isnan(value):
-                    values[name].append(float(value))
-    return {name: [float(v) for v in np.quantile(vals, [0.025, 0.975])] if vals else [None, None]
-            for name, vals in values.items()}
+                column[first + b] = np.nan if value is None else value
+    return values
 
 
 def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
@@ -269,8 +278,9 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     model = held.reward_model
     report: dict[str, Any]
     report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model)
+    draws: dict[str, np.ndarray] = {}
     if n_boot:
-        report["ci95"] = _curve_cis(quality, cost, choices, weights, estimator, model, n_boot, held.seed)
+        draws = _curve_draws(quality, cost, choices, weights, estimator, model, n_boot, held.seed)
     report["estimator"] = estimator
     if weights is not None:
         ess = metrics.effective_sample_size(weights, choices)
@@ -286,11 +296,12 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
         weak, strong = held.two_model
         report.update(metrics.routellm_metrics(scores, quality[:, weak], quality[:, strong]))
         if n_boot:
-            for key in metrics.TWO_MODEL_KEYS:
-                report["ci95"][key] = _ci(
-                    lambda idx, key=key: metrics.routellm_metrics(scores[idx], quality[idx, weak],
-                                                                  quality[idx, strong])[key],
-                    len(scores), n_boot, held.seed)
+            two = _draws(lambda idx: metrics.routellm_metrics(scores[idx], quality[idx, weak], quality[idx, strong]),
+                         len(scores), n_boot, held.seed)
+            draws.update({key: two.get(key, np.full(n_boot, np.nan)) for key in metrics.TWO_MODEL_KEYS})
+    if n_boot:
+        report["ci95"] = {key: _interval(values) for key, values in draws.items()}
+        report["draws"] = draws
     report["curve"] = {"willingness_to_pay": [wtp_to_json(w) for w in wtps], "cost": c.tolist(), "quality": q.tolist()}
     return report
 
@@ -347,8 +358,8 @@ def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
     out: dict[str, Any] = {"willingness_to_pay": wtp_to_json(willingness_to_pay),
                            "quality": None if np.isnan(quality) else quality, "cost": cost, "estimator": estimator}
     if n_boot:
-        out["ci95"] = {"quality": _ci(lambda idx: point(idx)[1], n, n_boot, held.seed),
-                       "cost": _ci(lambda idx: point(idx)[0], n, n_boot, held.seed)}
+        draws = _draws(lambda idx: dict(zip(("cost", "quality"), point(idx), strict=True)), n, n_boot, held.seed)
+        out["ci95"] = {key: _interval(draws.get(key, np.full(n_boot, np.nan))) for key in ("quality", "cost")}
     shares = np.bincount(choice[0], minlength=len(held.models)) / n
     out["models"] = {held.models[j]: float(shares[j]) for j in np.argsort(-shares, kind="stable") if shares[j] > 0}
     if weights is not None:
@@ -434,14 +445,45 @@ BASELINES: dict[str, Baseline] = {
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """A report without its curve and per-model table: what ``test`` and ``baselines.*`` show."""
-    return {k: v for k, v in report.items() if k not in ("curve", "models")}
+    """A report without its curve, per-model table and bootstrap draws: what ``test`` and
+    ``baselines.*`` show."""
+    return {k: v for k, v in report.items() if k not in ("curve", "models", "draws")}
+
+
+#: the metrics :func:`paired_differences` compares
+PAIRED_KEYS = ("aiq", "best_quality", "apgr")
+
+
+def paired_differences(router: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The router's metric minus the baseline's, each with a 95% interval from the *same* bootstrap
+    resamples of the prompts (both reports drawn with one seed on the same held-out set): the paired
+    interval is much narrower than the two separate ones, since most of a resample's luck (easy or
+    hard prompts) moves both alike. An interval wholly below 0 says the router is worse than the
+    baseline beyond the noise of the test set.
+
+    >>> paired_differences(router_report, logreg_report)  # doctest: +SKIP
+    {'aiq': 0.004, 'best_quality': 0.0, 'ci95': {'aiq': [-0.002, 0.011], 'best_quality': [...]}}
+    """
+    out: dict[str, Any] = {}
+    ci: dict[str, list[float | None]] = {}
+    for key in PAIRED_KEYS:
+        a, b = router.get(key), baseline.get(key)
+        if a is None or b is None:
+            continue
+        out[key] = float(a - b)
+        da, db = router.get("draws", {}).get(key), baseline.get("draws", {}).get(key)
+        if da is not None and db is not None and len(da) == len(db):
+            ci[key] = _interval(da - db)
+    if ci:
+        out["ci95"] = ci
+    return out
 
 
 def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[str]) -> dict[str, Any]:
     """Score a router's predictions ``pred`` (n, m) on ``held`` next to the named baselines.
 
-    Returns ``test`` (the router's summary with ``baselines``), the router's and the baselines'
+    Returns ``test`` (the router's summary with ``baselines`` and, for each trained baseline scored on
+    the same prompts, ``vs_baselines``: :func:`paired_differences`), the router's and the baselines'
     curves, and the single models' points (``singles``) for plots.
     """
     unknown = [name for name in baselines if name not in BASELINES]
@@ -450,14 +492,20 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
     report = score_predictions(pred, held)
     singles = _best_single(held)
     out: dict[str, Any] = {}
+    paired: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for name in baselines:
         base = singles if name == "best-single" else BASELINES[name].score(held)
         out[name] = summary(base)
         if "curve" in base:
             curves[name] = base["curve"]
-    return {"test": {**summary(report), "baselines": out}, "router_curve": report["curve"],
-            "baseline_curves": curves, "singles": singles["models"]}
+        if BASELINES[name].trained and base.get("scored_records") == len(held.quality):
+            paired[name] = paired_differences(report, base)
+    test = {**summary(report), "baselines": out}
+    if paired:
+        test["vs_baselines"] = paired
+    return {"test": test, "router_curve": report["curve"], "baseline_curves": curves,
+            "singles": singles["models"]}
 
 
 def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:

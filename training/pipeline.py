@@ -301,6 +301,8 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         flat = {k: v for k, v in test_metrics.items() if isinstance(v, int | float)}
         for name, base in test_metrics["baselines"].items():
             flat.update({f"{name}.{k}": v for k, v in base.items() if isinstance(v, int | float)})
+        for name, diff in test_metrics.get("vs_baselines", {}).items():
+            flat.update({f"vs_{name}.{k}": v for k, v in diff.items() if isinstance(v, int | float)})
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         stages.done("save")
         tracker.log_artifacts(out_dir, "router")
