@@ -233,12 +233,22 @@ def test_compare_ranks_routers_on_a_log_by_the_same_estimator(best_and_worst, de
     assert best["quality"] > 0.7 > 0.3 > worst["quality"]
     assert best["quality_ci95"][0] > worst["quality_ci95"][1] and best["ess"] > 100
     assert best["aiq"] > worst["aiq"]
+    # the runner-up against the first, paired on the same resamples of the same prompts
+    assert "vs_first" not in best
+    diff = worst["vs_first"]
+    assert diff["quality"] == pytest.approx(worst["quality"] - best["quality"])
+    low, high = diff["quality_ci95"]
+    assert low <= diff["quality"] <= high < 0
+    own = (best["quality_ci95"][1] - best["quality_ci95"][0]) + (worst["quality_ci95"][1] - worst["quality_ci95"][0])
+    assert high - low < own
     by_quality = json.loads(run(*args, "--json", "--sort", "quality", cwd=root).stdout)["ranking"]
     assert by_quality[0]["router_dir"] == str(routers["best"])
     table = run(*args, "--sort", "cost", cwd=root)
     assert table.returncode == 0, table.stderr[-3000:]
     lines = table.stdout.splitlines()
     assert str(routers["worst"]) in lines[2] and str(routers["best"]) in lines[3]  # cheaper first
+    assert lines[0].rstrip().endswith("cost - #1's") and lines[2].rstrip().endswith("-")
+    assert lines[3].count("[") == 4  # AIQ, quality, cost and the paired cost difference, each with its interval
     assert "sorted by cost" in lines[-1]
     bad = run(*args, "--sort", "apgr", cwd=root)
     assert bad.returncode == 1 and "--sort 'apgr'" in bad.stderr

@@ -62,7 +62,10 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
     """Score each saved router (checkpoint or artifact directory) on ``data`` and rank them by ``sort``
     (:data:`ROUTER_SORTS`; ties and missing values last). ``options`` go to
     :func:`training.pipeline.evaluate_router` (estimator, prices, load options...). Returns
-    ``{"data", "estimator", "sort", "ranking": [row, ...], "routers": [full report, ...]}``.
+    ``{"data", "estimator", "sort", "ranking": [row, ...], "routers": [full report, ...]}``. Every router
+    is scored on the same bootstrap resamples (seed 0), so each row after the first has ``vs_first``: its
+    AIQ and default-knob quality and cost minus the first's, with the paired 95% interval of each
+    difference (None when the two were scored on different prompts).
 
     >>> compare_routers(["runs/a", "runs/b"], "log.jsonl")["ranking"][0]["router_dir"]   # doctest: +SKIP
     'runs/b'
@@ -73,7 +76,8 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
         raise RouterMLError(f"--sort {sort!r}: with --router choose one of {', '.join(ROUTER_SORTS)}")
     if not routers:
         raise RouterMLError("give at least one --router DIR")
-    reports = [evaluate_router(path, data, **options) for path in routers]
+    reports = [evaluate_router(path, data, bootstrap_seed=0, keep_draws=True, **options) for path in routers]
+    draws = [report.pop("draws") for report in reports]
     rows = []
     for report in reports:
         test, knob = report["test"], report["default_knob"]
@@ -87,9 +91,36 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
                      "ess_curve_median": off.get("effective_sample_size", {}).get("median"),
                      "biased": report["biased"]})
     key, higher = ROUTER_SORTS[sort]
-    rows.sort(key=lambda r: (r[key] is None, -r[key] if higher and r[key] is not None else r[key] or 0.0))
-    return {"data": str(data), "estimator": reports[0]["test"]["estimator"], "sort": sort, "ranking": rows,
-            "routers": reports}
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][key] is None,
+                                                    -rows[i][key] if higher and rows[i][key] is not None
+                                                    else rows[i][key] or 0.0))
+    first = order[0]
+    for i in order[1:]:
+        rows[i]["vs_first"] = _paired_vs_first(rows[i], rows[first], draws[i], draws[first])
+    return {"data": str(data), "estimator": reports[0]["test"]["estimator"], "sort": sort,
+            "ranking": [rows[i] for i in order], "routers": reports}
+
+
+def _paired_vs_first(row: dict[str, Any], first: dict[str, Any], mine: dict[str, Any],
+                     theirs: dict[str, Any]) -> dict[str, Any] | None:
+    """This router's AIQ and default-knob quality and cost minus the first-ranked router's, each with the
+    95% interval of the difference over the same bootstrap resamples of the same prompts (None when the
+    two were scored on different prompts: a checkpoint drops the prompts it was trained on)."""
+    import numpy as np
+
+    from training.evaluation import percentile_interval
+
+    if len(mine["rows"]) != len(theirs["rows"]) or not np.array_equal(mine["rows"], theirs["rows"]):
+        return None
+    out: dict[str, Any] = {}
+    for key in ("aiq", "quality", "cost"):
+        if row[key] is None or first[key] is None:
+            continue
+        out[key] = float(row[key] - first[key])
+        a, b = mine.get(key), theirs.get(key)
+        if a is not None and b is not None:
+            out[f"{key}_ci95"] = percentile_interval(a - b)
+    return out
 
 
 #: ``compare --cascade`` sort keys -> higher is better
@@ -162,12 +193,23 @@ def format_router_table(result: dict[str, Any]) -> str:
         text = _fmt(value, spec)
         return text if not ci or ci[0] is None else f"{text} [{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
-    head = ("#", "router", "AIQ", "quality @ default knob", "cost @ default knob (USD)", "ESS")
+    key = result["sort"]
+    spec = ".3e" if key == "cost" else "+.4f"
+
+    def versus(row: dict[str, Any]) -> str:
+        diff = row.get("vs_first")
+        if not diff or key not in diff:
+            return "-" if "vs_first" not in row else "n/a"
+        return band(diff[key], diff.get(f"{key}_ci95"), spec)
+
+    head = ("#", "router", "AIQ", "quality @ default knob", "cost @ default knob (USD)", "ESS", f"{key} - #1's")
     lines = [head] + [(str(rank), row["router_dir"], band(row["aiq"], row["aiq_ci95"], ".4f"),
                        band(row["quality"], row["quality_ci95"], ".4f"), band(row["cost"], row["cost_ci95"], ".3e"),
-                       _fmt(row["ess"], ".0f")) for rank, row in enumerate(result["ranking"], start=1)]
+                       _fmt(row["ess"], ".0f"), versus(row)) for rank, row in enumerate(result["ranking"], start=1)]
     footer = (f"{len(result['ranking'])} routers on {result['data']} ({result['estimator']}), sorted by "
-              f"{result['sort']}; ESS = effective sample size at the default knob")
+              f"{result['sort']}; ESS = effective sample size at the default knob; the last column is paired "
+              f"(same bootstrap resamples of the same prompts): an interval that excludes 0 separates the two "
+              f"beyond the noise of the data; n/a = scored on different prompts")
     if any(row["biased"] for row in result["ranking"]):
         footer += "; WARNING: no logged propensities, estimates biased (exposure weights)"
     return _aligned(lines, left=2) + "\n" + footer

@@ -99,7 +99,8 @@ def _check_log_models(data: str | Path, router_dir: Path, models: Sequence[str],
 def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
                     include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
                     n_boot: int | None = None, artifacts: Sequence[str | Path] = (), estimator: str = "auto",
-                    willingness_to_pay: float | None = None, **load_options: Any) -> dict[str, Any]:
+                    willingness_to_pay: float | None = None, bootstrap_seed: int | None = None,
+                    keep_draws: bool = False, **load_options: Any) -> dict[str, Any]:
     """Score a saved router - a checkpoint written by ``train`` or an exported artifact directory
     (:mod:`training.saved`) - on ``data`` in the same JSON shape as training's ``test``, on the knob
     grid it was trained with, plus its point at its default knob (``default_knob``;
@@ -120,6 +121,11 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     ``warning``. ``dr`` uses the router's own predictions as its reward model. On logged traffic the
     router's and the log's models must match (DataError otherwise); records of models the router
     does not know are quarantined with ``on_error="quarantine"``.
+
+    The bootstrap resamples are drawn with the router's training seed, or ``bootstrap_seed``; with
+    ``keep_draws`` the result also holds ``draws``: the AIQ and the default knob's quality and cost on
+    each resample, and the scored rows of ``data`` (numpy arrays, for :func:`training.compare.compare_routers`'s
+    paired differences; not JSON).
     """
     from training.pipeline import _prompt_hash, _two_model  # the training side's own rules (imports this module)
 
@@ -165,7 +171,8 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
         two_model = saved.two_model
     held = HeldOut(quality=quality[scored], cost=cost[scored], cost_est=saved.cost_estimate(texts)[:, keep_cols],
                    wtps=saved.knob_grid, models=models, two_model=two_model,
-                   n_boot=saved.n_boot if n_boot is None else n_boot, seed=saved.seed,
+                   n_boot=saved.n_boot if n_boot is None else n_boot,
+                   seed=saved.seed if bootstrap_seed is None else bootstrap_seed,
                    propensity=table.propensity[scored][:, cols], estimator=estimator)
     warning = None
     if held.logged and not held.has_propensities:
@@ -189,8 +196,12 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
            "seen_prompts": seen_note, "rejected": report.rejected, "quarantined_unknown_model": quarantined,
            "models_used": list(models), "models_missing": missing,
            "models_ignored": extra, "biased": warning is not None, "unlogged_outcomes": held.unlogged_outcomes,
-           "test": result["test"],
-           "default_knob": {**default_knob(pred, held, wtp), "source": wtp_source}}
+           "test": result["test"]}
+    knob = default_knob(pred, held, wtp)
+    knob_draws = knob.pop("draws", {})
+    out["default_knob"] = {**knob, "source": wtp_source}
+    if keep_draws:
+        out["draws"] = {"aiq": result["router_draws"].get("aiq"), **knob_draws, "rows": scored}
     if warning:
         out["warning"] = warning
     if artifacts:

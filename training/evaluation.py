@@ -57,6 +57,7 @@ __all__ = [
     "default_knob",
     "evaluate_held_out",
     "paired_differences",
+    "percentile_interval",
     "read_metrics_file",
     "score_choices",
     "score_predictions",
@@ -187,7 +188,7 @@ def _draws(statistic: Callable[[np.ndarray], dict[str, float | None]], n: int, n
     return values
 
 
-def _interval(draws: np.ndarray) -> list[float | None]:
+def percentile_interval(draws: np.ndarray) -> list[float | None]:
     """The percentile 95% interval of the defined draws; [None, None] when none is."""
     defined = draws[~np.isnan(draws)]
     if not len(defined):
@@ -300,7 +301,7 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
                          len(scores), n_boot, held.seed)
             draws.update({key: two.get(key, np.full(n_boot, np.nan)) for key in metrics.TWO_MODEL_KEYS})
     if n_boot:
-        report["ci95"] = {key: _interval(values) for key, values in draws.items()}
+        report["ci95"] = {key: percentile_interval(values) for key, values in draws.items()}
         report["draws"] = draws
     report["curve"] = {"willingness_to_pay": [wtp_to_json(w) for w in wtps], "cost": c.tolist(), "quality": q.tolist()}
     return report
@@ -359,7 +360,9 @@ def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
                            "quality": None if np.isnan(quality) else quality, "cost": cost, "estimator": estimator}
     if n_boot:
         draws = _draws(lambda idx: dict(zip(("cost", "quality"), point(idx), strict=True)), n, n_boot, held.seed)
-        out["ci95"] = {key: _interval(draws.get(key, np.full(n_boot, np.nan))) for key in ("quality", "cost")}
+        draws = {key: draws.get(key, np.full(n_boot, np.nan)) for key in ("quality", "cost")}
+        out["ci95"] = {key: percentile_interval(values) for key, values in draws.items()}
+        out["draws"] = draws  # per resample, for paired comparisons (numpy arrays: not for JSON)
     shares = np.bincount(choice[0], minlength=len(held.models)) / n
     out["models"] = {held.models[j]: float(shares[j]) for j in np.argsort(-shares, kind="stable") if shares[j] > 0}
     if weights is not None:
@@ -473,7 +476,7 @@ def paired_differences(router: dict[str, Any], baseline: dict[str, Any]) -> dict
         out[key] = float(a - b)
         da, db = router.get("draws", {}).get(key), baseline.get("draws", {}).get(key)
         if da is not None and db is not None and len(da) == len(db):
-            ci[key] = _interval(da - db)
+            ci[key] = percentile_interval(da - db)
     if ci:
         out["ci95"] = ci
     return out
@@ -484,7 +487,8 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
 
     Returns ``test`` (the router's summary with ``baselines`` and, for each trained baseline scored on
     the same prompts, ``vs_baselines``: :func:`paired_differences`), the router's and the baselines'
-    curves, and the single models' points (``singles``) for plots.
+    curves, the single models' points (``singles``) for plots, and the router's metrics on each
+    bootstrap resample (``router_draws``, numpy arrays) for paired comparisons with other routers.
     """
     unknown = [name for name in baselines if name not in BASELINES]
     if unknown:  # a config is validated on load; this guards direct calls
@@ -505,7 +509,7 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
     if paired:
         test["vs_baselines"] = paired
     return {"test": test, "router_curve": report["curve"], "baseline_curves": curves,
-            "singles": singles["models"]}
+            "singles": singles["models"], "router_draws": report.get("draws", {})}
 
 
 def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:
