@@ -142,6 +142,10 @@ def test_paired_differences_use_the_same_resamples_and_are_narrower_than_separat
     same = score_predictions(p_true, held)
     zero = paired_differences(same, score_predictions(p_true, held))
     assert zero["aiq"] == 0 and zero["ci95"]["aiq"] == [0.0, 0.0]
-    # baselines scored on a sample of the prompts are not paired with the router's full test set
-    sampled = dataclasses.replace(held, features=held.features[:300], baseline_rows=np.arange(300))
-    assert "vs_baselines" not in evaluate_held_out(p_true, sampled, baselines=("knn",))["test"]
+    # baselines scored on a sample of the prompts are paired with the router on that sample
+    rows = np.arange(0, 800, 2)
+    sampled = dataclasses.replace(held, features=held.features[rows], baseline_rows=rows)
+    test = evaluate_held_out(p_true, sampled, baselines=("knn",))["test"]
+    on_sample = score_predictions(p_true[rows], held.subset(rows))
+    assert test["vs_baselines"]["knn"]["prompts"] == 400
+    assert test["vs_baselines"]["knn"]["aiq"] == pytest.approx(on_sample["aiq"] - test["baselines"]["knn"]["aiq"])

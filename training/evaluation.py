@@ -485,8 +485,9 @@ def paired_differences(router: dict[str, Any], baseline: dict[str, Any]) -> dict
 def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[str]) -> dict[str, Any]:
     """Score a router's predictions ``pred`` (n, m) on ``held`` next to the named baselines.
 
-    Returns ``test`` (the router's summary with ``baselines`` and, for each trained baseline scored on
-    the same prompts, ``vs_baselines``: :func:`paired_differences`), the router's and the baselines'
+    Returns ``test`` (the router's summary with ``baselines`` and, for each trained baseline,
+    ``vs_baselines``: :func:`paired_differences` on the prompts that baseline was scored on - the
+    sample of ``held.baseline_rows`` when there is one - and their count), the router's and the baselines'
     curves, the single models' points (``singles``) for plots, and the router's metrics on each
     bootstrap resample (``router_draws``, numpy arrays) for paired comparisons with other routers.
     """
@@ -498,13 +499,19 @@ def evaluate_held_out(pred: np.ndarray, held: HeldOut, *, baselines: Sequence[st
     out: dict[str, Any] = {}
     paired: dict[str, Any] = {}
     curves: dict[str, Any] = {}
+    on_sample: dict[str, Any] | None = None  # the router on the trained baselines' sample, when they have one
     for name in baselines:
         base = singles if name == "best-single" else BASELINES[name].score(held)
         out[name] = summary(base)
         if "curve" in base:
             curves[name] = base["curve"]
-        if BASELINES[name].trained and base.get("scored_records") == len(held.quality):
-            paired[name] = paired_differences(report, base)
+        if BASELINES[name].trained:
+            mine = report
+            if held.baseline_rows is not None:
+                if on_sample is None:
+                    on_sample = score_predictions(pred[held.baseline_rows], held.subset(held.baseline_rows))
+                mine = on_sample
+            paired[name] = {**paired_differences(mine, base), "prompts": base["scored_records"]}
     test = {**summary(report), "baselines": out}
     if paired:
         test["vs_baselines"] = paired
