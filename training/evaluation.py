@@ -214,7 +214,7 @@ _CHUNK = 65536  # prompts per matrix product in _curve_draws
 
 
 def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
-               estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+                 estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, np.ndarray]:
     """Every curve metric on each bootstrap resample of the prompts (NaN where undefined): the
     resamples of :func:`router_ml.metrics.bootstrap_ci` (same seed, same draws), each summarised once
     for all metrics. With every outcome known a resample's means are its counts times the chosen cells
