@@ -175,6 +175,7 @@ def curve_from_choices(
     weights: np.ndarray | None = None,
     estimator: str = "ips",
     reward_model: np.ndarray | None = None,
+    cost_model: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (mean cost in USD, mean quality), each of shape (k,), of a router as its knob sweeps.
 
@@ -187,7 +188,12 @@ def curve_from_choices(
     mean cost is estimated like the quality with ``"ips"`` and ``"snips"`` (from the logged costs of the
     matching choices: an imputed cost misses what a prompt's answer length did to it, and averaging
     imputed costs was measured 6-14% off on a simulated log) and is the plain mean of the (imputed)
-    costs with ``"dr"`` - the direct method, whose error is the cost imputation's.
+    costs with ``"dr"`` - the direct method, whose error is the cost imputation's. With ``cost_model``
+    (n, m), a predicted cost for every cell (the router's own cost estimate from the prompt's length),
+    the mean cost is doubly robust: the mean predicted cost of the chosen cells plus the weighted mean
+    of the logged residuals ``cost - cost_model`` of the matching choices (self-normalised with
+    ``"snips"``). The prediction carries what the prompt's length does to every choice, the logged
+    residuals correct its bias, and they vary far less than the costs themselves.
     ``estimator`` says how weighted qualities become a mean (the off-policy estimators, Dudik et al. 2011):
 
     - ``"ips"``: ``sum(w * q) / n`` - unbiased when the weights are the true inverse propensities;
@@ -215,7 +221,10 @@ def curve_from_choices(
     # knob values a block at a time: each (knob, prompt) array of a block holds at most _BLOCK_CELLS
     # cells (81 knob values over 3 million prompts would be 1.9 GB per float64 array at once)
     step = max(1, _BLOCK_CELLS // max(n, 1))
-    blocks = [_curve_block(quality, cost, choices[a:a + step], weights, estimator, reward_model)
+    if cost_model is not None and np.shape(cost_model) != quality.shape:
+        raise ValueError(f"cost_model must have shape {quality.shape} (predicted cost per cell), got "
+                         f"{np.shape(cost_model)}")
+    blocks = [_curve_block(quality, cost, choices[a:a + step], weights, estimator, reward_model, cost_model)
               for a in range(0, max(len(choices), 1), step)]
     per_knob = np.concatenate([b[2] for b in blocks])
     if per_knob.any():
@@ -234,7 +243,7 @@ _BLOCK_CELLS = 1 << 23
 
 
 def _curve_block(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
-                 estimator: str, reward_model: np.ndarray | None
+                 estimator: str, reward_model: np.ndarray | None, cost_model: np.ndarray | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`curve_from_choices` for a block of knob values: (mean costs, mean qualities, per knob the
     prompts whose chosen cell lacks an outcome, which prompts those are - both zero when weighted)."""
@@ -249,21 +258,29 @@ def _curve_block(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
         observed_q = np.where(chosen_w > 0, quality[rows, choices], 0.0)
         if not np.isfinite(observed_q).all():
             raise ValueError("a chosen cell with a positive weight has no quality (NaN); give it weight 0")
-        logged_c = np.where(chosen_w > 0, chosen_c, 0.0)
+        if cost_model is None:  # the logged costs themselves (the direct method with "dr")
+            base, logged_c = np.zeros(len(choices)), np.where(chosen_w > 0, chosen_c, 0.0)
+        else:  # doubly robust: the predicted costs plus the logged residuals
+            predicted_c = np.asarray(cost_model, dtype=float)[rows, choices]
+            base, logged_c = predicted_c.mean(axis=1), np.where(chosen_w > 0, chosen_c - predicted_c, 0.0)
         if estimator == "ips":
-            return (logged_c * chosen_w).mean(axis=1), (observed_q * chosen_w).mean(axis=1), *none
+            return base + (logged_c * chosen_w).mean(axis=1), (observed_q * chosen_w).mean(axis=1), *none
         if estimator == "snips":
             total = chosen_w.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 means = np.where(total > 0, (observed_q * chosen_w).sum(axis=1) / total, np.nan)
-                costs = np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, chosen_c.mean(axis=1))
+                if cost_model is None:
+                    costs = np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, chosen_c.mean(axis=1))
+                else:
+                    costs = base + np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, 0.0)
             return costs, means, *none
         if estimator == "dr":
             if reward_model is None or np.shape(reward_model) != quality.shape:
                 raise ValueError(f"the 'dr' estimator needs reward_model of shape {quality.shape} (predicted quality)")
             predicted = np.asarray(reward_model, dtype=float)[rows, choices]
-            return chosen_c.mean(axis=1), (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted,
-                                                                           0.0)).mean(axis=1), *none
+            costs = chosen_c.mean(axis=1) if cost_model is None else base + (logged_c * chosen_w).mean(axis=1)
+            means = (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted, 0.0)).mean(axis=1)
+            return costs, means, *none
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     chosen_q = quality[rows, choices]
     missing = ~(np.isfinite(chosen_q) & np.isfinite(chosen_c))

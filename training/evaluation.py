@@ -26,7 +26,9 @@ weights of :func:`router_ml.metrics.exposure_weights`: a chosen model's observed
 choice whose outcome was not observed counts 0. This is unbiased when which models were observed
 does not depend on the prompt (random exploration, like the uniformly masked copies in the tests);
 with every outcome observed it is the plain mean. The oracle needs every outcome and is left out
-then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`). With the logging
+then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`); off-policy, a policy's mean
+cost is the mean of its choices' costs as the router estimates them from the prompt (``cost_est``)
+corrected by the weighted mean of the logged residuals - doubly robust. With the logging
 policy's propensities the estimators of :class:`HeldOut` apply; without them a report's
 ``off_policy.biased`` is true, and ``router-ml evaluate`` refuses such a log unless an estimator is
 forced (:mod:`training.evaluate_saved`). :func:`default_knob` gives the router's single operating
@@ -197,15 +199,18 @@ def percentile_interval(draws: np.ndarray) -> list[float | None]:
 
 
 def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
-              estimator: str, reward_model: np.ndarray | None, *, fill: bool = True) -> tuple[np.ndarray, np.ndarray]:
+              estimator: str, reward_model: np.ndarray | None, *, fill: bool = True,
+              cost_model: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean cost, mean quality) per knob value of ``choices``: exact without ``weights``, else the off-policy
-    estimate kept inside the range of the observed qualities (IPS and DR can leave it; SNIPS never does).
+    estimate kept inside the range of the observed qualities (IPS and DR can leave it; SNIPS never does);
+    the off-policy mean cost is doubly robust with ``cost_model`` (the router's cost estimate per cell,
+    ``HeldOut.cost_est``): :func:`router_ml.metrics.curve_from_choices`.
     A knob value where no logged choice matched (SNIPS: undefined) is NaN, or with ``fill`` the worst
     observed quality - curves need a number there, a bootstrap resample is better skipped."""
     if weights is None:
         return metrics.curve_from_choices(quality, cost, choices)
     c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
-                                      reward_model=reward_model)
+                                      reward_model=reward_model, cost_model=cost_model)
     q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
@@ -214,7 +219,8 @@ _CHUNK = 65536  # prompts per matrix product in _curve_draws
 
 
 def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
-                 estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+                 estimator: str, reward_model: np.ndarray | None, n_boot: int, seed: int,
+                 cost_model: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every curve metric on each bootstrap resample of the prompts (NaN where undefined): the
     resamples of :func:`router_ml.metrics.bootstrap_ci` (same seed, same draws), each summarised once
     for all metrics. With every outcome known a resample's means are its counts times the chosen cells
@@ -250,7 +256,8 @@ def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
                 else:
                     w = None if weights is None else weights[idx]
                     rm = None if reward_model is None else reward_model[idx]
-                    summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm)[0]
+                    cm = None if cost_model is None else cost_model[idx]
+                    summary_ = _curve_summary(quality[idx], cost[idx], choices[:, idx], w, estimator, rm, cm)[0]
             except ValueError:
                 continue
             for name, column in values.items():
@@ -261,8 +268,8 @@ def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
 
 def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
                    estimator: str = "ips", reward_model: np.ndarray | None = None,
-                   ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
-    c, q = _estimate(quality, cost, choices, weights, estimator, reward_model)
+                   cost_model: np.ndarray | None = None) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
+    c, q = _estimate(quality, cost, choices, weights, estimator, reward_model, cost_model=cost_model)
     sc, sq = metrics.single_model_points(quality, cost, weights=weights)
     return metrics.curve_summary(c, q, single_costs=sc, single_qualities=sq), c, q
 
@@ -278,10 +285,10 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     estimator = held.resolved_estimator()
     model = held.reward_model
     report: dict[str, Any]
-    report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model)
+    report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model, held.cost_est)
     draws: dict[str, np.ndarray] = {}
     if n_boot:
-        draws = _curve_draws(quality, cost, choices, weights, estimator, model, n_boot, held.seed)
+        draws = _curve_draws(quality, cost, choices, weights, estimator, model, n_boot, held.seed, held.cost_est)
     report["estimator"] = estimator
     if weights is not None:
         ess = metrics.effective_sample_size(weights, choices)
@@ -351,7 +358,8 @@ def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
     def point(idx: np.ndarray | slice) -> tuple[float, float]:
         w = None if weights is None else weights[idx]
         rm = None if model is None else model[idx]
-        c, q = _estimate(held.quality[idx], held.cost[idx], choice[:, idx], w, estimator, rm, fill=False)
+        c, q = _estimate(held.quality[idx], held.cost[idx], choice[:, idx], w, estimator, rm, fill=False,
+                         cost_model=held.cost_est[idx])
         return float(c[0]), float(q[0])
 
     cost, quality = point(slice(None))
