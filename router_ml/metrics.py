@@ -192,8 +192,8 @@ def curve_from_choices(
     (n, m), a predicted cost for every cell (the router's own cost estimate from the prompt's length),
     the mean cost is doubly robust: the mean predicted cost of the chosen cells plus the weighted mean
     of the logged residuals ``cost - cost_model`` of the matching choices (self-normalised with
-    ``"snips"``). The prediction carries what the prompt's length does to every choice, the logged
-    residuals correct its bias, and they vary far less than the costs themselves.
+    ``"snips"`` and ``"dr"``, plain with ``"ips"``). The prediction carries what the prompt's length
+    does to every choice, the logged residuals correct its bias, and they vary far less than the costs.
     ``estimator`` says how weighted qualities become a mean (the off-policy estimators, Dudik et al. 2011):
 
     - ``"ips"``: ``sum(w * q) / n`` - unbiased when the weights are the true inverse propensities;
@@ -278,7 +278,10 @@ def _curve_block(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
             if reward_model is None or np.shape(reward_model) != quality.shape:
                 raise ValueError(f"the 'dr' estimator needs reward_model of shape {quality.shape} (predicted quality)")
             predicted = np.asarray(reward_model, dtype=float)[rows, choices]
-            costs = chosen_c.mean(axis=1) if cost_model is None else base + (logged_c * chosen_w).mean(axis=1)
+            total = chosen_w.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):  # residuals self-normalised: stable at few matches
+                costs = chosen_c.mean(axis=1) if cost_model is None else base + np.where(
+                    total > 0, (logged_c * chosen_w).sum(axis=1) / total, 0.0)
             means = (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted, 0.0)).mean(axis=1)
             return costs, means, *none
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")

@@ -149,3 +149,23 @@ def test_paired_differences_use_the_same_resamples_and_are_narrower_than_separat
     on_sample = score_predictions(p_true[rows], held.subset(rows))
     assert test["vs_baselines"]["knn"]["prompts"] == 400
     assert test["vs_baselines"]["knn"]["aiq"] == pytest.approx(on_sample["aiq"] - test["baselines"]["knn"]["aiq"])
+
+
+def test_the_dr_estimator_estimates_cost_from_the_routers_cost_model_and_the_logged_residuals():
+    from training.evaluation import default_knob
+
+    p_true, quality, logged, propensity = _world(2)
+    rng = np.random.default_rng(3)
+    length = rng.lognormal(0, 0.8, len(quality))
+    true_cost = np.outer(length, [1e-4, 5e-4, 2e-3])  # what each model costs on each prompt
+    logged_cost = np.where(np.isnan(logged), np.nan, true_cost)
+    held = HeldOut(quality=logged, cost=np.where(np.isnan(logged_cost), true_cost.mean(axis=0), logged_cost),
+                   cost_est=true_cost, wtps=np.array([0.0, 1e-3, 1e-2, np.inf]), models=("a", "b", "c"), n_boot=50,
+                   propensity=propensity, estimator="dr", reward_model=p_true)
+    truth = metrics.curve_from_choices(quality, true_cost, np.argmax(p_true, axis=1)[None, :])[0][0]
+    dr = default_knob(p_true, held, np.inf)
+    snips = default_knob(p_true, dataclasses.replace(held, estimator="snips"), np.inf)
+    assert dr["cost"] == pytest.approx(truth, rel=1e-9)  # a right cost model leaves no residual
+    assert abs(snips["cost"] / truth - 1) > 1e-3  # the logged costs of the matching choices alone
+    low, high = dr["ci95"]["cost"]
+    assert low <= truth <= high

@@ -27,8 +27,9 @@ choice whose outcome was not observed counts 0. This is unbiased when which mode
 does not depend on the prompt (random exploration, like the uniformly masked copies in the tests);
 with every outcome observed it is the plain mean. The oracle needs every outcome and is left out
 then. Costs of unobserved cells are the imputed ones (:mod:`training.costs`); off-policy, a policy's mean
-cost is the mean of its choices' costs as the router estimates them from the prompt (``cost_est``)
-corrected by the weighted mean of the logged residuals - doubly robust. With the logging
+cost is estimated from the logged costs of its matching choices like the quality, or with ``dr`` as the
+mean of its choices' costs as the router estimates them from the prompt (``cost_est``) corrected by the
+weighted mean of the logged residuals - doubly robust. With the logging
 policy's propensities the estimators of :class:`HeldOut` apply; without them a report's
 ``off_policy.biased`` is true, and ``router-ml evaluate`` refuses such a log unless an estimator is
 forced (:mod:`training.evaluate_saved`). :func:`default_knob` gives the router's single operating
@@ -203,14 +204,14 @@ def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weight
               cost_model: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean cost, mean quality) per knob value of ``choices``: exact without ``weights``, else the off-policy
     estimate kept inside the range of the observed qualities (IPS and DR can leave it; SNIPS never does);
-    the off-policy mean cost is doubly robust with ``cost_model`` (the router's cost estimate per cell,
-    ``HeldOut.cost_est``): :func:`router_ml.metrics.curve_from_choices`.
+    with ``dr`` the mean cost is doubly robust too, ``cost_model`` (the router's cost estimate per cell,
+    ``HeldOut.cost_est``) its model: :func:`router_ml.metrics.curve_from_choices`.
     A knob value where no logged choice matched (SNIPS: undefined) is NaN, or with ``fill`` the worst
     observed quality - curves need a number there, a bootstrap resample is better skipped."""
     if weights is None:
         return metrics.curve_from_choices(quality, cost, choices)
     c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
-                                      reward_model=reward_model, cost_model=cost_model)
+                                      reward_model=reward_model, cost_model=cost_model if estimator == "dr" else None)
     q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
