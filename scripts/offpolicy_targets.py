@@ -11,7 +11,9 @@ B) EVALUATION (``--part evaluation``): five routers are scored off-policy on 20 
    with every outcome, each by ``router-ml evaluate --router DIR --json`` at its default knob
    (``default_knob``: SNIPS on a log, bootstrap intervals): per router the error of the quality
    (target <= 0.01) and cost (within 1%) estimates, the coverage of their 95% intervals (target
-   >= 90%), and how often the logs rank the routers as the truth does.
+   >= 90%), and how often the logs rank the routers as the truth does. ``--estimator dr`` (or ``ips``)
+   scores the logs with that estimator instead; its results sit beside SNIPS's in the same ``--out``
+   (``<router>.log<k>.dr.json``, ``offpolicy_targets.dr.json``), the simulations and routers shared.
 
 Every step is a ``router-ml`` command whose output is kept, with the command, under ``--out``: a
 re-run skips the steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
@@ -21,6 +23,7 @@ a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targ
     python scripts/offpolicy_targets.py --part learning --datasets mmlu-pro --seeds 0 --rates 0.2 \\
         --variant masked=loss.logged_targets=mask --variant iw=loss.logged_targets=mask,loss.propensity_clip=20
     python scripts/offpolicy_targets.py --quick                          # 1 seed, rate 0.2, small demo
+    python scripts/offpolicy_targets.py --part evaluation --eval-dataset demo --estimator dr
     python scripts/offpolicy_targets.py --part learning --datasets routellm,mmlu-pro-7 --rates 0.2
     python scripts/offpolicy_targets.py --part learning --datasets mine --table mine=my_table.parquet --rates 0.2
 """
@@ -224,11 +227,12 @@ def default_knob(result: dict) -> dict | None:
     return (result.get("test") or {}).get("default_knob") or result.get("default_knob")
 
 
-def knob_estimate(router_dir: Path, data: Path, out: Path) -> dict:
+def knob_estimate(router_dir: Path, data: Path, out: Path, estimator: str = "auto") -> dict:
     """``router-ml evaluate``'s default-knob point of ``router_dir`` on ``data`` (exact with every
-    outcome, SNIPS on a log) with its bootstrap intervals; the evaluate JSON is kept in ``out``."""
+    outcome, on a log SNIPS or ``estimator``) with its bootstrap intervals; the evaluate JSON is kept in ``out``."""
+    chosen = [] if estimator == "auto" else ["--estimator", estimator]
     result = run(cli("evaluate", "--router", str(router_dir), "--data", str(data), "--json", "--quiet",
-                     "--n-boot", str(N_BOOT)), out)
+                     "--n-boot", str(N_BOOT), *chosen), out)
     block = default_knob(result)
     if block is None or "ci95" not in block:
         raise RuntimeError(f"{out}: `router-ml evaluate --json` gave no default_knob with ci95; this script needs "
@@ -236,7 +240,8 @@ def knob_estimate(router_dir: Path, data: Path, out: Path) -> dict:
     return block
 
 
-def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor) -> dict:
+def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor,
+               estimator: str = "auto") -> dict:
     """Part B (module doc)."""
     sims = list(pool.map(lambda k: proto.simulate(seed=seed, rate=rate, explore_seed=k), range(logs)))
     root = proto.root / "evaluation"
@@ -256,15 +261,18 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
     truth_data = proto.full_outcomes(sims[0], seed)
     # (router, log index or None for the truth) -> (router dir, data, evaluate JSON)
     jobs = {(n, None): (d, truth_data, root / f"{n}.truth.json") for n, d in routers.items()}
-    jobs.update({(n, k): (d, sims[k] / "log.jsonl", root / f"{n}.log{k}.json")
+    suffix = "" if estimator == "auto" else f".{estimator}"
+    jobs.update({(n, k): (d, sims[k] / "log.jsonl", root / f"{n}.log{k}{suffix}.json")
                  for n, d in routers.items() for k in range(logs)})
-    points = dict(zip(jobs, pool.map(lambda key: knob_estimate(*jobs[key]), jobs), strict=True))
+    points = dict(zip(jobs, pool.map(lambda key: knob_estimate(*jobs[key], estimator if key[1] is not None
+                                                                else "auto"), jobs), strict=True))
     truth = {n: points[(n, None)] for n in routers}
     est = {key: value for key, value in points.items() if key[1] is not None}
     true_order = sorted(routers, key=lambda n: -truth[n]["quality"])
     ranking = [all(est[(n, k)]["quality"] is not None for n in routers)
                and sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
     out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "logs": logs, "n_boot": N_BOOT,
+           "estimator": "snips" if estimator == "auto" else estimator,
            "targets": TARGETS, "true_ranking": true_order, "ranking_matches_share": statistics.fmean(ranking),
            "routers": {}}
     for name in routers:
@@ -388,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a training variant on bootstrap + log (repeatable; default masked and offpolicy)")
     parser.add_argument("--eval-dataset", default="mmlu-pro", help="EVALUATION data set (default mmlu-pro)")
     parser.add_argument("--logs", type=int, default=20, help="EVALUATION logs (exploration seeds 0..N-1)")
+    parser.add_argument("--estimator", default="auto", choices=("auto", "ips", "snips", "dr"),
+                        help="EVALUATION: `router-ml evaluate --estimator` on the logs (default auto: SNIPS); "
+                        "another estimator's results are kept beside SNIPS's in the same --out")
     parser.add_argument("--mmlu-pro", default=str(protocols()["mmlu-pro"]["data"]), help="the MMLU-Pro table "
                         "(default $ROUTER_ML_SHARED_DATA or ../shared/data)/mmlu-pro-29/mmlu_pro_29.parquet")
     parser.add_argument("--demo-n", type=int, default=DEMO["n"], help="demo records (default 20000)")
@@ -422,9 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         if "evaluation" in parts:
             name = args.eval_dataset
             result["evaluation"] = evaluation(protocol(name, args, out / name), seed=0,
-                                              logs=args.logs, rate=0.2, pool=pool)
+                                              logs=args.logs, rate=0.2, pool=pool, estimator=args.estimator)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "offpolicy_targets.json").write_text(json.dumps(result, indent=1))
+    suffix = "" if args.estimator == "auto" or "evaluation" not in parts else f".{args.estimator}"
+    (out / f"offpolicy_targets{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0
 

@@ -104,3 +104,15 @@ def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
     assert resumed["wall_seconds"] < 20
     assert {k: v for k, v in resumed.items() if k != "wall_seconds"} == \
         {k: v for k, v in result.items() if k != "wall_seconds"}
+
+    # another estimator on the same simulations and routers: kept beside SNIPS's, the truth shared
+    dr_cmd = [*cmd[:2], "--part", "evaluation", "--estimator", "dr", *cmd[2:]]
+    dr = subprocess.run(dr_cmd, capture_output=True, text=True, timeout=300)
+    assert dr.returncode == 0, dr.stderr[-3000:]
+    dr_eval = json.loads(dr.stdout)["evaluation"]
+    assert dr_eval["estimator"] == "dr" and evaluation["estimator"] == "snips"
+    assert (tmp_path / "offpolicy_targets.dr.json").exists() and (tmp_path / "offpolicy_targets.json").exists()
+    for name, block in dr_eval["routers"].items():
+        assert block["quality"]["truth"] == evaluation["routers"][name]["quality"]["truth"]
+    logged = json.loads((tmp_path / "demo" / "evaluation" / "logging-policy.log0.dr.json").read_text())
+    assert logged["command"][-2:] == ["--estimator", "dr"]
