@@ -258,30 +258,29 @@ def _curve_block(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
         observed_q = np.where(chosen_w > 0, quality[rows, choices], 0.0)
         if not np.isfinite(observed_q).all():
             raise ValueError("a chosen cell with a positive weight has no quality (NaN); give it weight 0")
-        if cost_model is None:  # the logged costs themselves (the direct method with "dr")
-            base, logged_c = np.zeros(len(choices)), np.where(chosen_w > 0, chosen_c, 0.0)
-        else:  # doubly robust: the predicted costs plus the logged residuals
-            predicted_c = np.asarray(cost_model, dtype=float)[rows, choices]
-            base, logged_c = predicted_c.mean(axis=1), np.where(chosen_w > 0, chosen_c - predicted_c, 0.0)
-        if estimator == "ips":
-            return base + (logged_c * chosen_w).mean(axis=1), (observed_q * chosen_w).mean(axis=1), *none
-        if estimator == "snips":
-            total = chosen_w.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                means = np.where(total > 0, (observed_q * chosen_w).sum(axis=1) / total, np.nan)
-                if cost_model is None:
-                    costs = np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, chosen_c.mean(axis=1))
-                else:
-                    costs = base + np.where(total > 0, (logged_c * chosen_w).sum(axis=1) / total, 0.0)
-            return costs, means, *none
+        total = chosen_w.sum(axis=1)
+        logged_c = np.where(chosen_w > 0, chosen_c, 0.0) * chosen_w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if cost_model is not None:  # doubly robust: the predicted costs plus the logged residuals
+                predicted_c = np.asarray(cost_model, dtype=float)[rows, choices]
+                residual = np.where(chosen_w > 0, chosen_c - predicted_c, 0.0) * chosen_w
+                # self-normalised but with "ips": stable at few matching choices
+                costs = predicted_c.mean(axis=1) + (residual.mean(axis=1) if estimator == "ips" else
+                                                    np.where(total > 0, residual.sum(axis=1) / total, 0.0))
+            elif estimator == "snips":
+                costs = np.where(total > 0, logged_c.sum(axis=1) / total, chosen_c.mean(axis=1))
+            elif estimator == "ips":
+                costs = logged_c.mean(axis=1)
+            else:  # "dr" without a cost model: the direct method on the (imputed) costs
+                costs = chosen_c.mean(axis=1)
+            if estimator == "ips":
+                return costs, (observed_q * chosen_w).mean(axis=1), *none
+            if estimator == "snips":
+                return costs, np.where(total > 0, (observed_q * chosen_w).sum(axis=1) / total, np.nan), *none
         if estimator == "dr":
             if reward_model is None or np.shape(reward_model) != quality.shape:
                 raise ValueError(f"the 'dr' estimator needs reward_model of shape {quality.shape} (predicted quality)")
             predicted = np.asarray(reward_model, dtype=float)[rows, choices]
-            total = chosen_w.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):  # residuals self-normalised: stable at few matches
-                costs = chosen_c.mean(axis=1) if cost_model is None else base + np.where(
-                    total > 0, (logged_c * chosen_w).sum(axis=1) / total, 0.0)
             means = (predicted + chosen_w * np.where(chosen_w > 0, observed_q - predicted, 0.0)).mean(axis=1)
             return costs, means, *none
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")

@@ -108,19 +108,13 @@ def _paired_vs_first(row: dict[str, Any], first: dict[str, Any], mine: dict[str,
     two were scored on different prompts: a checkpoint drops the prompts it was trained on)."""
     import numpy as np
 
-    from training.evaluation import percentile_interval
+    from training.evaluation import paired_differences
 
-    if len(mine["rows"]) != len(theirs["rows"]) or not np.array_equal(mine["rows"], theirs["rows"]):
+    if not np.array_equal(mine["rows"], theirs["rows"]):
         return None
-    out: dict[str, Any] = {}
-    for key in ("aiq", "quality", "cost"):
-        if row[key] is None or first[key] is None:
-            continue
-        out[key] = float(row[key] - first[key])
-        a, b = mine.get(key), theirs.get(key)
-        if a is not None and b is not None:
-            out[f"{key}_ci95"] = percentile_interval(a - b)
-    return out
+    diff = paired_differences({**row, "draws": mine}, {**first, "draws": theirs}, keys=("aiq", "quality", "cost"))
+    intervals = diff.pop("ci95", {})
+    return {**diff, **{f"{key}_ci95": ci for key, ci in intervals.items()}}
 
 
 #: ``compare --cascade`` sort keys -> higher is better

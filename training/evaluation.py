@@ -466,7 +466,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 PAIRED_KEYS = ("aiq", "best_quality", "apgr")
 
 
-def paired_differences(router: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+def paired_differences(router: dict[str, Any], baseline: dict[str, Any],
+                       keys: Sequence[str] = PAIRED_KEYS) -> dict[str, Any]:
     """The router's metric minus the baseline's, each with a 95% interval from the *same* bootstrap
     resamples of the prompts (both reports drawn with one seed on the same held-out set): the paired
     interval is much narrower than the two separate ones, since most of a resample's luck (easy or
@@ -478,7 +479,7 @@ def paired_differences(router: dict[str, Any], baseline: dict[str, Any]) -> dict
     """
     out: dict[str, Any] = {}
     ci: dict[str, list[float | None]] = {}
-    for key in PAIRED_KEYS:
+    for key in keys:
         a, b = router.get(key), baseline.get(key)
         if a is None or b is None:
             continue
