@@ -1,4 +1,10 @@
-"""The uvicorn server under ``router-ml serve``: readiness, and a drain before the graceful shutdown.
+"""The uvicorn server under ``router-ml serve``: readiness, a drain before the graceful shutdown, and a
+main loop that sleeps while nothing happens.
+
+uvicorn's own main loop wakes every 0.1 s to look at ``should_exit``: ten wake-ups a second, 1.3 ms of
+CPU per second on an idle proxy here, paid by every worker whatever its traffic (4% of the proxy's CPU
+at 25 requests/s). This one sleeps until ``should_exit`` is set (a signal, or code setting it from any
+thread), a drain ends, or a second has passed (uvicorn's once-a-second bookkeeping in ``on_tick``).
 
 uvicorn is imported only when a server is made (``pip install "router-ml[serve]"``).
 """
@@ -6,6 +12,7 @@ uvicorn is imported only when a server is made (``pip install "router-ml[serve]"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import time
@@ -16,6 +23,9 @@ from router_ml._serve_http import HttpProtocol
 from router_ml.optional import require
 
 __all__ = ["Lifecycle", "make_server"]
+
+#: the longest the server's main loop sleeps with nothing to do (it wakes at once for an exit or a drain)
+TICK_S = 1.0
 
 
 class Lifecycle:
@@ -55,15 +65,48 @@ def _server_class(base: type) -> type:
     class DrainingServer(base):  # type: ignore[misc, valid-type]
         def __init__(self, config: Any, *, lifecycle: Lifecycle, drain_s: float,
                      on_started: Callable[[], None] | None, on_hangup: Callable[[], None] | None) -> None:
+            self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None  # set by main_loop
             super().__init__(config)
             self.lifecycle, self.drain_s = lifecycle, drain_s
             self._on_started, self._on_hangup = on_started, on_hangup
             self._drain: tuple[float, int] | None = None  # (when to stop, the signal that asked)
 
+        @property
+        def should_exit(self) -> bool:
+            return self.__dict__.get("_should_exit", False)
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            self._should_exit = value
+            if value:
+                self._wake_main_loop()
+
+        def _wake_main_loop(self) -> None:
+            """Wake :meth:`main_loop` (safe from a signal handler and from other threads)."""
+            wake = self.__dict__.get("_wake")
+            if wake is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is waiting
+                    wake[0].call_soon_threadsafe(wake[1].set)
+
+        async def main_loop(self) -> None:
+            """uvicorn's loop without its 0.1 s polling (module doc): ``on_tick`` decides when to stop,
+            as in uvicorn, and runs on every wake-up with a counter that asks for its once-a-second work."""
+            event = asyncio.Event()
+            self._wake = (asyncio.get_running_loop(), event)
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000
+                sleep = TICK_S if self._drain is None else min(TICK_S, self._drain[0] - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, sleep)):
+                        await event.wait()
+                event.clear()  # a wake-up between the wait and here is not lost: on_tick reads the flags next
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self._drain is None and not self.should_exit and self.drain_s > 0:
                 self.lifecycle.draining = True
                 self._drain = (time.monotonic() + self.drain_s, sig)
+                self._wake_main_loop()  # to sleep until the drain's end, not a whole tick
                 return
             self.lifecycle.draining = True
             super().handle_exit(sig, frame)

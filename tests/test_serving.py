@@ -424,6 +424,61 @@ def test_the_listening_socket_is_tcp_so_asyncio_sets_nodelay():
         sock.close()
 
 
+def _count_ticks(server) -> list[int]:
+    """Record every call of the server's ``on_tick`` (the main loop's wake-ups)."""
+    ticks, original = [], server.on_tick
+
+    async def counting(counter: int) -> bool:
+        ticks.append(counter)
+        return await original(counter)
+
+    server.on_tick = counting
+    return ticks
+
+
+def test_an_idle_server_sleeps_and_stops_as_soon_as_it_is_told(router, up):
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}))) as proxy:
+        ticks = _count_ticks(proxy.server)
+        assert httpx.get(proxy.url + "/health", timeout=5).status_code == 200
+        time.sleep(2.0)
+        # uvicorn's own main loop wakes every 0.1 s (20 times here); this one once a second at most
+        assert 1 <= len(ticks) <= 3, ticks
+        assert all(counter % 10 == 0 for counter in ticks)  # each wake-up does uvicorn's once-a-second work
+        told = time.monotonic()
+        proxy.server.should_exit = True  # from another thread, as code embedding the server would
+        proxy.thread.join(10)
+        assert not proxy.thread.is_alive()
+        assert time.monotonic() - told < 0.9, "the main loop waited for its next tick instead of waking"
+
+
+def test_a_drain_ends_on_time_not_on_the_next_tick(router, up):
+    client = AsyncRoutedClient(router, catalog({"*": up.base_url}))
+    app = create_app(client)
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, drain_s=0.3)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        told = time.monotonic()
+        server.handle_exit(15, None)  # what SIGTERM calls: drain 0.3 s, then uvicorn's graceful shutdown
+        ready = httpx.get(url + "/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["reason"].startswith("draining")
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # still serving while it drains
+        thread.join(10)
+        stopped = time.monotonic() - told
+        assert not thread.is_alive()
+        assert 0.3 <= stopped < 0.95, stopped  # the drain's 0.3 s and the shutdown, with no 1 s tick between
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 def test_proxy_endpoints_errors_and_metrics(router, up, up2, upstream):
     cat = catalog({"*": up.base_url, "small-8b": up2.base_url}, fallbacks={"tiny-1b": ["small-8b"]},
                   settings={"max_retries": 0})

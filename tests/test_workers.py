@@ -87,6 +87,22 @@ def _metric(url: str, name: str, labels: tuple = ()) -> float:
     return scrape(httpx.get(url + "/metrics", timeout=10).text).get((name, labels), 0.0)
 
 
+def test_the_supervisor_sleeps_until_a_signal_or_a_restart_is_due():
+    """Workers' deaths and the signals it serves wake the supervisor (SIGCHLD, SIGTERM, ...), so it polls only
+    for the first readiness reports and for a restart waiting out its back-off."""
+    from router_ml.workers import IDLE_WAIT_S, STARTUP_POLL_S, _Slot, _wait_s
+
+    slots = [_Slot(0), _Slot(1)]
+    assert _wait_s(slots, announced=False) == STARTUP_POLL_S
+    assert _wait_s(slots, announced=True) == IDLE_WAIT_S  # every worker up: nothing to poll for
+    slots[1].restart_at = time.monotonic() + 1.5  # a worker that died young, restarted after its pause
+    assert 1.4 < _wait_s(slots, announced=True) <= 1.5
+    slots[1].restart_at = time.monotonic() - 1.0  # overdue: no sleep at all
+    assert _wait_s(slots, announced=True) == 0.0
+    slots[1].proc = object()  # restarted: the pause no longer counts
+    assert _wait_s(slots, announced=True) == IDLE_WAIT_S
+
+
 @pytest.mark.slow  # the session's trained router
 def test_workers_share_one_port_sum_their_metrics_and_a_dead_worker_comes_back(trained, tmp_path):
     """Two workers: both take connections, /metrics sums both whichever answers; a SIGKILLed worker is
