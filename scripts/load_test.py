@@ -28,6 +28,12 @@ answered in the measured phases (their ``x-router-ml-request-id``): ``logged_onc
 breaks after its first event cannot move to another model: it ends with an error event, counted
 in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
 
+``--scaling`` (with ``--workers N``, N >= 2; normal mode): a one-worker ``router-ml serve`` runs beside
+the N-worker one and is measured in the same rounds, right after it, on the same prompts; its figures
+(and its own decision-log check) go under ``one_worker``, and ``capacity_scaling`` is N x its CPU per
+request over the N workers' - how much more N workers serve on the same cores, with the day's machine
+speed cancelling out.
+
 References (``--reference passthrough``, ``--reference litellm``, repeatable; normal mode only): other
 proxies started in front of the same upstreams and measured in the same rounds, each right after
 router-ml's, at the same rate and prompts (sent as ``tiny-1b``, which they forward to upstream A, as
@@ -39,6 +45,7 @@ phases until it falls idle again (see ``scripts/load_references.py``).
     python scripts/load_test.py --router models/demo/artifact --reference passthrough --reference litellm
     python scripts/load_test.py --router models/demo/artifact --fault kill  # ~15 s
     python scripts/load_test.py --router models/demo/artifact --workers 2   # router-ml serve --workers 2
+    python scripts/load_test.py --router models/demo/artifact --workers 2 --scaling  # and one worker beside it
     python scripts/load_test.py --router models/demo/artifact --workers 2 --fault worker  # ~15 s
 """
 
@@ -61,6 +68,7 @@ from load_references import REFERENCES, child_pids, cpu_seconds, prepare, settle
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
+ONE_WORKER_LOG = "one-worker.jsonl"  # --scaling's one-worker proxy's decision log (beside the proxy's own)
 REQUEST_ID = "x-router-ml-request-id"
 
 
@@ -273,6 +281,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="router-ml serve --workers N (its CPU counts every "
                         "worker and the supervisor; with the load generator on the same cores, compare capacity by "
                         "CPU per request: N workers scale by N x the 1-worker CPU per request over this one's)")
+    parser.add_argument("--scaling", action="store_true", help="with --workers N >= 2: also run a one-worker "
+                        "router-ml serve in the same rounds, right after the N-worker one, and report "
+                        "capacity_scaling = N x its CPU per request over the N workers'")
     parser.add_argument("--reference", action="append", choices=REFERENCES, default=[], help="also measure this "
                         "proxy in front of the same upstreams, each round after router-ml's (repeatable)")
     parser.add_argument("--reference-venv", type=Path, help="LiteLLM's own virtual environment (default "
@@ -286,6 +297,9 @@ def main() -> None:
                          "1 <= --workers <= 64")
     if args.fault == "worker" and args.workers < 2:
         raise SystemExit("--fault worker stops one of several workers: give --workers 2 or more")
+    if args.scaling and (args.workers < 2 or args.fault):
+        raise SystemExit("--scaling compares --workers N (2 or more) with one worker, in normal mode: give --workers "
+                         "2 or more and no --fault")
     if args.fault and args.reference:
         raise SystemExit("--reference compares normal mode only (a reference has no fallbacks to survive --fault): "
                          "drop one of them")
@@ -302,14 +316,21 @@ def main() -> None:
             port_a, port_b = json.loads(line_a)["port"], json.loads(line_b)["port"]
             providers = Path(tmp) / "providers.toml"
             providers.write_text(catalog(port_a, port_b))
-            proxy, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", args.router,
-                                 "--providers", str(providers), "--port", "0", "--decision-log",
-                                 str(Path(tmp) / "decisions.jsonl"), "--workers", str(args.workers)], "serving")
-            procs.append(proxy)
-            base = "http://" + line.split("http://", 1)[1].split()[0]
+
+            def serve(log: str, workers: int) -> tuple[subprocess.Popen, str]:
+                proc, line = start([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", args.router,
+                                    "--providers", str(providers), "--port", "0", "--decision-log",
+                                    str(Path(tmp) / log), "--workers", str(workers)], "serving")
+                procs.append(proc)
+                return proc, "http://" + line.split("http://", 1)[1].split()[0]
+
+            proxy, base = serve("decisions.jsonl", args.workers)
             direct_url = f"http://127.0.0.1:{port_a}/v1/chat/completions"
             # name -> (process, URL, model asked for): router-ml routes; a reference gets what direct gets
             targets = {"proxy": (proxy, base + "/chat/completions", "router-ml")}
+            if args.scaling:  # measured right after the N workers in every round, on the same prompts
+                one, one_base = serve(ONE_WORKER_LOG, 1)
+                targets["one-worker"] = (one, one_base + "/chat/completions", "router-ml")
             for name in dict.fromkeys(args.reference):
                 ref, url = start_reference(name, upstreams=upstream_urls(port_a, port_b), workdir=Path(tmp),
                                            venv=args.reference_venv)
@@ -363,6 +384,7 @@ def main() -> None:
             for p in reversed(procs):
                 stop(p)
         decision_log = log_check(Path(tmp) / "decisions.jsonl", runs["proxy"])
+        one_log = log_check(Path(tmp) / ONE_WORKER_LOG, runs["one-worker"]) if args.scaling else None
     lat_d = [x for r in runs["direct"] for x in r["latencies"]]
     direct = None if args.fault else summary(lat_d)
     mine = figures("router-ml", runs["proxy"], cpu["proxy"], direct)
@@ -382,7 +404,14 @@ def main() -> None:
         out["direct_errors"] = sum(sum(r["errors"].values()) + sum(r["lost"].values()) for r in runs["direct"])
     out["fallback_attempts"] = int(metric_sum(after, "router_ml_fallbacks_total")
                                    - metric_sum(before, "router_ml_fallbacks_total"))
-    refs = {name: figures(name, runs[name], cpu[name], direct) for name in targets if name != "proxy"}
+    if args.scaling:
+        one = {**figures("one-worker", runs["one-worker"], cpu["one-worker"], direct), "decision_log": one_log}
+        out["one_worker"] = one
+        # what N workers serve per unit of CPU against one worker, both measured in the same rounds
+        out["capacity_scaling"] = round(args.workers * one["proxy_cpu_ms_per_request"]
+                                        / max(mine["proxy_cpu_ms_per_request"], 1e-9), 3)
+    refs = {name: figures(name, runs[name], cpu[name], direct) for name in targets
+            if name not in ("proxy", "one-worker")}
     if refs:
         out["reference"] = refs
         # router-ml's CPU per request over each reference's: below 1, the proxy costs less than that reference

@@ -70,14 +70,28 @@ def test_load_test_measures_the_passthrough_beside_router_ml(trained):
 
 
 def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
-    """``--workers 2``: the proxy under test is ``router-ml serve --workers 2``; its CPU counts both workers."""
+    """``--workers 2``: the proxy under test is ``router-ml serve --workers 2``; its CPU counts both workers.
+    ``--scaling`` measures one worker beside it in the same rounds and divides the two."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
-                          "--workers", "2", "--rate", "20", "--duration", "2", "--rounds", "1", "--concurrency", "10"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+                          "--workers", "2", "--scaling", "--rate", "20", "--duration", "2", "--rounds", "1",
+                          "--concurrency", "10"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["workers"] == 2 and result["answered"] == 40 and result["errors"] == result["lost"] == 0
     assert result["proxy_cpu_ms_per_request"] > 0
+    one = result["one_worker"]
+    assert all(k in one for k in KEYS) and one["answered"] == 40 and one["errors"] == one["lost"] == 0
+    assert len(one["answered_by"]) > 1  # it routes, as the workers do, on the same prompts
+    # each proxy's answers found once in its own log: the two logs are apart
+    for log in (result["decision_log"], one["decision_log"]):
+        assert log == {"answered": 40, "logged_once": 40, "missing": 0, "logged_twice": 0}
+    assert result["capacity_scaling"] == pytest.approx(
+        2 * one["proxy_cpu_ms_per_request"] / result["proxy_cpu_ms_per_request"], rel=0.01)
+    assert "reference" not in result  # one worker is router-ml itself, not a reference
+    for bad_args in (["--scaling"], ["--workers", "2", "--scaling", "--fault", "kill"]):
+        bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                              *bad_args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "--scaling compares" in bad.stderr
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
                           "--workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "1 <= --workers" in bad.stderr
