@@ -29,10 +29,10 @@ breaks after its first event cannot move to another model: it ends with an error
 in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
 
 ``--scaling`` (with ``--workers N``, N >= 2; normal mode): a one-worker ``router-ml serve`` runs beside
-the N-worker one and is measured in the same rounds, right after it, on the same prompts; its figures
-(and its own decision-log check) go under ``one_worker``, and ``capacity_scaling`` is N x its CPU per
-request over the N workers' - how much more N workers serve on the same cores, with the day's machine
-speed cancelling out.
+the N-worker one and is measured in the same rounds, next to it (first every other round), on the same
+prompts; its figures (and its own decision-log check) go under ``one_worker``, and ``capacity_scaling``
+is N x its CPU per request over the N workers' - how much more N workers serve on the same cores, with
+the day's machine speed cancelling out.
 
 References (``--reference passthrough``, ``--reference litellm``, repeatable; normal mode only): other
 proxies started in front of the same upstreams and measured in the same rounds, each right after
@@ -368,10 +368,13 @@ def main() -> None:
             elif args.fault:
                 measured("proxy", lambda: os.kill(a.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGUSR1))
             else:
-                for _ in range(args.rounds):
+                for k in range(args.rounds):
                     runs["direct"].append(asyncio.run(phase(direct_url, A_MODELS[0], texts, args.rate,
                                                             args.duration, args.concurrency, stream=args.stream)))
-                    for name in targets:
+                    order = list(targets)
+                    if k % 2 and args.scaling:  # one worker first every other round: neither always goes second
+                        order[:2] = order[:2][::-1]
+                    for name in order:
                         measured(name)
             with httpx.Client(trust_env=False) as http:
                 after = http.get(base[:-3] + "/metrics").text
