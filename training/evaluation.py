@@ -155,6 +155,11 @@ class HeldOut:
             raise RouterMLError(f"estimator {self.estimator!r}: choose auto or one of {', '.join(metrics.ESTIMATORS)}")
         return self.estimator
 
+    def dr_cost_model(self) -> np.ndarray | None:
+        """The cost model of the doubly robust cost (``cost_est``) when the estimator is ``dr``, else None:
+        the other estimators weigh the logged costs alone."""
+        return self.cost_est if self.resolved_estimator() == "dr" else None
+
     def weights(self) -> np.ndarray | None:
         if not self.logged:
             return None
@@ -204,14 +209,14 @@ def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weight
               cost_model: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean cost, mean quality) per knob value of ``choices``: exact without ``weights``, else the off-policy
     estimate kept inside the range of the observed qualities (IPS and DR can leave it; SNIPS never does);
-    with ``dr`` the mean cost is doubly robust too, ``cost_model`` (the router's cost estimate per cell,
-    ``HeldOut.cost_est``) its model: :func:`router_ml.metrics.curve_from_choices`.
+    with a ``cost_model`` (:meth:`HeldOut.dr_cost_model`) the mean cost is doubly robust too:
+    :func:`router_ml.metrics.curve_from_choices`.
     A knob value where no logged choice matched (SNIPS: undefined) is NaN, or with ``fill`` the worst
     observed quality - curves need a number there, a bootstrap resample is better skipped."""
     if weights is None:
         return metrics.curve_from_choices(quality, cost, choices)
     c, q = metrics.curve_from_choices(quality, cost, choices, weights=weights, estimator=estimator,
-                                      reward_model=reward_model, cost_model=cost_model if estimator == "dr" else None)
+                                      reward_model=reward_model, cost_model=cost_model)
     q = np.clip(q, np.nanmin(quality), np.nanmax(quality))
     return c, np.where(np.isnan(q), np.nanmin(quality), q) if fill else q
 
@@ -284,12 +289,12 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
     quality, cost = held.quality, held.cost
     weights = held.weights()
     estimator = held.resolved_estimator()
-    model = held.reward_model
+    model, cost_model = held.reward_model, held.dr_cost_model()
     report: dict[str, Any]
-    report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model, held.cost_est)
+    report, c, q = _curve_summary(quality, cost, choices, weights, estimator, model, cost_model)
     draws: dict[str, np.ndarray] = {}
     if n_boot:
-        draws = _curve_draws(quality, cost, choices, weights, estimator, model, n_boot, held.seed, held.cost_est)
+        draws = _curve_draws(quality, cost, choices, weights, estimator, model, n_boot, held.seed, cost_model)
     report["estimator"] = estimator
     if weights is not None:
         ess = metrics.effective_sample_size(weights, choices)
@@ -355,12 +360,14 @@ def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
     n_boot = held.n_boot if n_boot is None else n_boot
     choice = choose(pred, held.cost_est, willingness_to_pay)[None, :]
     weights, estimator, model = held.weights(), held.resolved_estimator(), held.reward_model
+    cost_model = held.dr_cost_model()
 
     def point(idx: np.ndarray | slice) -> tuple[float, float]:
         w = None if weights is None else weights[idx]
         rm = None if model is None else model[idx]
+        cm = None if cost_model is None else cost_model[idx]
         c, q = _estimate(held.quality[idx], held.cost[idx], choice[:, idx], w, estimator, rm, fill=False,
-                         cost_model=held.cost_est[idx])
+                         cost_model=cm)
         return float(c[0]), float(q[0])
 
     cost, quality = point(slice(None))
