@@ -100,12 +100,12 @@ def up2():
 class Proxy:
     """The proxy app on a real uvicorn server in a thread, bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, client: AsyncRoutedClient, **kwargs):
+    def __init__(self, client: AsyncRoutedClient, *, server_options: dict | None = None, **kwargs):
         self.client = client
         self.app = create_app(client, **kwargs)
         self.sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(self.app)
+        self.server = make_server(self.app, **(server_options or {}))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> Proxy:
@@ -452,31 +452,16 @@ def test_an_idle_server_sleeps_and_stops_as_soon_as_it_is_told(router, up):
 
 
 def test_a_drain_ends_on_time_not_on_the_next_tick(router, up):
-    client = AsyncRoutedClient(router, catalog({"*": up.base_url}))
-    app = create_app(client)
-    sock = bind("127.0.0.1", 0)
-    server = make_server(app, drain_s=0.3)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url})), server_options={"drain_s": 0.3}) as proxy:
         told = time.monotonic()
-        server.handle_exit(15, None)  # what SIGTERM calls: drain 0.3 s, then uvicorn's graceful shutdown
-        ready = httpx.get(url + "/ready", timeout=5)
+        proxy.server.handle_exit(15, None)  # what SIGTERM calls: drain 0.3 s, then uvicorn's graceful shutdown
+        ready = httpx.get(proxy.url + "/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["reason"].startswith("draining")
-        assert httpx.get(url + "/health", timeout=5).status_code == 200  # still serving while it drains
-        thread.join(10)
+        assert httpx.get(proxy.url + "/health", timeout=5).status_code == 200  # still serving while it drains
+        proxy.thread.join(10)
         stopped = time.monotonic() - told
-        assert not thread.is_alive()
+        assert not proxy.thread.is_alive()
         assert 0.3 <= stopped < 0.95, stopped  # the drain's 0.3 s and the shutdown, with no 1 s tick between
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_proxy_endpoints_errors_and_metrics(router, up, up2, upstream):
