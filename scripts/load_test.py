@@ -29,10 +29,14 @@ breaks after its first event cannot move to another model: it ends with an error
 in ``errors``; one that ends without ``[DONE]`` and without an error event counts as lost.
 
 ``--scaling`` (with ``--workers N``, N >= 2; normal mode): a one-worker ``router-ml serve`` runs beside
-the N-worker one and is measured in the same rounds, next to it (first every other round), on the same
-prompts; its figures (and its own decision-log check) go under ``one_worker``, and ``capacity_scaling``
-is N x its CPU per request over the N workers' - how much more N workers serve on the same cores, with
-the day's machine speed cancelling out.
+the N-worker one and is measured in the same rounds, next to it (the order turned round every other
+round), on the same prompts, twice: at ``--rate`` / N - the load each of the N workers carries - and at
+``--rate``. ``capacity_scaling`` is N x its CPU per request at ``--rate`` / N over the N workers' at
+``--rate``: how much more N workers serve on the same cores, each worker compared at the same load,
+with the day's machine speed cancelling out (a proxy's CPU per request falls as its load rises - more
+requests per event-loop wake-up, warmer caches - so comparing one worker at the whole rate with N
+workers sharing it counts that against the workers: ``capacity_scaling_same_total_load``). The figures
+go under ``one_worker_per_worker_load`` and ``one_worker`` (with its own decision-log check over both).
 
 References (``--reference passthrough``, ``--reference litellm``, repeatable; normal mode only): other
 proxies started in front of the same upstreams and measured in the same rounds, each right after
@@ -69,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
 ONE_WORKER_LOG = "one-worker.jsonl"  # --scaling's one-worker proxy's decision log (beside the proxy's own)
+ONE_PER_WORKER = "one-worker-per-worker-load"  # --scaling: the one worker's phases at --rate / N
 REQUEST_ID = "x-router-ml-request-id"
 
 
@@ -282,8 +287,8 @@ def main() -> None:
                         "worker and the supervisor; with the load generator on the same cores, compare capacity by "
                         "CPU per request: N workers scale by N x the 1-worker CPU per request over this one's)")
     parser.add_argument("--scaling", action="store_true", help="with --workers N >= 2: also run a one-worker "
-                        "router-ml serve in the same rounds, right after the N-worker one, and report "
-                        "capacity_scaling = N x its CPU per request over the N workers'")
+                        "router-ml serve in the same rounds, at --rate / N and at --rate, and report "
+                        "capacity_scaling = N x its CPU per request at --rate / N over the N workers' at --rate")
     parser.add_argument("--reference", action="append", choices=REFERENCES, default=[], help="also measure this "
                         "proxy in front of the same upstreams, each round after router-ml's (repeatable)")
     parser.add_argument("--reference-venv", type=Path, help="LiteLLM's own virtual environment (default "
@@ -328,9 +333,11 @@ def main() -> None:
             direct_url = f"http://127.0.0.1:{port_a}/v1/chat/completions"
             # name -> (process, URL, model asked for): router-ml routes; a reference gets what direct gets
             targets = {"proxy": (proxy, base + "/chat/completions", "router-ml")}
-            if args.scaling:  # measured right after the N workers in every round, on the same prompts
+            rates = {"proxy": args.rate}
+            if args.scaling:  # measured beside the N workers in every round, on the same prompts
                 one, one_base = serve(ONE_WORKER_LOG, 1)
-                targets["one-worker"] = (one, one_base + "/chat/completions", "router-ml")
+                targets[ONE_PER_WORKER] = targets["one-worker"] = (one, one_base + "/chat/completions", "router-ml")
+                rates.update({ONE_PER_WORKER: args.rate / args.workers, "one-worker": args.rate})
             for name in dict.fromkeys(args.reference):
                 ref, url = start_reference(name, upstreams=upstream_urls(port_a, port_b), workdir=Path(tmp),
                                            venv=args.reference_venv)
@@ -338,7 +345,7 @@ def main() -> None:
                 targets[name] = (ref, url + "/chat/completions", A_MODELS[0])
             # warm every path: connections, the router's caches
             asyncio.run(phase(direct_url, A_MODELS[0], texts, 100, 1.0, args.concurrency))
-            for proc, url, model in targets.values():
+            for proc, url, model in dict.fromkeys(targets.values()):
                 asyncio.run(phase(url, model, texts, 100, 1.0, args.concurrency))
                 settle(proc.pid)
             with httpx.Client(trust_env=False) as http:
@@ -351,7 +358,8 @@ def main() -> None:
             def measured(name: str, on_half: callable | None = None) -> None:
                 proc, url, model = targets[name]
                 cpu_before = cpu_seconds(proc.pid)
-                runs[name].append(asyncio.run(phase(url, model, texts, args.rate, args.duration, args.concurrency,
+                runs[name].append(asyncio.run(phase(url, model, texts, rates.get(name, args.rate), args.duration,
+                                                    args.concurrency,
                                                     on_half=on_half, stream=args.stream)))
                 settle(proc.pid)
                 cpu[name] += cpu_seconds(proc.pid) - cpu_before
@@ -372,8 +380,8 @@ def main() -> None:
                     runs["direct"].append(asyncio.run(phase(direct_url, A_MODELS[0], texts, args.rate,
                                                             args.duration, args.concurrency, stream=args.stream)))
                     order = list(targets)
-                    if k % 2 and args.scaling:  # one worker first every other round: neither always goes second
-                        order[:2] = order[:2][::-1]
+                    if k % 2 and args.scaling:  # router-ml's three phases turned round every other round
+                        order[:3] = order[:3][::-1]
                     for name in order:
                         measured(name)
             with httpx.Client(trust_env=False) as http:
@@ -387,7 +395,8 @@ def main() -> None:
             for p in reversed(procs):
                 stop(p)
         decision_log = log_check(Path(tmp) / "decisions.jsonl", runs["proxy"])
-        one_log = log_check(Path(tmp) / ONE_WORKER_LOG, runs["one-worker"]) if args.scaling else None
+        one_log = (log_check(Path(tmp) / ONE_WORKER_LOG, runs["one-worker"] + runs[ONE_PER_WORKER])
+                   if args.scaling else None)
     lat_d = [x for r in runs["direct"] for x in r["latencies"]]
     direct = None if args.fault else summary(lat_d)
     mine = figures("router-ml", runs["proxy"], cpu["proxy"], direct)
@@ -409,12 +418,19 @@ def main() -> None:
                                    - metric_sum(before, "router_ml_fallbacks_total"))
     if args.scaling:
         one = {**figures("one-worker", runs["one-worker"], cpu["one-worker"], direct), "decision_log": one_log}
+        each = {"offered_rps": rates[ONE_PER_WORKER],
+                **figures(ONE_PER_WORKER, runs[ONE_PER_WORKER], cpu[ONE_PER_WORKER], direct)}
+        out["one_worker_per_worker_load"] = each
         out["one_worker"] = one
-        # what N workers serve per unit of CPU against one worker, both measured in the same rounds
-        out["capacity_scaling"] = round(args.workers * one["proxy_cpu_ms_per_request"]
-                                        / max(mine["proxy_cpu_ms_per_request"], 1e-9), 3)
+
+        def scaling(single: dict) -> float:  # what N workers serve per unit of CPU against one worker
+            return round(args.workers * single["proxy_cpu_ms_per_request"]
+                         / max(mine["proxy_cpu_ms_per_request"], 1e-9), 3)
+
+        out["capacity_scaling"] = scaling(each)  # each worker compared at the same load
+        out["capacity_scaling_same_total_load"] = scaling(one)
     refs = {name: figures(name, runs[name], cpu[name], direct) for name in targets
-            if name not in ("proxy", "one-worker")}
+            if name not in ("proxy", "one-worker", ONE_PER_WORKER)}
     if refs:
         out["reference"] = refs
         # router-ml's CPU per request over each reference's: below 1, the proxy costs less than that reference

@@ -71,7 +71,8 @@ def test_load_test_measures_the_passthrough_beside_router_ml(trained):
 
 def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
     """``--workers 2``: the proxy under test is ``router-ml serve --workers 2``; its CPU counts both workers.
-    ``--scaling`` measures one worker beside it in the same rounds and divides the two."""
+    ``--scaling`` measures one worker beside it in the same rounds, at half the rate and at the whole rate, and
+    divides the figures."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
                           "--workers", "2", "--scaling", "--rate", "20", "--duration", "2", "--rounds", "1",
                           "--concurrency", "10"], cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -79,13 +80,19 @@ def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
     result = json.loads(out.stdout)
     assert result["workers"] == 2 and result["answered"] == 40 and result["errors"] == result["lost"] == 0
     assert result["proxy_cpu_ms_per_request"] > 0
-    one = result["one_worker"]
+    one, each = result["one_worker"], result["one_worker_per_worker_load"]
     assert all(k in one for k in KEYS) and one["answered"] == 40 and one["errors"] == one["lost"] == 0
+    # the load each of the two workers carried: half the offered rate, 20 requests over the 2 s
+    assert all(k in each for k in KEYS) and each["offered_rps"] == 10
+    assert each["requests"] == each["answered"] == 20 and each["errors"] == each["lost"] == 0
+    assert 8 <= each["throughput_rps"] <= 11
     assert len(one["answered_by"]) > 1  # it routes, as the workers do, on the same prompts
-    # each proxy's answers found once in its own log: the two logs are apart
-    for log in (result["decision_log"], one["decision_log"]):
-        assert log == {"answered": 40, "logged_once": 40, "missing": 0, "logged_twice": 0}
+    # each proxy's answers found once in its own log: the two logs are apart; the one worker's holds both phases
+    assert result["decision_log"] == {"answered": 40, "logged_once": 40, "missing": 0, "logged_twice": 0}
+    assert one["decision_log"] == {"answered": 60, "logged_once": 60, "missing": 0, "logged_twice": 0}
     assert result["capacity_scaling"] == pytest.approx(
+        2 * each["proxy_cpu_ms_per_request"] / result["proxy_cpu_ms_per_request"], rel=0.01)
+    assert result["capacity_scaling_same_total_load"] == pytest.approx(
         2 * one["proxy_cpu_ms_per_request"] / result["proxy_cpu_ms_per_request"], rel=0.01)
     assert "reference" not in result  # one worker is router-ml itself, not a reference
     for bad_args in (["--scaling"], ["--workers", "2", "--scaling", "--fault", "kill"]):
