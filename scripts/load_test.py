@@ -358,8 +358,8 @@ def main() -> None:
             def measured(name: str, on_half: callable | None = None) -> None:
                 proc, url, model = targets[name]
                 cpu_before = cpu_seconds(proc.pid)
-                runs[name].append(asyncio.run(phase(url, model, texts, rates.get(name, args.rate), args.duration,
-                                                    args.concurrency,
+                rate = rates.get(name, args.rate)  # a reference: the proxy's rate
+                runs[name].append(asyncio.run(phase(url, model, texts, rate, args.duration, args.concurrency,
                                                     on_half=on_half, stream=args.stream)))
                 settle(proc.pid)
                 cpu[name] += cpu_seconds(proc.pid) - cpu_before
