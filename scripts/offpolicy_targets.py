@@ -2,7 +2,8 @@
 
 A) LEARNING (``--part learning``): per data set, seed and exploration rate, ``simulate-log`` splits
    the full-information table into a bootstrap set, a log routed by an exploring bootstrap router
-   and a test set; ``mlp_static`` is then trained on the bootstrap set alone ("bootstrap"), on the
+   and a test set; ``mlp_static`` (``--config``: another router config, e.g. ``auto``, the default
+   router, for every step) is then trained on the bootstrap set alone ("bootstrap"), on the
    bootstrap set plus the log under each training variant, and on the bootstrap set plus the same
    logged prompts with every outcome ("ceiling"), and each is scored exactly on the test set (AIQ).
    Per variant: the share of the bootstrap-to-ceiling gap it closes; the target is half at rate 0.2.
@@ -25,6 +26,7 @@ a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targ
     python scripts/offpolicy_targets.py --quick                          # 1 seed, rate 0.2, small demo
     python scripts/offpolicy_targets.py --part evaluation --eval-dataset demo --estimator dr
     python scripts/offpolicy_targets.py --part learning --datasets routellm,mmlu-pro-7 --rates 0.2
+    python scripts/offpolicy_targets.py --part learning --config auto --rates 0.2 --variant offpolicy=
     python scripts/offpolicy_targets.py --part learning --datasets mine --table mine=my_table.parquet --rates 0.2
 """
 
@@ -42,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "training" / "configs" / "mlp_static.toml"
+CONFIG = ROOT / "training" / "configs" / "mlp_static.toml"  #: every step's router config unless --config says
 #: evaluation-only settings: they change no trained weight, only what training reports (and its time)
 FAST_REPORT = ("tracking.enabled=false", "eval.n_boot=0", "eval.baselines=random")
 #: bootstrap resamples behind the EVALUATION part's intervals (`router-ml evaluate --n-boot`)
@@ -114,15 +116,16 @@ class Protocol:
     log at rate 0.2), each part's routers under ``learning/`` and ``evaluation/``."""
 
     def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str],
-                 load: tuple[str, ...] = ()):
+                 load: tuple[str, ...] = (), config: Path = CONFIG):
         self.data, self.bootstrap, self.logged, self.root, self.extra = data, bootstrap, logged, root, extra
+        self.config = config  # the router config of every simulate-log and train
         self.load = list(load)  # how simulate-log reads the table (e.g. --exclude FILE)
 
     def simulate(self, *, seed: int, rate: float, explore_seed: int) -> Path:
         """``simulate-log``'s output directory for this split seed, rate and exploration seed."""
         out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}"
         out.mkdir(parents=True, exist_ok=True)
-        run(cli("simulate-log", "--data", str(self.data), *self.load, "--out", str(out), "--config", str(CONFIG),
+        run(cli("simulate-log", "--data", str(self.data), *self.load, "--out", str(out), "--config", str(self.config),
                 "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
                 "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
                 *sets(FAST_REPORT + tuple(self.extra))), out / "simulation.summary.json")
@@ -133,7 +136,7 @@ class Protocol:
         if not marker.exists():  # an interrupted run's partial directory, and a score of an older one
             shutil.rmtree(out, ignore_errors=True)
             out.with_name(out.name + ".eval.json").unlink(missing_ok=True)
-        return run(cli("train", "--config", str(CONFIG), "--data", str(data), "--out", str(out), "--train-size",
+        return run(cli("train", "--config", str(self.config), "--data", str(data), "--out", str(out), "--train-size",
                        str(train_size), "--seed", str(seed), "--quiet",
                        *sets(FAST_REPORT + tuple(self.extra) + tuple(settings))), marker)
 
@@ -313,7 +316,8 @@ def meets_targets(block: dict) -> dict[str, bool]:
 # --- command line -------------------------------------------------------------------------------------
 
 
-def parse_variants(texts: list[str] | None, extra: list[str] | None = None) -> dict[str, list[str]]:
+def parse_variants(texts: list[str] | None, extra: list[str] | None = None,
+                   config: Path = CONFIG) -> dict[str, list[str]]:
     """``NAME=SET[,SET...]`` -> {name: [settings]} (``offpolicy=`` is the defaults); each variant's
     settings (with ``extra``) are checked against the config now, not after an hour of simulations."""
     from router_ml.errors import RouterMLError
@@ -327,7 +331,7 @@ def parse_variants(texts: list[str] | None, extra: list[str] | None = None) -> d
                              "(not bootstrap or ceiling)")
         out[name] = [s for s in settings.split(",") if s]
         try:
-            load_config(CONFIG, [*(extra or ()), *out[name]])
+            load_config(config, [*(extra or ()), *out[name]])
         except RouterMLError as exc:
             raise SystemExit(f"--variant {text!r}: {exc}") from None
     return out
@@ -363,10 +367,10 @@ def shared_tables(args: argparse.Namespace) -> dict[str, tuple[Path, tuple[str, 
 
 def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
     """A data set's protocol: the demo (made here) or a full-information table, 5% bootstrap / 65% logged / 30% test."""
-    extra = list(args.train_set or ())
+    extra, config = list(args.train_set or ()), config_path(getattr(args, "config", None))
     if name == "demo":
         return Protocol(demo_data(Path(args.out), args.demo_n), round(DEMO["bootstrap"] * args.demo_n),
-                        round(DEMO["logged"] * args.demo_n), root, extra)
+                        round(DEMO["logged"] * args.demo_n), root, extra, config=config)
     tables = shared_tables(args)
     if name not in tables:
         raise SystemExit(f"--datasets: unknown data set {name!r}; choose demo, {', '.join(tables)} "
@@ -375,7 +379,19 @@ def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
     if not path.exists():
         raise SystemExit(f"data set {name}: {path} not found; point $ROUTER_ML_SHARED_DATA (or --mmlu-pro, "
                          "--table) at it")
-    return Protocol(path, 0.05, 0.65, root, extra, load)
+    return Protocol(path, 0.05, 0.65, root, extra, load, config=config)
+
+
+def config_path(name: str | None) -> Path:
+    """``--config``: a shipped config's name (``auto``: what ``router-ml train`` trains by default) or a
+    TOML path; none = :data:`CONFIG` (``mlp_static``)."""
+    if not name:
+        return CONFIG
+    path = Path(name) if name.endswith(".toml") else ROOT / "training" / "configs" / f"{name}.toml"
+    if not path.is_file():
+        raise SystemExit(f"--config {name!r}: no such config ({path}); give a name in training/configs "
+                         "(auto, mlp_static, ...) or a TOML path")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mmlu-pro", default=str(protocols()["mmlu-pro"]["data"]), help="the MMLU-Pro table "
                         "(default $ROUTER_ML_SHARED_DATA or ../shared/data)/mmlu-pro-29/mmlu_pro_29.parquet")
     parser.add_argument("--demo-n", type=int, default=DEMO["n"], help="demo records (default 20000)")
+    parser.add_argument("--config", help="the router config every simulate-log and train uses: a name in "
+                        "training/configs (auto = the default router, everything as `router-ml train` does without "
+                        "--config) or a TOML path; default mlp_static")
     parser.add_argument("--train-set", action="append", metavar="SECTION.KEY=VALUE",
                         help="a setting for every simulate-log and train (e.g. train.epochs=3 for a smoke test)")
     parser.add_argument("--jobs", type=int, default=2, help="router-ml processes at once (default 2)")
@@ -416,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets = "demo" if args.datasets == defaults.datasets else args.datasets
         args.eval_dataset = "demo" if args.eval_dataset == defaults.eval_dataset else args.eval_dataset
         args.logs = min(args.logs, 3)
-    variants = parse_variants(args.variant, args.train_set)
+    variants = parse_variants(args.variant, args.train_set, config_path(args.config))
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

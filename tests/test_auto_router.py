@@ -380,9 +380,9 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
 
 def test_scored_on_imputed_cells_auto_tunes_each_candidate_but_keeps_the_ensemble():
     """Completed logged records with fewer than 100 full records among the held-out ones: the imputed
-    cells are scored (hyperparameters, calibration), but they are the first stage's guesses - here
-    a logistic regression's own predictions, which a logistic regression candidate "leads" on - so no
-    single candidate is picked over the average."""
+    cells are scored (hyperparameters), but they are the first stage's guesses - here a logistic
+    regression's own predictions, which a logistic regression candidate "leads" on - so no single
+    candidate is picked over the average, and none is Platt-scaled to them."""
     from training.routers import AutoRouter
 
     X, quality = _synthetic(n=600)
@@ -395,20 +395,26 @@ def test_scored_on_imputed_cells_auto_tunes_each_candidate_but_keeps_the_ensembl
     config = load_config(ROOT / "training/configs/auto.toml", {
         **FAST, "router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
 
-    def fit(mask):
+    def fit(mask, calibrate=True):
         train = _batchable(X, completed, np.arange(0, 540), weights=weights, imputed=mask)
         val = _batchable(X, completed, np.arange(540, 600), weights=weights, imputed=mask)
-        return AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        router = AutoRouter(config=config.replace(**{"router.calibrate": calibrate}), n_models=3,
+                            input_dim=X.shape[1])
+        return router.fit(train, val, wtp_range=(0.01, 100.0)).selection_
 
-    as_outcomes = fit(None).selection_  # the guesses taken for outcomes: the leader is picked
+    as_outcomes = fit(None)  # the guesses taken for outcomes: the leader is picked, and Platt scaling tried
     leader = max(as_outcomes["candidates"], key=lambda c: as_outcomes["candidates"][c]["val_aiq"])
     assert leader != "ensemble" and as_outcomes["chosen"] == leader and as_outcomes["scored_on"] == "outcomes"
-    selection = fit(imputed).selection_
+    assert as_outcomes["calibrated"] and "val_aiq_calibrated" in as_outcomes["candidates"]["logreg"]
+    selection = fit(imputed)
     assert selection["scored_records"] == 600 and selection["scored_on"].startswith("outcomes and imputed")
+    assert selection["calibrated"] is False
+    assert not any("val_aiq_calibrated" in e or e.get("calibrated") for e in selection["candidates"].values())
     scores = {c: (e["val_aiq"], e.get("C"), e.get("k")) for c, e in selection["candidates"].items()}
-    assert scores == {c: (e["val_aiq"], e.get("C"), e.get("k")) for c, e in as_outcomes["candidates"].items()}
-    assert selection["chosen"] == "ensemble"  # the same scores and tuning, but a lead on guesses picks nothing
-    assert "beats_ensemble" not in selection["candidates"][leader]
+    uncalibrated = fit(None, calibrate=False)  # the same scores and tuning as on outcomes without Platt scaling
+    assert scores == {c: (e["val_aiq"], e.get("C"), e.get("k")) for c, e in uncalibrated["candidates"].items()}
+    assert selection["chosen"] == "ensemble"  # but a lead on guesses picks nothing
+    assert uncalibrated["chosen"] == leader and "beats_ensemble" not in selection["candidates"][leader]
 
 
 def test_on_masked_logged_records_auto_scores_the_full_records_or_says_why_it_cannot():

@@ -61,6 +61,14 @@ def test_learning_runs_on_the_named_tables_and_on_a_users_own(tmp_path):
     for bad in ("routellm=x.csv", "demo=x.jsonl", "noequals"):
         with pytest.raises(SystemExit, match="--table"):
             targets.shared_tables(argparse.Namespace(**{**vars(args), "table": [bad]}))
+    assert mine.config == targets.CONFIG and targets.CONFIG.name == "mlp_static.toml"  # the default
+    auto = targets.protocol("mine", argparse.Namespace(**{**vars(args), "config": "auto"}), tmp_path / "mine")
+    assert auto.config == ROOT / "training" / "configs" / "auto.toml"
+    assert targets.config_path(str(auto.config)) == auto.config
+    with pytest.raises(SystemExit, match="--config 'nope': no such config"):
+        targets.config_path("nope")
+    with pytest.raises(SystemExit, match="propensity_clip"):  # a variant checked against the chosen config
+        targets.parse_variants(["bad=loss.propensity_clip=0.5"], None, auto.config)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 from training.data import load_traffic, write_jsonl
 from training.offpolicy import complete_targets, factor_targets, fit_factor, min_full_records
 
-from .conftest import DEMO
+from .conftest import DEMO, ROOT
 from .test_pipeline import FAST, MLP_STATIC, cli
 
 
@@ -144,3 +144,34 @@ def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_
             assert summary["logged_targets"]["note"].startswith("every record has every outcome")
     assert on_full["impute"] == on_full["mask"]
     assert json.loads((tmp_path / "imputed" / "config.json").read_text())["loss.logged_targets"] == "impute"
+
+
+def test_logged_outcomes_weigh_their_clipped_inverse_propensity_and_imputed_cells_their_own_weight(tmp_path):
+    """What the loss sees with `auto.toml`'s settings (propensity clip 5, imputed weight 0.5): a full-
+    information record weighs 1 everywhere; a logged record's observed outcome min(1/p, 5); its imputed
+    cells 0.5 - whatever their propensity column says."""
+    from training.config import load_config
+    from training.data.schema import Outcome, Record
+    from training.offpolicy import Completion
+    from training.pipeline import _batchable
+
+    config = load_config(ROOT / "training" / "configs" / "auto.toml")
+    assert (config.loss.propensity_clip, config.loss.imputed_weight) == (5.0, 0.5)
+    records = [Record(prompt="both", outcomes={"a": Outcome(1.0, 0.1), "b": Outcome(0.0, 0.2)}),
+               Record(prompt="explored", outcomes={"a": Outcome(0.0, 0.1, propensity=0.05)}),
+               Record(prompt="exploited", outcomes={"b": Outcome(1.0, 0.2, propensity=0.8)})]
+    table, _ = load_traffic(write_jsonl(records, tmp_path / "log.jsonl"))
+    a, b = table.models.index("a"), table.models.index("b")
+    imputed = ~np.isfinite(table.quality)
+    completion = Completion(quality=np.where(imputed, 0.5, table.quality), imputed=imputed, report={})
+    rows = np.arange(3)
+    zeros = np.zeros((3, 2))
+    data = _batchable((zeros,), rows, table, zeros, zeros, clip=config.loss.propensity_clip, completion=completion,
+                      imputed_weight=config.loss.imputed_weight)
+    expected = np.ones((3, 2))
+    expected[1, a], expected[1, b] = 5.0, 0.5  # 1/0.05 = 20, clipped
+    expected[2, b], expected[2, a] = 1.25, 0.5
+    assert np.allclose(data.weights, expected) and np.array_equal(data.imputed, imputed)
+    assert np.allclose(data.quality[imputed], 0.5)
+    plain = _batchable((zeros,), rows[:1], table, zeros, zeros, clip=5.0, completion=completion, imputed_weight=0.5)
+    assert plain.weights is None  # a full-information record alone: unweighted, as without the clip

@@ -74,7 +74,8 @@ class RouterConfig:
     logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
-    calibrate: bool = True         #: auto: Platt-scale a candidate per model where that raises held-out AIQ
+    #: auto: Platt-scale a candidate per model where that raises held-out AIQ (never on imputed cells)
+    calibrate: bool = True
     #: auto: a single candidate replaces the ensemble only when it beats it on this share of paired
     #: bootstrap resamples of the held-out prompts (1 = every resample)
     ensemble_confidence: float = 0.95

@@ -24,7 +24,8 @@ be a different bar at every data size, a share of paired resamples is the same o
 between candidates": on seven small tables nobody tuned for, ``scripts/auto_selection_study.py``,
 no rule separates from another; this one keeps a single candidate where it is clearly better).
 Where the held-out records are completed logged ones (fewer than :data:`MIN_VALIDATION` with every
-outcome), their imputed cells are scored too: those scores tune each candidate, and the ensemble is kept.
+outcome), their imputed cells are scored too: those scores tune each candidate's hyperparameters, the
+ensemble is kept, and nothing is Platt-calibrated (a scaling fitted to guesses).
 
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
@@ -367,13 +368,16 @@ class _Selection:
         held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
                        models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
         calibrated, platt, scores = {}, {}, {}
+        calibrate = self.r.calibrate and not on_guesses
         for v in variants:
             raw = preds[v][scored]
             calibrated[v] = raw
             scores[v] = {"val_aiq": _aiq(raw, held), "ece": expected_calibration_error(raw, Q), "calibrated": False}
             # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse). Not for the
-            # encoder: its exported graph has no calibration stage
-            if self.r.calibrate and v[0] != "encoder":
+            # encoder: its exported graph has no calibration stage. Not on guesses: fitted to imputed cells,
+            # the scaling maps each model to the first stage's guesses (off-policy protocol, ten MMLU-Pro
+            # seeds: skipping it there routed better on eight, README)
+            if calibrate and v[0] != "encoder":
                 platt[v] = fit_platt(raw, Q)
                 version = apply_platt(raw, *platt[v])
                 entry = {"val_aiq_calibrated": _aiq(version, held),
@@ -419,7 +423,7 @@ class _Selection:
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)),
                      "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
-                     "calibrated": self.r.calibrate,
+                     "calibrated": calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
