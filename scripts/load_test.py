@@ -67,7 +67,17 @@ import time
 from pathlib import Path
 
 import httpx
-from load_references import REFERENCES, child_pids, cpu_seconds, prepare, settle, start, start_reference, stop
+from load_references import (
+    REFERENCES,
+    child_pids,
+    cpu_between,
+    cpu_snapshot,
+    prepare,
+    settle,
+    start,
+    start_reference,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
@@ -357,12 +367,12 @@ def main() -> None:
 
             def measured(name: str, on_half: callable | None = None) -> None:
                 proc, url, model = targets[name]
-                cpu_before = cpu_seconds(proc.pid)
+                cpu_before = cpu_snapshot(proc.pid)
                 rate = rates.get(name, args.rate)  # a reference: the proxy's rate
                 runs[name].append(asyncio.run(phase(url, model, texts, rate, args.duration, args.concurrency,
                                                     on_half=on_half, stream=args.stream)))
                 settle(proc.pid)
-                cpu[name] += cpu_seconds(proc.pid) - cpu_before
+                cpu[name] += cpu_between(cpu_before, cpu_snapshot(proc.pid))
 
             workers_before = child_pids(proxy.pid, module="router_ml.workers")
             stopped: list[int] = []

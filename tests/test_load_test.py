@@ -164,3 +164,45 @@ def test_cpu_seconds_counts_child_processes():
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+_SPINNER = """
+import sys, threading, time
+def spin(seconds):
+    t = time.thread_time()
+    while time.thread_time() - t < seconds:
+        pass
+for line in sys.stdin:
+    kind, seconds = line.split()
+    start = time.process_time()
+    if kind == "thread":  # a thread born and gone inside the phase
+        worker = threading.Thread(target=spin, args=(float(seconds),))
+        worker.start()
+        worker.join()
+    else:
+        spin(float(seconds))
+    print(time.process_time() - start, flush=True)
+"""
+
+
+def test_cpu_between_counts_a_phase_to_the_millisecond_and_threads_that_came_and_went():
+    """Clock ticks (10 ms) would blur a phase's CPU; the threads' nanoseconds do not - and where a thread
+    ran and exited within the phase, which they cannot see, the ticks still count it."""
+    with subprocess.Popen([sys.executable, "-c", _SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        def phase(kind: str, seconds: float) -> tuple[float, float]:
+            before = load_references.cpu_snapshot(proc.pid)
+            proc.stdin.write(f"{kind} {seconds}\n")
+            proc.stdin.flush()
+            reported = float(proc.stdout.readline())
+            time.sleep(0.05)  # the reply's own few microseconds settle
+            return load_references.cpu_between(before, load_references.cpu_snapshot(proc.pid)), reported
+
+        phase("main", 0.0)  # the interpreter's start-up done
+        for seconds in (0.0137, 0.0561, 0.1234):
+            measured, reported = phase("main", seconds)
+            assert reported >= seconds and abs(measured - reported) < 0.002, (seconds, measured, reported)
+        measured, reported = phase("thread", 0.2)
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        assert reported >= 0.2 and abs(measured - reported) <= 3 * tick, (measured, reported)
+        proc.stdin.close()  # the spinner's loop ends
