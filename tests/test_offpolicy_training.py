@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from training.data import load_traffic, write_jsonl
+from training.data.columns import is_blank
 from training.offpolicy import complete_targets, factor_targets, fit_factor, min_full_records
 
 from .conftest import DEMO, ROOT
@@ -175,3 +176,6 @@ def test_logged_outcomes_weigh_their_clipped_inverse_propensity_and_imputed_cell
     assert np.allclose(data.quality[imputed], 0.5)
     plain = _batchable((zeros,), rows[:1], table, zeros, zeros, clip=5.0, completion=completion, imputed_weight=0.5)
     assert plain.weights is None  # a full-information record alone: unweighted, as without the clip
+    assert is_blank(table.propensity) is False
+    full, _ = load_traffic(write_jsonl(records[:1], tmp_path / "full.jsonl"))
+    assert is_blank(full.propensity)  # no propensity logged: the clip copies none (training/pipeline.py)
