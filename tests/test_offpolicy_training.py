@@ -128,9 +128,13 @@ def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_
     assert report["method"] == "impute" and report["full_records"] + report["partial_records"] == (
         imputed["train_records"] + imputed["val_records"])
     assert report["imputed_cells"] == report["partial_records"] * (len(table.models) - 1)
+    assert imputed["propensity_weights"] is None  # mlp_static: no clip
     masked = cli("train", "--data", both, "--out", tmp_path / "masked", *common,
-                 "--set", "loss.logged_targets=mask", cwd=tmp_path)
+                 "--set", "loss.logged_targets=mask", "--set", "loss.propensity_clip=5", cwd=tmp_path)
     assert masked["logged_targets"] is None
+    weighting = masked["propensity_weights"]  # one logged outcome per partial record of train + validation
+    assert weighting["clip"] == 5 and weighting["weighted_outcomes"] == report["partial_records"]
+    assert 0 < weighting["capped"] < weighting["weighted_outcomes"] and weighting["max_weight"] == 5
     for out in ("imputed", "masked"):  # both evaluate on the held-out full-information prompts
         scored = cli("evaluate", "--router", tmp_path / out, "--data", sim / "test.jsonl", "--json", "--quiet",
                      cwd=tmp_path)
@@ -154,7 +158,7 @@ def test_logged_outcomes_weigh_their_clipped_inverse_propensity_and_imputed_cell
     from training.config import load_config
     from training.data.schema import Outcome, Record
     from training.offpolicy import Completion
-    from training.pipeline import _batchable
+    from training.pipeline import _batchable, propensity_weighting
 
     config = load_config(ROOT / "training" / "configs" / "auto.toml")
     assert (config.loss.propensity_clip, config.loss.imputed_weight) == (5.0, 0.5)
@@ -176,6 +180,9 @@ def test_logged_outcomes_weigh_their_clipped_inverse_propensity_and_imputed_cell
     assert np.allclose(data.quality[imputed], 0.5)
     plain = _batchable((zeros,), rows[:1], table, zeros, zeros, clip=5.0, completion=completion, imputed_weight=0.5)
     assert plain.weights is None  # a full-information record alone: unweighted, as without the clip
+    assert propensity_weighting(table, rows, 5.0) == {"clip": 5.0, "weighted_outcomes": 2, "capped": 1,
+                                                      "mean_weight": 3.125, "max_weight": 5.0}
+    assert propensity_weighting(table, rows, 0.0) is None and propensity_weighting(table, rows[:1], 5.0) is None
     assert is_blank(table.propensity) is False
     full, _ = load_traffic(write_jsonl(records[:1], tmp_path / "full.jsonl"))
     assert is_blank(full.propensity)  # no propensity logged: the clip copies none (training/pipeline.py)

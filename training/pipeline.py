@@ -151,6 +151,21 @@ def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray |
         return np.where(known, np.minimum(1.0 / np.where(known, propensity, 1.0), clip), 1.0)
 
 
+def propensity_weighting(table: TrafficTable, rows: np.ndarray, clip: float) -> dict[str, Any] | None:
+    """What ``loss.propensity_clip`` did to the records ``rows`` (``summary.json``'s ``propensity_weights``):
+    how many logged outcomes it weighted, how many of those the clip capped, their mean and largest
+    weight; None when it is off or no outcome carries a propensity."""
+    if clip <= 0 or is_blank(table.propensity):
+        return None
+    propensity = table.propensity[rows]
+    known = propensity[np.isfinite(propensity)]
+    if not known.size:
+        return None
+    weights = np.minimum(1.0 / known, clip)
+    return {"clip": clip, "weighted_outcomes": int(known.size), "capped": int(np.sum(1.0 / known > clip)),
+            "mean_weight": round(float(weights.mean()), 4), "max_weight": round(float(weights.max()), 4)}
+
+
 def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
     """``(position in rows, model_a, model_b, winner)`` of the preferences of the records ``rows``,
     read from the preference column of the records that carry one (no record is built)."""
@@ -326,6 +341,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "excluded": prep.report.excluded,
             "fit_seconds": round(fit_seconds, 2),
             "logged_targets": None if completion is None else completion.report,
+            "propensity_weights": propensity_weighting(table, np.concatenate([split.train, split.val]), clip),
             "total_seconds": round(time.perf_counter() - started, 2),
             "stages": stages.report,
             **outputs,
