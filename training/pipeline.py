@@ -151,19 +151,25 @@ def propensity_loss_weights(propensity: np.ndarray, clip: float) -> np.ndarray |
         return np.where(known, np.minimum(1.0 / np.where(known, propensity, 1.0), clip), 1.0)
 
 
+def _clipped_propensity(table: TrafficTable, rows: np.ndarray, clip: float) -> np.ndarray | None:
+    """The propensity matrix of ``rows`` where ``loss.propensity_clip`` may weight something; None with the
+    clip off or no propensity logged. Indexing copies, and a full-information table's column is a blank
+    (zero-memory, all-NaN) one whose copy would cost 1.9 GB at 8M records of 29 models."""
+    return None if clip <= 0 or is_blank(table.propensity) else table.propensity[rows]
+
+
 def propensity_weighting(table: TrafficTable, rows: np.ndarray, clip: float) -> dict[str, Any] | None:
     """What ``loss.propensity_clip`` did to the records ``rows`` (``summary.json``'s ``propensity_weights``):
     how many logged outcomes it weighted, how many of those the clip capped, their mean and largest
     weight; None when it is off or no outcome carries a propensity."""
-    if clip <= 0 or is_blank(table.propensity):
+    propensity = _clipped_propensity(table, rows, clip)
+    weights = None if propensity is None else propensity_loss_weights(propensity, clip)
+    if weights is None:
         return None
-    propensity = table.propensity[rows]
-    known = propensity[np.isfinite(propensity)]
-    if not known.size:
-        return None
-    weights = np.minimum(1.0 / known, clip)
-    return {"clip": clip, "weighted_outcomes": int(known.size), "capped": int(np.sum(1.0 / known > clip)),
-            "mean_weight": round(float(weights.mean()), 4), "max_weight": round(float(weights.max()), 4)}
+    known = np.isfinite(propensity)
+    logged = weights[known]
+    return {"clip": clip, "weighted_outcomes": int(known.sum()), "capped": int(np.sum(1.0 / propensity[known] > clip)),
+            "mean_weight": round(float(logged.mean()), 4), "max_weight": round(float(logged.max()), 4)}
 
 
 def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
@@ -192,11 +198,8 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py). The inputs stay the whole
     table's (the loop reads the split's ``rows`` of them window by window); the targets are float32
     copies of the split's rows, as the loss reads them."""
-    # only with clipping on (auto.toml's default) and propensities logged: a propensity matrix of the split's
-    # rows is a copy, and on full-information data (a blank, zero-memory column) an all-NaN one - 1.9 GB at
-    # 8M training records of 29 models
-    weights = (propensity_loss_weights(table.propensity[rows], clip)
-               if clip > 0 and not is_blank(table.propensity) else None)
+    propensity = _clipped_propensity(table, rows, clip)
+    weights = None if propensity is None else propensity_loss_weights(propensity, clip)
     quality, imputed = table.quality[rows], None
     if completion is not None and completion.imputed[rows].any():
         quality, imputed = completion.quality[rows], completion.imputed[rows]
