@@ -95,8 +95,9 @@ def add_exploration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("exploration (off unless --explore-rate is given)")
     group.add_argument("--explore-rate", type=float, metavar="R",
                        help="probability in [0, 1] of leaving the greedy choice to explore")
-    group.add_argument("--explore-policy", choices=("epsilon", "softmax"), default="epsilon",
-                       help="explore uniformly over eligible models (epsilon, default) or by a softmax of utilities")
+    group.add_argument("--explore-policy", choices=("epsilon", "softmax", "curve"), default="epsilon",
+                       help="explore uniformly over eligible models (epsilon, default), by a softmax of utilities, "
+                            "or along the router's cost-quality curve (curve: the choice at a random knob)")
     group.add_argument("--explore-seed", type=int, metavar="S", help="RNG seed (reproducible single-threaded draws)")
     group.add_argument("--explore-max-cost", type=float, metavar="USD",
                        help="never explore a model expected to cost more than this on the prompt")
@@ -104,6 +105,8 @@ def add_exploration_options(parser: argparse.ArgumentParser) -> None:
                        help="never explore this model (repeatable)")
     group.add_argument("--explore-temperature", type=float, default=0.1,
                        help="softmax temperature in units of utility (default 0.1)")
+    group.add_argument("--explore-uniform-share", type=float, default=0.25, metavar="S",
+                       help="curve: share of explored decisions drawn uniformly over eligible models (default 0.25)")
 
 
 def exploration_from_args(args: argparse.Namespace) -> Any:
@@ -119,11 +122,11 @@ def exploration_from_args(args: argparse.Namespace) -> Any:
     try:
         return Exploration(args.explore_policy, rate=args.explore_rate, seed=args.explore_seed,
                            max_cost_usd=args.explore_max_cost, exclude=tuple(args.explore_exclude),
-                           temperature=args.explore_temperature)
+                           temperature=args.explore_temperature, uniform_share=args.explore_uniform_share)
     except ValueError as exc:  # the message names the field: name the flag that sets it
         flags = {"kind": "--explore-policy", "rate": "--explore-rate", "seed": "--explore-seed",
                  "max_cost_usd": "--explore-max-cost", "exclude": "--explore-exclude",
-                 "temperature": "--explore-temperature"}
+                 "temperature": "--explore-temperature", "uniform_share": "--explore-uniform-share"}
         flag = next((f for field, f in flags.items() if f"exploration {field} " in str(exc)), "--explore-*")
         raise RouterMLError(f"{flag}: {exc}") from None
 

@@ -5,13 +5,23 @@ it and evaluating a new router off-policy needs decisions that sometimes leave t
 each logged with the probability (``propensity``) with which the deployed policy chose its model.
 :class:`Exploration` states that policy; :meth:`Explorer.draw` applies it to one prompt.
 
-Two kinds, both mixtures "greedy with probability ``1 - rate``, else explore":
+Three kinds, all mixtures "greedy with probability ``1 - rate``, else explore":
 
 - ``epsilon``: explore uniformly over the *eligible* models (the greedy one included), so with ``k``
   eligible models ``p(greedy) = 1 - rate + rate / k`` and ``p(other eligible) = rate / k``.
 - ``softmax``: explore by a softmax of the eligible models' utilities (``quality - cost / knob``, the
   policy's own, :mod:`router_ml.policy`) divided by ``temperature``, so
   ``p(m) = (1 - rate) [m = greedy] + rate * softmax(m)``; ``rate=1`` is a plain softmax policy.
+- ``curve``: explore along the router's own cost-quality curve: an explored decision is, with
+  probability ``uniform_share``, uniform over the eligible models as in ``epsilon``, and otherwise the
+  greedy choice at a willingness to pay drawn uniformly from the :data:`CURVE_POINTS` knobs of
+  :func:`router_ml.policy.knob_grid` (0, a geometric range from a tenth of the prompt's cheapest cost
+  to 10^4 x its dearest, and infinity) - the sweep the AIQ metric integrates over. The explored
+  outcomes then land on the models some knob would route this prompt to (the ones a retrained router
+  has to rank), not spread thinly over models no knob picks; the uniform share keeps every eligible
+  model's propensity above 0. ``p(m) = (1 - rate) [m = greedy] + rate * (uniform_share / k +
+  (1 - uniform_share) * n_m / CURVE_POINTS)``, ``n_m`` the knobs of the grid at which ``m`` is chosen,
+  counted exactly from the upper convex hull of the prompt's (cost, predicted quality) points.
 
 Eligible: not in ``exclude`` and, with ``max_cost_usd``, expected to cost at most that on the prompt.
 The greedy model is always eligible (exploration never forbids what the router would choose anyway),
@@ -32,7 +42,9 @@ from typing import Any
 
 __all__ = ["KINDS", "Exploration", "Explorer"]
 
-KINDS = ("epsilon", "softmax")
+KINDS = ("epsilon", "softmax", "curve")
+#: knobs of the grid a ``curve`` exploration draws from (as ``eval.knob_points``' default)
+CURVE_POINTS = 81
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Exploration:
     max_cost_usd: float | None = None
     exclude: tuple[str, ...] = ()
     temperature: float = 0.1
+    uniform_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -66,17 +79,21 @@ class Exploration:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) \
                 or not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"exploration temperature must be a finite number > 0, got {self.temperature!r}")
+        if isinstance(self.uniform_share, bool) or not isinstance(self.uniform_share, int | float) \
+                or not 0 <= self.uniform_share <= 1:
+            raise ValueError(f"exploration uniform_share must be a number in [0, 1], got {self.uniform_share!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "rate": self.rate, "seed": self.seed, "max_cost_usd": self.max_cost_usd,
-                "exclude": list(self.exclude), "temperature": self.temperature}
+                "exclude": list(self.exclude), "temperature": self.temperature,
+                "uniform_share": self.uniform_share}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Exploration:
-        unknown = set(data) - {"kind", "rate", "seed", "max_cost_usd", "exclude", "temperature"}
+        unknown = set(data) - {"kind", "rate", "seed", "max_cost_usd", "exclude", "temperature", "uniform_share"}
         if unknown:
             raise ValueError(f"exploration: unknown field(s) {sorted(unknown)}; the fields are kind, rate, seed, "
-                             f"max_cost_usd, exclude, temperature")
+                             f"max_cost_usd, exclude, temperature, uniform_share")
         return cls(**{**data, "exclude": tuple(data.get("exclude") or ())})
 
 
@@ -96,6 +113,8 @@ class Explorer:
         self.exploration = exploration
         self._rate = float(exploration.rate)
         self._softmax = exploration.kind == "softmax"
+        self._curve = exploration.kind == "curve"
+        self._uniform_share = float(exploration.uniform_share)
         self._inv_temperature = 1.0 / float(exploration.temperature)
         self._cap = math.inf if exploration.max_cost_usd is None else float(exploration.max_cost_usd)
         self._allowed = tuple(m not in exploration.exclude for m in models)
@@ -114,23 +133,92 @@ class Explorer:
         return [exp((u - top) * inv) if i == greedy or (allowed[i] and costs[i] <= cap) else 0.0
                 for i, u in enumerate(utility)]
 
-    def probabilities(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> list[float]:
-        """The probability of every model on this prompt (what :meth:`draw` samples from)."""
-        rate = self._rate
+    def curve_shares(self, scores: Sequence[float], costs: Sequence[float], greedy: int,
+                     eligible: list[int] | None = None) -> list[float]:
+        """Each model's share of the :data:`CURVE_POINTS` knobs (0, a geometric range from a tenth of the
+        cheapest eligible cost to 10^4 x the dearest, infinity) at which it is the choice among the eligible
+        models, from the upper convex hull of their (cost, predicted quality) points: the model between two
+        breakpoints ``(c_b - c_a) / (q_b - q_a)`` of the hull is chosen for every knob between them (a
+        knob on a breakpoint goes to the cheaper one) - the choices :func:`router_ml.policy.choose` makes."""
+        order = sorted(self.eligible(costs, greedy) if eligible is None else eligible, key=costs.__getitem__)
+        hull: list[int] = []
+        for i in order:  # by cost (equal costs in index order)
+            q, c = scores[i], costs[i]
+            if hull:
+                b = hull[-1]
+                if q <= scores[b]:
+                    continue  # costs at least as much and is not better: never chosen
+                if c == costs[b]:
+                    hull.pop()  # as cheap and better: b is never chosen at a knob above 0
+                while len(hull) >= 2:  # drop the last point if it lies on or under the segment to this one
+                    a, b = hull[-2], hull[-1]
+                    if (scores[b] - scores[a]) * (c - costs[b]) <= (q - scores[b]) * (costs[b] - costs[a]):
+                        hull.pop()
+                    else:
+                        break
+            hull.append(i)
+        share = 1.0 / CURVE_POINTS
+        shares = [0.0] * len(costs)
+        shares[order[0]] = share  # knob 0: the cheapest (the first of equals, as choose's argmax)
+        best = hull[-1]
+        cheapest, dearest = costs[order[0]], costs[order[-1]]
+        inner = CURVE_POINTS - 2
+        if cheapest <= 0:  # the grid starts at the cheapest *positive* cost
+            cheapest = min((c for c in map(costs.__getitem__, order) if c > 0), default=0.0)
+        if dearest <= 0 or len(hull) == 1:
+            shares[best] += (inner + 1) * share
+            return shares
+        low = 0.1 * cheapest
+        step = math.log(1e5 * dearest / cheapest) / (inner - 1)  # the log of the grid's ratio
+        log, floor = math.log, math.floor
+        below = 0  # knobs of the geometric range at or under the current breakpoint
+        for a, b in zip(hull, hull[1:], strict=False):
+            knob = (costs[b] - costs[a]) / (scores[b] - scores[a])
+            upto = min(inner, max(0, floor(log(knob / low) / step) + 1)) if knob > 0 else 0
+            if upto > below:
+                shares[a] += (upto - below) * share
+                below = upto
+        shares[best] += (inner - below + 1) * share  # and knob infinity
+        return shares
+
+    def _explore_weights(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
+                         scores: Sequence[float] | None) -> list[float]:
+        """The explored part's distribution over models (unnormalised for softmax)."""
         if self._softmax:
-            weights = self._weights(utility, costs, greedy)
-        else:
-            eligible = set(self.eligible(costs, greedy))
-            weights = [1.0 if i in eligible else 0.0 for i in range(len(costs))]
+            return self._weights(utility, costs, greedy)
+        eligible = self.eligible(costs, greedy)
+        if not self._curve:
+            weights = [0.0] * len(costs)
+            for i in eligible:
+                weights[i] = 1.0
+            return weights
+        if scores is None:
+            raise ValueError("curve exploration needs the router's predicted qualities (scores)")
+        uniform, curve = self._uniform_share / len(eligible), 1.0 - self._uniform_share
+        weights = self.curve_shares(scores, costs, greedy, eligible)
+        for i, w in enumerate(weights):
+            weights[i] = curve * w
+        for i in eligible:
+            weights[i] += uniform
+        return weights
+
+    def probabilities(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
+                      scores: Sequence[float] | None = None) -> list[float]:
+        """The probability of every model on this prompt (what :meth:`draw` samples from); ``scores``
+        (the predicted qualities) are needed by ``curve`` only."""
+        rate = self._rate
+        weights = self._explore_weights(utility, costs, greedy, scores)
         total = sum(weights)
         probs = [rate * w / total for w in weights]
         probs[greedy] += 1.0 - rate
         return probs
 
-    def draw(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> tuple[int, float]:
-        """``(chosen index, its propensity)`` for one prompt; ``utility`` is the policy's per model."""
+    def draw(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
+             scores: Sequence[float] | None = None) -> tuple[int, float]:
+        """``(chosen index, its propensity)`` for one prompt; ``utility`` is the policy's per model,
+        ``scores`` its predicted qualities (needed by ``curve`` only)."""
         u, rate = self._random(), self._rate
-        if not self._softmax:
+        if not self._softmax and not self._curve:
             if self._cap == math.inf:  # eligible = allowed, plus the greedy model: counted without a loop
                 k = self._n_allowed + (not self._allowed[greedy])
                 if u >= rate:
@@ -143,11 +231,11 @@ class Explorer:
                     return greedy, 1.0 - rate + rate / k
             chosen = eligible[min(int(u / rate * k), k - 1)]
             return chosen, (1.0 - rate + rate / k) if chosen == greedy else rate / k
-        weights = self._weights(utility, costs, greedy)
+        weights = self._explore_weights(utility, costs, greedy, scores)
         total = sum(weights)
         if u >= rate:
             return greedy, 1.0 - rate + rate * weights[greedy] / total
-        target, acc, chosen = u / rate * total, 0.0, greedy  # inverse CDF of the softmax part
+        target, acc, chosen = u / rate * total, 0.0, greedy  # inverse CDF of the explored part
         for i, w in enumerate(weights):
             if w > 0:
                 acc += w

@@ -430,7 +430,7 @@ class Router:
                              wtp, e) for j, q, c, e in rows]
         out = []
         for g, q, c, e in rows:  # in prompt order, so a seeded router draws as route() would prompt by prompt
-            j, p = explorer.draw(_utilities(q, c, wtp), c, g)
+            j, p = explorer.draw(_utilities(q, c, wtp), c, g, q)
             out.append(Decision(models[j], dict(zip(models, q, strict=True)), dict(zip(models, c, strict=True)),
                                 c[j], wtp, e, p, j != g))
         return out
@@ -454,7 +454,7 @@ class Router:
         j = g = utility.index(max(utility))  # np.argmax's first index among equals, as choose()
         p = 1.0
         if self._explorer is not None:
-            j, p = self._explorer.draw(utility, costs, g)
+            j, p = self._explorer.draw(utility, costs, g, scores)
         models = self.models
         return Decision(models[j], dict(zip(models, scores, strict=True)), dict(zip(models, costs, strict=True)),
                         costs[j], wtp, not n, p, j != g)

@@ -10,7 +10,7 @@ Prints one JSON object on stdout (microseconds; each p50/p99 is the median over 
     python scripts/bench_runtime.py --router DIR --quick --skip-reference              # ~10 s smoke test
     python scripts/bench_runtime.py --router FP32 --compare INT8 --compare-only --threads 2   # side by side
 
-``--explore-rate R`` adds ``route`` of exploring copies of the router (epsilon-greedy and softmax at rate
+``--explore-rate R`` adds ``route`` of exploring copies of the router (epsilon-greedy, softmax and curve at rate
 ``R``) to the same interleaved turns, ``breakdown_p50_us[n].explore_*_extra`` (what exploring adds to a
 decision) and a target of under 5 us at 64 tokens.
 
@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 LENGTHS = (16, 64, 256)
+EXPLORE_KINDS = ("epsilon", "softmax", "curve")  # router_ml.exploration.KINDS
 SUBJECTS = ("the function", "my landlord", "this proof", "the SQL query", "our marketing plan", "a Python class",
             "the French verb", "the contract", "the neural network", "my essay", "the recipe", "the API")
 VERBS = ("explain why", "rewrite", "summarize how", "check whether", "translate", "optimize", "prove that",
@@ -102,7 +103,8 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
                  explore_rate: float | None = None) -> dict:
     """p50/p99 per layer and length. Within a repetition the (layer, length) pairs take turns every 100
     calls, so that load from other processes hits all alike and the per-layer differences stay meaningful.
-    ``explore_rate`` adds ``route`` of exploring copies (epsilon-greedy and softmax, seed 0) to the same turns."""
+    ``explore_rate`` adds ``route`` of exploring copies (epsilon-greedy, softmax and curve, seed 0) to the
+    same turns."""
     names, session, tok, add = router._input_names, router._session, router._tokenizer, router._add_special
     fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.21: no offset tracking
     layers = {"tokenize": (lambda t: fast([t], add_special_tokens=add)) if fast else
@@ -112,7 +114,7 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
     if explore_rate is not None:
         from router_ml.exploration import Exploration
 
-        for kind in ("epsilon", "softmax"):
+        for kind in EXPLORE_KINDS:
             explorer = router.with_exploration(Exploration(kind, rate=explore_rate, seed=0))
             layers[f"route_explore_{kind}"] = explorer.route
     feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
@@ -129,7 +131,7 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
             "onnx_session": p["session"], "route_rest": round(p["route"] - p["encode"] - p["session"], 1),
             "route_total": p["route"], "predict_rest": round(p["predict"] - p["encode"] - p["session"], 1)}
         if explore_rate is not None:  # what exploring adds to a routing decision, measured in the same turns
-            for kind in ("epsilon", "softmax"):
+            for kind in EXPLORE_KINDS:
                 result["breakdown_p50_us"][n][f"explore_{kind}_extra"] = round(p[f"route_explore_{kind}"]
                                                                                - p["route"], 1)
     result["tokenize_call"] = "encode_batch_fast([text])" if fast else "encode(text)"
@@ -413,7 +415,7 @@ def main() -> None:
               "first_load_seconds": (load["first_load_seconds"], "<", 0.3),
               "peak_rss_mb": (rss["peak_rss_mb"], "<", 150), "speedup_vs_reference": (speedup, ">=", 500)}
     if args.explore_rate is not None:
-        for kind in ("epsilon", "softmax"):
+        for kind in EXPLORE_KINDS:
             checks[f"explore_{kind}_extra_p50_us_64_tokens"] = (
                 single["breakdown_p50_us"]["64"][f"explore_{kind}_extra"], "<", 5)
     for d, stats in (scorers or {}).get("scorers", {}).items():

@@ -116,18 +116,27 @@ class Protocol:
     log at rate 0.2), each part's routers under ``learning/`` and ``evaluation/``."""
 
     def __init__(self, data: Path, bootstrap: float | int, logged: float | int, root: Path, extra: list[str],
-                 load: tuple[str, ...] = (), config: Path = CONFIG):
+                 load: tuple[str, ...] = (), config: Path = CONFIG, policy: str = "epsilon",
+                 uniform_share: float = 0.25):
         self.data, self.bootstrap, self.logged, self.root, self.extra = data, bootstrap, logged, root, extra
         self.config = config  # the router config of every simulate-log and train
         self.load = list(load)  # how simulate-log reads the table (e.g. --exclude FILE)
+        self.policy, self.uniform_share = policy, uniform_share
+        # another exploration policy than epsilon names its logs and log-trained routers (never the
+        # bootstrap and ceiling routers: the split, and so they, depend on the seed only)
+        self.tag = "" if policy == "epsilon" else f"-{policy}" + ("" if uniform_share == 0.25 else f"{uniform_share:g}")
 
-    def simulate(self, *, seed: int, rate: float, explore_seed: int) -> Path:
-        """``simulate-log``'s output directory for this split seed, rate and exploration seed."""
-        out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}"
+    def simulate(self, *, seed: int, rate: float, explore_seed: int, epsilon: bool = False) -> Path:
+        """``simulate-log``'s output directory for this split seed, rate and exploration seed (with
+        ``epsilon``: uniform exploration whatever the protocol's policy)."""
+        tag = "" if epsilon else self.tag
+        out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}{tag}"
         out.mkdir(parents=True, exist_ok=True)
+        policy = () if not tag else ("--explore-policy", self.policy,
+                                     "--explore-uniform-share", str(self.uniform_share))
         run(cli("simulate-log", "--data", str(self.data), *self.load, "--out", str(out), "--config", str(self.config),
                 "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
-                "--explore-rate", str(rate), "--explore-seed", str(explore_seed), "--quiet",
+                "--explore-rate", str(rate), "--explore-seed", str(explore_seed), *policy, "--quiet",
                 *sets(FAST_REPORT + tuple(self.extra))), out / "simulation.summary.json")
         return out
 
@@ -180,9 +189,14 @@ def learning(proto: Protocol, *, seeds: list[int], rates: list[float], variants:
     keys = [(s, r) for s in seeds for r in rates]
     sims = dict(zip(keys, pool.map(lambda key: proto.simulate(seed=key[0], rate=key[1], explore_seed=key[0]), keys),
                     strict=True))
+    # bootstrap, ceiling and test come from the first rate's uniform-exploration simulation (the same
+    # split, whatever the policy), so every policy is compared with the same two routers
+    firsts = {s: sims[(s, rates[0])] for s in seeds} if not proto.tag else dict(zip(
+        seeds, pool.map(lambda s: proto.simulate(seed=s, rate=rates[0], explore_seed=s, epsilon=True), seeds),
+        strict=True))
     jobs = {}  # (seed, name, rate or None) -> (train data, checkpoint dir, settings)
     for s in seeds:
-        first = sims[(s, rates[0])]
+        first = firsts[s]
         base = proto.root / "learning" / f"seed{s}"
         base.mkdir(parents=True, exist_ok=True)
         full_log = proto.full_outcomes(first, s)
@@ -190,21 +204,22 @@ def learning(proto: Protocol, *, seeds: list[int], rates: list[float], variants:
         jobs[(s, "ceiling", None)] = (concat([first / "bootstrap.jsonl", full_log], base / "ceiling.jsonl"),
                                       base / "ceiling", ())
         for r in rates:
-            (base / f"rate{r}").mkdir(exist_ok=True)
+            (base / f"rate{r}{proto.tag}").mkdir(exist_ok=True)
             logged = concat([sims[(s, r)] / "bootstrap.jsonl", sims[(s, r)] / "log.jsonl"],
-                            base / f"rate{r}" / "bootstrap_log.jsonl")
+                            base / f"rate{r}{proto.tag}" / "bootstrap_log.jsonl")
             for name, settings in variants.items():
-                jobs[(s, name, r)] = (logged, base / f"rate{r}" / name, settings)
+                jobs[(s, name, r)] = (logged, base / f"rate{r}{proto.tag}" / name, settings)
 
     def train_and_score(key):
         data, out, settings = jobs[key]
         proto.train(data, out, seed=key[0], settings=settings)
-        return proto.test_aiq(out, sims[(key[0], rates[0])] / "test.jsonl")
+        return proto.test_aiq(out, firsts[key[0]] / "test.jsonl")
 
     aiq = dict(zip(jobs, pool.map(train_and_score, jobs), strict=True))
     boot = [aiq[(s, "bootstrap", None)] for s in seeds]
     ceil = [aiq[(s, "ceiling", None)] for s in seeds]
     result = {"data": str(proto.data), "bootstrap_records": proto.bootstrap, "logged_records": proto.logged,
+              "explore_policy": proto.policy, "uniform_share": proto.uniform_share if proto.tag else None,
               "seeds": seeds, "aiq": {"bootstrap": {**t_interval(boot), "per_seed": boot},
                                       "ceiling": {**t_interval(ceil), "per_seed": ceil}}, "rates": {}}
     for r in rates:
@@ -247,7 +262,7 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
                estimator: str = "auto") -> dict:
     """Part B (module doc)."""
     sims = list(pool.map(lambda k: proto.simulate(seed=seed, rate=rate, explore_seed=k), range(logs)))
-    root = proto.root / "evaluation"
+    root = proto.root / f"evaluation{proto.tag}"
     root.mkdir(parents=True, exist_ok=True)
     logging_router = sims[0] / "bootstrap_router"
     wtp = json.loads((logging_router / "artifact" / "manifest.json").read_text())["policy"]["willingness_to_pay"]
@@ -274,7 +289,8 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
     true_order = sorted(routers, key=lambda n: -truth[n]["quality"])
     ranking = [all(est[(n, k)]["quality"] is not None for n in routers)
                and sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
-    out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "logs": logs, "n_boot": N_BOOT,
+    out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "explore_policy": proto.policy,
+           "logs": logs, "n_boot": N_BOOT,
            "estimator": "snips" if estimator == "auto" else estimator,
            "targets": TARGETS, "true_ranking": true_order, "ranking_matches_share": statistics.fmean(ranking),
            "routers": {}}
@@ -368,9 +384,11 @@ def shared_tables(args: argparse.Namespace) -> dict[str, tuple[Path, tuple[str, 
 def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
     """A data set's protocol: the demo (made here) or a full-information table, 5% bootstrap / 65% logged / 30% test."""
     extra, config = list(args.train_set or ()), config_path(getattr(args, "config", None))
+    explore = {"policy": getattr(args, "explore_policy", "epsilon"),
+               "uniform_share": getattr(args, "explore_uniform_share", 0.25)}
     if name == "demo":
         return Protocol(demo_data(Path(args.out), args.demo_n), round(DEMO["bootstrap"] * args.demo_n),
-                        round(DEMO["logged"] * args.demo_n), root, extra, config=config)
+                        round(DEMO["logged"] * args.demo_n), root, extra, config=config, **explore)
     tables = shared_tables(args)
     if name not in tables:
         raise SystemExit(f"--datasets: unknown data set {name!r}; choose demo, {', '.join(tables)} "
@@ -379,7 +397,7 @@ def protocol(name: str, args: argparse.Namespace, root: Path) -> Protocol:
     if not path.exists():
         raise SystemExit(f"data set {name}: {path} not found; point $ROUTER_ML_SHARED_DATA (or --mmlu-pro, "
                          "--table) at it")
-    return Protocol(path, 0.05, 0.65, root, extra, load, config=config)
+    return Protocol(path, 0.05, 0.65, root, extra, load, config=config, **explore)
 
 
 def config_path(name: str | None) -> Path:
@@ -421,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="the router config every simulate-log and train uses: a name in "
                         "training/configs (auto = the default router, everything as `router-ml train` does without "
                         "--config) or a TOML path; default mlp_static")
+    parser.add_argument("--explore-policy", default="epsilon", choices=("epsilon", "softmax", "curve"),
+                        help="LEARNING: the simulated deployment's exploration policy (simulate-log --explore-policy; "
+                        "default epsilon, uniform). Bootstrap, ceiling and test are the same for every policy")
+    parser.add_argument("--explore-uniform-share", type=float, default=0.25,
+                        help="LEARNING, --explore-policy curve: the explored share drawn uniformly (default 0.25)")
     parser.add_argument("--train-set", action="append", metavar="SECTION.KEY=VALUE",
                         help="a setting for every simulate-log and train (e.g. train.epochs=3 for a smoke test)")
     parser.add_argument("--jobs", type=int, default=2, help="router-ml processes at once (default 2)")
@@ -455,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                                               logs=args.logs, rate=0.2, pool=pool, estimator=args.estimator)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     suffix = "" if args.estimator == "auto" or "evaluation" not in parts else f".{args.estimator}"
+    if args.explore_policy != "epsilon":  # another policy's results beside the uniform ones
+        share = args.explore_uniform_share
+        suffix += f".{args.explore_policy}" + ("" if share == 0.25 else f"{share:g}")
     (out / f"offpolicy_targets{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0

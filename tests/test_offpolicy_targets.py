@@ -67,6 +67,10 @@ def test_learning_runs_on_the_named_tables_and_on_a_users_own(tmp_path):
     assert targets.config_path(str(auto.config)) == auto.config
     with pytest.raises(SystemExit, match="--config 'nope': no such config"):
         targets.config_path("nope")
+    assert mine.policy == "epsilon" and mine.tag == ""  # uniform exploration names nothing
+    curve = targets.protocol("mine", argparse.Namespace(**{**vars(args), "explore_policy": "curve",
+                                                           "explore_uniform_share": 0.5}), tmp_path / "mine")
+    assert (curve.policy, curve.uniform_share, curve.tag) == ("curve", 0.5, "-curve0.5")
     with pytest.raises(SystemExit, match="propensity_clip"):  # a variant checked against the chosen config
         targets.parse_variants(["bad=loss.propensity_clip=0.5"], None, auto.config)
 

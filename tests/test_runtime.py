@@ -707,35 +707,87 @@ def _frequencies_match(draws, probs, n) -> None:
         assert p == pytest.approx(probs[j], rel=1e-12)  # the recorded propensity is the stated probability
 
 
-@pytest.mark.parametrize("kind", ["epsilon", "softmax"])
+def _grid_choices(scores, costs, eligible):
+    """How often each model is the greedy choice among ``eligible`` on the knob grid a ``curve``
+    exploration draws from, counted knob by knob with the runtime's own ``choose``."""
+    from router_ml.exploration import CURVE_POINTS
+    from router_ml.policy import choose, knob_grid
+
+    sub = np.array(sorted(eligible))
+    positive = [costs[i] for i in sub if costs[i] > 0]
+    grid = knob_grid([min(positive), max(positive)], CURVE_POINTS) if positive else [0.0] + [1.0] * (CURVE_POINTS - 1)
+    counts = np.zeros(len(costs))
+    for wtp in grid:
+        counts[sub[choose(np.array([scores])[:, sub], np.array([costs])[:, sub], wtp)[0]]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "softmax", "curve"])
 def test_explored_choices_follow_the_stated_propensities_and_honour_cap_and_exclusions(kind):
-    from router_ml.exploration import Exploration, Explorer
+    from router_ml.exploration import CURVE_POINTS, Exploration, Explorer
 
     models = ("a", "b", "c", "d", "e")
     utility, costs, greedy = [0.9, 0.7, 0.85, 0.8, 0.2], [0.001, 0.0001, 0.002, 0.05, 0.0003], 0
+    scores = utility  # curve reads the predicted qualities (here the utilities themselves)
     # "d" is over the cap, "e" excluded; "a" (greedy) is over the cap too but always allowed
-    explorer = Explorer(Exploration(kind, rate=0.3, seed=11, max_cost_usd=0.0025, exclude=("e",), temperature=0.1),
-                        models)
-    probs = explorer.probabilities(utility, costs, greedy)
+    explorer = Explorer(Exploration(kind, rate=0.3, seed=11, max_cost_usd=0.0025, exclude=("e",), temperature=0.1,
+                                    uniform_share=0.4), models)
+    probs = explorer.probabilities(utility, costs, greedy, scores)
     assert probs[3] == probs[4] == 0 and sum(probs) == pytest.approx(1.0, abs=1e-12)
     if kind == "epsilon":
         assert probs == pytest.approx([0.7 + 0.1, 0.1, 0.1, 0, 0])
-    else:
+    elif kind == "softmax":
         w = [math.exp((u - 0.9) / 0.1) for u in utility[:3]]
         assert probs[:3] == pytest.approx([0.7 + 0.3 * w[0] / sum(w), 0.3 * w[1] / sum(w), 0.3 * w[2] / sum(w)])
+    else:  # b (cheapest) and a (best) share the knobs; c costs more than a and is worse: uniform share only
+        shares = _grid_choices(scores, costs, [0, 1, 2]) / CURVE_POINTS
+        assert shares[0] > 0.3 and shares[1] > 0.3 and shares[2] == 0 and shares.sum() == pytest.approx(1.0)
+        assert probs[:3] == pytest.approx([0.7 + 0.3 * (0.4 / 3 + 0.6 * shares[0]), 0.3 * (0.4 / 3 + 0.6 * shares[1]),
+                                           0.3 * 0.4 / 3])
     n = 20_000
-    _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
+    _frequencies_match([explorer.draw(utility, costs, greedy, scores) for _ in range(n)], probs, n)
     # an excluded or over-cap greedy choice is still allowed, and drawn as often as stated
     for spec in (Exploration(kind, rate=0.6, seed=1, exclude=("a", "c")),
                  Exploration(kind, rate=0.6, seed=2, max_cost_usd=0.0005)):
         explorer = Explorer(spec, models)
-        probs = explorer.probabilities(utility, costs, greedy)
+        probs = explorer.probabilities(utility, costs, greedy, scores)
         assert probs[greedy] > 0.4 and probs[2] == 0 and sum(probs) == pytest.approx(1.0, abs=1e-12)
-        _frequencies_match([explorer.draw(utility, costs, greedy) for _ in range(n)], probs, n)
+        _frequencies_match([explorer.draw(utility, costs, greedy, scores) for _ in range(n)], probs, n)
+
+
+def test_curve_exploration_draws_the_choice_of_a_random_knob_exactly():
+    """Each model's share of a curve exploration equals how often ``choose`` picks it on the knob grid,
+    on random prompts with ties in quality and cost, free models and models a cap or exclusion removes."""
+    from router_ml.exploration import CURVE_POINTS, Exploration, Explorer
+
+    rng = np.random.default_rng(5)
+    for case in range(400):
+        k = int(rng.integers(1, 30))
+        scores = rng.uniform(0, 1, k).round(int(rng.integers(1, 4))).tolist()  # rounded: ties
+        costs = (10 ** rng.uniform(-6, -2, k)).tolist()
+        if case % 5 == 0:
+            costs[0] = 0.0
+        if case % 7 == 0 and k > 1:
+            costs[1] = costs[0]
+        if case % 13 == 0:
+            costs = [0.0] * k
+        names = [f"m{i}" for i in range(k)]
+        exclude = tuple(names[1:k // 3])
+        cap = None if case % 2 else float(np.quantile(costs, 0.8))
+        greedy = int(rng.integers(k))
+        explorer = Explorer(Exploration("curve", rate=1.0, uniform_share=0.0, exclude=exclude, max_cost_usd=cap),
+                            names)
+        eligible = explorer.eligible(costs, greedy)
+        expected = _grid_choices(scores, costs, eligible)
+        assert np.array(explorer.curve_shares(scores, costs, greedy)) * CURVE_POINTS == pytest.approx(expected), case
+        assert sum(explorer.probabilities(scores, costs, greedy, scores)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="scores"):
+        Explorer(Exploration("curve"), ["a", "b"]).draw([0.5, 0.6], [0.1, 0.2], 1)
 
 
 @pytest.mark.parametrize(("field", "value"), [("kind", "thompson"), ("rate", 1.5), ("rate", -0.1), ("seed", 1.5),
-                                              ("max_cost_usd", -1.0), ("exclude", "tiny-1b"), ("temperature", 0.0)])
+                                              ("max_cost_usd", -1.0), ("exclude", "tiny-1b"), ("temperature", 0.0),
+                                              ("uniform_share", 1.5), ("uniform_share", True)])
 def test_exploration_settings_are_validated_naming_the_field(field, value):
     from router_ml.exploration import Exploration
 
@@ -746,7 +798,8 @@ def test_exploration_settings_are_validated_naming_the_field(field, value):
 def test_exploration_settings_round_trip_and_unknown_models_are_refused(router):
     from router_ml.exploration import Exploration
 
-    e = Exploration("softmax", rate=0.2, seed=5, max_cost_usd=0.01, exclude=("frontier-xl",), temperature=0.05)
+    e = Exploration("curve", rate=0.2, seed=5, max_cost_usd=0.01, exclude=("frontier-xl",), temperature=0.05,
+                    uniform_share=0.5)
     assert Exploration.from_dict(json.loads(json.dumps(e.to_dict()))) == e
     with pytest.raises(ValueError, match="stars"):
         Exploration.from_dict({**e.to_dict(), "stars": 1})
@@ -798,6 +851,30 @@ def test_seeded_exploration_reproduces_and_leaves_the_shared_router_alone(router
     assert list(record["prices"]) == list(router.models)
 
 
+def test_curve_exploring_router_logs_the_propensity_of_its_knob_draws(router, trained):
+    from router_ml.exploration import Exploration, Explorer
+
+    texts = trained.held_out[:300]
+    spec = Exploration("curve", rate=0.5, seed=9, uniform_share=0.2)
+    one = [router.with_exploration(spec).route(t) for t in texts]
+    assert [(d.model, d.propensity) for d in one[:1]] == [(d.model, d.propensity) for d in
+                                                          [router.with_exploration(spec).route(texts[0])]]
+    seq = router.with_exploration(spec)
+    one = [seq.route(t) for t in texts]
+    batch = Router.load(trained.artifact, exploration=spec).route_batch(texts)
+    assert [(d.model, d.propensity, d.explored) for d in batch] == [(d.model, d.propensity, d.explored) for d in one]
+    check = Explorer(spec, router.models)
+    greedy = [d.model for d in router.route_batch(texts)]
+    for d, g in zip(one, greedy, strict=True):
+        scores, costs = [d.scores[m] for m in router.models], [d.costs[m] for m in router.models]
+        utility = [q - c / d.willingness_to_pay for q, c in zip(scores, costs, strict=True)]
+        probs = check.probabilities(utility, costs, router.models.index(g), scores)
+        assert d.propensity == pytest.approx(probs[router.models.index(d.model)], rel=1e-9)
+        assert d.explored == (d.model != g)
+    explored = {d.model for d in one if d.explored}
+    assert len(explored) >= 2 and 0.1 * len(texts) < sum(d.explored for d in one) < 0.5 * len(texts)
+
+
 def test_a_shared_exploring_router_is_thread_safe(router, trained):
     from router_ml.exploration import Exploration
 
@@ -824,7 +901,20 @@ def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, 
     for d, g in zip(decisions, greedy, strict=True):
         assert d["explored"] == (d["model"] != g) and (d["model"] != "tiny-1b" or g == "tiny-1b")
         assert d["propensity"] == pytest.approx(1 / (len(router.models) - (g != "tiny-1b")))
+    out = subprocess.run([*cli, "--input", str(prompts), "--explore-rate", "1", "--explore-seed", "3",
+                          "--explore-policy", "curve", "--explore-uniform-share", "0.5"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from router_ml.exploration import Exploration, Explorer
+
+    check = Explorer(Exploration("curve", rate=1.0, uniform_share=0.5), router.models)
+    for line, g in zip(out.stdout.splitlines(), greedy, strict=True):
+        d = json.loads(line)
+        scores, costs = [d["scores"][m] for m in router.models], [d["costs"][m] for m in router.models]
+        probs = check.probabilities(scores, costs, router.models.index(g), scores)
+        assert d["propensity"] == pytest.approx(probs[router.models.index(d["model"])], rel=1e-9)
     for flags, named in ((["--explore-rate", "2"], "--explore-rate"),
+                         (["--explore-rate", "0.1", "--explore-uniform-share", "2"], "--explore-uniform-share"),
                          (["--explore-rate", "0.1", "--explore-exclude", "gpt-9"], "--explore-exclude"),
                          (["--explore-seed", "1"], "--explore-rate")):
         out = subprocess.run([*cli, "hi", *flags], capture_output=True, text=True, timeout=120)
