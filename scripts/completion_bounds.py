@@ -84,9 +84,11 @@ def train_with(mode: str, truth_file: Path, argv: list[str]) -> int:
             filled = true
         imputed = completion.imputed[partial]
         block = completion.quality[partial]
+        change = float(np.abs(block[imputed] - filled[imputed]).mean())
         block[imputed] = filled[imputed]
         completion.quality[partial] = block
-        completion.report["bounds_mode"] = mode
+        completion.report.update(bounds_mode=mode, replaced_cells=int(imputed.sum()),
+                                 mean_abs_change=round(change, 5))
         return completion
 
     pipeline._complete_logged = replaced
