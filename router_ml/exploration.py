@@ -119,10 +119,15 @@ class Explorer:
         self._cap = math.inf if exploration.max_cost_usd is None else float(exploration.max_cost_usd)
         self._allowed = tuple(m not in exploration.exclude for m in models)
         self._n_allowed = sum(self._allowed)
+        # no exclusion and no cap: every model is eligible on every prompt (a shared list: never mutated)
+        self._everyone = list(range(len(models))) if self._n_allowed == len(models) and self._cap == math.inf \
+            else None
         self._random = random.Random(exploration.seed).random
 
     def eligible(self, costs: Sequence[float], greedy: int) -> list[int]:
         """Indices that may be explored on this prompt: allowed and within the cost cap, plus ``greedy``."""
+        if self._everyone is not None:
+            return self._everyone
         cap, allowed = self._cap, self._allowed
         return [i for i, c in enumerate(costs) if i == greedy or (allowed[i] and c <= cap)]
 
@@ -183,23 +188,12 @@ class Explorer:
 
     def _explore_weights(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
                          scores: Sequence[float] | None) -> list[float]:
-        """The explored part's distribution over models (unnormalised for softmax)."""
+        """The explored part's distribution over models for ``epsilon`` and ``softmax`` (unnormalised)."""
         if self._softmax:
             return self._weights(utility, costs, greedy)
-        eligible = self.eligible(costs, greedy)
-        if not self._curve:
-            weights = [0.0] * len(costs)
-            for i in eligible:
-                weights[i] = 1.0
-            return weights
-        if scores is None:
-            raise ValueError("curve exploration needs the router's predicted qualities (scores)")
-        uniform, curve = self._uniform_share / len(eligible), 1.0 - self._uniform_share
-        weights = self.curve_shares(scores, costs, greedy, eligible)
-        for i, w in enumerate(weights):
-            weights[i] = curve * w
-        for i in eligible:
-            weights[i] += uniform
+        weights = [0.0] * len(costs)
+        for i in self.eligible(costs, greedy):
+            weights[i] = 1.0
         return weights
 
     def probabilities(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
@@ -207,11 +201,26 @@ class Explorer:
         """The probability of every model on this prompt (what :meth:`draw` samples from); ``scores``
         (the predicted qualities) are needed by ``curve`` only."""
         rate = self._rate
+        if self._curve:
+            eligible, shares = self._curve_parts(costs, greedy, scores)
+            probs = [rate * (1.0 - self._uniform_share) * share for share in shares]
+            uniform = rate * self._uniform_share / len(eligible)
+            for i in eligible:
+                probs[i] += uniform
+            probs[greedy] += 1.0 - rate
+            return probs
         weights = self._explore_weights(utility, costs, greedy, scores)
         total = sum(weights)
         probs = [rate * w / total for w in weights]
         probs[greedy] += 1.0 - rate
         return probs
+
+    def _curve_parts(self, costs: Sequence[float], greedy: int,
+                     scores: Sequence[float] | None) -> tuple[list[int], list[float]]:
+        if scores is None:
+            raise ValueError("curve exploration needs the router's predicted qualities (scores)")
+        eligible = self.eligible(costs, greedy)
+        return eligible, self.curve_shares(scores, costs, greedy, eligible)
 
     def draw(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
              scores: Sequence[float] | None = None) -> tuple[int, float]:
@@ -231,6 +240,8 @@ class Explorer:
                     return greedy, 1.0 - rate + rate / k
             chosen = eligible[min(int(u / rate * k), k - 1)]
             return chosen, (1.0 - rate + rate / k) if chosen == greedy else rate / k
+        if self._curve:
+            return self._draw_curve(u, costs, greedy, scores)
         weights = self._explore_weights(utility, costs, greedy, scores)
         total = sum(weights)
         if u >= rate:
@@ -243,4 +254,28 @@ class Explorer:
                 if target < acc:
                     break  # else rounding left target a hair past the total: the last eligible model
         p = rate * weights[chosen] / total
+        return chosen, p + (1.0 - rate) if chosen == greedy else p
+
+    def _draw_curve(self, u: float, costs: Sequence[float], greedy: int,
+                    scores: Sequence[float] | None) -> tuple[int, float]:
+        """:meth:`draw` for ``curve``: ``u < rate`` explores, the uniform part first (``u / rate`` below
+        ``uniform_share``), then the knob grid by the inverse CDF of the shares; the propensity is
+        :meth:`probabilities`' for the chosen model."""
+        rate, share = self._rate, self._uniform_share
+        eligible, shares = self._curve_parts(costs, greedy, scores)
+        k = len(eligible)
+        chosen = greedy
+        if u < rate:
+            target = u / rate
+            if target < share:
+                chosen = eligible[min(int(target / share * k), k - 1)]
+            else:
+                target, acc = (target - share) / (1.0 - share), 0.0
+                for i, w in enumerate(shares):
+                    if w > 0:
+                        acc += w
+                        chosen = i
+                        if target < acc:
+                            break  # else rounding left target a hair past 1: the last model with a share
+        p = rate * (share / k + (1.0 - share) * shares[chosen])  # every chosen model is eligible
         return chosen, p + (1.0 - rate) if chosen == greedy else p
