@@ -28,6 +28,7 @@ a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targ
     python scripts/offpolicy_targets.py --part learning --datasets routellm,mmlu-pro-7 --rates 0.2
     python scripts/offpolicy_targets.py --part learning --config auto --rates 0.2 --variant offpolicy=
     python scripts/offpolicy_targets.py --part learning --datasets mine --table mine=my_table.parquet --rates 0.2
+    python scripts/offpolicy_targets.py --part evaluation --explore-policy curve   # logs explored along the curve
 """
 
 from __future__ import annotations
