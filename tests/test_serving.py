@@ -860,7 +860,7 @@ def test_serve_explores_and_logs_propensities_and_the_policy(trained, up, tmp_pa
         assert r["chosen"] != "frontier-xl" or g == "frontier-xl"
         assert policy["artifact_sha256"] == router.manifest["files"]["router.onnx"]
         assert policy["exploration"] == {"kind": "epsilon", "rate": 1.0, "seed": 7, "max_cost_usd": None,
-                                         "exclude": ["frontier-xl"], "temperature": 0.1}
+                                         "exclude": ["frontier-xl"], "temperature": 0.1, "uniform_share": 0.25}
         assert policy["willingness_to_pay"] == r["willingness_to_pay"] and set(policy["prices"]) == set(MODELS)
     assert sum(r["explored"] for r in routed) >= 20
     assert len({r["chosen"] for r in routed}) >= 3
