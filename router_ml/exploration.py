@@ -187,8 +187,7 @@ class Explorer:
         shares[best] += (inner - below + 1) * share  # and knob infinity
         return shares
 
-    def _explore_weights(self, utility: Sequence[float], costs: Sequence[float], greedy: int,
-                         scores: Sequence[float] | None) -> list[float]:
+    def _explore_weights(self, utility: Sequence[float], costs: Sequence[float], greedy: int) -> list[float]:
         """The explored part's distribution over models for ``epsilon`` and ``softmax`` (unnormalised)."""
         if self._softmax:
             return self._weights(utility, costs, greedy)
@@ -210,7 +209,7 @@ class Explorer:
                 probs[i] += uniform
             probs[greedy] += 1.0 - rate
             return probs
-        weights = self._explore_weights(utility, costs, greedy, scores)
+        weights = self._explore_weights(utility, costs, greedy)
         total = sum(weights)
         probs = [rate * w / total for w in weights]
         probs[greedy] += 1.0 - rate
@@ -243,7 +242,7 @@ class Explorer:
             return chosen, (1.0 - rate + rate / k) if chosen == greedy else rate / k
         if self._curve:
             return self._draw_curve(u, costs, greedy, scores)
-        weights = self._explore_weights(utility, costs, greedy, scores)
+        weights = self._explore_weights(utility, costs, greedy)
         total = sum(weights)
         if u >= rate:
             return greedy, 1.0 - rate + rate * weights[greedy] / total

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 LENGTHS = (16, 64, 256)
-EXPLORE_KINDS = ("epsilon", "softmax", "curve")  # router_ml.exploration.KINDS
 SUBJECTS = ("the function", "my landlord", "this proof", "the SQL query", "our marketing plan", "a Python class",
             "the French verb", "the contract", "the neural network", "my essay", "the recipe", "the API")
 VERBS = ("explain why", "rewrite", "summarize how", "check whether", "translate", "optimize", "prove that",
@@ -112,9 +111,9 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
               "session": lambda feed: session.run(None, feed), "predict": lambda t: router.predict([t]),
               "route": router.route}
     if explore_rate is not None:
-        from router_ml.exploration import Exploration
+        from router_ml.exploration import KINDS, Exploration
 
-        for kind in EXPLORE_KINDS:
+        for kind in KINDS:
             explorer = router.with_exploration(Exploration(kind, rate=explore_rate, seed=0))
             layers[f"route_explore_{kind}"] = explorer.route
     feeds = {n: [{names[0]: i[None], names[1]: m[None]} for i, m in map(router.encode, p)] for n, p in prompts.items()}
@@ -131,7 +130,7 @@ def bench_single(router, prompts: dict[int, list[str]], repeats: int, calls: int
             "onnx_session": p["session"], "route_rest": round(p["route"] - p["encode"] - p["session"], 1),
             "route_total": p["route"], "predict_rest": round(p["predict"] - p["encode"] - p["session"], 1)}
         if explore_rate is not None:  # what exploring adds to a routing decision, measured in the same turns
-            for kind in EXPLORE_KINDS:
+            for kind in KINDS:
                 result["breakdown_p50_us"][n][f"explore_{kind}_extra"] = round(p[f"route_explore_{kind}"]
                                                                                - p["route"], 1)
     result["tokenize_call"] = "encode_batch_fast([text])" if fast else "encode(text)"
@@ -415,7 +414,9 @@ def main() -> None:
               "first_load_seconds": (load["first_load_seconds"], "<", 0.3),
               "peak_rss_mb": (rss["peak_rss_mb"], "<", 150), "speedup_vs_reference": (speedup, ">=", 500)}
     if args.explore_rate is not None:
-        for kind in EXPLORE_KINDS:
+        from router_ml.exploration import KINDS
+
+        for kind in KINDS:
             checks[f"explore_{kind}_extra_p50_us_64_tokens"] = (
                 single["breakdown_p50_us"]["64"][f"explore_{kind}_extra"], "<", 5)
     for d, stats in (scorers or {}).get("scorers", {}).items():

@@ -125,7 +125,7 @@ class Protocol:
         self.policy, self.uniform_share = policy, uniform_share
         # another exploration policy than epsilon names its logs and log-trained routers (never the
         # bootstrap and ceiling routers: the split, and so they, depend on the seed only)
-        self.tag = "" if policy == "epsilon" else f"-{policy}" + ("" if uniform_share == 0.25 else f"{uniform_share:g}")
+        self.tag = policy_tag(policy, uniform_share, "-")
 
     def simulate(self, *, seed: int, rate: float, explore_seed: int, epsilon: bool = False) -> Path:
         """``simulate-log``'s output directory for this split seed, rate and exploration seed (with
@@ -166,6 +166,15 @@ class Protocol:
             ids = {r.sample_id for r in load_traffic(log)[0].records}
             write_jsonl([r for r in load_traffic(self.data)[0].records if r.sample_id in ids], out)
         return out
+
+
+def policy_tag(policy: str, uniform_share: float, sep: str) -> str:
+    """What names another exploration policy's files (``-curve``, ``.curve0.5``); none for ``epsilon``."""
+    from router_ml.exploration import Exploration
+
+    if policy == "epsilon":
+        return ""
+    return f"{sep}{policy}" + ("" if uniform_share == Exploration().uniform_share else f"{uniform_share:g}")
 
 
 def concat(parts: list[Path], out: Path) -> Path:
@@ -441,10 +450,11 @@ def main(argv: list[str] | None = None) -> int:
                         "training/configs (auto = the default router, everything as `router-ml train` does without "
                         "--config) or a TOML path; default mlp_static")
     parser.add_argument("--explore-policy", default="epsilon", choices=("epsilon", "softmax", "curve"),
-                        help="LEARNING: the simulated deployment's exploration policy (simulate-log --explore-policy; "
-                        "default epsilon, uniform). Bootstrap, ceiling and test are the same for every policy")
+                        help="both parts: the simulated deployment's exploration policy (simulate-log "
+                        "--explore-policy; default epsilon, uniform). LEARNING's bootstrap, ceiling and test are the "
+                        "same for every policy")
     parser.add_argument("--explore-uniform-share", type=float, default=0.25,
-                        help="LEARNING, --explore-policy curve: the explored share drawn uniformly (default 0.25)")
+                        help="--explore-policy curve: the explored share drawn uniformly (default 0.25)")
     parser.add_argument("--train-set", action="append", metavar="SECTION.KEY=VALUE",
                         help="a setting for every simulate-log and train (e.g. train.epochs=3 for a smoke test)")
     parser.add_argument("--jobs", type=int, default=2, help="router-ml processes at once (default 2)")
@@ -479,9 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                                               logs=args.logs, rate=0.2, pool=pool, estimator=args.estimator)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     suffix = "" if args.estimator == "auto" or "evaluation" not in parts else f".{args.estimator}"
-    if args.explore_policy != "epsilon":  # another policy's results beside the uniform ones
-        share = args.explore_uniform_share
-        suffix += f".{args.explore_policy}" + ("" if share == 0.25 else f"{share:g}")
+    suffix += policy_tag(args.explore_policy, args.explore_uniform_share, ".")  # beside the uniform ones
     (out / f"offpolicy_targets{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0
