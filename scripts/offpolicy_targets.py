@@ -15,6 +15,10 @@ B) EVALUATION (``--part evaluation``): five routers are scored off-policy on 20 
    >= 90%), and how often the logs rank the routers as the truth does. ``--estimator dr`` (or ``ips``)
    scores the logs with that estimator instead; its results sit beside SNIPS's in the same ``--out``
    (``<router>.log<k>.dr.json``, ``offpolicy_targets.dr.json``), the simulations and routers shared.
+   The five routers (``--eval-routers``): ``knobs`` (default), the logging router at its own knob and
+   three others plus a weaker net (:data:`EVAL_ROUTERS`); ``kinds``, five kinds of router trained on
+   the same bootstrap records, each at its own default knob (:data:`EVAL_ROUTER_KINDS`; under
+   ``evaluation-kinds/``, results in ``offpolicy_targets.kinds.json``).
 
 Every step is a ``router-ml`` command whose output is kept, with the command, under ``--out``: a
 re-run skips the steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
@@ -29,6 +33,7 @@ a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targ
     python scripts/offpolicy_targets.py --part learning --config auto --rates 0.2 --variant offpolicy=
     python scripts/offpolicy_targets.py --part learning --datasets mine --table mine=my_table.parquet --rates 0.2
     python scripts/offpolicy_targets.py --part evaluation --explore-policy curve   # logs explored along the curve
+    python scripts/offpolicy_targets.py --part evaluation --eval-routers kinds     # five kinds of router instead
 """
 
 from __future__ import annotations
@@ -65,6 +70,17 @@ EVAL_ROUTERS = (
     ("cheap-mix", "logging", 0.005),       # 1/200 of it: the cheapest model on about half the prompts
     ("always-cheapest", "logging", 0.0),   # willingness to pay 0: the cheapest model, every prompt
 )
+#: ``--eval-routers kinds``: five kinds of router, each trained on the same bootstrap records and
+#: scored at its own default knob - the routers a team would compare on its log. Sources other
+#: than "logging" are (config name, settings) for ``router-ml train``.
+EVAL_ROUTER_KINDS = (
+    ("logging-policy", "logging", 1.0),
+    ("auto", ("auto", ()), 1.0),
+    ("logreg", ("auto", ("router.auto_pick=logreg",)), 1.0),
+    ("mlp", ("auto", ("router.auto_pick=mlp",)), 1.0),
+    ("mf", ("mf", ()), 1.0),
+)
+EVAL_ROUTER_SETS = {"knobs": EVAL_ROUTERS, "kinds": EVAL_ROUTER_KINDS}
 
 
 def run(cmd: list[str], out: Path) -> dict:
@@ -269,19 +285,26 @@ def knob_estimate(router_dir: Path, data: Path, out: Path, estimator: str = "aut
 
 
 def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: ThreadPoolExecutor,
-               estimator: str = "auto") -> dict:
+               estimator: str = "auto", router_set: str = "knobs") -> dict:
     """Part B (module doc)."""
     sims = list(pool.map(lambda k: proto.simulate(seed=seed, rate=rate, explore_seed=k), range(logs)))
-    root = proto.root / f"evaluation{proto.tag}"
+    root = proto.root / f"evaluation{proto.tag}{'' if router_set == 'knobs' else '-' + router_set}"
     root.mkdir(parents=True, exist_ok=True)
     logging_router = sims[0] / "bootstrap_router"
     wtp = json.loads((logging_router / "artifact" / "manifest.json").read_text())["policy"]["willingness_to_pay"]
     checkpoints = {"logging": logging_router, "small": root / "routers" / "small-checkpoint"}
-    proto.train(sims[0] / "bootstrap.jsonl", checkpoints["small"], seed=seed, train_size=0.3)
+    specs = EVAL_ROUTER_SETS[router_set]
+    if any(source == "small" for _, source, _ in specs):
+        proto.train(sims[0] / "bootstrap.jsonl", checkpoints["small"], seed=seed, train_size=0.3)
     routers = {}
-    for name, source, factor in EVAL_ROUTERS:
+    for name, source, factor in specs:
         routers[name] = root / "routers" / name
-        if source == "logging" and factor == 1.0:
+        if isinstance(source, tuple):  # another config, trained on the logging router's bootstrap records
+            config, settings = source
+            Protocol(proto.data, proto.bootstrap, proto.logged, proto.root, proto.extra,
+                     config=config_path(config)).train(sims[0] / "bootstrap.jsonl", routers[name], seed=seed,
+                                                       settings=settings)
+        elif source == "logging" and factor == 1.0:
             routers[name] = logging_router
         else:
             run(cli("export", "--checkpoint", str(checkpoints[source]), "--out", str(routers[name]),
@@ -300,7 +323,7 @@ def evaluation(proto: Protocol, *, seed: int, logs: int, rate: float, pool: Thre
     ranking = [all(est[(n, k)]["quality"] is not None for n in routers)
                and sorted(routers, key=lambda n: -est[(n, k)]["quality"]) == true_order for k in range(logs)]
     out = {"data": str(proto.data), "seed": seed, "explore_rate": rate, "explore_policy": proto.policy,
-           "logs": logs, "n_boot": N_BOOT,
+           "routers_set": router_set, "logs": logs, "n_boot": N_BOOT,
            "estimator": "snips" if estimator == "auto" else estimator,
            "targets": TARGETS, "true_ranking": true_order, "ranking_matches_share": statistics.fmean(ranking),
            "routers": {}}
@@ -439,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", metavar="NAME=SET[,SET...]",
                         help="a training variant on bootstrap + log (repeatable; default masked and offpolicy)")
     parser.add_argument("--eval-dataset", default="mmlu-pro", help="EVALUATION data set (default mmlu-pro)")
+    parser.add_argument("--eval-routers", default="knobs", choices=tuple(EVAL_ROUTER_SETS),
+                        help="EVALUATION's five routers: knobs (default; the logging router at four other knobs and "
+                        "a weaker net) or kinds (auto, its logistic regression and MLP, MF and the logging router, "
+                        "each trained on the bootstrap records, at its own default knob)")
     parser.add_argument("--logs", type=int, default=20, help="EVALUATION logs (exploration seeds 0..N-1)")
     parser.add_argument("--estimator", default="auto", choices=("auto", "ips", "snips", "dr"),
                         help="EVALUATION: `router-ml evaluate --estimator` on the logs (default auto: SNIPS); "
@@ -486,10 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         if "evaluation" in parts:
             name = args.eval_dataset
             result["evaluation"] = evaluation(protocol(name, args, out / name), seed=0,
-                                              logs=args.logs, rate=0.2, pool=pool, estimator=args.estimator)
+                                              logs=args.logs, rate=0.2, pool=pool, estimator=args.estimator,
+                                              router_set=args.eval_routers)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     suffix = "" if args.estimator == "auto" or "evaluation" not in parts else f".{args.estimator}"
     suffix += policy_tag(args.explore_policy, args.explore_uniform_share, ".")  # beside the uniform ones
+    if "evaluation" in parts and args.eval_routers != "knobs":
+        suffix += f".{args.eval_routers}"
     (out / f"offpolicy_targets{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0

@@ -129,6 +129,25 @@ def test_both_parts_run_on_a_tiny_demo_and_resume(tmp_path):
     logged = json.loads((tmp_path / "demo" / "evaluation" / "logging-policy.log0.dr.json").read_text())
     assert logged["command"][-2:] == ["--estimator", "dr"]
 
+    # five kinds of router on the same log: each trained on the logging router's bootstrap records
+    kinds_cmd = [*cmd[:2], "--part", "evaluation", "--eval-routers", "kinds", *cmd[2:]]
+    kinds = subprocess.run(kinds_cmd, capture_output=True, text=True, timeout=600)
+    assert kinds.returncode == 0, kinds.stderr[-3000:]
+    kinds_eval = json.loads(kinds.stdout)["evaluation"]
+    assert kinds_eval["routers_set"] == "kinds" and (tmp_path / "offpolicy_targets.kinds.json").exists()
+    assert set(kinds_eval["routers"]) == {name for name, _, _ in targets.EVAL_ROUTER_KINDS}
+    assert kinds_eval["routers"]["logging-policy"]["quality"]["truth"] == \
+        evaluation["routers"]["logging-policy"]["quality"]["truth"]
+    routers = tmp_path / "demo" / "evaluation-kinds" / "routers"
+    for name, (config, settings), _ in targets.EVAL_ROUTER_KINDS[1:]:
+        command = json.loads((routers / f"{name}.train.json").read_text())["command"]
+        assert command[command.index("--config") + 1].endswith(f"{config}.toml")
+        assert command[command.index("--data") + 1] == str(tmp_path / "demo" / "sims" / "seed0-rate0.2-explore0"
+                                                            / "bootstrap.jsonl")
+        assert all(f"{s}" in command for s in settings)
+    summary = json.loads((routers / "mlp.train.json").read_text())["output"]
+    assert summary["selection"]["chosen"] == "mlp"
+
 
 @pytest.mark.slow
 def test_completion_bounds_replaces_exactly_the_imputed_cells(tmp_path):
