@@ -286,6 +286,26 @@ def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_en
 
     assert TorchRouter.load(summary["out"]).selection_["chosen"] == "ensemble"
 
+    # the default knob is chosen on the 560 training records' out-of-fold predictions and the test split
+    from router_ml.policy import CostModel, estimate_input_tokens, wtp_from_json
+    from training.evaluation import read_metrics_file
+    from training.export import _default_willingness
+
+    metrics = read_metrics_file(Path(summary["out"]) / "metrics.json")
+    knob, test_n = metrics["knob_curve"], summary["test_scored"]
+    assert summary["default_knob_prompts"] == {"prompts": 560 + test_n, "held_out_training_prompts": 560,
+                                               "test_prompts": test_n}
+    manifest = json.loads((Path(summary["artifact"]) / "manifest.json").read_text())
+    assert wtp_from_json(manifest["policy"]["willingness_to_pay"]) == _default_willingness(knob)
+    # at knob 0 each prompt goes to the model the cost model prices lowest: the curve's first point is
+    # that model's mean quality over every training and test prompt, the test curve's over the test alone
+    table, _ = load_traffic(demo_800)
+    cost_model = CostModel.from_dict(json.loads((Path(summary["out"]) / "cost_model.json").read_text()))
+    cheapest = cost_model.estimate(estimate_input_tokens(table.texts)).argmin(axis=1)
+    assert knob["willingness_to_pay"][0] == 0.0 and len(table) == 560 + test_n
+    assert knob["quality"][0] == pytest.approx(table.quality[np.arange(len(table)), cheapest].mean())
+    assert metrics["curve"]["quality"][0] != pytest.approx(knob["quality"][0])
+
 
 @pytest.mark.slow  # fine-tunes a tiny encoder six times: five folds and the final fit
 def test_the_encoder_candidate_is_cross_validated_beside_the_heads_and_exports_as_an_encoder_when_chosen(
@@ -342,6 +362,11 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
     assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
     assert router.predict((X[600:],)).shape == (100, 3)
+    # its held-out predictions, which the default knob is chosen on, cover the same records: those whose
+    # every outcome was observed, never an imputed cell (the table rows of the split)
+    rows, pred = router.heldout_
+    assert np.array_equal(np.sort(rows), np.arange(150, 560)) and pred.shape == (410, 3)
+    assert np.isfinite(pred).all() and ((pred >= 0) & (pred <= 1)).all()
     # the ensemble is kept unless the best single candidate beats it on router.ensemble_confidence of the
     # paired bootstrap resamples
     for confidence in (0.0, 0.95, 1.0):

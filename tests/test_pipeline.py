@@ -57,6 +57,9 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
         assert low <= diff["aiq"] <= high
     for name in ("weights.safetensors", "router.json", "manifest.json", "metrics.json", "curve.png", "split.json"):
         assert (tmp_path / "router" / name).exists(), name
+    # a router without held-out predictions of its own: the default knob is chosen on the test split
+    assert summary["default_knob_prompts"] == {"test_prompts": summary["test_scored"]}
+    assert "knob_curve" not in json.loads((tmp_path / "router" / "metrics.json").read_text())
     # the saved predictions re-score to the reported curve: the top of the knob picks argmax quality_hat
     table, _ = load_traffic(demo_subset)
     rows = [json.loads(line) for line in (tmp_path / "router" / "test_predictions.jsonl").read_text().splitlines()]

@@ -541,6 +541,8 @@ def write_metrics_file(path: str | Path, result: dict[str, Any]) -> None:
     payload = {"format": METRICS_FORMAT, VERSION_FIELD: METRICS_VERSION, "test": result["test"],
                "curve": result["router_curve"], "baseline_curves": result["baseline_curves"],
                "singles": result["singles"]}
+    if result.get("knob_curve"):  # the curve the default knob is chosen on, where it is not the test split's
+        payload["knob_curve"] = result["knob_curve"]
     Path(path).write_text(json.dumps(payload, indent=1))
 
 

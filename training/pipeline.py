@@ -36,6 +36,7 @@ from training.evaluation import (
     HeldOut,
     evaluate_held_out,
     read_metrics_file,
+    score_predictions,
     scoreable_rows,
     write_metrics_file,
 )
@@ -301,6 +302,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
         fit_seconds = time.perf_counter() - fit_started
         selection = log_selection(tracker, router)  # the auto router's candidates and choice (None otherwise)
+        heldout = getattr(router, "heldout_", None)  # the auto router's held-out predictions (out of fold)
         if getattr(router, "winner_", None) is not None:  # auto chose the fine-tuned encoder: the run is its
             router = router.winner_
             config, inputs = router.config, router.inputs(table.texts, X)
@@ -310,6 +312,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             return {}
         scored = scoreable_rows(table.quality, split.test)
         result = _evaluate(config, router, inputs, X, prep, scored)
+        result["knob_curve"] = knob_curve(config, prep, result["predictions"], heldout)
         stages.done("evaluate")
         out_dir.mkdir(parents=True, exist_ok=True)
         _save(out_dir, config, router, prep, featurizer_identity, fingerprint, result, tracker.run_id)
@@ -349,6 +352,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "stages": stages.report,
             **outputs,
             **({"selection": selection} if selection else {}),
+            # the prompts the exported default knob was chosen on: the test split's, or these
+            "default_knob_prompts": {k: v for k, v in (result["knob_curve"] or {}).items()
+                                     if k.endswith("prompts")} or {"test_prompts": int(len(scored))},
             "test": test_metrics,
         }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -448,6 +454,30 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
     result["predictions"] = (scored, pred, cost_est)
     return result
+
+
+def knob_curve(config: TrainConfig, prep: Prepared, test: tuple[np.ndarray, np.ndarray, np.ndarray],
+               heldout: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
+    """The curve the default knob is chosen on (``training.export._default_willingness``) when the router
+    has held-out predictions of its own - the auto router's out-of-fold predictions on the training
+    records (the validation split's at 5,000 records and more): those records with every outcome and
+    the test split's, with the router's predictions, scored exactly. None without them: the test curve
+    is used. A knob picked on a few dozen test prompts lands far from the best (README, "Where it falls
+    short"); the training records' held-out predictions multiply the prompts it is picked on."""
+    if heldout is None or not len(heldout[0]):
+        return None
+    table = prep.table
+    scored, pred, _ = test
+    full = np.isfinite(table.quality[scored]).all(axis=1) & np.isfinite(prep.cost[scored]).all(axis=1)
+    keep = np.isfinite(prep.cost[heldout[0]]).all(axis=1)
+    rows = np.concatenate([heldout[0][keep], scored[full]])
+    held = HeldOut(quality=table.quality[rows], cost=prep.cost[rows],
+                   cost_est=prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in rows])),
+                   wtps=np.asarray(prep.cost_model.knob_grid), models=table.models, n_boot=0,
+                   seed=config.data.seed)
+    curve = score_predictions(np.concatenate([heldout[1][keep], pred[full]]), held, n_boot=0)["curve"]
+    return {**curve, "prompts": int(len(rows)), "held_out_training_prompts": int(keep.sum()),
+            "test_prompts": int(full.sum())}
 
 
 def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer_identity, fingerprint,

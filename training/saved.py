@@ -108,7 +108,8 @@ def _load_checkpoint(directory: Path) -> SavedRouter:
     manifest = _checkpoint_manifest(directory)
     flat = json.loads((directory / "config.json").read_text())
     cost_model = CostModel.from_dict(json.loads((directory / "cost_model.json").read_text()))
-    curve = read_metrics_file(directory / "metrics.json")["curve"]
+    saved = read_metrics_file(directory / "metrics.json")
+    curve = saved.get("knob_curve") or saved["curve"]
     seen = set(json.loads((directory / "split.json").read_text())["seen_prompt_hashes"])
     return SavedRouter(
         path=directory, kind="checkpoint", router=manifest["router"], models=tuple(manifest["models"]),

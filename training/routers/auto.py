@@ -170,6 +170,7 @@ class AutoRouter(TorchRouter):
         with _one_thread(self.config):
             self.module_, self.spec_, self.selection_ = selection.run()
         self.winner_ = selection.winner
+        self.heldout_ = selection.heldout  # (table rows, predictions): the default knob is chosen on them too
         return self
 
     def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -213,6 +214,7 @@ class _Selection:
         self.fitted: dict[str, TorchRouter] = {}
         self.seconds: dict[str, float] = {}
         self.winner: EncoderRouter | None = None
+        self.heldout: tuple[np.ndarray, np.ndarray] | None = None
         self._X: np.ndarray | None = None
         self._tokens: Batchable | None = None
 
@@ -409,6 +411,7 @@ class _Selection:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
+        self.heldout = self._held_out_predictions(scored, mean if chosen == "ensemble" else calibrated[best[chosen]])
         members = averaged if chosen == "ensemble" else [chosen]
         heads, specs = [], []
         for family in members:
@@ -427,6 +430,20 @@ class _Selection:
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
+
+    def _held_out_predictions(self, scored: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The winner's held-out predictions (out of fold, or on the validation split) on the scored records
+        whose every outcome was observed, as ``(table rows, predictions)``: what the pipeline adds to the
+        test split to choose the default knob on (training/pipeline.py, ``_knob_curve``). None when the
+        pool does not know its table rows."""
+        rows = self.pool.rows
+        if rows is None:
+            return None
+        observed = np.isfinite(self.pool.quality[scored])
+        if self.pool.imputed is not None:
+            observed &= ~self.pool.imputed[scored]
+        full = observed.all(axis=1)
+        return np.asarray(rows)[scored[full]], np.asarray(pred)[full]
 
     def _final(self, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The chosen candidate fitted for keeps (module doc) and its spec."""
