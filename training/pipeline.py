@@ -462,8 +462,9 @@ def knob_curve(config: TrainConfig, prep: Prepared, test: tuple[np.ndarray, np.n
     has held-out predictions of its own - the auto router's out-of-fold predictions on the training
     records (the validation split's at 5,000 records and more): those records with every outcome and
     the test split's, with the router's predictions, scored exactly. None without them: the test curve
-    is used. A knob picked on a few dozen test prompts lands far from the best (README, "Where it falls
-    short"); the training records' held-out predictions multiply the prompts it is picked on."""
+    is used. A knob picked on a few dozen test prompts lands far from the best (README, "Exported routers
+    and the runtime", the default knob); the training records' held-out predictions multiply the prompts
+    it is picked on."""
     if heldout is None or not len(heldout[0]):
         return None
     table = prep.table

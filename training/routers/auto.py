@@ -434,7 +434,7 @@ class _Selection:
     def _held_out_predictions(self, scored: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The winner's held-out predictions (out of fold, or on the validation split) on the scored records
         whose every outcome was observed, as ``(table rows, predictions)``: what the pipeline adds to the
-        test split to choose the default knob on (training/pipeline.py, ``_knob_curve``). None when the
+        test split to choose the default knob on (``training.pipeline.knob_curve``). None when the
         pool does not know its table rows."""
         rows = self.pool.rows
         if rows is None:
