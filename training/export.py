@@ -247,7 +247,7 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     prices_file = checkpoint / "prices.json"
     wtp = default_willingness
     if wtp is None:
-        wtp = _default_willingness(saved.get("knob_curve") or saved["curve"])
+        wtp = default_knob(saved)
     manifest = {
         "format": ARTIFACT_FORMAT,
         VERSION_FIELD: ARTIFACT_VERSION,
@@ -457,11 +457,16 @@ def _quantize_int8(work: Path, stage: Path, manifest: dict[str, Any], report: di
                       f"prompts ({'; '.join(tried)}); nothing written")
 
 
+def default_knob(metrics: dict[str, Any]) -> float:
+    """A trained run's default knob from its ``metrics.json``: :func:`_default_willingness` on its
+    ``knob_curve`` where the run wrote one (the test split and the router's own held-out predictions on
+    the training records: ``training.pipeline.knob_curve``), else on its test curve."""
+    return _default_willingness(metrics.get("knob_curve") or metrics["curve"])
+
+
 def _default_willingness(curve: dict[str, list]) -> float:
     """The default knob: the cheapest point of the held-out curve within 0.005 of its best quality -
-    near-best answers without paying for the last fraction of a point. The curve is ``metrics.json``'s
-    ``knob_curve`` where the run wrote one (the test split and the router's own held-out predictions on
-    the training records: ``training.pipeline.knob_curve``), else its test curve."""
+    near-best answers without paying for the last fraction of a point."""
     quality = np.asarray(curve["quality"], dtype=float)
     cost = np.asarray(curve["cost"], dtype=float)
     ok = np.flatnonzero(quality >= quality.max() - 0.005)

@@ -468,12 +468,13 @@ def knob_curve(config: TrainConfig, prep: Prepared, test: tuple[np.ndarray, np.n
     if heldout is None or not len(heldout[0]):
         return None
     table = prep.table
-    scored, pred, _ = test
+    scored, pred, test_cost_est = test
     full = np.isfinite(table.quality[scored]).all(axis=1) & np.isfinite(prep.cost[scored]).all(axis=1)
     keep = np.isfinite(prep.cost[heldout[0]]).all(axis=1)
     rows = np.concatenate([heldout[0][keep], scored[full]])
+    train_cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in heldout[0][keep]]))
     held = HeldOut(quality=table.quality[rows], cost=prep.cost[rows],
-                   cost_est=prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in rows])),
+                   cost_est=np.concatenate([train_cost_est, test_cost_est[full]]),
                    wtps=np.asarray(prep.cost_model.knob_grid), models=table.models, n_boot=0,
                    seed=config.data.seed)
     curve = score_predictions(np.concatenate([heldout[1][keep], pred[full]]), held, n_boot=0)["curve"]

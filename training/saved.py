@@ -102,18 +102,17 @@ class _ArtifactScorer:
 def _load_checkpoint(directory: Path) -> SavedRouter:
     from training.config import TrainConfig
     from training.evaluation import read_metrics_file
-    from training.export import _default_willingness as default_willingness  # the exporter's own rule
+    from training.export import default_knob  # the exporter's own rule
     from training.pipeline import _checkpoint_manifest, saved_knob_grid
 
     manifest = _checkpoint_manifest(directory)
     flat = json.loads((directory / "config.json").read_text())
     cost_model = CostModel.from_dict(json.loads((directory / "cost_model.json").read_text()))
-    saved = read_metrics_file(directory / "metrics.json")
-    curve = saved.get("knob_curve") or saved["curve"]
     seen = set(json.loads((directory / "split.json").read_text())["seen_prompt_hashes"])
     return SavedRouter(
         path=directory, kind="checkpoint", router=manifest["router"], models=tuple(manifest["models"]),
-        knob_grid=saved_knob_grid(directory), willingness_to_pay=default_willingness(curve),
+        knob_grid=saved_knob_grid(directory),
+        willingness_to_pay=default_knob(read_metrics_file(directory / "metrics.json")),
         willingness_source="checkpoint (the knob 'router-ml export' would ship: its held-out curve)",
         config=flat, two_model=tuple(manifest["two_model"]) if manifest.get("two_model") else None, seen=seen,
         _scorer=_CheckpointScorer(directory, TrainConfig.from_flat(flat), cost_model))
