@@ -263,6 +263,21 @@ def test_each_candidate_kind_exports_to_one_graph_the_runtime_runs(tmp_path, dem
 
 
 @pytest.mark.slow
+def test_a_kept_group_blend_exports_to_the_same_graph_the_runtime_runs(tmp_path, demo_800):
+    """A near-constant logistic regression picked, the demo's task blended in: the blend is kept, saved in
+    router.json's spec and exported with the group classifier and table inside the one ONNX graph."""
+    summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "groups"], "router.auto_pick": "logreg",
+                                            "router.logreg_c": ["0.0001"], "router.calibrate": False,
+                                            "tracking.enabled": False})
+    blend = summary["selection"]["group_blend"]
+    assert blend["field"] == "task" and blend["val_aiq"] > blend["val_aiq_without"]
+    info = json.loads((Path(summary["out"]) / "router.json").read_text())
+    assert info["spec"]["type"] == "groups" and info["spec"]["base"]["type"] == "logreg"
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+    _runtime_matches_training(summary, demo_800)
+
+
+@pytest.mark.slow
 def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_ensemble(tmp_path, demo_800):
     import mlflow
 
@@ -482,3 +497,105 @@ def test_fp32_parity_allows_a_top_k_graph_a_rare_neighbour_swap_and_nothing_more
         check_fp32(expected, many, discrete=True, routes_changed=0.0)
     with pytest.raises(ExportError, match="changes 1.5% of routes"):
         check_fp32(expected, swapped, discrete=True, routes_changed=0.015)
+
+
+def _grouped(n: int = 600, seed: int = 0):
+    """Features that say the group only weakly (x0), outcomes decided by the group: model 0 answers group
+    'a', model 1 group 'b', model 2 both half the time. Four group fields: ``task`` (the truth),
+    ``metadata.same`` (task's groups under other names), ``metadata.id`` (a group per 3 records) and
+    ``metadata.sparse`` (on a fifth of the records)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    X[:, 0] += 1.5 * (2 * g - 1)
+    p = np.stack([np.where(g == 0, 0.9, 0.1), np.where(g == 1, 0.9, 0.1), np.full(n, 0.5)], axis=1)
+    quality = (rng.random((n, 3)) < p).astype(float)
+    fields = [("task", "U8"), ("metadata.same", "U8"), ("metadata.id", "U8"), ("metadata.sparse", "U8")]
+    groups = np.empty(n, dtype=fields)
+    groups["task"] = np.where(g == 0, "a", "b")
+    groups["metadata.same"] = np.where(g == 0, "x", "y")
+    groups["metadata.id"] = (np.arange(n) // 3).astype(str)
+    groups["metadata.sparse"] = np.where(np.arange(n) % 5 == 0, groups["task"], "")
+    return X, quality, groups
+
+
+def test_group_fields_are_screened_and_their_held_out_estimates_never_see_the_held_out_records():
+    """Validation mode: each tried field's group estimate on the validation split is fitted on the train
+    split alone (before, the groups candidate's classifier and group means were fitted on train +
+    validation and then scored on validation); a field that repeats another's groups, one with a group
+    per few records and one on a fifth of the records are not tried."""
+    from training.routers import AutoRouter
+    from training.routers.auto import _Selection
+    from training.routers.neural import GroupFit
+
+    X, quality, groups = _grouped()
+    config = load_config(ROOT / "training/configs/auto.toml",
+                         {**FAST, "router.candidates": ["logreg", "groups"], "router.cv_below": 0, "train.epochs": 3})
+    train = _batchable(X, quality, np.arange(0, 450), groups=groups)
+    val = _batchable(X, quality, np.arange(450, 600), groups=groups)  # 150 >= 100: the validation split
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1])
+    selection = _Selection(router, train, val, (0.01, 100.0), None)
+    assert list(selection.group_fields) == ["task"]
+    _, _, report = selection.run()
+    assert report["mode"] == "validation split" and report["candidates"]["groups"]["field"] == "task"
+    expected = GroupFit.fit(X[:450], quality[:450], groups["task"][:450]).mixture(X[450:])
+    assert np.allclose(selection.mixtures["task"][450:], expected)
+    leaky = GroupFit.fit(X, quality, groups["task"]).mixture(X[450:])
+    assert not np.allclose(selection.mixtures["task"][450:], leaky)
+    assert report["group_blend"]["fields"] == {"task": 2}
+
+
+def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_predicts():
+    """A router that cannot see the groups (a logistic regression at C = 1e-4: near constant; the groups
+    candidate listed, which switches group-informed routing on, and the logistic regression picked) blended
+    with p(group | x) @ group means: validation keeps the blend, the saved head computes exactly
+    (1 - w) * router + w * estimate with the estimate refitted on train + validation, and its spec names
+    the field and weight."""
+    from training.routers import AutoRouter
+    from training.routers.neural import GroupFit
+
+    X, quality, groups = _grouped()
+    config = load_config(ROOT / "training/configs/auto.toml",
+                         {**FAST, "router.candidates": ["logreg", "groups"], "router.auto_pick": "logreg",
+                          "router.logreg_c": ["0.0001"], "router.cv_below": 0, "router.calibrate": False,
+                          "train.epochs": 3})
+    train = _batchable(X, quality, np.arange(0, 450), groups=groups)
+    val = _batchable(X, quality, np.arange(450, 600), groups=groups)
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    blend = router.selection_["group_blend"]
+    assert blend["field"] == "task" and blend["val_aiq"] > blend["val_aiq_without"] + 0.05
+    assert blend["beats_unblended"] >= config.router.ensemble_confidence  # kept beyond noise only
+    assert set(blend["grid"]) == {"task x 0.25", "task x 0.5"} and blend["val_aiq"] == max(blend["grid"].values())
+    w = blend["weight"]
+    assert router.spec_["type"] == "groups" and router.spec_["field"] == "task" and router.spec_["weight"] == w
+    plain = _sigmoid_of(fit_logreg(X, quality, 0.0001), X)
+    estimate = GroupFit.fit(X, quality, groups["task"]).mixture(X)
+    assert np.abs(router.predict((X,)) - ((1 - w) * plain + w * estimate)).max() < 1e-4
+    # rebuilt from its spec (a saved router.json), the head holds the same numbers
+    rebuilt = build_head(router.spec_, X.shape[1], 3)
+    rebuilt.load_state_dict(router.module_.state_dict())
+    assert np.abs(_sigmoid_of(rebuilt.eval(), X) - router.predict((X,))).max() < 1e-6
+    # without the stage, or without group fields, nothing is blended
+    off = AutoRouter(config=config.replace(**{"router.group_blend": []}), n_models=3, input_dim=X.shape[1])
+    off.fit(train, val, wtp_range=(0.01, 100.0))
+    assert "group_blend" not in off.selection_ and off.spec_["type"] == "logreg"
+
+
+def test_metadata_keys_name_the_text_and_integer_fields(tmp_path):
+    from training.config import TrainConfig
+    from training.routers.auto import auto_group_fields, auto_group_labels
+
+    path = tmp_path / "t.jsonl"
+    rows = [{"prompt": f"p{i}", "task": "t1" if i % 2 else "t2", "outcomes": {"a": {"quality": 1.0}},
+             "metadata": {"app": f"app{i % 3}", "tier": i % 2, "score": 0.5, "nested": {"k": 1},
+                          **({"late": "yes"} if i == 5 else {})}} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table, _ = load_traffic(path)
+    assert table.metadata_keys() == ["app", "late", "tier"]
+    config = TrainConfig().replace(**{"router.kind": "auto"})
+    assert auto_group_fields(config, table) == ["task", "metadata.app", "metadata.late", "metadata.tier"]
+    labels = auto_group_labels(config, table)
+    assert labels.dtype.names == ("task", "metadata.app", "metadata.tier")  # 'late' names one group
+    assert labels["metadata.app"][:4].tolist() == ["app0", "app1", "app2", "app0"]
+    assert auto_group_labels(config.replace(**{"router.auto_groups": ["task"]}), table).dtype.names == ("task",)
+    assert auto_group_labels(config.replace(**{"router.candidates": ["logreg", "knn"]}), table) is None

@@ -68,8 +68,12 @@ class RouterConfig:
     group_weight: float = 0.5      #: mlp/mf with groups: weight of the group estimate in the blend
     # kind = "auto" (training/routers/auto.py): the candidates fitted and chosen between by held-out AIQ
     candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
-    auto_groups: str = "task"      #: auto: the group field the "groups" candidate blends in ('' = never)
-    cv_below: int = 5000           #: auto: cross-validate when train + validation hold fewer records
+    #: auto: the group fields tried by the "groups" candidate and the group blend: "task", "metadata.<key>",
+    #: "metadata.*" (every metadata key that names 2+ groups of 10+ records on average); empty = never
+    auto_groups: tuple[str, ...] = ("task", "metadata.*")
+    #: auto: weights tried for blending the chosen router with a group estimate (empty = no blend stage)
+    group_blend: tuple[str, ...] = ("0.25", "0.5")
+    cv_below: int = 20000          #: auto: cross-validate when train + validation hold fewer records
     cv_folds: int = 5              #: auto: folds of that cross-validation
     logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
@@ -410,9 +414,16 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
     if "ensemble" in r.candidates and len(set(r.candidates) - {"ensemble", "encoder"}) < 2:
         fail("router.candidates", "the ensemble averages the other candidates over the same features: list at "
                                   "least two besides it and the encoder")
-    field_ = r.auto_groups
-    if field_ and field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
-        fail("router.auto_groups", f"expected '', 'task' or 'metadata.<key>', got {field_!r}")
+    for i, field_ in enumerate(r.auto_groups):
+        if field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
+            fail(f"router.auto_groups[{i}]", f"expected 'task', 'metadata.<key>' or 'metadata.*', got {field_!r}")
+    for i, text in enumerate(r.group_blend):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= 1:
+            fail(f"router.group_blend[{i}]", f"expected a weight in (0, 1], got {text!r}")
     if r.auto_encoder not in AUTO_ENCODER:
         fail("router.auto_encoder", f"expected one of {', '.join(AUTO_ENCODER)}, got {r.auto_encoder!r}")
     if r.kind == "auto" and r.groups:

@@ -136,7 +136,7 @@ def group_labels(records: Any, field: str) -> np.ndarray:
         values = [record.task or "" for record in records]
     elif field.startswith("metadata.") and len(field) > len("metadata."):
         key = field.removeprefix("metadata.")
-        values = [str((record.metadata or {}).get(key) or "") for record in records]
+        values = ["" if (v := (record.metadata or {}).get(key)) is None else str(v) for record in records]
     else:
         raise RouterMLError(f"router.groups takes 'task' or 'metadata.<key>', got {field!r}")
     return np.asarray(values, dtype=str)

@@ -215,6 +215,25 @@ class TrafficTable(Sequence[Record]):
             return _metadata_values(self._cols.metadata, key)
         raise RouterMLError(f"router.groups takes 'task' or 'metadata.<key>', got {field!r}")
 
+    def metadata_keys(self, sample: int = 20000) -> list[str]:
+        """The ``metadata`` keys with text, integer or boolean values, sorted, seen in the distinct
+        metadata objects of dictionary-encoded chunks or the first ``sample`` records of the others."""
+        pa = require("pyarrow", purpose="the columnar training table")
+        keys: set[str] = set()
+        left = sample
+        array = self._cols.metadata.array
+        for chunk in array.chunks if isinstance(array, pa.ChunkedArray) else [array]:
+            if pa.types.is_dictionary(chunk.type):
+                texts = chunk.dictionary.to_pylist()
+            elif left > 0:
+                texts, left = chunk.slice(0, left).to_pylist(), left - min(left, len(chunk))
+            else:
+                continue
+            for text in texts:
+                if text:
+                    keys.update(k for k, v in json.loads(text).items() if isinstance(v, str | int) and v != "")
+        return sorted(keys)
+
     def fingerprint(self) -> str:
         """sha256 over every column, in order: the data's identity (the same for the same records
         whichever file format they came from)."""
@@ -265,7 +284,8 @@ def _metadata_values(column: StrColumn, key: str) -> np.ndarray:
     pa = require("pyarrow", purpose="the columnar training table")
 
     def value(text: str | None) -> str:
-        return "" if text is None else str(json.loads(text).get(key) or "")
+        found = None if text is None else json.loads(text).get(key)
+        return "" if found is None else str(found)  # 0 and false are groups too
 
     array = column.array
     parts = []

@@ -3,15 +3,16 @@
 Users bring small logs (a few hundred to a few thousand labelled prompts) of data nobody tuned a
 router for; no single head wins everywhere there (an MLP overfits 300 prompts, kNN and a logistic
 regression hold up). So the candidates - ``mlp``, ``mf``, ``logreg`` (inverse L2 strength from
-``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with the
-record's ``router.auto_groups`` field, :class:`~training.routers.neural.GroupBlend`, only when the
-data names at least two groups), ``encoder`` (the fine-tuned encoder of ``router.auto_encoder_config``,
-tried where a CUDA device is present: :mod:`training.routers.auto_encoder`) and ``ensemble`` (the mean
+``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with a group
+estimate, :class:`~training.routers.neural.GroupBlend`, the group field from ``router.auto_groups`` a
+hyperparameter; only when a field passes :meth:`_Selection._group_fields`), ``encoder`` (the fine-tuned
+encoder of ``router.auto_encoder_config``, tried where a CUDA device is present:
+:mod:`training.routers.auto_encoder`) and ``ensemble`` (the mean
 of the other families' (calibrated) predictions over the static features) - are fitted on the
 training part and scored by the evaluation's own AIQ (:func:`training.evaluation.score_predictions`,
 the policy swept over the router's knob grid):
 
-- on the validation split when train + validation hold at least ``router.cv_below`` records and the
+- on the validation split when train + validation hold at least ``router.cv_below`` (20,000) records and the
   validation split at least :data:`MIN_VALIDATION` prompts;
 - otherwise by ``router.cv_folds``-fold cross-validation over train + validation (the torch
   candidates early-stop on a tenth of each fold's training part), every record scored once.
@@ -30,7 +31,12 @@ ensemble is kept, and nothing is Platt-calibrated (a scaling fitted to guesses).
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
 and after is reported either way), and its hyperparameters are the grid point
-with the best held-out AIQ. The winner is refitted where that helps - logistic regression and kNN
+with the best held-out AIQ. After the choice, the winner's held-out predictions are blended with each
+group field's estimate at the weights of ``router.group_blend`` (:meth:`_Selection._blend`); the best
+blend is kept where it routes better than the winner alone. A group estimate scored on held-out records
+is always fitted without them.
+
+The winner is refitted where that helps - logistic regression and kNN
 on all of train + validation, the torch candidates on train with early stopping on validation (after
 CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and exported like any router.
 A winning encoder is handed to the pipeline as :attr:`AutoRouter.winner_` and exported as an encoder.
@@ -39,6 +45,7 @@ A winning encoder is handed to the pipeline as :attr:`AutoRouter.winner_` and ex
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
@@ -61,16 +68,22 @@ from training.routers.heads import (
     fit_logreg,
     fit_platt,
 )
-from training.routers.neural import EncoderRouter, MFRouter, MLPRouter, TorchRouter
+from training.routers.neural import EncoderRouter, GroupFit, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
-__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_labels", "keep_candidate", "log_selection"]
+__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_fields", "auto_group_labels",
+           "keep_candidate", "log_selection"]
 
 #: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
 AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
 
 #: no candidate is picked on fewer validation prompts than this without cross-validation
 MIN_VALIDATION = 100
+#: a group field is tried when at least half the pool names a group and there are this many labelled
+#: records per group on average (fewer: the group means are noise and p(group | prompt) unlearnable)
+MIN_GROUP_RECORDS = 10
+#: at most this many group fields are tried (the first ones of ``router.auto_groups``, expanded)
+MAX_GROUP_FIELDS = 8
 _TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
 log = logging.getLogger("router_ml.train")
 
@@ -83,14 +96,45 @@ def _known_groups(labels: np.ndarray | None) -> int:
     return 0 if labels is None else len(set(np.asarray(labels, dtype=str).tolist()) - {""})
 
 
+def auto_group_fields(config, table) -> list[str]:
+    """The group fields ``router.auto_groups`` names for ``table``, ``metadata.*`` expanded to the table's
+    metadata keys (:meth:`~training.data.table.TrafficTable.metadata_keys`), in order, each once."""
+    fields: list[str] = []
+    for field in config.router.auto_groups:
+        expanded = [f"metadata.{k}" for k in table.metadata_keys()] if field == "metadata.*" else [field]
+        fields += [f for f in expanded if f not in fields]
+    return fields
+
+
 def auto_group_labels(config, table) -> np.ndarray | None:
-    """The group labels the ``groups`` candidate trains with (``router.auto_groups`` of every record),
-    or None when the router is not ``auto``, the candidate is off, or the data names fewer than 2 groups."""
+    """Every record's group under each field of :func:`auto_group_fields` that names at least 2 groups, as
+    a structured array (one str column per field, '' where missing) - what the ``groups`` candidate and
+    the group blend train with; None when the router is not ``auto``, ``groups`` is not among its
+    candidates, or no field names 2 groups. Which fields are tried is decided on the training pool
+    (:meth:`_Selection._group_fields`)."""
     r = config.router
     if r.kind != "auto" or not r.auto_groups or "groups" not in r.candidates:
         return None
-    labels = table.group_values(r.auto_groups)
-    return labels if _known_groups(labels) >= 2 else None
+    columns = {}
+    for field in auto_group_fields(config, table):
+        labels = table.group_values(field)
+        if _known_groups(labels) >= 2:
+            columns[field] = labels
+    if not columns:
+        return None
+    out = np.empty(len(table), dtype=[(f, v.dtype) for f, v in columns.items()])
+    for f, v in columns.items():
+        out[f] = v
+    return out
+
+
+def _group_columns(groups: np.ndarray | None, default: str) -> dict[str, np.ndarray]:
+    """``{field: labels}`` of a pool's ``groups``: a structured array's columns, or one plain column."""
+    if groups is None:
+        return {}
+    if groups.dtype.names:
+        return {f: np.asarray(groups[f], dtype=str) for f in groups.dtype.names}
+    return {default: np.asarray(groups, dtype=str)}
 
 
 def _torch_spec(router: TorchRouter) -> dict[str, Any]:
@@ -199,8 +243,14 @@ class _Selection:
         n_val = 0 if val is None else len(val)
         self.cv = self.n < self.r.cv_below or n_val < MIN_VALIDATION
         self.families = [c for c in self.r.candidates if c != "ensemble"]
-        if "groups" in self.families and _known_groups(self.pool.groups) < 2:
+        self.group_fields = self._group_fields() if "groups" in self.r.candidates else {}
+        if "groups" in self.families:  # fitted last: it blends the MLP fitted in the same part
             self.families.remove("groups")
+            if self.group_fields:
+                self.families.append("groups")
+        #: per group field, each held-out record's group estimate p(g | x) @ Q, fitted on its part's records
+        self.mixtures = {f: np.full(self.pool.quality.shape, np.nan) for f in self.group_fields}
+        self._final_torch: dict[str, TorchRouter] = {}
         self.skipped: dict[str, str] = {}
         self.texts = getattr(router, "texts_", None)
         if "encoder" in self.families:
@@ -217,6 +267,27 @@ class _Selection:
         self.heldout: tuple[np.ndarray, np.ndarray] | None = None
         self._X: np.ndarray | None = None
         self._tokens: Batchable | None = None
+
+    def _group_fields(self) -> dict[str, np.ndarray]:
+        """The pool's group fields worth trying (:data:`MIN_GROUP_RECORDS`, at most
+        :data:`MAX_GROUP_FIELDS`), a field that groups the records exactly as an earlier one does left out."""
+        out: dict[str, np.ndarray] = {}
+        seen: list[np.ndarray] = []
+        default = self.r.auto_groups[0] if self.r.auto_groups else "task"
+        for field, labels in _group_columns(self.pool.groups, default).items():
+            known = labels != ""
+            names, first, partition = np.unique(labels, return_index=True, return_inverse=True)
+            count = int(len(names) - ("" in names))
+            if count < 2 or known.mean() < 0.5 or known.sum() < MIN_GROUP_RECORDS * count:
+                continue
+            canonical = np.argsort(np.argsort(first))[partition]  # group ids in order of first appearance
+            if any(np.array_equal(canonical, other) for other in seen):
+                continue
+            seen.append(canonical)
+            out[field] = labels
+            if len(out) == MAX_GROUP_FIELDS:
+                break
+        return out
 
     @property
     def tokens(self) -> Batchable:
@@ -256,9 +327,9 @@ class _Selection:
         return [(np.sort(np.setdiff1d(order, order[k::folds])), np.sort(order[k::folds])) for k in range(folds)]
 
     def _torch_config(self, family: str):
-        groups = self.r.auto_groups if family == "groups" else ""
+        """An MLP (``mlp``, and ``groups``'s base: its group blend is added by :class:`GroupFit`) or MF config."""
         kind = "mf" if family == "mf" else "mlp"
-        return self.config.replace(**{"router.kind": kind, "router.groups": groups})
+        return self.config.replace(**{"router.kind": kind, "router.groups": ""})
 
     def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
         router = _TORCH[family](config=self._torch_config(family), n_models=self.router.n_models,
@@ -272,8 +343,14 @@ class _Selection:
         return out
 
     def _predict_part(self, fit: np.ndarray, score: np.ndarray, preds: dict[tuple[str, Any], np.ndarray]) -> None:
-        """Fit every candidate on the pool's records ``fit`` and store its predictions for ``score``."""
+        """Fit every candidate on the pool's records ``fit`` and store its predictions for ``score``; each
+        group field's estimate (:class:`GroupFit` on ``fit``) goes to :attr:`mixtures`."""
         X, Q = self.X, self.pool.quality
+        started = time.perf_counter()
+        for field, labels in self.group_fields.items():
+            self.mixtures[field][score] = GroupFit.fit(X[fit], Q[fit], labels[fit]).mixture(X[score])
+        self.seconds["group estimates"] = self.seconds.get("group estimates", 0.0) + time.perf_counter() - started
+        mlp = None
         for family in self.families:
             if family == "encoder":
                 tokens = self.tokens
@@ -283,14 +360,17 @@ class _Selection:
                 else:
                     router = self.fitted[family] = self._fit_encoder(*self._split_tokens())
                 preds[(family, None)][score] = router.predict(tokens.input_rows(score))
+            elif family == "groups":  # the MLP of this part (trained exactly as the mlp candidate's)
+                base = mlp if mlp is not None else self._fit_part("groups", fit)
+                base_pred = base.predict(self.pool.input_rows(score))
+                w = self.r.group_weight
+                for field in self.group_fields:
+                    preds[(family, field)][score] = np.clip((1 - w) * base_pred + w * self.mixtures[field][score],
+                                                            1e-6, 1 - 1e-6)
             elif family in _TORCH:
-                if self.cv:  # a tenth of the fold's training part for early stopping
-                    rest, stop = self._early_stopping(fit)
-                    router = self._fit_torch(family, self.pool.take(rest), self.pool.take(stop))
-                else:
-                    router = self._fit_torch(family, self.train, self.val,
-                                             on_epoch=self.on_epoch if family == "mlp" else None)
-                    self.fitted[family] = router
+                router = self._fit_part(family, fit)
+                if family == "mlp":
+                    mlp = router
                 preds[(family, None)][score] = router.predict(self.pool.input_rows(score))
             elif family == "logreg":
                 head = None
@@ -305,6 +385,16 @@ class _Selection:
                                    .predict_grid(X[score], ks))
                 for k in ks:
                     preds[(family, k)][score] = grid[k]
+
+    def _fit_part(self, family: str, fit: np.ndarray) -> TorchRouter:
+        """A torch candidate fitted on the part ``fit`` (CV: early-stopped on a tenth of it) or on the
+        train split, early-stopped on validation (kept for the final head)."""
+        if self.cv:
+            rest, stop = self._early_stopping(fit)
+            return self._fit_torch(family, self.pool.take(rest), self.pool.take(stop))
+        router = self._fit_torch(family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)
+        self.fitted[family] = router
+        return router
 
     def _weights(self, rows: np.ndarray | None) -> np.ndarray | None:
         """The pool's per-cell loss weights (imputed cells weigh ``loss.imputed_weight``) of ``rows`` (None: all)."""
@@ -322,6 +412,8 @@ class _Selection:
                 out += [(family, c) for c in _grid(self.r.logreg_c, float)]
             elif family == "knn":
                 out += [(family, k) for k in _grid(self.r.knn_k, int)]
+            elif family == "groups":
+                out += [(family, f) for f in self.group_fields]
             else:
                 out.append((family, None))
         return out
@@ -394,7 +486,7 @@ class _Selection:
         for family, v in best.items():
             report[family] = {**scores[v], "seconds": round(self.seconds.get(family, 0.0), 2)}
             if v[1] is not None:
-                report[family][{"logreg": "C", "knn": "k"}[family]] = v[1]
+                report[family][{"logreg": "C", "knn": "k", "groups": "field"}[family]] = v[1]
                 report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
         averaged = [f for f in best if f != "encoder"]  # one graph: heads over the same features
         if "ensemble" in self.r.candidates and len(averaged) >= 2:
@@ -411,7 +503,12 @@ class _Selection:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
-        self.heldout = self._held_out_predictions(scored, mean if chosen == "ensemble" else calibrated[best[chosen]])
+        chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
+        blend = self._blend(chosen, chosen_pred, scored, held) if self.group_fields and self.r.group_blend else None
+        if blend is not None and blend["field"] is not None:
+            w = blend["weight"]
+            chosen_pred = np.clip((1 - w) * chosen_pred + w * self.mixtures[blend["field"]][scored], 1e-6, 1 - 1e-6)
+        self.heldout = self._held_out_predictions(scored, chosen_pred)
         members = averaged if chosen == "ensemble" else [chosen]
         heads, specs = [], []
         for family in members:
@@ -422,12 +519,15 @@ class _Selection:
             specs.append(spec)
         module, spec = (MeanHead(heads), {"type": "mean", "members": specs}) if chosen == "ensemble" else (heads[0],
                                                                                                           specs[0])
+        if blend is not None and blend["field"] is not None:
+            module, spec = self._group_blend(module, spec, blend["field"], blend["weight"])
         selection = {"chosen": chosen, "picked_by": "router.auto_pick" if self.r.auto_pick else "held-out AIQ",
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)),
                      "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
                      "calibrated": calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
+                     **({"group_blend": blend} if blend is not None else {}),
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
 
@@ -459,10 +559,58 @@ class _Selection:
         if family == "encoder":  # after cross-validation: train, early-stopped on validation, as a plain run
             self.winner = self.fitted.get(family) or self._fit_encoder(*self._split_tokens())
             return self.winner.module_, {"type": "encoder"}
-        router = self.fitted.get(family)
-        if router is None:  # after cross-validation: train, early-stopped on validation, as a plain run
-            router = self._fit_torch(family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)
+        if family == "groups":  # the MLP's head (a copy: the ensemble may hold the MLP too) blended in
+            router = self._final_router("mlp" if "mlp" in self.families else "groups")
+            return self._group_blend(copy.deepcopy(router.module_), _torch_spec(router), param, self.r.group_weight)
+        router = self._final_router(family)
         return router.module_, _torch_spec(router)
+
+    def _final_router(self, family: str) -> TorchRouter:
+        """The torch candidate ``family`` fitted for keeps: the one fitted on the train split (validation
+        mode), else trained on train, early-stopped on validation, as a plain run (after cross-validation)."""
+        router = self.fitted.get(family) or self._final_torch.get(family)
+        if router is None:
+            router = self._final_torch[family] = self._fit_torch(
+                family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)
+        return router
+
+    def _group_blend(self, module: torch.nn.Module, spec: dict[str, Any], field: str,
+                     weight: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """``module`` blended with the group estimate of ``field`` fitted on the whole pool, and its spec."""
+        fitted = GroupFit.fit(self.X, self.pool.quality, self.group_fields[field])
+        return fitted.blend(module, weight), {"type": "groups", "base": spec, "groups": len(fitted.names),
+                                              "weight": weight, "names": fitted.names, "field": field}
+
+    def _blend(self, chosen: str, pred: np.ndarray, scored: np.ndarray, held: HeldOut) -> dict[str, Any] | None:
+        """The group blend stage: ``(1 - w) * pred + w * p(g | x) @ Q`` for each group field and weight of
+        ``router.group_blend``, scored on the held-out records like the candidates; the best is kept when
+        it routes better than ``pred`` alone on at least ``router.ensemble_confidence`` of the paired
+        bootstrap resamples (``beats_unblended``; ``field`` None otherwise) - the bar a single candidate
+        clears to replace the ensemble. None for an encoder winner (its graph reads token ids, not the
+        features the group classifier needs)."""
+        if chosen == "encoder":
+            return None
+        base = _aiq(pred, held)
+        grid: dict[str, float] = {}
+        best: tuple[float, str | None, float | None] = (base, None, None)
+        for field in self.group_fields:
+            mixture = self.mixtures[field][scored]
+            for w in sorted(_grid(self.r.group_blend, float)):
+                aiq = _aiq(np.clip((1 - w) * pred + w * mixture, 1e-6, 1 - 1e-6), held)
+                grid[f"{field} x {w:g}"] = aiq
+                if aiq > best[0]:
+                    best = (aiq, field, w)
+        wins = None
+        if best[1] is not None:  # kept only beyond noise, as a single candidate over the ensemble
+            blended = np.clip((1 - best[2]) * pred + best[2] * self.mixtures[best[1]][scored], 1e-6, 1 - 1e-6)
+            wins = _paired_wins(blended, pred, held, self.seed)
+        keep = wins is not None and wins >= self.r.ensemble_confidence
+        log.info("auto: group blend %s x %s: held-out AIQ %.4f, without %.4f, better on %s of resamples: %s",
+                 best[1], best[2], best[0], base, wins, "kept" if keep else "not kept")
+        return {"field": best[1] if keep else None, "weight": best[2] if keep else None,
+                "val_aiq": best[0] if keep else base, "val_aiq_without": base, "best": f"{best[1]} x {best[2]:g}"
+                if best[1] else None, "beats_unblended": wins, "grid": grid,
+                "fields": {f: _known_groups(v) for f, v in self.group_fields.items()}}
 
 
 def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):

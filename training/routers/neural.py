@@ -5,6 +5,7 @@ the same losses (:mod:`training.losses`) in the same loop (:mod:`training.traine
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from training.config import TrainConfig
 from training.featurizers._base import quiet_transformers
 from training.trainer import Batchable, fit_module, on_device
 
-__all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "MFRouter", "MLPRouter", "TorchRouter",
+__all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "GroupFit", "MFRouter", "MLPRouter", "TorchRouter",
            "check_groups", "group_quality"]
 
 #: The version of ``router.json`` (what rebuilds a saved module) that :meth:`TorchRouter.save` writes
@@ -139,6 +140,46 @@ def group_quality(quality: np.ndarray, groups: np.ndarray, n_groups: int, *,
     return out
 
 
+@dataclass
+class GroupFit:
+    """``p(group | features)`` (a multinomial logistic regression, scikit-learn, inverse L2 strength
+    :data:`GROUP_C`) and each group's mean quality per model (:func:`group_quality`), fitted on the
+    records with a label ('' = none): what :class:`GroupBlend` adds to a head."""
+
+    weight: np.ndarray   #: (groups, features)
+    bias: np.ndarray     #: (groups,)
+    quality: np.ndarray  #: (groups, models)
+    names: list[str]
+
+    @classmethod
+    def fit(cls, X: np.ndarray, quality: np.ndarray, labels: np.ndarray) -> GroupFit:
+        from sklearn.linear_model import LogisticRegression
+
+        labels = np.asarray(labels, dtype=str)
+        known = labels != ""
+        names, y = np.unique(labels[known], return_inverse=True)
+        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(np.asarray(X)[known], y)
+        weight, bias = clf.coef_, clf.intercept_
+        if len(names) == 2:  # scikit-learn's binary form: one logit for class 1
+            weight, bias = np.vstack([np.zeros_like(weight), weight]), np.array([0.0, bias[0]])
+        return cls(weight, bias, group_quality(np.asarray(quality)[known], y, len(names)), names.tolist())
+
+    def mixture(self, X: np.ndarray) -> np.ndarray:
+        """``p(g | x) @ Q``: the group estimate of each model's quality, (n, models)."""
+        logits = np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)) @ self.quality
+
+    def blend(self, base: nn.Module, weight: float) -> GroupBlend:
+        """``base`` (any head returning logits) blended with this group estimate at ``weight``."""
+        out = GroupBlend(base, self.weight.shape[1], torch.as_tensor(self.quality), weight)
+        with torch.no_grad():
+            out.classify.weight.copy_(torch.as_tensor(self.weight))
+            out.classify.bias.copy_(torch.as_tensor(self.bias))
+        return out.eval()
+
+
 def check_groups(config: TrainConfig, labels: np.ndarray) -> None:
     """Refuse a ``router.groups`` setting that cannot train: the encoder router (its inputs are token
     ids, not features a classifier can share), or training labels ('' = none) naming fewer than 2 groups."""
@@ -205,29 +246,16 @@ class TorchRouter:
     def _fit_groups(self, train: Batchable, val: Batchable | None) -> None:
         """Wrap the fitted head in :class:`GroupBlend`: a multinomial logistic regression (scikit-learn)
         from the features to the group, and the groups' mean quality, both from train + validation."""
-        from sklearn.linear_model import LogisticRegression
-
         parts = [train] + ([val] if val is not None and len(val) else [])
         if any(p.groups is None for p in parts):
             raise RouterMLError(f"router.groups = {self.config.router.groups!r}: no group labels were given "
                                 "with the training records")
         labels = np.concatenate([p.groups for p in parts]).astype(str)
         check_groups(self.config, labels)
-        known = labels != ""
-        X = np.concatenate([p.input_rows(np.arange(len(p)))[0] for p in parts])[known]
-        quality = np.concatenate([p.quality for p in parts])[known]
-        names, y = np.unique(labels[known], return_inverse=True)
-        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(X, y)
-        weight, bias = clf.coef_, clf.intercept_
-        if len(names) == 2:  # scikit-learn's binary form: one logit for class 1
-            weight, bias = np.vstack([np.zeros_like(weight), weight]), np.array([0.0, bias[0]])
-        blend = GroupBlend(self.module_, X.shape[1], torch.as_tensor(group_quality(quality, y, len(names))),
-                           self.config.router.group_weight)
-        with torch.no_grad():
-            blend.classify.weight.copy_(torch.as_tensor(weight))
-            blend.classify.bias.copy_(torch.as_tensor(bias))
-        self.groups_ = names.tolist()
-        self.module_ = blend.eval()
+        X = np.concatenate([p.input_rows(np.arange(len(p)))[0] for p in parts])
+        fitted = GroupFit.fit(X, np.concatenate([p.quality for p in parts]), labels)
+        self.groups_ = fitted.names
+        self.module_ = fitted.blend(self.module_, self.config.router.group_weight)
 
     @torch.no_grad()
     def predict_logits(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
