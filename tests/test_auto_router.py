@@ -264,13 +264,18 @@ def test_each_candidate_kind_exports_to_one_graph_the_runtime_runs(tmp_path, dem
 
 @pytest.mark.slow
 def test_a_kept_group_blend_exports_to_the_same_graph_the_runtime_runs(tmp_path, demo_800):
-    """A near-constant logistic regression picked, the demo's task blended in: the blend is kept, saved in
-    router.json's spec and exported with the group classifier and table inside the one ONNX graph."""
+    """A near-constant logistic regression picked, the demo's task blended in: the blend is kept, logged to
+    MLflow, saved in router.json's spec and exported with the group classifier and table inside the one
+    ONNX graph."""
     summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "groups"], "router.auto_pick": "logreg",
-                                            "router.logreg_c": ["0.0001"], "router.calibrate": False,
-                                            "tracking.enabled": False})
+                                            "router.logreg_c": ["0.0001"], "router.calibrate": False})
     blend = summary["selection"]["group_blend"]
     assert blend["field"] == "task" and blend["val_aiq"] > blend["val_aiq_without"]
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.params["selection.group_blend"] == f"task x {blend['weight']:g}"
+    assert run.data.metrics["selection.group_blend.val_aiq"] == pytest.approx(blend["val_aiq"])
     info = json.loads((Path(summary["out"]) / "router.json").read_text())
     assert info["spec"]["type"] == "groups" and info["spec"]["base"]["type"] == "logreg"
     assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]

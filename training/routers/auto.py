@@ -654,6 +654,13 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
     if not selection:
         return None
     tracker.log_params({"selection.chosen": selection["chosen"], "selection.mode": selection["mode"]})
+    blend = selection.get("group_blend")
+    if blend is not None:
+        kept = f"{blend['field']} x {blend['weight']:g}" if blend["field"] else "none"
+        tracker.log_params({"selection.group_blend": kept})
+        tracker.log_metrics({f"selection.group_blend.{k}": blend[k] for k in ("val_aiq", "val_aiq_without",
+                                                                             "beats_unblended")
+                             if isinstance(blend.get(k), int | float)})
     tracker.log_metrics({f"selection.{name}.{key}": value for name, entry in selection["candidates"].items()
                          for key, value in entry.items()
                          if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})
