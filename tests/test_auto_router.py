@@ -387,12 +387,23 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     rows, pred = router.heldout_
     assert np.array_equal(np.sort(rows), np.arange(150, 560)) and pred.shape == (410, 3)
     assert np.isfinite(pred).all() and ((pred >= 0) & (pred <= 1)).all()
-    # the ensemble is kept unless the best single candidate beats it on router.ensemble_confidence of the
-    # paired bootstrap resamples
+    # with completed logged records in the pool the scores tune each candidate only - the first stage that
+    # completed them saw the scored records too: the ensemble is kept and nothing is Platt-scaled
+    wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
+    completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    assert completed.selection_["completed_log"] is True and completed.selection_["chosen"] == "ensemble"
+    assert completed.selection_["calibrated"] is False and "beats_ensemble" not in completed.selection_["candidates"][
+        "logreg"]
+    # without them, the ensemble is kept unless the best single candidate beats it on
+    # router.ensemble_confidence of the paired bootstrap resamples
+    plain_train = _batchable(X, quality, np.arange(0, 500))
+    plain_val = _batchable(X, quality, np.arange(500, 560))
     for confidence in (0.0, 0.95, 1.0):
         wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"],
                                  "router.ensemble_confidence": confidence})
-        picked = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        picked = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(plain_train, plain_val,
+                                                                               wtp_range=(0.01, 100.0))
+        assert picked.selection_["completed_log"] is False
         scores = picked.selection_["candidates"]
         best = max(scores, key=lambda c: scores[c]["val_aiq"])
         if best == "ensemble":

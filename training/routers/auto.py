@@ -25,8 +25,10 @@ be a different bar at every data size, a share of paired resamples is the same o
 between candidates": on seven small tables nobody tuned for, ``scripts/auto_selection_study.py``,
 no rule separates from another; this one keeps a single candidate where it is clearly better).
 Where the held-out records are completed logged ones (fewer than :data:`MIN_VALIDATION` with every
-outcome), their imputed cells are scored too: those scores tune each candidate's hyperparameters, the
-ensemble is kept, and nothing is Platt-calibrated (a scaling fitted to guesses).
+outcome), their imputed cells are scored too. Wherever completed logged records train the candidates,
+the scores - on guesses, or on records with every outcome that the first stage was fitted on - tune each
+candidate's hyperparameters only: the ensemble is kept, nothing is Platt-calibrated and no group blend
+is kept (``completed_log`` in the report).
 
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
@@ -449,6 +451,15 @@ class _Selection:
         # propensity instead was measured far worse: about 45 effective prompts per rarely logged model,
         # and calibration chased them.)
         on_guesses = imputed is not None and bool(imputed[scored].any())
+        # and where completed logged records train the candidates, even the records with every outcome
+        # score them with a leak: the first stage that completed the log was fitted on all of them (the
+        # scored ones included), so a candidate trained on its guesses predicts the scored outcomes too
+        # well, the more so the more it resembles the first stage (off-policy protocol, MMLU-Pro seed 0,
+        # cross-validated: the logistic regression scored 0.719 on 461 such records against 0.710 for the
+        # ensemble, was kept, and routed the test prompts at 0.684 - README, "Training on logged traffic").
+        # So the same rule as on guesses: the scores tune each candidate, the ensemble is kept, nothing is
+        # Platt-scaled and no group blend is kept.
+        tune_only = imputed is not None and bool(imputed.any())
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
         if unseen.size:
@@ -462,7 +473,7 @@ class _Selection:
         held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
                        models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
         calibrated, platt, scores = {}, {}, {}
-        calibrate = self.r.calibrate and not on_guesses
+        calibrate = self.r.calibrate and not tune_only
         for v in variants:
             raw = preds[v][scored]
             calibrated[v] = raw
@@ -495,16 +506,17 @@ class _Selection:
                                   "members": averaged}
         order = [c for c in AUTO_CANDIDATES if c in report]
         leader = max(order, key=lambda c: report[c]["val_aiq"])
-        if leader != "ensemble" and "ensemble" in report and not on_guesses:  # kept over the average only beyond noise
+        if leader != "ensemble" and "ensemble" in report and not tune_only:  # kept over the average only beyond noise
             report[leader]["beats_ensemble"] = _paired_wins(calibrated[best[leader]], mean, held, self.seed)
-        chosen = "ensemble" if on_guesses and "ensemble" in report else keep_candidate(report,
+        chosen = "ensemble" if tune_only and "ensemble" in report else keep_candidate(report,
                                                                                       self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
         chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
-        blend = self._blend(chosen, chosen_pred, scored, held) if self.group_fields and self.r.group_blend else None
+        blend = (self._blend(chosen, chosen_pred, scored, held)
+                 if self.group_fields and self.r.group_blend and not tune_only else None)
         if blend is not None and blend["field"] is not None:
             w = blend["weight"]
             chosen_pred = np.clip((1 - w) * chosen_pred + w * self.mixtures[blend["field"]][scored], 1e-6, 1 - 1e-6)
@@ -525,6 +537,7 @@ class _Selection:
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)),
                      "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
+                     "completed_log": tune_only,
                      "calibrated": calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
                      **({"group_blend": blend} if blend is not None else {}),
