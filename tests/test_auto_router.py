@@ -387,10 +387,18 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     rows, pred = router.heldout_
     assert np.array_equal(np.sort(rows), np.arange(150, 560)) and pred.shape == (410, 3)
     assert np.isfinite(pred).all() and ((pred >= 0) & (pred <= 1)).all()
-    # with completed logged records in the pool the scores tune each candidate only - the first stage that
-    # completed them saw the scored records too: the ensemble is kept and nothing is Platt-scaled
+    # with completed logged records in the pool (at least a tenth of the cells imputed) the scores tune each
+    # candidate only - the first stage that completed them saw the scored records too: the ensemble is kept
+    # and nothing is Platt-scaled; a few imputed cells (the 150 above: 9% of the cells) do not count
     wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
-    completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+    assert router.selection_["completed_log"] is False
+    logged = np.zeros_like(imputed)
+    logged[:400, 1:] = True  # 400 records with one observed outcome of 3: 48% of the cells imputed
+    log_train = _batchable(X, quality, np.arange(0, 500), weights=np.where(logged, 0.5, 1.0).astype(np.float32),
+                           imputed=logged)
+    log_val = _batchable(X, quality, np.arange(500, 560), imputed=logged)
+    completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(log_train, log_val,
+                                                                              wtp_range=(0.01, 100.0))
     assert completed.selection_["completed_log"] is True and completed.selection_["chosen"] == "ensemble"
     assert completed.selection_["calibrated"] is False and "beats_ensemble" not in completed.selection_["candidates"][
         "logreg"]
