@@ -362,6 +362,23 @@ def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None):
                      imputed=None if imputed is None else imputed[rows])
 
 
+def test_completed_log_keeps_groups_only_where_the_group_estimate_adds_to_its_mlp():
+    from training.routers.auto import _Selection
+
+    def report(**scores):
+        return {name: {"val_aiq": value} for name, value in scores.items()}
+
+    better = report(mlp=0.70, groups=0.71, logreg=0.73, ensemble=0.72)  # logreg leads: the leak's favourite
+    assert _Selection._completed_log_choice(better) == "groups" and better["groups"]["beats_its_mlp"] is True
+    worse = report(mlp=0.71, groups=0.70, ensemble=0.69)
+    assert _Selection._completed_log_choice(worse) == "ensemble" and worse["groups"]["beats_its_mlp"] is False
+    tied = report(mlp=0.71, groups=0.71, ensemble=0.69)
+    assert _Selection._completed_log_choice(tied) == "ensemble"  # the blend must add something
+    assert _Selection._completed_log_choice(report(groups=0.9, ensemble=0.5)) == "ensemble"  # no MLP to compare
+    assert _Selection._completed_log_choice(report(mlp=0.7, logreg=0.8, ensemble=0.6)) == "ensemble"
+    assert _Selection._completed_log_choice(report(logreg=0.8)) is None  # neither: the usual rule decides
+
+
 def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
     from training.routers import AutoRouter
     from training.routers.auto import FirstStages
@@ -388,8 +405,9 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     assert np.array_equal(np.sort(rows), np.arange(150, 560)) and pred.shape == (410, 3)
     assert np.isfinite(pred).all() and ((pred >= 0) & (pred <= 1)).all()
     # with completed logged records in the pool (at least a tenth of the cells imputed) the scores tune each
-    # candidate only - the first stage that completed them saw the scored records too: the ensemble is kept
-    # and nothing is Platt-scaled; a few imputed cells (the 150 above: 9% of the cells) do not count
+    # candidate only - the first stage that completed them saw the scored records too: without a group field
+    # the ensemble is kept, and nothing is Platt-scaled; a few imputed cells (the 150 above: 9% of the cells)
+    # do not count
     wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
     assert router.selection_["completed_log"] is False
     logged = np.zeros_like(imputed)
@@ -400,8 +418,26 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(log_train, log_val,
                                                                               wtp_range=(0.01, 100.0))
     assert completed.selection_["completed_log"] is True and completed.selection_["chosen"] == "ensemble"
+    assert completed.selection_["picked_by"] == "the completed-log default"
     assert completed.selection_["calibrated"] is False and "beats_ensemble" not in completed.selection_["candidates"][
         "logreg"]
+    # where the data names groups, the one thing those scores decide is whether the group estimate adds to
+    # the MLP it blends (the same MLP, the same leak): then the group-informed candidate, else the ensemble;
+    # and still no group blend on top
+    grouped = config.replace(**{"router.candidates": ["mlp", "logreg", "knn", "groups", "ensemble"],
+                                "router.ensemble_confidence": 0.0})
+    g_train = _batchable(X, quality, np.arange(0, 500), weights=np.where(logged, 0.5, 1.0).astype(np.float32),
+                         groups=groups, imputed=logged)
+    g_val = _batchable(X, quality, np.arange(500, 560), groups=groups, imputed=logged)
+    with_groups = AutoRouter(config=grouped, n_models=3, input_dim=X.shape[1]).fit(g_train, g_val,
+                                                                                  wtp_range=(0.01, 100.0))
+    sel = with_groups.selection_
+    cands = sel["candidates"]
+    assert sel["completed_log"] is True and sel["picked_by"] == "the completed-log default"
+    assert cands["groups"]["beats_its_mlp"] == (cands["groups"]["val_aiq"] > cands["mlp"]["val_aiq"])
+    assert sel["chosen"] == ("groups" if cands["groups"]["beats_its_mlp"] else "ensemble")
+    assert "group_blend" not in sel and "beats_ensemble" not in cands["groups"]
+    assert with_groups.predict((X[600:],)).shape == (100, 3)
     # without them, the ensemble is kept unless the best single candidate beats it on
     # router.ensemble_confidence of the paired bootstrap resamples
     plain_train = _batchable(X, quality, np.arange(0, 500))

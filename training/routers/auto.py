@@ -27,8 +27,10 @@ no rule separates from another; this one keeps a single candidate where it is cl
 Where the held-out records are completed logged ones (fewer than :data:`MIN_VALIDATION` with every
 outcome), their imputed cells are scored too. Wherever completed logged records train the candidates
 (at least :data:`TUNE_ONLY_IMPUTED_SHARE` of the cells imputed), the scores - on guesses, or on records
-with every outcome that the first stage was fitted on - tune each candidate's hyperparameters only: the
-ensemble is kept, nothing is Platt-calibrated and no group blend is kept (``completed_log`` in the report).
+with every outcome that the first stage was fitted on - tune each candidate's hyperparameters and decide
+one thing: whether the group estimate adds to the MLP (``groups`` against its own MLP; both carry the same
+leak); ``groups`` is kept where it does, else the ensemble. Nothing is Platt-calibrated and no group blend
+is kept (``completed_log`` in the report).
 
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
@@ -87,7 +89,7 @@ MIN_GROUP_RECORDS = 10
 #: at most this many group fields are tried (the first ones of ``router.auto_groups``, expanded)
 MAX_GROUP_FIELDS = 8
 #: where at least this share of the pool's cells are imputed (completed logged records), held-out scores
-#: only tune each candidate (the ensemble kept, no Platt scaling, no group blend): :meth:`_Selection.run`
+#: only tune each candidate and decide one thing (no Platt scaling, no group blend; :meth:`_Selection.run`)
 TUNE_ONLY_IMPUTED_SHARE = 0.1
 _TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
 log = logging.getLogger("router_ml.train")
@@ -459,10 +461,12 @@ class _Selection:
         # well, the more so the more it resembles the first stage (off-policy protocol, MMLU-Pro seed 0,
         # cross-validated: the logistic regression scored 0.719 on 461 such records against 0.710 for the
         # ensemble, was kept, and routed the test prompts at 0.684 - README, "Training on logged traffic").
-        # So the same rule as on guesses: the scores tune each candidate, the ensemble is kept, nothing is
-        # Platt-scaled and no group blend is kept - where the guesses are a real share of the targets
-        # (a completed log: about 90% of the cells), not where a benchmark misses a few outcomes
-        # (MMLU-Pro-29: 0.5% of the cells imputed, whose selection this rule cost 0.004 AIQ on seed 3).
+        # So the same rule as on guesses: the scores tune each candidate, nothing is Platt-scaled, no group
+        # blend is kept and no single candidate replaces the average on them - where the guesses are a real
+        # share of the targets (a completed log: about 90% of the cells), not where a benchmark misses a
+        # few outcomes (MMLU-Pro-29: 0.5% of the cells imputed, whose selection this rule cost 0.004 AIQ on
+        # seed 3). The one thing they decide: whether the group estimate adds to the MLP
+        # (_completed_log_choice) - then the group-informed candidate, else the ensemble.
         tune_only = imputed is not None and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
@@ -512,8 +516,8 @@ class _Selection:
         leader = max(order, key=lambda c: report[c]["val_aiq"])
         if leader != "ensemble" and "ensemble" in report and not tune_only:  # kept over the average only beyond noise
             report[leader]["beats_ensemble"] = _paired_wins(calibrated[best[leader]], mean, held, self.seed)
-        chosen = "ensemble" if tune_only and "ensemble" in report else keep_candidate(report,
-                                                                                      self.r.ensemble_confidence)
+        fallback = self._completed_log_choice(report) if tune_only else None
+        chosen = fallback or keep_candidate(report, self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
@@ -536,7 +540,9 @@ class _Selection:
                                                                                                           specs[0])
         if blend is not None and blend["field"] is not None:
             module, spec = self._group_blend(module, spec, blend["field"], blend["weight"])
-        selection = {"chosen": chosen, "picked_by": "router.auto_pick" if self.r.auto_pick else "held-out AIQ",
+        picked_by = ("router.auto_pick" if self.r.auto_pick in report else
+                     "the completed-log default" if fallback else "held-out AIQ")
+        selection = {"chosen": chosen, "picked_by": picked_by,
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)),
                      "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
@@ -546,6 +552,23 @@ class _Selection:
                      **({"group_blend": blend} if blend is not None else {}),
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
+
+    @staticmethod
+    def _completed_log_choice(report: dict[str, dict[str, Any]]) -> str | None:
+        """What a completed log keeps: ``groups`` where its held-out AIQ beats its own MLP's, else the
+        ensemble (None: neither was fitted; ``beats_its_mlp`` in the report).
+
+        The two share the MLP fitted in the same part, so the comparison asks one question - does the
+        group estimate add to it - and the leak of these scores (the first stage saw the scored records)
+        favours the MLP, which fits each record's guesses, over a group estimate, which averages a group's
+        completed targets over every logged record of the group. Measured (README, "The whole protocol on
+        the default config"): against always keeping the ensemble, the same five choices of ``groups`` on
+        MMLU-Pro-29, three of five on MMLU-Pro-7 and RouteLLM, none of five on the demo, whose task
+        templates the text gives away and where ``groups`` routed worse on every seed."""
+        adds = "groups" in report and "mlp" in report and report["groups"]["val_aiq"] > report["mlp"]["val_aiq"]
+        if "groups" in report:
+            report["groups"]["beats_its_mlp"] = adds
+        return "groups" if adds else ("ensemble" if "ensemble" in report else None)
 
     def _held_out_predictions(self, scored: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The winner's held-out predictions (out of fold, or on the validation split) on the scored records
