@@ -258,6 +258,7 @@ class _Selection:
         #: per group field, each held-out record's group estimate p(g | x) @ Q, fitted on its part's records
         self.mixtures = {f: np.full(self.pool.quality.shape, np.nan) for f in self.group_fields}
         self._final_torch: dict[str, TorchRouter] = {}
+        self._pool_groups: dict[str, GroupFit] = {}  # each field's group estimate fitted on the whole pool
         self.skipped: dict[str, str] = {}
         self.texts = getattr(router, "texts_", None)
         if "encoder" in self.families:
@@ -617,7 +618,9 @@ class _Selection:
     def _group_blend(self, module: torch.nn.Module, spec: dict[str, Any], field: str,
                      weight: float) -> tuple[torch.nn.Module, dict[str, Any]]:
         """``module`` blended with the group estimate of ``field`` fitted on the whole pool, and its spec."""
-        fitted = GroupFit.fit(self.X, self.pool.quality, self.group_fields[field])
+        fitted = self._pool_groups.get(field)
+        if fitted is None:  # once per field: the groups head and a kept blend over it may both need it
+            fitted = self._pool_groups[field] = GroupFit.fit(self.X, self.pool.quality, self.group_fields[field])
         return fitted.blend(module, weight), {"type": "groups", "base": spec, "groups": len(fitted.names),
                                               "weight": weight, "names": fitted.names, "field": field}
 
