@@ -186,3 +186,28 @@ def test_logged_outcomes_weigh_their_clipped_inverse_propensity_and_imputed_cell
     assert is_blank(table.propensity) is False
     full, _ = load_traffic(write_jsonl(records[:1], tmp_path / "full.jsonl"))
     assert is_blank(full.propensity)  # no propensity logged: the clip copies none (training/pipeline.py)
+
+
+def test_train_stops_before_featurizing_when_its_logged_test_split_cannot_be_scored(tmp_path):
+    """A log whose test split never logged some model: `train` names that model and stops at once
+    (before featurizing or fitting anything), instead of failing after the training it would lose."""
+    from router_ml.errors import DataError
+    from training.config import load_config
+    from training.data import split_table
+    from training.data.schema import Outcome, Record
+    from training.pipeline import train_router
+
+    records = [Record(prompt=f"logged prompt number {i}", outcomes={("a", "b")[i % 2]: Outcome(
+        float(i % 3 == 0), 0.1, propensity=0.8)}) for i in range(60)]
+    table, _ = load_traffic(write_jsonl(records, tmp_path / "probe.jsonl"))
+    split = split_table(table, train_size=0.8, seed=0)
+    train_only = int(split.train[0])  # "c" is logged on one training record only
+    records[train_only] = Record(prompt=records[train_only].prompt,
+                                 outcomes={"c": Outcome(1.0, 0.3, propensity=0.1)})
+    data = write_jsonl(records, tmp_path / "log.jsonl")
+    config = load_config(MLP_STATIC, ["data.train_size=0.8", "data.seed=0", "tracking.enabled=false"])
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"no outcome of \['c'\]") as err:
+        train_router(config, data, out_dir=tmp_path / "out", cache_dir=cache, progress=False)
+    assert "--train-size" in str(err.value) and f"{len(split.test)} logged records" in str(err.value)
+    assert not (tmp_path / "out").exists() and not cache.exists()  # nothing featurized, nothing written

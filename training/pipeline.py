@@ -264,6 +264,8 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     if config.router.groups:  # before featurizing: a setting that cannot train fails now
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
+    if rank == 0:  # before any work: a test split that cannot be scored stops the run now
+        check_test_scoreable(table.quality, scoreable_rows(table.quality, split.test), table.models)
     stages.done("load")
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
@@ -428,15 +430,28 @@ def baseline_sample(rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, cap, replace=False))
 
 
+def check_test_scoreable(quality: np.ndarray, scored: np.ndarray, models: Sequence[str]) -> None:
+    """Logged test records (some outcome missing) are scored off-policy, which needs every model's
+    outcome on at least one of them: a router's choices of a model the test split never logged cannot
+    be scored. Raises DataError naming those models; ``train`` checks this before featurizing, so a
+    split it cannot score costs no training."""
+    observed = ~np.isnan(quality[scored])
+    if observed.all() or not len(scored):
+        return
+    never = [m for m, n in zip(models, observed.sum(axis=0), strict=True) if n == 0]
+    if never:
+        raise DataError(f"the test split's {len(scored)} logged records have no outcome of {never}, so the "
+                        "router's choices of them cannot be scored; give the test split more records "
+                        "(a smaller --train-size, or more logged traffic) or score the router later with "
+                        "'router-ml evaluate' on data holding every model's outcome")
+
+
 def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray) -> dict[str, Any]:
     table = prep.table
     if len(scored) == 0:
         raise DataError("the test split has no record with an outcome; nothing to score")
+    check_test_scoreable(table.quality, scored, table.models)
     quality, cost = table.quality[scored], prep.cost[scored]
-    observed = ~np.isnan(quality)
-    if not observed.all() and (observed.sum(axis=0) == 0).any():
-        raise DataError("some model has no outcome in the test split, so choices of it cannot be scored; "
-                        "use more test data (--train-size) or fully labelled data with 'router-ml evaluate'")
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts)[scored])  # texts read in order, once
     train_rows = np.concatenate([prep.split.train, prep.split.val])
     trained = [b for b in config.eval.baselines if BASELINES[b].trained]
