@@ -628,12 +628,21 @@ def cpt(
     return float(x0 + (pgr_target - y0) * (x1 - x0) / (y1 - y0))
 
 
-def routellm_metrics(scores: np.ndarray, weak_quality: np.ndarray, strong_quality: np.ndarray) -> dict[str, float]:
+def routellm_metrics(scores: np.ndarray, weak_quality: np.ndarray,
+                     strong_quality: np.ndarray) -> dict[str, float | None]:
     """Return RouteLLM's headline numbers: ``apgr``, ``cpt_50`` and ``cpt_80`` (shares in [0, 1]).
+
+    All three measure the gap between the two models recovered, so where the two have the same mean
+    quality on these prompts (a small test split can) there is no gap and each is ``None``; the
+    functions above raise ``ValueError`` there.
 
     >>> routellm_metrics(np.arange(10.0), np.zeros(10), np.ones(10))
     {'apgr': 0.5, 'cpt_50': 0.5, 'cpt_80': 0.8}
+    >>> routellm_metrics(np.arange(4.0), np.array([1.0, 0, 1, 0]), np.array([0.0, 1, 0, 1]))
+    {'apgr': None, 'cpt_50': None, 'cpt_80': None}
     """
+    if float(np.mean(strong_quality)) == float(np.mean(weak_quality)):
+        return dict.fromkeys(TWO_MODEL_KEYS)
     return {
         "apgr": apgr(scores, weak_quality, strong_quality),
         "cpt_50": cpt(scores, weak_quality, strong_quality, pgr_target=0.5),

@@ -169,3 +169,21 @@ def test_the_dr_estimator_estimates_cost_from_the_routers_cost_model_and_the_log
     assert abs(snips["cost"] / truth - 1) > 1e-3  # the logged costs of the matching choices alone
     low, high = dr["ci95"]["cost"]
     assert low <= truth <= high
+
+
+def test_two_models_of_equal_mean_quality_on_the_test_prompts_leave_apgr_undefined_not_an_error():
+    """A small two-model test split can hold both models at the same mean quality: there is no gap to
+    recover, so APGR and CPT are None (null in the JSON), in the router's report and in every
+    resample, while AIQ and the rest are scored as usual."""
+    quality = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 5)
+    cost = np.tile([1e-4, 1e-3], (len(quality), 1))
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(1e-3, 10, 9), models=("weak", "strong"),
+                   two_model=(0, 1), n_boot=30)
+    pred = np.random.default_rng(0).random(quality.shape)
+    report = evaluate_held_out(pred, held, baselines=("random", "best-single"))["test"]
+    assert {report[key] for key in metrics.TWO_MODEL_KEYS} == {None} and 0 < report["aiq"] <= 1
+    assert report["ci95"]["aiq"][0] is not None
+    unequal = dataclasses.replace(held, quality=np.vstack([quality, [[0.0, 1.0]]]),
+                                  cost=np.vstack([cost, cost[:1]]), cost_est=np.vstack([cost, cost[:1]]))
+    scored = evaluate_held_out(np.vstack([pred, [[0.2, 0.8]]]), unequal, baselines=("random",))["test"]
+    assert 0 <= scored["apgr"] <= 1 and scored["cpt_50"] is not None
