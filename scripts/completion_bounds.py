@@ -65,15 +65,16 @@ def train_with(mode: str, truth_file: Path, argv: list[str]) -> int:
         if mode == "default" or not completion.imputed.any():
             return completion
         table = prep.table
-        truth = {}
-        with truth_file.open() as f:
-            for line in f:
-                record = json.loads(line)
-                truth[record["sample_id"]] = [record["outcomes"][m]["quality"] for m in table.models]
+        from training.data import load_traffic
+
+        # by sample id and prompt together, as offpolicy_targets.write_full_outcomes matched them
+        truth = {(r.sample_id, r.text): [r.outcomes[m].quality for m in table.models]
+                 for r in load_traffic(truth_file)[0].records}
         rows = np.concatenate([prep.split.train, prep.split.val])
         observed = np.isfinite(table.quality)
         partial = rows[observed[rows].any(axis=1) & ~observed[rows].all(axis=1)]  # as complete_targets
-        true = np.array([truth[str(table.columns.sample_id[int(i)])] for i in partial], dtype=np.float64)
+        ids, texts = table.columns.sample_id, table.texts
+        true = np.array([truth[(ids[int(i)], texts[int(i)])] for i in partial], dtype=np.float64)
         prior, loadings, noise = seen["prior"], seen["loadings"], seen["noise"]
         if mode == "prior":
             filled = np.clip(prior, 0.0, 1.0)

@@ -175,13 +175,28 @@ class Protocol:
         """The logged prompts of ``sim``'s log with every outcome, from the full-information table (the
         same prompts for every rate and exploration seed of a split ``seed``)."""
         out = self.root / "sims" / f"seed{seed}-log_full.jsonl"
-        log = sim / "log.jsonl"
         if not out.exists():
-            from training.data import load_traffic, write_jsonl
-
-            ids = {r.sample_id for r in load_traffic(log)[0].records}
-            write_jsonl([r for r in load_traffic(self.data)[0].records if r.sample_id in ids], out)
+            write_full_outcomes(sim / "log.jsonl", self.data, out)
         return out
+
+
+def write_full_outcomes(log: Path, data: Path, out: Path) -> None:
+    """Write the records of the full-information table ``data`` that ``log`` logged, with every outcome.
+    A record is matched by its ``sample_id`` and its prompt's text together: a table without sample ids
+    (a RouterBench wide table) matches by the prompt alone, never every record at once. The matches
+    must be exactly the log's records, else SystemExit - a ceiling trained on other records (the
+    test prompts among them) would be wrong without a sign of it."""
+    from training.data import load_traffic, write_jsonl
+
+    logged = load_traffic(log)[0].records
+    keys = {(r.sample_id, r.text) for r in logged}
+    table = load_traffic(data)[0].records
+    matched = [r for r in table if (r.sample_id, r.text) in keys]
+    if len(matched) != len(logged):
+        raise SystemExit(f"{data}: {len(matched)} of its records match the {len(logged)} records of {log} by sample "
+                         "id and prompt, so the ceiling cannot be built from exactly the logged prompts; was the log "
+                         "simulated from this table?")
+    write_jsonl(matched, out)
 
 
 def policy_tag(policy: str, uniform_share: float, sep: str) -> str:

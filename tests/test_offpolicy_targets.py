@@ -180,3 +180,29 @@ def test_completion_bounds_replaces_exactly_the_imputed_cells(tmp_path):
     for mode in ("prior", "truth"):  # every imputed cell replaced, and by something else
         assert summaries[mode]["replaced_cells"] == summaries["default"]["imputed_cells"]
         assert summaries[mode]["mean_abs_change"] > 0.01
+
+
+def test_the_ceiling_holds_exactly_the_logged_records_of_a_table_without_sample_ids(tmp_path):
+    """A RouterBench wide table has no sample ids: the logged records' full outcomes are matched by prompt,
+    never the whole table (which would put the test prompts into the ceiling's training data)."""
+    from training.data import load_traffic, write_jsonl
+    from training.data.schema import Outcome, Record
+
+    full = [Record(prompt=f"question {i}", outcomes={"a": Outcome(float(i % 2), 0.1), "b": Outcome(1.0, 0.3)})
+            for i in range(10)]
+    table = write_jsonl(full, tmp_path / "table.jsonl")
+    log = write_jsonl([Record(prompt=r.prompt, outcomes={"b": Outcome(1.0, 0.3, propensity=0.9)})
+                       for r in full[2:6]], tmp_path / "log.jsonl")
+    out = tmp_path / "log_full.jsonl"
+    targets.write_full_outcomes(log, table, out)
+    records = load_traffic(out)[0].records
+    assert [r.prompt for r in records] == [f"question {i}" for i in range(2, 6)]
+    assert all(set(r.outcomes) == {"a", "b"} for r in records)
+    with_ids = write_jsonl([Record(prompt="question 2", sample_id=f"s{i}", outcomes=full[2].outcomes)
+                            for i in range(2)], tmp_path / "ids.jsonl")
+    logged_once = Record(prompt="question 2", sample_id="s1", outcomes={"a": Outcome(0.0, 0.1, propensity=0.5)})
+    id_log = write_jsonl([logged_once], tmp_path / "id_log.jsonl")
+    targets.write_full_outcomes(id_log, with_ids, out2 := tmp_path / "id_full.jsonl")
+    assert [r.sample_id for r in load_traffic(out2)[0].records] == ["s1"]  # the id decides between equal prompts
+    with pytest.raises(SystemExit, match="0 of its records match the 1 records"):
+        targets.write_full_outcomes(id_log, table, tmp_path / "none.jsonl")
