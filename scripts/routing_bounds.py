@@ -54,7 +54,7 @@ def bounds_for_seed(protocol: str, field: str, seed: int, smoothing: float) -> d
     prep = prepare(config, spec["data"], **options)
     table, split = prep.table, prep.split
     groups = group_labels(table, field)
-    scored = scoreable_rows(table.quality, split.test)
+    scored = scoreable_rows(table.quality, split.test, table.propensity)
     cost_est = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in scored]))
     held = HeldOut(quality=table.quality[scored], cost=prep.cost[scored], cost_est=cost_est,
                    wtps=np.asarray(prep.cost_model.knob_grid), models=table.models, two_model=prep.two_model,

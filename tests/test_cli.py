@@ -260,3 +260,41 @@ def test_the_runtime_never_imports_the_training_package():
     # the walk does see an import of training where there is one
     assert _imported_modules(ast.parse("import importlib\nimportlib.import_module('training.data')\n"
                                        "from training import cli")) == ["importlib", "training", "training.data"]
+
+
+def test_train_scores_a_gappy_benchmark_exactly_and_says_when_its_test_figures_are_estimates(tmp_path):
+    """A table with missing outcomes and no propensity: `train` scores its test split exactly on the rows
+    with every outcome when it has at least MIN_EXACT_ROWS of them, even under half; with fewer it
+    estimates off-policy and says so on stderr, naming the weights."""
+    import numpy as np
+
+    from training.data import write_jsonl
+    from training.data.schema import Outcome, Record
+    from training.evaluation import MIN_EXACT_ROWS
+
+    rng = np.random.default_rng(0)
+
+    def table(n: int, path: Path) -> Path:
+        records = []
+        for i in range(n):
+            outcomes = {m: Outcome(float(rng.random() < p), c) for m, p, c in (("a", 0.4, 0.1), ("b", 0.7, 0.5),
+                                                                             ("c", 0.6, 0.3))}
+            if i % 3:  # two rows of three miss one model's outcome
+                outcomes.pop("abc"[i % 3])
+            records.append(Record(prompt=f"question {i} about topic {i % 7}", outcomes=outcomes))
+        return write_jsonl(records, path)
+
+    common = ("--config", ROOT / "training/configs/mlp_static.toml", "--quiet", "--set", "train.epochs=2",
+              "--set", "tracking.enabled=false", "--set", "eval.n_boot=0", "--set", "eval.baselines=random")
+    big = run("train", "--data", table(600, tmp_path / "big.jsonl"), "--out", tmp_path / "big", "--train-size", "0.7",
+              *common)
+    assert big.returncode == 0, big.stderr
+    summary = json.loads(big.stdout.strip().splitlines()[-1])
+    assert summary["test"]["estimator"] == "exact" and "off-policy" not in big.stderr
+    assert MIN_EXACT_ROWS <= summary["test_scored"] < summary["test_records"] / 2
+    small = run("train", "--data", table(150, tmp_path / "small.jsonl"), "--out", tmp_path / "small",
+                "--train-size", "0.7", *common)
+    assert small.returncode == 0, small.stderr
+    summary = json.loads(small.stdout.strip().splitlines()[-1])
+    assert summary["test"]["estimator"] == "ips" and summary["test_scored"] == summary["test_records"]
+    assert "the test figures are off-policy estimates (IPS" in small.stderr and "exposure weights" in small.stderr

@@ -187,3 +187,28 @@ def test_two_models_of_equal_mean_quality_on_the_test_prompts_leave_apgr_undefin
                                   cost=np.vstack([cost, cost[:1]]), cost_est=np.vstack([cost, cost[:1]]))
     scored = evaluate_held_out(np.vstack([pred, [[0.2, 0.8]]]), unequal, baselines=("random",))["test"]
     assert 0 <= scored["apgr"] <= 1 and scored["cpt_50"] is not None
+
+
+def test_the_rows_with_every_outcome_are_scored_exactly_unless_the_data_is_a_log_with_propensities():
+    """Which rows `train` and `evaluate` score: the complete ones when they are at least half; without any
+    propensity (a benchmark table with scattered gaps) also when they are fewer, from MIN_EXACT_ROWS on;
+    a log with propensities, or too few complete rows, is scored off-policy on every row with an outcome."""
+    from training.evaluation import MIN_EXACT_ROWS, scoreable_rows
+
+    rng = np.random.default_rng(0)
+    quality = rng.integers(0, 2, (200, 26)).astype(float)
+    quality[rng.random(quality.shape) < 0.03] = np.nan  # 3% of the cells: about 45% of the rows complete
+    rows = np.arange(200)
+    complete = rows[np.isfinite(quality).all(axis=1)]
+    assert MIN_EXACT_ROWS <= len(complete) < 100
+    assert np.array_equal(scoreable_rows(quality, rows), complete)
+    none_logged = np.full(quality.shape, np.nan)
+    assert np.array_equal(scoreable_rows(quality, rows, none_logged), complete)
+    logged = none_logged.copy()
+    logged[~np.isnan(quality) & (rng.random(quality.shape) < 0.01)] = 0.5  # some outcomes carry one
+    assert len(scoreable_rows(quality, rows, logged)) == 200  # a log: every row, off-policy
+    few = complete[:MIN_EXACT_ROWS - 1]
+    sparse = np.concatenate([few, np.setdiff1d(rows, complete)])
+    assert len(scoreable_rows(quality, sparse)) == len(sparse)  # too few complete rows: every row
+    half = np.concatenate([complete, np.setdiff1d(rows, complete)[:len(complete)]])
+    assert np.array_equal(scoreable_rows(quality, half, logged), complete)  # half complete: exact, as before

@@ -182,6 +182,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         for name, diff in test.get("vs_baselines", {}).items():
             print(f"router-ml: AIQ minus the {name} baseline's: {_paired(diff, 'aiq')}", file=sys.stderr)
+        if test.get("estimator", "exact") != "exact":  # a log, or too few test records with every outcome
+            how = ("exposure weights: biased wherever which outcome is missing depended on the prompt"
+                   if test.get("off_policy", {}).get("biased") else "the logged propensities")
+            print(f"router-ml: the test figures are off-policy estimates ({test['estimator'].upper()} over "
+                  f"the test split's {summary['test_scored']} records, some outcomes missing; {how})", file=sys.stderr)
         print_json(summary)
     return 0
 

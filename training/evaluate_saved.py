@@ -159,7 +159,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     rows = np.flatnonzero(keep)
     quality = table.quality[:, cols]
     cost = observed_costs(TrafficTable(table.records, models=models), np.arange(len(table)), catalog)
-    scored = scoreable_rows(quality, rows)
+    scored = scoreable_rows(quality, rows, table.propensity[:, cols])
     if len(scored) == 0:
         raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
     if logged:

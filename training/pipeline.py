@@ -265,7 +265,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
     if rank == 0:  # before any work: a test split that cannot be scored stops the run now
-        check_test_scoreable(table.quality, scoreable_rows(table.quality, split.test), table.models)
+        check_test_scoreable(table.quality, scoreable_rows(table.quality, split.test, table.propensity), table.models)
     stages.done("load")
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
@@ -312,7 +312,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         stages.done("fit")
         if rank != 0:
             return {}
-        scored = scoreable_rows(table.quality, split.test)
+        scored = scoreable_rows(table.quality, split.test, table.propensity)
         result = _evaluate(config, router, inputs, X, prep, scored)
         result["knob_curve"] = knob_curve(config, prep, result["predictions"], heldout)
         stages.done("evaluate")
