@@ -22,7 +22,9 @@ B) EVALUATION (``--part evaluation``): five routers are scored off-policy on 20 
 
 Every step is a ``router-ml`` command whose output is kept, with the command, under ``--out``: a
 re-run skips the steps that finished (resume after an interruption). Figures over seeds (or logs) are the mean with
-a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targets.json``.
+a 95% t-interval. Prints one JSON object, also written to ``<out>/offpolicy_targets.json``. A LEARNING
+data set whose step fails (a table too small for its split, say) is reported under its name with the
+failed command's ``error`` and listed in ``failed``; the others still run, and the exit status is 1.
 
     python scripts/offpolicy_targets.py                                  # both parts, every default
     python scripts/offpolicy_targets.py --part learning --datasets mmlu-pro --seeds 0 --rates 0.2 \\
@@ -519,12 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     if not parts or parts - {"learning", "evaluation"}:
         raise SystemExit(f"--part {args.part!r}: choose learning, evaluation or learning,evaluation")
     result: dict = {"settings": {k: v for k, v in vars(args).items()}}
+    failed: list[str] = []
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         if "learning" in parts:
-            result["learning"] = {
-                name: learning(protocol(name, args, out / name), seeds=parse_seeds(args.seeds),
-                               rates=[float(r) for r in args.rates.split(",")], variants=variants, pool=pool)
-                for name in args.datasets.split(",")}
+            result["learning"] = {}
+            for name in args.datasets.split(","):
+                proto = protocol(name, args, out / name)
+                try:
+                    result["learning"][name] = learning(proto, seeds=parse_seeds(args.seeds), variants=variants,
+                                                        rates=[float(r) for r in args.rates.split(",")], pool=pool)
+                except RuntimeError as exc:  # a step's command failed: the other data sets still run
+                    failed.append(name)
+                    result["learning"][name] = {"data": str(proto.data), "error": str(exc)}
+                    print(f"offpolicy_targets: {name}: {exc}", file=sys.stderr)
         if "evaluation" in parts:
             name = args.eval_dataset
             result["evaluation"] = evaluation(protocol(name, args, out / name), seed=0,
@@ -535,9 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     suffix += policy_tag(args.explore_policy, args.explore_uniform_share, ".")  # beside the uniform ones
     if "evaluation" in parts and args.eval_routers != "knobs":
         suffix += f".{args.eval_routers}"
+    if failed:
+        result["failed"] = failed
     (out / f"offpolicy_targets{suffix}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

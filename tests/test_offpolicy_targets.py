@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import DEMO, ROOT
 
 spec = importlib.util.spec_from_file_location("offpolicy_targets", ROOT / "scripts" / "offpolicy_targets.py")
 targets = importlib.util.module_from_spec(spec)
@@ -206,3 +206,22 @@ def test_the_ceiling_holds_exactly_the_logged_records_of_a_table_without_sample_
     assert [r.sample_id for r in load_traffic(out2)[0].records] == ["s1"]  # the id decides between equal prompts
     with pytest.raises(SystemExit, match="0 of its records match the 1 records"):
         targets.write_full_outcomes(id_log, table, tmp_path / "none.jsonl")
+
+
+def test_a_table_too_small_for_the_protocol_is_reported_and_the_other_data_sets_still_run(tmp_path):
+    """One --table whose simulate-log fails (a bootstrap set of one record) does not cost the others:
+    it is reported with the failed command's error, listed in `failed`, and the exit status is 1."""
+    from training.data import load_traffic, write_jsonl
+
+    records = load_traffic(DEMO)[0].records
+    tiny = write_jsonl(records[:20], tmp_path / "tiny.jsonl")
+    cmd = [sys.executable, str(ROOT / "scripts" / "offpolicy_targets.py"), "--part", "learning", "--datasets",
+           "tiny,tiny2", "--table", f"tiny={tiny}", "--table", f"tiny2={tiny}", "--seeds", "0", "--rates", "0.2",
+           "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["failed"] == ["tiny", "tiny2"]  # the first failure did not stop the second data set
+    for name in ("tiny", "tiny2"):
+        assert "simulate-log" in result["learning"][name]["error"] and f"offpolicy_targets: {name}:" in proc.stderr
+    assert json.loads((tmp_path / "out" / "offpolicy_targets.json").read_text())["failed"] == ["tiny", "tiny2"]
