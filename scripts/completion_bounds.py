@@ -65,10 +65,12 @@ def train_with(mode: str, truth_file: Path, argv: list[str]) -> int:
         if mode == "default" or not completion.imputed.any():
             return completion
         table = prep.table
+        from offpolicy_targets import record_key
+
         from training.data import load_traffic
 
         # by sample id and prompt together, as offpolicy_targets.write_full_outcomes matched them
-        truth = {(r.sample_id, r.text): [r.outcomes[m].quality for m in table.models]
+        truth = {record_key(r): [r.outcomes[m].quality for m in table.models]
                  for r in load_traffic(truth_file)[0].records}
         rows = np.concatenate([prep.split.train, prep.split.val])
         observed = np.isfinite(table.quality)

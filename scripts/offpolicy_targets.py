@@ -182,6 +182,12 @@ class Protocol:
         return out
 
 
+def record_key(record) -> tuple[str | None, str]:
+    """What identifies a record of a table across the files the protocol writes: its ``sample_id`` and
+    its prompt's text together (a table without sample ids: the text alone)."""
+    return record.sample_id, record.text
+
+
 def write_full_outcomes(log: Path, data: Path, out: Path) -> None:
     """Write the records of the full-information table ``data`` that ``log`` logged, with every outcome.
     A record is matched by its ``sample_id`` and its prompt's text together: a table without sample ids
@@ -191,9 +197,8 @@ def write_full_outcomes(log: Path, data: Path, out: Path) -> None:
     from training.data import load_traffic, write_jsonl
 
     logged = load_traffic(log)[0].records
-    keys = {(r.sample_id, r.text) for r in logged}
-    table = load_traffic(data)[0].records
-    matched = [r for r in table if (r.sample_id, r.text) in keys]
+    keys = {record_key(r) for r in logged}
+    matched = [r for r in load_traffic(data)[0].records if record_key(r) in keys]
     if len(matched) != len(logged):
         raise SystemExit(f"{data}: {len(matched)} of its records match the {len(logged)} records of {log} by sample "
                          "id and prompt, so the ceiling cannot be built from exactly the logged prompts; was the log "

@@ -264,8 +264,11 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     if config.router.groups:  # before featurizing: a setting that cannot train fails now
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
-    if rank == 0:  # before any work: a test split that cannot be scored stops the run now
-        check_test_scoreable(table.quality, scoreable_rows(table.quality, split.test, table.propensity), table.models)
+    # the test rows rank 0 scores after training, chosen now: a test split that cannot be scored stops
+    # the run before any work
+    scored = scoreable_rows(table.quality, split.test, table.propensity) if rank == 0 else None
+    if scored is not None:
+        check_test_scoreable(table.quality, scored, table.models)
     stages.done("load")
     X, featurizer_identity = featurize_texts(config, table.texts, fingerprint=fingerprint, cache_dir=cache_dir,
                                              progress=progress and rank == 0)
@@ -312,7 +315,6 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         stages.done("fit")
         if rank != 0:
             return {}
-        scored = scoreable_rows(table.quality, split.test, table.propensity)
         result = _evaluate(config, router, inputs, X, prep, scored)
         result["knob_curve"] = knob_curve(config, prep, result["predictions"], heldout)
         stages.done("evaluate")
@@ -433,8 +435,8 @@ def baseline_sample(rows: np.ndarray, cap: int, seed: int) -> np.ndarray:
 def check_test_scoreable(quality: np.ndarray, scored: np.ndarray, models: Sequence[str]) -> None:
     """Logged test records (some outcome missing) are scored off-policy, which needs every model's
     outcome on at least one of them: a router's choices of a model the test split never logged cannot
-    be scored. Raises DataError naming those models; ``train`` checks this before featurizing, so a
-    split it cannot score costs no training."""
+    be scored. Raises DataError naming those models; ``train`` checks this before featurizing (its
+    :func:`_evaluate` scores the same rows), so a split it cannot score costs no training."""
     observed = ~np.isnan(quality[scored])
     if observed.all() or not len(scored):
         return
@@ -450,7 +452,6 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     table = prep.table
     if len(scored) == 0:
         raise DataError("the test split has no record with an outcome; nothing to score")
-    check_test_scoreable(table.quality, scored, table.models)
     quality, cost = table.quality[scored], prep.cost[scored]
     cost_est = prep.cost_model.estimate(estimate_input_tokens(table.texts)[scored])  # texts read in order, once
     train_rows = np.concatenate([prep.split.train, prep.split.val])
