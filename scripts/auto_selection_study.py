@@ -32,7 +32,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from training.routers.auto import keep_candidate
+from training.routers.auto_choice import keep_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "auto.toml"
@@ -106,7 +106,7 @@ def _rule_margin(candidates: dict, margin: float) -> str:
     return best
 
 
-RULES = {  # the default is the selection's own rule (training.routers.auto.keep_candidate)
+RULES = {  # the default is the selection's own rule (training.routers.auto_choice.keep_candidate)
     "confidence>=0.95 (default)": lambda c: keep_candidate(c, 0.95),
     "confidence>=0.8": lambda c: keep_candidate(c, 0.8),
     "margin 0.002": lambda c: _rule_margin(c, 0.002),

@@ -58,7 +58,8 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     from training.config import load_config
     from training.evaluation import HeldOut
     from training.pipeline import _batchable, _wtp_range, featurize_texts, prepare
-    from training.routers.auto import AutoRouter, _Selection, auto_group_labels
+    from training.routers.auto import AutoRouter, _Selection
+    from training.routers.auto_groups import auto_group_labels
     from training.routers.baselines import KNNRouter, LogRegRouter
     from training.routers.heads import apply_platt, fit_platt
 
@@ -158,7 +159,7 @@ def analyse(path: str, table: str, seed: int) -> dict:
     """Every rule's picks and test AIQ on one run's arrays (module doc)."""
     import numpy as np
 
-    from training.routers.auto import _paired_wins
+    from training.routers.auto_choice import paired_wins
 
     with np.load(path) as z:
         a = dict(z)
@@ -186,7 +187,7 @@ def analyse(path: str, table: str, seed: int) -> dict:
         best = max(options, key=lambda k: val_aiq[k])
         if best == base or val_aiq[best] <= val_aiq[base]:
             return base
-        return best if _paired_wins(versions[best][0], versions[base][0], held_v, seed) >= level else base
+        return best if paired_wins(versions[best][0], versions[base][0], held_v, seed) >= level else base
 
     report = {"table": table, "seed": seed, "test_prompts": int(len(a["test_quality"])),
               "cv_prompts": int(len(a["val_quality"])), "baselines": bar, "bar": max(bar.values()), "rules": {}}
@@ -203,7 +204,7 @@ def analyse(path: str, table: str, seed: int) -> dict:
                                   for f, k in picked.items()}}
             leader = max(picked, key=lambda f: val_aiq[picked[f]])
             keep = "ensemble"
-            if val_aiq[picked[leader]] > entry["ensemble_val"] and _paired_wins(
+            if val_aiq[picked[leader]] > entry["ensemble_val"] and paired_wins(
                     versions[picked[leader]][0], mean_v, held_v, seed) >= 0.95:
                 keep = leader
             entry["kept"] = keep

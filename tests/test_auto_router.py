@@ -144,7 +144,7 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
 def test_the_paired_bootstrap_counts_the_resamples_one_router_routes_better_on():
     """How ``auto`` decides that a single candidate beats the ensemble beyond noise."""
     from training.evaluation import HeldOut
-    from training.routers.auto import _paired_wins
+    from training.routers.auto_choice import paired_wins
 
     rng = np.random.default_rng(0)
     n = 300
@@ -154,16 +154,16 @@ def test_the_paired_bootstrap_counts_the_resamples_one_router_routes_better_on()
                    models=("cheap", "dear"), n_boot=0)
     knows = quality * 0.9 + 0.05  # predicts each outcome: sends a prompt to the cheap model when it suffices
     guesses = np.tile([0.5, 0.8], (n, 1)) + rng.normal(0, 0.01, (n, 2))  # the prior, with noise
-    assert _paired_wins(knows, guesses, held, seed=0) == 1.0
-    assert _paired_wins(guesses, knows, held, seed=0) == 0.0
-    assert _paired_wins(guesses, guesses, held, seed=0) == 0.0  # a tie is no win
+    assert paired_wins(knows, guesses, held, seed=0) == 1.0
+    assert paired_wins(guesses, knows, held, seed=0) == 0.0
+    assert paired_wins(guesses, guesses, held, seed=0) == 0.0  # a tie is no win
     barely = guesses.copy()
     barely[:2] = knows[:2]  # right on 2 prompts of 300: better on most resamples, not beyond noise
-    share = _paired_wins(barely, guesses, held, seed=0, n_boot=100)
-    assert share == _paired_wins(barely, guesses, held, seed=0, n_boot=100)  # seeded
+    share = paired_wins(barely, guesses, held, seed=0, n_boot=100)
+    assert share == paired_wins(barely, guesses, held, seed=0, n_boot=100)  # seeded
     assert 0.5 < share < 0.95
     barely[:20] = knows[:20]  # on 20: on every resample
-    assert _paired_wins(barely, guesses, held, seed=0, n_boot=100) == 1.0
+    assert paired_wins(barely, guesses, held, seed=0, n_boot=100) == 1.0
 
 
 def test_the_encoder_candidate_takes_its_fine_tuning_from_its_own_config_and_the_split_from_the_run(tmp_path):
@@ -363,20 +363,20 @@ def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None):
 
 
 def test_completed_log_keeps_groups_only_where_the_group_estimate_adds_to_its_mlp():
-    from training.routers.auto import _Selection
+    from training.routers.auto_choice import completed_log_choice
 
     def report(**scores):
         return {name: {"val_aiq": value} for name, value in scores.items()}
 
     better = report(mlp=0.70, groups=0.71, logreg=0.73, ensemble=0.72)  # logreg leads: the leak's favourite
-    assert _Selection._completed_log_choice(better) == "groups" and better["groups"]["beats_its_mlp"] is True
+    assert completed_log_choice(better) == "groups" and better["groups"]["beats_its_mlp"] is True
     worse = report(mlp=0.71, groups=0.70, ensemble=0.69)
-    assert _Selection._completed_log_choice(worse) == "ensemble" and worse["groups"]["beats_its_mlp"] is False
+    assert completed_log_choice(worse) == "ensemble" and worse["groups"]["beats_its_mlp"] is False
     tied = report(mlp=0.71, groups=0.71, ensemble=0.69)
-    assert _Selection._completed_log_choice(tied) == "ensemble"  # the blend must add something
-    assert _Selection._completed_log_choice(report(groups=0.9, ensemble=0.5)) == "ensemble"  # no MLP to compare
-    assert _Selection._completed_log_choice(report(mlp=0.7, logreg=0.8, ensemble=0.6)) == "ensemble"
-    assert _Selection._completed_log_choice(report(logreg=0.8)) is None  # neither: the usual rule decides
+    assert completed_log_choice(tied) == "ensemble"  # the blend must add something
+    assert completed_log_choice(report(groups=0.9, ensemble=0.5)) == "ensemble"  # no MLP to compare
+    assert completed_log_choice(report(mlp=0.7, logreg=0.8, ensemble=0.6)) == "ensemble"
+    assert completed_log_choice(report(logreg=0.8)) is None  # neither: the usual rule decides
 
 
 def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_cells():
@@ -643,7 +643,7 @@ def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_p
 
 def test_metadata_keys_name_the_text_and_integer_fields(tmp_path):
     from training.config import TrainConfig
-    from training.routers.auto import auto_group_fields, auto_group_labels
+    from training.routers.auto_groups import auto_group_fields, auto_group_labels
 
     path = tmp_path / "t.jsonl"
     rows = [{"prompt": f"p{i}", "task": "t1" if i % 2 else "t2", "outcomes": {"a": {"quality": 1.0}},

@@ -389,7 +389,7 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
 
 def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> None:
     """The ``router.kind = "auto"`` settings: known candidates, numeric grids, a valid group field."""
-    from training.routers.auto import AUTO_CANDIDATES
+    from training.routers.auto_choice import AUTO_CANDIDATES
     from training.routers.auto_encoder import AUTO_ENCODER
 
     r = config.router

@@ -44,7 +44,8 @@ from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
-from training.routers.auto import auto_group_labels, log_selection
+from training.routers.auto_choice import log_selection
+from training.routers.auto_groups import auto_group_labels
 from training.routers.neural import check_groups
 from training.stages import Stages, return_free_memory
 from training.trainer import Batchable, distributed_context

@@ -5,11 +5,12 @@ router for; no single head wins everywhere there (an MLP overfits 300 prompts, k
 regression hold up). So the candidates - ``mlp``, ``mf``, ``logreg`` (inverse L2 strength from
 ``router.logreg_c``), ``knn`` (``k`` from ``router.knn_k``), ``groups`` (the MLP blended with a group
 estimate, :class:`~training.routers.neural.GroupBlend`, the group field from ``router.auto_groups`` a
-hyperparameter; only when a field passes :meth:`_Selection._group_fields`), ``encoder`` (the fine-tuned
+hyperparameter; only when a field passes
+:func:`~training.routers.auto_groups.group_fields_to_try`), ``encoder`` (the fine-tuned
 encoder of ``router.auto_encoder_config``, tried where a CUDA device is present:
 :mod:`training.routers.auto_encoder`) and ``ensemble`` (the mean
 of the other families' (calibrated) predictions over the static features) - are fitted on the
-training part and scored by the evaluation's own AIQ (:func:`training.evaluation.score_predictions`,
+training part and scored by the evaluation's own AIQ (:func:`~training.routers.auto_choice.held_out_aiq`,
 the policy swept over the router's knob grid):
 
 - on the validation split when train + validation hold at least ``router.cv_below`` (20,000) records and the
@@ -21,9 +22,10 @@ The ensemble is kept unless the single candidate with the best held-out AIQ beat
 at least ``router.ensemble_confidence`` (0.95) of 200 paired bootstrap resamples of the held-out
 prompts (``beats_ensemble`` in the report). The best of several noisy scores is biased upward, and
 between candidates within noise of each other the average is the safe choice; a fixed AIQ margin would
-be a different bar at every data size, a share of paired resamples is the same one (README, "Choosing
-between candidates": on seven small tables nobody tuned for, ``scripts/auto_selection_study.py``,
-no rule separates from another; this one keeps a single candidate where it is clearly better).
+be a different bar at every data size, a share of paired resamples is the same one
+(docs/auto-router-studies.md, "Choosing between candidates": on seven small tables nobody tuned for,
+``scripts/auto_selection_study.py``, no rule separates from another; this one keeps a single candidate
+where it is clearly better).
 Where the held-out records are completed logged ones (fewer than :data:`MIN_VALIDATION` with every
 outcome), their imputed cells are scored too. Wherever completed logged records train the candidates
 (at least :data:`TUNE_ONLY_IMPUTED_SHARE` of the cells imputed), the scores - on guesses, or on records
@@ -60,34 +62,32 @@ import torch
 
 from router_ml.errors import RouterMLError
 from router_ml.policy import knob_grid
-from training.evaluation import HeldOut, score_predictions
+from training.evaluation import HeldOut
+from training.routers.auto_choice import (
+    AUTO_CANDIDATES,
+    completed_log_choice,
+    held_out_aiq,
+    keep_candidate,
+    paired_wins,
+    score_variant,
+)
 from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped, fit_encoder
+from training.routers.auto_groups import blended, group_fields_to_try, known_groups
 from training.routers.heads import (
     Calibrated,
     KNNHead,
     MeanHead,
-    apply_platt,
     build_head,
     expected_calibration_error,
     fit_logreg,
-    fit_platt,
 )
 from training.routers.neural import EncoderRouter, GroupFit, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
-__all__ = ["AUTO_CANDIDATES", "MIN_VALIDATION", "AutoRouter", "auto_group_fields", "auto_group_labels",
-           "keep_candidate", "log_selection"]
-
-#: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
-AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
+__all__ = ["MIN_VALIDATION", "TUNE_ONLY_IMPUTED_SHARE", "AutoRouter", "FirstStages"]
 
 #: no candidate is picked on fewer validation prompts than this without cross-validation
 MIN_VALIDATION = 100
-#: a group field is tried when at least half the pool names a group and there are this many labelled
-#: records per group on average (fewer: the group means are noise and p(group | prompt) unlearnable)
-MIN_GROUP_RECORDS = 10
-#: at most this many group fields are tried (the first ones of ``router.auto_groups``, expanded)
-MAX_GROUP_FIELDS = 8
 #: where at least this share of the pool's cells are imputed (completed logged records), held-out scores
 #: only tune each candidate and decide one thing (no Platt scaling, no group blend; :meth:`_Selection.run`)
 TUNE_ONLY_IMPUTED_SHARE = 0.1
@@ -97,51 +97,6 @@ log = logging.getLogger("router_ml.train")
 
 def _grid(values: tuple[str, ...], cast) -> list:
     return [cast(float(v)) for v in values]
-
-
-def _known_groups(labels: np.ndarray | None) -> int:
-    return 0 if labels is None else len(set(np.asarray(labels, dtype=str).tolist()) - {""})
-
-
-def auto_group_fields(config, table) -> list[str]:
-    """The group fields ``router.auto_groups`` names for ``table``, ``metadata.*`` expanded to the table's
-    metadata keys (:meth:`~training.data.table.TrafficTable.metadata_keys`), in order, each once."""
-    fields: list[str] = []
-    for field in config.router.auto_groups:
-        expanded = [f"metadata.{k}" for k in table.metadata_keys()] if field == "metadata.*" else [field]
-        fields += [f for f in expanded if f not in fields]
-    return fields
-
-
-def auto_group_labels(config, table) -> np.ndarray | None:
-    """Every record's group under each field of :func:`auto_group_fields` that names at least 2 groups, as
-    a structured array (one str column per field, '' where missing) - what the ``groups`` candidate and
-    the group blend train with; None when the router is not ``auto``, ``groups`` is not among its
-    candidates, or no field names 2 groups. Which fields are tried is decided on the training pool
-    (:meth:`_Selection._group_fields`)."""
-    r = config.router
-    if r.kind != "auto" or not r.auto_groups or "groups" not in r.candidates:
-        return None
-    columns = {}
-    for field in auto_group_fields(config, table):
-        labels = table.group_values(field)
-        if _known_groups(labels) >= 2:
-            columns[field] = labels
-    if not columns:
-        return None
-    out = np.empty(len(table), dtype=[(f, v.dtype) for f, v in columns.items()])
-    for f, v in columns.items():
-        out[f] = v
-    return out
-
-
-def _group_columns(groups: np.ndarray | None, default: str) -> dict[str, np.ndarray]:
-    """``{field: labels}`` of a pool's ``groups``: a structured array's columns, or one plain column."""
-    if groups is None:
-        return {}
-    if groups.dtype.names:
-        return {f: np.asarray(groups[f], dtype=str) for f in groups.dtype.names}
-    return {default: np.asarray(groups, dtype=str)}
 
 
 def _torch_spec(router: TorchRouter) -> dict[str, Any]:
@@ -250,7 +205,9 @@ class _Selection:
         n_val = 0 if val is None else len(val)
         self.cv = self.n < self.r.cv_below or n_val < MIN_VALIDATION
         self.families = [c for c in self.r.candidates if c != "ensemble"]
-        self.group_fields = self._group_fields() if "groups" in self.r.candidates else {}
+        default_field = self.r.auto_groups[0] if self.r.auto_groups else "task"
+        self.group_fields = (group_fields_to_try(self.pool.groups, default_field) if "groups" in self.r.candidates
+                             else {})
         if "groups" in self.families:  # fitted last: it blends the MLP fitted in the same part
             self.families.remove("groups")
             if self.group_fields:
@@ -275,27 +232,6 @@ class _Selection:
         self.heldout: tuple[np.ndarray, np.ndarray] | None = None
         self._X: np.ndarray | None = None
         self._tokens: Batchable | None = None
-
-    def _group_fields(self) -> dict[str, np.ndarray]:
-        """The pool's group fields worth trying (:data:`MIN_GROUP_RECORDS`, at most
-        :data:`MAX_GROUP_FIELDS`), a field that groups the records exactly as an earlier one does left out."""
-        out: dict[str, np.ndarray] = {}
-        seen: list[np.ndarray] = []
-        default = self.r.auto_groups[0] if self.r.auto_groups else "task"
-        for field, labels in _group_columns(self.pool.groups, default).items():
-            known = labels != ""
-            names, first, partition = np.unique(labels, return_index=True, return_inverse=True)
-            count = int(len(names) - ("" in names))
-            if count < 2 or known.mean() < 0.5 or known.sum() < MIN_GROUP_RECORDS * count:
-                continue
-            canonical = np.argsort(np.argsort(first))[partition]  # group ids in order of first appearance
-            if any(np.array_equal(canonical, other) for other in seen):
-                continue
-            seen.append(canonical)
-            out[field] = labels
-            if len(out) == MAX_GROUP_FIELDS:
-                break
-        return out
 
     @property
     def tokens(self) -> Batchable:
@@ -373,7 +309,7 @@ class _Selection:
                 base_pred = base.predict(self.pool.input_rows(score))
                 w = self.r.group_weight
                 for field in self.group_fields:
-                    preds[(family, field)][score] = _blended(base_pred, self.mixtures[field][score], w)
+                    preds[(family, field)][score] = blended(base_pred, self.mixtures[field][score], w)
             elif family in _TORCH:
                 router = self._fit_part(family, fit)
                 if family == "mlp":
@@ -467,7 +403,7 @@ class _Selection:
         # share of the targets (a completed log: about 90% of the cells), not where a benchmark misses a
         # few outcomes (MMLU-Pro-29: 0.5% of the cells imputed, whose selection this rule cost 0.004 AIQ on
         # seed 3). The one thing they decide: whether the group estimate adds to the MLP
-        # (_completed_log_choice) - then the group-informed candidate, else the ensemble.
+        # (auto_choice.completed_log_choice) - then the group-informed candidate, else the ensemble.
         tune_only = imputed is not None and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
@@ -483,24 +419,9 @@ class _Selection:
                        models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
         calibrated, platt, scores = {}, {}, {}
         calibrate = self.r.calibrate and not tune_only
-        for v in variants:
-            raw = preds[v][scored]
-            calibrated[v] = raw
-            scores[v] = {"val_aiq": _aiq(raw, held), "ece": expected_calibration_error(raw, Q), "calibrated": False}
-            # kept where it routes better: Platt fits log loss, not AIQ (MMLU-Pro: worse). Not for the
-            # encoder: its exported graph has no calibration stage. Not on guesses: fitted to imputed cells,
-            # the scaling maps each model to the first stage's guesses (off-policy protocol, ten MMLU-Pro
-            # seeds: skipping it there routed better on eight, README)
-            if calibrate and v[0] != "encoder":
-                platt[v] = fit_platt(raw, Q)
-                version = apply_platt(raw, *platt[v])
-                entry = {"val_aiq_calibrated": _aiq(version, held),
-                         "ece_calibrated": expected_calibration_error(version, Q)}
-                if entry["val_aiq_calibrated"] > scores[v]["val_aiq"]:
-                    calibrated[v] = version
-                    entry.update(val_aiq=entry["val_aiq_calibrated"], ece=entry["ece_calibrated"], calibrated=True)
-                scores[v] = {**scores[v], "val_aiq_uncalibrated": scores[v]["val_aiq"],
-                             "ece_uncalibrated": scores[v]["ece"], **entry}
+        for v in variants:  # not the encoder: its exported graph has no calibration stage
+            calibrated[v], platt[v], scores[v] = score_variant(preds[v][scored], Q, held,
+                                                               calibrate=calibrate and v[0] != "encoder")
         best = {f: max((v for v in variants if v[0] == f), key=lambda v: scores[v]["val_aiq"]) for f in self.families}
         report: dict[str, dict[str, Any]] = {}
         for family, v in best.items():
@@ -511,13 +432,13 @@ class _Selection:
         averaged = [f for f in best if f != "encoder"]  # one graph: heads over the same features
         if "ensemble" in self.r.candidates and len(averaged) >= 2:
             mean = np.mean([calibrated[best[f]] for f in averaged], axis=0)
-            report["ensemble"] = {"val_aiq": _aiq(mean, held), "ece": expected_calibration_error(mean, Q),
+            report["ensemble"] = {"val_aiq": held_out_aiq(mean, held), "ece": expected_calibration_error(mean, Q),
                                   "members": averaged}
         order = [c for c in AUTO_CANDIDATES if c in report]
         leader = max(order, key=lambda c: report[c]["val_aiq"])
         if leader != "ensemble" and "ensemble" in report and not tune_only:  # kept over the average only beyond noise
-            report[leader]["beats_ensemble"] = _paired_wins(calibrated[best[leader]], mean, held, self.seed)
-        fallback = self._completed_log_choice(report) if tune_only else None
+            report[leader]["beats_ensemble"] = paired_wins(calibrated[best[leader]], mean, held, self.seed)
+        fallback = completed_log_choice(report) if tune_only else None
         chosen = fallback or keep_candidate(report, self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
@@ -526,8 +447,8 @@ class _Selection:
         chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
         blend = None
         if self.group_fields and self.r.group_blend and not tune_only:
-            blend, blended = self._blend(chosen, chosen_pred, scored, held)
-            chosen_pred = chosen_pred if blended is None else blended
+            blend, with_groups = self._blend(chosen, chosen_pred, scored, held)
+            chosen_pred = chosen_pred if with_groups is None else with_groups
         self.heldout = self._held_out_predictions(scored, chosen_pred)
         members = averaged if chosen == "ensemble" else [chosen]
         heads, specs = [], []
@@ -553,24 +474,6 @@ class _Selection:
                      **({"group_blend": blend} if blend is not None else {}),
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
-
-    @staticmethod
-    def _completed_log_choice(report: dict[str, dict[str, Any]]) -> str | None:
-        """What a completed log keeps: ``groups`` where its held-out AIQ beats its own MLP's, else the
-        ensemble (None: neither was fitted; ``beats_its_mlp`` in the report).
-
-        The two share the MLP fitted in the same part, so the comparison asks one question - does the
-        group estimate add to it - and the leak of these scores (the first stage saw the scored records)
-        favours the MLP, which fits each record's guesses, over a group estimate, which averages a group's
-        completed targets over every logged record of the group. Measured (README, "The whole protocol on
-        the default config", seeds 0-4): ``groups`` kept on all five MMLU-Pro-29 seeds, three of five of
-        MMLU-Pro-7 and RouteLLM, none of the demo's (whose task templates the text gives away, and where
-        ``groups`` routed worse on every seed); the share of the learning gap closed, against always
-        keeping the ensemble, 0.14 -> 0.34, 0.25 -> 0.35, 0.56 -> 0.71 and 0.37 -> 0.37."""
-        adds = "groups" in report and "mlp" in report and report["groups"]["val_aiq"] > report["mlp"]["val_aiq"]
-        if "groups" in report:
-            report["groups"]["beats_its_mlp"] = adds
-        return "groups" if adds else ("ensemble" if "ensemble" in report else None)
 
     def _held_out_predictions(self, scored: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The winner's held-out predictions (out of fold, or on the validation split) on the scored records
@@ -635,33 +538,28 @@ class _Selection:
         the group classifier needs)."""
         if chosen == "encoder":
             return None, None
-        base = _aiq(pred, held)
+        base = held_out_aiq(pred, held)
         grid: dict[str, float] = {}
         best: tuple[float, str | None, float | None] = (base, None, None)
         for field in self.group_fields:
             mixture = self.mixtures[field][scored]
             for w in sorted(_grid(self.r.group_blend, float)):
-                aiq = _aiq(_blended(pred, mixture, w), held)
+                aiq = held_out_aiq(blended(pred, mixture, w), held)
                 grid[f"{field} x {w:g}"] = aiq
                 if aiq > best[0]:
                     best = (aiq, field, w)
-        wins, blended = None, None
+        wins, mixed = None, None
         if best[1] is not None:  # kept only beyond noise, as a single candidate over the ensemble
-            blended = _blended(pred, self.mixtures[best[1]][scored], best[2])
-            wins = _paired_wins(blended, pred, held, self.seed)
+            mixed = blended(pred, self.mixtures[best[1]][scored], best[2])
+            wins = paired_wins(mixed, pred, held, self.seed)
         keep = wins is not None and wins >= self.r.ensemble_confidence
         log.info("auto: group blend %s x %s: held-out AIQ %.4f, without %.4f, better on %s of resamples: %s",
                  best[1], best[2], best[0], base, wins, "kept" if keep else "not kept")
         report = {"field": best[1] if keep else None, "weight": best[2] if keep else None,
                   "val_aiq": best[0] if keep else base, "val_aiq_without": base,
                   "best": f"{best[1]} x {best[2]:g}" if best[1] else None, "beats_unblended": wins, "grid": grid,
-                  "fields": {f: _known_groups(v) for f, v in self.group_fields.items()}}
-        return report, blended if keep else None
-
-
-def _blended(pred: np.ndarray, mixture: np.ndarray, weight: float) -> np.ndarray:
-    """``(1 - weight) * pred + weight * mixture`` clamped as :class:`~training.routers.neural.GroupBlend` does."""
-    return np.clip((1 - weight) * pred + weight * mixture, 1e-6, 1 - 1e-6)
+                  "fields": {f: known_groups(v) for f, v in self.group_fields.items()}}
+        return report, mixed if keep else None
 
 
 def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):
@@ -672,47 +570,3 @@ def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):
     return wrapped, {"type": "calibrated", "base": spec}
 
 
-def keep_candidate(report: dict[str, dict[str, Any]], confidence: float) -> str:
-    """The candidate a selection ``report`` keeps: the best held-out AIQ (ties: :data:`AUTO_CANDIDATES`
-    order), unless that is a single candidate whose ``beats_ensemble`` share is below ``confidence``."""
-    leader = max((c for c in AUTO_CANDIDATES if c in report), key=lambda c: report[c]["val_aiq"])
-    if leader != "ensemble" and "ensemble" in report and report[leader]["beats_ensemble"] < confidence:
-        return "ensemble"
-    return leader
-
-
-def _paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n_boot: int = 200) -> float:
-    """The share of ``n_boot`` bootstrap resamples of ``held``'s prompts (the same resample for both)
-    on which ``pred`` routes to a higher AIQ than ``other``."""
-    rng = np.random.default_rng(seed)
-    n, wins = len(held.quality), 0
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        part = dataclasses.replace(held, quality=held.quality[idx], cost=held.cost[idx], cost_est=held.cost_est[idx])
-        wins += _aiq(pred[idx], part) > _aiq(other[idx], part)
-    return wins / n_boot
-
-
-def _aiq(pred: np.ndarray, held: HeldOut) -> float:
-    value = score_predictions(pred, held, n_boot=0).get("aiq")
-    return float("-inf") if value is None else round(float(value), 6)
-
-
-def log_selection(tracker, router) -> dict[str, Any] | None:
-    """Log an auto router's choice (params) and every candidate's held-out scores (metrics); return the
-    selection report for the run summary, or None for any other router."""
-    selection = getattr(router, "selection_", None)
-    if not selection:
-        return None
-    tracker.log_params({"selection.chosen": selection["chosen"], "selection.mode": selection["mode"]})
-    blend = selection.get("group_blend")
-    if blend is not None:
-        kept = f"{blend['field']} x {blend['weight']:g}" if blend["field"] else "none"
-        tracker.log_params({"selection.group_blend": kept})
-        tracker.log_metrics({f"selection.group_blend.{k}": blend[k] for k in ("val_aiq", "val_aiq_without",
-                                                                             "beats_unblended")
-                             if isinstance(blend.get(k), int | float)})
-    tracker.log_metrics({f"selection.{name}.{key}": value for name, entry in selection["candidates"].items()
-                         for key, value in entry.items()
-                         if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})
-    return selection
