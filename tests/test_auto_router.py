@@ -58,7 +58,9 @@ def test_logreg_and_knn_heads_weigh_each_cell_as_the_torch_candidates_do():
     imputed = np.isnan(quality)
     weights = np.where(imputed, 0.0, 1.0)
     as_missing = _sigmoid_of(fit_logreg(X, quality, 1.0), X[:50])
-    assert np.abs(_sigmoid_of(fit_logreg(X, full, 1.0, weights=weights), X[:50]) - as_missing).max() < 1e-4
+    # the same objective summed in another order: L-BFGS stops at its tolerance a little apart (1.3e-4 on an
+    # AVX2-only CPU, under 1e-4 on others), against a 0.36 gap between the two meanings checked below
+    assert np.abs(_sigmoid_of(fit_logreg(X, full, 1.0, weights=weights), X[:50]) - as_missing).max() < 1e-3
     as_outcome = _sigmoid_of(fit_logreg(X, full, 1.0), X[:50])
     assert np.abs(_sigmoid_of(fit_logreg(X, full, 1.0, weights=np.ones_like(full)), X[:50]) - as_outcome).max() < 1e-4
     half = _sigmoid_of(fit_logreg(X, full, 1.0, weights=np.where(imputed, 0.5, 1.0)), X[:50])
