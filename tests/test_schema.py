@@ -115,3 +115,11 @@ def test_propensity_is_in_half_open_unit_interval_or_rejected(value):
         assert 0.0 < propensity <= 1.0
         if as_number is not None:
             assert propensity == as_number
+
+
+@pytest.mark.parametrize("value, hinted", [(7, True), ("8.5", True), (1.5, True), (-0.5, False)])
+def test_a_quality_above_one_says_how_to_map_a_score_on_another_scale(value, hinted):
+    with pytest.raises(RecordError) as caught:
+        coerce_quality(value, "outcomes.m.quality")
+    assert "quality must be in [0, 1]" in caught.value.reason
+    assert ("(score - lowest) / (highest - lowest)" in caught.value.reason) is hinted

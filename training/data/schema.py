@@ -187,7 +187,12 @@ def coerce_quality(value: Any, field: str) -> float:
         return 0.0
     quality = _number(value, field, "quality")
     if not 0.0 <= quality <= 1.0:
-        raise RecordError(field, f"quality must be in [0, 1], got {value!r}")
+        hint = ""
+        if quality > 1.0:
+            # a rating on another scale: quarantining would set aside every record of the file
+            hint = ("; a score on another scale (a 1-10 judge rating, 1-5 stars, a percentage) is mapped to "
+                    "[0, 1] before loading: (score - lowest) / (highest - lowest)")
+        raise RecordError(field, f"quality must be in [0, 1], got {value!r}{hint}")
     return quality
 
 
