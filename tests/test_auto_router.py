@@ -661,3 +661,36 @@ def test_metadata_keys_name_the_text_and_integer_fields(tmp_path):
     assert labels["metadata.app"][:4].tolist() == ["app0", "app1", "app2", "app0"]
     assert auto_group_labels(config.replace(**{"router.auto_groups": ["task"]}), table).dtype.names == ("task",)
     assert auto_group_labels(config.replace(**{"router.candidates": ["logreg", "knn"]}), table) is None
+
+
+def test_a_variant_keeps_its_platt_scaling_only_where_that_routes_better_held_out():
+    """``auto_choice.score_variant``: the scaling is fitted, reported either way, and kept only when its
+    held-out AIQ beats the raw predictions'; without ``calibrate`` nothing is fitted."""
+    from training.evaluation import HeldOut
+    from training.routers.auto_choice import held_out_aiq, score_variant
+
+    rng = np.random.default_rng(0)
+    n = 400
+    quality = (rng.random((n, 2)) < np.array([0.55, 0.85])).astype(float)  # a cheap and a dear model
+    cost = np.tile([1.0, 10.0], (n, 1))
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(0.1, 1000, 32),
+                   models=("cheap", "dear"), n_boot=0)
+    informed = np.clip(quality * 0.6 + 0.2 + rng.normal(0, 0.05, (n, 2)), 0.01, 0.99)
+    # the cheap model's scores squeezed toward 0.5: right in rank, wrong in level against the dear one's
+    squeezed = informed.copy()
+    squeezed[:, 0] = 0.5 + (squeezed[:, 0] - 0.5) * 0.1 - 0.3
+    kept = {}
+    for name, raw in (("informed", informed), ("squeezed", squeezed)):
+        pred, platt, entry = score_variant(raw, quality, held, calibrate=True)
+        assert entry["val_aiq_uncalibrated"] == held_out_aiq(raw, held)
+        assert entry["val_aiq"] == max(entry["val_aiq_uncalibrated"], entry["val_aiq_calibrated"])
+        if entry["calibrated"]:
+            assert entry["val_aiq_calibrated"] > entry["val_aiq_uncalibrated"] and platt is not None
+            assert np.allclose(pred, apply_platt(raw, *platt)) and entry["ece"] == entry["ece_calibrated"]
+        else:
+            assert platt is None and pred is raw and entry["ece"] == entry["ece_uncalibrated"]
+        kept[name] = entry["calibrated"]
+    assert kept["squeezed"]  # the level is what routing across models reads, and Platt restores it
+    assert not kept["informed"]  # already in level: the scaling routes the same, and a tie keeps the raw scores
+    pred, platt, entry = score_variant(squeezed, quality, held, calibrate=False)
+    assert pred is squeezed and platt is None and set(entry) == {"val_aiq", "ece", "calibrated"}
