@@ -143,17 +143,24 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
     assert TrainConfig.from_flat(saved).router.ensemble_confidence == 0.95
 
 
+def _cheap_and_dear(rng, n: int, accuracy: tuple[float, float], *, knobs: int):
+    """``n`` held-out prompts of a cheap model (cost 1) and a dear one (cost 10) answering correctly with
+    these ``accuracy`` rates: the outcomes and the :class:`HeldOut` the selection scores candidates on."""
+    from training.evaluation import HeldOut
+
+    quality = (rng.random((n, 2)) < np.array(accuracy)).astype(float)
+    cost = np.tile([1.0, 10.0], (n, 1))
+    return quality, HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(0.1, 1000, knobs),
+                            models=("cheap", "dear"), n_boot=0)
+
+
 def test_the_paired_bootstrap_counts_the_resamples_one_router_routes_better_on():
     """How ``auto`` decides that a single candidate beats the ensemble beyond noise."""
-    from training.evaluation import HeldOut
     from training.routers.auto_choice import paired_wins
 
     rng = np.random.default_rng(0)
     n = 300
-    quality = (rng.random((n, 2)) < np.array([0.5, 0.8])).astype(float)  # a cheap and a dear model
-    cost = np.tile([1.0, 10.0], (n, 1))
-    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(0.1, 1000, 16),
-                   models=("cheap", "dear"), n_boot=0)
+    quality, held = _cheap_and_dear(rng, n, (0.5, 0.8), knobs=16)
     knows = quality * 0.9 + 0.05  # predicts each outcome: sends a prompt to the cheap model when it suffices
     guesses = np.tile([0.5, 0.8], (n, 1)) + rng.normal(0, 0.01, (n, 2))  # the prior, with noise
     assert paired_wins(knows, guesses, held, seed=0) == 1.0
@@ -666,15 +673,11 @@ def test_metadata_keys_name_the_text_and_integer_fields(tmp_path):
 def test_a_variant_keeps_its_platt_scaling_only_where_that_routes_better_held_out():
     """``auto_choice.score_variant``: the scaling is fitted, reported either way, and kept only when its
     held-out AIQ beats the raw predictions'; without ``calibrate`` nothing is fitted."""
-    from training.evaluation import HeldOut
     from training.routers.auto_choice import held_out_aiq, score_variant
 
     rng = np.random.default_rng(0)
     n = 400
-    quality = (rng.random((n, 2)) < np.array([0.55, 0.85])).astype(float)  # a cheap and a dear model
-    cost = np.tile([1.0, 10.0], (n, 1))
-    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.geomspace(0.1, 1000, 32),
-                   models=("cheap", "dear"), n_boot=0)
+    quality, held = _cheap_and_dear(rng, n, (0.55, 0.85), knobs=32)
     informed = np.clip(quality * 0.6 + 0.2 + rng.normal(0, 0.05, (n, 2)), 0.01, 0.99)
     # the cheap model's scores squeezed toward 0.5: right in rank, wrong in level against the dear one's
     squeezed = informed.copy()
