@@ -299,7 +299,7 @@ def test_when_every_model_fails_the_error_lists_each_reason_within_the_request_t
         with pytest.raises(UpstreamError) as err:
             client.chat.completions.create(model="tiny-1b", messages=MSG)
         elapsed = time.perf_counter() - t0
-    assert elapsed < 1.5, elapsed
+    assert elapsed < 2.5, elapsed  # the 1 s request timeout with room for a busy machine; small-8b would take 5 s
     message = str(err.value)
     assert "tiny-1b#0: HTTP 500" in message and "small-8b#0: timed out" in message
     assert err.value.info.status == "error" and err.value.attempts[-1].kind == "timeout"
