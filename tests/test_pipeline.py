@@ -443,3 +443,36 @@ def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
     assert result["logged_records"] == 200 and result["logged_mean_cost"] is None
     assert 0 <= result["logged_mean_quality"] <= 1
     assert strict_json((tmp_path / "sim" / "simulation.json").read_text())["logged_mean_cost"] is None
+
+
+def test_the_parity_check_finds_the_ties_at_a_knn_graphs_kth_neighbour_on_the_runtimes_tokens(trained):
+    """``_rank_gaps`` runs the torch graph on the prompts as the runtime encodes them and reads each kNN head's
+    gap at the k-th neighbour: with every stored prompt twice, the gap inside a pair is an exact tie."""
+    import torch
+
+    from router_ml import Router
+    from training.export import _rank_gaps, _static_parts, static_pool
+    from training.routers import TorchRouter
+    from training.routers.heads import KNNHead
+
+    graph, _, _ = _static_parts(trained.checkpoint, TorchRouter.load(trained.checkpoint))
+    router = Router.load(trained.artifact)
+    texts = trained.held_out[:30]
+
+    def features(batch):
+        rows = []
+        for text in batch:
+            ids, mask = router.encode(text)
+            rows.append(static_pool(graph.table, torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :]),
+                                    graph.normalize)[0].numpy())
+        return np.stack(rows)
+
+    keys = np.repeat(features(texts[:20]), 2, axis=0)  # every stored prompt twice
+    queries = texts[20:]
+    sims = features(queries) @ (keys / np.linalg.norm(keys, axis=1, keepdims=True)).T
+    ordered = -np.sort(-sims, axis=1)
+    graph.head = KNNHead(keys, np.ones((len(keys), 2)), 3)  # 3rd and 4th: the two copies of one prompt
+    assert np.array_equal(_rank_gaps(graph, router, queries), np.zeros(len(queries)))
+    graph.head = KNNHead(keys, np.ones((len(keys), 2)), 4)  # 4th and 5th: two different prompts
+    gaps = _rank_gaps(graph, router, queries)
+    assert np.allclose(gaps, ordered[:, 3] - ordered[:, 4], atol=1e-6) and (gaps > 0).all()

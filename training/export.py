@@ -47,6 +47,10 @@ __all__ = ["ExportError", "export_router"]
 
 FP32_TOLERANCE = 1e-4
 INT8_MAX_CHANGED = 0.01
+#: a top-k graph's k-th and (k+1)-th cosine similarities closer than this are a tie to float rounding: torch and
+#: onnxruntime may order them either way. Every prompt that differed in the exports measured had a gap of at
+#: most 7.2e-7 (float32 steps near 1 are 6e-8); a wrong graph moves prompts whatever their gap.
+TIE_GAP = 1e-5
 #: prompts kept in the artifact for ``Router.load(..., verify=True)``: enough that a drift of a few
 #: percent shows (4% of 256 is 10 routes against a limit of 2), few enough to re-score in seconds
 SAMPLE_SIZE = 256
@@ -273,7 +277,12 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     expected = _torch_predict(graph, fp32, texts)
     got = fp32.predict(texts)
     costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
-    report.update(check_fp32(expected, got, discrete=_has_top_k(graph),
+    discrete = _has_top_k(graph)
+    off = np.flatnonzero(np.abs(expected - got).max(axis=1, initial=0.0) > FP32_TOLERANCE) if discrete else []
+    tied = np.zeros(len(texts), dtype=bool)
+    if len(off):
+        tied[off] = _rank_gaps(graph, fp32, [texts[i] for i in off]) < TIE_GAP
+    report.update(check_fp32(expected, got, discrete=discrete, tied=tied,
                              routes_changed=float(np.mean(choose(expected, costs, wtp) != choose(got, costs, wtp)))))
     reference = exported = scores_one_by_one(fp32, texts)  # route()'s view: one prompt per call
     if quantize == "int8":
@@ -298,29 +307,59 @@ def _has_top_k(graph: nn.Module) -> bool:
     return any(isinstance(m, KNNHead) for m in graph.modules())
 
 
-def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_changed: float) -> dict[str, Any]:
+def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_changed: float,
+               tied: np.ndarray | None = None) -> dict[str, Any]:
     """The fp32 parity verdict of ONNX scores ``got`` against torch's ``expected`` (prompts x models).
 
     Every prompt must agree within :data:`FP32_TOLERANCE`, except in a graph with a hard top-k
     (``discrete``): there two neighbours whose similarities differ by float rounding (~1e-7) can
     trade places at the k-th rank between torch's and onnxruntime's MatMul, which moves that prompt's
-    mean by up to 1/k - no fp32 graph can avoid it. Such a graph passes when at most
-    :data:`INT8_MAX_CHANGED` of the prompts differ and at most as many change route at the default knob
-    (the int8 rule). Raises :class:`ExportError` otherwise; returns the report's fields."""
+    mean by up to 1/k - no fp32 graph can avoid it. ``tied`` marks the prompts where torch's k-th and
+    (k+1)-th similarities are that close (within :data:`TIE_GAP`): their differences are explained,
+    however many they are (long prompts sum more rounding into the features, and more of them tie).
+    Such a graph passes when at most :data:`INT8_MAX_CHANGED` of the prompts differ without a tie and at
+    most as many change route at the default knob (the int8 rule). Raises :class:`ExportError` otherwise;
+    returns the report's fields."""
     diff = np.abs(expected - got).max(axis=1) if len(expected) else np.zeros(0)
     report = {"fp32_max_abs_diff": float(diff.max(initial=0.0))}
     if report["fp32_max_abs_diff"] <= FP32_TOLERANCE:
         return report
-    off = float(np.mean(diff > FP32_TOLERANCE))
+    over = diff > FP32_TOLERANCE
     if not discrete:
         raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
                           f"(> {FP32_TOLERANCE}); nothing written")
-    report.update(fp32_prompts_over_tolerance=off, fp32_routes_changed=routes_changed)
-    if off > INT8_MAX_CHANGED or routes_changed > INT8_MAX_CHANGED:
+    at_tie = over & (np.zeros(len(diff), dtype=bool) if tied is None else np.asarray(tied, dtype=bool))
+    off, unexplained = float(np.mean(over)), float(np.mean(over & ~at_tie))
+    report.update(fp32_prompts_over_tolerance=off, fp32_prompts_at_a_tie=float(np.mean(at_tie)),
+                  fp32_routes_changed=routes_changed)
+    if unexplained > INT8_MAX_CHANGED or routes_changed > INT8_MAX_CHANGED:
         raise ExportError(f"parity check failed: ONNX differs from torch by more than {FP32_TOLERANCE} on {off:.1%} "
-                          f"of prompts and changes {routes_changed:.1%} of routes (a top-k graph may differ on at "
-                          f"most {INT8_MAX_CHANGED:.0%}); nothing written")
+                          f"of prompts ({unexplained:.1%} without a tie at the k-th neighbour) and changes "
+                          f"{routes_changed:.1%} of routes (a top-k graph may differ without a tie on at most "
+                          f"{INT8_MAX_CHANGED:.0%}, and change at most as many routes); nothing written")
     return report
+
+
+def _rank_gaps(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray:
+    """Per prompt, the smallest gap between the k-th and (k+1)-th cosine similarity over the graph's kNN
+    heads, as torch computes them (``inf`` where a head stores no more than k prompts)."""
+    from training.routers.heads import KNNHead
+
+    gaps: list[float] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: gaps.append(m.rank_gap(args[0])))
+             for m in graph.modules() if isinstance(m, KNNHead)]
+    out = []
+    try:
+        with torch.no_grad():
+            for text in texts:
+                gaps.clear()
+                ids, mask = router.encode(text)
+                graph(torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :]))
+                out.append(min(gaps, default=float("inf")))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.asarray(out)
 
 
 def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:

@@ -139,6 +139,15 @@ class KNNHead(nn.Module):
             index = torch.sort(sims, dim=-1, descending=True, stable=True).indices[:, :k]
         return index, norm > 0
 
+    def rank_gap(self, x: torch.Tensor) -> float:
+        """The smallest gap, over the rows of ``x``, between the k-th and (k+1)-th similarity (``inf``
+        when no more than k prompts are stored): within float rounding the two may trade places."""
+        if self.keys.shape[0] <= self.k:
+            return float("inf")
+        sims = (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ self.keys.T
+        top = torch.topk(sims, self.k + 1, dim=-1).values
+        return float((top[:, self.k - 1] - top[:, self.k]).min())
+
     def quality(self, index: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         sums = self.values[index].sum(dim=1)
         counts = self.observed[index].sum(dim=1)
