@@ -50,7 +50,7 @@ import numpy as np
 from router_ml import metrics
 from router_ml.errors import RouterMLError
 from router_ml.formats import VERSION_FIELD, read_versioned
-from router_ml.policy import choose, wtp_to_json
+from router_ml.policy import choose, choose_each, wtp_to_json
 
 __all__ = [
     "BASELINES",
@@ -335,11 +335,7 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
 def knob_choices(quality: np.ndarray, cost: np.ndarray, wtps: np.ndarray) -> np.ndarray:
     """``(k, n)``: the policy's choice for every prompt at each knob value, as the smallest integer type
     that holds a model index (81 knob values over 3 million prompts: 243 MB as int8, 1.9 GB as int64)."""
-    dtype = np.int8 if quality.shape[1] <= 127 else np.int32
-    out = np.empty((len(wtps), quality.shape[0]), dtype=dtype)
-    for r, w in enumerate(wtps):
-        out[r] = choose(quality, cost, w)
-    return out
+    return choose_each(quality, cost, wtps, dtype=np.int8 if quality.shape[1] <= 127 else np.int32)
 
 
 def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:

@@ -66,10 +66,11 @@ def tradeoff_loss(logits: torch.Tensor, quality: torch.Tensor, cost: torch.Tenso
     scores = (q_hat.unsqueeze(0) - c_est.unsqueeze(0) / w) / temperature     # (K, B, M)
     scores = scores.masked_fill(~m.unsqueeze(0), float("-inf"))
     pi = torch.softmax(scores, dim=-1)
-    utility = (pi * (q.unsqueeze(0) - c.unsqueeze(0) / w)).sum(dim=-1)     # (K, B)
+    value = q.unsqueeze(0) - c.unsqueeze(0) / w                               # (K, B, M): no gradient
+    utility = (pi * value).sum(dim=-1)                                        # (K, B)
     # normalise by the best achievable utility so every w weighs about the same
-    best = (q.unsqueeze(0) - c.unsqueeze(0) / w).masked_fill(~m.unsqueeze(0), float("-inf")).amax(dim=-1)
-    worst = (q.unsqueeze(0) - c.unsqueeze(0) / w).masked_fill(~m.unsqueeze(0), float("inf")).amin(dim=-1)
+    best = value.masked_fill(~m.unsqueeze(0), float("-inf")).amax(dim=-1)
+    worst = value.masked_fill(~m.unsqueeze(0), float("inf")).amin(dim=-1)
     span = (best - worst).clamp_min(1e-6)
     return ((best - utility) / span).mean()
 
