@@ -88,7 +88,8 @@ def choose(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float) -> 
     >>> choose(np.array([[0.5, 0.9]]), np.array([[1.0, 10.0]]), willingness_to_pay=5.0).tolist()
     [0]
     """
-    return choose_each(quality, cost, [willingness_to_pay])[0]
+    _check_wtp(willingness_to_pay)
+    return _pick(*_utility_terms(quality, cost), willingness_to_pay)
 
 
 def choose_each(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: Sequence[float],
@@ -98,22 +99,35 @@ def choose_each(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: Seque
     models is 81 calls' worth of them otherwise)."""
     wtps = [float(w) for w in willingness_to_pay]
     for w in wtps:
-        if w < 0 or np.isnan(w):
-            raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {w}")
+        _check_wtp(w)
+    terms = _utility_terms(quality, cost)
+    out = np.empty((len(wtps), terms[0].shape[0]), dtype=dtype)
+    for r, w in enumerate(wtps):
+        out[r] = _pick(*terms, w)
+    return out
+
+
+def _check_wtp(willingness_to_pay: float) -> None:
+    if willingness_to_pay < 0 or np.isnan(willingness_to_pay):
+        raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
+
+
+def _utility_terms(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(quality, cost, tie)`` as float64, ``tie`` breaking exact ties toward the cheaper model."""
     quality = np.asarray(quality, dtype=np.float64)
     cost = np.asarray(cost, dtype=np.float64)
     scale = float(np.nanmax(cost)) if cost.size and np.nanmax(cost) > 0 else 1.0
-    tie = cost / scale * 1e-9  # break exact ties toward the cheaper model
-    out = np.empty((len(wtps), quality.shape[0]), dtype=dtype)
-    for r, w in enumerate(wtps):
-        if w == 0:
-            utility = -cost
-        elif np.isinf(w):
-            utility = quality - tie
-        else:
-            utility = quality - cost / w - tie
-        out[r] = np.argmax(utility, axis=1)
-    return out
+    return quality, cost, cost / scale * 1e-9
+
+
+def _pick(quality: np.ndarray, cost: np.ndarray, tie: np.ndarray, willingness_to_pay: float) -> np.ndarray:
+    if willingness_to_pay == 0:
+        utility = -cost
+    elif np.isinf(willingness_to_pay):
+        utility = quality - tie
+    else:
+        utility = quality - cost / willingness_to_pay - tie
+    return np.argmax(utility, axis=1)
 
 
 def knob_grid(mean_costs: Sequence[float], points: int = 81) -> np.ndarray:

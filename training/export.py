@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,12 +278,8 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     expected = _torch_predict(graph, fp32, texts)
     got = fp32.predict(texts)
     costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
-    discrete = _has_top_k(graph)
-    off = np.flatnonzero(np.abs(expected - got).max(axis=1, initial=0.0) > FP32_TOLERANCE) if discrete else []
-    tied = np.zeros(len(texts), dtype=bool)
-    if len(off):
-        tied[off] = _rank_gaps(graph, fp32, [texts[i] for i in off]) < TIE_GAP
-    report.update(check_fp32(expected, got, discrete=discrete, tied=tied,
+    report.update(check_fp32(expected, got, discrete=_has_top_k(graph),
+                             rank_gaps=lambda rows: _rank_gaps(graph, fp32, [texts[i] for i in rows]),
                              routes_changed=float(np.mean(choose(expected, costs, wtp) != choose(got, costs, wtp)))))
     reference = exported = scores_one_by_one(fp32, texts)  # route()'s view: one prompt per call
     if quantize == "int8":
@@ -308,14 +305,15 @@ def _has_top_k(graph: nn.Module) -> bool:
 
 
 def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_changed: float,
-               tied: np.ndarray | None = None) -> dict[str, Any]:
+               rank_gaps: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """The fp32 parity verdict of ONNX scores ``got`` against torch's ``expected`` (prompts x models).
 
     Every prompt must agree within :data:`FP32_TOLERANCE`, except in a graph with a hard top-k
     (``discrete``): there two neighbours whose similarities differ by float rounding (~1e-7) can
     trade places at the k-th rank between torch's and onnxruntime's MatMul, which moves that prompt's
-    mean by up to 1/k - no fp32 graph can avoid it. ``tied`` marks the prompts where torch's k-th and
-    (k+1)-th similarities are that close (within :data:`TIE_GAP`): their differences are explained,
+    mean by up to 1/k - no fp32 graph can avoid it. ``rank_gaps(rows)`` gives torch's gap between the
+    k-th and (k+1)-th similarity of the differing prompts ``rows``; where it is within :data:`TIE_GAP`
+    the prompt is at a tie and its difference is explained,
     however many they are (long prompts sum more rounding into the features, and more of them tie).
     Such a graph passes when at most :data:`INT8_MAX_CHANGED` of the prompts differ without a tie and at
     most as many change route at the default knob (the int8 rule). Raises :class:`ExportError` otherwise;
@@ -328,7 +326,10 @@ def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_
     if not discrete:
         raise ExportError(f"parity check failed: ONNX differs from torch by {report['fp32_max_abs_diff']:.2e} "
                           f"(> {FP32_TOLERANCE}); nothing written")
-    at_tie = over & (np.zeros(len(diff), dtype=bool) if tied is None else np.asarray(tied, dtype=bool))
+    at_tie = np.zeros(len(diff), dtype=bool)
+    if rank_gaps is not None:
+        rows = np.flatnonzero(over)
+        at_tie[rows] = np.asarray(rank_gaps(rows)) < TIE_GAP
     off, unexplained = float(np.mean(over)), float(np.mean(over & ~at_tie))
     report.update(fp32_prompts_over_tolerance=off, fp32_prompts_at_a_tie=float(np.mean(at_tie)),
                   fp32_routes_changed=routes_changed)
@@ -342,24 +343,18 @@ def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_
 
 def _rank_gaps(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray:
     """Per prompt, the smallest gap between the k-th and (k+1)-th cosine similarity over the graph's kNN
-    heads, as torch computes them (``inf`` where a head stores no more than k prompts)."""
+    heads, as :func:`_torch_predict` computes them (``inf`` where a head stores no more than k prompts)."""
     from training.routers.heads import KNNHead
 
+    heads = [m for m in graph.modules() if isinstance(m, KNNHead)]
     gaps: list[float] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: gaps.append(m.rank_gap(args[0])))
-             for m in graph.modules() if isinstance(m, KNNHead)]
-    out = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: gaps.append(m.rank_gap(args[0]))) for m in heads]
     try:
-        with torch.no_grad():
-            for text in texts:
-                gaps.clear()
-                ids, mask = router.encode(text)
-                graph(torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :]))
-                out.append(min(gaps, default=float("inf")))
+        _torch_predict(graph, router, texts)  # one prompt per call: each head appends one gap per prompt
     finally:
         for hook in hooks:
             hook.remove()
-    return np.asarray(out)
+    return np.asarray(gaps).reshape(len(texts), len(heads)).min(axis=1, initial=np.inf)
 
 
 def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:

@@ -131,21 +131,24 @@ class KNNHead(nn.Module):
 
     def neighbours(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices (B, k) of the most similar stored prompts, whether the prompt has features (B, 1))``."""
-        norm = x.norm(dim=-1, keepdim=True)
-        sims = (x / norm.clamp_min(1e-12)) @ self.keys.T
+        sims, norm = self._similarities(x)
         if torch.onnx.is_in_onnx_export():
             index = torch.topk(sims, k, dim=-1).indices
         else:
             index = torch.sort(sims, dim=-1, descending=True, stable=True).indices[:, :k]
         return index, norm > 0
 
+    def _similarities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cosine similarities (B, stored), norms (B, 1))`` of ``x`` to the stored prompts."""
+        norm = x.norm(dim=-1, keepdim=True)
+        return (x / norm.clamp_min(1e-12)) @ self.keys.T, norm
+
     def rank_gap(self, x: torch.Tensor) -> float:
         """The smallest gap, over the rows of ``x``, between the k-th and (k+1)-th similarity (``inf``
         when no more than k prompts are stored): within float rounding the two may trade places."""
         if self.keys.shape[0] <= self.k:
             return float("inf")
-        sims = (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ self.keys.T
-        top = torch.topk(sims, self.k + 1, dim=-1).values
+        top = torch.topk(self._similarities(x)[0], self.k + 1, dim=-1).values
         return float((top[:, self.k - 1] - top[:, self.k]).min())
 
     def quality(self, index: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
