@@ -66,7 +66,8 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     target = Path(out) / f"{table}_s{seed}.npz"
     if target.exists():
         return str(target)
-    config = load_config(CONFIG, {"data.train_size": "0.85", "data.seed": str(seed), "tracking.enabled": "false"})
+    config = load_config(CONFIG, {"data.train_size": "0.85", "data.seed": str(seed), "tracking.enabled": "false",
+                                  "train.workers": "1"})  # the study runs --jobs of these side by side
     config = config.replace(**{"router.candidates": tuple(c for c in config.router.candidates if c != "encoder")})
     prep = prepare(config, path)
     table_, split = prep.table, prep.split
@@ -86,8 +87,7 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     variants = sel._variants()
     cv = {v: np.full(sel.pool.quality.shape, np.nan) for v in variants}
     parts = sel._parts()
-    for fit, score in parts:
-        sel._predict_part(fit, score, cv)
+    sel._fit_parts(parts, cv)
     scored = np.concatenate([s for _, s in parts])
     Qv = sel.pool.quality[scored]
     from router_ml.policy import knob_grid
@@ -98,7 +98,7 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     outer.cv = True  # torch candidates early-stop on a tenth of the fit part
     n_fit = len(sel.pool)
     tp = {v: np.full(outer.pool.quality.shape, np.nan) for v in variants}
-    outer._predict_part(np.arange(n_fit), np.arange(n_fit, len(outer.pool)), tp)
+    outer._fit_parts([(np.arange(n_fit), np.arange(n_fit, len(outer.pool)))], tp)
     tq = table_.quality[split.test]
     held_t = HeldOut(quality=tq, cost=prep.cost[split.test], cost_est=cost_est[split.test].astype(np.float64),
                      wtps=np.asarray(prep.cost_model.knob_grid), models=table_.models, two_model=prep.two_model,

@@ -645,6 +645,41 @@ def test_group_fields_are_screened_and_their_held_out_estimates_never_see_the_he
     assert report["group_blend"]["fields"] == {"task": 2}
 
 
+def test_cross_validation_on_worker_processes_selects_and_fits_exactly_as_in_this_process():
+    """``train.workers = 2``: every candidate on every fold fitted in two spawned worker processes gives the
+    same held-out predictions, group estimates, report and final head as one process; automatic (0) stays
+    in this process on 600 records."""
+    from training.routers import AutoRouter
+    from training.routers.auto import _Selection
+
+    X, quality, groups = _grouped()
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "train.epochs": 3})
+    train = _batchable(X, quality, np.arange(0, 540), groups=groups)
+    val = _batchable(X, quality, np.arange(540, 600), groups=groups)  # 60 < 100: cross-validation
+    runs = {}
+    for workers in (0, 2):
+        router = AutoRouter(config=config.replace(**{"train.workers": workers}), n_models=3, input_dim=X.shape[1])
+        selection = _Selection(router, train, val, (0.01, 100.0), None)
+        tasks = len(selection._part_tasks())
+        assert tasks == 5 and selection.workers(5 * tasks) == (1 if workers == 0 else 2)  # task, mlp, mf, logreg, knn
+        module, spec, report = selection.run()
+        with torch.no_grad():
+            routed = module(torch.as_tensor(X)).numpy()
+        runs[workers] = (selection, spec, report, routed)
+    (one, spec1, report1, routed1), (two, spec2, report2, routed2) = runs[0], runs[2]
+
+    def without_seconds(x):
+        if isinstance(x, dict):
+            return {k: without_seconds(v) for k, v in x.items() if k != "seconds"}
+        return x
+    assert report1["mode"] == "5-fold cross-validation" and set(report1["candidates"]) >= {"mlp", "mf", "groups"}
+    assert without_seconds(report1) == without_seconds(report2) and spec1 == spec2
+    assert np.array_equal(one.heldout[0], two.heldout[0]) and np.array_equal(one.heldout[1], two.heldout[1])
+    assert np.array_equal(one.mixtures["task"], two.mixtures["task"]) and np.isfinite(one.mixtures["task"]).all()
+    assert np.array_equal(routed1, routed2)
+    assert report2["candidates"]["mlp"]["seconds"] > 0  # the workers' fit times come back
+
+
 def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_predicts():
     """A router that cannot see the groups (a logistic regression at C = 1e-4: near constant; the groups
     candidate listed, which switches group-informed routing on, and the logistic regression picked) blended

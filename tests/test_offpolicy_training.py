@@ -111,7 +111,8 @@ def test_too_few_full_information_records_fall_back_to_masked_training_and_say_s
 
 @pytest.mark.slow
 def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_masked(tmp_path):
-    """`router-ml train` on bootstrap + log completes the logged records (and says so in its summary);
+    """`router-ml train` on bootstrap + log completes the logged records (and says so in its summary; the
+    same with the first stages fitted on worker processes);
     `loss.logged_targets=mask` does not; on full-information data both settings give the same weights."""
     table, _ = load_traffic(DEMO)
     full = write_jsonl(table.records[:1200], tmp_path / "full.jsonl")
@@ -129,6 +130,15 @@ def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_
         imputed["train_records"] + imputed["val_records"])
     assert report["imputed_cells"] == report["partial_records"] * (len(table.models) - 1)
     assert imputed["propensity_weights"] is None  # mlp_static: no clip
+    # the folds' first stages fitted in two worker processes: the same completion, the same router
+    parallel = cli("train", "--data", both, "--out", tmp_path / "parallel", *common, "--set", "train.workers=2",
+                   cwd=tmp_path)
+
+    def timeless(r):
+        return {k: v for k, v in r.items() if k != "seconds"}
+    assert timeless(parallel["logged_targets"]) == timeless(report)
+    assert ((tmp_path / "parallel" / "weights.safetensors").read_bytes()
+            == (tmp_path / "imputed" / "weights.safetensors").read_bytes())
     masked = cli("train", "--data", both, "--out", tmp_path / "masked", *common,
                  "--set", "loss.logged_targets=mask", "--set", "loss.propensity_clip=5", cwd=tmp_path)
     assert masked["logged_targets"] is None

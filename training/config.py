@@ -116,6 +116,9 @@ class TrainLoopConfig:
     patience: int = 8              #: epochs without validation improvement before stopping
     device: str = "auto"           #: auto | cpu | cuda
     threads: int = 0               #: torch CPU threads; 0 = 1 for mlp/mf (tiny matrices), torch's default for encoder
+    #: processes fitting the auto router's cross-validation parts (every candidate on every fold); 0 =
+    #: automatic: one per available core from 2,000 cross-validated records, else this process alone
+    workers: int = 0
     #: MiB of inputs and targets the loop holds at once: a split that fits trains from memory exactly as
     #: before; a larger one streams from the feature cache in windows of whole shards (training.trainer)
     memory_mb: int = 256
@@ -310,6 +313,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "train.patience": (lambda v: v >= 1, "an integer >= 1 (epochs without improvement before stopping)"),
     "train.threads": (lambda v: v >= 0, "an integer >= 0 (0 = the router's default)"),
+    "train.workers": (lambda v: v >= 0, "an integer >= 0 (0 = one per available core where it pays)"),
     "train.memory_mb": (lambda v: v >= 1, "an integer >= 1 (MiB of inputs and targets held at once)"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = no limit)"),
     "eval.knob_points": (lambda v: v >= 2, "an integer >= 2"),

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,9 @@ log = logging.getLogger("router_ml.train")
 #: ``fit_predict(train_rows, val_rows, predict_rows) -> (len(predict_rows), n_models)`` predicted quality,
 #: or a dict of such predictions by first-stage name (the one with the best out-of-fold Brier score is used)
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray | dict[str, np.ndarray]]
+#: ``map_folds(tasks)``: ``fit_predict(*task)`` of each ``(train_rows, val_rows, predict_rows)`` task, in
+#: order (e.g. the folds fitted side by side in worker processes, ``training.pipeline``)
+MapFolds = Callable[[list[tuple[np.ndarray, np.ndarray, np.ndarray]]], Iterable[np.ndarray | dict[str, np.ndarray]]]
 
 
 @dataclass
@@ -106,9 +109,10 @@ def min_full_records(n_models: int) -> int:
 
 
 def complete_targets(quality: np.ndarray, rows: np.ndarray, *, fit_predict: FitPredict, folds: int,
-                     seed: int, ridge: float) -> Completion:
+                     seed: int, ridge: float, map_folds: MapFolds | None = None) -> Completion:
     """Complete the unobserved cells of ``quality[rows]`` (module doc). ``rows`` are the records
-    training may read (train + validation); other rows are returned untouched."""
+    training may read (train + validation); other rows are returned untouched. The folds' first
+    stages are ``fit_predict`` one after another, or ``map_folds`` of them."""
     started = time.perf_counter()
     quality = np.asarray(quality, dtype=np.float64)
     observed = np.isfinite(quality)
@@ -131,11 +135,15 @@ def complete_targets(quality: np.ndarray, rows: np.ndarray, *, fit_predict: FitP
     order = rng.permutation(full)
     out_of_fold: dict[str, np.ndarray] = {}
     bagged: dict[str, np.ndarray] = {}
+    helds, tasks = [], []
     for k in range(folds):
         held = np.sort(order[k::folds])
         rest = rng.permutation(np.setdiff1d(order, held))
         n_val = max(1, len(rest) // 10)  # the fold router's own early-stopping split
-        preds = fit_predict(np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.concatenate([held, partial]))
+        helds.append(held)
+        tasks.append((np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.concatenate([held, partial])))
+    fold_preds = map_folds(tasks) if map_folds is not None else (fit_predict(*task) for task in tasks)
+    for held, preds in zip(helds, fold_preds, strict=True):
         for name, pred in (preds.items() if isinstance(preds, dict) else [("", preds)]):
             out_of_fold.setdefault(name, np.full((len(quality), quality.shape[1]), np.nan))[held] = pred[:len(held)]
             bagged[name] = bagged.get(name, 0.0) + pred[len(held):] / folds

@@ -42,6 +42,7 @@ from training.evaluation import (
 )
 from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
+from training.parallel import ordered_map, workers_for
 from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
 from training.routers.auto_choice import log_selection
@@ -216,24 +217,50 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
 def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared, cost_est: np.ndarray,
                      groups: np.ndarray | None) -> Completion:
     """Completed targets for the logged (partial) records of train + validation: the first stage is
-    the configured router itself, cross-fitted on the full-information records (training/offpolicy.py)."""
+    the configured router itself, cross-fitted on the full-information records (training/offpolicy.py).
+    The folds' first stages are fitted side by side on ``train.workers`` processes where that pays
+    (:func:`~training.parallel.workers_for`: by the full-information records) and predict here."""
     table = prep.table
+    wtp_range = _wtp_range(prep.cost)
+    input_dim = None if router_cls.text_inputs else X.shape[1]
 
-    def fit_predict(train_rows: np.ndarray, val_rows: np.ndarray, predict_rows: np.ndarray) -> np.ndarray:
-        stage: TorchRouter = router_cls(config=config, n_models=len(table.models),
-                                        input_dim=None if router_cls.text_inputs else X.shape[1])
-        stage.fit(_batchable(inputs, train_rows, table, prep.cost, cost_est, groups),
-                  _batchable(inputs, val_rows, table, prep.cost, cost_est, groups), wtp_range=_wtp_range(prep.cost))
+    def fit_args(train_rows: np.ndarray, val_rows: np.ndarray) -> tuple:
+        return (router_cls, config, len(table.models), input_dim, wtp_range,
+                _batchable(inputs, train_rows, table, prep.cost, cost_est, groups),
+                _batchable(inputs, val_rows, table, prep.cost, cost_est, groups))
+
+    def predict(stage: TorchRouter, predict_rows: np.ndarray):
         return stage.predict_stages(tuple(x[predict_rows] for x in inputs))
+
+    def fit_predict(train_rows: np.ndarray, val_rows: np.ndarray, predict_rows: np.ndarray):
+        return predict(_fit_first_stage(*fit_args(train_rows, val_rows)), predict_rows)
+
+    def map_folds(tasks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
+        full = sum(len(t) + len(v) for t, v, _ in tasks) // max(1, len(tasks) - 1)  # each fit holds (k-1)/k
+        workers = workers_for(config.train.workers, full, len(tasks), config.train.threads)
+        if router_cls.text_inputs or not all(isinstance(x, FeatureMatrix) or x.nbytes <= _SENT_BYTES for x in inputs):
+            workers = 1  # an encoder fine-tunes on every core itself; a worker is sent a feature file's path
+        stages = ordered_map(_fit_first_stage, [fit_args(t, v) for t, v, _ in tasks], workers)
+        return (predict(stage, rows) for stage, (_, _, rows) in zip(stages, tasks, strict=True))
 
     completion = complete_targets(table.quality, np.concatenate([prep.split.train, prep.split.val]),
                                   fit_predict=fit_predict, folds=config.loss.impute_folds, seed=config.data.seed,
-                                  ridge=config.loss.impute_ridge)
+                                  ridge=config.loss.impute_ridge, map_folds=map_folds)
     if completion.report.get("imputed_cells"):
         log.info("completed %d logged records (%d cells) from %d full-information records in %.1fs",
                  completion.report["partial_records"], completion.report["imputed_cells"],
                  completion.report["full_records"], completion.report["seconds"])
     return completion
+
+
+#: the most bytes of in-memory inputs (not a feature file) sent to each worker process fitting a first stage
+_SENT_BYTES = 256 * 2**20
+
+
+def _fit_first_stage(router_cls, config: TrainConfig, n_models: int, input_dim: int | None,
+                     wtp_range: tuple[float, float], train: Batchable, val: Batchable) -> TorchRouter:
+    """One fold's first stage of the completion, fitted (in a worker process where folds run side by side)."""
+    return router_cls(config=config, n_models=n_models, input_dim=input_dim).fit(train, val, wtp_range=wtp_range)
 
 
 def _wtp_range(cost: np.ndarray) -> tuple[float, float]:

@@ -63,6 +63,7 @@ import torch
 from router_ml.errors import RouterMLError
 from router_ml.policy import knob_grid
 from training.evaluation import HeldOut
+from training.parallel import ordered_map, workers_for
 from training.routers.auto_choice import (
     AUTO_CANDIDATES,
     completed_log_choice,
@@ -193,11 +194,26 @@ class AutoRouter(TorchRouter):
         return build_head(self.spec_, self.input_dim, self.n_models)
 
 
+def _run_task(selection: _Selection, task: tuple[str, Any], fit: np.ndarray, score: np.ndarray):
+    """:meth:`_Selection._task` in a worker process, on the threads the selection's own process uses."""
+    with _one_thread(selection.config):
+        return selection._task(task, fit, score)
+
+
 class _Selection:
     """One run of the selection: held-out predictions of every candidate, their scores, the final head."""
 
+    #: what a worker process running :meth:`_task` on a cross-validation part does not need (and the
+    #: progress callback cannot be pickled)
+    _NOT_PICKLED = ("router", "train", "val", "on_epoch", "texts", "_tokens", "mixtures", "fitted", "_final_torch",
+                    "_pool_groups", "winner", "heldout")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: (None if k in self._NOT_PICKLED else v) for k, v in self.__dict__.items()}
+
     def __init__(self, router: AutoRouter, train: Batchable, val: Batchable | None, wtp_range, on_epoch):
         self.router, self.config, self.r = router, router.config, router.config.router
+        self.n_models, self.input_dim = router.n_models, router.input_dim
         self.train, self.val, self.wtp_range, self.on_epoch = train, val, wtp_range, on_epoch
         self.pool = train.concat(val)
         self.n = len(self.pool)
@@ -276,9 +292,8 @@ class _Selection:
         return self.config.replace(**{"router.kind": kind, "router.groups": ""})
 
     def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
-        router = _TORCH[family](config=self._torch_config(family), n_models=self.router.n_models,
-                                input_dim=self.router.input_dim)
-        return self._timed(family, lambda: router.fit(fit, stop, wtp_range=self.wtp_range, on_epoch=on_epoch))
+        router = _TORCH[family](config=self._torch_config(family), n_models=self.n_models, input_dim=self.input_dim)
+        return router.fit(fit, stop, wtp_range=self.wtp_range, on_epoch=on_epoch)
 
     def _timed(self, family: str, fn):
         started = time.perf_counter()
@@ -286,48 +301,91 @@ class _Selection:
         self.seconds[family] = self.seconds.get(family, 0.0) + time.perf_counter() - started
         return out
 
-    def _predict_part(self, fit: np.ndarray, score: np.ndarray, preds: dict[tuple[str, Any], np.ndarray]) -> None:
-        """Fit every candidate on the pool's records ``fit`` and store its predictions for ``score``; each
-        group field's estimate (:class:`GroupFit` on ``fit``) goes to :attr:`mixtures`."""
-        X, Q = self.X, self.pool.quality
-        started = time.perf_counter()
-        for field, labels in self.group_fields.items():
-            self.mixtures[field][score] = GroupFit.fit(X[fit], Q[fit], labels[fit]).mixture(X[score])
-        self.seconds["group estimates"] = self.seconds.get("group estimates", 0.0) + time.perf_counter() - started
-        mlp = None
+    def _part_tasks(self) -> list[tuple[str, Any]]:
+        """The independent fits of one part: each group field's estimate, then each candidate family but
+        the encoder (fitted in this process, :meth:`_part_done`) and ``groups`` (the MLP's predictions
+        blended with the group estimate; its own MLP only where ``mlp`` is not a candidate)."""
+        tasks: list[tuple[str, Any]] = [("group estimate", field) for field in self.group_fields]
         for family in self.families:
-            if family == "encoder":
-                tokens = self.tokens
-                if self.cv:
-                    rest, stop = self._early_stopping(fit)
-                    router = self._fit_encoder(tokens.take(rest), tokens.take(stop))
-                else:
-                    router = self.fitted[family] = self._fit_encoder(*self._split_tokens())
-                preds[(family, None)][score] = router.predict(tokens.input_rows(score))
-            elif family == "groups":  # the MLP of this part (trained exactly as the mlp candidate's)
-                base = mlp if mlp is not None else self._fit_part("groups", fit)
-                base_pred = base.predict(self.pool.input_rows(score))
-                w = self.r.group_weight
-                for field in self.group_fields:
-                    preds[(family, field)][score] = blended(base_pred, self.mixtures[field][score], w)
-            elif family in _TORCH:
-                router = self._fit_part(family, fit)
-                if family == "mlp":
-                    mlp = router
-                preds[(family, None)][score] = router.predict(self.pool.input_rows(score))
-            elif family == "logreg":
-                head = None
-                for c in sorted(_grid(self.r.logreg_c, float)):  # each warm-starts from the stronger penalty's
-                    head = self._timed(family, lambda c=c, h=head: fit_logreg(X[fit], Q[fit], c, start=h,
-                                                                               weights=self._weights(fit)))
-                    with torch.no_grad():
-                        preds[(family, c)][score] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
-            elif family == "knn":
-                ks = _grid(self.r.knn_k, int)
-                grid = self._timed(family, lambda ks=ks: KNNHead(X[fit], Q[fit], max(ks), self._weights(fit))
-                                   .predict_grid(X[score], ks))
-                for k in ks:
-                    preds[(family, k)][score] = grid[k]
+            if family not in ("encoder", "groups") or (family == "groups" and "mlp" not in self.families):
+                tasks.append((family, None))
+        return tasks
+
+    def _task(self, task: tuple[str, Any], fit: np.ndarray,
+              score: np.ndarray) -> tuple[dict[tuple[str, Any], np.ndarray], float]:
+        """One fit of a part (:meth:`_part_tasks`) on the pool's records ``fit``: its predictions for
+        ``score`` by variant (a group field's estimate p(g | x) @ Q under ``("group estimate", field)``)
+        and the seconds it took."""
+        started = time.perf_counter()
+        family, field = task
+        X, Q = self.X, self.pool.quality
+        out: dict[tuple[str, Any], np.ndarray] = {}
+        if family == "group estimate":
+            out[task] = GroupFit.fit(X[fit], Q[fit], self.group_fields[field][fit]).mixture(X[score])
+        elif family in _TORCH:
+            out[(family, None)] = self._fit_part(family, fit).predict(self.pool.input_rows(score))
+        elif family == "logreg":
+            head = None
+            for c in sorted(_grid(self.r.logreg_c, float)):  # each warm-starts from the stronger penalty's
+                head = fit_logreg(X[fit], Q[fit], c, start=head, weights=self._weights(fit))
+                with torch.no_grad():
+                    out[(family, c)] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
+        elif family == "knn":
+            ks = _grid(self.r.knn_k, int)
+            grid = KNNHead(X[fit], Q[fit], max(ks), self._weights(fit)).predict_grid(X[score], ks)
+            out.update({(family, k): grid[k] for k in ks})
+        return out, time.perf_counter() - started
+
+    def workers(self, tasks: int) -> int:
+        """Processes fitting the parts' tasks (:func:`~training.parallel.workers_for`): only when
+        cross-validating, below ``router.cv_below`` records, so the pickled parts stay small (a validation
+        split is one part, fitted here)."""
+        if not self.cv or self.n >= self.r.cv_below:
+            return 1
+        return workers_for(self.config.train.workers, self.n, tasks, self.config.train.threads)
+
+    def _fit_parts(self, parts: list[tuple[np.ndarray, np.ndarray]], preds: dict[tuple[str, Any], np.ndarray]) -> None:
+        """Every part's tasks, on :meth:`workers` processes; their predictions into ``preds`` (by
+        variant) and :attr:`mixtures`, their seconds into :attr:`seconds`."""
+        tasks = [(k, task) for k in range(len(parts)) for task in self._part_tasks()]
+        workers = self.workers(len(tasks))
+        if workers > 1:
+            self.X  # noqa: B018 - read once here, not by each worker
+            log.info("auto: %d fits on %d worker processes", len(tasks), workers)
+        per_part = len(tasks) // len(parts)
+        results = ordered_map(_run_task, [(self, task, *parts[k]) for k, task in tasks], workers)
+        for i, ((k, task), (out, seconds)) in enumerate(zip(tasks, results, strict=True)):
+            score = parts[k][1]
+            name = "group estimates" if task[0] == "group estimate" else task[0]
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            for variant, pred in out.items():  # ("groups", None): the groups candidate's own MLP
+                target = (self.mixtures[variant[1]] if variant[0] == "group estimate" else
+                          preds.setdefault(variant, np.full(self.pool.quality.shape, np.nan)))
+                target[score] = pred
+            if (i + 1) % per_part == 0:  # the part's last task
+                self._part_done(k, parts, preds)
+        if not tasks:  # the encoder alone
+            for k in range(len(parts)):
+                self._part_done(k, parts, preds)
+
+    def _part_done(self, k: int, parts: list[tuple[np.ndarray, np.ndarray]],
+                   preds: dict[tuple[str, Any], np.ndarray]) -> None:
+        """What a part needs after its tasks: the encoder's fit and the group-informed blends."""
+        fit, score = parts[k]
+        if "encoder" in self.families:
+            tokens = self.tokens
+            if self.cv:
+                rest, stop = self._early_stopping(fit)
+                router = self._fit_encoder(tokens.take(rest), tokens.take(stop))
+            else:
+                router = self.fitted["encoder"] = self._fit_encoder(*self._split_tokens())
+            preds[("encoder", None)][score] = router.predict(tokens.input_rows(score))
+        if "groups" in self.families:  # the MLP of this part (trained exactly as the mlp candidate's)
+            base = preds[("mlp" if "mlp" in self.families else "groups", None)][score]
+            for field in self.group_fields:
+                preds[("groups", field)][score] = blended(base, self.mixtures[field][score], self.r.group_weight)
+        log.info("auto: part %d/%d fitted (%s)", k + 1, len(parts),
+                 ", ".join(f"{f} {t:.0f}s" for f, t in self.seconds.items()))
 
     def _fit_part(self, family: str, fit: np.ndarray) -> TorchRouter:
         """A torch candidate fitted on the part ``fit`` (CV: early-stopped on a tenth of it) or on the
@@ -368,10 +426,7 @@ class _Selection:
         parts = self._parts()
         log.info("auto: %s on %d records: %s", "cross-validating" if self.cv else "validating", self.n,
                  ", ".join(self.families))
-        for k, (fit, score) in enumerate(parts):
-            self._predict_part(fit, score, preds)
-            log.info("auto: part %d/%d fitted (%s)", k + 1, len(parts),
-                     ", ".join(f"{f} {t:.0f}s" for f, t in self.seconds.items()))
+        self._fit_parts(parts, preds)
         scored = np.concatenate([s for _, s in parts])
         # logged records score the candidates badly: an imputed cell is no outcome, and a cell left
         # unobserved (loss.logged_targets = "mask") is scored by exposure weights, biased when the logging
@@ -514,8 +569,8 @@ class _Selection:
         mode), else trained on train, early-stopped on validation, as a plain run (after cross-validation)."""
         router = self.fitted.get(family) or self._final_torch.get(family)
         if router is None:
-            router = self._final_torch[family] = self._fit_torch(
-                family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None)
+            router = self._final_torch[family] = self._timed(family, lambda: self._fit_torch(
+                family, self.train, self.val, on_epoch=self.on_epoch if family == "mlp" else None))
         return router
 
     def _group_blend(self, module: torch.nn.Module, spec: dict[str, Any], field: str,

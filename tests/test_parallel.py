@@ -1,0 +1,41 @@
+"""Independent fits on worker processes (training/parallel.py): order, processes, the automatic count."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from training.parallel import PARALLEL_FROM, available_cpus, ordered_map, workers_for
+
+
+def _pid_and_square(x: int) -> tuple[int, int]:
+    import time
+
+    time.sleep(0.05 * (x % 3))  # finish out of order
+    return os.getpid(), x * x
+
+
+def test_ordered_map_yields_in_task_order_from_worker_processes_or_this_one():
+    here = list(ordered_map(_pid_and_square, [(x,) for x in range(7)], 1))
+    assert [sq for _, sq in here] == [x * x for x in range(7)] and {pid for pid, _ in here} == {os.getpid()}
+    there = list(ordered_map(_pid_and_square, [(x,) for x in range(7)], 2))
+    assert [sq for _, sq in there] == [x * x for x in range(7)]
+    assert os.getpid() not in {pid for pid, _ in there}
+    assert list(ordered_map(_pid_and_square, [], 2)) == []
+
+
+def test_ordered_map_raises_a_workers_exception_in_this_process():
+    with pytest.raises(ZeroDivisionError):
+        list(ordered_map(divmod, [(1, 1), (1, 0)], 2))
+
+
+def test_automatic_workers_by_records_cores_and_threads(monkeypatch):
+    cores = available_cpus()
+    assert workers_for(0, PARALLEL_FROM - 1, 30) == 1  # small data: a worker's start costs more than it saves
+    assert workers_for(0, PARALLEL_FROM, 30) == cores
+    assert workers_for(0, PARALLEL_FROM, 1) == 1  # never more than the tasks
+    assert workers_for(0, 10**6, 30, threads=cores) == 1  # each task's threads use every core
+    assert workers_for(3, 10, 30) == 3 and workers_for(3, 10, 2) == 2 and workers_for(1, 10**6, 30) == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank takes part in each fit
+    assert workers_for(0, 10**6, 30) == 1 and workers_for(3, 10**6, 30) == 1
