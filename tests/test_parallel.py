@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -28,6 +29,19 @@ def test_ordered_map_yields_in_task_order_from_worker_processes_or_this_one():
 def test_ordered_map_raises_a_workers_exception_in_this_process():
     with pytest.raises(ZeroDivisionError):
         list(ordered_map(divmod, [(1, 1), (1, 0)], 2))
+
+
+def _killed_in_a_worker(parent: int, x: int) -> int:
+    if x == 3 and os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return 10 * x
+
+
+def test_a_worker_that_dies_leaves_the_tasks_left_to_this_process(caplog):
+    caplog.set_level("WARNING", logger="router_ml.train")
+    assert list(ordered_map(_killed_in_a_worker, [(os.getpid(), x) for x in range(6)], 2)) == [10 * x for x in range(6)]
+    assert "a worker process stopped" in caplog.text and "run in this process" in caplog.text
+    assert [sq for _, sq in ordered_map(_pid_and_square, [(x,) for x in range(3)], 2)] == [0, 1, 4]  # workers again
 
 
 def test_automatic_workers_by_records_cores_and_threads(monkeypatch):

@@ -10,6 +10,7 @@ process, in order, with no pickling at all.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = ["PARALLEL_FROM", "available_cpus", "ordered_map", "workers_for"]
 #: starts in about 3 s, importing torch; the auto router's cross-validation on 2,000 records is 20-30 s
 #: of fits on one core)
 PARALLEL_FROM = 2000
+log = logging.getLogger("router_ml.train")
 
 
 def available_cpus() -> int:
@@ -46,16 +48,32 @@ def workers_for(configured: int, records: int, tasks: int, threads: int = 1) -> 
 
 def ordered_map(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], workers: int) -> Iterator[Any]:
     """``fn(*task)`` for each task, yielded in task order as they finish; ``workers`` > 1 runs them on
-    that many worker processes (``fn`` must then be a module-level function and the tasks picklable)."""
+    that many worker processes (``fn`` must then be a module-level function and the tasks picklable).
+    A worker that dies (killed for memory, say) costs nothing but time: the tasks not yet returned run
+    in this process, with a warning. An exception ``fn`` raises is raised here, as in this process."""
     tasks = list(tasks)
     if workers <= 1 or len(tasks) <= 1:
         return (fn(*task) for task in tasks)
+    return _in_workers(fn, tasks, min(workers, len(tasks)))
+
+
+def _in_workers(fn: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    from concurrent.futures import BrokenExecutor
+
     from joblib import Parallel, delayed
 
     # inner_max_num_threads: each worker's BLAS/OpenMP pools on one thread, as in this process
-    parallel = Parallel(n_jobs=min(workers, len(tasks)), backend="loky", return_as="generator",
-                        inner_max_num_threads=1)
-    return iter(parallel(delayed(_quietly)(fn, *task) for task in tasks))
+    parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", inner_max_num_threads=1)
+    done = 0
+    try:
+        for result in parallel(delayed(_quietly)(fn, *task) for task in tasks):
+            done += 1
+            yield result
+    except BrokenExecutor as exc:
+        log.warning("a worker process stopped (%s); the %d tasks left run in this process",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, len(tasks) - done)
+        for task in tasks[done:]:
+            yield fn(*task)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> Any:
