@@ -46,10 +46,10 @@ import gc
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router_ml._stderr import say
 from router_ml.decision_log import DecisionLog, worker_log_path
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration
@@ -157,18 +157,16 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
                   f"{exploration.to_dict() if exploration else 'off'}, cascade "
                   f"{f'{cascade} with scorer {scorer}' if cascade else 'off'})")
         if worker is None:
-            print(f"router-ml: {banner}", file=sys.stderr, flush=True)
+            say(banner)
         if log is not None and log.repaired_bytes:
-            print(f"router-ml: moved a truncated last line ({log.repaired_bytes} bytes) of {log.path} to "
-                  f"{log.path}.partial", file=sys.stderr, flush=True)
+            say(f"moved a truncated last line ({log.repaired_bytes} bytes) of {log.path} to {log.path}.partial")
 
         def hangup() -> None:
             async def reload() -> None:
                 try:
                     await reload_variants(client)
                 except RouterMLError as exc:
-                    print(f"router-ml: error: reload failed, the current variants keep serving: {exc}",
-                          file=sys.stderr, flush=True)
+                    say(f"error: reload failed, the current variants keep serving: {exc}")
             asyncio.ensure_future(reload())
 
         server = make_server(app, drain_s=drain_s, shutdown_timeout_s=shutdown_timeout_s, on_hangup=hangup,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hmac
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
 from router_ml import _json
 from router_ml._serve_http import Reply, Request, Stream
+from router_ml._stderr import say
 from router_ml.client import AsyncRoutedClient, RequestError, RouteInfo, UpstreamError, UpstreamStream
 from router_ml.decision_log import FeedbackError, feedback_from
 from router_ml.errors import RouterMLError
@@ -32,7 +32,7 @@ async def reload_variants(client: Any) -> list[dict[str, Any]]:
         raise RouterMLError("this server has no router variants to reload (it was built on a plain client)")
     variants = await client.reload()
     shown = ", ".join(f"{v['name']}={v['artifact']} ({v['share']:.0%})" for v in variants)
-    print(f"router-ml: reloaded the router variants (pid {os.getpid()}): {shown}", file=sys.stderr, flush=True)
+    say(f"reloaded the router variants (pid {os.getpid()}): {shown}")
     return variants
 
 

@@ -39,6 +39,7 @@ import tempfile
 import time
 from typing import Any
 
+from router_ml._stderr import say
 from router_ml.errors import RouterMLError
 
 __all__ = ["supervise", "worker_main"]
@@ -51,10 +52,6 @@ MAX_YOUNG_DEATHS = 5
 #: the supervisor's poll of the readiness pipe until every worker has reported, and its longest sleep after
 STARTUP_POLL_S = 0.2
 IDLE_WAIT_S = 5.0
-
-
-def _say(message: str) -> None:
-    print(f"router-ml: {message}", file=sys.stderr, flush=True)
 
 
 def _status(code: int) -> str:
@@ -139,7 +136,7 @@ def _watch(slots: list[_Slot], start: Any, ready_r: int, metrics_dir: str, optio
             if not announced and all(s.ready for s in slots):
                 announced = True
                 pids = ", ".join(str(s.proc.pid) for s in slots if s.proc is not None)
-                _say(f"{slots[0].banner} - {len(slots)} workers "
+                say(f"{slots[0].banner} - {len(slots)} workers "
                      f"(pids {pids}) under supervisor pid {os.getpid()}")
         now = time.monotonic()
         for slot in slots:
@@ -149,17 +146,17 @@ def _watch(slots: list[_Slot], start: Any, ready_r: int, metrics_dir: str, optio
                 slot.proc = None
                 mark_process_dead(pid, metrics_dir)
                 if not slot.ready and not announced:
-                    _say(f"error: worker {slot.index} (pid {pid}) {_status(code)} before it could serve; stopping")
+                    say(f"error: worker {slot.index} (pid {pid}) {_status(code)} before it could serve; stopping")
                     _stop(slots, options, sock)
                     return code if code > 0 else 1
                 slot.young_deaths = slot.young_deaths + 1 if age < YOUNG_S else 0
                 if slot.young_deaths >= MAX_YOUNG_DEATHS:
-                    _say(f"error: worker {slot.index} died {slot.young_deaths} times in a row within {YOUNG_S:g} s "
+                    say(f"error: worker {slot.index} died {slot.young_deaths} times in a row within {YOUNG_S:g} s "
                          f"of starting (last: pid {pid} {_status(code)}); stopping")
                     _stop(slots, options, sock)
                     return 1
                 pause = 0.0 if not slot.young_deaths else min(30.0, 0.5 * 2 ** (slot.young_deaths - 1))
-                _say(f"worker {slot.index} (pid {pid}) {_status(code)} after {age:.1f} s; restarting it"
+                say(f"worker {slot.index} (pid {pid}) {_status(code)} after {age:.1f} s; restarting it"
                      + (f" in {pause:g} s" if pause else ""))
                 slot.restart_at = now + pause
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
@@ -191,7 +188,7 @@ def _stop(slots: list[_Slot], options: dict[str, Any], sock: socket.socket) -> i
         if time.monotonic() > deadline:
             for proc in live:
                 if proc.poll() is None:
-                    _say(f"worker pid {proc.pid} did not stop in time; killing it")
+                    say(f"worker pid {proc.pid} did not stop in time; killing it")
                     proc.kill()
                     proc.wait()
             break
@@ -237,7 +234,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         options = serve_options(build_parser(command_groups=False).parse_args(["serve", *serve_args]))
         run_server(**options, worker=Worker(own.slot, sock, ready))
     except RouterMLError as exc:
-        print(f"router-ml: error: worker {own.slot}: {exc}", file=sys.stderr, flush=True)
+        say(f"error: worker {own.slot}: {exc}")
         return 1
     return 0
 
