@@ -25,11 +25,11 @@ log = logging.getLogger("router_ml.train")
 
 
 def available_cpus() -> int:
-    """The cores this process may run on (its CPU affinity where the OS reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The cores this process may use: its CPU affinity and a container's CPU quota (cgroups) counted,
+    and at most ``LOKY_MAX_CPU_COUNT`` where that is set (joblib's count)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count())
 
 
 def workers_for(configured: int, records: int, tasks: int, threads: int = 1) -> int:
