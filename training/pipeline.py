@@ -240,6 +240,8 @@ def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared,
         workers = workers_for(config.train.workers, full, len(tasks), config.train.threads)
         if router_cls.text_inputs or not all(isinstance(x, FeatureMatrix) or x.nbytes <= _SENT_BYTES for x in inputs):
             workers = 1  # an encoder fine-tunes on every core itself; a worker is sent a feature file's path
+        if workers == 1:
+            return (fit_predict(*task) for task in tasks)
         stages = ordered_map(_fit_first_stage, [fit_args(t, v) for t, v, _ in tasks], workers)
         return (predict(stage, rows) for stage, (_, _, rows) in zip(stages, tasks, strict=True))
 
