@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if set(modes) - set(MODES):
         raise SystemExit(f"--modes: choose from {', '.join(MODES)}")
     jobs = [(d, s, m) for d in args.datasets.split(",") for m in modes for s in seeds]
+    from training.parallel import share_cores
+
+    share_cores(args.jobs)  # each training's workers: its share of the cores
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         aiq = dict(zip(jobs, pool.map(lambda j: one(run, j[0], j[1], j[2], config, out), jobs), strict=True))
     result: dict = {"run": str(run), "config": str(config), "seeds": seeds, "datasets": {}}

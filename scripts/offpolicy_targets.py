@@ -527,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--part {args.part!r}: choose learning, evaluation or learning,evaluation")
     result: dict = {"settings": {k: v for k, v in vars(args).items()}}
     failed: list[str] = []
+    from training.parallel import share_cores
+
+    share_cores(args.jobs)  # each training's workers: its share of the cores
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         if "learning" in parts:
             result["learning"] = {}

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from training.parallel import PARALLEL_FROM, available_cpus, ordered_map, workers_for
+from training.parallel import PARALLEL_FROM, available_cpus, ordered_map, share_cores, workers_for
 
 
 def _pid_and_square(x: int) -> tuple[int, int]:
@@ -53,3 +53,16 @@ def test_automatic_workers_by_records_cores_and_threads(monkeypatch):
     assert workers_for(3, 10, 30) == 3 and workers_for(3, 10, 2) == 2 and workers_for(1, 10**6, 30) == 1
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank takes part in each fit
     assert workers_for(0, 10**6, 30) == 1 and workers_for(3, 10**6, 30) == 1
+
+
+def test_trainings_run_side_by_side_share_the_cores(monkeypatch):
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    cores = available_cpus()
+    share_cores(1)
+    assert "LOKY_MAX_CPU_COUNT" not in os.environ
+    share_cores(2)
+    assert os.environ["LOKY_MAX_CPU_COUNT"] == str(max(1, cores // 2)) and available_cpus() == max(1, cores // 2)
+    assert workers_for(0, 10**6, 30) == max(1, cores // 2)
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "3")
+    share_cores(4)  # a limit the user set stays
+    assert os.environ["LOKY_MAX_CPU_COUNT"] == "3"

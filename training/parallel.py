@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["PARALLEL_FROM", "available_cpus", "ordered_map", "workers_for"]
+__all__ = ["PARALLEL_FROM", "available_cpus", "ordered_map", "share_cores", "workers_for"]
 
 #: automatic ``train.workers``: fits go to worker processes from this many training records (a worker
 #: starts in about 3 s, importing torch; the auto router's cross-validation on 2,000 records is 20-30 s
@@ -44,6 +44,14 @@ def workers_for(configured: int, records: int, tasks: int, threads: int = 1) -> 
     if records < PARALLEL_FROM:
         return 1
     return max(1, min(tasks, available_cpus() // max(1, threads)))
+
+
+def share_cores(jobs: int) -> None:
+    """For a script that runs ``jobs`` trainings side by side: each one's automatic ``train.workers``
+    counts only its share of the cores (``LOKY_MAX_CPU_COUNT`` in this process's environment, which the
+    trainings inherit; left alone where it is set already)."""
+    if jobs > 1:
+        os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(max(1, available_cpus() // jobs)))
 
 
 def ordered_map(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], workers: int) -> Iterator[Any]:
