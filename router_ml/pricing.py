@@ -99,6 +99,10 @@ class PriceCatalog(Mapping[str, ModelPrice]):
                 f"{self.source}: no price for model '{model}'; add it to the catalog"
             ) from None
 
+    def __contains__(self, model: object) -> bool:
+        # Mapping's default asks __getitem__ and catches KeyError only: an unpriced model would raise
+        return model in self._prices
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._prices)
 

@@ -446,3 +446,110 @@ def test_a_field_no_record_carries_takes_no_memory(demo):
     mixed, _ = load_traffic(write_jsonl(expected, Path(parquet).with_name("m.jsonl")))
     assert not is_blank(mixed.columns.propensity)
     _same(mixed, expected)
+
+
+# --- RouterBench-style wide Parquet: column by column, the same as row by row -------------------------
+
+def _wide_table(n: int = 90):
+    """A wide table with every column kind the fast reader takes, bad rows spread over it, a model with no
+    value in the first rows, a priced model whose cost comes from its tokens, and repeated sample ids."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    qa = rng.random(n)
+    qa[7::7] = np.nan
+    cols = {
+        "sample_id": pa.array([i if i % 11 else None for i in range(n)], pa.int64()),
+        "prompt": [f"question {i} ünï" for i in range(n)],
+        "category": [["law", "maths", None][i % 3] for i in range(n)],
+        "src": [f"set{i % 4}" for i in range(n)],
+        "when": pa.array([np.datetime64("2026-01-01T00:00:00") + np.timedelta64(i, "h") for i in range(n)]),
+        "tags": [[f"t{i}", "x"] if i % 2 else None for i in range(n)],
+        "a": qa,
+        "a|total_cost": rng.random(n) / 100,
+        "a|input_tokens": pa.array([10 + i if i % 5 else None for i in range(n)], pa.int64()),
+        "a|propensity": [0.5 if i % 3 else None for i in range(n)],
+        "a|response": [None if i % 4 == 0 else ("" if i % 4 == 1 else f"answer {i}") for i in range(n)],
+        "a|judge": rng.random(n),
+        "b": pa.array([i % 2 if i % 6 else None for i in range(n)], pa.int64()),
+        "b|total_cost": [float("nan") if i % 9 == 0 else 0.002 for i in range(n)],
+        "b|output_tokens": [float(i) for i in range(n)],
+        "c": pa.array([bool(i % 3) for i in range(n)]),
+        "c|latency": [0.1 * i for i in range(n)],
+        "c|input_tokens": [3] * n,
+        "d": [None if i < 40 else 0.25 for i in range(n)],
+        "d|total_cost": [0.5] * n,
+    }
+    bad = {5: ("a", 1.5), 12: ("a|total_cost", -1.0), 18: ("a|total_cost", float("inf")), 23: ("a|propensity", 0.0),
+           29: ("prompt", "   "), 31: ("prompt", None), 37: ("b|output_tokens", 2.5), 44: ("b|output_tokens", -3.0),
+           52: ("c|latency", -0.5), 61: ("a|propensity", 1.5)}
+    table = pa.table(cols)
+    data = table.to_pydict()
+    for i, (name, value) in bad.items():
+        data[name][i] = value
+    for name in ("a", "b", "c", "d"):  # rows 47 and 48 carry no outcome at all
+        data[name][47] = data[name][48] = None
+    for name in data:  # the same record twice: merged
+        data[name][70] = data[name][20]
+    return pa.table(data, schema=table.schema), sorted([*bad, 47, 48])
+
+
+def test_wide_parquet_batches_equal_the_per_row_reader(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from training.data import fast_wide
+    from training.data.readers import PriceCatalog
+    from training.data.tabular import read_wide
+
+    table, bad = _wide_table()
+    path = tmp_path / "w.parquet"
+    pq.write_table(table, path)
+    prices = PriceCatalog({"c": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
+    for catalog in (None, prices):
+        row_path = list(row_batches(read_wide(path, prices=catalog)))
+        expected = concat([b.columns for b in row_path])
+        models = expected.first_appearance_order()
+        for rows in (7, 16, 1 << 20):
+            batches = list(fast_wide.wide_batches(path, catalog, batch_rows=rows))
+            assert concat([b.columns for b in batches]).digest(models) == expected.digest(models)
+            assert [pos + k * rows for k, b in enumerate(batches) for pos, _ in b.errors] == bad
+        assert len(expected) == len(table) - len(bad)
+    assert expected.first_appearance_order() == ("a", "c", "b", "d")  # b from row 1, d from row 40
+    # the loader: strict mode names the first bad row; quarantine lines, counts and the table as before
+    with pytest.raises(DataError) as info:
+        load_traffic(path)
+    assert info.value.location == f"{path} row 5" and info.value.field == "outcomes.a.quality"
+    for rows in (7, 1 << 20):
+        monkeypatch.setattr(fast_wide, "_ROW_BATCH", rows)
+        qfile = tmp_path / f"q{rows}.jsonl"
+        loaded, report = load_traffic(path, on_error="quarantine", quarantine=qfile, prices=prices)
+        assert qfile.read_text() == _expected_quarantine(read_wide(path, prices=prices))
+        assert report.rejected == len(bad) and report.merged_duplicates == 1
+        assert report.ignored_columns == ["a|judge"]
+        kept = [row.record for row in read_wide(path, prices=prices) if row.error is None]
+        assert loaded.records == [r for i, r in enumerate(kept) if r.sample_id != "20" or i == kept.index(
+            next(x for x in kept if x.sample_id == "20"))]
+    first = loaded.records[1]
+    assert first.metadata == {"src": "set1", "when": "2026-01-01T01:00:00", "tags": ["t1", "x"]}
+    assert first.outcomes["a"].response == "" and first.outcomes["c"].cost == 3 / 1e6
+    assert loaded.records[0].sample_id is None and first.sample_id == "1" and first.task == "maths"
+
+
+def test_wide_files_the_column_checks_do_not_cover_take_the_row_path_whole(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.data.fast_wide import wide_batches
+    from training.data.tabular import read_wide
+
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table({"prompt": ["p0", "p1"], "m": ["1", "true"], "m|total_cost": [0.1, 0.2]}),
+                   tmp_path / "d" / "a.parquet")  # a quality stored as text
+    (tmp_path / "d" / "b.csv").write_text("prompt,m,m|total_cost\np2,0,0.3\np3,lots,0.4\n")
+    pq.write_table(pa.table({"prompt": ["p4"], "m": [0.5], "m|total_cost": [0.5]}), tmp_path / "d" / "c.parquet")
+    batches = list(wide_batches(tmp_path / "d"))
+    row_path = list(row_batches(read_wide(tmp_path / "d")))
+    assert concat([b.columns for b in batches]).digest(("m",)) == concat([b.columns for b in row_path]).digest(("m",))
+    assert [row.location for b in batches for _, row in b.errors] == [f"{tmp_path / 'd' / 'b.csv'}:3"]
+    table, _ = load_traffic(tmp_path / "d", on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert table.quality[:, 0].tolist() == [1.0, 1.0, 0.0, 0.5]

@@ -35,6 +35,31 @@ def test_missing_model_says_what_to_do():
         catalog["b"]
 
 
+def test_a_model_the_catalog_does_not_price_is_not_in_it_and_keeps_its_outcome_without_a_cost(tmp_path):
+    from training.data import load_traffic
+
+    catalog = PriceCatalog({"a": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    assert "a" in catalog and "b" not in catalog  # a membership test, not the lookup's error
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "q", "outcomes": {"a": {"quality": 1, "input_tokens": 10, "output_tokens": 5}, '
+                    '"b": {"quality": 0, "input_tokens": 10}}}\n')
+    table, _ = load_traffic(path, prices=catalog)
+    assert table[0].outcomes["a"].cost == 20 / 1e6 and table[0].outcomes["b"].cost is None
+
+
+def test_a_catalog_that_prices_some_models_of_a_table_without_costs_names_the_others():
+    import numpy as np
+
+    from router_ml import DataError
+    from training.costs import observed_costs
+    from training.data import Outcome, Record, TrafficTable
+
+    table = TrafficTable([Record(prompt=f"q{i}", outcomes={m: Outcome(quality=1.0) for m in "abc"}) for i in range(4)])
+    catalog = PriceCatalog({"a": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    with pytest.raises(DataError, match=r"no price for \['b', 'c'\]: add them"):
+        observed_costs(table, np.arange(4), catalog)
+
+
 def test_shared_catalog_loads(shared_data):
     catalog = PriceCatalog.load(shared_data / "mmlu-pro-29" / "prices.json")
     assert len(catalog) == 29

@@ -76,6 +76,10 @@ def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCat
             cost = np.zeros_like(quality)
             cost[:, strong] = 1.0
             return cost
+        if prices is not None:
+            unpriced = [m for m in table.models if m not in prices]
+            raise DataError(f"no costs in the data, and the price catalog has no price for {unpriced}: add "
+                            "them to the catalog, or give cost columns")
         raise DataError("no costs in the data: give a price catalog (--prices) or cost columns "
                         f"for the {len(table.models)} models")
     for j, model in enumerate(table.models):

@@ -3,11 +3,12 @@
 The canonical formats take a fast path (:mod:`training.data.fast_parquet`: batches checked with
 numpy/pyarrow on whole columns; :mod:`training.data.fast_jsonl`: ~8 MB blocks of complete lines
 parsed with ``orjson`` when it is installed; :mod:`training.data.parallel`: either over
-processes). A row the fast checks do not accept whole - anything invalid or unusual (a string
-where a number belongs, preferences, extra top-level keys, a price catalog needed to derive a
-cost) - goes through the exact per-row path of :mod:`training.data.readers`, so messages,
-locations and quarantine lines are the ones that path gives. The other formats run on the
-per-row path and are assembled into the same batches (:func:`row_batches`).
+processes), and so do wide Parquet tables (:mod:`training.data.fast_wide`). A row the fast checks
+do not accept whole - anything invalid or unusual (a string where a number belongs, preferences,
+extra top-level keys, a price catalog needed to derive a cost) - goes through the exact per-row
+path of :mod:`training.data.readers`, so messages, locations and quarantine lines are the ones that
+path gives. The other formats run on the per-row path and are assembled into the same batches
+(:func:`row_batches`).
 """
 
 from __future__ import annotations
@@ -141,11 +142,12 @@ def row_batches(rows: Iterator[Row], size: int = 4096) -> Iterator[Batch]:
 def read_batches(fmt: str, path: Any, *, prices: PriceCatalog | None = None, num_proc: int = 1,
                  **options: Any) -> Iterator[Batch]:
     """The input at ``path`` as :class:`Batch` es: the fast readers for canonical JSONL and Parquet
-    (over ``num_proc`` processes when above 1), the per-row reader of ``fmt`` otherwise
-    (``options`` go to it)."""
+    (over ``num_proc`` processes when above 1) and for wide tables, the per-row reader of ``fmt``
+    otherwise (``options`` go to it)."""
     # imported here: the fast readers build on this module's Batch
     from training.data.fast_jsonl import jsonl_batches
     from training.data.fast_parquet import parquet_batches
+    from training.data.fast_wide import wide_batches
     from training.data.parallel import parallel_batches
 
     if fmt in ("jsonl", "parquet") and num_proc > 1:
@@ -154,4 +156,6 @@ def read_batches(fmt: str, path: Any, *, prices: PriceCatalog | None = None, num
         return jsonl_batches(path, prices)
     if fmt == "parquet":
         return parquet_batches(path, prices)
+    if fmt == "wide":
+        return wide_batches(path, prices, report=options.get("report"))
     return row_batches(reader_for(fmt)(path, prices=prices, **options))

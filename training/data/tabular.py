@@ -22,7 +22,7 @@ from training.data._rows import (
 )
 from training.data.schema import Record, RecordError, build_record, is_missing
 
-__all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide"]
+__all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide", "wide_files", "wide_layout", "wide_rows"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
                      "output_tokens": "output_tokens", "latency": "latency_s",
@@ -100,28 +100,44 @@ class WideLayout:
         )
 
 
-def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | None = None,
-              **_: Any) -> Iterator[Row]:
-    """Read a RouterBench-style wide table from a Parquet or CSV file (or a directory of them)."""
-    files = sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
-    for file in files:
-        if file.suffix == ".csv":
-            layout = WideLayout(_csv_header(file), source=str(file), csv=True)
-            rows: Iterator[tuple[str, Any]] = (
-                (loc, item) for loc, _, item in _iter_csv_rows(file))
-        else:
-            layout = WideLayout(_parquet_columns(file), source=str(file))
-            rows = ((f"{file} row {i}", row) for i, row in _iter_parquet_rows(file))
-        if report is not None:
-            report.setdefault("ignored_columns", []).extend(c for c in layout.ignored
-                                                            if c not in report["ignored_columns"])
-        for loc, item in rows:
+def wide_files(path: Path) -> list[Path]:
+    """The files of a wide table: the file itself, or a directory's Parquet and CSV files in name order."""
+    return sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
+
+
+def wide_layout(file: Path, report: dict | None = None) -> WideLayout:
+    """One wide file's layout; its ignored columns are added to ``report["ignored_columns"]``."""
+    if file.suffix == ".csv":
+        layout = WideLayout(_csv_header(file), source=str(file), csv=True)
+    else:
+        layout = WideLayout(_parquet_columns(file), source=str(file))
+    if report is not None:
+        ignored = report.setdefault("ignored_columns", [])
+        ignored.extend(c for c in layout.ignored if c not in ignored)
+    return layout
+
+
+def wide_rows(file: Path, layout: WideLayout, prices: PriceCatalog | None,
+              parquet_rows: Iterable[tuple[int, dict[str, Any]]] | None = None) -> Iterator[Row]:
+    """One wide file through the per-row path; ``parquet_rows``: only these ``(row number, row)`` of a
+    Parquet file (the rows the column checks left to this path)."""
+    if file.suffix == ".csv":
+        for loc, _, item in _iter_csv_rows(file):
             if isinstance(item, RecordError):
                 yield Row(loc, None, error=item)
                 continue
-            clean = _raw_csv if file.suffix == ".csv" else _clean
-            yield _convert(loc, lambda item=item, clean=clean: clean(item),
-                           lambda item=item, layout=layout: layout.record(item, prices))
+            yield _convert(loc, lambda item=item: _raw_csv(item), lambda item=item: layout.record(item, prices))
+        return
+    for i, row in parquet_rows if parquet_rows is not None else _iter_parquet_rows(file):
+        yield _convert(f"{file} row {i}", lambda row=row: _clean(row), lambda row=row: layout.record(row, prices))
+
+
+def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | None = None,
+              **_: Any) -> Iterator[Row]:
+    """Read a RouterBench-style wide table from a Parquet or CSV file (or a directory of them), row by row
+    (:func:`training.data.fast_wide.wide_batches` is the column-by-column reader loading uses)."""
+    for file in wide_files(path):
+        yield from wide_rows(file, wide_layout(file, report), prices)
 
 
 # --- RouteLLM evaluation CSVs -----------------------------------------------------------------
