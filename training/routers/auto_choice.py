@@ -10,12 +10,11 @@ candidates is :mod:`training.routers.auto`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 
-from training.evaluation import HeldOut, knob_choices, score_choices
+from training.evaluation import HeldOut, _curve_draws, knob_choices, score_choices
 from training.routers.heads import apply_platt, expected_calibration_error, fit_platt
 
 __all__ = ["AUTO_CANDIDATES", "completed_log_choice", "held_out_aiq", "keep_candidate", "log_selection",
@@ -63,16 +62,14 @@ def score_variant(raw: np.ndarray, quality: np.ndarray, held: HeldOut, *,
 def paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n_boot: int = 200) -> float:
     """The share of ``n_boot`` bootstrap resamples of ``held``'s prompts (the same resample for both)
     on which ``pred`` routes to a higher AIQ than ``other``. A prompt's choice at each knob value is the
-    policy's on that prompt alone, so both routers choose once and each resample draws prompts with their
-    choices (choosing again per resample was 95% of the time: 400 sweeps of 81 knob values)."""
-    rng = np.random.default_rng(seed)
-    mine, theirs = (knob_choices(p, held.cost_est, held.wtps) for p in (pred, other))
-    n, wins = len(held.quality), 0
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        part = dataclasses.replace(held, quality=held.quality[idx], cost=held.cost[idx], cost_est=held.cost_est[idx])
-        wins += _choices_aiq(mine[:, idx], part) > _choices_aiq(theirs[:, idx], part)
-    return wins / n_boot
+    policy's on that prompt alone, so both routers choose once, and each resample's AIQ comes from the
+    evaluation's own bootstrap (:func:`training.evaluation._curve_draws`, the same draws for both: with
+    every outcome known, a resample's means are its counts times the chosen cells)."""
+    draws = [_curve_draws(held.quality, held.cost, knob_choices(p, held.cost_est, held.wtps), held.weights(),
+                          held.resolved_estimator(), held.reward_model, n_boot, seed, held.dr_cost_model())["aiq"]
+             for p in (pred, other)]
+    mine, theirs = ([float("-inf") if np.isnan(v) else round(float(v), 6) for v in d] for d in draws)
+    return sum(a > b for a, b in zip(mine, theirs, strict=True)) / n_boot
 
 
 def keep_candidate(report: dict[str, dict[str, Any]], confidence: float) -> str:
