@@ -41,7 +41,12 @@ class KNNRouter:
 
 class LogRegRouter:
     """One logistic regression per model on the prompt embedding; graded quality q in [0, 1] is
-    fitted exactly as soft labels (each row twice, as 1 with weight q and as 0 with weight 1-q)."""
+    fitted exactly as soft labels (each row twice, as 1 with weight q and as 0 with weight 1-q).
+
+    Each fit runs BLAS on one thread: a threaded matrix-vector product sums in another order, so the
+    coefficients depended on the machine's cores (MMLU-Pro-29 seed 0: test AIQ 0.69149 on two threads,
+    0.69157 on one), and on these sizes the threads cost more than they gave (the 29 fits: 12 s on two
+    threads, 4 s on one)."""
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000):
         self.C = C
@@ -49,6 +54,7 @@ class LogRegRouter:
 
     def fit(self, X: np.ndarray, quality: np.ndarray) -> LogRegRouter:
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         self.models_ = []
         for j in range(quality.shape[1]):
@@ -62,7 +68,8 @@ class LogRegRouter:
             w = np.concatenate([q, 1.0 - q])
             keep = w > 0
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
-            self.models_.append(clf.fit(Xj[keep], y[keep], sample_weight=w[keep]))
+            with threadpool_limits(limits=1, user_api="blas"):
+                self.models_.append(clf.fit(Xj[keep], y[keep], sample_weight=w[keep]))
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
