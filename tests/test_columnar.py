@@ -461,7 +461,7 @@ def _wide_table(n: int = 90):
     cols = {
         "sample_id": pa.array([i if i % 11 else None for i in range(n)], pa.int64()),
         "prompt": [f"question {i} ünï" for i in range(n)],
-        "category": [["law", "maths", None][i % 3] for i in range(n)],
+        "category": pa.array([["law", "maths", None][i % 3] for i in range(n)]).dictionary_encode(),  # categorical
         "src": [f"set{i % 4}" for i in range(n)],
         "when": pa.array([np.datetime64("2026-01-01T00:00:00") + np.timedelta64(i, "h") for i in range(n)]),
         "tags": [[f"t{i}", "x"] if i % 2 else None for i in range(n)],
@@ -511,6 +511,7 @@ def test_wide_parquet_batches_equal_the_per_row_reader(tmp_path, monkeypatch):
         models = expected.first_appearance_order()
         for rows in (7, 16, 1 << 20):
             batches = list(fast_wide.wide_batches(path, catalog, batch_rows=rows))
+            assert all(b.locations.strings is None for b in batches)  # the column path, not the row path
             assert concat([b.columns for b in batches]).digest(models) == expected.digest(models)
             assert [pos + k * rows for k, b in enumerate(batches) for pos, _ in b.errors] == bad
         assert len(expected) == len(table) - len(bad)
@@ -551,5 +552,6 @@ def test_wide_files_the_column_checks_do_not_cover_take_the_row_path_whole(tmp_p
     row_path = list(row_batches(read_wide(tmp_path / "d")))
     assert concat([b.columns for b in batches]).digest(("m",)) == concat([b.columns for b in row_path]).digest(("m",))
     assert [row.location for b in batches for _, row in b.errors] == [f"{tmp_path / 'd' / 'b.csv'}:3"]
+    assert [b.locations.strings is None for b in batches] == [False, False, True]  # only c.parquet by columns
     table, _ = load_traffic(tmp_path / "d", on_error="quarantine", quarantine=tmp_path / "q.jsonl")
     assert table.quality[:, 0].tolist() == [1.0, 1.0, 0.0, 0.5]

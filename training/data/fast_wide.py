@@ -39,7 +39,9 @@ def _fast_ok(schema: Any, layout: WideLayout) -> bool:
     def kind(name: str) -> Any:
         return schema.field(name).type
 
-    def is_text(typ: Any) -> bool:
+    def is_text(typ: Any) -> bool:  # a pandas categorical column is stored dictionary-encoded
+        if t.is_dictionary(typ):
+            typ = typ.value_type
         return t.is_string(typ) or t.is_large_string(typ)
 
     def is_number(typ: Any) -> bool:
