@@ -57,6 +57,7 @@ __all__ = [
     "METRICS_FORMAT",
     "Baseline",
     "HeldOut",
+    "curve_draws",
     "default_knob",
     "evaluate_held_out",
     "paired_differences",
@@ -282,6 +283,14 @@ def _curve_draws(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, wei
                 value = summary_.get(name)
                 column[first + b] = np.nan if value is None else value
     return values
+
+
+def curve_draws(choices: np.ndarray, held: HeldOut, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Every curve metric of a router given as its ``choices`` (k, n) on each of ``n_boot`` bootstrap
+    resamples of ``held``'s prompts drawn from ``seed`` (NaN where undefined), estimated as
+    :func:`score_choices` estimates them: two routers' draws for the same seed are paired."""
+    return _curve_draws(held.quality, held.cost, choices, held.weights(), held.resolved_estimator(),
+                        held.reward_model, n_boot, seed, held.dr_cost_model())
 
 
 def _curve_summary(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,

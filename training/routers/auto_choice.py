@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation import HeldOut, _curve_draws, knob_choices, score_choices
+from training.evaluation import HeldOut, curve_draws, knob_choices, score_choices
 from training.routers.heads import apply_platt, expected_calibration_error, fit_platt
 
 __all__ = ["AUTO_CANDIDATES", "completed_log_choice", "held_out_aiq", "keep_candidate", "log_selection",
@@ -63,11 +63,9 @@ def paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n
     """The share of ``n_boot`` bootstrap resamples of ``held``'s prompts (the same resample for both)
     on which ``pred`` routes to a higher AIQ than ``other``. A prompt's choice at each knob value is the
     policy's on that prompt alone, so both routers choose once, and each resample's AIQ comes from the
-    evaluation's own bootstrap (:func:`training.evaluation._curve_draws`, the same draws for both: with
+    evaluation's own bootstrap (:func:`training.evaluation.curve_draws`, the same draws for both: with
     every outcome known, a resample's means are its counts times the chosen cells)."""
-    draws = [_curve_draws(held.quality, held.cost, knob_choices(p, held.cost_est, held.wtps), held.weights(),
-                          held.resolved_estimator(), held.reward_model, n_boot, seed, held.dr_cost_model())["aiq"]
-             for p in (pred, other)]
+    draws = [curve_draws(knob_choices(p, held.cost_est, held.wtps), held, n_boot, seed)["aiq"] for p in (pred, other)]
     mine, theirs = ([float("-inf") if np.isnan(v) else round(float(v), 6) for v in d] for d in draws)
     return sum(a > b for a, b in zip(mine, theirs, strict=True)) / n_boot
 
