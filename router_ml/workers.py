@@ -137,7 +137,7 @@ def _watch(slots: list[_Slot], start: Any, ready_r: int, metrics_dir: str, optio
                 announced = True
                 pids = ", ".join(str(s.proc.pid) for s in slots if s.proc is not None)
                 say(f"{slots[0].banner} - {len(slots)} workers "
-                     f"(pids {pids}) under supervisor pid {os.getpid()}")
+                    f"(pids {pids}) under supervisor pid {os.getpid()}")
         now = time.monotonic()
         for slot in slots:
             code = None if slot.proc is None else slot.proc.poll()
@@ -152,12 +152,12 @@ def _watch(slots: list[_Slot], start: Any, ready_r: int, metrics_dir: str, optio
                 slot.young_deaths = slot.young_deaths + 1 if age < YOUNG_S else 0
                 if slot.young_deaths >= MAX_YOUNG_DEATHS:
                     say(f"error: worker {slot.index} died {slot.young_deaths} times in a row within {YOUNG_S:g} s "
-                         f"of starting (last: pid {pid} {_status(code)}); stopping")
+                        f"of starting (last: pid {pid} {_status(code)}); stopping")
                     _stop(slots, options, sock)
                     return 1
                 pause = 0.0 if not slot.young_deaths else min(30.0, 0.5 * 2 ** (slot.young_deaths - 1))
                 say(f"worker {slot.index} (pid {pid}) {_status(code)} after {age:.1f} s; restarting it"
-                     + (f" in {pause:g} s" if pause else ""))
+                    + (f" in {pause:g} s" if pause else ""))
                 slot.restart_at = now + pause
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
                 start(slot)

@@ -32,6 +32,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from training.parallel import share_cores
 from training.routers.auto_choice import keep_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
     grouped = {t for t in names if "eval_name" in pq.read_schema(paths[t]).names}  # the groups candidate
     jobs = [(paths[t], s, p) for t in names for s in seeds for p in PICKS + (("groups",) if t in grouped else ())]
-    from training.parallel import share_cores
-
     share_cores(args.jobs)  # each training's workers: its share of the cores
     with ThreadPoolExecutor(args.jobs) as pool:
         files = list(pool.map(lambda job: run_one(*job, runs), jobs))
