@@ -174,7 +174,8 @@ def test_wide_csv_reads_models_costs_and_metadata(tmp_path):
     assert table[0].metadata == {"oracle": "big"}
     assert set(table[1].outcomes) == {"small"}  # empty = no outcome for 'big'
     assert table.cost[0].tolist() == [0.001, 0.01]
-    assert report.ignored_columns == ["small|model_response"]
+    assert report.ignored_columns == []  # RouterBench's M|model_response is the answer text
+    assert table.responses("small").tolist() == ["resp", "r"]
 
 
 def test_wide_csv_battery(tmp_path):
@@ -217,6 +218,40 @@ def test_wide_parquet_nan_is_no_outcome(tmp_path):
                              "m2": [0.0, 1.0], "m2|total_cost": [0.2, 0.3], "m2|output_tokens": [5, 6]}), path)
     table, _ = load_traffic(path)
     assert set(table[1].outcomes) == {"m2"} and table[1].outcomes["m2"].output_tokens == 6
+
+
+def test_wide_multi_turn_prompts_are_user_turns_and_routerbench_response_columns_are_read(tmp_path):
+    """A prompt cell holding a list of strings (RouterBench's MT-Bench rows; a Parquet list column) is a
+    chat record of that many user turns, routed on the last one as a live conversation is; RouterBench's
+    ``M|model_response`` is the answer text. An empty list or one holding a non-string stays an error."""
+    path = tmp_path / "w.parquet"
+    pq.write_table(pa.table({"prompt": [["Write a poem.", "Now make it rhyme."], ["What is 2+2?"]],
+                             "m": [0.8, 1.0], "m|total_cost": [0.1, 0.1], "m|model_response": ["Roses", "4"]}), path)
+    for fmt, kwargs in (("wide", {}), ("hf", {})):
+        table, report = load_traffic(path if fmt == "wide" else _dir_of(path, tmp_path / "hf"), format=fmt, **kwargs)
+        assert table[0].prompt is None
+        assert [dict(m) for m in table[0].messages] == [{"role": "user", "content": "Write a poem."},
+                                                         {"role": "user", "content": "Now make it rhyme."}]
+        assert table[0].text == "Now make it rhyme." and table[1].text == "What is 2+2?"
+        assert table.responses("m").tolist() == ["Roses", "4"]
+        assert "m|model_response" not in report.ignored_columns
+    long = tmp_path / "long"
+    long.mkdir()
+    pq.write_table(pa.table({"turns": [["Hi", "Summarise this."]], "model": ["m"], "q": [0.5]}), long / "0.parquet")
+    table, _ = load_traffic(long, format="hf", columns={"prompt": "turns", "model": "model", "quality": "q"})
+    assert len(table[0].messages) == 2 and table[0].text == "Summarise this."
+    for name, prompts in (("empty", [["q"], [], ["ok"]]), ("numbers", [[1], [2, 3], [4]])):
+        bad = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"prompt": prompts, "m": [1.0] * 3, "m|total_cost": [0.1] * 3}), bad)
+        with pytest.raises(DataError, match=r"row 0.*field 'prompt'" if name == "numbers" else
+                           r"row 1.*field 'prompt'"):
+            load_traffic(bad)
+
+
+def _dir_of(file, directory):
+    directory.mkdir()
+    (directory / file.name).write_bytes(file.read_bytes())
+    return directory
 
 
 def test_wide_orphan_cost_column_is_a_file_error(tmp_path):

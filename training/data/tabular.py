@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from router_ml.errors import DataError
 from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
@@ -22,11 +24,13 @@ from training.data._rows import (
 )
 from training.data.schema import Record, RecordError, build_record, is_missing
 
-__all__ = ["WideLayout", "read_pickle", "read_routellm", "read_wide", "wide_files", "wide_layout", "wide_rows"]
+__all__ = ["WideLayout", "prompt_fields", "read_pickle", "read_routellm", "read_wide", "wide_files", "wide_layout",
+           "wide_rows"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
                      "output_tokens": "output_tokens", "latency": "latency_s",
-                     "latency_s": "latency_s", "propensity": "propensity", "response": "response"}
+                     "latency_s": "latency_s", "propensity": "propensity", "response": "response",
+                     "model_response": "response"}
 _TASK_COLUMNS = ("eval_name", "task", "category")
 
 
@@ -35,10 +39,12 @@ class WideLayout:
 
     A column ``M`` is a model's quality column when some ``M|...`` column exists beside it;
     ``M|total_cost``, ``M|input_tokens``, ``M|output_tokens``, ``M|latency``, ``M|propensity`` and
-    ``M|response`` (the model's answer text) fill its outcome (an empty/NaN propensity cell = not
-    logged for that row; a null/NaN response cell = no answer recorded, an empty string = the model
-    produced nothing); other ``M|...`` columns are ignored and listed in :attr:`ignored`; every
-    remaining column except ``prompt``/``sample_id``/the task column is kept in ``metadata``.
+    ``M|response`` (the model's answer text; RouterBench names it ``M|model_response``) fill its
+    outcome (an empty/NaN propensity cell = not logged for that row; a null/NaN response cell = no
+    answer recorded, an empty string = the model produced nothing); other ``M|...`` columns are
+    ignored and listed in :attr:`ignored`; every remaining column except ``prompt``/``sample_id``/the
+    task column is kept in ``metadata``. A prompt cell holding a list of strings (a multi-turn
+    prompt) is read as chat ``messages``, one user turn per string (:func:`prompt_fields`).
     """
 
     def __init__(self, columns: Iterable[str], *, source: str, prompt: str = "prompt",
@@ -88,9 +94,11 @@ class WideLayout:
                     continue  # null / NaN: no answer recorded (a text cell, even "", is one)
                 outcome[key] = value
             outcomes[model] = outcome
+        prompt, messages = prompt_fields(row.get(self.prompt) if self.prompt else None,
+                                         row.get(self.messages) if self.messages else None)
         return build_record(
-            prompt=row.get(self.prompt) if self.prompt else None,
-            messages=row.get(self.messages) if self.messages else None,
+            prompt=prompt,
+            messages=messages,
             outcomes=outcomes,
             sample_id=row.get(self.sample_id) if self.sample_id else None,
             task=row.get(self.task) if self.task else None,
@@ -98,6 +106,18 @@ class WideLayout:
             metadata={c: _clean(row.get(c)) for c in self.meta},
             prices=prices,
         )
+
+
+def prompt_fields(prompt: Any, messages: Any) -> tuple[Any, Any]:
+    """A table row's ``(prompt, messages)`` cells, a prompt that is a non-empty list of strings (a
+    multi-turn prompt: RouterBench's MT-Bench rows, a Parquet or dataset list column) turned into chat
+    messages, one user turn per string, where the row has no messages of its own. The router then routes
+    on the last turn, as it routes a live conversation (:func:`router_ml.messages.routed_text`). Anything
+    else is returned as it is (and :func:`~training.data.schema.build_record` judges it)."""
+    if (messages is None and isinstance(prompt, list | tuple | np.ndarray) and len(prompt)
+            and all(isinstance(t, str) for t in prompt)):
+        return None, [{"role": "user", "content": str(t)} for t in prompt]
+    return prompt, messages
 
 
 def wide_files(path: Path) -> list[Path]:

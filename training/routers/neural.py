@@ -154,11 +154,15 @@ class GroupFit:
     @classmethod
     def fit(cls, X: np.ndarray, quality: np.ndarray, labels: np.ndarray) -> GroupFit:
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         labels = np.asarray(labels, dtype=str)
         known = labels != ""
         names, y = np.unique(labels[known], return_inverse=True)
-        clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(np.asarray(X)[known], y)
+        # one BLAS thread: the same digits on any core count, and faster on this problem's size (7,200
+        # records x 256 features x 91 groups: 0.4 s against 1-3.8 s on two threads)
+        with threadpool_limits(limits=1, user_api="blas"):
+            clf = LogisticRegression(C=GROUP_C, max_iter=1000).fit(np.asarray(X)[known], y)
         weight, bias = clf.coef_, clf.intercept_
         if len(names) == 2:  # scikit-learn's binary form: one logit for class 1
             weight, bias = np.vstack([np.zeros_like(weight), weight]), np.array([0.0, bias[0]])
