@@ -685,7 +685,9 @@ def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_p
     candidate listed, which switches group-informed routing on, and the logistic regression picked) blended
     with p(group | x) @ group means: validation keeps the blend, the saved head computes exactly
     (1 - w) * router + w * estimate with the estimate refitted on train + validation, and its spec names
-    the field and weight."""
+    the field and weight. On the fixed knob grid: swept over its own tie points (``eval.knob_refine``) the
+    near-constant router's tiny differences rank the prompts as well as the blend does (held-out AIQ 0.860
+    either way, against 0.764 on the fixed grid), and nothing is left for the blend to add."""
     from training.routers import AutoRouter
     from training.routers.neural import GroupFit
 
@@ -693,7 +695,7 @@ def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_p
     config = load_config(ROOT / "training/configs/auto.toml",
                          {**FAST, "router.candidates": ["logreg", "groups"], "router.auto_pick": "logreg",
                           "router.logreg_c": ["0.0001"], "router.cv_below": 0, "router.calibrate": False,
-                          "train.epochs": 3})
+                          "train.epochs": 3, "eval.knob_refine": 0})
     train = _batchable(X, quality, np.arange(0, 450), groups=groups)
     val = _batchable(X, quality, np.arange(450, 600), groups=groups)
     router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))

@@ -93,6 +93,7 @@ def test_importing_training_sets_no_seed():
     (["train.batch_size=0"], "train.batch_size: expected an integer >= 1"),
     (["train.patience=0"], "train.patience: expected an integer >= 1"),
     (["eval.knob_points=1"], "eval.knob_points: expected an integer >= 2"),
+    (["eval.knob_refine=-1"], "eval.knob_refine: expected an integer >= 0"),
     (["eval.n_boot=-5"], "eval.n_boot: expected an integer >= 0"),
     # combinations
     (["router.kind=encoder", "router.groups=task"], "router.groups: works with the mlp and mf routers"),

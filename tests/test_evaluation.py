@@ -212,3 +212,66 @@ def test_the_rows_with_every_outcome_are_scored_exactly_unless_the_data_is_a_log
     assert len(scoreable_rows(quality, sparse)) == len(sparse)  # too few complete rows: every row
     half = np.concatenate([complete, np.setdiff1d(rows, complete)[:len(complete)]])
     assert np.array_equal(scoreable_rows(quality, half, logged), complete)  # half complete: exact, as before
+
+
+def _two_model_router(n: int = 300, seed: int = 3):
+    """Outcomes of a weak and a strong model at fixed prices, and predictions whose strong-minus-weak
+    differences lie close together (0.12-0.21, as an averaged, calibrated router's do) but rank the
+    prompts where the strong model helps first, with noise."""
+    rng = np.random.default_rng(seed)
+    quality = (rng.random((n, 2)) < np.array([0.65, 0.82])).astype(float)
+    signal = quality[:, 1] - quality[:, 0] + rng.normal(0, 0.8, n)
+    spread = (np.argsort(np.argsort(signal)) + 0.5) / n
+    pred = np.column_stack([np.full(n, 0.65), 0.77 + 0.09 * spread])
+    cost = np.tile([6e-4, 1e-2], (n, 1))
+    return quality, cost, pred
+
+
+def test_a_refined_knob_sweep_reaches_the_exact_two_model_curve_where_the_fixed_grid_falls_short():
+    """With two models a prompt switches to the strong model at one willingness to pay; routing the top j
+    prompts by predicted difference, for every j, is the router's whole curve. ``refine`` knob values at
+    the quantiles of those points find its AIQ exactly; the fixed geometric grid (81 points, a factor of
+    1.2 apart) leaves this router a handful of points between all-weak and all-strong, and less AIQ."""
+    from router_ml.policy import knob_grid
+    from training.evaluation import router_wtps
+
+    quality, cost, pred = _two_model_router()
+    n = len(quality)
+    order = np.argsort(-(pred[:, 1] - pred[:, 0]), kind="stable")
+    strong = np.zeros(n, dtype=bool)
+    costs, qualities = [cost[:, 0].mean()], [quality[:, 0].mean()]
+    for i in order:  # the exact curve: one more prompt to the strong model at a time
+        strong[i] = True
+        costs.append(np.where(strong, cost[:, 1], cost[:, 0]).mean())
+        qualities.append(np.where(strong, quality[:, 1], quality[:, 0]).mean())
+    exact = metrics.aiq(np.array(costs), np.array(qualities), cost_range=(cost[0, 0], cost[0, 1]))
+    grid = knob_grid(cost.mean(axis=0), 81)
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=grid, models=("weak", "strong"), n_boot=0)
+    fixed = score_predictions(pred, held)
+    refined = score_predictions(pred, dataclasses.replace(held, refine=n))
+    assert refined["aiq"] == pytest.approx(exact, abs=1e-12)
+    assert fixed["aiq"] < exact - 0.005  # the fixed grid's shortfall on this router
+    assert len(refined["curve"]["willingness_to_pay"]) > len(grid) == len(fixed["curve"]["willingness_to_pay"])
+    assert np.array_equal(router_wtps(pred, cost, grid, 0), grid)  # refine 0: the fixed grid, as before
+    # fewer refined points than prompts: between the two, never below the fixed grid
+    coarse = score_predictions(pred, dataclasses.replace(held, refine=20))["aiq"]
+    assert fixed["aiq"] <= coarse <= exact
+
+
+def test_refined_sweeps_never_lower_a_routers_aiq_and_each_router_gets_its_own():
+    """Knob values are only added, so the hull of a refined sweep lies on or above the fixed grid's, for
+    any number of models; the oracle is refined on its own tie points too."""
+    rng = np.random.default_rng(11)
+    n, m = 400, 5
+    quality = (rng.random((n, m)) < rng.uniform(0.3, 0.9, m)).astype(float)
+    cost = np.tile(np.geomspace(1e-4, 1e-2, m), (n, 1)) * rng.uniform(0.5, 1.5, (n, 1))
+    held = HeldOut(quality=quality, cost=cost, cost_est=cost, wtps=np.array([0.0, 1e-3, 1e-2, 1e-1, np.inf]),
+                   models=tuple("abcde"), n_boot=0)
+    refined = dataclasses.replace(held, refine=200)
+    for trial in range(5):
+        pred = np.clip(quality * 0.3 + rng.random((n, m)) * 0.7, 0, 1)
+        assert score_predictions(pred, refined)["aiq"] >= score_predictions(pred, held)["aiq"] - 1e-12, trial
+        assert not np.array_equal(refined.grid(pred), refined.grid(np.roll(pred, 1, axis=0)))
+    oracle = [evaluate_held_out(quality * 0.9, h, baselines=("oracle",))["test"]["baselines"]["oracle"]
+              for h in (held, refined)]
+    assert oracle[1]["aiq"] > oracle[0]["aiq"]  # five knob values leave the oracle's curve far short

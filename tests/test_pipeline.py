@@ -122,6 +122,26 @@ def test_masked_logged_traffic_still_trains_and_beats_random(tmp_path, demo_subs
     assert full["test"]["aiq"] > full["test"]["baselines"]["random"]["aiq"]
 
 
+def test_a_refined_knob_sweep_is_saved_with_the_router_and_evaluate_sweeps_it_again(tmp_path, demo_subset):
+    """`eval.knob_refine`: the test curve sweeps the saved grid plus the router's own tie points; `evaluate`
+    reads the setting from the checkpoint's config and scores the same test prompts to the same AIQ, which
+    is at least the fixed grid's."""
+    from training.evaluation import read_metrics_file
+    from training.pipeline import saved_knob_grid
+
+    plain = cli("train", "--config", MLP_STATIC, "--data", demo_subset, "--out", tmp_path / "plain",
+                "--set", "tracking.enabled=false", *FAST, cwd=tmp_path)
+    summary = cli("train", "--config", MLP_STATIC, "--data", demo_subset, "--out", tmp_path / "r",
+                  "--set", "tracking.enabled=false", "--set", "eval.knob_refine=200", *FAST, cwd=tmp_path)
+    grid = saved_knob_grid(tmp_path / "r")
+    assert len(grid) == 41  # the saved grid stays the fixed one
+    curve = read_metrics_file(tmp_path / "r" / "metrics.json")["curve"]["willingness_to_pay"]
+    assert len(curve) > 200
+    assert summary["test"]["aiq"] >= plain["test"]["aiq"]  # same seed, same router: only knob values added
+    again = cli("evaluate", "--checkpoint", tmp_path / "r", "--data", demo_subset, "--json", cwd=tmp_path)
+    assert again["scored"] == 480 and again["test"]["aiq"] == pytest.approx(summary["test"]["aiq"], abs=1e-9)
+
+
 def test_unreachable_mlflow_does_not_stop_training(tmp_path, demo_subset):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

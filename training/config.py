@@ -128,6 +128,9 @@ class TrainLoopConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     knob_points: int = 81          #: willingness-to-pay values in the cost-quality sweep
+    #: knob values added to each router's sweep where its own choices change (quantiles of its tie points,
+    #: training.evaluation.router_wtps); 0 = the fixed grid alone
+    knob_refine: int = 0
     n_boot: int = 200              #: bootstrap resamples for confidence intervals
     baselines: tuple[str, ...] = BASELINE_NAMES
     #: knn / logreg fit on at most this many training records and are scored on at most this many test
@@ -317,6 +320,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.memory_mb": (lambda v: v >= 1, "an integer >= 1 (MiB of inputs and targets held at once)"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0 (0 = no limit)"),
     "eval.knob_points": (lambda v: v >= 2, "an integer >= 2"),
+    "eval.knob_refine": (lambda v: v >= 0, "an integer >= 0 (0 = the fixed knob grid alone)"),
     "eval.n_boot": (lambda v: v >= 0, "an integer >= 0 (0 = no confidence intervals)"),
     "eval.baseline_records": (lambda v: v >= 0, "an integer >= 0 (0 = all records)"),
     "scorer.response_head": (lambda v: v >= 0, "an integer >= 0"),

@@ -173,7 +173,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
                    wtps=saved.knob_grid, models=models, two_model=two_model,
                    n_boot=saved.n_boot if n_boot is None else n_boot,
                    seed=saved.seed if bootstrap_seed is None else bootstrap_seed,
-                   propensity=table.propensity[scored][:, cols], estimator=estimator)
+                   propensity=table.propensity[scored][:, cols], estimator=estimator, refine=saved.knob_refine)
     warning = None
     if held.logged and not held.has_propensities:
         lacking = int((~np.isnan(held.quality) & ~np.isfinite(held.propensity)).sum())

@@ -63,6 +63,7 @@ __all__ = [
     "paired_differences",
     "percentile_interval",
     "read_metrics_file",
+    "router_wtps",
     "score_choices",
     "score_predictions",
     "scoreable_rows",
@@ -115,6 +116,8 @@ class HeldOut:
     baseline_rows: np.ndarray | None = None
     #: outcomes observed beside a logged choice but not drawn by it, dropped from ``quality`` (class doc)
     unlogged_outcomes: int = 0
+    #: knob values added per router where its own choices change (:func:`router_wtps`, ``eval.knob_refine``)
+    refine: int = 0
 
     def __post_init__(self) -> None:
         if self.propensity is None:
@@ -125,6 +128,11 @@ class HeldOut:
         if extra.any():
             object.__setattr__(self, "quality", np.where(extra, np.nan, self.quality))
             object.__setattr__(self, "unlogged_outcomes", self.unlogged_outcomes + int(extra.sum()))
+
+    def grid(self, pred: np.ndarray, cost: np.ndarray | None = None) -> np.ndarray:
+        """The knob values a router predicting ``pred`` is swept over: :attr:`wtps`, refined for it by
+        :func:`router_wtps` (``cost``: the costs its policy sees, ``cost_est`` by default)."""
+        return router_wtps(pred, self.cost_est if cost is None else cost, self.wtps, self.refine)
 
     def subset(self, rows: np.ndarray) -> HeldOut:
         """These prompts' ``rows`` only (the trained baselines' features and training data kept)."""
@@ -347,6 +355,34 @@ def knob_choices(quality: np.ndarray, cost: np.ndarray, wtps: np.ndarray) -> np.
     return choose_each(quality, cost, wtps, dtype=np.int8 if quality.shape[1] <= 127 else np.int32)
 
 
+#: prompts whose tie points :func:`router_wtps` reads (evenly spaced over the scored ones)
+REFINE_PROMPTS = 4096
+
+
+def router_wtps(pred: np.ndarray, cost: np.ndarray, wtps: np.ndarray, refine: int) -> np.ndarray:
+    """``wtps`` plus ``refine`` knob values placed where this router's choices change: the quantiles of
+    the willingness to pay at which two models tie on a prompt, ``(c_a - c_b) / (q_a - q_b)`` for the
+    predicted quality ``q`` and the cost ``c`` its policy sees (over at most :data:`REFINE_PROMPTS`
+    prompts). With two models these are exactly the points where one prompt switches, so each step of
+    the refined sweep moves about ``n / refine`` prompts; the fixed grid's geometric steps (a factor of
+    1.2 per step at 81 points) can leave a router whose predicted differences lie close together with a
+    handful of operating points, and the area under its hull short of its curve. Adding points never
+    lowers the hull. ``refine`` 0: ``wtps`` unchanged."""
+    wtps = np.asarray(wtps, dtype=np.float64)
+    if refine <= 0 or pred.shape[1] < 2 or not len(pred):
+        return wtps
+    rows = np.unique(np.linspace(0, len(pred) - 1, min(len(pred), REFINE_PROMPTS)).astype(np.int64))
+    q, c = np.asarray(pred, dtype=np.float64)[rows], np.asarray(cost, dtype=np.float64)[rows]
+    a, b = np.triu_indices(pred.shape[1], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ties = (c[:, a] - c[:, b]) / (q[:, a] - q[:, b])
+    ties = ties[np.isfinite(ties) & (ties > 0)]
+    if not ties.size:
+        return wtps
+    extra = np.quantile(ties, (np.arange(refine) + 0.5) / refine)
+    return np.unique(np.concatenate([wtps, extra]))
+
+
 def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:
     if held.two_model is None:
         return None
@@ -356,9 +392,11 @@ def _two_model_scores(pred: np.ndarray, held: HeldOut) -> np.ndarray | None:
 
 def score_predictions(pred: np.ndarray, held: HeldOut, *, n_boot: int | None = None) -> dict[str, Any]:
     """The report of a router given as its predicted quality ``pred`` (n, m): the policy turns it and
-    ``held.cost_est`` into a choice per knob value of ``held.wtps``; then :func:`score_choices`."""
-    choices = knob_choices(pred, held.cost_est, held.wtps)
-    return score_choices(choices, held, wtps=held.wtps, n_boot=n_boot, scores=_two_model_scores(pred, held))
+    ``held.cost_est`` into a choice per knob value of ``held.grid(pred)`` (the saved grid, refined for
+    this router when ``held.refine`` is set); then :func:`score_choices`."""
+    wtps = held.grid(pred)
+    choices = knob_choices(pred, held.cost_est, wtps)
+    return score_choices(choices, held, wtps=wtps, n_boot=n_boot, scores=_two_model_scores(pred, held))
 
 
 def default_knob(pred: np.ndarray, held: HeldOut, willingness_to_pay: float, *,
@@ -438,8 +476,9 @@ def _oracle(held: HeldOut) -> dict[str, Any]:
     if held.logged:
         return {"aiq": None, "best_quality": None, "note": "needs every outcome; not available on logged traffic"}
     quality, cost = held.quality, held.cost
-    choices = knob_choices(quality, cost, held.wtps)
-    report = score_choices(choices, held, wtps=held.wtps, n_boot=0, scores=_two_model_scores(quality, held))
+    wtps = held.grid(quality, cost)
+    choices = knob_choices(quality, cost, wtps)
+    report = score_choices(choices, held, wtps=wtps, n_boot=0, scores=_two_model_scores(quality, held))
     top = choose(quality, cost, np.inf)
     rows = np.arange(len(top))
     report["oracle_point"] = {"cost": float(cost[rows, top].mean()), "quality": float(quality[rows, top].mean())}

@@ -495,7 +495,8 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
                    features=None if X is None or not trained else X[scored[score_at]],
                    train_features=None if X is None or not trained else X[fit_rows],
                    train_quality=table.quality[fit_rows], propensity=table.propensity[scored],
-                   baseline_rows=None if score_at is None or len(score_at) == len(scored) else score_at)
+                   baseline_rows=None if score_at is None or len(score_at) == len(scored) else score_at,
+                   refine=config.eval.knob_refine)
     pred = predict_rows(router, inputs, scored)
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
     result["predictions"] = (scored, pred, cost_est)
@@ -522,7 +523,7 @@ def knob_curve(config: TrainConfig, prep: Prepared, test: tuple[np.ndarray, np.n
     held = HeldOut(quality=table.quality[rows], cost=prep.cost[rows],
                    cost_est=np.concatenate([train_cost_est, test_cost_est[full]]),
                    wtps=np.asarray(prep.cost_model.knob_grid), models=table.models, n_boot=0,
-                   seed=config.data.seed)
+                   seed=config.data.seed, refine=config.eval.knob_refine)
     curve = score_predictions(np.concatenate([heldout[1][keep], pred[full]]), held, n_boot=0)["curve"]
     return {**curve, "prompts": int(len(rows)), "held_out_training_prompts": int(keep.sum()),
             "test_prompts": int(full.sum())}

@@ -51,6 +51,11 @@ class SavedRouter:
         return int(self.config.get("eval.n_boot", 200))
 
     @property
+    def knob_refine(self) -> int:
+        """``eval.knob_refine`` of the run that trained it (0 for routers trained before it existed)."""
+        return int(self.config.get("eval.knob_refine", 0))
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("data.seed", 0))
 

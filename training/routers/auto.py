@@ -471,7 +471,8 @@ class _Selection:
                 "evaluated on every model, or pick a router kind")
         grid = knob_grid(np.nanmean(self.train.cost, axis=0), self.config.eval.knob_points)
         held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
-                       models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed)
+                       models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed,
+                       refine=self.config.eval.knob_refine)
         calibrated, platt, scores = {}, {}, {}
         calibrate = self.r.calibrate and not tune_only
         for v in variants:  # not the encoder: its exported graph has no calibration stage

@@ -26,11 +26,12 @@ AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble"
 
 def held_out_aiq(pred: np.ndarray, held: HeldOut) -> float:
     """The AIQ of routing ``held``'s prompts on ``pred`` (-inf where it is undefined), to six decimals."""
-    return _choices_aiq(knob_choices(pred, held.cost_est, held.wtps), held)
+    wtps = held.grid(pred)
+    return _choices_aiq(knob_choices(pred, held.cost_est, wtps), held, wtps)
 
 
-def _choices_aiq(choices: np.ndarray, held: HeldOut) -> float:
-    value = score_choices(choices, held, wtps=held.wtps, n_boot=0).get("aiq")
+def _choices_aiq(choices: np.ndarray, held: HeldOut, wtps: np.ndarray) -> float:
+    value = score_choices(choices, held, wtps=wtps, n_boot=0).get("aiq")
     return float("-inf") if value is None else round(float(value), 6)
 
 
@@ -65,7 +66,8 @@ def paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n
     policy's on that prompt alone, so both routers choose once, and each resample's AIQ comes from the
     evaluation's own bootstrap (:func:`training.evaluation.curve_draws`, the same draws for both: with
     every outcome known, a resample's means are its counts times the chosen cells)."""
-    draws = [curve_draws(knob_choices(p, held.cost_est, held.wtps), held, n_boot, seed)["aiq"] for p in (pred, other)]
+    draws = [curve_draws(knob_choices(p, held.cost_est, held.grid(p)), held, n_boot, seed)["aiq"]
+             for p in (pred, other)]
     mine, theirs = ([float("-inf") if np.isnan(v) else round(float(v), 6) for v in d] for d in draws)
     return sum(a > b for a, b in zip(mine, theirs, strict=True)) / n_boot
 
