@@ -117,6 +117,7 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
     arrays = {"val_quality": Qv, "val_cost": sel.pool.cost[scored], "val_cost_est": sel.pool.cost_est[scored],
               "val_wtps": grid, "test_quality": tq, "test_cost": held_t.cost, "test_cost_est": held_t.cost_est,
               "test_wtps": held_t.wtps, "two_model": np.asarray(prep.two_model or (-1, -1)),
+              "refine": np.asarray(config.eval.knob_refine),
               **{f"base:{k}": v for k, v in baselines.items()},
               **{f"cv:{k}": v[0] for k, v in versions.items()}, **{f"test:{k}": v[1] for k, v in versions.items()}}
     np.savez_compressed(target, **arrays)
@@ -129,7 +130,8 @@ def _held(a: dict, part: str, seed: int):
     two = tuple(int(x) for x in a["two_model"])
     return HeldOut(quality=a[f"{part}_quality"], cost=a[f"{part}_cost"], cost_est=a[f"{part}_cost_est"],
                    wtps=a[f"{part}_wtps"], models=tuple(str(j) for j in range(a[f"{part}_quality"].shape[1])),
-                   two_model=None if two[0] < 0 or part == "val" else two, n_boot=0, seed=seed)
+                   two_model=None if two[0] < 0 or part == "val" else two, n_boot=0, seed=seed,
+                   refine=int(a["refine"]) if "refine" in a else 0)  # eval.knob_refine, as train sweeps
 
 
 def _aiq(pred, held) -> float:
