@@ -685,9 +685,9 @@ def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_p
     candidate listed, which switches group-informed routing on, and the logistic regression picked) blended
     with p(group | x) @ group means: validation keeps the blend, the saved head computes exactly
     (1 - w) * router + w * estimate with the estimate refitted on train + validation, and its spec names
-    the field and weight. On the fixed knob grid: swept over its own tie points (``eval.knob_refine``) the
-    near-constant router's tiny differences rank the prompts as well as the blend does (held-out AIQ 0.860
-    either way, against 0.764 on the fixed grid), and nothing is left for the blend to add."""
+    the field and weight. The test pins the fixed knob grid (``eval.knob_refine = 0``): swept over its own
+    tie points, the near-constant router's tiny differences rank the prompts as well as the blend does
+    (held-out AIQ 0.860 either way, against 0.764 on the fixed grid), and nothing is left for the blend to add."""
     from training.routers import AutoRouter
     from training.routers.neural import GroupFit
 
