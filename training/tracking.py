@@ -19,7 +19,6 @@ wait for everything queued before them and for themselves, as do reading :attr:`
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import queue
@@ -164,7 +163,6 @@ class Tracker:
         self._submit("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
 
     def log_dict(self, payload: Any, artifact_file: str) -> None:
-        payload = copy.deepcopy(payload)
         self._submit("log_dict", lambda: self._mlflow.log_dict(payload, artifact_file), wait=True)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
