@@ -460,7 +460,8 @@ def _wide_table(n: int = 90):
     qa[7::7] = np.nan
     cols = {
         "sample_id": pa.array([i if i % 11 else None for i in range(n)], pa.int64()),
-        "prompt": [f"question {i} ünï" for i in range(n)],
+        # RouterBench writes prompts and answers as str(list): chat records and answer texts on both paths
+        "prompt": [str(["Be brief.", f"question {i} 'ünï'"]) if i % 8 == 3 else f"question {i} ünï" for i in range(n)],
         "category": pa.array([["law", "maths", None][i % 3] for i in range(n)]).dictionary_encode(),  # categorical
         "src": [f"set{i % 4}" for i in range(n)],
         "when": pa.array([np.datetime64("2026-01-01T00:00:00") + np.timedelta64(i, "h") for i in range(n)]),
@@ -469,7 +470,8 @@ def _wide_table(n: int = 90):
         "a|total_cost": rng.random(n) / 100,
         "a|input_tokens": pa.array([10 + i if i % 5 else None for i in range(n)], pa.int64()),
         "a|propensity": [0.5 if i % 3 else None for i in range(n)],
-        "a|response": [None if i % 4 == 0 else ("" if i % 4 == 1 else f"answer {i}") for i in range(n)],
+        "a|response": [None if i % 4 == 0 else ("" if i % 4 == 1 else str([f"answer {i}"]) if i % 8 == 2
+                                                 else f"answer {i}") for i in range(n)],
         "a|judge": rng.random(n),
         "b": pa.array([i % 2 if i % 6 else None for i in range(n)], pa.int64()),
         "b|total_cost": [float("nan") if i % 9 == 0 else 0.002 for i in range(n)],
@@ -530,6 +532,11 @@ def test_wide_parquet_batches_equal_the_per_row_reader(tmp_path, monkeypatch):
         kept = [row.record for row in read_wide(path, prices=prices) if row.error is None]
         assert loaded.records == [r for i, r in enumerate(kept) if r.sample_id != "20" or i == kept.index(
             next(x for x in kept if x.sample_id == "20"))]
+    by_id = {r.sample_id: r for r in loaded.records}
+    assert by_id["3"].prompt is None
+    assert [m["content"] for m in by_id["3"].messages] == ["Be brief.", "question 3 'ünï'"]
+    assert by_id["3"].text == "question 3 'ünï'" and by_id["2"].outcomes["a"].response == "answer 2"
+    assert by_id["4"].prompt == "question 4 ünï" and by_id["6"].outcomes["a"].response == "answer 6"
     first = loaded.records[1]
     assert first.metadata == {"src": "set1", "when": "2026-01-01T01:00:00", "tags": ["t1", "x"]}
     assert first.outcomes["a"].response == "" and first.outcomes["c"].cost == 3 / 1e6

@@ -248,6 +248,42 @@ def test_wide_multi_turn_prompts_are_user_turns_and_routerbench_response_columns
             load_traffic(bad)
 
 
+def test_routerbench_list_text_prompts_and_answers_are_read_as_text(tmp_path):
+    """RouterBench's conversion writes every prompt and answer as ``str(list_of_strings)``: read as it is,
+    the router would learn from brackets, quotes and escaped newlines that production prompts never hold.
+    Such a cell is read as the list it spells (prompt: user turns, routed on the last; answer: the text),
+    the same in Parquet (column by column and row by row), CSV, a pickle and a dataset directory. A cell
+    that only looks like a list - other text around it, other quotes, numbers - stays the text it is."""
+    import pandas as pd
+
+    question = "Which is prime?\nA. 4\nB. 7\nAnswer:"
+    looks_like = ["[1, 2, 3] sorted?", '["double", "quoted"]', "['a'] and more", "[]"]
+    frame = pd.DataFrame({
+        "sample_id": [f"s{i}" for i in range(6)],
+        "prompt": [str([question]), str(["You are terse.", "Don't say 'no'."]), *looks_like],
+        "m": [1.0, 0.0, 1.0, 1.0, 0.5, 0.0],
+        "m|total_cost": [0.1] * 6,
+        "m|model_response": [str(["The answer is (B)"]), str(["first", "second"]), "plain", "['x'] tail", None, "[]"],
+    })
+    frame.to_parquet(tmp_path / "w.parquet")
+    frame.to_csv(tmp_path / "w.csv", index=False)
+    frame.to_pickle(tmp_path / "w.pkl")
+    sources = {"parquet": (tmp_path / "w.parquet", {}), "csv": (tmp_path / "w.csv", {}),
+               "pickle": (tmp_path / "w.pkl", {"allow_pickle": True}),
+               "hf": (_dir_of(tmp_path / "w.parquet", tmp_path / "hf"), {"format": "hf"})}
+    for name, (path, kwargs) in sources.items():
+        table, _ = load_traffic(path, **kwargs)
+        assert [r.text for r in table] == [question, "Don't say 'no'.", *looks_like], name
+        assert table[0].prompt is None and [dict(m) for m in table[0].messages] == [
+            {"role": "user", "content": question}], name
+        assert [m["content"] for m in table[1].messages] == ["You are terse.", "Don't say 'no'."], name
+        assert all(r.messages is None and r.prompt == r.text for r in list(table)[2:]), name
+        responses = table.responses("m").tolist()
+        assert responses[:4] == ["The answer is (B)", "first\n\nsecond", "plain", "['x'] tail"], name
+        assert responses[4] is None and responses[5] == "[]", name  # no list of strings: the text stays
+        assert table.summary()["chat_records"] == 2, name
+
+
 def _dir_of(file, directory):
     directory.mkdir()
     (directory / file.name).write_bytes(file.read_bytes())

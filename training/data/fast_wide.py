@@ -23,7 +23,7 @@ from training.data._rows import _clean, _iter_parquet_batches, _parquet_schema
 from training.data.batches import Batch, Locations, _bad_rows, _combine, _prompt, row_batches
 from training.data.columns import Columns, StrColumn, blank, canonical_json
 from training.data.schema import OUTCOME_FIELDS
-from training.data.tabular import WideLayout, wide_files, wide_layout, wide_rows
+from training.data.tabular import WideLayout, list_text, response_text, user_turns, wide_files, wide_layout, wide_rows
 
 __all__ = ["wide_batches"]
 
@@ -93,7 +93,7 @@ def _responses(batch: Any, layout: WideLayout, present: np.ndarray, keep: np.nda
     carried &= present & keep[:, None]
     values: list[str | None] = [None] * n
     for i in np.flatnonzero(carried.any(axis=1)):
-        values[i] = canonical_json({layout.models[j]: texts[j][i] for j in np.flatnonzero(carried[i])})
+        values[i] = canonical_json({layout.models[j]: response_text(texts[j][i]) for j in np.flatnonzero(carried[i])})
     return StrColumn.from_values(values)
 
 
@@ -123,20 +123,23 @@ def _wide_batch(path: Path, layout: WideLayout, batch: Any, offset: int, prices:
     rank = np.where(present, np.cumsum(present, axis=1) - 1, -1).astype(np.int8)
     prompts = batch.column(layout.prompt).to_pylist()
     texts: list[str | None] = [None] * n
+    chats: list[str | None] = [None] * n  # RouterBench's str(list) prompts: chat records (prompt_fields)
     for i, prompt in enumerate(prompts):
-        routed = None if slow[i] else _prompt(prompt, None)
+        turns = None if slow[i] else user_turns(list_text(prompt))
+        routed = None if slow[i] else _prompt(prompt, None) if turns is None else _prompt(None, turns)
         if routed is None:
             slow[i] = True
         else:
-            texts[i] = routed[0]
+            texts[i], chats[i] = routed
     metadata: list[str | None] = [None] * n
     if layout.meta:
         rows = batch.select(layout.meta).to_pylist()
         for i in np.flatnonzero(~slow):
             metadata[i] = canonical_json({c: _clean(rows[i][c]) for c in layout.meta})
     none = _strings(batch, None, n)
-    cols = Columns(models=tuple(layout.models), rank=rank, chat=np.zeros(n, dtype=bool), **mats,
-                   text=StrColumn.from_values(texts), messages=none, sample_id=_strings(batch, layout.sample_id, n),
+    chat = np.array([c is not None for c in chats], dtype=bool)
+    cols = Columns(models=tuple(layout.models), rank=rank, chat=chat, **mats, text=StrColumn.from_values(texts),
+                   messages=StrColumn.from_values(chats), sample_id=_strings(batch, layout.sample_id, n),
                    task=_strings(batch, layout.task, n), timestamp=none, metadata=StrColumn.from_values(metadata),
                    preferences=none, responses=_responses(batch, layout, present, ~slow))
     slow |= _bad_rows(cols, prices)

@@ -11,7 +11,7 @@ from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
 from training.data.schema import OUTCOME_KEYS, Record, RecordError, build_record, is_missing
-from training.data.tabular import WideLayout, prompt_fields
+from training.data.tabular import WideLayout, prompt_fields, response_text
 
 __all__ = ["read_hf"]
 
@@ -84,6 +84,8 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
                 outcome.pop("propensity", None)  # an empty cell = not logged for this call
             if not isinstance(outcome.get("response"), str):
                 outcome.pop("response", None)  # null/NaN = no answer recorded ("" = the model said nothing)
+            else:
+                outcome["response"] = response_text(outcome["response"])
             prompt, messages = prompt_fields(get(row, "prompt"), get(row, "messages"))
             return build_record(prompt=prompt, messages=messages,
                                 outcomes={str(model): outcome}, sample_id=get(row, "sample_id"),
