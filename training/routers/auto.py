@@ -609,8 +609,13 @@ class _Selection:
             mixed = blended(pred, self.mixtures[best[1]][scored], best[2])
             wins = paired_wins(mixed, pred, held, self.seed)
         keep = wins is not None and wins >= self.r.ensemble_confidence
-        log.info("auto: group blend %s x %s: held-out AIQ %.4f, without %.4f, better on %s of resamples: %s",
-                 best[1], best[2], best[0], base, wins, "kept" if keep else "not kept")
+        if best[1] is None:
+            top = max(grid, key=grid.get) if grid else None
+            log.info("auto: group blend: none routes better held out (%s): not kept", "nothing tried" if top is None
+                     else f"the best, {top}, {grid[top]:.4f} against {base:.4f} without")
+        else:
+            log.info("auto: group blend %s x %g: held-out AIQ %.4f, without %.4f, better on %.0f%% of paired "
+                     "resamples: %s", best[1], best[2], best[0], base, 100 * wins, "kept" if keep else "not kept")
         report = {"field": best[1] if keep else None, "weight": best[2] if keep else None,
                   "val_aiq": best[0] if keep else base, "val_aiq_without": base,
                   "best": f"{best[1]} x {best[2]:g}" if best[1] else None, "beats_unblended": wins, "grid": grid,
