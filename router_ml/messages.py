@@ -6,7 +6,11 @@ text it will see in production:
 1. the routed text is the content of the **last message whose role is ``user``**;
 2. content given as a list of parts (the OpenAI multimodal form) contributes the ``text`` of each
    part whose ``type`` is ``"text"``, joined with ``"\\n"``; other parts (images, audio) are skipped;
-3. if there is no user message, the text of all messages is joined with ``"\\n"``.
+3. if there is no user message, the text of all messages is joined with ``"\\n"``;
+4. a text that is exactly the Python text of a non-empty list of strings - ``str(["turn 1", "turn 2"])``,
+   the form RouterBench's files hold every prompt in - is read as its last string
+   (:func:`prompt_text`; the data layer reads such a prompt as one user turn per string). A router
+   trained on those files then routes their cells, and production's plain text, as it was trained.
 
 The last user turn is what decides which model can answer (RouteLLM routes on it too); earlier
 turns mostly add length, which the runtime would have to truncate anyway.
@@ -14,10 +18,11 @@ turns mostly add length, which the runtime would have to truncate anyway.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["content_text", "message_problem", "routed_text"]
+__all__ = ["content_text", "list_turns", "message_problem", "prompt_text", "routed_text"]
 
 
 def content_text(content: Any) -> str:
@@ -43,8 +48,46 @@ def content_text(content: Any) -> str:
     raise TypeError(f"message content must be a string or a list of parts, not {type(content).__name__}")
 
 
+def list_turns(text: Any) -> list[str] | None:
+    r"""The strings of a text that is the Python text of a non-empty list of strings, else None.
+
+    Only a text that ``str()`` of the decoded list gives back exactly counts - a prompt that merely
+    starts with ``[``, or a list written another way (JSON's double quotes), stays text - and
+    :func:`ast.literal_eval` evaluates literals only.
+
+    >>> list_turns(r"['What is 2+2?\nAnswer:']")
+    ['What is 2+2?\nAnswer:']
+    >>> list_turns("[1, 2] is a list") is None and list_turns('["double quotes"]') is None
+    True
+    """
+    if type(text) is not str or len(text) < 4 or text[0] != "[" or text[-1] != "]" or text[1] not in "'\"":
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if type(value) is not list or not value or not all(type(t) is str for t in value) or str(value) != text:
+        return None
+    return value
+
+
+def prompt_text(text: str) -> str:
+    """Rule 4 of the module doc: the last string of a text that is the Python text of a list of strings
+    (again while the result is one, so that reading a text twice reads it as once), else the text.
+
+    >>> prompt_text("['You are terse.', 'What is 2+2?']"), prompt_text("[citation needed]")
+    ('What is 2+2?', '[citation needed]')
+    """
+    while text[:1] == "[":
+        turns = list_turns(text)
+        if turns is None:
+            break
+        text = turns[-1]
+    return text
+
+
 def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """Return the text a router routes on for a chat ``messages`` list (rule in the module doc).
+    """Return the text a router routes on for a chat ``messages`` list (rules in the module doc).
 
     >>> routed_text([{"role": "system", "content": "Be brief."},
     ...              {"role": "user", "content": "What is 2+2?"}])
@@ -52,8 +95,8 @@ def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """
     for message in reversed(messages):
         if message.get("role") == "user":
-            return content_text(message.get("content"))
-    return "\n".join(content_text(m.get("content")) for m in messages)
+            return prompt_text(content_text(message.get("content")))
+    return prompt_text("\n".join(content_text(m.get("content")) for m in messages))
 
 
 def message_problem(messages: Any) -> tuple[str, str] | None:

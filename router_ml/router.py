@@ -38,6 +38,7 @@ from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration, Explorer
 from router_ml.formats import read_versioned
+from router_ml.messages import prompt_text
 from router_ml.parity import check_sample
 from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.pricing import PriceCatalog
@@ -262,7 +263,11 @@ class Router:
     # --- scoring ----------------------------------------------------------------------------
 
     def prepare_text(self, text: str) -> str:
-        """The text the router reads of ``text``: surrogates replaced, clipped to ``max_chars``."""
+        """The text the router reads of ``text``: the last string of the Python text of a list of strings
+        (:func:`router_ml.messages.prompt_text`, as training reads RouterBench's cells), surrogates
+        replaced, clipped to ``max_chars``."""
+        if text[:1] == "[":
+            text = prompt_text(text)
         if not text.isascii():  # ASCII has no lone surrogate: skip sanitize's UTF-8 encoding test
             text = sanitize(text)
         return text if len(text) <= self._max_chars else clip_chars(text, self._max_chars)

@@ -8,6 +8,9 @@
    wraps the text in special tokens (``[CLS] ... [SEP]``), ``max_tokens`` counts the text's tokens
    only and the two special tokens stay (:func:`clip_tokens`).
 3. **Text hygiene**: lone surrogates (which no tokenizer accepts) are replaced by U+FFFD.
+4. **List text**: a prompt that is exactly the Python text of a list of strings (RouterBench's files hold
+   every prompt as ``str(["..."])``) is read as its last string (:func:`router_ml.messages.prompt_text`),
+   before the other rules.
 
 The default ``max_chars`` is ``32 * max_tokens``: far more characters than ``max_tokens`` tokens
 of any natural text, so rule 1 only changes what rule 2 keeps for degenerate inputs.
@@ -16,6 +19,8 @@ of any natural text, so rule 1 only changes what rule 2 keeps for degenerate inp
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from router_ml.messages import prompt_text
 
 __all__ = ["clip_chars", "clip_tokens", "default_head", "default_max_chars", "head_tail", "prepare_text", "sanitize"]
 
@@ -60,8 +65,9 @@ def clip_tokens(ids: Sequence[int], *, max_tokens: int, head: int, special: bool
 
 
 def prepare_text(text: str, max_chars: int) -> str:
-    """Rules 3 then 1: the text a router tokenizes (lone surrogates replaced, clipped to ``max_chars``)."""
-    return clip_chars(sanitize(text), max_chars)
+    """Rules 4, 3 then 1: the text a router tokenizes (a list's text read as its last string, lone
+    surrogates replaced, clipped to ``max_chars``)."""
+    return clip_chars(sanitize(prompt_text(text) if text[:1] == "[" else text), max_chars)
 
 
 def clip_chars(text: str, max_chars: int) -> str:

@@ -257,6 +257,36 @@ def _runtime_matches_training(summary, data):
 
 
 @pytest.mark.slow
+def test_a_router_trained_on_routerbench_cells_routes_the_cells_and_their_text_alike(tmp_path, demo_800):
+    """RouterBench's files hold every prompt as ``str(list_of_turns)``. Trained on such a table, the
+    router learns from the text (the data layer reads each cell as user turns), and the exported
+    artifact's ``Router.predict`` on the table's own cells - as a re-scoring script passes them - gives
+    exactly the predictions ``train`` scored its test split with, as it does on the plain text."""
+    import pandas as pd
+
+    from router_ml import Router
+
+    table, _ = load_traffic(demo_800)
+    cells = [str([t]) if i % 3 else str(["You are a helpful assistant.", t]) for i, t in enumerate(table.texts)]
+    wide = {"sample_id": [f"s{i}" for i in range(len(table))], "prompt": cells}
+    for j, model in enumerate(table.models):
+        wide[model], wide[f"{model}|total_cost"] = table.quality[:, j], table.cost[:, j]
+    path = tmp_path / "routerbench.parquet"
+    pd.DataFrame(wide).to_parquet(path)
+    summary = _train(tmp_path, path, **{"router.candidates": ["logreg"], "router.cv_below": 0, "data.val_size": 0.2,
+                                        "tracking.enabled": False})
+    loaded, _ = load_traffic(path)
+    assert list(loaded.texts) == list(table.texts)  # the router learnt from the text, not from the cells
+    rows = [json.loads(line) for line in (Path(summary["out"]) / "test_predictions.jsonl").read_text().splitlines()]
+    router = Router.load(summary["artifact"])
+    expected = np.array([r["quality_hat"] for r in rows])
+    from_cells = router.predict([cells[r["row"]] for r in rows])
+    assert np.abs(from_cells - expected).max() < 1e-4
+    np.testing.assert_array_equal(from_cells, router.predict([table.texts[r["row"]] for r in rows]))
+    assert router.route(cells[1]) == router.route(table.texts[1])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "mf", "groups", "logreg", "knn"])
 def test_each_candidate_kind_exports_to_one_graph_the_runtime_runs(tmp_path, demo_800, kind):
     # val 20% of 560 = 112 prompts: selected on the validation split, not cross-validated

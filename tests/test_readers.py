@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from router_ml import DataError
-from training.data import detect_format, load_traffic
+from training.data import Record, detect_format, load_traffic, write_jsonl, write_parquet
 
 GOOD = {"prompt": "What is 2+2?", "outcomes": {"a": {"quality": 1, "cost": 0.001}, "b": {"quality": 0.5}}}
 
@@ -282,6 +282,14 @@ def test_routerbench_list_text_prompts_and_answers_are_read_as_text(tmp_path):
         assert responses[:4] == ["The answer is (B)", "first\n\nsecond", "plain", "['x'] tail"], name
         assert responses[4] is None and responses[5] == "[]", name  # no list of strings: the text stays
         assert table.summary()["chat_records"] == 2, name
+    # the canonical formats read such a prompt the same way, on the fast and the per-row paths
+    table, _ = load_traffic(tmp_path / "w.parquet")
+    records = [Record(prompt=str(["You are terse.", "Don't say 'no'."]), outcomes=table[1].outcomes), *list(table)[2:]]
+    for path in (write_jsonl(records, tmp_path / "c.jsonl"), write_parquet(records, tmp_path / "c.parquet")):
+        canonical, _ = load_traffic(path)
+        assert [r.text for r in canonical] == ["Don't say 'no'.", *looks_like], path
+        assert canonical[0].prompt is None and len(canonical[0].messages) == 2, path
+    assert load_traffic(tmp_path / "c.jsonl", num_proc=2)[0].records == canonical.records
 
 
 def _dir_of(file, directory):

@@ -673,11 +673,14 @@ def test_runtime_ids_are_the_training_featurizers_ids(router, trained):
     featurizer = get_featurizer("static", max_tokens=256)
     long = " ".join(trained.held_out[:40])
     texts = MIXED + trained.held_out[:100] + [long, long + " \u2603 naïve", "zzzz" * 30 + " ok " * 300]
+    # RouterBench's str(list) cells (one nested in another), read as their last string by both
+    texts += [str(["Be brief.", trained.held_out[0]]), str([str(["x", trained.held_out[1]])]), "[not a list]"]
     expected = featurizer.token_ids(texts)
     assert max(map(len, expected)) == 256  # head + tail truncation is exercised
     for text, ids in zip(texts, expected, strict=True):
         got, mask = router.encode(text)
         assert (got.tolist() if mask.any() else []) == ids, text[:80]
+    assert expected[-3:-1] == featurizer.token_ids(trained.held_out[:2])  # the cells' texts, not their brackets
 
 
 def test_the_exported_pooling_matches_training_features_within_1e_5(router, trained):

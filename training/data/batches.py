@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from router_ml.messages import message_problem, routed_text
+from router_ml.messages import list_turns, message_problem, routed_text
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row
 from training.data.columns import Assembler, Columns, canonical_json, concat
@@ -103,7 +103,12 @@ def _bad_rows(c: Columns, prices: PriceCatalog | None) -> np.ndarray:
 
 
 def _prompt(prompt: Any, messages: Any) -> tuple[str, str | None] | None:
-    """(routed text, canonical messages JSON) of a record that is fine as it is, else None."""
+    """(routed text, canonical messages JSON) of a record that is fine as it is, else None. A prompt that
+    is the Python text of a list of strings is one user turn per string, as :func:`build_record` reads it."""
+    if messages is None and type(prompt) is str and prompt[:1] == "[":
+        turns = list_turns(prompt)
+        if turns is not None:
+            prompt, messages = None, [{"role": "user", "content": t} for t in turns]
     if messages is not None:
         if prompt is not None or message_problem(messages) is not None:
             return None

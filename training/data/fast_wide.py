@@ -23,7 +23,7 @@ from training.data._rows import _clean, _iter_parquet_batches, _parquet_schema
 from training.data.batches import Batch, Locations, _bad_rows, _combine, _prompt, row_batches
 from training.data.columns import Columns, StrColumn, blank, canonical_json
 from training.data.schema import OUTCOME_FIELDS
-from training.data.tabular import WideLayout, list_text, response_text, user_turns, wide_files, wide_layout, wide_rows
+from training.data.tabular import WideLayout, response_text, wide_files, wide_layout, wide_rows
 
 __all__ = ["wide_batches"]
 
@@ -123,10 +123,9 @@ def _wide_batch(path: Path, layout: WideLayout, batch: Any, offset: int, prices:
     rank = np.where(present, np.cumsum(present, axis=1) - 1, -1).astype(np.int8)
     prompts = batch.column(layout.prompt).to_pylist()
     texts: list[str | None] = [None] * n
-    chats: list[str | None] = [None] * n  # RouterBench's str(list) prompts: chat records (prompt_fields)
+    chats: list[str | None] = [None] * n  # RouterBench's str(list) prompts are chat records (batches._prompt)
     for i, prompt in enumerate(prompts):
-        turns = None if slow[i] else user_turns(list_text(prompt))
-        routed = None if slow[i] else _prompt(prompt, None) if turns is None else _prompt(None, turns)
+        routed = None if slow[i] else _prompt(prompt, None)
         if routed is None:
             slow[i] = True
         else:

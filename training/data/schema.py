@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router_ml.messages import message_problem, routed_text
+from router_ml.messages import list_turns, message_problem, routed_text
 from router_ml.pricing import PriceCatalog
 
 __all__ = [
@@ -315,8 +315,13 @@ def build_record(
     metadata: Mapping[str, Any] | None = None,
     prices: PriceCatalog | None = None,
 ) -> Record:
-    """Validate raw fields and return a :class:`Record`, or raise :class:`RecordError`."""
+    """Validate raw fields and return a :class:`Record`, or raise :class:`RecordError`. A prompt that is the
+    Python text of a non-empty list of strings (RouterBench's files hold every prompt so) is read as
+    chat messages, one user turn per string (:func:`router_ml.messages.list_turns`)."""
     text = _text(prompt, "prompt")
+    turns = list_turns(text) if messages is None and text is not None and text[:1] == "[" else None
+    if turns is not None:
+        text, messages = None, [{"role": "user", "content": t} for t in turns]
     chat = None if messages is None else _messages(messages)
     if text is not None and chat is not None:
         raise RecordError("prompt", "give either 'prompt' or 'messages', not both")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from router_ml.errors import DataError
+from router_ml.messages import list_turns
 from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import (
@@ -25,7 +25,7 @@ from training.data._rows import (
 )
 from training.data.schema import Record, RecordError, build_record, is_missing
 
-__all__ = ["WideLayout", "list_text", "prompt_fields", "read_pickle", "read_routellm", "read_wide", "response_text",
+__all__ = ["WideLayout", "prompt_fields", "read_pickle", "read_routellm", "read_wide", "response_text",
            "user_turns", "wide_files", "wide_layout", "wide_rows"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
@@ -111,31 +111,6 @@ class WideLayout:
         )
 
 
-def list_text(cell: Any) -> list[str] | None:
-    r"""The strings of a text cell that is the Python text of a non-empty list of strings, else None.
-
-    RouterBench's conversion writes every prompt and every answer that way - ``str(["turn 1", ...])``,
-    e.g. ``"['What is 2+2?\nAnswer:']"``, newlines escaped - so read as text, the router would learn
-    from brackets, quotes and backslashes that the prompts it routes in production never hold. Only a
-    cell that ``str()`` of the decoded list gives back exactly counts (a prompt that merely starts with
-    ``[``, or a list written another way, stays text); :func:`ast.literal_eval` evaluates literals only.
-
-    >>> list_text(r"['What is 2+2?\nAnswer:']")
-    ['What is 2+2?\nAnswer:']
-    >>> list_text("[1, 2] is a list") is None and list_text('["double quotes"]') is None
-    True
-    """
-    if type(cell) is not str or len(cell) < 4 or cell[0] != "[" or cell[-1] != "]" or cell[1] not in "'\"":
-        return None
-    try:
-        value = ast.literal_eval(cell)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    if type(value) is not list or not value or not all(type(t) is str for t in value) or str(value) != cell:
-        return None
-    return value
-
-
 def user_turns(turns: Any) -> list[dict[str, str]] | None:
     """A non-empty list of strings as chat messages, one user turn each; None for anything else."""
     if isinstance(turns, list | tuple | np.ndarray) and len(turns) and all(isinstance(t, str) for t in turns):
@@ -145,22 +120,23 @@ def user_turns(turns: Any) -> list[dict[str, str]] | None:
 
 def prompt_fields(prompt: Any, messages: Any) -> tuple[Any, Any]:
     """A table row's ``(prompt, messages)`` cells, a prompt that is a non-empty list of strings (a
-    multi-turn prompt: RouterBench's MT-Bench rows, a Parquet or dataset list column) or the Python text of
-    one (:func:`list_text`: RouterBench writes every prompt so) turned into chat messages, one user turn
-    per string, where the row has no messages of its own. The router then routes on the last turn, as it
-    routes a live conversation (:func:`router_ml.messages.routed_text`). Anything else is returned as it
-    is (and :func:`~training.data.schema.build_record` judges it)."""
+    multi-turn prompt: RouterBench's MT-Bench rows, a Parquet or dataset list column) turned into chat
+    messages, one user turn per string, where the row has no messages of its own. The router then routes
+    on the last turn, as it routes a live conversation (:func:`router_ml.messages.routed_text`). Anything
+    else is returned as it is, and :func:`~training.data.schema.build_record` judges it (and reads a
+    prompt that is the Python text of such a list, as RouterBench writes every prompt, the same way)."""
     if messages is None:
-        turns = user_turns(list_text(prompt) or prompt)
+        turns = user_turns(prompt)
         if turns is not None:
             return None, turns
     return prompt, messages
 
 
 def response_text(cell: Any) -> Any:
-    """A response cell's answer text: the turns of RouterBench's ``str(list)`` answers (:func:`list_text`)
-    joined by a blank line, a list of strings the same way; anything else as it is."""
-    turns = list_text(cell)
+    """A response cell's answer text: the turns of RouterBench's ``str(list)`` answers
+    (:func:`router_ml.messages.list_turns`) joined by a blank line, a list of strings the same way;
+    anything else as it is."""
+    turns = list_turns(cell)
     if turns is None and isinstance(cell, list | tuple | np.ndarray) and len(cell) and all(
             isinstance(t, str) for t in cell):
         turns = [str(t) for t in cell]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from router_ml.optional import require
-from router_ml.truncation import clip_chars, default_max_chars, sanitize
+from router_ml.truncation import default_max_chars, prepare_text
 from training.featurizers._base import (
     DEFAULT_MAX_TOKENS,
     Featurizer,
@@ -227,9 +227,10 @@ class StaticFeaturizer(Featurizer):
         }
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """The ids each text is pooled over: lone surrogates replaced and over-long text clipped
-        (:mod:`router_ml.truncation`), tokenized without special tokens, ``[UNK]`` dropped, head + tail kept."""
-        texts = [clip_chars(sanitize(t), self.max_chars) for t in text_list(texts)]
+        """The ids each text is pooled over: a list's text read as its last string, lone surrogates
+        replaced and over-long text clipped (:mod:`router_ml.truncation`), tokenized without special
+        tokens, ``[UNK]`` dropped, head + tail kept."""
+        texts = [prepare_text(t, self.max_chars) for t in text_list(texts)]
         self._load()
         encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         unk = self.unk_id
