@@ -26,7 +26,7 @@ from router_ml.pricing import PriceCatalog
 from training.data._rows import Row
 from training.data.columns import Assembler, Columns, canonical_json, concat
 from training.data.readers import reader_for
-from training.data.schema import is_missing
+from training.data.schema import is_missing, user_turns
 
 __all__ = ["Batch", "Locations", "read_batches", "row_batches"]
 
@@ -108,7 +108,7 @@ def _prompt(prompt: Any, messages: Any) -> tuple[str, str | None] | None:
     if messages is None and type(prompt) is str and prompt[:1] == "[":
         turns = list_turns(prompt)
         if turns is not None:
-            prompt, messages = None, [{"role": "user", "content": t} for t in turns]
+            prompt, messages = None, user_turns(turns)
     if messages is not None:
         if prompt is not None or message_problem(messages) is not None:
             return None

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from router_ml.messages import list_turns, message_problem, routed_text
 from router_ml.pricing import PriceCatalog
 
@@ -38,6 +40,7 @@ __all__ = [
     "coerce_propensity",
     "coerce_quality",
     "is_missing",
+    "user_turns",
 ]
 
 #: the numeric fields of an outcome, in canonical order (one matrix each in a table)
@@ -303,6 +306,13 @@ def _messages(value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(dict(message) for message in value)
 
 
+def user_turns(turns: Any) -> list[dict[str, str]] | None:
+    """A non-empty list of strings as chat messages, one user turn each; None for anything else."""
+    if isinstance(turns, list | tuple | np.ndarray) and len(turns) and all(isinstance(t, str) for t in turns):
+        return [{"role": "user", "content": str(t)} for t in turns]
+    return None
+
+
 def build_record(
     *,
     prompt: Any = None,
@@ -321,7 +331,7 @@ def build_record(
     text = _text(prompt, "prompt")
     turns = list_turns(text) if messages is None and text is not None and text[:1] == "[" else None
     if turns is not None:
-        text, messages = None, [{"role": "user", "content": t} for t in turns]
+        text, messages = None, user_turns(turns)
     chat = None if messages is None else _messages(messages)
     if text is not None and chat is not None:
         raise RecordError("prompt", "give either 'prompt' or 'messages', not both")

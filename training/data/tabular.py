@@ -23,10 +23,10 @@ from training.data._rows import (
     _parquet_columns,
     _raw_csv,
 )
-from training.data.schema import Record, RecordError, build_record, is_missing
+from training.data.schema import Record, RecordError, build_record, is_missing, user_turns
 
 __all__ = ["WideLayout", "prompt_fields", "read_pickle", "read_routellm", "read_wide", "response_text",
-           "user_turns", "wide_files", "wide_layout", "wide_rows"]
+           "wide_files", "wide_layout", "wide_rows"]
 
 _OUTCOME_SUFFIXES = {"total_cost": "cost", "cost": "cost", "input_tokens": "input_tokens",
                      "output_tokens": "output_tokens", "latency": "latency_s",
@@ -109,13 +109,6 @@ class WideLayout:
             metadata={c: _clean(row.get(c)) for c in self.meta},
             prices=prices,
         )
-
-
-def user_turns(turns: Any) -> list[dict[str, str]] | None:
-    """A non-empty list of strings as chat messages, one user turn each; None for anything else."""
-    if isinstance(turns, list | tuple | np.ndarray) and len(turns) and all(isinstance(t, str) for t in turns):
-        return [{"role": "user", "content": str(t)} for t in turns]
-    return None
 
 
 def prompt_fields(prompt: Any, messages: Any) -> tuple[Any, Any]:
