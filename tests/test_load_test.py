@@ -187,7 +187,10 @@ for line in sys.stdin:
 
 def test_cpu_between_counts_a_phase_to_the_millisecond_and_threads_that_came_and_went():
     """Clock ticks (10 ms) would blur a phase's CPU; the threads' nanoseconds do not - and where a thread
-    ran and exited within the phase, which they cannot see, the ticks still count it."""
+    ran and exited within the phase, which they cannot see, the ticks still count it. Each phase gets up to
+    three tries, since a busy machine can add a few milliseconds of the child's own housekeeping to one
+    of them (a clean-clone CI run: 61.9 ms measured for a 56.8 ms phase); ticks could not pass any try,
+    as none of the phases is within 2 ms of a multiple of 10 ms."""
     with subprocess.Popen([sys.executable, "-c", _SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           text=True) as proc:
         def phase(kind: str, seconds: float) -> tuple[float, float]:
@@ -200,8 +203,11 @@ def test_cpu_between_counts_a_phase_to_the_millisecond_and_threads_that_came_and
 
         phase("main", 0.0)  # the interpreter's start-up done
         for seconds in (0.0137, 0.0561, 0.1234):
-            measured, reported = phase("main", seconds)
-            assert reported >= seconds and abs(measured - reported) < 0.002, (seconds, measured, reported)
+            tries = [phase("main", seconds)]
+            while abs(tries[-1][0] - tries[-1][1]) >= 0.002 and len(tries) < 3:
+                tries.append(phase("main", seconds))
+            measured, reported = tries[-1]
+            assert reported >= seconds and abs(measured - reported) < 0.002, (seconds, tries)
         measured, reported = phase("thread", 0.2)
         tick = 1 / os.sysconf("SC_CLK_TCK")
         assert reported >= 0.2 and abs(measured - reported) <= 3 * tick, (measured, reported)
