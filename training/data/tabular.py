@@ -6,8 +6,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from router_ml.errors import DataError
 from router_ml.messages import list_turns
 from router_ml.optional import require
@@ -125,14 +123,10 @@ def prompt_fields(prompt: Any, messages: Any) -> tuple[Any, Any]:
     return prompt, messages
 
 
-def response_text(cell: Any) -> Any:
+def response_text(cell: str) -> str:
     """A response cell's answer text: the turns of RouterBench's ``str(list)`` answers
-    (:func:`router_ml.messages.list_turns`) joined by a blank line, a list of strings the same way;
-    anything else as it is."""
-    turns = list_turns(cell)
-    if turns is None and isinstance(cell, list | tuple | np.ndarray) and len(cell) and all(
-            isinstance(t, str) for t in cell):
-        turns = [str(t) for t in cell]
+    (:func:`router_ml.messages.list_turns`) joined by a blank line; any other text as it is."""
+    turns = list_turns(cell) if cell[:1] == "[" else None
     return cell if turns is None else "\n\n".join(turns)
 
 
