@@ -39,8 +39,18 @@ class KNNRouter:
         return (sums + self.prior_ * 1.0) / (counts + 1.0)
 
 
+def _stack(a, b):
+    """Rows of ``a`` then ``b``: dense arrays or scipy sparse matrices (a TF-IDF's)."""
+    if hasattr(a, "tocsr"):
+        from scipy import sparse
+
+        return sparse.vstack([a, b]).tocsr()
+    return np.concatenate([a, b])
+
+
 class LogRegRouter:
-    """One logistic regression per model on the prompt embedding; graded quality q in [0, 1] is
+    """One logistic regression per model on the prompt embedding (a dense array, or a scipy sparse
+    matrix such as ``scripts/lexical_study.py``'s TF-IDF); graded quality q in [0, 1] is
     fitted exactly as soft labels (each row twice, as 1 with weight q and as 0 with weight 1-q).
 
     Each fit runs BLAS on one thread: a threaded matrix-vector product sums in another order, so the
@@ -63,7 +73,7 @@ class LogRegRouter:
             if seen.sum() < 2 or np.all(q == q[0]):
                 self.models_.append(float(q.mean()) if seen.any() else 0.0)
                 continue
-            Xj = np.concatenate([X[seen], X[seen]])
+            Xj = _stack(X[seen], X[seen])
             y = np.concatenate([np.ones(len(q)), np.zeros(len(q))])
             w = np.concatenate([q, 1.0 - q])
             keep = w > 0
@@ -73,5 +83,5 @@ class LogRegRouter:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        cols = [np.full(len(X), m) if isinstance(m, float) else m.predict_proba(X)[:, 1] for m in self.models_]
+        cols = [np.full(X.shape[0], m) if isinstance(m, float) else m.predict_proba(X)[:, 1] for m in self.models_]
         return np.stack(cols, axis=1)
