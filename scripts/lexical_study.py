@@ -10,7 +10,9 @@ splits and metrics as ``router-ml train``:
 - ``static``: the per-model logistic regression on the static features (``train``'s baseline);
 - ``lexical``: the same regression on the TF-IDF of the static featurizer's own token ids (the same
   tokenizer and truncation, so an exported graph could compute it from the ids it already receives);
-- ``mean``: the average of the two predictions (what a lexical member would add to an ensemble).
+- ``mean``: the average of the two predictions (what a lexical member would add to an ensemble);
+- ``sentence`` (with ``--sentence minilm``): the same regression on sentence embeddings - the plain
+  alternative a user reaches for first.
 
 Each representation's inverse regularisation strength C is chosen by ``--folds``-fold cross-validation
 on train + validation by held-out AIQ (as ``router.kind = "auto"`` tunes its logistic regression; the
@@ -19,6 +21,7 @@ prompts. Prints one JSON object (per protocol: per seed and the mean over seeds)
 
     python scripts/lexical_study.py                                   # routellm, mmlu-pro, demo; seeds 0-4
     python scripts/lexical_study.py --protocol routellm --seeds 0
+    python scripts/lexical_study.py --data table.parquet --sentence minilm   # --train-size 0.85 split
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def choose_c(X, quality: np.ndarray, held: HeldOut, folds: int, seed: int) -> tu
     return float(max(C_GRID, key=lambda c: scores[str(c)])), scores
 
 
-def run_seed(name: str, spec: dict, seed: int, folds: int) -> dict:
+def run_seed(name: str, spec: dict, seed: int, folds: int, sentence: str | None = None) -> dict:
     overrides = [f"data.seed={seed}"] + ([f"data.train_size={spec['train_size']}"] if spec["train_size"] else [])
     config = load_config(ROOT / "training" / "configs" / "auto.toml", overrides)
     prep = prepare(config, spec["data"], **({"exclude": spec["exclude"]} if spec["exclude"] else {}))
@@ -103,6 +106,11 @@ def run_seed(name: str, spec: dict, seed: int, folds: int) -> dict:
     counts = token_counts(featurizer, [table.texts[int(i)] for i in rows])
     lexical = tfidf(counts, np.arange(len(train)))
     features = {"static": np.asarray(X[rows], dtype=np.float32), "lexical": lexical}
+    if sentence:  # a plain logistic regression on sentence embeddings, the alternative a user reaches for
+        sentence_config = config.replace(**{"featurizer.name": sentence})
+        S, _ = featurize_texts(sentence_config, table.texts, fingerprint=table.fingerprint(), cache_dir=None,
+                               progress=False)
+        features["sentence"] = np.asarray(S[rows], dtype=np.float32)
     quality = table.quality[rows]
     fit, scored = np.arange(len(train)), np.arange(len(train), len(rows))
     def held_out(part: np.ndarray) -> HeldOut:
@@ -113,7 +121,7 @@ def run_seed(name: str, spec: dict, seed: int, folds: int) -> dict:
 
     held, held_train = held_out(test), held_out(train)
     preds, out = {}, {"train": int(len(train)), "test": int(len(test)), "models": len(table.models)}
-    for rep in REPRESENTATIONS:
+    for rep in features:
         t0 = time.perf_counter()
         c, cv_aiq = choose_c(features[rep], quality, held_train, folds, seed)
         preds[rep] = LogRegRouter(C=c).fit(features[rep][fit], quality[fit]).predict(features[rep][scored])
@@ -131,7 +139,9 @@ def run_seed(name: str, spec: dict, seed: int, folds: int) -> dict:
 def summarise(per_seed: dict[int, dict]) -> dict:
     """Each representation's metrics averaged over the seeds."""
     out = {}
-    for rep in (*REPRESENTATIONS, "mean"):
+    for rep in (*REPRESENTATIONS, "mean", "sentence"):
+        if not all(rep in r for r in per_seed.values()):
+            continue
         keys = [k for k in KEYS if all(k in r[rep] for r in per_seed.values())]
         out[rep] = {k: round(statistics.fmean(r[rep][k] for r in per_seed.values()), 4) for k in keys}
     return out
@@ -145,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds choosing each C")
     parser.add_argument("--data", type=Path, help="a table of your own instead (--train-size 0.85 split)")
     parser.add_argument("--train-size", type=float, default=0.85)
+    parser.add_argument("--sentence", metavar="FEATURIZER",
+                        help="also a logistic regression on these sentence embeddings (a featurizer.name: "
+                             "minilm, or a local model directory), reported as `sentence`")
     args = parser.parse_args(argv)
     chosen = {"table": {"data": args.data, "train_size": args.train_size, "exclude": None}} if args.data else {
         name: studies()[name] for name in (args.protocol or ["routellm", "mmlu-pro", "demo"])}
     result = {}
     for name, spec in chosen.items():
-        per_seed = {seed: run_seed(name, spec, seed, args.folds) for seed in parse_seeds(args.seeds)}
+        per_seed = {seed: run_seed(name, spec, seed, args.folds, args.sentence) for seed in parse_seeds(args.seeds)}
         for seed, r in per_seed.items():
             print(f"{name} seed {seed}: " + ", ".join(
                 f"{rep} (" + ", ".join(f"{k} {r[rep][k]}" for k in KEYS if k in r[rep]) + ")"
-                for rep in (*REPRESENTATIONS, "mean")),
+                for rep in (*REPRESENTATIONS, "mean", "sentence") if rep in r),
                 file=sys.stderr)
         result[name] = {"seeds": per_seed, "mean": summarise(per_seed)}
     print(json.dumps(result, default=str))

@@ -69,15 +69,15 @@ def test_main_scores_each_representation_and_their_mean_on_a_table(tmp_path, cap
     lines = (ROOT / "data" / "demo" / "traffic.jsonl").read_text().splitlines()[:240]
     data = tmp_path / "small.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    assert study.main(["--data", str(data), "--seeds", "0", "--folds", "2"]) == 0
+    assert study.main(["--data", str(data), "--seeds", "0", "--folds", "2", "--sentence", "minilm"]) == 0
     result = json.loads(capsys.readouterr().out)["table"]
     run = result["seeds"]["0"]
     assert run["train"] + run["test"] <= 240 and run["test"] > 0
-    for rep in ("static", "lexical"):
+    for rep in ("static", "lexical", "sentence"):
         assert run[rep]["C"] in study.C_GRID
         assert set(run[rep]["cv_aiq"]) == {str(c) for c in study.C_GRID}
         assert run[rep]["cv_aiq"][str(run[rep]["C"])] == max(run[rep]["cv_aiq"].values())
-    for rep in ("static", "lexical", "mean"):
+    for rep in ("static", "lexical", "mean", "sentence"):
         assert 0.0 < run[rep]["aiq"] <= 1.0
         assert result["mean"][rep]["aiq"] == run[rep]["aiq"]
     assert run["vocabulary_used"] > 100
