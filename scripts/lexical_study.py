@@ -92,7 +92,8 @@ def choose_c(X, quality: np.ndarray, held: HeldOut, folds: int, seed: int) -> tu
     return float(max(C_GRID, key=lambda c: scores[str(c)])), scores
 
 
-def run_seed(name: str, spec: dict, seed: int, folds: int, sentence: str | None = None) -> dict:
+def run_seed(spec: dict, seed: int, folds: int, sentence: str | None = None) -> dict:
+    """One seed's split of ``spec``'s data: each representation's regression, C, and test metrics."""
     overrides = [f"data.seed={seed}"] + ([f"data.train_size={spec['train_size']}"] if spec["train_size"] else [])
     config = load_config(ROOT / "training" / "configs" / "auto.toml", overrides)
     prep = prepare(config, spec["data"], **({"exclude": spec["exclude"]} if spec["exclude"] else {}))
@@ -113,6 +114,7 @@ def run_seed(name: str, spec: dict, seed: int, folds: int, sentence: str | None 
         features["sentence"] = np.asarray(S[rows], dtype=np.float32)
     quality = table.quality[rows]
     fit, scored = np.arange(len(train)), np.arange(len(train), len(rows))
+
     def held_out(part: np.ndarray) -> HeldOut:
         estimate = prep.cost_model.estimate(estimate_input_tokens([table.texts[int(i)] for i in part]))
         return HeldOut(quality=table.quality[part], cost=prep.cost[part], cost_est=estimate,
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         name: studies()[name] for name in (args.protocol or ["routellm", "mmlu-pro", "demo"])}
     result = {}
     for name, spec in chosen.items():
-        per_seed = {seed: run_seed(name, spec, seed, args.folds, args.sentence) for seed in parse_seeds(args.seeds)}
+        per_seed = {seed: run_seed(spec, seed, args.folds, args.sentence) for seed in parse_seeds(args.seeds)}
         for seed, r in per_seed.items():
             print(f"{name} seed {seed}: " + ", ".join(
                 f"{rep} (" + ", ".join(f"{k} {r[rep][k]}" for k in KEYS if k in r[rep]) + ")"
