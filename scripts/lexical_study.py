@@ -49,7 +49,8 @@ from training.sweep import parse_seeds  # noqa: E402
 
 KEYS = ("aiq", "best_quality", "savings_at_iso_quality", "apgr", "cpt_50")
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
-REPRESENTATIONS = ("static", "lexical")
+#: every reported prediction, in print order (``sentence`` only with ``--sentence``)
+REPORTED = ("static", "lexical", "mean", "sentence")
 
 
 def studies() -> dict[str, dict]:
@@ -141,7 +142,7 @@ def run_seed(spec: dict, seed: int, folds: int, sentence: str | None = None) -> 
 def summarise(per_seed: dict[int, dict]) -> dict:
     """Each representation's metrics averaged over the seeds."""
     out = {}
-    for rep in (*REPRESENTATIONS, "mean", "sentence"):
+    for rep in REPORTED:
         if not all(rep in r for r in per_seed.values()):
             continue
         keys = [k for k in KEYS if all(k in r[rep] for r in per_seed.values())]
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, r in per_seed.items():
             print(f"{name} seed {seed}: " + ", ".join(
                 f"{rep} (" + ", ".join(f"{k} {r[rep][k]}" for k in KEYS if k in r[rep]) + ")"
-                for rep in (*REPRESENTATIONS, "mean", "sentence") if rep in r),
+                for rep in REPORTED if rep in r),
                 file=sys.stderr)
         result[name] = {"seeds": per_seed, "mean": summarise(per_seed)}
     print(json.dumps(result, default=str))

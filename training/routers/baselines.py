@@ -73,13 +73,13 @@ class LogRegRouter:
             if seen.sum() < 2 or np.all(q == q[0]):
                 self.models_.append(float(q.mean()) if seen.any() else 0.0)
                 continue
-            Xj = _stack(X[seen], X[seen])
-            y = np.concatenate([np.ones(len(q)), np.zeros(len(q))])
-            w = np.concatenate([q, 1.0 - q])
-            keep = w > 0
+            rows, pos, neg = X[seen], q > 0, q < 1  # a row as 1 where q > 0, as 0 where q < 1
+            Xj = _stack(rows[pos], rows[neg])
+            y = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
+            w = np.concatenate([q[pos], 1.0 - q[neg]])
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
             with threadpool_limits(limits=1, user_api="blas"):
-                self.models_.append(clf.fit(Xj[keep], y[keep], sample_weight=w[keep]))
+                self.models_.append(clf.fit(Xj, y, sample_weight=w))
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
