@@ -68,7 +68,10 @@ def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
         return str(target)
     config = load_config(CONFIG, {"data.train_size": "0.85", "data.seed": str(seed), "tracking.enabled": "false",
                                   "train.workers": "1"})  # the study runs --jobs of these side by side
-    config = config.replace(**{"router.candidates": tuple(c for c in config.router.candidates if c != "encoder")})
+    # the candidates over the static features that the study's rules tune (the lexical candidate, added
+    # after the study, has its own: scripts/lexical_study.py)
+    config = config.replace(**{"router.candidates": tuple(c for c in config.router.candidates
+                                                          if c not in ("encoder", "lexical"))})
     prep = prepare(config, path)
     table_, split = prep.table, prep.split
     groups = auto_group_labels(config, table_)

@@ -9,7 +9,8 @@ splits and metrics as ``router-ml train``:
 
 - ``static``: the per-model logistic regression on the static features (``train``'s baseline);
 - ``lexical``: the same regression on the TF-IDF of the static featurizer's own token ids (the same
-  tokenizer and truncation, so an exported graph could compute it from the ids it already receives);
+  tokenizer and truncation as the ids an exported graph receives: the ``lexical`` candidate of
+  ``router.kind = "auto"``, training/routers/lexical.py, C chosen from ``router.lexical_c``);
 - ``mean``: the average of the two predictions (what a lexical member would add to an ensemble);
 - ``sentence`` (with ``--sentence minilm``): the same regression on sentence embeddings - the plain
   alternative a user reaches for first.
@@ -45,6 +46,7 @@ from training.pipeline import config_featurizer, featurize_texts, prepare  # noq
 from training.protocols import protocols  # noqa: E402
 from training.routers.auto_choice import held_out_aiq  # noqa: E402
 from training.routers.baselines import LogRegRouter  # noqa: E402
+from training.routers.lexical import tfidf, token_counts  # noqa: E402
 from training.sweep import parse_seeds  # noqa: E402
 
 KEYS = ("aiq", "best_quality", "savings_at_iso_quality", "apgr", "cpt_50")
@@ -58,24 +60,6 @@ def studies() -> dict[str, dict]:
     out = dict(protocols())
     out["demo"] = {"data": ROOT / "data" / "demo" / "traffic.jsonl", "train_size": None, "exclude": None}
     return out
-
-
-def token_counts(featurizer, texts: list[str]):
-    """A sparse (prompts, vocabulary) matrix of token counts, from the static featurizer's own token ids."""
-    from scipy import sparse
-
-    ids = featurizer.token_ids(texts)
-    rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
-    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if ids else np.zeros(0, np.int64)
-    shape = (len(ids), featurizer.embedding_table.shape[0])
-    return sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=shape)
-
-
-def tfidf(counts, fit_rows: np.ndarray):
-    """Sublinear TF-IDF, L2-normalised, with the document frequencies of ``fit_rows``."""
-    from sklearn.feature_extraction.text import TfidfTransformer
-
-    return TfidfTransformer(sublinear_tf=True).fit(counts[fit_rows]).transform(counts)
 
 
 def choose_c(X, quality: np.ndarray, held: HeldOut, folds: int, seed: int) -> tuple[float, dict[str, float]]:
@@ -106,7 +90,7 @@ def run_seed(spec: dict, seed: int, folds: int, sentence: str | None = None) -> 
     started = time.perf_counter()
     featurizer = config_featurizer(config)
     counts = token_counts(featurizer, [table.texts[int(i)] for i in rows])
-    lexical = tfidf(counts, np.arange(len(train)))
+    lexical, _ = tfidf(counts, np.arange(len(train)))
     features = {"static": np.asarray(X[rows], dtype=np.float32), "lexical": lexical}
     if sentence:  # a plain logistic regression on sentence embeddings, the alternative a user reaches for
         sentence_config = config.replace(**{"featurizer.name": sentence})

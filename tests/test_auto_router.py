@@ -322,6 +322,58 @@ def test_a_kept_group_blend_exports_to_the_same_graph_the_runtime_runs(tmp_path,
 
 
 @pytest.mark.slow
+def test_a_lexical_member_exports_to_the_graph_the_runtime_runs_and_reloads(tmp_path, demo_800):
+    """The lexical candidate (cross-validated: 560 records, 56 validation prompts) in the ensemble: mixed
+    in at a third, the token-id head inside the one ONNX graph, the runtime's predictions equal to
+    train's, and the saved checkpoint rebuilds the same mix."""
+    from training.routers import TorchRouter
+    from training.saved import load_saved
+
+    summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
+                                            "router.auto_pick": "ensemble", "router.lexical_c": ["0.3", "3"],
+                                            "router.lexical_min_records": 500, "tracking.enabled": False})
+    selection = summary["selection"]
+    assert selection["mode"] == "5-fold cross-validation" and "skipped" not in selection
+    entry = selection["candidates"]["lexical"]
+    assert entry["C"] in (0.3, 3.0) and set(entry["grid"]) == {"0.3", "3.0"}
+    assert entry["grid"][str(entry["C"])] == max(entry["grid"].values())
+    assert selection["candidates"]["ensemble"]["members"] == ["logreg", "knn", "lexical"]
+    spec = json.loads((Path(summary["out"]) / "router.json").read_text())["spec"]
+    assert spec["type"] == "lexical_mix" and spec["weight"] == pytest.approx(1 / 3)
+    assert spec["base"]["type"] == "mean" and len(spec["base"]["members"]) == 2
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+    _runtime_matches_training(summary, demo_800)
+    table, _ = load_traffic(demo_800)
+    rows = [json.loads(line) for line in (Path(summary["out"]) / "test_predictions.jsonl").read_text().splitlines()]
+    texts = [table.texts[r["row"]] for r in rows]
+    reloaded = load_saved(summary["out"]).predict(texts)
+    assert TorchRouter.load(summary["out"]).reads_tokens
+    assert np.abs(reloaded - np.array([r["quality_hat"] for r in rows])).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_the_lexical_candidate_alone_and_where_it_is_not_tried(tmp_path, demo_800):
+    alone = _train(tmp_path / "alone", demo_800, **{"router.candidates": ["lexical"], "router.lexical_min_records": 0,
+                                                    "tracking.enabled": False})
+    assert alone["selection"]["chosen"] == "lexical"
+    spec = json.loads((Path(alone["out"]) / "router.json").read_text())["spec"]
+    assert spec["type"] == "lexical_mix" and spec["base"] is None
+    assert alone["export"]["fp32_max_abs_diff"] < 1e-4, alone["export"]
+    _runtime_matches_training(alone, demo_800)
+    # validated on a split of 112 prompts (not cross-validated): tried on cross-validated data only
+    split = _train(tmp_path / "split", demo_800, **{"router.candidates": ["logreg", "lexical"], "router.cv_below": 0,
+                                                    "router.lexical_min_records": 0, "data.val_size": 0.2,
+                                                    "tracking.enabled": False})
+    assert split["selection"]["chosen"] == "logreg" and "router.cv_below" in split["selection"]["skipped"]["lexical"]
+    # and not on fewer train + validation records than router.lexical_min_records (560 < 1,000 by default)
+    small = _train(tmp_path / "small", demo_800, **{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
+                                                    "tracking.enabled": False})
+    assert "lexical" not in small["selection"]["candidates"]["ensemble"]["members"]
+    assert "560 train + validation records (< router.lexical_min_records = 1000)" in small["selection"]["skipped"][
+        "lexical"]
+
+
+@pytest.mark.slow
 def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_ensemble(tmp_path, demo_800):
     import mlflow
 
@@ -427,8 +479,9 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     weights = np.ones_like(quality, dtype=np.float32)
     weights[:150, 0] = 0.5  # 150 training records carry an imputed cell: never scored
     groups = np.array(["a", "b"] * 350)
-    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn", "groups"],
-                                                               "train.epochs": 3})
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn", "groups",
+                                                                                            "lexical"],
+                                                               "router.lexical_min_records": 0, "train.epochs": 3})
     imputed = weights < 1
     train = _batchable(X, quality, np.arange(0, 500), weights=weights, groups=groups, imputed=imputed)
     val = _batchable(X, quality, np.arange(500, 560), weights=weights, groups=groups, imputed=imputed)  # 60 < 100: CV
@@ -436,6 +489,7 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     selection = router.selection_
     assert selection["mode"] == "5-fold cross-validation" and selection["scored_records"] == 560 - 150
     assert set(selection["candidates"]) == {"logreg", "knn", "groups"}
+    assert "text is not at hand" in selection["skipped"]["lexical"]  # features alone: no token ids to count
     assert selection["chosen"] == max(selection["candidates"], key=lambda c: selection["candidates"][c]["val_aiq"])
     assert router.predict((X[600:],)).shape == (100, 3)
     # its held-out predictions, which the default knob is chosen on, cover the same records: those whose
@@ -447,7 +501,8 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     # candidate only - the first stage that completed them saw the scored records too: without a group field
     # the ensemble is kept, and nothing is Platt-scaled; a few imputed cells (the 150 above: 9% of the cells)
     # do not count
-    wide = config.replace(**{"router.candidates": ["logreg", "knn", "ensemble"], "router.ensemble_confidence": 0.0})
+    wide = config.replace(**{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
+                             "router.ensemble_confidence": 0.0})
     assert router.selection_["completed_log"] is False
     logged = np.zeros_like(imputed)
     logged[:400, 1:] = True  # 400 records with one observed outcome of 3: 48% of the cells imputed
@@ -457,6 +512,7 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(log_train, log_val,
                                                                               wtp_range=(0.01, 100.0))
     assert completed.selection_["completed_log"] is True and completed.selection_["chosen"] == "ensemble"
+    assert "completed logged records" in completed.selection_["skipped"]["lexical"]
     assert completed.selection_["picked_by"] == "the completed-log default"
     assert completed.selection_["calibrated"] is False and "beats_ensemble" not in completed.selection_["candidates"][
         "logreg"]

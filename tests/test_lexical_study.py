@@ -1,5 +1,5 @@
-"""scripts/lexical_study.py: token counts from the static featurizer's ids, the TF-IDF, the sparse
-logistic regression it fits, and one end-to-end run on a small table."""
+"""scripts/lexical_study.py: the sparse logistic regression it fits and one end-to-end run on a small
+table (its token counts and TF-IDF are the lexical candidate's: tests/test_lexical.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import importlib.util
 import json
 
 import numpy as np
-import pytest
 
 from training.routers.baselines import LogRegRouter
 
@@ -16,40 +15,6 @@ from .conftest import ROOT
 spec = importlib.util.spec_from_file_location("lexical_study", ROOT / "scripts" / "lexical_study.py")
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
-
-
-@pytest.fixture(scope="module")
-def featurizer():
-    from training.featurizers import get_featurizer
-
-    return get_featurizer("static")
-
-
-def test_token_counts_count_the_featurizers_own_ids(featurizer):
-    texts = ["the cat sat on the mat", "integrate x squared", ""]
-    counts = study.token_counts(featurizer, texts)
-    ids = featurizer.token_ids(texts)
-    assert counts.shape == (3, featurizer.embedding_table.shape[0])
-    for row, row_ids in enumerate(ids):
-        dense = counts[row].toarray().ravel()
-        assert dense.sum() == len(row_ids)
-        for token in set(row_ids):
-            assert dense[token] == row_ids.count(token)
-    assert counts[0].toarray().ravel()[ids[0][0]] == 2  # "the" twice
-
-
-def test_tfidf_is_sublinear_l2_normalised_with_the_fit_rows_document_frequencies(featurizer):
-    counts = study.token_counts(featurizer, ["alpha alpha alpha beta", "beta gamma", "gamma delta"])
-    fit = np.array([0, 1])
-    X = study.tfidf(counts, fit).toarray()
-    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-6)
-    n = len(fit)
-    df = (counts[fit].toarray() > 0).sum(axis=0)
-    idf = np.log((1 + n) / (1 + df)) + 1
-    raw = counts.toarray().astype(float)
-    expected = np.where(raw > 0, 1 + np.log(np.maximum(raw, 1)), 0) * idf
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(X, expected, atol=1e-9)
 
 
 def test_logistic_regression_fits_sparse_features_as_it_fits_dense_ones():

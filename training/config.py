@@ -67,7 +67,7 @@ class RouterConfig:
     groups: str = ""               #: mlp/mf: "task" or "metadata.<key>": blend in p(group | prompt) x group means
     group_weight: float = 0.5      #: mlp/mf with groups: weight of the group estimate in the blend
     # kind = "auto" (training/routers/auto.py): the candidates fitted and chosen between by held-out AIQ
-    candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
+    candidates: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn", "lexical", "encoder", "ensemble")
     #: auto: the group fields tried by the "groups" candidate and the group blend: "task", "metadata.<key>",
     #: "metadata.*" (every metadata key that names 2+ groups of 10+ records on average); empty = never
     auto_groups: tuple[str, ...] = ("task", "metadata.*")
@@ -78,6 +78,10 @@ class RouterConfig:
     logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
+    lexical_c: tuple[str, ...] = ("0.1", "0.3", "1")  #: auto: inverse L2 strengths tried for lexical
+    #: auto: the lexical candidate is tried from this many train + validation records (below, its weight per
+    #: vocabulary token and model overfit: docs/auto-router-studies.md, "The lexical candidate")
+    lexical_min_records: int = 1000
     #: auto: Platt-scale a candidate per model where that raises held-out AIQ (never on imputed cells)
     calibrate: bool = True
     #: auto: a single candidate replaces the ensemble only when it beats it on this share of paired
@@ -301,6 +305,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
     "router.ensemble_confidence": (lambda v: 0 <= v <= 1, "a share between 0 and 1"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "router.lexical_min_records": (lambda v: v >= 0, "an integer >= 0 (0 = at any size)"),
     "router.auto_encoder_records": (lambda v: v >= 1, "an integer >= 1"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
@@ -406,7 +411,8 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
     for i, name in enumerate(r.candidates):
         if name not in AUTO_CANDIDATES:
             fail(f"router.candidates[{i}]", f"unknown candidate {name!r}; choose from {', '.join(AUTO_CANDIDATES)}")
-    for key, values, whole in (("router.logreg_c", r.logreg_c, False), ("router.knn_k", r.knn_k, True)):
+    for key, values, whole in (("router.logreg_c", r.logreg_c, False), ("router.knn_k", r.knn_k, True),
+                               ("router.lexical_c", r.lexical_c, False)):
         for i, text in enumerate(values):
             try:
                 value = float(text)

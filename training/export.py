@@ -79,7 +79,10 @@ class StaticGraph(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(static_pool(self.table, input_ids, attention_mask, self.normalize)))
+        pooled = static_pool(self.table, input_ids, attention_mask, self.normalize)
+        if getattr(self.head, "reads_tokens", False):  # a lexical member (training/routers/lexical.py)
+            return torch.sigmoid(self.head(pooled, input_ids, attention_mask))
+        return torch.sigmoid(self.head(pooled))
 
 
 def static_pool(table: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -74,6 +74,7 @@ from training.routers.auto_choice import (
 )
 from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped, fit_encoder
 from training.routers.auto_groups import blended, group_fields_to_try, known_groups
+from training.routers.baselines import LogRegRouter
 from training.routers.heads import (
     Calibrated,
     KNNHead,
@@ -82,6 +83,7 @@ from training.routers.heads import (
     expected_calibration_error,
     fit_logreg,
 )
+from training.routers.lexical import LexicalMix, fit_lexical, lexical_featurizer, padded_ids, tfidf, token_counts
 from training.routers.neural import EncoderRouter, GroupFit, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
@@ -163,11 +165,20 @@ class AutoRouter(TorchRouter):
     kind = "auto"
     first_stage = FirstStages
 
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the fitted head reads the prompts' token ids beside the features (a ``lexical`` member)."""
+        return bool(getattr(getattr(self, "module_", None), "reads_tokens", False))
+
     def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """The features, as for any head; the prompts are kept for the ``encoder`` candidate, which
-        tokenizes the training pool's own when it is fitted."""
+        """The features, as for any head, and - once a head with a ``lexical`` member is fitted - the
+        prompts' padded ``(input_ids, attention_mask)``; the prompts are kept for the ``encoder`` and
+        ``lexical`` candidates, which tokenize the training pool's own when they are fitted."""
         self.texts_ = texts
-        return super().inputs(texts, features)
+        inputs = super().inputs(texts, features)
+        if self.reads_tokens:
+            return (*inputs, *padded_ids(lexical_featurizer(self.config), texts))
+        return inputs
 
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> AutoRouter:
@@ -206,7 +217,7 @@ class _Selection:
     #: what a worker process running :meth:`_task` on a cross-validation part does not need (and the
     #: progress callback cannot be pickled)
     _NOT_PICKLED = ("router", "train", "val", "on_epoch", "texts", "_tokens", "mixtures", "fitted", "_final_torch",
-                    "_pool_groups", "winner", "heldout")
+                    "_pool_groups", "winner", "heldout", "featurizer")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: (None if k in self._NOT_PICKLED else v) for k, v in self.__dict__.items()}
@@ -242,12 +253,47 @@ class _Selection:
                 log.info("auto: encoder candidate skipped: %s", reason)
             else:
                 self.encoder_config = encoder_candidate_config(self.config)
+        self.featurizer = None
+        self._counts = None
+        if "lexical" in self.families:
+            reason = self._lexical_skipped()
+            if reason:
+                self.families.remove("lexical")
+                self.skipped["lexical"] = reason
+                log.info("auto: lexical candidate skipped: %s", reason)
         self.fitted: dict[str, TorchRouter] = {}
         self.seconds: dict[str, float] = {}
         self.winner: EncoderRouter | None = None
         self.heldout: tuple[np.ndarray, np.ndarray] | None = None
         self._X: np.ndarray | None = None
         self._tokens: Batchable | None = None
+
+    def _lexical_skipped(self) -> str | None:
+        """Why the ``lexical`` candidate is not tried here (None: it is)."""
+        if self.n < self.r.lexical_min_records:
+            return (f"{self.n} train + validation records (< router.lexical_min_records = "
+                    f"{self.r.lexical_min_records}): too few for a weight per vocabulary token and model")
+        if not self.cv:
+            return (f"{self.n} train + validation records and a validation split of {len(self.val or [])} (not "
+                    f"cross-validated: router.cv_below = {self.r.cv_below}); the sparse regressions are tried on "
+                    "cross-validated data only")
+        imputed = self.pool.imputed
+        if imputed is not None and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE:
+            return "completed logged records train the candidates (the log-trained router is measured without it)"
+        if self.texts is None or self.pool.rows is None:
+            return "the prompts' text is not at hand (train through the pipeline)"
+        self.featurizer = lexical_featurizer(self.config)
+        if self.featurizer is None:
+            return (f"featurizer.name = {self.config.featurizer.name!r}: the lexical regression reads the static "
+                    "featurizer's token ids, the ones its exported graph receives")
+        return None
+
+    @property
+    def counts(self):
+        """The pool's sparse token counts (:func:`~training.routers.lexical.token_counts`)."""
+        if self._counts is None:
+            self._counts = token_counts(self.featurizer, [self.texts[int(i)] for i in self.pool.rows])
+        return self._counts
 
     @property
     def tokens(self) -> Batchable:
@@ -334,6 +380,11 @@ class _Selection:
             ks = _grid(self.r.knn_k, int)
             grid = KNNHead(X[fit], Q[fit], max(ks), self._weights(fit)).predict_grid(X[score], ks)
             out.update({(family, k): grid[k] for k in ks})
+        elif family == "lexical":  # document frequencies from the part's training records only
+            vectors, _ = tfidf(self.counts, fit)
+            for c in _grid(self.r.lexical_c, float):
+                fitted = LogRegRouter(C=c).fit(vectors[fit], Q[fit], weights=self._weights(fit))
+                out[(family, c)] = fitted.predict(vectors[score])
         return out, time.perf_counter() - started
 
     def workers(self, tasks: int) -> int:
@@ -349,6 +400,8 @@ class _Selection:
         variant) and :attr:`mixtures`, their seconds into :attr:`seconds`."""
         tasks = [(k, task) for k in range(len(parts)) for task in self._part_tasks()]
         workers = self.workers(len(tasks))
+        if "lexical" in self.families:
+            self.counts  # noqa: B018 - tokenized once here, not by each worker
         if workers > 1:
             self.X  # noqa: B018 - read once here, not by each worker
             log.info("auto: %d fits on %d worker processes", len(tasks), workers)
@@ -411,6 +464,8 @@ class _Selection:
         for family in self.families:
             if family == "logreg":
                 out += [(family, c) for c in _grid(self.r.logreg_c, float)]
+            elif family == "lexical":
+                out += [(family, c) for c in _grid(self.r.lexical_c, float)]
             elif family == "knn":
                 out += [(family, k) for k in _grid(self.r.knn_k, int)]
             elif family == "groups":
@@ -483,7 +538,7 @@ class _Selection:
         for family, v in best.items():
             report[family] = {**scores[v], "seconds": round(self.seconds.get(family, 0.0), 2)}
             if v[1] is not None:
-                report[family][{"logreg": "C", "knn": "k", "groups": "field"}[family]] = v[1]
+                report[family][{"logreg": "C", "lexical": "C", "knn": "k", "groups": "field"}[family]] = v[1]
                 report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
         averaged = [f for f in best if f != "encoder"]  # one graph: heads over the same features
         if "ensemble" in self.r.candidates and len(averaged) >= 2:
@@ -501,21 +556,24 @@ class _Selection:
         log.info("auto: chose %s (held-out AIQ %s)", chosen,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
         chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
+        members = averaged if chosen == "ensemble" else [chosen]
         blend = None
-        if self.group_fields and self.r.group_blend and not tune_only:
+        if self.group_fields and self.r.group_blend and not tune_only and "lexical" not in members:
             blend, with_groups = self._blend(chosen, chosen_pred, scored, held)
             chosen_pred = chosen_pred if with_groups is None else with_groups
         self.heldout = self._held_out_predictions(scored, chosen_pred)
-        members = averaged if chosen == "ensemble" else [chosen]
-        heads, specs = [], []
+        heads, specs = {}, {}
         for family in members:
             head, spec = self._final(family, best[family][1])
             if scores[best[family]]["calibrated"]:
                 head, spec = _calibrated(head, spec, *platt[best[family]])
-            heads.append(head)
-            specs.append(spec)
-        module, spec = (MeanHead(heads), {"type": "mean", "members": specs}) if chosen == "ensemble" else (heads[0],
-                                                                                                          specs[0])
+            heads[family], specs[family] = head, spec
+        words = (heads.pop("lexical"), specs.pop("lexical")) if "lexical" in heads else None
+        module, spec = (MeanHead(list(heads.values())), {"type": "mean", "members": list(specs.values())}) if (
+            chosen == "ensemble") else (heads.get(chosen), specs.get(chosen))
+        if words is not None:  # the lexical member reads token ids: mixed in at its share of the average
+            module = LexicalMix(module, words[0], 1.0 / len(members))
+            spec = {"type": "lexical_mix", "base": spec, "lexical": words[1], "weight": module.weight}
         if blend is not None and blend["field"] is not None:
             module, spec = self._group_blend(module, spec, blend["field"], blend["weight"])
         picked_by = ("router.auto_pick" if self.r.auto_pick in report else
@@ -549,6 +607,10 @@ class _Selection:
         """The chosen candidate fitted for keeps (module doc) and its spec."""
         if family == "logreg":
             return fit_logreg(self.X, self.pool.quality, param, weights=self._weights(None)), {"type": "logreg"}
+        if family == "lexical":
+            head = fit_lexical(self.counts, self.pool.quality, param, fit_rows=np.arange(self.n),
+                               weights=self._weights(None))
+            return head, {"type": "lexical", "vocab": int(self.counts.shape[1])}
         if family == "knn":
             keep = np.arange(self.n)
             cap = self.r.knn_records

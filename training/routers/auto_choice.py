@@ -21,7 +21,7 @@ __all__ = ["AUTO_CANDIDATES", "completed_log_choice", "held_out_aiq", "keep_cand
            "paired_wins", "score_variant"]
 
 #: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
-AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "encoder", "ensemble")
+AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "lexical", "encoder", "ensemble")
 
 
 def held_out_aiq(pred: np.ndarray, held: HeldOut) -> float:

@@ -62,7 +62,8 @@ class LogRegRouter:
         self.C = C
         self.max_iter = max_iter
 
-    def fit(self, X: np.ndarray, quality: np.ndarray) -> LogRegRouter:
+    def fit(self, X: np.ndarray, quality: np.ndarray, weights: np.ndarray | None = None) -> LogRegRouter:
+        """``weights`` (optional, per cell of ``quality``) multiply each cell's soft-label weights."""
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits
 
@@ -74,9 +75,10 @@ class LogRegRouter:
                 self.models_.append(float(q.mean()) if seen.any() else 0.0)
                 continue
             rows, pos, neg = X[seen], q > 0, q < 1  # a row as 1 where q > 0, as 0 where q < 1
+            cell = np.ones(len(q)) if weights is None else np.asarray(weights[seen, j], dtype=np.float64)
             Xj = _stack(rows[pos], rows[neg])
             y = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
-            w = np.concatenate([q[pos], 1.0 - q[neg]])
+            w = np.concatenate([q[pos] * cell[pos], (1.0 - q[neg]) * cell[neg]])
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
             with threadpool_limits(limits=1, user_api="blas"):
                 self.models_.append(clf.fit(Xj, y, sample_weight=w))

@@ -11,7 +11,8 @@ exported by :mod:`training.export` into the same single ONNX graph as any static
   training embeddings, ``TopK`` and a gather of their observed qualities, shrunk toward each model's
   mean exactly as :class:`~training.routers.baselines.KNNRouter` does;
 - :class:`Calibrated`: per-model Platt scaling (``a * logit + b``) fitted on held-out predictions;
-- :class:`MeanHead`: the average of its members' (calibrated) probabilities - the ensemble.
+- :class:`MeanHead`: the average of its members' (calibrated) probabilities - the ensemble;
+- the ``lexical`` candidate's heads read token ids, not the features (:mod:`training.routers.lexical`).
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ class Calibrated(nn.Module):
         self.register_buffer("scale", torch.ones(n_models))
         self.register_buffer("shift", torch.zeros(n_models))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) * self.scale + self.shift
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.base(*inputs) * self.scale + self.shift
 
 
 def fit_platt(pred: np.ndarray, quality: np.ndarray, *, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
@@ -260,4 +261,13 @@ def build_head(spec: dict[str, Any], in_dim: int, n_models: int) -> nn.Module:
         return Ensemble([build_head(s, in_dim, n_models) for s in spec["members"]])
     if kind == "mean":
         return MeanHead([build_head(s, in_dim, n_models) for s in spec["members"]])
+    if kind == "lexical":
+        from training.routers.lexical import LexicalHead
+
+        return LexicalHead(spec["vocab"], n_models)
+    if kind == "lexical_mix":
+        from training.routers.lexical import LexicalMix
+
+        base = None if spec["base"] is None else build_head(spec["base"], in_dim, n_models)
+        return LexicalMix(base, build_head(spec["lexical"], in_dim, n_models), spec["weight"])
     raise ValueError(f"unknown head type {kind!r} in router.json; retrain the router with this router-ml")

@@ -1,0 +1,138 @@
+"""The ``lexical`` candidate of ``router.kind = "auto"``: a logistic regression per model over the prompt's words.
+
+The static featurizer averages 256-dimensional token embeddings, so every other candidate sees a prompt
+through 256 numbers; a linear model over the same tokens' TF-IDF vector has one weight per token of the
+vocabulary (30,522) and per model, and recognises words the average blurs (docs/auto-router-studies.md,
+"Lexical features"). Here:
+
+- :func:`token_counts`: the sparse (prompts, vocabulary) count matrix of the static featurizer's own
+  token ids - the same tokenizer, ``[UNK]`` dropping and head + tail truncation as the ids the exported
+  graph receives;
+- :func:`tfidf`: scikit-learn's ``TfidfTransformer(sublinear_tf=True)`` (``1 + ln(count)``, smoothed
+  inverse document frequency, L2-normalised), its document frequencies from the fitted rows only;
+- :func:`fit_lexical`: :class:`~training.routers.baselines.LogRegRouter` on those vectors, kept as a
+  :class:`LexicalHead` - the same computation as torch ops on ``(input_ids, attention_mask)``, so it
+  exports into the router's one ONNX graph;
+- :class:`LexicalMix`: a head over the pooled features mixed with a lexical head in probability space
+  (the ensemble with a lexical member, or the lexical candidate alone), the one module a saved auto
+  router keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LexicalHead", "LexicalMix", "fit_lexical", "lexical_featurizer", "padded_ids", "tfidf", "token_counts"]
+
+
+def lexical_featurizer(config):
+    """The static featurizer ``config`` names, whose token ids the lexical regression reads; None for any
+    other featurizer (its exported graph receives other ids, or none)."""
+    from training.featurizers import get_featurizer
+
+    featurizer = get_featurizer(config.featurizer.name, max_tokens=config.featurizer.max_tokens)
+    return featurizer if getattr(featurizer, "name", None) == "static" else None
+
+
+def token_counts(featurizer, texts: Sequence[str]):
+    """A sparse CSR (prompts, vocabulary) matrix of token counts, from ``featurizer.token_ids``."""
+    from scipy import sparse
+
+    ids = featurizer.token_ids(texts)
+    rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
+    cols = np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]) if ids else np.zeros(0, np.int64)
+    shape = (len(ids), featurizer.embedding_table.shape[0])
+    return sparse.csr_matrix((np.ones(len(cols), dtype=np.float64), (rows, cols)), shape=shape)
+
+
+def tfidf(counts, fit_rows: np.ndarray):
+    """``(the sublinear, L2-normalised TF-IDF of every row of counts, the fitted transformer)``, the
+    document frequencies from ``fit_rows`` only."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    transformer = TfidfTransformer(sublinear_tf=True).fit(counts[fit_rows])
+    return transformer.transform(counts), transformer
+
+
+def padded_ids(featurizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(input_ids, attention_mask)`` of ``texts`` as the exported graph receives them, padded with 0s to
+    the longest (at least one column)."""
+    ids = featurizer.token_ids(texts)
+    width = max([1] + [len(x) for x in ids])
+    out, mask = np.zeros((len(ids), width), np.int64), np.zeros((len(ids), width), np.int64)
+    for i, row in enumerate(ids):
+        out[i, :len(row)], mask[i, :len(row)] = row, 1
+    return out, mask
+
+
+class LexicalHead(nn.Module):
+    """Per-model logits ``tfidf(ids) W + b``, the sublinear TF-IDF computed from the padded ids in the graph.
+
+    A token occurring ``c`` times has term frequency ``1 + ln c``; the graph finds ``c`` for every position
+    by comparing the ids pairwise (a ``(T, T)`` Equal per prompt: standard ONNX ops, no sparse tensors) and
+    gives each occurrence ``(1 + ln c) / c`` of it, so the sum over positions of ``share * idf * W[id]``
+    is the TF-IDF vector times ``W`` and the sum of ``((1 + ln c) idf)^2 / c`` its squared L2 norm."""
+
+    def __init__(self, vocab: int, n_models: int):
+        super().__init__()
+        self.register_buffer("idf", torch.zeros(vocab))
+        self.register_buffer("weight", torch.zeros(vocab, n_models))
+        self.register_buffer("bias", torch.zeros(n_models))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)  # (B, T)
+        same = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)).to(torch.float32) * mask.unsqueeze(1)
+        count = same.sum(dim=-1).clamp_min(1.0)  # (B, T): occurrences of each position's token
+        tf = 1.0 + torch.log(count)
+        idf = self.idf[input_ids] * mask
+        share = tf * idf / count  # (B, T)
+        norm = ((tf * idf).pow(2) / count).sum(dim=-1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1)
+        scores = torch.bmm(share.unsqueeze(1), self.weight[input_ids]).squeeze(1)  # (B, M)
+        return scores / norm + self.bias
+
+
+def fit_lexical(counts, quality: np.ndarray, C: float, *, fit_rows: np.ndarray,
+                weights: np.ndarray | None = None) -> LexicalHead:
+    """A :class:`LexicalHead` fitted on the records ``fit_rows`` of the count matrix (their document
+    frequencies, their outcomes; ``weights`` per cell of ``quality``)."""
+    from training.routers.baselines import LogRegRouter
+
+    vectors, transformer = tfidf(counts, fit_rows)
+    fitted = LogRegRouter(C=C).fit(vectors[fit_rows], quality[fit_rows],
+                                   weights=None if weights is None else weights[fit_rows])
+    head = LexicalHead(counts.shape[1], quality.shape[1])
+    with torch.no_grad():
+        head.idf.copy_(torch.as_tensor(transformer.idf_, dtype=torch.float32))
+        for j, model in enumerate(fitted.models_):
+            if isinstance(model, float):  # a constant model: its mean, as LogRegRouter predicts it
+                q = min(max(model, 1e-6), 1 - 1e-6)
+                head.bias[j] = float(np.log(q) - np.log1p(-q))
+            else:
+                head.weight[:, j] = torch.as_tensor(model.coef_[0], dtype=torch.float32)
+                head.bias[j] = float(model.intercept_[0])
+    return head
+
+
+class LexicalMix(nn.Module):
+    """``(1 - weight) * sigmoid(base(x)) + weight * sigmoid(lexical(ids, mask))`` as a logit; without a base,
+    the lexical head alone. ``reads_tokens`` tells the exported graph to pass the token ids along."""
+
+    reads_tokens = True
+
+    def __init__(self, base: nn.Module | None, lexical: nn.Module, weight: float):
+        super().__init__()
+        self.base = base
+        self.lexical = lexical
+        self.weight = float(weight)
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from training.routers.heads import logit
+
+        words = self.lexical(input_ids, attention_mask)
+        if self.base is None:
+            return words
+        return logit((1.0 - self.weight) * torch.sigmoid(self.base(x)) + self.weight * torch.sigmoid(words))
