@@ -129,6 +129,12 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
         load_config(ROOT / "training/configs/auto.toml", ["router.auto_encoder=gpu"])
     with pytest.raises(ConfigError, match="the ensemble averages"):  # the encoder is not averaged in
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
+    with pytest.raises(ConfigError, match="the ensemble averages"):  # nor the lexical regression: blended after
+        load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,lexical,ensemble"])
+    with pytest.raises(ConfigError, match=r"router.lexical_blend.*\[0, 1\)"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.lexical_blend=1"])
+    with pytest.raises(ConfigError, match=r"router.lexical_c\[0\]"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.lexical_c=0"])
     with pytest.raises(ConfigError, match="router.ensemble_confidence.*between 0 and 1"):
         load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_confidence=1.5"])
     # the fixed margin it replaced: named in a file or --set, a pointer to the new key; in a checkpoint
@@ -322,10 +328,10 @@ def test_a_kept_group_blend_exports_to_the_same_graph_the_runtime_runs(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_lexical_member_exports_to_the_graph_the_runtime_runs_and_reloads(tmp_path, demo_800):
-    """The lexical candidate (cross-validated: 560 records, 56 validation prompts) in the ensemble: mixed
-    in at a third, the token-id head inside the one ONNX graph, the runtime's predictions equal to
-    train's, and the saved checkpoint rebuilds the same mix."""
+def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(tmp_path, demo_800):
+    """The lexical regression (cross-validated: 560 records, 56 validation prompts) blended into the chosen
+    ensemble where that routes at least as well held out: the token-id head inside the one ONNX graph, the
+    runtime's predictions equal to train's, and the saved checkpoint rebuilds the same mix."""
     from training.routers import TorchRouter
     from training.saved import load_saved
 
@@ -337,9 +343,11 @@ def test_a_lexical_member_exports_to_the_graph_the_runtime_runs_and_reloads(tmp_
     entry = selection["candidates"]["lexical"]
     assert entry["C"] in (0.3, 3.0) and set(entry["grid"]) == {"0.3", "3.0"}
     assert entry["grid"][str(entry["C"])] == max(entry["grid"].values())
-    assert selection["candidates"]["ensemble"]["members"] == ["logreg", "knn", "lexical"]
+    assert selection["candidates"]["ensemble"]["members"] == ["logreg", "knn"]  # blended in, not averaged
+    blend = selection["lexical_blend"]
+    assert blend["weight"] == 0.2 and blend["kept"] and blend["val_aiq"] >= blend["val_aiq_without"]
     spec = json.loads((Path(summary["out"]) / "router.json").read_text())["spec"]
-    assert spec["type"] == "lexical_mix" and spec["weight"] == pytest.approx(1 / 3)
+    assert spec["type"] == "lexical_mix" and spec["weight"] == pytest.approx(0.2)
     assert spec["base"]["type"] == "mean" and len(spec["base"]["members"]) == 2
     assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
     _runtime_matches_training(summary, demo_800)
@@ -368,7 +376,7 @@ def test_the_lexical_candidate_alone_and_where_it_is_not_tried(tmp_path, demo_80
     # and not on fewer train + validation records than router.lexical_min_records (560 < 1,000 by default)
     small = _train(tmp_path / "small", demo_800, **{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
                                                     "tracking.enabled": False})
-    assert "lexical" not in small["selection"]["candidates"]["ensemble"]["members"]
+    assert "lexical_blend" not in small["selection"] and "lexical" not in small["selection"]["candidates"]
     assert "560 train + validation records (< router.lexical_min_records = 1000)" in small["selection"]["skipped"][
         "lexical"]
 

@@ -82,6 +82,8 @@ class RouterConfig:
     #: auto: the lexical candidate is tried from this many train + validation records (below, its weight per
     #: vocabulary token and model overfit: docs/auto-router-studies.md, "The lexical candidate")
     lexical_min_records: int = 1000
+    #: auto: the lexical regression's weight when it is blended into the chosen router (0 = never)
+    lexical_blend: float = 0.2
     #: auto: Platt-scale a candidate per model where that raises held-out AIQ (never on imputed cells)
     calibrate: bool = True
     #: auto: a single candidate replaces the ensemble only when it beats it on this share of paired
@@ -306,6 +308,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.ensemble_confidence": (lambda v: 0 <= v <= 1, "a share between 0 and 1"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "router.lexical_min_records": (lambda v: v >= 0, "an integer >= 0 (0 = at any size)"),
+    "router.lexical_blend": (lambda v: 0 <= v < 1, "a weight in [0, 1) (0 = no lexical blend)"),
     "router.auto_encoder_records": (lambda v: v >= 1, "an integer >= 1"),
     "loss.tradeoff_weight": (lambda v: v >= 0, "a number >= 0"),
     "loss.temperature": (lambda v: v > 0, "a number > 0"),
@@ -425,9 +428,9 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
     if r.auto_pick and r.auto_pick not in r.candidates:
         fail("router.auto_pick", f"expected '' or one of router.candidates ({', '.join(r.candidates)}), "
                                  f"got {r.auto_pick!r}")
-    if "ensemble" in r.candidates and len(set(r.candidates) - {"ensemble", "encoder"}) < 2:
+    if "ensemble" in r.candidates and len(set(r.candidates) - {"ensemble", "encoder", "lexical"}) < 2:
         fail("router.candidates", "the ensemble averages the other candidates over the same features: list at "
-                                  "least two besides it and the encoder")
+                                  "least two besides it, the encoder and lexical")
     for i, field_ in enumerate(r.auto_groups):
         if field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
             fail(f"router.auto_groups[{i}]", f"expected 'task', 'metadata.<key>' or 'metadata.*', got {field_!r}")

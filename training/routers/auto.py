@@ -42,6 +42,13 @@ group field's estimate at the weights of ``router.group_blend`` (:meth:`_Selecti
 blend is kept where it routes better than the winner alone. A group estimate scored on held-out records
 is always fitted without them.
 
+The ``lexical`` candidate (a logistic regression over the prompt's TF-IDF, :mod:`training.routers.lexical`;
+tried from ``router.lexical_min_records`` train + validation records, on cross-validated, full-information
+data) reads token ids, not the features, so it is not averaged into the ensemble: after the choice (and
+the group blend) the winner is mixed with it, ``(1 - w) * winner + w * lexical`` at ``w =
+router.lexical_blend``, where that routes at least as well on the held-out records
+(:meth:`_Selection._lexical_blend`, ``lexical_blend`` in the report); it can also win alone.
+
 The winner is refitted where that helps - logistic regression and kNN
 on all of train + validation, the torch candidates on train with early stopping on validation (after
 CV) - and kept as one torch head (:mod:`training.routers.heads`), saved and exported like any router.
@@ -540,7 +547,8 @@ class _Selection:
             if v[1] is not None:
                 report[family][{"logreg": "C", "lexical": "C", "knn": "k", "groups": "field"}[family]] = v[1]
                 report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
-        averaged = [f for f in best if f != "encoder"]  # one graph: heads over the same features
+        # one graph: heads over the same features (the lexical regression is blended in after the choice)
+        averaged = [f for f in best if f not in ("encoder", "lexical")]
         if "ensemble" in self.r.candidates and len(averaged) >= 2:
             mean = np.mean([calibrated[best[f]] for f in averaged], axis=0)
             report["ensemble"] = {"val_aiq": held_out_aiq(mean, held), "ece": expected_calibration_error(mean, Q),
@@ -558,9 +566,13 @@ class _Selection:
         chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
         members = averaged if chosen == "ensemble" else [chosen]
         blend = None
-        if self.group_fields and self.r.group_blend and not tune_only and "lexical" not in members:
+        if self.group_fields and self.r.group_blend and not tune_only and chosen != "lexical":
             blend, with_groups = self._blend(chosen, chosen_pred, scored, held)
             chosen_pred = chosen_pred if with_groups is None else with_groups
+        words = None
+        if "lexical" in best and chosen not in ("lexical", "encoder") and self.r.lexical_blend > 0:
+            words, with_words = self._lexical_blend(chosen_pred, calibrated[best["lexical"]], held)
+            chosen_pred = chosen_pred if with_words is None else with_words
         self.heldout = self._held_out_predictions(scored, chosen_pred)
         heads, specs = {}, {}
         for family in members:
@@ -568,14 +580,19 @@ class _Selection:
             if scores[best[family]]["calibrated"]:
                 head, spec = _calibrated(head, spec, *platt[best[family]])
             heads[family], specs[family] = head, spec
-        words = (heads.pop("lexical"), specs.pop("lexical")) if "lexical" in heads else None
         module, spec = (MeanHead(list(heads.values())), {"type": "mean", "members": list(specs.values())}) if (
-            chosen == "ensemble") else (heads.get(chosen), specs.get(chosen))
-        if words is not None:  # the lexical member reads token ids: mixed in at its share of the average
-            module = LexicalMix(module, words[0], 1.0 / len(members))
-            spec = {"type": "lexical_mix", "base": spec, "lexical": words[1], "weight": module.weight}
+            chosen == "ensemble") else (heads[chosen], specs[chosen])
+        if chosen == "lexical":  # it reads token ids: the graph passes them through the mix, without a base
+            module, spec = LexicalMix(None, module, 1.0), {"type": "lexical_mix", "base": None, "lexical": spec,
+                                                           "weight": 1.0}
         if blend is not None and blend["field"] is not None:
             module, spec = self._group_blend(module, spec, blend["field"], blend["weight"])
+        if words is not None and words["kept"]:
+            head, lexical_spec = self._final("lexical", best["lexical"][1])
+            if scores[best["lexical"]]["calibrated"]:
+                head, lexical_spec = _calibrated(head, lexical_spec, *platt[best["lexical"]])
+            module = LexicalMix(module, head, words["weight"])
+            spec = {"type": "lexical_mix", "base": spec, "lexical": lexical_spec, "weight": module.weight}
         picked_by = ("router.auto_pick" if self.r.auto_pick in report else
                      "the completed-log default" if fallback else "held-out AIQ")
         selection = {"chosen": chosen, "picked_by": picked_by,
@@ -586,6 +603,7 @@ class _Selection:
                      "calibrated": calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
                      **({"group_blend": blend} if blend is not None else {}),
+                     **({"lexical_blend": words} if words is not None else {}),
                      **({"skipped": self.skipped} if self.skipped else {})}
         return module.eval(), spec, selection
 
@@ -683,6 +701,20 @@ class _Selection:
                   "best": f"{best[1]} x {best[2]:g}" if best[1] else None, "beats_unblended": wins, "grid": grid,
                   "fields": {f: known_groups(v) for f, v in self.group_fields.items()}}
         return report, mixed if keep else None
+
+    def _lexical_blend(self, pred: np.ndarray, words: np.ndarray,
+                       held: HeldOut) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The lexical blend stage: ``(1 - w) * pred + w * lexical`` at ``w = router.lexical_blend``, kept where
+        it routes at least as well as ``pred`` alone on the held-out records. Returns the report and the
+        kept blend's held-out predictions (None when it is not kept)."""
+        weight = float(self.r.lexical_blend)
+        mixed = (1.0 - weight) * pred + weight * words
+        with_words, without = held_out_aiq(mixed, held), held_out_aiq(pred, held)
+        kept = with_words >= without
+        log.info("auto: lexical blend x %g: held-out AIQ %.4f, without %.4f: %s", weight, with_words, without,
+                 "kept" if kept else "not kept")
+        return ({"weight": weight, "kept": kept, "val_aiq": with_words, "val_aiq_without": without},
+                mixed if kept else None)
 
 
 def _calibrated(head, spec, scale: np.ndarray, shift: np.ndarray):

@@ -14,8 +14,8 @@ vocabulary (30,522) and per model, and recognises words the average blurs (docs/
   :class:`LexicalHead` - the same computation as torch ops on ``(input_ids, attention_mask)``, so it
   exports into the router's one ONNX graph;
 - :class:`LexicalMix`: a head over the pooled features mixed with a lexical head in probability space
-  (the ensemble with a lexical member, or the lexical candidate alone), the one module a saved auto
-  router keeps.
+  (the chosen router with the lexical blend kept, or the lexical candidate alone), the one module a saved
+  auto router keeps.
 """
 
 from __future__ import annotations
