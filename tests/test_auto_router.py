@@ -88,6 +88,28 @@ def test_knn_head_matches_the_knn_baseline_and_gives_the_prior_without_features(
     assert np.allclose(empty, np.nanmean(quality, axis=0), atol=1e-5)
 
 
+def test_platt_calibration_refits_in_float64_where_the_float32_line_search_overflows(monkeypatch):
+    """L-BFGS's strong-Wolfe line search once extrapolated past float32's range fitting a Platt scaling
+    (RuntimeError: value cannot be converted to type float without overflow); the fit is then redone in
+    float64 instead of failing the run."""
+    rng = np.random.default_rng(3)
+    pred = rng.random((300, 2))
+    quality = (rng.random((300, 2)) < pred).astype(float)
+    step = torch.optim.LBFGS.step
+
+    def overflowing(self, closure):
+        if self.param_groups[0]["params"][0].dtype == torch.float32:
+            raise RuntimeError("value cannot be converted to type float without overflow")
+        return step(self, closure)
+
+    expected = fit_platt(pred, quality)
+    monkeypatch.setattr(torch.optim.LBFGS, "step", overflowing)
+    scale, shift = fit_platt(pred, quality)
+    assert scale.dtype == np.float32 and np.isfinite(scale).all() and np.isfinite(shift).all()
+    np.testing.assert_allclose(scale, expected[0], atol=1e-3)
+    np.testing.assert_allclose(shift, expected[1], atol=1e-3)
+
+
 def test_platt_calibration_lowers_the_calibration_error_of_squashed_predictions():
     rng = np.random.default_rng(0)
     z = rng.normal(scale=2.0, size=(3000, 2))
@@ -337,7 +359,7 @@ def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(
 
     summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
                                             "router.auto_pick": "ensemble", "router.lexical_c": ["0.3", "3"],
-                                            "router.lexical_min_records": 500, "tracking.enabled": False})
+                                            "router.lexical_min_records": 500})
     selection = summary["selection"]
     assert selection["mode"] == "5-fold cross-validation" and "skipped" not in selection
     entry = selection["candidates"]["lexical"]
@@ -346,6 +368,12 @@ def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(
     assert selection["candidates"]["ensemble"]["members"] == ["logreg", "knn"]  # blended in, not averaged
     blend = selection["lexical_blend"]
     assert blend["weight"] == 0.2 and blend["kept"] and blend["val_aiq"] >= blend["val_aiq_without"]
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.params["selection.lexical_blend"] == "x 0.2"
+    assert run.data.metrics["selection.lexical_blend.val_aiq"] == pytest.approx(blend["val_aiq"])
+    assert run.data.metrics["selection.lexical.val_aiq"] == pytest.approx(entry["val_aiq"])
     spec = json.loads((Path(summary["out"]) / "router.json").read_text())["spec"]
     assert spec["type"] == "lexical_mix" and spec["weight"] == pytest.approx(0.2)
     assert spec["base"]["type"] == "mean" and len(spec["base"]["members"]) == 2

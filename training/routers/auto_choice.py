@@ -113,6 +113,10 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
         tracker.log_metrics({f"selection.group_blend.{k}": blend[k] for k in ("val_aiq", "val_aiq_without",
                                                                              "beats_unblended")
                              if isinstance(blend.get(k), int | float)})
+    words = selection.get("lexical_blend")
+    if words is not None:
+        tracker.log_params({"selection.lexical_blend": f"x {words['weight']:g}" if words["kept"] else "none"})
+        tracker.log_metrics({f"selection.lexical_blend.{k}": words[k] for k in ("val_aiq", "val_aiq_without")})
     tracker.log_metrics({f"selection.{name}.{key}": value for name, entry in selection["candidates"].items()
                          for key, value in entry.items()
                          if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)})

@@ -190,11 +190,19 @@ def fit_platt(pred: np.ndarray, quality: np.ndarray, *, ridge: float = 1e-4) -> 
     """Per-model ``(scale, shift)`` that map held-out predicted quality ``pred`` to calibrated logits,
     by soft-label logistic regression on the observed cells (a small ridge pulls toward the identity;
     the scale stays >= 0 so that calibration never reverses a model's ranking of prompts)."""
-    z = logit(torch.as_tensor(np.asarray(pred, dtype=np.float32)))
-    observed = torch.as_tensor(~np.isnan(quality), dtype=DTYPE)
-    target = torch.as_tensor(np.nan_to_num(np.asarray(quality, dtype=np.float32)))
-    scale = torch.ones(z.shape[1], dtype=DTYPE, requires_grad=True)
-    shift = torch.zeros(z.shape[1], dtype=DTYPE, requires_grad=True)
+    try:
+        return _platt(pred, quality, ridge, DTYPE)
+    except RuntimeError:  # the line search overflowed float32 (seen once on a 12-model table): in float64
+        scale, shift = _platt(pred, quality, ridge, torch.float64)
+        return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def _platt(pred: np.ndarray, quality: np.ndarray, ridge: float, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    z = logit(torch.as_tensor(np.asarray(pred, dtype=np.float32))).to(dtype)
+    observed = torch.as_tensor(~np.isnan(quality), dtype=dtype)
+    target = torch.as_tensor(np.nan_to_num(np.asarray(quality, dtype=np.float32))).to(dtype)
+    scale = torch.ones(z.shape[1], dtype=dtype, requires_grad=True)
+    shift = torch.zeros(z.shape[1], dtype=dtype, requires_grad=True)
     optim = torch.optim.LBFGS([scale, shift], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
     n = max(1.0, float(observed.sum()))
 
