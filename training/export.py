@@ -80,7 +80,7 @@ class StaticGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pooled = static_pool(self.table, input_ids, attention_mask, self.normalize)
-        if getattr(self.head, "reads_tokens", False):  # a lexical member (training/routers/lexical.py)
+        if getattr(self.head, "reads_tokens", False):  # a lexical head (training/routers/lexical.py)
             return torch.sigmoid(self.head(pooled, input_ids, attention_mask))
         return torch.sigmoid(self.head(pooled))
 

@@ -341,7 +341,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         if getattr(router, "winner_", None) is not None:  # auto chose the fine-tuned encoder: the run is its
             router = router.winner_
             config, inputs = router.config, router.inputs(table.texts, X)
-        elif getattr(router, "reads_tokens", False):  # a lexical member reads the token ids beside the features
+        elif getattr(router, "reads_tokens", False):  # a lexical head reads the token ids beside the features
             inputs = router.inputs(table.texts, X)
         del train, val, batch, cost_est  # the split's targets (0.6 GB at 10M records): evaluation has its own
         stages.done("fit")

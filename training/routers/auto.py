@@ -174,11 +174,12 @@ class AutoRouter(TorchRouter):
 
     @property
     def reads_tokens(self) -> bool:
-        """Whether the fitted head reads the prompts' token ids beside the features (a ``lexical`` member)."""
+        """Whether the fitted head reads the prompts' token ids beside the features (the lexical blend kept,
+        or the ``lexical`` candidate chosen)."""
         return bool(getattr(getattr(self, "module_", None), "reads_tokens", False))
 
     def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """The features, as for any head, and - once a head with a ``lexical`` member is fitted - the
+        """The features, as for any head, and - once a head that reads token ids is fitted - the
         prompts' padded ``(input_ids, attention_mask)``; the prompts are kept for the ``encoder`` and
         ``lexical`` candidates, which tokenize the training pool's own when they are fitted."""
         self.texts_ = texts
