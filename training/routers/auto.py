@@ -261,8 +261,8 @@ class _Selection:
                 log.info("auto: encoder candidate skipped: %s", reason)
             else:
                 self.encoder_config = encoder_candidate_config(self.config)
-        self.featurizer = None
         self._counts = None
+        self.featurizer = lexical_featurizer(self.config) if "lexical" in self.families else None
         if "lexical" in self.families:
             reason = self._lexical_skipped()
             if reason:
@@ -290,7 +290,6 @@ class _Selection:
             return "completed logged records train the candidates (the log-trained router is measured without it)"
         if self.texts is None or self.pool.rows is None:
             return "the prompts' text is not at hand (train through the pipeline)"
-        self.featurizer = lexical_featurizer(self.config)
         if self.featurizer is None:
             return (f"featurizer.name = {self.config.featurizer.name!r}: the lexical regression reads the static "
                     "featurizer's token ids, the ones its exported graph receives")
