@@ -90,7 +90,15 @@ from training.routers.heads import (
     expected_calibration_error,
     fit_logreg,
 )
-from training.routers.lexical import LexicalMix, fit_lexical, lexical_featurizer, padded_ids, tfidf, token_counts
+from training.routers.lexical import (
+    LexicalMix,
+    fit_lexical,
+    fitted_columns,
+    lexical_featurizer,
+    padded_ids,
+    tfidf,
+    token_counts,
+)
 from training.routers.neural import EncoderRouter, GroupFit, MFRouter, MLPRouter, TorchRouter
 from training.trainer import Batchable
 
@@ -217,6 +225,12 @@ def _run_task(selection: _Selection, task: tuple[str, Any], fit: np.ndarray, sco
     """:meth:`_Selection._task` in a worker process, on the threads the selection's own process uses."""
     with _one_thread(selection.config):
         return selection._task(task, fit, score)
+
+
+def _score_task(pred: np.ndarray, quality: np.ndarray, held: HeldOut, calibrate: bool, config):
+    """:func:`~training.routers.auto_choice.score_variant`, on the threads the selection's own process uses."""
+    with _one_thread(config):
+        return score_variant(pred, quality, held, calibrate=calibrate)
 
 
 class _Selection:
@@ -389,6 +403,7 @@ class _Selection:
             out.update({(family, k): grid[k] for k in ks})
         elif family == "lexical":  # document frequencies from the part's training records only
             vectors, _ = tfidf(self.counts, fit)
+            vectors = vectors[:, fitted_columns(vectors, fit)]
             for c in _grid(self.r.lexical_c, float):
                 fitted = LogRegRouter(C=c).fit(vectors[fit], Q[fit], weights=self._weights(fit))
                 out[(family, c)] = fitted.predict(vectors[score])
@@ -537,9 +552,11 @@ class _Selection:
                        refine=self.config.eval.knob_refine)
         calibrated, platt, scores = {}, {}, {}
         calibrate = self.r.calibrate and not tune_only
-        for v in variants:  # not the encoder: its exported graph has no calibration stage
-            calibrated[v], platt[v], scores[v] = score_variant(preds[v][scored], Q, held,
-                                                               calibrate=calibrate and v[0] != "encoder")
+        # each variant's Platt fit and scores on the parts' worker processes (independent, a second each)
+        # - not the encoder's: its exported graph has no calibration stage
+        tasks = [(preds[v][scored], Q, held, calibrate and v[0] != "encoder", self.config) for v in variants]
+        for v, result in zip(variants, ordered_map(_score_task, tasks, self.workers(len(tasks))), strict=True):
+            calibrated[v], platt[v], scores[v] = result
         best = {f: max((v for v in variants if v[0] == f), key=lambda v: scores[v]["val_aiq"]) for f in self.families}
         report: dict[str, dict[str, Any]] = {}
         for family, v in best.items():
