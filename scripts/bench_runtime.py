@@ -15,12 +15,13 @@ Prints one JSON object on stdout (microseconds; each p50/p99 is the median over 
 decision) and a target of under 5 us at 64 tokens.
 
 ``--scorer DIR`` (repeatable) adds ``scorer``: ``AnswerScorer.score`` p50/p99 of each answer-scorer artifact
-on a ~200-token answer to a multiple-choice prompt, on ``--scorer-threads`` (default 2) threads, with issue 16's
-targets (static under 1 ms, encoder under 10 ms p50).
+on a ~200-token answer to a multiple-choice prompt, on ``--scorer-threads`` (default 2) threads, with the
+scorers' targets (static under 1 ms, encoder under 10 ms p50).
 
 ``--compare DIR`` (repeatable) adds ``compare_64_tokens``: ``route`` p50/p99 of each artifact on the same
-64-token prompts, the artifacts taking turns every 100 calls so that load from other processes hits all
-alike - the way to compare an fp32 and an int8 export on a shared machine.
+64-token prompts (``--compare-tokens 64,256``: also ``compare_256_tokens``), the artifacts taking turns every
+100 calls so that load from other processes hits all alike - the way to compare an fp32 and an int8 export
+(or a router with and without its lexical blend) on a shared machine.
 """
 
 from __future__ import annotations
@@ -276,13 +277,14 @@ def interleaved(targets: dict, *, repeats: int, calls: int, warmup: int, label: 
     return out
 
 
-def bench_compare(directories: list[str], threads: int, repeats: int, calls: int, warmup: int) -> dict:
-    """``route`` p50/p99 at 64 tokens of several artifacts, interleaved in turns of 100 calls (see the module
-    docstring). The prompts are cut to 64 tokens by the first artifact's tokenizer."""
+def bench_compare(directories: list[str], threads: int, repeats: int, calls: int, warmup: int,
+                  length: int = 64) -> dict:
+    """``route`` p50/p99 at ``length`` tokens of several artifacts, interleaved in turns of 100 calls (see the
+    module docstring). The prompts are cut to that length by the first artifact's tokenizer."""
     from router_ml import Router
 
     routers = {d: Router.load(d, intra_op_threads=threads) for d in directories}
-    prompts = prompts_of_length(routers[directories[0]], random.Random(0), 64, 16)
+    prompts = prompts_of_length(routers[directories[0]], random.Random(0), length, 16)
     timed = interleaved({d: (router.route, prompts) for d, router in routers.items()}, repeats=repeats, calls=calls,
                         warmup=warmup, label="compare")
     out = {}
@@ -294,7 +296,7 @@ def bench_compare(directories: list[str], threads: int, repeats: int, calls: int
     return {"threads": threads, "repeats": repeats, "calls_per_repeat": calls, "routers": out}
 
 
-SCORER_TARGET_US = {"static": 1_000, "encoder": 10_000}  # issue 16: p50 for a ~200-token answer, 2 threads
+SCORER_TARGET_US = {"static": 1_000, "encoder": 10_000}  # the scorers' p50 targets for a ~200-token answer, 2 threads
 
 
 def answers_of_length(scorer, rng: random.Random, tokens: int, count: int) -> list[str]:
@@ -363,13 +365,17 @@ def main() -> None:
                              "'router-ml compare' shows them)")
     parser.add_argument("--compare", action="append", default=[], metavar="DIR",
                         help="another artifact to time beside --router at 64 tokens, in the same run (repeatable)")
+    parser.add_argument("--compare-tokens", type=lambda v: [int(x) for x in v.split(",")], default=[64],
+                        metavar="N[,N...]", help="the prompt lengths of the --compare timings (default 64; each "
+                                                 "prints compare_N_tokens)")
     parser.add_argument("--compare-only", action="store_true", help="only the --compare timings")
     parser.add_argument("--explore-rate", type=float, metavar="R",
                         help="also time route() with exploration on (epsilon and softmax at this rate) in the same "
                              "interleaved turns, and check that it adds under 5 us at 64 tokens")
     parser.add_argument("--scorer", action="append", default=[], metavar="DIR",
                         help="an answer-scorer artifact to time in the same run (repeatable): one ~200-token answer "
-                             "per call on --scorer-threads threads, against issue 16's p50 targets")
+                             "per call on --scorer-threads threads, against the scorers' p50 targets (static 1 ms, "
+                             "encoder 10 ms)")
     parser.add_argument("--scorer-threads", type=int, default=2, help="intra-op threads of the scorers (default 2)")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -379,12 +385,12 @@ def main() -> None:
     sizes = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
     calls, warmup, n_batch, ref_calls, ref_budget = sizes
     loadavg, runtime_at_start = os.getloadavg()[0], runtime_fingerprint()
-    compare = None
+    compare = {f"compare_{n}_tokens": None for n in args.compare_tokens}
     if args.compare:
-        compare = bench_compare([args.router, *args.compare], args.threads, repeats, calls, warmup)
+        compare = {f"compare_{n}_tokens": bench_compare([args.router, *args.compare], args.threads, repeats, calls,
+                                                        warmup, n) for n in args.compare_tokens}
     if args.compare_only:
-        print(json.dumps({"runtime": runtime_at_start, "machine": machine_info(loadavg), "compare_64_tokens": compare},
-                         indent=1))
+        print(json.dumps({"runtime": runtime_at_start, "machine": machine_info(loadavg), **compare}, indent=1))
         return None
 
     log("loading")
@@ -430,7 +436,7 @@ def main() -> None:
         "router": {"directory": args.router, "router": router.manifest.get("router"),
                    "featurizer": router.manifest.get("featurizer"), "models": len(router.models)},
         "runtime": {**runtime, "changed_during_run": runtime != runtime_at_start},
-        "machine": machine_info(loadavg), "compare_64_tokens": compare,
+        "machine": machine_info(loadavg), **compare,
         "settings": {"threads": args.threads, "repeats": repeats, "calls_per_repeat": calls, "quick": args.quick},
         **load, "prompt_tokens": tokens, "single_prompt": single, "batch": batch, "peak_rss_mb": rss["peak_rss_mb"],
         "torch_imported": rss["torch_imported"], "rss_child": rss, "reference": reference, "scorer": scorers,

@@ -63,7 +63,7 @@ def _copies(artifact, tmp_path, *names):
 
 @pytest.mark.slow  # the session's trained router
 def test_a_two_variant_split_matches_its_weights_and_each_decision_names_its_variant(trained, tmp_path):
-    """10,000 decisions of a 70/30 split (the issue's check): shares within 2 points; a user stays on one
+    """10,000 decisions of a 70/30 split (the documented check): shares within 2 points; a user stays on one
     variant; the record names the variant. The proxy shows the variants and is ready; its admin endpoint is
     off without an admin key."""
     _copies(trained.artifact, tmp_path, "a", "b")
