@@ -800,6 +800,12 @@ def test_cross_validation_on_worker_processes_selects_and_fits_exactly_as_in_thi
     assert np.array_equal(one.mixtures["task"], two.mixtures["task"]) and np.isfinite(one.mixtures["task"]).all()
     assert np.array_equal(routed1, routed2)
     assert report2["candidates"]["mlp"]["seconds"] > 0  # the workers' fit times come back
+    # the final fits that read the pool alone run on a worker beside this process's torch finals: the same heads
+    final = two._start_pool_finals({"logreg": 0.3, "knn": 7})
+    for family, param in (("knn", 7), ("logreg", 0.3)):  # read back in another order than started
+        (there, spec_there), (here, spec_here) = final(family, param), two._final(family, param)
+        assert spec_there == spec_here and there.state_dict().keys() == here.state_dict().keys()
+        assert all(torch.equal(there.state_dict()[k], here.state_dict()[k]) for k in here.state_dict())
 
 
 def test_the_group_blend_is_kept_where_it_routes_better_and_is_what_the_router_predicts():

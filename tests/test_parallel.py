@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from training.parallel import PARALLEL_FROM, available_cpus, ordered_map, share_cores, workers_for
+from training.parallel import PARALLEL_FROM, available_cpus, in_background, ordered_map, share_cores, workers_for
 
 
 def _pid_and_square(x: int) -> tuple[int, int]:
@@ -24,6 +24,32 @@ def test_ordered_map_yields_in_task_order_from_worker_processes_or_this_one():
     assert [sq for _, sq in there] == [x * x for x in range(7)]
     assert os.getpid() not in {pid for pid, _ in there}
     assert list(ordered_map(_pid_and_square, [], 2)) == []
+
+
+def _touch(path: str, x: int) -> tuple[int, int]:
+    from pathlib import Path
+
+    Path(path).write_text(str(x))
+    return os.getpid(), x
+
+
+def test_in_background_runs_a_single_task_on_a_worker_before_its_result_is_read(tmp_path):
+    import time
+
+    marker = tmp_path / "started"
+    results = in_background(_touch, [(str(marker), 7)], 2)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:  # the generator is not read meanwhile
+        time.sleep(0.05)
+    assert marker.exists(), "the task did not run until its result was read"
+    pid, x = next(results)
+    assert x == 7 and pid != os.getpid()
+    # one worker: nothing runs until the result is read, in this process
+    later = tmp_path / "later"
+    results = in_background(_touch, [(str(later), 8)], 1)
+    time.sleep(0.2)
+    assert not later.exists() and next(results) == (os.getpid(), 8) and later.exists()
+    assert list(in_background(_touch, [], 2)) == []
 
 
 def test_ordered_map_raises_a_workers_exception_in_this_process():

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["PARALLEL_FROM", "available_cpus", "ordered_map", "share_cores", "workers_for"]
+__all__ = ["PARALLEL_FROM", "available_cpus", "in_background", "ordered_map", "share_cores", "workers_for"]
 
 #: automatic ``train.workers``: fits go to worker processes from this many training records (a worker
 #: starts in about 3 s, importing torch; the auto router's cross-validation on 2,000 records is 20-30 s
@@ -65,21 +65,49 @@ def ordered_map(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], worker
     return _in_workers(fn, tasks, min(workers, len(tasks)))
 
 
+def in_background(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    """:func:`ordered_map`, with the tasks already sent to the worker processes when this returns - even a
+    single task - so that this process does other work meanwhile and reads the results after; with
+    ``workers`` <= 1 they run in this process as the results are read."""
+    tasks = list(tasks)
+    if workers <= 1 or not tasks:
+        return (fn(*task) for task in tasks)
+    return _in_workers(fn, tasks, workers)
+
+
 def _in_workers(fn: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    """The tasks' results in order; they are dispatched before this returns (joblib starts a generator's
+    dispatch when it is called)."""
     from concurrent.futures import BrokenExecutor
 
     from joblib import Parallel, delayed
 
     # inner_max_num_threads: each worker's BLAS/OpenMP pools on one thread, as in this process
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", inner_max_num_threads=1)
-    done = 0
     try:
-        for result in parallel(delayed(_quietly)(fn, *task) for task in tasks):
-            done += 1
-            yield result
+        output = parallel(delayed(_quietly)(fn, *task) for task in tasks)
     except BrokenExecutor as exc:
+        return _here_after(exc, fn, tasks, iter(()))
+    return _here_after(None, fn, tasks, output)
+
+
+def _here_after(broken: BaseException | None, fn: Callable[..., Any], tasks: list[tuple[Any, ...]],
+                output: Iterator[Any]) -> Iterator[Any]:
+    """``output``'s results, then - once the pool breaks (``broken``, or while reading) - the tasks not yet
+    returned, run in this process."""
+    from concurrent.futures import BrokenExecutor
+
+    done = 0
+    if broken is None:
+        try:
+            for result in output:
+                done += 1
+                yield result
+        except BrokenExecutor as exc:
+            broken = exc
+    if broken is not None:
         log.warning("a worker process stopped (%s); the %d tasks left run in this process",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, len(tasks) - done)
+                    str(broken).splitlines()[0] if str(broken) else type(broken).__name__, len(tasks) - done)
         for task in tasks[done:]:
             yield fn(*task)
 

@@ -62,6 +62,7 @@ import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,7 @@ import torch
 from router_ml.errors import RouterMLError
 from router_ml.policy import knob_grid
 from training.evaluation import HeldOut
-from training.parallel import ordered_map, workers_for
+from training.parallel import in_background, ordered_map, workers_for
 from training.routers.auto_choice import (
     AUTO_CANDIDATES,
     completed_log_choice,
@@ -110,6 +111,9 @@ MIN_VALIDATION = 100
 #: only tune each candidate and decide one thing (no Platt scaling, no group blend; :meth:`_Selection.run`)
 TUNE_ONLY_IMPUTED_SHARE = 0.1
 _TORCH = {"mlp": MLPRouter, "mf": MFRouter, "groups": MLPRouter}
+#: the candidates whose final fit reads the pool's features or token counts alone (no torch training
+#: loop, no progress callback): fitted on a worker process beside the torch finals where workers run
+_POOL_FINALS = ("logreg", "knn", "lexical")
 log = logging.getLogger("router_ml.train")
 
 
@@ -225,6 +229,12 @@ def _run_task(selection: _Selection, task: tuple[str, Any], fit: np.ndarray, sco
     """:meth:`_Selection._task` in a worker process, on the threads the selection's own process uses."""
     with _one_thread(selection.config):
         return selection._task(task, fit, score)
+
+
+def _final_task(selection: _Selection, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:meth:`_Selection._final` of a family that reads the pool alone, on the selection's threads."""
+    with _one_thread(selection.config):
+        return selection._final(family, param)
 
 
 def _score_task(pred: np.ndarray, quality: np.ndarray, held: HeldOut, calibrate: bool, config):
@@ -591,9 +601,12 @@ class _Selection:
             words, with_words = self._lexical_blend(chosen_pred, calibrated[best["lexical"]], held)
             chosen_pred = chosen_pred if with_words is None else with_words
         self.heldout = self._held_out_predictions(scored, chosen_pred)
+        kept_words = words is not None and words["kept"]
+        final = self._start_pool_finals({f: best[f][1] for f in [*members, *(["lexical"] if kept_words else [])]
+                                         if f in _POOL_FINALS})
         heads, specs = {}, {}
         for family in members:
-            head, spec = self._final(family, best[family][1])
+            head, spec = final(family, best[family][1])
             if scores[best[family]]["calibrated"]:
                 head, spec = _calibrated(head, spec, *platt[best[family]])
             heads[family], specs[family] = head, spec
@@ -604,8 +617,8 @@ class _Selection:
                                                            "weight": 1.0}
         if blend is not None and blend["field"] is not None:
             module, spec = self._group_blend(module, spec, blend["field"], blend["weight"])
-        if words is not None and words["kept"]:
-            head, lexical_spec = self._final("lexical", best["lexical"][1])
+        if kept_words:
+            head, lexical_spec = final("lexical", best["lexical"][1])
             if scores[best["lexical"]]["calibrated"]:
                 head, lexical_spec = _calibrated(head, lexical_spec, *platt[best["lexical"]])
             module = LexicalMix(module, head, words["weight"])
@@ -637,6 +650,24 @@ class _Selection:
             observed &= ~self.pool.imputed[scored]
         full = observed.all(axis=1)
         return np.asarray(rows)[scored[full]], np.asarray(pred)[full]
+
+    def _start_pool_finals(self, params: dict[str, Any]) -> Callable[[str, Any], tuple[torch.nn.Module, dict]]:
+        """The final fits of ``params``' families (each one's chosen parameter) that read the pool alone
+        (:data:`_POOL_FINALS`), started on the parts' worker processes, where they ran on some, to fit while
+        this process fits the torch finals (MMLU-Pro-29: the lexical regression, 3-4 s, beside the MLP's).
+        Returns ``final(family, param)``: :meth:`_final`, a pool final's result read back (waited for)."""
+        families = list(params)
+        results = in_background(_final_task, [(self, f, params[f]) for f in families], self.workers(len(families) + 1))
+        done: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
+
+        def final(family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+            if family not in params:
+                return self._final(family, param)
+            while family not in done:
+                done[families[len(done)]] = next(results)
+            return done[family]
+
+        return final
 
     def _final(self, family: str, param: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The chosen candidate fitted for keeps (module doc) and its spec."""

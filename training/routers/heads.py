@@ -62,7 +62,7 @@ def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 
     cells (scikit-learn's objective; the intercept is not penalised). A model whose observed quality is
     constant (or that is observed fewer than twice) predicts that constant, as ``LogRegRouter`` does.
     ``start`` (the solution at a nearby ``C``) warm-starts the solver: a grid costs little more than one fit."""
-    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    x = torch.as_tensor(np.require(X, np.float32, ["W"]))  # a copy where X is read-only (a worker's memory map)
     observed_np = ~np.isnan(quality)
     q = np.nan_to_num(np.asarray(quality, dtype=np.float32))
     counts = observed_np.sum(axis=0)
