@@ -383,7 +383,8 @@ def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(
     rows = [json.loads(line) for line in (Path(summary["out"]) / "test_predictions.jsonl").read_text().splitlines()]
     texts = [table.texts[r["row"]] for r in rows]
     reloaded = load_saved(summary["out"]).predict(texts)
-    assert TorchRouter.load(summary["out"]).reads_tokens
+    loaded = TorchRouter.load(summary["out"])
+    assert loaded.reads_tokens and loaded.predict_batch == 128  # (batch, T, T) pairs of ids: smaller batches
     assert np.abs(reloaded - np.array([r["quality_hat"] for r in rows])).max() < 1e-5
 
 

@@ -190,6 +190,12 @@ class AutoRouter(TorchRouter):
         or the ``lexical`` candidate chosen)."""
         return bool(getattr(getattr(self, "module_", None), "reads_tokens", False))
 
+    @property
+    def predict_batch(self) -> int:
+        """Prompts per forward pass when predicting: a head that reads token ids compares every pair of a
+        prompt's ids, ``(batch, T, T)`` floats - 256 MB for 1,024 prompts padded to 256 tokens - so 128."""
+        return 128 if self.reads_tokens else TorchRouter.predict_batch
+
     def inputs(self, texts: list[str], features: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """The features, as for any head, and - once a head that reads token ids is fitted - the
         prompts' padded ``(input_ids, attention_mask)``; the prompts are kept for the ``encoder`` and
