@@ -123,6 +123,7 @@ def test_the_mix_averages_probabilities_and_exports_to_onnx(featurizer, tmp_path
     path = tmp_path / "lexical.onnx"
     _export_onnx(Graph().eval(), path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert ids.dtype == np.int32 and mask.dtype == np.uint8  # compact while a table's prompts are held
+    out = session.run(None, {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)})[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, Graph()(torch.as_tensor(ids), torch.as_tensor(mask)).numpy(), atol=1e-6)

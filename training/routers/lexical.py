@@ -68,11 +68,13 @@ def fitted_columns(vectors, fit_rows: np.ndarray) -> np.ndarray:
 
 
 def padded_ids(featurizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(input_ids, attention_mask)`` of ``texts`` as the exported graph receives them, padded with 0s to
-    the longest (at least one column)."""
+    """``(input_ids, attention_mask)`` of ``texts``, the ids the exported graph receives, padded with 0s to
+    the longest (at least one column). Held for a whole table's prompts while it is scored, so int32 ids
+    and a uint8 mask: 5 bytes a token instead of 16 (the heads index and compare them as they are; the
+    graph's own inputs are the runtime's int64)."""
     ids = featurizer.token_ids(texts)
     width = max([1] + [len(x) for x in ids])
-    out, mask = np.zeros((len(ids), width), np.int64), np.zeros((len(ids), width), np.int64)
+    out, mask = np.zeros((len(ids), width), np.int32), np.zeros((len(ids), width), np.uint8)
     for i, row in enumerate(ids):
         out[i, :len(row)], mask[i, :len(row)] = row, 1
     return out, mask
