@@ -77,6 +77,29 @@ def test_the_head_computes_the_fitted_regression_from_padded_ids(featurizer):
     assert expected[:100, 0].std() > 0.1  # it learned the first model's word, not its mean
 
 
+def test_a_padded_batch_scores_each_prompt_as_alone_whatever_its_ids():
+    """Padding is id 0 with mask 0, and 0 (or 255, what a uint8 mask minus one would give) can be a real token's
+    id: a padded position must count as no token, in the compact int32 / uint8 inputs and the graph's int64."""
+    from training.routers.lexical import LexicalHead
+
+    torch.manual_seed(0)
+    head = LexicalHead(300, 3)
+    with torch.no_grad():
+        head.idf.copy_(torch.rand(300) * 5)
+        head.weight.copy_(torch.randn(300, 3))
+        head.bias.copy_(torch.randn(3))
+    ids = np.array([[5, 255, 5, 0, 7, 0], [255, 9, 0, 0, 0, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]], np.uint8)
+    with torch.no_grad():
+        compact = head(torch.as_tensor(ids), torch.as_tensor(mask))
+        wide = head(torch.as_tensor(ids.astype(np.int64)), torch.as_tensor(mask.astype(np.int64)))
+        alone = torch.cat([head(torch.as_tensor(ids[i:i + 1, :m.sum()].astype(np.int64)),
+                                torch.as_tensor(mask[i:i + 1, :m.sum()].astype(np.int64))) for i, m in enumerate(mask)])
+    torch.testing.assert_close(compact, wide, atol=0, rtol=0)
+    torch.testing.assert_close(compact, alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(alone[0], alone[1])
+
+
 def test_cell_weights_of_zero_leave_those_cells_out():
     from scipy import sparse
 

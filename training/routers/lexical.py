@@ -84,9 +84,11 @@ class LexicalHead(nn.Module):
     """Per-model logits ``tfidf(ids) W + b``, the sublinear TF-IDF computed from the padded ids in the graph.
 
     A token occurring ``c`` times has term frequency ``1 + ln c``; the graph finds ``c`` for every position
-    by comparing the ids pairwise (a ``(T, T)`` Equal per prompt: standard ONNX ops, no sparse tensors) and
-    gives each occurrence ``(1 + ln c) / c`` of it, so the sum over positions of ``share * idf * W[id]``
-    is the TF-IDF vector times ``W`` and the sum of ``((1 + ln c) idf)^2 / c`` its squared L2 norm."""
+    by comparing the ids pairwise (a ``(T, T)`` Equal per prompt: standard ONNX ops, no sparse tensors; a
+    padded position takes the id -1, which no token has, so the mask is applied to ``T`` values, not
+    ``T^2``) and gives each occurrence ``1 / c`` of the token's weight ``(1 + ln c) idf``: the sum over
+    positions of ``share * W[id]`` is the TF-IDF vector times ``W``, and the sum of ``weight * share`` its
+    squared L2 norm."""
 
     def __init__(self, vocab: int, n_models: int):
         super().__init__()
@@ -96,12 +98,11 @@ class LexicalHead(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(torch.float32)  # (B, T)
-        same = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)).to(torch.float32) * mask.unsqueeze(1)
-        count = same.sum(dim=-1).clamp_min(1.0)  # (B, T): occurrences of each position's token
-        tf = 1.0 + torch.log(count)
-        idf = self.idf[input_ids] * mask
-        share = tf * idf / count  # (B, T)
-        norm = ((tf * idf).pow(2) / count).sum(dim=-1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1)
+        keyed = torch.where(attention_mask > 0, input_ids, -1)  # a padded position: -1, no token's id
+        count = (keyed.unsqueeze(2) == keyed.unsqueeze(1)).to(torch.float32).sum(dim=-1)  # (B, T), >= 1
+        weighted = (1.0 + torch.log(count)) * self.idf[input_ids] * mask  # the token's tf * idf
+        share = weighted / count  # (B, T): each occurrence's part of it
+        norm = (weighted * share).sum(dim=-1, keepdim=True).sqrt().clamp_min(1e-12)  # (B, 1)
         scores = torch.bmm(share.unsqueeze(1), self.weight[input_ids]).squeeze(1)  # (B, M)
         return scores / norm + self.bias
 
