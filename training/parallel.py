@@ -86,30 +86,30 @@ def _in_workers(fn: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: i
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", inner_max_num_threads=1)
     try:
         output = parallel(delayed(_quietly)(fn, *task) for task in tasks)
-    except BrokenExecutor as exc:
-        return _here_after(exc, fn, tasks, iter(()))
-    return _here_after(None, fn, tasks, output)
+    except BrokenExecutor as exc:  # the pool broke before the tasks were sent
+        _here_instead(exc, len(tasks))
+        return (fn(*task) for task in tasks)
+    return _results(output, fn, tasks)
 
 
-def _here_after(broken: BaseException | None, fn: Callable[..., Any], tasks: list[tuple[Any, ...]],
-                output: Iterator[Any]) -> Iterator[Any]:
-    """``output``'s results, then - once the pool breaks (``broken``, or while reading) - the tasks not yet
-    returned, run in this process."""
+def _results(output: Iterator[Any], fn: Callable[..., Any], tasks: list[tuple[Any, ...]]) -> Iterator[Any]:
+    """``output``'s results in order; once the pool breaks, the tasks not yet returned run in this process."""
     from concurrent.futures import BrokenExecutor
 
     done = 0
-    if broken is None:
-        try:
-            for result in output:
-                done += 1
-                yield result
-        except BrokenExecutor as exc:
-            broken = exc
-    if broken is not None:
-        log.warning("a worker process stopped (%s); the %d tasks left run in this process",
-                    str(broken).splitlines()[0] if str(broken) else type(broken).__name__, len(tasks) - done)
+    try:
+        for result in output:
+            done += 1
+            yield result
+    except BrokenExecutor as exc:
+        _here_instead(exc, len(tasks) - done)
         for task in tasks[done:]:
             yield fn(*task)
+
+
+def _here_instead(exc: BaseException, left: int) -> None:
+    log.warning("a worker process stopped (%s); the %d tasks left run in this process",
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__, left)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> Any:
