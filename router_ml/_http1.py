@@ -15,7 +15,9 @@ by the attempt's ``timeout``; TLS verified against certifi's CA bundle, as httpx
 raised as the httpx exceptions they correspond to (``ConnectError``, ``ConnectTimeout``,
 ``ReadTimeout``, ``PoolTimeout``, ``RemoteProtocolError``, ``ReadError``), so the client's failure
 classes, retries, breakers and stream handling are the same whichever transport ran. A request on a
-reused idle connection that the server had already closed is retried once on a new connection.
+reused idle connection that the server had already closed is retried once on a new connection (unless
+built with ``retry_closed=False``, as a load generator counting unanswered requests is: a server that
+closes without a byte of answer may also have read the request).
 
 httptools comes with the ``serve`` extra (uvicorn's parser).
 """
@@ -197,8 +199,10 @@ class Response:
 class Pool:
     """Keep-alive connections to one origin (``scheme://host:port``)."""
 
-    def __init__(self, scheme: str, host: str, port: int, *, max_connections: int, max_keepalive: int):
+    def __init__(self, scheme: str, host: str, port: int, *, max_connections: int, max_keepalive: int,
+                 retry_closed: bool = True):
         self.loop = asyncio.get_running_loop()
+        self.retry_closed = retry_closed
         self.host, self.port = host, port
         self.ssl: ssl.SSLContext | None = None
         if scheme == "https":
@@ -293,7 +297,7 @@ class Pool:
                     await conn.wait(timeout)
             except httpx.RemoteProtocolError:
                 self._release(conn, reuse=False)
-                if reused and attempt == 0 and not conn.got_bytes:
+                if reused and attempt == 0 and not conn.got_bytes and self.retry_closed:
                     continue  # the server had closed this idle connection: once more on a new one
                 raise
             except BaseException:
@@ -332,8 +336,9 @@ class Http1Upstream:
     """What :class:`~router_ml.client.AsyncRoutedClient` calls upstreams through with ``upstream="http1"``:
     one :class:`Pool` per origin, the request head of each replica built once."""
 
-    def __init__(self, *, max_connections: int = 1000, max_keepalive: int = 256):
+    def __init__(self, *, max_connections: int = 1000, max_keepalive: int = 256, retry_closed: bool = True):
         self._limits = (max_connections, max_keepalive)
+        self._retry_closed = retry_closed
         self._pools: dict[tuple[str, str, int], Pool] = {}
         self._heads: dict[str, tuple[Pool | None, tuple[str, str, int], bytes]] = {}
 
@@ -357,7 +362,7 @@ class Http1Upstream:
             pool = self._pools.get(origin)
             if pool is None:
                 pool = self._pools[origin] = Pool(*origin, max_connections=self._limits[0],
-                                                  max_keepalive=self._limits[1])
+                                                  max_keepalive=self._limits[1], retry_closed=self._retry_closed)
             self._heads[label] = (pool, origin, head)
         return pool.request(head + str(len(payload)).encode() + b"\r\n\r\n", payload, timeout)
 

@@ -6,7 +6,10 @@ Everything runs on 127.0.0.1 as separate processes: two fake OpenAI-compatible u
 with a real router artifact (routing every request, writing its decision log), and this script's
 open-loop load generator: request i is due at ``start + i / rate`` and is sent by one of
 ``--concurrency`` client connections; its latency counts from the moment it was due, so a stalled
-server cannot hide queueing (no coordinated omission).
+server cannot hide queueing (no coordinated omission). The generator's client is the proxy's own upstream
+client (``router_ml._http1``, with no retry of a request a server closed on without answering), not httpx:
+on two cores the generator competes with what it measures, and httpx's pool cost it about five times the CPU
+per request and, on a slow day, held requests up to 1.6 s before sending them (README, "Load test").
 
 Normal mode, ``--rounds`` times: ``--duration`` seconds straight at upstream A (direct), then the
 same through the proxy. ``overhead_ms`` is the difference of the pooled latency percentiles
@@ -79,6 +82,8 @@ from load_references import (
     stop,
 )
 
+from router_ml._http1 import Http1Upstream, Response
+
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
 REQUEST_TIMEOUT_S = 10.0
@@ -127,27 +132,41 @@ def prompts() -> list[str]:
     return out
 
 
-async def _streamed(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, dict | None, str, str | None]:
+_HEADERS = {"content-type": "application/json"}
+
+
+async def _post(client: Http1Upstream, url: str, body: dict) -> Response:
+    """POST ``body`` as JSON; the response once its head has come."""
+    return await client.send(url, url, _HEADERS, json.dumps(body).encode(), REQUEST_TIMEOUT_S + 2)
+
+
+async def _streamed(client: Http1Upstream, url: str, body: dict) -> tuple[int, dict | None, str, str | None]:
     """POST a streaming request; (status, the last chunk, how it ended: done / error_event / broken, the
     proxy's request id)."""
     last, ending = None, "broken"
-    async with client.stream("POST", url, json=body) as r:
+    r = await _post(client, url, body)
+    try:
         rid = r.headers.get(REQUEST_ID)
         if r.status_code != 200:
             await r.aread()
             return r.status_code, None, "http_error", rid
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                ending = "done"
-                continue
-            obj = json.loads(data)
-            if "error" in obj:
-                return 200, obj, "error_event", rid
-            last = obj
-    return 200, last, ending, rid
+        pending = b""
+        async for chunk in r.aiter_bytes():
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:].rstrip(b"\r")
+                if data == b"[DONE]":
+                    ending = "done"
+                    continue
+                obj = json.loads(data)
+                if "error" in obj:
+                    return 200, obj, "error_event", rid
+                last = obj
+        return 200, last, ending, rid
+    finally:
+        await r.aclose()
 
 
 async def phase(url: str, model: str, texts: list[str], rate: float, duration: float, concurrency: int,
@@ -160,9 +179,10 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
     answered_by: dict[str, int] = {}
     ids: list[str] = []  # router-ml's request ids of the answered requests (references send none)
     slow: list[tuple[int, int, float]] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(REQUEST_TIMEOUT_S + 2, pool=REQUEST_TIMEOUT_S + 2)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    # the proxy's own upstream client, not httpx: a fifth of the CPU (on two cores the generator competes with
+    # the proxy it measures) and no pool stalls; no retry of a request a server closed on without answering
+    client = Http1Upstream(max_connections=concurrency, max_keepalive=concurrency, retry_closed=False)
+    try:
         loop = asyncio.get_running_loop()
         t0 = loop.time() + 0.05
 
@@ -175,7 +195,11 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
                     body["stream"] = True
                     status, last, ending, rid = await _streamed(client, url, body)
                 else:
-                    r = await client.post(url, json=body)
+                    r = await _post(client, url, body)
+                    try:
+                        raw = await r.aread()
+                    finally:
+                        await r.aclose()
             except httpx.TimeoutException:
                 lost["timeout"] = lost.get("timeout", 0) + 1
                 return
@@ -198,7 +222,7 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
                 errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
                 return
             try:
-                data = r.json()
+                data = json.loads(raw)
                 data["choices"][0]["message"]["content"]  # noqa: B018 - a complete answer
             except (ValueError, KeyError, IndexError, TypeError):
                 lost["broken_answer"] = lost.get("broken_answer", 0) + 1
@@ -224,6 +248,8 @@ async def phase(url: str, model: str, texts: list[str], rate: float, duration: f
         started = loop.time()
         await asyncio.gather(*tasks)
         wall = loop.time() - t0
+    finally:
+        await client.aclose()
     return {"sent": n, "latencies": latencies, "ids": ids, "slow": slow, "errors": errors, "lost": lost,
             "answered_by": answered_by, "wall_s": wall, "drain_s": loop.time() - started}
 

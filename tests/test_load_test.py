@@ -3,6 +3,7 @@ router-ml's proxy under the same keys, and LiteLLM's install failing with a mess
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -21,6 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("load_references", ROOT / "scripts" / "load_references.py")
 load_references = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(load_references)
+
+
+
+def _load_test_module():
+    """scripts/load_test.py as a module (it imports load_references from its own folder)."""
+    scripts = str(ROOT / "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(scripts)
+    return module
+
 
 BODY = {"model": "tiny-1b", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 KEYS = ("throughput_rps", "proxy_cpu_ms_per_request", "errors", "lost", "requests", "answered")
@@ -45,6 +61,26 @@ def test_passthrough_forwards_body_status_and_streams(tmp_path):
             assert up.served == 3
         finally:
             load_references.stop(proc)
+
+
+def test_the_load_generator_counts_answers_errors_broken_answers_and_cut_streams():
+    """The open-loop generator on one connection against scripted faults: an HTTP error is an error; a 200 that
+    is no completion, a connection closed without an answer (not retried: the server may have read the request)
+    and a stream cut off mid-way are lost; every other request is answered, its latency counted from when it was
+    due."""
+    lt = _load_test_module()
+    with FakeUpstream() as up:
+        url = up.base_url + "/chat/completions"
+        up.script.extend(["503", "garbage", "drop"])  # one connection: the first three requests, in order
+        plain = asyncio.run(lt.phase(url, "tiny-1b", ["What is 2 + 2?"], 20, 0.5, 1))
+        up.script.extend(["500", "drop_stream:2"])
+        streamed = asyncio.run(lt.phase(url, "tiny-1b", ["What is 2 + 2?"], 20, 0.5, 1, stream=True))
+    assert plain["sent"] == 10 and plain["errors"] == {"503": 1}
+    assert plain["lost"] == {"broken_answer": 1, "RemoteProtocolError": 1} and len(plain["latencies"]) == 7
+    assert plain["answered_by"] == {"tiny-1b": 7} and all(0 < ms < 1000 for ms in plain["latencies"])
+    assert streamed["sent"] == 10 and streamed["errors"] == {"http_error": 1}
+    assert sum(streamed["lost"].values()) == 1 and len(streamed["latencies"]) == 8
+    assert up.served == 20  # the dropped request was sent once: nothing retried behind the count
 
 
 def test_load_test_measures_the_passthrough_beside_router_ml(trained):

@@ -134,6 +134,32 @@ def test_a_full_pool_makes_requests_wait_then_time_out_as_timeouts(up):
     assert first == (200, "tiny-1b") and starved == "PoolTimeout" and patient == (200, "tiny-1b")
 
 
+def test_a_reused_connection_closed_without_an_answer_is_retried_once_unless_told_not_to(up):
+    """The server closes a kept-alive connection without a byte of answer: by default the request goes once more
+    on a new connection (an idle connection the server had closed); ``retry_closed=False`` raises instead."""
+    headers = {"content-type": "application/json"}
+    body = json.dumps({"model": "tiny-1b", "messages": MSG}).encode()
+
+    async def two(retry_closed: bool) -> list:
+        client = Http1Upstream(retry_closed=retry_closed)
+        out = []
+        for _ in range(2):
+            try:
+                r = await client.send("tiny-1b#0", up.base_url + "/chat/completions", headers, body, 5.0)
+                await r.aread()
+                await r.aclose()
+                out.append(r.status_code)
+            except httpx.HTTPError as exc:
+                out.append(type(exc).__name__)
+            up.script.append("drop")  # the second request, on the first one's kept-alive connection
+        await client.aclose()
+        up.script.clear()
+        return out
+
+    assert asyncio.run(two(True)) == [200, 200] and up.served == 3  # dropped, then answered on a new connection
+    assert asyncio.run(two(False)) == [200, "RemoteProtocolError"] and up.served == 5
+
+
 def test_request_ids_are_unique_well_formed_and_differ_after_a_fork():
     import os
     import re
