@@ -24,7 +24,6 @@ load_references = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(load_references)
 
 
-
 def _load_test_module():
     """scripts/load_test.py as a module (it imports load_references from its own folder)."""
     scripts = str(ROOT / "scripts")
