@@ -83,6 +83,8 @@ from load_references import (
 )
 
 from router_ml._http1 import Http1Upstream, Response
+from router_ml._records import Failure
+from router_ml._streaming import event_data, sse_events
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
@@ -150,13 +152,11 @@ async def _streamed(client: Http1Upstream, url: str, body: dict) -> tuple[int, d
         if r.status_code != 200:
             await r.aread()
             return r.status_code, None, "http_error", rid
-        pending = b""
-        async for chunk in r.aiter_bytes():
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if not line.startswith(b"data: "):
+        try:
+            async for event in sse_events(r.aiter_bytes()):
+                data = event_data(event)
+                if data is None:
                     continue
-                data = line[6:].rstrip(b"\r")
                 if data == b"[DONE]":
                     ending = "done"
                     continue
@@ -164,6 +164,8 @@ async def _streamed(client: Http1Upstream, url: str, body: dict) -> tuple[int, d
                 if "error" in obj:
                     return 200, obj, "error_event", rid
                 last = obj
+        except Failure:  # the stream ended inside an event
+            return 200, last, "broken", rid
         return 200, last, ending, rid
     finally:
         await r.aclose()

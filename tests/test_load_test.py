@@ -19,23 +19,22 @@ import pytest
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("load_references", ROOT / "scripts" / "load_references.py")
-load_references = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(load_references)
 
 
-def _load_test_module():
-    """scripts/load_test.py as a module (it imports load_references from its own folder)."""
+def _script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts import each other from their own folder)."""
     scripts = str(ROOT / "scripts")
     sys.path.insert(0, scripts)
     try:
-        spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(scripts)
     return module
 
+
+load_references = _script("load_references")
 
 BODY = {"model": "tiny-1b", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 KEYS = ("throughput_rps", "proxy_cpu_ms_per_request", "errors", "lost", "requests", "answered")
@@ -67,7 +66,7 @@ def test_the_load_generator_counts_answers_errors_broken_answers_and_cut_streams
     is no completion, a connection closed without an answer (not retried: the server may have read the request)
     and a stream cut off mid-way are lost; every other request is answered, its latency counted from when it was
     due."""
-    lt = _load_test_module()
+    lt = _script("load_test")
     with FakeUpstream() as up:
         url = up.base_url + "/chat/completions"
         up.script.extend(["503", "garbage", "drop"])  # one connection: the first three requests, in order
