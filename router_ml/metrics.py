@@ -313,9 +313,15 @@ def single_model_points(
     Without ``weights`` the means are over the prompts with complete rows only (every model has an
     outcome), so the models are compared on the same prompts; prompts with any NaN are ignored.
     Raises ValueError if none is complete. With ``weights`` (logged traffic, see
-    :func:`exposure_weights`) a model's quality is the weighted mean of its cells of positive weight
-    (self-normalised, so with ``exposure_weights`` it is the mean over the prompts where the model
-    was observed) and its cost the plain mean over every prompt (costs must be complete).
+    :func:`exposure_weights` or :func:`propensity_weights`) a model's quality and cost are the weighted
+    means of its cells of positive weight (self-normalised, as :func:`curve_from_choices`' ``snips``
+    weighs a router's logged costs; with ``exposure_weights``, the means over the prompts where the
+    model was observed): an imputed cost of a prompt the model never saw does not count, so a model
+    logged mostly on long prompts is not priced at the average prompt's cost (costs must be complete).
+
+    >>> single_model_points(np.array([[1.0, np.nan], [np.nan, 0.0]]), np.array([[2.0, 9.0], [4.0, 5.0]]),
+    ...                     weights=np.array([[1.0, 0.0], [0.0, 1.0]]))
+    (array([2., 5.]), array([1., 0.]))
 
     >>> single_model_points(np.array([[0.0, 1.0], [1.0, np.nan]]), np.array([[1.0, 3.0], [1.0, 3.0]]))
     (array([1., 3.]), array([0., 1.]))
@@ -329,7 +335,7 @@ def single_model_points(
         if (total <= 0).any():
             raise ValueError(f"model index {int(np.argmax(total <= 0))} has no cell of positive weight")
         weighted = np.where(weights > 0, quality, 0.0) * weights
-        return cost.mean(axis=0), weighted.sum(axis=0) / total
+        return (np.where(weights > 0, cost, 0.0) * weights).sum(axis=0) / total, weighted.sum(axis=0) / total
     keep = complete_rows(quality, cost)
     if not keep.any():
         raise ValueError(f"none of the {quality.shape[0]} prompts has an outcome for every model")

@@ -50,6 +50,27 @@ def test_logged_traffic_with_propensities_is_scored_by_snips_close_to_the_truth(
         score_predictions(pred, _held(logged, propensity, estimator="magic"))
 
 
+def test_full_information_records_beside_a_log_count_with_propensity_one():
+    """A bootstrap set (every outcome, no propensity) in the same data as a log that carries its propensities:
+    scored by SNIPS with weight 1 on the full records' outcomes, not refused or scored by exposure weights."""
+    p_true, quality, logged, propensity = _world(0)
+    mixed = logged.copy()
+    mixed[:600] = quality[:600]  # the first 600 prompts evaluated on every model, without a propensity
+    propensity = propensity.copy()
+    propensity[:600] = np.nan
+    pred = p_true + np.random.default_rng(1).normal(0, 0.05, p_true.shape)
+    held = _held(mixed, propensity)
+    assert held.has_propensities and held.resolved_estimator() == "snips"
+    weights = held.weights()
+    assert (weights[:600] == 1.0).all()
+    np.testing.assert_allclose(weights[600:][~np.isnan(mixed[600:])], 1 / propensity[600:][~np.isnan(mixed[600:])])
+    truth = score_predictions(pred, _held(quality))
+    est = score_predictions(pred, held)
+    assert est["estimator"] == "snips" and est["off_policy"]["propensities"] == "logged"
+    assert est["off_policy"]["biased"] is False
+    np.testing.assert_allclose(est["curve"]["quality"], truth["curve"]["quality"], atol=0.03)
+
+
 def test_without_propensities_logged_traffic_falls_back_to_exposure_weights_and_says_so():
     p_true, quality, logged, _ = _world(0)
     report = evaluate_held_out(p_true, _held(logged), baselines=("random", "best-single", "oracle"))

@@ -20,6 +20,7 @@ from router_ml.metrics import (
     routellm_curve,
     routellm_metrics,
     savings_at_iso_quality,
+    propensity_weights,
     single_model_points,
 )
 
@@ -77,6 +78,25 @@ def test_single_model_points_use_complete_rows_only():
     # the NaN row (with its $100 costs) must not count for any model
     np.testing.assert_allclose(costs, [2.0, 3.0, 10.0])
     np.testing.assert_allclose(qualities, [0.5, 0.5, 0.75])
+
+
+def test_weighted_single_model_points_price_a_model_on_the_prompts_it_was_logged_on():
+    """Logged traffic: the always-this-model point is the same self-normalised estimate as a router's curve,
+    for cost as for quality - a cost imputed for a prompt the model never saw does not count."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    length = rng.integers(10, 1000, n)
+    cost = np.stack([1e-6 * length, 1e-5 * length], axis=1)  # per-token prices: long prompts cost more
+    quality = rng.random((n, 2))
+    strong = rng.random(n) < np.where(length > 500, 0.9, 0.1)  # the logging router sends long prompts to 1
+    p = np.where(length > 500, 0.9, 0.1)
+    logged = np.where(np.stack([~strong, strong], axis=1), quality, np.nan)
+    propensity = np.where(np.stack([~strong, strong], axis=1), np.stack([1 - p, p], axis=1), np.nan)
+    imputed = np.where(np.isnan(logged), np.nanmean(np.where(np.isnan(logged), np.nan, cost), axis=0), cost)
+    costs, qualities = single_model_points(logged, imputed, weights=propensity_weights(logged, propensity))
+    np.testing.assert_allclose(costs, cost.mean(axis=0), rtol=0.05)  # the truth: every prompt at its own price
+    np.testing.assert_allclose(qualities, quality.mean(axis=0), atol=0.03)
+    assert imputed[:, 1].mean() > 1.2 * cost[:, 1].mean()  # the plain mean of the imputed costs is far off
 
 
 def test_complete_rows_marks_nan_in_quality_or_cost():
@@ -439,7 +459,8 @@ def test_weighted_single_points_average_each_model_over_the_prompts_that_observe
     holes = QUALITY.copy()
     holes[1, 1] = np.nan
     costs, qualities = metrics.single_model_points(holes, COST, weights=metrics.exposure_weights(holes))
-    np.testing.assert_allclose(costs, COST.mean(axis=0))
+    np.testing.assert_allclose(costs, np.nanmean(np.where(np.isnan(holes), np.nan, COST), axis=0))
+    assert costs[1] != COST[:, 1].mean()  # the hole's cost does not count, as its quality does not
     np.testing.assert_allclose(qualities, np.nanmean(holes, axis=0))
     # unweighted: complete rows only
     np.testing.assert_allclose(metrics.single_model_points(holes, COST)[1], QUALITY[[0, 2, 3]].mean(axis=0))

@@ -129,6 +129,23 @@ def test_default_knob_on_a_log_stays_within_the_observed_qualities_and_near_the_
     assert cheap["default_knob"]["source"] == "--willingness-to-pay" and len(cheap["default_knob"]["models"]) == 1
 
 
+def test_a_bootstrap_set_in_the_same_file_as_the_log_is_scored_beside_it_without_bias(tmp_path, trained, demo):
+    """Records with every outcome and no propensity beside logged ones with theirs (the logged-traffic
+    workflow's bootstrap set + log in one file): scored by SNIPS, the full records with weight 1 - not
+    refused as logged outcomes lacking a propensity."""
+    from training.pipeline import evaluate_router
+
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 1600]
+    truth = evaluate_router(trained.checkpoint, write_jsonl(records, tmp_path / "full.jsonl"), n_boot=0,
+                            progress=False)["default_knob"]
+    mixed = write_jsonl(records[:300] + _log(records[300:], demo.models), tmp_path / "mixed.jsonl")
+    result = evaluate_router(trained.checkpoint, mixed, n_boot=50, progress=False)
+    assert result["biased"] is False and "warning" not in result and result["scored"] == 1600
+    assert result["test"]["estimator"] == "snips" and result["test"]["off_policy"]["propensities"] == "logged"
+    knob = result["default_knob"]
+    assert knob["estimator"] == "snips" and knob["quality"] == pytest.approx(truth["quality"], abs=0.05)
+
+
 def test_an_artifact_directory_is_scored_through_the_runtime_and_says_seen_prompts_were_not_checked(
         tmp_path, trained, demo):
     from router_ml import Router

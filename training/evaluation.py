@@ -94,7 +94,9 @@ class HeldOut:
     model was logged did not depend on the prompt). An outcome observed *without* a propensity in a row
     whose logged choice has one - a cascade's escalation, decided after seeing the first answer - is no
     draw of the logging policy: it is dropped from the scored quality (``unlogged_outcomes`` counts them)
-    so the estimators see the logged draw alone.
+    so the estimators see the logged draw alone. A record with every outcome and no propensity in data
+    whose other records carry one (a bootstrap set in the same file as the log) is full information:
+    each of its outcomes counts with propensity 1.
     """
 
     quality: np.ndarray
@@ -124,6 +126,13 @@ class HeldOut:
             return
         observed = ~np.isnan(self.quality)
         known = np.isfinite(self.propensity)
+        # a record with every outcome and no propensity, beside logged ones that carry theirs (a bootstrap
+        # set evaluated on every model, in the same file as the log): each outcome was observed for sure
+        full = observed.all(axis=1) & ~known.any(axis=1)
+        if full.any() and known.any():
+            propensity = np.where(full[:, None], 1.0, self.propensity)
+            object.__setattr__(self, "propensity", propensity)
+            known = np.isfinite(propensity)
         extra = observed & ~known & (observed & known).any(axis=1, keepdims=True)
         if extra.any():
             object.__setattr__(self, "quality", np.where(extra, np.nan, self.quality))
