@@ -42,6 +42,10 @@ def test_logged_traffic_with_propensities_is_scored_by_snips_close_to_the_truth(
     assert truth["estimator"] == "exact" and est["estimator"] == "snips"
     assert est["off_policy"]["propensities"] == "logged"
     assert 0 < est["off_policy"]["effective_sample_size"]["min"] <= len(logged)
+    assert est["off_policy"]["thin_curve"] is False
+    # 80 logged prompts: a few dozen effective ones per knob value, and the report says the curve is thin
+    small = score_predictions(pred[:80], _held(logged[:80], propensity[:80]))
+    assert small["off_policy"]["effective_sample_size"]["median"] < 100 and small["off_policy"]["thin_curve"] is True
     np.testing.assert_allclose(est["curve"]["quality"], truth["curve"]["quality"], atol=0.04)
     assert all(0.0 <= q <= 1.0 for q in est["curve"]["quality"])  # never outside the range of the data
     dr = score_predictions(pred, _held(logged, propensity, estimator="dr", reward_model=pred))

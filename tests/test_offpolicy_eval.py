@@ -103,7 +103,15 @@ def test_a_log_without_propensities_is_refused_unless_an_estimator_is_forced(tmp
     fine = run("evaluate", "--checkpoint", trained.checkpoint, "--data", ok, "--json", "--quiet", cwd=tmp_path)
     assert fine.returncode == 0, fine.stderr[-3000:]
     result = json.loads(fine.stdout)
-    assert result["biased"] is False and "warning" not in result and "warning" not in fine.stderr
+    assert result["biased"] is False and "warning" not in result
+    # the one warning left: a curve on few effective prompts per knob value (said exactly when flagged)
+    thin = result["test"]["off_policy"]["thin_curve"]
+    assert ("warning" in fine.stderr) == thin == ("effective prompts per knob value" in fine.stderr)
+    small = write_jsonl(_log(records[:80], demo.models), tmp_path / "small.jsonl")  # < 100 effective prompts
+    few = run("evaluate", "--checkpoint", trained.checkpoint, "--data", small, "--json", "--quiet", cwd=tmp_path)
+    assert few.returncode == 0, few.stderr[-3000:]
+    assert json.loads(few.stdout)["test"]["off_policy"]["thin_curve"] is True
+    assert "warning: the off-policy curve rests on a median of" in few.stderr and "read high" in few.stderr
     assert result["test"]["estimator"] == "snips" and result["default_knob"]["estimator"] == "snips"
 
 

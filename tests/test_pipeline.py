@@ -336,6 +336,25 @@ def test_group_settings_that_cannot_work_are_refused(tmp_path, demo_subset, over
         train_router(config, demo_subset, out_dir=tmp_path / "r", progress=False)
 
 
+def test_data_of_one_model_is_refused_before_any_work(tmp_path, demo_subset):
+    """A router chooses between models: one model's outcomes (every record, or a log that never explored)
+    train nothing - a clear error naming the file and the model, no artifact."""
+    import dataclasses
+
+    from router_ml.errors import DataError
+    from training.config import load_config
+    from training.data import load_traffic, write_jsonl
+    from training.pipeline import train_router
+
+    table, _ = load_traffic(demo_subset)
+    one = write_jsonl([dataclasses.replace(r, outcomes={"tiny-1b": r.outcomes["tiny-1b"]}) for r in table.records[:300]],
+                      tmp_path / "one.jsonl")
+    config = load_config(ROOT / "training/configs/mlp_static.toml", ["train.epochs=1", "tracking.enabled=false"])
+    with pytest.raises(DataError, match=r"one\.jsonl: every outcome is of one model \('tiny-1b'\).*at least two"):
+        train_router(config, one, out_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
 def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, trained):
     """`evaluate` with artifacts: the fp32 artifact scores what the checkpoint scores; an int8 artifact is
     scored through the runtime on the same prompts, costs and saved knob grid, its route changes counted."""

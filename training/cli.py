@@ -101,7 +101,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
     table, report = load_traffic(args.path, prices=args.prices, num_proc=args.num_proc, **_load_options(args))
     summary = table.summary()
-    info: dict[str, Any] = {**summary, "rejected": report.rejected, "excluded": report.excluded,
+    info: dict[str, Any] = {**summary, "rejected": report.rejected, "missing_propensity": report.missing_propensity,
+                            "excluded": report.excluded,
                             "merged_duplicates": report.merged_duplicates, "format": report.format,
                             "source": report.source, "quarantine": report.quarantine,
                             "ignored_columns": report.ignored_columns}
@@ -109,7 +110,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     print(f"{report.source}  ({report.format})")
-    print(f"  records: {summary['records']}   rejected: {report.rejected}   excluded: {report.excluded}"
+    lacking = f" ({report.missing_propensity} lacking a propensity)" if report.missing_propensity else ""
+    print(f"  records: {summary['records']}   rejected: {report.rejected}{lacking}   excluded: {report.excluded}"
           f"   merged duplicates: {report.merged_duplicates}")
     print(f"  outcomes: {summary['outcomes']}   preferences: {summary['preferences']}   "
           f"chat records: {summary['chat_records']}   tasks: {summary['tasks']}")
@@ -138,7 +140,8 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     writer = write_parquet if out.endswith(".parquet") else write_jsonl
     writer(table, out)
     print_json({"out": out, "records": len(table), "rejected": report.rejected,
-                      "excluded": report.excluded, "models": list(table.models)})
+                "missing_propensity": report.missing_propensity, "excluded": report.excluded,
+                "models": list(table.models)})
     return 0
 
 
@@ -187,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    if test.get("off_policy", {}).get("biased") else "the logged propensities")
             print(f"router-ml: the test figures are off-policy estimates ({test['estimator'].upper()} over "
                   f"the test split's {summary['test_scored']} records, some outcomes missing; {how})", file=sys.stderr)
+            _warn_thin(test)
         print_json(summary)
     return 0
 
@@ -303,6 +307,17 @@ def _warn(result: dict[str, Any]) -> None:
     for one in result["sets"]:
         if one.get("warning"):
             print(f"router-ml: warning: {one['warning']}", file=sys.stderr)
+        _warn_thin(one.get("test") or {})
+
+
+def _warn_thin(test: dict[str, Any]) -> None:
+    """Say when an off-policy curve rests on few effective prompts per knob value (``off_policy.thin_curve``)."""
+    off = test.get("off_policy") or {}
+    if off.get("thin_curve"):
+        print(f"router-ml: warning: the off-policy curve rests on a median of "
+              f"{off['effective_sample_size']['median']:.0f} effective prompts per knob value, so its AIQ and best "
+              "quality (maxima over noisy points) read high; the default knob's estimate and its interval are the "
+              "figures to trust, or score the router on records with every outcome", file=sys.stderr)
 
 
 def _evaluate_options(args: argparse.Namespace) -> dict[str, Any]:

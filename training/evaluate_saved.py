@@ -147,7 +147,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     if len(models) < 2:
         raise DataError(f"{data}: outcomes for at least two of the router's models are needed to score its choices; "
                         f"found {list(models)} of {list(router_models)} (the data's models: {list(table.models)})")
-    if missing:
+    if missing and not logged:  # on logged traffic _check_log_models refuses it below
         log.warning("%s has no outcomes for %d of the router's models; choosing among the other %d",
                     data, len(missing), len(models))
     keep_cols = [router_models.index(m) for m in models]
@@ -193,7 +193,8 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
                  "kept (--include-seen)" if include_seen else "dropped")
     out = {"router": saved.router, "router_dir": str(saved.path), "router_kind": saved.kind, "data": str(data),
            "records": len(table) + quarantined, "scored": int(len(scored)), "dropped_seen": int((~keep).sum()),
-           "seen_prompts": seen_note, "rejected": report.rejected, "quarantined_unknown_model": quarantined,
+           "seen_prompts": seen_note, "rejected": report.rejected, "missing_propensity": report.missing_propensity,
+           "quarantined_unknown_model": quarantined,
            "models_used": list(models), "models_missing": missing,
            "models_ignored": extra, "biased": warning is not None, "unlogged_outcomes": held.unlogged_outcomes,
            "test": result["test"]}

@@ -186,6 +186,10 @@ class HeldOut:
         return metrics.exposure_weights(self.quality)
 
 
+#: below this median effective sample size per knob point, an off-policy curve's AIQ and best quality (maxima
+#: over noisy points) read high: ``off_policy.thin_curve``, said on stderr by ``train`` and ``evaluate``
+THIN_CURVE_ESS = 100
+
 #: without a logged propensity, the rows with every outcome are scored exactly when at least this many
 #: are held out, whatever share of the rows they are (:func:`scoreable_rows`)
 MIN_EXACT_ROWS = 30
@@ -343,6 +347,9 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
             "biased": not held.has_propensities,
             "effective_sample_size": {"min": float(ess.min()), "median": float(np.median(ess))},
             "unsupported_choice_share": float(np.isin(choices, rare).mean(axis=1).max()),
+            # the curve's summaries take maxima over noisy points (AIQ: the area under their upper hull;
+            # best quality): with few effective prompts per point the noise only pushes them up
+            "thin_curve": bool(np.median(ess) < THIN_CURVE_ESS),
         }
     if scores is not None and held.two_model is not None and not held.logged:
         weak, strong = held.two_model

@@ -289,6 +289,10 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     rank, _ = distributed_context()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
+    if len(table.models) < 2:
+        raise DataError(f"{data}: every outcome is of one model ({table.models[0]!r}), and a router chooses between "
+                        "models: give outcomes of at least two (logged traffic with exploration, or records "
+                        "evaluated on several models)")
     fingerprint = table.fingerprint()
     groups = group_labels(table, config.router.groups) if config.router.groups else auto_group_labels(config, table)
     if config.router.groups:  # before featurizing: a setting that cannot train fails now
@@ -380,6 +384,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "test_records": int(len(split.test)),
             "test_scored": int(len(scored)),
             "rejected": prep.report.rejected,
+            "missing_propensity": prep.report.missing_propensity,
             "excluded": prep.report.excluded,
             "fit_seconds": round(fit_seconds, 2),
             "logged_targets": None if completion is None else completion.report,
