@@ -16,11 +16,11 @@ from router_ml.metrics import (
     cpt,
     curve_from_choices,
     pgr,
+    propensity_weights,
     quality_hull,
     routellm_curve,
     routellm_metrics,
     savings_at_iso_quality,
-    propensity_weights,
     single_model_points,
 )
 

@@ -347,8 +347,8 @@ def test_data_of_one_model_is_refused_before_any_work(tmp_path, demo_subset):
     from training.pipeline import train_router
 
     table, _ = load_traffic(demo_subset)
-    one = write_jsonl([dataclasses.replace(r, outcomes={"tiny-1b": r.outcomes["tiny-1b"]}) for r in table.records[:300]],
-                      tmp_path / "one.jsonl")
+    records = [dataclasses.replace(r, outcomes={"tiny-1b": r.outcomes["tiny-1b"]}) for r in table.records[:300]]
+    one = write_jsonl(records, tmp_path / "one.jsonl")
     config = load_config(ROOT / "training/configs/mlp_static.toml", ["train.epochs=1", "tracking.enabled=false"])
     with pytest.raises(DataError, match=r"one\.jsonl: every outcome is of one model \('tiny-1b'\).*at least two"):
         train_router(config, one, out_dir=tmp_path / "r", progress=False)
