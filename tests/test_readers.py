@@ -212,6 +212,48 @@ def test_wide_csv_battery(tmp_path):
     assert "invalid UTF-8" in _quarantined(qfile)[-1]["reason"]
 
 
+def test_wide_json_lines_reads_as_its_parquet_and_csv_twins(tmp_path):
+    """A wide table written as JSON Lines (``DataFrame.to_json(orient="records", lines=True)``) is detected as
+    wide and loads to the same records as the same frame in Parquet and CSV; a bad line is located by its
+    line number, and a line with a column the first line lacks is refused, not silently dropped."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"sample_id": ["s1", "s2", "s3"], "prompt": ["two\nlines", "['What is 2+2?']", "q3"],
+                          "eval_name": ["mmlu", "gsm8k", "mmlu"],
+                          "meta/llama-2-70b-chat": [0.0, 1.0, None],
+                          "meta/llama-2-70b-chat|total_cost": [1e-3, 2e-3, None],
+                          "gpt-4": [1.0, 1.0, 0.5], "gpt-4|total_cost": [0.01, 0.02, 0.03]})
+    paths = {kind: tmp_path / f"w.{kind}" for kind in ("jsonl", "parquet", "csv")}
+    frame.to_json(paths["jsonl"], orient="records", lines=True)
+    frame.to_parquet(paths["parquet"])
+    frame.to_csv(paths["csv"], index=False)
+    loaded = {}
+    for kind, path in paths.items():
+        assert detect_format(path) == "wide", kind
+        table, _ = load_traffic(path)
+        loaded[kind] = table
+    for kind in ("parquet", "csv"):
+        assert loaded["jsonl"].models == loaded[kind].models == ("meta/llama-2-70b-chat", "gpt-4")
+        assert [r.prompt for r in loaded["jsonl"]] == [r.prompt for r in loaded[kind]]
+        np.testing.assert_array_equal(loaded["jsonl"].quality, loaded[kind].quality)
+        np.testing.assert_array_equal(loaded["jsonl"].cost, loaded[kind].cost)
+    assert loaded["jsonl"][1].messages[-1]["content"] == "What is 2+2?" and loaded["jsonl"][0].task == "mmlu"
+    assert set(loaded["jsonl"][2].outcomes) == {"gpt-4"}  # null = no outcome
+    lines = paths["jsonl"].read_text().splitlines()
+    lines[1] = lines[1].replace('"gpt-4":1.0', '"gpt-4":7')
+    lines.insert(2, "{not json")
+    lines.append(lines[0].replace('"sample_id":"s1"', '"sample_id":"s4","extra":1'))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'outcomes.gpt-4.quality'"):
+        load_traffic(bad)
+    table, report = load_traffic(bad, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert len(table) == 2 and report.rejected == 3
+    quarantined = _quarantined(tmp_path / "q.jsonl")
+    assert [e["location"] for e in quarantined] == [f"{bad}:2", f"{bad}:3", f"{bad}:5"]
+    assert "not in the first line's" in quarantined[-1]["reason"]
+
+
 def test_wide_parquet_nan_is_no_outcome(tmp_path):
     path = tmp_path / "w.parquet"
     pq.write_table(pa.table({"prompt": ["a", "b"], "m1": [1.0, float("nan")], "m1|total_cost": [0.1, None],

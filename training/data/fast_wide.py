@@ -23,7 +23,7 @@ from training.data._rows import _clean, _iter_parquet_batches, _parquet_schema
 from training.data.batches import Batch, Locations, _bad_rows, _combine, _prompt, row_batches
 from training.data.columns import Columns, StrColumn, blank, canonical_json
 from training.data.schema import OUTCOME_FIELDS
-from training.data.tabular import WideLayout, response_text, wide_files, wide_layout, wide_rows
+from training.data.tabular import WideLayout, is_json_lines, response_text, wide_files, wide_layout, wide_rows
 
 __all__ = ["wide_batches"]
 
@@ -157,7 +157,7 @@ def wide_batches(path: Path, prices: PriceCatalog | None = None, *, report: dict
     types the checks cover column by column, the rest through the per-row reader."""
     for file in wide_files(path):
         layout = wide_layout(file, report)
-        if file.suffix == ".csv" or not _fast_ok(_parquet_schema(file), layout):
+        if file.suffix == ".csv" or is_json_lines(file) or not _fast_ok(_parquet_schema(file), layout):
             yield from row_batches(wide_rows(file, layout, prices))
             continue
         offset = 0

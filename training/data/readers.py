@@ -32,7 +32,7 @@ from training.data.canonical import READABLE_VERSIONS
 from training.data.decisions import is_decision_log, read_decisions
 from training.data.hub import read_hf
 from training.data.schema import Record, RecordError, build_record
-from training.data.tabular import read_pickle, read_routellm, read_wide
+from training.data.tabular import json_rows, read_pickle, read_routellm, read_wide
 
 __all__ = ["FORMATS", "Row", "detect_format", "reader_for"]
 
@@ -40,7 +40,7 @@ __all__ = ["FORMATS", "Row", "detect_format", "reader_for"]
 FORMATS = {
     "jsonl": "canonical JSON Lines, one record per line (.jsonl, .jsonl.gz)",
     "parquet": "canonical Parquet written by router-ml",
-    "wide": "RouterBench-style wide table (Parquet or CSV): prompt, M, M|total_cost, ...",
+    "wide": "RouterBench-style wide table (Parquet, CSV or JSON Lines): prompt, M, M|total_cost, ...",
     "routellm": "RouteLLM evaluation CSV(s): prompt plus one True/False column per model",
     "hf": "Hugging Face dataset (hub id or local directory) with a column mapping",
     "pickle": "RouterBench pickle (pandas); refused unless allow_pickle is set",
@@ -56,6 +56,15 @@ def _classify_columns(columns: list[str], path: Path) -> str:
     if any("|" in c for c in columns):
         return "wide"
     return "routellm" if path.suffix == ".csv" else "unknown"
+
+
+def _wide_json_lines(path: Path) -> bool:
+    """True when the first row of a JSON Lines file is a wide table's (``M|...`` keys, no ``outcomes``)."""
+    try:
+        first = next((row for _, row in json_rows(path) if isinstance(row, dict)), None)
+    except OSError:
+        return False
+    return first is not None and _classify_columns(list(first), path) == "wide"
 
 
 def detect_format(path: str | Path) -> str:
@@ -82,15 +91,19 @@ def detect_format(path: str | Path) -> str:
         )
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
-        return "decisions" if name.endswith(".jsonl") and is_decision_log(path) else "jsonl"
+        if name.endswith(".jsonl") and is_decision_log(path):
+            return "decisions"
+        return "wide" if not name.endswith(".gz") and _wide_json_lines(path) else "jsonl"
     if name.endswith((".pkl", ".pickle")):
         return "pickle"
     if name.endswith(".parquet"):
         kind = _classify_columns(_parquet_columns(path), path)
         if kind == "unknown":
             raise DataError(
-                f"cannot tell the layout of {path}: no 'outcomes' column (canonical) and no "
-                f"'M|total_cost' columns (wide); pass --format hf with a column mapping"
+                f"cannot tell the layout of {path}: no 'outcomes' column (canonical) and no 'M|...' columns "
+                f"(wide). A wide table needs, beside each model's quality column M, its cost 'M|total_cost' "
+                f"(or its tokens 'M|input_tokens' and 'M|output_tokens' with --prices); another layout needs "
+                f"--format hf with a column mapping"
             )
         return kind
     if name.endswith(".csv"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,45 @@ def wide_files(path: Path) -> list[Path]:
     return sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
 
 
+#: a wide table may also come as JSON Lines, one row per line (``DataFrame.to_json(orient="records", lines=True)``)
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+def is_json_lines(file: Path) -> bool:
+    return file.suffix.lower() in JSON_LINES_SUFFIXES
+
+
+def json_rows(file: Path) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
+    """``(file:line, row or error)`` of each non-blank line of a JSON Lines table."""
+    with open(file, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield f"{file}:{n}", RecordError(None, f"not valid JSON ({exc}); each line must be one JSON object")
+                continue
+            if isinstance(obj, dict):
+                yield f"{file}:{n}", obj
+            else:
+                yield f"{file}:{n}", RecordError(None, f"each line must be a JSON object, got {type(obj).__name__}")
+
+
+def json_columns(file: Path) -> list[str]:
+    """The columns of a JSON Lines table: the keys of its first row."""
+    for _, row in json_rows(file):
+        if isinstance(row, dict):
+            return list(row)
+    raise DataError("the file holds no JSON object (no rows)", location=str(file))
+
+
 def wide_layout(file: Path, report: dict | None = None) -> WideLayout:
     """One wide file's layout; its ignored columns are added to ``report["ignored_columns"]``."""
     if file.suffix == ".csv":
         layout = WideLayout(_csv_header(file), source=str(file), csv=True)
+    elif is_json_lines(file):
+        layout = WideLayout(json_columns(file), source=str(file))
     else:
         layout = WideLayout(_parquet_columns(file), source=str(file))
     if report is not None:
@@ -158,13 +194,26 @@ def wide_rows(file: Path, layout: WideLayout, prices: PriceCatalog | None,
                 continue
             yield _convert(loc, lambda item=item: _raw_csv(item), lambda item=item: layout.record(item, prices))
         return
+    if is_json_lines(file):
+        columns = set(json_columns(file))
+        for loc, item in json_rows(file):
+            if isinstance(item, dict) and not columns.issuperset(item):
+                extra = sorted(set(item) - columns)
+                item = RecordError(extra[0], f"columns {extra} are not in the first line's; every line of a wide "
+                                             "table has the same columns (write null for a missing cell)")
+            if isinstance(item, RecordError):
+                yield Row(loc, None, error=item)
+                continue
+            yield _convert(loc, lambda item=item: _clean(item), lambda item=item: layout.record(item, prices))
+        return
     for i, row in parquet_rows if parquet_rows is not None else _iter_parquet_rows(file):
         yield _convert(f"{file} row {i}", lambda row=row: _clean(row), lambda row=row: layout.record(row, prices))
 
 
 def read_wide(path: Path, *, prices: PriceCatalog | None = None, report: dict | None = None,
               **_: Any) -> Iterator[Row]:
-    """Read a RouterBench-style wide table from a Parquet or CSV file (or a directory of them), row by row
+    """Read a RouterBench-style wide table from a Parquet, CSV or JSON Lines file (or a directory of Parquet and
+    CSV files), row by row
     (:func:`training.data.fast_wide.wide_batches` is the column-by-column reader loading uses)."""
     for file in wide_files(path):
         yield from wide_rows(file, wide_layout(file, report), prices)
