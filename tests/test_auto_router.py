@@ -480,14 +480,15 @@ def test_the_encoder_candidate_is_cross_validated_beside_the_heads_and_exports_a
     _runtime_matches_training(summary, demo_800)
 
 
-def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None):
+def _batchable(X, quality, rows, *, weights=None, groups=None, imputed=None, propensity=None):
     from training.trainer import Batchable
 
     cost = np.tile(np.array([0.1, 1.0, 3.0], np.float32), (len(rows), 1))
     return Batchable(inputs=(X,), quality=quality[rows].astype(np.float32), cost=cost, cost_est=cost,
                      groups=None if groups is None else groups[rows],
                      weights=None if weights is None else weights[rows], rows=np.asarray(rows),
-                     imputed=None if imputed is None else imputed[rows])
+                     imputed=None if imputed is None else imputed[rows],
+                     propensity=None if propensity is None else propensity[rows])
 
 
 def test_completed_log_keeps_groups_only_where_the_group_estimate_adds_to_its_mlp():
@@ -669,6 +670,35 @@ def test_on_masked_logged_records_auto_scores_the_full_records_or_says_why_it_ca
     only_log = _batchable(X, logged, np.arange(0, 500)), _batchable(X, logged, np.arange(500, 560))
     with pytest.raises(RouterMLError, match=r"observe no outcome of model index \[0\].*logged_targets"):
         AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(*only_log, wtp_range=(0.01, 100.0))
+
+
+def test_on_a_log_alone_auto_scores_the_candidates_by_the_logged_propensities():
+    """No record with every outcome and nothing imputed: the candidates are scored on the logged outcomes,
+    weighted by the logging policy's propensities where the data has them (a prompt-dependent policy makes
+    exposure weights biased), and the report says which."""
+    from training.routers import AutoRouter
+
+    X, quality = _synthetic(n=700)
+    quality = np.nan_to_num(quality, nan=0.0)
+    rng = np.random.default_rng(1)
+    greedy = np.where(X[:, 0] > 0, 2, 1)  # the logging router looked at the prompt
+    explore = rng.random(len(X)) < 0.3
+    chosen = np.where(explore, rng.integers(0, 3, len(X)), greedy)
+    rows = np.arange(len(X))
+    logged, propensity = np.full_like(quality, np.nan), np.full_like(quality, np.nan)
+    logged[rows, chosen] = quality[rows, chosen]
+    propensity[rows, chosen] = np.where(chosen == greedy, 1 - 0.3 + 0.3 / 3, 0.3 / 3)
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn"]})
+    selections = {}
+    for name, p in (("propensities", propensity), ("none", None)):
+        train, val = (_batchable(X, logged, np.arange(0, 500), propensity=p),
+                      _batchable(X, logged, np.arange(500, 560), propensity=p))
+        router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(train, val, wtp_range=(0.01, 100.0))
+        selections[name] = router.selection_
+    assert selections["propensities"]["scored_on"] == "logged outcomes, weighted by their propensities"
+    assert selections["none"]["scored_on"] == "logged outcomes, by exposure weights"
+    weighted, exposure = (selections[k]["candidates"]["logreg"]["val_aiq"] for k in ("propensities", "none"))
+    assert weighted != exposure  # the same predictions, scored with other weights
 
 
 def test_a_knn_head_measures_the_gap_at_its_kth_neighbour():

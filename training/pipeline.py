@@ -201,8 +201,9 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     and an imputed cell weighs ``imputed_weight`` (training/offpolicy.py). The inputs stay the whole
     table's (the loop reads the split's ``rows`` of them window by window); the targets are float32
     copies of the split's rows, as the loss reads them."""
-    propensity = _clipped_propensity(table, rows, clip)
-    weights = None if propensity is None else propensity_loss_weights(propensity, clip)
+    # a full-information table's column is a blank one: nothing copied (_clipped_propensity)
+    propensity = None if is_blank(table.propensity) else table.propensity[rows]
+    weights = None if propensity is None or clip <= 0 else propensity_loss_weights(propensity, clip)
     quality, imputed = table.quality[rows], None
     if completion is not None and completion.imputed[rows].any():
         quality, imputed = completion.quality[rows], completion.imputed[rows]
@@ -211,7 +212,7 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     return Batchable(inputs=inputs, quality=_f32(quality), cost=_f32(cost[rows]), cost_est=_f32(cost_est[rows]),
                      prefs=_preferences(table, rows), groups=None if groups is None else groups[rows],
                      weights=None if weights is None else _f32(weights), rows=np.asarray(rows, dtype=np.int64),
-                     imputed=imputed)
+                     imputed=imputed, propensity=None if propensity is None else _f32(propensity))
 
 
 def _complete_logged(config: TrainConfig, router_cls, inputs, X, prep: Prepared, cost_est: np.ndarray,

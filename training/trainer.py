@@ -58,6 +58,8 @@ class Batchable:
     rows: np.ndarray | None = None  #: the split's rows of ``inputs``; None: ``inputs`` hold the split's own rows
     #: per cell whether ``quality`` holds an imputed target, not an outcome (completed logged records)
     imputed: np.ndarray | None = None
+    #: the logging policy's propensity of each logged outcome (NaN elsewhere); None where the data logged none
+    propensity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.quality)
@@ -87,7 +89,7 @@ class Batchable:
         return Batchable(inputs=self.inputs if shared else tuple(x[local] for x in self.inputs),
                          quality=self.quality[local], cost=self.cost[local], cost_est=self.cost_est[local],
                          prefs=prefs, groups=part(self.groups), weights=part(self.weights), rows=part(self.rows),
-                         imputed=part(self.imputed))
+                         imputed=part(self.imputed), propensity=part(self.propensity))
 
     def concat(self, other: Batchable | None) -> Batchable:
         """This split and ``other`` as one pool of records (this one first), e.g. train + validation."""
@@ -117,7 +119,8 @@ class Batchable:
                          cost=np.concatenate([self.cost, other.cost]),
                          cost_est=np.concatenate([self.cost_est, other.cost_est]), prefs=prefs,
                          groups=cat(self.groups, other.groups), weights=weights,
-                         rows=cat(self.rows, other.rows) if same_inputs else None, imputed=imputed)
+                         rows=cat(self.rows, other.rows) if same_inputs else None, imputed=imputed,
+                         propensity=cat(self.propensity, other.propensity))
 
 
 def window_rows(data: Batchable, memory_mb: int) -> int:

@@ -563,9 +563,13 @@ class _Selection:
                 "train on logged records with loss.logged_targets = \"impute\" (the default), add records "
                 "evaluated on every model, or pick a router kind")
         grid = knob_grid(np.nanmean(self.train.cost, axis=0), self.config.eval.knob_points)
+        # logged outcomes left to score them (no records with every outcome, nothing imputed): by their logged
+        # propensities where the data has them, not by exposure weights (biased when the logging router looked
+        # at the prompt)
+        logged_propensity = None if on_guesses or self.pool.propensity is None else self.pool.propensity[scored]
         held = HeldOut(quality=Q, cost=self.pool.cost[scored], cost_est=self.pool.cost_est[scored], wtps=grid,
                        models=tuple(str(j) for j in range(Q.shape[1])), n_boot=0, seed=self.seed,
-                       refine=self.config.eval.knob_refine)
+                       refine=self.config.eval.knob_refine, propensity=logged_propensity)
         calibrated, platt, scores = {}, {}, {}
         calibrate = self.r.calibrate and not tune_only
         # each variant's Platt fit and scores on the parts' worker processes (independent, a second each)
@@ -631,10 +635,13 @@ class _Selection:
             spec = {"type": "lexical_mix", "base": spec, "lexical": lexical_spec, "weight": module.weight}
         picked_by = ("router.auto_pick" if self.r.auto_pick in report else
                      "the completed-log default" if fallback else "held-out AIQ")
+        scored_on = ("outcomes and imputed cells (logged records)" if on_guesses else "outcomes" if not held.logged
+                     else "logged outcomes, weighted by their propensities" if held.has_propensities
+                     else "logged outcomes, by exposure weights")
         selection = {"chosen": chosen, "picked_by": picked_by,
                      "mode": f"{len(parts)}-fold cross-validation" if self.cv else "validation split",
                      "scored_records": int(len(scored)),
-                     "scored_on": "outcomes and imputed cells (logged records)" if on_guesses else "outcomes",
+                     "scored_on": scored_on,
                      "completed_log": tune_only,
                      "calibrated": calibrate,
                      "seconds": round(time.perf_counter() - started, 2), "candidates": report,
