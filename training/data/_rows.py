@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -146,3 +147,30 @@ def _raw_csv(item: dict[str, str] | RecordError) -> Any:
     return {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             for k, v in item.items()}
 
+
+
+def json_line(path: Path, line_no: int, raw_line: bytes) -> dict[str, Any] | Row | None:
+    """One JSON Lines line: ``None`` for a blank one, a :class:`Row` holding the error for one that is not a JSON
+    object (invalid UTF-8, bad or truncated JSON, another JSON value), else the object."""
+    loc = f"{path}:{line_no}"
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raw = raw_line.decode("utf-8", errors="backslashreplace")
+        return Row(loc, raw, error=RecordError(
+            None, f"invalid UTF-8 at byte {exc.start} of the line; re-encode the file as UTF-8"))
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not raw_line.endswith(b"\n"):
+            msg = (f"truncated last line (no newline at the end and not valid JSON: "
+                   f"{exc.msg}); the file was probably cut off while being written")
+        else:
+            msg = f"not valid JSON: {exc.msg} at column {exc.colno}"
+        return Row(loc, text.rstrip("\n"), error=RecordError(None, msg))
+    if not isinstance(obj, dict):
+        return Row(loc, text.rstrip("\n"), error=RecordError(
+            None, f"each line must be a JSON object, got {type(obj).__name__}"))
+    return obj

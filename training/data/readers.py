@@ -27,6 +27,7 @@ from training.data._rows import (
     _iter_parquet_rows,
     _parquet_columns,
     _parquet_schema,
+    json_line,
 )
 from training.data.canonical import READABLE_VERSIONS
 from training.data.decisions import is_decision_log, read_decisions
@@ -139,29 +140,10 @@ def _canonical_record(obj: Mapping[str, Any], prices: PriceCatalog | None) -> Re
 def jsonl_row(path: Path, line_no: int, raw_line: bytes, prices: PriceCatalog | None) -> Row | None:
     """Read one JSON Lines line (``None`` for a blank one): the exact per-line rules, which the
     fast reader falls back to for any line it does not take whole."""
-    loc = f"{path}:{line_no}"
-    complete = raw_line.endswith(b"\n")
-    try:
-        text = raw_line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raw = raw_line.decode("utf-8", errors="backslashreplace")
-        return Row(loc, raw, error=RecordError(
-            None, f"invalid UTF-8 at byte {exc.start} of the line; re-encode the file as UTF-8"))
-    if not text.strip():
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if not complete:
-            msg = (f"truncated last line (no newline at the end and not valid JSON: "
-                   f"{exc.msg}); the file was probably cut off while being written")
-        else:
-            msg = f"not valid JSON: {exc.msg} at column {exc.colno}"
-        return Row(loc, text.rstrip("\n"), error=RecordError(None, msg))
-    if not isinstance(obj, dict):
-        return Row(loc, text.rstrip("\n"), error=RecordError(
-            None, f"each line must be a JSON object, got {type(obj).__name__}"))
-    return _convert(loc, obj, lambda: _canonical_record(obj, prices))
+    obj = json_line(path, line_no, raw_line)
+    if obj is None or isinstance(obj, Row):
+        return obj
+    return _convert(f"{path}:{line_no}", obj, lambda: _canonical_record(obj, prices))
 
 
 def read_jsonl(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from training.data._rows import (
     _iter_parquet_rows,
     _parquet_columns,
     _raw_csv,
+    json_line,
 )
 from training.data.schema import Record, RecordError, build_record, is_missing, user_turns
 
@@ -144,21 +144,14 @@ def is_json_lines(file: Path) -> bool:
     return file.suffix.lower() in JSON_LINES_SUFFIXES
 
 
-def json_rows(file: Path) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
-    """``(file:line, row or error)`` of each non-blank line of a JSON Lines table."""
+def json_rows(file: Path) -> Iterator[tuple[str, dict[str, Any] | Row]]:
+    """``(file:line, row, or a Row holding its error)`` of each non-blank line of a JSON Lines table
+    (:func:`~training.data._rows.json_line`'s rules, as for canonical JSON Lines)."""
     with open(file, "rb") as f:
         for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                yield f"{file}:{n}", RecordError(None, f"not valid JSON ({exc}); each line must be one JSON object")
-                continue
-            if isinstance(obj, dict):
-                yield f"{file}:{n}", obj
-            else:
-                yield f"{file}:{n}", RecordError(None, f"each line must be a JSON object, got {type(obj).__name__}")
+            item = json_line(file, n, raw)
+            if item is not None:
+                yield f"{file}:{n}", item
 
 
 def json_columns(file: Path) -> list[str]:
@@ -197,14 +190,15 @@ def wide_rows(file: Path, layout: WideLayout, prices: PriceCatalog | None,
     if is_json_lines(file):
         columns = set(json_columns(file))
         for loc, item in json_rows(file):
-            if isinstance(item, dict) and not columns.issuperset(item):
+            if isinstance(item, Row):  # not a JSON object
+                yield item
+            elif not columns.issuperset(item):
                 extra = sorted(set(item) - columns)
-                item = RecordError(extra[0], f"columns {extra} are not in the first line's; every line of a wide "
-                                             "table has the same columns (write null for a missing cell)")
-            if isinstance(item, RecordError):
-                yield Row(loc, None, error=item)
-                continue
-            yield _convert(loc, lambda item=item: _clean(item), lambda item=item: layout.record(item, prices))
+                yield Row(loc, item, error=RecordError(extra[0], f"columns {extra} are not in the first line's; every "
+                                                                 "line of a wide table has the same columns (write "
+                                                                 "null for a missing cell)"))
+            else:
+                yield _convert(loc, lambda item=item: _clean(item), lambda item=item: layout.record(item, prices))
         return
     for i, row in parquet_rows if parquet_rows is not None else _iter_parquet_rows(file):
         yield _convert(f"{file} row {i}", lambda row=row: _clean(row), lambda row=row: layout.record(row, prices))
