@@ -148,7 +148,6 @@ def _raw_csv(item: dict[str, str] | RecordError) -> Any:
             for k, v in item.items()}
 
 
-
 def json_line(path: Path, line_no: int, raw_line: bytes) -> dict[str, Any] | Row | None:
     """One JSON Lines line: ``None`` for a blank one, a :class:`Row` holding the error for one that is not a JSON
     object (invalid UTF-8, bad or truncated JSON, another JSON value), else the object."""

@@ -33,7 +33,7 @@ from training.data.canonical import READABLE_VERSIONS
 from training.data.decisions import is_decision_log, read_decisions
 from training.data.hub import read_hf
 from training.data.schema import Record, RecordError, build_record
-from training.data.tabular import json_rows, read_pickle, read_routellm, read_wide
+from training.data.tabular import json_columns, read_pickle, read_routellm, read_wide
 
 __all__ = ["FORMATS", "Row", "detect_format", "reader_for"]
 
@@ -62,10 +62,9 @@ def _classify_columns(columns: list[str], path: Path) -> str:
 def _wide_json_lines(path: Path) -> bool:
     """True when the first row of a JSON Lines file is a wide table's (``M|...`` keys, no ``outcomes``)."""
     try:
-        first = next((row for _, row in json_rows(path) if isinstance(row, dict)), None)
-    except OSError:
+        return _classify_columns(json_columns(path), path) == "wide"
+    except (OSError, DataError):  # no JSON object in it: the canonical reader says what is wrong
         return False
-    return first is not None and _classify_columns(list(first), path) == "wide"
 
 
 def detect_format(path: str | Path) -> str:
