@@ -21,6 +21,7 @@ from training.routers.heads import (
     expected_calibration_error,
     fit_logreg,
     fit_platt,
+    knn_projection,
 )
 
 from .conftest import ROOT, demo_head
@@ -88,6 +89,32 @@ def test_knn_head_matches_the_knn_baseline_and_gives_the_prior_without_features(
     assert np.allclose(empty, np.nanmean(quality, axis=0), atol=1e-5)
 
 
+def test_knn_search_in_the_stored_prompts_top_directions():
+    """``dims``: similarities through the keys' top singular directions - exact where the stored prompts
+    span no more directions (any query: its part outside their span adds nothing to a dot product with
+    them), a close approximation otherwise, and no projection where it would not make the search cheaper."""
+    rng = np.random.default_rng(4)
+    low_rank = (rng.normal(size=(200, 3)) @ rng.normal(size=(3, 40))).astype(np.float32)  # 3 directions of 40
+    quality = (rng.random((200, 2)) < 0.6).astype(float)
+    queries = rng.normal(size=(30, 40)).astype(np.float32)
+    full, projected = KNNHead(low_rank, quality, 15), KNNHead(low_rank, quality, 15, dims=8)
+    assert full.dims == 0 and projected.dims == 8 and tuple(projected.keys.shape) == (200, 8)
+    np.testing.assert_allclose(projected._similarities(torch.as_tensor(queries))[0].numpy(),
+                               full._similarities(torch.as_tensor(queries))[0].numpy(), atol=1e-5)
+    X, quality = _synthetic(n=600, d=64)
+    spectrum = (0.93 ** np.arange(64)).astype(np.float32)  # features' variance falls off, as embeddings' does
+    X, queries = X * spectrum, np.random.default_rng(5).normal(size=(100, 64)).astype(np.float32) * spectrum
+    approx = KNNHead(X, quality, 50, dims=32)
+    sims, exact = (h._similarities(torch.as_tensor(queries))[0].numpy() for h in (approx, KNNHead(X, quality, 50)))
+    assert 0 < np.abs(sims - exact).max() < 0.1 and np.corrcoef(sims.ravel(), exact.ravel())[0, 1] > 0.99
+    overlap = np.mean([len(set(a) & set(b)) / 50 for a, b in zip(np.argsort(-sims, axis=1)[:, :50],
+                                                                  np.argsort(-exact, axis=1)[:, :50], strict=True)])
+    assert overlap > 0.9
+    assert knn_projection(X, 0) is None and knn_projection(X, 64) is None  # off, or every direction kept
+    assert knn_projection(X[:40], 32) is None  # 32 x (40 + 64) >= 40 x 64: two products cost more than one
+    assert knn_projection(X, 32).shape == (64, 32)
+
+
 def test_platt_calibration_refits_in_float64_where_the_float32_line_search_overflows(monkeypatch):
     """L-BFGS's strong-Wolfe line search once extrapolated past float32's range fitting a Platt scaling
     (RuntimeError: value cannot be converted to type float without overflow); the fit is then redone in
@@ -124,11 +151,14 @@ def test_saved_spec_rebuilds_every_head_with_its_weights():
     X, quality = _synthetic()
     spec = {"type": "mean", "members": [{"type": "calibrated", "base": {"type": "logreg"}},
                                         {"type": "knn", "records": 50, "k": 7},
+                                        {"type": "knn", "records": 300, "k": 9, "dims": 6},
                                         {"type": "mlp", "hidden": 8, "layers": 1, "dropout": 0.0}]}
     from training.routers.heads import Calibrated, MeanHead
     from training.routers.neural import MLPHead
 
-    original = MeanHead([Calibrated(fit_logreg(X, quality, 1.0), 3), KNNHead(X[:50], quality[:50], 7),
+    projected = KNNHead(X[:300], quality[:300], 9, dims=6)
+    assert projected.dims == 6
+    original = MeanHead([Calibrated(fit_logreg(X, quality, 1.0), 3), KNNHead(X[:50], quality[:50], 7), projected,
                          MLPHead(X.shape[1], 3, 8, 1, 0.0)]).eval()
     rebuilt = build_head(json.loads(json.dumps(spec)), X.shape[1], 3)
     rebuilt.load_state_dict(original.state_dict())
@@ -153,6 +183,8 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
     with pytest.raises(ConfigError, match="the ensemble averages"):  # nor the lexical regression: blended after
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,lexical,ensemble"])
+    with pytest.raises(ConfigError, match=r"router.knn_dims.*>= 0"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.knn_dims=-1"])
     with pytest.raises(ConfigError, match=r"router.lexical_blend.*\[0, 1\)"):
         load_config(ROOT / "training/configs/auto.toml", ["router.lexical_blend=1"])
     with pytest.raises(ConfigError, match=r"router.lexical_c\[0\]"):
@@ -326,6 +358,8 @@ def test_each_candidate_kind_exports_to_one_graph_the_runtime_runs(tmp_path, dem
     entry = selection["candidates"][kind]
     assert entry["val_aiq"] == max(entry["val_aiq_uncalibrated"], entry["val_aiq_calibrated"])
     assert entry["ece_calibrated"] <= entry["ece_uncalibrated"] + 0.01  # Platt scaling, fitted on these predictions
+    if kind == "knn":  # 560 stored prompts: searched in 128 directions (router.knn_dims), exported as such
+        assert '"dims": 128' in (Path(summary["out"]) / "router.json").read_text(encoding="utf-8")
     _runtime_matches_training(summary, demo_800)
 
 

@@ -78,6 +78,9 @@ class RouterConfig:
     logreg_c: tuple[str, ...] = ("0.03", "0.1", "0.3", "1", "10")  #: auto: inverse L2 strengths tried for logreg
     knn_k: tuple[str, ...] = ("10", "25", "50", "100", "200", "400")  #: auto: neighbour counts tried for knn
     knn_records: int = 10000       #: auto: training prompts a chosen kNN stores (a seeded sample; 0 = all)
+    #: auto: kNN searches in the stored prompts' top this many singular directions where that is cheaper
+    #: (training.routers.heads.knn_projection; 0 = in the full features)
+    knn_dims: int = 128
     lexical_c: tuple[str, ...] = ("0.1", "0.3", "1")  #: auto: inverse L2 strengths tried for lexical
     #: auto: the lexical candidate is tried from this many train + validation records (below, its weight per
     #: vocabulary token and model overfit: docs/auto-router-studies.md, "The lexical candidate")
@@ -307,6 +310,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "router.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
     "router.ensemble_confidence": (lambda v: 0 <= v <= 1, "a share between 0 and 1"),
     "router.knn_records": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+    "router.knn_dims": (lambda v: v >= 0, "an integer >= 0 (0 = the full features)"),
     "router.lexical_min_records": (lambda v: v >= 0, "an integer >= 0 (0 = at any size)"),
     "router.lexical_blend": (lambda v: 0 <= v < 1, "a weight in [0, 1) (0 = no lexical blend)"),
     "router.auto_encoder_records": (lambda v: v >= 1, "an integer >= 1"),

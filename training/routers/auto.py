@@ -415,7 +415,8 @@ class _Selection:
                     out[(family, c)] = torch.sigmoid(head(torch.as_tensor(X[score]))).numpy()
         elif family == "knn":
             ks = _grid(self.r.knn_k, int)
-            grid = KNNHead(X[fit], Q[fit], max(ks), self._weights(fit)).predict_grid(X[score], ks)
+            grid = KNNHead(X[fit], Q[fit], max(ks), self._weights(fit),
+                           dims=self.r.knn_dims).predict_grid(X[score], ks)
             out.update({(family, k): grid[k] for k in ks})
         elif family == "lexical":  # document frequencies from the part's training records only
             vectors, _ = tfidf(self.counts, fit)
@@ -695,8 +696,8 @@ class _Selection:
             cap = self.r.knn_records
             if cap and self.n > cap:
                 keep = np.sort(np.random.default_rng(self.seed).choice(self.n, cap, replace=False))
-            head = KNNHead(self.X[keep], self.pool.quality[keep], param, self._weights(keep))
-            return head, {"type": "knn", "records": int(len(keep)), "k": head.k}
+            head = KNNHead(self.X[keep], self.pool.quality[keep], param, self._weights(keep), dims=self.r.knn_dims)
+            return head, {"type": "knn", "records": int(len(keep)), "k": head.k, "dims": head.dims}
         if family == "encoder":  # after cross-validation: train, early-stopped on validation, as a plain run
             self.winner = self.fitted.get(family) or self._fit_encoder(*self._split_tokens())
             return self.winner.module_, {"type": "encoder"}

@@ -26,7 +26,7 @@ from torch import nn
 from training.routers.neural import Ensemble, GroupBlend, MFHead, MLPHead
 
 __all__ = ["Calibrated", "KNNHead", "LinearHead", "MeanHead", "build_head", "expected_calibration_error",
-           "fit_logreg", "fit_platt", "logit"]
+           "fit_logreg", "fit_platt", "knn_projection", "logit"]
 
 EPS = 1e-6
 #: the solvers' precision: float32 halves the time of an L-BFGS fit and moves predictions by < 1e-4
@@ -106,29 +106,62 @@ def fit_logreg(X: np.ndarray, quality: np.ndarray, C: float, *, max_iter: int = 
     return head.eval()
 
 
+def knn_projection(keys: np.ndarray, dims: int) -> np.ndarray | None:
+    """``(D, d)``: the top ``d = min(dims, records)`` right singular vectors of the stored prompts' normalised
+    features ``keys`` (records, D), or None where that would not make the search cheaper (``dims`` 0, or
+    ``d`` (records + D) >= records x D multiplications). A query's dot products with the stored prompts
+    through it are the closest rank-``d`` approximation of the full ones (Eckart-Young) and exact where the
+    prompts span no more than ``d`` directions; the search reads ``d / D`` of the bytes - and in a proxy,
+    between requests, those come from memory: the kNN member's keys were most of an ensemble's weights
+    (docs/serving-measurements.md)."""
+    keys = np.asarray(keys, dtype=np.float64)
+    n, width = keys.shape
+    d = min(int(dims), n)
+    if dims <= 0 or d * (n + width) >= n * width:
+        return None
+    keys = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(np.linalg.svd(keys, full_matrices=False)[2][:d].T, dtype=np.float32)
+
+
 class KNNHead(nn.Module):
     """Cosine k-nearest neighbours over stored training prompts: the mean observed quality of the ``k``
     most similar ones (weighted per cell by ``weights`` when given), shrunk toward each model's overall
     mean by one pseudo-observation
     (:class:`~training.routers.baselines.KNNRouter`'s rule). ``TopK`` breaks exact ties by the lower index
     (the ONNX rule; torch is asked for the same with a stable sort). A prompt without features (all
-    zero: no known token) has no neighbours and gets the prior."""
+    zero: no known token) has no neighbours and gets the prior.
 
-    def __init__(self, keys: np.ndarray, quality: np.ndarray, k: int, weights: np.ndarray | None = None):
+    With ``dims`` (or a given ``project``, ``(D, d)``) the similarities are taken in the stored prompts'
+    top ``d`` singular directions (:func:`knn_projection`): the query's normalised features times
+    ``project``, times the projected keys."""
+
+    def __init__(self, keys: np.ndarray, quality: np.ndarray, k: int, weights: np.ndarray | None = None, *,
+                 dims: int = 0, project: np.ndarray | None = None):
         super().__init__()
         keys = np.asarray(keys, dtype=np.float32)
         keys = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+        if project is None and dims:
+            project = knn_projection(keys, dims)
+        if project is not None:
+            project = np.asarray(project, dtype=np.float32)
+            keys = (keys.astype(np.float64) @ project).astype(np.float32)
         observed = (~np.isnan(quality)).astype(np.float64)
         if weights is not None:  # per-cell weights (an imputed target counts for less than an outcome)
             observed = observed * np.asarray(weights, dtype=np.float64)
         values = np.nan_to_num(quality) * observed
         counts = observed.sum(axis=0)
         prior = np.where(counts > 0, values.sum(axis=0) / np.maximum(counts, 1e-12), 0.0)
+        self.register_buffer("project", None if project is None else torch.as_tensor(project))
         self.register_buffer("keys", torch.as_tensor(keys))
         self.register_buffer("values", torch.as_tensor(values, dtype=torch.float32))
         self.register_buffer("observed", torch.as_tensor(observed, dtype=torch.float32))
         self.register_buffer("prior", torch.as_tensor(prior, dtype=torch.float32))
         self.k = int(min(k, len(keys)))
+
+    @property
+    def dims(self) -> int:
+        """The dimensions the search runs in when projected, else 0 (the ``dims`` of its spec)."""
+        return 0 if self.project is None else int(self.project.shape[1])
 
     def neighbours(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indices (B, k) of the most similar stored prompts, whether the prompt has features (B, 1))``."""
@@ -140,9 +173,13 @@ class KNNHead(nn.Module):
         return index, norm > 0
 
     def _similarities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cosine similarities (B, stored), norms (B, 1))`` of ``x`` to the stored prompts."""
+        """``(cosine similarities (B, stored), norms (B, 1))`` of ``x`` to the stored prompts (in their top
+        singular directions when the head is projected)."""
         norm = x.norm(dim=-1, keepdim=True)
-        return (x / norm.clamp_min(1e-12)) @ self.keys.T, norm
+        query = x / norm.clamp_min(1e-12)
+        if self.project is not None:
+            query = query @ self.project
+        return query @ self.keys.T, norm
 
     def rank_gap(self, x: torch.Tensor) -> float:
         """The smallest gap, over the rows of ``x``, between the k-th and (k+1)-th similarity (``inf``
@@ -258,8 +295,9 @@ def build_head(spec: dict[str, Any], in_dim: int, n_models: int) -> nn.Module:
     if kind == "logreg":
         return LinearHead(in_dim, n_models)
     if kind == "knn":
+        dims = int(spec.get("dims", 0))  # a router saved before projected searches: 0
         return KNNHead(np.zeros((spec["records"], in_dim), np.float32), np.zeros((spec["records"], n_models)),
-                       spec["k"])
+                       spec["k"], project=np.zeros((in_dim, dims), np.float32) if dims else None)
     if kind == "groups":
         return GroupBlend(build_head(spec["base"], in_dim, n_models), in_dim, torch.zeros(spec["groups"], n_models),
                           spec["weight"])
