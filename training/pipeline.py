@@ -203,7 +203,7 @@ def _batchable(inputs: tuple[np.ndarray, ...], rows: np.ndarray, table: TrafficT
     copies of the split's rows, as the loss reads them."""
     # a full-information table's column is a blank one: nothing copied (_clipped_propensity)
     propensity = None if is_blank(table.propensity) else table.propensity[rows]
-    weights = None if propensity is None or clip <= 0 else propensity_loss_weights(propensity, clip)
+    weights = None if propensity is None else propensity_loss_weights(propensity, clip)  # None with the clip off
     quality, imputed = table.quality[rows], None
     if completion is not None and completion.imputed[rows].any():
         quality, imputed = completion.quality[rows], completion.imputed[rows]
