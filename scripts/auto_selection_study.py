@@ -2,7 +2,8 @@
 
 Builds seven small routing tables in the RouterBench wide layout from the shared data (200-2,500
 prompts, 2-26 models; subsets of MMLU-Pro-29, of the 7-model MMLU-Pro responses and of RouteLLM's
-MMLU, seeded), and on each, for seeds 0-4, runs ``router-ml train`` with the default config as a new
+MMLU, seeded; ``build_quirk_tables`` writes nine more, run when ``--tables`` names them), and on each,
+for seeds 0-4, runs ``router-ml train`` with the default config as a new
 user would (``--train-size 0.85``) once per candidate, forced with ``router.auto_pick``. The selection
 (cross-validated held-out AIQ of every candidate, and how often the best one beats the ensemble on
 paired bootstrap resamples) is the same in every one of a seed's runs; only the kept candidate differs.
@@ -84,6 +85,79 @@ def build_tables(shared: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
+#: the seven tables every study runs by default; :func:`build_quirk_tables` adds more, by name
+SEVEN = ("mp29_300", "mp29_1200g", "mp29_2500", "rl_2000", "rl_600", "mp7_250", "mp7_2500")
+
+
+def build_quirk_tables(shared: Path, out: Path) -> dict[str, Path]:
+    """Nine more tables (name -> Parquet path), MMLU-Pro-29 subsets of 200-600 prompts with what a
+    user's own table may hold: RouterBench's own columns (``sample_id``, ``eval_name``, list-shaped
+    prompts ``"['...']"``, ``M|model_response``, ``oracle_model_to_route_to``; ``rb_quirks``), graded
+    quality in steps of 0.1 (``continuous3``), a model best and cheapest on every prompt (``dominant``),
+    two models the cheaper of which is the better (``two_cheap_better``), 10% of the cells missing
+    (``missing10``), a free model (``free_model``), 60 prompts twice under other ids (``dups``), 26 models
+    on 200 prompts (``m26_200``), and model names with spaces and slashes beside 21 prompts 40 times
+    their length (``names_long``). Every one keeps the ``eval_name`` category, so the ``groups`` candidate
+    is tried. Written once; the same files every time."""
+    import numpy as np
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = pd.read_parquet(shared / "mmlu-pro-29" / "mmlu_pro_29.parquet")
+    models = _models(src)
+    rng = np.random.default_rng(11)
+
+    def table(n: int, chosen: list[str], seed: int):
+        rows = src.iloc[np.random.default_rng(seed).choice(len(src), n, replace=False)].reset_index(drop=True)
+        cols = {"sample_id": rows.sample_id, "prompt": rows.prompt, "eval_name": rows.eval_name}
+        for m in chosen:
+            cols[m], cols[f"{m}|total_cost"] = rows[m], rows[f"{m}|total_cost"]
+        return pd.DataFrame(cols)
+
+    tables = {}
+    t = table(300, models[:11], 1)
+    t["prompt"] = ["['" + p.replace("'", "\\'") + "']" for p in t.prompt]
+    for m in models[:11]:
+        t[f"{m}|model_response"] = "answer " + t[m].astype(str)
+    t["oracle_model_to_route_to"] = models[0]
+    tables["rb_quirks"] = t
+    t = table(400, models[3:6], 2)
+    for m in models[3:6]:
+        t[m] = np.clip(np.round((t[m].fillna(0) * 0.6 + rng.random(len(t)) * 0.4) * 10) / 10, 0, 1)
+    tables["continuous3"] = t
+    t = table(300, models[:4], 3)
+    t[models[0]], t[f"{models[0]}|total_cost"] = 1.0, 1e-6
+    tables["dominant"] = t
+    t = table(500, models[:2], 4)
+    a, b = models[:2]
+    if (t[a].mean() > t[b].mean()) != (t[f"{a}|total_cost"].mean() < t[f"{b}|total_cost"].mean()):
+        t[f"{a}|total_cost"], t[f"{b}|total_cost"] = t[f"{b}|total_cost"].copy(), t[f"{a}|total_cost"].copy()
+    tables["two_cheap_better"] = t
+    t = table(600, models[5:13], 5)
+    for m in models[5:13]:
+        t.loc[rng.random(len(t)) < 0.1, m] = np.nan
+    tables["missing10"] = t
+    t = table(400, models[8:12], 6)
+    t[f"{models[8]}|total_cost"] = 0.0
+    tables["free_model"] = t
+    t = table(300, models[2:7], 7)
+    twice = t.iloc[:60].copy()
+    twice["sample_id"] = twice["sample_id"] + "_dup"
+    tables["dups"] = pd.concat([t, twice], ignore_index=True)
+    tables["m26_200"] = table(200, models[:26], 8)
+    t = table(300, models[10:14], 9)
+    names = {m: "org/" + m.replace("-", " ") for m in models[10:14]}
+    t = t.rename(columns={**names, **{f"{m}|total_cost": f"{names[m]}|total_cost" for m in models[10:14]}})
+    t.loc[:20, "prompt"] = t.loc[:20, "prompt"] * 40
+    tables["names_long"] = t
+    paths = {}
+    for name, frame in tables.items():
+        paths[name] = out / f"{name}.parquet"
+        if not paths[name].exists():
+            frame.to_parquet(paths[name], index=False)
+    return paths
+
+
 def run_one(table: Path, seed: int, pick: str, runs: Path) -> Path:
     out = runs / f"{table.stem}_s{seed}_{pick}.json"
     if out.exists():
@@ -142,14 +216,15 @@ def study_setup(description: str, argv: list[str] | None) -> tuple[argparse.Name
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "auto_selection")
-    parser.add_argument("--tables", default="", help="comma-separated table names (default: all seven)")
+    parser.add_argument("--tables", default="",
+                        help="comma-separated table names (default: the seven; build_quirk_tables names nine more)")
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     lo, _, hi = args.seeds.partition("-")
     seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
-    paths = build_tables(args.shared, args.out / "tables")
-    names = [t for t in args.tables.split(",") if t] or list(paths)
+    paths = {**build_tables(args.shared, args.out / "tables"), **build_quirk_tables(args.shared, args.out / "tables")}
+    names = [t for t in args.tables.split(",") if t] or list(SEVEN)
     unknown = sorted(set(names) - set(paths))
     if unknown:
         parser.error(f"--tables: unknown {unknown}; choose from {sorted(paths)}")

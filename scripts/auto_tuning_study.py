@@ -177,7 +177,9 @@ def analyse(path: str, table: str, seed: int) -> dict:
     bar = {b: _aiq(a[f"base:{b}"], held_t) for b in ("knn", "logreg")}
 
     def default(f):
-        return (f, str(DEFAULTS.get(f)), "0")
+        if f in DEFAULTS:
+            return (f, str(DEFAULTS[f]), "0")
+        return min(k for k in versions if k[0] == f and k[2] == "0")  # no grid (mlp, mf) or a group field
 
     def rule_choice(rule, f):
         options = [k for k in versions if k[0] == f]

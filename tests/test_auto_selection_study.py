@@ -56,3 +56,48 @@ def test_a_forced_pick_run_keeps_its_json_and_drops_its_artifact(tmp_path):
     assert report["selection"]["chosen"] == "knn" and report["selection"]["picked_by"] == "router.auto_pick"
     assert {"knn", "logreg"} <= set(report["test"]["baselines"])
     assert study.run_one(table, 0, "knn", tmp_path) == out  # finished runs are skipped
+
+
+def test_the_quirk_tables_hold_what_they_say_and_load_as_the_wide_reader_reads_them(tmp_path):
+    """``build_quirk_tables``: nine seeded tables from an MMLU-Pro-29-shaped file, each what its name says,
+    each loaded by ``load_traffic`` with nothing rejected, and the same files when built again."""
+    from training.data import load_traffic
+
+    rng = np.random.default_rng(0)
+    n, models = 700, [f"model-{j:02d}-x" for j in range(29)]
+    frame = pd.DataFrame({"sample_id": [f"q{i}" for i in range(n)],
+                          "prompt": [f"question {i} about topic {i % 9}, isn't it" for i in range(n)],
+                          "eval_name": [f"subject {i % 5}" for i in range(n)], "src": "s"})
+    for j, m in enumerate(models):
+        frame[m] = (rng.random(n) < 0.2 + 0.02 * j).astype(float)
+        frame.loc[rng.random(n) < 0.02, m] = np.nan  # MMLU-Pro-29 misses a few outcomes
+        frame[f"{m}|total_cost"] = 1e-5 * (1 + j) * (1 + rng.random(n))
+    shared = tmp_path / "shared"
+    (shared / "mmlu-pro-29").mkdir(parents=True)
+    frame.to_parquet(shared / "mmlu-pro-29" / "mmlu_pro_29.parquet")
+    paths = study.build_quirk_tables(shared, tmp_path / "tables")
+    assert set(paths) == {"rb_quirks", "continuous3", "dominant", "two_cheap_better", "missing10", "free_model",
+                          "dups", "m26_200", "names_long"}
+    t = {name: pd.read_parquet(p) for name, p in paths.items()}
+    quirks = t["rb_quirks"]
+    assert all(p.startswith("['") and p.endswith("']") for p in quirks.prompt)
+    assert {"oracle_model_to_route_to", f"{models[0]}|model_response"} <= set(quirks.columns)
+    graded = t["continuous3"][models[3:6]].to_numpy()
+    assert np.allclose(graded * 10, np.round(graded * 10)) and len(np.unique(graded)) > 2
+    assert (t["dominant"][models[0]] == 1.0).all()
+    a, b = models[:2]
+    two = t["two_cheap_better"]
+    assert (two[a].mean() > two[b].mean()) == (two[f"{a}|total_cost"].mean() < two[f"{b}|total_cost"].mean())
+    assert 0.07 < t["missing10"][models[5:13]].isna().to_numpy().mean() < 0.15
+    assert (t["free_model"][f"{models[8]}|total_cost"] == 0).all()
+    assert len(t["dups"]) == 360 and t["dups"].prompt.nunique() == 300 and t["dups"].sample_id.nunique() == 360
+    assert len(t["m26_200"]) == 200 and sum(c in models for c in t["m26_200"].columns) == 26
+    long = t["names_long"]
+    assert {f"org/{m.replace('-', ' ')}" for m in models[10:14]} <= set(long.columns)
+    assert long.prompt.str.len().max() > 30 * long.prompt.str.len().median()
+    for name, path in paths.items():
+        table, report = load_traffic(path)
+        assert report.rejected == 0 and len(table) == len(t[name]), name
+        assert len(table.models) == sum(f"{c}|total_cost" in t[name].columns for c in t[name].columns), name
+    again = study.build_quirk_tables(shared, tmp_path / "again")
+    assert all(pd.read_parquet(again[name]).equals(t[name]) for name in paths)

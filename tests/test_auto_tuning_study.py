@@ -26,7 +26,8 @@ def table(tmp_path_factory):
     rng = np.random.default_rng(0)
     n, models = 160, ("cheap", "mid", "dear")
     topic = np.arange(n) % 7
-    frame = pd.DataFrame({"prompt": [f"question {i} about topic {t}" for i, t in enumerate(topic)]})
+    frame = pd.DataFrame({"prompt": [f"question {i} about topic {t}" for i, t in enumerate(topic)],
+                          "eval_name": [f"subject {t % 3}" for t in topic]})  # a group field: the groups candidate
     for j, model in enumerate(models):
         frame[model] = (rng.random(n) < 0.3 + 0.2 * j + 0.05 * (topic % 3)).astype(float)
         frame[f"{model}|total_cost"] = 0.001 * (1 + 4 * j)
@@ -60,6 +61,7 @@ def test_a_run_scores_every_variant_as_train_splits_and_selects(table, tmp_path)
     # the rules pick as documented
     defaults = report["rules"]["defaults"]["families"]
     assert defaults["logreg"]["choice"] == ["1.0", "0"] and defaults["knn"]["choice"] == ["25", "0"]
+    assert defaults["groups"]["choice"] == ["task", "0"] and defaults["mlp"]["choice"] == ["None", "0"]
     assert report["bar"] == max(report["baselines"].values())
     summary = study.summarize([report])
     assert summary["tuned+platt"]["paired_vs_default"] == 0.0
