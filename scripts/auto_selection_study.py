@@ -223,8 +223,10 @@ def study_setup(description: str, argv: list[str] | None) -> tuple[argparse.Name
     args = parser.parse_args(argv)
     lo, _, hi = args.seeds.partition("-")
     seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
-    paths = {**build_tables(args.shared, args.out / "tables"), **build_quirk_tables(args.shared, args.out / "tables")}
     names = [t for t in args.tables.split(",") if t] or list(SEVEN)
+    paths = build_tables(args.shared, args.out / "tables")
+    if set(names) - set(paths):  # the quirk tables only where named
+        paths |= build_quirk_tables(args.shared, args.out / "tables")
     unknown = sorted(set(names) - set(paths))
     if unknown:
         parser.error(f"--tables: unknown {unknown}; choose from {sorted(paths)}")
