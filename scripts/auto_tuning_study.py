@@ -18,7 +18,10 @@ validation): the bar is the better of the two. Rules:
 - ``defaults``: the baselines' own settings (C = 1, k = 25), never calibrated;
 - ``confident@X``: the default setting, uncalibrated, unless another grid point or its calibration beats
   it on at least X of 200 paired bootstrap resamples of the held-out prompts (the ensemble rule applied
-  to tuning).
+  to tuning);
+- ``anchored@X``: the default rule's kept candidate only where it beats the logistic regression at
+  ``train``'s baseline setting (C = 1, uncalibrated) on at least X of 200 paired bootstrap resamples of
+  the held-out prompts, else that regression - the baseline kept unless the selection beats it beyond noise.
 
 Each rule's ensemble (the mean of its families' predictions; also without MF, and of the logistic
 regression and kNN alone) and the candidate the ensemble rule keeps (``router.ensemble_confidence`` 0.95)
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 CONFIG = ROOT / "training" / "configs" / "auto.toml"
 DEFAULTS = {"logreg": 1.0, "knn": 25}
 CONFIDENCE = (0.8, 0.95)
+ANCHOR_LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
 def _one(table: str, path: str, seed: int, cache: str, out: str) -> dict:
@@ -220,6 +224,14 @@ def analyse(path: str, table: str, seed: int) -> dict:
             if rule == "tuned+platt" and name == "all":
                 report["default_vs_baselines"] = _paired_vs_baselines(
                     mean_t if keep == "ensemble" else versions[picked[keep]][1], a, held_t)
+                kept_v = mean_v if keep == "ensemble" else versions[picked[keep]][0]
+                anchor = versions[("logreg", str(DEFAULTS["logreg"]), "0")]
+                wins = paired_wins(kept_v, anchor[0], held_v, seed)
+                for level in ANCHOR_LEVELS:
+                    stay = wins < level
+                    report["rules"][f"anchored@{level}"] = {
+                        "kept": "anchor" if stay else keep, "wins": wins,
+                        "kept_test": test_aiq[("logreg", str(DEFAULTS["logreg"]), "0")] if stay else entry["kept_test"]}
     chosen = {f: rule_choice("tuned+platt", f) for f in families}
     P_v = [versions[k][0] for k in chosen.values()]
     P_t = [versions[k][1] for k in chosen.values()]

@@ -63,6 +63,15 @@ def test_a_run_scores_every_variant_as_train_splits_and_selects(table, tmp_path)
     assert defaults["logreg"]["choice"] == ["1.0", "0"] and defaults["knn"]["choice"] == ["25", "0"]
     assert defaults["groups"]["choice"] == ["task", "0"] and defaults["mlp"]["choice"] == ["None", "0"]
     assert report["bar"] == max(report["baselines"].values())
+    # anchored@X: train's own logistic-regression baseline unless the default beats it on X of the resamples
+    wins = report["rules"]["anchored@0.5"]["wins"]
+    assert 0 <= wins <= 1 and all(report["rules"][f"anchored@{x}"]["wins"] == wins for x in study.ANCHOR_LEVELS)
+    for x in study.ANCHOR_LEVELS:
+        rule = report["rules"][f"anchored@{x}"]
+        if wins >= x:
+            assert rule["kept_test"] == report["rules"]["tuned+platt"]["kept_test"]
+        else:  # the anchor: the baseline's setting (C = 1, uncalibrated), fitted on train + validation
+            assert rule["kept"] == "anchor" and rule["kept_test"] == defaults["logreg"]["test"]
     summary = study.summarize([report])
     assert summary["tuned+platt"]["paired_vs_default"] == 0.0
     assert summary["defaults"]["mean_vs_best_baseline"] == pytest.approx(
