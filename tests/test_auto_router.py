@@ -423,6 +423,51 @@ def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(
 
 
 @pytest.mark.slow
+def test_a_distilled_router_is_one_mlp_fitted_to_the_chosen_head_and_scored_beside_it(tmp_path, demo_800):
+    """router.distill: the kept ensemble (over the lexical blend's token ids too) replaced by one MLP fitted
+    to its predictions - the checkpoint, the 11-node graph the runtime runs and the test figures are the
+    student's, close to the head it replaced, and the replaced head is scored on the same test prompts."""
+    import onnx
+
+    from training.pipeline import train_router
+
+    overrides = {**FAST, "router.candidates": ["logreg", "knn", "lexical", "ensemble"], "router.auto_pick": "ensemble",
+                 "router.lexical_c": ["0.3"], "router.lexical_min_records": 500, "eval.n_boot": 50}
+    (tmp_path / "teacher").mkdir()
+    teacher = _train(tmp_path / "teacher", demo_800, **overrides)
+    assert teacher["selection"]["lexical_blend"]["kept"]  # the replaced head reads token ids
+    config = load_config(ROOT / "training/configs/auto.toml", {**overrides, "router.distill": True})
+    summary = train_router(config, demo_800, out_dir=tmp_path / "router", progress=False,
+                           tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    distilled = summary["selection"]["distilled"]
+    assert distilled["replaced"] == "ensemble" and distilled["replaced_spec"] == "lexical_mix"
+    assert distilled["student"] == {"type": "mlp", "hidden": FAST["router.hidden"], "layers": 1, "dropout": 0.0}
+    assert distilled["stop_records"] > 0 and distilled["mean_abs_difference_stop"] < 0.05
+    info = json.loads((Path(summary["out"]) / "router.json").read_text())
+    assert info["spec"]["type"] == "mlp" and info["selection"]["distilled"] == distilled
+    replaced = summary["test"]["distilled_from"]
+    # the same selection, the same split: the replaced head is the teacher run's router, on the same prompts
+    assert replaced["aiq"] == pytest.approx(teacher["test"]["aiq"], abs=1e-9)
+    diff = replaced["student_minus_replaced"]
+    assert diff["aiq"] == pytest.approx(summary["test"]["aiq"] - replaced["aiq"])
+    assert diff["ci95"]["aiq"][0] <= diff["aiq"] <= diff["ci95"]["aiq"][1]
+    assert abs(diff["aiq"]) < 0.02
+    graph = onnx.load(summary["artifact"] + "/router.onnx").graph
+    teacher_graph = onnx.load(teacher["artifact"] + "/router.onnx").graph
+    assert len(graph.node) <= 25 and 2 * len(graph.node) < len(teacher_graph.node), (
+        len(graph.node), len(teacher_graph.node))
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+    _runtime_matches_training(summary, demo_800)
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+    assert run.data.params["selection.distilled"] == "ensemble -> mlp"
+    assert run.data.metrics["distilled_from.aiq"] == pytest.approx(replaced["aiq"])
+    with pytest.raises(ConfigError, match="router.distill"):
+        load_config(ROOT / "training/configs/mlp_static.toml", {"router.distill": True})
+
+
+@pytest.mark.slow
 def test_the_lexical_candidate_alone_and_where_it_is_not_tried(tmp_path, demo_800):
     alone = _train(tmp_path / "alone", demo_800, **{"router.candidates": ["lexical"], "router.lexical_min_records": 0,
                                                     "tracking.enabled": False})

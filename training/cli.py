@@ -185,6 +185,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         for name, diff in test.get("vs_baselines", {}).items():
             print(f"router-ml: AIQ minus the {name} baseline's: {_paired(diff, 'aiq')}", file=sys.stderr)
+        replaced = test.get("distilled_from")
+        if replaced is not None:  # router.distill: the student against the head it replaced, same prompts
+            print(f"router-ml: distilled into one MLP; AIQ minus the replaced head's "
+                  f"({summary['selection']['chosen']}, AIQ {replaced['aiq']:.4f}): "
+                  f"{_paired(replaced['student_minus_replaced'], 'aiq')}", file=sys.stderr)
         if test.get("estimator", "exact") != "exact":  # a log, or too few test records with every outcome
             how = ("exposure weights: biased wherever which outcome is missing depended on the prompt"
                    if test.get("off_policy", {}).get("biased") else "the logged propensities")

@@ -96,6 +96,9 @@ class RouterConfig:
     auto_encoder: str = "cuda"     #: auto: fit the "encoder" candidate: cuda (with a CUDA device) | always | never
     auto_encoder_config: str = "encoder_fast"  #: auto: its config: a name in training/configs or a TOML path
     auto_encoder_records: int = 100000  #: auto: above this many train + validation records the encoder is not tried
+    #: auto: replace the chosen head by one MLP fitted to its predictions on the training prompts (an 11-node
+    #: graph instead of up to ~120; test AIQ reported against the head it replaced: training/routers/distill.py)
+    distill: bool = False
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,9 @@ def validate(config: TrainConfig, *, source: str = "<config>") -> None:
     if config.loss.logged_targets not in LOGGED_TARGETS:
         fail("loss.logged_targets", f"expected one of {', '.join(LOGGED_TARGETS)}, got {config.loss.logged_targets!r}")
     _validate_auto(config, fail)
+    if config.router.distill and config.router.kind != "auto":
+        fail("router.distill", f"distils the auto router's chosen head into one MLP; router.kind is "
+                               f"{config.router.kind!r}, whose head is one already: leave router.distill false")
     _validate_scorer(config, fail)
     groups = config.router.groups
     if groups:

@@ -35,11 +35,13 @@ from training.evaluation import (
     BASELINES,
     HeldOut,
     evaluate_held_out,
+    paired_differences,
     read_metrics_file,
     score_predictions,
     scoreable_rows,
     write_metrics_file,
 )
+from training.evaluation import summary as metrics_summary
 from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.parallel import ordered_map, workers_for
@@ -340,6 +342,12 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         val = _batchable(inputs, split.val, table, prep.cost, cost_est, **batch) if len(split.val) else None
         router.fit(train, val, wtp_range=_wtp_range(prep.cost),
                    on_epoch=lambda e, tl, vl: tracker.log_metrics({"train_loss": tl, "val_loss": vl}, step=e))
+        replaced = None  # router.distill: the test predictions of the head the student replaced
+        if config.router.distill and getattr(router, "winner_", None) is None:
+            replaced = _distill(router, table, X, split, scored, train, val, prep.cost, tracker, rank)
+        elif config.router.distill:
+            log.warning("router.distill: the auto router chose the fine-tuned encoder, which reads token ids, "
+                        "not the features an MLP student reads; it is exported as it is")
         fit_seconds = time.perf_counter() - fit_started
         selection = log_selection(tracker, router)  # the auto router's candidates and choice (None otherwise)
         heldout = getattr(router, "heldout_", None)  # the auto router's held-out predictions (out of fold)
@@ -352,7 +360,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
         stages.done("fit")
         if rank != 0:
             return {}
-        result = _evaluate(config, router, inputs, X, prep, scored)
+        result = _evaluate(config, router, inputs, X, prep, scored, replaced=replaced)
         result["knob_curve"] = knob_curve(config, prep, result["predictions"], heldout)
         stages.done("evaluate")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +377,11 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             flat.update({f"{name}.{k}": v for k, v in base.items() if isinstance(v, int | float)})
         for name, diff in test_metrics.get("vs_baselines", {}).items():
             flat.update({f"vs_{name}.{k}": v for k, v in diff.items() if isinstance(v, int | float)})
+        replaced_head = test_metrics.get("distilled_from")
+        if replaced_head is not None:  # router.distill
+            flat.update({f"distilled_from.{k}": v for k, v in replaced_head.items() if isinstance(v, int | float)})
+            flat.update({f"student_minus_replaced.{k}": v
+                         for k, v in replaced_head["student_minus_replaced"].items() if isinstance(v, int | float)})
         tracker.log_metrics({**flat, "fit_seconds": fit_seconds})
         stages.done("save")
         tracker.log_artifacts(out_dir, "router")
@@ -486,7 +499,26 @@ def check_test_scoreable(quality: np.ndarray, scored: np.ndarray, models: Sequen
                         "'router-ml evaluate' on data holding every model's outcome")
 
 
-def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray) -> dict[str, Any]:
+def _distill(router, table: TrafficTable, X, split: Split, scored: np.ndarray | None, train: Batchable,
+             val: Batchable | None, cost: np.ndarray, tracker, rank: int) -> np.ndarray | None:
+    """``router.distill``: the chosen head's predictions on the training, validation and (rank 0) test
+    prompts, then one MLP fitted to them in its place (:mod:`training.routers.distill`). Returns the
+    replaced head's test predictions, which the evaluation scores beside the student's."""
+    from training.routers.distill import distill_head, with_targets
+
+    inputs = router.inputs(table.texts, X)  # the head's own: token ids too where it reads them
+    teacher_train = predict_rows(router, inputs, split.train)
+    teacher_val = predict_rows(router, inputs, split.val) if val is not None else None
+    replaced = predict_rows(router, inputs, scored) if rank == 0 and scored is not None else None
+    distill_head(router, with_targets(train, teacher_train),
+                 None if val is None else with_targets(val, teacher_val), wtp_range=_wtp_range(cost),
+                 on_epoch=lambda e, tl, vl: tracker.log_metrics({"distill_train_loss": tl, "distill_val_loss": vl},
+                                                                step=e))
+    return replaced
+
+
+def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np.ndarray, *,
+              replaced: np.ndarray | None = None) -> dict[str, Any]:
     table = prep.table
     if len(scored) == 0:
         raise DataError("the test split has no record with an outcome; nothing to score")
@@ -508,6 +540,10 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     pred = predict_rows(router, inputs, scored)
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
     result["predictions"] = (scored, pred, cost_est)
+    if replaced is not None:  # router.distill: the head the student replaced, on the same prompts and draws
+        mine, theirs = score_predictions(pred, held), score_predictions(replaced, held)
+        result["test"]["distilled_from"] = {**metrics_summary(theirs), "student_minus_replaced": paired_differences(
+            mine, theirs)}
     return result
 
 

@@ -165,7 +165,7 @@ class FirstStages(TorchRouter):
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> FirstStages:
         pool = train.concat(val)
-        mlp_config = self.config.replace(**{"router.kind": "mlp", "router.groups": ""})
+        mlp_config = self.config.replace(**{"router.kind": "mlp", "router.groups": "", "router.distill": False})
         with _one_thread(self.config):
             self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
             self.mlp_ = MLPRouter(config=mlp_config, n_models=self.n_models, input_dim=self.input_dim).fit(
@@ -372,7 +372,7 @@ class _Selection:
     def _torch_config(self, family: str):
         """An MLP (``mlp``, and ``groups``'s base: its group blend is added by :class:`GroupFit`) or MF config."""
         kind = "mf" if family == "mf" else "mlp"
-        return self.config.replace(**{"router.kind": kind, "router.groups": ""})
+        return self.config.replace(**{"router.kind": kind, "router.groups": "", "router.distill": False})
 
     def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
         router = _TORCH[family](config=self._torch_config(family), n_models=self.n_models, input_dim=self.input_dim)

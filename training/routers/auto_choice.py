@@ -113,6 +113,11 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
         tracker.log_metrics({f"selection.group_blend.{k}": blend[k] for k in ("val_aiq", "val_aiq_without",
                                                                              "beats_unblended")
                              if isinstance(blend.get(k), int | float)})
+    distilled = selection.get("distilled")
+    if distilled is not None:  # router.distill: one MLP fitted to the chosen head's predictions in its place
+        tracker.log_params({"selection.distilled": f"{distilled['replaced']} -> mlp"})
+        tracker.log_metrics({"selection.distilled.mean_abs_difference_stop": distilled["mean_abs_difference_stop"],
+                             "selection.distilled.seconds": distilled["seconds"]})
     words = selection.get("lexical_blend")
     if words is not None:
         tracker.log_params({"selection.lexical_blend": f"x {words['weight']:g}" if words["kept"] else "none"})
