@@ -4,18 +4,18 @@ The default router often keeps the average of several heads - the MLP, MF, the l
 over the stored training prompts, a group estimate - with the lexical regression blended in: about 120
 onnxruntime nodes where one MLP head is 11, and inside the proxy its decision costs several times as much
 CPU (README, "Load test references"). Distilling fits one MLP head of the MLP candidate's shape
-(``router.hidden``, ``router.layers``, ``router.dropout``) to the chosen head's own predicted quality on
-the training prompts (its targets are those predictions, soft, with the same loss as any MLP), early-stopped
-on the validation prompts' predictions (a seeded tenth of the training prompts without a validation
+(``router.hidden``, ``router.layers``; no dropout) to the chosen head's own predicted quality on the
+training prompts (its targets are those predictions, soft, under the quality loss alone: :data:`STUDENT`),
+early-stopped on the validation prompts' predictions (a seeded tenth of the training prompts without a validation
 split), and puts it in the auto router's place: the checkpoint, the exported graph and every test figure
 are then the student's, and the run reports the head it replaced beside it (``test.distilled_from``,
 paired on the same test prompts). The default knob is still chosen on the replaced head's out-of-fold
 predictions beside the student's test predictions (``training.pipeline.knob_curve``): the student imitates
 that head. A fine-tuned encoder winner is not distilled (it reads token ids; a warning says so).
 
-What it costs (seed 0 of the README's three protocols, test AIQ minus the head it replaced, paired on the
-same prompts; docs/auto-router-studies.md, "One MLP in the chosen head's place"): demo -0.0002, RouteLLM
--0.0007, MMLU-Pro-29 -0.0030. So it is off by default: a serving choice, made where the decision's CPU
+What it costs (the README's three protocols, seeds 0-4, test AIQ minus the head it replaced, paired on the
+same prompts; docs/auto-router-studies.md, "One MLP in the chosen head's place"): demo +0.0001, RouteLLM
+-0.0007, MMLU-Pro-29 -0.0028. So it is off by default: a serving choice, made where the decision's CPU
 matters more than that.
 """
 
