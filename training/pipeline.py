@@ -541,7 +541,8 @@ def _evaluate(config: TrainConfig, router, inputs, X, prep: Prepared, scored: np
     result = evaluate_held_out(pred, held, baselines=config.eval.baselines)
     result["predictions"] = (scored, pred, cost_est)
     if replaced is not None:  # router.distill: the head the student replaced, on the same prompts and draws
-        mine, theirs = score_predictions(pred, held), score_predictions(replaced, held)
+        theirs = score_predictions(replaced, held)
+        mine = {**result["test"], "draws": result["router_draws"]}  # the student's, already drawn
         result["test"]["distilled_from"] = {**metrics_summary(theirs), "student_minus_replaced": paired_differences(
             mine, theirs)}
     return result

@@ -117,6 +117,19 @@ _POOL_FINALS = ("logreg", "knn", "lexical")
 log = logging.getLogger("router_ml.train")
 
 
+def member_config(config, kind: str, **overrides: Any):
+    """The config of an MLP or MF the auto router fits for itself (a candidate, a first stage, a distilled
+    student): that kind, no group field and nothing of the auto router's own (``router.distill``)."""
+    return config.replace(**{"router.kind": kind, "router.groups": "", "router.distill": False, **overrides})
+
+
+def early_stopping_split(rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` split into (the rest, a seeded tenth to early-stop on), each sorted."""
+    shuffled = np.random.default_rng(seed + 1).permutation(rows)
+    cut = max(1, len(rows) // 10)
+    return np.sort(shuffled[cut:]), np.sort(shuffled[:cut])
+
+
 def _grid(values: tuple[str, ...], cast) -> list:
     return [cast(float(v)) for v in values]
 
@@ -165,7 +178,7 @@ class FirstStages(TorchRouter):
     def fit(self, train: Batchable, val: Batchable | None = None, *, wtp_range: tuple[float, float],
             on_epoch=None) -> FirstStages:
         pool = train.concat(val)
-        mlp_config = self.config.replace(**{"router.kind": "mlp", "router.groups": "", "router.distill": False})
+        mlp_config = member_config(self.config, "mlp")
         with _one_thread(self.config):
             self.module_ = fit_logreg(pool.input_rows(np.arange(len(pool)))[0], pool.quality, 1.0)
             self.mlp_ = MLPRouter(config=mlp_config, n_models=self.n_models, input_dim=self.input_dim).fit(
@@ -347,9 +360,7 @@ class _Selection:
 
     def _early_stopping(self, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A CV fold's training part split into (rest, a tenth for early stopping), seeded."""
-        shuffled = np.random.default_rng(self.seed + 1).permutation(fit)
-        cut = max(1, len(fit) // 10)
-        return np.sort(shuffled[cut:]), np.sort(shuffled[:cut])
+        return early_stopping_split(fit, self.seed)
 
     def _split_parts(self) -> tuple[np.ndarray, np.ndarray]:
         """The pool positions of the train and validation splits."""
@@ -372,7 +383,7 @@ class _Selection:
     def _torch_config(self, family: str):
         """An MLP (``mlp``, and ``groups``'s base: its group blend is added by :class:`GroupFit`) or MF config."""
         kind = "mf" if family == "mf" else "mlp"
-        return self.config.replace(**{"router.kind": kind, "router.groups": "", "router.distill": False})
+        return member_config(self.config, kind)
 
     def _fit_torch(self, family: str, fit: Batchable, stop: Batchable | None, on_epoch=None) -> TorchRouter:
         router = _TORCH[family](config=self._torch_config(family), n_models=self.n_models, input_dim=self.input_dim)

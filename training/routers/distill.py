@@ -54,29 +54,25 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
     tenth of ``train``), and put it in ``router``'s place (a fitted :class:`~training.routers.auto.AutoRouter`:
     its ``module_`` and ``spec_``). Returns the report: what it replaced, the student's shape, its mean
     absolute difference to the targets on the early-stopping prompts, the fit's seconds."""
-    from training.routers.auto import _one_thread, _torch_spec
+    from training.routers.auto import _one_thread, _torch_spec, early_stopping_split, member_config
     from training.routers.neural import MLPRouter
 
     started = time.perf_counter()
     if val is None or len(val) == 0:
-        order = np.random.default_rng(router.config.data.seed + 1).permutation(len(train))
-        cut = max(1, len(train) // 10)
-        train, val = train.take(np.sort(order[cut:])), train.take(np.sort(order[:cut]))
-    config = router.config.replace(**{"router.kind": "mlp", "router.groups": "", "router.ensemble": 1,
-                                      "router.distill": False, **STUDENT})
+        rest, tenth = early_stopping_split(np.arange(len(train)), router.config.data.seed)
+        train, val = train.take(rest), train.take(tenth)
+    config = member_config(router.config, "mlp", **{"router.ensemble": 1, **STUDENT})
     with _one_thread(router.config):
         student = MLPRouter(config=config, n_models=router.n_models, input_dim=router.input_dim).fit(
             train, val, wtp_range=wtp_range, on_epoch=on_epoch)
         stop = student.predict(val.input_rows(np.arange(len(val))))
-    replaced = router.selection_.get("chosen") if getattr(router, "selection_", None) else None
     spec = _torch_spec(student)
-    report = {"replaced": replaced, "replaced_spec": router.spec_.get("type"), "student": spec,
+    report = {"replaced": router.selection_["chosen"], "replaced_spec": router.spec_.get("type"), "student": spec,
               "fit_records": int(len(train)), "stop_records": int(len(val)),
               "mean_abs_difference_stop": round(float(np.abs(stop - val.quality).mean()), 5),
               "seconds": round(time.perf_counter() - started, 2)}
     router.module_, router.spec_ = student.module_, spec
-    if router.selection_ is not None:
-        router.selection_ = {**router.selection_, "distilled": report}
-    log.info("distilled %s into one MLP (mean |difference| %.4f on %d prompts, %.1f s)", replaced,
+    router.selection_ = {**router.selection_, "distilled": report}
+    log.info("distilled %s into one MLP (mean |difference| %.4f on %d prompts, %.1f s)", report["replaced"],
              report["mean_abs_difference_stop"], len(val), report["seconds"])
     return report
