@@ -14,6 +14,7 @@ import torch
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import load_traffic
 from training.routers.baselines import KNNRouter, LogRegRouter
+from training.routers.distill import MIXED
 from training.routers.heads import (
     KNNHead,
     apply_platt,
@@ -424,9 +425,12 @@ def test_a_kept_lexical_blend_exports_to_the_graph_the_runtime_runs_and_reloads(
 
 @pytest.mark.slow
 def test_a_distilled_router_is_one_mlp_fitted_to_the_chosen_head_and_scored_beside_it(tmp_path, demo_800):
-    """router.distill: the kept ensemble (over the lexical blend's token ids too) replaced by one MLP fitted
-    to its predictions - the checkpoint, the 11-node graph the runtime runs and the test figures are the
-    student's, close to the head it replaced, and the replaced head is scored on the same test prompts."""
+    """router.distill: the kept ensemble replaced by one MLP fitted to its predictions - the checkpoint, the
+    graph the runtime runs and the test figures are the student's, close to the head it replaced, and the
+    replaced head is scored on the same test prompts. By default the kept lexical blend stays over the student,
+    which imitates the ensemble under it on the training prompts and on mixed ones; with
+    ``router.distill_lexical = false`` the student imitates the whole head (token ids included): 11 nodes."""
+    import mlflow
     import onnx
 
     from training.pipeline import train_router
@@ -436,35 +440,87 @@ def test_a_distilled_router_is_one_mlp_fitted_to_the_chosen_head_and_scored_besi
     (tmp_path / "teacher").mkdir()
     teacher = _train(tmp_path / "teacher", demo_800, **overrides)
     assert teacher["selection"]["lexical_blend"]["kept"]  # the replaced head reads token ids
-    config = load_config(ROOT / "training/configs/auto.toml", {**overrides, "router.distill": True})
-    summary = train_router(config, demo_800, out_dir=tmp_path / "router", progress=False,
-                           tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    distilled = summary["selection"]["distilled"]
-    assert distilled["replaced"] == "ensemble" and distilled["replaced_spec"] == "lexical_mix"
-    assert distilled["student"] == {"type": "mlp", "hidden": FAST["router.hidden"], "layers": 1, "dropout": 0.0}
-    assert distilled["stop_records"] > 0 and distilled["mean_abs_difference_stop"] < 0.05
-    info = json.loads((Path(summary["out"]) / "router.json").read_text())
-    assert info["spec"]["type"] == "mlp" and info["selection"]["distilled"] == distilled
-    replaced = summary["test"]["distilled_from"]
-    # the same selection, the same split: the replaced head is the teacher run's router, on the same prompts
-    assert replaced["aiq"] == pytest.approx(teacher["test"]["aiq"], abs=1e-9)
-    diff = replaced["student_minus_replaced"]
-    assert diff["aiq"] == pytest.approx(summary["test"]["aiq"] - replaced["aiq"])
-    assert diff["ci95"]["aiq"][0] <= diff["aiq"] <= diff["ci95"]["aiq"][1]
-    assert abs(diff["aiq"]) < 0.02
-    graph = onnx.load(summary["artifact"] + "/router.onnx").graph
+    teacher_spec = json.loads((Path(teacher["out"]) / "router.json").read_text())["spec"]
     teacher_graph = onnx.load(teacher["artifact"] + "/router.onnx").graph
-    assert len(graph.node) <= 25 and 2 * len(graph.node) < len(teacher_graph.node), (
-        len(graph.node), len(teacher_graph.node))
-    assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
-    _runtime_matches_training(summary, demo_800)
-    import mlflow
-
-    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
-    assert run.data.params["selection.distilled"] == "ensemble -> mlp"
-    assert run.data.metrics["distilled_from.aiq"] == pytest.approx(replaced["aiq"])
+    mlp = {"type": "mlp", "hidden": FAST["router.hidden"], "layers": 1, "dropout": 0.0}
+    for under_words in (True, False):
+        out = tmp_path / f"router_{under_words}"
+        config = load_config(ROOT / "training/configs/auto.toml",
+                             {**overrides, "router.distill": True, "router.distill_lexical": under_words})
+        summary = train_router(config, demo_800, out_dir=out, progress=False,
+                               tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        distilled = summary["selection"]["distilled"]
+        assert distilled["replaced"] == "ensemble" and distilled["replaced_spec"] == "lexical_mix"
+        if under_words:  # the blend as chosen, the ensemble under it replaced; mixed prompts beside the training ones
+            assert distilled["student"] == {**teacher_spec, "base": mlp}
+            assert distilled["kept_lexical_blend"] == teacher_spec["weight"]
+            assert distilled["mixed_prompts"] == MIXED * distilled["fit_records"]
+        else:  # the whole head reads token ids: nothing to mix
+            assert distilled["student"] == mlp and distilled["kept_lexical_blend"] is None
+            assert distilled["mixed_prompts"] == 0
+        assert distilled["stop_records"] > 0 and distilled["mean_abs_difference_stop"] < 0.05
+        info = json.loads((out / "router.json").read_text())
+        assert info["spec"] == distilled["student"] and info["selection"]["distilled"] == distilled
+        replaced = summary["test"]["distilled_from"]
+        # the same selection, the same split: the replaced head is the teacher run's router, on the same prompts
+        assert replaced["aiq"] == pytest.approx(teacher["test"]["aiq"], abs=1e-9)
+        diff = replaced["student_minus_replaced"]
+        assert diff["aiq"] == pytest.approx(summary["test"]["aiq"] - replaced["aiq"])
+        assert diff["ci95"]["aiq"][0] <= diff["aiq"] <= diff["ci95"]["aiq"][1]
+        assert abs(diff["aiq"]) < 0.02
+        graph = onnx.load(summary["artifact"] + "/router.onnx").graph
+        if under_words:
+            assert len(graph.node) < len(teacher_graph.node), (len(graph.node), len(teacher_graph.node))
+        else:
+            assert len(graph.node) <= 25 and 2 * len(graph.node) < len(teacher_graph.node), (
+                len(graph.node), len(teacher_graph.node))
+        assert summary["export"]["fp32_max_abs_diff"] < 1e-4, summary["export"]
+        _runtime_matches_training(summary, demo_800)
+        run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["run_id"])
+        words = f" under the lexical blend x {teacher_spec['weight']:g}" if under_words else ""
+        assert run.data.params["selection.distilled"] == "ensemble -> mlp" + words
+        assert run.data.metrics["distilled_from.aiq"] == pytest.approx(replaced["aiq"])
     with pytest.raises(ConfigError, match="router.distill"):
         load_config(ROOT / "training/configs/mlp_static.toml", {"router.distill": True})
+
+
+def test_mixed_prompts_lie_between_training_prompts_at_their_norm_with_the_heads_targets():
+    """``mixed_prompts``: MIXED seeded points per training prompt (none past MIXED_CAP), each on the segment from
+    one prompt's features toward another's at the first one's norm, labelled by the teacher; the training
+    prompts first, unchanged."""
+    import training.routers.distill as distill
+    from training.trainer import Batchable
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6)).astype(np.float32)
+    X[:20] /= np.linalg.norm(X[:20], axis=1, keepdims=True)  # unit rows and longer ones
+    quality = rng.uniform(size=(40, 3)).astype(np.float32)
+    part = Batchable(inputs=(X,), quality=quality, cost=np.ones((40, 3)), cost_est=np.ones((40, 3)))
+    calls = []
+
+    def teacher(features):
+        calls.append(len(features))
+        return features[:, :3] ** 2
+
+    both, n = distill.mixed_prompts(part, teacher, seed=3)
+    assert n == MIXED * 40 == len(both) - 40 and calls == [n]
+    assert np.array_equal(both.inputs[0][:40], X) and np.array_equal(both.quality[:40], quality)
+    mixed = both.inputs[0][40:]
+    assert np.allclose(both.quality[40:], mixed[:, :3] ** 2)
+    norms = np.linalg.norm(mixed, axis=1)
+    assert np.all(np.isclose(norms[:, None], np.linalg.norm(X, axis=1)[None, :], rtol=1e-5).any(axis=1))
+    # each on the plane of two training prompts: rank 2 with some pair (checked for a few)
+    for row in mixed[:5]:
+        assert any(np.linalg.matrix_rank(np.stack([X[i], X[j], row]), tol=1e-4) <= 2
+                   for i in range(40) for j in range(40) if i != j)
+    again, _ = distill.mixed_prompts(part, teacher, seed=3)
+    assert np.array_equal(again.inputs[0], both.inputs[0])  # seeded
+    cap = distill.MIXED_CAP
+    try:  # past the cap the training prompts alone, untouched (a large set stays windowed, never copied)
+        distill.MIXED_CAP = MIXED * 40 - 1
+        assert distill.mixed_prompts(part, teacher, seed=3) == (part, 0) and len(calls) == 2
+    finally:
+        distill.MIXED_CAP = cap
 
 
 @pytest.mark.slow

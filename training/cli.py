@@ -187,7 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"router-ml: AIQ minus the {name} baseline's: {_paired(diff, 'aiq')}", file=sys.stderr)
         replaced = test.get("distilled_from")
         if replaced is not None:  # router.distill: the student against the head it replaced, same prompts
-            print(f"router-ml: distilled into one MLP; AIQ minus the replaced head's "
+            kept = summary["selection"]["distilled"].get("kept_lexical_blend")
+            into = "one MLP" if kept is None else f"one MLP under the lexical blend x {kept:g}"
+            print(f"router-ml: distilled into {into}; AIQ minus the replaced head's "
                   f"({summary['selection']['chosen']}, AIQ {replaced['aiq']:.4f}): "
                   f"{_paired(replaced['student_minus_replaced'], 'aiq')}", file=sys.stderr)
         if test.get("estimator", "exact") != "exact":  # a log, or too few test records with every outcome

@@ -502,18 +502,23 @@ def check_test_scoreable(quality: np.ndarray, scored: np.ndarray, models: Sequen
 def _distill(router, table: TrafficTable, X, split: Split, scored: np.ndarray | None, train: Batchable,
              val: Batchable | None, cost: np.ndarray, tracker, rank: int) -> np.ndarray | None:
     """``router.distill``: the chosen head's predictions on the training, validation and (rank 0) test
-    prompts, then one MLP fitted to them in its place (:mod:`training.routers.distill`). Returns the
-    replaced head's test predictions, which the evaluation scores beside the student's."""
-    from training.routers.distill import distill_head, with_targets
+    prompts, then one MLP fitted to them in its place (:mod:`training.routers.distill`). With a kept lexical
+    blend and ``router.distill_lexical`` the student imitates the head under the blend, which stays as chosen.
+    Returns the replaced head's test predictions, which the evaluation scores beside the student's."""
+    from training.routers.distill import distill_head, under_lexical_blend, with_targets
 
     inputs = router.inputs(table.texts, X)  # the head's own: token ids too where it reads them
+    replaced = predict_rows(router, inputs, scored) if rank == 0 and scored is not None else None
+    words = under_lexical_blend(router) if router.config.router.distill_lexical else None
+    if words is not None:  # the teacher is the head under the blend: it reads the features alone
+        inputs = router.inputs(table.texts, X)
     teacher_train = predict_rows(router, inputs, split.train)
     teacher_val = predict_rows(router, inputs, split.val) if val is not None else None
-    replaced = predict_rows(router, inputs, scored) if rank == 0 and scored is not None else None
     distill_head(router, with_targets(train, teacher_train),
                  None if val is None else with_targets(val, teacher_val), wtp_range=_wtp_range(cost),
                  on_epoch=lambda e, tl, vl: tracker.log_metrics({"distill_train_loss": tl, "distill_val_loss": vl},
-                                                                step=e))
+                                                                step=e), lexical=words,
+                 teacher=None if X is None or router.reads_tokens else lambda features: router.predict((features,)))
     return replaced
 
 

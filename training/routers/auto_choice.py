@@ -115,9 +115,11 @@ def log_selection(tracker, router) -> dict[str, Any] | None:
                              if isinstance(blend.get(k), int | float)})
     distilled = selection.get("distilled")
     if distilled is not None:  # router.distill: one MLP fitted to the chosen head's predictions in its place
-        tracker.log_params({"selection.distilled": f"{distilled['replaced']} -> mlp"})
-        tracker.log_metrics({"selection.distilled.mean_abs_difference_stop": distilled["mean_abs_difference_stop"],
-                             "selection.distilled.seconds": distilled["seconds"]})
+        under = distilled.get("kept_lexical_blend")
+        tracker.log_params({"selection.distilled": f"{distilled['replaced']} -> mlp"
+                            + ("" if under is None else f" under the lexical blend x {under:g}")})
+        tracker.log_metrics({f"selection.distilled.{k}": distilled[k]
+                             for k in ("mean_abs_difference_stop", "seconds", "mixed_prompts") if k in distilled})
     words = selection.get("lexical_blend")
     if words is not None:
         tracker.log_params({"selection.lexical_blend": f"x {words['weight']:g}" if words["kept"] else "none"})
