@@ -131,8 +131,7 @@ def mixed_prompts(train: Batchable, teacher: Callable[[np.ndarray], np.ndarray],
     it was fitted and drifts between them; the mixed prompts show it the head's function in between (the idea
     of model compression's synthetic points, Bucila et al., 2006). Only up to :data:`MIXED_CAP` mixed prompts
     (50,000 training prompts): the mix holds the training prompts' features in memory, and a larger set is
-    fitted on its own prompts, read window by window like any training set, with ``(train, 0)`` returned.
-    ``train`` is a :func:`with_targets` part (no per-cell weights or preferences to extend)."""
+    fitted on its own prompts, read window by window like any training set, with ``(train, 0)`` returned."""
     n = len(train) * MIXED
     if not n or n > MIXED_CAP:
         return train, 0
@@ -143,9 +142,6 @@ def mixed_prompts(train: Batchable, teacher: Callable[[np.ndarray], np.ndarray],
     mixed = (1 - lam) * X[i] + lam * X[j]
     mixed *= np.linalg.norm(X[i], axis=1, keepdims=True) / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True),
                                                                         1e-12)
-    targets = np.asarray(teacher(mixed), dtype=np.float32)
-    both = dataclasses.replace(train, inputs=(np.concatenate([X, mixed]),),
-                               quality=np.concatenate([train.quality, targets]),
-                               cost=np.concatenate([train.cost, train.cost[i]]),
-                               cost_est=np.concatenate([train.cost_est, train.cost_est[i]]), rows=None, groups=None)
-    return both, int(n)
+    part = Batchable(inputs=(mixed,), quality=np.asarray(teacher(mixed), dtype=np.float32), cost=train.cost[i],
+                     cost_est=train.cost_est[i])
+    return train.concat(part), int(n)
