@@ -168,6 +168,47 @@ def test_saved_spec_rebuilds_every_head_with_its_weights():
         build_head({"type": "forest"}, 4, 2)
 
 
+def test_the_exported_ensemble_mixes_probabilities_without_logit_round_trips(tmp_path):
+    """The graph takes a mixing head's probabilities directly (``probabilities``): the numbers of
+    sigmoid(head) - the training forward's - with one sigmoid for all calibrated members and no logit
+    (Log) left but the one a calibrated group blend needs; MF's export form is the same function."""
+    import onnx
+    import onnxruntime as ort
+
+    from training.export import _export_onnx
+    from training.routers.heads import Calibrated, MeanHead, probabilities
+    from training.routers.neural import GroupBlend, MFHead, MLPHead
+
+    X, quality = _synthetic()
+    torch.manual_seed(0)
+    members = [Calibrated(fit_logreg(X, quality, 1.0), 3), Calibrated(MFHead(16, 3, 4, 0.0), 3),
+               Calibrated(GroupBlend(MLPHead(16, 3, 8, 1, 0.0), 16, torch.rand(4, 3), 0.5), 3),
+               KNNHead(X[:50], quality[:50], 7)]
+    for m in members[:3]:
+        m.scale.uniform_(0.5, 2.0)
+        m.shift.uniform_(-1.0, 1.0)
+    head = MeanHead(members).eval()
+    want = _sigmoid_of(head, X[:40])
+    with torch.no_grad():
+        np.testing.assert_allclose(probabilities(head, torch.as_tensor(X[:40])).numpy(), want, atol=1e-6)
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return probabilities(self.head, x)
+
+    path = tmp_path / "mean.onnx"
+    _export_onnx(Graph(), path, {"x": torch.as_tensor(X[:2])}, {"x": {0: "batch"}})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # GroupBlend's sigmoid, its logit under Platt scaling (two Logs), the calibrated block's one sigmoid
+    assert ops.count("Sigmoid") == 2 and ops.count("Log") == 2 and "Shape" not in ops, ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": X[:40]})[0], want, atol=1e-5)
+
+
 def test_auto_settings_are_validated_with_the_key_named(tmp_path):
     assert load_config(ROOT / "training/configs/auto.toml").router.kind == "auto"
     with pytest.raises(ConfigError, match=r"router.candidates\[1\].*unknown candidate 'forest'"):

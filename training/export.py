@@ -62,7 +62,8 @@ class ExportError(RouterMLError):
 
 
 class StaticGraph(nn.Module):
-    """Token ids -> mean of static embeddings (masked, L2-normalised) -> head -> sigmoid.
+    """Token ids -> mean of static embeddings (masked, L2-normalised) -> head -> predicted quality (the head's
+    sigmoid, or the probabilities a mixing head gives directly: ``training.routers.neural.probabilities``).
 
     The masked sum is one batched MatMul, ``(B, 1, T) @ (B, T, D)``: the Mul + ReduceSum it replaces
     made two more passes over the gathered ``(B, T, D)`` rows and ran 3x slower at 256 tokens in
@@ -79,10 +80,12 @@ class StaticGraph(nn.Module):
         self.normalize = normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from training.routers.neural import probabilities
+
         pooled = static_pool(self.table, input_ids, attention_mask, self.normalize)
         if getattr(self.head, "reads_tokens", False):  # a lexical head (training/routers/lexical.py)
-            return torch.sigmoid(self.head(pooled, input_ids, attention_mask))
-        return torch.sigmoid(self.head(pooled))
+            return probabilities(self.head, pooled, input_ids, attention_mask)
+        return probabilities(self.head, pooled)
 
 
 def static_pool(table: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -106,7 +109,9 @@ class EncoderGraph(nn.Module):
         hidden = self.module.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return torch.sigmoid(self.module.head(pooled))
+        from training.routers.neural import probabilities
+
+        return probabilities(self.module.head, pooled)
 
 
 def _static_parts(checkpoint: Path, router) -> tuple[nn.Module, Path, dict[str, Any]]:
@@ -351,12 +356,20 @@ def _rank_gaps(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray
 
     heads = [m for m in graph.modules() if isinstance(m, KNNHead)]
     gaps: list[float] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: gaps.append(m.rank_gap(args[0]))) for m in heads]
+
+    def traced(head: KNNHead, search: Callable) -> Callable:  # each neighbour search notes its prompt's gap
+        def neighbours(x: torch.Tensor, k: int):
+            gaps.append(head.rank_gap(x))
+            return search(x, k)
+        return neighbours
+
+    for head in heads:  # on the instances, for this call only (the graph reaches them through ``probabilities``)
+        head.neighbours = traced(head, head.neighbours)
     try:
         _torch_predict(graph, router, texts)  # one prompt per call: each head appends one gap per prompt
     finally:
-        for hook in hooks:
-            hook.remove()
+        for head in heads:
+            del head.neighbours
     return np.asarray(gaps).reshape(len(texts), len(heads)).min(axis=1, initial=np.inf)
 
 

@@ -142,10 +142,17 @@ class LexicalMix(nn.Module):
         self.lexical = lexical
         self.weight = float(weight)
 
+    def probabilities(self, x: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from training.routers.neural import EPS, probabilities
+
+        words = torch.sigmoid(self.lexical(input_ids, attention_mask))
+        if self.base is None:
+            return words
+        return ((1.0 - self.weight) * probabilities(self.base, x) + self.weight * words).clamp(EPS, 1 - EPS)
+
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from training.routers.heads import logit
 
-        words = self.lexical(input_ids, attention_mask)
         if self.base is None:
-            return words
-        return logit((1.0 - self.weight) * torch.sigmoid(self.base(x)) + self.weight * torch.sigmoid(words))
+            return self.lexical(input_ids, attention_mask)
+        return logit(self.probabilities(x, input_ids, attention_mask))
