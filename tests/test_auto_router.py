@@ -525,6 +525,31 @@ def test_a_distilled_router_is_one_mlp_fitted_to_the_chosen_head_and_scored_besi
         load_config(ROOT / "training/configs/mlp_static.toml", {"router.distill": True})
 
 
+def test_the_student_starts_from_the_heads_own_mlp_of_its_shape():
+    """The distilled MLP starts from the first MLP of its shape inside the head it imitates (here the MLP under a
+    calibrated group blend of an ensemble), and from a fresh initialisation where the head has none."""
+    from training.routers.auto import member_config
+    from training.routers.distill import _Student
+    from training.routers.heads import Calibrated, MeanHead
+    from training.routers.neural import GroupBlend, MLPHead
+
+    X, quality = _synthetic()
+    torch.manual_seed(0)
+    inner = MLPHead(16, 3, 8, 1, 0.3)
+    head = MeanHead([Calibrated(fit_logreg(X, quality, 1.0), 3), MLPHead(16, 3, 4, 1, 0.3),
+                     Calibrated(GroupBlend(inner, 16, torch.rand(4, 3), 0.5), 3)])
+    auto = load_config(ROOT / "training/configs/auto.toml")
+    for hidden, want in ((8, inner), (4, head.members[1]), (16, None)):
+        config = member_config(auto, "mlp", **{"router.hidden": hidden, "router.dropout": 0.0})
+        module = _Student(config=config, n_models=3, input_dim=16, start=head).build_module()
+        state = module.state_dict()
+        if want is None:  # no MLP of that width: the usual random start
+            assert state["net.0.weight"].shape == (16, 16)
+        else:
+            assert all(torch.equal(v, want.state_dict()[k]) for k, v in state.items())
+            assert module.net[2].p == 0.0  # the student's own (no) dropout, not the member's
+
+
 def test_mixed_prompts_lie_between_training_prompts_at_their_norm_with_the_heads_targets():
     """``mixed_prompts``: MIXED seeded points per training prompt (none past MIXED_CAP), each on the segment from
     one prompt's features toward another's at the first one's norm, labelled by the teacher; the training

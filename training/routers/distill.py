@@ -23,11 +23,11 @@ Two things keep the student close to the head:
   :func:`mixed_prompts` - points between training prompts, :data:`MIXED` per prompt - so that the student
   follows it between the prompts it was fitted on.
 
-What it costs (the README's three protocols, seeds 0-4, test AIQ minus the head it replaced, paired on the
-same prompts; docs/auto-router-studies.md, "One MLP in the chosen head's place"): demo -0.0000, RouteLLM
--0.0003, MMLU-Pro-29 -0.0007 (one MLP for the whole head fitted on the training prompts alone, the previous
-release: +0.0001, -0.0007, -0.0028), and 20-200 s of ``train``. So it is off by default: a serving choice,
-made where the decision's CPU matters more than that.
+The student starts from the head's own MLP of its shape where it has one (:class:`_Student`) and stops after
+five epochs without progress (:data:`STUDENT`). What it costs (the README's three protocols, seeds 0-4, test AIQ
+minus the head it replaced, paired on the same prompts; docs/auto-router-studies.md, "One MLP in the chosen
+head's place"): demo -0.0001, RouteLLM -0.0003, MMLU-Pro-29 -0.0008, and 2-70 s of ``train`` (40 s of MMLU-Pro-29's
+3 minutes). So it is off by default: a serving choice, made where the decision's CPU matters more than that.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
+from training.routers.neural import MLPHead, MLPRouter
 from training.trainer import Batchable
 
 __all__ = ["MIXED", "STUDENT", "distill_head", "mixed_prompts", "under_lexical_blend", "with_targets"]
@@ -47,9 +49,10 @@ __all__ = ["MIXED", "STUDENT", "distill_head", "mixed_prompts", "under_lexical_b
 log = logging.getLogger("router_ml.train")
 
 #: how the student fits, over the run's config: no dropout and no cost term (it imitates a fixed function;
-#: the quality loss alone), more epochs at a higher rate and more patience than a router fitted to outcomes
-#: (the head's predictions are smooth targets with no noise to stop early against)
-STUDENT = {"router.dropout": 0.0, "loss.tradeoff_weight": 0.0, "train.epochs": 300, "train.patience": 20,
+#: the quality loss alone), up to more epochs at a higher rate than a router fitted to outcomes, stopped after 5
+#: without progress on the early-stopping prompts (20 fitted 2-6x longer for 0.002-0.007 more of the head's
+#: routes matched: docs/auto-router-studies.md)
+STUDENT = {"router.dropout": 0.0, "loss.tradeoff_weight": 0.0, "train.epochs": 300, "train.patience": 5,
            "train.lr": 2e-3}
 #: mixed prompts per training prompt the student also fits (:func:`mixed_prompts`), and the most it mixes:
 #: past MIXED_CAP / MIXED = 50,000 training prompts it fits those alone
@@ -89,7 +92,6 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
     under that lexical blend, its words' regression and weight unchanged. ``teacher`` (features -> the head's
     predicted quality; None for a head that reads token ids) adds :func:`mixed_prompts` to ``train``."""
     from training.routers.auto import _one_thread, _torch_spec, early_stopping_split, member_config
-    from training.routers.neural import MLPRouter
 
     started = time.perf_counter()
     if val is None or len(val) == 0:
@@ -100,8 +102,8 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
         train, mixed = mixed_prompts(train, teacher, router.config.data.seed)
     config = member_config(router.config, "mlp", **{"router.ensemble": 1, **STUDENT})
     with _one_thread(router.config):
-        student = MLPRouter(config=config, n_models=router.n_models, input_dim=router.input_dim).fit(
-            train, val, wtp_range=wtp_range, on_epoch=on_epoch)
+        student = _Student(config=config, n_models=router.n_models, input_dim=router.input_dim,
+                           start=router.module_).fit(train, val, wtp_range=wtp_range, on_epoch=on_epoch)
         stop = student.predict(val.input_rows(np.arange(len(val))))
     spec = _torch_spec(student)
     module = student.module_
@@ -122,6 +124,25 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
              report["replaced"], "" if lexical is None else " under the lexical blend", report["fit_records"], mixed,
              report["mean_abs_difference_stop"], len(val), report["seconds"])
     return report
+
+
+class _Student(MLPRouter):
+    """The MLP a head is distilled into, started from the head's own first MLP of its shape where it has one (the
+    MLP member of an ensemble, the MLP under a group blend): it starts near the function it imitates and stops in
+    fewer epochs (README, "Router variants")."""
+
+    def __init__(self, *, start: torch.nn.Module, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def build_module(self, *, pretrained: bool = True) -> torch.nn.Module:
+        module = super().build_module(pretrained=pretrained)
+        shapes = {k: v.shape for k, v in module.state_dict().items()}
+        for head in self.start.modules():
+            if isinstance(head, MLPHead) and {k: v.shape for k, v in head.state_dict().items()} == shapes:
+                module.load_state_dict(head.state_dict())
+                break
+        return module
 
 
 def mixed_prompts(train: Batchable, teacher: Callable[[np.ndarray], np.ndarray], seed: int) -> tuple[Batchable, int]:
