@@ -97,7 +97,7 @@ class RouterConfig:
     auto_encoder_config: str = "encoder_fast"  #: auto: its config: a name in training/configs or a TOML path
     auto_encoder_records: int = 100000  #: auto: above this many train + validation records the encoder is not tried
     #: auto: replace the chosen head by one MLP fitted to its predictions on the training prompts and on points
-    #: between them (11 graph nodes, ~50 under a kept lexical blend, instead of up to ~120; test AIQ reported
+    #: between them (11 graph nodes, ~40 under a kept lexical blend, instead of up to ~90; test AIQ reported
     #: against the head it replaced: training/routers/distill.py)
     distill: bool = False
     #: auto, with distill: a kept lexical blend stays beside the student (the MLP imitates the head under it;

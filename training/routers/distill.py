@@ -1,7 +1,7 @@
 """One MLP in place of the auto router's chosen head (``router.distill = true``).
 
 The default router often keeps the average of several heads - the MLP, MF, the logistic regression, kNN
-over the stored training prompts, a group estimate - with the lexical regression blended in: about 120
+over the stored training prompts, a group estimate - with the lexical regression blended in: about 90
 onnxruntime nodes where one MLP head is 11, and inside the proxy its decision costs several times as much
 CPU (README, "Load test references"). Distilling fits one MLP head of the MLP candidate's shape
 (``router.hidden``, ``router.layers``; no dropout) to the chosen head's own predicted quality (its targets
@@ -17,7 +17,7 @@ Two things keep the student close to the head:
 
 - with ``router.distill_lexical`` (on by default) a kept lexical blend stays as chosen over the student
   (:func:`under_lexical_blend`): the MLP imitates the head under it, which reads the same pooled features,
-  instead of a function of the prompt's words that those features hold only in part (about 50 onnxruntime
+  instead of a function of the prompt's words that those features hold only in part (about 40 onnxruntime
   nodes then instead of 11);
 - a teacher that reads the features alone (every head but one that reads token ids) is also imitated on
   :func:`mixed_prompts` - points between training prompts, :data:`MIXED` per prompt - so that the student
