@@ -106,11 +106,11 @@ class EncoderGraph(nn.Module):
         self.module = module
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from training.routers.neural import probabilities
+
         hidden = self.module.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        from training.routers.neural import probabilities
-
         return probabilities(self.module.head, pooled)
 
 

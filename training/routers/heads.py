@@ -27,6 +27,7 @@ from training.routers.neural import EPS, Ensemble, GroupBlend, MFHead, MLPHead, 
 
 __all__ = ["Calibrated", "KNNHead", "LinearHead", "MeanHead", "build_head", "expected_calibration_error",
            "fit_logreg", "fit_platt", "knn_projection", "logit", "probabilities"]
+
 #: the solvers' precision: float32 halves the time of an L-BFGS fit and moves predictions by < 1e-4
 DTYPE = torch.float32
 
