@@ -485,8 +485,8 @@ def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
 
 
 def test_the_parity_check_finds_the_ties_at_a_knn_graphs_kth_neighbour_on_the_runtimes_tokens(trained):
-    """``_rank_gaps`` runs the torch graph on the prompts as the runtime encodes them and reads each kNN head's
-    gap at the k-th neighbour: with every stored prompt twice, the gap inside a pair is an exact tie."""
+    """``_rank_gaps`` pools the prompts as the runtime encodes them and reads each kNN head's gap at the k-th
+    neighbour: with every stored prompt twice, the gap inside a pair is an exact tie."""
     import torch
 
     from router_ml import Router

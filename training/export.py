@@ -349,28 +349,21 @@ def check_fp32(expected: np.ndarray, got: np.ndarray, *, discrete: bool, routes_
     return report
 
 
-def _rank_gaps(graph: nn.Module, router: Router, texts: list[str]) -> np.ndarray:
+def _rank_gaps(graph: StaticGraph, router: Router, texts: list[str]) -> np.ndarray:
     """Per prompt, the smallest gap between the k-th and (k+1)-th cosine similarity over the graph's kNN
-    heads, as :func:`_torch_predict` computes them (``inf`` where a head stores no more than k prompts)."""
+    heads (``inf`` where a head stores no more than k prompts), on the pooled features of the prompt as the
+    runtime encodes it - what every head of a static graph reads."""
     from training.routers.heads import KNNHead
 
     heads = [m for m in graph.modules() if isinstance(m, KNNHead)]
-    gaps: list[float] = []
-
-    def traced(head: KNNHead, search: Callable) -> Callable:  # each neighbour search notes its prompt's gap
-        def neighbours(x: torch.Tensor, k: int):
-            gaps.append(head.rank_gap(x))
-            return search(x, k)
-        return neighbours
-
-    for head in heads:  # on the instances, for this call only (the graph reaches them through ``probabilities``)
-        head.neighbours = traced(head, head.neighbours)
-    try:
-        _torch_predict(graph, router, texts)  # one prompt per call: each head appends one gap per prompt
-    finally:
-        for head in heads:
-            del head.neighbours
-    return np.asarray(gaps).reshape(len(texts), len(heads)).min(axis=1, initial=np.inf)
+    gaps = np.full(len(texts), np.inf)
+    with torch.no_grad():
+        for row, text in enumerate(texts):
+            ids, mask = router.encode(text)
+            pooled = static_pool(graph.table, torch.from_numpy(ids[None, :]), torch.from_numpy(mask[None, :]),
+                                 graph.normalize)
+            gaps[row] = min((head.rank_gap(pooled) for head in heads), default=np.inf)
+    return gaps
 
 
 def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
