@@ -23,19 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.routers.neural import EPS, Ensemble, GroupBlend, MFHead, MLPHead, probabilities
+from training.routers.neural import EPS, Ensemble, GroupBlend, MFHead, MLPHead, logit, probabilities
 
 __all__ = ["Calibrated", "KNNHead", "LinearHead", "MeanHead", "build_head", "expected_calibration_error",
            "fit_logreg", "fit_platt", "knn_projection", "logit", "probabilities"]
 
 #: the solvers' precision: float32 halves the time of an L-BFGS fit and moves predictions by < 1e-4
 DTYPE = torch.float32
-
-
-def logit(q: torch.Tensor) -> torch.Tensor:
-    """The logit of probabilities kept inside ``[EPS, 1 - EPS]`` (finite for 0 and 1)."""
-    q = q.clamp(EPS, 1 - EPS)
-    return torch.log(q) - torch.log1p(-q)
 
 
 class LinearHead(nn.Module):

@@ -88,6 +88,12 @@ class EncoderModule(nn.Module):
 EPS = 1e-6
 
 
+def logit(q: torch.Tensor) -> torch.Tensor:
+    """The logit of probabilities kept inside ``[EPS, 1 - EPS]`` (finite for 0 and 1)."""
+    q = q.clamp(EPS, 1 - EPS)
+    return torch.log(q) - torch.log1p(-q)
+
+
 def probabilities(head: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     """``sigmoid(head(*inputs))`` - the predicted quality - without a logit round trip: a head that mixes
     probabilities (the ensemble's mean, kNN's neighbour means, a group or lexical blend) returns its mixture
@@ -129,8 +135,7 @@ class GroupBlend(nn.Module):
         return ((1.0 - self.weight) * probabilities(self.base, x) + self.weight * mixture).clamp(EPS, 1 - EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.probabilities(x)
-        return torch.log(q) - torch.log1p(-q)
+        return logit(self.probabilities(x))
 
 
 #: the group classifier's inverse L2 strength and the pseudo-count that pulls a small group's means
