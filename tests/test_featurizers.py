@@ -23,6 +23,7 @@ from training.featurizers import (
     StaticFeaturizer,
     TransformerFeaturizer,
     distill_static,
+    distilled_static,
     feature_cache_key,
     featurize,
     get_featurizer,
@@ -167,7 +168,7 @@ def test_the_rules_with_special_tokens_and_on_text():
 
 
 @pytest.mark.slow  # distils the static model
-def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
+def test_distillation_is_cached(cache_root, static_dir, monkeypatch, tmp_path):
     import model2vec.distill
 
     def no_distill(**kwargs):
@@ -175,6 +176,10 @@ def test_distillation_is_cached(cache_root, static_dir, monkeypatch):
 
     monkeypatch.setattr(model2vec.distill, "distill", no_distill)
     assert distill_static(cache_dir=cache_root) == static_dir
+    assert distilled_static(cache_dir=cache_root) == static_dir
+    assert distilled_static(cache_dir=tmp_path) is None and not any(tmp_path.iterdir())  # looks, never writes
+    (tmp_path / "static" / static_dir.name).mkdir(parents=True)  # a directory without the model's files
+    assert distilled_static(cache_dir=tmp_path) is None
     assert [p.name for p in (cache_root / "static").iterdir()] == [static_dir.name]  # no temp dirs left
     monkeypatch.setenv("ROUTER_ML_CACHE", str(cache_root))
     assert get_featurizer("static").model_dir == static_dir

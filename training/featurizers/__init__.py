@@ -30,7 +30,7 @@ from training.featurizers._cache import (
     worker_shards,
 )
 from training.featurizers._registry import FEATURIZERS, get_featurizer
-from training.featurizers._static import StaticFeaturizer, distill_static, minilm_path
+from training.featurizers._static import StaticFeaturizer, distill_static, distilled_static, minilm_path
 from training.featurizers._stream import SHARD_ROWS, FeatureMatrix, as_feature_matrix
 from training.featurizers._transformer import MiniLMFeaturizer, TransformerFeaturizer
 
@@ -51,6 +51,7 @@ __all__ = [
     "cache_shards",
     "default_head",
     "distill_static",
+    "distilled_static",
     "feature_cache_key",
     "featurize",
     "featurize_part",

@@ -33,7 +33,7 @@ from training.featurizers._base import (
     text_list,
 )
 
-__all__ = ["DISTILL_DEFAULTS", "StaticFeaturizer", "distill_static", "minilm_path"]
+__all__ = ["DISTILL_DEFAULTS", "StaticFeaturizer", "distill_static", "distilled_static", "minilm_path"]
 
 _FORMAT = 1
 _MARKER = "router_ml_static.json"
@@ -53,6 +53,28 @@ def _is_complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in (*_STATIC_FILES, _MARKER))
 
 
+def _cache_entry(source, cache_dir, pca_dims: int) -> tuple[Path, dict[str, Any], Path]:
+    """The source directory, the cache key's document and the cache directory it names."""
+    src = Path(source) if source is not None else minilm_path()
+    if not src.is_dir():
+        raise FeaturizerError(f"cannot distil static embeddings from {src}: not a directory")
+    settings = {**DISTILL_DEFAULTS, "pca_dims": pca_dims}
+    key_doc = {"format": _FORMAT, "source": digest_files(src, _SOURCE_FILES), "settings": settings}
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    return src, key_doc, root / "static" / key
+
+
+def distilled_static(source: str | os.PathLike[str] | None = None, *,
+                     cache_dir: str | os.PathLike[str] | None = None, pca_dims: int = 256) -> Path | None:
+    """The directory :func:`distill_static` returns when that cache holds the model already, else None.
+
+    Never distils (nor imports model2vec or torch): a cheap check, e.g. to reuse one cache's model in another.
+    """
+    final = _cache_entry(source, cache_dir, pca_dims)[2]
+    return final if _is_complete(final) else None
+
+
 def distill_static(source: str | os.PathLike[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
                    pca_dims: int = 256) -> Path:
     """Distil static token embeddings from ``source`` (default: the packaged MiniLM) once; return their directory.
@@ -64,21 +86,15 @@ def distill_static(source: str | os.PathLike[str] | None = None, *, cache_dir: s
 
     >>> model_dir = distill_static()  # doctest: +SKIP
     """
-    src = Path(source) if source is not None else minilm_path()
-    if not src.is_dir():
-        raise FeaturizerError(f"cannot distil static embeddings from {src}: not a directory")
-    settings = {**DISTILL_DEFAULTS, "pca_dims": pca_dims}
-    key_doc = {"format": _FORMAT, "source": digest_files(src, _SOURCE_FILES), "settings": settings}
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
-    final = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = final / "static" / key
+    src, key_doc, final = _cache_entry(source, cache_dir, pca_dims)
     if _is_complete(final):
         return final
+    settings = key_doc["settings"]
     if final.exists():
         raise FeaturizerError(f"{final} exists but is not a complete distilled model: delete it and retry")
     distill = require("model2vec.distill", purpose="distilling static embeddings").distill
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         with quiet_transformers():
             model = distill(model_name=str(src), pca_dims=pca_dims, sif_coefficient=settings["sif_coefficient"],
