@@ -298,3 +298,32 @@ def test_train_scores_a_gappy_benchmark_exactly_and_says_when_its_test_figures_a
     summary = json.loads(small.stdout.strip().splitlines()[-1])
     assert summary["test"]["estimator"] == "ips" and summary["test_scored"] == summary["test_records"]
     assert "the test figures are off-policy estimates (IPS" in small.stderr and "exposure weights" in small.stderr
+
+
+def test_a_wide_model_column_without_any_kept_outcome_is_named_not_dropped_silently(tmp_path):
+    """A model column that no kept record has an outcome in (empty, or filled only on a rejected row) leaves
+    that model out of the table: `data inspect` and `train` name it instead of routing among the others
+    without a word."""
+    path = tmp_path / "wide.csv"
+    lines = ["prompt,a,a|total_cost,a|judge,b,b|total_cost,c,c|total_cost,d,d|total_cost"]
+    for i in range(60):
+        lines.append(f"question {i} about topic {i % 5},{i % 2},0.1,x,{(i // 2) % 2},0.5,,,,")
+    lines.append("a rejected row,1,0.1,x,0,0.5,,,2.5,0.2")  # d's only outcome: a quality above 1
+    path.write_text("\n".join(lines) + "\n")
+    inspect = run("data", "inspect", path, "--on-error", "quarantine", "--quarantine", tmp_path / "q.jsonl")
+    assert inspect.returncode == 0, inspect.stderr
+    assert "ignored columns: a|judge" in inspect.stdout
+    assert "model columns without an outcome in any kept record (not in the table): c, d" in inspect.stdout
+    info = json.loads(run("data", "inspect", path, "--json", "--on-error", "quarantine",
+                          "--quarantine", tmp_path / "q.jsonl").stdout)
+    assert info["models"] == ["a", "b"] and info["models_without_outcomes"] == ["c", "d"] and info["rejected"] == 1
+    full = tmp_path / "full.csv"
+    full.write_text("\n".join(line.rsplit(",", 4)[0] for line in lines[:-1]) + "\n")  # no c or d at all
+    assert json.loads(run("data", "inspect", full, "--json").stdout)["models_without_outcomes"] == []
+    out = run("train", "--data", path, "--out", tmp_path / "out", "--on-error", "quarantine",
+              "--quarantine", tmp_path / "q2.jsonl", "--config", ROOT / "training/configs/mlp_static.toml",
+              "--quiet", "--set", "train.epochs=1", "--set", "tracking.enabled=false", "--set", "eval.n_boot=0",
+              "--set", "eval.baselines=random")
+    assert out.returncode == 0, out.stderr
+    assert f"{path}: the model columns ['c', 'd'] hold no outcome in any kept record" in out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["models_without_outcomes"] == ["c", "d"]

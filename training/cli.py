@@ -105,7 +105,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
                             "excluded": report.excluded,
                             "merged_duplicates": report.merged_duplicates, "format": report.format,
                             "source": report.source, "quarantine": report.quarantine,
-                            "ignored_columns": report.ignored_columns}
+                            "ignored_columns": report.ignored_columns,
+                            "models_without_outcomes": report.models_without_outcomes}
     if args.json:
         print_json(info)
         return 0
@@ -117,6 +118,11 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
           f"chat records: {summary['chat_records']}   tasks: {summary['tasks']}")
     if report.quarantine:
         print(f"  quarantine: {report.quarantine}")
+    if report.ignored_columns:
+        print(f"  ignored columns: {', '.join(report.ignored_columns)}")
+    if report.models_without_outcomes:
+        print(f"  model columns without an outcome in any kept record (not in the table): "
+              f"{', '.join(report.models_without_outcomes)}")
     width = max(len(m) for m in table.models)
     logged = any(summary["propensity_coverage"].values())  # propensity columns only for logged traffic
     answers = any(summary["responses"].values())  # a responses column only where answer texts were recorded

@@ -301,6 +301,10 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     if config.router.groups:  # before featurizing: a setting that cannot train fails now
         check_groups(config, groups[split.train])
     log.info("loaded %d records (%s), split %s", len(table), prep.report.format, split.sizes())
+    if prep.report.models_without_outcomes:
+        log.warning("%s: the model columns %s hold no outcome in any kept record, so those models are "
+                    "not in the table and the router never chooses them; fill the columns (or drop them to "
+                    "silence this)", data, prep.report.models_without_outcomes)
     # the test rows rank 0 scores after training, chosen now: a test split that cannot be scored stops
     # the run before any work
     scored = scoreable_rows(table.quality, split.test, table.propensity) if rank == 0 else None
@@ -400,6 +404,7 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
             "rejected": prep.report.rejected,
             "missing_propensity": prep.report.missing_propensity,
             "excluded": prep.report.excluded,
+            "models_without_outcomes": prep.report.models_without_outcomes,
             "fit_seconds": round(fit_seconds, 2),
             "logged_targets": None if completion is None else completion.report,
             "propensity_weights": propensity_weighting(table, np.concatenate([split.train, split.val]), clip),

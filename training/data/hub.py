@@ -11,7 +11,7 @@ from router_ml.optional import require
 from router_ml.pricing import PriceCatalog
 from training.data._rows import Row, _clean, _convert
 from training.data.schema import OUTCOME_KEYS, Record, RecordError, build_record, is_missing
-from training.data.tabular import WideLayout, prompt_fields, response_text
+from training.data.tabular import WideLayout, note_layout, prompt_fields, response_text
 
 __all__ = ["read_hf"]
 
@@ -102,8 +102,7 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
                             messages=mapping.get("messages"),
                             sample_id=mapping.get("sample_id", "sample_id"),
                             task=mapping.get("task"), timestamp=mapping.get("timestamp"))
-        if report is not None:
-            report["ignored_columns"] = list(layout.ignored)
+        note_layout(layout, report)
 
         def make(row: dict[str, Any]) -> Record:
             return layout.record(row, prices)

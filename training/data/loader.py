@@ -94,6 +94,8 @@ class LoadReport:
     missing_propensity: int = 0
     quarantine: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
+    #: a wide table's model columns without an outcome in any kept record: such a model is not in the table
+    models_without_outcomes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -324,4 +326,6 @@ def load_traffic(
             f"no valid records ({report.rejected} rejected, {report.excluded} excluded)"
             + (f"; see {qpath}" if qpath else ""), location=str(source))
     report.records = len(table_columns)
-    return TrafficTable.from_columns(table_columns), report
+    table = TrafficTable.from_columns(table_columns)
+    report.models_without_outcomes = [m for m in extra.get("model_columns", []) if m not in table.models]
+    return table, report

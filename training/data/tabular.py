@@ -170,10 +170,17 @@ def wide_layout(file: Path, report: dict | None = None) -> WideLayout:
         layout = WideLayout(json_columns(file), source=str(file))
     else:
         layout = WideLayout(_parquet_columns(file), source=str(file))
-    if report is not None:
-        ignored = report.setdefault("ignored_columns", [])
-        ignored.extend(c for c in layout.ignored if c not in ignored)
+    note_layout(layout, report)
     return layout
+
+
+def note_layout(layout: WideLayout, report: dict | None) -> None:
+    """Add a wide layout's ignored columns and model columns to a reader's ``report`` (the loader tells
+    which model columns no kept record had an outcome in: such a model is not in the table)."""
+    if report is not None:
+        for key, columns in (("ignored_columns", layout.ignored), ("model_columns", layout.models)):
+            listed = report.setdefault(key, [])
+            listed.extend(c for c in columns if c not in listed)
 
 
 def wide_rows(file: Path, layout: WideLayout, prices: PriceCatalog | None,
@@ -268,8 +275,7 @@ def read_pickle(path: Path, *, allow_pickle: bool = False, prices: PriceCatalog 
         raise DataError("the pickled table is empty", location=str(path))
     frame = frame.reset_index(drop=frame.index.name is None)
     layout = WideLayout([str(c) for c in frame.columns], source=str(path))
-    if report is not None:
-        report["ignored_columns"] = list(layout.ignored)
+    note_layout(layout, report)
     for index, row in enumerate(frame.to_dict(orient="records")):
         yield _convert(f"{path} row {index}", lambda row=row: _clean(row),
                        lambda row=row: layout.record(row, prices))
