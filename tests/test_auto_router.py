@@ -277,6 +277,49 @@ def test_the_paired_bootstrap_counts_the_resamples_one_router_routes_better_on()
     assert paired_wins(barely, guesses, held, seed=0, n_boot=100) == 1.0
 
 
+def test_where_every_model_costs_the_same_candidates_are_scored_by_the_quality_they_route_to():
+    """No cost range, no AIQ (self-hosted models priced at 0): the selection scores the routed quality
+    instead of leaving every candidate at -inf and the choice to the tie-break order."""
+    from training.evaluation import HeldOut
+    from training.routers import AutoRouter
+    from training.routers.auto_choice import held_out_aiq, paired_wins, without_cost_range
+
+    rng = np.random.default_rng(0)
+    n = 300
+    quality = (rng.random((n, 2)) < np.array([0.5, 0.8])).astype(float)
+    free = np.zeros((n, 2))
+    held = HeldOut(quality=quality, cost=free, cost_est=free, wtps=np.geomspace(0.1, 1000, 16),
+                   models=("a", "b"), n_boot=0)
+    assert without_cost_range(held)
+    knows = quality * 0.9 + 0.05
+    guesses = np.tile([0.5, 0.8], (n, 1)) + rng.normal(0, 0.01, (n, 2))  # always b
+    assert held_out_aiq(knows, held) == round(float(quality.max(axis=1).mean()), 6)  # the better of the two
+    assert held_out_aiq(guesses, held) == round(float(quality[:, 1].mean()), 6)
+    assert paired_wins(knows, guesses, held, seed=0) == 1.0 and paired_wins(guesses, knows, held, seed=0) == 0.0
+    priced = HeldOut(quality=quality, cost=np.tile([1.0, 10.0], (n, 1)), cost_est=np.tile([1.0, 10.0], (n, 1)),
+                     wtps=np.geomspace(0.1, 1000, 16), models=("a", "b"), n_boot=0)
+    assert not without_cost_range(priced) and held_out_aiq(knows, priced) != held_out_aiq(knows, held)
+
+    X, quality = _synthetic(n=400)
+    quality = np.nan_to_num(quality, nan=0.0)
+    config = load_config(ROOT / "training/configs/auto.toml", {**FAST, "router.candidates": ["logreg", "knn",
+                                                                                            "ensemble"]})
+    from training.trainer import Batchable
+
+    def part(rows):
+        same = np.full((len(rows), 3), 0.2, np.float32)
+        return Batchable(inputs=(X,), quality=quality[rows].astype(np.float32), cost=same, cost_est=same,
+                         rows=np.asarray(rows))
+
+    router = AutoRouter(config=config, n_models=3, input_dim=X.shape[1]).fit(part(np.arange(300)),
+                                                                            part(np.arange(300, 350)),
+                                                                            wtp_range=(0.01, 100.0))
+    selection = router.selection_
+    assert selection["picked_by"] == "held-out best quality (every model costs the same: no AIQ)"
+    scores = [entry["val_aiq"] for entry in selection["candidates"].values()]
+    assert all(0 < v <= 1 for v in scores) and len(set(scores)) > 1, selection["candidates"]
+
+
 def test_the_encoder_candidate_takes_its_fine_tuning_from_its_own_config_and_the_split_from_the_run(tmp_path):
     from training.routers.auto_encoder import encoder_candidate_config
 

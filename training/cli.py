@@ -190,7 +190,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f"; MLflow run {summary['run_id']}" if summary["run_id"] else "; MLflow: not logged"),
               file=sys.stderr)
         for name, diff in test.get("vs_baselines", {}).items():
-            print(f"router-ml: AIQ minus the {name} baseline's: {_paired(diff, 'aiq')}", file=sys.stderr)
+            if diff.get("aiq") is None and diff.get("best_quality") is not None:  # every model costs the same
+                print(f"router-ml: best quality minus the {name} baseline's (every model costs the same: no AIQ): "
+                      f"{_paired(diff, 'best_quality')}", file=sys.stderr)
+            else:
+                print(f"router-ml: AIQ minus the {name} baseline's: {_paired(diff, 'aiq')}", file=sys.stderr)
         replaced = test.get("distilled_from")
         if replaced is not None:  # router.distill: the student against the head it replaced, same prompts
             kept = summary["selection"]["distilled"].get("kept_lexical_blend")

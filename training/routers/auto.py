@@ -79,6 +79,7 @@ from training.routers.auto_choice import (
     keep_candidate,
     paired_wins,
     score_variant,
+    without_cost_range,
 )
 from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped, fit_encoder
 from training.routers.auto_groups import blended, group_fields_to_try, known_groups
@@ -610,7 +611,9 @@ class _Selection:
         chosen = fallback or keep_candidate(report, self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick
-        log.info("auto: chose %s (held-out AIQ %s)", chosen,
+        criterion = ("held-out best quality (every model costs the same: no AIQ)" if without_cost_range(held)
+                     else "held-out AIQ")
+        log.info("auto: chose %s (%s %s)", chosen, criterion,
                  ", ".join(f"{c} {report[c]['val_aiq']:.4f}" for c in order))
         chosen_pred = mean if chosen == "ensemble" else calibrated[best[chosen]]
         members = averaged if chosen == "ensemble" else [chosen]
@@ -646,7 +649,7 @@ class _Selection:
             module = LexicalMix(module, head, words["weight"])
             spec = {"type": "lexical_mix", "base": spec, "lexical": lexical_spec, "weight": module.weight}
         picked_by = ("router.auto_pick" if self.r.auto_pick in report else
-                     "the completed-log default" if fallback else "held-out AIQ")
+                     "the completed-log default" if fallback else criterion)
         scored_on = ("outcomes and imputed cells (logged records)" if on_guesses else "outcomes" if not held.logged
                      else "logged outcomes, weighted by their propensities" if held.has_propensities
                      else "logged outcomes, by exposure weights")

@@ -14,25 +14,42 @@ from typing import Any
 
 import numpy as np
 
+from router_ml import metrics
 from training.evaluation import HeldOut, curve_draws, knob_choices, score_choices
 from training.routers.heads import apply_platt, expected_calibration_error, fit_platt
 
 __all__ = ["AUTO_CANDIDATES", "completed_log_choice", "held_out_aiq", "keep_candidate", "log_selection",
-           "paired_wins", "score_variant"]
+           "paired_wins", "score_variant", "without_cost_range"]
 
 #: the candidate families ``router.candidates`` may name, in tie-break order (simplest last wins nothing)
 AUTO_CANDIDATES = ("mlp", "mf", "groups", "logreg", "knn", "lexical", "encoder", "ensemble")
 
 
 def held_out_aiq(pred: np.ndarray, held: HeldOut) -> float:
-    """The AIQ of routing ``held``'s prompts on ``pred`` (-inf where it is undefined), to six decimals."""
+    """The AIQ of routing ``held``'s prompts on ``pred``, to six decimals (-inf where it is undefined).
+
+    Where every model costs the same on those prompts (self-hosted models priced at 0, say) there is no
+    cost range to average over, so no AIQ: the score is then the curve's best quality - every knob
+    value makes the same choices, and the average over a range shrinking to one cost tends to that
+    point's quality - so the candidates, their settings and the blends are still chosen by how well
+    they route, not left to the tie-break order."""
     wtps = held.grid(pred)
-    return _choices_aiq(knob_choices(pred, held.cost_est, wtps), held, wtps)
+    return _routing_score(score_choices(knob_choices(pred, held.cost_est, wtps), held, wtps=wtps, n_boot=0))
 
 
-def _choices_aiq(choices: np.ndarray, held: HeldOut, wtps: np.ndarray) -> float:
-    value = score_choices(choices, held, wtps=wtps, n_boot=0).get("aiq")
-    return float("-inf") if value is None else round(float(value), 6)
+def without_cost_range(held: HeldOut) -> bool:
+    """True where every model's mean cost on ``held``'s prompts is the same: the candidates are then
+    scored by the best quality they route to (:func:`held_out_aiq`)."""
+    costs = metrics.single_model_points(held.quality, held.cost, weights=held.weights())[0]
+    return bool(costs.max() <= costs.min())
+
+
+def _routing_score(summary: dict[str, Any]) -> float:
+    """A curve summary's AIQ, or its best quality where no model costs more than another (module doc)."""
+    value = summary.get("aiq")
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        value = summary.get("best_quality")
+    return float("-inf") if value is None or np.isnan(value) else round(float(value), 6)
 
 
 def score_variant(raw: np.ndarray, quality: np.ndarray, held: HeldOut, *,
@@ -62,13 +79,14 @@ def score_variant(raw: np.ndarray, quality: np.ndarray, held: HeldOut, *,
 
 def paired_wins(pred: np.ndarray, other: np.ndarray, held: HeldOut, seed: int, n_boot: int = 200) -> float:
     """The share of ``n_boot`` bootstrap resamples of ``held``'s prompts (the same resample for both)
-    on which ``pred`` routes to a higher AIQ than ``other``. A prompt's choice at each knob value is the
+    on which ``pred`` routes to a higher AIQ than ``other`` (a higher best quality where every model costs
+    the same: :func:`held_out_aiq`). A prompt's choice at each knob value is the
     policy's on that prompt alone, so both routers choose once, and each resample's AIQ comes from the
     evaluation's own bootstrap (:func:`training.evaluation.curve_draws`, the same draws for both: with
     every outcome known, a resample's means are its counts times the chosen cells)."""
-    draws = [curve_draws(knob_choices(p, held.cost_est, held.grid(p)), held, n_boot, seed)["aiq"]
-             for p in (pred, other)]
-    mine, theirs = ([float("-inf") if np.isnan(v) else round(float(v), 6) for v in d] for d in draws)
+    draws = [curve_draws(knob_choices(p, held.cost_est, held.grid(p)), held, n_boot, seed) for p in (pred, other)]
+    mine, theirs = ([_routing_score({key: d[key][b] for key in ("aiq", "best_quality")}) for b in range(n_boot)]
+                    for d in draws)
     return sum(a > b for a, b in zip(mine, theirs, strict=True)) / n_boot
 
 
