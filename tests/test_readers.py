@@ -439,6 +439,13 @@ def test_hf_parquet_directory_wide_and_pairwise(tmp_path):
         load_traffic(arena, format="hf", columns={"prompt": "nope"})
 
 
+def test_hf_source_that_is_neither_a_local_path_nor_on_the_hub_says_both(tmp_path):
+    missing = tmp_path / "no-such-dataset"  # an absolute path: no hub id, so nothing is requested
+    with pytest.raises(DataError, match="neither a local file or directory") as info:
+        load_traffic(missing, format="hf", columns={"prompt": "q"})
+    assert str(missing) in str(info.value)
+
+
 # --- propensities: every format that carries one, bad values, mixed presence ---------------
 
 RULE = "propensity must be in (0, 1]"

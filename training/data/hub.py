@@ -40,7 +40,10 @@ def _load_hf(source: str, split: str) -> Any:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot load Hugging Face dataset: {exc}", location=source) from exc
+        hint = ("" if path.exists() else
+                f"; '{source}' is neither a local file or directory (from {Path.cwd()}) nor a dataset the hub "
+                "gave; check the path, or the hub id and network (HF_HUB_OFFLINE=1 forbids downloads)")
+        raise DataError(f"cannot load Hugging Face dataset: {exc}{hint}", location=source) from exc
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(f"no split '{split}' (splits: {sorted(ds)}); pass --split", location=source)
