@@ -571,7 +571,7 @@ def test_a_distilled_router_is_one_mlp_fitted_to_the_chosen_head_and_scored_besi
 def test_the_student_starts_from_the_heads_own_mlp_of_its_shape():
     """The distilled MLP starts from the first MLP of its shape inside the head it imitates (here the MLP under a
     calibrated group blend of an ensemble), and from a fresh initialisation where the head has none."""
-    from training.routers.auto import member_config
+    from training.routers.auto_parts import member_config
     from training.routers.distill import _Student
     from training.routers.heads import Calibrated, MeanHead
     from training.routers.neural import GroupBlend, MLPHead

@@ -91,7 +91,8 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
     :func:`under_lexical_blend`: ``train``'s targets are then the base's predictions) puts the student back
     under that lexical blend, its words' regression and weight unchanged. ``teacher`` (features -> the head's
     predicted quality; None for a head that reads token ids) adds :func:`mixed_prompts` to ``train``."""
-    from training.routers.auto import _one_thread, _torch_spec, early_stopping_split, member_config
+    from training.routers.auto import torch_spec
+    from training.routers.auto_parts import early_stopping_split, member_config, one_thread
 
     started = time.perf_counter()
     if val is None or len(val) == 0:
@@ -101,11 +102,11 @@ def distill_head(router, train: Batchable, val: Batchable | None, *, wtp_range: 
     if teacher is not None:
         train, mixed = mixed_prompts(train, teacher, router.config.data.seed)
     config = member_config(router.config, "mlp", **{"router.ensemble": 1, **STUDENT})
-    with _one_thread(router.config):
+    with one_thread(router.config):
         student = _Student(config=config, n_models=router.n_models, input_dim=router.input_dim,
                            start=router.module_).fit(train, val, wtp_range=wtp_range, on_epoch=on_epoch)
         stop = student.predict(val.input_rows(np.arange(len(val))))
-    spec = _torch_spec(student)
+    spec = torch_spec(student)
     module = student.module_
     if lexical is not None:
         from training.routers.lexical import LexicalMix
