@@ -126,8 +126,8 @@ def test_a_refined_knob_sweep_is_saved_with_the_router_and_evaluate_sweeps_it_ag
     """`eval.knob_refine`: the test curve sweeps the saved grid plus the router's own tie points; `evaluate`
     reads the setting from the checkpoint's config and scores the same test prompts to the same AIQ, which
     is at least the fixed grid's."""
+    from training.checkpoint import saved_knob_grid
     from training.evaluation import read_metrics_file
-    from training.pipeline import saved_knob_grid
 
     plain = cli("train", "--config", MLP_STATIC, "--data", demo_subset, "--out", tmp_path / "plain",
                 "--set", "tracking.enabled=false", *FAST, cwd=tmp_path)
@@ -359,9 +359,10 @@ def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, tr
     """`evaluate` with artifacts: the fp32 artifact scores what the checkpoint scores; an int8 artifact is
     scored through the runtime on the same prompts, costs and saved knob grid, its route changes counted."""
     from router_ml.policy import CostModel
+    from training.checkpoint import saved_knob_grid
     from training.evaluation import read_metrics_file
     from training.export import export_router
-    from training.pipeline import evaluate_router, saved_knob_grid
+    from training.pipeline import evaluate_router
 
     table, _ = load_traffic(DEMO)
     held_out = write_jsonl(table.records[800:1400], tmp_path / "held_out.jsonl")

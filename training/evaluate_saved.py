@@ -127,7 +127,8 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     each resample, and the scored rows of ``data`` (numpy arrays, for :func:`training.compare.compare_routers`'s
     paired differences; not JSON).
     """
-    from training.pipeline import _prompt_hash, _two_model  # the training side's own rules (imports this module)
+    from training.checkpoint import prompt_hash
+    from training.pipeline import _two_model  # the training side's own rule (imports this module)
 
     saved = load_saved(router_dir)
     wtp, wtp_source = wtp_or_default(saved, willingness_to_pay)
@@ -155,7 +156,7 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     if saved.seen is None or include_seen:
         keep = np.ones(len(table), dtype=bool)
     else:
-        keep = np.array([_prompt_hash(t) not in saved.seen for t in table.texts])
+        keep = np.array([prompt_hash(t) not in saved.seen for t in table.texts])
     rows = np.flatnonzero(keep)
     quality = table.quality[:, cols]
     cost = observed_costs(TrafficTable(table.records, models=models), np.arange(len(table)), catalog)

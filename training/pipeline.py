@@ -10,12 +10,11 @@ the split's identity and the test metrics - enough to evaluate the router again 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,12 @@ import numpy as np
 
 from router_ml import metrics
 from router_ml.errors import DataError, RouterMLError
-from router_ml.policy import CostModel, estimate_input_tokens, knob_grid, wtp_from_json
+from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
 from router_ml.pricing import PriceCatalog
+from training.checkpoint import CHECKPOINT_FORMAT, id_blocks, write_split
 from training.config import TrainConfig, validate
 from training.costs import column_means, fit_cost_model, observed_costs
-from training.data import LoadReport, Split, TrafficTable, load_traffic, normalize_prompt, split_table
+from training.data import LoadReport, Split, TrafficTable, load_traffic, split_table
 from training.data.columns import is_blank
 from training.evaluate_saved import evaluate_many, evaluate_router  # their home before they moved
 from training.evaluation import (
@@ -36,7 +36,6 @@ from training.evaluation import (
     HeldOut,
     evaluate_held_out,
     paired_differences,
-    read_metrics_file,
     score_predictions,
     scoreable_rows,
     write_metrics_file,
@@ -56,7 +55,6 @@ from training.trainer import Batchable, distributed_context
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
 
 log = logging.getLogger("router_ml.train")
-CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
 
 
 @dataclass
@@ -68,20 +66,6 @@ class Prepared:
     cost: np.ndarray
     cost_model: CostModel
     two_model: tuple[int, int] | None
-
-
-def _portable(identity: dict[str, Any]) -> dict[str, Any]:
-    """A featurizer identity without where its files happen to lie (their digests stay)."""
-    return {k: v for k, v in identity.items() if k not in ("model_dir", "source_dir")}
-
-
-def _prompt_digest(text: str) -> bytes:
-    return hashlib.sha256(normalize_prompt(text).encode()).digest()[:10]
-
-
-def _prompt_hash(text: str) -> str:
-    """The saved hash of a prompt (its normalised form's sha256, 20 hex digits)."""
-    return _prompt_digest(text).hex()
 
 
 def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
@@ -185,11 +169,6 @@ def _preferences(table: TrafficTable, rows: np.ndarray) -> np.ndarray | None:
     prefs = [(int(local), col[p["model_a"]], col[p["model_b"]], {"a": 1.0, "b": 0.0, "tie": 0.5}[p["winner"]])
              for local in np.flatnonzero(~column.is_null()[rows]) for p in json.loads(column[int(rows[local])])]
     return np.array(prefs, dtype=np.float64) if prefs else None
-
-
-def sample_ids(table: TrafficTable, rows: np.ndarray) -> list[str | None]:
-    """The records' ``sample_id``, from the table's column (no record is built)."""
-    return table.columns.sample_id.take(rows).to_list()
 
 
 def _f32(array: np.ndarray) -> np.ndarray:
@@ -600,77 +579,13 @@ def _save(out_dir: Path, config: TrainConfig, router, prep: Prepared, featurizer
     for name, payload in files.items():
         if payload is not None:
             (out_dir / name).write_text(json.dumps(payload, indent=1))
-    _write_split(out_dir / "split.json", table, split, config.data.seed, fingerprint)
+    write_split(out_dir / "split.json", table, split, config.data.seed, fingerprint)
     write_metrics_file(out_dir / "metrics.json", result)
     (out_dir / "parity_prompts.json").write_text(json.dumps(parity_prompts(table, split.test, config.data.seed)))
     # per test prompt: what the router predicted and the cost it assumed, to re-score its choices independently
     scored, pred, cost_est = result["predictions"]
     with open(out_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
-        for start, ids in _id_blocks(table, scored):
+        for start, ids in id_blocks(table, scored):
             f.writelines(json.dumps({"sample_id": sid, "row": int(scored[k]), "quality_hat": pred[k].round(6).tolist(),
                                      "cost_hat": cost_est[k].tolist()}) + "\n"
                          for k, sid in enumerate(ids, start))
-
-
-_ID_BLOCK = 1 << 16
-
-
-def _id_blocks(table: TrafficTable, rows: np.ndarray) -> Iterator[tuple[int, list[str | None]]]:
-    """(offset in ``rows``, the sample ids of the next block of ``rows``): no list of every id at once."""
-    for start in range(0, len(rows), _ID_BLOCK):
-        yield start, sample_ids(table, rows[start:start + _ID_BLOCK])
-
-
-def seen_prompt_digests(table: TrafficTable, rows: np.ndarray) -> np.ndarray:
-    """The sorted distinct prompt hashes (:func:`_prompt_hash`, as 10 raw bytes) of the records
-    ``rows``: texts read in order a block at a time, 10 bytes a prompt (10M prompts: 100 MB, where
-    a set of hex strings took 0.9 GB)."""
-    wanted = np.zeros(len(table), dtype=bool)
-    wanted[np.asarray(rows, dtype=np.int64)] = True
-    parts, start = [], 0
-    for block in table.texts.blocks():
-        texts = block.to_pylist()
-        keep = wanted[start:start + len(texts)]
-        parts.append(np.frombuffer(b"".join(_prompt_digest(t) for t, k in zip(texts, keep, strict=True) if k),
-                                   dtype=np.uint8))
-        start += len(texts)
-    digests = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-    return np.unique(digests.reshape(-1, 10), axis=0)
-
-
-def _write_split(path: Path, table: TrafficTable, split: Split, seed: int, fingerprint: str) -> None:
-    """``split.json``: the split's identity, the test records' sample ids and the hashes of every
-    prompt trained on (so evaluation can drop them), written a block at a time."""
-    head = {"seed": seed, "sizes": split.sizes(), "data_fingerprint": fingerprint}
-    digests = seen_prompt_digests(table, np.concatenate([split.train, split.val]))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(head)[:-1] + ', "test_sample_ids": [')
-        for start, ids in _id_blocks(table, split.test):
-            f.write((", " if start else "") + ", ".join(map(json.dumps, ids)))
-        f.write('], "seen_prompt_hashes": [')
-        for start in range(0, len(digests), _ID_BLOCK):
-            hexes = (f'"{d.tobytes().hex()}"' for d in digests[start:start + _ID_BLOCK])
-            f.write((", " if start else "") + ", ".join(hexes))
-        f.write("]}\n")
-
-
-def _checkpoint_manifest(router_dir: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((router_dir / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise RouterMLError(f"{router_dir}: not a router directory (manifest.json unreadable: {exc})") from exc
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}; this router-ml "
-                            f"reads {CHECKPOINT_FORMAT} - upgrade router-ml or retrain")
-    return manifest
-
-
-def saved_knob_grid(router_dir: str | Path) -> np.ndarray:
-    """The willingness-to-pay grid a saved router was scored on in training (saved with its cost model;
-    routers saved before that have it only in their metrics' curve)."""
-    router_dir = Path(router_dir)
-    cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
-    if cost_model.knob_grid:
-        return np.asarray(cost_model.knob_grid)
-    curve = read_metrics_file(router_dir / "metrics.json")["curve"]
-    return np.array([wtp_from_json(w) for w in curve["willingness_to_pay"]])

@@ -74,14 +74,15 @@ class _CheckpointScorer:
         self.router = TorchRouter.load(directory)
 
     def predict(self, texts: list[str], *, cache_dir: str | Path | None, progress: bool) -> np.ndarray:
-        from training.pipeline import _portable, featurize_texts, predict_rows
+        from training.checkpoint import portable_identity
+        from training.pipeline import featurize_texts, predict_rows
         from training.progress import progress_scope
 
         X = None
         if not self.router.text_inputs:
             X, identity = featurize_texts(self.config, texts, fingerprint=None, cache_dir=cache_dir, progress=progress)
             saved = json.loads((self.directory / "featurizer.json").read_text())
-            if _portable(identity) != _portable(saved):
+            if portable_identity(identity) != portable_identity(saved):
                 raise RouterMLError(f"{self.directory}: the featurizer here differs from the one the router was "
                                     f"trained with ({identity} vs {saved})")
         with progress_scope(progress):  # the scoring bar: an encoder scores 12,000 prompts in minutes on a CPU
@@ -105,12 +106,12 @@ class _ArtifactScorer:
 
 
 def _load_checkpoint(directory: Path) -> SavedRouter:
+    from training.checkpoint import checkpoint_manifest, saved_knob_grid
     from training.config import TrainConfig
     from training.evaluation import read_metrics_file
     from training.export import default_knob  # the exporter's own rule
-    from training.pipeline import _checkpoint_manifest, saved_knob_grid
 
-    manifest = _checkpoint_manifest(directory)
+    manifest = checkpoint_manifest(directory)
     flat = json.loads((directory / "config.json").read_text())
     cost_model = CostModel.from_dict(json.loads((directory / "cost_model.json").read_text()))
     seen = set(json.loads((directory / "split.json").read_text())["seen_prompt_hashes"])

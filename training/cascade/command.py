@@ -36,7 +36,7 @@ ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: Any, *, train_size: float | int,
                 seed: int) -> dict[str, Any]:
     """Refuse a split other than the router's own (module doc); return what was checked."""
-    from training.pipeline import sample_ids
+    from training.checkpoint import sample_ids
 
     training = manifest.get("training") or {}
     config = training.get("config") or {}

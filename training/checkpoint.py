@@ -1,0 +1,111 @@
+"""A training checkpoint on disk: the format ``router-ml train`` writes into a router directory, and
+what its readers (:mod:`training.saved`, :mod:`training.evaluate_saved`) need of it.
+
+Besides the router's weights the directory holds ``manifest.json`` (:data:`CHECKPOINT_FORMAT`, checked
+when read), the resolved config, the featurizer's identity, the cost model (with the knob grid the
+router was scored on), ``split.json`` (the split's identity, the test records' sample ids and a short
+hash of every prompt trained on, so that evaluation can drop them) and the test metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_ml.errors import RouterMLError
+from router_ml.policy import CostModel, wtp_from_json
+from training.data import Split, TrafficTable, normalize_prompt
+from training.evaluation import read_metrics_file
+
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_manifest", "id_blocks", "portable_identity", "prompt_hash",
+           "sample_ids", "saved_knob_grid", "seen_prompt_digests", "write_split"]
+
+CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
+
+
+def portable_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A featurizer identity without where its files happen to lie (their digests stay)."""
+    return {k: v for k, v in identity.items() if k not in ("model_dir", "source_dir")}
+
+
+def _prompt_digest(text: str) -> bytes:
+    return hashlib.sha256(normalize_prompt(text).encode()).digest()[:10]
+
+
+def prompt_hash(text: str) -> str:
+    """The saved hash of a prompt (its normalised form's sha256, 20 hex digits)."""
+    return _prompt_digest(text).hex()
+
+
+def sample_ids(table: TrafficTable, rows: np.ndarray) -> list[str | None]:
+    """The records' ``sample_id``, from the table's column (no record is built)."""
+    return table.columns.sample_id.take(rows).to_list()
+
+
+_ID_BLOCK = 1 << 16
+
+
+def id_blocks(table: TrafficTable, rows: np.ndarray) -> Iterator[tuple[int, list[str | None]]]:
+    """(offset in ``rows``, the sample ids of the next block of ``rows``): no list of every id at once."""
+    for start in range(0, len(rows), _ID_BLOCK):
+        yield start, sample_ids(table, rows[start:start + _ID_BLOCK])
+
+
+def seen_prompt_digests(table: TrafficTable, rows: np.ndarray) -> np.ndarray:
+    """The sorted distinct prompt hashes (:func:`prompt_hash`, as 10 raw bytes) of the records
+    ``rows``: texts read in order a block at a time, 10 bytes a prompt (10M prompts: 100 MB, where
+    a set of hex strings took 0.9 GB)."""
+    wanted = np.zeros(len(table), dtype=bool)
+    wanted[np.asarray(rows, dtype=np.int64)] = True
+    parts, start = [], 0
+    for block in table.texts.blocks():
+        texts = block.to_pylist()
+        keep = wanted[start:start + len(texts)]
+        parts.append(np.frombuffer(b"".join(_prompt_digest(t) for t, k in zip(texts, keep, strict=True) if k),
+                                   dtype=np.uint8))
+        start += len(texts)
+    digests = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return np.unique(digests.reshape(-1, 10), axis=0)
+
+
+def write_split(path: Path, table: TrafficTable, split: Split, seed: int, fingerprint: str) -> None:
+    """``split.json``: the split's identity, the test records' sample ids and the hashes of every
+    prompt trained on (so evaluation can drop them), written a block at a time."""
+    head = {"seed": seed, "sizes": split.sizes(), "data_fingerprint": fingerprint}
+    digests = seen_prompt_digests(table, np.concatenate([split.train, split.val]))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(head)[:-1] + ', "test_sample_ids": [')
+        for start, ids in id_blocks(table, split.test):
+            f.write((", " if start else "") + ", ".join(map(json.dumps, ids)))
+        f.write('], "seen_prompt_hashes": [')
+        for start in range(0, len(digests), _ID_BLOCK):
+            hexes = (f'"{d.tobytes().hex()}"' for d in digests[start:start + _ID_BLOCK])
+            f.write((", " if start else "") + ", ".join(hexes))
+        f.write("]}\n")
+
+
+def checkpoint_manifest(router_dir: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((router_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RouterMLError(f"{router_dir}: not a router directory (manifest.json unreadable: {exc})") from exc
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}; this router-ml "
+                            f"reads {CHECKPOINT_FORMAT} - upgrade router-ml or retrain")
+    return manifest
+
+
+def saved_knob_grid(router_dir: str | Path) -> np.ndarray:
+    """The willingness-to-pay grid a saved router was scored on in training (saved with its cost model;
+    routers saved before that have it only in their metrics' curve)."""
+    router_dir = Path(router_dir)
+    cost_model = CostModel.from_dict(json.loads((router_dir / "cost_model.json").read_text()))
+    if cost_model.knob_grid:
+        return np.asarray(cost_model.knob_grid)
+    curve = read_metrics_file(router_dir / "metrics.json")["curve"]
+    return np.array([wtp_from_json(w) for w in curve["willingness_to_pay"]])
