@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 a router-ml error (message on stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -66,11 +67,22 @@ def print_json(obj: Any) -> None:
     print(json.dumps(finite(obj), allow_nan=False))
 
 
+def _open_input(path: str, what: str):
+    """``path`` opened for reading text (``-``: standard input); a missing or unreadable file is a
+    :class:`RouterMLError` naming it and ``what`` it was meant to be."""
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin)
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise RouterMLError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def _prompts_from_file(path: str) -> list[str]:
     from router_ml.messages import routed_text
 
     prompts = []
-    with open(path, encoding="utf-8") as f:
+    with _open_input(path, "the prompts file (--input)") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -207,13 +219,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, feedback_record
+    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, feedback_record, log_files
 
     records = []
     if args.file:
         if args.request_id or args.quality is not None or args.thumbs or args.model:
             raise RouterMLError("give --file or --request-id with --quality/--thumbs (and --model), not both")
-        with open(args.file, encoding="utf-8") as f:
+        with _open_input(args.file, "the feedback file (--file)") as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -227,6 +239,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         if not args.request_id:
             raise RouterMLError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
         records.append(feedback_record(args.request_id, quality=args.quality, thumbs=args.thumbs, model=args.model))
+    if not log_files(args.log):  # a mistyped path would start a log of feedback that joins nothing
+        raise RouterMLError(f"--log {args.log}: no decision log there (nor a worker's or rotated file of it); "
+                            "give the --decision-log path 'router-ml serve' writes; nothing was recorded")
     with DecisionLog(args.log) as log:
         for record in records:
             log.write(record)
@@ -269,7 +284,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     route.add_argument("prompt", nargs="?", help="one prompt")
     add_renamed_option(route, "--artifact", old="--router", required=True,
                        help="artifact directory, or runs:/... / models:/... URI")
-    route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line)")
+    route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line; "
+                       "- reads standard input)")
     route.add_argument("--willingness-to-pay", type=float, help="USD per unit of quality (default: the artifact's)")
     route.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     add_exploration_options(route)
@@ -342,11 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RouterMLError as exc:
         print(f"router-ml: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a file a command was pointed at: its path and the reason, not a traceback
+        print(f"router-ml: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

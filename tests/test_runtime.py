@@ -916,6 +916,14 @@ def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, 
         scores, costs = [d["scores"][m] for m in router.models], [d["costs"][m] for m in router.models]
         probs = check.probabilities(scores, costs, router.models.index(g), scores)
         assert d["propensity"] == pytest.approx(probs[router.models.index(d["model"])], rel=1e-9)
+    # prompts on standard input (`--input -`), and a missing file named without a traceback
+    out = subprocess.run([*cli, "--input", "-"], input=prompts.read_text(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and [json.loads(x)["model"] for x in out.stdout.splitlines()] == greedy, out.stderr
+    out = subprocess.run([*cli, "--input", str(tmp_path / "missing.jsonl")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot read the prompts file (--input) {tmp_path / 'missing.jsonl'}: No such file" in out.stderr
     for flags, named in ((["--explore-rate", "2"], "--explore-rate"),
                          (["--explore-rate", "0.1", "--explore-uniform-share", "2"], "--explore-uniform-share"),
                          (["--explore-rate", "0.1", "--explore-exclude", "gpt-9"], "--explore-exclude"),

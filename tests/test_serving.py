@@ -700,6 +700,26 @@ def test_feedback_cli_refuses_a_bad_file_whole_naming_line_and_field(tmp_path):
     assert not log.exists() or log.read_text() == ""
 
 
+def test_feedback_cli_names_a_missing_file_or_log_and_records_nothing(tmp_path):
+    cli = [sys.executable, "-m", "router_ml.cli", "feedback"]
+    log, ratings = tmp_path / "d.jsonl", tmp_path / "r.jsonl"
+    out = subprocess.run([*cli, "--log", str(log), "--file", str(tmp_path / "missing.jsonl")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot read the feedback file (--file) {tmp_path / 'missing.jsonl'}" in out.stderr
+    ratings.write_text('{"request_id": "rml-1", "thumbs": "up"}\n')
+    # a log path nobody writes (a typo) is refused, not started as a log of feedback that joins nothing
+    out = subprocess.run([*cli, "--log", str(log), "--file", str(ratings)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and f"--log {log}: no decision log there" in out.stderr, out.stderr
+    assert not log.exists()
+    log.write_text(json.dumps(_decision("rml-1", "hi")) + "\n")
+    out = subprocess.run([*cli, "--log", str(log), "--file", str(ratings)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout)["recorded"] == 1, out.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["request_id"] == "rml-1"
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
 def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
     with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
