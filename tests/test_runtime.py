@@ -564,9 +564,20 @@ def test_export_refuses_to_replace_a_directory_that_is_not_an_artifact(trained, 
     out = tmp_path / "notes"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not a router artifact"):
+    with pytest.raises(ExportError, match="not an exported router artifact"):
         export_router(trained.checkpoint, out, parity_texts=trained.held_out[:20])
     assert (out / "keep.txt").read_text() == "mine"
+    # a checkpoint holds a manifest.json too: neither its own nor another one is replaced by an artifact
+    checkpoint = Path(shutil.copytree(trained.checkpoint, tmp_path / "checkpoint",
+                                      ignore=shutil.ignore_patterns("artifact")))
+    other = Path(shutil.copytree(checkpoint, tmp_path / "other"))
+    before = {d: _fingerprint(d) for d in (checkpoint, other)}
+    for target, named in ((checkpoint, "is the checkpoint"), (tmp_path, "is the checkpoint"),
+                          (other, "'router-ml-checkpoint/1', not 'router-ml-artifact'")):
+        with pytest.raises(ExportError, match=named):
+            export_router(checkpoint, target, parity_texts=trained.held_out[:20])
+    assert {d: _fingerprint(d) for d in (checkpoint, other)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "notes", "other"]  # no staging left
 
 
 KILLED = """

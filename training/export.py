@@ -226,7 +226,7 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
     if not texts:
         raise ExportError(f"{checkpoint}: no held-out prompts for the parity check (parity_prompts.json)")
     texts = texts + ["", "   ", "\U0001F600 \x00 control", "x" * 50_000]  # degenerate inputs must agree too
-    _check_replaceable(out)
+    _check_replaceable(out, checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # same filesystem as out
     try:
@@ -381,11 +381,25 @@ def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
     return np.sort(pick)
 
 
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a directory that holds something other than a router artifact."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
-        raise ExportError(f"{out}: exists and is not a router artifact (no manifest.json); choose another --out "
-                          f"or remove it")
+def _check_replaceable(out: Path, checkpoint: Path) -> None:
+    """Refuse to replace anything but an exported artifact (a checkpoint holds a manifest.json too, and
+    replacing it would delete the weights the export reads), and never ``checkpoint`` or a folder above it."""
+    if out.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
+        raise ExportError(f"{out}: is the checkpoint {checkpoint} or a folder holding it, which the export would "
+                          f"replace; choose another --out (e.g. {checkpoint / 'artifact'})")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    what = "not a directory" if not out.is_dir() else "no manifest.json"
+    if out.is_dir() and (out / "manifest.json").is_file():
+        try:
+            fmt = json.loads((out / "manifest.json").read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt == ARTIFACT_FORMAT:
+            return
+        what = f"its manifest.json is {fmt!r}, not {ARTIFACT_FORMAT!r}" if fmt else "its manifest.json is unreadable"
+    raise ExportError(f"{out}: exists and is not an exported router artifact ({what}); choose another --out "
+                      f"or remove it")
 
 
 def _fsync_tree(directory: Path) -> None:

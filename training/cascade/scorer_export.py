@@ -117,7 +117,7 @@ def export_scorer(checkpoint: str | Path, out: str | Path, *, parity_triples: li
     model0 = scorer.models[0]
     triples = triples + [{"prompt": "", "model": model0, "response": ""},  # degenerate inputs must agree too
                          {"prompt": "\U0001F600 \x00 control", "model": model0, "response": "x" * 50_000}]
-    _check_replaceable(out)
+    _check_replaceable(out, checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
