@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from router_ml import __version__
@@ -60,6 +60,32 @@ def add_renamed_option(parser: argparse.ArgumentParser, new: str, *, old: str, r
     group = parser.add_mutually_exclusive_group(required=required)
     action = group.add_argument(new, **kwargs)
     group.add_argument(old, dest=action.dest, action=_RenamedOption, new=new, help=argparse.SUPPRESS)
+
+
+def bounded(cast: type, low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` that casts ``cast`` (int or float) and keeps ``low <= value <= high`` (``above``:
+    ``value > low``); NaN is refused, infinity only where ``high`` is None. A value out of range is a usage
+    error naming the flag (exit code 2), not a traceback from deep inside the command.
+
+    >>> parser.add_argument("--n-boot", type=bounded(int, 0))  # doctest: +SKIP
+    """
+    kind = "a whole number" if cast is int else "a number"
+    rule = f"{kind} {'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+        if value != value or value < low or (above and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        return value
+
+    return parse
+
+
+#: the knob on the command line: USD per unit of quality, >= 0 ("inf": the best quality whatever it costs)
+KNOB = bounded(float, 0)
 
 
 def print_json(obj: Any) -> None:
@@ -286,8 +312,9 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        help="artifact directory, or runs:/... / models:/... URI")
     route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line; "
                        "- reads standard input)")
-    route.add_argument("--willingness-to-pay", type=float, help="USD per unit of quality (default: the artifact's)")
-    route.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    route.add_argument("--willingness-to-pay", type=KNOB, help="USD per unit of quality (default: the artifact's)")
+    route.add_argument("--threads", type=bounded(int, 0), default=1,
+                       help="onnxruntime intra-op threads (default 1; 0: onnxruntime's own default)")
     add_exploration_options(route)
     route.set_defaults(func=cmd_route)
 
@@ -302,7 +329,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        "prices, fallbacks, rules")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
                        "--api-key-env)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=bounded(int, 0, 65535), default=8000,
+                       help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
                        "send as 'Authorization: Bearer KEY'")
     serve.add_argument("--decision-log", default="decisions.jsonl", metavar="FILE",
@@ -311,17 +339,21 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
     serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text and the answer's "
                        "text into the decision log (needed to train a router, or an answer scorer, on it)")
-    serve.add_argument("--log-max-mb", type=float, default=64.0, help="rotate the decision log at this size")
+    serve.add_argument("--log-max-mb", type=bounded(float, 0, above=True), default=64.0,
+                       help="rotate the decision log at this size")
     serve.add_argument("--log-fsync", action="store_true", help="fsync the decision log after every record")
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
-    serve.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
+    serve.add_argument("--max-body-bytes", type=bounded(int, 1), default=1 << 20,
+                       help="largest request body (default 1 MiB)")
+    serve.add_argument("--willingness-to-pay", type=KNOB, help="default knob (USD per unit of quality; "
                        "default: the artifact's)")
     group = serve.add_argument_group("production (workers, shutdown, hot swap)")
     group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the port, supervised and restarted (default 1: no supervisor)")
-    group.add_argument("--drain-seconds", type=float, default=0.0, metavar="S", help="on SIGTERM, report not "
+    group.add_argument("--drain-seconds", type=bounded(float, 0), default=0.0, metavar="S",
+                       help="on SIGTERM, report not "
                        "ready on /ready and keep serving this long before stopping (default 0)")
-    group.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S", help="then wait this long for "
+    group.add_argument("--shutdown-timeout", type=bounded(float, 0), default=30.0, metavar="S",
+                       help="then wait this long for "
                        "requests in flight before cancelling them (default 30)")
     group.add_argument("--admin-key-env", metavar="NAME", help="environment variable holding the key "
                        "POST /admin/reload needs (off without it; SIGHUP reloads too)")

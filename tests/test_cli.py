@@ -327,3 +327,23 @@ def test_a_wide_model_column_without_any_kept_outcome_is_named_not_dropped_silen
     assert out.returncode == 0, out.stderr
     assert f"{path}: the model columns ['c', 'd'] hold no outcome in any kept record" in out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["models_without_outcomes"] == ["c", "d"]
+
+
+@pytest.mark.parametrize("argv, flag, rule", [
+    (["evaluate", "--router", "r", "--data", "d", "--n-boot", "-5"], "--n-boot", "a whole number >= 0"),
+    (["compare", "--router", "r", "--data", "d", "--n-boot", "x"], "--n-boot", "a whole number >= 0"),
+    (["export", "--checkpoint", "c", "--out", "o", "--willingness-to-pay", "-1"], "--willingness-to-pay",
+     "a number >= 0"),
+    (["simulate-log", "--data", "d", "--out", "o", "--willingness-to-pay", "nan"], "--willingness-to-pay",
+     "a number >= 0"),
+    (["route", "--artifact", "a", "hi", "--threads", "-2"], "--threads", "a whole number >= 0"),
+    (["route", "--artifact", "a", "hi", "--willingness-to-pay", "-3"], "--willingness-to-pay", "a number >= 0"),
+    (["serve", "--artifact", "a", "--providers", "p", "--port", "70000"], "--port", "a whole number >= 0 and <= 65535"),
+    (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "0"], "--log-max-mb", "a number > 0"),
+    (["serve", "--artifact", "a", "--providers", "p", "--shutdown-timeout", "-1"], "--shutdown-timeout",
+     "a number >= 0"),
+])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_flag_before_anything_runs(argv, flag, rule):
+    out = run(*argv)  # the paths do not exist: the flag is refused before any of them is read
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"argument {flag}: expected {rule}" in out.stderr, out.stderr

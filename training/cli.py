@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_ml.cli import add_exploration_options, print_json
+from router_ml.cli import KNOB, add_exploration_options, bounded, print_json
 from router_ml.errors import RouterMLError
 from training import configs
 
@@ -481,10 +481,11 @@ def _add_scoring_options(p: argparse.ArgumentParser) -> None:
                         "three and never outside the range of the observed qualities; without propensities auto "
                         "refuses. ips, snips, dr (doubly robust, the router's predictions as reward model) force "
                         "an estimate; without propensities it uses exposure weights and is flagged biased")
-    p.add_argument("--willingness-to-pay", type=float, metavar="USD",
+    p.add_argument("--willingness-to-pay", type=KNOB, metavar="USD",
                    help="report the default-knob point at this knob (USD per unit of quality) instead of the "
                         "router's own (artifact manifest, or what export would ship for a checkpoint)")
-    p.add_argument("--n-boot", type=int, metavar="N", help="bootstrap resamples for the 95%% intervals (default: the "
+    p.add_argument("--n-boot", type=bounded(int, 0), metavar="N",
+                   help="bootstrap resamples for the 95%% intervals (default: the "
                    "router's eval.n_boot; 0 = no intervals)")
     p.add_argument("--include-seen", action="store_true",
                    help="keep prompts the router was trained on (dropped by default; checkpoints only)")
@@ -532,7 +533,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--logged", default="0.65", help="logged records: a count or a fraction (0.65); "
                           "the rest is the test set")
     simulate.add_argument("--seed", type=int, default=0, help="split and bootstrap-training seed")
-    simulate.add_argument("--willingness-to-pay", type=float, help="the deployed knob (default: the artifact's)")
+    simulate.add_argument("--willingness-to-pay", type=KNOB, help="the deployed knob (default: the artifact's)")
     simulate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     _add_quiet(simulate)
     add_exploration_options(simulate)
@@ -598,7 +599,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--run-id", help="an MLflow run whose 'router' artifact to export")
     export.add_argument("--out", required=True, help="artifact directory to write")
     export.add_argument("--quantize", choices=("int8",), help="dynamic per-channel int8 weights")
-    export.add_argument("--willingness-to-pay", type=float, help="default knob (USD per unit of quality; "
+    export.add_argument("--willingness-to-pay", type=KNOB, help="default knob (USD per unit of quality; "
                         "default: best predicted quality)")
     export.set_defaults(func=cmd_export)
 
@@ -628,10 +629,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate_cascade.add_argument("--seed", type=int, default=0, help="as given to 'train' (default 0)")
     evaluate_cascade.add_argument("--out", help="write report.json, policy.json (+ one per policy family) and "
                                   "curves.png here")
-    evaluate_cascade.add_argument("--scorer-latency-ms", type=float, metavar="MS",
+    evaluate_cascade.add_argument("--scorer-latency-ms", type=bounded(float, 0), metavar="MS",
                                   help="the scorer's time per scored answer, for the latency report (default: "
                                   "measured here, the p50 of 200 test answers scored one by one on 1 thread)")
-    evaluate_cascade.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (0: no intervals)")
+    evaluate_cascade.add_argument("--n-boot", type=bounded(int, 0), default=200,
+                                  help="bootstrap resamples (0: no intervals)")
     evaluate_cascade.add_argument("--headline", default="default", metavar="FAMILY",
                                   help="the policy family whose numbers are 'test' and policy.json (default: "
                                   "chain_margin unless another contender's 2-fold cross-validated AIQ on validation is "
