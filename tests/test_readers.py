@@ -81,6 +81,24 @@ def test_jsonl_lenient_quarantines_exactly_the_bad_records(tmp_path):
     assert all(e["reason"] and e["raw"] is not None for e in entries)
 
 
+def test_a_quarantine_file_that_is_an_input_is_refused_before_anything_is_written(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [json.dumps(GOOD), BAD_JSONL[sorted(BAD_JSONL)[0]][0]])
+    exclude = tmp_path / "exclude.jsonl"
+    exclude.write_text(json.dumps({"prompt": "nothing like it"}) + "\n")
+    before = {p: p.read_bytes() for p in (path, exclude)}
+    for target in (path, exclude):  # writing either would truncate what is being read
+        with pytest.raises(DataError, match=f"--quarantine {re.escape(str(target))}: is the input"):
+            load_traffic(path, on_error="quarantine", quarantine=target, exclude=exclude)
+    pq.write_table(pa.table({"text": ["q1"], "m": [1.0], "m|total_cost": [0.1]}), tmp_path / "part-0.parquet")
+    with pytest.raises(DataError, match="lies inside the input"):  # the next read would take it for data
+        load_traffic(tmp_path, format="hf", columns={"prompt": "text"}, on_error="quarantine",
+                     quarantine=tmp_path / "rejected.jsonl")
+    assert {p: p.read_bytes() for p in (path, exclude)} == before
+    assert not (tmp_path / "rejected.jsonl").exists()
+    table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q" / "rejected.jsonl")
+    assert (len(table), report.rejected) == (1, 1)
+
+
 def test_truncated_last_line(tmp_path):
     path = _jsonl(tmp_path / "t.jsonl", [json.dumps(GOOD), json.dumps(GOOD)[:20]], trailing_newline=False)
     with pytest.raises(DataError, match=r"t.jsonl:2: truncated last line"):

@@ -259,6 +259,26 @@ class _Load:
         return columns
 
 
+def _check_quarantine_path(qpath: Path, inputs: list[Path], fmt: str) -> None:
+    """Refuse a quarantine file that is one of the inputs (writing it would truncate what is being read) or
+    lies inside an input directory (the next read would take the rejected records for data)."""
+    target = qpath.resolve()
+    for given in inputs:
+        if not given.exists():
+            continue
+        files = [given]
+        if fmt == "decisions" and given.is_file():
+            from router_ml.decision_log import log_files
+
+            files += log_files(given)  # a worker's or a rotated file of the log
+        for file in files:
+            inside = file.is_dir() and file.resolve() in target.parents
+            if inside or target == file.resolve():
+                raise DataError(f"--quarantine {qpath}: {'lies inside' if inside else 'is'} the input {file}; "
+                                "rejected records need a file of their own: pass --quarantine FILE "
+                                "outside every input", location=str(inputs[0]))
+
+
 def load_traffic(
     source: str | Path,
     *,
@@ -298,6 +318,7 @@ def load_traffic(
     fmt = format or detect_format(source)
     reader_for(fmt)  # an unknown format fails here, before any file is written
     path: Any = Path(source) if fmt != "hf" or Path(source).exists() else str(source)
+    inputs = [Path(p) for p in (source, exclude, prices) if isinstance(p, str | Path)]
     if isinstance(prices, str | Path):
         prices = PriceCatalog.load(prices)
     if exclude is None:
@@ -309,6 +330,7 @@ def load_traffic(
     qpath = None
     if on_error == "quarantine":
         qpath = Path(quarantine) if quarantine else Path.cwd() / f"{Path(str(source)).name}.quarantine.jsonl"
+        _check_quarantine_path(qpath, inputs, fmt)
     report = LoadReport(source=str(source), format=fmt, quarantine=str(qpath) if qpath else None)
     extra: dict[str, Any] = {}
     sink = _Quarantine(qpath)
