@@ -347,3 +347,11 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_flag_before_anything_
     out = run(*argv)  # the paths do not exist: the flag is refused before any of them is read
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"argument {flag}: expected {rule}" in out.stderr, out.stderr
+
+
+def test_train_into_an_existing_file_is_refused_before_any_work_and_the_file_kept(tmp_path):
+    data = tmp_path / "traffic.jsonl"
+    data.write_bytes(DEMO.read_bytes())
+    out = run("train", "--data", data, "--out", data, "--quiet", cwd=tmp_path)
+    assert out.returncode == 1 and f"--out {data}: exists and is not a directory" in out.stderr, out.stderr
+    assert data.read_bytes() == DEMO.read_bytes()

@@ -467,6 +467,18 @@ def test_simulate_log_writes_bootstrap_log_and_test_parts_that_train_and_evaluat
     assert result["logged_mean_cost"] > 0
 
 
+def test_simulate_log_refuses_an_out_whose_files_would_overwrite_its_input(tmp_path):
+    out = tmp_path / "sim"
+    out.mkdir()
+    full = write_jsonl(load_traffic(DEMO)[0].records[:300], out / "test.jsonl")  # the name simulate-log writes
+    before = full.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", "simulate-log", "--config", MLP_STATIC, "--data",
+                           str(full), "--out", str(out), "--bootstrap", "100", "--logged", "100", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and f"--out {out}: would overwrite the input {full}" in proc.stderr, proc.stderr
+    assert full.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["test.jsonl"]
+
+
 def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
     """Two models with a quality only, as in RouteLLM's tables (the router's cost axis is the strong model's
     share): no logged cost to average, so the logged mean cost is null, not NaN."""

@@ -266,6 +266,9 @@ def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     from training.tracking import Tracker
 
     validate(config)  # loaded configs are validated already; this guards configs built in code
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # found now, not after the fit
+        raise RouterMLError(f"--out {out_dir}: exists and is not a directory; give the directory to write the "
+                            "router into")
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()

@@ -34,6 +34,22 @@ from training.config import TrainConfig
 __all__ = ["simulate_log"]
 
 
+#: what :func:`simulate_log` writes under ``out``
+OUTPUTS = ("bootstrap.jsonl", "log.jsonl", "test.jsonl", "simulation.json", "bootstrap_router")
+
+
+def _check_outputs_spare_inputs(out: Path, inputs: list[Any]) -> None:
+    """Refuse an ``out`` whose files would overwrite an input (``--data sim/test.jsonl --out sim``)."""
+    written = [(out / name).resolve() for name in OUTPUTS]
+    for given in (Path(p) for p in inputs if isinstance(p, str | Path)):
+        if not given.exists():
+            continue
+        target = given.resolve()
+        if any(target == w or w in target.parents for w in written):
+            raise DataError(f"--out {out}: would overwrite the input {given} (simulate-log writes "
+                            f"{', '.join(OUTPUTS)} there); choose another --out")
+
+
 def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, bootstrap: float | int,
                  logged: float | int, exploration: Exploration | None, seed: int = 0,
                  willingness_to_pay: float | None = None, progress: bool = False,
@@ -51,6 +67,7 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     from training.pipeline import train_router
 
     out = Path(out)
+    _check_outputs_spare_inputs(out, [data, load_options.get("exclude"), load_options.get("prices")])
     table, report = load_traffic(data, **load_options)
     complete = np.isfinite(table.quality).all(axis=1)
     if complete.sum() < 3:
