@@ -62,22 +62,22 @@ def add_renamed_option(parser: argparse.ArgumentParser, new: str, *, old: str, r
     group.add_argument(old, dest=action.dest, action=_RenamedOption, new=new, help=argparse.SUPPRESS)
 
 
-def bounded(cast: type, low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type`` that casts ``cast`` (int or float) and keeps ``low <= value <= high`` (``above``:
-    ``value > low``); NaN is refused, infinity only where ``high`` is None. A value out of range is a usage
-    error naming the flag (exit code 2), not a traceback from deep inside the command.
+def bounded(cast: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` that casts ``cast`` (int or float) and keeps ``low <= value <= high``; NaN is
+    refused, infinity only where ``high`` is None. A value out of range is a usage error naming the flag
+    (exit code 2), not a traceback from deep inside the command.
 
     >>> parser.add_argument("--n-boot", type=bounded(int, 0))  # doctest: +SKIP
     """
     kind = "a whole number" if cast is int else "a number"
-    rule = f"{kind} {'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+    rule = f"{kind} >= {low:g}" + ("" if high is None else f" and <= {high:g}")
 
     def parse(text: str) -> Any:
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
-        if value != value or value < low or (above and value == low) or (high is not None and value > high):
+        if value != value or value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
         return value
 
@@ -225,7 +225,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
                 api_key=_key_from_env("--api-key-env", args.api_key_env),
                 admin_key=_key_from_env("--admin-key-env", args.admin_key_env),
                 decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
-                log_max_bytes=int(args.log_max_mb * (1 << 20)), log_fsync=args.log_fsync,
+                log_max_bytes=max(1024, int(args.log_max_mb * (1 << 20))), log_fsync=args.log_fsync,
                 max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
                 exploration=exploration_from_args(args), drain_s=args.drain_seconds,
                 shutdown_timeout_s=args.shutdown_timeout, cascade=args.cascade, scorer=args.scorer)
@@ -339,7 +339,7 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
     serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text and the answer's "
                        "text into the decision log (needed to train a router, or an answer scorer, on it)")
-    serve.add_argument("--log-max-mb", type=bounded(float, 0, above=True), default=64.0,
+    serve.add_argument("--log-max-mb", type=bounded(float, 0.001), default=64.0,
                        help="rotate the decision log at this size")
     serve.add_argument("--log-fsync", action="store_true", help="fsync the decision log after every record")
     serve.add_argument("--max-body-bytes", type=bounded(int, 1), default=1 << 20,

@@ -68,8 +68,8 @@ from router_ml import _json, formats
 from router_ml.errors import RouterMLError
 
 __all__ = ["DecisionLog", "FEEDBACK_FIELDS", "FORMAT_VERSION", "FeedbackError", "NewerFormatError", "VERSION_FIELD",
-           "feedback_from", "feedback_record", "line_version", "log_chains", "log_files", "merged_lines", "repair",
-           "utc_now", "worker_log_path"]
+           "check_is_log", "feedback_from", "feedback_record", "line_version", "log_chains", "log_files",
+           "merged_lines", "repair", "utc_now", "worker_log_path"]
 
 #: the version of the line format this release writes (and the newest it reads)
 FORMAT_VERSION = 1
@@ -268,6 +268,34 @@ def repair(path: str | Path) -> int:
     return size - cut
 
 
+def check_is_log(path: str | Path) -> None:
+    """Refuse to append to (and repair) an existing file that is not a decision log - a mistyped
+    ``--decision-log`` naming a catalog or a data file: its first line must be a ``decision`` or
+    ``feedback`` record (a file holding only a line cut off by a crash, no newline yet, passes when it
+    starts a JSON object)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RouterMLError(f"decision log {path}: is a directory; give a file path")
+    if not path.is_file():  # absent (a new log), or a device such as /dev/null
+        return
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head:
+        return
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) < 1 << 16:
+        ok = head.lstrip().startswith(b"{")
+    else:
+        try:
+            first = _json.loads(line)
+        except ValueError:
+            first = None
+        ok = isinstance(first, dict) and first.get("type") in ("decision", "feedback")
+    if not ok:
+        raise RouterMLError(f"decision log {path}: exists and is not a router-ml decision log (its first line is not "
+                            "a decision or feedback record); give another path - nothing was written to it")
+
+
 def _default(value: Any) -> Any:
     return str(value)
 
@@ -287,6 +315,7 @@ class DecisionLog:
         self.repaired_bytes = 0
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_is_log(self.path)
         self.repaired_bytes = repair(self.path)
         self._fd: int | None = None
         self._open()

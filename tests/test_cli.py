@@ -339,7 +339,7 @@ def test_a_wide_model_column_without_any_kept_outcome_is_named_not_dropped_silen
     (["route", "--artifact", "a", "hi", "--threads", "-2"], "--threads", "a whole number >= 0"),
     (["route", "--artifact", "a", "hi", "--willingness-to-pay", "-3"], "--willingness-to-pay", "a number >= 0"),
     (["serve", "--artifact", "a", "--providers", "p", "--port", "70000"], "--port", "a whole number >= 0 and <= 65535"),
-    (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "0"], "--log-max-mb", "a number > 0"),
+    (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "0"], "--log-max-mb", "a number >= 0.001"),
     (["serve", "--artifact", "a", "--providers", "p", "--shutdown-timeout", "-1"], "--shutdown-timeout",
      "a number >= 0"),
 ])

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from router_ml import CatalogError, DataError, Router
+from router_ml import CatalogError, DataError, Router, RouterMLError
 from router_ml.client import AsyncRoutedClient, RequestError, RoutedClient, StreamInterrupted, UpstreamError
 from router_ml.decision_log import FEEDBACK_FIELDS, FORMAT_VERSION, DecisionLog, feedback_record, log_files
 from router_ml.providers import ProviderCatalog
@@ -613,6 +613,20 @@ def test_the_decision_log_repairs_a_crash_cut_line_and_rotates_by_size(tmp_path)
     assert all(f.stat().st_size <= 2048 for f in files)
     ids = [json.loads(x)["request_id"] for f in files for x in f.read_text().splitlines()]
     assert ids == [f"r{i}" for i in range(40 - len(ids), 40)]  # newest kept in order, oldest rotated away
+
+
+def test_a_decision_log_path_naming_another_file_is_refused_and_the_file_left_alone(tmp_path):
+    catalog_file = tmp_path / "providers.toml"  # a mistyped --decision-log; no newline at its end either
+    catalog_file.write_bytes(b'[models."tiny-1b"]\nbase_url = "http://127.0.0.1:9/v1"')
+    for path in (catalog_file, tmp_path):
+        with pytest.raises(RouterMLError, match="decision log"):
+            DecisionLog(path)
+    assert catalog_file.read_bytes() == b'[models."tiny-1b"]\nbase_url = "http://127.0.0.1:9/v1"'
+    assert not (tmp_path / "providers.toml.partial").exists()  # the crash repair never touched it
+    cut = tmp_path / "cut.jsonl"  # a log whose first write was cut off by a crash still opens and is repaired
+    cut.write_bytes(b'{"type": "deci')
+    with DecisionLog(cut) as log:
+        assert log.repaired_bytes == len(b'{"type": "deci')
 
 
 @pytest.mark.parametrize("log_prompts", [True, False])
