@@ -24,6 +24,7 @@ the policy to a handful of Python floats; batches go to onnxruntime in chunks of
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
@@ -96,13 +97,31 @@ def file_sha256(path: Path) -> str:
 _LOADERS = {"router": "router_ml.Router.load", "scorer": "router_ml.AnswerScorer.load"}
 
 
+def _checkpoint_hint(directory: Path, kind: str) -> str:
+    """What to do when ``directory`` is a training checkpoint where an exported artifact was expected (the
+    natural slip after ``router-ml train --out models/demo``: the artifact is ``models/demo/artifact``)."""
+    try:
+        fmt = json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(fmt, str) or "checkpoint" not in fmt:
+        return ""
+    if (directory / "artifact" / "manifest.json").is_file():
+        return f"; this is a training checkpoint - its exported {kind} is {directory / 'artifact'}"
+    return (f"; this is a training checkpoint - export it first: router-ml export --checkpoint {directory} "
+            f"--out {directory / 'artifact'}")
+
+
 def read_artifact_manifest(directory: Path, *, kind: str, required: Sequence[str]) -> dict[str, Any]:
     """The manifest of the artifact in ``directory``, after checking its format version, that it is
     an artifact of ``kind`` (``router`` or ``scorer``), and the sha256 of every file it lists (which
     must include ``required``). Raises :class:`ArtifactError` saying what is wrong and what to do."""
     manifest_path = directory / "manifest.json"
-    manifest = read_versioned(manifest_path, what=f"{kind} artifact", fmt=ARTIFACT_FORMAT, version=ARTIFACT_VERSION,
-                              fix=f"re-export the {kind}", error=ArtifactError)
+    try:
+        manifest = read_versioned(manifest_path, what=f"{kind} artifact", fmt=ARTIFACT_FORMAT,
+                                  version=ARTIFACT_VERSION, fix=f"re-export the {kind}", error=ArtifactError)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc}{_checkpoint_hint(directory, kind)}") from None
     found = manifest.get("kind", "router")
     if found != kind:
         loader = _LOADERS.get(found)

@@ -350,6 +350,14 @@ def test_directory_without_manifest_is_not_an_artifact(trained, tmp_path):
         Router.load(art)
 
 
+def test_a_training_checkpoint_given_for_an_artifact_names_the_artifact_or_the_export(trained, tmp_path):
+    with pytest.raises(ArtifactError, match="training checkpoint - its exported router is .*artifact"):
+        Router.load(trained.checkpoint)  # `train --out models/demo` puts the artifact in models/demo/artifact
+    bare = Path(shutil.copytree(trained.checkpoint, tmp_path / "ckpt", ignore=shutil.ignore_patterns("artifact")))
+    with pytest.raises(ArtifactError, match=f"export it first: router-ml export --checkpoint {bare}"):
+        Router.load(bare)
+
+
 def test_path_that_does_not_exist(tmp_path):
     missing = tmp_path / "no-such-router"
     with pytest.raises(ArtifactError, match="no-such-router") as info:
