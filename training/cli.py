@@ -619,7 +619,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     featurize.set_defaults(func=cmd_featurize)
 
     cascade = sub.add_parser("cascade", help="cascades: call a cheap model, score its answer, escalate when low")
-    evaluate_cascade = cascade.add_subparsers(dest="cascade_command", required=True).add_parser(
+    evaluate_cascade = cascade.add_subparsers(dest="cascade_command", required=True, metavar="ACTION").add_parser(
         "evaluate", help="fit cascade policies on the router's validation split, score them on its test split")
     evaluate_cascade.add_argument("--router", required=True, help="the router's exported artifact directory")
     evaluate_cascade.add_argument("--scorer", required=True, help="the answer scorer's exported artifact directory")
