@@ -196,6 +196,22 @@ def test_wide_csv_reads_models_costs_and_metadata(tmp_path):
     assert table.responses("small").tolist() == ["resp", "r"]
 
 
+def test_a_csv_saved_with_a_byte_order_mark_reads_and_a_repeated_column_is_refused(tmp_path):
+    body = 'prompt,a,b,a|total_cost,b|total_cost\n"hi",1,0,0.1,0.2\n"yo",0.5,1,0.1,0.2\n'
+    (tmp_path / "plain.csv").write_text(body, encoding="utf-8")
+    (tmp_path / "bom.csv").write_text(body, encoding="utf-8-sig")  # as spreadsheet programs save CSV
+    plain, _ = load_traffic(tmp_path / "plain.csv")
+    bom, _ = load_traffic(tmp_path / "bom.csv")
+    assert bom.texts == plain.texts == ["hi", "yo"] and bom.fingerprint() == plain.fingerprint()
+    routellm = tmp_path / "rl"
+    routellm.mkdir()
+    (routellm / "sub.csv").write_text('prompt,m1,m2\n"q1",True,False\n', encoding="utf-8-sig")
+    assert load_traffic(routellm)[0].texts == ["q1"]
+    (tmp_path / "twice.csv").write_text('prompt,a,a,a|total_cost\n"hi",1,0,0.1\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.csv:1: column 'a' appears twice in the header \(columns 2 and 3\)"):
+        load_traffic(tmp_path / "twice.csv")
+
+
 def test_wide_csv_battery(tmp_path):
     good = 's{i},q{i},mmlu,x,1,0.1,r,0,0.2'
     bad = {

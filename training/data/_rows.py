@@ -59,9 +59,26 @@ def _is_index_column(name: str) -> bool:
     return name == "" or name.startswith("Unnamed:") or name == "__index_level_0__"
 
 
+#: UTF-8, with the byte-order mark spreadsheet programs put in front of a CSV they save dropped (it would
+#: otherwise be part of the first column's name: "\ufeffprompt")
+_CSV_ENCODING = "utf-8-sig"
+
+
+def _checked_header(header: list[str], path: Path) -> list[str]:
+    """A CSV header whose every name is distinct: a repeated one (a spreadsheet's copied column) would make
+    the later cells silently replace the earlier ones."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen and not _is_index_column(name):
+            raise DataError(f"column {name!r} appears twice in the header (columns {seen[name]} and {i}); rename or "
+                            "drop one", location=f"{path}:1")
+        seen.setdefault(name, i)
+    return header
+
+
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return next(csv.reader(f), [])
+    with open(path, newline="", encoding=_CSV_ENCODING, errors="surrogateescape") as f:
+        return _checked_header(next(csv.reader(f), []), path)
 
 
 def _parquet_schema(path: Path) -> Any:
@@ -104,10 +121,10 @@ def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int
 
 def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] | RecordError]]:
     """Yield (location, header, row-or-error) for each CSV record, checking UTF-8 per row."""
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, newline="", encoding=_CSV_ENCODING, errors="surrogateescape") as f:
         reader = csv.reader(f, strict=True)
         try:
-            header = next(reader)
+            header = _checked_header(next(reader), path)
         except StopIteration:
             raise DataError("the file is empty", location=str(path)) from None
         except csv.Error as exc:
