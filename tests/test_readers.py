@@ -210,6 +210,22 @@ def test_a_csv_saved_with_a_byte_order_mark_reads_and_a_repeated_column_is_refus
     (tmp_path / "twice.csv").write_text('prompt,a,a,a|total_cost\n"hi",1,0,0.1\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"twice.csv:1: column 'a' appears twice in the header \(columns 2 and 3\)"):
         load_traffic(tmp_path / "twice.csv")
+    pq.write_table(pa.Table.from_arrays([pa.array(["hi"]), pa.array([1.0]), pa.array([0.0]), pa.array([0.1])],
+                                        names=["prompt", "a", "a", "a|total_cost"]), tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match="column 'a' appears twice in the Parquet schema"):
+        load_traffic(tmp_path / "twice.parquet")
+
+
+def test_json_lines_with_a_byte_order_mark_read_as_without(tmp_path):
+    canonical = json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, sample_id="s2", prompt="other")) + "\n"
+    wide = '{"prompt": "hi", "a": 1.0, "a|total_cost": 0.1, "b": 0.0, "b|total_cost": 0.2}\n'
+    for name, body in (("canonical", canonical), ("wide", wide)):
+        (tmp_path / f"{name}.jsonl").write_text(body, encoding="utf-8")
+        (tmp_path / f"{name}-bom.jsonl").write_text(body, encoding="utf-8-sig")
+        plain, report = load_traffic(tmp_path / f"{name}.jsonl")
+        bom, bom_report = load_traffic(tmp_path / f"{name}-bom.jsonl")
+        assert report.format == bom_report.format and bom.fingerprint() == plain.fingerprint()
+        assert bom_report.rejected == 0
 
 
 def test_wide_csv_battery(tmp_path):

@@ -85,9 +85,16 @@ def _parquet_schema(path: Path) -> Any:
     pq = require("pyarrow.parquet", purpose="reading Parquet")
 
     try:
-        return pq.read_schema(path)
+        schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise DataError(f"cannot read Parquet file: {exc}", location=str(path)) from exc
+    seen: set[str] = set()
+    for name in schema.names:  # pyarrow writes a repeated column name (pandas does not); no reader can tell them apart
+        if name in seen:
+            raise DataError(f"column {name!r} appears twice in the Parquet schema; rename or drop one",
+                            location=str(path))
+        seen.add(name)
+    return schema
 
 
 def _parquet_columns(path: Path) -> list[str]:
@@ -165,10 +172,16 @@ def _raw_csv(item: dict[str, str] | RecordError) -> Any:
             for k, v in item.items()}
 
 
+#: the UTF-8 byte-order mark some editors put at the start of a text file; a file's first line drops it
+BOM = b"\xef\xbb\xbf"
+
+
 def json_line(path: Path, line_no: int, raw_line: bytes) -> dict[str, Any] | Row | None:
     """One JSON Lines line: ``None`` for a blank one, a :class:`Row` holding the error for one that is not a JSON
     object (invalid UTF-8, bad or truncated JSON, another JSON value), else the object."""
     loc = f"{path}:{line_no}"
+    if line_no == 1 and raw_line.startswith(BOM):
+        raw_line = raw_line[len(BOM):]
     try:
         text = raw_line.decode("utf-8")
     except UnicodeDecodeError as exc:

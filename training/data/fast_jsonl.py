@@ -17,6 +17,7 @@ import numpy as np
 
 from router_ml.errors import DataError
 from router_ml.pricing import PriceCatalog
+from training.data._rows import BOM
 from training.data.batches import _UNDECODED, Batch, Locations, _bad_rows, _combine, _prompt, _timestamp_ok
 from training.data.columns import Assembler, canonical_json
 from training.data.readers import _CANONICAL_KEYS, jsonl_row
@@ -95,6 +96,8 @@ def _loads() -> Callable[[bytes], Any]:
 def _jsonl_batch(path: Path, lines: list[bytes], first_line: int, prices: PriceCatalog | None,
                  loads: Callable[[bytes], Any]) -> tuple[Batch, bool]:
     asm, fast_pos, slow, seen = Assembler(), [], [], False
+    if first_line == 1 and lines and lines[0].startswith(BOM):  # a byte-order mark in front of the file
+        lines = [lines[0][len(BOM):], *lines[1:]]
     for k, line in enumerate(lines):
         if not line.strip():
             continue
