@@ -82,9 +82,9 @@ class PriceCatalog(Mapping[str, ModelPrice]):
             raise CatalogError(f"cannot read price catalog {path}: {exc.strerror}") from exc
         try:
             if path.suffix.lower() == ".toml":
-                data = tomllib.loads(raw.decode("utf-8"))
+                data = tomllib.loads(raw.decode("utf-8-sig"))
             else:
-                data = json.loads(raw)
+                data = json.loads(raw.decode("utf-8-sig"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise CatalogError(f"{path}: not a valid JSON/TOML price catalog: {exc}") from exc
         if not isinstance(data, dict):

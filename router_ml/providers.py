@@ -352,7 +352,7 @@ class ProviderCatalog(Mapping[str, ProviderModel]):
         """Read and validate a TOML catalog."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no TOML
         except (OSError, UnicodeDecodeError) as exc:
             raise CatalogError(f"cannot read provider catalog {path}: {exc}") from exc
         try:

@@ -98,7 +98,7 @@ def read_variants_file(path: str | Path) -> list[VariantSpec]:
     relative to the file. Errors name the file and the field."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise VariantError(f"--variants {path}: cannot read it ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:

@@ -142,3 +142,34 @@ def test_every_numeric_setting_has_a_range():
 
     numeric = {k for k, v in TrainConfig().to_flat().items() if isinstance(v, int | float) and not isinstance(v, bool)}
     assert numeric == set(_RANGES)
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Editors on some systems put a UTF-8 byte-order mark in front of a file they save; TOML and JSON
+    parsers reject it, so every text file router-ml reads drops it: configs, price and provider catalogs,
+    variants files and exclude lists."""
+    from router_ml import PriceCatalog, ProviderCatalog
+    from router_ml.variants import read_variants_file
+    from training.data import load_exclude_list, normalize_prompt
+
+    root = Path(__file__).resolve().parents[1]
+    files = {"config.toml": (root / "training/configs/mlp_static.toml").read_text(),
+             "prices.json": '{"m": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}',
+             "providers.toml": (root / "data/demo/providers.toml").read_text(),
+             "variants.toml": '[variants.a]\nartifact = "r"\nweight = 1\n',
+             "exclude.jsonl": '{"prompt": "Some prompt"}\n'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")
+    assert load_config(tmp_path / "config.toml").router.kind == "mlp"
+    assert PriceCatalog.load(tmp_path / "prices.json").to_dict() == PriceCatalog.load(
+        _plain(tmp_path, "prices.json", files)).to_dict()
+    assert list(ProviderCatalog.load(tmp_path / "providers.toml")) == list(ProviderCatalog.load(
+        _plain(tmp_path, "providers.toml", files)))
+    assert [(v.name, v.weight) for v in read_variants_file(tmp_path / "variants.toml")] == [("a", 1.0)]
+    assert load_exclude_list(tmp_path / "exclude.jsonl") == {normalize_prompt("Some prompt")}
+
+
+def _plain(tmp_path: Path, name: str, files: dict) -> Path:
+    path = tmp_path / f"plain-{name}"
+    path.write_text(files[name], encoding="utf-8")
+    return path

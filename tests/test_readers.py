@@ -216,6 +216,22 @@ def test_a_csv_saved_with_a_byte_order_mark_reads_and_a_repeated_column_is_refus
         load_traffic(tmp_path / "twice.parquet")
 
 
+def test_a_damaged_or_mislabelled_gzip_file_is_a_data_error_naming_it(tmp_path):
+    import gzip
+
+    body = "".join(json.dumps(dict(GOOD, sample_id=f"s{i}", prompt=f"prompt {i}")) + "\n" for i in range(200)).encode()
+    whole = tmp_path / "t.jsonl.gz"
+    whole.write_bytes(gzip.compress(body))
+    assert len(load_traffic(whole)[0]) == 200
+    cut, plain = tmp_path / "cut.jsonl.gz", tmp_path / "plain.jsonl.gz"
+    cut.write_bytes(whole.read_bytes()[:40])
+    plain.write_bytes(body)
+    for path in (cut, plain):
+        with pytest.raises(DataError, match="cannot decompress the file") as info:
+            load_traffic(path)
+        assert info.value.location == str(path)
+
+
 def test_json_lines_with_a_byte_order_mark_read_as_without(tmp_path):
     canonical = json.dumps(GOOD) + "\n" + json.dumps(dict(GOOD, sample_id="s2", prompt="other")) + "\n"
     wide = '{"prompt": "hi", "a": 1.0, "a|total_cost": 0.1, "b": 0.0, "b|total_cost": 0.2}\n'

@@ -518,7 +518,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if path is not None:
         source = str(path)
         try:
-            nested = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            nested = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:

@@ -7,8 +7,10 @@ exact per-line path, so its error message, location and quarantine line are the 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,17 @@ def _jsonl_batch(path: Path, lines: list[bytes], first_line: int, prices: PriceC
     return _combine(fast, fast_pos_arr, slow, lambda pos: Locations(template, pos + first_line)), seen
 
 
+@contextlib.contextmanager
+def gzip_errors(path: Path) -> Iterator[None]:
+    """A ``.gz`` file that is not gzip, or whose stream is cut off or corrupt, as a :class:`DataError`
+    naming the file (gzip raises EOFError, BadGzipFile and zlib.error without it)."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"cannot decompress the file ({exc}); the .gz file is not gzip, or was cut off or "
+                        "damaged - compress it again, or read the uncompressed file", location=str(path)) from None
+
+
 def jsonl_blocks(path: Path, prices: PriceCatalog | None, *, start: int = 0, end: int | None = None,
                  first_line: int = 1, block_bytes: int | None = None) -> Iterator[tuple[Batch, bool]]:
     """(batch, whether it held a non-blank line) for the lines in bytes ``[start, end)`` of ``path``;
@@ -133,7 +146,7 @@ def jsonl_blocks(path: Path, prices: PriceCatalog | None, *, start: int = 0, end
     opener = gzip.open if path.name.endswith(".gz") else open
     loads = _loads()
     remaining = None if end is None else end - start
-    with opener(path, "rb") as f:
+    with opener(path, "rb") as f, gzip_errors(path):
         f.seek(start)
         while (remaining is None or remaining > 0) and (lines := f.readlines(block_bytes)):
             if remaining is not None:  # readlines may run past the range's end: cut there

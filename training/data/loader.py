@@ -57,7 +57,7 @@ def load_exclude_list(path: str | Path) -> set[str]:
     ``contaminated_prompts.jsonl`` works as is) or plain text with one prompt per line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read exclude list: {exc}", location=str(path)) from exc
     out = set()

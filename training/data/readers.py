@@ -149,7 +149,9 @@ def read_jsonl(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> I
     """Read canonical JSON Lines; blank lines are skipped, everything else must be a record."""
     opener = gzip.open if path.name.endswith(".gz") else open
     seen_any = False
-    with opener(path, "rb") as f:
+    from training.data.fast_jsonl import gzip_errors
+
+    with opener(path, "rb") as f, gzip_errors(path):
         for line_no, raw_line in enumerate(f, start=1):
             row = jsonl_row(path, line_no, raw_line, prices)
             if row is not None:
