@@ -99,7 +99,7 @@ def _open_input(path: str, what: str):
     if path == "-":
         return contextlib.nullcontext(sys.stdin)
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8-sig")  # a byte-order mark in front is no JSON
     except OSError as exc:
         raise RouterMLError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 

@@ -939,6 +939,10 @@ def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, 
     out = subprocess.run([*cli, "--input", "-"], input=prompts.read_text(), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and [json.loads(x)["model"] for x in out.stdout.splitlines()] == greedy, out.stderr
+    with_bom = tmp_path / "bom.jsonl"  # as some editors save it
+    with_bom.write_text(prompts.read_text(), encoding="utf-8-sig")
+    out = subprocess.run([*cli, "--input", str(with_bom)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and [json.loads(x)["model"] for x in out.stdout.splitlines()] == greedy, out.stderr
     out = subprocess.run([*cli, "--input", str(tmp_path / "missing.jsonl")], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
