@@ -528,3 +528,14 @@ def test_the_parity_check_finds_the_ties_at_a_knn_graphs_kth_neighbour_on_the_ru
     graph.head = KNNHead(keys, np.ones((len(keys), 2)), 4)  # 4th and 5th: two different prompts
     gaps = _rank_gaps(graph, router, queries)
     assert np.allclose(gaps, ordered[:, 3] - ordered[:, 4], atol=1e-6) and (gaps > 0).all()
+
+
+def test_train_router_takes_a_config_path_as_the_cli_does(tmp_path):
+    from router_ml import DataError
+    from training import train_router
+
+    # the config is loaded (and validated) before the data is read: the missing data file is what fails
+    with pytest.raises(DataError, match="no such file"):
+        train_router(str(MLP_STATIC), tmp_path / "missing.jsonl", out_dir=tmp_path / "r")
+    with pytest.raises(TypeError, match="a TrainConfig or the path of a TOML config, got dict"):
+        train_router({"router": {"kind": "mlp"}}, tmp_path / "missing.jsonl", out_dir=tmp_path / "r")

@@ -26,7 +26,7 @@ from router_ml.errors import DataError, RouterMLError
 from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
 from router_ml.pricing import PriceCatalog
 from training.checkpoint import CHECKPOINT_FORMAT, id_blocks, write_split
-from training.config import TrainConfig, validate
+from training.config import TrainConfig, load_config, validate
 from training.costs import column_means, fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, split_table
 from training.data.columns import is_blank
@@ -255,16 +255,21 @@ def _wtp_range(cost: np.ndarray) -> tuple[float, float]:
 
 
 @scoped_by_progress_flag  # progress=False quiets the training and scoring bars too
-def train_router(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
+def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir: str | Path,
                  prices: str | Path | PriceCatalog | None = None, cache_dir: str | Path | None = None,
                  progress: bool = True, tracking_uri: str | None = None, register: str | None = None,
                  parent_run_id: str | None = None, **load_options: Any) -> dict[str, Any]:
     """Train the configured router on ``data`` and return the run summary (the CLI's JSON line).
 
+    ``config`` is a :class:`TrainConfig` or the path of its TOML file (:func:`~training.config.load_config`).
     ``register`` names an MLflow registered model to add the exported router to as a new version;
     ``parent_run_id`` makes the MLflow run a child of that (active) run, as ``router-ml sweep`` does."""
     from training.tracking import Tracker
 
+    if isinstance(config, str | Path):
+        config = load_config(config)
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or the path of a TOML config, got {type(config).__name__}")
     validate(config)  # loaded configs are validated already; this guards configs built in code
     if Path(out_dir).exists() and not Path(out_dir).is_dir():  # found now, not after the fit
         raise RouterMLError(f"--out {out_dir}: exists and is not a directory; give the directory to write the "
