@@ -530,12 +530,14 @@ def test_the_parity_check_finds_the_ties_at_a_knn_graphs_kth_neighbour_on_the_ru
     assert np.allclose(gaps, ordered[:, 3] - ordered[:, 4], atol=1e-6) and (gaps > 0).all()
 
 
-def test_train_router_takes_a_config_path_as_the_cli_does(tmp_path):
+def test_the_python_api_takes_a_config_path_and_names_a_bad_argument_before_reading_data(tmp_path):
     from router_ml import DataError
-    from training import train_router
+    from training import evaluate_router, train_router
 
     # the config is loaded (and validated) before the data is read: the missing data file is what fails
     with pytest.raises(DataError, match="no such file"):
         train_router(str(MLP_STATIC), tmp_path / "missing.jsonl", out_dir=tmp_path / "r")
     with pytest.raises(TypeError, match="a TrainConfig or the path of a TOML config, got dict"):
         train_router({"router": {"kind": "mlp"}}, tmp_path / "missing.jsonl", out_dir=tmp_path / "r")
+    with pytest.raises(ValueError, match="n_boot must be a whole number >= 0"):  # before anything is read
+        evaluate_router(tmp_path / "r", tmp_path / "missing.jsonl", n_boot=-5)

@@ -130,6 +130,8 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     from training.checkpoint import prompt_hash
     from training.pipeline import _two_model  # the training side's own rule (imports this module)
 
+    if n_boot is not None and n_boot < 0:
+        raise ValueError(f"n_boot must be a whole number >= 0 (0: no intervals), got {n_boot!r}")
     saved = load_saved(router_dir)
     wtp, wtp_source = wtp_or_default(saved, willingness_to_pay)
     catalog = PriceCatalog.load(prices) if prices else None
