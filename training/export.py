@@ -42,6 +42,7 @@ from router_ml.formats import VERSION_FIELD
 from router_ml.parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
 from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
+from training.data.loader import lies_within
 from training.evaluation import read_metrics_file
 
 __all__ = ["ExportError", "export_router"]
@@ -384,7 +385,7 @@ def _sample(changed: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
 def _check_replaceable(out: Path, checkpoint: Path) -> None:
     """Refuse to replace anything but an exported artifact (a checkpoint holds a manifest.json too, and
     replacing it would delete the weights the export reads), and never ``checkpoint`` or a folder above it."""
-    if out.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
+    if lies_within(checkpoint, out):
         raise ExportError(f"{out}: is the checkpoint {checkpoint} or a folder holding it, which the export would "
                           f"replace; choose another --out (e.g. {checkpoint / 'artifact'})")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):

@@ -40,12 +40,10 @@ OUTPUTS = ("bootstrap.jsonl", "log.jsonl", "test.jsonl", "simulation.json", "boo
 
 def _check_outputs_spare_inputs(out: Path, inputs: list[Any]) -> None:
     """Refuse an ``out`` whose files would overwrite an input (``--data sim/test.jsonl --out sim``)."""
-    written = [(out / name).resolve() for name in OUTPUTS]
+    from training.data.loader import lies_within
+
     for given in (Path(p) for p in inputs if isinstance(p, str | Path)):
-        if not given.exists():
-            continue
-        target = given.resolve()
-        if any(target == w or w in target.parents for w in written):
+        if given.exists() and any(lies_within(given, out / name) for name in OUTPUTS):
             raise DataError(f"--out {out}: would overwrite the input {given} (simulate-log writes "
                             f"{', '.join(OUTPUTS)} there); choose another --out")
 

@@ -44,7 +44,7 @@ from training.data.schema import Record, RecordError
 from training.data.spill import text_memory_budget
 from training.data.table import TrafficTable
 
-__all__ = ["LoadReport", "load_exclude_list", "load_traffic", "normalize_prompt", "quarantine_line"]
+__all__ = ["LoadReport", "lies_within", "load_exclude_list", "load_traffic", "normalize_prompt", "quarantine_line"]
 
 
 def normalize_prompt(text: str) -> str:
@@ -259,10 +259,16 @@ class _Load:
         return columns
 
 
+def lies_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved): the one test of every "this output
+    would overwrite an input" refusal (a quarantine file, ``simulate-log --out``, ``export --out``)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def _check_quarantine_path(qpath: Path, inputs: list[Path], fmt: str) -> None:
     """Refuse a quarantine file that is one of the inputs (writing it would truncate what is being read) or
     lies inside an input directory (the next read would take the rejected records for data)."""
-    target = qpath.resolve()
     for given in inputs:
         if not given.exists():
             continue
@@ -272,9 +278,8 @@ def _check_quarantine_path(qpath: Path, inputs: list[Path], fmt: str) -> None:
 
             files += log_files(given)  # a worker's or a rotated file of the log
         for file in files:
-            inside = file.is_dir() and file.resolve() in target.parents
-            if inside or target == file.resolve():
-                raise DataError(f"--quarantine {qpath}: {'lies inside' if inside else 'is'} the input {file}; "
+            if lies_within(qpath, file):
+                raise DataError(f"--quarantine {qpath}: {'lies inside' if file.is_dir() else 'is'} the input {file}; "
                                 "rejected records need a file of their own: pass --quarantine FILE "
                                 "outside every input", location=str(inputs[0]))
 

@@ -46,10 +46,11 @@ def without_cost_range(held: HeldOut) -> bool:
 
 def _routing_score(summary: dict[str, Any]) -> float:
     """A curve summary's AIQ, or its best quality where no model costs more than another (module doc)."""
-    value = summary.get("aiq")
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        value = summary.get("best_quality")
-    return float("-inf") if value is None or np.isnan(value) else round(float(value), 6)
+    for key in ("aiq", "best_quality"):
+        value = summary.get(key)
+        if value is not None and not np.isnan(value):
+            return round(float(value), 6)
+    return float("-inf")
 
 
 def score_variant(raw: np.ndarray, quality: np.ndarray, held: HeldOut, *,
