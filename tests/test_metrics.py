@@ -586,9 +586,9 @@ def test_curve_in_knob_blocks_equals_one_pass(monkeypatch, estimator):
     choices = rng.integers(0, m, (k, n)).astype(np.int8)
     options = {} if estimator is None else {
         "weights": rng.random((n, m)) * (rng.random((n, m)) > 0.5), "estimator": estimator, "reward_model": q}
-    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 1 << 40)
+    monkeypatch.setattr(metrics.curve, "_BLOCK_CELLS", 1 << 40)
     whole = metrics.curve_from_choices(q, c, choices, **options)
-    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 7 * n + 3)  # 7 knob values a block, the last one short
+    monkeypatch.setattr(metrics.curve, "_BLOCK_CELLS", 7 * n + 3)  # 7 knob values a block, the last one short
     blocked = metrics.curve_from_choices(q, c, choices, **options)
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(whole, blocked, strict=True))
     if estimator is None:
@@ -596,7 +596,7 @@ def test_curve_in_knob_blocks_equals_one_pass(monkeypatch, estimator):
         q[20, 2] = np.nan
         errors = []
         for cells in (1 << 40, 7 * n + 3):
-            monkeypatch.setattr(metrics, "_BLOCK_CELLS", cells)
+            monkeypatch.setattr(metrics.curve, "_BLOCK_CELLS", cells)
             with pytest.raises(ValueError, match="lack an outcome") as info:
                 metrics.curve_from_choices(q, c, choices)
             errors.append(str(info.value))

@@ -1,4 +1,4 @@
-"""Cost-quality metrics of routers on a held-out set, shared by training and evaluation (numpy only).
+"""Operating points and curves of routers and RouterBench's numbers on them (numpy only).
 
 Inputs are per-prompt outcome matrices: ``quality[i, j]`` in [0, 1] is how well model ``j`` answered
 prompt ``i`` and ``cost[i, j]`` what that call cost in USD. Logged traffic rarely has every model's
@@ -6,17 +6,12 @@ outcome for every prompt, so both may hold NaN; metrics that need a cell raise i
 :func:`complete_rows` selects the prompts where every model has an outcome. A router's decision for one
 knob value (budget, threshold, ...) is an int array ``choice`` of shape (n,): a model index per prompt.
 
-Two families of summary numbers:
-
-* RouterBench (Hu et al., 2024): the non-decreasing convex hull of a router's (mean cost, mean quality)
-  operating points (:func:`quality_hull`) and the Average Improvement in Quality (:func:`aiq`).
-* RouteLLM (Ong et al., 2024), two models only: PGR, APGR and CPT over RouteLLM's quantile thresholds
-  (:func:`routellm_curve`, :func:`apgr`, :func:`cpt`, :func:`routellm_metrics`).
-
-This module is the one implementation of curves and single-model points: training's evaluation, the
-``evaluate`` command, the bounds scripts and ``compare`` all go through it. Logged traffic, where only
-some cells are observed, enters as one argument: per-cell ``weights`` (:func:`exposure_weights`), with
-which a chosen cell's observed quality counts ``weights[i, j]`` times and unobserved cells count 0.
+The points of a router as its knob sweeps (:func:`curve_from_choices`, :func:`choice_outcomes`) and of
+the single models (:func:`single_model_points`), their non-decreasing convex hull (:func:`quality_hull`),
+RouterBench's Average Improvement in Quality (Hu et al., 2024; :func:`aiq`), :func:`savings_at_iso_quality`,
+:func:`best_quality`, the one summary of a curve (:func:`curve_summary`) and :func:`bootstrap_ci`.
+Logged traffic's per-cell ``weights`` come from :mod:`router_ml.metrics.weights`. Part of
+:mod:`router_ml.metrics`, which re-exports every public name here.
 """
 
 from __future__ import annotations
@@ -25,43 +20,24 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .weights import ESTIMATORS, _check_weights
+
 __all__ = [
     "CURVE_KEYS",
-    "ESTIMATORS",
-    "HEADLINE_KEYS",
-    "TWO_MODEL_KEYS",
     "aiq",
-    "apgr",
     "best_quality",
     "bootstrap_ci",
     "choice_outcomes",
     "complete_rows",
-    "cpt",
     "curve_from_choices",
     "curve_summary",
-    "effective_sample_size",
-    "exposure_weights",
-    "pgr",
-    "propensity_weights",
     "quality_hull",
-    "routellm_curve",
-    "routellm_metrics",
     "savings_at_iso_quality",
     "single_model_points",
-    "weak_and_strong",
 ]
 
 #: The cost-quality numbers of any router's curve (:func:`curve_summary`), RouterBench's family.
 CURVE_KEYS = ("aiq", "savings_at_iso_quality", "best_quality")
-#: RouteLLM's numbers, defined for two-model data only (:func:`routellm_metrics`).
-TWO_MODEL_KEYS = ("apgr", "cpt_50", "cpt_80")
-#: The headline metrics every report, table and comparison shows, in this order.
-HEADLINE_KEYS = CURVE_KEYS + TWO_MODEL_KEYS
-#: How weighted (logged-traffic) qualities become a mean: :func:`curve_from_choices`'s ``estimator``.
-ESTIMATORS = ("ips", "snips", "dr")
-
-# RouteLLM's evaluate.py cuts the scores into 10 quantile bins, giving 11 thresholds.
-_ROUTELLM_NUM_BINS = 10
 
 
 def _outcome_matrices(quality: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,69 +78,6 @@ def complete_rows(quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """
     quality, cost = _outcome_matrices(quality, cost)
     return np.isfinite(quality).all(axis=1) & np.isfinite(cost).all(axis=1)
-
-
-def exposure_weights(quality: np.ndarray) -> np.ndarray:
-    """Return ``(n, m)`` per-cell weights ``1 / p_m`` for observed cells and 0 for unobserved (NaN) ones.
-
-    ``p_m`` is the share of prompts on which model ``m`` was observed. With these weights a router's
-    mean quality (:func:`curve_from_choices`) is the inverse-propensity estimate that is unbiased when
-    *which* models were observed does not depend on the prompt (uniform exploration, random masking); it
-    is biased when the logging policy looked at the prompt. With every cell observed every weight is 1.
-
-    >>> exposure_weights(np.array([[1.0, np.nan], [0.0, 1.0]])).tolist()
-    [[1.0, 0.0], [1.0, 2.0]]
-    """
-    observed = ~np.isnan(np.asarray(quality, dtype=float))
-    share = observed.mean(axis=0)
-    with np.errstate(divide="ignore"):
-        return np.where(observed, 1.0 / np.where(share > 0, share, np.inf), 0.0)
-
-
-def propensity_weights(quality: np.ndarray, propensity: np.ndarray) -> np.ndarray:
-    """Return ``(n, m)`` inverse-propensity weights of logged traffic: ``1 / propensity`` for each observed
-    cell (the model the logging policy chose, with the probability it chose it), 0 elsewhere.
-
-    >>> propensity_weights(np.array([[1.0, np.nan]]), np.array([[0.8, np.nan]])).tolist()
-    [[1.25, 0.0]]
-    """
-    quality = np.asarray(quality, dtype=float)
-    propensity = np.asarray(propensity, dtype=float)
-    if propensity.shape != quality.shape:
-        raise ValueError(f"propensity must have quality's shape {quality.shape}, got {propensity.shape}")
-    observed = ~np.isnan(quality)
-    known = observed & np.isfinite(propensity)
-    if (observed & ~known).any():
-        raise ValueError(f"{int((observed & ~known).sum())} observed cells have no propensity; log the probability "
-                         "of every logged choice, or evaluate with exposure_weights (assumes random exposure)")
-    if (propensity[known] <= 0).any() or (propensity[known] > 1).any():
-        raise ValueError("propensities must be in (0, 1]")
-    with np.errstate(divide="ignore"):
-        return np.where(known, 1.0 / np.where(known, propensity, 1.0), 0.0)
-
-
-def effective_sample_size(weights: np.ndarray, choices: np.ndarray) -> np.ndarray:
-    """Return Kish's effective sample size ``(sum w)^2 / sum w^2`` of the weighted cells each knob value's
-    ``choices`` (k, n) picks: how many prompts an off-policy estimate is really worth (0 when none match).
-
-    >>> effective_sample_size(np.array([[2.0, 0.0], [2.0, 0.0]]), np.array([[0, 0], [1, 1]])).tolist()
-    [2.0, 0.0]
-    """
-    weights = np.asarray(weights, dtype=float)
-    choices = np.asarray(choices)
-    chosen = weights[np.arange(weights.shape[0])[None, :], choices]
-    squares = (chosen**2).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(squares > 0, chosen.sum(axis=1) ** 2 / squares, 0.0)
-
-
-def _check_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    weights = np.asarray(weights, dtype=float)
-    if weights.shape != shape:
-        raise ValueError(f"weights must have the outcome matrices' shape {shape}, got {weights.shape}")
-    if not (np.isfinite(weights).all() and (weights >= 0).all()):
-        raise ValueError("weights must be finite and >= 0 (0 for a cell whose outcome was not observed)")
-    return weights
 
 
 def curve_from_choices(
@@ -478,20 +391,6 @@ def curve_summary(
     }
 
 
-def weak_and_strong(mean_quality: np.ndarray) -> tuple[int, int]:
-    """Return (weak, strong) model indices of two-model data: the strong one has the higher mean quality
-    (the first on a tie), as RouteLLM names them.
-
-    >>> weak_and_strong(np.array([0.8, 0.6]))
-    (1, 0)
-    """
-    mean_quality = np.asarray(mean_quality, dtype=float)
-    if mean_quality.shape != (2,):
-        raise ValueError(f"weak and strong models are defined for two models, got {mean_quality.shape[0]}")
-    strong = int(np.argmax(mean_quality))
-    return 1 - strong, strong
-
-
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float | None],
     n: int,
@@ -526,131 +425,3 @@ def bootstrap_ci(
         raise ValueError(f"the statistic returned None or NaN on all {n_boot} bootstrap resamples")
     low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
-
-
-def _two_model_inputs(
-    scores: np.ndarray, weak_quality: np.ndarray, strong_quality: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    arrays = [np.asarray(a, dtype=float) for a in (scores, weak_quality, strong_quality)]
-    if arrays[0].ndim != 1 or arrays[0].size == 0 or any(a.shape != arrays[0].shape for a in arrays):
-        raise ValueError(
-            "scores, weak_quality and strong_quality must be non-empty 1-D arrays of equal length, got "
-            f"{[a.shape for a in arrays]}"
-        )
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise ValueError("scores, weak_quality and strong_quality must be finite (select complete rows first)")
-    return arrays[0], arrays[1], arrays[2]
-
-
-def pgr(quality: float | np.ndarray, *, weak: float, strong: float) -> float | np.ndarray:
-    """Return RouteLLM's performance gap recovered, ``(quality - weak) / (strong - weak)``.
-
-    0 is the weak model's mean quality, 1 the strong model's. ValueError if ``strong == weak``.
-
-    >>> pgr(0.625, weak=0.5, strong=0.75)
-    0.5
-    """
-    if strong == weak:
-        raise ValueError(f"PGR is undefined when the strong and weak models have equal quality ({strong})")
-    result = (np.asarray(quality, dtype=float) - weak) / (strong - weak)
-    return float(result) if result.ndim == 0 else result
-
-
-def routellm_curve(
-    scores: np.ndarray, weak_quality: np.ndarray, strong_quality: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (strong-call share in [0, 1], mean quality), each of shape (11,), at RouteLLM's thresholds.
-
-    ``scores`` (n,) rank prompts (higher = more reason to call the strong model); the qualities (n,) are
-    each model's outcome per prompt. The thresholds are RouteLLM's (``routellm/evals/benchmarks.py``,
-    ``evaluate``): ``pd.qcut(scores, 10, retbins=True)`` bin edges, i.e. the linear-interpolation
-    quantiles of the scores at 0, 0.1, ..., 1. At edge ``t_i`` a prompt goes to the strong model if its
-    score is ``>= t_i``, except at the last edge (the maximum) where it must be ``> t_i``; so the curve
-    always runs from share 1 (first edge, the minimum) to share 0. Points are sorted by share, as
-    ``evaluate.py`` does before integrating. Tied edges are kept as repeated points (pandas would raise
-    "Bin edges must be unique" there); they add no area.
-
-    >>> routellm_curve(np.arange(10.0), np.zeros(10), np.ones(10))[0]
-    array([0. , 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1. ])
-    """
-    scores, weak_quality, strong_quality = _two_model_inputs(scores, weak_quality, strong_quality)
-    thresholds = np.quantile(scores, np.linspace(0.0, 1.0, _ROUTELLM_NUM_BINS + 1))
-    strong = scores[None, :] >= thresholds[:-1, None]
-    strong = np.vstack([strong, scores[None, :] > thresholds[-1]])
-    shares = strong.mean(axis=1)
-    qualities = np.where(strong, strong_quality[None, :], weak_quality[None, :]).mean(axis=1)
-    order = np.argsort(shares, kind="stable")
-    return shares[order], qualities[order]
-
-
-def apgr(scores: np.ndarray, weak_quality: np.ndarray, strong_quality: np.ndarray) -> float:
-    """Return RouteLLM's average performance gap recovered (area under the PGR-vs-share curve).
-
-    As ``routellm/evals/evaluate.py`` (``auc_metric``, ``apgr_metric``): with the 11 points of
-    :func:`routellm_curve`, ``AUC`` = trapezoid of quality over share, and the weak and strong areas are
-    the trapezoids of their constant mean qualities over the same shares, so
-    ``APGR = (AUC - weak_auc) / (strong_auc - weak_auc)``. The shares span [0, 1], so this is the
-    trapezoid area under PGR. Random scores give 0.5 in expectation.
-
-    >>> apgr(np.arange(4.0), np.array([0.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0]))  # oracle
-    0.75
-    """
-    shares, qualities = routellm_curve(scores, weak_quality, strong_quality)
-    weak, strong = float(np.mean(weak_quality)), float(np.mean(strong_quality))
-    width = shares[-1] - shares[0]
-    weak_auc, strong_auc = weak * width, strong * width
-    if strong_auc == weak_auc:
-        raise ValueError(f"APGR is undefined when the strong and weak models have equal quality ({strong})")
-    return float((_trapezoid(qualities, shares) - weak_auc) / (strong_auc - weak_auc))
-
-
-def cpt(
-    scores: np.ndarray, weak_quality: np.ndarray, strong_quality: np.ndarray, *, pgr_target: float = 0.5
-) -> float:
-    """Return RouteLLM's call-performance threshold: the smallest strong-call share reaching ``pgr_target``.
-
-    The share is a fraction in [0, 1] (RouteLLM prints it as %). It is read off the piecewise-linear
-    :func:`routellm_curve` in PGR terms: the first point whose PGR is >= the target, interpolated
-    linearly from the point before. RouteLLM (``evaluate.py``, ``pct_call_metric``) computes
-    ``np.interp(target_quality, qualities, shares)``, which is the same number whenever the curve's
-    quality rises strictly with the share; where it dips or is flat, np.interp's answer is undefined
-    (it needs increasing x) and this function keeps the smallest share. The 100%-strong point has PGR 1,
-    so every target in [0, 1] is reached.
-
-    >>> cpt(np.arange(10.0), np.zeros(10), np.ones(10), pgr_target=0.25)
-    0.25
-    """
-    if not 0.0 <= pgr_target <= 1.0:
-        raise ValueError(f"pgr_target must be in [0, 1], got {pgr_target}")
-    shares, qualities = routellm_curve(scores, weak_quality, strong_quality)
-    gaps = pgr(qualities, weak=float(np.mean(weak_quality)), strong=float(np.mean(strong_quality)))
-    reached = gaps >= pgr_target
-    if not reached.any():
-        return float(shares[-1])  # only by rounding, for a target of 1: the all-strong point has PGR 1
-    i = int(np.argmax(reached))
-    if i == 0:
-        return float(shares[0])
-    x0, x1, y0, y1 = shares[i - 1], shares[i], gaps[i - 1], gaps[i]
-    return float(x0 + (pgr_target - y0) * (x1 - x0) / (y1 - y0))
-
-
-def routellm_metrics(scores: np.ndarray, weak_quality: np.ndarray,
-                     strong_quality: np.ndarray) -> dict[str, float | None]:
-    """Return RouteLLM's headline numbers: ``apgr``, ``cpt_50`` and ``cpt_80`` (shares in [0, 1]).
-
-    All three measure the gap between the two models recovered, so where the two have the same mean
-    quality on these prompts (a small test split can) there is no gap and each is ``None``; the
-    functions above raise ``ValueError`` there.
-
-    >>> routellm_metrics(np.arange(10.0), np.zeros(10), np.ones(10))
-    {'apgr': 0.5, 'cpt_50': 0.5, 'cpt_80': 0.8}
-    >>> routellm_metrics(np.arange(4.0), np.array([1.0, 0, 1, 0]), np.array([0.0, 1, 0, 1]))
-    {'apgr': None, 'cpt_50': None, 'cpt_80': None}
-    """
-    if float(np.mean(strong_quality)) == float(np.mean(weak_quality)):
-        return dict.fromkeys(TWO_MODEL_KEYS)
-    return {
-        "apgr": apgr(scores, weak_quality, strong_quality),
-        "cpt_50": cpt(scores, weak_quality, strong_quality, pgr_target=0.5),
-        "cpt_80": cpt(scores, weak_quality, strong_quality, pgr_target=0.8),
-    }
