@@ -48,6 +48,40 @@ def test_parse_seeds_and_grid():
         parse_grid(None, ["router.hidden=64,big"])
 
 
+def test_a_sweep_too_large_to_run_is_refused_before_anything_is_built(tmp_path):
+    """A typo in --seeds or --set (0-100000000) once built a list of 10^8 seeds (5.6 GB) and an MLflow
+    parameter of 888 MB before the first run; it is refused by count, and --out naming a file is refused
+    before the parent run starts."""
+    import tracemalloc
+
+    from training.sweep import MAX_RUNS, run_sweep
+
+    tracemalloc.start()
+    with pytest.raises(Exception, match="more than 10,000 seeds"):
+        parse_seeds("0-100000000")
+    with pytest.raises(Exception, match="more than 10,000 seeds"):
+        parse_seeds("0-5000,6000-12000")
+    assert tracemalloc.get_traced_memory()[1] < 10_000_000  # nothing the size of the range was built
+    tracemalloc.stop()
+    assert len(parse_seeds(f"0-{MAX_RUNS - 1}")) == MAX_RUNS
+    for bad in ("-1", "0,-3", "1.5", "0-"):
+        with pytest.raises(Exception, match="whole numbers >= 0"):
+            parse_seeds(bad)
+    with pytest.raises(Exception, match="= 100,000 settings, more than 10,000"):
+        parse_grid(None, [f"router.hidden={','.join(map(str, range(1, 101)))}",
+                          f"train.epochs={','.join(map(str, range(1, 101)))}",
+                          f"train.patience={','.join(map(str, range(1, 11)))}"])
+    grid_100 = f"router.hidden={','.join(map(str, range(1, 101)))}"
+    data = tmp_path / "demo.jsonl"
+    data.write_text("")  # never read: both refusals come first
+    with pytest.raises(Exception, match="100 settings x 101 seeds = 10,100 runs, more than 10,000"):
+        run_sweep(None, data, sets=[grid_100], seeds=list(range(101)), out_dir=tmp_path / "sweep")
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(Exception, match=r"--out .*demo\.jsonl: exists and is not a directory"):
+        run_sweep(None, data, sets=[], seeds=[0], out_dir=data, tracking_uri=f"sqlite:///{store}")
+    assert data.read_text() == "" and not store.exists()  # no parent MLflow run was started
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A 2 x 2 sweep (hidden size x seed) on 1,600 demo prompts in its own MLflow store."""

@@ -514,7 +514,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", required=True, dest="path", help="training data (any supported format)")
     train.add_argument("--out", required=True, help="directory to write the trained router (or scorer) to")
     train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
-    train.add_argument("--seed", type=int, help="split and training seed")
+    train.add_argument("--seed", type=bounded(int, 0), help="split and training seed")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
     _add_quiet(train)
@@ -532,7 +532,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--bootstrap", default="0.05", help="bootstrap records: a count or a fraction (0.05)")
     simulate.add_argument("--logged", default="0.65", help="logged records: a count or a fraction (0.65); "
                           "the rest is the test set")
-    simulate.add_argument("--seed", type=int, default=0, help="split and bootstrap-training seed")
+    simulate.add_argument("--seed", type=bounded(int, 0), default=0, help="split and bootstrap-training seed")
     simulate.add_argument("--willingness-to-pay", type=KNOB, help="the deployed knob (default: the artifact's)")
     simulate.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     _add_quiet(simulate)
@@ -626,7 +626,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate_cascade.add_argument("--data", required=True, dest="path", help="the data router and scorer were "
                                   "trained on, with every model's response text")
     evaluate_cascade.add_argument("--train-size", required=True, help="as given to 'train' (count or fraction)")
-    evaluate_cascade.add_argument("--seed", type=int, default=0, help="as given to 'train' (default 0)")
+    evaluate_cascade.add_argument("--seed", type=bounded(int, 0), default=0, help="as given to 'train' (default 0)")
     evaluate_cascade.add_argument("--out", help="write report.json, policy.json (+ one per policy family) and "
                                   "curves.png here")
     evaluate_cascade.add_argument("--scorer-latency-ms", type=bounded(float, 0), metavar="MS",

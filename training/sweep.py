@@ -25,14 +25,18 @@ from router_ml import metrics
 from router_ml.errors import RouterMLError
 from training.config import load_config, parse_override
 
-__all__ = ["SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep"]
+__all__ = ["MAX_RUNS", "SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep"]
 
 log = logging.getLogger("router_ml.sweep")
 SUMMARY_KEYS = metrics.HEADLINE_KEYS
 
 
+MAX_RUNS = 10_000
+"""The most trainings one sweep runs (settings x seeds): past it the grid is a typo, not a plan."""
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]."""
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; at most :data:`MAX_RUNS` seeds."""
     seeds: list[int] = []
     try:
         for part in text.split(","):
@@ -41,11 +45,20 @@ def parse_seeds(text: str) -> list[int]:
                 a, b = map(int, part.split("-"))
                 if b < a:
                     raise ValueError
+                if len(seeds) + b - a + 1 > MAX_RUNS:  # counted before the range is built
+                    raise RouterMLError(f"--seeds {text!r}: more than {MAX_RUNS:,} seeds; a sweep runs one "
+                                        "training per seed and setting - give fewer")
                 seeds.extend(range(a, b + 1))
-            else:
+            elif re.fullmatch(r"\d+", part):
                 seeds.append(int(part))
+            else:
+                raise ValueError
     except ValueError:
-        raise RouterMLError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,3,7") from None
+        raise RouterMLError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,3,7 "
+                            "(whole numbers >= 0)") from None
+    if len(seeds) > MAX_RUNS:
+        raise RouterMLError(f"--seeds {text!r}: more than {MAX_RUNS:,} seeds; a sweep runs one training per "
+                            "seed and setting - give fewer")
     if len(set(seeds)) != len(seeds):
         raise RouterMLError(f"--seeds {text!r}: a seed is repeated")
     return seeds
@@ -67,6 +80,10 @@ def parse_grid(config_path: str | Path | None, sets: Sequence[str]) -> list[dict
         axes.append((key, values))
     if len({k for k, _ in axes}) != len(axes):
         raise RouterMLError("--set: a key is given twice")
+    if math.prod(len(v) for _, v in axes) > MAX_RUNS:  # counted before the product is built
+        raise RouterMLError(f"--set: {' x '.join(str(len(v)) for _, v in axes)} = "
+                            f"{math.prod(len(v) for _, v in axes):,} settings, more than {MAX_RUNS:,}; "
+                            "sweep fewer values, or split the grid into several sweeps")
     grid = [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
     for setting in grid:  # fail before the first run, not in the middle of the sweep
         load_config(config_path, setting)
@@ -121,12 +138,18 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
     from training.pipeline import train_router
     from training.tracking import Tracker
 
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # found now, not after the parent run started
+        raise RouterMLError(f"--out {out_dir}: exists and is not a directory; give the directory to write the "
+                            "runs' routers and sweep_summary.json to")
     grid = parse_grid(config_path, sets)
     swept = {k for k in (grid[0] if grid else {}) if len({g[k] for g in grid}) > 1}
     if not seeds:
         raise RouterMLError("--seeds: give at least one seed")
+    if len(grid) * len(seeds) > MAX_RUNS:
+        raise RouterMLError(f"{len(grid):,} settings x {len(seeds):,} seeds = {len(grid) * len(seeds):,} runs, "
+                            f"more than {MAX_RUNS:,}; sweep fewer values or seeds, or split the sweep")
     base = load_config(config_path)
-    out_dir = Path(out_dir)
     started = time.perf_counter()
     parent = Tracker(experiment=base.tracking.experiment, enabled=base.tracking.enabled, tracking_uri=tracking_uri,
                      run_name=f"sweep-{base.router.kind}-{base.featurizer.name}")
