@@ -182,3 +182,23 @@ def test_evaluate_on_several_sets_reports_each_and_the_macro_average(swept):
     write_jsonl(alone, work / "one.jsonl")
     bad = run_cli("evaluate", "--checkpoint", router, "--data", work / "one.jsonl", cwd=work, env=env)
     assert bad.returncode == 1 and "at least two of the router's models" in bad.stderr
+
+
+def test_compare_refuses_an_option_its_mode_does_not_read(tmp_path):
+    """`compare --experiment X --data D` once ranked the runs on their own MLflow metrics as if D had been
+    scored, and --plot beside --router drew nothing; each mode now names the options it would ignore."""
+    store = tmp_path / "mlflow.db"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    cases = [
+        (["--experiment", "router-ml", "--data", DEMO, "--no-plot"],
+         "ranks MLflow runs (--experiment/--run-id/--filter) on their logged metrics; --data does not apply"),
+        (["--router", tmp_path, "--data", DEMO, "--plot", tmp_path / "c.png", "--no-log"],
+         "scores saved routers (--router) on --data; --plot, --no-log do not apply"),
+        (["--cascade", tmp_path, "--estimator", "dr", "--n-boot", "5"],
+         "summarises cascade reports (--cascade); --estimator, --n-boot do not apply"),
+        (["--run-id", "abc", "--split", "test", "--column", "prompt=q"], "--column, --split do not apply"),
+    ]
+    for args, message in cases:
+        out = run_cli("compare", *args, cwd=tmp_path, env=env)
+        assert out.returncode == 1 and message in out.stderr, (args, out.stderr[-2000:])
+    assert not store.exists() and not (tmp_path / "c.png").exists()  # refused before anything was opened

@@ -384,26 +384,51 @@ def _seen_note(result: dict[str, Any]) -> str:
     return "training prompts " + result["seen_prompts"].split(";")[0]
 
 
+#: which of ``compare``'s options each of its three modes reads (``--quiet`` and ``--json``: all three)
+_COMPARE_READS = {
+    "--router": {"router", "path", "estimator", "willingness_to_pay", "n_boot", "include_seen", "cache_dir",
+                 "format", "exclude", "prices", "on_error", "quarantine", "column", "split", "allow_pickle"},
+    "--cascade": {"cascade"},
+    "MLflow runs": {"experiment", "run_id", "filter", "allow_mixed", "plot", "no_plot", "no_log"},
+}
+
+
+def _refuse_unread_compare_options(args: argparse.Namespace, mode: str) -> None:
+    """An option the chosen mode does not read is an error naming it, not silently ignored (``--data`` beside
+    ``--experiment`` once printed the runs' own MLflow figures as if the data had been scored)."""
+    given = [flag for dest, (flag, default) in args.compare_options.items()
+             if dest not in _COMPARE_READS[mode] and dest not in ("quiet", "json", "sort")
+             and getattr(args, dest) != default]
+    if given:
+        what = {"--router": "scores saved routers (--router) on --data",
+                "--cascade": "summarises cascade reports (--cascade)",
+                "MLflow runs": "ranks MLflow runs (--experiment/--run-id/--filter) on their logged metrics"}[mode]
+        raise RouterMLError(f"compare {what}; {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply "
+                            "there - leave it out")
+
+
 @_needs_train_extra
 def cmd_compare(args: argparse.Namespace) -> int:
-    if args.cascade:
+    mode = "--cascade" if args.cascade else "--router" if args.router else "MLflow runs"
+    if mode == "--cascade" and (args.router or args.experiment or args.run_id or args.filter):
+        raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
+                            "options")
+    if mode == "--router" and (args.experiment or args.run_id or args.filter):
+        raise RouterMLError("compare either saved routers on a log (--router ... --data) or MLflow runs "
+                            "(--experiment/--run-id/--filter), not both")
+    _refuse_unread_compare_options(args, mode)
+    if mode == "--cascade":
         from training.compare import compare_cascades, format_cascade_table
 
-        if args.router or args.experiment or args.run_id or args.filter:
-            raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
-                                "options")
         result = compare_cascades(args.cascade, sort=args.sort)
         if args.json:
             print_json(result)
         else:
             print(format_cascade_table(result))
         return 0
-    if args.router:
+    if mode == "--router":
         from training.compare import compare_routers, format_router_table
 
-        if args.experiment or args.run_id or args.filter:
-            raise RouterMLError("compare either saved routers on a log (--router ... --data) or MLflow runs "
-                                "(--experiment/--run-id/--filter), not both")
         if not args.path:
             raise RouterMLError("--router needs --data: the log (or labelled data) to score every router on")
         _setup_logging(args.quiet or args.json)
@@ -577,7 +602,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_scoring_options(compare)
     _add_input_options(compare, positional=False)
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=cmd_compare, compare_options={a.dest: (a.option_strings[0], a.default)
+                                                            for a in compare._actions if a.option_strings
+                                                            and a.dest != "help"})
 
     sweep = sub.add_parser("sweep", help="train a grid of settings x seeds as MLflow child runs and summarise")
     sweep.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config the grid starts from (default: "
