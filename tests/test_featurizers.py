@@ -313,6 +313,22 @@ def test_featurize_default_cache_dir(tiny_static, tmp_path, monkeypatch):
     assert (tmp_path / "features" / key / "features.npy").is_file()
 
 
+def test_a_cache_location_that_is_a_file_is_named_and_left_alone(tiny_static, tmp_path, monkeypatch):
+    """--cache-dir (or ROUTER_ML_CACHE) naming a data file was a bare '[Errno 20] Not a directory'."""
+    data = tmp_path / "traffic.jsonl"
+    data.write_text('{"prompt": "x"}\n')
+    with pytest.raises(FeaturizerError, match=r"feature cache .*traffic\.jsonl: exists and is not a directory"):
+        featurize(tiny_static, PROMPTS, cache_dir=data, progress=False)
+    monkeypatch.setenv("ROUTER_ML_CACHE", str(data))
+    with pytest.raises(FeaturizerError, match=r"ROUTER_ML_CACHE=.*traffic\.jsonl: the cache root exists and is not"):
+        featurize(tiny_static, PROMPTS, data_fingerprint="abc", progress=False)
+    assert data.read_text() == '{"prompt": "x"}\n'
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "featurize", "--data", str(data), "--cache-dir",
+                          str(data)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert f"argument --cache-dir: {data} exists and is not a directory" in out.stderr
+
+
 def test_featurize_resumes_an_interrupted_run(tiny_static, tmp_path):
     expected = tiny_static.transform(TEXTS)
     with pytest.raises(KeyboardInterrupt):

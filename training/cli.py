@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,6 +53,18 @@ def _needs_train_extra(command: Callable[[argparse.Namespace], int]) -> Callable
                                 f"{TRAIN_EXTRA}") from exc
 
     return run
+
+
+CACHE_HELP = "feature cache (default $ROUTER_ML_CACHE/features or ~/.cache/router-ml/features)"
+
+
+def _directory(text: str) -> str:
+    """An argparse ``type`` for a directory the command writes into: an existing file there is a usage
+    error naming the flag, before any data is read (it was an errno from deep inside featurizing)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory; name a directory (it is created "
+                                         "if missing)")
+    return text
 
 
 def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
@@ -514,7 +527,7 @@ def _add_scoring_options(p: argparse.ArgumentParser) -> None:
                    "router's eval.n_boot; 0 = no intervals)")
     p.add_argument("--include-seen", action="store_true",
                    help="keep prompts the router was trained on (dropped by default; checkpoints only)")
-    p.add_argument("--cache-dir")
+    p.add_argument("--cache-dir", type=_directory, help=CACHE_HELP)
     _add_quiet(p)
 
 
@@ -541,7 +554,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
     train.add_argument("--seed", type=bounded(int, 0), help="split and training seed")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    train.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE or ~/.cache/router-ml)")
+    train.add_argument("--cache-dir", type=_directory, help=CACHE_HELP)
     _add_quiet(train)
     train.add_argument("--register", metavar="NAME", help="register the exported router in the MLflow model "
                        "registry under NAME (load it with models:/NAME/VERSION)")
@@ -615,7 +628,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,3,7 (default 0)")
     sweep.add_argument("--train-size", help="records (count) or share (fraction) for train + validation")
     sweep.add_argument("--out", required=True, help="directory for the runs' routers and sweep_summary.json")
-    sweep.add_argument("--cache-dir")
+    sweep.add_argument("--cache-dir", type=_directory, help=CACHE_HELP)
     _add_quiet(sweep)
     _add_input_options(sweep, positional=False)
     sweep.set_defaults(func=cmd_sweep)
@@ -639,7 +652,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     featurize.add_argument("--shard", default="0/1", metavar="K/N", help="this worker's share, 0 <= K < N "
                            "(default 0/1: everything)")
     featurize.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    featurize.add_argument("--cache-dir", help="feature cache (default $ROUTER_ML_CACHE/features or "
+    featurize.add_argument("--cache-dir", type=_directory, help="feature cache (default $ROUTER_ML_CACHE/features or "
                            "~/.cache/router-ml/features); pass 'train' the same")
     _add_quiet(featurize)
     _add_input_options(featurize, positional=False)

@@ -80,7 +80,11 @@ def check_budget(max_tokens: int, head: int | None) -> int:
 def cache_root() -> Path:
     """Where router-ml caches distilled models and features: ``$ROUTER_ML_CACHE`` or ``~/.cache/router-ml``."""
     env = os.environ.get("ROUTER_ML_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "router-ml"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "router-ml"
+    if root.exists() and not root.is_dir():
+        raise FeaturizerError(f"{'ROUTER_ML_CACHE=' if env else ''}{root}: the cache root exists and is not a "
+                              "directory; point ROUTER_ML_CACHE at a directory (it is created if missing)")
+    return root
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

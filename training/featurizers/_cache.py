@@ -119,6 +119,9 @@ def cache_entry(featurizer: Featurizer, texts: Sequence[str], *, cache_dir: str 
                 data_fingerprint: str | None = None) -> Path:
     """The directory :func:`featurize` caches ``featurizer(texts)`` in."""
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "features"
+    if root.exists() and not root.is_dir():
+        raise FeaturizerError(f"feature cache {root}: exists and is not a directory; pass a directory as "
+                              "cache_dir (--cache-dir), or move the file")
     return root / feature_cache_key(featurizer, texts, data_fingerprint=data_fingerprint)
 
 
