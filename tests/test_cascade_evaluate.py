@@ -267,3 +267,15 @@ def test_a_scorer_trained_on_another_split_than_the_router_is_refused():
     with pytest.raises(Exception, match="data.seed=1"):
         check_same_split(router, {"training": {"config": {**same["training"]["config"], "data.seed": 1}}},
                          router="r", scorer="s")
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_loaded(tmp_path):
+    """It was found only when the report was written, after the whole evaluation."""
+    from training.cascade.command import run_cascade_evaluate
+
+    data = tmp_path / "answers.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(Exception, match=r"--out .*answers\.jsonl: exists and is not a directory"):
+        run_cascade_evaluate(router=tmp_path / "no-router", scorer=tmp_path / "no-scorer", data=data,
+                             train_size=0.7, seed=0, out=data)
+    assert data.read_text() == "{}\n"

@@ -163,6 +163,9 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     from training.costs import observed_costs
     from training.data import load_traffic, split_table
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():  # found now, not after the evaluation
+        raise RouterMLError(f"--out {out}: exists and is not a directory; give the directory to write report.json, "
+                            "the policies and curves.png to")
     router_dir = Path(router)
     loaded = Router.load(router_dir)
     table, _ = load_traffic(data, **load_options)
