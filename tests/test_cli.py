@@ -82,6 +82,47 @@ def test_convert_round_trip(tmp_path):
     assert back["records"] == 2 and back["mean_cost"] == {"m": pytest.approx(0.15)}
 
 
+def test_convert_writes_the_format_its_out_names_and_refuses_what_it_cannot_write(tmp_path):
+    """--out out.csv once got JSON Lines under a CSV name, --out x.jsonl.gz plain text no reader could open,
+    and --out <directory> left a half-written '<dir>.tmp' behind an errno."""
+    src = tmp_path / "w.csv"
+    src.write_text("prompt,m,m|total_cost\nq1,1,0.1\nq2,0,0.2\n")
+    (tmp_path / "existing").mkdir()
+    for out_name, message in (("c.csv", "name a .jsonl, .jsonl.gz or .parquet file"),
+                              ("c.gz", "name a .jsonl, .jsonl.gz or .parquet file"),
+                              ("existing", "a directory; name the file to write, e.g. "),
+                              ("newdir/", "a directory; name the file to write")):
+        out = run("data", "convert", src, "--out", f"{tmp_path / out_name}{'/' if out_name.endswith('/') else ''}")
+        assert out.returncode == 1 and message in out.stderr, (out_name, out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "w.csv"]  # nothing written, nothing left over
+    gz = tmp_path / "sub" / "c.jsonl.gz"  # a missing parent directory is created
+    assert run("data", "convert", src, "--out", gz).returncode == 0
+    assert gz.read_bytes()[:2] == b"\x1f\x8b"  # gzip's magic
+    back = json.loads(run("data", "inspect", gz, "--json").stdout)
+    assert back["records"] == 2 and back["mean_cost"] == {"m": pytest.approx(0.15)}
+
+
+def test_a_failed_canonical_write_leaves_no_temporary_file(tmp_path):
+    from training.data import load_traffic, write_jsonl, write_parquet
+
+    src = tmp_path / "w.csv"
+    src.write_text("prompt,m,m|total_cost\nq1,1,0.1\nq2,0,0.2\n")
+    table, _ = load_traffic(src)
+
+    def records_then_failure():
+        yield table[0]
+        raise OSError("No space left on device")
+
+    for writer, name in ((write_jsonl, "t.jsonl"), (write_jsonl, "t.jsonl.gz"), (write_parquet, "t.parquet")):
+        with pytest.raises(OSError, match="No space left"):
+            writer(records_then_failure(), tmp_path / name)
+        (tmp_path / "d").mkdir()
+        with pytest.raises(OSError):  # the rename onto a directory fails after the whole file was written
+            writer(table, tmp_path / "d")
+        (tmp_path / "d").rmdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.csv"]
+
+
 def test_prices_fill_missing_costs(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"prompt": "a", "outcomes": {"m": {"quality": 1, "input_tokens": 1000, "output_tokens": 0}}}\n')

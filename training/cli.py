@@ -150,14 +150,25 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``data convert --out``: the name's ending chooses the canonical format written
+CONVERT_SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+                    ".jsonl.gz": "jsonl"}
+
+
 @_needs_train_extra
 def cmd_data_convert(args: argparse.Namespace) -> int:
+    out = args.out
+    kind = next((k for suffix, k in CONVERT_SUFFIXES.items() if out.lower().endswith(suffix)), None)
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        raise RouterMLError(f"--out {out}: a directory; name the file to write, e.g. {out.rstrip('/')}/traffic.jsonl")
+    if kind is None:  # a .csv got JSON Lines under its name, a .gz plain text that no reader could open
+        raise RouterMLError(f"--out {out}: name a .jsonl, .jsonl.gz or .parquet file - the ending chooses the "
+                            "canonical format written (a wide CSV is read, not written)")
     table, report = _load(args)
     from training.data import write_jsonl, write_parquet
 
-    out = args.out
-    writer = write_parquet if out.endswith(".parquet") else write_jsonl
-    writer(table, out)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    (write_parquet if kind == "parquet" else write_jsonl)(table, out)
     print_json({"out": out, "records": len(table), "rejected": report.rejected,
                 "missing_propensity": report.missing_propensity, "excluded": report.excluded,
                 "models": list(table.models)})
@@ -543,7 +554,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.set_defaults(func=cmd_data_inspect)
     convert = data_sub.add_parser("convert", help="write any supported input as canonical JSONL/Parquet")
     _add_input_options(convert)
-    convert.add_argument("--out", required=True, help="output path (.jsonl or .parquet)")
+    convert.add_argument("--out", required=True, help="the file to write: .jsonl, .jsonl.gz or .parquet (the ending "
+                         "chooses the format)")
     convert.set_defaults(func=cmd_data_convert)
 
     train = sub.add_parser("train", help="train a router on logged traffic, evaluate it, log to MLflow")

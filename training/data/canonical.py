@@ -16,9 +16,12 @@ outcome's propensity unknown). ``traffic/2`` added it, ``traffic/3`` the outcome
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +41,29 @@ READABLE_VERSIONS = ("traffic/1", "traffic/2", "traffic/3")
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
-    """Write records as canonical JSON Lines, atomically (a temporary file, then a rename)."""
+    """Write records as canonical JSON Lines, atomically (a temporary file, then a rename); gzip-compressed
+    where the name ends in ``.gz`` (``traffic.jsonl.gz``, which every reader takes)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for record in records:
-            f.write(json.dumps(record.to_dict(), ensure_ascii=False))
-            f.write("\n")
-    os.replace(tmp, path)
+    opener = functools.partial(gzip.open, compresslevel=6) if path.name.endswith(".gz") else open
+    with _removed_on_failure(tmp):
+        with opener(tmp, "wt", encoding="utf-8", newline="\n") as f:
+            for record in records:
+                f.write(json.dumps(record.to_dict(), ensure_ascii=False))
+                f.write("\n")
+        os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """A failed write (a record that does not serialise, a full disk, a directory at the target) leaves no
+    half-written temporary file beside the target."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _schema():
@@ -141,19 +158,20 @@ def write_parquet(records: Iterable[Record], path: str | Path, *, batch_size: in
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     schema = _schema()
-    with pq.ParquetWriter(tmp, schema) as writer:
-        if isinstance(records, TrafficTable):
-            for start in range(0, len(records), batch_size):
-                rows = np.arange(start, min(start + batch_size, len(records)))
-                writer.write_table(_arrow_block(records, rows, schema))
-        else:
-            batch: list[dict] = []
-            for record in records:
-                batch.append(_row(record))
-                if len(batch) >= batch_size:
+    with _removed_on_failure(tmp):
+        with pq.ParquetWriter(tmp, schema) as writer:
+            if isinstance(records, TrafficTable):
+                for start in range(0, len(records), batch_size):
+                    rows = np.arange(start, min(start + batch_size, len(records)))
+                    writer.write_table(_arrow_block(records, rows, schema))
+            else:
+                batch: list[dict] = []
+                for record in records:
+                    batch.append(_row(record))
+                    if len(batch) >= batch_size:
+                        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                        batch = []
+                if batch:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    batch = []
-            if batch:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-    os.replace(tmp, path)
+        os.replace(tmp, path)
     return path
