@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -82,6 +83,12 @@ def bounded(cast: type, low: float, high: float | None = None) -> Callable[[str]
         return value
 
     return parse
+
+
+def per_cpu_limit() -> int:
+    """The most worker processes or onnxruntime threads a command starts: 4 per CPU, at least 8 (more only
+    contend for the same cores; a typo such as 100000 would exhaust the machine's memory first)."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 
 #: the knob on the command line: USD per unit of quality, >= 0 ("inf": the best quality whatever it costs)
@@ -218,6 +225,9 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         variants = VariantSource(file=args.variants)
     if args.workers < 1:
         raise RouterMLError(f"--workers {args.workers}: give 1 or more worker processes")
+    if args.workers > per_cpu_limit():  # 100000 once forked until the machine ran out of memory
+        raise RouterMLError(f"--workers {args.workers}: at most {per_cpu_limit()} on this machine (4 per CPU, "
+                            f"{os.cpu_count()} CPUs); run more replicas behind a load balancer instead")
     if bool(args.cascade) != bool(args.scorer):
         raise RouterMLError("--cascade POLICY.json and --scorer DIR go together: the policy was fitted on that "
                             "answer scorer's scores ('router-ml cascade evaluate --out DIR' writes DIR/policy.json)")
@@ -313,8 +323,9 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     route.add_argument("--input", help="JSONL file of prompts ({\"prompt\"} or {\"messages\"} per line; "
                        "- reads standard input)")
     route.add_argument("--willingness-to-pay", type=KNOB, help="USD per unit of quality (default: the artifact's)")
-    route.add_argument("--threads", type=bounded(int, 0), default=1,
-                       help="onnxruntime intra-op threads (default 1; 0: onnxruntime's own default)")
+    route.add_argument("--threads", type=bounded(int, 0, per_cpu_limit()), default=1,
+                       help="onnxruntime intra-op threads (default 1; 0: onnxruntime's own default; at most 4 per "
+                            "CPU)")
     add_exploration_options(route)
     route.set_defaults(func=cmd_route)
 

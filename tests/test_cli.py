@@ -383,11 +383,26 @@ def test_a_wide_model_column_without_any_kept_outcome_is_named_not_dropped_silen
     (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "0"], "--log-max-mb", "a number >= 0.001"),
     (["serve", "--artifact", "a", "--providers", "p", "--shutdown-timeout", "-1"], "--shutdown-timeout",
      "a number >= 0"),
+    # 100000 threads once took 16 GB before the first decision; the bound is 4 per CPU (at least 8)
+    (["route", "--artifact", "a", "hi", "--threads", "100000"], "--threads", "a whole number >= 0 and <= "),
+    (["data", "inspect", "d", "--num-proc", "100000"], "--num-proc", "a whole number >= 1 and <= "),
+    (["train", "--data", "d", "--out", "o", "--seed", "-1"], "--seed", "a whole number >= 0"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_the_flag_before_anything_runs(argv, flag, rule):
     out = run(*argv)  # the paths do not exist: the flag is refused before any of them is read
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"argument {flag}: expected {rule}" in out.stderr, out.stderr
+
+
+def test_serve_refuses_more_workers_than_the_machine_can_hold_before_starting_any(tmp_path):
+    """--workers 100000 once forked worker after worker until the machine ran out of memory."""
+    from router_ml.cli import per_cpu_limit
+
+    assert per_cpu_limit() == max(8, 4 * (os.cpu_count() or 1))
+    out = run("serve", "--artifact", tmp_path / "a", "--providers", tmp_path / "p.toml", "--port", "0",
+              "--workers", per_cpu_limit() + 1, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert f"--workers {per_cpu_limit() + 1}: at most {per_cpu_limit()} on this machine" in out.stderr
 
 
 def test_train_into_an_existing_file_is_refused_before_any_work_and_the_file_kept(tmp_path):

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from router_ml.cli import KNOB, add_exploration_options, bounded, print_json
+from router_ml.cli import KNOB, add_exploration_options, bounded, per_cpu_limit, print_json
 from router_ml.errors import RouterMLError
 from training import configs
 
@@ -549,8 +549,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect = data_sub.add_parser("inspect", help="validate a data set and summarise it")
     _add_input_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    inspect.add_argument("--num-proc", type=int, default=1, metavar="N",
-                         help="validate canonical JSONL/Parquet over N processes (same result as 1; default 1)")
+    inspect.add_argument("--num-proc", type=bounded(int, 1, per_cpu_limit()), default=1, metavar="N",
+                         help="validate canonical JSONL/Parquet over N processes (same result as 1; default 1; at "
+                              "most 4 per CPU)")
     inspect.set_defaults(func=cmd_data_inspect)
     convert = data_sub.add_parser("convert", help="write any supported input as canonical JSONL/Parquet")
     _add_input_options(convert)
