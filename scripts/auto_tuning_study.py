@@ -153,7 +153,8 @@ def _paired_vs_baselines(pred, a: dict, held) -> dict:
     ``router-ml train`` prints (1,000 resamples of the test prompts)."""
     import dataclasses
 
-    from training.evaluation import paired_differences, score_predictions
+    from training.baselines import paired_differences
+    from training.evaluation import score_predictions
 
     held = dataclasses.replace(held, n_boot=1000)
     mine = score_predictions(pred, held)

@@ -9,7 +9,8 @@ import pytest
 
 from router_ml import metrics
 from router_ml.errors import RouterMLError
-from training.evaluation import HeldOut, evaluate_held_out, score_predictions
+from training.baselines import evaluate_held_out
+from training.evaluation import HeldOut, score_predictions
 
 
 def _world(seed: int, n: int = 3000, rate: float = 0.2):
@@ -162,7 +163,7 @@ def test_paired_differences_use_the_same_resamples_and_are_narrower_than_separat
     for diff in blind["vs_baselines"].values():
         assert diff["ci95"]["aiq"][1] < 0
     # the same router as the baseline: every resample's difference is exactly 0
-    from training.evaluation import paired_differences
+    from training.baselines import paired_differences
 
     same = score_predictions(p_true, held)
     zero = paired_differences(same, score_predictions(p_true, held))

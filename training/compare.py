@@ -108,7 +108,7 @@ def _paired_vs_first(row: dict[str, Any], first: dict[str, Any], mine: dict[str,
     two were scored on different prompts: a checkpoint drops the prompts it was trained on)."""
     import numpy as np
 
-    from training.evaluation import paired_differences
+    from training.baselines import paired_differences
 
     if not np.array_equal(mine["rows"], theirs["rows"]):
         return None

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from router_ml.errors import RouterMLError
+from training.baselines import BASELINES
 from training.configs import CONFIGS_DIR, DEFAULT_CONFIG, packaged_config
-from training.evaluation import BASELINES
 
 __all__ = ["BASELINE_NAMES", "CONFIGS_DIR", "DEFAULT_CONFIG", "ConfigError", "TrainConfig", "load_config",
            "packaged_config"]
 
 
 #: The baselines ``eval.baselines`` may name, in report order: the names of the evaluation's registry
-#: (:data:`training.evaluation.BASELINES`; ``knn`` and ``logreg`` are trained on the featurizer's features).
+#: (:data:`training.baselines.BASELINES`; ``knn`` and ``logreg`` are trained on the featurizer's features).
 BASELINE_NAMES = tuple(BASELINES)
 
 

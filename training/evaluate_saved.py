@@ -21,10 +21,11 @@ import numpy as np
 from router_ml import metrics
 from router_ml.errors import DataError, RouterMLError
 from router_ml.pricing import PriceCatalog
+from training.baselines import BASELINES, evaluate_held_out
 from training.costs import observed_costs
 from training.data import LoadReport, TrafficTable, load_traffic
 from training.data.loader import quarantine_line
-from training.evaluation import BASELINES, HeldOut, default_knob, evaluate_held_out, scoreable_rows
+from training.evaluation import HeldOut, default_knob, scoreable_rows
 from training.saved import load_saved, wtp_or_default
 
 __all__ = ["evaluate_many", "evaluate_router"]

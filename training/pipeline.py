@@ -25,22 +25,15 @@ from router_ml import metrics
 from router_ml.errors import DataError, RouterMLError
 from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
 from router_ml.pricing import PriceCatalog
+from training.baselines import BASELINES, evaluate_held_out, paired_differences
+from training.baselines import summary as metrics_summary
 from training.checkpoint import CHECKPOINT_FORMAT, id_blocks, write_split
 from training.config import TrainConfig, load_config, validate
 from training.costs import column_means, fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, split_table
 from training.data.columns import is_blank
 from training.evaluate_saved import evaluate_many, evaluate_router  # their home before they moved
-from training.evaluation import (
-    BASELINES,
-    HeldOut,
-    evaluate_held_out,
-    paired_differences,
-    score_predictions,
-    scoreable_rows,
-    write_metrics_file,
-)
-from training.evaluation import summary as metrics_summary
+from training.evaluation import HeldOut, score_predictions, scoreable_rows, write_metrics_file
 from training.featurizers import FeatureMatrix, as_feature_matrix
 from training.offpolicy import Completion, complete_targets
 from training.parallel import ordered_map, workers_for

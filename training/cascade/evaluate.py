@@ -7,7 +7,7 @@ the acceptance combiner (cross-fitted), the chains worth trying, every threshold
 becomes the knob table - then runs each policy's points on the test rows. The curves are scored by
 :func:`router_ml.metrics.curve_summary` against the single models of the same test rows, exactly as a
 router's curve is, and the router alone (its own curve on the same rows), each single model, random
-and the oracle come from :func:`training.evaluation.evaluate_held_out`. Loading data, artifacts and
+and the oracle come from :func:`training.baselines.evaluate_held_out`. Loading data, artifacts and
 writing files is :mod:`training.cascade.command`'s job.
 
 Numbers per policy: ``aiq``, ``savings_at_iso_quality`` (against the best single model of the test
@@ -35,7 +35,8 @@ from router_ml.cascade.policy import (
     run_point,
 )
 from router_ml.errors import RouterMLError
-from training.evaluation import HeldOut, evaluate_held_out, scoreable_rows
+from training.baselines import evaluate_held_out
+from training.evaluation import HeldOut, scoreable_rows
 
 __all__ = ["CONTENDERS", "FAMILIES", "GUARD_AIQ", "HEADLINE", "auc", "evaluate_cascades", "fit_families",
            "guarded_headline", "select_headline"]

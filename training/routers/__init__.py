@@ -2,7 +2,7 @@
 
 Learned routers predict every candidate model's quality for a prompt; the policy in
 :mod:`router_ml.policy` turns predictions and prices into a choice. Baselines that need no
-training (``random``, ``best-single``, ``oracle``) are computed in :mod:`training.evaluation`.
+training (``random``, ``best-single``, ``oracle``) are computed in :mod:`training.baselines`.
 """
 
 from training.routers.auto import AutoRouter
