@@ -479,6 +479,28 @@ def test_simulate_log_refuses_an_out_whose_files_would_overwrite_its_input(tmp_p
     assert full.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["test.jsonl"]
 
 
+def test_simulate_log_names_an_unknown_excluded_model_before_training_and_warns_when_nothing_is_explored(tmp_path):
+    """--explore-exclude with a typo was a ValueError traceback after the bootstrap router's training; a cost cap
+    no model meets logged propensity 1 everywhere without a word."""
+    full = write_jsonl(load_traffic(DEMO)[0].records[:600], tmp_path / "full.jsonl")
+    base = ["simulate-log", "--config", MLP_STATIC, "--data", full, "--bootstrap", "300", "--logged", "200",
+            "--explore-rate", "0.2", "--quiet", *FAST, "--set", "tracking.enabled=false", "--set",
+            "eval.baselines=random"]
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, base), "--out", str(tmp_path / "a"),
+                           "--explore-exclude", "frontier-xI"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--explore-exclude names model(s) ['frontier-xI'] that {full} does not hold" in proc.stderr
+    assert not (tmp_path / "a").exists()  # nothing trained or written
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, base), "--out", str(tmp_path / "b"),
+                           "--explore-max-cost", "0"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = strict_json(proc.stdout.strip().splitlines()[-1])
+    assert result["explored_share"] == 0 and result["min_propensity"] == 1
+    assert "router-ml: warning: nothing was explored on 200 logged prompts" in proc.stderr
+    assert result["warning"].startswith("nothing was explored")
+
+
 def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):
     """Two models with a quality only, as in RouteLLM's tables (the router's cost axis is the strong model's
     share): no logged cost to average, so the logged mean cost is null, not NaN."""

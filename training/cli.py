@@ -235,6 +235,8 @@ def cmd_simulate_log(args: argparse.Namespace) -> int:
                           logged=_size(args.logged, "--logged"), exploration=exploration, seed=args.seed,
                           willingness_to_pay=args.willingness_to_pay, progress=not args.quiet,
                           **_load_options(args))
+    if result.get("warning"):
+        print(f"router-ml: warning: {result['warning']}", file=sys.stderr)
     print_json(result)
     return 0
 

@@ -71,6 +71,10 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     if complete.sum() < 3:
         raise DataError(f"{data}: simulating a log needs full-information records (every model's outcome); "
                         f"{int(complete.sum())} of {len(table)} have every outcome")
+    unknown = sorted(set(exploration.exclude) - set(table.models)) if exploration is not None else []
+    if unknown:  # found now, not after the bootstrap router's training
+        raise DataError(f"--explore-exclude names model(s) {unknown} that {data} does not hold; its models are "
+                        f"{list(table.models)}")
     full = table.subset(np.flatnonzero(complete))
     total = len(full)
     n_boot = resolve_size(bootstrap, total, "--bootstrap")
@@ -115,5 +119,9 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
         "bootstrap_router": {"out": summary["out"], "artifact": summary["artifact"],
                              "test": {k: summary["test"].get(k) for k in ("aiq", "best_quality", "apgr")}},
     }
+    if exploration is not None and exploration.rate > 0 and result["explored_share"] == 0:
+        # every decision kept propensity 1: the log can say nothing about the models the router did not pick
+        result["warning"] = (f"nothing was explored on {len(decisions)} logged prompts: no model other than the "
+                             "router's choice was eligible (see --explore-max-cost and --explore-exclude)")
     (out / "simulation.json").write_text(json.dumps(result, indent=1))
     return result
