@@ -173,3 +173,15 @@ def _plain(tmp_path: Path, name: str, files: dict) -> Path:
     path = tmp_path / f"plain-{name}"
     path.write_text(files[name], encoding="utf-8")
     return path
+
+
+def test_a_shipped_config_is_found_by_name_and_a_missing_one_lists_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_name = load_config("mlp_static")
+    assert by_name == load_config(Path(__file__).parents[1] / "training/configs/mlp_static.toml")
+    assert by_name.router.kind == "mlp" and load_config("auto").router.kind == "auto"
+    with pytest.raises(ConfigError, match=r"cannot read config mlp_statc: .*shipped config: auto, encoder, "
+                                          r"encoder_fast, mf, mlp_minilm, mlp_static"):
+        load_config("mlp_statc")
+    (tmp_path / "mlp_static").write_text('[router]\nkind = "mf"\n')  # a file of that name wins
+    assert load_config("mlp_static").router.kind == "mf"

@@ -517,10 +517,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     source = "<defaults>"
     if path is not None:
         source = str(path)
+        if (not Path(path).exists() and Path(path).suffix == "" and len(Path(path).parts) == 1
+                and packaged_config(str(path)).is_file()):  # a shipped config by name: --config mlp_static
+            path = source = str(packaged_config(str(path)))
         try:
             nested = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+            shipped = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.toml")))
+            raise ConfigError(f"cannot read config {path}: {exc.strerror} (a TOML file, or the name of a shipped "
+                              f"config: {shipped})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     config = _build(nested, source=source, check=not overrides)  # overrides may mend the file: check the result
