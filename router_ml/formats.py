@@ -38,6 +38,9 @@ def read_versioned(path: str | Path, *, what: str, version: int, fix: str, fmt: 
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path.parent}: not a {what} (no {path.name})") from None
+    except NotADirectoryError:  # a file where the directory belongs: router.json given for its checkpoint
+        raise error(f"{path.parent}: a file, not a {what} directory; give the directory that holds "
+                    f"{path.name}") from None
     except (OSError, ValueError) as exc:
         raise error(f"{path}: unreadable {what} ({exc})") from exc
     if not isinstance(data, dict):

@@ -308,6 +308,14 @@ def test_manifest_that_is_not_json_is_refused(trained, tmp_path):
         Router.load(art)
 
 
+def test_a_file_of_the_artifact_given_for_the_artifact_is_named(trained, tmp_path):
+    """Router.load(".../router.onnx") was '[Errno 20] Not a directory: .../router.onnx/manifest.json'."""
+    art = _copy(trained, tmp_path)
+    with pytest.raises(ArtifactError, match=r"router\.onnx: a file, not a router artifact directory; give the "
+                                            r"directory that holds manifest\.json"):
+        Router.load(art / "router.onnx")
+
+
 def test_manifest_of_another_kind_is_refused(trained, tmp_path):
     art = _copy(trained, tmp_path)
     (art / "manifest.json").write_text(json.dumps(["router.onnx"]))
