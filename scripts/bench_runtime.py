@@ -381,6 +381,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.child_rss:
         return child_rss(args.router, args.threads)
+    for directory in [args.router, *args.compare, *args.scorer]:  # before minutes of timing, not in the middle
+        if not (Path(directory) / "manifest.json").is_file():
+            parser.error(f"{directory}: not an exported artifact directory (no manifest.json); export one with "
+                         "'router-ml export' or 'router-ml train'")
+    if (args.threads < 0 or args.scorer_threads < 1 or (args.repeats is not None and args.repeats < 1)
+            or min(args.compare_tokens) < 1 or (args.explore_rate is not None and not 0 < args.explore_rate <= 1)):
+        parser.error("bounds: --threads >= 0, --scorer-threads >= 1, --repeats >= 1, --compare-tokens >= 1 each, "
+                     "0 < --explore-rate <= 1")
     repeats = args.repeats or (2 if args.quick else 5)
     sizes = (300, 50, 2_000, 5, 2) if args.quick else (2_000, 200, 10_000, 30, 20)
     calls, warmup, n_batch, ref_calls, ref_budget = sizes
@@ -463,4 +471,9 @@ def log_to_mlflow(router, single: dict, batch: dict) -> str | None:
 
 
 if __name__ == "__main__":
-    main()
+    from router_ml.errors import RouterMLError
+
+    try:
+        main()
+    except RouterMLError as exc:  # an artifact that does not load: its message, not a traceback
+        sys.exit(f"bench_runtime.py: error: {exc}")

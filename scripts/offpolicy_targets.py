@@ -468,6 +468,7 @@ def config_path(name: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from router_ml.errors import RouterMLError
     from training.protocols import protocols
     from training.sweep import parse_seeds
 
@@ -518,6 +519,18 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets = "demo" if args.datasets == defaults.datasets else args.datasets
         args.eval_dataset = "demo" if args.eval_dataset == defaults.eval_dataset else args.eval_dataset
         args.logs = min(args.logs, 3)
+    try:  # every number checked before anything is simulated or written
+        seeds = parse_seeds(args.seeds)
+    except RouterMLError as exc:
+        parser.error(str(exc))
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        parser.error(f"--rates {args.rates!r}: expected exploration rates like 0.05,0.2,0.5")
+    if not all(0 <= r <= 1 for r in rates):
+        parser.error(f"--rates {args.rates!r}: each exploration rate must be in [0, 1]")
+    if args.logs < 1 or args.jobs < 1 or args.demo_n < 100 or not 0 <= args.explore_uniform_share <= 1:
+        parser.error("bounds: --logs >= 1, --jobs >= 1, --demo-n >= 100, 0 <= --explore-uniform-share <= 1")
     variants = parse_variants(args.variant, args.train_set, config_path(args.config))
     started = time.perf_counter()
     out = Path(args.out)
@@ -536,8 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.datasets.split(","):
                 proto = protocol(name, args, out / name)
                 try:
-                    result["learning"][name] = learning(proto, seeds=parse_seeds(args.seeds), variants=variants,
-                                                        rates=[float(r) for r in args.rates.split(",")], pool=pool)
+                    result["learning"][name] = learning(proto, seeds=seeds, variants=variants, rates=rates, pool=pool)
                 except RuntimeError as exc:  # a step's command failed: the other data sets still run
                     failed.append(name)
                     result["learning"][name] = {"data": str(proto.data), "error": str(exc)}

@@ -38,6 +38,20 @@ def test_variants_parse_and_are_checked_before_anything_runs():
         targets.parse_variants(["plain="], ["train.epochs=many"])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--rates", "1.5"], "--rates '1.5': each exploration rate must be in [0, 1]"),
+    (["--rates", "0.2,x"], "--rates '0.2,x': expected exploration rates"),
+    (["--seeds", "5-1"], "--seeds '5-1': expected a range like 0-4"),
+    (["--logs", "0"], "bounds: --logs >= 1"),
+])
+def test_a_bad_number_is_a_usage_error_before_anything_is_simulated_or_written(argv, message, tmp_path, capsys):
+    """--rates 1.5 once ran every simulation (each failing) and wrote results; --seeds 5-1 was a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        targets.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_knob_is_read_where_evaluate_puts_it():
     block = {"quality": 0.7, "cost": 1e-4}
     assert targets.default_knob({"test": {"default_knob": block}}) == block

@@ -961,3 +961,19 @@ def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, 
                          (["--explore-seed", "1"], "--explore-rate")):
         out = subprocess.run([*cli, "hi", *flags], capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and named in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_bench_runtime_refuses_what_it_cannot_time_before_timing_anything(trained, tmp_path):
+    """A checkpoint or a missing directory was a traceback, and a bad number ran minutes of timing first."""
+    def bench(*args):
+        script = Path(__file__).parents[1] / "scripts" / "bench_runtime.py"
+        return subprocess.run([sys.executable, str(script), *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+
+    out = bench("--router", trained.checkpoint)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "this is a training checkpoint - its exported router is" in out.stderr
+    out = bench("--router", tmp_path / "missing")
+    assert out.returncode == 2 and "no manifest.json" in out.stderr, out.stderr
+    out = bench("--router", trained.artifact, "--compare-tokens", "0", "--compare-only")
+    assert out.returncode == 2 and "--compare-tokens >= 1" in out.stderr, out.stderr
