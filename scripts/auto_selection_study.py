@@ -33,8 +33,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from router_ml.cli import bounded
 from training.parallel import share_cores
 from training.routers.auto_choice import keep_candidate
+from training.sweep import seeds_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "auto.toml"
@@ -218,11 +220,10 @@ def study_setup(description: str, argv: list[str] | None) -> tuple[argparse.Name
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "auto_selection")
     parser.add_argument("--tables", default="",
                         help="comma-separated table names (default: the seven; build_quirk_tables names nine more)")
-    parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
+    parser.add_argument("--jobs", type=bounded(int, 1), default=2, help="runs at once (default 2)")
     args = parser.parse_args(argv)
-    lo, _, hi = args.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     names = [t for t in args.tables.split(",") if t] or list(SEVEN)
     paths = build_tables(args.shared, args.out / "tables")
     if set(names) - set(paths):  # the quirk tables only where named

@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from router_ml.cli import bounded  # noqa: E402
+
 CHUNK = 99_999  # the generator's largest set (five-digit sample ids)
 STAGE_LINE = re.compile(r"^router-ml: (\w+): [\d.]+s, rss")
 
@@ -236,21 +240,32 @@ def plot(sizes: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def record_counts(text: str) -> list[int]:
+    """``--sizes``: comma-separated record counts, each >= 1 -> sorted, each once."""
+    try:
+        sizes = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated record counts >= 1 like 10000,100000, "
+                                         f"got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated record counts")
+    ap.add_argument("--sizes", type=record_counts, default="10000,100000,1000000",
+                    help="comma-separated record counts")
     ap.add_argument("--work-dir", type=Path, default=Path("bench_scale"), help="data, runs and caches go here")
     ap.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
-    ap.add_argument("--runs", type=int, default=2, help="runs per size; medians are reported")
-    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--runs", type=bounded(int, 1), default=2, help="runs per size; medians are reported")
+    ap.add_argument("--seed", type=bounded(int, 0), default=3)
     ap.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "mlp_static.toml")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="passed to train")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes generating data")
+    ap.add_argument("--jobs", type=bounded(int, 1), default=os.cpu_count() or 1, help="processes generating data")
     ap.add_argument("--png", type=Path, help="the scaling plot (default <work-dir>/bench_scale.png)")
     args = ap.parse_args(argv)
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
-    if not sizes or min(sizes) < 1 or args.runs < 1:
-        ap.error("--sizes needs positive counts and --runs at least 1")
+    sizes = args.sizes
     args.work_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}

@@ -54,16 +54,20 @@ async def replay(client, prompts: list[str], rows: list[int], knob: float, concu
 
 
 def main(argv: list[str] | None = None) -> int:
+    from router_ml.cli import bounded
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--router", required=True)
     parser.add_argument("--scorer", required=True)
     parser.add_argument("--policy", required=True, help="policy.json written by 'router-ml cascade evaluate'")
     parser.add_argument("--data", required=True)
     parser.add_argument("--train-size", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=600, help="test prompts replayed per knob (default 600)")
-    parser.add_argument("--knobs", type=int, default=4, help="knob values spread over the policy (default 4)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seed", type=bounded(int, 0), default=0)
+    parser.add_argument("--limit", type=bounded(int, 1), default=600,
+                        help="test prompts replayed per knob (default 600)")
+    parser.add_argument("--knobs", type=bounded(int, 1), default=4,
+                        help="knob values spread over the policy (default 4)")
+    parser.add_argument("--concurrency", type=bounded(int, 1), default=8, help="requests in flight (default 8)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

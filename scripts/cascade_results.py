@@ -18,6 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from router_ml.cli import bounded
+from training.sweep import seeds_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mmlu-pro-responses" / "mmlu_pro_responses.parquet"
 
@@ -28,9 +31,15 @@ def _run(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def _seeds(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
+def val_size(text: str) -> str:
+    """``--val-size``, as ``data.val_size`` takes it: 0, a fraction in (0, 1) or a whole count (the text kept)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value == 0 or 0 < value < 1 or (value >= 1 and value.is_integer())):
+        raise argparse.ArgumentTypeError(f"expected 0, a fraction in (0, 1) or a whole count, got {text!r}")
+    return text
 
 
 def _fmt(value: float | None, spec: str, ci: list | None = None) -> str:
@@ -54,19 +63,20 @@ def seed_row(seed: int, report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default="results/cascade")
     parser.add_argument("--scorer-config", default=str(ROOT / "training/configs/scorer_static.toml"))
-    parser.add_argument("--n-boot", default="200")
-    parser.add_argument("--val-size", default="0.2", help="data.val_size of router and scorer (their one split; "
-                        "the policies are fitted on it; default 0.2, as the scorer configs)")
+    parser.add_argument("--n-boot", type=bounded(int, 0), default=200)
+    parser.add_argument("--val-size", type=val_size, default="0.2",
+                        help="data.val_size of router and scorer (their one split; the policies are fitted on it; "
+                        "default 0.2, as the scorer configs)")
     args = parser.parse_args()
     out = Path(args.out)
     common = ["--data", args.data, "--train-size", "0.7", "--quiet"]
     split = ["--set", f"data.val_size={args.val_size}"]
     lines, dirs = [], []
-    for seed in _seeds(args.seeds):
+    for seed in args.seeds:
         base = out / f"seed{seed}"
         if not (base / "router" / "artifact").is_dir():
             _run("train", "--config", str(ROOT / "training/configs/auto.toml"), "--seed", str(seed),
@@ -77,7 +87,7 @@ def main() -> int:
         if not (base / "cascade" / "report.json").is_file():
             _run("cascade", "evaluate", "--router", str(base / "router" / "artifact"), "--scorer",
                  str(base / "scorer" / "artifact"), "--seed", str(seed), "--out", str(base / "cascade"),
-                 "--n-boot", args.n_boot, *common)
+                 "--n-boot", str(args.n_boot), *common)
         report = json.loads((base / "cascade" / "report.json").read_text())
         lines.append(seed_row(seed, report))
         dirs.append(str(base / "cascade"))

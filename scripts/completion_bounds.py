@@ -125,18 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         return train_with(argv[1], Path(argv[2]), argv[3:])
     from offpolicy_targets import config_path, gap_closed
 
-    from training.sweep import parse_seeds
+    from router_ml.cli import bounded
+    from training.sweep import seeds_arg
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a finished offpolicy_targets.py --part learning --out")
     parser.add_argument("--config", help="the config that run used (offpolicy_targets.py --config; default mlp_static)")
     parser.add_argument("--datasets", default="demo,mmlu-pro")
-    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=bounded(int, 1), default=2, help="trainings at once (default 2)")
     parser.add_argument("--out", help="where the trained routers go (default <run>/completion_bounds)")
     args = parser.parse_args(argv)
-    run, config, seeds = Path(args.run), config_path(args.config), parse_seeds(args.seeds)
+    run, config, seeds = Path(args.run), config_path(args.config), args.seeds
     out = Path(args.out) if args.out else run / "completion_bounds"
     modes = args.modes.split(",")
     if set(modes) - set(MODES):
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.parallel import share_cores
 
     share_cores(args.jobs)  # each training's workers: its share of the cores
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         aiq = dict(zip(jobs, pool.map(lambda j: one(run, j[0], j[1], j[2], config, out), jobs), strict=True))
     result: dict = {"run": str(run), "config": str(config), "seeds": seeds, "datasets": {}}
     for dataset in args.datasets.split(","):

@@ -136,11 +136,14 @@ def emulate_avx2(a: np.ndarray, w: np.ndarray, rows: int = 16) -> dict:
 
 
 def main() -> None:
+    from router_ml.cli import bounded
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", required=True, type=Path, help="an fp32 router artifact")
     parser.add_argument("--prompts", required=True, type=Path, help="parity prompts (JSON list)")
     parser.add_argument("--out", required=True, type=Path, help="where to leave one artifact per variant")
-    parser.add_argument("--emulate", type=int, default=16, help="prompts for the AVX2 saturation emulation")
+    parser.add_argument("--emulate", type=bounded(int, 0), default=16,
+                        help="prompts for the AVX2 saturation emulation (default 16; 0 = none)")
     args = parser.parse_args()
 
     from router_ml import Router

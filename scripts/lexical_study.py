@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from router_ml.cli import bounded  # noqa: E402
 from router_ml.policy import estimate_input_tokens  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.evaluation import HeldOut, score_predictions, scoreable_rows  # noqa: E402
@@ -47,7 +48,7 @@ from training.protocols import protocols  # noqa: E402
 from training.routers.auto_choice import held_out_aiq  # noqa: E402
 from training.routers.baselines import LogRegRouter  # noqa: E402
 from training.routers.lexical import tfidf, token_counts  # noqa: E402
-from training.sweep import parse_seeds  # noqa: E402
+from training.sweep import seeds_arg  # noqa: E402
 
 KEYS = ("aiq", "best_quality", "savings_at_iso_quality", "apgr", "cpt_50")
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=sorted(studies()), action="append",
                         help="default: routellm, mmlu-pro and demo")
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds choosing each C")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
+    parser.add_argument("--folds", type=bounded(int, 2), default=3, help="cross-validation folds choosing each C")
     parser.add_argument("--data", type=Path, help="a table of your own instead (--train-size 0.85 split)")
     parser.add_argument("--train-size", type=float, default=0.85)
     parser.add_argument("--sentence", metavar="FEATURIZER",
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         name: studies()[name] for name in (args.protocol or ["routellm", "mmlu-pro", "demo"])}
     result = {}
     for name, spec in chosen.items():
-        per_seed = {seed: run_seed(spec, seed, args.folds, args.sentence) for seed in parse_seeds(args.seeds)}
+        per_seed = {seed: run_seed(spec, seed, args.folds, args.sentence) for seed in args.seeds}
         for seed, r in per_seed.items():
             print(f"{name} seed {seed}: " + ", ".join(
                 f"{rep} (" + ", ".join(f"{k} {r[rep][k]}" for k in KEYS if k in r[rep]) + ")"

@@ -468,9 +468,8 @@ def config_path(name: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router_ml.errors import RouterMLError
     from training.protocols import protocols
-    from training.sweep import parse_seeds
+    from training.sweep import seeds_arg
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="learning,evaluation", help="learning, evaluation or both (default)")
@@ -480,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="append", metavar="NAME=PATH",
                         help="a full-information table (any format `router-ml train` reads) to run the LEARNING "
                         "protocol on as data set NAME (repeatable)")
-    parser.add_argument("--seeds", default="0-4", help="LEARNING seeds, e.g. 0-4 or 0,3")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="LEARNING seeds, e.g. 0-4 or 0,3")
     parser.add_argument("--rates", default="0.05,0.2,0.5", help="LEARNING exploration rates")
     parser.add_argument("--variant", action="append", metavar="NAME=SET[,SET...]",
                         help="a training variant on bootstrap + log (repeatable; default masked and offpolicy)")
@@ -514,15 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         defaults = parser.parse_args([])
-        args.seeds, args.rates = "0", "0.2"
+        args.seeds, args.rates = [0], "0.2"
         args.demo_n = min(args.demo_n, 4000)
         args.datasets = "demo" if args.datasets == defaults.datasets else args.datasets
         args.eval_dataset = "demo" if args.eval_dataset == defaults.eval_dataset else args.eval_dataset
         args.logs = min(args.logs, 3)
-    try:  # every number checked before anything is simulated or written
-        seeds = parse_seeds(args.seeds)
-    except RouterMLError as exc:
-        parser.error(str(exc))
+    seeds = args.seeds  # checked by argparse; every other number below, before anything is simulated or written
     try:
         rates = [float(r) for r in args.rates.split(",")]
     except ValueError:

@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from router_ml.cli import bounded
 from router_ml.metrics import HEADLINE_KEYS as KEYS
 from training.protocols import protocols, shared_data_dir
-from training.sweep import parse_seeds
+from training.sweep import seeds_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = protocols()
@@ -128,9 +129,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", default="routellm,mmlu-pro")
     parser.add_argument("--variants", default="mlp_static,mlp_static_no_tradeoff,mf,mlp_minilm")
-    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--out", default=str(ROOT / "results"), help="router directories and results.json")
-    parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--n-boot", type=bounded(int, 0), default=200)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     missing = [p for p in PROTOCOLS.values() if not Path(p["data"]).exists()]
@@ -149,7 +150,7 @@ def main() -> int:
         for v_index, variant in enumerate(args.variants.split(",")):
             config_file, overrides = VARIANTS[variant]
             runs = []
-            for seed in parse_seeds(args.seeds):
+            for seed in args.seeds:
                 config = load_config(ROOT / "training" / "configs" / config_file, {
                     **overrides, "data.seed": seed, "data.train_size": spec["train_size"],
                     "eval.n_boot": args.n_boot, "tracking.experiment": "reproduce",

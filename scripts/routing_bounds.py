@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from router_ml.cli import bounded
 from router_ml.policy import estimate_input_tokens
 from training.config import load_config
 from training.evaluation import HeldOut, score_predictions, scoreable_rows
 from training.pipeline import group_labels, prepare
 from training.protocols import protocols
 from training.routers.neural import group_quality, overall_quality
-from training.sweep import parse_seeds
+from training.sweep import seeds_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = protocols()
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: every protocol")
     parser.add_argument("--group", action="append", help="task or metadata.<key> (repeatable; default: task, "
                                                          "plus metadata.src on mmlu-pro)")
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--smoothing", type=float, default=2.0, help="pseudo-count toward the overall mean")
+    parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
+    parser.add_argument("--smoothing", type=bounded(float, 0, 1e6), default=2.0,
+                        help="pseudo-count toward the overall mean")
     args = parser.parse_args(argv)
     result: dict[str, dict] = {}
     for protocol in args.protocol or sorted(PROTOCOLS):
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         fields = args.group or (["task", "metadata.src"] if protocol == "mmlu-pro" else ["task"])
         for field in fields:
-            runs = [bounds_for_seed(protocol, field, seed, args.smoothing) for seed in parse_seeds(args.seeds)]
-            summary: dict[str, dict] = {"groups": runs[0]["groups"]["count"], "seeds": parse_seeds(args.seeds)}
+            runs = [bounds_for_seed(protocol, field, seed, args.smoothing) for seed in args.seeds]
+            summary: dict[str, dict] = {"groups": runs[0]["groups"]["count"], "seeds": args.seeds}
             for name in ("group_means_train", "group_means_test"):
                 keys = [k for k in KEYS if all(k in run[name] for run in runs)]
                 summary[name] = {k: round(statistics.mean(run[name][k] for run in runs), 4) for k in keys}

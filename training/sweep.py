@@ -10,6 +10,7 @@ run is a full ``train_router`` call (own split per seed, own export) writing to
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from router_ml import metrics
 from router_ml.errors import RouterMLError
 from training.config import load_config, parse_override
 
-__all__ = ["MAX_RUNS", "SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep"]
+__all__ = ["MAX_RUNS", "SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep", "seeds_arg"]
 
 log = logging.getLogger("router_ml.sweep")
 SUMMARY_KEYS = metrics.HEADLINE_KEYS
@@ -62,6 +63,14 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise RouterMLError(f"--seeds {text!r}: a seed is repeated")
     return seeds
+
+
+def seeds_arg(text: str) -> list[int]:
+    """:func:`parse_seeds` as an argparse ``type``, for the scripts' ``--seeds`` (a bad list: exit 2, no traceback)."""
+    try:
+        return parse_seeds(text)
+    except RouterMLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_grid(config_path: str | Path | None, sets: Sequence[str]) -> list[dict[str, str]]:
