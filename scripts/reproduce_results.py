@@ -133,6 +133,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "results"), help="router directories and results.json")
     parser.add_argument("--n-boot", type=bounded(int, 0), default=200)
     args = parser.parse_args()
+    for flag, given, known in (("--protocols", args.protocols, PROTOCOLS), ("--variants", args.variants, VARIANTS)):
+        unknown = [name for name in given.split(",") if name not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}; choose from {', '.join(known)}")
     logging.basicConfig(level=logging.WARNING)
     missing = [p for p in PROTOCOLS.values() if not Path(p["data"]).exists()]
     if missing:

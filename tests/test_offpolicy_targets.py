@@ -251,12 +251,15 @@ def test_a_table_too_small_for_the_protocol_is_reported_and_the_other_data_sets_
     ("auto_tuning_study.py", ["--jobs", "0", "--out", "{tmp}/o"], "--jobs"),
     ("lexical_study.py", ["--folds", "0", "--protocol", "demo", "--seeds", "0"], "--folds"),  # ran with 0 folds
     ("bench_scale.py", ["--sizes", "x", "--work-dir", "{tmp}/w"], "--sizes"),
-], ids=["routing_bounds", "auto_selection_study", "auto_tuning_study", "lexical_study", "bench_scale"])
+    ("reproduce_results.py", ["--variants", "mlp,mf", "--out", "{tmp}/o"], "--variants"),  # was a KeyError
+], ids=["routing_bounds", "auto_selection_study", "auto_tuning_study", "lexical_study", "bench_scale",
+        "reproduce_results"])
 def test_research_scripts_refuse_a_bad_number_as_a_usage_error_before_writing_anything(tmp_path, script, args, flag):
     """A typo in a seed list or a count is argparse's exit 2 naming the flag - no traceback, and no --out
     or --work-dir created - instead of a traceback minutes in, or a run on a meaningless setting."""
     cmd = [sys.executable, str(ROOT / "scripts" / script), *(a.format(tmp=tmp_path) for a in args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and f"argument {flag}" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"argument {flag}" in proc.stderr or f"error: {flag}: unknown" in proc.stderr, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # nothing created before the arguments were checked
