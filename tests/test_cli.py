@@ -405,6 +405,20 @@ def test_serve_refuses_more_workers_than_the_machine_can_hold_before_starting_an
     assert f"--workers {per_cpu_limit() + 1}: at most {per_cpu_limit()} on this machine" in out.stderr
 
 
+def test_train_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path):
+    """`--out .` in a project once wrote config.json, summary.json and metrics.json over the project's own."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"mine": true}')
+    (project / "traffic.jsonl").write_bytes(DEMO.read_bytes())
+    out = run("train", "--data", "traffic.jsonl", "--out", ".", "--quiet", cwd=project)
+    assert out.returncode == 1, out.stderr
+    assert ("--out .: a directory holding config.json, traffic.jsonl, not a router checkpoint "
+            "(router-ml-checkpoint/1); train into a new or empty directory") in out.stderr, out.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["config.json", "traffic.jsonl"]
+    assert (project / "config.json").read_text() == '{"mine": true}'
+
+
 def test_train_into_an_existing_file_is_refused_before_any_work_and_the_file_kept(tmp_path):
     data = tmp_path / "traffic.jsonl"
     data.write_bytes(DEMO.read_bytes())

@@ -22,10 +22,33 @@ from router_ml.policy import CostModel, wtp_from_json
 from training.data import Split, TrafficTable, normalize_prompt
 from training.evaluation import read_metrics_file
 
-__all__ = ["CHECKPOINT_FORMAT", "checkpoint_manifest", "id_blocks", "portable_identity", "prompt_hash",
+__all__ = ["CHECKPOINT_FORMAT", "check_out_dir", "checkpoint_manifest", "id_blocks", "portable_identity", "prompt_hash",
            "sample_ids", "saved_knob_grid", "seen_prompt_digests", "write_split"]
 
 CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
+
+
+def check_out_dir(out_dir: str | Path, *, fmt: str = CHECKPOINT_FORMAT, what: str = "router") -> None:
+    """Before any work: ``--out`` is a new or empty directory, or an earlier checkpoint of this kind (``fmt``
+    in its ``manifest.json``), which the run replaces. Any other non-empty directory is refused, so that
+    training never writes ``config.json``, ``summary.json`` or ``metrics.json`` over a user's own files
+    (``--out .`` in a project, ``--out data/``); a file there is refused too."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise RouterMLError(f"--out {path}: exists and is not a directory; give the directory to write the {what} "
+                            "into")
+    if not path.is_dir() or next(path.iterdir(), None) is None:
+        return
+    try:
+        found = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != fmt:
+        names = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise RouterMLError(f"--out {path}: a directory holding {shown}, not a {what} checkpoint ({fmt}); train "
+                            "into a new or empty directory, or into an earlier checkpoint to replace it - nothing "
+                            "was written")
 
 
 def portable_identity(identity: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from router_ml.policy import CostModel, estimate_input_tokens, knob_grid
 from router_ml.pricing import PriceCatalog
 from training.baselines import BASELINES, evaluate_held_out, paired_differences
 from training.baselines import summary as metrics_summary
-from training.checkpoint import CHECKPOINT_FORMAT, id_blocks, write_split
+from training.checkpoint import CHECKPOINT_FORMAT, check_out_dir, id_blocks, write_split
 from training.config import TrainConfig, load_config, validate
 from training.costs import column_means, fit_cost_model, observed_costs
 from training.data import LoadReport, Split, TrafficTable, load_traffic, split_table
@@ -264,9 +264,7 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     elif not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or the path of a TOML config, got {type(config).__name__}")
     validate(config)  # loaded configs are validated already; this guards configs built in code
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # found now, not after the fit
-        raise RouterMLError(f"--out {out_dir}: exists and is not a directory; give the directory to write the "
-                            "router into")
+    check_out_dir(out_dir)  # found now, not after the fit
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()
