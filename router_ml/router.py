@@ -170,13 +170,21 @@ def onnx_session(path: Path, *, session_options: Any = None, intra_op_threads: i
 
 
 def resolve_artifact_path(path: str | Path) -> Path:
+    """A local directory as is; an MLflow ``runs:/`` or ``models:/`` URI downloaded (a run, model or file the
+    tracking server does not have is an :class:`ArtifactError` naming the URI and the server, not mlflow's
+    traceback)."""
     text = str(path)
     if text.startswith(("runs:/", "models:/")):
         try:
             import mlflow
         except ImportError as exc:
             raise ArtifactError(f"loading {text} needs mlflow: pip install mlflow (or router-ml[train])") from exc
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as exc:  # MlflowException (no such run, model or path), OSError (the store)
+            raise ArtifactError(f"{text}: cannot download it from the MLflow tracking server "
+                                f"{mlflow.get_tracking_uri()} ({type(exc).__name__}: {exc}); check the run id or "
+                                "model name and MLFLOW_TRACKING_URI") from exc
     return Path(path)
 
 

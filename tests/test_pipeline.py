@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -94,6 +95,13 @@ def test_train_on_demo_beats_baselines_and_logs_to_mlflow(tmp_path, demo_subset)
     registered = Router.load(summary["registered"])
     np.testing.assert_array_equal(registered.predict(prompts), local.predict(prompts))
     assert remote.manifest["training"]["mlflow_run_id"] == summary["run_id"]
+    from router_ml import ArtifactError  # a run or path the server lacks: its URI and the server, not a traceback
+
+    for uri_text, why in ((f"runs:/{'0' * 32}/artifact", "Run with id=0"),
+                          (f"runs:/{summary['run_id']}/no-such-path", "no-such-path")):
+        with pytest.raises(ArtifactError, match=rf"{uri_text}: cannot download it from the MLflow tracking "
+                                                rf"server {re.escape(uri)} \(MlflowException: .*{why}"):
+            Router.load(uri_text)
 
     again = cli("evaluate", "--checkpoint", tmp_path / "router", "--data", demo_subset, "--json", cwd=tmp_path)
     assert again["dropped_seen"] == 1120 and again["scored"] == 480

@@ -377,9 +377,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     checkpoint = args.checkpoint
     if args.run_id:
-        import mlflow
+        from router_ml.router import resolve_artifact_path
 
-        checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{args.run_id}/router")
+        checkpoint = resolve_artifact_path(f"runs:/{args.run_id}/router")
     report = export_router(checkpoint, args.out, quantize=args.quantize, default_willingness=args.willingness_to_pay)
     print_json({"out": args.out, **report})
     return 0
