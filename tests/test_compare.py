@@ -151,6 +151,9 @@ def test_compare_ranks_comparable_runs_and_refuses_mixed_splits(swept):
     assert fits == sorted(fits)
     bad = run_cli("compare", "--experiment", "nope", cwd=work, env=env)
     assert bad.returncode == 1 and "experiment 'nope' not found" in bad.stderr
+    assert f"not found in {env['MLFLOW_TRACKING_URI']}; experiments there: ['Default', 'router-ml']" in bad.stderr
+    bad = run_cli("compare", "--run-id", "0" * 32, cwd=work, env=env)
+    assert bad.returncode == 1 and f"run {'0' * 32}: not found in {env['MLFLOW_TRACKING_URI']}" in bad.stderr
 
 
 @pytest.mark.slow

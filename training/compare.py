@@ -230,13 +230,15 @@ def _client(tracking_uri: str | None):
     return mlflow, mlflow.MlflowClient(tracking_uri=uri), redact_uri(uri)
 
 
-def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None):
+def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None,
+          uri: str = "the tracking store"):
     runs = []
     for run_id in run_ids:
         try:
             runs.append(client.get_run(run_id))
         except mlflow.exceptions.MlflowException as exc:
-            raise RouterMLError(f"run {run_id}: not found in the tracking store ({exc.message})") from None
+            raise RouterMLError(f"run {run_id}: not found in {uri} ({exc.message}); check the run id and "
+                                "MLFLOW_TRACKING_URI") from None
     if experiments or (filter_string and not run_ids):
         names = list(experiments)
         if names:
@@ -245,7 +247,8 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
                 exp = client.get_experiment_by_name(name)
                 if exp is None:
                     known = sorted(e.name for e in client.search_experiments())
-                    raise RouterMLError(f"experiment '{name}' not found; experiments in this store: {known}")
+                    raise RouterMLError(f"experiment '{name}' not found in {uri}; experiments there: {known} (check "
+                                        "MLFLOW_TRACKING_URI)")
                 ids.append(exp.experiment_id)
         else:
             ids = [e.experiment_id for e in client.search_experiments()]
@@ -291,7 +294,7 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
     if not experiments and not run_ids and not filter_string:
         raise RouterMLError("select runs with --experiment NAME, --run-id ID or --filter EXPR")
     mlflow, client, uri = _client(tracking_uri)
-    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string)
+    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string, uri=uri)
     if not runs:
         raise RouterMLError("no finished training runs match the selection")
     data_keys = {_key(r, _SAME_DATA) for r in runs}
