@@ -169,6 +169,34 @@ def test_the_cli_trains_a_scorer_and_prints_per_model_auc(tmp_path, cache_root):
     assert (tmp_path / "run" / "artifact" / "scorer.onnx").is_file()
 
 
+def test_a_scorer_is_trained_only_into_an_empty_directory_its_own_checkpoint_or_an_interrupted_run(tmp_path):
+    """As for routers: never over a user's files; an interrupted run's weights (saved before the manifest) and
+    an earlier scorer checkpoint are replaced. Refused before the data is read (it does not exist here)."""
+    from router_ml.errors import RouterMLError
+    from training.cascade.scorer_run import train_scorer
+    from training.config import load_config
+
+    config = load_config(ROOT / "training/configs/scorer_static.toml", ["tracking.enabled=false"])
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text("{}")
+    with pytest.raises(RouterMLError, match=r"--out .*project: a directory holding config.json, not a scorer "
+                                            r"checkpoint \(router-ml-scorer-checkpoint/1\)"):
+        train_scorer(config, tmp_path / "missing.parquet", out_dir=project, progress=False)
+    router_checkpoint = tmp_path / "router"
+    router_checkpoint.mkdir()
+    (router_checkpoint / "manifest.json").write_text('{"format": "router-ml-checkpoint/1"}')
+    with pytest.raises(RouterMLError, match="not a scorer checkpoint"):
+        train_scorer(config, tmp_path / "missing.parquet", out_dir=router_checkpoint, progress=False)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "scorer.safetensors").write_bytes(b"partial")
+    (interrupted / "scorer.json").write_text("{}")
+    with pytest.raises(Exception, match="missing.parquet") as caught:  # past the check: the data is read next
+        train_scorer(config, tmp_path / "missing.parquet", out_dir=interrupted, progress=False)
+    assert "checkpoint" not in str(caught.value)
+
+
 def test_scorer_config_errors_name_the_key():
     from training.config import ConfigError, load_config
 

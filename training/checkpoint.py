@@ -28,16 +28,18 @@ __all__ = ["CHECKPOINT_FORMAT", "check_out_dir", "checkpoint_manifest", "id_bloc
 CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
 
 
-def check_out_dir(out_dir: str | Path, *, fmt: str = CHECKPOINT_FORMAT, what: str = "router") -> None:
+def check_out_dir(out_dir: str | Path, *, fmt: str = CHECKPOINT_FORMAT, what: str = "router",
+                  partial: frozenset[str] = frozenset()) -> None:
     """Before any work: ``--out`` is a new or empty directory, or an earlier checkpoint of this kind (``fmt``
-    in its ``manifest.json``), which the run replaces. Any other non-empty directory is refused, so that
-    training never writes ``config.json``, ``summary.json`` or ``metrics.json`` over a user's own files
-    (``--out .`` in a project, ``--out data/``); a file there is refused too."""
+    in its ``manifest.json``), which the run replaces, or what an interrupted run left (only names in
+    ``partial``, the files a run writes before its manifest). Any other non-empty directory is refused, so
+    that training never writes ``config.json``, ``summary.json`` or ``metrics.json`` over a user's own
+    files (``--out .`` in a project, ``--out data/``); a file there is refused too."""
     path = Path(out_dir)
     if path.exists() and not path.is_dir():
         raise RouterMLError(f"--out {path}: exists and is not a directory; give the directory to write the {what} "
                             "into")
-    if not path.is_dir() or next(path.iterdir(), None) is None:
+    if not path.is_dir() or {p.name for p in path.iterdir()} <= partial:
         return
     try:
         found = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format")

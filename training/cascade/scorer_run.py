@@ -20,7 +20,8 @@ import numpy as np
 
 from router_ml.formats import VERSION_FIELD
 from router_ml.pricing import PriceCatalog
-from training.cascade.scorer import ScorerData, auc_report, cells, get_scorer, scorer_data
+from training.cascade.scorer import WEIGHTS_FILE, ScorerData, auc_report, cells, get_scorer, scorer_data
+from training.checkpoint import check_out_dir
 from training.config import TrainConfig, validate
 from training.progress import scoped_by_progress_flag
 
@@ -51,6 +52,9 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     from training.tracking import Tracker
 
     validate(config)
+    # found now, not after the fit; an interrupted run's weights (saved before the manifest) are replaced
+    check_out_dir(out_dir, fmt=SCORER_CHECKPOINT_FORMAT, what="scorer",
+                  partial=frozenset({WEIGHTS_FILE, "scorer.json"}))
     started = time.perf_counter()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
