@@ -85,6 +85,7 @@ from load_references import (
 from router_ml._http1 import Http1Upstream, Response
 from router_ml._records import Failure
 from router_ml._streaming import event_data, sse_events
+from router_ml.cli import per_cpu_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 A_MODELS = ("tiny-1b", "small-8b", "code-34b")  # on upstream A; large-70b and frontier-xl on upstream B
@@ -335,9 +336,9 @@ def main() -> None:
     if not (Path(args.router) / "manifest.json").is_file():
         raise SystemExit(f"no router artifact at {args.router}; train one first (README quickstart) or pass --router")
     if not (0 < args.duration <= 60 and 1 <= args.rounds <= 5 and 0 < args.rate <= 2000 and args.concurrency >= 1
-            and 1 <= args.workers <= 64):
+            and 1 <= args.workers <= per_cpu_limit()):
         raise SystemExit("bounds: 0 < --duration <= 60, 1 <= --rounds <= 5, 0 < --rate <= 2000, --concurrency >= 1, "
-                         "1 <= --workers <= 64")
+                         f"1 <= --workers <= {per_cpu_limit()} (router-ml serve's limit here: 4 per CPU, at least 8)")
     if args.fault == "worker" and args.workers < 2:
         raise SystemExit("--fault worker stops one of several workers: give --workers 2 or more")
     if args.scaling and (args.workers < 2 or args.fault):

@@ -136,6 +136,11 @@ def test_load_test_runs_router_ml_with_workers(trained, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
                           "--workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "1 <= --workers" in bad.stderr
+    from router_ml.cli import per_cpu_limit  # more than serve itself would start is refused before any process
+
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--router", str(trained.artifact),
+                          "--workers", str(per_cpu_limit() + 1)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and f"1 <= --workers <= {per_cpu_limit()} (router-ml serve's limit" in bad.stderr
 
 
 def test_load_test_stops_one_worker_half_way_and_loses_nothing(trained):
