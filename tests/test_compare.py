@@ -200,6 +200,7 @@ def test_compare_refuses_an_option_its_mode_does_not_read(tmp_path):
         (["--cascade", tmp_path, "--estimator", "dr", "--n-boot", "5"],
          "summarises cascade reports (--cascade); --estimator, --n-boot do not apply"),
         (["--run-id", "abc", "--split", "test", "--column", "prompt=q"], "--column, --split do not apply"),
+        (["--run-id", "abc", "--plot", tmp_path / "c.png", "--no-plot"], "--no-plot contradict each other"),
     ]
     for args, message in cases:
         out = run_cli("compare", *args, cwd=tmp_path, env=env)

@@ -346,6 +346,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             print(format_router_table(result))
         return 0
+    if args.no_plot and args.plot != args.compare_options["plot"][1]:
+        raise RouterMLError(f"--plot {args.plot} and --no-plot contradict each other; give one")
     from training.compare import compare_runs, format_table
 
     result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
