@@ -179,8 +179,10 @@ def exploration_from_args(args: argparse.Namespace) -> Any:
 def cmd_route(args: argparse.Namespace) -> int:
     from router_ml.router import Router
 
-    if (args.prompt is None) == (args.input is None):
-        raise RouterMLError("give one prompt or --input FILE (not both)")
+    if args.prompt is None and args.input is None:
+        raise RouterMLError('give a prompt to route ("...") or --input FILE.jsonl (- reads standard input)')
+    if args.prompt is not None and args.input is not None:
+        raise RouterMLError("give one prompt or --input FILE, not both")
     exploration = exploration_from_args(args)
     router = Router.load(args.artifact, intra_op_threads=args.threads)
     try:
