@@ -20,6 +20,7 @@ import numpy as np
 from router_ml.errors import RouterMLError
 from router_ml.policy import CostModel, wtp_from_json
 from training.data import Split, TrafficTable, normalize_prompt
+from training.data.loader import check_out_directory
 from training.evaluation import read_metrics_file
 
 __all__ = ["CHECKPOINT_FORMAT", "check_out_dir", "checkpoint_manifest", "id_blocks", "portable_identity", "prompt_hash",
@@ -36,9 +37,7 @@ def check_out_dir(out_dir: str | Path, *, fmt: str = CHECKPOINT_FORMAT, what: st
     that training never writes ``config.json``, ``summary.json`` or ``metrics.json`` over a user's own
     files (``--out .`` in a project, ``--out data/``); a file there is refused too."""
     path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise RouterMLError(f"--out {path}: exists and is not a directory; give the directory to write the {what} "
-                            "into")
+    check_out_directory(path, f"the {what}")
     if not path.is_dir() or {p.name for p in path.iterdir()} <= partial:
         return
     try:

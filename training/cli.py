@@ -317,13 +317,7 @@ def _refuse_unread_compare_options(args: argparse.Namespace, mode: str) -> None:
 @_needs_train_extra
 def cmd_compare(args: argparse.Namespace) -> int:
     mode = "--cascade" if args.cascade else "--router" if args.router else "MLflow runs"
-    if mode == "--cascade" and (args.router or args.experiment or args.run_id or args.filter):
-        raise RouterMLError("compare --cascade reads cascade reports only; leave out --router and the MLflow "
-                            "options")
-    if mode == "--router" and (args.experiment or args.run_id or args.filter):
-        raise RouterMLError("compare either saved routers on a log (--router ... --data) or MLflow runs "
-                            "(--experiment/--run-id/--filter), not both")
-    _refuse_unread_compare_options(args, mode)
+    _refuse_unread_compare_options(args, mode)  # also --router or --experiment beside --cascade, and so on
     if mode == "--cascade":
         from training.compare import compare_cascades, format_cascade_table
 

@@ -25,6 +25,7 @@ from typing import Any
 from router_ml import metrics
 from router_ml.errors import RouterMLError
 from training.config import load_config, parse_override
+from training.data.loader import check_out_directory
 
 __all__ = ["MAX_RUNS", "SUMMARY_KEYS", "parse_grid", "parse_seeds", "run_sweep", "seeds_arg"]
 
@@ -148,9 +149,7 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
     from training.tracking import Tracker
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # found now, not after the parent run started
-        raise RouterMLError(f"--out {out_dir}: exists and is not a directory; give the directory to write the "
-                            "runs' routers and sweep_summary.json to")
+    check_out_directory(out_dir, "the runs' routers and sweep_summary.json")  # not after the parent run started
     grid = parse_grid(config_path, sets)
     swept = {k for k in (grid[0] if grid else {}) if len({g[k] for g in grid}) > 1}
     if not seeds:

@@ -24,6 +24,7 @@ from router_ml.cascade.agreement import agreement_matrix
 from router_ml.cascade.combiner import Signals
 from router_ml.errors import DataError, RouterMLError
 from training.cascade.evaluate import evaluate_cascades
+from training.data.loader import check_out_directory
 
 __all__ = ["ScoreFn", "build_signals", "check_same_split", "check_split", "compact", "log_run", "run_cascade_evaluate"]
 
@@ -163,9 +164,8 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     from training.costs import observed_costs
     from training.data import load_traffic, split_table
 
-    if out is not None and Path(out).exists() and not Path(out).is_dir():  # found now, not after the evaluation
-        raise RouterMLError(f"--out {out}: exists and is not a directory; give the directory to write report.json, "
-                            "the policies and curves.png to")
+    if out is not None:  # found now, not after the evaluation
+        check_out_directory(out, "report.json, the policies and curves.png")
     router_dir = Path(router)
     loaded = Router.load(router_dir)
     table, _ = load_traffic(data, **load_options)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router_ml.errors import DataError
+from router_ml.errors import DataError, RouterMLError
 from router_ml.pricing import PriceCatalog
 from training.data._collect import Collector, id_hashes
 from training.data.batches import Batch, read_batches
@@ -44,7 +44,8 @@ from training.data.schema import Record, RecordError
 from training.data.spill import text_memory_budget
 from training.data.table import TrafficTable
 
-__all__ = ["LoadReport", "lies_within", "load_exclude_list", "load_traffic", "normalize_prompt", "quarantine_line"]
+__all__ = ["LoadReport", "check_out_directory", "lies_within", "load_exclude_list", "load_traffic",
+           "normalize_prompt", "quarantine_line"]
 
 
 def normalize_prompt(text: str) -> str:
@@ -264,6 +265,14 @@ def lies_within(path: str | Path, folder: str | Path) -> bool:
     would overwrite an input" refusal (a quarantine file, ``simulate-log --out``, ``export --out``)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
+
+
+def check_out_directory(out: str | Path, writes: str) -> None:
+    """The one refusal of an ``--out`` directory that is a file (``train``, ``sweep``, ``cascade evaluate``),
+    made before any work rather than when the first output is written; ``writes`` says what goes there."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RouterMLError(f"--out {out}: exists and is not a directory; give the directory to write {writes} "
+                            "to")
 
 
 def _check_quarantine_path(qpath: Path, inputs: list[Path], fmt: str) -> None:
