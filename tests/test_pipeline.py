@@ -571,3 +571,25 @@ def test_the_python_api_takes_a_config_path_and_names_a_bad_argument_before_read
         train_router({"router": {"kind": "mlp"}}, tmp_path / "missing.jsonl", out_dir=tmp_path / "r")
     with pytest.raises(ValueError, match="n_boot must be a whole number >= 0"):  # before anything is read
         evaluate_router(tmp_path / "r", tmp_path / "missing.jsonl", n_boot=-5)
+
+
+def test_a_router_is_trained_into_what_an_interrupted_run_left(tmp_path):
+    """A run stopped between the router's weights and its manifest left weights.safetensors and router.json:
+    the next run replaces them instead of refusing the directory as someone else's files. Anything more is
+    still refused. Both checked before the data is read (it does not exist here)."""
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    config = load_config(ROOT / "training/configs/mlp_static.toml", ["tracking.enabled=false"])
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "weights.safetensors").write_bytes(b"partial")
+    (interrupted / "router.json").write_text("{}")
+    with pytest.raises(Exception, match="missing.jsonl") as caught:  # past the check: the data is read next
+        train_router(config, tmp_path / "missing.jsonl", out_dir=interrupted, progress=False)
+    assert "checkpoint" not in str(caught.value)
+    (interrupted / "notes.txt").write_text("mine")
+    with pytest.raises(RouterMLError, match=r"a directory holding notes.txt, router.json, weights.safetensors, "
+                                            r"not a router checkpoint"):
+        train_router(config, tmp_path / "missing.jsonl", out_dir=interrupted, progress=False)

@@ -41,7 +41,7 @@ from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
 from training.routers.auto_choice import log_selection
 from training.routers.auto_groups import auto_group_labels
-from training.routers.neural import check_groups
+from training.routers.neural import ROUTER_WEIGHT_FILES, check_groups
 from training.stages import Stages, return_free_memory
 from training.trainer import Batchable, distributed_context
 
@@ -264,7 +264,8 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     elif not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or the path of a TOML config, got {type(config).__name__}")
     validate(config)  # loaded configs are validated already; this guards configs built in code
-    check_out_dir(out_dir)  # found now, not after the fit
+    # found now, not after the fit; an interrupted run's weights (saved before the manifest) are replaced
+    check_out_dir(out_dir, partial=ROUTER_WEIGHT_FILES)
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()

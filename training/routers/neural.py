@@ -20,12 +20,14 @@ from training.config import TrainConfig
 from training.featurizers._base import quiet_transformers
 from training.trainer import Batchable, fit_module, on_device
 
-__all__ = ["ROUTER_JSON_VERSION", "EncoderRouter", "GroupBlend", "GroupFit", "MFRouter", "MLPRouter", "TorchRouter",
-           "check_groups", "group_quality"]
+__all__ = ["ROUTER_JSON_VERSION", "ROUTER_WEIGHT_FILES", "EncoderRouter", "GroupBlend", "GroupFit", "MFRouter",
+           "MLPRouter", "TorchRouter", "check_groups", "group_quality"]
 
 #: The version of ``router.json`` (what rebuilds a saved module) that :meth:`TorchRouter.save` writes
 #: and :meth:`TorchRouter.load` reads. A file without one predates versioning and has version 1's layout.
 ROUTER_JSON_VERSION = 1
+#: What :meth:`TorchRouter.save` writes (before a run's manifest: an interrupted run leaves only these)
+ROUTER_WEIGHT_FILES = frozenset({"weights.safetensors", "router.json"})
 
 
 class MLPHead(nn.Module):
