@@ -89,6 +89,9 @@ def build_tables(shared: Path, out: Path) -> dict[str, Path]:
 
 #: the seven tables every study runs by default; :func:`build_quirk_tables` adds more, by name
 SEVEN = ("mp29_300", "mp29_1200g", "mp29_2500", "rl_2000", "rl_600", "mp7_250", "mp7_2500")
+#: the nine :func:`build_quirk_tables` writes
+QUIRKS = ("rb_quirks", "continuous3", "dominant", "two_cheap_better", "missing10", "free_model", "dups", "m26_200",
+          "names_long")
 
 
 def build_quirk_tables(shared: Path, out: Path) -> dict[str, Path]:
@@ -225,12 +228,12 @@ def study_setup(description: str, argv: list[str] | None) -> tuple[argparse.Name
     args = parser.parse_args(argv)
     seeds = args.seeds
     names = [t for t in args.tables.split(",") if t] or list(SEVEN)
+    unknown = sorted(set(names) - set(SEVEN) - set(QUIRKS))
+    if unknown:  # before any table is built
+        parser.error(f"--tables: unknown {unknown}; choose from {sorted(SEVEN + QUIRKS)}")
     paths = build_tables(args.shared, args.out / "tables")
     if set(names) - set(paths):  # the quirk tables only where named
         paths |= build_quirk_tables(args.shared, args.out / "tables")
-    unknown = sorted(set(names) - set(paths))
-    if unknown:
-        parser.error(f"--tables: unknown {unknown}; choose from {sorted(paths)}")
     return args, seeds, paths, names
 
 

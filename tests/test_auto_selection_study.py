@@ -77,7 +77,7 @@ def test_the_quirk_tables_hold_what_they_say_and_load_as_the_wide_reader_reads_t
     frame.to_parquet(shared / "mmlu-pro-29" / "mmlu_pro_29.parquet")
     paths = study.build_quirk_tables(shared, tmp_path / "tables")
     assert set(paths) == {"rb_quirks", "continuous3", "dominant", "two_cheap_better", "missing10", "free_model",
-                          "dups", "m26_200", "names_long"}
+                          "dups", "m26_200", "names_long"} == set(study.QUIRKS)
     t = {name: pd.read_parquet(p) for name, p in paths.items()}
     quirks = t["rb_quirks"]
     assert all(p.startswith("['") and p.endswith("']") for p in quirks.prompt)
@@ -101,3 +101,13 @@ def test_the_quirk_tables_hold_what_they_say_and_load_as_the_wide_reader_reads_t
         assert len(table.models) == sum(f"{c}|total_cost" in t[name].columns for c in t[name].columns), name
     again = study.build_quirk_tables(shared, tmp_path / "again")
     assert all(pd.read_parquet(again[name]).equals(t[name]) for name in paths)
+
+
+def test_an_unknown_table_is_refused_before_any_table_is_built(tmp_path, capsys):
+    """A typo in --tables once came out only after the seven tables (and the nine more) had been written."""
+    with pytest.raises(SystemExit) as exit_:
+        study.study_setup("study", ["--shared", str(tmp_path / "no-shared"), "--out", str(tmp_path / "out"),
+                                    "--tables", "mp29_300,rl600"])
+    assert exit_.value.code == 2
+    assert "--tables: unknown ['rl600']; choose from ['continuous3', " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
