@@ -101,14 +101,18 @@ def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 def message_problem(messages: Any) -> tuple[str, str] | None:
     """The first problem of a chat ``messages`` list as ``(field, reason)``, or ``None`` when it is a
-    non-empty list of objects with a string ``role`` and text or list-of-parts ``content``. Shared by
-    the training data layer and the routed client, which raise their own error types with it."""
+    non-empty list of objects with a string ``role`` and text or list-of-parts ``content``; only an
+    ``assistant`` message may leave ``content`` out or null (a turn of tool calls), as the chat API allows.
+    Shared by the training data layer and the routed client, which raise their own error types with it."""
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes) or not messages:
         return "messages", "required: a non-empty list of {\"role\", \"content\"} objects"
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
             return f"messages[{i}]", "each message must be an object with a string 'role'"
         content = message.get("content")
+        if content is None and message["role"] != "assistant":
+            return f"messages[{i}].content", (f"required for a {message['role']!r} message: a string or a list of "
+                                               "content parts (only an assistant's may be left out)")
         if content is not None and not isinstance(content, str | list):
             return f"messages[{i}].content", "must be a string or a list of content parts"
     return None

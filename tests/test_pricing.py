@@ -1,6 +1,7 @@
 import pytest
 
 from router_ml import CatalogError, PriceCatalog, routed_text
+from router_ml.messages import message_problem
 
 
 def test_catalog_loads_toml_and_json(tmp_path):
@@ -72,3 +73,11 @@ def test_routed_text_rule():
              {"type": "text", "text": "here"}]
     assert routed_text([{"role": "user", "content": parts}]) == "look\nhere"
     assert routed_text([{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\nb"
+    # an assistant turn of tool calls has no content (the chat API allows it there only)
+    tools = [{"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "user", "content": "and then?"}]
+    assert message_problem(tools) is None and routed_text(tools) == "and then?"
+    assert message_problem([{"role": "tool", "tool_call_id": "c1"}]) == (
+        "messages[0].content", "required for a 'tool' message: a string or a list of content parts (only an "
+        "assistant's may be left out)")

@@ -41,6 +41,8 @@ def test_logged_cost_wins_over_catalog():
     ({"prompt": "x", "messages": [{"role": "user", "content": "y"}], "outcomes": {"m": {"quality": 1}}},
      "prompt", "not both"),
     ({"messages": [{"content": "y"}], "outcomes": {"m": {"quality": 1}}}, "messages[0]", "role"),
+    ({"messages": [{"role": "user"}], "outcomes": {"m": {"quality": 1}}}, "messages[0].content",
+     "required for a 'user' message"),
     ({"prompt": "x", "preferences": [{"model_a": "a", "model_b": "a", "winner": "a"}]}, "preferences[0]",
      "two different models"),
     ({"prompt": "x", "preferences": [{"model_a": "a", "model_b": "b", "winner": "c"}]},

@@ -195,6 +195,9 @@ def test_rules_pins_and_the_knob_decide_before_the_router(router):
     assert client.decide({"messages": MSG}, {"x-router-ml-willingness-to-pay": "0"})[0].chosen == cheapest
     for body, field in [({"messages": MSG, "model": "gpt-9"}, "model"), ({"messages": []}, "messages"),
                         ({"messages": [{"content": "x"}]}, "messages[0]"),
+                        # a user turn without content was once forwarded, and routed as the empty prompt
+                        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+                        ({"messages": [*MSG, {"role": "user", "content": None}]}, "messages[1].content"),
                         ({"messages": MSG, "willingness_to_pay": -1}, "willingness_to_pay"),
                         ({"messages": MSG, "stream": "yes"}, "stream")]:
         with pytest.raises(RequestError) as err:
