@@ -289,25 +289,40 @@ class Router:
 
     # --- scoring ----------------------------------------------------------------------------
 
-    def prepare_text(self, text: str) -> str:
-        """The text the router reads of ``text``: the last string of the Python text of a list of strings
+    @staticmethod
+    def _read(text: str) -> str:
+        """The prompt a text stands for, whole: the last string of the Python text of a list of strings
         (:func:`router_ml.messages.prompt_text`, as training reads RouterBench's cells), surrogates
-        replaced, clipped to ``max_chars``."""
+        replaced. Its length prices the call (training's cost model counts the whole prompt too)."""
         if text[:1] == "[":
             text = prompt_text(text)
         if not text.isascii():  # ASCII has no lone surrogate: skip sanitize's UTF-8 encoding test
             text = sanitize(text)
+        return text
+
+    def _clip_chars(self, text: str) -> str:
         return text if len(text) <= self._max_chars else clip_chars(text, self._max_chars)
 
-    def _prepare_all(self, texts: Sequence[str], what: str) -> list[str]:
-        if isinstance(texts, str):
+    def prepare_text(self, text: str) -> str:
+        """The text the router reads of ``text``: the prompt it stands for (the last string of the Python
+        text of a list of strings, :func:`router_ml.messages.prompt_text`), surrogates replaced, clipped
+        to ``max_chars``. Costs are estimated on the prompt before the clip."""
+        return self._clip_chars(self._read(text))
+
+    def _prepare_all(self, texts: Sequence[str], what: str) -> tuple[list[str], list[str]]:
+        """``(the prompts read whole, the texts the graph reads)``; the first price the calls."""
+        if isinstance(texts, str | bytes):
             raise TypeError(f"{what} takes a list of prompts; use route() for one")
-        prepared = []
-        for i, text in enumerate(texts):
+        try:
+            items = list(texts)
+        except TypeError:
+            raise TypeError(f"{what} takes a list of prompts, not {type(texts).__name__}") from None
+        whole = []
+        for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise TypeError(f"prompt {i} must be str, not {type(text).__name__}")
-            prepared.append(self.prepare_text(text))
-        return prepared
+            whole.append(self._read(text))
+        return whole, [self._clip_chars(t) for t in whole]
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 arrays for one prompt (the graph's inputs)."""
@@ -369,7 +384,7 @@ class Router:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), len(models))`` predicted quality in [0, 1]."""
-        return self._predict_prepared(self._prepare_all(texts, "predict"))[0]
+        return self._predict_prepared(self._prepare_all(texts, "predict")[1])[0]
 
     def _predict_prepared(self, prepared: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Scores and empty flags of prepared texts, in chunks of about :attr:`TOKEN_BUDGET` padded tokens.
@@ -437,8 +452,9 @@ class Router:
         return clone
 
     def costs(self, texts: Sequence[str]) -> np.ndarray:
-        """``(n, models)`` expected USD cost of calling each model on each prompt."""
-        return self.cost_model.estimate(estimate_input_tokens([self.prepare_text(t) for t in texts]))
+        """``(n, models)`` expected USD cost of calling each model on each prompt (its whole length, not
+        the part the router reads)."""
+        return self.cost_model.estimate(estimate_input_tokens(self._prepare_all(texts, "costs")[0]))
 
     @staticmethod
     def _check_wtp(willingness_to_pay: float | None, default: float) -> float:
@@ -450,9 +466,9 @@ class Router:
     def route_batch(self, texts: Sequence[str], *, willingness_to_pay: float | None = None) -> list[Decision]:
         """Decide for many prompts; ``willingness_to_pay`` (USD per unit quality) overrides the default."""
         wtp = self._check_wtp(willingness_to_pay, self.willingness_to_pay)
-        prepared = self._prepare_all(texts, "route_batch")
+        whole, prepared = self._prepare_all(texts, "route_batch")
         scores, empties = self._predict_prepared(prepared)
-        costs = self.cost_model.estimate(estimate_input_tokens(prepared))
+        costs = self.cost_model.estimate(estimate_input_tokens(whole))
         chosen = choose(scores, costs, wtp).tolist()
         models, explorer = self.models, self._explorer
         # one .tolist() per matrix: Python floats for the dicts without a numpy call per prompt
@@ -472,15 +488,15 @@ class Router:
         wtp = self._check_wtp(willingness_to_pay, self.willingness_to_pay)
         if not isinstance(text, str):
             raise TypeError(f"a prompt must be str, not {type(text).__name__}")
-        prepared = self.prepare_text(text)
-        ids = self._clip(self._token_array(prepared))
+        whole = self._read(text)
+        ids = self._clip(self._token_array(self._clip_chars(whole)))
         n = len(ids)
         if n:
             scores = self._run(ids.reshape(1, n), self._ones[:, :n])
         else:  # nothing known: one masked-out token, i.e. an all-zero feature vector
             scores = self._run(self._nothing, self._nothing)
         scores = scores[0].tolist()
-        tokens = (len(prepared) + 3) // 4  # router_ml.policy.estimate_input_tokens
+        tokens = (len(whole) + 3) // 4  # router_ml.policy.estimate_input_tokens, on the whole prompt
         costs = [fixed + tokens * per_token for fixed, per_token in self._prices]
         utility = _utilities(scores, costs, wtp)
         j = g = utility.index(max(utility))  # np.argmax's first index among equals, as choose()

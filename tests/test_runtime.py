@@ -96,6 +96,24 @@ def test_decisions_are_well_formed_and_consistent(router, trained):
         json.dumps(d.to_dict())  # serialisable as is, whatever the knob
 
 
+def test_a_long_prompt_is_priced_on_its_whole_length_as_training_prices_it(router):
+    """The router reads at most max_chars of a prompt, but the provider bills every token: the cost was once
+    estimated on the clipped text, so a 200,000-character prompt looked like a 2,048-token one (22x too cheap)."""
+    from router_ml.policy import estimate_input_tokens
+
+    long = "Summarise the document below.\n" + "lorem ipsum dolor " * 11_000
+    listed = str(["You are terse.", long])  # RouterBench's list form: the last string is the prompt
+    assert len(long) > 20 * router._max_chars
+    expected = router.cost_model.estimate(estimate_input_tokens([long]))[0]  # what train's scoring assumes
+    np.testing.assert_allclose(router.costs([long, listed]), [expected, expected], rtol=1e-12)
+    for text in (long, listed):
+        one, batch = router.route(text), router.route_batch([text])[0]
+        assert list(one.costs.values()) == pytest.approx(expected.tolist(), rel=1e-12)
+        assert list(batch.costs.values()) == pytest.approx(expected.tolist(), rel=1e-12)
+    short = router.costs(["Summarise the document below."])[0]
+    assert (expected > short).all() and max(expected - short) > 100 * max(short - router.cost_model.fixed_usd)
+
+
 def test_zero_willingness_picks_the_cheapest_model(router, trained):
     for d in router.route_batch(trained.held_out[:100], willingness_to_pay=0):
         assert d.model == min(d.costs, key=d.costs.__getitem__)

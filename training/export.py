@@ -40,7 +40,7 @@ from torch import nn
 from router_ml.errors import RouterMLError
 from router_ml.formats import VERSION_FIELD
 from router_ml.parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
-from router_ml.policy import CostModel, choose, estimate_input_tokens, wtp_from_json, wtp_to_json
+from router_ml.policy import CostModel, choose, wtp_from_json, wtp_to_json
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
 from training.data.loader import lies_within
 from training.evaluation import read_metrics_file
@@ -286,7 +286,7 @@ def _build(router, checkpoint: Path, manifest_in: dict[str, Any], stage: Path, w
     fp32 = Router.load(stage)
     expected = _torch_predict(graph, fp32, texts)
     got = fp32.predict(texts)
-    costs = cost_model.estimate(estimate_input_tokens([fp32.prepare_text(t) for t in texts]))
+    costs = fp32.costs(texts)  # the runtime's estimate: the whole prompt, priced by the checkpoint's cost model
     report.update(check_fp32(expected, got, discrete=_has_top_k(graph),
                              rank_gaps=lambda rows: _rank_gaps(graph, fp32, [texts[i] for i in rows]),
                              routes_changed=float(np.mean(choose(expected, costs, wtp) != choose(got, costs, wtp)))))
