@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
 from router_ml._ids import request_id
@@ -39,7 +40,7 @@ def parse_knob(value: Any, where: str) -> float | None:
         except ValueError:
             raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")\
                 from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:  # numpy's numbers are Real
         raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")
     return float(value)
 

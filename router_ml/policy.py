@@ -13,8 +13,10 @@ Because prices enter only here, one trained router serves every budget and every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -53,10 +55,28 @@ class CostModel:
     per_input_token_usd: tuple[float, ...]
     knob_grid: tuple[float, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name in ("fixed_usd", "per_input_token_usd"):
+            values = getattr(self, name)
+            if len(values) != len(self.models):
+                raise ValueError(f"cost model: {len(values)} {name} values for {len(self.models)} models")
+            for model, value in zip(self.models, values, strict=True):
+                if isinstance(value, bool) or not isinstance(value, Real) \
+                        or not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"cost model: model {model!r}: {name} must be a finite number >= 0 USD, "
+                                     f"got {value!r}")
+
     @classmethod
     def from_prices(cls, prices, models: Sequence[str], expected_output_tokens: dict[str, float]) -> CostModel:
         """Price each call with the catalog: input tokens at the input price, expected output tokens
         at the output price (``prices`` is a :class:`router_ml.PriceCatalog`)."""
+        for m in models:
+            tokens = expected_output_tokens.get(m) if isinstance(expected_output_tokens, Mapping) else None
+            if isinstance(tokens, bool) or not isinstance(tokens, Real) \
+                    or not (math.isfinite(tokens) and tokens >= 0):
+                raise ValueError(f"expected output tokens of model {m!r} must be a finite number >= 0, got "
+                                 f"{tokens!r}" + ("" if isinstance(expected_output_tokens, Mapping)
+                                                  else " (expected_output_tokens must map model -> tokens)"))
         fixed = tuple(prices[m].output_per_mtok * expected_output_tokens[m] / 1e6 for m in models)
         per_in = tuple(prices[m].input_per_mtok / 1e6 for m in models)
         return cls(tuple(models), fixed, per_in)
@@ -89,7 +109,13 @@ def choose(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: float) -> 
     [0]
     """
     _check_wtp(willingness_to_pay)
-    return _pick(*_utility_terms(quality, cost), willingness_to_pay)
+    terms = _utility_terms(quality, cost)
+    for name, values in zip(("quality", "cost"), terms[:2], strict=False):
+        if np.isnan(values).any():  # argmax takes a NaN for the best
+            row, model = np.argwhere(np.isnan(values))[0].tolist() if values.ndim == 2 else (None, None)
+            raise ValueError(f"choose: {name} is NaN" + (f" (row {row}, model {model})" if row is not None else "")
+                             + "; every model needs a score and a cost")
+    return _pick(*terms, willingness_to_pay)
 
 
 def choose_each(quality: np.ndarray, cost: np.ndarray, willingness_to_pay: Sequence[float],

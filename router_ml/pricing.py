@@ -31,9 +31,20 @@ class ModelPrice:
     input_per_mtok: float
     output_per_mtok: float
 
+    def __post_init__(self) -> None:
+        for key in ("input_per_mtok", "output_per_mtok"):
+            _check_price(getattr(self, key), f"ModelPrice: '{key}'")
+
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """Return the cost in USD of one call with the given token counts."""
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+def _check_price(value: object, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CatalogError(f"{where} must be a number of USD per 1M tokens, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise CatalogError(f"{where} must be finite and >= 0, got {value!r}")
 
 
 class PriceCatalog(Mapping[str, ModelPrice]):
@@ -59,15 +70,7 @@ class PriceCatalog(Mapping[str, ModelPrice]):
             values = []
             for key in ("input_per_mtok", "output_per_mtok"):
                 value = entry.get(key)
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise CatalogError(
-                        f"{source}: model '{model}': '{key}' must be a number of USD per 1M tokens, "
-                        f"got {value!r}"
-                    )
-                if not math.isfinite(value) or value < 0:
-                    raise CatalogError(
-                        f"{source}: model '{model}': '{key}' must be finite and >= 0, got {value!r}"
-                    )
+                _check_price(value, f"{source}: model '{model}': '{key}'")
                 values.append(float(value))
             parsed[str(model)] = ModelPrice(*values)
         self._prices = parsed

@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +459,14 @@ class Router:
 
     @staticmethod
     def _check_wtp(willingness_to_pay: float | None, default: float) -> float:
-        wtp = default if willingness_to_pay is None else float(willingness_to_pay)
+        if willingness_to_pay is None:
+            wtp = default
+        elif type(willingness_to_pay) is not float and (isinstance(willingness_to_pay, bool)
+                                                         or not isinstance(willingness_to_pay, Real)):
+            raise TypeError(f"willingness_to_pay must be a number >= 0 USD per unit of quality (or None for the "
+                            f"router's default), not {type(willingness_to_pay).__name__}")
+        else:
+            wtp = float(willingness_to_pay)
         if not wtp >= 0:
             raise ValueError(f"willingness_to_pay must be >= 0 USD per unit of quality, got {willingness_to_pay}")
         return wtp
@@ -527,8 +535,14 @@ class Router:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("calibrate needs at least one sample prompt")
-        if target_share is not None and target_share[0] not in self.models:
-            raise ValueError(f"unknown model {target_share[0]!r}; the router's models are {list(self.models)}")
+        if target_share is not None:
+            if not isinstance(target_share, tuple | list) or len(target_share) != 2:
+                raise TypeError(f"target_share must be (model, share), got {target_share!r}")
+            if target_share[0] not in self.models:
+                raise ValueError(f"unknown model {target_share[0]!r}; the router's models are {list(self.models)}")
+            _check_target("target_share's share", target_share[1], upper=1.0)
+        else:
+            _check_target("target_cost_per_request", target_cost_per_request)
         scores, costs = self.predict(prompts), self.costs(prompts)
 
         def measure(w: float) -> float:
@@ -559,6 +573,15 @@ class Router:
             mid = math.sqrt(low * high)
             low, high = (mid, high) if measure(mid) <= target else (low, mid)
         return low
+
+
+def _check_target(name: str, value: Any, upper: float = math.inf) -> None:
+    """A calibration target is a finite number in [0, upper] (a NaN once gave a knob that routed everything to
+    the cheapest model)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= upper \
+            or math.isinf(value):
+        rule = "in [0, 1]" if upper == 1.0 else ">= 0 USD"
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
 
 
 def _utilities(scores: list[float], costs: list[float], wtp: float) -> list[float]:

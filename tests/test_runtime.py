@@ -855,6 +855,53 @@ def test_exploration_settings_round_trip_and_unknown_models_are_refused(router):
         router.with_exploration(Exploration(exclude=("gpt-9",)))
 
 
+def test_numpy_numbers_are_settings_like_python_ones_and_exclude_may_be_none_or_a_generator(router):
+    """np.float32(0.1) was "not a number in [0, 1]", np.int64(7) "not an integer", exclude=None a TypeError."""
+    from router_ml.exploration import Exploration
+
+    e = Exploration(rate=np.float32(0.25), seed=np.int64(7), max_cost_usd=np.float64(1.0), exclude=None)
+    assert (type(e.rate), type(e.seed), e.exclude) == (float, int, ())
+    assert e == Exploration.from_dict(json.loads(json.dumps(e.to_dict())))  # JSON-ready, as the log needs
+    assert Exploration(exclude=(m for m in ["frontier-xl"])).exclude == ("frontier-xl",)  # read once, kept
+    seeded = router.with_exploration(e)  # draws as the same settings in Python numbers do
+    plain = router.with_exploration(Exploration(rate=float(np.float32(0.25)), seed=7, max_cost_usd=1.0))
+    draws = [seeded.route("hi") for _ in range(40)]
+    assert draws == [plain.route("hi") for _ in range(40)] and any(d.explored for d in draws)
+
+
+def test_the_knob_and_calibration_targets_must_be_numbers(router, trained):
+    """True routed with a knob of 1.0, "abc" failed in float(), and a NaN target gave a knob that sent every
+    prompt to the cheapest model."""
+    assert router.route("hi", willingness_to_pay=np.float32(0.5)) == router.route("hi", willingness_to_pay=0.5)
+    for bad in (True, "abc", [1.0]):
+        with pytest.raises(TypeError, match="willingness_to_pay must be a number >= 0"):
+            router.route("hi", willingness_to_pay=bad)
+        with pytest.raises(TypeError, match="willingness_to_pay must be a number >= 0"):
+            router.route_batch(["hi"], willingness_to_pay=bad)
+    prompts = trained.held_out[:20]
+    for target in (float("nan"), float("inf"), -1.0, "0.01"):
+        with pytest.raises(ValueError, match="target_cost_per_request must be a finite number >= 0 USD"):
+            router.calibrate(prompts, target_cost_per_request=target)
+    for share in (float("nan"), 1.5):
+        with pytest.raises(ValueError, match=r"target_share's share must be a finite number in \[0, 1\]"):
+            router.calibrate(prompts, target_share=(router.models[-1], share))
+    with pytest.raises(TypeError, match="target_share must be \\(model, share\\)"):
+        router.calibrate(prompts, target_share=router.models[-1])
+
+
+@pytest.mark.parametrize(("texts", "message"), [("hello", "takes a list of prompts; use route"),
+                                                (b"abc", "takes a list of prompts; use route"),
+                                                (None, "takes a list of prompts, not NoneType"),
+                                                ([None], "prompt 0 must be str, not NoneType")])
+def test_a_batch_that_is_not_a_list_of_prompts_is_refused(router, texts, message):
+    """costs("hello") once priced each character as a prompt; route_batch(b"abc") said "prompt 0 must be str,
+    not int"."""
+    for method in (router.costs, router.route_batch, router.predict):
+        with pytest.raises(TypeError, match=message):
+            method(texts)
+    assert router.costs(t for t in ["a", "bb"]).shape == (2, len(router.models))  # any iterable of prompts
+
+
 def test_exploration_off_is_todays_router_with_propensity_one(router, trained):
     from router_ml.exploration import Exploration
 
