@@ -601,3 +601,29 @@ def test_curve_in_knob_blocks_equals_one_pass(monkeypatch, estimator):
                 metrics.curve_from_choices(q, c, choices)
             errors.append(str(info.value))
         assert errors[0] == errors[1] and errors[0].startswith("2 of 3000 prompts")
+
+
+def test_inputs_a_metric_cannot_mean_anything_by_are_refused_instead_of_scored():
+    """Each once returned a plausible number (or NaN) where the rest of the module raises."""
+    c2, q2 = np.array([1.0, 2.0]), np.array([0.5, 0.6])
+    with pytest.raises(ValueError, match="reference_quality must be a finite quality"):
+        metrics.savings_at_iso_quality(c2, q2, reference_cost=2.0, reference_quality=np.nan)  # once 0.5
+    with pytest.raises(ValueError, match="must be finite"):  # the NaN model was taken for the best single model
+        metrics.curve_summary(c2, q2, single_costs=np.array([1.0, 2.0]), single_qualities=np.array([0.6, np.nan]))
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.curve_summary(c2, q2, single_costs=np.array([1.0, 2.0, 3.0]), single_qualities=q2)
+    with pytest.raises(ValueError, match="mean qualities must be finite"):
+        metrics.weak_and_strong(np.array([np.nan, 0.5]))  # once (1, 0): the NaN model "strong"
+    assert metrics.bootstrap_ci(lambda i: np.inf if i[0] == 0 else float(i.mean()), 5, n_boot=50)[0] >= 0
+    with pytest.raises(ValueError, match="not finite on all 5 bootstrap resamples"):
+        metrics.bootstrap_ci(lambda i: np.inf, 5, n_boot=5)  # once (nan, nan)
+    q = np.array([[np.nan, 1.0], [0.5, 0.2]])
+    with pytest.raises(ValueError, match="a cell with a positive weight has no quality"):
+        metrics.single_model_points(q, np.ones((2, 2)), weights=np.ones((2, 2)))  # once quality [nan, 0.6]
+    with pytest.raises(ValueError, match=r"choices must be model indices in \[0, 2\)"):
+        metrics.effective_sample_size(np.ones((3, 2)), np.array([[0, -1, 0]]))  # -1 once wrapped round
+    with pytest.raises(ValueError, match=r"choices must have shape \(k, 3\)"):
+        metrics.effective_sample_size(np.ones((3, 2)), np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match="reward_model must be finite"):
+        metrics.curve_from_choices(np.ones((2, 2)), np.ones((2, 2)), np.array([[0, 1]]), weights=np.ones((2, 2)),
+                                   estimator="dr", reward_model=np.full((2, 2), np.nan))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .weights import ESTIMATORS, _check_weights
+from .weights import ESTIMATORS, _check_choices, _check_weights
 
 __all__ = [
     "CURVE_KEYS",
@@ -111,7 +111,8 @@ def curve_from_choices(
 
     - ``"ips"``: ``sum(w * q) / n`` - unbiased when the weights are the true inverse propensities;
     - ``"snips"``: ``sum(w * q) / sum(w)`` over the chosen cells - self-normalised: a little biased,
-      far less variance, and always inside the range of the observed qualities;
+      far less variance, and always inside the range of the observed qualities (NaN at a knob value none
+      of whose choices matches an observed cell: there is nothing to estimate it from);
     - ``"dr"``: doubly robust, ``reward_model[i, c] + w * (q - reward_model[i, c])`` averaged over every
       prompt, where the correction term counts only for observed chosen cells: unbiased when either the
       propensities or the ``reward_model`` (n, m predicted quality) are right.
@@ -122,15 +123,12 @@ def curve_from_choices(
     """
     quality, cost = _outcome_matrices(quality, cost)
     n, m = quality.shape
-    choices = np.asarray(choices)
-    if choices.ndim != 2 or choices.shape[1] != n:
-        raise ValueError(f"choices must have shape (k, {n}) (one row per knob value), got {choices.shape}")
-    if not np.issubdtype(choices.dtype, np.integer):
-        raise ValueError(f"choices must hold integer model indices, got dtype {choices.dtype}")
-    if choices.size and (choices.min() < 0 or choices.max() >= m):
-        raise ValueError(f"choices must be model indices in [0, {m}), got values in [{choices.min()}, {choices.max()}]")
+    choices = _check_choices(choices, n, m)
     if weights is not None:
         weights = _check_weights(weights, quality.shape)
+    for name, model in (("reward_model", reward_model), ("cost_model", cost_model)):
+        if model is not None and np.shape(model) == quality.shape and not np.isfinite(model).all():
+            raise ValueError(f"{name} must be finite in every cell (a prediction for every prompt and model)")
     # knob values a block at a time: each (knob, prompt) array of a block holds at most _BLOCK_CELLS
     # cells (81 knob values over 3 million prompts would be 1.9 GB per float64 array at once)
     step = max(1, _BLOCK_CELLS // max(n, 1))
@@ -247,6 +245,8 @@ def single_model_points(
         total = weights.sum(axis=0)
         if (total <= 0).any():
             raise ValueError(f"model index {int(np.argmax(total <= 0))} has no cell of positive weight")
+        if np.isnan(quality[weights > 0]).any():
+            raise ValueError("a cell with a positive weight has no quality (NaN); give it weight 0")
         weighted = np.where(weights > 0, quality, 0.0) * weights
         return (np.where(weights > 0, cost, 0.0) * weights).sum(axis=0) / total, weighted.sum(axis=0) / total
     keep = complete_rows(quality, cost)
@@ -352,6 +352,8 @@ def savings_at_iso_quality(
     """
     if not (np.isfinite(reference_cost) and reference_cost > 0):
         raise ValueError(f"reference_cost must be a positive cost in USD, got {reference_cost!r}")
+    if not np.isfinite(reference_quality):
+        raise ValueError(f"reference_quality must be a finite quality, got {reference_quality!r}")
     hull_costs, hull_qualities = quality_hull(costs, qualities)
     if reference_quality > hull_qualities[-1]:
         return None
@@ -377,8 +379,7 @@ def curve_summary(
     ...               single_qualities=np.array([0.5, 0.9]))["savings_at_iso_quality"]
     0.5
     """
-    single_costs = np.asarray(single_costs, dtype=float)
-    single_qualities = np.asarray(single_qualities, dtype=float)
+    single_costs, single_qualities = _points(single_costs, single_qualities)  # 1-D, equal length, finite
     best = int(np.argmax(single_qualities))
     cost_range = (float(single_costs.min()), float(single_costs.max()))
     return {
@@ -402,8 +403,8 @@ def bootstrap_ci(
     """Return a percentile bootstrap interval (low, high) at level ``1 - alpha`` of a statistic.
 
     ``statistic`` receives an int index array, a resample of ``range(n)`` with replacement, and returns
-    a float. Resamples for which it returns None or NaN (say, a metric undefined on that resample) are
-    skipped and the interval is taken over the rest; ValueError if none is left. Draws come from
+    a float. Resamples for which it returns None or a value that is not finite (say, a metric undefined on
+    that resample) are skipped and the interval is taken over the rest; ValueError if none is left. Draws come from
     ``np.random.default_rng(seed)`` only, so the result is fixed by ``seed``.
 
     >>> data = np.array([1.0, 2.0, 3.0, 4.0])
@@ -419,9 +420,10 @@ def bootstrap_ci(
     values = []
     for _ in range(n_boot):
         value = statistic(rng.integers(0, n, size=n))
-        if value is not None and not np.isnan(value):
+        if value is not None and np.isfinite(value):
             values.append(float(value))
     if not values:
-        raise ValueError(f"the statistic returned None or NaN on all {n_boot} bootstrap resamples")
+        raise ValueError(f"the statistic returned None or a value that is not finite on all {n_boot} bootstrap "
+                         "resamples")
     low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)

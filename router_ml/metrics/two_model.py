@@ -39,6 +39,8 @@ def weak_and_strong(mean_quality: np.ndarray) -> tuple[int, int]:
     mean_quality = np.asarray(mean_quality, dtype=float)
     if mean_quality.shape != (2,):
         raise ValueError(f"weak and strong models are defined for two models, got {mean_quality.shape[0]}")
+    if not np.isfinite(mean_quality).all():
+        raise ValueError(f"mean qualities must be finite, got {mean_quality.tolist()}")
     strong = int(np.argmax(mean_quality))
     return 1 - strong, strong
 

@@ -71,11 +71,27 @@ def effective_sample_size(weights: np.ndarray, choices: np.ndarray) -> np.ndarra
     [2.0, 0.0]
     """
     weights = np.asarray(weights, dtype=float)
-    choices = np.asarray(choices)
+    if weights.ndim != 2:
+        raise ValueError(f"weights must have shape (n_prompts, n_models), got {weights.shape}")
+    _check_weights(weights, weights.shape)
+    choices = _check_choices(choices, *weights.shape)
     chosen = weights[np.arange(weights.shape[0])[None, :], choices]
     squares = (chosen**2).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(squares > 0, chosen.sum(axis=1) ** 2 / squares, 0.0)
+
+
+def _check_choices(choices: np.ndarray, n: int, m: int) -> np.ndarray:
+    """``choices`` as a (k, n) array of model indices in [0, m), or ValueError saying what it is instead (a
+    negative index once wrapped round to the last model)."""
+    choices = np.asarray(choices)
+    if choices.ndim != 2 or choices.shape[1] != n:
+        raise ValueError(f"choices must have shape (k, {n}) (one row per knob value), got {choices.shape}")
+    if not np.issubdtype(choices.dtype, np.integer):
+        raise ValueError(f"choices must hold integer model indices, got dtype {choices.dtype}")
+    if choices.size and (choices.min() < 0 or choices.max() >= m):
+        raise ValueError(f"choices must be model indices in [0, {m}), got values in [{choices.min()}, {choices.max()}]")
+    return choices
 
 
 def _check_weights(weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
