@@ -7,10 +7,12 @@ text it will see in production:
 2. content given as a list of parts (the OpenAI multimodal form) contributes the ``text`` of each
    part whose ``type`` is ``"text"``, joined with ``"\\n"``; other parts (images, audio) are skipped;
 3. if there is no user message, the text of all messages is joined with ``"\\n"``;
-4. a text that is exactly the Python text of a non-empty list of strings - ``str(["turn 1", "turn 2"])``,
-   the form RouterBench's files hold every prompt in - is read as its last string
-   (:func:`prompt_text`; the data layer reads such a prompt as one user turn per string). A router
+4. a text that is exactly the Python text of a non-empty list of at most :data:`MAX_TURNS` strings -
+   ``str(["turn 1", "turn 2"])``, the form RouterBench's files hold every prompt in - is read as its last
+   string (:func:`prompt_text`; the data layer reads such a prompt as one user turn per string). A router
    trained on those files then routes their cells, and production's plain text, as it was trained.
+   (The bound keeps the reading linear in the text: a request of a million one-letter strings would
+   otherwise take seconds and a gigabyte to parse.)
 
 The last user turn is what decides which model can answer (RouteLLM routes on it too); earlier
 turns mostly add length, which the runtime would have to truncate anyway.
@@ -19,10 +21,16 @@ turns mostly add length, which the runtime would have to truncate anyway.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["content_text", "list_turns", "message_problem", "prompt_text", "routed_text"]
+__all__ = ["MAX_TURNS", "content_text", "list_turns", "message_problem", "prompt_text", "routed_text"]
+
+#: the most strings a text may list to be read as a list of turns (rule 4)
+MAX_TURNS = 1024
+# one string as repr() writes it (either quote, backslash escapes), then ", " or the closing bracket
+_TURN = re.compile(r"""(?:'[^'\\]*(?:\\.[^'\\]*)*'|"[^"\\]*(?:\\.[^"\\]*)*")(?:, |(\]))""", re.S)
 
 
 def content_text(content: Any) -> str:
@@ -61,6 +69,16 @@ def list_turns(text: Any) -> list[str] | None:
     True
     """
     if type(text) is not str or len(text) < 4 or text[0] != "[" or text[-1] != "]" or text[1] not in "'\"":
+        return None
+    pos = 1  # the shape first, in linear time: at most MAX_TURNS quoted strings between the brackets
+    for _ in range(MAX_TURNS):
+        match = _TURN.match(text, pos)
+        if match is None:
+            return None
+        pos = match.end()
+        if match.group(1):
+            break
+    if pos != len(text):
         return None
     try:
         value = ast.literal_eval(text)

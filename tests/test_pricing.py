@@ -81,3 +81,27 @@ def test_routed_text_rule():
     assert message_problem([{"role": "tool", "tool_call_id": "c1"}]) == (
         "messages[0].content", "required for a 'tool' message: a string or a list of content parts (only an "
         "assistant's may be left out)")
+
+
+def test_a_listed_prompt_is_read_in_linear_time_and_a_list_of_more_than_max_turns_strings_stays_text():
+    """A 5 MB request of a million one-letter strings once took 2.5 s and 1.1 GB in ast.literal_eval."""
+    import tracemalloc
+
+    from router_ml.messages import MAX_TURNS, list_turns, prompt_text
+
+    turns = ["You are terse.", "it's \"quoted\"\nand \\ escaped", "\ud800 \x00 é"]
+    assert list_turns(str(turns)) == turns and prompt_text(str(turns)) == turns[-1]
+    assert list_turns(str(["t"] * MAX_TURNS)) == ["t"] * MAX_TURNS
+    assert list_turns(str(["t"] * (MAX_TURNS + 1))) is None
+    for not_a_list in ("[citation needed]", '["double"]', "['a','b']", "['a', 'b'] ", "['\\x41']", "['a', 3]"):
+        assert list_turns(not_a_list) is None, not_a_list
+    adversarial = "[" + "'a', " * 1_000_000 + "'b']"
+    tracemalloc.start()
+    try:
+        assert prompt_text(adversarial) == adversarial
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # nothing parsed past MAX_TURNS strings: once a gigabyte of syntax tree
+    long = str(["x" * 1_000_000, "y" * 1_000_000])
+    assert prompt_text(long) == "y" * 1_000_000
