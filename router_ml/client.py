@@ -101,8 +101,8 @@ def prepare_router(router: Router, catalog: ProviderCatalog,
     if exploration is not None:
         try:
             router = router.with_exploration(exploration)
-        except ValueError as exc:  # an excluded model the router does not know
-            raise RouterMLError(f"--explore-exclude: {exc}") from None
+        except ValueError as exc:  # an excluded model the router does not know (a flag, a config or code named it)
+            raise RouterMLError(str(exc)) from None
     return router, source
 
 
@@ -160,6 +160,8 @@ class AsyncRoutedClient:
                  transport: httpx.AsyncBaseTransport | None = None, upstream: str = "httpx",
                  clock: Callable[[], float] = time.monotonic, exploration: Exploration | None = None,
                  cascade: Cascade | None = None):
+        _check_arguments(router=router, catalog=catalog, on_complete=on_complete, transport=transport, clock=clock,
+                         cascade=cascade)
         router, self.routing_prices = prepare_router(router, catalog, exploration)
         self.router = router
         self.cascade = cascade
@@ -478,15 +480,42 @@ class _SyncCompletions:
         return ChatStream(self._owner._run, result) if isinstance(result, AsyncChatStream) else result
 
 
+def _check_arguments(*, router: Any, catalog: Any, on_complete: Any, transport: Any, clock: Any,
+                     cascade: Any) -> None:
+    """The client's arguments by type, before anything starts: a path in a router's place, a price catalog in
+    the provider catalog's, or an ``on_complete`` that is not callable (found once only after a paid call)
+    are a :class:`TypeError` saying what to give."""
+    if not isinstance(router, Router):
+        hint = " (a path: use .from_files(artifact, providers), or Router.load(path))" \
+            if isinstance(router, str | Path) else " (Router.load(path))"
+        raise TypeError(f"router must be a router_ml.Router{hint}, not {type(router).__name__}")
+    if not isinstance(catalog, ProviderCatalog):
+        hint = " (a path: use .from_files(artifact, providers), or ProviderCatalog.load(path))" \
+            if isinstance(catalog, str | Path) else " (ProviderCatalog.load(path): a price catalog says what " \
+            "models cost, a provider catalog where to call them)"
+        raise TypeError(f"catalog must be a router_ml.ProviderCatalog{hint}, not {type(catalog).__name__}")
+    for name, value in (("on_complete", on_complete), ("clock", clock)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+        raise TypeError(f"transport must be an httpx.AsyncBaseTransport, not {type(transport).__name__}")
+    if cascade is not None and not isinstance(cascade, Cascade):
+        raise TypeError(f"cascade must be a router_ml.cascade.Cascade, not {type(cascade).__name__}")
+
+
 class RoutedClient:
     """The synchronous :class:`AsyncRoutedClient`: same arguments, same behaviour; runs on a private event-loop
     thread. Close it (or use ``with``) when done."""
 
     def __init__(self, router: Router, catalog: ProviderCatalog, **kwargs: Any):
         self._loop = asyncio.new_event_loop()
+        try:
+            self._async = AsyncRoutedClient(router, catalog, **kwargs)
+        except BaseException:
+            self._loop.close()  # its thread is started only once the client is built: nothing left running
+            raise
         self._thread = threading.Thread(target=self._loop.run_forever, name="router-ml-client", daemon=True)
         self._thread.start()
-        self._async = AsyncRoutedClient(router, catalog, **kwargs)
         self.chat = _Chat(_SyncCompletions(self))
 
     @classmethod

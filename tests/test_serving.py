@@ -174,6 +174,28 @@ def test_the_client_refuses_a_catalog_without_the_routers_models(router):
         AsyncRoutedClient(router, ProviderCatalog(data, source="p.toml"))
 
 
+def test_the_client_refuses_arguments_of_the_wrong_kind_before_starting_anything(router, trained, tmp_path):
+    """A path in the router's place was an AttributeError, on_complete="x" failed only after the paid call, and
+    each failed RoutedClient left its event-loop thread running."""
+    from router_ml import PriceCatalog
+
+    cat = catalog({"*": "http://127.0.0.1:9/v1"})
+    prices = PriceCatalog({m: {"input_per_mtok": 1.0, "output_per_mtok": 1.0} for m in router.models})
+    threads = threading.active_count()
+    cases = [((str(trained.artifact), "providers.toml"), {}, r"router must be a router_ml.Router \(a path: use "
+                                                              r"\.from_files\(artifact, providers\)"),
+             ((router, prices), {}, "catalog must be a router_ml.ProviderCatalog .*a provider catalog where to call"),
+             ((router, cat), {"on_complete": "x"}, "on_complete must be callable, not str"),
+             ((router, cat), {"cascade": "x"}, "cascade must be a router_ml.cascade.Cascade, not str"),
+             ((router, cat), {"transport": "x"}, "transport must be an httpx.AsyncBaseTransport, not str")]
+    for args, kwargs, message in cases:
+        for client in (AsyncRoutedClient, RoutedClient):
+            with pytest.raises(TypeError, match=message):
+                client(*args, **kwargs)
+    assert threading.active_count() == threads
+    assert not [t for t in threading.enumerate() if t.name == "router-ml-client"]
+
+
 # --- 2. deciding: rules, pins, the knob, prices ----------------------------------------------------
 
 def test_rules_pins_and_the_knob_decide_before_the_router(router):
