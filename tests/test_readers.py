@@ -461,6 +461,24 @@ def test_routellm_battery(tmp_path):
     assert locations == [f"{path}:{n}" for n in (3, 4, 5, 6, 8)]
 
 
+@pytest.mark.parametrize("on_error", ["raise", "quarantine"])
+def test_a_quote_never_closed_before_more_rows_fails_the_load_instead_of_dropping_them(tmp_path, on_error):
+    """The unclosed quote on line 3 once took lines 3-6 into one quarantined "record": 4 rows gone, 1 counted.
+    A broken quote within one line is that row's error only, and the rows after it are read."""
+    rows = ["prompt,a,a|total_cost,b,b|total_cost", "p1,1,0.001,0,0.01", '"p2,1,0.001,0,0.01',
+            "p3,1,0.001,1,0.01", "p4,0,0.001,1,0.01", "p5,1,0.001,1,0.01"]
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"wide\.csv:3: a quote opened in this row is never closed, so lines 3-6 "
+                                        r"\(the rest of the file\) cannot be read as rows"):
+        load_traffic(path, on_error=on_error, quarantine=tmp_path / "q.jsonl")
+    rows[2] = '"p2"x,1,0.001,0,0.01'
+    path.write_text("\n".join(rows) + "\n")
+    table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert [r.prompt for r in table] == ["p1", "p3", "p4", "p5"] and report.rejected == 1
+    assert [e["location"] for e in _quarantined(tmp_path / "q.jsonl")] == [f"{path}:3"]
+
+
 # --- Hugging Face datasets (local directories; the hub path cannot run offline) ------------
 
 def test_hf_saved_dataset_long_form_merges_logged_calls(tmp_path):

@@ -145,9 +145,16 @@ def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] 
             except StopIteration:
                 break
             except csv.Error as exc:
-                yield loc, header, RecordError(None, f"malformed CSV ({exc}); a quote may be unclosed "
-                                                     "or the file truncated")
-                break  # the csv parser cannot resynchronise after a broken quote
+                if "unexpected end of data" in str(exc) and reader.line_num > start:
+                    # a quote never closed took in every line after it (on the last line: only that row)
+                    raise DataError(f"a quote opened in this row is never closed, so lines {start}-{reader.line_num} "
+                                    "(the rest of the file) cannot be read as rows; close the quote, or write a "
+                                    "quote inside a quoted cell as \"\", and load again - nothing was loaded",
+                                    location=loc) from None
+                yield loc, header, RecordError(None, f"malformed CSV ({exc}); check the quotes of this row")
+                start = reader.line_num + 1  # the parser goes on with the next line
+                n += 1
+                continue
             start = reader.line_num + 1
             if not values:
                 continue
