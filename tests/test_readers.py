@@ -461,6 +461,20 @@ def test_routellm_battery(tmp_path):
     assert locations == [f"{path}:{n}" for n in (3, 4, 5, 6, 8)]
 
 
+@pytest.mark.parametrize("columns", [["small-8b_cost", "large-70b_cost"], ["sample_id"]])
+def test_a_routellm_csv_refuses_columns_that_are_not_models(tmp_path, columns):
+    """Every column beside prompt was read as a model: a cost column became a model of quality 0.001, an id
+    column a model whose every cell was an error."""
+    path = tmp_path / "mmlu_x.csv"
+    path.write_text("\n".join([",".join(["prompt", "small-8b", "large-70b", *columns]),
+                               ",".join(["p1", "True", "False", *["0.001"] * len(columns)])]) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}: columns {columns} are not models")):
+        load_traffic(path)
+    path.write_text("prompt,small-8b,large-70b,small-8b_response\np1,True,False,yes\n")  # answers are not models
+    table, _ = load_traffic(path)
+    assert list(table.models) == ["small-8b", "large-70b"]
+
+
 @pytest.mark.parametrize("on_error", ["raise", "quarantine"])
 def test_a_quote_never_closed_before_more_rows_fails_the_load_instead_of_dropping_them(tmp_path, on_error):
     """The unclosed quote on line 3 once took lines 3-6 into one quarantined "record": 4 rows gone, 1 counted.

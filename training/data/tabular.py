@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,7 @@ def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -
                      if c.endswith("_response") and c[: -len("_response")] in header}
         models = [c for c in header
                   if c != "prompt" and c not in responses.values() and not _is_index_column(c)]
+        _check_routellm_models(file, models)
         if not models:
             raise DataError("no model columns beside 'prompt'", location=str(file))
         for n, (loc, _, item) in enumerate(_iter_csv_rows(file)):
@@ -256,6 +258,27 @@ def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -
                                     task=file.stem, prices=prices)
 
             yield _convert(loc, lambda item=item: _raw_csv(item), make)
+
+
+#: columns that describe a prompt or a call, never a model (a RouteLLM CSV holds only prompt and model columns)
+_NOT_MODELS = {"sample_id", "id", "prompt_id", "question_id", "task", "category", "subject", "eval_name", "metadata",
+               "messages", "timestamp"}
+_COMPANION = re.compile(r"(.+?)[_|](total_)?(cost|costs|usd|price|tokens|input_tokens|output_tokens|latency|latency_s|"
+                        r"propensity)$", re.I)
+
+
+def _check_routellm_models(file: Path, models: list[str]) -> None:
+    """Refuse columns of a RouteLLM CSV that are not models: every column beside ``prompt`` and the
+    ``<model>_response`` ones is read as a model's True/False outcome, so a cost column (``m_cost``) became a
+    model of quality 0.001 and an id column a model whose every quality was an error."""
+    names = set(models)
+    wrong = [c for c in models if c.lower() in _NOT_MODELS
+             or ((m := _COMPANION.fullmatch(c)) is not None and m.group(1) in names)]
+    if wrong:
+        raise DataError(f"columns {wrong} are not models, yet the RouteLLM layout (prompt plus one True/False "
+                        "column per model, <model>_response for answers) reads every other column as one; for "
+                        "costs and other fields use the wide layout (M and M|total_cost columns, --format wide) or "
+                        "drop those columns", location=str(file))
 
 
 def read_pickle(path: Path, *, allow_pickle: bool = False, prices: PriceCatalog | None = None,
