@@ -1168,3 +1168,20 @@ def test_a_variant_keeps_its_platt_scaling_only_where_that_routes_better_held_ou
     assert not kept["informed"]  # already in level: the scaling routes the same, and a tie keeps the raw scores
     pred, platt, entry = score_variant(squeezed, quality, held, calibrate=False)
     assert pred is squeezed and platt is None and set(entry) == {"val_aiq", "ece", "calibrated"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"router.candidates": ["lexical"]}, r"router.kind = auto: every candidate in router.candidates was skipped "
+                                         r"\(lexical: 560 train \+ validation records"),
+    ({"router.candidates": ["mlp", "logreg", "lexical"], "router.auto_pick": "lexical"},
+     r"router.auto_pick = 'lexical': that candidate is not fitted on this data \(560 train \+ validation records"),
+])
+def test_a_candidate_pinned_or_left_that_is_skipped_on_this_data_is_an_error_before_any_fit(tmp_path, demo_800,
+                                                                                             overrides, message):
+    """Nothing left to fit was a max() of an empty sequence; a pinned candidate that was skipped was passed over
+    for the best held-out AIQ without a word."""
+    from router_ml.errors import RouterMLError
+
+    with pytest.raises(RouterMLError, match=message):
+        _train(tmp_path, demo_800, **overrides, **{"tracking.enabled": False})
+    assert not (tmp_path / "router").exists()

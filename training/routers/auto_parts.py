@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from router_ml.errors import RouterMLError
 from training.parallel import ordered_map, workers_for
 from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped, fit_encoder
 from training.routers.auto_groups import blended, group_fields_to_try
@@ -137,12 +138,30 @@ class CandidateParts:
                 self.families.remove("lexical")
                 self.skipped["lexical"] = reason
                 log.info("auto: lexical candidate skipped: %s", reason)
+        self._check_left()
         self.fitted: dict[str, TorchRouter] = {}
         self.seconds: dict[str, float] = {}
         self.winner: EncoderRouter | None = None
         self.heldout: tuple[np.ndarray, np.ndarray] | None = None
         self._X: np.ndarray | None = None
         self._tokens: Batchable | None = None
+
+    def _check_left(self) -> None:
+        """Before any fit: a candidate left to fit, and ``router.auto_pick`` among them (a pinned candidate that
+        was skipped was once passed over without a word, and none left was a traceback after the features)."""
+        skipped = dict(self.skipped)
+        if "groups" in self.r.candidates and not self.group_fields:
+            skipped["groups"] = "the records name no group field with at least two groups"
+        why = "; ".join(f"{c}: {reason}" for c, reason in skipped.items())
+        if not self.families:
+            raise RouterMLError(f"router.kind = auto: every candidate in router.candidates was skipped ({why}); add "
+                                "mlp, logreg, knn or mf to router.candidates")
+        pick = self.r.auto_pick
+        averaged = [f for f in self.families if f not in ("encoder", "lexical")]
+        if pick in skipped or (pick == "ensemble" and len(averaged) < 2):
+            reason = skipped.get(pick, "fewer than two candidates to average")
+            raise RouterMLError(f"router.auto_pick = {pick!r}: that candidate is not fitted on this data ({reason}); "
+                                f"pick one of {self.families} or leave router.auto_pick empty")
 
     def _lexical_skipped(self) -> str | None:
         """Why the ``lexical`` candidate is not tried here (None: it is)."""
