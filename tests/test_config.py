@@ -30,6 +30,8 @@ def test_overrides_are_typed_and_round_trip():
     (["router.hidden=wide"], "router.hidden: expected a number"),
     (["router.hidden=1.5"], "expected a whole number"),
     (["tracking.enabled=maybe"], "expected true or false"),
+    (["train.epochs=inf"], "train.epochs: expected a whole number, got 'inf'"),  # once an OverflowError
+    (["router.hidden=nan"], "router.hidden: expected a whole number, got 'nan'"),
 ])
 def test_bad_overrides_are_rejected(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
@@ -185,3 +187,30 @@ def test_a_shipped_config_is_found_by_name_and_a_missing_one_lists_them(tmp_path
         load_config("mlp_statc")
     (tmp_path / "mlp_static").write_text('[router]\nkind = "mf"\n')  # a file of that name wins
     assert load_config("mlp_static").router.kind == "mf"
+
+
+def test_a_config_that_is_not_utf8_or_holds_inf_for_a_whole_number_is_an_error_naming_the_file(tmp_path):
+    """A UTF-16 config (as some editors save) was a UnicodeDecodeError traceback, `epochs = inf` an
+    OverflowError."""
+    shipped = (Path(__file__).resolve().parents[1] / "training/configs/mlp_static.toml").read_text()
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text(shipped, encoding="utf-16")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(utf16))}: not UTF-8 text .*save it as UTF-8"):
+        load_config(utf16)
+    inf = tmp_path / "inf.toml"
+    inf.write_text("[train]\nepochs = inf\n")
+    with pytest.raises(ConfigError, match=r"train.epochs: expected a whole number, got inf"):
+        load_config(inf)
+
+
+def test_train_device_cuda_without_a_cuda_device_is_an_error_before_the_data_is_read(tmp_path):
+    import torch
+
+    from router_ml.errors import RouterMLError
+    from training.pipeline import train_router
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: train.device = cuda is right here")
+    config = load_config(None, ["train.device=cuda", "tracking.enabled=false"])
+    with pytest.raises(RouterMLError, match='train.device = "cuda": this machine has no CUDA device'):
+        train_router(config, tmp_path / "missing.jsonl", out_dir=tmp_path / "out", progress=False)

@@ -242,6 +242,8 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if not isinstance(number, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if kind is int and not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
         if kind is int:
             if float(number) != int(number):
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
@@ -528,6 +530,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
                               f"config: {shipped})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}; a UTF-16 or Latin-1 file, "
+                              "as some editors save); save it as UTF-8") from None
     config = _build(nested, source=source, check=not overrides)  # overrides may mend the file: check the result
     if overrides:
         pairs = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)

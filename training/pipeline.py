@@ -43,7 +43,7 @@ from training.routers.auto_choice import log_selection
 from training.routers.auto_groups import auto_group_labels
 from training.routers.neural import ROUTER_WEIGHT_FILES, check_groups
 from training.stages import Stages, return_free_memory
-from training.trainer import Batchable, distributed_context
+from training.trainer import Batchable, distributed_context, resolve_device
 
 __all__ = ["CHECKPOINT_FORMAT", "evaluate_many", "evaluate_router", "train_router"]
 
@@ -266,6 +266,7 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     validate(config)  # loaded configs are validated already; this guards configs built in code
     # found now, not after the fit; an interrupted run's weights (saved before the manifest) are replaced
     check_out_dir(out_dir, partial=ROUTER_WEIGHT_FILES)
+    resolve_device(config.train.device)  # a device this machine lacks, found before the data is read
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from router_ml.errors import RouterMLError
 from training.config import LossConfig, TrainLoopConfig
 from training.featurizers import SHARD_ROWS
 from training.losses import bradley_terry_loss, quality_loss, sample_willingness, tradeoff_loss
@@ -211,8 +212,13 @@ def _batches(data: Batchable, windows: list[np.ndarray], batch_size: int, limit:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA where a device is there, else the CPU; ``cuda`` on a machine without
+    one is an error saying so (it was torch's "not compiled with CUDA" at the first fit, after the features)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RouterMLError("train.device = \"cuda\": this machine has no CUDA device torch can use; set "
+                            "train.device = \"auto\" (CUDA where there is one) or \"cpu\"")
     return torch.device(name)
 
 
