@@ -593,3 +593,23 @@ def test_a_router_is_trained_into_what_an_interrupted_run_left(tmp_path):
     with pytest.raises(RouterMLError, match=r"a directory holding notes.txt, router.json, weights.safetensors, "
                                             r"not a router checkpoint"):
         train_router(config, tmp_path / "missing.jsonl", out_dir=interrupted, progress=False)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.train_size=1"], r"leaves 1 training records .*data.train_size \(--train-size\) = 1 is a count of records"),
+    (["data.train_size=100", "data.val_size=100"], r"leaves 0 training records .*data.val_size = 100 takes 100"),
+    (["data.train_size=400"], r"leaves no test records .*data.train_size \(--train-size\) = 400 takes every record"),
+])
+def test_a_split_with_next_to_nothing_to_train_or_test_on_names_the_setting(tmp_path, overrides, message):
+    """train_size = 1.0 meant as "all of it" trained a router on one record; an empty training part blamed
+    --train-size when data.val_size had taken every record."""
+    from router_ml.errors import DataError
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    data = tmp_path / "t400.jsonl"
+    data.write_text("".join((ROOT / "data/demo/traffic.jsonl").read_text().splitlines(keepends=True)[:400]))
+    config = load_config(ROOT / "training/configs/mlp_static.toml", [*overrides, "tracking.enabled=false"])
+    with pytest.raises(DataError, match=message):
+        train_router(config, data, out_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -67,14 +67,32 @@ def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
     return metrics.weak_and_strong(column_means(table.quality, rows))
 
 
+#: the fewest training records a split may leave (a count of 1 read as "all of it" left one)
+MIN_TRAIN_RECORDS = 10
+
+
+def _check_split(split: Any, train_size: float, val_size: float) -> None:
+    """A split that leaves something to train on and to test on, or an error naming the setting to change."""
+    sizes = split.sizes()
+    if not sizes["test"]:
+        raise DataError(f"the split leaves no test records ({sizes}): data.train_size (--train-size) = "
+                        f"{train_size:g} takes every record; give a smaller count or a share below 1, e.g. 0.7")
+    if sizes["train"] < MIN_TRAIN_RECORDS:
+        blame = (f"data.val_size = {val_size:g} takes {sizes['val']} of the {sizes['train'] + sizes['val']} train + "
+                 "validation records" if sizes["val"] and sizes["train"] < sizes["val"] else
+                 f"data.train_size (--train-size) = {train_size:g} is a count of records (a share is a fraction "
+                 "below 1, e.g. 0.7)")
+        raise DataError(f"the split leaves {sizes['train']} training records ({sizes}; at least "
+                        f"{MIN_TRAIN_RECORDS} are needed): {blame}")
+
+
 def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | PriceCatalog | None = None,
             **load_options: Any) -> Prepared:
     catalog = PriceCatalog.load(prices) if isinstance(prices, str | Path) else prices
     table, report = load_traffic(data, prices=catalog, **load_options)
     split = split_table(table, train_size=config.data.train_size, val_size=config.data.val_size,
                         seed=config.data.seed)
-    if len(split.train) == 0 or len(split.test) == 0:
-        raise DataError(f"the split left an empty part ({split.sizes()}); change --train-size")
+    _check_split(split, config.data.train_size, config.data.val_size)
     cost = observed_costs(table, split.train, catalog)
     cost_model = fit_cost_model(table, cost, split.train, catalog)
     # the knob values every evaluation of this router sweeps, saved with its cost model
