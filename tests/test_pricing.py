@@ -61,6 +61,30 @@ def test_a_catalog_that_prices_some_models_of_a_table_without_costs_names_the_ot
         observed_costs(table, np.arange(4), catalog)
 
 
+def test_a_model_without_any_cost_is_priced_by_the_catalog_or_the_catalog_named(tmp_path):
+    """Rule 3 of training.costs: where other models log costs and one logs none, the catalog prices it; a
+    catalog without it (or with it under another name) was told to "give a price catalog", which it had."""
+    import numpy as np
+
+    from router_ml import DataError
+    from training.costs import observed_costs
+    from training.data import Outcome, Record, TrafficTable
+
+    records = [Record(prompt="q" * (4 * (i + 1)), outcomes={"a": Outcome(quality=1.0, cost=0.5),
+                                                            "frontier-xl": Outcome(quality=1.0)}) for i in range(4)]
+    table = TrafficTable(records)
+    catalog = PriceCatalog({"a": {"input_per_mtok": 1, "output_per_mtok": 2},
+                            "frontier-xl": {"input_per_mtok": 1e6, "output_per_mtok": 0}}, source="prices.toml")
+    cost = observed_costs(table, np.arange(4), catalog)
+    np.testing.assert_allclose(cost[:, 1], [1.0, 2.0, 3.0, 4.0])  # 1 USD per input token, i + 1 tokens each
+    np.testing.assert_allclose(cost[:, 0], 0.5)
+    misspelt = PriceCatalog({"a": {"input_per_mtok": 1, "output_per_mtok": 2},
+                             "frontier-XL": {"input_per_mtok": 1, "output_per_mtok": 2}}, source="prices.toml")
+    with pytest.raises(DataError, match=r"model 'frontier-xl' has outcomes but no cost anywhere; the price catalog "
+                                        r"prices.toml has no price for it \(it prices 'frontier-XL': the same model"):
+        observed_costs(table, np.arange(4), misspelt)
+
+
 def test_shared_catalog_loads(shared_data):
     catalog = PriceCatalog.load(shared_data / "mmlu-pro-29" / "prices.json")
     assert len(catalog) == 29

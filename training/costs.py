@@ -86,10 +86,23 @@ def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCat
         train_known = cost[train_rows, j][~np.isnan(cost[train_rows, j])]
         if train_known.size == 0:
             train_known = cost[:, j][known[:, j]]
+        if train_known.size == 0 and prices is not None and model in prices:  # rule 3: the catalog prices it
+            priced = CostModel.from_prices(prices, [model], {model: _mean_output_tokens(table, train_rows)[model]})
+            cost[:, j] = priced.estimate(estimate_input_tokens(table.texts))[:, 0]
+            continue
         if train_known.size == 0:
-            raise DataError(f"model '{model}' has outcomes but no cost anywhere; give a price catalog (--prices)")
+            raise DataError(f"model '{model}' has outcomes but no cost anywhere; " + (
+                f"the price catalog {prices.source} has no price for it{_close(model, prices)}: add it"
+                if prices is not None else "give a price catalog (--prices)"))
         cost[~known[:, j], j] = train_known.mean()
     return cost
+
+
+def _close(model: str, prices: PriceCatalog) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(model, list(prices), n=1) or [m for m in prices if m.lower() == model.lower()]
+    return f" (it prices {near[0]!r}: the same model under another name?)" if near else ""
 
 
 def fit_cost_model(table: TrafficTable, cost: np.ndarray, train_rows: np.ndarray,
