@@ -158,6 +158,29 @@ def test_exclude_list_drops_and_counts(tmp_path):
     assert load_traffic(path, exclude=txt)[1].excluded == 1
 
 
+def test_an_exclude_list_is_read_by_its_content_and_one_that_matches_nothing_is_reported(tmp_path, caplog):
+    """A CSV export of the list and JSON Lines saved as .txt were read as one prompt per line: `"Drop me"` and
+    `{"prompt": ...}` matched no prompt, and nothing was excluded without a word."""
+    path = _jsonl(tmp_path / "t.jsonl", [json.dumps(dict(GOOD, prompt=p)) for p in ("Keep me", "Drop, ME", "x")])
+    csv_list = tmp_path / "ex.csv"
+    csv_list.write_text('id,prompt\n1,"drop, me"\n')
+    json_txt = tmp_path / "ex.txt"
+    json_txt.write_text(json.dumps({"prompt": "drop, me"}) + "\n")
+    for excl in (csv_list, json_txt):
+        table, report = load_traffic(path, exclude=excl)
+        assert [r.prompt for r in table] == ["Keep me", "x"] and report.excluded == 1, excl
+    no_column = tmp_path / "bad.csv"
+    no_column.write_text("id,question\n1,x\n")
+    with pytest.raises(DataError, match=r"bad\.csv: a CSV exclude list needs a column named eval_prompt, prompt or "
+                                        r"text \(columns: \['id', 'question'\]\)"):
+        load_traffic(path, exclude=no_column)
+    other = tmp_path / "other.txt"
+    other.write_text("a prompt of another data set\n")
+    with caplog.at_level("WARNING", logger="training.data.loader"):
+        assert load_traffic(path, exclude=other)[1].excluded == 0
+    assert f"--exclude {other}: none of its 1 prompts is in {path}, so nothing was excluded" in caplog.text
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

@@ -26,6 +26,7 @@ quarantine line the same as reading one record at a time. Sample ids are looked 
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,22 +48,43 @@ from training.data.table import TrafficTable
 __all__ = ["LoadReport", "check_out_directory", "lies_within", "load_exclude_list", "load_traffic",
            "normalize_prompt", "quarantine_line"]
 
+log = logging.getLogger(__name__)
+
 
 def normalize_prompt(text: str) -> str:
     """The key under which prompts count as identical: NFKC, case-folded, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+_EXCLUDE_KEYS = ("eval_prompt", "prompt", "text")
+
+
 def load_exclude_list(path: str | Path) -> set[str]:
     """Read prompts to exclude: JSON Lines (key ``eval_prompt``, ``prompt`` or ``text``; RouteLLM's
-    ``contaminated_prompts.jsonl`` works as is) or plain text with one prompt per line."""
+    ``contaminated_prompts.jsonl`` works as is; recognised by its first line whatever the file's name), a CSV
+    file with such a column, or plain text with one prompt per line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read exclude list: {exc}", location=str(path)) from exc
+    if path.suffix.lower() == ".csv":  # a spreadsheet's export: quoted cells, a header naming the column
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(text))
+        key = next((k for k in _EXCLUDE_KEYS if k in (reader.fieldnames or [])), None)
+        if key is None:
+            raise DataError(f"a CSV exclude list needs a column named {', '.join(_EXCLUDE_KEYS[:-1])} or "
+                            f"{_EXCLUDE_KEYS[-1]} (columns: {reader.fieldnames})", location=str(path))
+        try:
+            return {normalize_prompt(row[key]) for row in reader if row.get(key)}
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV: {exc}", location=f"{path}:{reader.line_num}") from None
+    lines = text.splitlines()
     out = set()
-    is_jsonl = path.suffix in {".jsonl", ".json", ".ndjson"}
+    first = next((line.strip() for line in lines if line.strip()), "")
+    is_jsonl = path.suffix in {".jsonl", ".json", ".ndjson"} or _json_object_line(first)
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -73,13 +95,24 @@ def load_exclude_list(path: str | Path) -> set[str]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON: {exc.msg}", location=f"{path}:{n}") from exc
-        text = next((obj[k] for k in ("eval_prompt", "prompt", "text")
-                     if isinstance(obj, dict) and isinstance(obj.get(k), str)), None)
-        if text is None:
+        prompt = next((obj[k] for k in _EXCLUDE_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), str)),
+                      None)
+        if prompt is None:
             raise DataError("expected a string 'eval_prompt', 'prompt' or 'text' key",
                             location=f"{path}:{n}")
-        out.add(normalize_prompt(text))
+        out.add(normalize_prompt(prompt))
     return out
+
+
+def _json_object_line(line: str) -> bool:
+    """A line that is a JSON object with a prompt key: the file is JSON Lines, whatever its name says."""
+    if not line.startswith("{"):
+        return False
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and any(isinstance(obj.get(k), str) for k in _EXCLUDE_KEYS)
 
 
 @dataclass
@@ -362,6 +395,10 @@ def load_traffic(
             f"no valid records ({report.rejected} rejected, {report.excluded} excluded)"
             + (f"; see {qpath}" if qpath else ""), location=str(source))
     report.records = len(table_columns)
+    if isinstance(exclude, str | Path) and excluded_keys and not report.excluded:
+        log.warning("--exclude %s: none of its %d prompts is in %s, so nothing was excluded; check that it lists "
+                    "this data's prompts (JSON Lines with an eval_prompt, prompt or text key, a CSV file with such "
+                    "a column, or one prompt per line)", exclude, len(excluded_keys), source)
     table = TrafficTable.from_columns(table_columns)
     report.models_without_outcomes = [m for m in extra.get("model_columns", []) if m not in table.models]
     return table, report
