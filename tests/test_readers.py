@@ -181,6 +181,27 @@ def test_an_exclude_list_is_read_by_its_content_and_one_that_matches_nothing_is_
     assert f"--exclude {other}: none of its 1 prompts is in {path}, so nothing was excluded" in caplog.text
 
 
+@pytest.mark.parametrize("on_error", ["raise", "quarantine"])
+def test_gzip_under_another_name_and_utf16_text_are_refused_as_what_they_are(tmp_path, on_error):
+    """Both were read as UTF-8 lines: "invalid UTF-8 at byte 1", and in quarantine mode a compressed file's
+    binary was set aside line by line as records."""
+    import gzip
+
+    text = "".join(json.dumps(dict(GOOD, prompt=f"q{i}")) + "\n" for i in range(50))
+    compressed = tmp_path / "t.jsonl"
+    compressed.write_bytes(gzip.compress(text.encode()))
+    utf16 = tmp_path / "u.csv"
+    utf16.write_text("prompt,a,a|total_cost\nq,1,0.1\n", encoding="utf-16")
+    quarantine = tmp_path / "q.jsonl"
+    with pytest.raises(DataError, match=r"t\.jsonl: gzip-compressed data under a name without \.gz"):
+        load_traffic(compressed, on_error=on_error, quarantine=quarantine)
+    with pytest.raises(DataError, match=r"u\.csv: UTF-16 text .*save it as UTF-8"):
+        load_traffic(utf16, on_error=on_error, quarantine=quarantine)
+    assert not quarantine.exists()
+    named = compressed.rename(tmp_path / "t.jsonl.gz")
+    assert len(load_traffic(named)[0]) == 50  # the same bytes under a .gz name are read
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

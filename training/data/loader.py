@@ -308,6 +308,30 @@ def check_out_directory(out: str | Path, writes: str) -> None:
                             "to")
 
 
+_GZIP = b"\x1f\x8b"
+_UTF16 = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _check_encoding(source: str | Path) -> None:
+    """A file whose first bytes say it is gzip-compressed under a name that does not, or UTF-16 text, is
+    refused as what it is (read as UTF-8 text its first line was "invalid UTF-8", and in quarantine mode its
+    binary was set aside line by line as records)."""
+    path = Path(source)
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # the reader says why it cannot read it
+    if head.startswith(_GZIP) and not path.name.endswith(".gz"):
+        raise DataError("gzip-compressed data under a name without .gz: decompress it (gunzip -c), or name JSON "
+                        "Lines .jsonl.gz, which is read as is", location=str(path))
+    if head.startswith(_UTF16):
+        raise DataError("UTF-16 text (as some spreadsheet programs and editors save it); save it as UTF-8",
+                        location=str(path))
+
+
 def _check_quarantine_path(qpath: Path, inputs: list[Path], fmt: str) -> None:
     """Refuse a quarantine file that is one of the inputs (writing it would truncate what is being read) or
     lies inside an input directory (the next read would take the rejected records for data)."""
@@ -362,6 +386,7 @@ def load_traffic(
     if num_proc < 1:
         raise DataError(f"num_proc must be >= 1, got {num_proc}")
     text_budget = text_memory_budget(text_memory_mb)
+    _check_encoding(source)
     fmt = format or detect_format(source)
     reader_for(fmt)  # an unknown format fails here, before any file is written
     path: Any = Path(source) if fmt != "hf" or Path(source).exists() else str(source)
