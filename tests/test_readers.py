@@ -10,8 +10,11 @@ import json
 import math
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -200,6 +203,21 @@ def test_gzip_under_another_name_and_utf16_text_are_refused_as_what_they_are(tmp
     assert not quarantine.exists()
     named = compressed.rename(tmp_path / "t.jsonl.gz")
     assert len(load_traffic(named)[0]) == 50  # the same bytes under a .gz name are read
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_wide_tables_metadata_columns_are_reported_where_a_bare_quality_column_shows(tmp_path, suffix):
+    """A quality column without its M|total_cost companion is kept as metadata (the layout's rule); it was
+    listed nowhere, so a whole model's outcomes vanished without a word."""
+    frame = pd.DataFrame({"prompt": ["p1", "p2"], "a": [1.0, 0.0], "a|total_cost": [0.001, 0.001], "b": [0.0, 1.0],
+                          "eval_name": ["x", "y"]})
+    path = tmp_path / f"w{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    table, report = load_traffic(path)
+    assert list(table.models) == ["a"] and report.metadata_columns == ["b"]
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "data", "inspect", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "metadata columns (no 'M|total_cost' beside them, so not models): b" in out
 
 
 # --- canonical Parquet --------------------------------------------------------------------

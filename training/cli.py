@@ -124,7 +124,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
                             "excluded": report.excluded,
                             "merged_duplicates": report.merged_duplicates, "format": report.format,
                             "source": report.source, "quarantine": report.quarantine,
-                            "ignored_columns": report.ignored_columns,
+                            "ignored_columns": report.ignored_columns, "metadata_columns": report.metadata_columns,
                             "models_without_outcomes": report.models_without_outcomes}
     if args.json:
         print_json(info)

@@ -27,6 +27,9 @@ def print_inspect(table: Any, report: Any, summary: dict[str, Any]) -> None:
         print(f"  quarantine: {report.quarantine}")
     if report.ignored_columns:
         print(f"  ignored columns: {', '.join(report.ignored_columns)}")
+    if report.metadata_columns:  # where a quality column without its M|total_cost companion would show
+        print(f"  metadata columns (no 'M|total_cost' beside them, so not models): "
+              f"{', '.join(report.metadata_columns)}")
     if report.models_without_outcomes:
         print(f"  model columns without an outcome in any kept record (not in the table): "
               f"{', '.join(report.models_without_outcomes)}")

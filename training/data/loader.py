@@ -128,6 +128,8 @@ class LoadReport:
     missing_propensity: int = 0
     quarantine: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
+    #: a wide table's columns kept as each record's metadata (neither prompt, id, task nor a model's)
+    metadata_columns: list[str] = field(default_factory=list)
     #: a wide table's model columns without an outcome in any kept record: such a model is not in the table
     models_without_outcomes: list[str] = field(default_factory=list)
 
@@ -415,6 +417,7 @@ def load_traffic(
     finally:
         sink.close()
     report.ignored_columns = extra.get("ignored_columns", [])
+    report.metadata_columns = extra.get("metadata_columns", [])
     if not len(table_columns):
         raise DataError(
             f"no valid records ({report.rejected} rejected, {report.excluded} excluded)"

@@ -176,10 +176,12 @@ def wide_layout(file: Path, report: dict | None = None) -> WideLayout:
 
 
 def note_layout(layout: WideLayout, report: dict | None) -> None:
-    """Add a wide layout's ignored columns and model columns to a reader's ``report`` (the loader tells
-    which model columns no kept record had an outcome in: such a model is not in the table)."""
+    """Add a wide layout's ignored, model and metadata columns to a reader's ``report`` (the loader tells
+    which model columns no kept record had an outcome in: such a model is not in the table; ``data inspect``
+    lists the metadata columns, where a quality column without its ``M|total_cost`` companion shows)."""
     if report is not None:
-        for key, columns in (("ignored_columns", layout.ignored), ("model_columns", layout.models)):
+        for key, columns in (("ignored_columns", layout.ignored), ("model_columns", layout.models),
+                             ("metadata_columns", layout.meta)):
             listed = report.setdefault(key, [])
             listed.extend(c for c in columns if c not in listed)
 
