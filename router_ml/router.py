@@ -159,6 +159,25 @@ def loading_artifact(directory: Path, manifest: Mapping[str, Any], what: str, ke
         raise ArtifactError(f"{directory}: cannot load the {what} ({type(exc).__name__}: {exc})") from exc
 
 
+def _check_session_arguments(session_options: Any, providers: Any, intra_op_threads: Any) -> None:
+    """The session's options by type, before the artifact is read: a mistake here is the caller's, not the
+    artifact's (it was an ArtifactError "cannot load the router", and a string of providers was split into
+    characters, each an onnxruntime warning)."""
+    if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int)
+                                         or intra_op_threads < 0):
+        raise TypeError(f"intra_op_threads must be a whole number >= 0 (0: onnxruntime's default) or None, got "
+                        f"{intra_op_threads!r}")
+    if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
+        raise TypeError(f"providers must be a list of onnxruntime provider names, e.g. ['CPUExecutionProvider'], "
+                        f"got {providers!r}")
+    if session_options is not None:
+        import onnxruntime as ort
+
+        if not isinstance(session_options, ort.SessionOptions):
+            raise TypeError(f"session_options must be an onnxruntime.SessionOptions, not "
+                            f"{type(session_options).__name__}")
+
+
 def onnx_session(path: Path, *, session_options: Any = None, intra_op_threads: int | None = None,
                  providers: Sequence[str] | None = None) -> Any:
     """An onnxruntime session of the graph at ``path`` (CPU unless ``providers`` says otherwise)."""
@@ -264,6 +283,7 @@ class Router:
 
         >>> router = Router.load("models/demo-artifact", verify=True)   # doctest: +SKIP
         """
+        _check_session_arguments(session_options, providers, intra_op_threads)
         directory = resolve_artifact_path(path)
         manifest = read_artifact_manifest(directory, kind="router", required=_REQUIRED)
         with loading_artifact(directory, manifest, "router", ("models", "tokenizer", "policy")):

@@ -902,6 +902,19 @@ def test_a_batch_that_is_not_a_list_of_prompts_is_refused(router, texts, message
     assert router.costs(t for t in ["a", "bb"]).shape == (2, len(router.models))  # any iterable of prompts
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [({"intra_op_threads": "2"}, "intra_op_threads must be a whole number"),
+                                               ({"intra_op_threads": -1}, "intra_op_threads must be a whole number"),
+                                               ({"session_options": {}}, "session_options must be an onnxruntime"),
+                                               ({"providers": "CPUExecutionProvider"}, "providers must be a list")])
+def test_session_options_of_the_wrong_kind_are_the_callers_error_not_the_artifacts(router, trained, kwargs,
+                                                                                     message):
+    """They were an ArtifactError "cannot load the router", and a string of providers was split into letters."""
+    with pytest.raises(TypeError, match=message):
+        Router.load(trained.artifact, **kwargs)
+    assert Router.load(trained.artifact, intra_op_threads=1, providers=["CPUExecutionProvider"],
+                       session_options=ort.SessionOptions()).route("hi") == router.route("hi")
+
+
 def test_exploration_off_is_todays_router_with_propensity_one(router, trained):
     from router_ml.exploration import Exploration
 
