@@ -712,6 +712,24 @@ def _decision_line(rid, model="a", chosen=None, **extra):
             **extra}
 
 
+def test_a_decision_log_that_is_missing_a_directory_or_badly_rated_says_which(tmp_path):
+    """A missing log read as "the decision log is empty", a directory was an IsADirectoryError, and a decision
+    whose only feedback line was refused (quality 5) was reported as having no feedback yet."""
+    with pytest.raises(DataError, match=r"missing\.jsonl: no such file"):
+        load_traffic(tmp_path / "missing.jsonl", format="decisions")
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(DataError, match=r"logs: a directory: give the log's file"):
+        load_traffic(tmp_path / "logs", format="decisions")
+    lines = [_decision_line("r1"), _decision_line("r2"), {"type": "feedback", "request_id": "r1", "quality": 5},
+             {"type": "feedback", "request_id": "r2", "quality": 1.0}]
+    log = _jsonl(tmp_path / "d.jsonl", [json.dumps(x) for x in lines])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'feedback': the feedback for request r1 was refused "
+                                        r"\(.*d\.jsonl:3: .*quality.*\); fix that line"):
+        load_traffic(log)
+    table, report = load_traffic(log, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert [r.sample_id for r in table] == ["r2"] and report.rejected == 2  # the decision and its bad rating
+
+
 def test_decision_log_propensity_goes_on_the_answering_model(tmp_path):
     lines = [_decision_line("r1", propensity=0.2), _decision_line("r2", "b", propensity=1.0),
              _decision_line("r3", propensity=0), _decision_line("r4", propensity="high"),

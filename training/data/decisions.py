@@ -86,6 +86,17 @@ __all__ = ["is_decision_log", "read_decisions"]
 _TYPES = ("decision", "feedback")
 
 
+def _request_id_of(raw: bytes) -> str | None:
+    """The request id of a feedback line that is JSON but was refused (a rating out of range), else None."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "feedback" and isinstance(obj.get("request_id"), str):
+        return obj["request_id"]
+    return None
+
+
 def is_decision_log(path: Path) -> bool:
     """True when the first non-blank line of ``path`` is a decision-log record."""
     try:
@@ -280,8 +291,14 @@ def _record(obj: Mapping[str, Any], feedback: Mapping[tuple[str, str | None], tu
 def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -> Iterator[Row]:
     """Read a decision log (and its rotated files) as canonical records; see the module doc."""
     path = Path(path)
+    if not path.exists():
+        raise DataError("no such file", location=str(path))
+    if path.is_dir():
+        raise DataError("a directory: give the log's file (the one --decision-log named; its rotated and workers' "
+                        "files beside it are read with it)", location=str(path))
     feedback: dict[tuple[str, str | None], tuple[float, str]] = {}  # (request id, rated model or None) -> rating
     answers: dict[str, Answers] = {}  # request id -> _answers
+    broken: dict[str, str] = {}  # request id -> where and why its feedback line was refused
     for location, raw, complete in _lines(path):  # pass 1: who was decided, what was rated
         try:
             obj = _parse(raw, complete, location)
@@ -290,8 +307,11 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
                 feedback[fb["request_id"], fb.get("model")] = (fb["quality"], location)
             elif isinstance(obj.get("request_id"), str):
                 answers[obj["request_id"]] = _answers(obj)
-        except RecordError:
-            pass  # reported in pass 2
+        except RecordError as exc:  # reported in pass 2; a decision left unrated by it names it
+            rid = _request_id_of(raw)
+            if rid is not None:
+                broken.setdefault(rid, f"{location}: {exc}")
+    rated = {rid for rid, _ in feedback}
     seen_any = False
     for location, raw, complete in _lines(path):
         seen_any = True
@@ -307,6 +327,11 @@ def read_decisions(path: Path, *, prices: PriceCatalog | None = None, **_: Any) 
                 continue
         except RecordError as exc:
             yield Row(location, text, error=exc)
+            continue
+        rid = obj.get("request_id")
+        if rid in broken and rid not in rated:  # its only feedback was refused: say so, not "no feedback yet"
+            yield Row(location, text, error=RecordError("feedback", f"the feedback for request {rid} was refused "
+                                                                    f"({broken[rid]}); fix that line"))
             continue
         yield _convert(location, text, lambda obj=obj: _record(obj, feedback, prices))
     if not seen_any:
