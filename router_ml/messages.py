@@ -43,7 +43,7 @@ def content_text(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, Sequence):
+    if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):  # bytes: not text parts
         texts = []
         for part in content:
             if isinstance(part, str):
@@ -111,6 +111,8 @@ def routed_text(messages: Sequence[Mapping[str, Any]]) -> str:
     ...              {"role": "user", "content": "What is 2+2?"}])
     'What is 2+2?'
     """
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} objects, not {type(messages).__name__}")
     for message in reversed(messages):
         if message.get("role") == "user":
             return prompt_text(content_text(message.get("content")))

@@ -102,6 +102,11 @@ def test_routed_text_rule():
              {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
              {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "user", "content": "and then?"}]
     assert message_problem(tools) is None and routed_text(tools) == "and then?"
+    # bytes content was read as a list of parts (of ints) and routed as the empty prompt; a string failed on .get
+    with pytest.raises(TypeError, match="message content must be a string or a list of parts, not bytes"):
+        routed_text([{"role": "user", "content": b"hi"}])
+    with pytest.raises(TypeError, match="messages must be a list of {'role', 'content'} objects, not str"):
+        routed_text("hello")
     assert message_problem([{"role": "tool", "tool_call_id": "c1"}]) == (
         "messages[0].content", "required for a 'tool' message: a string or a list of content parts (only an "
         "assistant's may be left out)")
