@@ -38,9 +38,19 @@ answer into an outcome.
 Crash safety: each record is written with one ``os.write`` of a complete line to a file opened
 with ``O_APPEND`` (``fsync=True`` adds an fsync per record). A process killed inside a write can
 leave a truncated last line; opening the log moves such a fragment to ``<log>.partial`` and cuts it
-off, so it is never merged into the next record. Rotation: when a write would pass ``max_bytes``
-the file is renamed ``<stem>.1<suffix>`` (older ones shift to ``.2`` ... ``.<backups>``, the oldest
-is deleted) and a new file starts.
+off, so it is never merged into the next record. A write that fails part-way (a full disk) raises,
+and the part it wrote is cut off at once, so the record is lost whole (the caller counts it) and the
+next one starts its own line; where the file cannot be cut, the next record starts with a newline and
+the fragment stays a line of its own, which readers reject as a corrupt line.
+
+One writer per file: a log is held by the process writing it through an exclusive ``flock`` of
+``<log>.lock`` beside it, taken when it opens and released when it closes or dies, so a second server
+pointed at the same file is refused at start instead of rotating the first one's records away.
+``router-ml feedback`` appends beside a live server (``exclusive=False``: one whole-line write per
+record, no lock held while it appends, no rotation; the repair is left to a live server).
+
+Rotation: when a write would pass ``max_bytes`` the file is renamed ``<stem>.1<suffix>`` (older ones
+shift to ``.2`` ... ``.<backups>``, the oldest is deleted) and a new file starts.
 
 Several writers (``router-ml serve --workers N``): each worker process writes its own file, so no two
 processes ever append to one file - worker 0 the log's own path, worker ``k`` ``<stem>.w<k><suffix>``
@@ -268,11 +278,23 @@ def repair(path: str | Path) -> int:
     return size - cut
 
 
+#: how every line the writer makes begins (``type`` is the first key of every record), whitespace aside
+_RECORD_STARTS = (b'{"type":"decision"', b'{"type":"feedback"')
+
+
+def _begins_like_a_record(line: bytes) -> bool:
+    """Whether ``line`` (whole, or cut off anywhere by a crash) begins the way every log line begins."""
+    start = line[:200].translate(None, b" \t\r\n")
+    return start.startswith(b"{") and any(start.startswith(s) or s.startswith(start) for s in _RECORD_STARTS)
+
+
 def check_is_log(path: str | Path) -> None:
     """Refuse to append to (and repair) an existing file that is not a decision log - a mistyped
-    ``--decision-log`` naming a catalog or a data file: its first line must be a ``decision`` or
-    ``feedback`` record (a file holding only a line cut off by a crash, no newline yet, passes when it
-    starts a JSON object)."""
+    ``--decision-log`` naming a catalog, a ratings file or a data file: its first line must be a
+    ``decision`` or ``feedback`` record. A first line without a newline (a crash inside the log's first
+    write, or one long first line) passes only when it begins as every record does
+    (``{"type": "decision"`` or ``{"type": "feedback"``), so a one-line JSON file of the user's is never
+    taken for a crashed log and cut off."""
     path = Path(path)
     if path.is_dir():
         raise RouterMLError(f"decision log {path}: is a directory; give a file path")
@@ -283,8 +305,8 @@ def check_is_log(path: str | Path) -> None:
     if not head:
         return
     line, newline, _ = head.partition(b"\n")
-    if not newline and len(head) < 1 << 16:
-        ok = head.lstrip().startswith(b"{")
+    if not newline:
+        ok = _begins_like_a_record(head)
     else:
         try:
             first = _json.loads(line)
@@ -296,14 +318,47 @@ def check_is_log(path: str | Path) -> None:
                             "a decision or feedback record); give another path - nothing was written to it")
 
 
+def _lock(path: Path) -> tuple[int | None, str | None]:
+    """Take the exclusive ``flock`` of ``<path>.lock``: ``(its file descriptor, None)`` (closing it releases
+    the lock), ``(None, pid)`` when another process holds it, ``(None, None)`` for a device such as
+    /dev/null, which has no lock beside it."""
+    if path.exists() and not path.is_file():
+        return None, None
+    try:
+        import fcntl  # POSIX; elsewhere one writer per file is the operator's to keep
+    except ImportError:
+        return None, None
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise RouterMLError(f"decision log {path}: cannot create its lock file {lock} ({exc.strerror}); make the "
+                            "directory writable or give another --decision-log path") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message of a refused second writer
+    return fd, None
+
+
 def _default(value: Any) -> Any:
     return str(value)
 
 
 class DecisionLog:
-    """An append-only, size-rotated JSONL log (see the module doc). Thread-safe; close it when done."""
+    """An append-only, size-rotated JSONL log (see the module doc). Thread-safe; close it when done.
 
-    def __init__(self, path: str | Path, *, max_bytes: int = 64 << 20, backups: int = 5, fsync: bool = False):
+    ``exclusive`` (the default): hold the log's lock for this object's life - one writer per file, a second
+    one is refused with an error naming the file. ``exclusive=False``: append beside the process that holds
+    it, if any (``router-ml feedback`` while ``router-ml serve`` runs): the lock is only taken, when free, to
+    repair a crash's remnant at opening, then released; such a log never rotates (its writer does)."""
+
+    def __init__(self, path: str | Path, *, max_bytes: int = 64 << 20, backups: int = 5, fsync: bool = False,
+                 exclusive: bool = True):
         if max_bytes < 1024:
             raise ValueError(f"max_bytes must be at least 1024, got {max_bytes}")
         if backups < 1:
@@ -314,14 +369,34 @@ class DecisionLog:
         self.fsync = fsync
         self.repaired_bytes = 0
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._torn = False  # a failed write left a fragment at the end that could not be cut off
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_is_log(self.path)
-        self.repaired_bytes = repair(self.path)
-        self._fd: int | None = None
-        self._open()
+        self._lock_fd, holder = _lock(self.path)
+        if holder is not None and exclusive:
+            raise RouterMLError(f"decision log {self.path}: process {holder} is already writing it (it holds "
+                                f"{self.path}.lock), and two writers on one file lose records when it rotates; give "
+                                "this server its own --decision-log path (--workers N shares one path safely: each "
+                                "worker writes its own file) or stop the other one first")
+        try:
+            if holder is None:  # with a live writer, a line it is writing is no crash remnant
+                self.repaired_bytes = repair(self.path)
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+        if not exclusive:  # a server starting while this appends a few lines must not be refused
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # read access too: a failed write's fragment is read back before it is cut off (_cut)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = os.fstat(self._fd).st_size
 
     def _rotate(self) -> None:
@@ -338,19 +413,43 @@ class DecisionLog:
         self.path.rename(_rotated(self.path, 1))
         self._open()
 
+    def _cut(self, fragment: bytes) -> None:
+        """After a write failed part-way: cut the ``fragment`` it left off the end of the file (only when the
+        end is still that fragment: ``router-ml feedback`` may have appended since), so that the next record
+        starts a line; where that cannot be done, the next record starts with a newline instead."""
+        assert self._fd is not None
+        try:
+            end = os.fstat(self._fd).st_size
+            start = end - len(fragment)
+            if start >= 0 and os.pread(self._fd, len(fragment), start) == fragment:
+                os.ftruncate(self._fd, start)
+                return
+        except OSError:
+            pass
+        self._torn = True
+
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append one record as one complete line."""
+        """Append one record as one complete line. An :class:`OSError` (a full disk) means this record was not
+        written, none of it: the log stays whole and the next record is written normally."""
         # JSON has no inf/NaN: written as null; a lone surrogate stays a JSON escape
         data = _json.dumps(record, default=_default) + b"\n"
         with self._lock:
             if self._fd is None:
                 raise RouterMLError(f"decision log {self.path} is closed")
-            if self._size and self._size + len(data) > self.max_bytes:
+            # only the lock's holder rotates: never a device, nor an appender beside a live writer
+            if self._lock_fd is not None and self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            if self._torn:  # the fragment a failed write left stays a (corrupt) line of its own
+                data = b"\n" + data
+            view, written = memoryview(data), 0
+            try:
+                while written < len(data):
+                    written += os.write(self._fd, view[written:])
+            except OSError:
+                if written:
+                    self._cut(data[:written])
+                raise
+            self._torn = False
             self._size += len(data)
             if self.fsync:
                 os.fsync(self._fd)
@@ -360,6 +459,7 @@ class DecisionLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            self._unlock()
 
     def __enter__(self) -> DecisionLog:
         return self

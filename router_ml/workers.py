@@ -9,7 +9,7 @@ an upstream fails from its own requests, so with N workers an upstream's circuit
 after that worker's ``breaker_failures`` consecutive failures (``router_ml_circuit_open`` shows 1 while
 it is open in any live worker). What the workers share:
 
-- the decision log, without sharing a file: worker ``k`` writes its own
+- the decision log, without sharing a file: worker ``k`` writes its own and holds its lock
   (:func:`router_ml.decision_log.worker_log_path`; worker 0 the ``--decision-log`` path itself), and every
   reader merges them in time order (:func:`router_ml.decision_log.merged_lines`);
 - the metrics: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory, and any

@@ -197,3 +197,35 @@ def test_sigterm_under_load_answers_and_logs_every_accepted_request_once(trained
     assert set(logged.values()) == {1}
     assert set(logged) == {a[0] for a in load.answered}, "every accepted request answered, every answer logged"
     assert {d["status"] for d in decisions(log)} == {"ok"}
+
+
+@pytest.mark.slow  # the session's trained router
+def test_a_second_server_on_a_log_another_one_writes_is_refused_and_feedback_still_appends(trained, tmp_path):
+    """Two servers started in one directory with the same --decision-log would each rotate the other's records
+    away: the second is refused at start (a single process or workers), naming the file and the writer; the
+    feedback command still appends beside the live server, and the log keeps every record once."""
+    log = tmp_path / "decisions.jsonl"
+    with FakeUpstream() as up:
+        args = ["--artifact", str(trained.artifact), "--providers", str(providers_for(up.base_url, tmp_path)),
+                "--decision-log", "decisions.jsonl"]
+        with Served(*args, cwd=tmp_path) as first:
+            rid = httpx.post(first.url + "/v1/chat/completions", json={"messages": MSG}, timeout=30).json()
+            for workers in ("1", "2"):
+                second = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", *args, "--port", "0",
+                                         "--workers", workers], cwd=tmp_path, capture_output=True, text=True,
+                                        timeout=120)
+                assert second.returncode == 1, second.stderr
+                assert (f"decision log decisions.jsonl: process {first.proc.pid} is already writing it"
+                        in second.stderr), second.stderr
+                assert "--decision-log" in second.stderr and "Traceback" not in second.stderr
+            rid = rid["router_ml"]["request_id"]
+            out = subprocess.run([sys.executable, "-m", "router_ml.cli", "feedback", "--log", str(log), "--request-id",
+                                  rid, "--thumbs", "up"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert out.returncode == 0, out.stderr
+            httpx.post(first.url + "/v1/chat/completions", json={"messages": MSG}, timeout=30).raise_for_status()
+            assert first.stop() == 0
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(x["type"], x["request_id"] == rid) for x in lines] == [("decision", True), ("feedback", True),
+                                                                    ("decision", False)]
+    assert all(f.stat().st_size == 0 for f in log_files(log)[1:])  # a refused server's other worker wrote nothing
+
