@@ -55,8 +55,9 @@ def validate_body(body: Any) -> None:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("model", f"must be a string, got {model!r}")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise RequestError("stream", f"must be true or false, got {body['stream']!r}")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):  # null is allowed, as by OpenAI: not streaming
+        raise RequestError("stream", f"must be true or false, got {stream!r}")
 
 
 def decide(body: dict[str, Any], *, router: Router, catalog: ProviderCatalog, default_knob: float | None,

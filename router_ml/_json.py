@@ -31,14 +31,18 @@ def _backend() -> Any:
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON; :class:`ValueError` (:mod:`json`'s, with its message) when it is not valid JSON."""
+    """Parse JSON; :class:`ValueError` (:mod:`json`'s, with its message) when it is not valid JSON, or nests
+    deeper than the parser can follow."""
     fast = _orjson if _orjson is not None else _backend()
     if fast:
         try:
             return fast.loads(data)
         except fast.JSONDecodeError:
             pass
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except RecursionError:  # '[' * 200000: orjson stops at 1024 levels, json at the interpreter's stack
+        raise ValueError("arrays and objects nest too deeply") from None
 
 
 def dumps(obj: Any, *, errors: str = "backslashreplace", default: Callable[[Any], Any] | None = None) -> bytes:

@@ -16,8 +16,9 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from router_ml import __version__
@@ -85,6 +86,14 @@ def bounded(cast: type, low: float, high: float | None = None) -> Callable[[str]
     return parse
 
 
+def _log_path(text: str) -> str:
+    """``--decision-log``: a path; an empty one (an unset shell variable) is a usage error, not "no log"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file path, got {text!r} (an unset shell variable?); "
+                                         "--no-decision-log keeps no log")
+    return text
+
+
 def per_cpu_limit() -> int:
     """The most worker processes or onnxruntime threads a command starts: 4 per CPU, at least 8 (more only
     contend for the same cores; a typo such as 100000 would exhaust the machine's memory first)."""
@@ -111,27 +120,38 @@ def _open_input(path: str, what: str):
         raise RouterMLError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
+def _lines(path: str, what: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of ``path`` (``-``: standard input) with their numbers; a file that is not UTF-8
+    text (a UTF-16 export, say) is a :class:`RouterMLError` naming it, not a decoding traceback."""
+    with _open_input(path, what) as f:
+        try:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    yield n, line
+        except UnicodeDecodeError as exc:
+            shown = "standard input" if path == "-" else path
+            raise RouterMLError(f"{what} {shown}: not UTF-8 text ({exc.reason}); save it as UTF-8 (a UTF-16 export "
+                                "from a spreadsheet or PowerShell is a common cause)") from None
+
+
 def _prompts_from_file(path: str) -> list[str]:
     from router_ml.messages import routed_text
 
     prompts = []
-    with _open_input(path, "the prompts file (--input)") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RouterMLError(f"{path}:{n}: not valid JSON ({exc.msg}); expected {{\"prompt\": ...}} or "
-                                    f"{{\"messages\": [...]}} per line") from exc
-            if isinstance(obj, str):
-                prompts.append(obj)
-            elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
-                prompts.append(obj["prompt"])
-            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-                prompts.append(routed_text(obj["messages"]))
-            else:
-                raise RouterMLError(f"{path}:{n}: expected a JSON string, {{\"prompt\": ...}} or {{\"messages\": ...}}")
+    for n, line in _lines(path, "the prompts file (--input)"):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RouterMLError(f"{path}:{n}: not valid JSON ({exc.msg}); expected {{\"prompt\": ...}} or "
+                                f"{{\"messages\": [...]}} per line") from exc
+        if isinstance(obj, str):
+            prompts.append(obj)
+        elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+            prompts.append(obj["prompt"])
+        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            prompts.append(routed_text(obj["messages"]))
+        else:
+            raise RouterMLError(f"{path}:{n}: expected a JSON string, {{\"prompt\": ...}} or {{\"messages\": ...}}")
     return prompts
 
 
@@ -140,7 +160,7 @@ def add_exploration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("exploration (off unless --explore-rate is given)")
     group.add_argument("--explore-rate", type=float, metavar="R",
                        help="probability in [0, 1] of leaving the greedy choice to explore")
-    group.add_argument("--explore-policy", choices=("epsilon", "softmax", "curve"), default="epsilon",
+    group.add_argument("--explore-policy", choices=("epsilon", "softmax", "curve"),
                        help="explore uniformly over eligible models (epsilon, default), by a softmax of utilities, "
                             "or along the router's cost-quality curve (curve: the choice at a random knob)")
     group.add_argument("--explore-seed", type=int, metavar="S", help="RNG seed (reproducible single-threaded draws)")
@@ -148,9 +168,9 @@ def add_exploration_options(parser: argparse.ArgumentParser) -> None:
                        help="never explore a model expected to cost more than this on the prompt")
     group.add_argument("--explore-exclude", action="append", default=[], metavar="MODEL",
                        help="never explore this model (repeatable)")
-    group.add_argument("--explore-temperature", type=float, default=0.1,
-                       help="softmax temperature in units of utility (default 0.1)")
-    group.add_argument("--explore-uniform-share", type=float, default=0.25, metavar="S",
+    group.add_argument("--explore-temperature", type=float, metavar="T",
+                       help="softmax: temperature in units of utility (default 0.1)")
+    group.add_argument("--explore-uniform-share", type=float, metavar="S",
                        help="curve: share of explored decisions drawn uniformly over eligible models (default 0.25)")
 
 
@@ -158,16 +178,26 @@ def exploration_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~router_ml.exploration.Exploration` the flags describe, or None; errors name the flag."""
     from router_ml.exploration import Exploration
 
+    given = (("--explore-policy", args.explore_policy), ("--explore-seed", args.explore_seed),
+             ("--explore-max-cost", args.explore_max_cost), ("--explore-exclude", args.explore_exclude),
+             ("--explore-temperature", args.explore_temperature),
+             ("--explore-uniform-share", args.explore_uniform_share))
     if args.explore_rate is None:
-        others = [f for f, v in (("--explore-seed", args.explore_seed), ("--explore-max-cost", args.explore_max_cost),
-                                 ("--explore-exclude", args.explore_exclude)) if v]
+        others = [f for f, v in given if v is not None and v != []]
         if others:
             raise RouterMLError(f"{', '.join(others)} given without --explore-rate; add --explore-rate R to explore")
         return None
+    policy = args.explore_policy or "epsilon"
+    for flag, value, applies in (("--explore-temperature", args.explore_temperature, "softmax"),
+                                 ("--explore-uniform-share", args.explore_uniform_share, "curve")):
+        if value is not None and policy != applies:
+            raise RouterMLError(f"{flag} applies to --explore-policy {applies} only, not {policy}; drop it or add "
+                                f"--explore-policy {applies}")
+    shape = {"temperature": args.explore_temperature, "uniform_share": args.explore_uniform_share}
     try:
-        return Exploration(args.explore_policy, rate=args.explore_rate, seed=args.explore_seed,
+        return Exploration(policy, rate=args.explore_rate, seed=args.explore_seed,
                            max_cost_usd=args.explore_max_cost, exclude=tuple(args.explore_exclude),
-                           temperature=args.explore_temperature, uniform_share=args.explore_uniform_share)
+                           **{k: v for k, v in shape.items() if v is not None})  # else Exploration's defaults
     except ValueError as exc:  # the message names the field: name the flag that sets it
         flags = {"kind": "--explore-policy", "rate": "--explore-rate", "seed": "--explore-seed",
                  "max_cost_usd": "--explore-max-cost", "exclude": "--explore-exclude",
@@ -184,15 +214,15 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.prompt is not None and args.input is not None:
         raise RouterMLError("give one prompt or --input FILE, not both")
     exploration = exploration_from_args(args)
+    prompts = None if args.input is None else _prompts_from_file(args.input)  # a bad file fails before the load
     router = Router.load(args.artifact, intra_op_threads=args.threads)
     try:
         router = router.with_exploration(exploration)
     except ValueError as exc:
         raise RouterMLError(f"--explore-exclude: {exc}") from None
-    if args.prompt is not None:
+    if prompts is None:
         print_json(router.route(args.prompt, willingness_to_pay=args.willingness_to_pay).to_dict())
         return 0
-    prompts = _prompts_from_file(args.input)
     for start in range(0, len(prompts), 256):
         for decision in router.route_batch(prompts[start:start + 256], willingness_to_pay=args.willingness_to_pay):
             print_json(decision.to_dict())
@@ -233,9 +263,14 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     if bool(args.cascade) != bool(args.scorer):
         raise RouterMLError("--cascade POLICY.json and --scorer DIR go together: the policy was fitted on that "
                             "answer scorer's scores ('router-ml cascade evaluate --out DIR' writes DIR/policy.json)")
+    api_key = _key_from_env("--api-key-env", args.api_key_env)
+    admin_key = _key_from_env("--admin-key-env", args.admin_key_env)
+    if admin_key is not None and admin_key == api_key:  # every client could then reload the server
+        same = "is the same variable as" if args.admin_key_env == args.api_key_env else "holds the same key as"
+        raise RouterMLError(f"--admin-key-env {args.admin_key_env} {same} --api-key-env {args.api_key_env}, so every "
+                            "client could call /admin/reload; give the admin a key of its own")
     return dict(router=args.artifact, variants=variants, providers=args.providers, host=args.host, port=args.port,
-                api_key=_key_from_env("--api-key-env", args.api_key_env),
-                admin_key=_key_from_env("--admin-key-env", args.admin_key_env),
+                api_key=api_key, admin_key=admin_key,
                 decision_log=None if args.no_decision_log else args.decision_log, log_prompts=args.log_prompts,
                 log_max_bytes=max(1024, int(args.log_max_mb * (1 << 20))), log_fsync=args.log_fsync,
                 max_body_bytes=args.max_body_bytes, willingness_to_pay=args.willingness_to_pay,
@@ -256,31 +291,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_feedback(args: argparse.Namespace) -> int:
-    from router_ml.decision_log import DecisionLog, FeedbackError, feedback_from, feedback_record, log_files
+_LOGGED_ID = re.compile(rb'"request_id"\s*:\s*"([^"\\]{1,200})"')
 
-    records = []
+
+def _unknown_ids(log: str, ids: set[str]) -> set[str]:
+    """Those of ``ids`` no decision line of the log at ``log`` holds (every worker's and rotated file read)."""
+    from router_ml import _json
+    from router_ml.decision_log import log_files
+
+    missing = set(ids)
+    for file in log_files(log):
+        with open(file, "rb") as f:
+            for raw in f:
+                m = _LOGGED_ID.search(raw)  # parse only the lines that name a wanted id
+                if m is None or m.group(1).decode("utf-8", "replace") not in missing:
+                    continue
+                try:
+                    obj = _json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and obj.get("type") == "decision":
+                    missing.discard(obj.get("request_id"))
+                    if not missing:
+                        return missing
+    return missing
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from router_ml.decision_log import (
+        DecisionLog,
+        FeedbackError,
+        check_is_log,
+        feedback_from,
+        feedback_record,
+        log_files,
+    )
+
+    records, where = [], {}
     if args.file:
         if args.request_id or args.quality is not None or args.thumbs or args.model:
             raise RouterMLError("give --file or --request-id with --quality/--thumbs (and --model), not both")
-        with _open_input(args.file, "the feedback file (--file)") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:  # the same fields and checks as POST /v1/feedback
-                    records.append(feedback_from(json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise RouterMLError(f"{args.file}:{n}: not valid JSON ({exc.msg})") from exc
-                except FeedbackError as exc:
-                    raise RouterMLError(f"{args.file}:{n}: {exc}; nothing was recorded") from exc
+        for n, line in _lines(args.file, "the feedback file (--file)"):
+            try:  # the same fields and checks as POST /v1/feedback
+                records.append(feedback_from(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise RouterMLError(f"{args.file}:{n}: not valid JSON ({exc.msg})") from exc
+            except FeedbackError as exc:
+                raise RouterMLError(f"{args.file}:{n}: {exc}; nothing was recorded") from exc
+            where.setdefault(records[-1]["request_id"], f"{args.file}:{n}")
     else:
         if not args.request_id:
             raise RouterMLError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
         records.append(feedback_record(args.request_id, quality=args.quality, thumbs=args.thumbs, model=args.model))
+        where[args.request_id] = "--request-id"
     if not log_files(args.log):  # a mistyped path would start a log of feedback that joins nothing
         raise RouterMLError(f"--log {args.log}: no decision log there (nor a worker's or rotated file of it); "
                             "give the --decision-log path 'router-ml serve' writes; nothing was recorded")
-    with DecisionLog(args.log) as log:
+    check_is_log(args.log)
+    # feedback for a request the log does not hold would join nothing and stop a strict read of the log later
+    unknown = _unknown_ids(args.log, set(where))
+    if unknown:
+        shown = ", ".join(f"{where[i]}: {i}" for i in [i for i in where if i in unknown][:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise RouterMLError(f"--log {args.log}: no decision for request id(s) {shown}{more} (in the log, its rotated "
+                            "files or its workers' files); check the ids (x-router-ml-request-id) and the --log "
+                            "path; nothing was recorded")
+    with DecisionLog(args.log, exclusive=False) as log:  # beside a live server: one whole-line write per record
         for record in records:
             log.write(record)
     print_json({"log": args.log, "recorded": len(records)})
@@ -346,13 +422,13 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
                        "send as 'Authorization: Bearer KEY'")
-    serve.add_argument("--decision-log", default="decisions.jsonl", metavar="FILE",
+    serve.add_argument("--decision-log", type=_log_path, default="decisions.jsonl", metavar="FILE",
                        help="JSONL decision log (default ./decisions.jsonl; worker k of --workers N writes "
                        "decisions.wk.jsonl beside it, and readers take this path for all of them)")
     serve.add_argument("--no-decision-log", action="store_true", help="keep no decision log")
     serve.add_argument("--log-prompts", action="store_true", help="write the routed prompt text and the answer's "
                        "text into the decision log (needed to train a router, or an answer scorer, on it)")
-    serve.add_argument("--log-max-mb", type=bounded(float, 0.001), default=64.0,
+    serve.add_argument("--log-max-mb", type=bounded(float, 0.001, 1_000_000), default=64.0,
                        help="rotate the decision log at this size")
     serve.add_argument("--log-fsync", action="store_true", help="fsync the decision log after every record")
     serve.add_argument("--max-body-bytes", type=bounded(int, 1), default=1 << 20,

@@ -277,6 +277,8 @@ class AsyncRoutedClient:
     @staticmethod
     def _payload(body: Mapping[str, Any], replica: Replica, stream: bool) -> tuple[bytes, bool]:
         out = {k: v for k, v in body.items() if k not in ROUTER_FIELDS}
+        if "stream" in out and out["stream"] is None:  # null: not streaming, which a provider may not accept
+            del out["stream"]
         out["model"] = replica.provider_model
         injected = False
         if stream and "stream_options" not in out:
@@ -394,15 +396,24 @@ class AsyncRoutedClient:
             info.model, info.input_tokens, info.output_tokens, input_chars, output_chars)
         info.usage_estimated = info.usage_estimated or estimated
 
+    def write_log(self, record: Mapping[str, Any]) -> OSError | None:
+        """Append ``record`` to the decision log (there must be one). A write that fails (a full disk) is
+        counted in ``log_errors`` (``router_ml_decision_log_errors_total``) and logged, not hidden, and its
+        error returned: the caller decides what it costs (an answer is still returned, a rating refused)."""
+        assert self.decision_log is not None
+        try:
+            self.decision_log.write(record)
+        except OSError as exc:
+            self.log_errors += 1
+            _logger.error("router-ml: cannot write the decision log %s (%s); %d records lost so far",
+                          self.decision_log.path, exc.strerror or exc, self.log_errors)
+            return exc
+        return None
+
     def _finish(self, info: RouteInfo, prompt: str | None, started: float, response: str | None = None) -> None:
         info.latency_s = round(time.perf_counter() - started, 6)
-        if self.decision_log is not None:
-            try:
-                self.decision_log.write(info.record(prompt, response) if self.log_prompts else info.record(None))
-            except OSError as exc:  # a full disk must not fail the answer; it is counted and logged, not hidden
-                self.log_errors += 1
-                _logger.error("router-ml: cannot write the decision log %s (%s); %d records lost so far",
-                              self.decision_log.path, exc.strerror or exc, self.log_errors)
+        if self.decision_log is not None:  # a full disk must not fail the answer (write_log counts it)
+            self.write_log(info.record(prompt, response) if self.log_prompts else info.record(None))
         if self.on_complete is not None:
             self.on_complete(info)
 
@@ -459,8 +470,12 @@ class _AsyncCompletions:
         """``client.chat.completions.create(model="router-ml", messages=[...], ...)``, as in the OpenAI SDK.
         Other keyword arguments go to the provider as they are; ``extra_headers`` feed the catalog's rules."""
         body = {"model": model or self._client.settings.route_model, "messages": messages, **params}
-        if stream:
-            body["stream"] = True
+        if stream is not None and stream is not False:
+            body["stream"] = stream  # anything but true is refused by the decide step, as the proxy refuses it
+        if extra_headers is not None and (not isinstance(extra_headers, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in extra_headers.items())):
+            raise TypeError(f"extra_headers must be a mapping of header names to strings (what the catalog's rules "
+                            f"match), e.g. {{\"x-tier\": \"premium\"}}, got {extra_headers!r}")
         result = await self._client.complete(body, headers=extra_headers, willingness_to_pay=willingness_to_pay)
         return AsyncChatStream(result) if isinstance(result, UpstreamStream) else result
 

@@ -241,14 +241,24 @@ class ProviderCatalog(Mapping[str, ProviderModel]):
         if not isinstance(value, str) or not value:
             raise self._fail(f"{where}.base_url", "missing: give the OpenAI-compatible API root, "
                              "e.g. \"https://api.openai.com/v1\" or \"http://127.0.0.1:8000/v1\"")
-        parts = urlsplit(value)
+        root = "give the API root, e.g. \"http://host:port/v1\""
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises on a port that is not a number in 0-65535
+        except ValueError as exc:  # "Port out of range", "Invalid IPv6 URL", ...
+            raise self._fail(f"{where}.base_url", f"not a valid URL ({exc}): {value!r}; {root}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self._fail(f"{where}.base_url", f"must be an http(s) URL with a host, got {value!r}")
+            raise self._fail(f"{where}.base_url", f"must be an http(s) URL with a host, got {value!r}; {root}")
+        if port == 0:
+            raise self._fail(f"{where}.base_url", f"port 0 is no port to call: {value!r}; {root}")
         if parts.username or parts.password:
             raise self._fail(f"{where}.base_url", "must not hold credentials; put the key in an environment "
                              "variable and name it in api_key_env")
         if parts.query or parts.fragment:
             raise self._fail(f"{where}.base_url", "must not have a query or fragment")
+        if parts.path.rstrip("/").endswith("/chat/completions"):  # the client adds it: every call would 404
+            raise self._fail(f"{where}.base_url", f"ends in /chat/completions, which router-ml adds itself: {value!r}; "
+                             f"{root} (without /chat/completions)")
         return value.rstrip("/")
 
     def _api_key(self, name: Any, where: str, env: Mapping[str, str]) -> _Secret | None:
@@ -312,6 +322,9 @@ class ProviderCatalog(Mapping[str, ProviderModel]):
         where = f"rules[{i}]"
         t = self._check_keys(raw, _RULE_KEYS, where)
         model = t.get("model")
+        if not isinstance(model, str):
+            raise self._fail(f"{where}.model", f"must be the name of one catalog model (a string), got {model!r}; "
+                             f"the catalog has {sorted(self._models)}")
         if model not in self._models:
             raise self._fail(f"{where}.model", f"unknown model {model!r}; the catalog has {sorted(self._models)}")
         header, regex = t.get("header"), t.get("regex")

@@ -17,7 +17,8 @@ Endpoints:
 
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request (``param`` names the field), 401 without the client key, 413 for a body over the limit,
-502 when every model of the fallback chain failed (the message lists each attempt's reason).
+502 when every model of the fallback chain failed (the message lists each attempt's reason), 503 for a
+rating the decision log cannot take (a full disk: not recorded, counted as a decision-log error).
 
 Graceful shutdown: SIGTERM (or SIGINT) turns ``/ready`` to 503 at once, keeps serving for ``drain_s``
 seconds (``--drain-seconds``: time for a load balancer to see it and stop sending), then stops

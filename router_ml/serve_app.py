@@ -158,7 +158,11 @@ class ProxyApp:
             record = feedback_from(body)
         except (RequestError, FeedbackError) as exc:
             return _error(400, str(exc), "invalid_request_error", param=exc.field)
-        log.write(record)
+        failed = self.client.write_log(record)  # counted in router_ml_decision_log_errors_total
+        if failed is not None:
+            return _error(503, f"the rating was not recorded: the server cannot write its decision log "
+                          f"({failed.strerror or failed}); send it again later", "server_error",
+                          code="decision_log_unavailable")
         return _ok({"request_id": record["request_id"], "quality": record["quality"], "recorded": True})
 
     async def models(self, request: Request) -> Reply:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,13 +127,17 @@ def read_variants_file(path: str | Path) -> list[VariantSpec]:
 
 
 def check_split(specs: list[VariantSpec], where: str) -> list[VariantSpec]:
-    """Distinct names and a positive total weight, or :class:`VariantError` naming ``where``."""
+    """Distinct names and a positive, finite total weight, or :class:`VariantError` naming ``where``."""
     names = [s.name for s in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise VariantError(f"{where}: variant name(s) {twice} given more than once")
-    if not specs or sum(s.weight for s in specs) <= 0:
+    total = sum(s.weight for s in specs)
+    if not specs or total <= 0:
         raise VariantError(f"{where}: the weights add up to 0; give at least one variant a weight > 0")
+    if not math.isfinite(total):  # 1e308 + 1e308: every share would be 0 and one variant take all traffic
+        raise VariantError(f"{where}: the weights add up to more than a float holds; give smaller weights (they are "
+                           "relative: 90 and 10 split 90% / 10%)")
     return specs
 
 

@@ -381,6 +381,10 @@ def test_a_wide_model_column_without_any_kept_outcome_is_named_not_dropped_silen
     (["route", "--artifact", "a", "hi", "--willingness-to-pay", "-3"], "--willingness-to-pay", "a number >= 0"),
     (["serve", "--artifact", "a", "--providers", "p", "--port", "70000"], "--port", "a whole number >= 0 and <= 65535"),
     (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "0"], "--log-max-mb", "a number >= 0.001"),
+    # inf was an OverflowError traceback; "" (an unset shell variable) silently turned the log off
+    (["serve", "--artifact", "a", "--providers", "p", "--log-max-mb", "inf"], "--log-max-mb",
+     "a number >= 0.001 and <= 1e+06"),
+    (["serve", "--artifact", "a", "--providers", "p", "--decision-log", ""], "--decision-log", "a file path"),
     (["serve", "--artifact", "a", "--providers", "p", "--shutdown-timeout", "-1"], "--shutdown-timeout",
      "a number >= 0"),
     # 100000 threads once took 16 GB before the first decision; the bound is 4 per CPU (at least 8)
@@ -392,6 +396,72 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_flag_before_anything_
     out = run(*argv)  # the paths do not exist: the flag is refused before any of them is read
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"argument {flag}: expected {rule}" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("flags", [["--explore-policy", "softmax"], ["--explore-temperature", "0.5"],
+                                   ["--explore-uniform-share", "0.5"], ["--explore-seed", "3"]])
+@pytest.mark.parametrize("command", ["route", "serve"])
+def test_every_exploration_flag_without_a_rate_is_refused_alike(command, flags, tmp_path):
+    """--explore-policy, --explore-temperature and --explore-uniform-share without --explore-rate were dropped
+    without a word, while --explore-seed was refused: each is refused, before anything is loaded."""
+    where = ["hi"] if command == "route" else ["--providers", tmp_path / "p.toml", "--port", "0"]
+    out = run(command, "--artifact", tmp_path / "a", *where, *flags, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{flags[0]} given without --explore-rate; add --explore-rate R to explore" in out.stderr
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--explore-temperature", "0.5"], "--explore-temperature applies to --explore-policy softmax only, not epsilon"),
+    (["--explore-policy", "curve", "--explore-temperature", "0.5"], "applies to --explore-policy softmax only, not "
+                                                                    "curve"),
+    (["--explore-policy", "softmax", "--explore-uniform-share", "0.5"], "--explore-uniform-share applies to "
+                                                                       "--explore-policy curve only, not softmax"),
+])
+def test_an_exploration_flag_the_policy_ignores_is_refused(flags, says, tmp_path):
+    out = run("route", "--artifact", tmp_path / "a", "hi", "--explore-rate", "0.1", *flags, cwd=tmp_path)
+    assert out.returncode == 1 and says in out.stderr, out.stderr
+
+
+def test_exploration_flags_the_policy_uses_reach_the_router():
+    """Unset flags take the Exploration defaults; a flag the policy uses is passed on."""
+    from router_ml.cli import build_parser, exploration_from_args
+
+    parse = build_parser(command_groups=False).parse_args
+    assert exploration_from_args(parse(["route", "--artifact", "a", "--explore-rate", "0.1"])).to_dict() == {
+        "kind": "epsilon", "rate": 0.1, "seed": None, "max_cost_usd": None, "exclude": [], "temperature": 0.1,
+        "uniform_share": 0.25}
+    softmax = parse(["route", "--artifact", "a", "--explore-rate", "1", "--explore-policy", "softmax",
+                     "--explore-temperature", "0.5"])
+    curve = parse(["route", "--artifact", "a", "--explore-rate", "1", "--explore-policy", "curve",
+                   "--explore-uniform-share", "0.5"])
+    assert (exploration_from_args(softmax).temperature, exploration_from_args(curve).uniform_share) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("command", ["feedback", "route"])
+def test_an_input_file_that_is_not_utf8_is_named_with_the_fix_not_a_traceback(command, tmp_path):
+    utf16 = tmp_path / "u16.jsonl"
+    utf16.write_bytes(b"\xff\xfe{\x00}\x00")  # what a UTF-16 export (with its byte-order mark) holds
+    log = tmp_path / "d.jsonl"
+    log.write_text(json.dumps({"type": "decision", "request_id": "rml-1"}) + "\n")
+    args = ["--log", log, "--file", utf16] if command == "feedback" else ["--artifact", tmp_path / "a", "--input",
+                                                                         utf16]
+    out = run(command, *args, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{utf16}: not UTF-8 text" in out.stderr and "save it as UTF-8" in out.stderr
+    assert log.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("admin", ["CLIENT_KEY", "ADMIN_KEY"])
+def test_serve_refuses_an_admin_key_every_client_holds(admin, tmp_path):
+    """The same variable for both keys (or two holding one key) let every client call /admin/reload."""
+    env = {**os.environ, "CLIENT_KEY": "k-1", "ADMIN_KEY": "k-1"}
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", "a", "--providers", "p.toml",
+                          "--port", "0", "--api-key-env", "CLIENT_KEY", "--admin-key-env", admin],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert out.returncode == 1, out.stderr
+    same = "is the same variable as" if admin == "CLIENT_KEY" else "holds the same key as"
+    assert f"--admin-key-env {admin} {same} --api-key-env CLIENT_KEY" in out.stderr
+    assert "give the admin a key of its own" in out.stderr
 
 
 def test_serve_refuses_more_workers_than_the_machine_can_hold_before_starting_any(tmp_path):

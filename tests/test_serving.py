@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,6 +158,30 @@ def test_catalog_errors_name_the_file_and_key_and_never_the_key(change, where):
     assert SECRET not in str(err.value).replace(f"api_key_env={SECRET}", "")
     if "credentials" in where:
         assert SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:-1/v1",
+                                      "http://127.0.0.1:0/v1", "http://[::1/v1",
+                                      "http://127.0.0.1:9100/v1/chat/completions"])
+def test_a_base_url_no_request_could_use_is_refused_at_load_saying_what_to_write(tmp_path, base_url):
+    """A bad port or IPv6 host failed every request with a 500 and no fallback; a URL ending in
+    /chat/completions 404ed every call. Each is refused when the catalog loads, naming file and key."""
+    file = tmp_path / "providers.toml"
+    file.write_text(f'[models."tiny-1b"]\nbase_url = "{base_url}"\ninput_per_mtok = 0.1\noutput_per_mtok = 0.1\n')
+    with pytest.raises(CatalogError) as err:
+        ProviderCatalog.load(file)
+    message = str(err.value)
+    assert message.startswith(f"{file}: models.'tiny-1b'.base_url: ") and base_url in message, message
+    assert 'give the API root, e.g. "http://host:port/v1"' in message
+
+
+def test_a_rule_naming_its_model_in_a_list_is_a_catalog_error_not_a_traceback(tmp_path):
+    file = tmp_path / "providers.toml"
+    file.write_text('[models."tiny-1b"]\nbase_url = "http://127.0.0.1:9/v1"\ninput_per_mtok = 0.1\n'
+                    'output_per_mtok = 0.1\n\n[[rules]]\nheader = "x-tier"\nmodel = ["tiny-1b"]\n')
+    with pytest.raises(CatalogError, match=rf"^{re.escape(str(file))}: rules\[0\]\.model: must be the name of one "
+                       r"catalog model \(a string\), got \['tiny-1b'\]"):
+        ProviderCatalog.load(file)
 
 
 def test_a_catalog_file_that_is_not_toml_says_so(tmp_path):
@@ -541,6 +566,45 @@ def test_proxy_endpoints_errors_and_metrics(router, up, up2, upstream):
     assert m[("router_ml_decision_log_errors_total", ())] == 0
 
 
+def test_a_deeply_nested_body_is_a_400_not_a_traceback(router, up, tmp_path, caplog):
+    """'[' * 200,000 (under the body limit) was a RecursionError and a 500 per request on both JSON endpoints."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+    client = AsyncRoutedClient(router, catalog({"*": up.base_url}), decision_log=tmp_path / "d.jsonl")
+    with Proxy(client) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as http:
+        for path in ("/v1/chat/completions", "/v1/feedback"):
+            r = http.post(path, content=deep, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["message"].startswith("the body is not valid JSON (arrays and objects nest too "
+                                                           "deeply)"), r.text
+        assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 200
+        assert scrape(http.get("/metrics").text)[("router_ml_requests_total", (("status", "bad_request"),))] == 1
+    assert "internal error" not in caplog.text and "RecursionError" not in caplog.text
+
+
+def test_stream_null_is_not_streaming_and_the_client_refuses_what_the_proxy_refuses(router, up, upstream):
+    """The OpenAI API allows "stream": null (not streaming); the library refused nothing: stream="false" streamed,
+    and extra_headers given as a list of pairs was an AttributeError."""
+    cat = catalog({"*": up.base_url})
+    with Proxy(AsyncRoutedClient(router, cat, upstream=upstream)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        r = http.post("/v1/chat/completions", json={"model": "tiny-1b", "messages": MSG, "stream": None})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+        assert "stream" not in up.requests[-1]["body"]  # not forwarded as null to a provider that may refuse it
+        refused = http.post("/v1/chat/completions", json={"messages": MSG, "stream": "false"}).json()["error"]
+    assert refused["param"] == "stream"
+    with RoutedClient(router, cat, upstream=upstream) as client:
+        answer = client.chat.completions.create(model="tiny-1b", messages=MSG, stream=None)
+        assert answer.choices[0].message.content
+        with pytest.raises(RequestError) as err:
+            client.chat.completions.create(messages=MSG, stream="false")
+        assert (err.value.field, str(err.value)) == ("stream", refused["message"])
+        for headers in ([("x-tier", "premium")], {"x-tier": 1}):
+            with pytest.raises(TypeError, match="extra_headers must be a mapping of header names to strings"):
+                client.chat.completions.create(messages=MSG, extra_headers=headers)
+        assert client.chat.completions.create(messages=MSG, extra_headers={"x-tier": "premium"}).choices
+    assert len(up.requests) == 3  # nothing refused reached the upstream
+
+
 def test_each_app_counts_in_its_own_registry(router, up):
     """Two proxies in one process (prometheus_client's global registry would reject the second app's
     metric names, or mix their counts) - each /metrics shows only its own requests; an open circuit shows."""
@@ -654,6 +718,63 @@ def test_a_decision_log_path_naming_another_file_is_refused_and_the_file_left_al
         assert log.repaired_bytes == len(b'{"type": "deci')
 
 
+_FILE_SIZE_LIMIT = """
+import json, resource, signal, sys
+from router_ml.decision_log import DecisionLog, feedback_record
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+path, limit = sys.argv[1], int(sys.argv[2])
+written, lost = [], 0
+with DecisionLog(path) as log:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    for i in range(6):
+        try:
+            log.write(feedback_record(f"r{i}", quality=0.5, comment="x" * 300))
+            written.append(f"r{i}")
+        except OSError:
+            lost += 1
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space again
+    log.write(feedback_record("after", thumbs="up"))
+    written.append("after")
+print(json.dumps({"written": written, "lost": lost}))
+"""
+
+
+def test_a_write_that_fails_part_way_loses_that_record_whole_and_never_the_next(tmp_path):
+    """A full disk (here a file-size limit: the kernel writes what fits, then EFBIG) cuts a record part-way;
+    the part written is cut off again, so exactly the failed records are lost - each one counted - and the
+    record written once there is room again is a line of its own."""
+    path = tmp_path / "d.jsonl"
+    out = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, str(path), "1000"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {"written": ["r0", "r1", "after"], "lost": 4}  # ~400-byte records: the 3rd one crosses 1000
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [json.loads(x)["request_id"] for x in lines[:-1]] == result["written"]
+
+
+def test_a_one_line_json_file_without_a_newline_is_refused_as_a_log_not_cut_off(tmp_path):
+    """A user's ratings file of one line (no newline at its end) named as the log is no crash remnant: it
+    does not begin as a log line does, so it is refused and left as it was, by the server and the feedback
+    command alike."""
+    ratings = tmp_path / "ratings.jsonl"
+    text = b'{"request_id": "rml-abc", "thumbs": "up"}'
+    ratings.write_bytes(text)
+    with pytest.raises(RouterMLError, match="is not a router-ml decision log"):
+        DecisionLog(ratings)
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "feedback", "--log", str(ratings), "--request-id",
+                          "rml-abc", "--thumbs", "up"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and f"decision log {ratings}: exists and is not" in out.stderr, out.stderr
+    assert ratings.read_bytes() == text and not (tmp_path / "ratings.jsonl.partial").exists()
+    for fragment in (b'{"type":"feedback","format_version":1,"ti', b'{ "type" : "deci', b"{"):  # crash remnants
+        cut = tmp_path / "cut.jsonl"
+        cut.write_bytes(fragment)
+        with DecisionLog(cut) as log:
+            assert log.repaired_bytes == len(fragment)
+        assert cut.read_bytes() == b""
+
+
 @pytest.mark.parametrize("log_prompts", [True, False])
 def test_the_log_keeps_each_answers_text_with_the_prompt_only(router, up, tmp_path, upstream, log_prompts):
     log = tmp_path / "d.jsonl"
@@ -759,6 +880,33 @@ def test_feedback_cli_names_a_missing_file_or_log_and_records_nothing(tmp_path):
     assert json.loads(log.read_text().splitlines()[-1])["request_id"] == "rml-1"
 
 
+def test_feedback_cli_refuses_ids_no_decision_holds_and_finds_them_in_every_file_of_the_log(tmp_path):
+    """Feedback for an id the log does not hold joins nothing, and a strict read of the log later failed on it:
+    every id is looked up first - in the log, its rotated files and its workers' files - and one unknown id
+    refuses the whole file, naming its line."""
+    log, ratings = tmp_path / "d.jsonl", tmp_path / "r.jsonl"
+    for name, rid in (("d.1.jsonl", "rml-old"), ("d.jsonl", "rml-1"), ("d.w1.jsonl", "rml-w1")):
+        (tmp_path / name).write_text(json.dumps(_decision(rid, "hi")) + "\n")
+    with open(log, "a") as f:  # feedback for an id is no decision for it
+        f.write(json.dumps(feedback_record("rml-rated", thumbs="up")) + "\n")
+    before = log.read_bytes()
+    cli = [sys.executable, "-m", "router_ml.cli", "feedback", "--log", str(log)]
+    ratings.write_text("".join(json.dumps({"request_id": rid, "thumbs": "up"}) + "\n"
+                               for rid in ("rml-old", "rml-1", "rml-ghost", "rml-w1", "rml-rated")))
+    out = subprocess.run([*cli, "--file", str(ratings)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1, out.stderr
+    assert f"no decision for request id(s) {ratings}:3: rml-ghost, {ratings}:5: rml-rated (in the log" in out.stderr
+    assert "nothing was recorded" in out.stderr and log.read_bytes() == before
+    out = subprocess.run([*cli, "--request-id", "rml-ghost", "--quality", "1"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and "--request-id: rml-ghost" in out.stderr and log.read_bytes() == before
+    ratings.write_text("".join(json.dumps({"request_id": rid, "thumbs": "up"}) + "\n"
+                               for rid in ("rml-old", "rml-1", "rml-w1")))
+    out = subprocess.run([*cli, "--file", str(ratings)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout)["recorded"] == 3, out.stderr
+    assert [json.loads(x)["request_id"] for x in log.read_text().splitlines()[2:]] == ["rml-old", "rml-1", "rml-w1"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
 def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_counted(router, up, caplog):
     with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
@@ -767,6 +915,21 @@ def test_a_decision_log_that_cannot_be_written_does_not_fail_answers_but_is_coun
         assert http.post("/v1/chat/completions", json={"messages": MSG}).status_code == 200
         assert scrape(http.get("/metrics").text)[("router_ml_decision_log_errors_total", ())] == 1
     assert "cannot write the decision log /dev/full" in caplog.text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to make a write fail")
+def test_a_rating_the_log_cannot_take_is_a_503_saying_so_and_counted(router, up, caplog):
+    with DecisionLog("/dev/full") as log, Proxy(AsyncRoutedClient(router, catalog({"*": up.base_url}),
+                                                                   decision_log=log)) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=10) as http:
+        r = http.post("/v1/feedback", json={"request_id": "rml-1", "thumbs": "up"})
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "decision_log_unavailable" and error["type"] == "server_error"
+        assert error["message"].startswith("the rating was not recorded: the server cannot write its decision log "
+                                           "(No space left on device)")
+        assert scrape(http.get("/metrics").text)[("router_ml_decision_log_errors_total", ())] == 1
+    assert "internal error" not in caplog.text and "cannot write the decision log /dev/full" in caplog.text
 
 
 def _decision(rid: str, prompt: str, model: str = "small-8b", status: str = "ok") -> dict:

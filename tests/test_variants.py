@@ -49,6 +49,11 @@ def test_variant_flags_and_files_are_checked_and_errors_name_them(tmp_path):
         with pytest.raises(RouterMLError, match=r"variants\.toml") as err:
             VariantSource(file=file)
         assert says in str(err.value), err.value
+    with pytest.raises(RouterMLError, match="--variant: the weights add up to more than a float holds"):
+        VariantSource([VariantSpec("a", "x", 1e308), VariantSpec("b", "y", 1e308)])  # the sum overflowed to inf
+    out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--variant", "a=x:1e308", "--variant",
+                          "b=y:1e308", "--providers", "p.toml"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and "the weights add up to more than a float holds" in out.stderr, out.stderr
     with pytest.raises(RouterMLError, match=r"\['a'\] given more than once"):
         VariantSource([VariantSpec("a", "x", 1), VariantSpec("a", "y", 1)])
     out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", "x", "--variant", "a=x:1",
