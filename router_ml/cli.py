@@ -134,16 +134,23 @@ def _lines(path: str, what: str) -> Iterator[tuple[int, str]]:
                                 "from a spreadsheet or PowerShell is a common cause)") from None
 
 
+def _json_line(line: str, where: str, expected: str = "") -> Any:
+    """One JSON line of an input file; not JSON (or nested past what the parser follows) is a
+    :class:`RouterMLError` naming ``where``."""
+    from router_ml import _json
+
+    try:
+        return _json.loads(line)
+    except ValueError as exc:
+        raise RouterMLError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)}){expected}") from None
+
+
 def _prompts_from_file(path: str) -> list[str]:
     from router_ml.messages import routed_text
 
     prompts = []
     for n, line in _lines(path, "the prompts file (--input)"):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RouterMLError(f"{path}:{n}: not valid JSON ({exc.msg}); expected {{\"prompt\": ...}} or "
-                                f"{{\"messages\": [...]}} per line") from exc
+        obj = _json_line(line, f"{path}:{n}", "; expected {\"prompt\": ...} or {\"messages\": [...]} per line")
         if isinstance(obj, str):
             prompts.append(obj)
         elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
@@ -333,9 +340,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             raise RouterMLError("give --file or --request-id with --quality/--thumbs (and --model), not both")
         for n, line in _lines(args.file, "the feedback file (--file)"):
             try:  # the same fields and checks as POST /v1/feedback
-                records.append(feedback_from(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise RouterMLError(f"{args.file}:{n}: not valid JSON ({exc.msg})") from exc
+                records.append(feedback_from(_json_line(line, f"{args.file}:{n}")))
             except FeedbackError as exc:
                 raise RouterMLError(f"{args.file}:{n}: {exc}; nothing was recorded") from exc
             where.setdefault(records[-1]["request_id"], f"{args.file}:{n}")

@@ -176,6 +176,7 @@ class AsyncRoutedClient:
         self.log_prompts = log_prompts
         self.on_complete = on_complete
         self.log_errors = 0  # decision-log records that could not be written
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop its first call ran in
         if upstream == "http1":
             if transport is not None:
                 raise RouterMLError("transport= is an httpx transport: give it with upstream='httpx' only")
@@ -421,6 +422,13 @@ class AsyncRoutedClient:
                        willingness_to_pay: Any = None) -> ChatCompletion | UpstreamStream:
         """Route and call one chat completion (the proxy's entry point): a :class:`ChatCompletion`, or for
         ``stream: true`` an :class:`UpstreamStream` whose ``events()`` yields raw server-sent events."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:  # httpx's pooled connections belong to the loop that opened them
+                raise RouterMLError("this AsyncRoutedClient was first used in another event loop (an earlier "
+                                    "asyncio.run, or another thread's loop), which holds its connections; build one "
+                                    "client per event loop, or use RoutedClient, which runs its own")
+            self._loop = loop
         started = time.perf_counter()
         info, text = self.decide(body, headers, willingness_to_pay)
         input_chars = request_chars(body["messages"])

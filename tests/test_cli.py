@@ -449,6 +449,13 @@ def test_an_input_file_that_is_not_utf8_is_named_with_the_fix_not_a_traceback(co
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"{utf16}: not UTF-8 text" in out.stderr and "save it as UTF-8" in out.stderr
     assert log.read_text().count("\n") == 1
+    deep = tmp_path / "deep.jsonl"  # a line nested past what the parser follows was a RecursionError traceback
+    deep.write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    args = [a if a != utf16 else deep for a in args]
+    out = run(command, *args, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{deep}:1: not valid JSON (arrays and objects nest too deeply)" in out.stderr
+    assert log.read_text().count("\n") == 1
 
 
 @pytest.mark.parametrize("admin", ["CLIENT_KEY", "ADMIN_KEY"])

@@ -221,6 +221,21 @@ def test_the_client_refuses_arguments_of_the_wrong_kind_before_starting_anything
     assert not [t for t in threading.enumerate() if t.name == "router-ml-client"]
 
 
+def test_an_async_client_used_in_a_second_event_loop_says_so(router):
+    """Reused across two asyncio.run calls it failed deep in httpx with "Event loop is closed"."""
+    import asyncio
+
+    client = AsyncRoutedClient(router, catalog({"*": "http://127.0.0.1:9/v1"}))  # port 9: refused at once
+
+    async def ask():
+        return await client.chat.completions.create(messages=MSG)
+
+    with pytest.raises(UpstreamError):  # the first loop: the call is made (and fails: nothing listens)
+        asyncio.run(ask())
+    with pytest.raises(RouterMLError, match="first used in another event loop .* build one client per event loop"):
+        asyncio.run(ask())
+
+
 # --- 2. deciding: rules, pins, the knob, prices ----------------------------------------------------
 
 def test_rules_pins_and_the_knob_decide_before_the_router(router):
