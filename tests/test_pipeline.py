@@ -599,6 +599,7 @@ def test_a_router_is_trained_into_what_an_interrupted_run_left(tmp_path):
     (["data.train_size=1"], r"leaves 1 training records .*data.train_size \(--train-size\) = 1 is a count of records"),
     (["data.train_size=100", "data.val_size=100"], r"leaves 0 training records .*data.val_size = 100 takes 100"),
     (["data.train_size=400"], r"leaves no test records .*data.train_size \(--train-size\) = 400 takes every record"),
+    (["data.train_size=0.02"], r"leaves 7 training records .*: the data holds 400 records; give more"),
 ])
 def test_a_split_with_next_to_nothing_to_train_or_test_on_names_the_setting(tmp_path, overrides, message):
     """train_size = 1.0 meant as "all of it" trained a router on one record; an empty training part blamed
@@ -630,3 +631,24 @@ def test_encoder_settings_the_encoder_cannot_take_are_refused_before_the_data_is
     config = load_config(ROOT / "training/configs/encoder_fast.toml", [override, "tracking.enabled=false"])
     with pytest.raises(RouterMLError, match=message):
         train_router(config, tmp_path / "missing.jsonl", out_dir=tmp_path / "r", progress=False)
+
+
+def test_simulate_log_says_how_many_records_it_leaves_out_and_refuses_a_bootstrap_too_small_before_writing(
+        tmp_path):
+    """Records lacking an outcome were dropped without a word (and the shares silently taken of the rest); a
+    bootstrap of 5 wrote its parts, then failed in the bootstrap router's split naming --train-size."""
+    import dataclasses
+
+    records = load_traffic(DEMO)[0].records[:400]
+    gaps = [dataclasses.replace(r, outcomes=dict(list(r.outcomes.items())[1:])) if i % 4 == 0 else r
+            for i, r in enumerate(records)]
+    data = write_jsonl(gaps, tmp_path / "gaps.jsonl")
+    out = tmp_path / "sim"
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", "simulate-log", "--config", MLP_STATIC, "--data",
+                           str(data), "--out", str(out), "--bootstrap", "5", "--logged", "100", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "100 of 400 records lack some model's outcome and are left out" in proc.stderr
+    assert "--bootstrap 5 of 300 complete records is 5; the bootstrap router trains and is tested on them: give at " \
+           "least 20" in proc.stderr
+    assert not out.exists()

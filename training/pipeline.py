@@ -78,10 +78,15 @@ def _check_split(split: Any, train_size: float, val_size: float) -> None:
         raise DataError(f"the split leaves no test records ({sizes}): data.train_size (--train-size) = "
                         f"{train_size:g} takes every record; give a smaller count or a share below 1, e.g. 0.7")
     if sizes["train"] < MIN_TRAIN_RECORDS:
-        blame = (f"data.val_size = {val_size:g} takes {sizes['val']} of the {sizes['train'] + sizes['val']} train + "
-                 "validation records" if sizes["val"] and sizes["train"] < sizes["val"] else
-                 f"data.train_size (--train-size) = {train_size:g} is a count of records (a share is a fraction "
-                 "below 1, e.g. 0.7)")
+        total = sum(sizes.values())
+        if sizes["val"] and sizes["train"] < sizes["val"]:
+            blame = (f"data.val_size = {val_size:g} takes {sizes['val']} of the {sizes['train'] + sizes['val']} "
+                     "train + validation records")
+        elif train_size >= 1:
+            blame = (f"data.train_size (--train-size) = {train_size:g} is a count of records (a share is a fraction "
+                     "below 1, e.g. 0.7)")
+        else:
+            blame = f"the data holds {total} records; give more"
         raise DataError(f"the split leaves {sizes['train']} training records ({sizes}; at least "
                         f"{MIN_TRAIN_RECORDS} are needed): {blame}")
 

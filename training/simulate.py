@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from training.config import TrainConfig
 
 __all__ = ["simulate_log"]
 
+log = logging.getLogger(__name__)
+#: the fewest bootstrap records: the bootstrap router's own split leaves it 10 to train on (about 60% of them)
+MIN_BOOTSTRAP = 20
 
 #: what :func:`simulate_log` writes under ``out``
 OUTPUTS = ("bootstrap.jsonl", "log.jsonl", "test.jsonl", "simulation.json", "bootstrap_router")
@@ -75,10 +79,17 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     if unknown:  # found now, not after the bootstrap router's training
         raise DataError(f"--explore-exclude names model(s) {unknown} that {data} does not hold; its models are "
                         f"{list(table.models)}")
+    if not complete.all():
+        log.warning("%s: %d of %d records lack some model's outcome and are left out (a simulated log needs every "
+                    "outcome of its records); --bootstrap and --logged shares are of the %d complete ones", data,
+                    int((~complete).sum()), len(table), int(complete.sum()))
     full = table.subset(np.flatnonzero(complete))
     total = len(full)
     n_boot = resolve_size(bootstrap, total, "--bootstrap")
     n_logged = resolve_size(logged, total, "--logged")
+    if n_boot < MIN_BOOTSTRAP:  # found now: the bootstrap router's own split would refuse it after the files
+        raise DataError(f"--bootstrap {bootstrap} of {total} complete records is {n_boot}; the bootstrap router "
+                        f"trains and is tested on them: give at least {MIN_BOOTSTRAP}")
     if n_boot < 2 or n_logged < 1 or n_boot + n_logged >= total:
         raise DataError(f"--bootstrap {bootstrap} and --logged {logged} of {total} complete records leave "
                         f"{n_boot} bootstrap, {n_logged} logged and {total - n_boot - n_logged} test records; "
