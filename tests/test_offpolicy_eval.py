@@ -115,6 +115,23 @@ def test_a_log_without_propensities_is_refused_unless_an_estimator_is_forced(tmp
     assert result["test"]["estimator"] == "snips" and result["default_knob"]["estimator"] == "snips"
 
 
+def test_a_log_that_never_explored_is_refused_unless_an_estimator_is_forced(tmp_path, trained, demo):
+    """Every propensity 1 (what the runtime logs with exploration off): scored by snips as if unbiased, a log of
+    each prompt's best cheap model put the router - and the random baseline - above the oracle."""
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 600]
+    greedy = write_jsonl(_log(records, demo.models, rate=0.0), tmp_path / "greedy.jsonl")
+    assert {o.propensity for r in load_traffic(greedy)[0] for o in r.outcomes.values()} == {1.0}
+    refused = run("evaluate", "--router", trained.checkpoint, "--data", greedy, "--json", "--quiet", cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert f"{greedy}: logged traffic in which every logged outcome has propensity 1" in refused.stderr
+    assert "--explore-rate R" in refused.stderr and "--estimator snips" in refused.stderr
+    forced = run("evaluate", "--router", trained.checkpoint, "--data", greedy, "--json", "--quiet", "--estimator",
+                 "snips", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    result = json.loads(forced.stdout)
+    assert result["biased"] is True and "never explored" in result["warning"]
+
+
 def test_default_knob_on_a_log_stays_within_the_observed_qualities_and_near_the_truth(tmp_path, trained, demo):
     from training.pipeline import evaluate_router
 

@@ -84,6 +84,14 @@ def _quarantine_unknown(table: TrafficTable, data: str | Path, report: LoadRepor
     return TrafficTable([r for i, r in enumerate(table.records) if i not in dropped], models=table.models)
 
 
+def _never_explored(held: HeldOut) -> bool:
+    """Whether every logged outcome of ``held`` (a cell observed in a record that misses some model's) carries
+    propensity 1: a log written without exploration."""
+    logged_rows = np.isnan(held.quality).any(axis=1)
+    observed = ~np.isnan(held.quality[logged_rows]) & np.isfinite(held.propensity[logged_rows])
+    return bool(observed.any()) and bool((held.propensity[logged_rows][observed] >= 1.0).all())
+
+
 def _check_log_models(data: str | Path, router_dir: Path, models: Sequence[str], quality: np.ndarray,
                       missing: Sequence[str] = ()) -> None:
     """On logged traffic every model the router can choose must have been logged somewhere (``quality``
@@ -187,6 +195,17 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
         warning = (f"{data}: {lacking} logged outcomes lack `propensity`; --estimator {estimator} used exposure "
                    "weights (share of prompts each model was logged on), which is biased when the logging policy "
                    "looked at the prompt")
+    elif held.logged and _never_explored(held):
+        # only the logging router's own choices are observed: another router's other choices have no support,
+        # and self-normalising over its matching choices scored a router above the oracle
+        if estimator == "auto":
+            raise DataError(f"{data}: logged traffic in which every logged outcome has propensity 1 - the logging "
+                            "router never explored - so only its own choices are observed and no other router can "
+                            "be scored on it without bias; log with exploration (router-ml serve/route "
+                            "--explore-rate R) or pass --estimator snips (ips, dr) to accept a biased estimate")
+        warning = (f"{data}: every logged outcome has propensity 1 (the logging router never explored); --estimator "
+                   f"{estimator} scored the router on the prompts where it chose as the logging router did, which is "
+                   "biased")
     pred = saved.predict(texts, cache_dir=cache_dir, progress=progress)[:, keep_cols]
     if estimator == "dr":
         held = dataclasses.replace(held, reward_model=pred)
