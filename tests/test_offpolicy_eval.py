@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +225,26 @@ def test_a_log_whose_models_differ_from_the_routers_is_refused_or_quarantined(tm
 
 
 # --- compare --router: a router that picks the best model ranks above one that picks the worst --------------
+
+
+def test_compare_sweeps_every_router_alike_and_refuses_routers_of_other_models(tmp_path, trained, demo):
+    """The same weights trained with eval.knob_refine 0 and 400 got AIQs 0.0023 apart, "beyond the noise"; a
+    router of 2 models ranked above one of 5 by an AIQ over its own models' cost range."""
+    from router_ml.errors import RouterMLError
+    from training.compare import compare_routers
+
+    refined = Path(shutil.copytree(trained.checkpoint, tmp_path / "refined"))
+    config = json.loads((refined / "config.json").read_text())
+    (refined / "config.json").write_text(json.dumps({**config, "eval.knob_refine": 400}))
+    data = write_jsonl(demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 400], tmp_path / "held.jsonl")
+    result = compare_routers([trained.checkpoint, refined], data, n_boot=20, progress=False)
+    first, second = result["ranking"]
+    assert first["aiq"] == second["aiq"] and second["vs_first"]["aiq"] == 0.0
+    other = Path(shutil.copytree(trained.checkpoint, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "models": manifest["models"][:-1] + ["gpt-9"]}))
+    with pytest.raises(RouterMLError, match=r"the routers choose among different models .*gpt-9.* do not compare"):
+        compare_routers([trained.checkpoint, other], data, n_boot=20, progress=False)
 
 
 def _two_model_records(records, *, good: float, bad: float):

@@ -63,7 +63,8 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
     (:data:`ROUTER_SORTS`; ties and missing values last). ``options`` go to
     :func:`training.pipeline.evaluate_router` (estimator, prices, load options...). Returns
     ``{"data", "estimator", "sort", "ranking": [row, ...], "routers": [full report, ...]}``. Every router
-    is scored on the same bootstrap resamples (seed 0), so each row after the first has ``vs_first``: its
+    is scored on the same bootstrap resamples (seed 0) and the same knob refinement (the most any of them was
+    trained with), and the routers must choose among the same models; each row after the first has ``vs_first``: its
     AIQ and default-knob quality and cost minus the first's, with the paired 95% interval of each
     difference (None when the two were scored on different prompts).
 
@@ -76,7 +77,19 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
         raise RouterMLError(f"--sort {sort!r}: with --router choose one of {', '.join(ROUTER_SORTS)}")
     if not routers:
         raise RouterMLError("give at least one --router DIR")
-    reports = [evaluate_router(path, data, bootstrap_seed=0, keep_draws=True, **options) for path in routers]
+    from training.saved import load_saved
+
+    saved = [load_saved(path) for path in routers]
+    sets = {tuple(s.models) for s in saved}
+    if len(sets) > 1:  # each AIQ is over its own models' cost range and baselines: not comparable
+        listed = "; ".join(f"{s.path}: {list(s.models)}" for s in saved)
+        raise RouterMLError(f"the routers choose among different models ({listed}); an AIQ is measured over the "
+                            "router's own models, so these do not compare: compare routers trained on the same "
+                            "models")
+    # one sweep for all: the AIQ of the same weights moved with the eval.knob_refine each was trained with
+    refine = max(s.knob_refine for s in saved)
+    reports = [evaluate_router(s, data, bootstrap_seed=0, keep_draws=True, knob_refine=refine, **options)
+               for s in saved]
     draws = [report.pop("draws") for report in reports]
     rows = []
     for report in reports:

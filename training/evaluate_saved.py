@@ -26,7 +26,7 @@ from training.costs import observed_costs
 from training.data import LoadReport, TrafficTable, load_traffic
 from training.data.loader import quarantine_line
 from training.evaluation import HeldOut, default_knob, scoreable_rows
-from training.saved import load_saved, wtp_or_default
+from training.saved import SavedRouter, load_saved, wtp_or_default
 
 __all__ = ["evaluate_many", "evaluate_router"]
 
@@ -105,11 +105,11 @@ def _check_log_models(data: str | Path, router_dir: Path, models: Sequence[str],
                         "every model of the router (of its unseen prompts), or on data with every model's outcome")
 
 
-def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | Path | None = None,
+def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, prices: str | Path | None = None,
                     include_seen: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
                     n_boot: int | None = None, artifacts: Sequence[str | Path] = (), estimator: str = "auto",
                     willingness_to_pay: float | None = None, bootstrap_seed: int | None = None,
-                    keep_draws: bool = False, **load_options: Any) -> dict[str, Any]:
+                    keep_draws: bool = False, knob_refine: int | None = None, **load_options: Any) -> dict[str, Any]:
     """Score a saved router - a checkpoint written by ``train`` or an exported artifact directory
     (:mod:`training.saved`) - on ``data`` in the same JSON shape as training's ``test``, on the knob
     grid it was trained with, plus its point at its default knob (``default_knob``;
@@ -134,14 +134,15 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
     The bootstrap resamples are drawn with the router's training seed, or ``bootstrap_seed``; with
     ``keep_draws`` the result also holds ``draws``: the AIQ and the default knob's quality and cost on
     each resample, and the scored rows of ``data`` (numpy arrays, for :func:`training.compare.compare_routers`'s
-    paired differences; not JSON).
+    paired differences; not JSON). ``knob_refine`` replaces the ``eval.knob_refine`` the router was trained
+    with (how many knob values refine its sweep: routers compared side by side are swept alike).
     """
     from training.checkpoint import prompt_hash
     from training.pipeline import _two_model  # the training side's own rule (imports this module)
 
     if n_boot is not None and n_boot < 0:
         raise ValueError(f"n_boot must be a whole number >= 0 (0: no intervals), got {n_boot!r}")
-    saved = load_saved(router_dir)
+    saved = router_dir if isinstance(router_dir, SavedRouter) else load_saved(router_dir)
     wtp, wtp_source = wtp_or_default(saved, willingness_to_pay)
     catalog = PriceCatalog.load(prices) if prices else None
     table, report = load_traffic(data, prices=catalog, **load_options)
@@ -185,7 +186,8 @@ def evaluate_router(router_dir: str | Path, data: str | Path, *, prices: str | P
                    wtps=saved.knob_grid, models=models, two_model=two_model,
                    n_boot=saved.n_boot if n_boot is None else n_boot,
                    seed=saved.seed if bootstrap_seed is None else bootstrap_seed,
-                   propensity=table.propensity[scored][:, cols], estimator=estimator, refine=saved.knob_refine)
+                   propensity=table.propensity[scored][:, cols], estimator=estimator,
+                   refine=saved.knob_refine if knob_refine is None else knob_refine)
     warning = None
     if held.logged and not held.has_propensities:
         lacking = int((~np.isnan(held.quality) & ~np.isfinite(held.propensity)).sum())
