@@ -67,8 +67,9 @@ def _two_model(table: TrafficTable, rows: np.ndarray) -> tuple[int, int] | None:
     return metrics.weak_and_strong(column_means(table.quality, rows))
 
 
-#: the fewest training records a split may leave (a count of 1 read as "all of it" left one)
-MIN_TRAIN_RECORDS = 10
+#: the fewest training records a split may leave (a count of 1 read as "all of it" left one; a few-record
+#: router is still something to evaluate beside others)
+MIN_TRAIN_RECORDS = 5
 
 
 def _check_split(split: Any, train_size: float, val_size: float) -> None:

@@ -35,8 +35,8 @@ from training.config import TrainConfig
 __all__ = ["simulate_log"]
 
 log = logging.getLogger(__name__)
-#: the fewest bootstrap records: the bootstrap router's own split leaves it 10 to train on (about 60% of them)
-MIN_BOOTSTRAP = 20
+#: the fewest bootstrap records: the bootstrap router's own split leaves it 5 to train on (about 60% of them)
+MIN_BOOTSTRAP = 10
 
 #: what :func:`simulate_log` writes under ``out``
 OUTPUTS = ("bootstrap.jsonl", "log.jsonl", "test.jsonl", "simulation.json", "bootstrap_router")

@@ -68,10 +68,18 @@ def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: A
 
 
 def check_same_split(router_config: dict[str, Any], scorer_manifest: dict[str, Any], *, router: Any,
-                     scorer: Any) -> None:
-    """Refuse a scorer trained on another split than the router's: its training records would include the
-    router's validation rows, where the policies are fitted on the scorer's (then in-sample) scores."""
-    theirs = (scorer_manifest.get("training") or {}).get("config") or {}
+                     scorer: Any, router_fingerprint: str | None = None) -> None:
+    """Refuse a scorer trained on another split than the router's, or on other data: its training records
+    would include the router's validation or test rows, where the policies are fitted and scored on the
+    scorer's (then in-sample) scores."""
+    training = scorer_manifest.get("training") or {}
+    fingerprints = (router_fingerprint, training.get("data_fingerprint"))
+    if all(fingerprints) and fingerprints[0] != fingerprints[1]:  # the same numbers split other data otherwise
+        raise RouterMLError(f"{scorer}: the answer scorer was trained on other data (fingerprint "
+                            f"{fingerprints[1][:12]}...) than the router {router} ({fingerprints[0][:12]}...): its "
+                            "training records may be the router's test records; train both on the same file with "
+                            "the same --train-size and --seed")
+    theirs = training.get("config") or {}
     if not theirs:  # a scoring function, or a scorer exported without its training config: nothing to check
         return
     for key, default in (("data.train_size", None), ("data.seed", None), ("data.val_size", 0.1)):
@@ -177,7 +185,16 @@ def run_cascade_evaluate(*, router: str | Path, scorer: str | Path | ScoreFn, da
     checked = check_split(router_dir, loaded.manifest, table, split, train_size=train_size, seed=seed)
     score_fn, scorer_sha256, scorer_manifest = (_load_scorer(scorer) if isinstance(scorer, str | Path)
                                                 else (scorer, None, {}))
-    check_same_split(config, scorer_manifest, router=router_dir, scorer=scorer)
+    check_same_split(config, scorer_manifest, router=router_dir, scorer=scorer,
+                     router_fingerprint=(loaded.manifest.get("training") or {}).get("data_fingerprint"))
+    unscored = [m for m in loaded.models if m not in scorer_manifest.get("models", loaded.models)]
+    if unscored:  # found now, not as a traceback after the router's scoring
+        raise RouterMLError(f"{scorer}: the answer scorer does not score {unscored}, which the router {router_dir} "
+                            f"chooses; train it on data with those models' answers")
+    silent = [m for m in loaded.models if not any(r is not None for r in table.responses(m))]
+    if silent:  # a cascade scores answers: without them every policy was fitted on nothing
+        raise DataError(f"{data}: no recorded response of {silent}; a cascade scores each model's answer text "
+                        "(field outcomes.<model>.response, or a '<model>|response' column)")
     rows = np.concatenate([split.val, split.test])
     signals = build_signals(table, rows, router=loaded, score_fn=score_fn)
     latency_source = "given"
