@@ -171,6 +171,22 @@ def test_a_bootstrap_set_in_the_same_file_as_the_log_is_scored_beside_it_without
     assert result["test"]["estimator"] == "snips" and result["test"]["off_policy"]["propensities"] == "logged"
     knob = result["default_knob"]
     assert knob["estimator"] == "snips" and knob["quality"] == pytest.approx(truth["quality"], abs=0.05)
+    assert result["set_aside_partial"] == 0
+
+
+def test_logged_records_set_aside_beside_a_majority_of_complete_ones_are_counted_and_said(tmp_path, trained, demo,
+                                                                                          caplog):
+    """With at least half the records complete, the complete ones are scored exactly and the logged ones were
+    dropped without a word (300 of 600 here)."""
+    from training.pipeline import evaluate_router
+
+    records = demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 600]
+    mixed = write_jsonl(records[:300] + _log(records[300:], demo.models), tmp_path / "mixed.jsonl")
+    with caplog.at_level("WARNING", logger="router_ml.train"):
+        result = evaluate_router(trained.checkpoint, mixed, n_boot=0, progress=False)
+    assert result["test"]["estimator"] == "exact" and result["scored"] == 300 and result["set_aside_partial"] == 300
+    assert f"{mixed}: 300 records hold only some of the models' outcomes (logged traffic) and are set aside" in \
+        caplog.text
 
 
 def test_an_artifact_directory_is_scored_through_the_runtime_and_says_seen_prompts_were_not_checked(

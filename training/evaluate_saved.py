@@ -175,6 +175,12 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
     scored = scoreable_rows(quality, rows, table.propensity[:, cols])
     if len(scored) == 0:
         raise DataError(f"{data}: no unseen record has an outcome for any of {list(models)}")
+    with_any = int((~np.isnan(quality[rows])).any(axis=1).sum())
+    set_aside = with_any - len(scored)
+    if set_aside:  # the complete records are scored exactly; the partial ones were left out without a word
+        log.warning("%s: %d records hold only some of the models' outcomes (logged traffic) and are set aside: the "
+                    "%d with every outcome are scored exactly; evaluate the logged records in a file of their own "
+                    "to score them off-policy", data, set_aside, len(scored))
     if logged:
         _check_log_models(data, saved.path, models, quality[scored], missing)
     texts = [table.texts[int(i)] for i in scored]
@@ -218,7 +224,8 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
                  "kept (--include-seen)" if include_seen else "dropped")
     out = {"router": saved.router, "router_dir": str(saved.path), "router_kind": saved.kind, "data": str(data),
            "records": len(table) + quarantined, "scored": int(len(scored)), "dropped_seen": int((~keep).sum()),
-           "seen_prompts": seen_note, "rejected": report.rejected, "missing_propensity": report.missing_propensity,
+           "seen_prompts": seen_note, "set_aside_partial": set_aside, "rejected": report.rejected,
+           "missing_propensity": report.missing_propensity,
            "quarantined_unknown_model": quarantined,
            "models_used": list(models), "models_missing": missing,
            "models_ignored": extra, "biased": warning is not None, "unlogged_outcomes": held.unlogged_outcomes,
