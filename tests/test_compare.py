@@ -82,6 +82,26 @@ def test_a_sweep_too_large_to_run_is_refused_before_anything_is_built(tmp_path):
     assert data.read_text() == "" and not store.exists()  # no parent MLflow run was started
 
 
+def test_a_sweep_keeps_its_fixed_tracking_settings_and_the_settings_done_before_one_fails(tmp_path):
+    """--set tracking.enabled=false still started a parent run in ./mlflow.db; a setting the data could not take
+    (train_size 5000 of 400 records) failed the sweep after the others had trained and kept no summary."""
+    from training.sweep import run_sweep
+
+    data = write_jsonl(load_traffic(DEMO)[0].records[:400], tmp_path / "d.jsonl")
+    with pytest.raises(Exception, match="the tracking settings are the sweep's own"):
+        parse_grid(None, ["tracking.experiment=a,b"])
+    fast = ["train.epochs=1", "eval.n_boot=0", "eval.baselines=random", "router.hidden=16"]
+    with pytest.raises(Exception, match=r"sweep: setting train_size=5000 seed 0: .*5000.* the 1 settings done before "
+                                        r"it are summarised in"):
+        run_sweep(ROOT / "training/configs/mlp_static.toml", data, seeds=[0], out_dir=tmp_path / "sweep",
+                  sets=["tracking.enabled=false", "data.train_size=0.7,5000", *(f"{s}" for s in fast)],
+                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()  # tracking off: no parent run either
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert [s["slug"] for s in summary["settings"]] == ["train_size=0.7"]
+    assert summary["failed"]["slug"] == "train_size=5000" and "5000" in summary["failed"]["error"]
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A 2 x 2 sweep (hidden size x seed) on 1,600 demo prompts in its own MLflow store."""

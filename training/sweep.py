@@ -84,6 +84,8 @@ def parse_grid(config_path: str | Path | None, sets: Sequence[str]) -> list[dict
             raise RouterMLError(f"--set: unknown key '{key}'; valid keys: {', '.join(sorted(defaults))}")
         if key in ("data.seed",):
             raise RouterMLError("sweep seeds with --seeds, not --set data.seed")
+        if key.startswith("tracking.") and "," in str(value):  # one sweep, one parent run: logged in one place
+            raise RouterMLError(f"--set {text!r}: the tracking settings are the sweep's own; give one value")
         values = [value] if isinstance(defaults[key], list) else [v.strip() for v in value.split(",")]
         if any(v == "" for v in values) or len(set(values)) != len(values):
             raise RouterMLError(f"--set {text!r}: empty or repeated value")
@@ -157,7 +159,7 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
     if len(grid) * len(seeds) > MAX_RUNS:
         raise RouterMLError(f"{len(grid):,} settings x {len(seeds):,} seeds = {len(grid) * len(seeds):,} runs, "
                             f"more than {MAX_RUNS:,}; sweep fewer values or seeds, or split the sweep")
-    base = load_config(config_path)
+    base = load_config(config_path, grid[0] if grid else {})  # the fixed --set values (tracking's) hold for it too
     started = time.perf_counter()
     parent = Tracker(experiment=base.tracking.experiment, enabled=base.tracking.enabled, tracking_uri=tracking_uri,
                      run_name=f"sweep-{base.router.kind}-{base.featurizer.name}")
@@ -176,9 +178,18 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
                     overrides["data.train_size"] = train_size
                 config = load_config(config_path, overrides)
                 log.info("sweep: %s seed %d", slug, seed)
-                summary = train_router(config, data, out_dir=out_dir / slug / f"seed{seed}", prices=prices,
-                                       cache_dir=cache_dir, progress=progress, tracking_uri=tracking_uri,
-                                       parent_run_id=parent.run_id, **load_options)
+                try:
+                    summary = train_router(config, data, out_dir=out_dir / slug / f"seed{seed}", prices=prices,
+                                           cache_dir=cache_dir, progress=progress, tracking_uri=tracking_uri,
+                                           parent_run_id=parent.run_id, **load_options)
+                except RouterMLError as exc:  # a setting this data cannot take: keep what the others found
+                    partial = {"parent_run_id": parent.run_id, "runs": len(grid) * len(seeds), "out": str(out_dir),
+                               "settings": settings_out, "failed": {"setting": setting, "slug": slug, "seed": seed,
+                                                                    "error": str(exc)}}
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    (out_dir / "sweep_summary.json").write_text(json.dumps(partial, indent=1))
+                    raise RouterMLError(f"sweep: setting {slug} seed {seed}: {exc}; the {len(settings_out)} settings "
+                                        f"done before it are summarised in {out_dir / 'sweep_summary.json'}") from exc
                 runs.append(summary)
             summary = summarise(runs)
             settings_out.append({"setting": setting, "slug": slug,
