@@ -566,6 +566,31 @@ def test_export_refuses_without_parity_prompts(trained, tmp_path):
     assert list(parent.iterdir()) == []
 
 
+def test_a_checkpoint_whose_files_disagree_is_refused_by_export_and_evaluate(trained, tmp_path):
+    """Models reordered in manifest.json once exported a router that priced each model as another; weights of
+    another checkpoint were a torch size-mismatch traceback."""
+    from router_ml.errors import RouterMLError
+    from training.pipeline import evaluate_router
+
+    from .conftest import DEMO
+
+    checkpoint = Path(shutil.copytree(trained.checkpoint, tmp_path / "checkpoint",
+                                      ignore=shutil.ignore_patterns("artifact")))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    (checkpoint / "manifest.json").write_text(json.dumps({**manifest, "models": manifest["models"][::-1]}))
+    for call in (lambda: export_router(checkpoint, tmp_path / "artifact"),
+                 lambda: evaluate_router(checkpoint, DEMO, n_boot=0, progress=False)):
+        with pytest.raises(RouterMLError, match=r"checkpoint: its files disagree on the models - manifest.json "
+                                                r"\['frontier-xl'.*cost_model.json \['tiny-1b'"):
+            call()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    weights = checkpoint / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RouterMLError, match=r"weights.safetensors: does not fit the module router.json describes"):
+        export_router(checkpoint, tmp_path / "artifact")
+    assert not (tmp_path / "artifact").exists()
+
+
 def _fingerprint(directory: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 

@@ -23,8 +23,8 @@ from training.data import Split, TrafficTable, normalize_prompt
 from training.data.loader import check_out_directory
 from training.evaluation import read_metrics_file
 
-__all__ = ["CHECKPOINT_FORMAT", "check_out_dir", "checkpoint_manifest", "id_blocks", "portable_identity", "prompt_hash",
-           "sample_ids", "saved_knob_grid", "seen_prompt_digests", "write_split"]
+__all__ = ["CHECKPOINT_FORMAT", "check_out_dir", "checked_checkpoint", "checkpoint_manifest", "id_blocks",
+           "portable_identity", "prompt_hash", "sample_ids", "saved_knob_grid", "seen_prompt_digests", "write_split"]
 
 CHECKPOINT_FORMAT = "router-ml-checkpoint/1"
 
@@ -121,6 +121,25 @@ def checkpoint_manifest(router_dir: Path) -> dict[str, Any]:
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}; this router-ml "
                             f"reads {CHECKPOINT_FORMAT} - upgrade router-ml or retrain")
+    return manifest
+
+
+def checked_checkpoint(router_dir: Path) -> dict[str, Any]:
+    """:func:`checkpoint_manifest`, after checking that the checkpoint's files agree on its models: the
+    manifest's model order is the order of the router's outputs and of the cost model's columns (a reordered
+    or copied-in file once exported a router that priced each model as another)."""
+    manifest = checkpoint_manifest(router_dir)
+    models = manifest.get("models")
+    try:
+        cost_models = json.loads((router_dir / "cost_model.json").read_text())["models"]
+        outputs = json.loads((router_dir / "router.json").read_text())["n_models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RouterMLError(f"{router_dir}: cost_model.json or router.json unreadable ({type(exc).__name__}: {exc}); "
+                            "restore the checkpoint directory as train wrote it, or retrain") from None
+    if not isinstance(models, list) or cost_models != models or outputs != len(models):
+        raise RouterMLError(f"{router_dir}: its files disagree on the models - manifest.json {models}, cost_model.json "
+                            f"{cost_models}, router.json {outputs} outputs; they come from different checkpoints or "
+                            "were edited: restore the directory as train wrote it, or retrain")
     return manifest
 
 

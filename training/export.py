@@ -42,6 +42,7 @@ from router_ml.formats import VERSION_FIELD
 from router_ml.parity import SAMPLE_FILE, cpu_features, sample_document, scores_one_by_one
 from router_ml.policy import CostModel, choose, wtp_from_json, wtp_to_json
 from router_ml.router import ARTIFACT_FORMAT, ARTIFACT_VERSION, Router, file_sha256
+from training.checkpoint import checked_checkpoint
 from training.data.loader import lies_within
 from training.evaluation import read_metrics_file
 
@@ -218,8 +219,8 @@ def export_router(checkpoint: str | Path, out: str | Path, *, parity_texts: list
     checkpoint, out = Path(checkpoint), Path(out)
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize takes int8, got {quantize!r}")
+    manifest_in = checked_checkpoint(checkpoint)
     router = TorchRouter.load(checkpoint)
-    manifest_in = json.loads((checkpoint / "manifest.json").read_text())
     texts = parity_texts
     if texts is None:
         parity_file = checkpoint / "parity_prompts.json"

@@ -106,12 +106,12 @@ class _ArtifactScorer:
 
 
 def _load_checkpoint(directory: Path) -> SavedRouter:
-    from training.checkpoint import checkpoint_manifest, saved_knob_grid
+    from training.checkpoint import checked_checkpoint, saved_knob_grid
     from training.config import TrainConfig
     from training.evaluation import read_metrics_file
     from training.export import default_knob  # the exporter's own rule
 
-    manifest = checkpoint_manifest(directory)
+    manifest = checked_checkpoint(directory)
     flat = json.loads((directory / "config.json").read_text())
     cost_model = CostModel.from_dict(json.loads((directory / "cost_model.json").read_text()))
     seen = set(json.loads((directory / "split.json").read_text())["seen_prompt_hashes"])

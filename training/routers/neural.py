@@ -324,6 +324,7 @@ class TorchRouter:
 
     @classmethod
     def load(cls, directory: str | Path) -> TorchRouter:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from training.routers import ROUTERS
@@ -334,7 +335,13 @@ class TorchRouter:
         router = router_cls(config=TrainConfig.from_flat(info["config"]), n_models=info["n_models"],
                             input_dim=info["input_dim"])
         router.module_ = router.rebuild(info)
-        router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
+        try:
+            router.module_.load_state_dict(load_file(directory / "weights.safetensors"))
+        except (RuntimeError, OSError, ValueError, SafetensorError) as exc:  # another module's shapes, a torn file
+            first = str(exc).strip().splitlines()[0][:300]
+            raise RouterMLError(f"{directory / 'weights.safetensors'}: does not fit the module router.json describes "
+                                f"({first}); the files come from different checkpoints or are damaged - retrain, "
+                                "or restore the checkpoint directory as train wrote it") from None
         router.module_.eval()
         return router
 
