@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,6 +367,9 @@ def test_data_of_one_model_is_refused_before_any_work(tmp_path, demo_subset):
 def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, trained):
     """`evaluate` with artifacts: the fp32 artifact scores what the checkpoint scores; an int8 artifact is
     scored through the runtime on the same prompts, costs and saved knob grid, its route changes counted."""
+    import shutil
+
+    from router_ml.errors import RouterMLError
     from router_ml.policy import CostModel
     from training.checkpoint import saved_knob_grid
     from training.evaluation import read_metrics_file
@@ -401,6 +405,13 @@ def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, tr
     broken.mkdir()
     with pytest.raises(Exception, match="manifest"):
         evaluate_router(trained.checkpoint, other, n_boot=0, progress=False, artifacts=[broken])
+    # another router's artifact was once scored beside the checkpoint as its export (changed routes 0.94)
+    foreign = Path(shutil.copytree(trained.artifact, tmp_path / "foreign"))
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["training"]["config"] = {**manifest["training"]["config"], "data.seed": 99}
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RouterMLError, match=r"foreign: not an export of the checkpoint .*data.seed = 99 against 0"):
+        evaluate_router(trained.checkpoint, other, n_boot=0, progress=False, artifacts=[foreign])
 
 
 def test_metrics_files_carry_a_version_that_readers_check(tmp_path, trained):

@@ -11,6 +11,7 @@ policy's propensities, or the estimate is refused unless the caller forces a (fl
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,24 @@ def _artifact_report(path: str | Path, texts: list[str], models: tuple[str, ...]
     return {"artifact": str(path), "quantization": artifact.manifest.get("quantization"),
             "max_abs_diff": float(np.max(np.abs(pred - reference))), "changed_routes": float(changed.mean()),
             "willingness_to_pay": None if np.isinf(knob) else knob, "test": result["test"]}
+
+
+def _check_exports(saved: SavedRouter, artifacts: Sequence[str | Path]) -> None:
+    """Before any work: each ``--artifact`` is an export of the checkpoint ``saved`` (the training config its
+    manifest carries is the checkpoint's) - another router's artifact was scored beside it as its export."""
+    if saved.kind != "checkpoint":
+        return
+    for path in artifacts:
+        try:
+            theirs = (json.loads((Path(path) / "manifest.json").read_text()).get("training") or {}).get("config")
+        except (OSError, ValueError, AttributeError):
+            continue  # Router.load names what is wrong with it
+        if isinstance(theirs, dict) and theirs != saved.config:
+            differ = sorted(k for k in set(theirs) | set(saved.config) if theirs.get(k) != saved.config.get(k))
+            raise RouterMLError(f"{path}: not an export of the checkpoint {saved.path} (its training config "
+                                f"differs, e.g. {differ[0]} = {theirs.get(differ[0])!r} against "
+                                f"{saved.config.get(differ[0])!r}); give the artifact 'router-ml export --checkpoint "
+                                f"{saved.path}' writes")
 
 
 _NO_PROPENSITY_FIX = ("log the probability of every logged choice as the outcome's `propensity` (router-ml route/serve "
@@ -143,6 +162,7 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
     if n_boot is not None and n_boot < 0:
         raise ValueError(f"n_boot must be a whole number >= 0 (0: no intervals), got {n_boot!r}")
     saved = router_dir if isinstance(router_dir, SavedRouter) else load_saved(router_dir)
+    _check_exports(saved, artifacts)
     wtp, wtp_source = wtp_or_default(saved, willingness_to_pay)
     catalog = PriceCatalog.load(prices) if prices else None
     table, report = load_traffic(data, prices=catalog, **load_options)
