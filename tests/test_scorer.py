@@ -246,3 +246,14 @@ def test_encoder_scorer_trains_exports_and_matches(tmp_path, responses_file, tin
     assert scorer.kind == "encoder"
     assert 0 <= scorer.score("q", "strong-model", "The answer is (B).") <= 1
 
+
+
+def test_a_scorer_checkpoint_given_as_a_router_is_named_as_a_scorer(tmp_path):
+    """It was "unsupported router format ...; upgrade router-ml or retrain"."""
+    from router_ml.errors import RouterMLError
+    from training.saved import load_saved
+
+    (tmp_path / "manifest.json").write_text('{"format": "router-ml-scorer-checkpoint/1", "kind": "scorer"}')
+    with pytest.raises(RouterMLError, match=r"an answer scorer \(router-ml-scorer-checkpoint/1\), not a router; .*"
+                                            r"cascade evaluate --scorer"):
+        load_saved(tmp_path)

@@ -118,8 +118,12 @@ def checkpoint_manifest(router_dir: Path) -> dict[str, Any]:
         manifest = json.loads((router_dir / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise RouterMLError(f"{router_dir}: not a router directory (manifest.json unreadable: {exc})") from exc
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise RouterMLError(f"{router_dir}: unsupported router format {manifest.get('format')!r}; this router-ml "
+    fmt = manifest.get("format")
+    if isinstance(fmt, str) and fmt.startswith("router-ml-scorer"):
+        raise RouterMLError(f"{router_dir}: an answer scorer ({fmt}), not a router; give a router's checkpoint or "
+                            "artifact here (a scorer goes to 'router-ml cascade evaluate --scorer')")
+    if fmt != CHECKPOINT_FORMAT:
+        raise RouterMLError(f"{router_dir}: unsupported router format {fmt!r}; this router-ml "
                             f"reads {CHECKPOINT_FORMAT} - upgrade router-ml or retrain")
     return manifest
 
