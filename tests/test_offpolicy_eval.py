@@ -187,6 +187,12 @@ def test_logged_records_set_aside_beside_a_majority_of_complete_ones_are_counted
     assert result["test"]["estimator"] == "exact" and result["scored"] == 300 and result["set_aside_partial"] == 300
     assert f"{mixed}: 300 records hold only some of the models' outcomes (logged traffic) and are set aside" in \
         caplog.text
+    full = write_jsonl(records[:300], tmp_path / "full.jsonl")
+    with caplog.at_level("WARNING", logger="router_ml.train"):
+        exact = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False, estimator="ips")
+    assert exact["test"]["estimator"] == "exact"  # an estimator asked for on complete data: said, not ignored
+    assert f"{full}: every scored record holds every outcome, so the router is scored exactly; --estimator ips" in \
+        caplog.text
 
 
 def test_an_artifact_directory_is_scored_through_the_runtime_and_says_seen_prompts_were_not_checked(

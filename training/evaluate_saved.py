@@ -215,6 +215,9 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
                    propensity=table.propensity[scored][:, cols], estimator=estimator,
                    refine=saved.knob_refine if knob_refine is None else knob_refine)
     warning = None
+    if not held.logged and estimator != "auto":  # said, not ignored: the user asked for an estimator
+        log.warning("%s: every scored record holds every outcome, so the router is scored exactly; --estimator %s "
+                    "applies to logged traffic only", data, estimator)
     if held.logged and not held.has_propensities:
         lacking = int((~np.isnan(held.quality) & ~np.isfinite(held.propensity)).sum())
         if estimator == "auto":
