@@ -174,6 +174,14 @@ def test_compare_ranks_comparable_runs_and_refuses_mixed_splits(swept):
     assert f"not found in {env['MLFLOW_TRACKING_URI']}; experiments there: ['Default', 'router-ml']" in bad.stderr
     bad = run_cli("compare", "--run-id", "0" * 32, cwd=work, env=env)
     assert bad.returncode == 1 and f"run {'0' * 32}: not found in {env['MLFLOW_TRACKING_URI']}" in bad.stderr
+    # a run named by id that is not a finished training run was dropped without a word
+    failed = client.create_run(client.get_experiment_by_name("router-ml").experiment_id, tags={"router": "mlp"})
+    client.set_terminated(failed.info.run_id, status="FAILED")
+    bad = run_cli("compare", "--run-id", failed.info.run_id, "--run-id", result["settings"][0]["run_ids"][0],
+                  "--no-plot", cwd=work, env=env)
+    assert bad.returncode == 1 and f"run {failed.info.run_id}: FAILED, not finished" in bad.stderr, bad.stderr
+    bad = run_cli("compare", "--run-id", out["comparison_run_id"], "--no-plot", cwd=work, env=env)
+    assert bad.returncode == 1 and "not a training run of router-ml" in bad.stderr, bad.stderr
 
 
 @pytest.mark.slow

@@ -248,10 +248,18 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
     runs = []
     for run_id in run_ids:
         try:
-            runs.append(client.get_run(run_id))
+            run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
             raise RouterMLError(f"run {run_id}: not found in {uri} ({exc.message}); check the run id and "
                                 "MLFLOW_TRACKING_URI") from None
+        # a run named by id is never left out without a word (an experiment's unfinished runs are)
+        if "router" not in run.data.tags:
+            raise RouterMLError(f"run {run_id}: not a training run of router-ml (no 'router' tag); give the id of a "
+                                "run 'router-ml train' logged")
+        if run.info.status != "FINISHED":
+            raise RouterMLError(f"run {run_id}: {run.info.status}, not finished - it has no complete test metrics "
+                                "to compare; train it again or leave it out")
+        runs.append(run)
     if experiments or (filter_string and not run_ids):
         names = list(experiments)
         if names:
