@@ -517,7 +517,13 @@ def test_simulate_log_names_an_unknown_excluded_model_before_training_and_warns_
     result = strict_json(proc.stdout.strip().splitlines()[-1])
     assert result["explored_share"] == 0 and result["min_propensity"] == 1
     assert "router-ml: warning: nothing was explored on 200 logged prompts" in proc.stderr
-    assert result["warning"].startswith("nothing was explored")
+    assert result["warning"].startswith("nothing was explored") and "(see --explore-max-cost)" in result["warning"]
+    # a softmax this cold draws only the greedy choice: the warning names the temperature, not the cap
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", *map(str, base), "--out", str(tmp_path / "c"),
+                           "--explore-policy", "softmax", "--explore-temperature", "1e-9"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(see --explore-temperature 1e-09)" in strict_json(proc.stdout.strip().splitlines()[-1])["warning"]
 
 
 def test_simulate_log_on_data_without_costs_prints_strict_json(tmp_path):

@@ -132,7 +132,11 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     }
     if exploration is not None and exploration.rate > 0 and result["explored_share"] == 0:
         # every decision kept propensity 1: the log can say nothing about the models the router did not pick
+        causes = [flag for flag, given in (("--explore-max-cost", exploration.max_cost_usd is not None),
+                                           ("--explore-exclude", bool(exploration.exclude))) if given]
+        if exploration.kind == "softmax":  # a temperature near 0 puts every draw on the greedy choice
+            causes.append(f"--explore-temperature {exploration.temperature:g}")
         result["warning"] = (f"nothing was explored on {len(decisions)} logged prompts: no model other than the "
-                             "router's choice was eligible (see --explore-max-cost and --explore-exclude)")
+                             f"router's choice was drawn (see {' and '.join(causes) or 'the exploration settings'})")
     (out / "simulation.json").write_text(json.dumps(result, indent=1))
     return result
