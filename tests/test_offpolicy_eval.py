@@ -263,8 +263,9 @@ def test_compare_sweeps_every_router_alike_and_refuses_routers_of_other_models(t
     first, second = result["ranking"]
     assert first["aiq"] == second["aiq"] and second["vs_first"]["aiq"] == 0.0
     other = Path(shutil.copytree(trained.checkpoint, tmp_path / "other"))
-    manifest = json.loads((other / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps({**manifest, "models": manifest["models"][:-1] + ["gpt-9"]}))
+    for name in ("manifest.json", "cost_model.json"):  # a router of other models, its files agreeing
+        saved = json.loads((other / name).read_text())
+        (other / name).write_text(json.dumps({**saved, "models": saved["models"][:-1] + ["gpt-9"]}))
     with pytest.raises(RouterMLError, match=r"the routers choose among different models .*gpt-9.* do not compare"):
         compare_routers([trained.checkpoint, other], data, n_boot=20, progress=False)
 

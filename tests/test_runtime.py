@@ -21,7 +21,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from router_ml import ArtifactError, Decision, Router
+from router_ml import ArtifactError, Decision, Router, RouterMLError
 from training.export import ExportError, export_router
 
 # tests that need a trained router are marked slow by conftest (they use the `trained` fixture)
@@ -599,8 +599,8 @@ def test_a_failed_export_leaves_the_previous_artifact_in_place(trained, tmp_path
     out = _copy(trained, tmp_path)
     before = _fingerprint(out)
     checkpoint = Path(shutil.copytree(trained.checkpoint, tmp_path / "checkpoint"))
-    (checkpoint / "cost_model.json").write_text("{", encoding="utf-8")  # fails after the graph is staged
-    with pytest.raises(ValueError):
+    (checkpoint / "metrics.json").write_text("{", encoding="utf-8")  # fails after the graph is staged
+    with pytest.raises(RouterMLError, match="metrics.json"):
         export_router(checkpoint, out, parity_texts=trained.held_out[:20])
     assert _fingerprint(out) == before and Router.load(out, verify=True).models
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "checkpoint"]  # no staging left
