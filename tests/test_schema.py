@@ -48,6 +48,17 @@ def test_logged_cost_wins_over_catalog():
     ({"prompt": "x", "preferences": [{"model_a": "a", "model_b": "b", "winner": "c"}]},
      "preferences[0].winner", "a, b or tie"),
     ({"prompt": "x", "timestamp": "yesterday", "outcomes": {"m": {"quality": 1}}}, "timestamp", "ISO 8601"),
+    # epoch milliseconds and numbers past year 9999 were a ValueError/OverflowError traceback
+    ({"prompt": "x", "timestamp": 1700000000000, "outcomes": {"m": {"quality": 1}}}, "timestamp",
+     "epoch milliseconds? divide by 1000"),
+    ({"prompt": "x", "timestamp": float("inf"), "outcomes": {"m": {"quality": 1}}}, "timestamp", "is not a date"),
+    # a lone surrogate (JSON's "\ud83d": half an emoji) in any text was a UnicodeEncodeError when the table was built
+    ({"prompt": "half \ud83d", "outcomes": {"m": {"quality": 1}}}, "prompt", "lone UTF-16 surrogate"),
+    ({"prompt": "x", "task": "t\ud800", "outcomes": {"m": {"quality": 1}}}, "task", "lone UTF-16 surrogate"),
+    ({"prompt": "x", "sample_id": "\udfff", "outcomes": {"m": {"quality": 1}}}, "sample_id", "lone UTF-16"),
+    ({"prompt": "x", "metadata": {"k": ["\ud800"]}, "outcomes": {"m": {"quality": 1}}}, "metadata", "lone UTF-16"),
+    ({"prompt": "x", "outcomes": {"m": {"quality": 1, "response": "r\udfff"}}}, "outcomes.m.response",
+     "lone UTF-16"),
 ])
 def test_invalid_fields_are_named(kwargs, field, needle):
     with pytest.raises(RecordError) as info:

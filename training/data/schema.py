@@ -250,7 +250,12 @@ def _timestamp(value: Any, field: str) -> str | None:
     if is_missing(value):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return _dt.datetime.fromtimestamp(float(value), tz=_dt.UTC).isoformat()
+        try:
+            return _dt.datetime.fromtimestamp(float(value), tz=_dt.UTC).isoformat()
+        except (ValueError, OverflowError, OSError):  # past year 9999, or not finite
+            hint = "; epoch milliseconds? divide by 1000" if 1e11 <= abs(float(value)) < 1e16 else ""
+            raise RecordError(field, f"timestamp {value!r} is not a date (epoch seconds between years 1 and 9999)"
+                              f"{hint}") from None
     if isinstance(value, _dt.datetime):
         return value.isoformat()
     if not isinstance(value, str):
@@ -361,7 +366,7 @@ def build_record(
         raise RecordError("outcomes", "the record has no outcome for any model (and no preference)")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise RecordError("metadata", "metadata must be an object")
-    return Record(
+    record = Record(
         prompt=text,
         messages=chat,
         outcomes=built,
@@ -371,3 +376,35 @@ def build_record(
         timestamp=_timestamp(timestamp, "timestamp"),
         metadata=dict(metadata or {}),
     )
+    _check_utf8(record)
+    return record
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, Mapping):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _check_utf8(record: Record) -> None:
+    """Every text of ``record`` can be written as UTF-8: JSON may escape half of an emoji's UTF-16 pair
+    (``"\\ud83d"``, a log that cut one in two), which no UTF-8 file or column holds - once a traceback when
+    the table was built, now the record's error, naming the field."""
+    fields: list[tuple[str, Any]] = [("prompt", record.prompt), ("messages", record.messages),
+                                     ("sample_id", record.sample_id), ("task", record.task),
+                                     ("metadata", record.metadata)]
+    for model, outcome in record.outcomes.items():
+        fields += [(f"outcomes.{model}", model), (f"outcomes.{model}.response", outcome.response)]
+    for p in record.preferences:
+        fields += [("preferences", p.model_a), ("preferences", p.model_b)]
+    for name, value in fields:
+        if _has_surrogate(value):
+            raise RecordError(name, "holds a lone UTF-16 surrogate (as JSON \\udXXX: half of an emoji, cut by the "
+                              "program that wrote the line), which is not text; mend or drop the record")
