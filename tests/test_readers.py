@@ -220,6 +220,21 @@ def test_a_wide_tables_metadata_columns_are_reported_where_a_bare_quality_column
     assert "metadata columns (no 'M|total_cost' beside them, so not models): b" in out
 
 
+def test_decimal_quality_and_cost_columns_of_a_sql_export_read_as_numbers(tmp_path):
+    """decimal128 columns (SQL, Spark, BigQuery exports) were 'quality must be a number, got Decimal' on every
+    row."""
+    from decimal import Decimal
+
+    path = tmp_path / "w.parquet"
+    pq.write_table(pa.table({"prompt": ["q0", "q1"],
+                             "m": pa.array([Decimal("1.0"), Decimal("0.5")], pa.decimal128(3, 1)),
+                             "m|total_cost": pa.array([Decimal("0.10"), Decimal("0.25")], pa.decimal128(5, 2)),
+                             "n": [0.0, 1.0], "n|total_cost": [0.2, 0.2]}), path)
+    table, report = load_traffic(path)
+    assert report.rejected == 0 and table.quality[:, 0].tolist() == [1.0, 0.5]
+    assert table.cost[:, 0].tolist() == [0.1, 0.25]
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

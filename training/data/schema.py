@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -168,7 +169,7 @@ def is_missing(value: Any) -> bool:
 def _number(value: Any, field: str, what: str) -> float:
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):  # Decimal: a SQL or Spark export's decimal128 column
         number = float(value)
     elif isinstance(value, str):
         try:
