@@ -235,6 +235,19 @@ def test_decimal_quality_and_cost_columns_of_a_sql_export_read_as_numbers(tmp_pa
     assert table.cost[:, 0].tolist() == [0.1, 0.25]
 
 
+def test_an_empty_id_or_task_cell_of_a_wide_csv_is_no_value_as_in_parquet(tmp_path):
+    """Empty sample_id cells were the id "" of every such row (duplicates with different prompts: rejected), and
+    an empty task cell the task "", where the same table in Parquet has none."""
+    frame = pd.DataFrame({"sample_id": ["id1", None, None], "prompt": ["first", "second", "third"],
+                          "eval_name": ["x", None, "y"], "m": [1.0, 0.0, 1.0], "m|total_cost": [0.1, 0.2, 0.3]})
+    frame.to_csv(tmp_path / "w.csv", index=False)
+    frame.to_parquet(tmp_path / "w.parquet", index=False)
+    (csv_table, csv_report), (pq_table, _) = load_traffic(tmp_path / "w.csv"), load_traffic(tmp_path / "w.parquet")
+    assert csv_report.rejected == 0 and len(csv_table) == 3
+    assert [r.task for r in csv_table] == ["x", None, "y"]
+    assert csv_table.fingerprint() == pq_table.fingerprint()
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

@@ -103,12 +103,19 @@ class WideLayout:
             prompt=prompt,
             messages=messages,
             outcomes=outcomes,
-            sample_id=row.get(self.sample_id) if self.sample_id else None,
-            task=row.get(self.task) if self.task else None,
-            timestamp=row.get(self.timestamp) if self.timestamp else None,
+            sample_id=self._cell(row, self.sample_id),
+            task=self._cell(row, self.task),
+            timestamp=self._cell(row, self.timestamp),
             metadata={c: _clean(row.get(c)) for c in self.meta},
             prices=prices,
         )
+
+
+    def _cell(self, row: Mapping[str, Any], column: str | None) -> Any:
+        """A field's cell; an empty CSV cell is no value, as a Parquet null is (an empty sample_id was once read
+        as the id "" of every such row, a duplicate of the others)."""
+        value = row.get(column) if column else None
+        return None if self.csv and value == "" else value
 
 
 def prompt_fields(prompt: Any, messages: Any) -> tuple[Any, Any]:
