@@ -248,6 +248,32 @@ def test_an_empty_id_or_task_cell_of_a_wide_csv_is_no_value_as_in_parquet(tmp_pa
     assert csv_table.fingerprint() == pq_table.fingerprint()
 
 
+@pytest.mark.parametrize(("second", "field"), [
+    ({"messages": [{"role": "system", "content": "You are a pirate"}, {"role": "user", "content": "What is 2+2?"}]},
+     "messages"),
+    ({"task": "poetry"}, "task"),
+    ({"metadata": {"user": "bob"}}, "metadata.user"),
+])
+def test_duplicate_ids_that_disagree_on_the_conversation_task_or_metadata_are_rejected_not_merged(tmp_path, second,
+                                                                                                  field):
+    """A merge kept the first line's conversation, task and metadata and dropped the second's without a word, so
+    one model's outcome sat under a context it never saw."""
+    first = {"sample_id": "x", "prompt": "What is 2+2?", "task": "math", "metadata": {"user": "alice"},
+             "outcomes": {"a": {"quality": 1}}}
+    other = {**{k: v for k, v in first.items() if k not in second and not (k == "prompt" and "messages" in second)},
+             **second, "outcomes": {"b": {"quality": 0}}}
+    path = _jsonl(tmp_path / "dup.jsonl", [json.dumps(first), json.dumps(other)])
+    with pytest.raises(DataError) as info:
+        load_traffic(path)
+    assert info.value.field == field and "duplicate sample_id 'x'" in str(info.value)
+    # the same request told alike (a prompt, or it as the one user turn; its own time per call) merges
+    same = {**{k: v for k, v in first.items() if k != "prompt"}, "messages": [{"role": "user",
+                                                                              "content": "What is 2+2?"}],
+            "timestamp": "2026-01-01T00:00:00Z", "outcomes": {"b": {"quality": 0}}}
+    table, report = load_traffic(_jsonl(tmp_path / "same.jsonl", [json.dumps(first), json.dumps(same)]))
+    assert len(table) == 1 and report.merged_duplicates == 1 and set(table[0].outcomes) == {"a", "b"}
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

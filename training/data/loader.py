@@ -163,9 +163,22 @@ class _Quarantine:
 
 
 def _merge(first: Record, second: Record) -> Record:
-    """Merge two records with the same sample_id, or raise RecordError when they conflict."""
+    """Merge two records with the same sample_id (one line per model call of a request), or raise RecordError
+    when they conflict: another prompt or conversation, another task, a metadata key with another value, or
+    another outcome of the same model. The first line's timestamp is kept (each call has its own time)."""
     if first.text != second.text:
         raise RecordError("sample_id", f"duplicate sample_id '{first.sample_id}' with a different prompt")
+    if _context(first) != _context(second):  # the same last user turn after another conversation
+        raise RecordError("messages", f"duplicate sample_id '{first.sample_id}' with the same prompt in another "
+                                      "conversation (other earlier messages); one request has one conversation")
+    if first.task is not None and second.task is not None and first.task != second.task:
+        raise RecordError("task", f"duplicate sample_id '{first.sample_id}' with a conflicting task "
+                                  f"({first.task!r} vs {second.task!r})")
+    clash = sorted(k for k in first.metadata.keys() & second.metadata.keys() if first.metadata[k] != second.metadata[k])
+    if clash:
+        raise RecordError(f"metadata.{clash[0]}", f"duplicate sample_id '{first.sample_id}' with conflicting "
+                                                  f"metadata ({first.metadata[clash[0]]!r} vs "
+                                                  f"{second.metadata[clash[0]]!r})")
     for model, outcome in second.outcomes.items():
         if model in first.outcomes and first.outcomes[model] != outcome:
             raise RecordError(
@@ -181,6 +194,13 @@ def _merge(first: Record, second: Record) -> Record:
         timestamp=first.timestamp if first.timestamp is not None else second.timestamp,
         metadata={**second.metadata, **first.metadata},
     )
+
+
+def _context(record: Record) -> tuple[Any, ...]:
+    """The conversation a record's prompt stands in: its messages, or the prompt as one user turn."""
+    if record.messages is not None:
+        return tuple(tuple(sorted(m.items())) for m in record.messages)
+    return ((("content", record.prompt), ("role", "user")),)
 
 
 _PROPENSITY_FIX = ("log propensities for every decision, or drop the propensity column to train as "
