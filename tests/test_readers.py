@@ -266,6 +266,10 @@ def test_duplicate_ids_that_disagree_on_the_conversation_task_or_metadata_are_re
     with pytest.raises(DataError) as info:
         load_traffic(path)
     assert info.value.field == field and "duplicate sample_id 'x'" in str(info.value)
+    table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    (entry,) = _quarantined(tmp_path / "q.jsonl")  # the rejected record itself, to mend and feed back (once null)
+    assert report.rejected == 1 and entry["raw"]["outcomes"] == {"b": {"quality": 0.0}}
+    assert load_traffic(_jsonl(tmp_path / "back.jsonl", [json.dumps(entry["raw"])]))[0][0].sample_id == "x"
     # the same request told alike (a prompt, or it as the one user turn; its own time per call) merges
     same = {**{k: v for k, v in first.items() if k != "prompt"}, "messages": [{"role": "user",
                                                                               "content": "What is 2+2?"}],

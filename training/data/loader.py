@@ -279,13 +279,14 @@ class _Load:
                     pending[sid] = k
                 continue
             earlier = kept.patches.get(g) or (cols.record(first) if first is not None else kept.record(g))
+            duplicate = cols.record(k)
             try:
-                kept.patches[g] = _merge(earlier, cols.record(k))
+                kept.patches[g] = _merge(earlier, duplicate)
                 self.report.merged_duplicates += 1
-            except RecordError as exc:
+            except RecordError as exc:  # quarantined as the record read (canonical form), to be mended and fed back
                 where = batch.locations[first] if first is not None else kept.location(g)
                 self.reject(batch.locations[k], RecordError(exc.field, f"{exc.reason} (first seen at {where})"),
-                            None)
+                            duplicate.to_dict())
         kept.commit(cols.take(keep), batch.locations.take(np.flatnonzero(keep)))
 
     def finish(self, source: str) -> Columns:
