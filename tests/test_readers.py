@@ -278,6 +278,27 @@ def test_duplicate_ids_that_disagree_on_the_conversation_task_or_metadata_are_re
     assert len(table) == 1 and report.merged_duplicates == 1 and set(table[0].outcomes) == {"a", "b"}
 
 
+def test_a_directory_reads_its_csv_files_in_any_case_and_says_canonical_parquet_needs_one_file(tmp_path):
+    """B.CSV (as some systems save a spreadsheet) was skipped without a word; a directory of canonical Parquet
+    files failed with "cannot read Parquet file: ... is a directory"."""
+    from training.data import write_parquet
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "a.csv").write_text("prompt,m,m|total_cost,n,n|total_cost\nq1,1,0.1,0,0.2\n")
+    (wide / "B.CSV").write_text("prompt,m,m|total_cost,n,n|total_cost\nq2,0,0.1,1,0.2\n")
+    (wide / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (wide / "README.md").write_text("# notes\n")
+    table, _ = load_traffic(wide)
+    assert sorted(table.texts) == ["q1", "q2"]
+    canonical = tmp_path / "canonical"
+    canonical.mkdir()
+    records, _ = load_traffic(_jsonl(tmp_path / "t.jsonl", [json.dumps(GOOD)]))
+    write_parquet(records, canonical / "a.parquet")
+    with pytest.raises(DataError, match=r"canonical: a directory of canonical Parquet files \(1\); give one file"):
+        load_traffic(canonical)
+
+
 # --- canonical Parquet --------------------------------------------------------------------
 
 def test_canonical_parquet_detected_and_validated(tmp_path):

@@ -55,6 +55,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def files_in(directory: Path, *suffixes: str) -> list[Path]:
+    """A directory's data files with one of ``suffixes`` (``.csv``: any case, as spreadsheets on some systems
+    save ``.CSV``), in name order; hidden files (``.DS_Store``, a Mac's ``._name.csv``) are not data."""
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+
+
 def _is_index_column(name: str) -> bool:
     return name == "" or name.startswith("Unnamed:") or name == "__index_level_0__"
 

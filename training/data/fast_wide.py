@@ -157,7 +157,7 @@ def wide_batches(path: Path, prices: PriceCatalog | None = None, *, report: dict
     types the checks cover column by column, the rest through the per-row reader."""
     for file in wide_files(path):
         layout = wide_layout(file, report)
-        if file.suffix == ".csv" or is_json_lines(file) or not _fast_ok(_parquet_schema(file), layout):
+        if file.suffix.lower() == ".csv" or is_json_lines(file) or not _fast_ok(_parquet_schema(file), layout):
             yield from row_batches(wide_rows(file, layout, prices))
             continue
         offset = 0

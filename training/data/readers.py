@@ -27,6 +27,7 @@ from training.data._rows import (
     _iter_parquet_rows,
     _parquet_columns,
     _parquet_schema,
+    files_in,
     json_line,
 )
 from training.data.canonical import READABLE_VERSIONS
@@ -53,10 +54,10 @@ _CANONICAL_KEYS = {"sample_id", "prompt", "messages", "outcomes", "preferences",
 
 def _classify_columns(columns: list[str], path: Path) -> str:
     if "outcomes" in columns or "preferences" in columns:
-        return "parquet" if path.suffix != ".csv" else "wide"
+        return "parquet" if path.suffix.lower() != ".csv" else "wide"
     if any("|" in c for c in columns):
         return "wide"
-    return "routellm" if path.suffix == ".csv" else "unknown"
+    return "routellm" if path.suffix.lower() == ".csv" else "unknown"
 
 
 def _wide_json_lines(path: Path) -> bool:
@@ -77,13 +78,16 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
             return "hf"
-        csvs = sorted(path.glob("*.csv"))
+        csvs = files_in(path, ".csv")
         if csvs:
             kind = _classify_columns(_csv_header(csvs[0]), csvs[0])
             return kind if kind != "unknown" else "routellm"
-        parquets = sorted(path.glob("*.parquet"))
+        parquets = files_in(path, ".parquet")
         if parquets:
             kind = _classify_columns(_parquet_columns(parquets[0]), parquets[0])
+            if kind == "parquet":  # canonical records are read one file at a time
+                raise DataError(f"a directory of canonical Parquet files ({len(parquets)}); give one file - "
+                                "'router-ml data convert' writes several into one", location=str(path))
             return kind if kind != "unknown" else "hf"
         raise DataError(
             f"cannot tell the format of directory {path}: it holds no *.csv, *.parquet or saved "

@@ -21,6 +21,7 @@ from training.data._rows import (
     _iter_parquet_rows,
     _parquet_columns,
     _raw_csv,
+    files_in,
     json_line,
 )
 from training.data.schema import Record, RecordError, build_record, is_missing, user_turns
@@ -141,7 +142,7 @@ def response_text(cell: str) -> str:
 
 def wide_files(path: Path) -> list[Path]:
     """The files of a wide table: the file itself, or a directory's Parquet and CSV files in name order."""
-    return sorted([*path.glob("*.parquet"), *path.glob("*.csv")]) if path.is_dir() else [path]
+    return files_in(path, ".parquet", ".csv") if path.is_dir() else [path]
 
 
 #: a wide table may also come as JSON Lines, one row per line (``DataFrame.to_json(orient="records", lines=True)``)
@@ -172,7 +173,7 @@ def json_columns(file: Path) -> list[str]:
 
 def wide_layout(file: Path, report: dict | None = None) -> WideLayout:
     """One wide file's layout; its ignored columns are added to ``report["ignored_columns"]``."""
-    if file.suffix == ".csv":
+    if file.suffix.lower() == ".csv":
         layout = WideLayout(_csv_header(file), source=str(file), csv=True)
     elif is_json_lines(file):
         layout = WideLayout(json_columns(file), source=str(file))
@@ -197,7 +198,7 @@ def wide_rows(file: Path, layout: WideLayout, prices: PriceCatalog | None,
               parquet_rows: Iterable[tuple[int, dict[str, Any]]] | None = None) -> Iterator[Row]:
     """One wide file through the per-row path; ``parquet_rows``: only these ``(row number, row)`` of a
     Parquet file (the rows the column checks left to this path)."""
-    if file.suffix == ".csv":
+    if file.suffix.lower() == ".csv":
         for loc, _, item in _iter_csv_rows(file):
             if isinstance(item, RecordError):
                 yield Row(loc, None, error=item)
@@ -238,7 +239,7 @@ def read_routellm(path: Path, *, prices: PriceCatalog | None = None, **_: Any) -
     ``<model>_response`` columns are that model's outcome ``response``; the file stem is the
     ``task`` and ``<stem>:<row>`` the ``sample_id``.
     """
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    files = files_in(path, ".csv") if path.is_dir() else [path]
     if not files:
         raise DataError("directory holds no *.csv files", location=str(path))
     for file in files:
