@@ -655,6 +655,12 @@ def test_hf_saved_dataset_long_form_merges_logged_calls(tmp_path):
                                  quarantine=tmp_path / "q.jsonl")
     assert len(table) == 2 and report.merged_duplicates == 1 and report.rejected == 1
     assert table[0].outcomes["b"].cost == 0.2
+    # unmapped columns are listed, not dropped without a word; a column named prompt needs no mapping
+    plain = datasets.Dataset.from_dict({"prompt": ["q1", "q2"], "llm": ["a", "b"], "score": [1.0, 0.0],
+                                        "user": ["alice", "bob"]})
+    plain.save_to_disk(str(tmp_path / "plain"))
+    table, report = load_traffic(tmp_path / "plain", columns={"model": "llm", "quality": "score"})
+    assert sorted(table.texts) == ["q1", "q2"] and report.ignored_columns == ["user"]
 
 
 def test_hf_parquet_directory_wide_and_pairwise(tmp_path):

@@ -59,7 +59,9 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
     Three shapes, chosen by the mapping: *long* (``model`` and ``quality`` columns, optionally
     ``cost``, tokens, ``latency_s`` and ``propensity``: one outcome per row, rows sharing a
     ``sample_id`` are merged - logged traffic), *pairwise* (``model_a``,
-    ``model_b``, ``winner``), or *wide* (neither: model columns as in :class:`WideLayout`).
+    ``model_b``, ``winner``), or *wide* (neither: model columns as in :class:`WideLayout`). As in the wide
+    form, columns named ``prompt`` and ``sample_id`` are read without a mapping; a long or pairwise form's
+    other unmapped columns are listed in the report's ``ignored_columns``.
     """
     mapping = dict(columns or {})
     unknown = set(mapping) - _MAPPING_KEYS
@@ -73,6 +75,13 @@ def read_hf(path: Path | str, *, prices: PriceCatalog | None = None,
                         location=str(path))
     if len(ds) == 0:
         raise DataError("the dataset is empty", location=str(path))
+    if "model" in mapping or "model_a" in mapping:  # the defaults the wide form has, and what is left unread
+        for field in ("prompt", "sample_id"):
+            if field not in mapping and field in names and not (field == "prompt" and "messages" in mapping):
+                mapping[field] = field
+        if report is not None:  # listed (data inspect's ignored columns), not dropped without a word
+            listed = report.setdefault("ignored_columns", [])
+            listed.extend(c for c in names if c not in mapping.values() and c not in listed)
     get = lambda row, key: row.get(mapping[key]) if key in mapping else None  # noqa: E731
     if "model" in mapping:
         if "quality" not in mapping:
