@@ -328,7 +328,8 @@ def _lock(path: Path) -> tuple[int | None, str | None]:
         import fcntl  # POSIX; elsewhere one writer per file is the operator's to keep
     except ImportError:
         return None, None
-    lock = path.with_name(path.name + ".lock")
+    real = Path(os.path.realpath(path))  # two names of one file (a symlink) share one lock
+    lock = real.with_name(real.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

@@ -130,6 +130,9 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
     for module in ("uvicorn", "httptools", "prometheus_client"):
         require(module, extra="serve", purpose="router-ml serve")
     check_open_bind(host, api_key)
+    if decision_log is not None and not str(decision_log).strip():  # None keeps no log; "" is a mistake
+        raise RouterMLError("decision_log is an empty path (an unset variable?); give a file path, or None to keep "
+                            "no decision log")
     if variants is None:
         if router is None:
             raise RouterMLError("give a router artifact (--artifact) or router variants (--variant / --variants)")

@@ -769,6 +769,21 @@ def test_a_write_that_fails_part_way_loses_that_record_whole_and_never_the_next(
     assert lines[-1] == b"" and [json.loads(x)["request_id"] for x in lines[:-1]] == result["written"]
 
 
+def test_one_log_under_two_names_has_one_writer_and_an_empty_path_is_no_log_path(tmp_path):
+    """A symlink to a live log took a lock of its own name and wrote beside the first writer; run_server with
+    decision_log="" (an unset variable in code) kept no log without a word."""
+    from router_ml.serve import run_server
+
+    log = tmp_path / "decisions.jsonl"
+    alias = tmp_path / "alias.jsonl"
+    with DecisionLog(log):
+        alias.symlink_to(log)
+        with pytest.raises(RouterMLError, match=f"decision log {alias}: process {os.getpid()} is already writing it"):
+            DecisionLog(alias)
+    with pytest.raises(RouterMLError, match="decision_log is an empty path"):
+        run_server(router="r", providers="p.toml", decision_log="  ")
+
+
 def test_a_one_line_json_file_without_a_newline_is_refused_as_a_log_not_cut_off(tmp_path):
     """A user's ratings file of one line (no newline at its end) named as the log is no crash remnant: it
     does not begin as a log line does, so it is refused and left as it was, by the server and the feedback
