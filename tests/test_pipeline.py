@@ -669,3 +669,18 @@ def test_simulate_log_says_how_many_records_it_leaves_out_and_refuses_a_bootstra
     assert "--bootstrap 5 of 300 complete records is 5; the bootstrap router trains and is tested on them: give at " \
            "least 10" in proc.stderr
     assert not out.exists()
+
+
+def test_the_auto_routers_encoder_candidate_settings_are_checked_before_the_data_when_it_will_be_tried(tmp_path):
+    from router_ml.errors import RouterMLError
+    from training.config import load_config
+    from training.pipeline import train_router
+
+    shipped = (ROOT / "training/configs/encoder_fast.toml").read_text()
+    assert "max_length = 256" in shipped
+    long = tmp_path / "long_encoder.toml"
+    long.write_text(shipped.replace("max_length = 256", "max_length = 1000", 1))
+    config = load_config(ROOT / "training/configs/auto.toml",
+                         ["router.auto_encoder=always", f"router.auto_encoder_config={long}", "tracking.enabled=false"])
+    with pytest.raises(RouterMLError, match="router.max_length = 1000: the encoder .* reads at most 512 tokens"):
+        train_router(config, tmp_path / "missing.jsonl", out_dir=tmp_path / "r", progress=False)

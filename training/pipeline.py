@@ -40,6 +40,7 @@ from training.parallel import ordered_map, workers_for
 from training.progress import chunks, scoped_by_progress_flag
 from training.routers import ROUTERS, TorchRouter
 from training.routers.auto_choice import log_selection
+from training.routers.auto_encoder import encoder_candidate_config, encoder_skipped
 from training.routers.auto_groups import auto_group_labels
 from training.routers.neural import ROUTER_WEIGHT_FILES, check_groups, encoder_settings
 from training.stages import Stages, return_free_memory
@@ -293,6 +294,9 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     resolve_device(config.train.device)  # a device this machine lacks, found before the data is read
     if config.router.kind == "encoder":
         encoder_settings(config)  # settings the encoder cannot take, likewise
+    elif config.router.kind == "auto" and "encoder" in config.router.candidates \
+            and encoder_skipped(config, 0, True) is None:  # the encoder candidate will be tried: its settings too
+        encoder_settings(encoder_candidate_config(config))
     started = time.perf_counter()
     stages = Stages()
     rank, _ = distributed_context()
