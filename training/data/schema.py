@@ -398,6 +398,11 @@ def _check_utf8(record: Record) -> None:
     """Every text of ``record`` can be written as UTF-8: JSON may escape half of an emoji's UTF-16 pair
     (``"\\ud83d"``, a log that cut one in two), which no UTF-8 file or column holds - once a traceback when
     the table was built, now the record's error, naming the field."""
+    texts = [record.prompt or "", record.sample_id or "", record.task or ""]
+    for model, outcome in record.outcomes.items():
+        texts += [model, outcome.response or ""]
+    if not (record.messages or record.metadata or record.preferences) and not _SURROGATE.search("".join(texts)):
+        return  # the usual record, in one search (the per-row path reads every record through here)
     fields: list[tuple[str, Any]] = [("prompt", record.prompt), ("messages", record.messages),
                                      ("sample_id", record.sample_id), ("task", record.task),
                                      ("metadata", record.metadata)]
