@@ -172,7 +172,7 @@ class AsyncRoutedClient:
         self.willingness_to_pay = router.willingness_to_pay if willingness_to_pay is None else \
             parse_knob(willingness_to_pay, "willingness_to_pay")
         self._own_log = not isinstance(decision_log, DecisionLog) and decision_log is not None
-        self.decision_log = DecisionLog(decision_log) if self._own_log else decision_log  # type: ignore[arg-type]
+        self.decision_log = None  # opened last: a client that fails to build holds no log (nor its lock)
         self.log_prompts = log_prompts
         self.on_complete = on_complete
         self.log_errors = 0  # decision-log records that could not be written
@@ -193,6 +193,7 @@ class AsyncRoutedClient:
         self._picker = ReplicaPicker(replicas, self._breakers)
         self._headers = {r.label: self._upstream_headers(r) for rs in replicas.values() for r in rs}
         self.chat = _Chat(_AsyncCompletions(self))
+        self.decision_log = DecisionLog(decision_log) if self._own_log else decision_log  # type: ignore[arg-type]
 
     @classmethod
     def from_files(cls, router: str | Path, providers: str | Path, *, verify: bool = False,

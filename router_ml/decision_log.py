@@ -341,6 +341,9 @@ def _lock(path: Path) -> tuple[int | None, str | None]:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         return None, holder
+    except OSError:  # a file system without flock (some network mounts): as on a platform without fcntl
+        os.close(fd)
+        return None, None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message of a refused second writer
     return fd, None
@@ -375,7 +378,12 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_is_log(self.path)
         self._lock_fd, holder = _lock(self.path)
+        # the writer rotates (a device, an appender beside a live writer never does), lock or no lock to take
+        self._rotates = exclusive and (not self.path.exists() or self.path.is_file())
         if holder is not None and exclusive:
+            if holder == str(os.getpid()):
+                raise RouterMLError(f"decision log {self.path}: this process already writes it through another "
+                                    "DecisionLog (or a client that opened one); close that one first, or share it")
             raise RouterMLError(f"decision log {self.path}: process {holder} is already writing it (it holds "
                                 f"{self.path}.lock), and two writers on one file lose records when it rotates; give "
                                 "this server its own --decision-log path (--workers N shares one path safely: each "
@@ -437,8 +445,8 @@ class DecisionLog:
         with self._lock:
             if self._fd is None:
                 raise RouterMLError(f"decision log {self.path} is closed")
-            # only the lock's holder rotates: never a device, nor an appender beside a live writer
-            if self._lock_fd is not None and self._size and self._size + len(data) > self.max_bytes:
+            # only the writer rotates (_rotates): never a device, nor an appender beside a live writer
+            if self._rotates and self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
             if self._torn:  # the fragment a failed write left stays a (corrupt) line of its own
                 data = b"\n" + data

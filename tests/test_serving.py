@@ -219,6 +219,10 @@ def test_the_client_refuses_arguments_of_the_wrong_kind_before_starting_anything
                 client(*args, **kwargs)
     assert threading.active_count() == threads
     assert not [t for t in threading.enumerate() if t.name == "router-ml-client"]
+    # a client that fails to build holds no decision log: its lock once refused every later writer in the process
+    with pytest.raises(RouterMLError, match="upstream must be 'httpx' or 'http1'"):
+        AsyncRoutedClient(router, cat, decision_log=tmp_path / "d.jsonl", upstream="bogus")
+    DecisionLog(tmp_path / "d.jsonl").close()
 
 
 def test_an_async_client_used_in_a_second_event_loop_says_so(router):
@@ -778,10 +782,26 @@ def test_one_log_under_two_names_has_one_writer_and_an_empty_path_is_no_log_path
     alias = tmp_path / "alias.jsonl"
     with DecisionLog(log):
         alias.symlink_to(log)
-        with pytest.raises(RouterMLError, match=f"decision log {alias}: process {os.getpid()} is already writing it"):
+        with pytest.raises(RouterMLError, match=f"decision log {alias}: this process already writes it through "
+                                                "another DecisionLog"):
             DecisionLog(alias)
     with pytest.raises(RouterMLError, match="decision_log is an empty path"):
         run_server(router="r", providers="p.toml", decision_log="  ")
+
+
+def test_a_log_without_a_lock_to_take_still_rotates(tmp_path, monkeypatch):
+    """Where fcntl is missing (Windows) or the file system has no flock, rotation once hung on holding the lock:
+    the log grew without bound past --log-max-mb."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
+    path = tmp_path / "decisions.jsonl"
+    with DecisionLog(path, max_bytes=1024) as log:
+        assert log._lock_fd is None
+        for i in range(40):
+            log.write({"type": "decision", "request_id": f"rml-{i}", "pad": "x" * 60})
+    assert path.with_name("decisions.1.jsonl").exists() and path.stat().st_size <= 1024
+    assert not path.with_name("decisions.jsonl.lock").exists()
 
 
 def test_a_one_line_json_file_without_a_newline_is_refused_as_a_log_not_cut_off(tmp_path):
