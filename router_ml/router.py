@@ -30,7 +30,7 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +163,15 @@ def _check_session_arguments(session_options: Any, providers: Any, intra_op_thre
     """The session's options by type, before the artifact is read: a mistake here is the caller's, not the
     artifact's (it was an ArtifactError "cannot load the router", and a string of providers was split into
     characters, each an onnxruntime warning)."""
-    if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int)
-                                         or intra_op_threads < 0):
+    if intra_op_threads is not None and (isinstance(intra_op_threads, bool)
+                                         or not isinstance(intra_op_threads, Integral) or intra_op_threads < 0):
         raise TypeError(f"intra_op_threads must be a whole number >= 0 (0: onnxruntime's default) or None, got "
                         f"{intra_op_threads!r}")
-    if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
-        raise TypeError(f"providers must be a list of onnxruntime provider names, e.g. ['CPUExecutionProvider'], "
-                        f"got {providers!r}")
+    if providers is not None and (isinstance(providers, str) or not isinstance(providers, Sequence) or not all(
+            isinstance(p, str) or (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                   and isinstance(p[1], Mapping)) for p in providers)):
+        raise TypeError(f"providers must be a list of onnxruntime providers - names, or (name, options) pairs, e.g. "
+                        f"['CPUExecutionProvider'] - got {providers!r}")
     if session_options is not None:
         import onnxruntime as ort
 
@@ -185,7 +187,7 @@ def onnx_session(path: Path, *, session_options: Any = None, intra_op_threads: i
 
     options = session_options or ort.SessionOptions()
     if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
+        options.intra_op_num_threads = int(intra_op_threads)
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
 
 

@@ -627,6 +627,15 @@ def test_a_quote_never_closed_before_more_rows_fails_the_load_instead_of_droppin
     with pytest.raises(DataError, match=r"wide\.csv:3: a quote opened in this row is never closed, so lines 3-6 "
                                         r"\(the rest of the file\) cannot be read as rows"):
         load_traffic(path, on_error=on_error, quarantine=tmp_path / "q.jsonl")
+    # a cell of several lines past csv's 128 KiB default: its next lines were once read as rows
+    long = tmp_path / "long.csv"
+    long.write_text("\n".join(rows[:2]) + '\n"' + "x" * 140_000 + '\nfoo,1,2\nbar",1,0.001,0,0.01\n' + rows[3] + "\n")
+    table, report = load_traffic(long, on_error="quarantine", quarantine=tmp_path / "q.jsonl")
+    assert report.rejected == 0 and sorted(map(len, table.texts)) == [2, 2, 140_012]
+    # a broken quote after the first line of a cell of several lines: no next row can be told
+    long.write_text("\n".join(rows[:2]) + '\n"a\nb"x,1,0.001,0,0.01\n' + rows[3] + "\n")
+    with pytest.raises(DataError, match=r"long\.csv:3: malformed CSV in the row starting here"):
+        load_traffic(long, on_error=on_error, quarantine=tmp_path / "q.jsonl")
     rows[2] = '"p2"x,1,0.001,0,0.01'
     path.write_text("\n".join(rows) + "\n")
     table, report = load_traffic(path, on_error="quarantine", quarantine=tmp_path / "q.jsonl")

@@ -938,6 +938,9 @@ def test_session_options_of_the_wrong_kind_are_the_callers_error_not_the_artifac
         Router.load(trained.artifact, **kwargs)
     assert Router.load(trained.artifact, intra_op_threads=1, providers=["CPUExecutionProvider"],
                        session_options=ort.SessionOptions()).route("hi") == router.route("hi")
+    # what onnxruntime itself takes stays accepted: (name, options) pairs, numpy's whole numbers
+    assert Router.load(trained.artifact, intra_op_threads=np.int64(1),
+                       providers=[("CPUExecutionProvider", {})]).route("hi") == router.route("hi")
 
 
 def test_exploration_off_is_todays_router_with_propensity_one(router, trained):

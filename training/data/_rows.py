@@ -69,6 +69,8 @@ def _is_index_column(name: str) -> bool:
 #: UTF-8, with the byte-order mark spreadsheet programs put in front of a CSV they save dropped (it would
 #: otherwise be part of the first column's name: "\ufeffprompt")
 _CSV_ENCODING = "utf-8-sig"
+#: the largest CSV cell read (a whole document pasted into a prompt): 2 GiB, the C parser's own bound
+_CSV_FIELD_LIMIT = (1 << 31) - 1
 
 
 def _checked_header(header: list[str], path: Path) -> list[str]:
@@ -135,6 +137,9 @@ def _iter_parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[tuple[int
 
 def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] | RecordError]]:
     """Yield (location, header, row-or-error) for each CSV record, checking UTF-8 per row."""
+    # a prompt or answer cell may pass csv's default 128 KiB: past it the parser stopped inside the cell and the
+    # cell's next lines were read as rows
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     with open(path, newline="", encoding=_CSV_ENCODING, errors="surrogateescape") as f:
         reader = csv.reader(f, strict=True)
         try:
@@ -158,6 +163,10 @@ def _iter_csv_rows(path: Path) -> Iterator[tuple[str, list[str], dict[str, str] 
                                     "(the rest of the file) cannot be read as rows; close the quote, or write a "
                                     "quote inside a quoted cell as \"\", and load again - nothing was loaded",
                                     location=loc) from None
+                if reader.line_num > start:  # inside a cell of several lines: the next line is no row's start
+                    raise DataError(f"malformed CSV in the row starting here ({exc}), after line {reader.line_num} "
+                                    "of a quoted cell of several lines, where no next row can be told; mend the row "
+                                    "and load again - nothing was loaded", location=loc) from None
                 yield loc, header, RecordError(None, f"malformed CSV ({exc}); check the quotes of this row")
                 start = reader.line_num + 1  # the parser goes on with the next line
                 n += 1
