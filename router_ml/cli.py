@@ -146,7 +146,7 @@ def _json_line(line: str, where: str, expected: str = "") -> Any:
 
 
 def _prompts_from_file(path: str) -> list[str]:
-    from router_ml.messages import routed_text
+    from router_ml.messages import message_problem, routed_text
 
     prompts = []
     for n, line in _lines(path, "the prompts file (--input)"):
@@ -156,6 +156,9 @@ def _prompts_from_file(path: str) -> list[str]:
         elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
             prompts.append(obj["prompt"])
         elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            problem = message_problem(obj["messages"])  # the proxy's rule: a user turn without content is refused
+            if problem is not None:
+                raise RouterMLError(f"{path}:{n}: field '{problem[0]}': {problem[1]}")
             prompts.append(routed_text(obj["messages"]))
         else:
             raise RouterMLError(f"{path}:{n}: expected a JSON string, {{\"prompt\": ...}} or {{\"messages\": ...}}")

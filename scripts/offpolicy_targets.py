@@ -145,14 +145,21 @@ class Protocol:
         # bootstrap and ceiling routers: the split, and so they, depend on the seed only)
         self.tag = policy_tag(policy, uniform_share, "-")
 
+    def policy_args(self) -> tuple[str, ...]:
+        """``simulate-log``'s flags for this protocol's exploration policy (the uniform share applies to curve
+        exploration only: simulate-log refuses it beside another policy)."""
+        if self.policy == "epsilon":
+            return ()
+        share = ("--explore-uniform-share", str(self.uniform_share)) if self.policy == "curve" else ()
+        return ("--explore-policy", self.policy, *share)
+
     def simulate(self, *, seed: int, rate: float, explore_seed: int, epsilon: bool = False) -> Path:
         """``simulate-log``'s output directory for this split seed, rate and exploration seed (with
         ``epsilon``: uniform exploration whatever the protocol's policy)."""
         tag = "" if epsilon else self.tag
         out = self.root / "sims" / f"seed{seed}-rate{rate}-explore{explore_seed}{tag}"
         out.mkdir(parents=True, exist_ok=True)
-        policy = () if not tag else ("--explore-policy", self.policy,
-                                     "--explore-uniform-share", str(self.uniform_share))
+        policy = () if not tag else self.policy_args()
         run(cli("simulate-log", "--data", str(self.data), *self.load, "--out", str(out), "--config", str(self.config),
                 "--bootstrap", str(self.bootstrap), "--logged", str(self.logged), "--seed", str(seed),
                 "--explore-rate", str(rate), "--explore-seed", str(explore_seed), *policy, "--quiet",

@@ -458,6 +458,15 @@ def test_an_input_file_that_is_not_utf8_is_named_with_the_fix_not_a_traceback(co
     assert log.read_text().count("\n") == 1
 
 
+def test_route_input_refuses_a_user_turn_without_content_as_the_proxy_does(trained, tmp_path):
+    """It was routed as the empty prompt, where the proxy answers 400."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user"}]}) + "\n")
+    out = run("route", "--artifact", trained.artifact, "--input", prompts, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{prompts}:1: field 'messages[1].content': required for a 'user' message" in out.stderr
+
+
 @pytest.mark.parametrize("admin", ["CLIENT_KEY", "ADMIN_KEY"])
 def test_serve_refuses_an_admin_key_every_client_holds(admin, tmp_path):
     """The same variable for both keys (or two holding one key) let every client call /admin/reload."""

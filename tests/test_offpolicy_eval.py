@@ -185,8 +185,15 @@ def test_logged_records_set_aside_beside_a_majority_of_complete_ones_are_counted
     with caplog.at_level("WARNING", logger="router_ml.train"):
         result = evaluate_router(trained.checkpoint, mixed, n_boot=0, progress=False)
     assert result["test"]["estimator"] == "exact" and result["scored"] == 300 and result["set_aside_partial"] == 300
-    assert f"{mixed}: 300 records hold only some of the models' outcomes (logged traffic) and are set aside" in \
-        caplog.text
+    assert f"{mixed}: 300 records hold only some of the models' outcomes and are set aside" in caplog.text
+    assert "score them off-policy" in caplog.text
+    # a benchmark table's scattered gaps (no propensities): not advised to be scored off-policy
+    gaps = [dataclasses.replace(r, outcomes=dict(list(r.outcomes.items())[1:])) if i % 10 == 0 else r
+            for i, r in enumerate(records)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="router_ml.train"):
+        evaluate_router(trained.checkpoint, write_jsonl(gaps, tmp_path / "gaps.jsonl"), n_boot=0, progress=False)
+    assert "60 records hold only some" in caplog.text and "scattered gaps without propensities" in caplog.text
     full = write_jsonl(records[:300], tmp_path / "full.jsonl")
     with caplog.at_level("WARNING", logger="router_ml.train"):
         exact = evaluate_router(trained.checkpoint, full, n_boot=0, progress=False, estimator="ips")

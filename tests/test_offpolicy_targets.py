@@ -85,6 +85,11 @@ def test_learning_runs_on_the_named_tables_and_on_a_users_own(tmp_path):
     curve = targets.protocol("mine", argparse.Namespace(**{**vars(args), "explore_policy": "curve",
                                                            "explore_uniform_share": 0.5}), tmp_path / "mine")
     assert (curve.policy, curve.uniform_share, curve.tag) == ("curve", 0.5, "-curve0.5")
+    assert curve.policy_args() == ("--explore-policy", "curve", "--explore-uniform-share", "0.5")
+    softmax = targets.protocol("mine", argparse.Namespace(**{**vars(args), "explore_policy": "softmax"}),
+                               tmp_path / "mine")
+    assert softmax.policy_args() == ("--explore-policy", "softmax")  # the share once made simulate-log refuse it
+    assert mine.policy_args() == ()
     with pytest.raises(SystemExit, match="propensity_clip"):  # a variant checked against the chosen config
         targets.parse_variants(["bad=loss.propensity_clip=0.5"], None, auto.config)
 

@@ -616,7 +616,8 @@ def test_a_router_is_trained_into_what_an_interrupted_run_left(tmp_path):
     (["data.train_size=1"], r"leaves 1 training records .*data.train_size \(--train-size\) = 1 is a count of records"),
     (["data.train_size=100", "data.val_size=100"], r"leaves 0 training records .*data.val_size = 100 takes 100"),
     (["data.train_size=400"], r"leaves no test records .*data.train_size \(--train-size\) = 400 takes every record"),
-    (["data.train_size=0.01"], r"leaves 4 training records .*: the data holds 400 records; give more"),
+    (["data.train_size=0.01"], r"leaves 4 training records .*: data.train_size \(--train-size\) = 0.01 of the "
+                               r"data's 400 records leaves 4 to train and validate on"),
 ])
 def test_a_split_with_next_to_nothing_to_train_or_test_on_names_the_setting(tmp_path, overrides, message):
     """train_size = 1.0 meant as "all of it" trained a router on one record; an empty training part blamed

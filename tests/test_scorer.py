@@ -257,3 +257,15 @@ def test_a_scorer_checkpoint_given_as_a_router_is_named_as_a_scorer(tmp_path):
     with pytest.raises(RouterMLError, match=r"an answer scorer \(router-ml-scorer-checkpoint/1\), not a router; .*"
                                             r"cascade evaluate --scorer"):
         load_saved(tmp_path)
+
+
+def test_encoder_scorer_settings_the_encoder_cannot_take_are_refused_before_the_data_is_read(tmp_path):
+    """router.max_length past the encoder's 512 positions failed only at the fit, after featurizing."""
+    from router_ml.errors import RouterMLError
+    from training.cascade.scorer_run import train_scorer
+    from training.config import load_config
+
+    config = load_config(ROOT / "training/configs/scorer_encoder.toml", ["tracking.enabled=false",
+                                                                          "router.max_length=1000"])
+    with pytest.raises(RouterMLError, match="router.max_length = 1000: the encoder .* reads at most 512 tokens"):
+        train_scorer(config, tmp_path / "missing.parquet", out_dir=tmp_path / "s", progress=False)

@@ -80,7 +80,7 @@ def compare_routers(routers: Sequence[str | Path], data: str | Path, *, sort: st
     from training.saved import load_saved
 
     saved = [load_saved(path) for path in routers]
-    sets = {tuple(s.models) for s in saved}
+    sets = {frozenset(s.models) for s in saved}  # by name: each router's outputs are read by name
     if len(sets) > 1:  # each AIQ is over its own models' cost range and baselines: not comparable
         listed = "; ".join(f"{s.path}: {list(s.models)}" for s in saved)
         raise RouterMLError(f"the routers choose among different models ({listed}); an AIQ is measured over the "

@@ -198,9 +198,11 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
     with_any = int((~np.isnan(quality[rows])).any(axis=1).sum())
     set_aside = with_any - len(scored)
     if set_aside:  # the complete records are scored exactly; the partial ones were left out without a word
-        log.warning("%s: %d records hold only some of the models' outcomes (logged traffic) and are set aside: the "
-                    "%d with every outcome are scored exactly; evaluate the logged records in a file of their own "
-                    "to score them off-policy", data, set_aside, len(scored))
+        logged_log = bool(np.isfinite(table.propensity[rows][:, cols]).any())
+        log.warning("%s: %d records hold only some of the models' outcomes and are set aside: the %d with every "
+                    "outcome are scored exactly%s", data, set_aside, len(scored),
+                    "; evaluate the logged records in a file of their own to score them off-policy" if logged_log else
+                    " (scattered gaps without propensities: an estimate from them would be biased)")
     if logged:
         _check_log_models(data, saved.path, models, quality[scored], missing)
     texts = [table.texts[int(i)] for i in scored]

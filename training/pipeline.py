@@ -88,7 +88,8 @@ def _check_split(split: Any, train_size: float, val_size: float) -> None:
             blame = (f"data.train_size (--train-size) = {train_size:g} is a count of records (a share is a fraction "
                      "below 1, e.g. 0.7)")
         else:
-            blame = f"the data holds {total} records; give more"
+            blame = (f"data.train_size (--train-size) = {train_size:g} of the data's {total} records leaves "
+                     f"{sizes['train'] + sizes['val']} to train and validate on; give a larger share or more records")
         raise DataError(f"the split leaves {sizes['train']} training records ({sizes}; at least "
                         f"{MIN_TRAIN_RECORDS} are needed): {blame}")
 

@@ -55,6 +55,10 @@ def train_scorer(config: TrainConfig, data: str | Path, *, out_dir: str | Path,
     # found now, not after the fit; an interrupted run's weights (saved before the manifest) are replaced
     check_out_dir(out_dir, fmt=SCORER_CHECKPOINT_FORMAT, what="scorer",
                   partial=frozenset({WEIGHTS_FILE, "scorer.json"}))
+    if config.scorer.kind == "encoder":  # settings its encoder cannot take, before the data is read
+        from training.routers.neural import encoder_settings
+
+        encoder_settings(config)
     started = time.perf_counter()
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
