@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from numbers import Real
 from typing import Any
 
 from router_ml._ids import request_id
+from router_ml._numbers import is_number
 from router_ml._records import RequestError, RouteInfo
 from router_ml.messages import message_problem, routed_text
 from router_ml.providers import ProviderCatalog
@@ -40,7 +40,7 @@ def parse_knob(value: Any, where: str) -> float | None:
         except ValueError:
             raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")\
                 from None
-    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:  # numpy's numbers are Real
+    if not is_number(value) or not value >= 0:
         raise RequestError(where, f"must be a number >= 0 (USD per unit of quality) or \"inf\", got {value!r}")
     return float(value)
 

@@ -39,8 +39,9 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
+
+from router_ml._numbers import is_number, is_whole
 
 __all__ = ["KINDS", "Exploration", "Explorer"]
 
@@ -67,13 +68,11 @@ class Exploration:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"exploration kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if isinstance(self.rate, bool) or not isinstance(self.rate, Real) or not 0 <= self.rate <= 1:
+        if not is_number(self.rate) or not 0 <= self.rate <= 1:
             raise ValueError(f"exploration rate must be a number in [0, 1], got {self.rate!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, Integral)):
+        if self.seed is not None and not is_whole(self.seed):
             raise ValueError(f"exploration seed must be an integer or None, got {self.seed!r}")
-        if self.max_cost_usd is not None and (isinstance(self.max_cost_usd, bool)
-                                              or not isinstance(self.max_cost_usd, Real)
-                                              or not self.max_cost_usd >= 0):
+        if self.max_cost_usd is not None and (not is_number(self.max_cost_usd) or not self.max_cost_usd >= 0):
             raise ValueError(f"exploration max_cost_usd must be a number >= 0 (USD) or None, got {self.max_cost_usd!r}")
         exclude = () if self.exclude is None else self.exclude
         if not isinstance(exclude, str) and isinstance(exclude, Iterable):
@@ -81,11 +80,9 @@ class Exploration:
         if not isinstance(exclude, tuple) or not all(isinstance(m, str) for m in exclude):
             raise ValueError(f"exploration exclude must be a list of model names, got {self.exclude!r}")
         object.__setattr__(self, "exclude", exclude)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, Real) \
-                or not (self.temperature > 0 and math.isfinite(self.temperature)):
+        if not is_number(self.temperature) or not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"exploration temperature must be a finite number > 0, got {self.temperature!r}")
-        if isinstance(self.uniform_share, bool) or not isinstance(self.uniform_share, Real) \
-                or not 0 <= self.uniform_share <= 1:
+        if not is_number(self.uniform_share) or not 0 <= self.uniform_share <= 1:
             raise ValueError(f"exploration uniform_share must be a number in [0, 1], got {self.uniform_share!r}")
         # numpy's numbers are accepted and stored as Python's (for the RNG's seed and the decision log's JSON)
         for name in ("rate", "temperature", "uniform_share") + (("max_cost_usd",) if self.max_cost_usd is not None

@@ -13,13 +13,13 @@ Because prices enter only here, one trained router serves every budget and every
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any
 
 import numpy as np
+
+from router_ml._numbers import is_amount
 
 
 def wtp_to_json(willingness_to_pay: float) -> float | None:
@@ -61,8 +61,7 @@ class CostModel:
             if len(values) != len(self.models):
                 raise ValueError(f"cost model: {len(values)} {name} values for {len(self.models)} models")
             for model, value in zip(self.models, values, strict=True):
-                if isinstance(value, bool) or not isinstance(value, Real) \
-                        or not (math.isfinite(value) and value >= 0):
+                if not is_amount(value):
                     raise ValueError(f"cost model: model {model!r}: {name} must be a finite number >= 0 USD, "
                                      f"got {value!r}")
 
@@ -72,8 +71,7 @@ class CostModel:
         at the output price (``prices`` is a :class:`router_ml.PriceCatalog`)."""
         for m in models:
             tokens = expected_output_tokens.get(m) if isinstance(expected_output_tokens, Mapping) else None
-            if isinstance(tokens, bool) or not isinstance(tokens, Real) \
-                    or not (math.isfinite(tokens) and tokens >= 0):
+            if not is_amount(tokens):
                 raise ValueError(f"expected output tokens of model {m!r} must be a finite number >= 0, got "
                                  f"{tokens!r}" + ("" if isinstance(expected_output_tokens, Mapping)
                                                   else " (expected_output_tokens must map model -> tokens)"))

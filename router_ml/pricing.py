@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from router_ml._numbers import is_number
 from router_ml.errors import CatalogError
 
 __all__ = ["ModelPrice", "PriceCatalog"]
@@ -41,7 +42,7 @@ class ModelPrice:
 
 
 def _check_price(value: object, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise CatalogError(f"{where} must be a number of USD per 1M tokens, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise CatalogError(f"{where} must be finite and >= 0, got {value!r}")

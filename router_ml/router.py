@@ -30,12 +30,12 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from router_ml._numbers import is_number, is_whole
 from router_ml._wordpiece import IDS_TYPECODE, FastWordPiece
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration, Explorer
@@ -163,8 +163,7 @@ def _check_session_arguments(session_options: Any, providers: Any, intra_op_thre
     """The session's options by type, before the artifact is read: a mistake here is the caller's, not the
     artifact's (it was an ArtifactError "cannot load the router", and a string of providers was split into
     characters, each an onnxruntime warning)."""
-    if intra_op_threads is not None and (isinstance(intra_op_threads, bool)
-                                         or not isinstance(intra_op_threads, Integral) or intra_op_threads < 0):
+    if intra_op_threads is not None and (not is_whole(intra_op_threads) or intra_op_threads < 0):
         raise TypeError(f"intra_op_threads must be a whole number >= 0 (0: onnxruntime's default) or None, got "
                         f"{intra_op_threads!r}")
     if providers is not None and (isinstance(providers, str) or not isinstance(providers, Sequence) or not all(
@@ -332,8 +331,8 @@ class Router:
         to ``max_chars``. Costs are estimated on the prompt before the clip."""
         return self._clip_chars(self._read(text))
 
-    def _prepare_all(self, texts: Sequence[str], what: str) -> tuple[list[str], list[str]]:
-        """``(the prompts read whole, the texts the graph reads)``; the first price the calls."""
+    def _prepare_all(self, texts: Sequence[str], what: str) -> list[str]:
+        """The prompts read whole (:meth:`_read`): they price the calls; clipped, the graph reads them."""
         if isinstance(texts, str | bytes):
             raise TypeError(f"{what} takes a list of prompts; use route() for one")
         try:
@@ -345,7 +344,7 @@ class Router:
             if not isinstance(text, str):
                 raise TypeError(f"prompt {i} must be str, not {type(text).__name__}")
             whole.append(self._read(text))
-        return whole, [self._clip_chars(t) for t in whole]
+        return whole
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)`` int64 arrays for one prompt (the graph's inputs)."""
@@ -407,7 +406,7 @@ class Router:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), len(models))`` predicted quality in [0, 1]."""
-        return self._predict_prepared(self._prepare_all(texts, "predict")[1])[0]
+        return self._predict_prepared([self._clip_chars(t) for t in self._prepare_all(texts, "predict")])[0]
 
     def _predict_prepared(self, prepared: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Scores and empty flags of prepared texts, in chunks of about :attr:`TOKEN_BUDGET` padded tokens.
@@ -477,14 +476,13 @@ class Router:
     def costs(self, texts: Sequence[str]) -> np.ndarray:
         """``(n, models)`` expected USD cost of calling each model on each prompt (its whole length, not
         the part the router reads)."""
-        return self.cost_model.estimate(estimate_input_tokens(self._prepare_all(texts, "costs")[0]))
+        return self.cost_model.estimate(estimate_input_tokens(self._prepare_all(texts, "costs")))
 
     @staticmethod
     def _check_wtp(willingness_to_pay: float | None, default: float) -> float:
         if willingness_to_pay is None:
             wtp = default
-        elif type(willingness_to_pay) is not float and (isinstance(willingness_to_pay, bool)
-                                                         or not isinstance(willingness_to_pay, Real)):
+        elif type(willingness_to_pay) is not float and not is_number(willingness_to_pay):
             raise TypeError(f"willingness_to_pay must be a number >= 0 USD per unit of quality (or None for the "
                             f"router's default), not {type(willingness_to_pay).__name__}")
         else:
@@ -496,8 +494,8 @@ class Router:
     def route_batch(self, texts: Sequence[str], *, willingness_to_pay: float | None = None) -> list[Decision]:
         """Decide for many prompts; ``willingness_to_pay`` (USD per unit quality) overrides the default."""
         wtp = self._check_wtp(willingness_to_pay, self.willingness_to_pay)
-        whole, prepared = self._prepare_all(texts, "route_batch")
-        scores, empties = self._predict_prepared(prepared)
+        whole = self._prepare_all(texts, "route_batch")
+        scores, empties = self._predict_prepared([self._clip_chars(t) for t in whole])
         costs = self.cost_model.estimate(estimate_input_tokens(whole))
         chosen = choose(scores, costs, wtp).tolist()
         models, explorer = self.models, self._explorer
@@ -600,7 +598,7 @@ class Router:
 def _check_target(name: str, value: Any, upper: float = math.inf) -> None:
     """A calibration target is a finite number in [0, upper] (a NaN once gave a knob that routed everything to
     the cheapest model)."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= upper \
+    if not is_number(value) or not 0 <= value <= upper \
             or math.isinf(value):
         rule = "in [0, 1]" if upper == 1.0 else ">= 0 USD"
         raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")

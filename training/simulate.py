@@ -31,12 +31,14 @@ import numpy as np
 from router_ml.errors import DataError
 from router_ml.exploration import Exploration
 from training.config import TrainConfig
+from training.pipeline import MIN_TRAIN_RECORDS
 
 __all__ = ["simulate_log"]
 
 log = logging.getLogger(__name__)
-#: the fewest bootstrap records: the bootstrap router's own split leaves it 5 to train on (about 60% of them)
-MIN_BOOTSTRAP = 10
+#: the fewest bootstrap records: the bootstrap router's own split trains on about 60% of them, and needs
+#: training.pipeline.MIN_TRAIN_RECORDS
+MIN_BOOTSTRAP = 2 * MIN_TRAIN_RECORDS
 
 #: what :func:`simulate_log` writes under ``out``
 OUTPUTS = ("bootstrap.jsonl", "log.jsonl", "test.jsonl", "simulation.json", "bootstrap_router")
