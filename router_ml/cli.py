@@ -23,7 +23,7 @@ from typing import Any
 
 from router_ml import __version__
 from router_ml._json import finite
-from router_ml.errors import RouterMLError
+from router_ml.errors import RouterMLError, UsageError
 
 __all__ = ["COMMAND_GROUP", "RUNTIME_COMMANDS", "add_renamed_option", "build_parser", "main"]
 
@@ -195,13 +195,13 @@ def exploration_from_args(args: argparse.Namespace) -> Any:
     if args.explore_rate is None:
         others = [f for f, v in given if v is not None and v != []]
         if others:
-            raise RouterMLError(f"{', '.join(others)} given without --explore-rate; add --explore-rate R to explore")
+            raise UsageError(f"{', '.join(others)} given without --explore-rate; add --explore-rate R to explore")
         return None
     policy = args.explore_policy or "epsilon"
     for flag, value, applies in (("--explore-temperature", args.explore_temperature, "softmax"),
                                  ("--explore-uniform-share", args.explore_uniform_share, "curve")):
         if value is not None and policy != applies:
-            raise RouterMLError(f"{flag} applies to --explore-policy {applies} only, not {policy}; drop it or add "
+            raise UsageError(f"{flag} applies to --explore-policy {applies} only, not {policy}; drop it or add "
                                 f"--explore-policy {applies}")
     shape = {"temperature": args.explore_temperature, "uniform_share": args.explore_uniform_share}
     try:
@@ -258,26 +258,24 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     given = [f for f, v in (("--artifact", args.artifact), ("--variant", args.variant), ("--variants", args.variants))
              if v]
     if len(given) != 1:
-        raise RouterMLError("give exactly one of --artifact DIR, --variant NAME=PATH:WEIGHT (repeatable) or "
+        raise UsageError("give exactly one of --artifact DIR, --variant NAME=PATH:WEIGHT (repeatable) or "
                             f"--variants FILE.toml (got {', '.join(given) or 'none'})")
     variants = None
     if args.variant:
         variants = VariantSource([parse_variant(v) for v in args.variant])
     elif args.variants:
         variants = VariantSource(file=args.variants)
-    if args.workers < 1:
-        raise RouterMLError(f"--workers {args.workers}: give 1 or more worker processes")
     if args.workers > per_cpu_limit():  # 100000 once forked until the machine ran out of memory
-        raise RouterMLError(f"--workers {args.workers}: at most {per_cpu_limit()} on this machine (4 per CPU, "
+        raise UsageError(f"--workers {args.workers}: at most {per_cpu_limit()} on this machine (4 per CPU, "
                             f"{os.cpu_count()} CPUs); run more replicas behind a load balancer instead")
     if bool(args.cascade) != bool(args.scorer):
-        raise RouterMLError("--cascade POLICY.json and --scorer DIR go together: the policy was fitted on that "
+        raise UsageError("--cascade POLICY.json and --scorer DIR go together: the policy was fitted on that "
                             "answer scorer's scores ('router-ml cascade evaluate --out DIR' writes DIR/policy.json)")
     api_key = _key_from_env("--api-key-env", args.api_key_env)
     admin_key = _key_from_env("--admin-key-env", args.admin_key_env)
     if admin_key is not None and admin_key == api_key:  # every client could then reload the server
         same = "is the same variable as" if args.admin_key_env == args.api_key_env else "holds the same key as"
-        raise RouterMLError(f"--admin-key-env {args.admin_key_env} {same} --api-key-env {args.api_key_env}, so every "
+        raise UsageError(f"--admin-key-env {args.admin_key_env} {same} --api-key-env {args.api_key_env}, so every "
                             "client could call /admin/reload; give the admin a key of its own")
     return dict(router=args.artifact, variants=variants, providers=args.providers, host=args.host, port=args.port,
                 api_key=api_key, admin_key=admin_key,
@@ -444,7 +442,7 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--willingness-to-pay", type=KNOB, help="default knob (USD per unit of quality; "
                        "default: the artifact's)")
     group = serve.add_argument_group("production (workers, shutdown, hot swap)")
-    group.add_argument("--workers", type=int, default=1, metavar="N",
+    group.add_argument("--workers", type=bounded(int, 1), default=1, metavar="N",
                        help="worker processes sharing the port, supervised and restarted (default 1: no supervisor)")
     group.add_argument("--drain-seconds", type=bounded(float, 0), default=0.0, metavar="S",
                        help="on SIGTERM, report not "
@@ -484,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # `serve --workers N` starts its workers with the same command line
     try:
         return args.func(args)
+    except UsageError as exc:  # flags that do not go together: bad usage, as argparse's own refusals
+        print(f"router-ml: error: {exc}", file=sys.stderr)
+        return 2
     except RouterMLError as exc:
         print(f"router-ml: error: {exc}", file=sys.stderr)
         return 1

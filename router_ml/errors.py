@@ -6,11 +6,16 @@ catch one type. Messages say what was wrong, where (file, line or row, field) an
 
 from __future__ import annotations
 
-__all__ = ["CatalogError", "DataError", "RouterMLError"]
+__all__ = ["CatalogError", "DataError", "RouterMLError", "UsageError"]
 
 
 class RouterMLError(Exception):
     """Base class of every error router-ml raises on purpose."""
+
+
+class UsageError(RouterMLError):
+    """Command-line flags that do not go together (or lack one they need), found before anything is read:
+    the CLI exits 2 for it, as argparse does for a flag it refuses."""
 
 
 class DataError(RouterMLError, ValueError):

@@ -36,6 +36,11 @@ def test_inspect_json_prints_exactly_one_object(tmp_path):
     assert info["coverage"] == {"m1": 1.0, "m2": 0.5}
     assert info["mean_quality"] == {"m1": 0.5, "m2": 0.0}
     assert info["mean_cost"] == {"m1": 1.0, "m2": None}
+    # the README lists every key, and no other (the list once lacked five that the command printed)
+    readme = (ROOT / "README.md").read_text()
+    listed = readme.split("`data inspect --json` prints exactly one JSON object:", 1)[1].split("Exit codes", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", listed)) - {"null"}  # "`null` when no cost is known"
+    assert documented == set(info), (documented ^ set(info))
 
 
 def test_inspect_strict_error_goes_to_stderr_with_place(tmp_path):
@@ -70,7 +75,7 @@ def test_inspect_human_summary_and_usage_errors(tmp_path):
     assert "responses" in out.stdout and rows["m"][-1] == "1" and rows["n"][-1] == "0", out.stdout
     assert run("data", "inspect", tmp_path / "missing.jsonl").returncode == 1
     assert run("data", "frobnicate").returncode == 2
-    assert run("data", "inspect", path, "--column", "oops").returncode == 1
+    assert run("data", "inspect", path, "--column", "oops").returncode == 2  # bad usage
 
 
 def test_convert_round_trip(tmp_path):
@@ -406,7 +411,7 @@ def test_every_exploration_flag_without_a_rate_is_refused_alike(command, flags, 
     without a word, while --explore-seed was refused: each is refused, before anything is loaded."""
     where = ["hi"] if command == "route" else ["--providers", tmp_path / "p.toml", "--port", "0"]
     out = run(command, "--artifact", tmp_path / "a", *where, *flags, cwd=tmp_path)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr  # bad usage, as argparse's own
     assert f"{flags[0]} given without --explore-rate; add --explore-rate R to explore" in out.stderr
 
 
@@ -419,7 +424,7 @@ def test_every_exploration_flag_without_a_rate_is_refused_alike(command, flags, 
 ])
 def test_an_exploration_flag_the_policy_ignores_is_refused(flags, says, tmp_path):
     out = run("route", "--artifact", tmp_path / "a", "hi", "--explore-rate", "0.1", *flags, cwd=tmp_path)
-    assert out.returncode == 1 and says in out.stderr, out.stderr
+    assert out.returncode == 2 and says in out.stderr, out.stderr
 
 
 def test_exploration_flags_the_policy_uses_reach_the_router():
@@ -474,7 +479,7 @@ def test_serve_refuses_an_admin_key_every_client_holds(admin, tmp_path):
     out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", "a", "--providers", "p.toml",
                           "--port", "0", "--api-key-env", "CLIENT_KEY", "--admin-key-env", admin],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr
     same = "is the same variable as" if admin == "CLIENT_KEY" else "holds the same key as"
     assert f"--admin-key-env {admin} {same} --api-key-env CLIENT_KEY" in out.stderr
     assert "give the admin a key of its own" in out.stderr
@@ -487,8 +492,12 @@ def test_serve_refuses_more_workers_than_the_machine_can_hold_before_starting_an
     assert per_cpu_limit() == max(8, 4 * (os.cpu_count() or 1))
     out = run("serve", "--artifact", tmp_path / "a", "--providers", tmp_path / "p.toml", "--port", "0",
               "--workers", per_cpu_limit() + 1, cwd=tmp_path)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr
     assert f"--workers {per_cpu_limit() + 1}: at most {per_cpu_limit()} on this machine" in out.stderr
+    for few in ("0", "-1"):  # a number out of range: refused by the parser, exit 2 as the README says
+        out = run("serve", "--artifact", tmp_path / "a", "--providers", tmp_path / "p.toml", "--port", "0",
+                  "--workers", few, cwd=tmp_path)
+        assert out.returncode == 2 and f"--workers: expected a whole number >= 1, got '{few}'" in out.stderr, out.stderr
 
 
 def test_train_into_a_directory_of_other_files_is_refused_before_any_work(tmp_path):

@@ -232,5 +232,5 @@ def test_compare_refuses_an_option_its_mode_does_not_read(tmp_path):
     ]
     for args, message in cases:
         out = run_cli("compare", *args, cwd=tmp_path, env=env)
-        assert out.returncode == 1 and message in out.stderr, (args, out.stderr[-2000:])
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-2000:])
     assert not store.exists() and not (tmp_path / "c.png").exists()  # refused before anything was opened

@@ -58,7 +58,7 @@ def test_variant_flags_and_files_are_checked_and_errors_name_them(tmp_path):
         VariantSource([VariantSpec("a", "x", 1), VariantSpec("a", "y", 1)])
     out = subprocess.run([sys.executable, "-m", "router_ml.cli", "serve", "--artifact", "x", "--variant", "a=x:1",
                           "--providers", "p.toml"], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 1 and "give exactly one of --artifact" in out.stderr
+    assert out.returncode == 2 and "give exactly one of --artifact" in out.stderr
 
 
 def _copies(artifact, tmp_path, *names):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from router_ml.cli import KNOB, add_exploration_options, bounded, per_cpu_limit, print_json
-from router_ml.errors import RouterMLError
+from router_ml.errors import RouterMLError, UsageError
 from training import configs
 from training.cli_text import (
     fmt,
@@ -84,7 +84,7 @@ def _parse_columns(pairs: Sequence[str] | None) -> dict[str, str] | None:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
-            raise RouterMLError(f"--column expects FIELD=COLUMN, got {pair!r}")
+            raise UsageError(f"--column expects FIELD=COLUMN, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -265,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     datasets = args.path
     if len(datasets) > 1 and args.quarantine:
-        raise RouterMLError("--quarantine names one file but several --data sets were given; leave it out to get "
+        raise UsageError("--quarantine names one file but several --data sets were given; leave it out to get "
                             "one ./<input name>.quarantine.jsonl per set")
     result = evaluate_many(args.router, datasets, artifacts=args.artifact or (), **_evaluate_options(args))
     warn_sets(result)
@@ -310,7 +310,7 @@ def _refuse_unread_compare_options(args: argparse.Namespace, mode: str) -> None:
         what = {"--router": "scores saved routers (--router) on --data",
                 "--cascade": "summarises cascade reports (--cascade)",
                 "MLflow runs": "ranks MLflow runs (--experiment/--run-id/--filter) on their logged metrics"}[mode]
-        raise RouterMLError(f"compare {what}; {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply "
+        raise UsageError(f"compare {what}; {', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply "
                             "there - leave it out")
 
 
@@ -331,7 +331,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from training.compare import compare_routers, format_router_table
 
         if not args.path:
-            raise RouterMLError("--router needs --data: the log (or labelled data) to score every router on")
+            raise UsageError("--router needs --data: the log (or labelled data) to score every router on")
         _setup_logging(args.quiet or args.json)
         result = compare_routers(args.router, args.path, sort=args.sort, **_evaluate_options(args))
         warn_sets({"sets": result["routers"]})
@@ -341,7 +341,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(format_router_table(result))
         return 0
     if args.no_plot and args.plot != args.compare_options["plot"][1]:
-        raise RouterMLError(f"--plot {args.plot} and --no-plot contradict each other; give one")
+        raise UsageError(f"--plot {args.plot} and --no-plot contradict each other; give one")
     from training.compare import compare_runs, format_table
 
     result = compare_runs(experiments=args.experiment or (), run_ids=args.run_id or (), filter_string=args.filter,
