@@ -208,7 +208,7 @@ def test_the_cli_prints_the_report_with_scorer_artifacts(answered_run, answered_
     (row,) = ranked["runs"]
     assert row["run_id"] == report["mlflow"]["run_id"] and row["router"] == f"cascade:{report['test']['policy']}"
     assert row["featurizer"] == "scorer:static" and row["aiq"] == pytest.approx(report["test"]["aiq"])
-    assert row["test_records"] == str(report["split"]["test"])
+    assert row["test_records"] == report["split"]["test"]
     wrong = subprocess.run([sys.executable, "-m", "router_ml.cli", "cascade", "evaluate", "--router", str(artifact),
                             "--scorer", str(artifact), "--data", str(data), "--train-size", "0.7"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=600)

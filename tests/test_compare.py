@@ -102,6 +102,61 @@ def test_a_sweep_keeps_its_fixed_tracking_settings_and_the_settings_done_before_
     assert summary["failed"]["slug"] == "train_size=5000" and "5000" in summary["failed"]["error"]
 
 
+def test_sweep_intervals_of_bounded_metrics_stay_in_their_range():
+    """A t-interval over two seeds put best_quality at [0.6443, 1.2568]: a quality is in [0, 1]. AIQ, best quality
+    and the CPTs are clipped to [0, 1], savings at iso-quality to >= 0; APGR is not bounded and is left as it is."""
+    from training.sweep import format_summary, summarise
+
+    def run(quality: float, savings: float, apgr: float) -> dict:
+        return {"fit_seconds": 1.0, "test": {"aiq": quality, "best_quality": quality, "cpt_50": quality,
+                                             "savings_at_iso_quality": savings, "apgr": apgr,
+                                             "baselines": {"random": {"aiq": quality, "best_quality": quality}}}}
+
+    summary = summarise([run(0.99, 0.05, 1.2), run(0.70, 0.60, -0.3)])
+    for key in ("aiq", "best_quality", "cpt_50"):
+        assert summary[key]["ci95"][1] == 1.0 and 0.0 <= summary[key]["ci95"][0] and summary[key]["clipped"]
+    assert summary["baselines"]["random"]["best_quality"]["ci95"][1] == 1.0
+    assert summary["savings_at_iso_quality"]["ci95"][0] == 0.0 and summary["savings_at_iso_quality"]["clipped"]
+    assert summary["apgr"]["ci95"][0] < -0.3 and summary["apgr"]["ci95"][1] > 1.2 and "clipped" not in summary["apgr"]
+    narrow = summarise([run(0.80, 0.5, 0.5), run(0.81, 0.5, 0.5)])["aiq"]
+    assert "clipped" not in narrow and 0.0 < narrow["ci95"][0] < narrow["ci95"][1] < 1.0
+    text = format_summary({"runs": 2, "seconds": 1.0, "parent_run_id": None,
+                           "settings": [{"slug": "default", "summary": summary}]})
+    assert "best_quality 0.8450 [" in text and "1.0000]*" in text and "clipped to the metric's range" in text
+
+
+def test_sweep_children_are_named_and_tagged_by_setting_and_seed_and_compare_shows_them(tmp_path):
+    """Every run was named '<kind>-<featurizer>' and a sweep's children carried no tag of their setting or seed,
+    so two variants looked the same in MLflow and in compare's table; compare's JSON gave the seed and the test
+    records as strings."""
+    import mlflow
+
+    from training.compare import compare_runs, format_table
+    from training.sweep import run_sweep
+
+    data = write_jsonl(load_traffic(DEMO)[0].records[:300], tmp_path / "d.jsonl")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep(ROOT / "training/configs/mlp_static.toml", data, seeds=[1], out_dir=tmp_path / "sweep",
+                       sets=["router.hidden=8,16", "train.epochs=1", "eval.n_boot=0", "eval.baselines=random"],
+                       tracking_uri=uri)
+    client = mlflow.MlflowClient(uri)
+    for setting, hidden in zip(result["settings"], (8, 16), strict=True):
+        (run_id,) = setting["run_ids"]
+        run = client.get_run(run_id)
+        assert run.info.run_name == f"mlp-static router.hidden={hidden} seed=1"
+        assert run.data.tags["router_ml.sweep.setting"] == f"router.hidden={hidden}"
+        assert run.data.tags["router_ml.sweep.seed"] == "1"
+    assert client.get_run(result["parent_run_id"]).info.run_name == "sweep-mlp-static"
+    compared = compare_runs(experiments=["router-ml"], tracking_uri=uri, plot=None)
+    assert {r["run_name"] for r in compared["runs"]} == {"mlp-static router.hidden=8 seed=1",
+                                                          "mlp-static router.hidden=16 seed=1"}
+    assert all(r["seed"] == 1 and isinstance(r["test_records"], int) and r["test_records"] > 0
+               for r in compared["runs"])
+    table = format_table(compared)
+    assert "mlp-static router.hidden=8 seed=1" in table and "mlp-static router.hidden=16 seed=1" in table
+    assert json.loads(json.dumps(compared))["runs"][0]["seed"] == 1
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A 2 x 2 sweep (hidden size x seed) on 1,600 demo prompts in its own MLflow store."""

@@ -24,12 +24,23 @@ Runs are found by experiment name(s), run ids, or an MLflow filter string (for e
 listed, so sweep parents and earlier comparisons are skipped. The figure draws each run's
 cost-quality curve from its logged ``router/metrics.json`` next to the single models, their hull,
 random and oracle of the first run, and is logged to MLflow as the artifact of a comparison run
-(tagged ``router_ml.comparison``) in the first run's experiment.
+(tagged ``router_ml.comparison``) in the first run's experiment. Runs that did not finish - FAILED (among
+them runs whose MLflow tracking stopped part-way: their record is incomplete; the tag
+``router_ml.tracking_error`` says why), KILLED or still RUNNING - are left out and counted in the table's
+footer (``left_out`` in the JSON); a run named by id that did not finish is refused, saying why. The table
+shows each run's name (a sweep's child runs are named by their setting and seed); the numeric parameters in
+a row (``seed``, ``test_records``) are numbers.
+
+The store is only read (the comparison run aside): a missing SQLite or file store is an error, never created,
+and a store that cannot be opened or a server that does not answer is one line naming the URI and
+``MLFLOW_TRACKING_URI``, within seconds (:func:`training.tracking.check_store`, :func:`~training.tracking.fail_fast`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -233,23 +244,45 @@ def _aligned(lines: list[tuple[str, ...]], *, left: int) -> str:
 
 
 def _client(tracking_uri: str | None):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    """MLflow, a client of the store and its URI, once the store is known to answer: a
+    store that is not there or cannot be opened, or a server that does not answer, is a
+    :class:`~training.tracking.TrackingStoreError` naming the URI and where it came from."""
+    from training.tracking import (
+        TrackingStoreError,
+        check_store,
+        default_tracking_uri,
+        fail_fast,
+        quiet_retries,
+        store_problem,
+    )
+
+    fail_fast()  # a server that does not answer: seconds, not MLflow's minutes of retries
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = tracking_uri or default_tracking_uri()
+    check_store(uri, create=False)  # reading creates no store, and an unopenable SQLite file fails now
     import mlflow
 
-    from training.tracking import default_tracking_uri, redact_uri
-
-    uri = tracking_uri or default_tracking_uri()
-    return mlflow, mlflow.MlflowClient(tracking_uri=uri), redact_uri(uri)
+    try:
+        with quiet_retries():  # urllib3's "Retrying ..." warning: the one line below says it all
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingStoreError(store_problem(uri, exc)) from None
+    return mlflow, client, uri
 
 
 def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None,
-          uri: str = "the tracking store"):
+          uri: str = "the tracking store", left_out: dict[str, int] | None = None, store_uri: str | None = None):
+    """The finished training runs selected; ``left_out`` counts the training runs left out by status."""
+    from training.tracking import ERROR_TAG, TrackingStoreError, store_problem
+
     runs = []
     for run_id in run_ids:
         try:
             run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise TrackingStoreError(store_problem(store_uri or uri, exc)) from None
             raise RouterMLError(f"run {run_id}: not found in {uri} ({exc.message}); check the run id and "
                                 "MLFLOW_TRACKING_URI") from None
         # a run named by id is never left out without a word (an experiment's unfinished runs are)
@@ -257,8 +290,10 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
             raise RouterMLError(f"run {run_id}: not a training run of router-ml (no 'router' tag); give the id of a "
                                 "run 'router-ml train' logged")
         if run.info.status != "FINISHED":
+            why = run.data.tags.get(ERROR_TAG)
             raise RouterMLError(f"run {run_id}: {run.info.status}, not finished - it has no complete test metrics "
-                                "to compare; train it again or leave it out")
+                                "to compare" + (f" (MLflow tracking stopped part-way: {why})" if why else "")
+                                + "; train it again or leave it out")
         runs.append(run)
     if experiments or (filter_string and not run_ids):
         names = list(experiments)
@@ -284,9 +319,13 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
             [r.info.experiment_id for r in runs], filter_string=filter_string)}]
     seen, out = set(), []
     for run in runs:
-        if run.info.run_id in seen or "router" not in run.data.tags or run.info.status != "FINISHED":
+        if run.info.run_id in seen or "router" not in run.data.tags:
             continue
         seen.add(run.info.run_id)
+        if run.info.status != "FINISHED":
+            if left_out is not None:
+                left_out[run.info.status] = left_out.get(run.info.status, 0) + 1
+            continue
         out.append(run)
     return out
 
@@ -304,6 +343,20 @@ def _key(run, names: Sequence[str]) -> tuple:
     return tuple(run.data.params.get(n) for n in names)
 
 
+def _number(text: str | None) -> int | float | str | None:
+    """A parameter MLflow stored as text, as the number it was (``"0"`` -> 0); other text as it is."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return number if math.isfinite(number) else text  # strict JSON: no NaN or infinity
+
+
 def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = (), filter_string: str | None = None,
                  sort: str = "aiq", allow_mixed: bool = False, plot: str | Path | None = "comparison.png",
                  log_to_mlflow: bool = True, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -314,10 +367,16 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
         raise RouterMLError(f"--sort {sort!r}: choose one of {', '.join(columns)}")
     if not experiments and not run_ids and not filter_string:
         raise RouterMLError("select runs with --experiment NAME, --run-id ID or --filter EXPR")
-    mlflow, client, uri = _client(tracking_uri)
-    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string, uri=uri)
+    from training.tracking import redact_uri
+
+    mlflow, client, store_uri = _client(tracking_uri)
+    uri = redact_uri(store_uri)
+    left_out: dict[str, int] = {}
+    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string, uri=uri,
+                 left_out=left_out, store_uri=store_uri)
     if not runs:
-        raise RouterMLError("no finished training runs match the selection")
+        raise RouterMLError("no finished training runs match the selection"
+                            + (f" ({_left_out_text(left_out)})" if left_out else ""))
     data_keys = {_key(r, _SAME_DATA) for r in runs}
     split_keys = {_key(r, _SAME_DATA + _SAME_SPLIT) for r in runs}
     mixed = len(split_keys) > 1
@@ -337,8 +396,8 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
         m, p, t = run.data.metrics, run.data.params, run.data.tags
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "experiment_id": run.info.experiment_id,
                "router": t.get("router"), "featurizer": t.get("featurizer"),
-               "data_fingerprint": p.get("data_fingerprint"), "seed": p.get("data.seed"),
-               "test_records": p.get("split.test")}
+               "data_fingerprint": p.get("data_fingerprint"), "seed": _number(p.get("data.seed")),
+               "test_records": _number(p.get("split.test"))}
         row.update({col: m.get(metric) for col, metric in COLUMNS})
         rows.append(row)
         logged = _download_metrics(client, run.info.run_id) if plot else None
@@ -348,8 +407,8 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
                 singles, baseline_curves = logged["singles"], logged.get("baseline_curves", {})
     worst = float("inf") if sort in LOWER_IS_BETTER else float("-inf")
     rows.sort(key=lambda r: worst if r[sort] is None else r[sort], reverse=sort not in LOWER_IS_BETTER)
-    result: dict[str, Any] = {"sort": sort, "mixed": mixed, "tracking_uri": uri, "runs": rows, "plot": None,
-                              "comparison_run_id": None}
+    result: dict[str, Any] = {"sort": sort, "mixed": mixed, "tracking_uri": uri, "runs": rows,
+                              "left_out": dict(sorted(left_out.items())), "plot": None, "comparison_run_id": None}
     if plot and curves:
         from training.plots import plot_cost_quality
 
@@ -362,7 +421,10 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
                                  title=f"{len(curves)} routers compared", log_x=bool(costs) and min(costs) > 0)
         result["plot"] = str(path)
         if log_to_mlflow:
-            result["comparison_run_id"] = _log_comparison(client, runs[0].info.experiment_id, path, result)
+            try:
+                result["comparison_run_id"] = _log_comparison(client, runs[0].info.experiment_id, path, result)
+            except RouterMLError as exc:
+                result["comparison_error"] = str(exc)
     return result
 
 
@@ -370,11 +432,22 @@ def _log_comparison(client, experiment_id: str, png: Path, result: dict[str, Any
     run = client.create_run(experiment_id, run_name="comparison",
                             tags={"router_ml.comparison": "true",
                                   "router_ml.compared_runs": ",".join(r["run_id"] for r in result["runs"])})
-    client.log_artifact(run.info.run_id, str(png), "comparison")
-    client.log_text(run.info.run_id, json.dumps({k: v for k, v in result.items() if k != "comparison_run_id"},
-                                                indent=1), "comparison/table.json")
+    try:
+        client.log_artifact(run.info.run_id, str(png), "comparison")
+        client.log_text(run.info.run_id, json.dumps({k: v for k, v in result.items() if k != "comparison_run_id"},
+                                                    indent=1), "comparison/table.json")
+    except Exception as exc:  # the comparison run is ended, not left RUNNING; the table is printed all the same
+        with contextlib.suppress(Exception):
+            client.set_terminated(run.info.run_id, status="FAILED")
+        raise RouterMLError(f"the comparison could not be logged to MLflow run {run.info.run_id} "
+                            f"({type(exc).__name__}: {exc}); pass --no-log to leave it out") from None
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def _left_out_text(left_out: dict[str, int]) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(left_out.items()))
+    return f"left out {sum(left_out.values())} unfinished training run(s): {counts}"
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -383,18 +456,24 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The comparison as an aligned text table (the CLI's default output)."""
-    head = ("run", "router", "featurizer", "AIQ", "APGR", "CPT50", "savings@iso", "best q", "p50 us", "fit s")
+    head = ("run", "name", "router", "featurizer", "AIQ", "APGR", "CPT50", "savings@iso", "best q", "p50 us",
+            "fit s")
     lines = [head]
     for r in result["runs"]:
-        lines.append((r["run_id"][:8], r["router"] or "-", r["featurizer"] or "-", _fmt(r["aiq"], ".4f"),
+        lines.append((r["run_id"][:8], r["run_name"] or "-", r["router"] or "-", r["featurizer"] or "-",
+                      _fmt(r["aiq"], ".4f"),
                       _fmt(r["apgr"], ".3f"), _fmt(None if r["cpt_50"] is None else 100 * r["cpt_50"], ".1f"),
                       _fmt(r["savings_at_iso_quality"], ".3f"), _fmt(r["best_quality"], ".4f"),
                       _fmt(r["latency_p50_us"], ".0f"), _fmt(r["fit_seconds"], ".1f")))
     footer = f"sorted by {result['sort']}"
     if result["mixed"]:
         footer += "; WARNING: runs trained/tested on different data or splits (--allow-mixed)"
+    if result.get("left_out"):
+        footer += f"; {_left_out_text(result['left_out'])}"
     if result["plot"]:
         footer += f"; figure: {result['plot']}"
     if result["comparison_run_id"]:
         footer += f" (logged to MLflow run {result['comparison_run_id']})"
-    return "\n".join([_aligned(lines, left=3), footer])
+    if result.get("comparison_error"):
+        footer += f"; NOT logged: {result['comparison_error']}"
+    return "\n".join([_aligned(lines, left=4), footer])

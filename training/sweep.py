@@ -2,6 +2,15 @@
 runs under one parent run, summarised per setting (mean, standard deviation, 95% t-interval over
 seeds of the headline metrics).
 
+A t-interval over a few seeds is wide, and a metric bounded by its definition is never outside its range:
+the intervals of AIQ, best quality and the CPTs are clipped to [0, 1] (qualities are in [0, 1], a CPT is
+a share of calls) and that of savings at iso-quality to >= 0 (a cost ratio; above 1 is possible); a clipped
+interval says ``"clipped": true``. APGR is not clipped: below 0 and above 1 are both possible.
+
+Each child run is named ``<kind>-<featurizer> <key>=<value> ... seed=<k>`` (the swept keys' values) and
+tagged ``router_ml.sweep.setting`` (``router.hidden=64``, or ``default`` when nothing is swept) and
+``router_ml.sweep.seed``, so the runs of a setting are told apart in MLflow and in ``router-ml compare``.
+
 A comma separates the values to sweep for a scalar key (``router.hidden=256,512``); a key whose
 value is a list (``eval.baselines``) is never swept - its comma-separated value is the list. Each
 run is a full ``train_router`` call (own split per seed, own export) writing to
@@ -108,7 +117,14 @@ def _slug(setting: dict[str, str], swept: set[str]) -> str:
     return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120]
 
 
-def _interval(values: list[float]) -> dict[str, Any]:
+#: the range each bounded metric's interval is clipped to (None: unbounded on that side); see the module docstring
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "aiq": (0.0, 1.0), "best_quality": (0.0, 1.0), "cpt_50": (0.0, 1.0), "cpt_80": (0.0, 1.0),
+    "savings_at_iso_quality": (0.0, None),
+}
+
+
+def _interval(values: list[float], key: str | None = None) -> dict[str, Any]:
     n = len(values)
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else 0.0
@@ -117,7 +133,12 @@ def _interval(values: list[float]) -> dict[str, Any]:
         from scipy.stats import t
 
         half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        out["ci95"] = [mean - half, mean + half]
+        low, high = mean - half, mean + half
+        lo, hi = BOUNDS.get(key or "", (None, None))
+        clipped = [low if lo is None else max(low, lo), high if hi is None else min(high, hi)]
+        out["ci95"] = clipped
+        if clipped != [low, high]:
+            out["clipped"] = True
     return out
 
 
@@ -128,7 +149,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in SUMMARY_KEYS:
         values = [r["test"][key] for r in runs if r["test"].get(key) is not None]
         if values:
-            out[key] = _interval(values)
+            out[key] = _interval(values, key)
             if len(values) < len(runs):
                 out[key]["reached_in"] = f"{len(values)}/{len(runs)} seeds"
     baselines = {}
@@ -136,7 +157,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("aiq", "best_quality", "apgr"):
             values = [r["test"]["baselines"][name].get(key) for r in runs]
             if all(v is not None for v in values):
-                baselines.setdefault(name, {})[key] = _interval(values)
+                baselines.setdefault(name, {})[key] = _interval(values, key)
     out["baselines"] = baselines
     out["fit_seconds"] = statistics.fmean(r["fit_seconds"] for r in runs)
     return out
@@ -148,7 +169,7 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
               **load_options: Any) -> dict[str, Any]:
     """Run the grid x seeds; returns ``{"parent_run_id", "settings": [{"setting", "runs", "summary"}]}``."""
     from training.pipeline import train_router
-    from training.tracking import Tracker
+    from training.tracking import Tracker, child_run_labels
 
     out_dir = Path(out_dir)
     check_out_directory(out_dir, "the runs' routers and sweep_summary.json")  # not after the parent run started
@@ -178,10 +199,13 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
                     overrides["data.train_size"] = train_size
                 config = load_config(config_path, overrides)
                 log.info("sweep: %s seed %d", slug, seed)
+                label = " ".join(f"{k}={v}" for k, v in setting.items() if k in swept) or "default"
                 try:
-                    summary = train_router(config, data, out_dir=out_dir / slug / f"seed{seed}", prices=prices,
-                                           cache_dir=cache_dir, progress=progress, tracking_uri=tracking_uri,
-                                           parent_run_id=parent.run_id, **load_options)
+                    with child_run_labels(f"{label if swept else ''} seed={seed}".strip(),
+                                          {"router_ml.sweep.setting": label, "router_ml.sweep.seed": seed}):
+                        summary = train_router(config, data, out_dir=out_dir / slug / f"seed{seed}", prices=prices,
+                                               cache_dir=cache_dir, progress=progress, tracking_uri=tracking_uri,
+                                               parent_run_id=parent.run_id, **load_options)
                 except RouterMLError as exc:  # a setting this data cannot take: keep what the others found
                     partial = {"parent_run_id": parent.run_id, "runs": len(grid) * len(seeds), "out": str(out_dir),
                                "settings": settings_out, "failed": {"setting": setting, "slug": slug, "seed": seed,
@@ -210,12 +234,18 @@ def run_sweep(config_path: str | Path | None, data: str | Path, *, sets: Sequenc
 def format_summary(result: dict[str, Any]) -> str:
     """One line per setting: mean [95% interval] of AIQ and best quality (plus APGR for two models)."""
     lines = [f"sweep: {result['runs']} runs in {result['seconds']} s; parent MLflow run {result['parent_run_id']}"]
+    clipped = False
     for s in result["settings"]:
         parts = []
         for key in ("aiq", "apgr", "savings_at_iso_quality", "best_quality"):
             v = s["summary"].get(key)
             if v:
-                ci = "" if v["ci95"] is None else f" [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"
+                ci = "" if v["ci95"] is None else f" [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]" + \
+                    ("*" if v.get("clipped") else "")
+                clipped = clipped or bool(v.get("clipped"))
                 parts.append(f"{key} {v['mean']:.4f}{ci}")
         lines.append(f"  {s['slug']}: " + "; ".join(parts))
+    if clipped:
+        lines.append("  * a 95% t-interval over the seeds, clipped to the metric's range ([0, 1], savings >= 0); "
+                     "more seeds narrow it")
     return "\n".join(lines)
