@@ -7,8 +7,10 @@ framework object is built per request; it is also a plain ASGI application for a
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -49,6 +51,15 @@ def _error(status: int, message: str, kind: str, param: str | None = None, code:
 def _ok(obj: Any, status: int = 200) -> Reply:
     return Reply(status, _json.dumps(obj))
 
+
+@functools.lru_cache(maxsize=1024)
+def header_value(text: str) -> str:
+    """``text`` as an HTTP header value: as it is when it is printable ASCII without ``%``, else its UTF-8
+    percent-encoded (``urllib.parse.unquote`` gives it back either way). A model named ``模型-中文`` once reached
+    clients as ``??-??`` (header bytes are Latin-1), and a control character must never end the header."""
+    if text.isascii() and text.isprintable() and "%" not in text:
+        return text
+    return urllib.parse.quote(text, safe="".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"))
 
 class ProxyApp:
     """The proxy: every endpoint of the module doc as a handler from a parsed :class:`Request` to a
@@ -134,12 +145,12 @@ class ProxyApp:
                 await result.aclose()
 
             return Stream(events, close, headers=(("x-router-ml-request-id", info.request_id),
-                                                  ("x-router-ml-model", info.model or ""),
+                                                  ("x-router-ml-model", header_value(info.model or "")),
                                                   ("cache-control", "no-cache")))
         info = result.router_ml
         result["router_ml"] = info.to_dict()  # the completion is this request's own: no copy
         return Reply(200, _json.dumps(result), _JSON, (("x-router-ml-request-id", info.request_id),
-                                                    ("x-router-ml-model", info.model or "")))
+                                                    ("x-router-ml-model", header_value(info.model or ""))))
 
     async def feedback(self, request: Request) -> Reply:
         denied = self._denied(request)
@@ -255,7 +266,6 @@ class ProxyApp:
         else:
             await send({"type": "http.response.start", "status": reply.status, "headers": head})
             await send({"type": "http.response.body", "body": reply.body})
-
 
 def create_app(client: AsyncRoutedClient, *, api_key: str | None = None, max_body_bytes: int = 1 << 20,
                metrics: Metrics | None = None, admin_key: str | None = None, lifecycle: Lifecycle | None = None,

@@ -554,6 +554,17 @@ def test_wide_orphan_cost_column_is_a_file_error(tmp_path):
         load_traffic(path)
 
 
+@pytest.mark.parametrize("header", ["prompt,pi|pe,pi|pe|total_cost,x,x|total_cost",
+                                    "prompt,gpt,gpt|total_cost,gpt|turbo,gpt|turbo|total_cost"])
+def test_a_wide_model_name_holding_the_field_separator_is_named_as_such(tmp_path, header):
+    """'gpt|turbo|total_cost' was blamed for a missing quality column 'gpt|turbo' that stood in the header."""
+    path = tmp_path / "w.csv"
+    path.write_text(header + "\nhi,1,0.1,0,0.2\n")
+    with pytest.raises(DataError, match=r"a model name cannot hold '\|'; rename the model, or write the records as "
+                                        "canonical JSONL or Parquet"):
+        load_traffic(path)
+
+
 def test_pickle_refused_unless_allowed(tmp_path):
     import pandas as pd
 

@@ -175,3 +175,31 @@ def test_request_ids_are_unique_well_formed_and_differ_after_a_fork():
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 100).decode() != request_id()
+
+
+def test_a_model_name_beyond_ascii_reaches_the_client_whole_in_its_header(router, up):
+    """x-router-ml-model was written as Latin-1 with replacement: a model named 模型-中文 reached clients as
+    ``??-??`` - for a stream the only place that names the catalog model. Such names (and any with ``%`` or a
+    control character) are percent-encoded UTF-8 now; a plain name is sent as it is."""
+    import urllib.parse
+
+    from router_ml.providers import ProviderCatalog
+
+    from .test_serving import catalog_data
+
+    data = catalog_data({"*": up.base_url})
+    names = ["模型-中文", "rate 100%", "claude 3.5 sonnet"]
+    for name in names:
+        data["models"][name] = dict(data["models"]["tiny-1b"])
+    client = AsyncRoutedClient(router, ProviderCatalog(data, source="test.toml", environ={}), upstream="http1")
+    with Proxy(client) as proxy:
+        for name in names:
+            for stream in (False, True):
+                r = httpx.post(f"{proxy.url}/v1/chat/completions", timeout=10,
+                               json={"model": name, "messages": MSG, "stream": stream})
+                assert r.status_code == 200, r.text
+                raw = dict(r.headers.raw)[b"x-router-ml-model"]
+                assert raw.isascii() and urllib.parse.unquote(raw.decode()) == name, (name, raw)
+                assert (raw.decode() == name) == (name == "claude 3.5 sonnet")  # plain names as they are
+                if not stream:
+                    assert r.json()["router_ml"]["model"] == name

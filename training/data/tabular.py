@@ -68,6 +68,10 @@ class WideLayout:
         for col in prefixed:
             model, _, suffix = col.rpartition("|")
             if model not in self.companions:
+                if col.count("|") > 1 or any(p.startswith(col + "|") for p in prefixed):  # 'M|x' named as a model
+                    raise DataError(f"column '{col}': a wide table names a model's columns M and M|field, so a model "
+                                    "name cannot hold '|'; rename the model, or write the records as canonical "
+                                    "JSONL or Parquet, where any name works", location=source)
                 raise DataError(f"column '{col}' has no quality column '{model}' beside it", location=source)
             key = _OUTCOME_SUFFIXES.get(suffix)
             if key is None:
