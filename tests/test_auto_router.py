@@ -794,7 +794,12 @@ def test_auto_router_selects_in_memory_and_scores_only_records_without_imputed_c
     completed = AutoRouter(config=wide, n_models=3, input_dim=X.shape[1]).fit(log_train, log_val,
                                                                               wtp_range=(0.01, 100.0))
     assert completed.selection_["completed_log"] is True and completed.selection_["chosen"] == "ensemble"
-    assert "completed logged records" in completed.selection_["skipped"]["lexical"]
+    assert "text is not at hand" in completed.selection_["skipped"]["lexical"]  # tried on logs, given the text
+    off = config.replace(**{"router.candidates": ["logreg", "knn", "lexical", "ensemble"],
+                            "router.lexical_on_logs": False})
+    without = AutoRouter(config=off, n_models=3, input_dim=X.shape[1]).fit(log_train, log_val, wtp_range=(0.01, 100.0))
+    assert without.selection_["skipped"]["lexical"] == ("completed logged records train the candidates and "
+                                                        "router.lexical_on_logs is false")
     assert completed.selection_["picked_by"] == "the completed-log default"
     assert completed.selection_["calibrated"] is False and "beats_ensemble" not in completed.selection_["candidates"][
         "logreg"]

@@ -130,6 +130,15 @@ def test_train_completes_a_simulated_log_and_full_information_trains_exactly_as_
         imputed["train_records"] + imputed["val_records"])
     assert report["imputed_cells"] == report["partial_records"] * (len(table.models) - 1)
     assert imputed["propensity_weights"] is None  # mlp_static: no clip
+    # the default router on the same completed log tries the lexical regression for its blend, never alone
+    auto = cli("train", "--data", both, "--out", tmp_path / "auto", "--set", "tracking.enabled=false",
+               "--set", "eval.baselines=random", *FAST, "--quiet", "--set", "router.lexical_min_records=0",
+               "--set", "router.candidates=logreg,knn,lexical,ensemble", cwd=tmp_path)
+    selection = auto["selection"]
+    assert selection["completed_log"] is True and selection["chosen"] == "ensemble"
+    assert "lexical" in selection["candidates"] and "lexical" not in selection.get("skipped", {})
+    blend = selection["lexical_blend"]
+    assert blend["kept"] == (blend["val_aiq"] >= blend["val_aiq_without"]) and blend["weight"] == 0.2
     # the folds' first stages fitted in two worker processes: the same completion, the same router
     parallel = cli("train", "--data", both, "--out", tmp_path / "parallel", *common, "--set", "train.workers=2",
                    cwd=tmp_path)

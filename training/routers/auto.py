@@ -30,9 +30,11 @@ Where the held-out records are completed logged ones (fewer than :data:`MIN_VALI
 outcome), their imputed cells are scored too. Wherever completed logged records train the candidates
 (at least :data:`TUNE_ONLY_IMPUTED_SHARE` of the cells imputed), the scores - on guesses, or on records
 with every outcome that the first stage was fitted on - tune each candidate's hyperparameters and decide
-one thing: whether the group estimate adds to the MLP (``groups`` against its own MLP; both carry the same
+two things. First, whether the group estimate adds to the MLP (``groups`` against its own MLP; both carry the same
 leak); ``groups`` is kept where it does, else the ensemble. Nothing is Platt-calibrated and no group blend
-is kept (``completed_log`` in the report).
+is kept (``completed_log`` in the report). Second, the lexical blend, decided as everywhere: the regression
+over the prompt's words shares less with the first stage (over the static features) than the candidates do,
+so the leak favours it less than what it is blended into (never chosen alone there).
 
 Each candidate's held-out predictions are Platt-calibrated per model (``router.calibrate``), kept
 where that routes better (Platt scaling fits log loss, not AIQ; the expected calibration error before
@@ -43,11 +45,12 @@ blend is kept where it routes better than the winner alone. A group estimate sco
 is always fitted without them.
 
 The ``lexical`` candidate (a logistic regression over the prompt's TF-IDF, :mod:`training.routers.lexical`;
-tried from ``router.lexical_min_records`` train + validation records, on cross-validated, full-information
-data) reads token ids, not the features, so it is not averaged into the ensemble: after the choice (and
-the group blend) the winner is mixed with it, ``(1 - w) * winner + w * lexical`` at ``w =
-router.lexical_blend``, where that routes at least as well on the held-out records
-(:meth:`_Selection._lexical_blend`, ``lexical_blend`` in the report); it can also win alone.
+tried from ``router.lexical_min_records`` train + validation records, on cross-validated data: full-information
+records, and completed logged ones with ``router.lexical_on_logs``) reads token ids, not the features, so it
+is not averaged into the ensemble: after the choice (and the group blend) the winner is mixed with it,
+``(1 - w) * winner + w * lexical`` at ``w = router.lexical_blend``, where that routes at least as well on the
+held-out records (:meth:`_Selection._lexical_blend`, ``lexical_blend`` in the report); it can also win alone,
+except on a completed log.
 
 The winner is refitted where that helps - logistic regression and kNN
 on all of train + validation, the torch candidates on train with early stopping on validation (after
@@ -255,8 +258,9 @@ class _Selection(CandidateParts):
         # blend is kept and no single candidate replaces the average on them - where the guesses are a real
         # share of the targets (a completed log: about 90% of the cells), not where a benchmark misses a
         # few outcomes (MMLU-Pro-29: 0.5% of the cells imputed, whose selection this rule cost 0.004 AIQ on
-        # seed 3). The one thing they decide: whether the group estimate adds to the MLP
-        # (auto_choice.completed_log_choice) - then the group-informed candidate, else the ensemble.
+        # seed 3). What they decide: whether the group estimate adds to the MLP
+        # (auto_choice.completed_log_choice) - then the group-informed candidate, else the ensemble - and
+        # whether the lexical blend is kept over that (module doc).
         tune_only = imputed is not None and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE
         Q = self.pool.quality[scored]
         unseen = np.flatnonzero(~np.isfinite(Q).any(axis=0))
@@ -300,6 +304,9 @@ class _Selection(CandidateParts):
         if leader != "ensemble" and "ensemble" in report and not tune_only:  # kept over the average only beyond noise
             report[leader]["beats_ensemble"] = paired_wins(calibrated[best[leader]], mean, held, self.seed)
         fallback = completed_log_choice(report) if tune_only else None
+        if tune_only and fallback is None:  # neither groups nor the ensemble fitted: the lexical one blends only
+            fallback = keep_candidate({c: s for c, s in report.items() if c != "lexical"} or report,
+                                      self.r.ensemble_confidence)
         chosen = fallback or keep_candidate(report, self.r.ensemble_confidence)
         if self.r.auto_pick in report:
             chosen = self.r.auto_pick

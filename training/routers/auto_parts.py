@@ -173,8 +173,9 @@ class CandidateParts:
                     f"cross-validated: router.cv_below = {self.r.cv_below}); the sparse regressions are tried on "
                     "cross-validated data only")
         imputed = self.pool.imputed
-        if imputed is not None and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE:
-            return "completed logged records train the candidates (the log-trained router is measured without it)"
+        if (not self.r.lexical_on_logs and imputed is not None
+                and float(imputed.mean()) >= TUNE_ONLY_IMPUTED_SHARE):
+            return "completed logged records train the candidates and router.lexical_on_logs is false"
         if self.texts is None or self.pool.rows is None:
             return "the prompts' text is not at hand (train through the pipeline)"
         if self.featurizer is None:
