@@ -220,9 +220,9 @@ def cmd_route(args: argparse.Namespace) -> int:
     from router_ml.router import Router
 
     if args.prompt is None and args.input is None:
-        raise RouterMLError('give a prompt to route ("...") or --input FILE.jsonl (- reads standard input)')
+        raise UsageError('give a prompt to route ("...") or --input FILE.jsonl (- reads standard input)')
     if args.prompt is not None and args.input is not None:
-        raise RouterMLError("give one prompt or --input FILE, not both")
+        raise UsageError("give one prompt or --input FILE, not both")
     exploration = exploration_from_args(args)
     prompts = None if args.input is None else _prompts_from_file(args.input)  # a bad file fails before the load
     router = Router.load(args.artifact, intra_op_threads=args.threads)
@@ -338,7 +338,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     records, where = [], {}
     if args.file:
         if args.request_id or args.quality is not None or args.thumbs or args.model:
-            raise RouterMLError("give --file or --request-id with --quality/--thumbs (and --model), not both")
+            raise UsageError("give --file or --request-id with --quality/--thumbs (and --model), not both")
         for n, line in _lines(args.file, "the feedback file (--file)"):
             try:  # the same fields and checks as POST /v1/feedback
                 records.append(feedback_from(_json_line(line, f"{args.file}:{n}")))
@@ -347,7 +347,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             where.setdefault(records[-1]["request_id"], f"{args.file}:{n}")
     else:
         if not args.request_id:
-            raise RouterMLError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
+            raise UsageError("give --request-id ID with --quality Q or --thumbs up|down, or --file FILE.jsonl")
         records.append(feedback_record(args.request_id, quality=args.quality, thumbs=args.thumbs, model=args.model))
         where[args.request_id] = "--request-id"
     if not log_files(args.log):  # a mistyped path would start a log of feedback that joins nothing

@@ -220,7 +220,7 @@ def test_the_feedback_command_writes_the_rated_model(tmp_path, capsys):
                        + json.dumps({"request_id": "r1", "quality": 1.0, "model": ""}) + "\n")
     assert main(["feedback", "--log", str(log), "--file", str(ratings)]) == 1
     assert f"{ratings}:2: field 'model'" in capsys.readouterr().err
-    assert main(["feedback", "--log", str(log), "--file", str(ratings), "--model", "pro"]) == 1
+    assert main(["feedback", "--log", str(log), "--file", str(ratings), "--model", "pro"]) == 2  # bad usage
     assert "not both" in capsys.readouterr().err
     assert len(log.read_text().splitlines()) == 3
 

@@ -1062,9 +1062,9 @@ def test_route_cli_explores_with_the_flags_and_names_a_bad_one(router, trained, 
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"cannot read the prompts file (--input) {tmp_path / 'missing.jsonl'}: No such file" in out.stderr
     out = subprocess.run(cli, capture_output=True, text=True, timeout=120)  # neither a prompt nor --input
-    assert out.returncode == 1 and 'give a prompt to route ("...") or --input FILE.jsonl' in out.stderr, out.stderr
+    assert out.returncode == 2 and 'give a prompt to route ("...") or --input FILE.jsonl' in out.stderr, out.stderr
     out = subprocess.run([*cli, "hi", "--input", str(prompts)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "give one prompt or --input FILE, not both" in out.stderr, out.stderr
+    assert out.returncode == 2 and "give one prompt or --input FILE, not both" in out.stderr, out.stderr
     for flags, named in ((["--explore-rate", "2"], "--explore-rate"),
                          (["--explore-rate", "0.1", "--explore-uniform-share", "2"], "--explore-uniform-share"),
                          (["--explore-rate", "0.1", "--explore-exclude", "gpt-9"], "--explore-exclude"),

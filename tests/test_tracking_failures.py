@@ -215,3 +215,45 @@ def test_compare_reads_a_store_and_never_creates_one(tmp_path, monkeypatch):
                                                  r"MLFLOW_TRACKING_URI to use another\)"):
         compare_runs(run_ids=["0" * 32], plot=None)
     assert not (tmp_path / "nope").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+ENDING_SCRIPT = """
+import os, signal, sys, time
+from training.tracking import Tracker
+
+with Tracker(experiment="e", tracking_uri=sys.argv[1]) as tracker:
+    tracker.log_metrics({"m": 1.0})
+    print(tracker.run_id, flush=True)  # (waits for the run's start)
+    # SIGTERM sent from the tracking thread while the main thread waits for the run's end (queued after this)
+    tracker._submit("kill", lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGTERM)))
+print("went on after the SIGTERM", flush=True)
+"""
+
+
+def test_a_sigterm_while_the_run_is_ended_lets_the_end_finish_then_stops(tmp_path):
+    """A SIGTERM that came while the run was being ended unwound out of the wait for the end: the end was still
+    queued on the tracking thread when the process exited, and the run could stay RUNNING."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = tmp_path / "ending.py"
+    script.write_text(ENDING_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 143 and "went on" not in out.stdout and "Traceback" not in out.stderr, out
+    run = mlflow.MlflowClient(uri).get_run(out.stdout.split()[0])
+    assert run.info.status == "FINISHED" and run.data.metrics["m"] == 1.0  # the block itself had finished
+
+
+def test_a_percent_encoded_sqlite_path_is_the_store_mlflow_opens(tmp_path):
+    """check_store read 'my%20runs/mlflow.db' literally while MLflow (SQLAlchemy) opens 'my runs/mlflow.db':
+    train left an empty stray store beside the real one, and compare refused the real one."""
+    from training.compare import compare_runs
+
+    (tmp_path / "my runs").mkdir()
+    uri = f"sqlite:///{tmp_path}/my%20runs/mlflow.db"
+    with Tracker(experiment="pct", tracking_uri=uri) as tracker:
+        tracker.log_metrics({"aiq": 0.5})
+    assert tracker.error is None and (tmp_path / "my runs" / "mlflow.db").is_file()
+    assert not (tmp_path / "my%20runs" / "mlflow.db").exists()  # (MLflow itself makes that directory, empty)
+    with pytest.raises(RouterMLError, match="not a training run of router-ml"):  # the store and run are read
+        compare_runs(run_ids=[tracker.run_id], plot=None, log_to_mlflow=False, tracking_uri=uri)

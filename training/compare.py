@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from router_ml.errors import RouterMLError
+from router_ml.errors import RouterMLError, UsageError
 from training.evaluation import read_metrics_file
 
 __all__ = ["CASCADE_SORTS", "COLUMNS", "LOWER_IS_BETTER", "ROUTER_SORTS", "compare_cascades", "compare_routers",
@@ -366,7 +366,7 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
     if sort not in columns:
         raise RouterMLError(f"--sort {sort!r}: choose one of {', '.join(columns)}")
     if not experiments and not run_ids and not filter_string:
-        raise RouterMLError("select runs with --experiment NAME, --run-id ID or --filter EXPR")
+        raise UsageError("select runs with --experiment NAME, --run-id ID or --filter EXPR")
     from training.tracking import redact_uri
 
     mlflow, client, store_uri = _client(tracking_uri)

@@ -88,7 +88,7 @@ class RouterConfig:
     #: auto: the lexical regression's weight when it is blended into the chosen router (0 = never)
     lexical_blend: float = 0.2
     #: auto: try the lexical candidate on completed logged records too (there, for its blend only: nothing
-    #: replaces the completed-log choice; docs/logged-traffic-studies.md, "The lexical blend on a completed log")
+    #: replaces the completed-log choice; README, "The lexical blend on a completed log")
     lexical_on_logs: bool = True
     #: auto: Platt-scale a candidate per model where that raises held-out AIQ (never on imputed cells)
     calibrate: bool = True

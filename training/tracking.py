@@ -156,11 +156,23 @@ def store_problem(uri: str, exc: BaseException) -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    """The database file of an ``sqlite:///`` URI (None for other stores and an in-memory database)."""
+    """The database file of an ``sqlite:///`` URI as SQLAlchemy (MLflow's store) reads it - percent-escapes
+    decoded (``my%20runs/mlflow.db`` is ``my runs/mlflow.db``); None for other stores, an in-memory database
+    and SQLite's own URI form (``?uri=true``), which are left to MLflow."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri.removeprefix("sqlite:///").partition("?")[0]
-    return None if path in ("", ":memory:") else Path(path)
+    try:
+        from sqlalchemy.engine import make_url
+    except ImportError:  # MLflow's SQL stores need it; without it MLflow reports the store itself
+        return None
+    try:
+        url = make_url(uri)
+    except Exception:  # a URI SQLAlchemy cannot parse: MLflow will say so
+        return None
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    path = url.database
+    return None if path in (None, "", ":memory:") else Path(path)
 
 
 def _local_store_path(uri: str) -> Path | None:
@@ -255,14 +267,16 @@ def child_run_labels(suffix: str, tags: dict[str, Any]) -> Iterator[None]:
         _CHILD_LABELS.reset(token)
 
 
-_sigterm = {"owner": None, "raised": False}
+#: the SIGTERM handler's state: the Tracker that installed it, how many runs are being ended now, and whether
+#: a SIGTERM came meanwhile
+_sigterm: dict[str, Any] = {"owner": None, "ending": 0, "pending": False}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    if _sigterm["raised"]:  # the runs are being ended: a second SIGTERM does not cut that short
+    if _sigterm["ending"]:  # a run is being ended: that finishes first, then the process stops (Tracker.__exit__)
+        _sigterm["pending"] = True
         return
-    _sigterm["raised"] = True
-    raise Terminated()
+    raise Terminated()  # each SIGTERM: one swallowed by a __del__ or an except SystemExit does not mute the next
 
 
 class Tracker:
@@ -347,7 +361,7 @@ class Tracker:
         labels = _CHILD_LABELS.get() if self.parent_run_id is not None else None
         run_name, start_tags = self.run_name, {}
         if labels is not None:
-            run_name = f"{run_name} {labels[0]}" if run_name else labels[0]
+            run_name = (f"{run_name} {labels[0]}" if run_name else labels[0])[:_MAX_KEY]  # runs.name: 250 in SQL
             start_tags = {mlflow_key(k): v[:_MAX_TAG_VALUE] for k, v in labels[1].items()}
 
         def start():
@@ -373,7 +387,7 @@ class Tracker:
             if threading.current_thread() is threading.main_thread() and _sigterm["owner"] is None \
                     and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _on_sigterm)  # the outermost run's; restored when it ends
-                _sigterm.update(owner=self, raised=False)
+                _sigterm.update(owner=self, ending=0, pending=False)
                 self._owns_sigterm = True
             self._thread = threading.Thread(target=self._serve, name="router-ml-tracking", daemon=True)
             self._thread.start()
@@ -405,6 +419,7 @@ class Tracker:
             status = "KILLED"
         else:
             status = "FAILED"
+        _sigterm["ending"] += 1
         try:
             self._submit("end", lambda: self._end(status), wait=True)
             if self._thread is not None:
@@ -412,10 +427,15 @@ class Tracker:
                 self._thread.join()
                 self._thread = None
         finally:
+            _sigterm["ending"] -= 1
             if self._owns_sigterm:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                _sigterm.update(owner=None, raised=False)
+                _sigterm["owner"] = None
                 self._owns_sigterm = False
+        if _sigterm["pending"] and not _sigterm["ending"]:  # SIGTERM while the run was ended: stop now
+            _sigterm["pending"] = False
+            if exc_type is None:  # (an exception already on its way out stops the process anyway)
+                raise Terminated()
 
     def _keys(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` under names MLflow accepts (:func:`mlflow_key`); the first renaming is warned about."""
