@@ -554,6 +554,12 @@ class RoutedClient:
     def breaker(self, upstream: str) -> CircuitBreaker:
         return self._async.breaker(upstream)
 
+    def decide(self, body: dict[str, Any], headers: Mapping[str, str] | None = None,
+               willingness_to_pay: Any = None) -> tuple[RouteInfo, str]:
+        """The decide step alone (:meth:`AsyncRoutedClient.decide`: validation, pins, rules, the router; no
+        HTTP): a fresh :class:`RouteInfo` and the routed text."""
+        return self._async.decide(body, headers=headers, willingness_to_pay=willingness_to_pay)
+
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self._loop.is_closed():
             coro.close()

@@ -441,8 +441,14 @@ class Router:
 
     # --- deciding ---------------------------------------------------------------------------
 
-    def with_prices(self, prices: PriceCatalog, expected_output_tokens: Mapping[str, float]) -> Router:
-        """A router that prices calls with a new catalog - no retraining for a price change."""
+    def with_prices(self, prices: PriceCatalog, expected_output_tokens: Mapping[str, float] | float) -> Router:
+        """A router that prices calls with a new catalog - no retraining for a price change.
+        ``expected_output_tokens``: per model (a mapping), or one number for every model."""
+        if is_number(expected_output_tokens):
+            expected_output_tokens = dict.fromkeys(self.models, float(expected_output_tokens))
+        elif not isinstance(expected_output_tokens, Mapping):
+            raise TypeError(f"expected_output_tokens: a number or a mapping of model to tokens, not "
+                            f"{type(expected_output_tokens).__name__}")
         clone = self._copy()
         clone._set_costs(CostModel.from_prices(prices, self.models, dict(expected_output_tokens)))
         return clone

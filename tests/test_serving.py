@@ -269,6 +269,24 @@ def test_rules_pins_and_the_knob_decide_before_the_router(router):
         with pytest.raises(RequestError) as err:
             client.decide(body)
         assert err.value.field == field
+    # the synchronous client decides the same (the README's client.decide was the async client's alone)
+    with RoutedClient(router, ProviderCatalog(data, source="p.toml")) as sync:
+        info, text = sync.decide({"messages": MSG}, {"x-tier": "premium"})
+        assert (info.chosen, info.rule, text) == ("frontier-xl", "tier", MSG[0]["content"])
+        assert sync.decide({"messages": MSG}, willingness_to_pay=0)[0].chosen == cheapest
+
+
+def test_with_prices_takes_one_number_for_every_model_or_one_per_model(router):
+    """with_prices(catalog, 150) - as the catalog's own expected_output_tokens = 150 reads - was a TypeError."""
+    from router_ml.pricing import PriceCatalog
+
+    prices = PriceCatalog.load(ROOT / "data" / "demo" / "prices.toml")
+    one, each = router.with_prices(prices, 150), router.with_prices(prices, dict.fromkeys(router.models, 150))
+    prompts = ["Explain the difference between a list and a tuple."]
+    assert (one.costs(prompts) == each.costs(prompts)).all()
+    assert (one.costs(prompts) != router.with_prices(prices, 10).costs(prompts)).any()
+    with pytest.raises(TypeError, match="expected_output_tokens: a number or a mapping of model to tokens"):
+        router.with_prices(prices, "150")
 
 
 def test_catalog_prices_reprice_routing_only_with_expected_output_tokens(router):
