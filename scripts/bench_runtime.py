@@ -354,7 +354,7 @@ def runtime_fingerprint() -> dict:
 
 def main() -> None:
     """Run every benchmark in an order that keeps them from disturbing each other; print the JSON report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--router", required=True, help="exported router artifact directory")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for single-prompt latency")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per measurement (default 5, quick 2)")

@@ -253,7 +253,7 @@ def record_counts(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--sizes", type=record_counts, default="10000,100000,1000000",
                     help="comma-separated record counts")
     ap.add_argument("--work-dir", type=Path, default=Path("bench_scale"), help="data, runs and caches go here")

@@ -56,7 +56,7 @@ async def replay(client, prompts: list[str], rows: list[int], knob: float, concu
 def main(argv: list[str] | None = None) -> int:
     from router_ml.cli import bounded
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--router", required=True)
     parser.add_argument("--scorer", required=True)
     parser.add_argument("--policy", required=True, help="policy.json written by 'router-ml cascade evaluate'")

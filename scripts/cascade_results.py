@@ -62,7 +62,7 @@ def seed_row(seed: int, report: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default="results/cascade")

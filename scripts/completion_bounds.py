@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from router_ml.cli import bounded
     from training.sweep import seeds_arg
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--run", required=True, help="a finished offpolicy_targets.py --part learning --out")
     parser.add_argument("--config", help="the config that run used (offpolicy_targets.py --config; default mlp_static)")
     parser.add_argument("--datasets", default="demo,mmlu-pro")

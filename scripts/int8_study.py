@@ -138,7 +138,7 @@ def emulate_avx2(a: np.ndarray, w: np.ndarray, rows: int = 16) -> dict:
 def main() -> None:
     from router_ml.cli import bounded
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--artifact", required=True, type=Path, help="an fp32 router artifact")
     parser.add_argument("--prompts", required=True, type=Path, help="parity prompts (JSON list)")
     parser.add_argument("--out", required=True, type=Path, help="where to leave one artifact per variant")

@@ -136,7 +136,7 @@ def summarise(per_seed: dict[int, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--protocol", choices=sorted(studies()), action="append",
                         help="default: routellm, mmlu-pro and demo")
     parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")

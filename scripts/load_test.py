@@ -310,7 +310,7 @@ def figures(label: str, runs: list[dict], cpu_s: float, direct: dict | None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--router", default=str(ROOT / "models/demo/artifact"), help="router artifact directory")
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests per second (open loop)")
     parser.add_argument("--concurrency", type=int, default=50, help="client connections")

@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.protocols import protocols
     from training.sweep import seeds_arg
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--part", default="learning,evaluation", help="learning, evaluation or both (default)")
     parser.add_argument("--datasets", default="demo,mmlu-pro", help="LEARNING data sets: demo, mmlu-pro, routellm "
                         "(GPT-4 vs Mixtral, contaminated prompts excluded), mmlu-pro-7 (the 7-model MMLU-Pro table "

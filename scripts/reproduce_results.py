@@ -126,7 +126,7 @@ def markdown_tables(results: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--protocols", default="routellm,mmlu-pro")
     parser.add_argument("--variants", default="mlp_static,mlp_static_no_tradeoff,mf,mlp_minilm")
     parser.add_argument("--seeds", type=seeds_arg, default="0-4", help="e.g. 0-4 or 0,2")

@@ -71,7 +71,7 @@ def bounds_for_seed(protocol: str, field: str, seed: int, smoothing: float) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), action="append",
                         help="default: every protocol")
     parser.add_argument("--group", action="append", help="task or metadata.<key> (repeatable; default: task, "

@@ -245,6 +245,10 @@ def test_savings_at_iso_quality_hand_computed():
     assert savings_at_iso_quality(costs, qualities, reference_cost=4.0, reference_quality=0.4) == pytest.approx(0.25)
     assert savings_at_iso_quality(costs, qualities, reference_cost=4.0, reference_quality=0.9) == pytest.approx(1.0)
     assert savings_at_iso_quality(costs, qualities, reference_cost=4.0, reference_quality=0.95) is None
+    # the best point itself, reached by another sum of the same outcomes (2.4e-15 apart): reached, not None
+    noisy = 0.9 + 2.4e-15
+    assert savings_at_iso_quality(costs, qualities, reference_cost=4.0, reference_quality=noisy) == pytest.approx(1.0)
+    assert savings_at_iso_quality(costs, qualities, reference_cost=4.0, reference_quality=0.9 + 1e-9) is None
 
 
 def test_best_quality():
