@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import re
@@ -476,6 +477,9 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    if not faulthandler.is_enabled():  # a crash inside a native library prints every thread's Python stack
+        with contextlib.suppress(Exception):  # (stderr without a file descriptor, e.g. captured: left off)
+            faulthandler.enable()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_groups=not argv or argv[0] not in RUNTIME_COMMANDS)
     args = parser.parse_args(argv)

@@ -520,3 +520,12 @@ def test_train_into_an_existing_file_is_refused_before_any_work_and_the_file_kep
     out = run("train", "--data", data, "--out", data, "--quiet", cwd=tmp_path)
     assert out.returncode == 1 and f"--out {data}: exists and is not a directory" in out.stderr, out.stderr
     assert data.read_bytes() == DEMO.read_bytes()
+
+
+def test_a_crash_in_a_native_library_prints_the_python_stacks(tmp_path):
+    """A `train` under load once died of SIGSEGV with nothing on stderr but its progress lines: the CLI turns
+    faulthandler on, so such a crash names the Python frames of every thread."""
+    code = ("import ctypes\nfrom router_ml.cli import main\nmain(['route', '--artifact', 'missing', 'hi'])\n"
+            "ctypes.string_at(0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == -11 and "Fatal Python error: Segmentation fault" in out.stderr, out.stderr[-2000:]
