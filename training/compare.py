@@ -272,9 +272,11 @@ def _client(tracking_uri: str | None):
 
 
 def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str], filter_string: str | None,
-          uri: str = "the tracking store", left_out: dict[str, int] | None = None, store_uri: str | None = None):
+          store_uri: str, left_out: dict[str, int]):
     """The finished training runs selected; ``left_out`` counts the training runs left out by status."""
-    from training.tracking import ERROR_TAG, TrackingStoreError, store_problem
+    from training.tracking import ERROR_TAG, TrackingStoreError, redact_uri, store_problem
+
+    uri = redact_uri(store_uri)  # for messages: a password never printed
 
     runs = []
     for run_id in run_ids:
@@ -282,7 +284,7 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
             run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
             if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                raise TrackingStoreError(store_problem(store_uri or uri, exc)) from None
+                raise TrackingStoreError(store_problem(store_uri, exc)) from None
             raise RouterMLError(f"run {run_id}: not found in {uri} ({exc.message}); check the run id and "
                                 "MLFLOW_TRACKING_URI") from None
         # a run named by id is never left out without a word (an experiment's unfinished runs are)
@@ -323,8 +325,7 @@ def _find(client, mlflow, *, experiments: Sequence[str], run_ids: Sequence[str],
             continue
         seen.add(run.info.run_id)
         if run.info.status != "FINISHED":
-            if left_out is not None:
-                left_out[run.info.status] = left_out.get(run.info.status, 0) + 1
+            left_out[run.info.status] = left_out.get(run.info.status, 0) + 1
             continue
         out.append(run)
     return out
@@ -372,8 +373,8 @@ def compare_runs(*, experiments: Sequence[str] = (), run_ids: Sequence[str] = ()
     mlflow, client, store_uri = _client(tracking_uri)
     uri = redact_uri(store_uri)
     left_out: dict[str, int] = {}
-    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string, uri=uri,
-                 left_out=left_out, store_uri=store_uri)
+    runs = _find(client, mlflow, experiments=experiments, run_ids=run_ids, filter_string=filter_string,
+                 store_uri=store_uri, left_out=left_out)
     if not runs:
         raise RouterMLError("no finished training runs match the selection"
                             + (f" ({_left_out_text(left_out)})" if left_out else ""))
