@@ -23,8 +23,8 @@ validation): the bar is the better of the two. Rules:
   ``train``'s baseline setting (C = 1, uncalibrated) on at least X of 200 paired bootstrap resamples of
   the held-out prompts, else that regression - the baseline kept unless the selection beats it beyond noise.
 
-Each rule's ensemble (the mean of its families' predictions; also without MF, and of the logistic
-regression and kNN alone) and the candidate the ensemble rule keeps (``router.ensemble_confidence`` 0.95)
+Each rule's ensemble (the mean of its families' predictions; also without MF, without kNN, and of the
+logistic regression and kNN alone) and the candidate the ensemble rule keeps (``router.ensemble_confidence`` 0.95)
 are scored; for the default rule also three other ways to combine the members: a mean of logits,
 stacking (simplex weights minimising the held-out Brier score) and greedy ensemble selection by held-out
 AIQ (Caruana et al., 2004). The fitting step writes each run's arrays to ``<out>/tuning/<table>_s<seed>.npz``
@@ -269,7 +269,8 @@ def analyse(path: str, table: str, seed: int) -> dict:
 
 
 #: ensembles scored: every family, and subsets
-ENSEMBLES = {"all": "all", "no mf": ("mlp", "logreg", "knn", "groups"), "lr+knn": ("logreg", "knn")}
+ENSEMBLES = {"all": "all", "no mf": ("mlp", "logreg", "knn", "groups"), "lr+knn": ("logreg", "knn"),
+             "no knn": ("mlp", "mf", "logreg", "groups")}
 
 
 def summarize(runs: list[dict]) -> dict:

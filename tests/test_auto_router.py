@@ -225,6 +225,12 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
     with pytest.raises(ConfigError, match="the ensemble averages"):  # nor the lexical regression: blended after
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,lexical,ensemble"])
+    with pytest.raises(ConfigError, match=r"router.ensemble_members\[1\]: expected one of mlp, mf, groups, logreg"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_members=mlp,lexical"])
+    with pytest.raises(ConfigError, match="router.candidates: the ensemble averages the candidates of "
+                                          r"router.ensemble_members \(mlp, logreg\)"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,knn,ensemble",
+                                                          "router.ensemble_members=mlp,logreg"])
     with pytest.raises(ConfigError, match=r"router.knn_dims.*>= 0"):
         load_config(ROOT / "training/configs/auto.toml", ["router.knn_dims=-1"])
     with pytest.raises(ConfigError, match=r"router.lexical_blend.*\[0, 1\)"):
@@ -697,6 +703,21 @@ def test_auto_cross_validates_small_data_logs_every_candidate_and_exports_the_en
     assert knob["willingness_to_pay"][0] == 0.0 and len(table) == 560 + test_n
     assert knob["quality"][0] == pytest.approx(table.quality[np.arange(len(table)), cheapest].mean())
     assert metrics["curve"]["quality"][0] != pytest.approx(knob["quality"][0])
+
+
+def test_the_ensemble_averages_only_router_ensemble_members_and_leaves_the_others_candidates(tmp_path, demo_800):
+    import onnx
+
+    summary = _train(tmp_path, demo_800, **{"router.candidates": ["logreg", "knn", "mf", "ensemble"],
+                                            "router.ensemble_members": ["logreg", "mf"],
+                                            "router.auto_pick": "ensemble", "tracking.enabled": False})
+    candidates = summary["selection"]["candidates"]
+    assert candidates["ensemble"]["members"] == ["logreg", "mf"] and "val_aiq" in candidates["knn"]  # still tried
+    # the exported graph holds no kNN search: no stored prompts, no TopK
+    ops = {n.op_type for n in onnx.load(str(Path(summary["artifact"]) / "router.onnx")).graph.node}
+    assert "TopK" not in ops, ops
+    assert summary["export"]["fp32_max_abs_diff"] < 1e-4
+    _runtime_matches_training(summary, demo_800)
 
 
 @pytest.mark.slow  # fine-tunes a tiny encoder six times: five folds and the final fit

@@ -92,6 +92,8 @@ class RouterConfig:
     lexical_on_logs: bool = True
     #: auto: Platt-scale a candidate per model where that raises held-out AIQ (never on imputed cells)
     calibrate: bool = True
+    #: auto: the candidates the ensemble averages, of those fitted (mlp, mf, groups, logreg, knn)
+    ensemble_members: tuple[str, ...] = ("mlp", "mf", "groups", "logreg", "knn")
     #: auto: a single candidate replaces the ensemble only when it beats it on this share of paired
     #: bootstrap resamples of the held-out prompts (1 = every resample)
     ensemble_confidence: float = 0.95
@@ -355,6 +357,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 _DEVICES = ("auto", "cpu", "cuda")
 LOGGED_TARGETS = ("impute", "mask")
+#: what router.ensemble_members may name: the auto candidates over the same static features
+ENSEMBLE_MEMBERS = ("mlp", "mf", "groups", "logreg", "knn")
 
 
 def _router_kinds() -> list[str]:
@@ -447,9 +451,14 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
     if r.auto_pick and r.auto_pick not in r.candidates:
         fail("router.auto_pick", f"expected '' or one of router.candidates ({', '.join(r.candidates)}), "
                                  f"got {r.auto_pick!r}")
-    if "ensemble" in r.candidates and len(set(r.candidates) - {"ensemble", "encoder", "lexical"}) < 2:
-        fail("router.candidates", "the ensemble averages the other candidates over the same features: list at "
-                                  "least two besides it, the encoder and lexical")
+    for i, member in enumerate(r.ensemble_members):
+        if member not in ENSEMBLE_MEMBERS:
+            fail(f"router.ensemble_members[{i}]", f"expected one of {', '.join(ENSEMBLE_MEMBERS)} (the candidates over "
+                                                  f"the static features), got {member!r}")
+    if "ensemble" in r.candidates and len(set(r.candidates) & set(r.ensemble_members)) < 2:
+        fail("router.candidates", "the ensemble averages the candidates of router.ensemble_members ("
+                                  f"{', '.join(r.ensemble_members) or 'none'}): list at least two of them in "
+                                  "router.candidates, or add to router.ensemble_members")
     for i, field_ in enumerate(r.auto_groups):
         if field_ != "task" and not (field_.startswith("metadata.") and len(field_) > len("metadata.")):
             fail(f"router.auto_groups[{i}]", f"expected 'task', 'metadata.<key>' or 'metadata.*', got {field_!r}")

@@ -294,7 +294,7 @@ class _Selection(CandidateParts):
                 report[family][{"logreg": "C", "lexical": "C", "knn": "k", "groups": "field"}[family]] = v[1]
                 report[family]["grid"] = {str(u[1]): round(scores[u]["val_aiq"], 5) for u in variants if u[0] == family}
         # one graph: heads over the same features (the lexical regression is blended in after the choice)
-        averaged = [f for f in best if f not in ("encoder", "lexical")]
+        averaged = [f for f in best if f in self.r.ensemble_members]
         if "ensemble" in self.r.candidates and len(averaged) >= 2:
             mean = np.mean([calibrated[best[f]] for f in averaged], axis=0)
             report["ensemble"] = {"val_aiq": held_out_aiq(mean, held), "ece": expected_calibration_error(mean, Q),

@@ -157,7 +157,7 @@ class CandidateParts:
             raise RouterMLError(f"router.kind = auto: every candidate in router.candidates was skipped ({why}); add "
                                 "mlp, logreg, knn or mf to router.candidates")
         pick = self.r.auto_pick
-        averaged = [f for f in self.families if f not in ("encoder", "lexical")]
+        averaged = [f for f in self.families if f in self.r.ensemble_members]
         if pick in skipped or (pick == "ensemble" and len(averaged) < 2):
             reason = skipped.get(pick, "fewer than two candidates to average")
             raise RouterMLError(f"router.auto_pick = {pick!r}: that candidate is not fitted on this data ({reason}); "
