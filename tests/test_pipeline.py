@@ -362,6 +362,41 @@ def test_data_of_one_model_is_refused_before_any_work(tmp_path, demo_subset):
     with pytest.raises(DataError, match=r"one\.jsonl: every outcome is of one model \('tiny-1b'\).*at least two"):
         train_router(config, one, out_dir=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+    # a wide table whose second model column is empty names it (the model was dropped before the refusal)
+    wide = tmp_path / "wide.csv"
+    wide.write_text("prompt,big,big|total_cost,small,small|total_cost\n"
+                    + "".join(f"q{i},{i % 2},0.01,,\n" for i in range(40)))
+    with pytest.raises(DataError, match=r"wide\.csv: every outcome is of one model \('big'\).*the model column\(s\) "
+                                        r"\['small'\] hold no outcome in any record"):
+        train_router(config, wide, out_dir=tmp_path / "r2", progress=False)
+
+
+def test_data_without_costs_is_named_and_two_models_without_costs_are_said_to_cost_0_and_1(tmp_path, caplog):
+    """No usable cost column: the error names the file and the `M|...` columns that were ignored (a cost
+    column misnamed `M|price`); with exactly two models the RouteLLM rule prices them 0 and 1 per call, and
+    `train` says so on stderr instead of routing on invented costs in silence."""
+    from router_ml.errors import DataError
+    from training.config import load_config
+    from training.pipeline import prepare
+
+    config = load_config(ROOT / "training/configs/mlp_static.toml", ["tracking.enabled=false"])
+    three = tmp_path / "three.csv"
+    three.write_text("prompt,a,a|price,b,b|price,c,c|price\n"
+                     + "".join(f"q{i},{i % 2},1,{i % 3 > 0:d},2,1,3\n" for i in range(60)))
+    with pytest.raises(DataError, match=r"three\.csv: no costs in the data: give a price catalog \(--prices\) or cost "
+                                        r"columns for the 3 models; its columns \['a\|price', 'b\|price', "
+                                        r"'c\|price'\] were ignored \(a model's cost column is "
+                                        r"'<model>\|total_cost'\)"):
+        prepare(config, three)
+    two = tmp_path / "two.csv"
+    two.write_text("prompt,weak,weak|price,strong,strong|price\n"
+                   + "".join(f"q{i},{i % 3 == 0:d},1,1,2\n" for i in range(60)))
+    with caplog.at_level("WARNING", logger="router_ml"):
+        prep = prepare(config, two)
+    assert list(prep.table.models) == ["weak", "strong"]
+    assert (prep.cost[:, 0] == 0).all() and (prep.cost[:, 1] == 1).all()
+    assert any("no costs in the data: with two models the stronger on the training split, 'strong', costs 1 and "
+               "'weak' 0 per call" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_evaluate_scores_exported_artifacts_on_the_checkpoints_path(tmp_path, trained):

@@ -18,6 +18,8 @@ observed training costs.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from router_ml import metrics
@@ -29,6 +31,7 @@ from training.data.table import TrafficTable
 __all__ = ["column_means", "fit_cost_model", "observed_costs"]
 
 _BLOCK = 1 << 16
+log = logging.getLogger("router_ml.train")
 
 
 def column_means(matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -75,6 +78,10 @@ def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCat
             _, strong = metrics.weak_and_strong(column_means(quality, train_rows))
             cost = np.zeros_like(quality)
             cost[:, strong] = 1.0
+            log.warning("no costs in the data: with two models the stronger on the training split, '%s', costs 1 "
+                        "and '%s' 0 per call (RouteLLM's axis: the share of calls to the strong model); give a "
+                        "price catalog (--prices) or cost columns for costs in dollars", table.models[strong],
+                        table.models[1 - strong])
             return cost
         if prices is not None:
             unpriced = [m for m in table.models if m not in prices]

@@ -101,7 +101,13 @@ def prepare(config: TrainConfig, data: str | Path, *, prices: str | Path | Price
     split = split_table(table, train_size=config.data.train_size, val_size=config.data.val_size,
                         seed=config.data.seed)
     _check_split(split, config.data.train_size, config.data.val_size)
-    cost = observed_costs(table, split.train, catalog)
+    try:
+        cost = observed_costs(table, split.train, catalog)
+    except DataError as exc:  # name the data, and the columns a cost may have been meant to come from
+        ignored = [c for c in report.ignored_columns if "|" in c]
+        hint = (f"; its columns {ignored} were ignored (a model's cost column is '<model>|total_cost')"
+                if ignored else "")
+        raise DataError(exc.reason + hint, location=exc.location or str(data), field=exc.field) from None
     cost_model = fit_cost_model(table, cost, split.train, catalog)
     # the knob values every evaluation of this router sweeps, saved with its cost model
     grid = knob_grid(column_means(cost, split.train), config.eval.knob_points)
@@ -304,9 +310,11 @@ def train_router(config: TrainConfig | str | Path, data: str | Path, *, out_dir:
     prep = prepare(config, data, prices=prices, **load_options)
     table, split = prep.table, prep.split
     if len(table.models) < 2:
+        empty = prep.report.models_without_outcomes
         raise DataError(f"{data}: every outcome is of one model ({table.models[0]!r}), and a router chooses between "
                         "models: give outcomes of at least two (logged traffic with exploration, or records "
-                        "evaluated on several models)")
+                        "evaluated on several models)"
+                        + (f"; the model column(s) {empty} hold no outcome in any record" if empty else ""))
     fingerprint = table.fingerprint()
     groups = group_labels(table, config.router.groups) if config.router.groups else auto_group_labels(config, table)
     if config.router.groups:  # before featurizing: a setting that cannot train fails now
