@@ -251,9 +251,10 @@ def _key_from_env(flag: str, name: str | None) -> str | None:
     return key
 
 
-def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+def serve_options(args: argparse.Namespace, served: str | None = None) -> dict[str, Any]:
     """``run_server``'s keyword arguments from the ``serve`` flags (the supervisor and each worker parse the
-    same command line); errors name the flag."""
+    same command line); errors name the flag. ``served``: a worker's record of the variants its siblings serve
+    (:attr:`router_ml.variants.VariantSource.served`)."""
     from router_ml.variants import VariantSource, parse_variant
 
     given = [f for f, v in (("--artifact", args.artifact), ("--variant", args.variant), ("--variants", args.variants))
@@ -263,9 +264,9 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
                             f"--variants FILE.toml (got {', '.join(given) or 'none'})")
     variants = None
     if args.variant:
-        variants = VariantSource([parse_variant(v) for v in args.variant])
+        variants = VariantSource([parse_variant(v) for v in args.variant], served=served)
     elif args.variants:
-        variants = VariantSource(file=args.variants)
+        variants = VariantSource(file=args.variants, served=served)
     if args.workers > per_cpu_limit():  # 100000 once forked until the machine ran out of memory
         raise UsageError(f"--workers {args.workers}: at most {per_cpu_limit()} on this machine (4 per CPU, "
                             f"{os.cpu_count()} CPUs); run more replicas behind a load balancer instead")

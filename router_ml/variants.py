@@ -27,14 +27,22 @@ the current ones; the new split then replaces the old in one assignment. A reque
 finishes on the router that decided it; none waits and none is dropped. A failed load (a broken
 artifact, a bad file) keeps the current variants and reports why. ``router-ml serve`` reloads on
 SIGHUP and on ``POST /admin/reload`` (see :mod:`router_ml.serve`).
+
+Under ``--workers N`` each worker records the variants it serves after every successful load or reload
+(:attr:`VariantSource.served`, a file the supervisor names), and a worker started later - one restarted
+after a crash - loads those instead of reading the variants file again: it serves what its siblings
+serve, not an edit nobody reloaded, and a file left broken on disk cannot keep it from starting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
+import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,8 +57,11 @@ from router_ml.exploration import Exploration
 from router_ml.providers import ProviderCatalog
 from router_ml.router import Router
 
-__all__ = ["Split", "Variant", "VariantClient", "VariantError", "VariantSource", "VariantSpec", "check_split",
-           "load_split", "parse_variant", "read_variants_file"]
+__all__ = ["SERVED_ENV", "Split", "Variant", "VariantClient", "VariantError", "VariantSource", "VariantSpec",
+           "check_split", "load_split", "parse_variant", "read_variants_file"]
+
+#: the environment variable through which ``router-ml serve --workers`` names :attr:`VariantSource.served`
+SERVED_ENV = "ROUTER_ML_SERVED_VARIANTS"
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -145,12 +156,16 @@ class VariantSource:
     """Where the variants come from, read again on every reload: a fixed list of specs (``--artifact`` or
     ``--variant``, whose artifacts are reloaded from the same paths) or a TOML file (``--variants``)."""
 
-    def __init__(self, specs: list[VariantSpec] | None = None, file: str | Path | None = None):
+    def __init__(self, specs: list[VariantSpec] | None = None, file: str | Path | None = None, *,
+                 served: str | Path | None = None):
         if (specs is None) == (file is None):
             raise ValueError("give the variant specs or a variants file, not both")
         self.file = None if file is None else Path(file)
         self._specs = specs
-        self.specs()  # fail now on a bad config, not at the first reload
+        #: where the specs served now are recorded and read back by a restarted worker (None: nowhere)
+        self.served = Path(served) if served else None
+        if self.served is None or not self.served.exists():
+            self.specs()  # fail now on a bad config, not at the first reload
 
     def specs(self) -> list[VariantSpec]:
         if self.file is not None:
@@ -160,6 +175,24 @@ class VariantSource:
 
     def describe(self) -> str:
         return str(self.file) if self.file is not None else "command line"
+
+    def first_specs(self) -> list[VariantSpec]:
+        """The specs to start with: those recorded in :attr:`served` by a worker serving them already,
+        else :meth:`specs`."""
+        if self.served is not None:
+            with contextlib.suppress(FileNotFoundError):
+                recorded = json.loads(self.served.read_text(encoding="utf-8"))
+                return [VariantSpec(v["name"], v["artifact"], float(v["weight"])) for v in recorded]
+        return self.specs()
+
+    def record(self, specs: list[VariantSpec]) -> None:
+        """Write ``specs`` to :attr:`served` (atomically: a reader never sees half a file)."""
+        if self.served is None:
+            return
+        tmp = self.served.with_name(f"{self.served.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([{"name": s.name, "artifact": s.artifact, "weight": s.weight} for s in specs]),
+                       encoding="utf-8")
+        os.replace(tmp, self.served)
 
 
 @dataclass(frozen=True)
@@ -219,7 +252,10 @@ class VariantClient(AsyncRoutedClient):
 
     def __init__(self, source: VariantSource, catalog: ProviderCatalog, *, exploration: Exploration | None = None,
                  willingness_to_pay: float | None = None, split: Split | None = None, **kwargs: Any):
-        split = split or load_split(source.specs(), catalog, exploration)
+        if split is None:
+            specs = source.first_specs()
+            split = load_split(specs, catalog, exploration)
+            source.record(specs)
         cascade = kwargs.pop("cascade", None)
         super().__init__(split.primary.router, catalog, exploration=exploration,
                          willingness_to_pay=willingness_to_pay, **kwargs)
@@ -257,5 +293,6 @@ class VariantClient(AsyncRoutedClient):
             specs = self.source.specs()
             split = await asyncio.to_thread(load_split, specs, self.catalog, self.exploration)
             self._use(split)
+            self.source.record(specs)
             self.reloads += 1
             return split.to_list()

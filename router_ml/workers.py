@@ -74,12 +74,14 @@ def supervise(serve_argv: list[str], workers: int, options: dict[str, Any]) -> i
     module doc). ``options``: the parsed ``run_server`` options, checked here before any worker starts."""
     from router_ml.providers import ProviderCatalog
     from router_ml.serve import MULTIPROC_ENV, bind, check_open_bind
+    from router_ml.variants import SERVED_ENV
 
     check_open_bind(options["host"], options["api_key"])
     ProviderCatalog.load(options["providers"])  # a bad catalog fails here once, not in every worker
     sock = bind(options["host"], options["port"])
     metrics_dir = tempfile.mkdtemp(prefix="router-ml-metrics-")
-    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    # the variants the workers serve, recorded by each after a load or reload: a restarted worker starts on them
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir, SERVED_ENV: os.path.join(metrics_dir, "served-variants.json")}
     ready_r, ready_w = os.pipe()
     os.set_blocking(ready_r, False)
     slots = [_Slot(k) for k in range(workers)]
@@ -225,13 +227,15 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     from router_ml.cli import build_parser, serve_options
     from router_ml.serve import Worker, run_server
+    from router_ml.variants import SERVED_ENV
 
     def ready(banner: str) -> None:
         os.write(own.ready_fd, json.dumps({"slot": own.slot, "pid": os.getpid(), "banner": banner}).encode() + b"\n")
 
     sock = socket.socket(fileno=own.listen_fd)
     try:
-        options = serve_options(build_parser(command_groups=False).parse_args(["serve", *serve_args]))
+        options = serve_options(build_parser(command_groups=False).parse_args(["serve", *serve_args]),
+                                served=os.environ.get(SERVED_ENV))
         run_server(**options, worker=Worker(own.slot, sock, ready))
     except RouterMLError as exc:
         say(f"error: worker {own.slot}: {exc}")

@@ -3,6 +3,7 @@ swaps (admin endpoint and SIGHUP) under load without losing a request."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -145,3 +146,45 @@ def test_hot_swaps_under_load_lose_nothing(trained, tmp_path):
     logged = {d["request_id"]: d["variant"] for d in decisions(log)}
     assert len(logged) == len(decisions(log)) == len(load.answered)
     assert logged == {rid: variant for rid, variant, _ in load.answered}
+
+
+def _health_variants(url: str, pids: set[int] | None = None) -> dict[int, list[tuple[str, float]]]:
+    """pid -> [(variant, weight)] of each worker /health reaches on fresh connections (both, in 40 tries)."""
+    seen: dict[int, list[tuple[str, float]]] = {}
+    for _ in range(40):
+        h = httpx.get(url + "/health", headers={"connection": "close"}, timeout=30).json()
+        seen[h["pid"]] = [(v["name"], v["weight"]) for v in h["variants"]]
+        if len(seen) == 2 and (pids is None or not set(seen) & pids):
+            break
+    return seen
+
+
+@pytest.mark.slow  # the session's trained router
+def test_a_restarted_worker_serves_what_its_siblings_serve_not_the_file_on_disk(trained, tmp_path):
+    """Two workers on a/b. An edit nobody reloaded (b dropped), then a broken file: a worker killed after each
+    comes back on a/b, the variants the other serves - the server stays up. A reload still reads the file."""
+    _copies(trained.artifact, tmp_path, "a", "b")
+    conf = tmp_path / "variants.toml"
+    _write(conf, a="a", b="b")
+    both = [("a", 1.0), ("b", 1.0)]
+    with FakeUpstream(delay_s=0.005) as up, \
+            Served("--variants", str(conf), "--providers", str(providers_for(up.base_url, tmp_path)),
+                   "--workers", "2", cwd=tmp_path) as served:
+        first = _health_variants(served.url)
+        assert len(first) == 2 and list(first.values()) == [both, both]
+        for n, edit in enumerate(("[variants.a]\nartifact = \"a\"\nweight = 1\n", "garbage[")):
+            conf.write_text(edit)  # not reloaded
+            victim = sorted(_health_variants(served.url))[0]
+            os.kill(victim, signal.SIGKILL)
+            served.wait_for("was killed by SIGKILL", count=n + 1)
+            deadline = time.monotonic() + 60
+            while victim in (now := _health_variants(served.url)) or len(now) < 2:
+                assert time.monotonic() < deadline and served.proc.poll() is None, served.stderr
+                time.sleep(0.2)
+            assert list(now.values()) == [both, both], now
+        _write(conf, a="a")
+        served.proc.send_signal(signal.SIGHUP)
+        served.wait_for("reloaded the router variants", count=2)
+        assert list(_health_variants(served.url).values()) == [[("a", 1.0)], [("a", 1.0)]]
+        assert served.stop() == 0
+    assert "Traceback" not in served.stderr, served.stderr
