@@ -229,7 +229,7 @@ def test_an_artifact_directory_is_scored_through_the_runtime_and_says_seen_promp
     assert "training prompts not checked" in printed.stdout and "default knob" in printed.stdout
 
 
-def test_a_log_whose_models_differ_from_the_routers_is_refused_or_quarantined(tmp_path, trained, demo):
+def test_a_log_whose_models_differ_from_the_routers_is_refused_or_quarantined(tmp_path, trained, demo, caplog):
     from training.pipeline import evaluate_router
 
     records = _log(demo.records[TRAIN_RECORDS:TRAIN_RECORDS + 500], demo.models)
@@ -246,6 +246,14 @@ def test_a_log_whose_models_differ_from_the_routers_is_refused_or_quarantined(tm
     assert result["quarantined_unknown_model"] == 50 and result["scored"] == 450 and result["rejected"] == 50
     lines = [json.loads(line) for line in qfile.read_text().splitlines()]
     assert len(lines) == 50 and "mystery-70b" in lines[0]["reason"]
+    # an unknown model's outcome beside a known one in the same record: not scored, and said on stderr
+    beside = [dataclasses.replace(r, outcomes={**r.outcomes, "mystery-70b": next(iter(r.outcomes.values()))})
+              if i % 10 == 0 else r for i, r in enumerate(records)]
+    with caplog.at_level("WARNING", logger="router_ml"):
+        result = evaluate_router(trained.checkpoint, write_jsonl(beside, tmp_path / "beside.jsonl"), n_boot=0,
+                                 progress=False)
+    assert result["models_ignored"] == ["mystery-70b"] and result["rejected"] == 0
+    assert "50 outcomes of models the router does not know (['mystery-70b']) are not scored" in caplog.text
     # a router model the log never shows: its choices of it cannot be scored
     gone = demo.models[-1]
     without = write_jsonl([r for r in records if gone not in r.outcomes], tmp_path / "without.jsonl")
