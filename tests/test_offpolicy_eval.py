@@ -91,7 +91,9 @@ def test_a_log_without_propensities_is_refused_unless_an_estimator_is_forced(tmp
     refused = run("evaluate", "--router", trained.checkpoint, "--data", log, "--json", "--quiet", cwd=tmp_path)
     assert refused.returncode == 1 and refused.stdout == ""
     message = refused.stderr
-    assert str(log) in message and "lack `propensity`" in message
+    assert str(log) in message and "lack `propensity` (first records: " in message
+    first = records[0].sample_id  # the first record (scored in file order) is named, so it can be found
+    assert first is not None and f"(first records: {first!r}, " in message
     assert "log the probability of every logged choice" in message and "--estimator ips" in message
     forced = run("evaluate", "--router", trained.checkpoint, "--data", log, "--json", "--quiet", "--estimator",
                  "snips", cwd=tmp_path)

@@ -225,10 +225,14 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
         log.warning("%s: every scored record holds every outcome, so the router is scored exactly; --estimator %s "
                     "applies to logged traffic only", data, estimator)
     if held.logged and not held.has_propensities:
-        lacking = int((~np.isnan(held.quality) & ~np.isfinite(held.propensity)).sum())
+        gaps = ~np.isnan(held.quality) & ~np.isfinite(held.propensity)
+        lacking = int(gaps.sum())
         if estimator == "auto":
+            first = [table.records[int(i)] for i in scored[np.flatnonzero(gaps.any(axis=1))[:3]]]
+            named = ", ".join(repr(r.sample_id) if r.sample_id is not None else repr(r.text[:40]) for r in first)
             raise DataError(f"{data}: logged traffic (one model's outcome per prompt), but {lacking} logged outcomes "
-                            f"lack `propensity`, so it cannot be scored without bias; {_NO_PROPENSITY_FIX}")
+                            f"lack `propensity` (first records: {named}), so it cannot be scored without bias; "
+                            f"{_NO_PROPENSITY_FIX}")
         warning = (f"{data}: {lacking} logged outcomes lack `propensity`; --estimator {estimator} used exposure "
                    "weights (share of prompts each model was logged on), which is biased when the logging policy "
                    "looked at the prompt")
