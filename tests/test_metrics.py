@@ -570,6 +570,13 @@ def test_snips_stays_in_the_range_of_the_data_and_ess_counts_matching_prompts():
     ess = metrics.effective_sample_size(w, choices)
     assert (ess > 0).all() and (ess <= 500).all()
     assert ess[2] < ess[0]  # model 2 is only ever explored: few prompts, equal weights
+    # a valid but tiny propensity (1e-300): one weight dominates, the size is 1 - not NaN from an overflow
+    tiny = np.where(np.isnan(logged), np.nan, propensity)
+    first = np.flatnonzero(~np.isnan(logged[:, 0]))[0]
+    tiny[first, 0] = 1e-300
+    with np.errstate(over="raise", invalid="raise"):
+        assert metrics.effective_sample_size(metrics.propensity_weights(logged, tiny), choices[:1])[0] == \
+            pytest.approx(1.0)
     with pytest.raises(ValueError, match="no propensity"):
         metrics.propensity_weights(logged, np.where(np.isnan(logged), np.nan, np.nan))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):

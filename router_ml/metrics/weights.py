@@ -76,9 +76,14 @@ def effective_sample_size(weights: np.ndarray, choices: np.ndarray) -> np.ndarra
     _check_weights(weights, weights.shape)
     choices = _check_choices(choices, *weights.shape)
     chosen = weights[np.arange(weights.shape[0])[None, :], choices]
-    squares = (chosen**2).sum(axis=1)
+    # scaled by each row's largest weight first: the same ratio, and a propensity of 1e-300 (a weight of
+    # 1e300, valid input) no longer squares to inf and turns the size into NaN
+    top = chosen.max(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(squares > 0, chosen.sum(axis=1) ** 2 / squares, 0.0)
+        scaled = np.where(top > 0, chosen / np.where(top > 0, top, 1.0), 0.0)
+    squares = (scaled**2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(squares > 0, scaled.sum(axis=1) ** 2 / squares, 0.0)
 
 
 def _check_choices(choices: np.ndarray, n: int, m: int) -> np.ndarray:
