@@ -704,6 +704,26 @@ def test_hf_parquet_directory_wide_and_pairwise(tmp_path):
         load_traffic(arena, format="hf", columns={"prompt": "nope"})
 
 
+def test_the_hf_readers_own_bar_follows_quiet_like_ours(tmp_path, capsys, monkeypatch):
+    """`datasets` draws "Generating train split" on stderr whatever router-ml's --quiet said; it now follows
+    the same rule as router-ml's bars (off when quiet, on when forced)."""
+    import datasets
+
+    from training.progress import PROGRESS_ENV, progress_scope
+
+    monkeypatch.setenv(PROGRESS_ENV, "1")  # forced on, as on a terminal
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # a fresh cache: the split is generated
+    for n, quiet in enumerate((True, False)):
+        d = tmp_path / f"pq{n}"
+        d.mkdir()
+        pq.write_table(pa.table({"text": [f"q{n}", "q"], "m": [1.0, 0.0], "m|total_cost": [0.1, 0.1]}),
+                       d / "part-0.parquet")
+        with progress_scope(not quiet):
+            load_traffic(d, format="hf", columns={"prompt": "text"})
+        assert ("Generating train split" in capsys.readouterr().err) is not quiet
+        assert not datasets.are_progress_bars_disabled()  # left as it was found
+
+
 def test_hf_source_that_is_neither_a_local_path_nor_on_the_hub_says_both(tmp_path):
     missing = tmp_path / "no-such-dataset"  # an absolute path: no hub id, so nothing is requested
     with pytest.raises(DataError, match="neither a local file or directory") as info:

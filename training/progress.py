@@ -22,10 +22,12 @@ import contextvars
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["PROGRESS_ENV", "bar", "chunks", "progress_allowed", "progress_scope", "scoped_by_progress_flag"]
+__all__ = ["PROGRESS_ENV", "bar", "bars_shown", "chunks", "progress_allowed", "progress_scope",
+           "scoped_by_progress_flag"]
 
 #: ``1`` forces the bars on when stderr is not a terminal, ``0`` forces them off; unset: a terminal decides
 PROGRESS_ENV = "ROUTER_ML_PROGRESS"
@@ -76,6 +78,12 @@ def _disable(enabled: bool) -> bool | None:
     if forced in ("0", "false", "no", "off", "never"):
         return True
     return None
+
+
+def bars_shown() -> bool:
+    """Whether a bar would show here now: what other libraries' bars (the ``datasets`` readers') follow."""
+    disable = _disable(True)
+    return not disable if disable is not None else sys.stderr.isatty()
 
 
 def bar(*, total: int | None, desc: str, unit: str, enabled: bool = True, **options: Any) -> Any:

@@ -21,6 +21,20 @@ _MAPPING_KEYS = {"prompt", "messages", "sample_id", "task", "timestamp", "model"
 
 def _load_hf(source: str, split: str) -> Any:
     datasets = require("datasets", purpose="reading Hugging Face datasets")
+    from training.progress import bars_shown
+
+    # its "Generating train split" bar follows --quiet and the terminal as ours do
+    silence = not bars_shown() and not datasets.are_progress_bars_disabled()
+    if silence:
+        datasets.disable_progress_bars()
+    try:
+        return _load_hf_quietly(datasets, source, split)
+    finally:
+        if silence:
+            datasets.enable_progress_bars()
+
+
+def _load_hf_quietly(datasets: Any, source: str, split: str) -> Any:
     path = Path(source)
     try:
         if path.is_dir():
