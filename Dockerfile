@@ -1,7 +1,7 @@
 # router-ml serve: the OpenAI-compatible routing proxy, with the runtime and the serve extras only (no torch,
 # no training stack). Build:   docker build -t router-ml-serve .
 # Run (the router artifact, the provider catalog and the log directory are mounted; see the README's
-# "Production setup"):
+# "Serving in production"):
 #   docker run -p 8000:8000 -e ROUTER_ML_API_KEY -e OPENAI_API_KEY \
 #     -v $PWD/models/demo/artifact:/models/router:ro -v $PWD/providers.toml:/config/providers.toml:ro \
 #     -v router-ml-logs:/var/lib/router-ml router-ml-serve

@@ -424,8 +424,8 @@ def build_parser(*, command_groups: bool = True) -> argparse.ArgumentParser:
                        "re-read on reload")
     serve.add_argument("--providers", required=True, help="provider catalog (TOML): base URLs, key env names, "
                        "prices, fallbacks, rules")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
-                       "--api-key-env)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; one that is not "
+                       "loopback needs --api-key-env)")
     serve.add_argument("--port", type=bounded(int, 0, 65535), default=8000,
                        help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the key clients must "
