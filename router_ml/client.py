@@ -177,6 +177,9 @@ class AsyncRoutedClient:
         self.on_complete = on_complete
         self.log_errors = 0  # decision-log records that could not be written
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop its first call ran in
+        #: why a request cancelled now was cancelled, when its owner knows better than "the caller" (the
+        #: proxy, shutting down); None or a call returning None: the caller
+        self.cancel_reason: Callable[[], str | None] | None = None
         if upstream == "http1":
             if transport is not None:
                 raise RouterMLError("transport= is an httpx transport: give it with upstream='httpx' only")
@@ -444,7 +447,8 @@ class AsyncRoutedClient:
             raise
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-                info.status, info.error = "cancelled", "the caller cancelled the request"
+                reason = self.cancel_reason() if self.cancel_reason is not None else None
+                info.status, info.error = "cancelled", reason or "the caller cancelled the request"
             else:
                 info.status, info.error = "error", f"internal error: {type(exc).__name__}"
             self._finish(info, text, started)

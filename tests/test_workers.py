@@ -229,3 +229,39 @@ def test_a_second_server_on_a_log_another_one_writes_is_refused_and_feedback_sti
                                                                     ("decision", False)]
     assert all(f.stat().st_size == 0 for f in log_files(log)[1:])  # a refused server's other worker wrote nothing
 
+
+
+@pytest.mark.slow  # the session's trained router
+def test_requests_cut_off_by_the_shutdown_timeout_are_logged_as_the_servers_doing(trained, tmp_path):
+    """SIGTERM with requests in flight that outlast --shutdown-timeout: the server cancels them, and the
+    decision log says so (it said "the caller cancelled the request", blaming clients for a shutdown)."""
+    import threading
+
+    from router_ml.serve_app import SHUTDOWN_CANCEL
+
+    log = tmp_path / "decisions.jsonl"
+    with FakeUpstream(delay_s=5) as up, \
+            Served("--artifact", str(trained.artifact), "--providers", str(providers_for(up.base_url, tmp_path)),
+                   "--decision-log", str(log), "--shutdown-timeout", "0.5", cwd=tmp_path) as served:
+        outcomes: list[object] = []
+
+        def call() -> None:
+            try:
+                outcomes.append(httpx.post(served.url + "/v1/chat/completions", json={"messages": MSG},
+                                           timeout=30).status_code)
+            except httpx.HTTPError as exc:
+                outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(up.requests) < 3:  # all three at the upstream, which answers in 5 s
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert served.stop() == 0
+        for t in threads:
+            t.join(30)
+    assert len(outcomes) == 3 and 200 not in outcomes, outcomes
+    logged = decisions(log)
+    assert len(logged) == 3 and {(d["status"], d["error"]) for d in logged} == {("cancelled", SHUTDOWN_CANCEL)}
