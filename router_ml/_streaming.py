@@ -91,8 +91,10 @@ class UpstreamStream:
 
     def __init__(self, info: RouteInfo, replica: Replica, response: Any, events: AsyncIterator[bytes],
                  first: bytes, *, injected_usage: bool, breaker: CircuitBreaker, redact: Callable[[str], str],
-                 on_close: Callable[[RouteInfo, int, str | None], None], started: float, keep_text: bool = False):
+                 on_close: Callable[[RouteInfo, int, str | None], None], started: float, keep_text: bool = False,
+                 cancel_reason: Callable[[], str | None] | None = None):
         self.info = info
+        self._cancel_reason = cancel_reason
         self._replica, self._response, self._events, self._first = replica, response, events, first
         self._injected = injected_usage
         self._breaker, self._redact, self._on_close, self._started = breaker, redact, on_close, started
@@ -167,7 +169,8 @@ class UpstreamStream:
             await self._response.aclose()
         if self.info.status == "pending":
             self.info.status = "cancelled"
-            self.info.error = "the client stopped reading the stream"
+            reason = self._cancel_reason() if self._cancel_reason is not None else None
+            self.info.error = reason or "the client stopped reading the stream"
         if self.info.status == "ok":
             self._breaker.success()
         self._on_close(self.info, self._out_chars, None if self._text is None else "".join(self._text))

@@ -462,7 +462,8 @@ class AsyncRoutedClient:
 
             return UpstreamStream(info, replica, response, events, first, injected_usage=injected,
                                   breaker=self._breakers[replica.label], redact=self.catalog.redact,
-                                  on_close=on_close, started=started, keep_text=self.log_prompts)
+                                  on_close=on_close, started=started, keep_text=self.log_prompts,
+                                  cancel_reason=self.cancel_reason)
         if cascade is None:  # a cascade accounted for each of its calls
             info.input_tokens, info.output_tokens = usage_of(result)
             info.status = "ok"

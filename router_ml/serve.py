@@ -139,7 +139,8 @@ def run_server(*, router: str | None = None, providers: str, variants: VariantSo
         from router_ml.variants import VariantSpec
 
         variants = VariantSource([VariantSpec("default", str(router), 1.0)])
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while loading: the files are read now
+    # a reload asked for while loading: the files are read now (or the workers' record, read again after the load)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     path = None if not decision_log else worker_log_path(decision_log, worker.slot if worker else 0)
     log = DecisionLog(path, max_bytes=log_max_bytes, fsync=log_fsync) if path else None
     sock = None

@@ -78,9 +78,10 @@ class ProxyApp:
         self._expected = ("Bearer " + api_key).encode() if api_key else None
         self._admin_expected = ("Bearer " + admin_key).encode() if admin_key else None
         self.state = SimpleNamespace(metrics=metrics, client=client, lifecycle=lifecycle)
-        # a request cancelled once the server stops is the server's doing (its --shutdown-timeout passed, or a
-        # second signal) or a caller that left meanwhile - not, as the client alone would log it, the caller's
-        client.cancel_reason = lambda: SHUTDOWN_CANCEL if lifecycle.draining else None
+        # a request cancelled once the server stops (after any drain) is the server's doing (its
+        # --shutdown-timeout passed, or a second signal) or a caller that left meanwhile - not, as the client
+        # alone would log it, the caller's
+        client.cancel_reason = lambda: SHUTDOWN_CANCEL if lifecycle.stopping else None
         self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[Reply | Stream]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions, ("POST", "/v1/feedback"): self.feedback,
             ("GET", "/v1/models"): self.models, ("GET", "/health"): self.health, ("GET", "/ready"): self.ready,

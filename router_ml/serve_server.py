@@ -30,11 +30,13 @@ TICK_S = 1.0
 
 
 class Lifecycle:
-    """Where one server process stands: ``ready`` once it serves, ``draining`` from the first SIGTERM on."""
+    """Where one server process stands: ``ready`` once it serves, ``draining`` from the first SIGTERM on,
+    ``stopping`` once the drain is over and the server waits for (then cancels) the requests in flight."""
 
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        self.stopping = False
 
     def reason(self) -> str | None:
         """Why the server is not ready, or None when it is."""
@@ -109,11 +111,12 @@ def _server_class(base: type) -> type:
                 self._drain = (time.monotonic() + self.drain_s, sig)
                 self._wake_main_loop()  # to sleep until the drain's end, not a whole tick
                 return
-            self.lifecycle.draining = True
+            self.lifecycle.draining = self.lifecycle.stopping = True
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
             if self._drain is not None and not self.should_exit and time.monotonic() >= self._drain[0]:
+                self.lifecycle.stopping = True
                 super().handle_exit(self._drain[1], None)
             return await super().on_tick(counter)
 

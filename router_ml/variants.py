@@ -51,6 +51,7 @@ from typing import Any
 
 from router_ml._decide import decide
 from router_ml._ids import request_id as new_request_id
+from router_ml._stderr import say
 from router_ml.client import AsyncRoutedClient, prepare_router
 from router_ml.errors import RouterMLError
 from router_ml.exploration import Exploration
@@ -176,23 +177,29 @@ class VariantSource:
     def describe(self) -> str:
         return str(self.file) if self.file is not None else "command line"
 
-    def first_specs(self) -> list[VariantSpec]:
-        """The specs to start with: those recorded in :attr:`served` by a worker serving them already,
-        else :meth:`specs`."""
-        if self.served is not None:
-            with contextlib.suppress(FileNotFoundError):
-                recorded = json.loads(self.served.read_text(encoding="utf-8"))
-                return [VariantSpec(v["name"], v["artifact"], float(v["weight"])) for v in recorded]
-        return self.specs()
+    def recorded(self) -> list[VariantSpec] | None:
+        """The specs recorded in :attr:`served` by a worker serving them, or None (no record)."""
+        if self.served is None:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            recorded = json.loads(self.served.read_text(encoding="utf-8"))
+            return [VariantSpec(v["name"], v["artifact"], float(v["weight"])) for v in recorded]
+        return None
 
     def record(self, specs: list[VariantSpec]) -> None:
-        """Write ``specs`` to :attr:`served` (atomically: a reader never sees half a file)."""
+        """Write ``specs`` to :attr:`served` (atomically: a reader never sees half a file). A record that
+        cannot be written is said on stderr, not raised: the variants serve, and a restarted worker would
+        read the variants file instead."""
         if self.served is None:
             return
         tmp = self.served.with_name(f"{self.served.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([{"name": s.name, "artifact": s.artifact, "weight": s.weight} for s in specs]),
-                       encoding="utf-8")
-        os.replace(tmp, self.served)
+        try:
+            tmp.write_text(json.dumps([{"name": s.name, "artifact": s.artifact, "weight": s.weight}
+                                       for s in specs]), encoding="utf-8")
+            os.replace(tmp, self.served)
+        except OSError as exc:
+            say(f"error: cannot record the variants served in {self.served} ({exc.strerror or exc}); a worker "
+                "restarted later reads them from the variants file")
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,25 @@ class Split:
         return [v.to_dict(self.total) for v in self.variants]
 
 
+def _first_split(source: VariantSource, catalog: ProviderCatalog, exploration: Exploration | None) -> Split:
+    """The split a server starts on: what the other workers serve (their record) when there is one - again
+    if they reloaded while this one loaded (a reload signal is ignored until it serves) - else the source's,
+    which it then records."""
+    specs = source.recorded()
+    if specs is None:
+        specs = source.specs()
+        split = load_split(specs, catalog, exploration)
+        source.record(specs)
+        return split
+    for _ in range(5):
+        split = load_split(specs, catalog, exploration)
+        now = source.recorded()
+        if now is None or now == specs:
+            break
+        specs = now
+    return split
+
+
 def load_split(specs: list[VariantSpec], catalog: ProviderCatalog, exploration: Exploration | None) -> Split:
     """Load (and verify on this CPU) every variant's artifact and prepare it for ``catalog``; blocking."""
     variants = []
@@ -253,9 +279,7 @@ class VariantClient(AsyncRoutedClient):
     def __init__(self, source: VariantSource, catalog: ProviderCatalog, *, exploration: Exploration | None = None,
                  willingness_to_pay: float | None = None, split: Split | None = None, **kwargs: Any):
         if split is None:
-            specs = source.first_specs()
-            split = load_split(specs, catalog, exploration)
-            source.record(specs)
+            split = _first_split(source, catalog, exploration)
         cascade = kwargs.pop("cascade", None)
         super().__init__(split.primary.router, catalog, exploration=exploration,
                          willingness_to_pay=willingness_to_pay, **kwargs)

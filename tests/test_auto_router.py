@@ -225,6 +225,8 @@ def test_auto_settings_are_validated_with_the_key_named(tmp_path):
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,encoder,ensemble"])
     with pytest.raises(ConfigError, match="the ensemble averages"):  # nor the lexical regression: blended after
         load_config(ROOT / "training/configs/auto.toml", ["router.candidates=logreg,lexical,ensemble"])
+    with pytest.raises(ConfigError, match="router.ensemble_members: empty, and router.candidates lists the ensemble"):
+        load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_members="])
     with pytest.raises(ConfigError, match=r"router.ensemble_members\[1\]: expected one of mlp, mf, groups, logreg"):
         load_config(ROOT / "training/configs/auto.toml", ["router.ensemble_members=mlp,lexical"])
     with pytest.raises(ConfigError, match="router.candidates: the ensemble averages the candidates of "

@@ -577,6 +577,7 @@ def test_snips_stays_in_the_range_of_the_data_and_ess_counts_matching_prompts():
     with np.errstate(over="raise", invalid="raise"):
         assert metrics.effective_sample_size(metrics.propensity_weights(logged, tiny), choices[:1])[0] == \
             pytest.approx(1.0)
+    assert metrics.effective_sample_size(np.zeros((0, 2)), np.zeros((2, 0), int)).tolist() == [0.0, 0.0]  # no prompts
     with pytest.raises(ValueError, match="no propensity"):
         metrics.propensity_weights(logged, np.where(np.isnan(logged), np.nan, np.nan))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):

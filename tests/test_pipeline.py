@@ -395,7 +395,7 @@ def test_data_without_costs_is_named_and_two_models_without_costs_are_said_to_co
         prep = prepare(config, two)
     assert list(prep.table.models) == ["weak", "strong"]
     assert (prep.cost[:, 0] == 0).all() and (prep.cost[:, 1] == 1).all()
-    assert any("no costs in the data: with two models the stronger on the training split, 'strong', costs 1 and "
+    assert any("no costs in the data: with two models the stronger by mean quality, 'strong', costs 1 and "
                "'weak' 0 per call" in r.getMessage() for r in caplog.records), caplog.text
 
 

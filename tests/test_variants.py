@@ -188,3 +188,35 @@ def test_a_restarted_worker_serves_what_its_siblings_serve_not_the_file_on_disk(
         assert list(_health_variants(served.url).values()) == [[("a", 1.0)], [("a", 1.0)]]
         assert served.stop() == 0
     assert "Traceback" not in served.stderr, served.stderr
+
+
+def test_a_starting_worker_follows_a_reload_its_siblings_made_while_it_loaded(trained, tmp_path, monkeypatch, capsys):
+    """A worker restarted while the others reload (it ignores the signal until it serves): after its load it
+    finds the record changed and loads what they serve now, without writing the old record back. A record
+    that cannot be written is said, not raised."""
+    import router_ml.variants as variants
+    from router_ml.variants import _first_split
+
+    _copies(trained.artifact, tmp_path, "a", "b")
+    catalog = ProviderCatalog.load(providers_for("http://127.0.0.1:9", tmp_path))
+    conf = tmp_path / "variants.toml"
+    _write(conf, a="a")
+    served = tmp_path / "served.json"
+    sibling = VariantSource(file=conf, served=served)
+    sibling.record([VariantSpec("a", str(tmp_path / "a"), 1.0)])
+    source = VariantSource(file=conf, served=served)
+    real, loads = variants.load_split, []
+
+    def load_while_siblings_reload(specs, *args):
+        loads.append([s.name for s in specs])
+        if len(loads) == 1:  # the others reload to a/b meanwhile
+            sibling.record([VariantSpec("a", str(tmp_path / "a"), 1.0), VariantSpec("b", str(tmp_path / "b"), 1.0)])
+        return real(specs, *args)
+
+    monkeypatch.setattr(variants, "load_split", load_while_siblings_reload)
+    split = _first_split(source, catalog, None)
+    assert loads == [["a"], ["a", "b"]] and [v.name for v in split.variants] == ["a", "b"]
+    assert [s.name for s in source.recorded()] == ["a", "b"]
+    gone = VariantSource(file=conf, served=tmp_path / "no-such-dir" / "served.json")
+    gone.record([VariantSpec("a", str(tmp_path / "a"), 1.0)])
+    assert "cannot record the variants served in" in capsys.readouterr().err

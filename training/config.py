@@ -455,6 +455,9 @@ def _validate_auto(config: TrainConfig, fail: Callable[[str, str], None]) -> Non
         if member not in ENSEMBLE_MEMBERS:
             fail(f"router.ensemble_members[{i}]", f"expected one of {', '.join(ENSEMBLE_MEMBERS)} (the candidates over "
                                                   f"the static features), got {member!r}")
+    if "ensemble" in r.candidates and not r.ensemble_members:
+        fail("router.ensemble_members", "empty, and router.candidates lists the ensemble: name at least two of "
+                                        f"{', '.join(ENSEMBLE_MEMBERS)}, or leave the ensemble out of the candidates")
     if "ensemble" in r.candidates and len(set(r.candidates) & set(r.ensemble_members)) < 2:
         fail("router.candidates", "the ensemble averages the candidates of router.ensemble_members ("
                                   f"{', '.join(r.ensemble_members) or 'none'}): list at least two of them in "

@@ -78,7 +78,7 @@ def observed_costs(table: TrafficTable, train_rows: np.ndarray, prices: PriceCat
             _, strong = metrics.weak_and_strong(column_means(quality, train_rows))
             cost = np.zeros_like(quality)
             cost[:, strong] = 1.0
-            log.warning("no costs in the data: with two models the stronger on the training split, '%s', costs 1 "
+            log.warning("no costs in the data: with two models the stronger by mean quality, '%s', costs 1 "
                         "and '%s' 0 per call (RouteLLM's axis: the share of calls to the strong model); give a "
                         "price catalog (--prices) or cost columns for costs in dollars", table.models[strong],
                         table.models[1 - strong])

@@ -178,9 +178,10 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
             table = _quarantine_unknown(table, data, report, router_models, extra, on_error)
             quarantined = before - len(table)
     unknown = [j for j, m in enumerate(table.models) if m not in router_models]
-    if unknown:  # beside the router's own models in the same records: not scored, and said so
+    beside = int((~np.isnan(table.quality[:, unknown])).sum()) if unknown else 0
+    if beside:  # beside the router's own models in the same records: not scored, and said so
         log.warning("%s: %d outcomes of models the router does not know (%s) are not scored (`models_ignored`)",
-                    data, int((~np.isnan(table.quality[:, unknown])).sum()), [table.models[j] for j in unknown])
+                    data, beside, [table.models[j] for j in unknown])
     if len(models) < 2:
         raise DataError(f"{data}: outcomes for at least two of the router's models are needed to score its choices; "
                         f"found {list(models)} of {list(router_models)} (the data's models: {list(table.models)})")

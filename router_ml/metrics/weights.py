@@ -78,7 +78,7 @@ def effective_sample_size(weights: np.ndarray, choices: np.ndarray) -> np.ndarra
     chosen = weights[np.arange(weights.shape[0])[None, :], choices]
     # scaled by each row's largest weight first: the same ratio, and a propensity of 1e-300 (a weight of
     # 1e300, valid input) no longer squares to inf and turns the size into NaN
-    top = chosen.max(axis=1, keepdims=True)
+    top = chosen.max(axis=1, keepdims=True, initial=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = np.where(top > 0, chosen / np.where(top > 0, top, 1.0), 0.0)
     squares = (scaled**2).sum(axis=1)
