@@ -550,7 +550,13 @@ def _dir_of(file, directory):
 def test_wide_orphan_cost_column_is_a_file_error(tmp_path):
     path = tmp_path / "w.csv"
     path.write_text("prompt,m,m|total_cost,ghost|total_cost\nq,1,0.1,0.2\n")
-    with pytest.raises(DataError, match="'ghost|total_cost' has no quality column"):
+    with pytest.raises(DataError, match=r"'ghost\|total_cost' has no quality column 'ghost' beside it; add a "
+                                        r"quality column 'ghost'"):
+        load_traffic(path)
+    # spaces around the '|' are part of the names: the message points at the quality column that is there
+    path.write_text("prompt,m,m | total_cost,n,n|total_cost\nq,1,0.1,0,0.2\n")
+    with pytest.raises(DataError, match=r"'m \| total_cost' has no quality column 'm ' beside it; the quality column "
+                                        r"'m' is there, so write 'm\|total_cost'"):
         load_traffic(path)
 
 

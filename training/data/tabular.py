@@ -72,7 +72,11 @@ class WideLayout:
                     raise DataError(f"column '{col}': a wide table names a model's columns M and M|field, so a model "
                                     "name cannot hold '|'; rename the model, or write the records as canonical "
                                     "JSONL or Parquet, where any name works", location=source)
-                raise DataError(f"column '{col}' has no quality column '{model}' beside it", location=source)
+                near = [c for c in columns if "|" not in c and c.strip() == model.strip()]
+                hint = (f"; the quality column '{near[0]}' is there, so write '{near[0]}|{suffix.strip()}' (no spaces "
+                        "around '|': they are part of the names)" if near else
+                        f"; add a quality column '{model}' (a model's outcome M, its fields M|total_cost, M|...)")
+                raise DataError(f"column '{col}' has no quality column '{model}' beside it{hint}", location=source)
             key = _OUTCOME_SUFFIXES.get(suffix)
             if key is None:
                 self.ignored.append(col)
