@@ -7,6 +7,7 @@ framework object is built per request; it is also a plain ASGI application for a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import os
@@ -236,7 +237,10 @@ class ProxyApp:
         """ASGI: the lifespan (ready at startup; at shutdown not ready, the upstream pools closed) and HTTP."""
         if scope["type"] == "lifespan":
             while True:
-                message = await receive()
+                try:
+                    message = await receive()
+                except asyncio.CancelledError:  # a forced exit (a second SIGINT): no shutdown message will come,
+                    return  # and uvicorn would print the cancellation as a lifespan error with its traceback
                 if message["type"] == "lifespan.startup":
                     self.lifecycle.ready = True
                     await send({"type": "lifespan.startup.complete"})

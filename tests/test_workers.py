@@ -265,3 +265,32 @@ def test_requests_cut_off_by_the_shutdown_timeout_are_logged_as_the_servers_doin
     assert len(outcomes) == 3 and 200 not in outcomes, outcomes
     logged = decisions(log)
     assert len(logged) == 3 and {(d["status"], d["error"]) for d in logged} == {("cancelled", SHUTDOWN_CANCEL)}
+
+
+@pytest.mark.slow  # the session's trained router
+def test_sigint_twice_stops_a_single_process_at_once_without_a_traceback(trained, tmp_path):
+    """SIGINT, then SIGINT again, with a request in flight: the server stops without waiting and prints no
+    lifespan traceback for the cancellation of its lifespan task."""
+    import contextlib
+    import threading
+
+    with FakeUpstream(delay_s=5) as up, \
+            Served("--artifact", str(trained.artifact), "--providers", str(providers_for(up.base_url, tmp_path)),
+                   cwd=tmp_path) as served:
+        def call() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # cut off: the server stops without answering
+                httpx.post(served.url + "/v1/chat/completions", json={"messages": MSG}, timeout=30)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not up.requests:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        served.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = served.stop(signal.SIGINT)
+        assert time.monotonic() - started < 4  # not the upstream's 5 s
+    assert code in (0, 130), code
+    assert "Traceback" not in served.stderr and "lifespan" not in served.stderr, served.stderr
