@@ -705,6 +705,14 @@ def test_simulate_log_says_how_many_records_it_leaves_out_and_refuses_a_bootstra
     assert "--bootstrap 5 of 300 complete records is 5; the bootstrap router trains and is tested on them: give at " \
            "least 10" in proc.stderr
     assert not out.exists()
+    # a simulation that runs counts them in its summary too, not only on stderr
+    proc = subprocess.run([sys.executable, "-m", "router_ml.cli", "simulate-log", "--config", MLP_STATIC, "--data",
+                           str(data), "--out", str(out), "--bootstrap", "60", "--logged", "120", "--quiet",
+                           "--set", "train.epochs=2", "--set", "tracking.enabled=false"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["partial_records_left_out"] == 100 and summary["complete_records"] == 300
 
 
 def test_the_auto_routers_encoder_candidate_settings_are_checked_before_the_data_when_it_will_be_tried(tmp_path):

@@ -118,6 +118,7 @@ def simulate_log(config: TrainConfig, data: str | Path, *, out: str | Path, boot
     chosen = [r.outcomes[d.model] for r, d in zip(prompts, decisions, strict=True)]
     result = {
         "out": str(out), "source": str(data), "rejected": report.rejected, "complete_records": total,
+        "partial_records_left_out": int((~complete).sum()),
         "bootstrap_records": int(len(parts.train)), "logged_records": len(logged_records),
         "test_records": int(len(parts.test)),
         "exploration": None if exploration is None else exploration.to_dict(),
