@@ -301,3 +301,22 @@ def test_refined_sweeps_never_lower_a_routers_aiq_and_each_router_gets_its_own()
     oracle = [evaluate_held_out(quality * 0.9, h, baselines=("oracle",))["test"]["baselines"]["oracle"]
               for h in (held, refined)]
     assert oracle[1]["aiq"] > oracle[0]["aiq"]  # five knob values leave the oracle's curve far short
+
+
+def test_savings_never_reached_on_the_test_set_has_no_upper_bound_taken_from_the_resamples_that_reach_it():
+    """A router that always picks the cheap model, which is a little worse than the best one: savings at
+    iso-quality is null on the test set and on many resamples. Its interval's upper bound is null
+    (unbounded), not the percentile of the resamples that happened to reach the best model's quality."""
+    rng = np.random.default_rng(3)
+    n = 60
+    quality = np.stack([rng.random(n) < 0.5, rng.random(n) < 0.56, rng.random(n) < 0.3], axis=1).astype(float)
+    pred = np.tile([0.9, 0.1, 0.1], (n, 1))  # always the cheap one
+    report = score_predictions(pred, dataclasses.replace(_held(quality), n_boot=300, seed=0))
+    draws = report["draws"]["savings_at_iso_quality"]
+    assert report["savings_at_iso_quality"] is None and 0.05 < np.isnan(draws).mean() < 0.95  # reached on some
+    assert report["ci95"]["savings_at_iso_quality"][1] is None
+    assert all(v is not None for v in report["ci95"]["aiq"])  # the others as before
+    from training.evaluation import percentile_interval
+
+    assert percentile_interval(np.array([0.2, 0.4] * 50), undefined_is_inf=True) == \
+        percentile_interval(np.array([0.2, 0.4] * 50))  # every resample defined: the same interval

@@ -217,12 +217,23 @@ def _draws(statistic: Callable[[np.ndarray], dict[str, float | None]], n: int, n
     return values
 
 
-def percentile_interval(draws: np.ndarray) -> list[float | None]:
-    """The percentile 95% interval of the defined draws; [None, None] when none is."""
+def percentile_interval(draws: np.ndarray, *, undefined_is_inf: bool = False) -> list[float | None]:
+    """The percentile 95% interval of the defined draws; [None, None] when none is. ``undefined_is_inf``: an
+    undefined draw is a value past every other (savings at iso-quality: the reference quality never reached,
+    no cost enough), so a bound that lands on one is None - unbounded - rather than taken over the resamples
+    that happened to reach it."""
+    if undefined_is_inf:  # a finite stand-in for infinity: the percentile's interpolation stays finite
+        far = np.finfo(float).max / 4
+        bounds = np.quantile(np.where(np.isnan(draws), far, draws), [0.025, 0.975]) if len(draws) else []
+        return [float(v) if v < far / 2 else None for v in bounds] or [None, None]
     defined = draws[~np.isnan(draws)]
     if not len(defined):
         return [None, None]
     return [float(v) for v in np.quantile(defined, [0.025, 0.975])]
+
+
+#: metrics whose undefined value means "never reached" (infinitely far), not "unknown"
+_UNBOUNDED_WHEN_UNDEFINED = ("savings_at_iso_quality",)
 
 
 def _estimate(quality: np.ndarray, cost: np.ndarray, choices: np.ndarray, weights: np.ndarray | None,
@@ -346,7 +357,8 @@ def score_choices(choices: np.ndarray, held: HeldOut, *, wtps: np.ndarray, n_boo
                          len(scores), n_boot, held.seed)
             draws.update({key: two.get(key, np.full(n_boot, np.nan)) for key in metrics.TWO_MODEL_KEYS})
     if n_boot:
-        report["ci95"] = {key: percentile_interval(values) for key, values in draws.items()}
+        report["ci95"] = {key: percentile_interval(values, undefined_is_inf=key in _UNBOUNDED_WHEN_UNDEFINED)
+                          for key, values in draws.items()}
         report["draws"] = draws
     report["curve"] = {"willingness_to_pay": [wtp_to_json(w) for w in wtps], "cost": c.tolist(), "quality": q.tolist()}
     return report
