@@ -229,7 +229,7 @@ def evaluate_router(router_dir: str | Path | SavedRouter, data: str | Path, *, p
         gaps = ~np.isnan(held.quality) & ~np.isfinite(held.propensity)
         lacking = int(gaps.sum())
         if estimator == "auto":
-            first = [table.records[int(i)] for i in scored[np.flatnonzero(gaps.any(axis=1))[:3]]]
+            first = [table[int(i)] for i in scored[np.flatnonzero(gaps.any(axis=1))[:3]]]  # three records built
             named = ", ".join(repr(r.sample_id) if r.sample_id is not None else repr(r.text[:40]) for r in first)
             raise DataError(f"{data}: logged traffic (one model's outcome per prompt), but {lacking} logged outcomes "
                             f"lack `propensity` (first records: {named}), so it cannot be scored without bias; "
