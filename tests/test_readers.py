@@ -925,3 +925,22 @@ def test_decision_log_response_text_goes_on_the_answering_model(tmp_path):
     assert [e["field"] for e in _quarantined(tmp_path / "q.jsonl")] == ["outcomes.a.response"]
     assert table.responses("a").tolist() == ["The answer is (B)", None]
     assert table.responses("b").tolist() == [None, None]
+
+
+def test_a_refused_load_leaves_no_quarantine_file_and_an_earlier_one_untouched(tmp_path):
+    """The quarantine file was opened (truncated) before reading: a load refused before any record (here a
+    table without a prompt column) left an empty file and wiped the previous run's rejected records."""
+    no_prompt = tmp_path / "t.csv"
+    no_prompt.write_text("question,a,a|total_cost\nq,1,0.1\n", encoding="utf-8")
+    quarantine = tmp_path / "q.jsonl"
+    with pytest.raises(DataError):
+        load_traffic(no_prompt, on_error="quarantine", quarantine=quarantine)
+    assert not quarantine.exists()
+    quarantine.write_text('{"location": "earlier run"}\n', encoding="utf-8")
+    with pytest.raises(DataError):
+        load_traffic(no_prompt, on_error="quarantine", quarantine=quarantine)
+    assert quarantine.read_text(encoding="utf-8") == '{"location": "earlier run"}\n'
+    good = tmp_path / "g.jsonl"
+    good.write_text("".join(json.dumps(dict(GOOD, prompt=f"q{i}")) + "\n" for i in range(3)), encoding="utf-8")
+    load_traffic(good, on_error="quarantine", quarantine=quarantine)
+    assert quarantine.read_text(encoding="utf-8") == ""  # a completed load's file is this run's, even empty

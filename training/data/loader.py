@@ -145,19 +145,30 @@ def quarantine_line(location: str, field_name: str, reason: str, raw: Any) -> st
 
 
 class _Quarantine:
+    """The quarantine file, opened at its first rejected record: a load refused before any (a file in the
+    wrong format, an unreadable header) leaves no empty file behind and an earlier run's file untouched. A
+    load that ends with nothing rejected still writes the (empty) file, so its path always names this run's."""
+
     def __init__(self, path: Path | None):
         self.path = path
         self._file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+
+    def _open(self) -> Any:
+        if self._file is None:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        return self._file
 
     def write(self, location: str, error: RecordError, raw: Any) -> None:
-        if self._file is not None:
-            self._file.write(quarantine_line(location, error.field, error.reason, raw))
-            self._file.flush()
+        if self.path is not None:
+            file = self._open()
+            file.write(quarantine_line(location, error.field, error.reason, raw))
+            file.flush()
 
-    def close(self) -> None:
+    def close(self, *, completed: bool) -> None:
+        if self.path is not None and completed:
+            self._open()
         if self._file is not None:
             self._file.close()
 
@@ -430,13 +441,15 @@ def load_traffic(
     extra: dict[str, Any] = {}
     sink = _Quarantine(qpath)
     state = _Load(report, sink, on_error, excluded_keys, text_budget)
+    completed = False
     try:
         for batch in read_batches(fmt, path, prices=prices, num_proc=num_proc, columns=columns, split=split,
                                   allow_pickle=allow_pickle, report=extra):
             state.add(batch)
         table_columns = state.finish(str(source))
+        completed = True
     finally:
-        sink.close()
+        sink.close(completed=completed)
     report.ignored_columns = extra.get("ignored_columns", [])
     report.metadata_columns = extra.get("metadata_columns", [])
     if not len(table_columns):
