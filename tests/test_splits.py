@@ -74,3 +74,25 @@ def test_split_matches_the_reference_order_with_duplicate_prompts(seed):
     for got, want in zip((split.train, split.val, split.test), _reference_split(prompts, 900, 150, seed),
                          strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_split_json_names_the_test_rows_and_the_cascade_check_compares_them(tmp_path):
+    """Without sample ids split.json listed only nulls, so the cascade's same-split check passed on any split of
+    the same size; the test rows (positions among the loaded records) tell two splits apart."""
+    import json
+
+    from training.cascade.command import check_split
+    from training.checkpoint import write_split
+
+    table = _table([f"prompt {i}" for i in range(200)])  # no sample_id
+    split = split_table(table, train_size=0.5, val_size=0.1, seed=0)
+    write_split(tmp_path / "split.json", table, split, 0, table.fingerprint())
+    saved = json.loads((tmp_path / "split.json").read_text())
+    assert saved["test_sample_ids"] == [None] * len(split.test)
+    assert saved["test_rows"] == split.test.tolist()
+    checked = check_split(tmp_path, {}, table, split, train_size=0.5, seed=0)
+    assert checked["split_json"] == str(tmp_path / "split.json")
+    other = split_table(table, train_size=0.5, val_size=0.1, seed=1)
+    assert len(other.test) == len(split.test) and not np.array_equal(other.test, split.test)
+    with pytest.raises(DataError, match="test records differ"):
+        check_split(tmp_path, {}, table, other, train_size=0.5, seed=0)

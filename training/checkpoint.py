@@ -98,14 +98,18 @@ def seen_prompt_digests(table: TrafficTable, rows: np.ndarray) -> np.ndarray:
 
 
 def write_split(path: Path, table: TrafficTable, split: Split, seed: int, fingerprint: str) -> None:
-    """``split.json``: the split's identity, the test records' sample ids and the hashes of every
-    prompt trained on (so evaluation can drop them), written a block at a time."""
+    """``split.json``: the split's identity, the test records' sample ids (null where the data has none)
+    and rows (their positions among the records loaded, as ``test_predictions.jsonl``'s ``row``) and the
+    hashes of every prompt trained on (so evaluation can drop them), written a block at a time."""
     head = {"seed": seed, "sizes": split.sizes(), "data_fingerprint": fingerprint}
     digests = seen_prompt_digests(table, np.concatenate([split.train, split.val]))
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(head)[:-1] + ', "test_sample_ids": [')
         for start, ids in id_blocks(table, split.test):
             f.write((", " if start else "") + ", ".join(map(json.dumps, ids)))
+        f.write('], "test_rows": [')
+        for start in range(0, len(split.test), _ID_BLOCK):
+            f.write((", " if start else "") + ", ".join(map(str, split.test[start:start + _ID_BLOCK].tolist())))
         f.write('], "seen_prompt_hashes": [')
         for start in range(0, len(digests), _ID_BLOCK):
             hexes = (f'"{d.tobytes().hex()}"' for d in digests[start:start + _ID_BLOCK])

@@ -51,7 +51,9 @@ def check_split(router_dir: Path, manifest: dict[str, Any], table: Any, split: A
     for candidate in (router_dir / "split.json", router_dir.parent / "split.json"):
         if candidate.is_file():
             saved = json.loads(candidate.read_text())
-            if saved.get("test_sample_ids") != sample_ids(table, split.test):
+            rows = saved.get("test_rows")  # split.json files written before it lack it
+            if saved.get("test_sample_ids") != sample_ids(table, split.test) or (
+                    rows is not None and rows != split.test.tolist()):
                 raise DataError(f"{candidate}: the training run's test records differ from the rebuilt split's; "
                                 "check --data, --train-size and --seed")
             checked["split_json"] = str(candidate)
