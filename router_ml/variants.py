@@ -186,16 +186,27 @@ class VariantSource:
             return [VariantSpec(v["name"], v["artifact"], float(v["weight"])) for v in recorded]
         return None
 
-    def record(self, specs: list[VariantSpec]) -> None:
-        """Write ``specs`` to :attr:`served` (atomically: a reader never sees half a file). A record that
-        cannot be written is said on stderr, not raised: the variants serve, and a restarted worker would
-        read the variants file instead."""
+    def recorded_checksums(self) -> dict[str, str]:
+        """The ``router.onnx`` sha256 of each recorded variant the recording worker loaded (by name; empty
+        without a record)."""
+        if self.served is None:
+            return {}
+        with contextlib.suppress(FileNotFoundError):
+            recorded = json.loads(self.served.read_text(encoding="utf-8"))
+            return {v["name"]: v["artifact_sha256"] for v in recorded if v.get("artifact_sha256")}
+        return {}
+
+    def record(self, specs: list[VariantSpec], split: Split | None = None) -> None:
+        """Write ``specs`` (with the checksum of each artifact ``split`` loaded) to :attr:`served`
+        (atomically: a reader never sees half a file). A record that cannot be written is said on stderr,
+        not raised: the variants serve, and a restarted worker would read the variants file instead."""
         if self.served is None:
             return
+        loaded = {} if split is None else {v.name: v.checksum for v in split.variants}
         tmp = self.served.with_name(f"{self.served.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps([{"name": s.name, "artifact": s.artifact, "weight": s.weight}
-                                       for s in specs]), encoding="utf-8")
+            tmp.write_text(json.dumps([{"name": s.name, "artifact": s.artifact, "weight": s.weight,
+                                        "artifact_sha256": loaded.get(s.name)} for s in specs]), encoding="utf-8")
             os.replace(tmp, self.served)
         except OSError as exc:
             say(f"error: cannot record the variants served in {self.served} ({exc.strerror or exc}); a worker "
@@ -209,9 +220,14 @@ class Variant:
     weight: float
     router: Router  # prepared for the catalog (prices, exploration)
 
+    @property
+    def checksum(self) -> str:
+        """The sha256 of the artifact's ``router.onnx`` (its manifest's, verified at load)."""
+        return self.router.manifest["files"]["router.onnx"]
+
     def to_dict(self, total: float) -> dict[str, Any]:
         return {"name": self.name, "artifact": self.artifact, "weight": self.weight,
-                "share": self.weight / total, "artifact_sha256": self.router.manifest["files"]["router.onnx"]}
+                "share": self.weight / total, "artifact_sha256": self.checksum}
 
 
 class Split:
@@ -249,7 +265,7 @@ def _first_split(source: VariantSource, catalog: ProviderCatalog, exploration: E
     if specs is None:
         specs = source.specs()
         split = load_split(specs, catalog, exploration)
-        source.record(specs)
+        source.record(specs, split)
         return split
     for _ in range(5):
         split = load_split(specs, catalog, exploration)
@@ -257,6 +273,14 @@ def _first_split(source: VariantSource, catalog: ProviderCatalog, exploration: E
         if now is None or now == specs:
             break
         specs = now
+    theirs = source.recorded_checksums()
+    for v in split.variants:
+        if theirs.get(v.name, v.checksum) != v.checksum:
+            say(f"warning: variant {v.name!r} ({v.artifact}): the artifact changed on disk after the other workers "
+                f"loaded it - they serve router.onnx sha256 {theirs[v.name][:12]}..., this worker "
+                f"{v.checksum[:12]}...; until a reload (SIGHUP to the supervisor, or POST /admin/reload) the workers "
+                "route with different routers (each decision logs its artifact_sha256). Export a new router to a "
+                "new directory and point the variant at it")
     return split
 
 
@@ -317,6 +341,6 @@ class VariantClient(AsyncRoutedClient):
             specs = self.source.specs()
             split = await asyncio.to_thread(load_split, specs, self.catalog, self.exploration)
             self._use(split)
-            self.source.record(specs)
+            self.source.record(specs, split)
             self.reloads += 1
             return split.to_list()

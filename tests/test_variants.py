@@ -220,3 +220,31 @@ def test_a_starting_worker_follows_a_reload_its_siblings_made_while_it_loaded(tr
     gone = VariantSource(file=conf, served=tmp_path / "no-such-dir" / "served.json")
     gone.record([VariantSpec("a", str(tmp_path / "a"), 1.0)])
     assert "cannot record the variants served in" in capsys.readouterr().err
+
+
+def test_a_worker_that_finds_an_artifact_changed_since_its_siblings_loaded_it_says_so(trained, tmp_path, capsys):
+    """An export written over a served artifact's directory, not reloaded: a restarted worker loads the new files
+    (the old are gone) and serves another router than its siblings - it said nothing. The record now holds each
+    artifact's checksum, and the worker names both and the reload that reunites them."""
+    import json
+
+    from router_ml.variants import _first_split
+
+    _copies(trained.artifact, tmp_path, "a")
+    catalog = ProviderCatalog.load(providers_for("http://127.0.0.1:9", tmp_path))
+    conf = tmp_path / "variants.toml"
+    _write(conf, a="a")
+    served = tmp_path / "served.json"
+    first = VariantSource(file=conf, served=served)
+    split = _first_split(first, catalog, None)  # the first worker: loads the file, records what it loaded
+    sha = split.variants[0].checksum
+    assert json.loads(served.read_text())[0]["artifact_sha256"] == sha
+    _first_split(VariantSource(file=conf, served=served), catalog, None)  # a restart on the same files
+    assert "changed on disk" not in capsys.readouterr().err
+    record = json.loads(served.read_text())
+    record[0]["artifact_sha256"] = "0" * 64  # what the siblings loaded before the files were overwritten
+    served.write_text(json.dumps(record))
+    _first_split(VariantSource(file=conf, served=served), catalog, None)
+    err = capsys.readouterr().err
+    assert "variant 'a'" in err and "changed on disk" in err and "000000000000..." in err and sha[:12] in err
+    assert "SIGHUP" in err
