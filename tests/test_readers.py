@@ -944,3 +944,13 @@ def test_a_refused_load_leaves_no_quarantine_file_and_an_earlier_one_untouched(t
     good.write_text("".join(json.dumps(dict(GOOD, prompt=f"q{i}")) + "\n" for i in range(3)), encoding="utf-8")
     load_traffic(good, on_error="quarantine", quarantine=quarantine)
     assert quarantine.read_text(encoding="utf-8") == ""  # a completed load's file is this run's, even empty
+
+
+def test_a_quarantine_path_that_cannot_be_written_is_refused_before_reading(tmp_path):
+    """The file opens at the first rejected record; a path that cannot be one (here a directory) is still
+    refused at the start, not after reading the whole input."""
+    good = tmp_path / "g.jsonl"
+    good.write_text(json.dumps(GOOD) + "\n", encoding="utf-8")
+    (tmp_path / "qdir").mkdir()
+    with pytest.raises(DataError, match=r"--quarantine .*qdir: cannot be written"):
+        load_traffic(good, on_error="quarantine", quarantine=tmp_path / "qdir")

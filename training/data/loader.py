@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -152,11 +153,15 @@ class _Quarantine:
     def __init__(self, path: Path | None):
         self.path = path
         self._file = None
+        if path is not None:  # an unwritable path fails now, not after a long read
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path if path.exists() else path.parent, os.W_OK) or path.is_dir():
+                raise DataError(f"--quarantine {path}: cannot be written (a directory, or no write permission); "
+                                "pass --quarantine FILE in a writable directory")
 
     def _open(self) -> Any:
         if self._file is None:
             assert self.path is not None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         return self._file
 
